@@ -1,0 +1,83 @@
+# trustd developer entry points. `make run` starts a working server; `make test` runs
+# every check CI runs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install -q --disable-pip-version-check -c deploy/constraints.txt
+# Debian packages the tests drive (openssl verify; PostgreSQL and Redis servers).
+DEB_PACKAGES := openssl postgresql redis-server
+PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
+CHECK_DB := trustd_alembic_check_$(shell echo $$$$)
+
+.PHONY: run test install install-dev system-deps services lint typecheck migrations-check pytest bench clean
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "trustd needs Python >= 3.11 (found $$($(PYTHON) --version))"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml deploy/constraints.txt
+	@echo "installing trustd into $(VENV)"
+	$(PIP) -e .
+	@touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	@echo "installing development tools into $(VENV)"
+	$(PIP) -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+run: install
+	$(BIN)/trustd serve
+
+system-deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+services: system-deps
+	@pg_isready -q -h 127.0.0.1 -p 5432 || { \
+		echo "starting PostgreSQL"; \
+		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | tail -1) main start; \
+		for i in $$(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done; }
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || { \
+		echo "starting Redis"; mkdir -p /var/lib/redis /var/log/redis; \
+		redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
+			--appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log; \
+		for i in $$(seq 30); do redis-cli ping >/dev/null 2>&1 && break; sleep 0.2; done; }
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install-dev
+	$(BIN)/mypy trustd pki policy
+
+# Models and migrations must not drift: migrate a scratch PostgreSQL database to head,
+# then `alembic check` fails if autogenerate would still find differences.
+migrations-check: install-dev services
+	@psql -q "$(PG_ADMIN_URL)" -c 'CREATE DATABASE $(CHECK_DB)'
+	@trap 'psql -q "$(PG_ADMIN_URL)" -c "DROP DATABASE IF EXISTS $(CHECK_DB)"' EXIT; \
+	$(BIN)/alembic -x url=postgresql+psycopg://postgres@127.0.0.1:5432/$(CHECK_DB) upgrade head && \
+	$(BIN)/alembic -x url=postgresql+psycopg://postgres@127.0.0.1:5432/$(CHECK_DB) check
+
+pytest: install-dev services
+	$(BIN)/pytest
+
+test: install-dev services lint typecheck migrations-check pytest
+
+bench: install-dev services
+	@dpkg -s wrk >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk >/dev/null; }
+	$(BIN)/python bench/issuance.py
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,83 @@
+"""Errors raised by the ``pki`` library.
+
+Every error the project raises derives from :class:`TrustdError`.  Each subclass carries a
+short human ``title``; the instance carries a ``detail`` sentence and structured ``fields``
+so the API edge can map it to an RFC 9457 problem document without parsing strings.
+Messages never contain key material, tokens or CSRs: when they echo bad input they echo a
+truncated ``repr`` of it (see :func:`echo`).
+"""
+
+from __future__ import annotations
+
+_ECHO_LIMIT = 96
+
+
+def echo(value: object, limit: int = _ECHO_LIMIT) -> str:
+    """Return ``repr(value)`` truncated to *limit* characters, for use in error details.
+
+    Errors echo the bad input so operators can see what was refused, but unbounded input
+    (a 2 KiB SPIFFE ID, a whole JWT) must not balloon log lines or problem documents.
+    """
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…"
+
+
+class TrustdError(Exception):
+    """Root of every error raised by trustd and its libraries."""
+
+    title: str = "trustd error"
+
+    def __init__(self, detail: str, **fields: object) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.fields: dict[str, object] = dict(fields)
+
+    def __str__(self) -> str:
+        return self.detail
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.detail!r})"
+
+
+class InvalidSpiffeId(TrustdError):
+    title = "Invalid SPIFFE ID"
+
+
+class InvalidTrustDomain(TrustdError):
+    title = "Invalid trust domain"
+
+
+class InvalidCsr(TrustdError):
+    title = "Invalid certificate signing request"
+
+
+class WeakKey(TrustdError):
+    title = "Key type not allowed"
+
+
+class InvalidJwt(TrustdError):
+    title = "Invalid JWT-SVID"
+
+
+class InvalidSvid(TrustdError):
+    title = "Invalid X.509-SVID"
+
+
+class InvalidSvidParams(TrustdError):
+    """The parameters handed to the issuer cannot produce a conforming SVID."""
+
+    title = "Invalid SVID parameters"
+
+
+class KeyDecryptionError(TrustdError):
+    title = "Private key could not be decrypted"
+
+
+class CaError(TrustdError):
+    title = "Certificate authority error"
+
+
+class InvalidBundle(TrustdError):
+    title = "Invalid trust bundle"
