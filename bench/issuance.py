@@ -1,0 +1,204 @@
+"""X509-SVID issuance: HTTP (CSR -> chain, persisted) vs. signing in-process.
+
+Prints, for 1 and 2 uvicorn workers on SQLite and PostgreSQL: requests/s, p50/p99 latency at
+50 concurrent keep-alive clients (wrk), and in the same run the raw in-process rate of
+building and signing the same certificate with cryptography through trustd's pipeline. The
+ratio is HTTP issuance per worker over the raw single-core rate (target >= 40%).
+
+Usage: python bench/issuance.py [--seconds 10] [--connections 50]
+Needs: wrk (Debian package), PostgreSQL on 127.0.0.1:5432 (trust auth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import psycopg
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from pki.ca import (
+    Authority,
+    X509SvidParams,
+    create_csr,
+    create_intermediate,
+    create_root,
+    issue_x509_svid,
+)
+from pki.clock import SystemClock
+from pki.keys import KeyType, generate_private_key
+from pki.spiffe_id import SpiffeId, TrustDomain
+
+ROOT = Path(__file__).resolve().parent.parent
+TRUSTD = Path(sys.executable).parent / "trustd"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def raw_rate(seconds: float) -> float:
+    """Sign the same certificate as the HTTP path does, in this process, on one core."""
+    clock = SystemClock()
+    td = TrustDomain.parse("example.org")
+    root_key = generate_private_key(KeyType.EC_P256)
+    root = create_root(td, root_key, clock, timedelta(days=30))
+    inter_key = generate_private_key(KeyType.EC_P256)
+    inter = create_intermediate(
+        td, inter_key, Authority(root, root_key, (), root), clock, timedelta(days=7)
+    )
+    authority = Authority(inter, inter_key, (), root)
+    public = ec.generate_private_key(ec.SECP256R1()).public_key()
+    params = X509SvidParams(
+        SpiffeId.parse("spiffe://example.org/bench"), public, timedelta(hours=1)
+    )
+    count = 0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        issue_x509_svid(authority, params, clock)
+        count += 1
+    return count / seconds
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(
+    data_dir: Path, port: int, workers: int, db_url: str | None
+) -> subprocess.Popen[str]:
+    env = {**os.environ, "TRUSTD_DATA_DIR": str(data_dir), "TRUSTD_LISTEN": f"127.0.0.1:{port}"}
+    if db_url:
+        env["TRUSTD_DATABASE_URL"] = db_url
+    proc = subprocess.Popen(
+        [str(TRUSTD), "serve", "--workers", str(workers), "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    bundle = data_dir / "bundle.pem"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if bundle.exists():
+            try:
+                tls = ssl.create_default_context(cafile=str(bundle))
+                ok = 0
+                for _ in range(workers * 4):
+                    r = httpx.get(f"https://127.0.0.1:{port}/readyz", verify=tls, timeout=2)
+                    ok += r.status_code == 200
+                if ok == workers * 4:
+                    return proc
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("trustd did not become ready")
+
+
+def read_token(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.strip().startswith("trustd."):
+            return line.strip()
+    raise RuntimeError("no bootstrap token printed")
+
+
+def run_wrk(url: str, token: str, body: str, seconds: int, connections: int) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(
+            'wrk.method = "POST"\n'
+            f"wrk.body = {json.dumps(body)}\n"
+            'wrk.headers["Content-Type"] = "application/json"\n'
+            f'wrk.headers["Authorization"] = "Bearer {token}"\n'
+            "done = function(summary, latency, requests)\n"
+            '  io.write(string.format("RESULT %d %d %d %f %f\\n", summary.requests, '
+            "summary.errors.status + summary.errors.connect + summary.errors.read + "
+            "summary.errors.write + summary.errors.timeout, summary.duration, "
+            "latency:percentile(50), latency:percentile(99)))\n"
+            "end\n"
+        )
+    out = subprocess.run(
+        ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "-s", script.name, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    os.unlink(script.name)
+    match = re.search(r"RESULT (\d+) (\d+) (\d+) ([\d.]+) ([\d.]+)", out)
+    assert match, out
+    requests, errors, duration_us, p50_us, p99_us = match.groups()
+    return {
+        "rps": int(requests) / (int(duration_us) / 1e6),
+        "errors": int(errors),
+        "p50_ms": float(p50_us) / 1000,
+        "p99_ms": float(p99_us) / 1000,
+    }
+
+
+def http_run(workers: int, backend: str, seconds: int, connections: int) -> dict[str, float]:
+    data_dir = Path(tempfile.mkdtemp(prefix="trustd-bench-"))
+    db_url = None
+    dbname = f"trustd_bench_{os.getpid()}_{workers}"
+    if backend == "postgresql":
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}"')  # type: ignore[arg-type]
+            conn.execute(f'CREATE DATABASE "{dbname}"')  # type: ignore[arg-type]
+        db_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{dbname}"
+    port = free_port()
+    proc = start_server(data_dir, port, workers, db_url)
+    try:
+        token = read_token(proc)
+        csr = create_csr(generate_private_key(KeyType.EC_P256))
+        body = json.dumps({"spiffe_id": "spiffe://example.org/bench", "csr": csr})
+        url = f"https://127.0.0.1:{port}/v1/svid/x509"
+        run_wrk(url, token, body, 2, connections)  # warm-up
+        return run_wrk(url, token, body, seconds, connections)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(data_dir, ignore_errors=True)
+        if db_url:
+            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')  # type: ignore[arg-type]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed: apt-get install wrk")
+
+    raw = raw_rate(3.0)
+    print(f"raw in-process issuance (1 core): {raw:,.0f} certs/s")
+    print(
+        f"{'backend':<11} {'workers':>7} {'certs/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'errors':>6} {'per-worker/raw':>15}"
+    )
+    for backend in args.backends.split(","):
+        for workers in (1, 2):
+            r = http_run(workers, backend, args.seconds, args.connections)
+            ratio = r["rps"] / workers / raw
+            print(
+                f"{backend:<11} {workers:>7} {r['rps']:>9,.0f} {r['p50_ms']:>8.2f} "
+                f"{r['p99_ms']:>8.2f} {int(r['errors']):>6} {ratio:>14.0%}"
+            )
+    print(f"(machine: {os.cpu_count()} cores; wrk runs on the same cores as the server)")
+
+
+if __name__ == "__main__":
+    main()

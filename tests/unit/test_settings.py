@@ -1,0 +1,72 @@
+"""Settings: defaults, the environment and the TOML file, and what is refused."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from pki.keys import KeyType
+from trustd.settings import SettingsError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("TRUSTD_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_are_a_working_dev_setup() -> None:
+    s = load_settings()
+    assert s.trust_domain == "example.org"
+    assert s.listen == "127.0.0.1:8443"
+    assert s.tls is True
+    assert s.key_type is KeyType.EC_P256
+    assert s.x509_svid_ttl == timedelta(hours=1)
+    assert s.jwt_svid_ttl == timedelta(minutes=5)
+    assert s.resolved_database_url == f"sqlite:///{Path('var/trustd.db').resolve()}"
+
+
+def test_environment_and_toml_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "trustd.toml"
+    config.write_text(
+        'trust_domain = "prod.example"\nlisten = "0.0.0.0:9443"\nx509_svid_ttl = 900\n'
+    )
+    monkeypatch.setenv("TRUSTD_CONFIG", str(config))
+    monkeypatch.setenv("TRUSTD_LISTEN", "127.0.0.1:7443")
+    s = load_settings()
+    assert s.trust_domain == "prod.example"
+    assert s.listen == "127.0.0.1:7443"  # the environment wins over the file
+    assert s.x509_svid_ttl == timedelta(seconds=900)
+
+
+def test_trust_domain_is_canonicalised_and_checked() -> None:
+    assert load_settings(trust_domain="spiffe://corp.example").trust_domain == "corp.example"
+    with pytest.raises(SettingsError, match="trust_domain"):
+        load_settings(trust_domain="Bad_Domain!")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"jwt_key_type": "ed25519"}, "Ed25519"),
+        ({"listen": "8443"}, "HOST:PORT"),
+        ({"env": "production"}, "TRUSTD_KEY_PASSPHRASE"),
+        ({"env": "production", "key_passphrase": "changeme"}, "placeholder"),
+        ({"upstream_ca_cert": "/x.pem"}, "together"),
+        ({"unknown_setting": 1}, "unknown_setting"),
+    ],
+)
+def test_bad_settings_are_refused_with_the_reason(
+    overrides: dict[str, object], message: str
+) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load_settings(**overrides)
+
+
+def test_production_accepts_a_real_passphrase() -> None:
+    s = load_settings(env="production", key_passphrase="k3y-" + "x" * 30)
+    assert s.key_passphrase is not None

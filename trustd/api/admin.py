@@ -1,0 +1,69 @@
+"""Admin JSON API: CA status and admin tokens."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import APIRouter, Response
+
+from pki.ca import fingerprint_sha256, load_pem_certificates
+from trustd.api.deps import AdminDep, ServicesDep
+from trustd.api.schemas import AuthorityPublic, CaPublic, TokenCreate, TokenCreated, TokenPublic
+from trustd.store.models import AdminToken
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+
+@router.get("/ca", response_model=CaPublic)
+def show_ca(principal: AdminDep, services: ServicesDep) -> CaPublic:
+    """The active authorities and the bundle sequence."""
+    state = services.ca.state
+    authorities = []
+    for row in state.keys:
+        cert = (
+            load_pem_certificates(row.certificate_pem.encode())[0] if row.certificate_pem else None
+        )
+        authorities.append(
+            AuthorityPublic(
+                kind=row.kind,
+                kid=row.kid,
+                status=row.status,
+                key_type=row.key_type,
+                upstream=row.upstream,
+                not_before=row.not_before,
+                not_after=row.not_after,
+                subject=cert.subject.rfc4514_string() if cert else None,
+                sha256=fingerprint_sha256(cert) if cert else None,
+            )
+        )
+    return CaPublic(
+        trust_domain=services.settings.trust_domain,
+        bundle_sequence=state.bundle.sequence,
+        authorities=authorities,
+    )
+
+
+def _public(token: AdminToken) -> TokenPublic:
+    return TokenPublic.model_validate(token, from_attributes=True)
+
+
+@router.post("/tokens", response_model=TokenCreated, status_code=201)
+def create_token(body: TokenCreate, principal: AdminDep, services: ServicesDep) -> TokenCreated:
+    """Create an admin token. The secret is in this response only."""
+    created = services.tokens.create(
+        principal, body.name, body.role, timedelta(seconds=body.ttl) if body.ttl else None
+    )
+    return TokenCreated(**_public(created.token).model_dump(), token=created.secret)
+
+
+@router.get("/tokens", response_model=list[TokenPublic])
+def list_tokens(principal: AdminDep, services: ServicesDep) -> list[TokenPublic]:
+    """Every admin token, without secrets."""
+    return [_public(t) for t in services.tokens.list()]
+
+
+@router.delete("/tokens/{token_id}", status_code=204, response_class=Response)
+def revoke_token(token_id: str, principal: AdminDep, services: ServicesDep) -> Response:
+    """Revoke a token at once."""
+    services.tokens.revoke(principal, token_id)
+    return Response(status_code=204)

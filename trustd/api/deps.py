@@ -1,0 +1,50 @@
+"""Dependency aliases for routes: the services and the authenticated admin principal."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from trustd.errors import Unauthenticated
+from trustd.services.auth import Principal, Role
+from trustd.services.container import Services
+
+# Set on requests that arrive over the admin Unix socket (see `trustd.server`).
+LOCAL_ADMIN_SCOPE_KEY = "trustd.local_admin"
+
+_bearer = HTTPBearer(auto_error=False, description="Admin token: trustd.<id>.<secret>")
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_principal(
+    request: Request,
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The caller: the local administrator on the admin socket, else a bearer-token holder.
+
+    Raises:
+        Unauthenticated: no token, or a token that is refused.
+    """
+    if request.scope.get(LOCAL_ADMIN_SCOPE_KEY):
+        return Principal("local:admin-socket", Role.ADMIN)
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthenticated("this endpoint needs an admin token: Authorization: Bearer <token>")
+    return services.tokens.authenticate(credentials.credentials)
+
+
+def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    principal.require(Role.ADMIN)
+    return principal
+
+
+AdminDep = Annotated[Principal, Depends(require_admin)]

@@ -1,0 +1,130 @@
+"""The one place errors become HTTP: RFC 9457 `application/problem+json` documents."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pki import errors as pki_errors
+from pki.errors import TrustdError
+from trustd import errors
+
+PROBLEM_JSON = "application/problem+json"
+log = structlog.get_logger("trustd.api")
+
+_STATUS: dict[type[TrustdError], int] = {
+    pki_errors.InvalidSpiffeId: 400,
+    pki_errors.InvalidTrustDomain: 400,
+    pki_errors.InvalidCsr: 400,
+    pki_errors.WeakKey: 400,
+    pki_errors.InvalidJwt: 400,
+    pki_errors.InvalidSvid: 400,
+    pki_errors.InvalidSvidParams: 400,
+    pki_errors.InvalidBundle: 400,
+    errors.InvalidRequest: 400,
+    errors.Unauthenticated: 401,
+    errors.PermissionDenied: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.PayloadTooLarge: 413,
+    errors.StoreUnavailable: 503,
+    errors.NotReady: 503,
+}
+
+
+def problem_type(name: str) -> str:
+    """`InvalidCsr` -> `urn:trustd:problem:invalid-csr`."""
+    return "urn:trustd:problem:" + re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str,
+    type_: str = "about:blank",
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> JSONResponse:
+    body = {"type": type_, "title": title, "status": status, "detail": detail, **extensions}
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def _status_for(exc: TrustdError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in _STATUS:
+            return _STATUS[cls]
+    return 500
+
+
+async def _trustd_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TrustdError)
+    status = _status_for(exc)
+    headers: dict[str, str] = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="trustd"'
+    if status == 503:
+        headers["Retry-After"] = "1"
+    if status >= 500:
+        # Internal faults are logged once, here; the client learns nothing about internals.
+        log.error("request_failed", error=type(exc).__name__, detail=exc.detail, status=status)
+        if status == 500:
+            return problem_response(500, "Internal error", "the server could not complete this")
+    return problem_response(
+        status,
+        exc.title,
+        exc.detail,
+        problem_type(type(exc).__name__),
+        headers,
+        **{k: v for k, v in exc.fields.items() if isinstance(v, str | int | float | bool)},
+    )
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # Echo where and why, never the input itself: it may hold a CSR or a token.
+    details = [
+        {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+        for err in exc.errors()
+    ]
+    summary = "; ".join(
+        f"{'.'.join(str(p) for p in d['loc'] if p != 'body') or 'body'}: {d['msg']}"
+        for d in details
+    )
+    return problem_response(
+        422,
+        "Invalid request",
+        summary,
+        problem_type("InvalidRequest"),
+        errors=details,
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return problem_response(
+        exc.status_code,
+        _TITLES.get(exc.status_code, "Error"),
+        str(exc.detail),
+        headers=dict(exc.headers or {}),
+    )
+
+
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled_error", error=type(exc).__name__)
+    return problem_response(500, "Internal error", "the server could not complete this")
+
+
+_TITLES = {404: "Not found", 405: "Method not allowed", 413: "Request too large"}
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(TrustdError, _trustd_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unhandled)

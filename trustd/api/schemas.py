@@ -1,0 +1,87 @@
+"""Public wire models. Table models stay internal; unknown fields are refused."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from trustd.services.auth import Role
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class X509SvidRequest(_Strict):
+    spiffe_id: str = Field(max_length=2048, examples=["spiffe://example.org/web"])
+    csr: str = Field(max_length=16384, description="PKCS#10 certificate signing request, PEM")
+    ttl: int | None = Field(default=None, gt=0, description="Lifetime in seconds")
+    dns_names: list[str] = Field(default_factory=list, max_length=32)
+
+
+class X509SvidResponse(_Strict):
+    spiffe_id: str
+    serial: str
+    not_before: datetime
+    not_after: datetime
+    certificate: str = Field(description="The X509-SVID, PEM")
+    intermediates: list[str] = Field(description="Intermediate CA certificates, PEM, leaf first")
+    bundle: str = Field(description="The trust domain's X.509 authorities, PEM")
+
+
+class JwtSvidRequest(_Strict):
+    spiffe_id: str = Field(max_length=2048)
+    audience: list[str] = Field(min_length=1, max_length=16)
+    ttl: int | None = Field(default=None, gt=0, description="Lifetime in seconds")
+
+
+class JwtSvidResponse(_Strict):
+    token: str
+    spiffe_id: str
+    audience: list[str]
+    kid: str
+    expires_at: datetime
+
+
+class AuthorityPublic(_Strict):
+    kind: str
+    kid: str
+    status: str
+    key_type: str
+    upstream: bool
+    not_before: datetime
+    not_after: datetime
+    subject: str | None
+    sha256: str | None
+
+
+class CaPublic(_Strict):
+    trust_domain: str
+    bundle_sequence: int
+    authorities: list[AuthorityPublic]
+
+
+class TokenCreate(_Strict):
+    name: str = Field(min_length=1, max_length=128)
+    role: Role = Role.ADMIN
+    ttl: int | None = Field(default=None, gt=0, description="Lifetime in seconds")
+
+
+class TokenPublic(_Strict):
+    id: str
+    name: str
+    role: Role
+    created_by: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class TokenCreated(TokenPublic):
+    token: str = Field(description="Shown once; only its hash is stored")
+
+
+class Health(_Strict):
+    status: Literal["ok"]

@@ -1,0 +1,54 @@
+"""SVID issuance for administrators (registration entries authorise agents later)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import APIRouter
+
+from pki.ca import certificate_pem
+from trustd.api.deps import AdminDep, ServicesDep
+from trustd.api.schemas import JwtSvidRequest, JwtSvidResponse, X509SvidRequest, X509SvidResponse
+
+router = APIRouter(prefix="/v1/svid", tags=["svid"])
+
+
+def _ttl(seconds: int | None) -> timedelta | None:
+    return timedelta(seconds=seconds) if seconds is not None else None
+
+
+@router.post("/x509", response_model=X509SvidResponse, status_code=201)
+def issue_x509_svid(
+    body: X509SvidRequest, principal: AdminDep, services: ServicesDep
+) -> X509SvidResponse:
+    """Sign a CSR as an X509-SVID for `spiffe_id`. The CSR only proves key possession: its
+    subject and names are ignored.
+    """
+    issued = services.issuer.issue_x509_svid(
+        principal, body.spiffe_id, body.csr.encode(), _ttl(body.ttl), body.dns_names
+    )
+    cert = issued.certificate
+    return X509SvidResponse(
+        spiffe_id=str(issued.spiffe_id),
+        serial=format(cert.serial_number, "x"),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        certificate=certificate_pem(cert),
+        intermediates=[certificate_pem(c) for c in issued.intermediates],
+        bundle=services.ca.state.bundle.to_pem(),
+    )
+
+
+@router.post("/jwt", response_model=JwtSvidResponse, status_code=201)
+def mint_jwt_svid(
+    body: JwtSvidRequest, principal: AdminDep, services: ServicesDep
+) -> JwtSvidResponse:
+    """Mint a JWT-SVID for `spiffe_id` with the given audience (JWT-SVID §3: `aud` required)."""
+    svid = services.issuer.mint_jwt_svid(principal, body.spiffe_id, body.audience, _ttl(body.ttl))
+    return JwtSvidResponse(
+        token=svid.token,
+        spiffe_id=str(svid.spiffe_id),
+        audience=list(svid.audience),
+        kid=svid.kid,
+        expires_at=svid.expiry,
+    )

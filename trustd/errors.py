@@ -1,0 +1,39 @@
+"""Service-level errors. Every error derives from `pki.errors.TrustdError`; the API edge maps
+each class to an HTTP status and an RFC 9457 problem type in one place (`trustd.api.problems`).
+"""
+
+from __future__ import annotations
+
+from pki.errors import TrustdError
+
+
+class NotFound(TrustdError):
+    title = "Not found"
+
+
+class Conflict(TrustdError):
+    title = "Conflict"
+
+
+class Unauthenticated(TrustdError):
+    title = "Authentication required"
+
+
+class PermissionDenied(TrustdError):
+    title = "Permission denied"
+
+
+class InvalidRequest(TrustdError):
+    title = "Invalid request"
+
+
+class PayloadTooLarge(TrustdError):
+    title = "Request too large"
+
+
+class StoreUnavailable(TrustdError):
+    title = "Storage unavailable"
+
+
+class NotReady(TrustdError):
+    title = "Not ready"

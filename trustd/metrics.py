@@ -1,0 +1,32 @@
+"""Prometheus metrics. One registry per process; `trustd serve --workers N` aggregates the
+workers through prometheus_client's multiprocess mode.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SVIDS_ISSUED = Counter(
+    "trustd_svids_issued_total", "SVIDs and certificates issued, by kind.", ["kind"]
+)
+ISSUANCE_FAILURES = Counter(
+    "trustd_issuance_failures_total", "Issuance requests refused or failed, by kind.", ["kind"]
+)
+ISSUANCE_SECONDS = Histogram(
+    "trustd_issuance_seconds",
+    "Time to issue and durably record one credential, by kind.",
+    ["kind"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+CA_EXPIRY = Gauge(
+    "trustd_ca_expiry_timestamp_seconds",
+    "When each active CA certificate or key expires (Unix time).",
+    ["kind", "kid"],
+    multiprocess_mode="max",
+)
+HTTP_REQUESTS = Histogram(
+    "trustd_http_request_seconds",
+    "HTTP request latency by route and status.",
+    ["method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+)

@@ -1,0 +1,44 @@
+"""Audit trail: one row per security-relevant action, written in the action's transaction."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import Any
+
+from sqlmodel import Session
+
+from pki.clock import Clock
+from trustd.store.models import AuditEvent, AuditOutcome
+
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+class AuditLog:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+
+    def record(
+        self,
+        session: Session,
+        actor: str,
+        action: str,
+        *,
+        target: str | None = None,
+        outcome: AuditOutcome = AuditOutcome.SUCCESS,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Add an audit row to `session`; it commits or rolls back with the action itself.
+
+        `action` is a `subject:object:action` tag such as `svid:x509:issued`.
+        """
+        session.add(
+            AuditEvent(
+                at=self._clock.now(),
+                actor=actor,
+                action=action,
+                target=target,
+                outcome=outcome,
+                request_id=request_id_var.get(),
+                details=details or {},
+            )
+        )

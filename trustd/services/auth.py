@@ -1,0 +1,155 @@
+"""Admin principals and bearer tokens (hashed at rest, compared in constant time)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from pki.clock import Clock
+from trustd.errors import InvalidRequest, NotFound, PermissionDenied, Unauthenticated
+from trustd.services.audit import AuditLog
+from trustd.store.db import transaction
+from trustd.store.models import AdminToken, AuditOutcome
+
+TOKEN_PREFIX = "trustd"  # noqa: S105 - the token format's fixed prefix, not a secret
+_ID_BYTES = 8
+_SECRET_BYTES = 32
+# Compared against when a token id is unknown, so a miss costs the same as a wrong secret.
+_DUMMY_HASH = hashlib.sha256(b"trustd-unknown-token").hexdigest()
+
+
+class Role(StrEnum):
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+
+_ROLE_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: `token:<id>` for bearer tokens, `local:uid=<n>` on the admin socket."""
+
+    name: str
+    role: Role
+
+    def require(self, role: Role) -> None:
+        """Raises:
+        PermissionDenied: the principal's role is below `role`.
+        """
+        if _ROLE_RANK[self.role] < _ROLE_RANK[role]:
+            raise PermissionDenied(f"this action needs the {role} role; {self.name} is {self.role}")
+
+
+@dataclass(frozen=True)
+class CreatedToken:
+    token: AdminToken
+    secret: str
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _split(presented: str) -> tuple[str, str]:
+    prefix, _, rest = presented.partition(".")
+    token_id, _, secret = rest.partition(".")
+    if prefix != TOKEN_PREFIX or not token_id or not secret:
+        raise Unauthenticated("malformed admin token; expected trustd.<id>.<secret>")
+    return token_id, secret
+
+
+class AdminTokens:
+    """Issues, checks and revokes admin bearer tokens."""
+
+    def __init__(self, engine: Engine, clock: Clock, audit: AuditLog) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._audit = audit
+
+    def create(
+        self, actor: Principal, name: str, role: Role, ttl: timedelta | None = None
+    ) -> CreatedToken:
+        """Create a token; its secret is returned once and only its hash is stored."""
+        if ttl is not None and ttl <= timedelta(0):
+            raise InvalidRequest("ttl must be positive")
+        now = self._clock.now()
+        secret = secrets.token_urlsafe(_SECRET_BYTES)
+        row = AdminToken(
+            id=secrets.token_hex(_ID_BYTES),
+            name=name,
+            role=role,
+            token_hash=_hash(secret),
+            created_by=actor.name,
+            created_at=now,
+            expires_at=now + ttl if ttl else None,
+        )
+        with transaction(self._engine) as session:
+            session.add(row)
+            self._audit.record(
+                session, actor.name, "admin:token:created", target=row.id, details={"role": role}
+            )
+        return CreatedToken(row, f"{TOKEN_PREFIX}.{row.id}.{secret}")
+
+    def authenticate(self, presented: str) -> Principal:
+        """Raises:
+        Unauthenticated: unknown, wrong, expired or revoked token (the reason is audited,
+        the caller only learns that the token was refused).
+        """
+        token_id, secret = _split(presented)
+        with transaction(self._engine) as session:
+            row = session.get(AdminToken, token_id)
+            expected = row.token_hash if row else _DUMMY_HASH
+            matches = hmac.compare_digest(_hash(secret), expected)
+            reason = self._refusal(row, matches, self._clock.now())
+            if reason is None and row is not None:
+                return Principal(f"token:{row.id}", Role(row.role))
+            self._audit.record(
+                session,
+                f"token:{token_id[:32]}",
+                "admin:token:denied",
+                outcome=AuditOutcome.DENIED,
+                details={"reason": reason},
+            )
+        raise Unauthenticated("admin token refused")
+
+    @staticmethod
+    def _refusal(row: AdminToken | None, matches: bool, now: datetime) -> str | None:
+        if row is None:
+            return "unknown token"
+        if not matches:
+            return "wrong secret"
+        if row.revoked_at is not None:
+            return "revoked"
+        if row.expires_at is not None and row.expires_at <= now:
+            return "expired"
+        return None
+
+    def list(self) -> list[AdminToken]:
+        with transaction(self._engine) as session:
+            return list(session.exec(select(AdminToken).order_by(col(AdminToken.created_at))))
+
+    def revoke(self, actor: Principal, token_id: str) -> AdminToken:
+        """Raises:
+        NotFound: no such token.
+        """
+        with transaction(self._engine) as session:
+            row = session.get(AdminToken, token_id)
+            if row is None:
+                raise NotFound(f"no admin token {token_id!r}")
+            if row.revoked_at is None:
+                row.revoked_at = self._clock.now()
+                session.add(row)
+                self._audit.record(session, actor.name, "admin:token:revoked", target=row.id)
+            return row
+
+    def any_exist(self, session: Session) -> bool:
+        return session.exec(select(AdminToken.id).limit(1)).first() is not None

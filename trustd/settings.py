@@ -1,0 +1,166 @@
+"""Service settings: `TRUSTD_*` environment variables over an optional TOML file."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from pki.errors import TrustdError
+from pki.keys import KeyType
+from pki.spiffe_id import TrustDomain
+
+# Values that are obviously examples; refusing them outside dev keeps a copied sample
+# configuration from protecting production CA keys.
+_PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "example", "dev"})
+_MIN_PASSPHRASE_LENGTH = 16
+
+
+class SettingsError(TrustdError):
+    title = "Invalid settings"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRUSTD_", extra="forbid", frozen=True)
+
+    env: Literal["dev", "production"] = "dev"
+    trust_domain: str = "example.org"
+    listen: str = "127.0.0.1:8443"
+    data_dir: Path = Path("var")
+    database_url: str | None = None
+    redis_url: str | None = None
+    tls: bool = True
+    workers: int = Field(default=1, ge=1, le=64)
+    # Extra names the serving certificate carries besides localhost and the listen address.
+    server_names: list[str] = Field(default_factory=list)
+
+    key_type: KeyType = KeyType.EC_P256
+    jwt_key_type: KeyType = KeyType.EC_P256
+    key_passphrase: SecretStr | None = None
+    upstream_ca_cert: Path | None = None
+    upstream_ca_key: Path | None = None
+    upstream_ca_key_password: SecretStr | None = None
+    upstream_ca_bundle: Path | None = None
+
+    root_ttl: timedelta = timedelta(days=365)
+    intermediate_ttl: timedelta = timedelta(days=30)
+    x509_svid_ttl: timedelta = timedelta(hours=1)
+    x509_svid_max_ttl: timedelta = timedelta(hours=24)
+    jwt_svid_ttl: timedelta = timedelta(minutes=5)
+    jwt_svid_max_ttl: timedelta = timedelta(hours=1)
+    serving_cert_ttl: timedelta = timedelta(days=1)
+    bundle_refresh_hint: timedelta = timedelta(minutes=5)
+    max_request_bytes: int = 65536
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("TRUSTD_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    @field_validator("trust_domain")
+    @classmethod
+    def _canonical_trust_domain(cls, value: str) -> str:
+        try:
+            return TrustDomain.parse(value).name
+        except TrustdError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("jwt_key_type")
+    @classmethod
+    def _jwt_key_allowed(cls, value: KeyType) -> KeyType:
+        # JWT-SVID §3: only RS*, ES* and PS* are allowed, so Ed25519 cannot sign JWT-SVIDs.
+        if value is KeyType.ED25519:
+            raise ValueError("JWT-SVIDs cannot be signed with Ed25519 (JWT-SVID spec §3)")
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_has_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"listen must be HOST:PORT, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _production_rules(self) -> Settings:
+        if self.env == "production":
+            secret = self.key_passphrase.get_secret_value() if self.key_passphrase else ""
+            if not secret:
+                raise ValueError("production needs TRUSTD_KEY_PASSPHRASE to encrypt CA keys")
+            if secret.lower() in _PLACEHOLDER_SECRETS or len(secret) < _MIN_PASSPHRASE_LENGTH:
+                raise ValueError(
+                    f"TRUSTD_KEY_PASSPHRASE looks like a placeholder; use at least "
+                    f"{_MIN_PASSPHRASE_LENGTH} random characters"
+                )
+        if (self.upstream_ca_cert is None) != (self.upstream_ca_key is None):
+            raise ValueError("upstream_ca_cert and upstream_ca_key must be given together")
+        return self
+
+    @property
+    def trust_domain_obj(self) -> TrustDomain:
+        return TrustDomain.parse(self.trust_domain)
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'trustd.db').resolve()}"
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.data_dir / "admin.sock"
+
+    @property
+    def bundle_path(self) -> Path:
+        return self.data_dir / "bundle.pem"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"
+
+    @property
+    def kek_path(self) -> Path:
+        return self.data_dir / "kek"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings from the environment, the TOML file and explicit overrides.
+
+    Raises:
+        SettingsError: a value is invalid; the message names the setting.
+    """
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from None
