@@ -23,7 +23,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.ca.load()
+        await services.bus.start()
         yield
+        await services.bus.stop()
         services.engine.dispose()
 
     app = FastAPI(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from pki.clock import Clock, SystemClock
+from trustd.bus import Bus, create_bus
 from trustd.services.audit import AuditLog
 from trustd.services.auth import AdminTokens
 from trustd.services.ca import CertificateAuthority
@@ -20,6 +21,7 @@ class Services:
     settings: Settings
     engine: Engine
     clock: Clock
+    bus: Bus
     audit: AuditLog
     tokens: AdminTokens
     ca: CertificateAuthority
@@ -35,6 +37,7 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         settings=settings,
         engine=engine,
         clock=clock,
+        bus=create_bus(settings.redis_url),
         audit=audit,
         tokens=AdminTokens(engine, clock, audit),
         ca=ca,

@@ -1,0 +1,65 @@
+"""Change notifications in one process and across processes through a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+
+import pytest
+
+from trustd.bus import Bus, LocalBus, RedisBus
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(params=["local", "redis"])
+def bus_factory(request: pytest.FixtureRequest) -> type[Bus] | object:
+    if request.param == "local":
+        return LocalBus
+    return lambda: RedisBus(REDIS_URL)
+
+
+def test_waiter_wakes_on_publish_from_another_thread(bus_factory: object) -> None:
+    async def scenario() -> None:
+        bus: Bus = bus_factory()  # type: ignore[operator]
+        await bus.start()
+        channel = f"node:{uuid.uuid4().hex}"
+        waiter = asyncio.create_task(asyncio.wait_for(bus.wait(channel), 5))
+        await asyncio.sleep(0.05)
+        threading.Thread(target=bus.publish, args=(channel, "rev-7")).start()
+        assert await waiter == "rev-7"
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(bus.wait(channel), 0.05)
+        await bus.stop()
+
+    asyncio.run(scenario())
+
+
+def test_publish_on_one_replica_wakes_the_other() -> None:
+    async def scenario() -> None:
+        a, b = RedisBus(REDIS_URL), RedisBus(REDIS_URL)
+        await a.start()
+        await b.start()
+        channel = f"bundle:{uuid.uuid4().hex}"
+        waiter = asyncio.create_task(asyncio.wait_for(b.wait(channel), 5))
+        await asyncio.sleep(0.05)
+        a.publish(channel, "changed")
+        assert await waiter == "changed"
+        await a.stop()
+        await b.stop()
+
+    asyncio.run(scenario())
+
+
+def test_unreachable_redis_still_wakes_local_waiters() -> None:
+    async def scenario() -> None:
+        bus = RedisBus("redis://127.0.0.1:1/0")
+        await bus.start()
+        waiter = asyncio.create_task(asyncio.wait_for(bus.wait("x"), 5))
+        await asyncio.sleep(0.05)
+        bus.publish("x", "local")
+        assert await waiter == "local"
+        await bus.stop()
+
+    asyncio.run(scenario())

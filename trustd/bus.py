@@ -1,0 +1,152 @@
+"""Change notifications between the parts of one process and between replicas.
+
+A change (a new revision for a node, a policy bundle activated, a revocation) is published on
+a channel; every process holding long-polls or caches for that channel wakes. With Redis, a
+publish on one replica reaches every replica (pub/sub); without Redis the same interface works
+inside one process. Notifications carry hints only: the database stays the source of truth, so
+a lost message costs latency (the waiter's timeout), never correctness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections import defaultdict
+from typing import Protocol
+
+import redis
+import redis.asyncio as aredis
+import structlog
+
+log = structlog.get_logger("trustd.bus")
+_PREFIX = "trustd:"
+
+
+class Bus(Protocol):
+    def publish(self, channel: str, message: str = "") -> None:
+        """Announce a change; callable from any thread. Never raises: a notification that
+        cannot be delivered is logged and the waiters fall back to their timeouts."""
+        ...
+
+    async def wait(self, channel: str) -> str:
+        """The next message on `channel`; bound it with `asyncio.timeout`."""
+        ...
+
+    async def start(self) -> None:
+        """Bind to the running event loop (and connect to Redis)."""
+        ...
+
+    async def stop(self) -> None: ...
+
+
+class LocalBus:
+    """In-process delivery: waiters are futures on the event loop the bus was started on."""
+
+    def __init__(self) -> None:
+        self._waiters: defaultdict[str, set[asyncio.Future[str]]] = defaultdict(set)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+
+    async def stop(self) -> None:
+        with self._lock:
+            waiters = [f for futures in self._waiters.values() for f in futures]
+            self._waiters.clear()
+        for future in waiters:
+            future.cancel()
+
+    def publish(self, channel: str, message: str = "") -> None:
+        self.deliver(channel, message)
+
+    def deliver(self, channel: str, message: str) -> None:
+        """Wake this process's waiters on `channel` (thread-safe)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with self._lock:
+            waiters = self._waiters.pop(channel, set())
+        for future in waiters:
+            loop.call_soon_threadsafe(_resolve, future, message)
+
+    async def wait(self, channel: str) -> str:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str] = loop.create_future()
+        with self._lock:
+            self._waiters[channel].add(future)
+        try:
+            return await future
+        finally:
+            with self._lock:
+                self._waiters[channel].discard(future)
+                if not self._waiters[channel]:
+                    del self._waiters[channel]
+
+
+def _resolve(future: asyncio.Future[str], message: str) -> None:
+    if not future.done():
+        future.set_result(message)
+
+
+class RedisBus:
+    """Redis pub/sub between replicas; delivery inside each process through a `LocalBus`."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._local = LocalBus()
+        # Publishing happens from request threads; a small blocking client is simplest there.
+        self._publisher = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self._listener: asyncio.Task[None] | None = None
+        # Set once the first subscription attempt has succeeded or failed.
+        self._first_attempt = asyncio.Event()
+
+    async def start(self) -> None:
+        await self._local.start()
+        self._listener = asyncio.create_task(self._listen(), name="trustd-bus-listener")
+        # Messages published before the subscription is active would be lost: wait for it.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_attempt.wait(), 5)
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self._local.stop()
+        self._publisher.close()
+
+    def publish(self, channel: str, message: str = "") -> None:
+        try:
+            self._publisher.publish(_PREFIX + channel, message)
+        except redis.RedisError as exc:
+            log.warning("bus_publish_failed", channel=channel, error=str(exc))
+            # This replica's own waiters still hear of the change.
+            self._local.deliver(channel, message)
+
+    async def wait(self, channel: str) -> str:
+        return await self._local.wait(channel)
+
+    async def _listen(self) -> None:
+        while True:
+            client = aredis.Redis.from_url(self._url)
+            try:
+                async with client.pubsub() as pubsub:
+                    await pubsub.psubscribe(_PREFIX + "*")
+                    self._first_attempt.set()
+                    async for item in pubsub.listen():
+                        if item.get("type") != "pmessage":
+                            continue
+                        channel = item["channel"].decode()[len(_PREFIX) :]
+                        self._local.deliver(channel, item["data"].decode())
+            except (redis.RedisError, OSError) as exc:
+                self._first_attempt.set()
+                log.warning("bus_listener_reconnecting", error=str(exc))
+                await asyncio.sleep(1)
+            finally:
+                await client.aclose()
+
+
+def create_bus(redis_url: str | None) -> Bus:
+    return RedisBus(redis_url) if redis_url else LocalBus()
