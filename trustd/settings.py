@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64)
     # Extra names the serving certificate carries besides localhost and the listen address.
     server_names: list[str] = Field(default_factory=list)
+    # The base URL clients use to reach this service (behind a load balancer, its URL); it is
+    # written into certificates (CRL distribution points, OCSP) and the ACME directory.
+    public_url: str | None = None
 
     key_type: KeyType = KeyType.EC_P256
     jwt_key_type: KeyType = KeyType.EC_P256
@@ -132,6 +135,17 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'trustd.db').resolve()}"
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.host
+        if host in ("0.0.0.0", "::"):  # noqa: S104 - a wildcard bind is not an address to publish
+            host = "localhost"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     @property
     def admin_socket(self) -> Path:

@@ -70,3 +70,16 @@ def test_bad_settings_are_refused_with_the_reason(
 def test_production_accepts_a_real_passphrase() -> None:
     s = load_settings(env="production", key_passphrase="k3y-" + "x" * 30)
     assert s.key_passphrase is not None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, "https://127.0.0.1:8443"),
+        ({"tls": False, "listen": "0.0.0.0:80"}, "http://localhost:80"),
+        ({"listen": "[::1]:8443"}, "https://[::1]:8443"),
+        ({"public_url": "https://trustd.corp.example/"}, "https://trustd.corp.example"),
+    ],
+)
+def test_base_url(overrides: dict[str, object], expected: str) -> None:
+    assert load_settings(**overrides).base_url == expected
