@@ -37,7 +37,9 @@ def configure_logging(level: str = "info") -> None:
     root.setLevel(numeric)
     structlog.configure(
         processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        wrapper_class=structlog.stdlib.BoundLogger,
+        # Filtering in the bound logger drops disabled levels before any processor runs: the
+        # access log costs nothing when the level is above info.
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=True,
     )

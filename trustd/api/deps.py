@@ -17,7 +17,7 @@ LOCAL_ADMIN_SCOPE_KEY = "trustd.local_admin"
 _bearer = HTTPBearer(auto_error=False, description="Admin token: trustd.<id>.<secret>")
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -25,7 +25,7 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_principal(
+async def get_principal(
     request: Request,
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -42,7 +42,7 @@ def get_principal(
     return services.tokens.authenticate(credentials.credentials)
 
 
-def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+async def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
     principal.require(Role.ADMIN)
     return principal
 

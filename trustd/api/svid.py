@@ -12,13 +12,17 @@ from trustd.api.schemas import JwtSvidRequest, JwtSvidResponse, X509SvidRequest,
 
 router = APIRouter(prefix="/v1/svid", tags=["svid"])
 
+# Issuance handlers are coroutines that sign and commit on the event loop: the work is short
+# and CPU-bound, and handing it to a thread pool only adds GIL contention. Throughput scales
+# with worker processes (`trustd serve --workers N`).
+
 
 def _ttl(seconds: int | None) -> timedelta | None:
     return timedelta(seconds=seconds) if seconds is not None else None
 
 
 @router.post("/x509", response_model=X509SvidResponse, status_code=201)
-def issue_x509_svid(
+async def issue_x509_svid(
     body: X509SvidRequest, principal: AdminDep, services: ServicesDep
 ) -> X509SvidResponse:
     """Sign a CSR as an X509-SVID for `spiffe_id`. The CSR only proves key possession: its
@@ -40,7 +44,7 @@ def issue_x509_svid(
 
 
 @router.post("/jwt", response_model=JwtSvidResponse, status_code=201)
-def mint_jwt_svid(
+async def mint_jwt_svid(
     body: JwtSvidRequest, principal: AdminDep, services: ServicesDep
 ) -> JwtSvidResponse:
     """Mint a JWT-SVID for `spiffe_id` with the given audience (JWT-SVID §3: `aud` required)."""
