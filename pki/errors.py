@@ -45,6 +45,10 @@ class InvalidSpiffeId(TrustdError):
     title = "Invalid SPIFFE ID"
 
 
+class InvalidSelector(TrustdError):
+    title = "Invalid selector"
+
+
 class InvalidTrustDomain(TrustdError):
     title = "Invalid trust domain"
 

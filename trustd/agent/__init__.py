@@ -1,0 +1,1 @@
+"""The node agent: attests, syncs, serves the SPIFFE Workload API, enforces verdicts."""

@@ -1,0 +1,138 @@
+"""The agent's in-memory view: entries for this node, the SVIDs minted for them, the bundle.
+
+The sync loop writes; the Workload API reads and waits for changes. Everything runs on the
+agent's one event loop, so no locks are needed; readers get immutable snapshots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from cryptography import x509
+
+from pki.bundle import TrustBundle
+from pki.jwt_svid import JwtSvid
+from pki.keys import PrivateKey
+from pki.selectors import Selector, matches
+from pki.spiffe_id import SpiffeId
+
+
+@dataclass(frozen=True)
+class WorkloadEntry:
+    """A registration entry this node may serve, as the server sent it."""
+
+    id: str
+    spiffe_id: SpiffeId
+    selectors: frozenset[Selector]
+    x509_ttl: int
+    jwt_ttl: int
+    dns_names: tuple[str, ...] = ()
+    hint: str = ""
+    revision: int = 0
+
+
+@dataclass(frozen=True)
+class X509Svid:
+    """An X509-SVID held for an entry: the chain (leaf first) and the key made on this node."""
+
+    entry_id: str
+    spiffe_id: SpiffeId
+    chain: tuple[x509.Certificate, ...]
+    private_key: PrivateKey
+    hint: str = ""
+
+    @property
+    def not_after(self) -> datetime:
+        return self.chain[0].not_valid_after_utc
+
+
+class JwtSvidSource(Protocol):
+    async def fetch_jwt_svid(self, spiffe_id: SpiffeId, audience: Sequence[str]) -> JwtSvid:
+        """A JWT-SVID for `spiffe_id` with `audience`, minted by the server (or cached).
+
+        Raises:
+            TrustdError: the server refused or cannot be reached and nothing is cached.
+        """
+        ...
+
+
+class SvidCache:
+    def __init__(self) -> None:
+        self._entries: dict[str, WorkloadEntry] = {}
+        self._svids: dict[str, X509Svid] = {}
+        self._bundle: TrustBundle | None = None
+        self._generation = 0
+        self._changed = asyncio.Condition()
+
+    # -- readers -------------------------------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        """Increases on every change a Workload API client could see."""
+        return self._generation
+
+    @property
+    def bundle(self) -> TrustBundle | None:
+        return self._bundle
+
+    def entries(self) -> list[WorkloadEntry]:
+        return list(self._entries.values())
+
+    def entries_for(self, selectors: frozenset[Selector]) -> list[WorkloadEntry]:
+        """Entries whose selectors are all among the caller's, in a stable order."""
+        found = [e for e in self._entries.values() if matches(e.selectors, selectors)]
+        return sorted(found, key=lambda e: (str(e.spiffe_id), e.id))
+
+    def svids_for(self, selectors: frozenset[Selector]) -> list[X509Svid]:
+        """The current X509-SVIDs of the entries that match `selectors` (entries whose SVID is
+        not minted yet are left out)."""
+        return [self._svids[e.id] for e in self.entries_for(selectors) if e.id in self._svids]
+
+    def svid(self, entry_id: str) -> X509Svid | None:
+        return self._svids.get(entry_id)
+
+    async def wait_changed(self, after: int) -> int:
+        """Wait until the generation is past `after`; bound it with `asyncio.timeout`."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._generation > after)
+            return self._generation
+
+    # -- writers (the sync loop) ---------------------------------------------------------
+
+    async def set_bundle(self, bundle: TrustBundle) -> None:
+        if self._bundle is None or bundle.sequence != self._bundle.sequence:
+            self._bundle = bundle
+            await self._bump()
+
+    async def set_entries(self, entries: Iterable[WorkloadEntry]) -> None:
+        """Replace the entry set; SVIDs of entries that are gone are dropped at once."""
+        new = {e.id: e for e in entries}
+        if new == self._entries:
+            return
+        self._entries = new
+        for entry_id in list(self._svids):
+            entry = new.get(entry_id)
+            if entry is None or entry.spiffe_id != self._svids[entry_id].spiffe_id:
+                del self._svids[entry_id]
+        await self._bump()
+
+    async def put_svid(self, svid: X509Svid) -> None:
+        if svid.entry_id not in self._entries:
+            return
+        self._svids[svid.entry_id] = svid
+        await self._bump()
+
+    async def drop_svids(self, entry_ids: Iterable[str]) -> None:
+        """Stop serving these SVIDs (revoked, or signed by a tainted key)."""
+        dropped = [i for i in entry_ids if self._svids.pop(i, None) is not None]
+        if dropped:
+            await self._bump()
+
+    async def _bump(self) -> None:
+        async with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
