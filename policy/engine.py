@@ -7,6 +7,8 @@ scales decisions with processes, not threads.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -37,18 +39,29 @@ def _first_line(exc: BaseException) -> str:
     return " ".join(kept) or type(exc).__name__
 
 
+# Prepared engines, per thread, keyed by what was loaded into them. An engine may only be
+# dropped on the thread that made it, so they live as long as their thread does and are
+# shared by every EmbeddedEngine with the same modules and data.
+_PREPARED = threading.local()
+
+
 class EmbeddedEngine:
     """Rego modules and data evaluated in-process, one prepared engine per thread."""
 
     def __init__(self, modules: Mapping[str, str], data: Mapping[str, Any] | None = None) -> None:
         self._modules = dict(modules)
         self._data = dict(data or {})
-        self._local = threading.local()
+        self._key = hashlib.sha256(
+            json.dumps([sorted(self._modules.items()), self._data], sort_keys=True).encode()
+        ).hexdigest()
         # Compile once here so a broken module fails at load time, not at first decision.
         self._prepared()
 
     def _prepared(self) -> regorus.Engine:
-        engine: regorus.Engine | None = getattr(self._local, "engine", None)
+        engines: dict[str, regorus.Engine] | None = getattr(_PREPARED, "engines", None)
+        if engines is None:
+            engines = _PREPARED.engines = {}
+        engine = engines.get(self._key)
         if engine is None:
             engine = regorus.Engine()
             for name, source in self._modules.items():
@@ -58,7 +71,7 @@ class EmbeddedEngine:
                     raise PolicyCompileError(_first_line(exc), module=name) from None
             if self._data:
                 engine.add_data(self._data)
-            self._local.engine = engine
+            engines[self._key] = engine
         return engine
 
     def evaluate(self, rule: str, input: Any) -> Any:
