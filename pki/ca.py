@@ -99,7 +99,7 @@ def _common_name(kind: str, trust_domain: TrustDomain) -> str:
     return f"trustd {kind} CA {digest}"
 
 
-def _dns_name_problem(name: str) -> str | None:
+def dns_name_problem(name: str) -> str | None:
     """Return why *name* is not an acceptable DNS SAN, or None if it is."""
     if not name:
         return "DNS name is empty"
@@ -538,7 +538,7 @@ class X509SvidParams:
             if not isinstance(raw, str):
                 raise InvalidSvidParams(f"DNS name must be a string, got {echo(raw)}")
             name = raw.lower()
-            problem = _dns_name_problem(name)
+            problem = dns_name_problem(name)
             if problem is not None:
                 raise InvalidSvidParams(f"{problem}: {echo(raw)}", dns_name=echo(raw))
             if name not in names:
@@ -815,7 +815,7 @@ def _validate_leaf(cert: x509.Certificate, trust_domain: TrustDomain) -> SpiffeI
     if len(cert.subject) == 0 and not san.critical:
         raise InvalidSvid("X509-SVID §3.1: subject is empty but subjectAltName is not critical")
     for dns_name in san.value.get_values_for_type(x509.DNSName):
-        problem = _dns_name_problem(dns_name)
+        problem = dns_name_problem(dns_name)
         if problem is not None:
             raise InvalidSvid(f"DNS SAN {echo(dns_name)} is invalid: {problem}")
     # X509-SVID §4.1, §5.2: leaves MUST have cA=false (an absent extension means false).

@@ -347,5 +347,202 @@ def bundle_show(
         typer.echo(response.text, nl=False)
 
 
+# -- nodes, join tokens, registration entries, the agent -------------------------------
+
+join_app = typer.Typer(help="Join tokens for node attestation.", no_args_is_help=True)
+entry_app = typer.Typer(help="Registration entries.", no_args_is_help=True)
+node_app = typer.Typer(help="Attested nodes.", no_args_is_help=True)
+app.add_typer(join_app, name="token")
+app.add_typer(entry_app, name="entry")
+app.add_typer(node_app, name="node")
+
+SelectorOpt = Annotated[list[str] | None, typer.Option("--selector", help="type:value, repeatable")]
+
+
+@join_app.command("create")
+def join_token_create(
+    ttl: Annotated[int | None, typer.Option(help="Seconds until it expires [3600]")] = None,
+    selector: SelectorOpt = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Create a single-use join token and print the command to run on the node."""
+    body: dict[str, Any] = {"selectors": selector or []}
+    if ttl is not None:
+        body["ttl"] = ttl
+    created = _call(server, token, ca_bundle, data_dir, "POST", "/v1/join-tokens", json=body).json()
+    _progress(
+        f"join token {created['id']} expires {created['expires_at']}; "
+        f"the node will be {created['spiffe_id']}"
+    )
+    typer.echo(
+        f"trustd agent --server {created['server_url']} --join-token {created['token']} "
+        f"--ca-sha256 {created['ca_sha256'][0]} "
+        "--socket /run/trustd/agent.sock --data-dir /var/lib/trustd-agent"
+    )
+
+
+def _entry_body(
+    spiffe_id: str | None,
+    parent_id: str | None,
+    selector: list[str] | None,
+    x509_ttl: int | None,
+    jwt_ttl: int | None,
+    dns_name: list[str] | None,
+    hint: str | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "spiffe_id": spiffe_id,
+        "parent_id": parent_id,
+        "selectors": selector,
+        "x509_ttl": x509_ttl,
+        "jwt_ttl": jwt_ttl,
+        "dns_names": dns_name,
+        "hint": hint,
+    }
+    return {k: v for k, v in body.items() if v is not None}
+
+
+@entry_app.command("create")
+def entry_create(
+    spiffe_id: Annotated[str, typer.Option("--spiffe-id", help="spiffe://<td>/<path>")],
+    parent_id: Annotated[str, typer.Option("--parent-id", help="Node or node alias ID")],
+    selector: SelectorOpt = None,
+    x509_ttl: Annotated[int | None, typer.Option("--x509-ttl", help="Seconds")] = None,
+    jwt_ttl: Annotated[int | None, typer.Option("--jwt-ttl", help="Seconds")] = None,
+    dns_name: Annotated[list[str] | None, typer.Option("--dns-name")] = None,
+    hint: Annotated[str | None, typer.Option()] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Create a registration entry."""
+    body = _entry_body(spiffe_id, parent_id, selector or [], x509_ttl, jwt_ttl, dns_name, hint)
+    _print_json(_call(server, token, ca_bundle, data_dir, "POST", "/v1/entries", json=body).json())
+
+
+@entry_app.command("list")
+def entry_list(
+    spiffe_id: Annotated[str | None, typer.Option("--spiffe-id")] = None,
+    parent_id: Annotated[str | None, typer.Option("--parent-id")] = None,
+    selector: Annotated[str | None, typer.Option("--selector")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """List entries, optionally filtered."""
+    params: dict[str, Any] = {"limit": limit, "offset": offset}
+    for key, value in (("spiffe_id", spiffe_id), ("parent_id", parent_id), ("selector", selector)):
+        if value:
+            params[key] = value
+    page = _call(server, token, ca_bundle, data_dir, "GET", "/v1/entries", params=params).json()
+    _print_json(page)
+
+
+@entry_app.command("show")
+def entry_show(
+    entry_id: Annotated[str, typer.Argument()],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Show one entry."""
+    _print_json(_call(server, token, ca_bundle, data_dir, "GET", f"/v1/entries/{entry_id}").json())
+
+
+@entry_app.command("update")
+def entry_update(
+    entry_id: Annotated[str, typer.Argument()],
+    spiffe_id: Annotated[str | None, typer.Option("--spiffe-id")] = None,
+    parent_id: Annotated[str | None, typer.Option("--parent-id")] = None,
+    selector: SelectorOpt = None,
+    x509_ttl: Annotated[int | None, typer.Option("--x509-ttl")] = None,
+    jwt_ttl: Annotated[int | None, typer.Option("--jwt-ttl")] = None,
+    dns_name: Annotated[list[str] | None, typer.Option("--dns-name")] = None,
+    hint: Annotated[str | None, typer.Option()] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Change an entry (only the options given)."""
+    body = _entry_body(spiffe_id, parent_id, selector, x509_ttl, jwt_ttl, dns_name, hint)
+    path = f"/v1/entries/{entry_id}"
+    _print_json(_call(server, token, ca_bundle, data_dir, "PATCH", path, json=body).json())
+
+
+@entry_app.command("delete")
+def entry_delete(
+    entry_id: Annotated[str, typer.Argument()],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Delete an entry."""
+    _call(server, token, ca_bundle, data_dir, "DELETE", f"/v1/entries/{entry_id}")
+    typer.echo(f"deleted {entry_id}")
+
+
+@node_app.command("list")
+def node_list(
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """List attested nodes."""
+    _print_json(_call(server, token, ca_bundle, data_dir, "GET", "/v1/nodes").json())
+
+
+@node_app.command("show")
+def node_show(
+    spiffe_id: Annotated[str, typer.Argument()],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Show one node."""
+    params = {"spiffe_id": spiffe_id}
+    nodes = _call(server, token, ca_bundle, data_dir, "GET", "/v1/nodes", params=params).json()
+    _print_json(nodes[0])
+
+
+@node_app.command("evict")
+def node_evict(
+    spiffe_id: Annotated[str, typer.Argument()],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Revoke the node's credentials; it must attest again."""
+    body = {"spiffe_id": spiffe_id}
+    _call(server, token, ca_bundle, data_dir, "POST", "/v1/nodes/evict", json=body)
+    typer.echo(f"evicted {spiffe_id}")
+
+
+@node_app.command("ban")
+def node_ban(
+    spiffe_id: Annotated[str, typer.Argument()],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Revoke the node's credentials and refuse it from attesting again."""
+    body = {"spiffe_id": spiffe_id}
+    _call(server, token, ca_bundle, data_dir, "POST", "/v1/nodes/ban", json=body)
+    typer.echo(f"banned {spiffe_id}")
+
+
 def main() -> None:
     app()

@@ -7,7 +7,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -27,6 +35,14 @@ _MIN_PASSPHRASE_LENGTH = 16
 
 class SettingsError(TrustdError):
     title = "Invalid settings"
+
+
+class K8sClusterSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    issuer: str
+    audience: str = "trustd"
+    jwks_file: Path
 
 
 class Settings(BaseSettings):
@@ -63,6 +79,18 @@ class Settings(BaseSettings):
     serving_cert_ttl: timedelta = timedelta(days=1)
     bundle_refresh_hint: timedelta = timedelta(minutes=5)
     max_request_bytes: int = 65536
+
+    # Nodes and agents.
+    node_svid_ttl: timedelta = timedelta(hours=1)
+    join_token_ttl: timedelta = timedelta(hours=1)
+    sync_wait: timedelta = timedelta(seconds=30)
+    # Kubernetes clusters whose projected service-account tokens attest nodes (k8s_psat):
+    # {"name": {"issuer": "...", "audience": "trustd", "jwks_file": "/path/jwks.json"}}.
+    k8s_clusters: dict[str, K8sClusterSettings] = Field(default_factory=dict)
+    # PEM roots that x509pop node certificates must chain to; x509pop is off without it.
+    x509pop_ca_bundle: Path | None = None
+    # Rego module deciding which entries a node may receive (package trustd.attestation).
+    attestation_policy: Path | None = None
 
     @classmethod
     def settings_customise_sources(

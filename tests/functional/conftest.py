@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,14 +34,30 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Set
     )
 
 
+ServerFactory = Callable[..., Server]
+
+
 @pytest.fixture
-def server(tmp_path: Path, database_url: str) -> Iterator[Server]:
-    settings = make_settings(tmp_path, database_url)
-    settings.data_dir.mkdir(parents=True)
-    migrate(database_url)
-    services = build_services(settings)
-    report = initialise(services)
-    assert report.bootstrap_token is not None
-    with TestClient(create_app(settings, services), raise_server_exceptions=False) as client:
-        yield Server(settings, services, client, report.bootstrap_token)
-    services.engine.dispose()
+def server_factory(tmp_path: Path, database_url: str) -> Iterator[ServerFactory]:
+    """Start the app with extra settings; at most one per test."""
+    stack = ExitStack()
+
+    def start(**overrides: object) -> Server:
+        settings = make_settings(tmp_path, database_url, **overrides)
+        settings.data_dir.mkdir(parents=True)
+        migrate(database_url)
+        services = build_services(settings)
+        stack.callback(services.engine.dispose)
+        report = initialise(services)
+        assert report.bootstrap_token is not None
+        client = TestClient(create_app(settings, services), raise_server_exceptions=False)
+        stack.enter_context(client)
+        return Server(settings, services, client, report.bootstrap_token)
+
+    with stack:
+        yield start
+
+
+@pytest.fixture
+def server(server_factory: ServerFactory) -> Server:
+    return server_factory()

@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from trustd.errors import Unauthenticated
 from trustd.services.auth import Principal, Role
 from trustd.services.container import Services
+from trustd.services.nodes import NodePrincipal
 
 # Set on requests that arrive over the admin Unix socket (see `trustd.server`).
 LOCAL_ADMIN_SCOPE_KEY = "trustd.local_admin"
@@ -48,3 +49,20 @@ async def require_admin(principal: Annotated[Principal, Depends(get_principal)])
 
 
 AdminDep = Annotated[Principal, Depends(require_admin)]
+
+
+async def get_node(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> NodePrincipal:
+    """The agent calling, from its node credential (a JWT signed with its node SVID key).
+
+    Raises:
+        Unauthenticated: missing or refused credential.
+    """
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthenticated("agent calls need a node credential: Authorization: Bearer <jwt>")
+    return services.nodes.authenticate(credentials.credentials)
+
+
+NodeDep = Annotated[NodePrincipal, Depends(get_node)]

@@ -13,7 +13,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pki import errors as pki_errors
 from pki.errors import TrustdError
+from policy.errors import PolicyEvaluationError
 from trustd import errors
+from trustd.attestation.base import AttestationFailed
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger("trustd.api")
@@ -27,6 +29,9 @@ _STATUS: dict[type[TrustdError], int] = {
     pki_errors.InvalidSvid: 400,
     pki_errors.InvalidSvidParams: 400,
     pki_errors.InvalidBundle: 400,
+    pki_errors.InvalidSelector: 400,
+    AttestationFailed: 401,
+    PolicyEvaluationError: 503,
     errors.InvalidRequest: 400,
     errors.Unauthenticated: 401,
     errors.PermissionDenied: 403,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -85,3 +85,154 @@ class TokenCreated(TokenPublic):
 
 class Health(_Strict):
     status: Literal["ok"]
+
+
+class EntryCreate(_Strict):
+    spiffe_id: str = Field(max_length=2048)
+    parent_id: str = Field(max_length=2048)
+    selectors: list[str] = Field(min_length=1, max_length=64)
+    x509_ttl: int | None = Field(default=None, gt=0, description="Seconds")
+    jwt_ttl: int | None = Field(default=None, gt=0, description="Seconds")
+    dns_names: list[str] = Field(default_factory=list, max_length=32)
+    admin: bool = False
+    downstream: bool = False
+    hint: str = Field(default="", max_length=256)
+
+
+class EntryBatch(_Strict):
+    entries: list[EntryCreate] = Field(min_length=1, max_length=500)
+
+
+class EntryUpdate(_Strict):
+    spiffe_id: str | None = Field(default=None, max_length=2048)
+    parent_id: str | None = Field(default=None, max_length=2048)
+    selectors: list[str] | None = Field(default=None, min_length=1, max_length=64)
+    x509_ttl: int | None = Field(default=None, gt=0)
+    jwt_ttl: int | None = Field(default=None, gt=0)
+    dns_names: list[str] | None = Field(default=None, max_length=32)
+    admin: bool | None = None
+    downstream: bool | None = None
+    hint: str | None = Field(default=None, max_length=256)
+
+
+class EntryPublic(_Strict):
+    id: str
+    spiffe_id: str
+    parent_id: str
+    selectors: list[str]
+    x509_ttl: int
+    jwt_ttl: int
+    dns_names: list[str]
+    admin: bool
+    downstream: bool
+    hint: str
+    revision: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class EntryPage(_Strict):
+    entries: list[EntryPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class JoinTokenCreate(_Strict):
+    ttl: int | None = Field(default=None, gt=0, le=7 * 86400, description="Seconds")
+    selectors: list[str] = Field(default_factory=list, max_length=32)
+
+
+class JoinTokenCreated(_Strict):
+    id: str
+    token: str = Field(description="Shown once")
+    expires_at: datetime
+    selectors: list[str]
+    spiffe_id: str = Field(description="The node's SPIFFE ID once it attests with this token")
+    server_url: str
+    ca_sha256: list[str] = Field(description="Root CA fingerprints the agent may pin")
+
+
+class AttestRequest(_Strict):
+    attestor: str = Field(max_length=32, examples=["join_token", "k8s_psat", "x509pop"])
+    evidence: dict[str, Any]
+    csr: str | None = Field(
+        default=None, max_length=16384, description="The node key's CSR (not for challenges)"
+    )
+
+
+class ChallengeResponse(_Strict):
+    challenge: str
+
+
+class SvidChain(_Strict):
+    spiffe_id: str
+    certificate: str
+    intermediates: list[str]
+    not_after: datetime
+
+
+class AttestResponse(_Strict):
+    spiffe_id: str
+    svid: SvidChain
+    bundle: dict[str, Any] = Field(description="The SPIFFE bundle (JWKS)")
+
+
+class NodePublic(_Strict):
+    spiffe_id: str
+    attestor: str
+    agent_id: str
+    selectors: list[str]
+    status: str
+    svid_serial: str
+    svid_not_after: datetime
+    attested_at: datetime
+    last_seen: datetime | None
+    applied_revision: int
+
+
+class NodeAction(_Strict):
+    spiffe_id: str = Field(max_length=2048)
+
+
+class SyncResponse(_Strict):
+    changed: bool
+    revision: int
+    entries: list[EntryPublic] = Field(default_factory=list)
+    bundle: dict[str, Any] | None = None
+
+
+class Ack(_Strict):
+    revision: int = Field(ge=0)
+
+
+class CsrForEntry(_Strict):
+    entry_id: str = Field(max_length=32)
+    csr: str = Field(max_length=16384)
+
+
+class SvidBatchRequest(_Strict):
+    csrs: list[CsrForEntry] = Field(min_length=1, max_length=500)
+
+
+class SignedForEntry(SvidChain):
+    entry_id: str
+
+
+class RefusedForEntry(_Strict):
+    entry_id: str
+    detail: str
+
+
+class SvidBatchResponse(_Strict):
+    svids: list[SignedForEntry]
+    refused: list[RefusedForEntry]
+
+
+class AgentJwtRequest(_Strict):
+    entry_id: str = Field(max_length=32)
+    audience: list[str] = Field(min_length=1, max_length=16)
+
+
+class RenewRequest(_Strict):
+    csr: str = Field(max_length=16384)

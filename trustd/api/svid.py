@@ -7,6 +7,7 @@ from datetime import timedelta
 from fastapi import APIRouter
 
 from pki.ca import certificate_pem
+from pki.jwt_svid import JwtSvid
 from trustd.api.deps import AdminDep, ServicesDep
 from trustd.api.schemas import JwtSvidRequest, JwtSvidResponse, X509SvidRequest, X509SvidResponse
 
@@ -49,6 +50,10 @@ async def mint_jwt_svid(
 ) -> JwtSvidResponse:
     """Mint a JWT-SVID for `spiffe_id` with the given audience (JWT-SVID §3: `aud` required)."""
     svid = services.issuer.mint_jwt_svid(principal, body.spiffe_id, body.audience, _ttl(body.ttl))
+    return jwt_svid_response(svid)
+
+
+def jwt_svid_response(svid: JwtSvid) -> JwtSvidResponse:
     return JwtSvidResponse(
         token=svid.token,
         spiffe_id=str(svid.spiffe_id),

@@ -110,12 +110,14 @@ def _row(
 class CertificateAuthority:
     """Owns the CA rows: creates them on first start and loads them into a `CaState`."""
 
-    def __init__(self, settings: Settings, engine: Engine, clock: Clock, audit: AuditLog) -> None:
+    def __init__(
+        self, settings: Settings, engine: Engine, clock: Clock, audit: AuditLog, kek: bytes
+    ) -> None:
         self._settings = settings
         self._engine = engine
         self._clock = clock
         self._audit = audit
-        self._kek = key_encryption_key(settings)
+        self._kek = kek
         self._state: CaState | None = None
 
     @property

@@ -8,10 +8,13 @@ from sqlalchemy import Engine
 
 from pki.clock import Clock, SystemClock
 from trustd.bus import Bus, create_bus
+from trustd.services.agents import Agents
 from trustd.services.audit import AuditLog
 from trustd.services.auth import AdminTokens
-from trustd.services.ca import CertificateAuthority
+from trustd.services.ca import CertificateAuthority, key_encryption_key
+from trustd.services.entries import Entries
 from trustd.services.issuance import Issuer
+from trustd.services.nodes import Nodes, build_attestors
 from trustd.settings import Settings
 from trustd.store.db import create_db_engine
 
@@ -26,20 +29,31 @@ class Services:
     tokens: AdminTokens
     ca: CertificateAuthority
     issuer: Issuer
+    nodes: Nodes
+    entries: Entries
+    agents: Agents
 
 
 def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     clock = clock or SystemClock()
     engine = create_db_engine(settings.resolved_database_url)
     audit = AuditLog(clock)
-    ca = CertificateAuthority(settings, engine, clock, audit)
+    bus = create_bus(settings.redis_url)
+    kek = key_encryption_key(settings)
+    ca = CertificateAuthority(settings, engine, clock, audit, kek)
+    issuer = Issuer(settings, engine, ca, clock, audit)
+    nodes = Nodes(settings, engine, clock, audit, bus, issuer, build_attestors(settings, kek))
+    entries = Entries(settings, engine, clock, audit, bus)
     return Services(
         settings=settings,
         engine=engine,
         clock=clock,
-        bus=create_bus(settings.redis_url),
+        bus=bus,
         audit=audit,
         tokens=AdminTokens(engine, clock, audit),
         ca=ca,
-        issuer=Issuer(settings, engine, ca, clock, audit),
+        issuer=issuer,
+        nodes=nodes,
+        entries=entries,
+        agents=Agents(engine, clock, audit, bus, nodes, entries, issuer, ca),
     )

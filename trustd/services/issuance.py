@@ -14,6 +14,7 @@ from datetime import timedelta
 
 from cryptography import x509
 from sqlalchemy import Engine, insert
+from sqlmodel import Session
 
 from pki.ca import X509SvidParams, certificate_pem, csr_public_key, issue_x509_svid, parse_csr
 from pki.clock import Clock
@@ -33,6 +34,13 @@ SERVER_PATH = "/trustd/server"
 # A prepared Core insert: issuance is the hot path and the ORM's unit of work costs more than
 # the insert itself.
 _INSERT_CERTIFICATE = insert(IssuedCertificate.metadata.tables["issued_certificates"])
+
+
+_AUDIT_OBJECT = {
+    CertificateKind.X509_SVID: "x509",
+    CertificateKind.NODE_SVID: "node",
+    CertificateKind.SERVING: "serving",
+}
 
 
 @dataclass(frozen=True)
@@ -118,48 +126,55 @@ class Issuer:
         metrics.ISSUANCE_SECONDS.labels(kind).observe(time.perf_counter() - started)
         return issued
 
-    def _sign_and_record(
-        self,
-        actor: str,
-        params: X509SvidParams,
-        kind: CertificateKind,
-    ) -> IssuedX509:
-        state = self._ca.state
-        certificate = issue_x509_svid(state.authority, params, self._clock)
-        serial = _serial_hex(certificate)
-        with transaction(self._engine) as session:
-            session.connection().execute(
-                _INSERT_CERTIFICATE,
-                {
-                    "serial": serial,
-                    "kind": kind,
-                    "spiffe_id": str(params.spiffe_id),
-                    "issuer_kid": state.authority_kid,
-                    "status": CertificateStatus.VALID,
-                    "not_before": certificate.not_valid_before_utc,
-                    "not_after": certificate.not_valid_after_utc,
-                    "certificate_pem": certificate_pem(certificate),
-                    "requested_by": actor,
-                    "created_at": self._clock.now(),
-                },
-            )
-            self._audit.record(
-                session,
-                actor,
-                f"svid:{'x509' if kind is CertificateKind.X509_SVID else kind}:issued",
-                target=str(params.spiffe_id),
-                details={
-                    "serial": serial,
-                    "not_after": certificate.not_valid_after_utc.isoformat(),
-                    "dns_names": list(params.dns_names),
-                },
-            )
-        metrics.SVIDS_ISSUED.labels(kind).inc()
+    def sign(self, params: X509SvidParams) -> IssuedX509:
+        """Sign an X509-SVID with the active authority. Nothing is recorded yet: the caller
+        must `record` it in the transaction that commits before the SVID is handed out.
+        """
+        authority = self._ca.state.authority
+        certificate = issue_x509_svid(authority, params, self._clock)
         return IssuedX509(
             certificate=certificate,
-            intermediates=(state.authority.certificate, *state.authority.chain),
+            intermediates=(authority.certificate, *authority.chain),
             spiffe_id=params.spiffe_id,
         )
+
+    def record(
+        self, session: Session, actor: str, issued: IssuedX509, kind: CertificateKind
+    ) -> None:
+        """Add the certificate row and its audit event to `session`."""
+        certificate = issued.certificate
+        serial = _serial_hex(certificate)
+        session.connection().execute(
+            _INSERT_CERTIFICATE,
+            {
+                "serial": serial,
+                "kind": kind,
+                "spiffe_id": str(issued.spiffe_id),
+                "issuer_kid": self._ca.state.authority_kid,
+                "status": CertificateStatus.VALID,
+                "not_before": certificate.not_valid_before_utc,
+                "not_after": certificate.not_valid_after_utc,
+                "certificate_pem": certificate_pem(certificate),
+                "requested_by": actor,
+                "created_at": self._clock.now(),
+            },
+        )
+        self._audit.record(
+            session,
+            actor,
+            f"svid:{_AUDIT_OBJECT[kind]}:issued",
+            target=str(issued.spiffe_id),
+            details={"serial": serial, "not_after": certificate.not_valid_after_utc.isoformat()},
+        )
+        metrics.SVIDS_ISSUED.labels(kind).inc()
+
+    def _sign_and_record(
+        self, actor: str, params: X509SvidParams, kind: CertificateKind
+    ) -> IssuedX509:
+        issued = self.sign(params)
+        with transaction(self._engine) as session:
+            self.record(session, actor, issued, kind)
+        return issued
 
     def mint_jwt_svid(
         self,

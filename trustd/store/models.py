@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, LargeBinary, MetaData, Text
+from sqlalchemy import JSON, Column, LargeBinary, MetaData, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from trustd.store.types import UTCDateTime
@@ -35,6 +35,7 @@ class CaKeyStatus(StrEnum):
 
 class CertificateKind(StrEnum):
     X509_SVID = "x509-svid"
+    NODE_SVID = "node-svid"
     SERVING = "serving"
 
 
@@ -123,3 +124,90 @@ class BundleState(SQLModel, table=True):
     id: int = Field(default=1, primary_key=True)
     sequence: int = 0
     updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class NodeStatus(StrEnum):
+    ACTIVE = "active"
+    EVICTED = "evicted"
+    BANNED = "banned"
+
+
+class JoinToken(SQLModel, table=True):
+    """Single-use node attestation secret; only its hash is kept."""
+
+    __tablename__ = "join_tokens"
+
+    id: str = Field(primary_key=True, max_length=32)
+    token_hash: str = Field(max_length=64)
+    selectors: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_by: str = Field(max_length=256)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Node(SQLModel, table=True):
+    """An attested agent. Evicted nodes must attest again; banned nodes cannot."""
+
+    __tablename__ = "nodes"
+
+    spiffe_id: str = Field(primary_key=True, max_length=2048)
+    attestor: str = Field(max_length=32)
+    agent_id: str = Field(max_length=512)
+    selectors: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    status: str = Field(max_length=16, index=True)
+    # The node SVID the agent holds now and the one before it: node credentials signed with
+    # either key are accepted, so a renewal never locks the agent out mid-flight.
+    svid_serial: str = Field(max_length=64, index=True)
+    svid_public_key_pem: str = Field(sa_column=Column(Text, nullable=False))
+    previous_svid_serial: str | None = Field(default=None, max_length=64, index=True)
+    previous_public_key_pem: str | None = Field(default=None, sa_column=Column(Text))
+    svid_not_after: datetime = Field(sa_type=UTCDateTime)
+    attested_at: datetime = Field(sa_type=UTCDateTime)
+    last_seen: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    applied_revision: int = 0
+
+
+class RegistrationEntry(SQLModel, table=True):
+    """Maps selectors under a parent (node or node alias) to a SPIFFE ID."""
+
+    __tablename__ = "registration_entries"
+    __table_args__ = (
+        UniqueConstraint("spiffe_id", "parent_id", "selectors_key", name="uq_entry_identity"),
+    )
+
+    id: str = Field(primary_key=True, max_length=32)
+    spiffe_id: str = Field(max_length=2048, index=True)
+    parent_id: str = Field(max_length=2048, index=True)
+    selectors: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # The selectors sorted and joined: what makes two entries the same entry.
+    selectors_key: str = Field(sa_column=Column(Text, nullable=False))
+    x509_ttl: int
+    jwt_ttl: int
+    dns_names: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    admin: bool = False
+    downstream: bool = False
+    hint: str = Field(default="", max_length=256)
+    revision: int = Field(index=True)
+    created_by: str = Field(max_length=256)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class SyncState(SQLModel, table=True):
+    """One row: the revision every agent-visible change (entries, nodes, bundle) advances."""
+
+    __tablename__ = "sync_state"
+
+    id: int = Field(default=1, primary_key=True)
+    revision: int = 0
+
+
+class AttestationReplay(SQLModel, table=True):
+    """Evidence already used (a PSAT, an x509pop nonce), kept until it would expire anyway."""
+
+    __tablename__ = "attestation_replay"
+
+    digest: str = Field(primary_key=True, max_length=64)
+    attestor: str = Field(max_length=32)
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)

@@ -1,0 +1,217 @@
+"""The agent's side of the server API: first-contact pinning, attestation, node credentials,
+sync, and SVID requests. Private keys are made here and never sent: only CSRs travel.
+"""
+
+from __future__ import annotations
+
+import base64
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import jwt
+from cryptography import x509
+
+from pki.bundle import TrustBundle
+from pki.ca import create_csr, fingerprint_sha256, load_pem_certificates
+from pki.clock import Clock
+from pki.errors import TrustdError
+from pki.keys import PrivateKey, jws_algorithm
+from pki.spiffe_id import SpiffeId, TrustDomain
+
+NODE_CREDENTIAL_TYPE = "trustd-node+jwt"
+CREDENTIAL_LIFETIME = timedelta(seconds=120)
+
+
+class ServerError(TrustdError):
+    """The server refused a request (`status` set) or could not be reached (`status` 0)."""
+
+    title = "Server request failed"
+
+    @property
+    def status(self) -> int:
+        value = self.fields.get("status", 0)
+        return value if isinstance(value, int) else 0
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    """The node SVID and its key, as held on disk and in memory."""
+
+    spiffe_id: SpiffeId
+    chain: tuple[x509.Certificate, ...]
+    key: PrivateKey
+
+    @property
+    def serial(self) -> str:
+        return format(self.chain[0].serial_number, "x")
+
+
+def pin_first_contact(server: str, ca_sha256: str, timeout: float = 10.0) -> TrustBundle:
+    """Fetch the bundle without trusting anyone yet, then keep it only if one of its roots
+    has the fingerprint the operator gave (`trustd token create` prints it). From then on
+    every connection verifies the server against this bundle.
+
+    Raises:
+        ServerError: unreachable, or no root matches the pinned fingerprint.
+    """
+    wanted = ca_sha256.replace(":", "").lower()
+    # Verification is off for this one request only: the pin below is the trust decision.
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE
+    try:
+        response = httpx.get(f"{server}/v1/bundle", verify=insecure, timeout=timeout)
+        response.raise_for_status()
+        document = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ServerError(f"cannot fetch the trust bundle from {server}: {exc}") from None
+    roots = _roots_of(document)
+    if not any(fingerprint_sha256(root) == wanted for root in roots):
+        raise ServerError(
+            f"no CA at {server} has the pinned SHA-256 fingerprint {wanted}; "
+            "check --ca-sha256 against `trustd ca show` on the server"
+        )
+    return TrustBundle.from_jwks(document, _trust_domain_of(roots))
+
+
+def _roots_of(document: dict[str, Any]) -> list[x509.Certificate]:
+    roots = []
+    for key in document.get("keys", []):
+        if key.get("use") == "x509-svid":
+            for der in key.get("x5c", [])[:1]:
+                roots.append(x509.load_der_x509_certificate(base64.b64decode(der)))
+    return roots
+
+
+def _trust_domain_of(roots: Sequence[x509.Certificate]) -> TrustDomain:
+    for root in roots:
+        try:
+            san = root.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            continue
+        for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
+            return SpiffeId.parse(uri).trust_domain
+    raise ServerError("the server's roots do not name their trust domain")
+
+
+class ServerClient:
+    def __init__(self, server: str, bundle: TrustBundle, clock: Clock, timeout: float = 40.0):
+        self._server = server.rstrip("/")
+        self._clock = clock
+        self.server_id = str(SpiffeId.from_parts(bundle.trust_domain, "/trustd/server"))
+        self._timeout = timeout
+        self._client = self._new_client(bundle)
+        self._credential: tuple[float, str, str] | None = None
+
+    def _new_client(self, bundle: TrustBundle) -> httpx.AsyncClient:
+        tls = ssl.create_default_context(cadata=bundle.to_pem())
+        return httpx.AsyncClient(base_url=self._server, verify=tls, timeout=self._timeout)
+
+    async def update_bundle(self, bundle: TrustBundle) -> None:
+        """Trust a new bundle (after a CA rotation) from the next request on."""
+        old, self._client = self._client, self._new_client(bundle)
+        await old.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _call(
+        self, method: str, path: str, identity: NodeIdentity | None = None, **kwargs: Any
+    ) -> Any:
+        headers = {}
+        if identity is not None:
+            headers["Authorization"] = f"Bearer {self.credential(identity)}"
+        try:
+            response = await self._client.request(method, path, headers=headers, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ServerError(f"cannot reach {self._server}: {exc}", status=0) from None
+        if response.is_error:
+            try:
+                detail = response.json().get("detail", response.text[:200])
+            except ValueError:
+                detail = response.text[:200]
+            raise ServerError(f"{response.status_code}: {detail}", status=response.status_code)
+        return response.json() if response.content else None
+
+    def credential(self, identity: NodeIdentity) -> str:
+        """A short-lived JWT signed with the node SVID key, reused for half its life."""
+        now = self._clock.now()
+        cached = self._credential
+        if cached is not None and cached[1] == identity.serial and cached[0] > now.timestamp():
+            return cached[2]
+        issued_at = int(now.timestamp())
+        token = jwt.encode(
+            {
+                "sub": str(identity.spiffe_id),
+                "aud": self.server_id,
+                "iat": issued_at,
+                "exp": issued_at + int(CREDENTIAL_LIFETIME.total_seconds()),
+            },
+            identity.key,
+            algorithm=jws_algorithm(identity.key),
+            headers={"kid": identity.serial, "typ": NODE_CREDENTIAL_TYPE},
+        )
+        reuse_until = issued_at + CREDENTIAL_LIFETIME.total_seconds() / 2
+        self._credential = (reuse_until, identity.serial, token)
+        return token
+
+    async def attest(
+        self, attestor: str, evidence: dict[str, Any], key: PrivateKey
+    ) -> tuple[NodeIdentity, TrustBundle]:
+        """Raises:
+        ServerError: attestation refused (the detail says why) or server unreachable.
+        """
+        body = await self._call(
+            "POST",
+            "/v1/attest",
+            json={"attestor": attestor, "evidence": evidence, "csr": create_csr(key)},
+        )
+        return _identity(body["svid"], key), bundle_from_jwks(body["bundle"])
+
+    async def challenge(self, attestor: str, evidence: dict[str, Any]) -> str:
+        body = await self._call(
+            "POST", "/v1/attest/challenge", json={"attestor": attestor, "evidence": evidence}
+        )
+        return str(body["challenge"])
+
+    async def renew(self, identity: NodeIdentity, key: PrivateKey) -> NodeIdentity:
+        body = await self._call("POST", "/v1/agents/renew", identity, json={"csr": create_csr(key)})
+        return _identity(body, key)
+
+    async def sync(self, identity: NodeIdentity, since: int, wait: float) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            "GET", "/v1/agents/sync", identity, params={"since": since, "wait": wait}
+        )
+        return result
+
+    async def ack(self, identity: NodeIdentity, revision: int) -> None:
+        await self._call("POST", "/v1/agents/ack", identity, json={"revision": revision})
+
+    async def sign(self, identity: NodeIdentity, csrs: Sequence[tuple[str, str]]) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            "POST",
+            "/v1/agents/svids",
+            identity,
+            json={"csrs": [{"entry_id": e, "csr": c} for e, c in csrs]},
+        )
+        return result
+
+    async def jwt(self, identity: NodeIdentity, entry_id: str, audience: Sequence[str]) -> Any:
+        return await self._call(
+            "POST", "/v1/agents/jwt", identity, json={"entry_id": entry_id, "audience": audience}
+        )
+
+
+def _identity(svid: dict[str, Any], key: PrivateKey) -> NodeIdentity:
+    chain = tuple(
+        load_pem_certificates((svid["certificate"] + "".join(svid["intermediates"])).encode())
+    )
+    return NodeIdentity(SpiffeId.parse(svid["spiffe_id"]), chain, key)
+
+
+def bundle_from_jwks(document: dict[str, Any]) -> TrustBundle:
+    return TrustBundle.from_jwks(document, _trust_domain_of(_roots_of(document)))

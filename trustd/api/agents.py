@@ -1,0 +1,80 @@
+"""The agent channel: long-poll sync, acknowledgements, SVIDs for the node's entries."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from trustd.api.deps import NodeDep, ServicesDep
+from trustd.api.entries import public_entry
+from trustd.api.nodes import svid_chain
+from trustd.api.schemas import (
+    Ack,
+    AgentJwtRequest,
+    JwtSvidResponse,
+    RefusedForEntry,
+    RenewRequest,
+    SignedForEntry,
+    SvidBatchRequest,
+    SvidBatchResponse,
+    SvidChain,
+    SyncResponse,
+)
+from trustd.api.svid import jwt_svid_response
+
+router = APIRouter(prefix="/v1/agents", tags=["agents"])
+
+
+@router.get("/sync", response_model=SyncResponse)
+async def sync(
+    node: NodeDep,
+    services: ServicesDep,
+    since: Annotated[int, Query(ge=0)] = 0,
+    wait: Annotated[float, Query(ge=0, le=60)] = 30.0,
+) -> SyncResponse:
+    """Answers at once when the node's state changed after revision `since`, otherwise
+    holds up to `wait` seconds and answers `changed: false`."""
+    wait = min(wait, services.settings.sync_wait.total_seconds())
+    snapshot = await services.agents.sync(node, since, wait)
+    if snapshot is None:
+        return SyncResponse(changed=False, revision=since)
+    return SyncResponse(
+        changed=True,
+        revision=snapshot.revision,
+        entries=[public_entry(e) for e in snapshot.entries],
+        bundle=snapshot.bundle,
+    )
+
+
+@router.post("/ack", status_code=204, response_class=Response)
+def ack(body: Ack, node: NodeDep, services: ServicesDep) -> Response:
+    """The agent applied `revision`."""
+    services.nodes.touch(node, body.revision)
+    return Response(status_code=204)
+
+
+@router.post("/svids", response_model=SvidBatchResponse)
+async def sign_svids(
+    body: SvidBatchRequest, node: NodeDep, services: ServicesDep
+) -> SvidBatchResponse:
+    """Sign workload keys (CSRs made on the node) for the node's entries."""
+    signed, refused = services.agents.sign_svids(node, [(c.entry_id, c.csr) for c in body.csrs])
+    return SvidBatchResponse(
+        svids=[
+            SignedForEntry(entry_id=s.entry_id, **svid_chain(s.issued).model_dump()) for s in signed
+        ],
+        refused=[RefusedForEntry(entry_id=r.entry_id, detail=r.detail) for r in refused],
+    )
+
+
+@router.post("/jwt", response_model=JwtSvidResponse)
+async def mint_jwt(body: AgentJwtRequest, node: NodeDep, services: ServicesDep) -> JwtSvidResponse:
+    """A JWT-SVID for one of the node's entries."""
+    return jwt_svid_response(services.agents.mint_jwt(node, body.entry_id, body.audience))
+
+
+@router.post("/renew", response_model=SvidChain)
+async def renew(body: RenewRequest, node: NodeDep, services: ServicesDep) -> SvidChain:
+    """A new node SVID for a new node key."""
+    return svid_chain(services.nodes.renew(node, body.csr.encode()))

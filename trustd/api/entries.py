@@ -1,0 +1,78 @@
+"""Registration entries (admin)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from trustd.api.deps import AdminDep, ServicesDep
+from trustd.api.schemas import EntryBatch, EntryCreate, EntryPage, EntryPublic, EntryUpdate
+from trustd.services.entries import EntryFilter, EntryPatch, EntrySpec
+from trustd.store.models import RegistrationEntry
+
+router = APIRouter(prefix="/v1/entries", tags=["entries"])
+
+
+def public_entry(row: RegistrationEntry) -> EntryPublic:
+    return EntryPublic.model_validate(row, from_attributes=True)
+
+
+def _spec(body: EntryCreate) -> EntrySpec:
+    return EntrySpec(**body.model_dump())
+
+
+@router.post("", response_model=EntryPublic, status_code=201)
+def create_entry(body: EntryCreate, principal: AdminDep, services: ServicesDep) -> EntryPublic:
+    """Create a registration entry."""
+    return public_entry(services.entries.create(principal, [_spec(body)])[0])
+
+
+@router.post("/batch", response_model=list[EntryPublic], status_code=201)
+def create_entries(
+    body: EntryBatch, principal: AdminDep, services: ServicesDep
+) -> list[EntryPublic]:
+    """Create many entries at once: all or none."""
+    rows = services.entries.create(principal, [_spec(e) for e in body.entries])
+    return [public_entry(r) for r in rows]
+
+
+@router.get("", response_model=EntryPage)
+def list_entries(
+    principal: AdminDep,
+    services: ServicesDep,
+    spiffe_id: str | None = None,
+    parent_id: str | None = None,
+    selector: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> EntryPage:
+    """Entries, filtered by SPIFFE ID, parent ID or one selector; paged."""
+    rows, total = services.entries.search(
+        EntryFilter(spiffe_id, parent_id, selector, limit, offset)
+    )
+    return EntryPage(
+        entries=[public_entry(r) for r in rows], total=total, limit=limit, offset=offset
+    )
+
+
+@router.get("/{entry_id}", response_model=EntryPublic)
+def show_entry(entry_id: str, principal: AdminDep, services: ServicesDep) -> EntryPublic:
+    """One entry."""
+    return public_entry(services.entries.get(entry_id))
+
+
+@router.patch("/{entry_id}", response_model=EntryPublic)
+def update_entry(
+    entry_id: str, body: EntryUpdate, principal: AdminDep, services: ServicesDep
+) -> EntryPublic:
+    """Change fields of an entry; agents pick the change up on their next sync."""
+    patch = EntryPatch(**body.model_dump(exclude_unset=True))
+    return public_entry(services.entries.update(principal, entry_id, patch))
+
+
+@router.delete("/{entry_id}", status_code=204, response_class=Response)
+def delete_entry(entry_id: str, principal: AdminDep, services: ServicesDep) -> Response:
+    """Delete an entry; agents stop serving its SVIDs on their next sync."""
+    services.entries.delete(principal, entry_id)
+    return Response(status_code=204)

@@ -1,0 +1,103 @@
+"""Node attestation (public: the evidence is the credential), nodes and join tokens (admin)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import APIRouter
+
+from pki.ca import certificate_pem, fingerprint_sha256
+from pki.spiffe_id import SpiffeId
+from trustd.api.deps import AdminDep, ServicesDep
+from trustd.api.schemas import (
+    AttestRequest,
+    AttestResponse,
+    ChallengeResponse,
+    JoinTokenCreate,
+    JoinTokenCreated,
+    NodeAction,
+    NodePublic,
+    SvidChain,
+)
+from trustd.errors import InvalidRequest
+from trustd.services.issuance import IssuedX509
+from trustd.services.nodes import AGENT_PATH
+from trustd.store.models import Node, NodeStatus
+
+router = APIRouter(tags=["nodes"])
+
+
+def svid_chain(issued: IssuedX509) -> SvidChain:
+    return SvidChain(
+        spiffe_id=str(issued.spiffe_id),
+        certificate=certificate_pem(issued.certificate),
+        intermediates=[certificate_pem(c) for c in issued.intermediates],
+        not_after=issued.certificate.not_valid_after_utc,
+    )
+
+
+def _public(node: Node) -> NodePublic:
+    return NodePublic.model_validate(node, from_attributes=True)
+
+
+@router.post("/v1/attest/challenge", response_model=ChallengeResponse)
+def attestation_challenge(body: AttestRequest, services: ServicesDep) -> ChallengeResponse:
+    """First step of a challenge-response attestor (x509pop)."""
+    return ChallengeResponse(challenge=services.nodes.challenge(body.attestor, body.evidence))
+
+
+@router.post("/v1/attest", response_model=AttestResponse, status_code=201)
+def attest(body: AttestRequest, services: ServicesDep) -> AttestResponse:
+    """Prove a node's identity with attestor evidence and get its node SVID."""
+    if body.csr is None:
+        raise InvalidRequest("attestation needs the CSR of the node's key")
+    attested = services.nodes.attest(body.attestor, body.evidence, body.csr.encode())
+    return AttestResponse(
+        spiffe_id=attested.node.spiffe_id,
+        svid=svid_chain(attested.svid),
+        bundle=services.ca.state.bundle.to_jwks(),
+    )
+
+
+@router.post("/v1/join-tokens", response_model=JoinTokenCreated, status_code=201)
+def create_join_token(
+    body: JoinTokenCreate, principal: AdminDep, services: ServicesDep
+) -> JoinTokenCreated:
+    """A single-use join token for one node."""
+    created = services.nodes.create_join_token(
+        principal, timedelta(seconds=body.ttl) if body.ttl else None, body.selectors
+    )
+    node_id = SpiffeId.from_parts(
+        services.settings.trust_domain_obj, f"{AGENT_PATH}/join_token/{created.token.id}"
+    )
+    return JoinTokenCreated(
+        id=created.token.id,
+        token=created.value,
+        expires_at=created.token.expires_at,
+        selectors=created.token.selectors,
+        spiffe_id=str(node_id),
+        server_url=services.settings.base_url,
+        ca_sha256=[fingerprint_sha256(root) for root in services.ca.state.bundle.x509_authorities],
+    )
+
+
+@router.get("/v1/nodes", response_model=list[NodePublic])
+def list_nodes(
+    principal: AdminDep, services: ServicesDep, spiffe_id: str | None = None
+) -> list[NodePublic]:
+    """Attested nodes (or the one named by `spiffe_id`)."""
+    if spiffe_id:
+        return [_public(services.nodes.get(spiffe_id))]
+    return [_public(n) for n in services.nodes.list()]
+
+
+@router.post("/v1/nodes/evict", response_model=NodePublic)
+def evict_node(body: NodeAction, principal: AdminDep, services: ServicesDep) -> NodePublic:
+    """The node's credentials stop working; it may attest again."""
+    return _public(services.nodes.set_status(principal, body.spiffe_id, NodeStatus.EVICTED))
+
+
+@router.post("/v1/nodes/ban", response_model=NodePublic)
+def ban_node(body: NodeAction, principal: AdminDep, services: ServicesDep) -> NodePublic:
+    """The node's credentials stop working and it may not attest again."""
+    return _public(services.nodes.set_status(principal, body.spiffe_id, NodeStatus.BANNED))

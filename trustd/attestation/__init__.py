@@ -1,0 +1,1 @@
+"""Node attestors: each verifies one kind of evidence and names the node it proves."""

@@ -1,0 +1,158 @@
+"""`x509pop`: proof of possession of a key whose certificate chains to a configured CA.
+
+Two steps: the agent presents its chain and receives a challenge; it signs the challenge
+with the certificate's key and presents chain, challenge and signature. The challenge is
+stateless (MAC'd by the server, bound to the leaf certificate, short-lived) and is consumed
+on use, so a captured response cannot be replayed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import struct
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from sqlmodel import Session
+
+from pki.ca import fingerprint_sha256, load_pem_certificates
+from pki.errors import TrustdError
+from pki.selectors import Selector
+from pki.x509_path import build_path, validate_path
+from trustd.attestation.base import AttestationFailed, AttestationResult, require_str
+from trustd.store.models import AttestationReplay
+
+CHALLENGE_TTL = timedelta(seconds=60)
+MAX_CHAIN = 5
+# Domain separation: the agent's key signs this prefix and the challenge, never a bare
+# server-chosen blob that could be a valid message in another protocol.
+SIGNING_PREFIX = b"trustd-x509pop-v1:"
+_NONCE, _EXPIRY, _FP, _MAC = 32, 8, 32, 32
+
+
+def _b64d(value: str, what: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except ValueError:
+        raise AttestationFailed(f"{what} is not base64url") from None
+
+
+def sign_challenge(key: Any, challenge: str) -> str:
+    """The agent's half: sign a challenge with the certificate's private key."""
+    message = SIGNING_PREFIX + challenge.encode()
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        signature = key.sign(message, ec.ECDSA(hashes.SHA256()))
+    elif isinstance(key, rsa.RSAPrivateKey):
+        signature = key.sign(
+            message,
+            padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH),
+            hashes.SHA256(),
+        )
+    else:
+        signature = key.sign(message)
+    return base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
+
+
+def _verify_signature(cert: x509.Certificate, message: bytes, signature: bytes) -> None:
+    key = cert.public_key()
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(key, rsa.RSAPublicKey):
+            key.verify(
+                signature,
+                message,
+                padding.PSS(
+                    mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH
+                ),
+                hashes.SHA256(),
+            )
+        elif isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(signature, message)
+        else:
+            raise AttestationFailed("certificate key type cannot prove possession")
+    except InvalidSignature:
+        raise AttestationFailed("challenge signature does not verify") from None
+
+
+class X509PopAttestor:
+    name = "x509pop"
+
+    def __init__(self, roots: list[x509.Certificate], mac_key: bytes) -> None:
+        self._roots = roots
+        self._mac_key = mac_key
+
+    def _path(self, evidence: dict[str, Any], now: datetime) -> list[x509.Certificate]:
+        """The validated path from the presented leaf to a configured root."""
+        chain_pem = evidence.get("chain")
+        if not isinstance(chain_pem, list) or not 1 <= len(chain_pem) <= MAX_CHAIN:
+            raise AttestationFailed(f"evidence needs 'chain': 1 to {MAX_CHAIN} PEM certificates")
+        try:
+            chain = [load_pem_certificates(str(pem).encode())[0] for pem in chain_pem]
+            path = build_path(chain[0], chain[1:], self._roots)
+            validate_path(path, now)
+        except (TrustdError, IndexError) as exc:
+            raise AttestationFailed(f"certificate chain is not trusted: {exc}") from None
+        return path
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._mac_key, b"x509pop-challenge" + body, hashlib.sha256).digest()
+
+    def challenge(self, evidence: dict[str, Any], now: datetime) -> str:
+        """Step one: check the chain and return a challenge bound to its leaf.
+
+        Raises:
+            AttestationFailed: the chain does not lead to a configured CA.
+        """
+        leaf = self._path(evidence, now)[0]
+        expiry = int((now + CHALLENGE_TTL).timestamp())
+        body = secrets.token_bytes(_NONCE) + struct.pack(">Q", expiry)
+        body += bytes.fromhex(fingerprint_sha256(leaf))
+        return base64.urlsafe_b64encode(body + self._mac(body)).rstrip(b"=").decode()
+
+    def attest(
+        self, session: Session, evidence: dict[str, Any], now: datetime
+    ) -> AttestationResult:
+        path = self._path(evidence, now)
+        leaf = path[0]
+        challenge = require_str(evidence, "challenge", 512)
+        raw = _b64d(challenge, "challenge")
+        if len(raw) != _NONCE + _EXPIRY + _FP + _MAC:
+            raise AttestationFailed("challenge is malformed")
+        body, mac = raw[:-_MAC], raw[-_MAC:]
+        if not hmac.compare_digest(mac, self._mac(body)):
+            raise AttestationFailed("challenge was not issued by this server")
+        (expiry,) = struct.unpack(">Q", body[_NONCE : _NONCE + _EXPIRY])
+        expires_at = datetime.fromtimestamp(expiry, UTC)
+        if expires_at <= now:
+            raise AttestationFailed("challenge has expired; ask for a new one")
+        if body[_NONCE + _EXPIRY :].hex() != fingerprint_sha256(leaf):
+            raise AttestationFailed("challenge was issued for another certificate")
+        signature = _b64d(require_str(evidence, "signature", 2048), "signature")
+        _verify_signature(leaf, SIGNING_PREFIX + challenge.encode(), signature)
+        digest = hashlib.sha256(body[:_NONCE]).hexdigest()
+        if session.get(AttestationReplay, digest) is not None:
+            raise AttestationFailed("challenge was already answered")
+        session.add(AttestationReplay(digest=digest, attestor=self.name, expires_at=expires_at))
+        fingerprint = fingerprint_sha256(leaf)
+        selectors = {
+            Selector(self.name, f"fingerprint:{fingerprint}"),
+            Selector(self.name, f"ca:fingerprint:{fingerprint_sha256(path[-1])}"),
+            Selector(self.name, f"serialnumber:{leaf.serial_number:x}"),
+        }
+        for attr in leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME):
+            selectors.add(Selector(self.name, f"subject:cn:{attr.value!s}"))
+        try:
+            san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            for name in san.get_values_for_type(x509.DNSName):
+                selectors.add(Selector(self.name, f"san:dns:{name}"))
+        except x509.ExtensionNotFound:
+            pass
+        return AttestationResult(fingerprint, frozenset(selectors))

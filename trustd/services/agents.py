@@ -1,0 +1,183 @@
+"""What agents ask of the server once attested: sync (long-poll), SVIDs for their entries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+
+from pki.ca import X509SvidParams, csr_public_key, parse_csr
+from pki.clock import Clock
+from pki.errors import TrustdError
+from pki.jwt_svid import JwtSvid, mint_jwt_svid
+from pki.spiffe_id import SpiffeId
+from trustd import metrics
+from trustd.bus import Bus
+from trustd.errors import InvalidRequest, PermissionDenied
+from trustd.services.audit import AuditLog
+from trustd.services.ca import CertificateAuthority
+from trustd.services.entries import Entries, NodeView
+from trustd.services.issuance import IssuedX509, Issuer
+from trustd.services.nodes import NodePrincipal, Nodes
+from trustd.services.sync import SYNC_CHANNEL, current_revision
+from trustd.store.db import transaction
+from trustd.store.models import CertificateKind, RegistrationEntry
+
+MAX_SVIDS_PER_REQUEST = 500
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    revision: int
+    entries: list[RegistrationEntry]
+    bundle: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SignedSvid:
+    entry_id: str
+    issued: IssuedX509
+
+
+@dataclass(frozen=True)
+class RefusedSvid:
+    entry_id: str
+    detail: str
+
+
+class Agents:
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Clock,
+        audit: AuditLog,
+        bus: Bus,
+        nodes: Nodes,
+        entries: Entries,
+        issuer: Issuer,
+        ca: CertificateAuthority,
+    ) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._audit = audit
+        self._bus = bus
+        self._nodes = nodes
+        self._entries = entries
+        self._issuer = issuer
+        self._ca = ca
+
+    def snapshot(self, principal: NodePrincipal) -> Snapshot:
+        """Everything the node should hold now, stamped with the revision it reflects.
+
+        Raises:
+            PolicyEvaluationError: the attestation policy failed (the node gets nothing).
+        """
+        with transaction(self._engine) as session:
+            revision = current_revision(session)
+            view = NodeView(
+                principal.spiffe_id,
+                principal.selectors,
+                self._entries.aliases_of(session, principal.selectors),
+            )
+            entries = self._entries.for_node(session, view)
+        return Snapshot(revision, entries, self._ca.state.bundle.to_jwks())
+
+    async def sync(self, principal: NodePrincipal, since: int, wait: float) -> Snapshot | None:
+        """The node's state as soon as the revision passes `since`, or None after `wait`
+        seconds without change (the long-poll).
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            # Listen before reading, so a change committed in between still wakes us.
+            waiter = asyncio.ensure_future(self._bus.wait(SYNC_CHANNEL))
+            await asyncio.sleep(0)
+            try:
+                with transaction(self._engine) as session:
+                    revision = current_revision(session)
+                if revision > since:
+                    return self.snapshot(principal)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await waiter
+            finally:
+                waiter.cancel()
+
+    def _allowed(self, principal: NodePrincipal) -> dict[str, RegistrationEntry]:
+        return {e.id: e for e in self.snapshot(principal).entries}
+
+    def sign_svids(
+        self, principal: NodePrincipal, requests: Sequence[tuple[str, str]]
+    ) -> tuple[list[SignedSvid], list[RefusedSvid]]:
+        """Sign workload keys for the node's entries. The SPIFFE ID, TTL and DNS names come
+        from each entry; a request for an entry the node may not serve is refused alone.
+        All signed SVIDs are recorded in one transaction before any is returned.
+
+        Raises:
+            InvalidRequest: too many requests at once.
+        """
+        if len(requests) > MAX_SVIDS_PER_REQUEST:
+            raise InvalidRequest(f"at most {MAX_SVIDS_PER_REQUEST} CSRs per request")
+        started = time.perf_counter()
+        allowed = self._allowed(principal)
+        signed: list[SignedSvid] = []
+        refused: list[RefusedSvid] = []
+        for entry_id, csr in requests:
+            entry = allowed.get(entry_id)
+            if entry is None:
+                refused.append(RefusedSvid(entry_id, "this node may not serve that entry"))
+                continue
+            try:
+                params = X509SvidParams(
+                    SpiffeId.parse(entry.spiffe_id),
+                    csr_public_key(parse_csr(csr.encode())),
+                    timedelta(seconds=entry.x509_ttl),
+                    dns_names=tuple(entry.dns_names),
+                )
+                signed.append(SignedSvid(entry_id, self._issuer.sign(params)))
+            except TrustdError as exc:
+                refused.append(RefusedSvid(entry_id, exc.detail))
+        if signed:
+            with transaction(self._engine) as session:
+                for item in signed:
+                    self._issuer.record(
+                        session, principal.spiffe_id, item.issued, CertificateKind.X509_SVID
+                    )
+        metrics.ISSUANCE_SECONDS.labels("agent-batch").observe(time.perf_counter() - started)
+        return signed, refused
+
+    def mint_jwt(self, principal: NodePrincipal, entry_id: str, audience: Sequence[str]) -> JwtSvid:
+        """A JWT-SVID for one of the node's entries, with the entry's TTL.
+
+        Raises:
+            PermissionDenied: the node may not serve that entry. InvalidJwt: bad audience.
+        """
+        entry = self._allowed(principal).get(entry_id)
+        if entry is None:
+            raise PermissionDenied("this node may not serve that entry")
+        signer = self._ca.state.jwt_signer
+        svid = mint_jwt_svid(
+            signer.key,
+            signer.kid,
+            SpiffeId.parse(entry.spiffe_id),
+            audience,
+            timedelta(seconds=entry.jwt_ttl),
+            self._clock,
+        )
+        with transaction(self._engine) as session:
+            self._audit.record(
+                session,
+                principal.spiffe_id,
+                "svid:jwt:issued",
+                target=entry.spiffe_id,
+                details={"audience": list(svid.audience), "entry_id": entry_id},
+            )
+        return svid

@@ -1,0 +1,382 @@
+"""Nodes: attestation, node SVIDs, the node credential agents authenticate with, eviction."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import Engine
+from sqlmodel import col, select
+
+from pki.ca import X509SvidParams, csr_public_key, load_pem_certificates, parse_csr
+from pki.clock import Clock
+from pki.errors import TrustdError
+from pki.keys import PublicKey, allowed_public_key, public_key_pem
+from pki.selectors import parse_selectors
+from pki.spiffe_id import SpiffeId
+from trustd.attestation.base import AttestationFailed, NodeAttestor
+from trustd.attestation.join_token import JoinTokenAttestor, hash_secret
+from trustd.attestation.k8s_psat import K8sPsatAttestor, load_cluster
+from trustd.attestation.x509pop import X509PopAttestor
+from trustd.bus import Bus
+from trustd.errors import InvalidRequest, NotFound, PermissionDenied, Unauthenticated
+from trustd.services.audit import AuditLog
+from trustd.services.auth import Principal
+from trustd.services.issuance import IssuedX509, Issuer
+from trustd.services.sync import announce, bump_revision
+from trustd.settings import Settings
+from trustd.store.db import transaction
+from trustd.store.models import AuditOutcome, CertificateKind, JoinToken, Node, NodeStatus
+
+AGENT_PATH = "/trustd/agent"
+NODE_CREDENTIAL_TYPE = "trustd-node+jwt"
+# Our own protocol, so our own allow-list: asymmetric algorithms only.
+NODE_CREDENTIAL_ALGORITHMS = ("ES256", "ES384", "RS256", "PS256", "EdDSA")
+NODE_CREDENTIAL_MAX_LIFETIME = timedelta(minutes=5)
+_CLOCK_SKEW = timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
+class NodePrincipal:
+    """An agent authenticated by its node credential."""
+
+    spiffe_id: str
+    selectors: frozenset[str]
+
+    @property
+    def name(self) -> str:
+        return self.spiffe_id
+
+
+@dataclass(frozen=True)
+class AttestedNode:
+    node: Node
+    svid: IssuedX509
+
+
+@dataclass(frozen=True)
+class CreatedJoinToken:
+    token: JoinToken
+    secret: str
+
+    @property
+    def value(self) -> str:
+        return f"{self.token.id}.{self.secret}"
+
+
+def _mac_key(settings: Settings, kek: bytes) -> bytes:
+    # Replicas share the key-encryption key, so they agree on challenges without sharing state.
+    return hmac.new(
+        kek, b"trustd-attestation-challenges:" + settings.trust_domain.encode(), hashlib.sha256
+    ).digest()
+
+
+def build_attestors(settings: Settings, kek: bytes) -> dict[str, NodeAttestor]:
+    """The attestors this server accepts, from its settings.
+
+    Raises:
+        AttestationFailed: a configured cluster's JWKS cannot be loaded.
+    """
+    attestors: dict[str, NodeAttestor] = {"join_token": JoinTokenAttestor()}
+    if settings.k8s_clusters:
+        clusters = {
+            name: load_cluster(name, c.issuer, c.audience, c.jwks_file)
+            for name, c in settings.k8s_clusters.items()
+        }
+        attestors["k8s_psat"] = K8sPsatAttestor(clusters)
+    if settings.x509pop_ca_bundle is not None:
+        roots = load_pem_certificates(settings.x509pop_ca_bundle.read_bytes())
+        attestors["x509pop"] = X509PopAttestor(roots, _mac_key(settings, kek))
+    return attestors
+
+
+class Nodes:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        clock: Clock,
+        audit: AuditLog,
+        bus: Bus,
+        issuer: Issuer,
+        attestors: dict[str, NodeAttestor],
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._clock = clock
+        self._audit = audit
+        self._bus = bus
+        self._issuer = issuer
+        self._attestors = attestors
+        self._td = settings.trust_domain_obj
+        self.server_id = str(SpiffeId.from_parts(self._td, "/trustd/server"))
+
+    # -- join tokens ---------------------------------------------------------------------
+
+    def create_join_token(
+        self, actor: Principal, ttl: timedelta | None, selectors: Sequence[str]
+    ) -> CreatedJoinToken:
+        """A single-use join token; only its hash is stored.
+
+        Raises:
+            InvalidSelector: a selector is malformed. InvalidRequest: bad ttl.
+        """
+        lifetime = ttl or self._settings.join_token_ttl
+        if lifetime <= timedelta(0) or lifetime > timedelta(days=7):
+            raise InvalidRequest("join token ttl must be between 1 second and 7 days")
+        parsed = sorted(str(s) for s in parse_selectors(selectors))
+        secret = secrets.token_urlsafe(32)
+        now = self._clock.now()
+        row = JoinToken(
+            id=secrets.token_hex(8),
+            token_hash=hash_secret(secret),
+            selectors=parsed,
+            created_by=actor.name,
+            created_at=now,
+            expires_at=now + lifetime,
+        )
+        with transaction(self._engine) as session:
+            session.add(row)
+            self._audit.record(
+                session,
+                actor.name,
+                "node:join_token:created",
+                target=row.id,
+                details={"selectors": parsed, "expires_at": row.expires_at.isoformat()},
+            )
+        return CreatedJoinToken(row, secret)
+
+    # -- attestation ---------------------------------------------------------------------
+
+    def _attestor(self, name: str) -> NodeAttestor:
+        attestor = self._attestors.get(name)
+        if attestor is None:
+            enabled = ", ".join(sorted(self._attestors))
+            raise AttestationFailed(f"attestor {name!r} is not enabled here; enabled: {enabled}")
+        return attestor
+
+    def challenge(self, attestor_name: str, evidence: dict[str, Any]) -> str:
+        """The first step of a challenge-response attestor (x509pop).
+
+        Raises:
+            AttestationFailed: the attestor takes no challenge, or the evidence is refused.
+        """
+        attestor = self._attestor(attestor_name)
+        if not isinstance(attestor, X509PopAttestor):
+            raise AttestationFailed(f"attestor {attestor_name!r} takes no challenge")
+        return attestor.challenge(evidence, self._clock.now())
+
+    def attest(self, attestor_name: str, evidence: dict[str, Any], csr: bytes) -> AttestedNode:
+        """Verify the evidence and issue the node its SVID for the key in `csr`.
+
+        Everything (consuming the evidence, the node row, the SVID record) commits together;
+        a refusal changes nothing but is audited.
+
+        Raises:
+            AttestationFailed: the evidence is refused or the node is banned.
+            InvalidCsr, WeakKey: the CSR is unusable.
+        """
+        now = self._clock.now()
+        try:
+            public_key = csr_public_key(parse_csr(csr))
+            attestor = self._attestor(attestor_name)
+            with transaction(self._engine) as session:
+                result = attestor.attest(session, evidence, now)
+                spiffe_id = SpiffeId.from_parts(
+                    self._td, f"{AGENT_PATH}/{attestor.name}/{result.agent_id}"
+                )
+                node = session.get(Node, str(spiffe_id))
+                if node is not None and node.status == NodeStatus.BANNED:
+                    raise AttestationFailed(f"node {spiffe_id} is banned")
+                issued = self._issuer.sign(
+                    X509SvidParams(spiffe_id, public_key, self._settings.node_svid_ttl)
+                )
+                serial = format(issued.certificate.serial_number, "x")
+                selectors = sorted(str(s) for s in result.selectors)
+                if node is None:
+                    node = Node(
+                        spiffe_id=str(spiffe_id),
+                        attestor=attestor.name,
+                        agent_id=result.agent_id,
+                        selectors=selectors,
+                        status=NodeStatus.ACTIVE,
+                        svid_serial=serial,
+                        svid_public_key_pem=public_key_pem(public_key),
+                        svid_not_after=issued.certificate.not_valid_after_utc,
+                        attested_at=now,
+                    )
+                else:
+                    # Re-attestation (after eviction, or a new agent on the same machine)
+                    # replaces the credentials: the old node key stops working.
+                    node.status = NodeStatus.ACTIVE
+                    node.selectors = selectors
+                    node.svid_serial = serial
+                    node.svid_public_key_pem = public_key_pem(public_key)
+                    node.previous_svid_serial = None
+                    node.previous_public_key_pem = None
+                    node.svid_not_after = issued.certificate.not_valid_after_utc
+                    node.attested_at = now
+                session.add(node)
+                self._issuer.record(session, str(spiffe_id), issued, CertificateKind.NODE_SVID)
+                self._audit.record(
+                    session,
+                    str(spiffe_id),
+                    "node:agent:attested",
+                    target=str(spiffe_id),
+                    details={"attestor": attestor.name, "selectors": selectors},
+                )
+                revision = bump_revision(session)
+        except TrustdError as exc:
+            self._refused(attestor_name, exc)
+            raise
+        announce(self._bus, revision)
+        return AttestedNode(node, issued)
+
+    def _refused(self, attestor_name: str, exc: TrustdError) -> None:
+        # The attempt itself is worth keeping even though nothing else is.
+        with transaction(self._engine) as session:
+            self._audit.record(
+                session,
+                f"attestor:{attestor_name[:32]}",
+                "node:agent:attestation_refused",
+                outcome=AuditOutcome.DENIED,
+                details={"reason": exc.detail},
+            )
+
+    # -- node credentials ----------------------------------------------------------------
+
+    def authenticate(self, credential: str) -> NodePrincipal:
+        """Check a node credential: a short-lived JWT signed with the node SVID's key.
+
+        Raises:
+            Unauthenticated: malformed, wrong algorithm, unknown key, bad signature, expired,
+                too long-lived, or the node is evicted or banned.
+        """
+        try:
+            header = jwt.get_unverified_header(credential)
+        except jwt.PyJWTError:
+            raise Unauthenticated("node credential is not a JWT") from None
+        alg, kid = header.get("alg"), header.get("kid")
+        if header.get("typ") != NODE_CREDENTIAL_TYPE or alg not in NODE_CREDENTIAL_ALGORITHMS:
+            raise Unauthenticated("node credential has the wrong type or algorithm")
+        if not isinstance(kid, str) or not kid:
+            raise Unauthenticated("node credential names no key")
+        with transaction(self._engine) as session:
+            node = session.exec(
+                select(Node).where(
+                    (col(Node.svid_serial) == kid) | (col(Node.previous_svid_serial) == kid)
+                )
+            ).first()
+        if node is None:
+            raise Unauthenticated("node credential key is unknown")
+        if node.status != NodeStatus.ACTIVE:
+            raise Unauthenticated(f"node is {node.status}; it must attest again")
+        pem = node.svid_public_key_pem if kid == node.svid_serial else node.previous_public_key_pem
+        assert pem is not None
+        key: PublicKey = allowed_public_key(serialization.load_pem_public_key(pem.encode()))
+        try:
+            claims = jwt.decode(
+                credential,
+                key,
+                algorithms=[alg],
+                audience=self.server_id,
+                options={
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "require": ["exp", "iat", "sub"],
+                },
+            )
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"node credential rejected: {exc}") from None
+        now = self._clock.now().timestamp()
+        exp, iat = int(claims["exp"]), int(claims["iat"])
+        if claims["sub"] != node.spiffe_id:
+            raise Unauthenticated("node credential subject is not the key's node")
+        if exp - iat > NODE_CREDENTIAL_MAX_LIFETIME.total_seconds():
+            raise Unauthenticated("node credential lives too long")
+        if exp + _CLOCK_SKEW.total_seconds() <= now or iat - _CLOCK_SKEW.total_seconds() > now:
+            raise Unauthenticated("node credential is expired or not yet valid")
+        return NodePrincipal(node.spiffe_id, frozenset(node.selectors))
+
+    def renew(self, principal: NodePrincipal, csr: bytes) -> IssuedX509:
+        """A new node SVID for a new key; the previous key keeps working until it expires.
+
+        Raises:
+            InvalidCsr, WeakKey: unusable CSR. Unauthenticated: the node was evicted meanwhile.
+        """
+        public_key = csr_public_key(parse_csr(csr))
+        spiffe_id = SpiffeId.parse(principal.spiffe_id)
+        issued = self._issuer.sign(
+            X509SvidParams(spiffe_id, public_key, self._settings.node_svid_ttl)
+        )
+        with transaction(self._engine) as session:
+            node = session.get(Node, principal.spiffe_id)
+            if node is None or node.status != NodeStatus.ACTIVE:
+                raise Unauthenticated("node is no longer active; it must attest again")
+            node.previous_svid_serial = node.svid_serial
+            node.previous_public_key_pem = node.svid_public_key_pem
+            node.svid_serial = format(issued.certificate.serial_number, "x")
+            node.svid_public_key_pem = public_key_pem(public_key)
+            node.svid_not_after = issued.certificate.not_valid_after_utc
+            session.add(node)
+            self._issuer.record(session, principal.spiffe_id, issued, CertificateKind.NODE_SVID)
+        return issued
+
+    # -- administration ------------------------------------------------------------------
+
+    def list(self) -> list[Node]:
+        with transaction(self._engine) as session:
+            return list(session.exec(select(Node).order_by(col(Node.spiffe_id))).all())
+
+    def get(self, spiffe_id: str) -> Node:
+        """Raises:
+        NotFound: no such node.
+        """
+        with transaction(self._engine) as session:
+            node = session.get(Node, spiffe_id)
+        if node is None:
+            raise NotFound(f"no node {spiffe_id!r}")
+        return node
+
+    def set_status(self, actor: Principal, spiffe_id: str, status: NodeStatus) -> Node:
+        """Evict (must attest again) or ban (may not attest again) a node; its credentials
+        stop working at once.
+
+        Raises:
+            NotFound: no such node. PermissionDenied: un-banning is not a status change.
+        """
+        with transaction(self._engine) as session:
+            node = session.get(Node, spiffe_id)
+            if node is None:
+                raise NotFound(f"no node {spiffe_id!r}")
+            if node.status == NodeStatus.BANNED and status == NodeStatus.EVICTED:
+                raise PermissionDenied("a banned node stays banned; delete the ban to lift it")
+            node.status = status
+            session.add(node)
+            self._audit.record(
+                session,
+                actor.name,
+                f"node:agent:{'banned' if status == NodeStatus.BANNED else 'evicted'}",
+                target=spiffe_id,
+            )
+            revision = bump_revision(session)
+        announce(self._bus, revision)
+        return node
+
+    def touch(self, principal: NodePrincipal, applied_revision: int | None) -> None:
+        """Record that the agent was seen (and which revision it applied)."""
+        with transaction(self._engine) as session:
+            node = session.get(Node, principal.spiffe_id)
+            if node is None:
+                return
+            node.last_seen = self._clock.now()
+            if applied_revision is not None:
+                node.applied_revision = max(node.applied_revision, applied_revision)
+            session.add(node)
