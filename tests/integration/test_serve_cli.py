@@ -3,90 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import ssl
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.integration.conftest import Running, cli, tls
+
 pytestmark = pytest.mark.integration
-TRUSTD = str(Path(sys.executable).parent / "trustd")
-
-
-@dataclass
-class Running:
-    process: subprocess.Popen[str]
-    data_dir: Path
-    url: str
-    token: str
-    banner: str
-
-    @property
-    def bundle(self) -> Path:
-        return self.data_dir / "bundle.pem"
-
-
-def _tls(bundle: Path) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(bundle))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TRUSTD, *args], capture_output=True, text=True, timeout=60, check=check)
-
-
-@pytest.fixture
-def running(tmp_path: Path) -> Iterator[Running]:
-    data_dir = tmp_path / "var"
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRUSTD_")}
-    log = (tmp_path / "server.log").open("w")
-    process = subprocess.Popen(
-        [TRUSTD, "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-    )
-    assert process.stdout is not None
-    banner: list[str] = []
-    token = ""
-    for line in process.stdout:
-        banner.append(line)
-        if line.strip().startswith("trustd."):
-            token = line.strip()
-        if line.startswith("Next"):
-            break
-    else:
-        process.wait(10)
-        pytest.fail(f"trustd serve exited early: {(tmp_path / 'server.log').read_text()}")
-    url = f"https://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", verify=_tls(data_dir / "bundle.pem")).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield Running(process, data_dir, url, token, "".join(banner))
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        process.wait(20)
-    process.stdout.close()
-    log.close()
 
 
 def test_banner_says_where_everything_is(running: Running) -> None:
@@ -101,7 +27,7 @@ def test_banner_says_where_everything_is(running: Running) -> None:
 def test_tls_verifies_by_ip_and_name_against_the_bundle(running: Running) -> None:
     port = running.url.rsplit(":", 1)[1]
     for host in ("127.0.0.1", "localhost"):
-        response = httpx.get(f"https://{host}:{port}/v1/bundle", verify=_tls(running.bundle))
+        response = httpx.get(f"https://{host}:{port}/v1/bundle", verify=tls(running.bundle))
         assert response.status_code == 200
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{running.url}/healthz", verify=True)
@@ -109,7 +35,7 @@ def test_tls_verifies_by_ip_and_name_against_the_bundle(running: Running) -> Non
 
 def test_cli_issues_svids_through_the_admin_socket(running: Running, tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    result = _cli(
+    result = cli(
         "svid",
         "x509",
         "--spiffe-id",
@@ -155,19 +81,19 @@ def test_cli_issues_svids_through_the_admin_socket(running: Running, tmp_path: P
     ).stdout
     assert check == from_key
 
-    ca = json.loads(_cli("ca", "show", "--data-dir", str(running.data_dir)).stdout)
+    ca = json.loads(cli("ca", "show", "--data-dir", str(running.data_dir)).stdout)
     assert ca["trust_domain"] == "example.org"
     jwks = json.loads(
-        _cli("bundle", "show", "--format", "jwks", "--data-dir", str(running.data_dir)).stdout
+        cli("bundle", "show", "--format", "jwks", "--data-dir", str(running.data_dir)).stdout
     )
     assert jwks["spiffe_sequence"] >= 1
-    pem_bundle = _cli("bundle", "show", "--data-dir", str(running.data_dir)).stdout
+    pem_bundle = cli("bundle", "show", "--data-dir", str(running.data_dir)).stdout
     assert pem_bundle == running.bundle.read_text()
 
 
 def test_cli_reaches_a_remote_server_with_a_token(running: Running) -> None:
     remote = ["--server", running.url, "--ca-bundle", str(running.bundle)]
-    jwt = _cli(
+    jwt = cli(
         "svid",
         "jwt",
         "--spiffe-id",
@@ -179,19 +105,19 @@ def test_cli_reaches_a_remote_server_with_a_token(running: Running) -> None:
         running.token,
     )
     assert jwt.stdout.count(".") == 2
-    new = _cli("admin", "token", "create", "--name", "ci", *remote, "--token", running.token)
+    new = cli("admin", "token", "create", "--name", "ci", *remote, "--token", running.token)
     assert new.stdout.strip().startswith("trustd.")
 
-    refused = _cli("ca", "show", *remote, "--token", "trustd.nope.nope", check=False)
+    refused = cli("ca", "show", *remote, "--token", "trustd.nope.nope", check=False)
     assert refused.returncode == 1
     assert "401" in refused.stderr and "admin token refused" in refused.stderr
-    no_socket = _cli("ca", "show", "--data-dir", "/nonexistent", check=False)
+    no_socket = cli("ca", "show", "--data-dir", "/nonexistent", check=False)
     assert no_socket.returncode == 1
     assert "no admin socket" in no_socket.stderr
 
 
 def test_bad_input_through_the_cli_is_explained(running: Running, tmp_path: Path) -> None:
-    result = _cli(
+    result = cli(
         "svid",
         "x509",
         "--spiffe-id",
