@@ -34,7 +34,7 @@ from pki.jwt_svid import validate_jwt_svid, validated_claims
 from pki.keys import private_key_der_pkcs8
 from pki.selectors import Selector
 from pki.spiffe_id import SpiffeId
-from trustd.agent.cache import JwtSvidSource, SvidCache, WorkloadEntry
+from trustd.agent.cache import JwtSvidSource, SvidCache, WorkloadEntry, X509Svid
 from trustd.agent.errors import WorkloadAttestationError
 from trustd.agent.peer_relay import DEFAULT_MAX_CONNECTIONS, PeerRelay
 from trustd.agent.proto import workload_pb2 as pb
@@ -91,9 +91,46 @@ def _no_identity() -> PermissionDenied:
     return PermissionDenied("no identity issued: this workload matches no registration entry")
 
 
-def _x509_bundle_der(bundle: TrustBundle) -> bytes:
-    # The proto's bundle fields are concatenated ASN.1 DER certificates.
-    return b"".join(cert.public_bytes(_DER) for cert in bundle.x509_authorities)
+class _Encoded:
+    """Wire encodings of the cache's current SVIDs and bundle, made once per object rather
+    than once per call (every fetch would otherwise re-serialise keys and certificates)."""
+
+    def __init__(self, cache: SvidCache) -> None:
+        self._cache = cache
+        self._generation = cache.generation
+        self._svids: dict[str, tuple[X509Svid, bytes, pb.X509SVID]] = {}
+        self._bundle: tuple[TrustBundle, bytes] | None = None
+
+    def _prune(self) -> None:
+        # Forget encodings (private keys among them) the cache no longer holds.
+        if self._cache.generation != self._generation:
+            self._generation = self._cache.generation
+            for entry_id, held in list(self._svids.items()):
+                if self._cache.svid(entry_id) is not held[0]:
+                    del self._svids[entry_id]
+
+    def bundle_der(self, bundle: TrustBundle) -> bytes:
+        if self._bundle is None or self._bundle[0] is not bundle:
+            # The proto's bundle fields are concatenated ASN.1 DER certificates.
+            der = b"".join(cert.public_bytes(_DER) for cert in bundle.x509_authorities)
+            self._bundle = (bundle, der)
+        return self._bundle[1]
+
+    def svid(self, svid: X509Svid, bundle_der: bytes) -> pb.X509SVID:
+        self._prune()
+        held = self._svids.get(svid.entry_id)
+        if held is None or held[0] is not svid or held[1] is not bundle_der:
+            message = pb.X509SVID(
+                spiffe_id=str(svid.spiffe_id),
+                # Leaf first, then intermediates, as concatenated DER.
+                x509_svid=b"".join(c.public_bytes(_DER) for c in svid.chain),
+                # Unencrypted PKCS#8 DER, as the proto requires.
+                x509_svid_key=private_key_der_pkcs8(svid.private_key),
+                bundle=bundle_der,
+                hint=svid.hint,
+            )
+            self._svids[svid.entry_id] = held = (svid, bundle_der, message)
+        return held[2]
 
 
 def _jwt_jwks(bundle: TrustBundle) -> bytes:
@@ -118,6 +155,9 @@ class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
         self._attestor = attestor
         self._relay = relay
         self._clock = clock
+        self._encoded = _Encoded(cache)
+        self._matched: dict[frozenset[Selector], list[WorkloadEntry]] = {}
+        self._matched_generation = cache.generation
 
     async def _attest(self, context: Context) -> frozenset[Selector]:
         metadata = context.invocation_metadata() or ()
@@ -135,7 +175,14 @@ class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
             handle.close()
 
     def _entries(self, selectors: frozenset[Selector]) -> list[WorkloadEntry]:
-        entries = self._cache.entries_for(selectors)
+        # Matching scans every entry of the node; a workload calls with the same selectors
+        # each time, so the match is kept until the cache changes.
+        if self._matched_generation != self._cache.generation or len(self._matched) > 1024:
+            self._matched.clear()
+            self._matched_generation = self._cache.generation
+        entries = self._matched.get(selectors)
+        if entries is None:
+            entries = self._matched[selectors] = self._cache.entries_for(selectors)
         if not entries:
             raise _no_identity()
         return entries
@@ -143,15 +190,14 @@ class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
     async def _watch(
         self,
         context: Context,
-        build: Callable[[frozenset[Selector]], tuple[Hashable, M] | None],
+        build: Callable[[list[WorkloadEntry]], tuple[Hashable, M] | None],
     ) -> AsyncIterator[M]:
         """Yield `build`'s message now and again whenever what it describes changes."""
         selectors = await self._attest(context)
         last: Hashable = None
         while True:
             generation = self._cache.generation
-            self._entries(selectors)
-            built = build(selectors)
+            built = build(self._entries(selectors))
             if built is not None and built[0] != last:
                 last = built[0]
                 yield built[1]
@@ -160,7 +206,7 @@ class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
     async def _stream(
         self,
         context: Context,
-        build: Callable[[frozenset[Selector]], tuple[Hashable, M] | None],
+        build: Callable[[list[WorkloadEntry]], tuple[Hashable, M] | None],
     ) -> AsyncIterator[M]:
         try:
             async for message in self._watch(context, build):
@@ -169,14 +215,14 @@ class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
             await context.abort(_status(exc), exc.detail)
 
     def _x509_svids(
-        self, selectors: frozenset[Selector]
+        self, entries: list[WorkloadEntry]
     ) -> tuple[Hashable, pb.X509SVIDResponse] | None:
         bundle = self._cache.bundle
-        svids = self._cache.svids_for(selectors)
+        svids = [s for s in map(self._cache.svid, (e.id for e in entries)) if s is not None]
         # Wait for the bundle and at least one minted SVID rather than send an empty set.
         if bundle is None or not svids:
             return None
-        bundle_der = _x509_bundle_der(bundle)
+        bundle_der = self._encoded.bundle_der(bundle)
         hints: set[str] = set()
         messages = []
         for svid in svids:
@@ -185,29 +231,21 @@ class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
             if svid.hint and svid.hint in hints:
                 continue
             hints.add(svid.hint)
-            messages.append(
-                pb.X509SVID(
-                    spiffe_id=str(svid.spiffe_id),
-                    x509_svid=b"".join(c.public_bytes(_DER) for c in svid.chain),
-                    x509_svid_key=private_key_der_pkcs8(svid.private_key),
-                    bundle=bundle_der,
-                    hint=svid.hint,
-                )
-            )
+            messages.append(self._encoded.svid(svid, bundle_der))
         key = (tuple((m.spiffe_id, m.x509_svid, m.hint) for m in messages), bundle_der)
         return key, pb.X509SVIDResponse(svids=messages)
 
     def _x509_bundles(
-        self, selectors: frozenset[Selector]
+        self, entries: list[WorkloadEntry]
     ) -> tuple[Hashable, pb.X509BundlesResponse] | None:
         bundle = self._cache.bundle
         if bundle is None:
             return None
-        der = _x509_bundle_der(bundle)
+        der = self._encoded.bundle_der(bundle)
         return der, pb.X509BundlesResponse(bundles={bundle.trust_domain.id_string(): der})
 
     def _jwt_bundles(
-        self, selectors: frozenset[Selector]
+        self, entries: list[WorkloadEntry]
     ) -> tuple[Hashable, pb.JWTBundlesResponse] | None:
         bundle = self._cache.bundle
         if bundle is None:

@@ -18,6 +18,7 @@ Selectors produced (``pki.selectors.Selector``):
 from __future__ import annotations
 
 import contextlib
+import functools
 import grp
 import hashlib
 import os
@@ -181,9 +182,11 @@ class ExecutableDigests:
         return value
 
 
+@functools.lru_cache(maxsize=4096)
 def _selector(kind: str, value: str) -> Selector | None:
     # A process may name itself with bytes a selector refuses (control characters, very
     # long paths); such a fact simply yields no selector, so entries needing it do not match.
+    # Cached: selectors are immutable, and the same paths and groups recur on every call.
     try:
         return Selector(kind, value)
     except InvalidSelector:
@@ -205,8 +208,8 @@ class UnixWorkloadAttestor:
         """
         creds = process.credentials
         found: list[Selector | None] = [
-            Selector("unix", f"uid:{creds.uid}"),
-            Selector("unix", f"gid:{creds.gid}"),
+            _selector("unix", f"uid:{creds.uid}"),
+            _selector("unix", f"gid:{creds.gid}"),
         ]
         # Names only when the ids resolve on this node.
         with contextlib.suppress(KeyError):
@@ -245,7 +248,7 @@ class UnixWorkloadAttestor:
             finally:
                 os.close(exe_fd)
             if digest is not None:
-                facts.append(Selector("unix", f"sha256:{digest}"))
+                facts.append(_selector("unix", f"sha256:{digest}"))
         # cgroups(7): each line is hierarchy-ID:controller-list:cgroup-path.
         lines = _read(dir_fd, "cgroup").splitlines()
         paths = sorted({line.split(b":", 2)[2] for line in lines if line.count(b":") >= 2})
