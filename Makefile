@@ -10,7 +10,7 @@ DEB_PACKAGES := openssl postgresql redis-server
 PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 CHECK_DB := trustd_alembic_check_$(shell echo $$$$)
 
-.PHONY: run test install install-dev system-deps services lint typecheck migrations-check pytest bench clean
+.PHONY: run test install install-dev system-deps services lint typecheck migrations-check pytest bench clean proto bench-workload
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -78,6 +78,15 @@ bench: install-dev services
 	@dpkg -s wrk >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python bench/issuance.py
+
+# The SPIFFE Workload API stubs, generated from the spec's proto (kept unchanged) and
+# committed; run after updating trustd/agent/proto/workload.proto.
+proto: install-dev
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -I . --python_out=. \
+		--grpc_python_out=. --mypy_out=. --mypy_grpc_out=. trustd/agent/proto/workload.proto
+
+bench-workload: install-dev
+	$(BIN)/python bench/workload_api.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis

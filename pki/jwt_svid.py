@@ -150,6 +150,19 @@ def _b64url_json(segment: str, what: str) -> dict[str, Any]:
     return value
 
 
+def validated_claims(token: str) -> dict[str, Any]:
+    """The claims of *token*, which :func:`validate_jwt_svid` has already accepted.
+
+    Decodes only; it checks nothing, so never call it on a token that was not validated.
+
+    Raises:
+        InvalidJwt: the token is not a JWS compact serialization with a JSON payload.
+    """
+    if _COMPACT_JWS.fullmatch(token) is None:
+        raise InvalidJwt("token is not a JWS compact serialization (header.payload.signature)")
+    return _b64url_json(token.split(".")[1], "payload")
+
+
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # RFC 7515 §5.2 step 4: duplicate header names must be rejected (or only the last
     # used).  Different parsers picking different duplicates is how confusion bugs start.

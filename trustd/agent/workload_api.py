@@ -1,0 +1,388 @@
+"""The SPIFFE Workload API (gRPC over a Unix socket) over the agent's SVID cache.
+
+Implements the spec's ``workloadapi.proto`` unchanged (``/SpiffeWorkloadAPI/...``):
+FetchX509SVID, FetchX509Bundles and FetchJWTBundles stream the caller's full state and push
+it again whenever it changes; FetchJWTSVID and ValidateJWTSVID are unary.
+
+Every call must carry the ``workload.spiffe.io: true`` metadata (SPIFFE Workload Endpoint
+§4, InvalidArgument otherwise), is attested from the caller's process (see
+``workload_attestor``) and is refused with PermissionDenied, and nothing else, when the
+caller matches no registration entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import grpc
+import structlog
+from cryptography.hazmat.primitives import serialization
+from google.protobuf import struct_pb2
+from google.protobuf.message import Message
+
+from pki.bundle import USE_JWT_SVID, TrustBundle
+from pki.clock import Clock, SystemClock
+from pki.errors import InvalidJwt, InvalidSpiffeId, TrustdError
+from pki.jwt_svid import validate_jwt_svid, validated_claims
+from pki.keys import private_key_der_pkcs8
+from pki.selectors import Selector
+from pki.spiffe_id import SpiffeId
+from trustd.agent.cache import JwtSvidSource, SvidCache, WorkloadEntry, X509Svid
+from trustd.agent.errors import WorkloadAttestationError
+from trustd.agent.peer_relay import DEFAULT_MAX_CONNECTIONS, PeerRelay
+from trustd.agent.proto import workload_pb2 as pb
+from trustd.agent.proto import workload_pb2_grpc as pb_grpc
+from trustd.agent.workload_attestor import UnixWorkloadAttestor, WorkloadProcess
+from trustd.errors import InvalidRequest, NotReady, PermissionDenied
+
+log = structlog.get_logger("trustd.agent")
+
+SECURITY_HEADER = "workload.spiffe.io"
+_DER = serialization.Encoding.DER
+M = TypeVar("M", bound=Message)
+Context = grpc.aio.ServicerContext[Message, Message]
+
+# The one place agent errors become gRPC status codes. Anything else a TrustdError
+# signals (the server is unreachable, the bundle is not there yet) is Unavailable: the
+# client retries.
+_STATUS: dict[type[TrustdError], grpc.StatusCode] = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    InvalidJwt: grpc.StatusCode.INVALID_ARGUMENT,
+    InvalidSpiffeId: grpc.StatusCode.INVALID_ARGUMENT,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    WorkloadAttestationError: grpc.StatusCode.PERMISSION_DENIED,
+}
+
+
+def _status(exc: TrustdError) -> grpc.StatusCode:
+    for cls, code in _STATUS.items():
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.UNAVAILABLE
+
+
+async def _answer(context: Context, call: Awaitable[M]) -> M:
+    """A unary call's response, or its error as the matching status."""
+    try:
+        return await call
+    except TrustdError as exc:
+        await context.abort(_status(exc), exc.detail)
+
+
+class Attestor(Protocol):
+    def attest(self, process: WorkloadProcess) -> frozenset[Selector]:
+        """The caller's selectors (blocking; called on a worker thread).
+
+        Raises:
+            WorkloadAttestationError: the caller cannot be attested.
+        """
+        ...
+
+
+def _no_identity() -> PermissionDenied:
+    # Workload API spec: a caller entitled to no SVID gets PermissionDenied.
+    return PermissionDenied("no identity issued: this workload matches no registration entry")
+
+
+class _Encoded:
+    """Wire encodings of the cache's current SVIDs and bundle, made once per object rather
+    than once per call (every fetch would otherwise re-serialise keys and certificates)."""
+
+    def __init__(self, cache: SvidCache) -> None:
+        self._cache = cache
+        self._generation = cache.generation
+        self._svids: dict[str, tuple[X509Svid, bytes, pb.X509SVID]] = {}
+        self._bundle: tuple[TrustBundle, bytes] | None = None
+
+    def _prune(self) -> None:
+        # Forget encodings (private keys among them) the cache no longer holds.
+        if self._cache.generation != self._generation:
+            self._generation = self._cache.generation
+            for entry_id, held in list(self._svids.items()):
+                if self._cache.svid(entry_id) is not held[0]:
+                    del self._svids[entry_id]
+
+    def bundle_der(self, bundle: TrustBundle) -> bytes:
+        if self._bundle is None or self._bundle[0] is not bundle:
+            # The proto's bundle fields are concatenated ASN.1 DER certificates.
+            der = b"".join(cert.public_bytes(_DER) for cert in bundle.x509_authorities)
+            self._bundle = (bundle, der)
+        return self._bundle[1]
+
+    def svid(self, svid: X509Svid, bundle_der: bytes) -> pb.X509SVID:
+        self._prune()
+        held = self._svids.get(svid.entry_id)
+        if held is None or held[0] is not svid or held[1] is not bundle_der:
+            message = pb.X509SVID(
+                spiffe_id=str(svid.spiffe_id),
+                # Leaf first, then intermediates, as concatenated DER.
+                x509_svid=b"".join(c.public_bytes(_DER) for c in svid.chain),
+                # Unencrypted PKCS#8 DER, as the proto requires.
+                x509_svid_key=private_key_der_pkcs8(svid.private_key),
+                bundle=bundle_der,
+                hint=svid.hint,
+            )
+            self._svids[svid.entry_id] = held = (svid, bundle_der, message)
+        return held[2]
+
+
+def _jwt_jwks(bundle: TrustBundle) -> bytes:
+    # JWT bundles are JWK Sets of the JWT authorities only; JWT-SVID §6.1 puts a kid on each.
+    keys = [k for k in bundle.to_jwks()["keys"] if k.get("use") == USE_JWT_SVID]
+    return json.dumps({"keys": keys}, separators=(",", ":")).encode()
+
+
+class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
+    """The servicer. Runs on the agent's event loop, next to the cache's writers."""
+
+    def __init__(
+        self,
+        cache: SvidCache,
+        jwt_source: JwtSvidSource,
+        attestor: Attestor,
+        relay: PeerRelay,
+        clock: Clock,
+    ) -> None:
+        self._cache = cache
+        self._jwt_source = jwt_source
+        self._attestor = attestor
+        self._relay = relay
+        self._clock = clock
+        self._encoded = _Encoded(cache)
+        self._matched: dict[frozenset[Selector], list[WorkloadEntry]] = {}
+        self._matched_generation = cache.generation
+
+    async def _attest(self, context: Context) -> frozenset[Selector]:
+        metadata = context.invocation_metadata() or ()
+        if not any(key == SECURITY_HEADER and value == "true" for key, value in metadata):
+            raise InvalidRequest(f"security header missing from request: {SECURITY_HEADER}")
+        process = self._relay.lookup(context.peer())
+        if process is None:
+            raise PermissionDenied("caller did not connect through the Workload API socket")
+        # The connection may close (and its descriptor be reused) while the attestor runs
+        # on another thread: it works on its own duplicate.
+        handle = process.duplicate()
+        try:
+            return await asyncio.to_thread(self._attestor.attest, handle)
+        finally:
+            handle.close()
+
+    def _entries(self, selectors: frozenset[Selector]) -> list[WorkloadEntry]:
+        # Matching scans every entry of the node; a workload calls with the same selectors
+        # each time, so the match is kept until the cache changes.
+        if self._matched_generation != self._cache.generation or len(self._matched) > 1024:
+            self._matched.clear()
+            self._matched_generation = self._cache.generation
+        entries = self._matched.get(selectors)
+        if entries is None:
+            entries = self._matched[selectors] = self._cache.entries_for(selectors)
+        if not entries:
+            raise _no_identity()
+        return entries
+
+    async def _watch(
+        self,
+        context: Context,
+        build: Callable[[list[WorkloadEntry]], tuple[Hashable, M] | None],
+    ) -> AsyncIterator[M]:
+        """Yield `build`'s message now and again whenever what it describes changes."""
+        selectors = await self._attest(context)
+        last: Hashable = None
+        while True:
+            generation = self._cache.generation
+            built = build(self._entries(selectors))
+            if built is not None and built[0] != last:
+                last = built[0]
+                yield built[1]
+            await self._cache.wait_changed(generation)
+
+    async def _stream(
+        self,
+        context: Context,
+        build: Callable[[list[WorkloadEntry]], tuple[Hashable, M] | None],
+    ) -> AsyncIterator[M]:
+        try:
+            async for message in self._watch(context, build):
+                yield message
+        except TrustdError as exc:
+            await context.abort(_status(exc), exc.detail)
+
+    def _x509_svids(
+        self, entries: list[WorkloadEntry]
+    ) -> tuple[Hashable, pb.X509SVIDResponse] | None:
+        bundle = self._cache.bundle
+        svids = [s for s in map(self._cache.svid, (e.id for e in entries)) if s is not None]
+        # Wait for the bundle and at least one minted SVID rather than send an empty set.
+        if bundle is None or not svids:
+            return None
+        bundle_der = self._encoded.bundle_der(bundle)
+        hints: set[str] = set()
+        messages = []
+        for svid in svids:
+            # Hints tell a workload its SVIDs apart, so they must be unique in a response;
+            # as in SPIRE, the first SVID (in the cache's stable order) keeps a hint.
+            if svid.hint and svid.hint in hints:
+                continue
+            hints.add(svid.hint)
+            messages.append(self._encoded.svid(svid, bundle_der))
+        key = (tuple((m.spiffe_id, m.x509_svid, m.hint) for m in messages), bundle_der)
+        return key, pb.X509SVIDResponse(svids=messages)
+
+    def _x509_bundles(
+        self, entries: list[WorkloadEntry]
+    ) -> tuple[Hashable, pb.X509BundlesResponse] | None:
+        bundle = self._cache.bundle
+        if bundle is None:
+            return None
+        der = self._encoded.bundle_der(bundle)
+        return der, pb.X509BundlesResponse(bundles={bundle.trust_domain.id_string(): der})
+
+    def _jwt_bundles(
+        self, entries: list[WorkloadEntry]
+    ) -> tuple[Hashable, pb.JWTBundlesResponse] | None:
+        bundle = self._cache.bundle
+        if bundle is None:
+            return None
+        jwks = _jwt_jwks(bundle)
+        return jwks, pb.JWTBundlesResponse(bundles={bundle.trust_domain.id_string(): jwks})
+
+    async def FetchX509SVID(  # noqa: N802 - the spec's method name
+        self, request: pb.X509SVIDRequest, context: Context
+    ) -> AsyncIterator[pb.X509SVIDResponse]:
+        async for message in self._stream(context, self._x509_svids):
+            yield message
+
+    async def FetchX509Bundles(  # noqa: N802
+        self, request: pb.X509BundlesRequest, context: Context
+    ) -> AsyncIterator[pb.X509BundlesResponse]:
+        async for message in self._stream(context, self._x509_bundles):
+            yield message
+
+    async def FetchJWTBundles(  # noqa: N802
+        self, request: pb.JWTBundlesRequest, context: Context
+    ) -> AsyncIterator[pb.JWTBundlesResponse]:
+        async for message in self._stream(context, self._jwt_bundles):
+            yield message
+
+    async def FetchJWTSVID(  # noqa: N802
+        self, request: pb.JWTSVIDRequest, context: Context
+    ) -> pb.JWTSVIDResponse:
+        return await _answer(context, self._fetch_jwt_svid(request, context))
+
+    async def _fetch_jwt_svid(
+        self, request: pb.JWTSVIDRequest, context: Context
+    ) -> pb.JWTSVIDResponse:
+        selectors = await self._attest(context)
+        entries = self._entries(selectors)
+        if not request.audience:
+            raise InvalidRequest("audience must be specified")
+        if request.spiffe_id:
+            wanted = SpiffeId.parse(request.spiffe_id)
+            entries = [e for e in entries if e.spiffe_id == wanted]
+            if not entries:
+                raise PermissionDenied(f"this workload is not entitled to {request.spiffe_id}")
+        svids = []
+        seen: set[SpiffeId] = set()
+        for entry in entries:
+            if entry.spiffe_id in seen:
+                continue
+            seen.add(entry.spiffe_id)
+            jwt = await self._jwt_source.fetch_jwt_svid(entry.spiffe_id, list(request.audience))
+            svids.append(pb.JWTSVID(spiffe_id=str(jwt.spiffe_id), svid=jwt.token, hint=entry.hint))
+        return pb.JWTSVIDResponse(svids=svids)
+
+    async def ValidateJWTSVID(  # noqa: N802
+        self, request: pb.ValidateJWTSVIDRequest, context: Context
+    ) -> pb.ValidateJWTSVIDResponse:
+        return await _answer(context, self._validate_jwt_svid(request, context))
+
+    async def _validate_jwt_svid(
+        self, request: pb.ValidateJWTSVIDRequest, context: Context
+    ) -> pb.ValidateJWTSVIDResponse:
+        selectors = await self._attest(context)
+        self._entries(selectors)
+        if not request.audience:
+            raise InvalidRequest("audience must be specified")
+        if not request.svid:
+            raise InvalidRequest("svid must be specified")
+        bundle = self._cache.bundle
+        if bundle is None:
+            raise NotReady("the agent has no trust bundle yet")
+        jwt = validate_jwt_svid(
+            request.svid, bundle.jwt_authorities, request.audience, self._clock, bundle.trust_domain
+        )
+        claims = struct_pb2.Struct()
+        claims.update(validated_claims(jwt.token))
+        return pb.ValidateJWTSVIDResponse(spiffe_id=str(jwt.spiffe_id), claims=claims)
+
+
+class WorkloadApiServer:
+    """A running Workload API: the public socket's relay and the gRPC server behind it."""
+
+    def __init__(self, server: grpc.aio.Server, relay: PeerRelay, private_dir: Path) -> None:
+        self.server = server
+        self.relay = relay
+        self.private_dir = private_dir
+
+    @property
+    def socket_path(self) -> Path:
+        return self.relay.public_path
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        """Stop accepting, end open streams (after `grace` seconds) and remove the sockets."""
+        await self.relay.close()
+        await self.server.stop(grace)
+        shutil.rmtree(self.private_dir, ignore_errors=True)
+
+
+async def start_workload_api(
+    socket_path: Path | str,
+    cache: SvidCache,
+    jwt_source: JwtSvidSource,
+    attestor: Attestor | None = None,
+    *,
+    clock: Clock | None = None,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+) -> WorkloadApiServer:
+    """Serve the Workload API on `socket_path` (created world-connectable) until stopped.
+
+    Must be called on the event loop that writes `cache`.
+
+    Raises:
+        WorkloadAttestationError: `socket_path` exists and is not a socket.
+        OSError: a socket cannot be bound.
+    """
+    public = Path(socket_path)
+    public.parent.mkdir(parents=True, exist_ok=True)
+    # The gRPC server listens inside a 0700 directory (mkdtemp) so only the agent reaches
+    # it; workloads come in through the relay, which records who they are.
+    private_dir = Path(tempfile.mkdtemp(prefix=".trustd-workload-", dir=public.parent))
+    relay = PeerRelay(public, str(private_dir / "grpc.sock"), max_connections)
+    server = grpc.aio.server()
+    servicer = WorkloadApi(
+        cache,
+        jwt_source,
+        attestor if attestor is not None else UnixWorkloadAttestor(),
+        relay,
+        clock if clock is not None else SystemClock(),
+    )
+    pb_grpc.add_SpiffeWorkloadAPIServicer_to_server(servicer, server)
+    try:
+        server.add_insecure_port(f"unix:{relay.upstream_path}")
+        await server.start()
+        await relay.start()
+    except BaseException:
+        await relay.close()
+        await server.stop(None)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(private_dir)
+        raise
+    log.info("workload_api.started", socket=str(public))
+    return WorkloadApiServer(server, relay, private_dir)
