@@ -544,5 +544,45 @@ def node_ban(
     typer.echo(f"banned {spiffe_id}")
 
 
+@app.command()
+def agent(
+    server: Annotated[str, typer.Option(envvar="TRUSTD_SERVER", help="The trustd server URL")],
+    socket: Annotated[Path, typer.Option(help="Workload API socket")] = Path(
+        "/run/trustd/agent.sock"
+    ),
+    data_dir: Annotated[Path, typer.Option(help="Agent state (node key, SVID, bundle)")] = Path(
+        "/var/lib/trustd-agent"
+    ),
+    join_token: Annotated[
+        str | None, typer.Option(envvar="TRUSTD_JOIN_TOKEN", help="First start only")
+    ] = None,
+    ca_sha256: Annotated[
+        str | None, typer.Option(help="Pin the server's root CA on first contact")
+    ] = None,
+    log_level: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Run the node agent: attest, sync, and serve the SPIFFE Workload API."""
+    import asyncio
+
+    from pki.clock import SystemClock
+    from trustd.agent.main import AgentConfig, run_agent
+    from trustd.logs import configure_logging
+
+    configure_logging(log_level)
+    config = AgentConfig(
+        server=server.rstrip("/"),
+        data_dir=data_dir,
+        socket_path=socket,
+        join_token=join_token,
+        ca_sha256=ca_sha256,
+    )
+    try:
+        asyncio.run(run_agent(config, SystemClock()))
+    except TrustdError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+
+
 def main() -> None:
     app()

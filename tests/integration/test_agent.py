@@ -1,0 +1,227 @@
+"""A real server, a real agent process and py-spiffe workloads running as other users:
+attestation by join token, entries synced to the node, SVIDs over the Workload API, mutual
+TLS between workloads, rotation, and an agent that outlives a server restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import TRUSTD, Running, cli, start_server
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="runs workloads as other users"),
+]
+CLIENT = str(Path(__file__).with_name("workload_client.py"))
+WEB, DB, STRANGER = 2001, 2002, 2003
+
+
+@dataclass
+class Node:
+    server: Running
+    agent: subprocess.Popen[str]
+    socket: Path
+    spiffe_id: str
+    agent_log: Path
+
+    def run(self, uid: int, *args: str, timeout: float = 60) -> tuple[int, dict[str, Any]]:
+        process = subprocess.run(
+            [
+                sys.executable,
+                CLIENT,
+                "--socket",
+                str(self.socket),
+                "--uid",
+                str(uid),
+                "--gid",
+                str(uid),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        assert process.stdout, process.stderr
+        return process.returncode, json.loads(process.stdout.splitlines()[-1])
+
+    def start(self, uid: int, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                CLIENT,
+                "--socket",
+                str(self.socket),
+                "--uid",
+                str(uid),
+                "--gid",
+                str(uid),
+                *args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+
+def admin(server: Running, *args: str) -> str:
+    return cli(*args, "--data-dir", str(server.data_dir)).stdout
+
+
+def add_entry(server: Running, spiffe_id: str, parent: str, uid: int, ttl: int = 3600) -> None:
+    admin(
+        server,
+        "entry",
+        "create",
+        "--spiffe-id",
+        spiffe_id,
+        "--parent-id",
+        parent,
+        "--selector",
+        f"unix:uid:{uid}",
+        "--x509-ttl",
+        str(ttl),
+    )
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    server = start_server(tmp_path / "var", tmp_path / "server.log")
+    command = admin(server, "token", "create", "--selector", "region:test").split()
+    token = command[command.index("--join-token") + 1]
+    ca_sha256 = command[command.index("--ca-sha256") + 1]
+    assert command[command.index("--server") + 1] == server.url
+    node_id = f"spiffe://example.org/trustd/agent/join_token/{token.split('.')[0]}"
+    add_entry(server, "spiffe://example.org/web", node_id, WEB)
+    add_entry(server, "spiffe://example.org/db", node_id, DB, ttl=20)
+
+    # World-traversable, so workloads running as other users reach the socket.
+    sockets = Path(tempfile.mkdtemp(prefix="trustd-agent-"))
+    sockets.chmod(0o755)
+    socket = sockets / "agent.sock"
+    agent_log = tmp_path / "agent.log"
+    with agent_log.open("w") as log:
+        agent = subprocess.Popen(
+            [
+                TRUSTD,
+                "agent",
+                "--server",
+                server.url,
+                "--join-token",
+                token,
+                "--ca-sha256",
+                ca_sha256,
+                "--socket",
+                str(socket),
+                "--data-dir",
+                str(tmp_path / "agent"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    node = Node(server, agent, socket, node_id, agent_log)
+    try:
+        wait_for(socket.exists, 30, f"the agent socket; log: {agent_log}")
+        yield node
+    finally:
+        if agent.poll() is None:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(20)
+        node.server.stop()
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
+def svids_of(node: Node, uid: int) -> tuple[int, dict[str, Any]]:
+    return node.run(uid, "x509")
+
+
+def test_workloads_get_their_own_svids_and_talk_mtls(node: Node) -> None:
+    code, web = wait_for(lambda: (r := svids_of(node, WEB))[0] == 0 and r, 30, "web SVID")
+    assert [s["spiffe_id"] for s in web["svids"]] == ["spiffe://example.org/web"]
+    code, db = svids_of(node, DB)
+    assert code == 0
+    assert [s["spiffe_id"] for s in db["svids"]] == ["spiffe://example.org/db"]
+    code, stranger = svids_of(node, STRANGER)
+    assert code == 3
+    assert "PERMISSION_DENIED" in json.dumps(stranger).upper()
+
+    # Mutual TLS between the two workloads, each seeing the other's SPIFFE ID.
+    server = node.start(WEB, "mtls-server")
+    assert server.stdout is not None
+    port = json.loads(server.stdout.readline())["port"]
+    code, client = node.run(DB, "mtls-client", str(port))
+    assert code == 0, client
+    assert client["peer"] == "spiffe://example.org/web"
+    out, _ = server.communicate(timeout=30)
+    assert json.loads(out.splitlines()[-1])["peer"] == "spiffe://example.org/db"
+
+    # The node is known to the server and acknowledged what it applied.
+    nodes = json.loads(admin(node.server, "node", "list"))
+    assert nodes[0]["spiffe_id"] == node.spiffe_id
+    assert nodes[0]["applied_revision"] > 0
+
+    # JWT-SVIDs: web fetches one, db validates it.
+    code, jwt = node.run(WEB, "jwt", "api")
+    assert code == 0, jwt
+    code, valid = node.run(DB, "validate", jwt["token"], "api")
+    assert code == 0, valid
+    assert valid["spiffe_id"] == "spiffe://example.org/web"
+
+
+def test_short_lived_svids_rotate(node: Node) -> None:
+    # db's entry has a 20 s lifetime: the agent renews at 40-50 % of it.
+    stream = node.start(DB, "stream", "2")
+    out, err = stream.communicate(timeout=60)
+    updates = [json.loads(line) for line in out.splitlines()]
+    assert len(updates) == 2, (out, err)
+    serials = [u["svids"][0]["serial"] for u in updates]
+    assert serials[0] != serials[1]
+
+
+def test_new_entries_reach_the_agent_within_a_second(node: Node) -> None:
+    wait_for(lambda: svids_of(node, WEB)[0] == 0, 30, "first sync")
+    add_entry(node.server, "spiffe://example.org/late", node.spiffe_id, STRANGER)
+    started = time.monotonic()
+    wait_for(lambda: svids_of(node, STRANGER)[0] == 0, 10, "the new entry")
+    # Includes two client process starts; the sync itself is a long-poll woken at once.
+    assert time.monotonic() - started < 5
+
+
+def test_agent_survives_a_server_restart(node: Node) -> None:
+    wait_for(lambda: svids_of(node, WEB)[0] == 0, 30, "first sync")
+    port, data_dir = node.server.port, node.server.data_dir
+    node.server.stop()
+    # The server is gone: workloads are still served from the agent's cache.
+    code, web = svids_of(node, WEB)
+    assert code == 0
+    assert web["svids"][0]["spiffe_id"] == "spiffe://example.org/web"
+    node.server = start_server(data_dir, data_dir.parent / "server2.log", port=port)
+    # And the agent resyncs: a change made after the restart reaches it.
+    add_entry(node.server, "spiffe://example.org/after", node.spiffe_id, STRANGER)
+    wait_for(lambda: svids_of(node, STRANGER)[0] == 0, 60, "resync after restart")
+    assert node.agent.poll() is None

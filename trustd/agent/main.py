@@ -1,0 +1,364 @@
+"""`trustd agent`: attest once, keep the node SVID fresh, sync entries, mint and rotate
+workload SVIDs, and serve them on the SPIFFE Workload API.
+
+The agent keeps serving what it holds while the server is unreachable and catches up when
+it returns; it never sends a private key anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from pki.bundle import TrustBundle
+from pki.ca import certificate_pem, create_csr, load_pem_certificates
+from pki.clock import Clock
+from pki.jwt_svid import JwtSvid
+from pki.keys import KeyType, PrivateKey, allowed_public_key, generate_private_key
+from pki.selectors import parse_selectors
+from pki.spiffe_id import SpiffeId
+from trustd.agent.cache import SvidCache, WorkloadEntry, X509Svid
+from trustd.agent.client import (
+    NodeIdentity,
+    ServerClient,
+    ServerError,
+    bundle_from_jwks,
+    pin_first_contact,
+)
+from trustd.agent.renewal import renewal_due
+
+log = structlog.get_logger("trustd.agent")
+BATCH = 500
+SYNC_WAIT = 30.0
+MAX_BACKOFF = 30.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    server: str
+    data_dir: Path
+    socket_path: Path
+    join_token: str | None = None
+    ca_sha256: str | None = None
+    key_type: KeyType = KeyType.EC_P256
+
+
+class AgentError(ServerError):
+    title = "Agent cannot start"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    tmp.replace(path)
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, clock: Clock) -> None:
+        self.config = config
+        self.clock = clock
+        self.cache = SvidCache()
+        self.revision = 0
+        self.identity: NodeIdentity | None = None
+        self._client: ServerClient | None = None
+        self._wake_rotation = asyncio.Event()
+        self._jwt_cache: dict[tuple[str, tuple[str, ...]], tuple[datetime, JwtSvid]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._workload_server: Any = None
+
+    # -- files ---------------------------------------------------------------------------
+
+    @property
+    def _bundle_file(self) -> Path:
+        return self.config.data_dir / "bundle.json"
+
+    @property
+    def _node_file(self) -> Path:
+        return self.config.data_dir / "node.pem"
+
+    @property
+    def _node_key_file(self) -> Path:
+        return self.config.data_dir / "node-key.pem"
+
+    def _save_bundle(self, bundle: TrustBundle) -> None:
+        self._bundle_file.write_text(json.dumps(bundle.to_jwks()))
+
+    def _save_identity(self, identity: NodeIdentity) -> None:
+        key_pem = identity.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        _write_private(self._node_key_file, key_pem)
+        self._node_file.write_text("".join(certificate_pem(c) for c in identity.chain))
+
+    def _load_identity(self) -> NodeIdentity | None:
+        if not (self._node_file.exists() and self._node_key_file.exists()):
+            return None
+        chain = tuple(load_pem_certificates(self._node_file.read_bytes()))
+        key = serialization.load_pem_private_key(self._node_key_file.read_bytes(), None)
+        allowed_public_key(key.public_key())
+        if chain[0].not_valid_after_utc <= self.clock.now():
+            return None
+        san = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        spiffe_id = SpiffeId.parse(san.get_values_for_type(x509.UniformResourceIdentifier)[0])
+        return NodeIdentity(spiffe_id, chain, key)  # type: ignore[arg-type]
+
+    # -- start-up ------------------------------------------------------------------------
+
+    async def bootstrap(self) -> None:
+        """Trust, then identity: load what a previous run saved, or pin and attest.
+
+        Raises:
+            AgentError: nothing saved and no join token / fingerprint to start from.
+            ServerError: the server refused attestation or could not be reached.
+        """
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(cfg.data_dir, 0o700)
+        if self._bundle_file.exists():
+            bundle = bundle_from_jwks(json.loads(self._bundle_file.read_text()))
+        elif cfg.ca_sha256:
+            bundle = await asyncio.to_thread(pin_first_contact, cfg.server, cfg.ca_sha256)
+            self._save_bundle(bundle)
+        else:
+            raise AgentError(
+                "first start needs --ca-sha256 (printed by `trustd token create`) to pin the server"
+            )
+        self._client = ServerClient(cfg.server, bundle, self.clock)
+        await self.cache.set_bundle(bundle)
+        identity = self._load_identity()
+        if identity is None:
+            if not cfg.join_token:
+                raise AgentError("this node has no identity yet: pass --join-token")
+            key = generate_private_key(cfg.key_type)
+            identity, bundle = await self._client.attest(
+                "join_token", {"token": cfg.join_token}, key
+            )
+            self._save_identity(identity)
+            self._save_bundle(bundle)
+            await self.cache.set_bundle(bundle)
+            log.info("attested", spiffe_id=str(identity.spiffe_id))
+        self.identity = identity
+
+    async def start(self) -> None:
+        """Bootstrap, start the Workload API and the background loops."""
+        from trustd.agent.workload_api import start_workload_api
+
+        await self.bootstrap()
+        self._workload_server = await start_workload_api(self.config.socket_path, self.cache, self)
+        self._tasks = [
+            asyncio.create_task(self._sync_loop(), name="agent-sync"),
+            asyncio.create_task(self._rotation_loop(), name="agent-svids"),
+            asyncio.create_task(self._node_renewal_loop(), name="agent-node-svid"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._workload_server is not None:
+            await self._workload_server.stop(grace=1)
+        if self._client is not None:
+            await self._client.aclose()
+
+    @property
+    def client(self) -> ServerClient:
+        assert self._client is not None, "bootstrap() first"
+        return self._client
+
+    @property
+    def node(self) -> NodeIdentity:
+        assert self.identity is not None, "bootstrap() first"
+        return self.identity
+
+    # -- sync ----------------------------------------------------------------------------
+
+    async def sync_once(self, wait: float) -> bool:
+        """One long-poll; applies and acknowledges a change. Returns whether one came."""
+        result = await self.client.sync(self.node, self.revision, wait)
+        if not result["changed"]:
+            return False
+        entries = [
+            WorkloadEntry(
+                id=e["id"],
+                spiffe_id=SpiffeId.parse(e["spiffe_id"]),
+                selectors=parse_selectors(e["selectors"]),
+                x509_ttl=e["x509_ttl"],
+                jwt_ttl=e["jwt_ttl"],
+                dns_names=tuple(e["dns_names"]),
+                hint=e["hint"],
+                revision=e["revision"],
+            )
+            for e in result["entries"]
+        ]
+        await self.cache.set_entries(entries)
+        if result.get("bundle"):
+            bundle = bundle_from_jwks(result["bundle"])
+            current = self.cache.bundle
+            if current is None or bundle.sequence != current.sequence:
+                await self.cache.set_bundle(bundle)
+                self._save_bundle(bundle)
+                await self.client.update_bundle(bundle)
+        self.revision = int(result["revision"])
+        self._wake_rotation.set()
+        await self.client.ack(self.node, self.revision)
+        return True
+
+    async def _sync_loop(self) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                await self.sync_once(SYNC_WAIT)
+                backoff = 1.0
+            except ServerError as exc:
+                # Keep serving what we hold; try again with growing pauses.
+                log.warning("sync_failed", error=exc.detail, retry_in_s=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    # -- workload SVIDs ------------------------------------------------------------------
+
+    def due(self, now: datetime) -> list[WorkloadEntry]:
+        """Entries with no SVID yet, or whose SVID reached its renewal time."""
+        due = []
+        for entry in self.cache.entries():
+            svid = self.cache.svid(entry.id)
+            if svid is None:
+                due.append(entry)
+                continue
+            leaf = svid.chain[0]
+            key = f"{entry.id}:{leaf.serial_number:x}"
+            if renewal_due(now, leaf.not_valid_before_utc, leaf.not_valid_after_utc, key):
+                due.append(entry)
+        return due
+
+    async def rotate_once(self) -> int:
+        """Mint SVIDs for every entry that is due; returns how many were stored."""
+        now = self.clock.now()
+        expired = [
+            e.id
+            for e in self.cache.entries()
+            if (s := self.cache.svid(e.id)) is not None and s.not_after <= now
+        ]
+        await self.cache.drop_svids(expired)
+        due = self.due(now)
+        stored = 0
+        for start in range(0, len(due), BATCH):
+            batch = due[start : start + BATCH]
+            keys: dict[str, PrivateKey] = {
+                e.id: generate_private_key(self.config.key_type) for e in batch
+            }
+            result = await self.client.sign(
+                self.node, [(entry_id, create_csr(key)) for entry_id, key in keys.items()]
+            )
+            by_id = {e.id: e for e in batch}
+            for item in result["svids"]:
+                entry = by_id[item["entry_id"]]
+                chain = tuple(
+                    load_pem_certificates(
+                        (item["certificate"] + "".join(item["intermediates"])).encode()
+                    )
+                )
+                await self.cache.put_svid(
+                    X509Svid(entry.id, entry.spiffe_id, chain, keys[entry.id], entry.hint)
+                )
+                stored += 1
+            for refused in result["refused"]:
+                log.warning("svid_refused", entry_id=refused["entry_id"], reason=refused["detail"])
+        return stored
+
+    async def _rotation_loop(self) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                await self.rotate_once()
+                backoff = 1.0
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self._wake_rotation.wait()
+                self._wake_rotation.clear()
+            except ServerError as exc:
+                log.warning("svid_rotation_failed", error=exc.detail, retry_in_s=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    # -- the node SVID -------------------------------------------------------------------
+
+    async def renew_node_if_due(self) -> bool:
+        leaf = self.node.chain[0]
+        if not renewal_due(
+            self.clock.now(), leaf.not_valid_before_utc, leaf.not_valid_after_utc, "node"
+        ):
+            return False
+        key = generate_private_key(self.config.key_type)
+        self.identity = await self.client.renew(self.node, key)
+        self._save_identity(self.identity)
+        log.info(
+            "node_svid_renewed", not_after=self.identity.chain[0].not_valid_after_utc.isoformat()
+        )
+        return True
+
+    async def _node_renewal_loop(self) -> None:
+        while True:
+            try:
+                await self.renew_node_if_due()
+            except ServerError as exc:
+                log.warning("node_svid_renewal_failed", error=exc.detail)
+            await asyncio.sleep(5)
+
+    # -- JWT-SVIDs (the Workload API's JwtSvidSource) ------------------------------------
+
+    async def fetch_jwt_svid(self, spiffe_id: SpiffeId, audience: Any) -> JwtSvid:
+        """A JWT-SVID for one of this node's identities, reused until half its life."""
+        audiences = tuple(sorted(audience))
+        key = (str(spiffe_id), audiences)
+        now = self.clock.now()
+        cached = self._jwt_cache.get(key)
+        if cached is not None and now < cached[0]:
+            return cached[1]
+        entry = next((e for e in self.cache.entries() if e.spiffe_id == spiffe_id), None)
+        if entry is None:
+            raise AgentError(f"this node holds no entry for {spiffe_id}")
+        body = await self.client.jwt(self.node, entry.id, list(audiences))
+        expiry = datetime.fromisoformat(body["expires_at"])
+        svid = JwtSvid(
+            token=body["token"],
+            spiffe_id=spiffe_id,
+            audience=tuple(body["audience"]),
+            expiry=expiry,
+            issued_at=now,
+            kid=body["kid"],
+        )
+        self._jwt_cache[key] = (now + (expiry - now) / 2, svid)
+        return svid
+
+
+async def run_agent(config: AgentConfig, clock: Clock) -> None:
+    """Run until SIGINT or SIGTERM."""
+    agent = Agent(config, clock)
+    await agent.start()
+    log.info("agent_ready", socket=str(config.socket_path), node=str(agent.node.spiffe_id))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await agent.stop()
