@@ -10,7 +10,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from trustd.services.auth import Principal, Role
+from trustd.roles import Role
+from trustd.services.auth import Principal
 from trustd.services.ca import SYSTEM_ACTOR
 from trustd.services.container import Services
 from trustd.store.db import transaction

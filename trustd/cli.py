@@ -18,7 +18,7 @@ from pki.ca import create_csr
 from pki.errors import TrustdError
 from pki.keys import KeyType, generate_private_key
 from trustd.client import AdminClient
-from trustd.services.auth import Role
+from trustd.roles import Role
 
 app = typer.Typer(
     help="trustd: workload identities, the CA behind them, and who may talk to whom.",

@@ -78,7 +78,8 @@ class Settings(BaseSettings):
     jwt_svid_max_ttl: timedelta = timedelta(hours=1)
     serving_cert_ttl: timedelta = timedelta(days=1)
     bundle_refresh_hint: timedelta = timedelta(minutes=5)
-    max_request_bytes: int = 65536
+    # Agent batches (500 CSRs) are the largest legitimate bodies.
+    max_request_bytes: int = 1024 * 1024
 
     # Nodes and agents.
     node_svid_ttl: timedelta = timedelta(hours=1)

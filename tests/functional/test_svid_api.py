@@ -148,7 +148,7 @@ def test_weak_csr_key_is_refused(server: Server) -> None:
 def test_oversized_body_is_refused_before_parsing(server: Server) -> None:
     response = server.client.post(
         "/v1/svid/x509",
-        content=b"{" + b" " * 70000 + b"}",
+        content=b"{" + b" " * (2 * 1024 * 1024) + b"}",
         headers={**server.auth, "Content-Type": "application/json"},
     )
     _assert_problem(response, 413, "payload-too-large")

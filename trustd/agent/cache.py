@@ -44,10 +44,18 @@ class X509Svid:
     chain: tuple[x509.Certificate, ...]
     private_key: PrivateKey
     hint: str = ""
+    # When the agent received it. The CA backdates not_before for clock skew, so for short
+    # lifetimes the renewal schedule must start from here, not from not_before.
+    received_at: datetime | None = None
 
     @property
     def not_after(self) -> datetime:
         return self.chain[0].not_valid_after_utc
+
+    @property
+    def effective_start(self) -> datetime:
+        start = self.chain[0].not_valid_before_utc
+        return max(start, self.received_at) if self.received_at else start
 
 
 class JwtSvidSource(Protocol):
@@ -91,6 +99,11 @@ class SvidCache:
         """The current X509-SVIDs of the entries that match `selectors` (entries whose SVID is
         not minted yet are left out)."""
         return [self._svids[e.id] for e in self.entries_for(selectors) if e.id in self._svids]
+
+    @property
+    def held(self) -> int:
+        """How many SVIDs the cache holds."""
+        return len(self._svids)
 
     def svid(self, entry_id: str) -> X509Svid | None:
         return self._svids.get(entry_id)

@@ -242,9 +242,8 @@ class Agent:
             if svid is None:
                 due.append(entry)
                 continue
-            leaf = svid.chain[0]
-            key = f"{entry.id}:{leaf.serial_number:x}"
-            if renewal_due(now, leaf.not_valid_before_utc, leaf.not_valid_after_utc, key):
+            key = f"{entry.id}:{svid.chain[0].serial_number:x}"
+            if renewal_due(now, svid.effective_start, svid.not_after, key):
                 due.append(entry)
         return due
 
@@ -261,12 +260,11 @@ class Agent:
         stored = 0
         for start in range(0, len(due), BATCH):
             batch = due[start : start + BATCH]
-            keys: dict[str, PrivateKey] = {
-                e.id: generate_private_key(self.config.key_type) for e in batch
-            }
-            result = await self.client.sign(
-                self.node, [(entry_id, create_csr(key)) for entry_id, key in keys.items()]
-            )
+            # Key generation for a batch takes tens of milliseconds: off the event loop, so
+            # Workload API calls are not held up behind it.
+            keys, csrs = await asyncio.to_thread(self._keys_and_csrs, [e.id for e in batch])
+            result = await self.client.sign(self.node, csrs)
+            received = self.clock.now()
             by_id = {e.id: e for e in batch}
             for item in result["svids"]:
                 entry = by_id[item["entry_id"]]
@@ -276,12 +274,20 @@ class Agent:
                     )
                 )
                 await self.cache.put_svid(
-                    X509Svid(entry.id, entry.spiffe_id, chain, keys[entry.id], entry.hint)
+                    X509Svid(entry.id, entry.spiffe_id, chain, keys[entry.id], entry.hint, received)
                 )
                 stored += 1
             for refused in result["refused"]:
                 log.warning("svid_refused", entry_id=refused["entry_id"], reason=refused["detail"])
+        if stored:
+            log.info("svids_minted", stored=stored, held=self.cache.held)
         return stored
+
+    def _keys_and_csrs(
+        self, entry_ids: list[str]
+    ) -> tuple[dict[str, PrivateKey], list[tuple[str, str]]]:
+        keys = {entry_id: generate_private_key(self.config.key_type) for entry_id in entry_ids}
+        return keys, [(entry_id, create_csr(key)) for entry_id, key in keys.items()]
 
     async def _rotation_loop(self) -> None:
         backoff = 1.0

@@ -8,7 +8,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from trustd.errors import Unauthenticated
-from trustd.services.auth import Principal, Role
+from trustd.roles import Role
+from trustd.services.auth import Principal
 from trustd.services.container import Services
 from trustd.services.nodes import NodePrincipal
 

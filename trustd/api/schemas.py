@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from trustd.services.auth import Role
+from trustd.roles import Role
 
 
 class _Strict(BaseModel):

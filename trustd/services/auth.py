@@ -8,13 +8,13 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from pki.clock import Clock
 from trustd.errors import InvalidRequest, NotFound, PermissionDenied, Unauthenticated
+from trustd.roles import Role
 from trustd.services.audit import AuditLog
 from trustd.store.db import transaction
 from trustd.store.models import AdminToken, AuditOutcome
@@ -24,12 +24,6 @@ _ID_BYTES = 8
 _SECRET_BYTES = 32
 # Compared against when a token id is unknown, so a miss costs the same as a wrong secret.
 _DUMMY_HASH = hashlib.sha256(b"trustd-unknown-token").hexdigest()
-
-
-class Role(StrEnum):
-    VIEWER = "viewer"
-    OPERATOR = "operator"
-    ADMIN = "admin"
 
 
 _ROLE_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
