@@ -18,8 +18,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml deploy/constraints.txt
+$(VENV)/.installed: $(BIN)/python pyproject.toml deploy/constraints.txt deploy/regorus.txt
 	@echo "installing trustd into $(VENV)"
+	$(BIN)/pip install -q --disable-pip-version-check --require-hashes --no-deps -r deploy/regorus.txt
 	$(PIP) -e .
 	@touch $@
 
