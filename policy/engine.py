@@ -13,9 +13,11 @@ only exists as a Python extension, a package rather than a rule) use the interpr
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -102,22 +104,57 @@ def first_line(exc: BaseException) -> str:
     return " ".join(kept) or type(exc).__name__
 
 
+def _failure(exc: BaseException) -> str:
+    # A Rust panic surfaces as `PanicException`, a BaseException: it is caught at this
+    # boundary so a hostile input costs one decision, never the worker.
+    if isinstance(exc, KeyboardInterrupt | SystemExit):
+        raise exc
+    return first_line(exc)
+
+
 def _guard(what: str, call: Callable[[], Any]) -> Any:
-    # A Rust panic surfaces as `PanicException`, a BaseException: catch it here, at the
-    # boundary, so a hostile input costs one decision, never the worker.
     try:
         return call()
     except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt | SystemExit | PolicyEvaluationError):
-            raise
-        raise PolicyEvaluationError(first_line(exc), rule=what) from None
+        message = _failure(exc)
+    raise PolicyEvaluationError(message, rule=what)
+
+
+def _on_clone(engine: Any, what: str, call: Callable[[Any], Any]) -> Any:
+    """Run `call` on a clone of `engine` and drop the clone before any error leaves: a
+    regorus object freed on another thread (where a traceback may end up) is an error."""
+    clone = engine.clone()
+    try:
+        return call(clone)
+    except BaseException as exc:
+        message = _failure(exc)
+    finally:
+        clone = None
+    raise PolicyEvaluationError(message, rule=what)
 
 
 @dataclass
 class _ThreadState:
-    engine: regorus.Engine
+    engine: Any
     # Per path: the loaded VM, or None when the path does not compile (interpreter only).
     programs: dict[str, Any] = field(default_factory=dict)
+
+
+# Per thread: prepared states by engine serial, with a weak reference to their engine.
+# States live here rather than on the engine so that they are always freed on their own
+# thread: when an engine is discarded, each thread drops its state the next time it
+# prepares one (a regorus object must not be freed on another thread).
+_THREAD = threading.local()
+_SERIALS = itertools.count()
+
+
+def _thread_states() -> dict[int, tuple[weakref.ref[EmbeddedEngine], _ThreadState]]:
+    states: dict[int, tuple[weakref.ref[EmbeddedEngine], _ThreadState]] | None = getattr(
+        _THREAD, "states", None
+    )
+    if states is None:
+        states = _THREAD.states = {}
+    return states
 
 
 class EmbeddedEngine:
@@ -134,7 +171,7 @@ class EmbeddedEngine:
         self._data = dict(data or {})
         self._data_json = json.dumps(self._data)
         self._compiled = compiled
-        self._local = threading.local()
+        self._serial = next(_SERIALS)
         # Compile once here so a broken module fails at load time, not at first decision.
         state = self._prepared()
         self.packages = frozenset(
@@ -146,29 +183,39 @@ class EmbeddedEngine:
         return dict(self._modules)
 
     def _prepared(self) -> _ThreadState:
-        state: _ThreadState | None = getattr(self._local, "state", None)
-        if state is None:
-            engine = regorus.Engine()
-            register_extensions(engine)
-            for name, source in self._modules.items():
-                try:
-                    engine.add_policy(name, source)
-                except BaseException as exc:  # PanicException derives from BaseException
-                    raise PolicyCompileError(first_line(exc), module=name) from None
-            if self._data:
-                engine.add_data(self._data)
-            state = _ThreadState(engine)
-            self._local.state = state
+        states = _thread_states()
+        found = states.get(self._serial)
+        if found is not None:
+            return found[1]
+        for serial in [k for k, (ref, _) in states.items() if ref() is None]:
+            del states[serial]
+        state = _ThreadState(self._new_engine())
+        states[self._serial] = (weakref.ref(self), state)
         return state
 
-    def evaluate(self, rule: str, input: Any) -> Any:
-        engine = self._prepared().engine.clone()
+    def _new_engine(self) -> Any:
+        engine: Any = regorus.Engine()
+        register_extensions(engine)
+        failed: tuple[str, str] | None = None
+        for name, source in self._modules.items():
+            try:
+                engine.add_policy(name, source)
+            except BaseException as exc:
+                failed = (name, _failure(exc))
+                break
+        if failed is not None:
+            engine = None
+            raise PolicyCompileError(failed[1], module=failed[0])
+        if self._data:
+            engine.add_data(self._data)
+        return engine
 
-        def run() -> Any:
+    def evaluate(self, rule: str, input: Any) -> Any:
+        def run(engine: Any) -> Any:
             engine.set_input(input)
             return engine.eval_rule(rule)
 
-        return _guard(rule, run)
+        return _on_clone(self._prepared().engine, rule, run)
 
     def is_known(self, segments: list[str]) -> bool:
         """Whether a package, a rule in one, or a data document lives at `segments`."""
@@ -199,13 +246,12 @@ class EmbeddedEngine:
 
             out = _guard(full, run_vm)
             return UNDEFINED if out == _RVM_UNDEFINED else Result(True, json.loads(out))
-        engine = state.engine.clone()
 
-        def run() -> Any:
+        def run(engine: Any) -> Any:
             engine.set_input_json(input_json)
             return engine.eval_query(full)
 
-        rows = _guard(full, run).get("result") or []
+        rows = _on_clone(state.engine, full, run).get("result") or []
         if not rows:
             return UNDEFINED
         return Result(True, rows[0]["expressions"][0]["value"])
@@ -222,8 +268,7 @@ class EmbeddedEngine:
             vm.load_program(program)
             vm.set_data_json(self._data_json)
         except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt | SystemExit):
-                raise
+            _failure(exc)
             # Not compilable (a package path, an extension builtin): the interpreter answers.
             vm = None
         state.programs[full] = vm

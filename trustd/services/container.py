@@ -12,6 +12,7 @@ from trustd.services.audit import AuditLog
 from trustd.services.auth import AdminTokens
 from trustd.services.ca import CertificateAuthority
 from trustd.services.issuance import Issuer
+from trustd.services.policy import PolicyService
 from trustd.settings import Settings
 from trustd.store.db import create_db_engine
 
@@ -26,6 +27,7 @@ class Services:
     tokens: AdminTokens
     ca: CertificateAuthority
     issuer: Issuer
+    policy: PolicyService
 
 
 def build_services(settings: Settings, clock: Clock | None = None) -> Services:
@@ -33,13 +35,15 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     engine = create_db_engine(settings.resolved_database_url)
     audit = AuditLog(clock)
     ca = CertificateAuthority(settings, engine, clock, audit)
+    bus = create_bus(settings.redis_url)
     return Services(
         settings=settings,
         engine=engine,
         clock=clock,
-        bus=create_bus(settings.redis_url),
+        bus=bus,
         audit=audit,
         tokens=AdminTokens(engine, clock, audit),
         ca=ca,
         issuer=Issuer(settings, engine, ca, clock, audit),
+        policy=PolicyService(settings, engine, clock, audit, bus),
     )
