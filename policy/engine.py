@@ -315,6 +315,10 @@ class RemoteEngine:
                 timeout=self._timeout,
                 retries=0,
             )
+            if self._ca_bundle:
+                # requests lets REQUESTS_CA_BUNDLE override a session's CA file: the
+                # configured CA must win, so the environment is not consulted.
+                client._session.trust_env = False
             self._local.client = client
         return client
 

@@ -254,6 +254,7 @@ def _policy_document(module_id: str, source: str) -> dict[str, Any]:
 
 
 @opa.get("/v1/policies", summary="List the active bundle's modules (OPA Policy API)")
+@opa.get("/v1/policies/", include_in_schema=False)
 def list_policies(services: ServicesDep, caller: CallerDep) -> dict[str, Any]:
     return {
         "result": [_policy_document(k, v) for k, v in sorted(services.policy.modules().items())]
