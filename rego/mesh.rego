@@ -87,10 +87,11 @@ reasons := ["no rule allows this call"] if {
 }
 
 # A rule matches when every field it sets matches; an absent field matches anything.
-# SPIFFE ID patterns are globs with "/" as separator: "*" is one path segment, "**" any.
+# SPIFFE ID and path patterns are globs with "/" as separator: "*" is one path segment,
+# "**" any number.
 matches(rule) if {
-	glob.match(object.get(rule, "source", "**"), ["/"], request.source)
-	glob.match(object.get(rule, "destination", "**"), ["/"], request.destination)
+	glob_matches(object.get(rule, "source", "**"), request.source)
+	glob_matches(object.get(rule, "destination", "**"), request.destination)
 	any_or_in(object.get(rule, "ports", []), request.port)
 	any_or_in(object.get(rule, "protocols", []), request.protocol)
 	any_or_in(object.get(rule, "methods", []), request.method)
@@ -105,5 +106,28 @@ path_matches(patterns, _) if count(patterns) == 0
 
 path_matches(patterns, path) if {
 	some pattern in patterns
-	glob.match(pattern, ["/"], path)
+	glob_matches(pattern, path)
+}
+
+# The common pattern shapes (exact, "**", "prefix/**") without glob.match, which costs
+# more than the rest of a decision; any other pattern goes to glob.match.
+glob_matches("**", _) := true
+
+glob_matches(pattern, value) if pattern == value
+
+glob_matches(pattern, value) if {
+	endswith(pattern, "/**")
+	not contains(trim_suffix(pattern, "/**"), "*")
+	startswith(value, trim_suffix(pattern, "**"))
+}
+
+glob_matches(pattern, value) if {
+	contains(pattern, "*")
+	not simple_prefix(pattern)
+	glob.match(pattern, ["/"], value)
+}
+
+simple_prefix(pattern) if {
+	endswith(pattern, "/**")
+	not contains(trim_suffix(pattern, "/**"), "*")
 }

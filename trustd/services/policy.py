@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import queue
+import secrets
 import threading
 import time
 import uuid
@@ -28,7 +30,7 @@ import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from prometheus_client import Counter
-from sqlalchemy import Engine, delete, func
+from sqlalchemy import Engine, delete, func, insert
 from sqlmodel import Session, col, select
 
 from pki.clock import Clock
@@ -57,6 +59,19 @@ LOG_DROPPED = Counter(
     "trustd_policy_decision_log_dropped_total",
     "Decision-log entries dropped because the log queue was full.",
 )
+
+
+class DecisionIds:
+    """UUID-shaped decision ids: a random per-process prefix and a counter. Unique across
+    processes and replicas without a system call per decision (os.urandom, behind uuid4,
+    can cost more than the decision itself); decision ids are labels, not secrets."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_bytes(8)
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return str(uuid.UUID(bytes=self._prefix + next(self._counter).to_bytes(8, "big")))
 
 
 @dataclass(frozen=True)
@@ -210,7 +225,7 @@ class DecisionLog:
             if None in batch:
                 return
 
-    def _row(self, entry: _Entry) -> PolicyDecision:
+    def _row(self, entry: _Entry) -> dict[str, Any]:
         decision = entry.decision
         document: dict[str, Any] = {"input": json.loads(entry.input_json)}
         if decision.result.defined:
@@ -218,24 +233,25 @@ class DecisionLog:
         if ("system", "log") in entry.masker.packages:
             masks = entry.masker.query(_MASK_RULE, canonical_json(document))
             apply_masks(document, masks.value)
-        result = document.get("result")
-        return PolicyDecision(
-            decision_id=decision.decision_id,
-            at=entry.at,
-            path=decision.path,
-            input=document.get("input"),
-            result=result,
-            defined=decision.result.defined,
-            result_hash=result_hash(decision.result),
-            revision=decision.revision,
-            latency_us=decision.latency_us,
-            caller=entry.caller[:256],
-        )
+        return {
+            "decision_id": decision.decision_id,
+            "at": entry.at,
+            "path": decision.path,
+            "input": document.get("input"),
+            "result": document.get("result"),
+            "defined": decision.result.defined,
+            "result_hash": result_hash(decision.result),
+            "revision": decision.revision,
+            "latency_us": decision.latency_us,
+            "caller": entry.caller[:256],
+        }
 
     def _write(self, entries: list[_Entry]) -> None:
         rows = [self._row(e) for e in entries]
+        # One executemany through SQLAlchemy Core: the ORM's per-object bookkeeping would
+        # cost more than the decisions being logged.
         with transaction(self._engine) as session:
-            session.add_all(rows)
+            session.execute(insert(PolicyDecision), rows)
 
     def _maybe_prune(self) -> None:
         if time.monotonic() - self._last_prune < 60:
@@ -304,6 +320,7 @@ class PolicyService:
         self._reload_lock = threading.Lock()
         self.cache = DecisionCache(settings.decision_cache_size)
         self.decision_log = DecisionLog(engine, clock, settings)
+        self._ids = DecisionIds()
 
     # -- loading -------------------------------------------------------------------------
 
@@ -399,7 +416,7 @@ class PolicyService:
             self.cache.put(key, result)
         DECISIONS.labels("hit" if cached else "miss").inc()
         decision = Decision(
-            str(uuid.uuid4()),
+            self._ids.next(),
             path,
             result,
             active.revision,
