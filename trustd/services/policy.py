@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -251,7 +252,7 @@ class DecisionLog:
         # One executemany through SQLAlchemy Core: the ORM's per-object bookkeeping would
         # cost more than the decisions being logged.
         with transaction(self._engine) as session:
-            session.execute(insert(PolicyDecision), rows)
+            session.connection().execute(insert(PolicyDecision), rows)
 
     def _maybe_prune(self) -> None:
         if time.monotonic() - self._last_prune < 60:
@@ -261,8 +262,22 @@ class DecisionLog:
 
 
 def result_hash(result: Result) -> str:
-    text = canonical_json(result.value) if result.defined else "undefined"
+    if not result.defined:
+        return _hash_text("undefined")
+    value = result.value
+    if value is None or isinstance(value, bool | int | str):
+        return _scalar_hash(type(value).__name__, value)
+    return _hash_text(canonical_json(value))
+
+
+def _hash_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=1024)
+def _scalar_hash(kind: str, value: Any) -> str:
+    # Most results are true/false: hash each scalar once (keyed by type too: 1 is not true).
+    return _hash_text(canonical_json(value))
 
 
 def prune_decisions(engine: Engine, before: datetime, max_rows: int) -> int:
