@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi.testclient import TestClient
 from sqlmodel import select
 
+from policy.bundle import Bundle
 from tests.functional.conftest import Server
+from trustd.app import create_app
+from trustd.services.container import build_services
+from trustd.services.policy import prune_decisions
 from trustd.store.db import transaction
 from trustd.store.models import AuditEvent
 
@@ -224,3 +233,70 @@ def test_cache_is_keyed_by_revision(server: Server) -> None:
 
 def test_health(server: Server) -> None:
     assert server.client.get("/health").json() == {}
+
+
+def test_signed_bundle_import_and_export(server: Server, tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "ops.pem").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    (tmp_path / "sign.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    settings = server.settings.model_copy(
+        update={
+            "policy_bundle_keys": {"ops": tmp_path / "ops.pem"},
+            "policy_bundle_signing_key": tmp_path / "sign.pem",
+            "policy_bundle_signing_keyid": "ops",
+        }
+    )
+    services = build_services(settings)
+    with TestClient(create_app(settings, services)) as client:
+        bundle = Bundle({"s.rego": "package s\nimport rego.v1\nok := true\n"}, {}, "v7")
+        gz = {**server.auth, "Content-Type": "application/gzip"}
+        unsigned = client.post(
+            "/v1/admin/policy/bundles/import", content=bundle.to_targz(), headers=gz
+        )
+        assert unsigned.status_code == 400
+        assert unsigned.json()["title"] == "Bundle signature rejected"
+        forged = bundle.to_targz(ec.generate_private_key(ec.SECP256R1()), keyid="ops")
+        assert (
+            client.post("/v1/admin/policy/bundles/import", content=forged, headers=gz).status_code
+            == 400
+        )
+        before = client.get("/v1/admin/policy/status", headers=server.auth).json()["revision"]
+        assert before == 1
+        signed = client.post(
+            "/v1/admin/policy/bundles/import",
+            content=bundle.to_targz(key, keyid="ops"),
+            headers=gz,
+        )
+        assert signed.status_code == 201, signed.text
+        row = signed.json()
+        assert row["signed"] and row["active"] and row["label"] == "v7"
+        assert client.post("/v1/data/s/ok", json={}, headers=server.auth).json()["result"]
+        exported = client.get(
+            f"/v1/admin/policy/bundles/{row['revision']}/export", headers=server.auth
+        )
+        again = Bundle.from_targz(exported.content, {"ops": key.public_key()})
+        assert again.modules == bundle.modules and again.revision == "v7"
+    services.engine.dispose()
+
+
+def test_retention_prunes_by_age_and_count(server: Server) -> None:
+    policy = server.services.policy
+    for port in range(5):
+        policy.decide("trustd/mesh/allow", json.dumps(call(port=port), sort_keys=True), "t")
+    policy.decision_log.flush()
+    engine = server.services.engine
+    now = server.services.clock.now()
+    assert prune_decisions(engine, now - timedelta(days=1), 3) == 2
+    assert len(policy.query_decisions()) == 3
+    assert prune_decisions(engine, now + timedelta(seconds=1), 100) == 3
+    assert policy.query_decisions() == []
