@@ -18,8 +18,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml deploy/constraints.txt
+$(VENV)/.installed: $(BIN)/python pyproject.toml deploy/constraints.txt deploy/regorus.txt
 	@echo "installing trustd into $(VENV)"
+	$(BIN)/pip install -q --disable-pip-version-check --require-hashes --no-deps -r deploy/regorus.txt
 	$(PIP) -e .
 	@touch $@
 
@@ -78,6 +79,7 @@ bench: install-dev services
 	@dpkg -s wrk >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python bench/issuance.py
+	$(BIN)/python bench/decisions.py
 
 # The SPIFFE Workload API stubs, generated from the spec's proto (kept unchanged) and
 # committed; run after updating trustd/agent/proto/workload.proto.

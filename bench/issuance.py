@@ -115,19 +115,24 @@ def read_token(proc: subprocess.Popen[str]) -> str:
     raise RuntimeError("no bootstrap token printed")
 
 
+# A wrk `done` hook printing one machine-readable line for `parse_wrk`.
+WRK_DONE = (
+    "done = function(summary, latency, requests)\n"
+    '  io.write(string.format("RESULT %d %d %d %f %f\\n", summary.requests, '
+    "summary.errors.status + summary.errors.connect + summary.errors.read + "
+    "summary.errors.write + summary.errors.timeout, summary.duration, "
+    "latency:percentile(50), latency:percentile(99)))\n"
+    "end\n"
+)
+
+
 def run_wrk(url: str, token: str, body: str, seconds: int, connections: int) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(
             'wrk.method = "POST"\n'
             f"wrk.body = {json.dumps(body)}\n"
             'wrk.headers["Content-Type"] = "application/json"\n'
-            f'wrk.headers["Authorization"] = "Bearer {token}"\n'
-            "done = function(summary, latency, requests)\n"
-            '  io.write(string.format("RESULT %d %d %d %f %f\\n", summary.requests, '
-            "summary.errors.status + summary.errors.connect + summary.errors.read + "
-            "summary.errors.write + summary.errors.timeout, summary.duration, "
-            "latency:percentile(50), latency:percentile(99)))\n"
-            "end\n"
+            f'wrk.headers["Authorization"] = "Bearer {token}"\n' + WRK_DONE
         )
     out = subprocess.run(
         ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "-s", script.name, url],
@@ -136,6 +141,11 @@ def run_wrk(url: str, token: str, body: str, seconds: int, connections: int) -> 
         check=True,
     ).stdout
     os.unlink(script.name)
+    return parse_wrk(out)
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    """The figures `WRK_DONE` printed: requests/s, errors, p50 and p99 in ms."""
     match = re.search(r"RESULT (\d+) (\d+) (\d+) ([\d.]+) ([\d.]+)", out)
     assert match, out
     requests, errors, duration_us, p50_us, p99_us = match.groups()

@@ -1,4 +1,4 @@
-"""Policy errors: parse/compile problems and evaluation failures."""
+"""Policy errors: parse/compile problems, evaluation failures, unknown paths and bundles."""
 
 from __future__ import annotations
 
@@ -6,16 +6,54 @@ from pki.errors import TrustdError
 
 
 class PolicyError(TrustdError):
+    """Carries OPA's error `code` and `message` as fields too, so OPA clients that read
+    them from an error body (opa-python-client does) understand trustd's problems."""
+
     title = "Policy error"
+    code = "internal_error"
+
+    def __init__(self, detail: str, **fields: object) -> None:
+        super().__init__(detail, **fields)
+        self.fields.setdefault("code", self.code)
+        self.fields.setdefault("message", detail)
 
 
 class PolicyCompileError(PolicyError):
     """A module does not parse or compile; `detail` carries file:line."""
 
     title = "Policy does not compile"
+    code = "invalid_parameter"
 
 
 class PolicyEvaluationError(PolicyError):
     """Evaluation failed (including a panic inside the engine)."""
 
     title = "Policy evaluation failed"
+
+
+class UnknownPath(PolicyError):
+    """No package, rule or data document at the requested path."""
+
+    title = "Unknown policy path"
+    code = "resource_not_found"
+
+
+class InvalidInput(PolicyError):
+    """The decision input is not a JSON document."""
+
+    title = "Invalid policy input"
+    code = "invalid_parameter"
+
+
+class InvalidPolicyBundle(PolicyError):
+    """A bundle archive is malformed (layout, manifest, data files)."""
+
+    title = "Invalid policy bundle"
+    code = "invalid_parameter"
+
+
+class BundleSignatureError(PolicyError):
+    """A bundle's `.signatures.json` is missing, malformed or does not verify."""
+
+    title = "Bundle signature rejected"
+    code = "invalid_parameter"

@@ -30,11 +30,15 @@ token_app = typer.Typer(help="Admin bearer tokens.", no_args_is_help=True)
 ca_app = typer.Typer(help="The certificate authority.", no_args_is_help=True)
 svid_app = typer.Typer(help="Issue SVIDs as an administrator.", no_args_is_help=True)
 bundle_app = typer.Typer(help="The trust bundle.", no_args_is_help=True)
+policy_app = typer.Typer(
+    help="Rego policies: test, check, bundles, decisions.", no_args_is_help=True
+)
 app.add_typer(admin_app, name="admin")
 admin_app.add_typer(token_app, name="token")
 app.add_typer(ca_app, name="ca")
 app.add_typer(svid_app, name="svid")
 app.add_typer(bundle_app, name="bundle")
+app.add_typer(policy_app, name="policy")
 
 
 class OnOff(StrEnum):
@@ -582,6 +586,215 @@ def agent(
         _fail(str(exc))
     except KeyboardInterrupt:
         pass
+
+
+RegoDirArg = Annotated[
+    Path, typer.Argument(help="Directory of .rego files and data.json files", exists=True)
+]
+
+
+def _load_rego(directory: Path, tests: bool) -> Any:
+    from policy.testing import load_directory
+
+    try:
+        return load_directory(directory, tests=tests)
+    except TrustdError as exc:
+        _fail(str(exc))
+
+
+@policy_app.command("test")
+def policy_test(
+    directory: RegoDirArg = Path("rego"),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List passing tests")] = False,
+) -> None:
+    """Run the test_* rules of the *_test.rego files, like `opa test`."""
+    from policy.testing import run_tests
+
+    bundle = _load_rego(directory, tests=True)
+    try:
+        results = run_tests(bundle.modules, bundle.data)
+    except TrustdError as exc:
+        _fail(f"{exc}; run `trustd policy check {directory}` for every problem")
+    if not results:
+        _fail(f"no test_* rules in {directory}; tests live in *_test.rego files")
+    for result in results:
+        if result.outcome != "pass" or verbose:
+            colour = typer.colors.GREEN if result.outcome == "pass" else typer.colors.RED
+            line = f"{result.outcome.upper():5} {result.name} ({result.duration_ms:.1f} ms)"
+            typer.secho(line + (f": {result.detail}" if result.detail else ""), fg=colour)
+    passed = sum(r.outcome == "pass" for r in results)
+    failed = len(results) - passed
+    typer.echo(f"PASS: {passed}/{len(results)}" + (f", FAIL: {failed}" if failed else ""))
+    if failed:
+        raise typer.Exit(1)
+
+
+@policy_app.command("check")
+def policy_check(directory: RegoDirArg = Path("rego")) -> None:
+    """Report parse errors and unknown functions with file:line:col."""
+    from policy.testing import check
+
+    bundle = _load_rego(directory, tests=True)
+    problems = check(bundle.modules, bundle.data)
+    for problem in problems:
+        typer.secho(problem, fg=typer.colors.RED, err=True)
+    if problems:
+        _fail(f"{len(problems)} problem(s) in {directory}")
+    typer.echo(f"{len(bundle.modules)} module(s) in {directory}: no problems")
+
+
+@policy_app.command("push")
+def policy_push(
+    directory: RegoDirArg,
+    activate: Annotated[bool, typer.Option(help="Activate the new revision")] = True,
+    note: Annotated[str, typer.Option(help="Why this revision exists")] = "",
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Upload a directory (modules without tests, data.json files) as a new revision."""
+    bundle = _load_rego(directory, tests=False)
+    _progress(f"uploading {len(bundle.modules)} module(s) from {directory}")
+    body = {"modules": bundle.modules, "data": bundle.data, "activate": activate, "note": note}
+    row = _call(
+        server, token, ca_bundle, data_dir, "POST", "/v1/admin/policy/bundles", json=body
+    ).json()
+    state = "active" if row["active"] else "stored, not active"
+    typer.echo(f"revision {row['revision']} ({state}), digest {row['digest'][:16]}")
+
+
+@policy_app.command("list")
+def policy_list(
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Policy revisions, newest first; the active one is marked."""
+    for row in _call(server, token, ca_bundle, data_dir, "GET", "/v1/admin/policy/bundles").json():
+        mark = "*" if row["active"] else " "
+        typer.echo(
+            f"{mark} {row['revision']:>5}  {row['created_at']}  {row['created_by']}  "
+            f"{len(row['modules'])} module(s)  {row['note']}"
+        )
+
+
+@policy_app.command("activate")
+def policy_activate(
+    revision: Annotated[int, typer.Argument(help="Revision number (see `policy list`)")],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Activate a revision on every replica."""
+    path = f"/v1/admin/policy/bundles/{revision}/activate"
+    row = _call(server, token, ca_bundle, data_dir, "POST", path).json()
+    typer.echo(f"revision {row['revision']} is active")
+
+
+@policy_app.command("rollback")
+def policy_rollback(
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Re-activate the revision that was active before the current one."""
+    row = _call(server, token, ca_bundle, data_dir, "POST", "/v1/admin/policy/rollback").json()
+    typer.echo(f"rolled back: revision {row['revision']} is active")
+
+
+@policy_app.command("diff")
+def policy_diff(
+    old: Annotated[int, typer.Argument(help="From revision")],
+    new: Annotated[int, typer.Argument(help="To revision")],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Show what changed between two revisions."""
+    params = {"from": old, "to": new}
+    changes = _call(
+        server, token, ca_bundle, data_dir, "GET", "/v1/admin/policy/diff", params=params
+    ).json()
+    modules = changes["modules"]
+    for name in modules["added"]:
+        typer.secho(f"added   {name}", fg=typer.colors.GREEN)
+    for name in modules["removed"]:
+        typer.secho(f"removed {name}", fg=typer.colors.RED)
+    for text in modules["changed"].values():
+        typer.echo(text)
+    data = changes["data"]
+    for kind in ("added", "removed", "changed"):
+        if data[kind]:
+            typer.echo(f"data {kind}: {', '.join(data[kind])}")
+
+
+@policy_app.command("export")
+def policy_export(
+    revision: Annotated[int, typer.Argument(help="Revision number")],
+    out: Annotated[Path, typer.Option(help="Where to write the OPA bundle (.tar.gz)")],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Write a revision as an OPA bundle."""
+    path = f"/v1/admin/policy/bundles/{revision}/export"
+    out.write_bytes(_call(server, token, ca_bundle, data_dir, "GET", path).content)
+    typer.echo(f"wrote {out}")
+
+
+@policy_app.command("import")
+def policy_import(
+    bundle: Annotated[Path, typer.Argument(help="OPA bundle (.tar.gz)", exists=True)],
+    activate: Annotated[bool, typer.Option(help="Activate the new revision")] = True,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Import an OPA bundle; its signature is verified by the server."""
+    _progress(f"uploading {bundle} ({bundle.stat().st_size} bytes)")
+    row = _call(
+        server,
+        token,
+        ca_bundle,
+        data_dir,
+        "POST",
+        "/v1/admin/policy/bundles/import",
+        params={"activate": activate},
+        content=bundle.read_bytes(),
+        headers={"Content-Type": "application/gzip"},
+    ).json()
+    typer.echo(f"revision {row['revision']} imported" + (" and active" if row["active"] else ""))
+
+
+@policy_app.command("decisions")
+def policy_decisions(
+    path: Annotated[str | None, typer.Option(help="e.g. trustd/mesh/allow")] = None,
+    caller: Annotated[str | None, typer.Option(help="Who asked")] = None,
+    result: Annotated[str | None, typer.Option(help="JSON result, e.g. false")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO 8601 time")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many")] = 50,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Logged decisions as JSON lines, newest first."""
+    params: dict[str, Any] = {"limit": limit}
+    for name, value in (("path", path), ("caller", caller), ("result", result), ("since", since)):
+        if value is not None:
+            params[name] = value
+    rows = _call(
+        server, token, ca_bundle, data_dir, "GET", "/v1/admin/policy/decisions", params=params
+    ).json()
+    for row in rows:
+        typer.echo(json.dumps(row, sort_keys=True))
 
 
 def main() -> None:

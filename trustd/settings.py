@@ -93,6 +93,27 @@ class Settings(BaseSettings):
     # Rego module deciding which entries a node may receive (package trustd.attestation).
     attestation_policy: Path | None = None
 
+    # Policy: which engine decides, who may call the OPA-compatible API, where the first
+    # bundle comes from, bundle signatures, the decision cache and the decision log.
+    policy_engine: Literal["embedded", "remote"] = "embedded"
+    policy_remote_url: str | None = None
+    policy_remote_token: SecretStr | None = None
+    policy_remote_ca_bundle: Path | None = None
+    policy_dir: Path | None = None
+    policy_api_auth: Literal["none", "token", "mtls"] = "token"
+    policy_api_token: SecretStr | None = None
+    policy_api_identities: list[str] = Field(default_factory=list)
+    policy_bundle_keys: dict[str, Path] = Field(default_factory=dict)
+    policy_bundle_require_signature: bool = True
+    policy_bundle_signing_key: Path | None = None
+    policy_bundle_signing_keyid: str = "default"
+    policy_reload_interval: timedelta = timedelta(seconds=30)
+    decision_cache_size: int = Field(default=10000, ge=0)
+    decision_log: bool = True
+    decision_log_queue: int = Field(default=10000, ge=1)
+    decision_log_retention: timedelta = timedelta(days=7)
+    decision_log_max_rows: int = Field(default=1_000_000, ge=1)
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -143,9 +164,27 @@ class Settings(BaseSettings):
                     f"TRUSTD_KEY_PASSPHRASE looks like a placeholder; use at least "
                     f"{_MIN_PASSPHRASE_LENGTH} random characters"
                 )
+        self._policy_rules()
         if (self.upstream_ca_cert is None) != (self.upstream_ca_key is None):
             raise ValueError("upstream_ca_cert and upstream_ca_key must be given together")
         return self
+
+    def _policy_rules(self) -> None:
+        if self.policy_engine == "remote" and not self.policy_remote_url:
+            raise ValueError("policy_engine=remote needs TRUSTD_POLICY_REMOTE_URL")
+        # Decisions without authentication only for a listener no other host can reach.
+        if self.policy_api_auth == "none" and self.host not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError("policy_api_auth=none is allowed only on a loopback listen address")
+        if self.policy_api_auth == "mtls" and not self.policy_api_identities:
+            raise ValueError("policy_api_auth=mtls needs TRUSTD_POLICY_API_IDENTITIES")
+        token = self.policy_api_token.get_secret_value() if self.policy_api_token else None
+        if token is not None and (
+            len(token) < _MIN_PASSPHRASE_LENGTH or token.lower() in _PLACEHOLDER_SECRETS
+        ):
+            raise ValueError(
+                f"TRUSTD_POLICY_API_TOKEN must be at least {_MIN_PASSPHRASE_LENGTH} random "
+                "characters"
+            )
 
     @property
     def trust_domain_obj(self) -> TrustDomain:

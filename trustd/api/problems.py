@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pki import errors as pki_errors
 from pki.errors import TrustdError
-from policy.errors import PolicyEvaluationError
+from policy import errors as policy_errors
 from trustd import errors
 from trustd.attestation.base import AttestationFailed
 
@@ -31,7 +31,6 @@ _STATUS: dict[type[TrustdError], int] = {
     pki_errors.InvalidBundle: 400,
     pki_errors.InvalidSelector: 400,
     AttestationFailed: 401,
-    PolicyEvaluationError: 503,
     errors.InvalidRequest: 400,
     errors.Unauthenticated: 401,
     errors.PermissionDenied: 403,
@@ -40,6 +39,14 @@ _STATUS: dict[type[TrustdError], int] = {
     errors.PayloadTooLarge: 413,
     errors.StoreUnavailable: 503,
     errors.NotReady: 503,
+    # Policy: a refused module or bundle is the caller's to fix; an evaluation failure
+    # (engine error or panic) is reported with its reason, not hidden as a 500.
+    policy_errors.PolicyCompileError: 400,
+    policy_errors.InvalidInput: 400,
+    policy_errors.InvalidPolicyBundle: 400,
+    policy_errors.BundleSignatureError: 400,
+    policy_errors.UnknownPath: 404,
+    policy_errors.PolicyEvaluationError: 422,
 }
 
 

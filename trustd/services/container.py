@@ -15,6 +15,7 @@ from trustd.services.ca import CertificateAuthority, key_encryption_key
 from trustd.services.entries import Entries
 from trustd.services.issuance import Issuer
 from trustd.services.nodes import Nodes, build_attestors
+from trustd.services.policy import PolicyService
 from trustd.settings import Settings
 from trustd.store.db import create_db_engine
 
@@ -32,6 +33,7 @@ class Services:
     nodes: Nodes
     entries: Entries
     agents: Agents
+    policy: PolicyService
 
 
 def build_services(settings: Settings, clock: Clock | None = None) -> Services:
@@ -56,4 +58,5 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         nodes=nodes,
         entries=entries,
         agents=Agents(engine, clock, audit, bus, nodes, entries, issuer, ca),
+        policy=PolicyService(settings, engine, clock, audit, bus),
     )

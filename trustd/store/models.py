@@ -211,3 +211,7 @@ class AttestationReplay(SQLModel, table=True):
     digest: str = Field(primary_key=True, max_length=64)
     attestor: str = Field(max_length=32)
     expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
+# Tables defined in their own modules, imported here so Alembic sees one metadata.
+from trustd.store import policy_models as _policy_models  # noqa: E402, F401

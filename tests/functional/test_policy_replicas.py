@@ -1,0 +1,101 @@
+"""Two replicas on one PostgreSQL database and one Redis: an activation on one is applied
+by the other without a restart; the decision log never blocks a decision."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import PostgresDatabase
+from tests.functional.conftest import make_settings
+from trustd.app import create_app
+from trustd.bootstrap import initialise, migrate
+from trustd.services.container import Services, build_services
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+MODULE = "package rr\nimport rego.v1\nvalue := data.r.value\n"
+
+
+@pytest.fixture
+def replicas(
+    tmp_path: Path, postgres_db: PostgresDatabase
+) -> Iterator[tuple[TestClient, TestClient, dict[str, str], Services]]:
+    migrate(postgres_db.url)
+    built = []
+    (tmp_path / "data").mkdir()
+    for _ in ("a", "b"):
+        # One data directory: both replicas need the same key-encryption key.
+        settings = make_settings(
+            tmp_path,
+            postgres_db.url,
+            redis_url=REDIS_URL,
+            # Long enough that only the Redis notification can explain a prompt reload.
+            policy_reload_interval=600,
+        )
+        built.append(build_services(settings))
+    token = initialise(built[0]).bootstrap_token
+    assert token is not None
+    with (
+        TestClient(create_app(built[0].settings, built[0])) as a,
+        TestClient(create_app(built[1].settings, built[1])) as b,
+    ):
+        yield a, b, {"Authorization": f"Bearer {token}"}, built[1]
+    for services in built:
+        services.engine.dispose()
+
+
+def test_activation_reaches_the_other_replica(
+    replicas: tuple[TestClient, TestClient, dict[str, str], Services],
+) -> None:
+    a, b, auth, _ = replicas
+    created = a.post(
+        "/v1/admin/policy/bundles",
+        json={"modules": {"rr.rego": MODULE}, "data": {"r": {"value": 42}}},
+        headers=auth,
+    ).json()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status = b.get("/v1/admin/policy/status", headers=auth).json()
+        if status["revision"] == created["revision"]:
+            break
+        time.sleep(0.05)
+    assert b.post("/v1/data/rr/value", json={}, headers=auth).json()["result"] == 42
+    # And back again, through a rollback on the other replica.
+    b.post("/v1/admin/policy/rollback", headers=auth)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if a.post("/v1/data/rr/value", json={}, headers=auth).status_code == 404:
+            break
+        time.sleep(0.05)
+    assert a.post("/v1/data/rr/value", json={}, headers=auth).status_code == 404
+
+
+def test_decisions_do_not_wait_for_a_stuck_log(
+    replicas: tuple[TestClient, TestClient, dict[str, str], Services],
+    postgres_db: PostgresDatabase,
+) -> None:
+    _, b, auth, services = replicas
+    body = {"input": {"source": "spiffe://example.org/x", "destination": "y"}}
+    b.post("/v1/data/trustd/mesh/allow", json=body, headers=auth)
+    services.policy.decision_log.flush()
+    # Another session holds the decision table: the log writer blocks behind its lock.
+    dsn = postgres_db.url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn) as blocker:
+        blocker.execute("LOCK TABLE policy_decisions IN ACCESS EXCLUSIVE MODE")
+        queue_size = services.settings.decision_log_queue
+        for i in range(queue_size + 600):
+            services.policy.decide("trustd/mesh/allow", json.dumps({"n": i}), "test")
+        assert services.policy.decision_log.dropped > 0
+        blocker.rollback()
+    # Every decision was answered while the writer was stuck; the log then recovers.
+    services.policy.decision_log.flush()
+    dropped = services.policy.decision_log.dropped
+    b.post("/v1/data/trustd/mesh/allow", json=body, headers=auth)
+    services.policy.decision_log.flush()
+    assert services.policy.decision_log.dropped == dropped

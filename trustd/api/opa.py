@@ -1,0 +1,447 @@
+"""The OPA-compatible API (`/v1/data`, `/v1/policies`, `/health`, batch) and the admin API
+for policy bundles and the decision log.
+
+OPA clients work unchanged against these routes (OPA REST API reference: Data API,
+Policy API, Health API). Who may ask for decisions is a setting (`policy_api_auth`):
+`token` (default) accepts an admin token or the dedicated `policy_api_token`; `mtls`
+accepts the SPIFFE IDs in `policy_api_identities`, as forwarded by the mTLS-terminating
+proxy on this host in `X-Forwarded-Client-Cert`; `none` is for a loopback listener only.
+Changing policies always needs an admin token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from policy.bundle import Bundle
+from policy.errors import InvalidInput, PolicyError
+from trustd.api.deps import LOCAL_ADMIN_SCOPE_KEY, AdminDep, ServicesDep, get_principal
+from trustd.api.policy_schemas import (
+    BundleCreate,
+    DecisionPublic,
+    PolicyRevisionPublic,
+    PolicyStatus,
+)
+from trustd.errors import InvalidRequest, NotFound, Unauthenticated
+from trustd.roles import Role
+from trustd.services.auth import Principal
+from trustd.services.container import Services
+from trustd.services.policy import (
+    Decision,
+    PolicyService,
+    decision_document,
+    normalise_input,
+)
+from trustd.store.policy_models import PolicyRevision
+
+_bearer = HTTPBearer(auto_error=False, description="Admin token or the policy API token")
+_XFCC_URI = "uri="
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load the active revision and follow activations announced by any replica."""
+    services: Services = app.state.services
+    await run_in_threadpool(services.policy.load)
+    watcher = asyncio.create_task(services.policy.watch(), name="trustd-policy-watch")
+    yield
+    watcher.cancel()
+    await run_in_threadpool(services.policy.close)
+
+
+router = APIRouter(lifespan=_lifespan)
+opa = APIRouter(tags=["opa"])
+admin = APIRouter(prefix="/v1/admin/policy", tags=["policy"])
+
+
+def _xfcc_identity(header: str) -> str | None:
+    # Envoy's x-forwarded-client-cert: `By=...;Hash=...;URI=spiffe://...`. One element
+    # only: several mean several hops, and this host's proxy must sanitise the header.
+    if "," in header:
+        return None
+    for part in header.split(";"):
+        if part.strip().lower().startswith(_XFCC_URI):
+            return part.strip()[len(_XFCC_URI) :].strip('"')
+    return None
+
+
+async def decision_caller(
+    request: Request,
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """Who asks for a decision, per `policy_api_auth`.
+
+    Raises:
+        Unauthenticated: no acceptable credential.
+    """
+    settings = services.settings
+    if request.scope.get(LOCAL_ADMIN_SCOPE_KEY):
+        return "local:admin-socket"
+    mode = settings.policy_api_auth
+    if mode == "none":
+        return "anonymous"
+    if mode == "mtls":
+        peer = request.client.host if request.client else ""
+        identity = _xfcc_identity(request.headers.get("x-forwarded-client-cert", ""))
+        # Only a proxy on this host may vouch for the caller's certificate.
+        if _is_loopback(peer) and identity in settings.policy_api_identities:
+            return str(identity)
+        raise Unauthenticated("this endpoint needs an allowed SPIFFE ID over mTLS")
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthenticated("this endpoint needs a token: Authorization: Bearer <token>")
+    presented = credentials.credentials
+    expected = settings.policy_api_token
+    if expected is not None and hmac.compare_digest(
+        presented.encode(), expected.get_secret_value().encode()
+    ):
+        return "policy-token"
+    principal: Principal = await run_in_threadpool(services.tokens.authenticate, presented)
+    return principal.name
+
+
+CallerDep = Annotated[str, Depends(decision_caller)]
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def require_viewer(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    principal.require(Role.VIEWER)
+    return principal
+
+
+ViewerDep = Annotated[Principal, Depends(require_viewer)]
+
+
+def _flag(request: Request, name: str) -> bool:
+    value = request.query_params.get(name)
+    return value is not None and value.lower() not in ("false", "0")
+
+
+def _decision_body(request: Request, decision: Decision, policy: PolicyService) -> dict[str, Any]:
+    body: dict[str, Any] = {"decision_id": decision.decision_id}
+    if decision.result.defined:
+        body["result"] = decision.result.value
+    if _flag(request, "metrics"):
+        body["metrics"] = {
+            "timer_server_handler_ns": decision.latency_us * 1000,
+            "counter_decision_cache_hit": int(decision.cached),
+        }
+    if _flag(request, "provenance"):
+        body["provenance"] = {
+            "version": request.app.version,
+            "bundles": {"trustd": {"revision": str(decision.revision)}},
+        }
+    if request.query_params.get("explain"):
+        # The engines expose no trace; say so instead of silently ignoring the flag.
+        body["explanation"] = []
+        body["warning"] = {"code": "api_usage_warning", "message": "explain is not supported"}
+    return body
+
+
+def _parse_input(raw: bytes) -> str:
+    if not raw.strip():
+        return "null"
+    try:
+        document = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidInput(f"the request body is not JSON: {exc.args[0]}") from None
+    if not isinstance(document, dict):
+        raise InvalidInput('the request body must be an object: {"input": ...}')
+    return normalise_input(document.get("input"))
+
+
+async def _decide(
+    request: Request, services: Services, path: str, input_json: str, caller: str
+) -> JSONResponse:
+    policy = services.policy
+    if services.settings.policy_engine == "remote":
+        decision = await run_in_threadpool(policy.decide, path, input_json, caller)
+    else:
+        # The embedded engine answers in microseconds: on the event loop's own thread
+        # (one prepared engine per process) rather than through the thread pool.
+        decision = policy.decide(path, input_json, caller)
+    return JSONResponse(_decision_body(request, decision, policy))
+
+
+@opa.post("/v1/data/{path:path}", summary="Evaluate a document for an input (OPA Data API)")
+@opa.post("/v1/data", include_in_schema=False)
+async def post_data(
+    request: Request, services: ServicesDep, caller: CallerDep, path: str = ""
+) -> JSONResponse:
+    """`{"input": ...}` in, `{"result": ..., "decision_id": ...}` out; no `result` when the
+    document is undefined for that input."""
+    return await _decide(request, services, path, _parse_input(await request.body()), caller)
+
+
+@opa.get("/v1/data/{path:path}", summary="Evaluate a document (input as a query parameter)")
+@opa.get("/v1/data", include_in_schema=False)
+async def get_data(
+    request: Request,
+    services: ServicesDep,
+    caller: CallerDep,
+    path: str = "",
+    input: Annotated[str | None, Query(max_length=65536)] = None,
+) -> JSONResponse:
+    """OPA's GET form: `?input=<JSON>`."""
+    input_json = "null"
+    if input is not None:
+        input_json = _parse_input(json.dumps({"input": _loads(input)}).encode())
+    return await _decide(request, services, path, input_json, caller)
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidInput(f"input is not JSON: {exc.args[0]}") from None
+
+
+@opa.post("/v1/batch/data/{path:path}", summary="Evaluate one document for many inputs")
+async def batch_data(
+    request: Request, services: ServicesDep, caller: CallerDep, path: str
+) -> JSONResponse:
+    """`{"inputs": {"<id>": input, ...}}` -> `{"responses": {"<id>": {"result": ...,
+    "decision_id": ...}}}` (Enterprise OPA's batch shape). An input whose evaluation fails
+    gets `{"code", "message"}` in its place and the status is 207."""
+    try:
+        document = json.loads(await request.body())
+    except ValueError as exc:
+        raise InvalidInput(f"the request body is not JSON: {exc.args[0]}") from None
+    inputs = document.get("inputs") if isinstance(document, dict) else None
+    if not isinstance(inputs, dict):
+        raise InvalidInput('the request body must be {"inputs": {"<id>": <input>, ...}}')
+    policy = services.policy
+    # An unknown path fails the whole request, as a single decision would.
+    policy.require_known(path)
+    responses: dict[str, Any] = {}
+    failed = False
+    for key, item in inputs.items():
+        try:
+            decision = policy.decide(path, normalise_input(item), caller)
+            responses[key] = _decision_body(request, decision, policy)
+        except PolicyError as exc:
+            failed = True
+            responses[key] = {"code": exc.fields.get("code"), "message": exc.detail}
+    return JSONResponse({"responses": responses}, status_code=207 if failed else 200)
+
+
+@opa.get("/health", summary="OPA health: 200 once a policy revision is active")
+def health(services: ServicesDep) -> dict[str, Any]:
+    """200 `{}` when this process evaluates an active revision."""
+    _ = services.policy.active
+    return {}
+
+
+def _policy_document(module_id: str, source: str) -> dict[str, Any]:
+    return {"id": module_id, "raw": source}
+
+
+@opa.get("/v1/policies", summary="List the active bundle's modules (OPA Policy API)")
+@opa.get("/v1/policies/", include_in_schema=False)
+def list_policies(services: ServicesDep, caller: CallerDep) -> dict[str, Any]:
+    return {
+        "result": [_policy_document(k, v) for k, v in sorted(services.policy.modules().items())]
+    }
+
+
+@opa.get("/v1/policies/{module_id:path}", summary="One module of the active bundle")
+def get_policy(module_id: str, services: ServicesDep, caller: CallerDep) -> dict[str, Any]:
+    """Raises:
+    NotFound: no such module.
+    """
+    modules = services.policy.modules()
+    if module_id not in modules:
+        raise NotFound(f"no policy {module_id!r}")
+    return {"result": _policy_document(module_id, modules[module_id])}
+
+
+@opa.put("/v1/policies/{module_id:path}", summary="Add or replace a module (new revision)")
+async def put_policy(
+    module_id: str, request: Request, principal: AdminDep, services: ServicesDep
+) -> dict[str, Any]:
+    """The body is Rego source. A module that does not compile is refused (400, with
+    file:line) and the active revision stays active."""
+    raw = await request.body()
+    try:
+        source = raw.decode()
+    except UnicodeDecodeError:
+        raise InvalidRequest("the policy must be UTF-8 text") from None
+    await run_in_threadpool(services.policy.put_module, principal, module_id, source)
+    return {}
+
+
+@opa.delete("/v1/policies/{module_id:path}", summary="Remove a module (new revision)")
+async def delete_policy(
+    module_id: str, principal: AdminDep, services: ServicesDep
+) -> dict[str, Any]:
+    await run_in_threadpool(services.policy.delete_module, principal, module_id)
+    return {}
+
+
+# -- admin: bundles and the decision log -------------------------------------------------
+
+
+def _revision(row: PolicyRevision, active: int | None) -> PolicyRevisionPublic:
+    assert row.revision is not None
+    return PolicyRevisionPublic(
+        revision=row.revision,
+        label=row.label,
+        digest=row.digest,
+        modules=sorted(row.modules),
+        signed=row.signed,
+        note=row.note,
+        created_by=row.created_by,
+        created_at=row.created_at,
+        active=row.revision == active,
+    )
+
+
+@admin.get("/status", response_model=PolicyStatus)
+def status(principal: ViewerDep, services: ServicesDep) -> PolicyStatus:
+    """The revision this process evaluates, the cache and the decision log."""
+    policy = services.policy
+    return PolicyStatus(
+        revision=policy.revision,
+        engine=services.settings.policy_engine,
+        cached_decisions=len(policy.cache),
+        decision_log_dropped=policy.decision_log.dropped,
+    )
+
+
+@admin.get("/bundles", response_model=list[PolicyRevisionPublic])
+def list_bundles(principal: ViewerDep, services: ServicesDep) -> list[PolicyRevisionPublic]:
+    """Revisions, newest first."""
+    active = services.policy.revision
+    return [_revision(r, active) for r in services.policy.list_revisions()]
+
+
+@admin.post("/bundles", response_model=PolicyRevisionPublic, status_code=201)
+def create_bundle(
+    body: BundleCreate, principal: AdminDep, services: ServicesDep
+) -> PolicyRevisionPublic:
+    """Store modules + data as a new revision (and activate it unless told not to)."""
+    row = services.policy.create_revision(
+        principal,
+        Bundle(body.modules, body.data, body.label),
+        activate=body.activate,
+        note=body.note,
+    )
+    return _revision(row, services.policy.revision)
+
+
+@admin.get("/bundles/{revision}")
+def get_bundle(revision: int, principal: ViewerDep, services: ServicesDep) -> dict[str, Any]:
+    """A revision with its modules and data."""
+    row = services.policy.get_revision(revision)
+    return {
+        **_revision(row, services.policy.revision).model_dump(mode="json"),
+        "modules": row.modules,
+        "data": row.data,
+    }
+
+
+@admin.post("/bundles/{revision}/activate", response_model=PolicyRevisionPublic)
+def activate_bundle(
+    revision: int, principal: AdminDep, services: ServicesDep
+) -> PolicyRevisionPublic:
+    """Make a revision active on every replica."""
+    row = services.policy.activate(principal, revision)
+    return _revision(row, services.policy.revision)
+
+
+@admin.post("/rollback", response_model=PolicyRevisionPublic)
+def rollback(principal: AdminDep, services: ServicesDep) -> PolicyRevisionPublic:
+    """Activate the revision that was active before the current one."""
+    row = services.policy.rollback(principal)
+    return _revision(row, services.policy.revision)
+
+
+@admin.get("/diff")
+def diff_bundles(
+    principal: ViewerDep,
+    services: ServicesDep,
+    old: Annotated[int, Query(alias="from")],
+    new: Annotated[int, Query(alias="to")],
+) -> dict[str, Any]:
+    """Modules and data that differ between two revisions."""
+    return services.policy.diff(old, new)
+
+
+@admin.post("/bundles/import", response_model=PolicyRevisionPublic, status_code=201)
+async def import_bundle(
+    request: Request, principal: AdminDep, services: ServicesDep, activate: bool = True
+) -> PolicyRevisionPublic:
+    """An OPA bundle (`application/gzip`); its signature is verified with the configured
+    keys. A bad or missing signature or a module that does not compile stores nothing."""
+    blob = await request.body()
+    row = await run_in_threadpool(
+        lambda: services.policy.import_bundle(principal, blob, activate=activate)
+    )
+    return _revision(row, services.policy.revision)
+
+
+@admin.get("/bundles/{revision}/export", response_class=Response)
+def export_bundle(revision: int, principal: ViewerDep, services: ServicesDep) -> Response:
+    """The revision as an OPA bundle (signed when a signing key is configured)."""
+    return Response(
+        services.policy.export_bundle(revision),
+        media_type="application/gzip",
+        headers={"Content-Disposition": f'attachment; filename="bundle-{revision}.tar.gz"'},
+    )
+
+
+@admin.get("/decisions", response_model=list[DecisionPublic], response_model_exclude_unset=True)
+def list_decisions(
+    principal: ViewerDep,
+    services: ServicesDep,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    path: str | None = None,
+    caller: str | None = None,
+    result: Annotated[str | None, Query(description="JSON value, e.g. false")] = None,
+    undefined: bool = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[DecisionPublic]:
+    """Logged decisions, newest first, filtered by time, path, caller and result."""
+    rows = services.policy.query_decisions(
+        since=since,
+        until=until,
+        path=path,
+        caller=caller,
+        result=_loads(result) if result is not None else None,
+        undefined=undefined,
+        limit=limit,
+    )
+    return [DecisionPublic.model_validate(decision_document(r)) for r in rows]
+
+
+@admin.get("/decisions/export", response_class=StreamingResponse)
+def export_decisions(
+    principal: ViewerDep, services: ServicesDep, since: datetime | None = None
+) -> StreamingResponse:
+    """Every logged decision as JSON lines, oldest first."""
+    return StreamingResponse(
+        services.policy.export_decisions(since), media_type="application/x-ndjson"
+    )
+
+
+router.include_router(opa)
+router.include_router(admin)

@@ -1,0 +1,50 @@
+"""Wire models of the policy admin API. Unknown fields are refused."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BundleCreate(_Strict):
+    modules: dict[str, str] = Field(description="Rego source by file name", max_length=1000)
+    data: dict[str, Any] = Field(default_factory=dict)
+    label: str = Field(default="", max_length=256, description="The manifest's revision")
+    note: str = Field(default="", max_length=512)
+    activate: bool = True
+
+
+class PolicyRevisionPublic(_Strict):
+    revision: int
+    label: str
+    digest: str
+    modules: list[str]
+    signed: bool
+    note: str
+    created_by: str
+    created_at: datetime
+    active: bool
+
+
+class PolicyStatus(_Strict):
+    revision: int | None
+    engine: str
+    cached_decisions: int
+    decision_log_dropped: int
+
+
+class DecisionPublic(_Strict):
+    decision_id: str
+    timestamp: datetime
+    path: str
+    input: Any = None
+    result: Any = None
+    revision: int | None
+    metrics: dict[str, int]
+    caller: str

@@ -1,0 +1,719 @@
+"""Policy bundles, the active revision, decisions, the decision cache and the decision log.
+
+Every replica evaluates the active revision: activating one is a database row (durable
+first), then `bus.publish("policy", revision)`; each process reloads when it hears it and,
+because a notification can be lost, also checks the database every
+`policy_reload_interval`. A bundle that does not compile is refused before anything is
+stored, so the active policy stays active.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import itertools
+import json
+import queue
+import secrets
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from prometheus_client import Counter
+from sqlalchemy import Engine, delete, func, insert
+from sqlmodel import Session, col, select
+
+from pki.clock import Clock
+from policy.bundle import Bundle, canonical_json, diff
+from policy.engine import EmbeddedEngine, PolicyEngine, RemoteEngine, Result, parse_path
+from policy.errors import InvalidInput, UnknownPath
+from policy.testing import load_directory
+from trustd.bus import Bus
+from trustd.errors import Conflict, InvalidRequest, NotFound, NotReady
+from trustd.services.audit import AuditLog
+from trustd.services.auth import Principal
+from trustd.settings import Settings
+from trustd.store.db import lock_for_initialisation, transaction
+from trustd.store.policy_models import PolicyActivation, PolicyDecision, PolicyRevision
+
+log = structlog.get_logger("trustd.policy")
+CHANNEL = "policy"
+# The Rego modules shipped with trustd (`rego/` next to the packages), the first bundle
+# when no revision exists yet and no `policy_dir` is configured.
+SHIPPED_REGO = Path(__file__).resolve().parents[2] / "rego"
+_MASK_RULE = "data.system.log.mask"
+_BATCH = 500
+
+DECISIONS = Counter("trustd_policy_decisions_total", "Policy decisions, by cache use.", ["cache"])
+LOG_DROPPED = Counter(
+    "trustd_policy_decision_log_dropped_total",
+    "Decision-log entries dropped because the log queue was full.",
+)
+
+
+class DecisionIds:
+    """UUID-shaped decision ids: a random per-process prefix and a counter. Unique across
+    processes and replicas without a system call per decision (os.urandom, behind uuid4,
+    can cost more than the decision itself); decision ids are labels, not secrets."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_bytes(8)
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return str(uuid.UUID(bytes=self._prefix + next(self._counter).to_bytes(8, "big")))
+
+
+@dataclass(frozen=True)
+class Decision:
+    decision_id: str
+    path: str
+    result: Result
+    revision: int
+    latency_us: int
+    cached: bool
+
+
+@dataclass(frozen=True)
+class _Active:
+    revision: int
+    bundle: Bundle
+    local: EmbeddedEngine
+    engine: PolicyEngine
+
+
+class DecisionCache:
+    """LRU of results keyed by (revision, path, canonical input); a new revision makes every
+    older key unreachable, and `clear` drops them at once."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[tuple[int, str, str], Result] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, str, str]) -> Result | None:
+        if not self._size:
+            return None
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key: tuple[int, str, str], value: Result) -> None:
+        if not self._size:
+            return
+        with self._lock:
+            self._items[key] = value
+            if len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    decision: Decision
+    at: datetime
+    input_json: str
+    caller: str
+    masker: EmbeddedEngine
+
+
+def apply_masks(document: dict[str, Any], masks: Any) -> None:
+    """OPA `system.log.mask`: JSON pointers (`/input/password`) are removed; objects
+    `{"op": "upsert", "path": ..., "value": ...}` set a value. Only under `/input` and
+    `/result`."""
+    for mask in masks if isinstance(masks, list) else []:
+        op, pointer, value = "remove", mask, None
+        if isinstance(mask, dict):
+            op, pointer, value = mask.get("op", "remove"), mask.get("path"), mask.get("value")
+        if not isinstance(pointer, str) or not pointer.startswith(("/input", "/result")):
+            continue
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in pointer.split("/")[1:]]
+        node: Any = document
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        if op == "remove":
+            node.pop(parts[-1], None)
+        elif op == "upsert":
+            node[parts[-1]] = value
+
+
+class DecisionLog:
+    """Writes decisions in batches from a background thread. `submit` never blocks: when
+    the bounded queue is full the entry is dropped and counted."""
+
+    def __init__(self, engine: Engine, clock: Clock, settings: Settings) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._retention = settings.decision_log_retention
+        self._max_rows = settings.decision_log_max_rows
+        self._queue: queue.Queue[_Entry | None] = queue.Queue(settings.decision_log_queue)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.dropped = 0
+        self._last_prune = 0.0
+
+    def submit(self, entry: _Entry) -> None:
+        if self._thread is None:
+            self._start()
+        try:
+            self._queue.put_nowait(entry)
+        except queue.Full:
+            self.dropped += 1
+            LOG_DROPPED.inc()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="trustd-decision-log", daemon=True
+                )
+                self._thread.start()
+
+    def flush(self) -> None:
+        """Wait until every submitted entry is written (tests, shutdown)."""
+        if self._thread is not None:
+            self._queue.join()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(10)
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            batch = [first]
+            while len(batch) < _BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            entries = [e for e in batch if e is not None]
+            try:
+                if entries:
+                    self._write(entries)
+                self._maybe_prune()
+            except Exception as exc:
+                # The log must never take decisions down with it: count and carry on.
+                self.dropped += len(entries)
+                LOG_DROPPED.inc(len(entries))
+                log.error("decision_log_write_failed", error=type(exc).__name__, lost=len(entries))
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+            if None in batch:
+                return
+
+    def _row(self, entry: _Entry) -> dict[str, Any]:
+        decision = entry.decision
+        document: dict[str, Any] = {"input": json.loads(entry.input_json)}
+        if decision.result.defined:
+            document["result"] = decision.result.value
+        if ("system", "log") in entry.masker.packages:
+            masks = entry.masker.query(_MASK_RULE, canonical_json(document))
+            apply_masks(document, masks.value)
+        return {
+            "decision_id": decision.decision_id,
+            "at": entry.at,
+            "path": decision.path,
+            "input": document.get("input"),
+            "result": document.get("result"),
+            "defined": decision.result.defined,
+            "result_hash": result_hash(decision.result),
+            "revision": decision.revision,
+            "latency_us": decision.latency_us,
+            "caller": entry.caller[:256],
+        }
+
+    def _write(self, entries: list[_Entry]) -> None:
+        rows = [self._row(e) for e in entries]
+        # One executemany through SQLAlchemy Core: the ORM's per-object bookkeeping would
+        # cost more than the decisions being logged.
+        with transaction(self._engine) as session:
+            session.connection().execute(insert(PolicyDecision), rows)
+
+    def _maybe_prune(self) -> None:
+        if time.monotonic() - self._last_prune < 60:
+            return
+        self._last_prune = time.monotonic()
+        prune_decisions(self._engine, self._clock.now() - self._retention, self._max_rows)
+
+
+def result_hash(result: Result) -> str:
+    if not result.defined:
+        return _hash_text("undefined")
+    value = result.value
+    if value is None or isinstance(value, bool | int | str):
+        return _scalar_hash(type(value).__name__, value)
+    return _hash_text(canonical_json(value))
+
+
+def _hash_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=1024)
+def _scalar_hash(kind: str, value: Any) -> str:
+    # Most results are true/false: hash each scalar once (keyed by type too: 1 is not true).
+    return _hash_text(canonical_json(value))
+
+
+def prune_decisions(engine: Engine, before: datetime, max_rows: int) -> int:
+    """Delete decisions older than `before`, then the oldest beyond `max_rows`."""
+    with transaction(engine) as session:
+        removed = session.execute(delete(PolicyDecision).where(col(PolicyDecision.at) < before))
+        count = int(removed.rowcount or 0)  # type: ignore[attr-defined]
+        total = session.exec(select(func.count()).select_from(PolicyDecision)).one()
+        if total > max_rows:
+            cutoff = session.exec(
+                select(PolicyDecision.at)
+                .order_by(col(PolicyDecision.at).desc())
+                .offset(max_rows)
+                .limit(1)
+            ).first()
+            if cutoff is not None:
+                extra = session.execute(
+                    delete(PolicyDecision).where(col(PolicyDecision.at) <= cutoff)
+                )
+                count += int(extra.rowcount or 0)  # type: ignore[attr-defined]
+    return count
+
+
+def normalise_input(raw: Any) -> str:
+    """The canonical JSON text of a decision input (the cache key and the engine's input).
+
+    Raises:
+        InvalidInput: the value cannot be encoded as JSON.
+    """
+    try:
+        return json.dumps(raw, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"input is not a JSON document: {exc}") from None
+
+
+def _load_public_key(path: Path) -> Any:
+    data = path.read_bytes()
+    if b"CERTIFICATE" in data:
+        return x509.load_pem_x509_certificate(data).public_key()
+    return serialization.load_pem_public_key(data)
+
+
+class PolicyService:
+    """Owns the active revision in this process and every change to the bundles."""
+
+    def __init__(
+        self, settings: Settings, engine: Engine, clock: Clock, audit: AuditLog, bus: Bus
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._clock = clock
+        self._audit = audit
+        self._bus = bus
+        self._active: _Active | None = None
+        self._reload_lock = threading.Lock()
+        self.cache = DecisionCache(settings.decision_cache_size)
+        self.decision_log = DecisionLog(engine, clock, settings)
+        self._ids = DecisionIds()
+
+    # -- loading -------------------------------------------------------------------------
+
+    def _build(self, revision: int, bundle: Bundle) -> _Active:
+        local = EmbeddedEngine(bundle.modules, bundle.data)
+        engine: PolicyEngine = local
+        s = self._settings
+        if s.policy_engine == "remote":
+            assert s.policy_remote_url is not None
+            engine = RemoteEngine(
+                s.policy_remote_url,
+                s.policy_remote_token.get_secret_value() if s.policy_remote_token else None,
+                str(s.policy_remote_ca_bundle) if s.policy_remote_ca_bundle else None,
+            )
+        return _Active(revision, bundle, local, engine)
+
+    def load(self) -> None:
+        """Load the active revision; on a database without one, create revision 1 from
+        `policy_dir` (or the shipped `rego/`) and activate it.
+
+        Raises:
+            PolicyCompileError: the active revision no longer compiles (an engine upgrade).
+        """
+        with transaction(self._engine) as session:
+            lock_for_initialisation(session)
+            current = self._active_row(session)
+            if current is None:
+                directory = self._settings.policy_dir or SHIPPED_REGO
+                if not directory.is_dir():
+                    return
+                bundle = load_directory(directory, tests=False)
+                EmbeddedEngine(bundle.modules, bundle.data)
+                current = self._store(session, "system:bootstrap", bundle, False, "initial")
+                self._activate_row(session, "system:bootstrap", current)
+        self._install(current)
+
+    def _install(self, row: PolicyRevision) -> None:
+        assert row.revision is not None
+        bundle = Bundle(row.modules, row.data, row.label, row.manifest_metadata)
+        with self._reload_lock:
+            self._active = self._build(row.revision, bundle)
+            self.cache.clear()
+        log.info("policy_revision_loaded", revision=row.revision)
+
+    def reload_if_changed(self) -> bool:
+        """Load the active revision from the database if it is not the one in memory."""
+        with transaction(self._engine) as session:
+            row = self._active_row(session)
+        if row is None or (self._active and self._active.revision == row.revision):
+            return False
+        self._install(row)
+        return True
+
+    async def watch(self) -> None:
+        """Reload on every `policy` notification, and every reload interval regardless."""
+        interval = self._settings.policy_reload_interval.total_seconds()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._bus.wait(CHANNEL)
+            try:
+                await asyncio.to_thread(self.reload_if_changed)
+            except Exception as exc:
+                log.error("policy_reload_failed", error=type(exc).__name__, detail=str(exc))
+
+    @property
+    def active(self) -> _Active:
+        if self._active is None:
+            raise NotReady("no policy revision is active yet: import or create a bundle")
+        return self._active
+
+    @property
+    def revision(self) -> int | None:
+        return self._active.revision if self._active else None
+
+    # -- decisions -----------------------------------------------------------------------
+
+    def decide(self, path: str, input_json: str, caller: str) -> Decision:
+        """Evaluate `path` for a canonical JSON input against the active revision.
+
+        Raises:
+            NotReady: no revision is active.
+            UnknownPath: nothing lives at `path`.
+            PolicyEvaluationError: evaluation failed (engine error or panic).
+        """
+        started = time.perf_counter()
+        active = self.active
+        key = (active.revision, path, input_json)
+        result = self.cache.get(key)
+        cached = result is not None
+        if result is None:
+            result = active.engine.query(path, input_json)
+            self.cache.put(key, result)
+        DECISIONS.labels("hit" if cached else "miss").inc()
+        decision = Decision(
+            self._ids.next(),
+            path,
+            result,
+            active.revision,
+            int((time.perf_counter() - started) * 1e6),
+            cached,
+        )
+        if self._settings.decision_log:
+            self.decision_log.submit(
+                _Entry(decision, self._clock.now(), input_json, caller, active.local)
+            )
+        return decision
+
+    def require_known(self, path: str) -> None:
+        """Raises:
+        UnknownPath: no package, rule or data document at `path` in the active bundle.
+        """
+        segments = parse_path(path)
+        if not self.active.local.is_known(segments):
+            raise UnknownPath(f"no policy or data at data.{'.'.join(segments)}")
+
+    # -- revisions -----------------------------------------------------------------------
+
+    @staticmethod
+    def _active_row(session: Session) -> PolicyRevision | None:
+        activation = session.exec(
+            select(PolicyActivation).order_by(col(PolicyActivation.id).desc()).limit(1)
+        ).first()
+        return session.get(PolicyRevision, activation.revision) if activation else None
+
+    def _store(
+        self, session: Session, actor: str, bundle: Bundle, signed: bool, note: str
+    ) -> PolicyRevision:
+        row = PolicyRevision(
+            label=bundle.revision,
+            digest=bundle.digest,
+            modules=bundle.modules,
+            data=bundle.data,
+            manifest_metadata=bundle.metadata,
+            signed=signed,
+            note=note[:512],
+            created_by=actor,
+            created_at=self._clock.now(),
+        )
+        session.add(row)
+        session.flush()
+        self._audit.record(
+            session,
+            actor,
+            "policy:revision:created",
+            target=str(row.revision),
+            details={"digest": row.digest, "modules": sorted(bundle.modules), "signed": signed},
+        )
+        return row
+
+    def _activate_row(self, session: Session, actor: str, row: PolicyRevision) -> None:
+        assert row.revision is not None
+        session.add(
+            PolicyActivation(
+                revision=row.revision, activated_by=actor, activated_at=self._clock.now()
+            )
+        )
+        self._audit.record(session, actor, "policy:revision:activated", target=str(row.revision))
+
+    def _announce(self, row: PolicyRevision) -> None:
+        # Durable first (committed above), then this process, then every other replica.
+        self._install(row)
+        self._bus.publish(CHANNEL, str(row.revision))
+
+    def create_revision(
+        self,
+        actor: Principal,
+        bundle: Bundle,
+        *,
+        activate: bool,
+        signed: bool = False,
+        note: str = "",
+    ) -> PolicyRevision:
+        """Store a bundle as a new revision (compiled first), optionally activating it.
+
+        Raises:
+            PolicyCompileError: a module does not parse or compile; nothing is stored.
+        """
+        EmbeddedEngine(bundle.modules, bundle.data)
+        with transaction(self._engine) as session:
+            row = self._store(session, actor.name, bundle, signed, note)
+            if activate:
+                self._activate_row(session, actor.name, row)
+        if activate:
+            self._announce(row)
+        return row
+
+    def activate(self, actor: Principal, revision: int) -> PolicyRevision:
+        """Raises:
+        NotFound: no such revision.
+        PolicyCompileError: the revision does not compile with this engine.
+        """
+        with transaction(self._engine) as session:
+            row = session.get(PolicyRevision, revision)
+            if row is None:
+                raise NotFound(f"no policy revision {revision}")
+            EmbeddedEngine(row.modules, row.data)
+            self._activate_row(session, actor.name, row)
+        self._announce(row)
+        return row
+
+    def rollback(self, actor: Principal) -> PolicyRevision:
+        """Activate the revision that was active before the current one.
+
+        Raises:
+            Conflict: there is no earlier activation.
+        """
+        with transaction(self._engine) as session:
+            history = session.exec(
+                select(PolicyActivation).order_by(col(PolicyActivation.id).desc()).limit(50)
+            ).all()
+            current = history[0].revision if history else None
+            previous = next((a.revision for a in history if a.revision != current), None)
+        if previous is None:
+            raise Conflict("nothing to roll back to: only one revision was ever active")
+        return self.activate(actor, previous)
+
+    def list_revisions(self, limit: int = 100) -> list[PolicyRevision]:
+        with transaction(self._engine) as session:
+            return list(
+                session.exec(
+                    select(PolicyRevision)
+                    .order_by(col(PolicyRevision.revision).desc())
+                    .limit(limit)
+                )
+            )
+
+    def get_revision(self, revision: int) -> PolicyRevision:
+        """Raises:
+        NotFound: no such revision.
+        """
+        with transaction(self._engine) as session:
+            row = session.get(PolicyRevision, revision)
+        if row is None:
+            raise NotFound(f"no policy revision {revision}")
+        return row
+
+    def diff(self, old: int, new: int) -> dict[str, Any]:
+        """Raises:
+        NotFound: either revision does not exist.
+        """
+        a, b = self.get_revision(old), self.get_revision(new)
+        return diff(Bundle(a.modules, a.data), Bundle(b.modules, b.data))
+
+    def export_bundle(self, revision: int) -> bytes:
+        """The revision as an OPA bundle, signed when a signing key is configured.
+
+        Raises:
+            NotFound: no such revision.
+        """
+        row = self.get_revision(revision)
+        key = None
+        if self._settings.policy_bundle_signing_key is not None:
+            key = serialization.load_pem_private_key(
+                self._settings.policy_bundle_signing_key.read_bytes(), None
+            )
+        bundle = Bundle(row.modules, row.data, row.label or str(row.revision))
+        return bundle.to_targz(key, self._settings.policy_bundle_signing_keyid)
+
+    def import_bundle(self, actor: Principal, blob: bytes, *, activate: bool) -> PolicyRevision:
+        """Verify and store an OPA bundle.
+
+        Raises:
+            InvalidPolicyBundle: the archive is malformed.
+            BundleSignatureError: a required signature is missing or does not verify.
+            PolicyCompileError: a module does not compile; nothing is stored.
+        """
+        keys = {k: _load_public_key(p) for k, p in self._settings.policy_bundle_keys.items()}
+        bundle = Bundle.from_targz(
+            blob, keys, require_signature=self._settings.policy_bundle_require_signature
+        )
+        signed = b".signatures.json" in blob or bool(keys)
+        return self.create_revision(
+            actor, bundle, activate=activate, signed=signed and bool(keys), note="imported"
+        )
+
+    # -- OPA /v1/policies: one module of the active bundle at a time ---------------------
+
+    def modules(self) -> dict[str, str]:
+        return dict(self.active.bundle.modules)
+
+    def put_module(self, actor: Principal, module_id: str, source: str) -> PolicyRevision:
+        """A new revision: the active bundle with `module_id` added or replaced, activated.
+
+        Raises:
+            InvalidRequest: the id is empty or too long.
+            PolicyCompileError: the module (or the bundle with it) does not compile.
+        """
+        if not module_id or len(module_id) > 256:
+            raise InvalidRequest("a policy id is 1 to 256 characters")
+        base = self.active.bundle
+        modules = {**base.modules, module_id: source}
+        return self.create_revision(
+            actor, Bundle(modules, base.data), activate=True, note=f"put {module_id}"
+        )
+
+    def delete_module(self, actor: Principal, module_id: str) -> PolicyRevision:
+        """Raises:
+        NotFound: no such module in the active bundle.
+        PolicyCompileError: other modules depend on it.
+        """
+        base = self.active.bundle
+        if module_id not in base.modules:
+            raise NotFound(f"no policy {module_id!r}")
+        modules = {k: v for k, v in base.modules.items() if k != module_id}
+        return self.create_revision(
+            actor, Bundle(modules, base.data), activate=True, note=f"delete {module_id}"
+        )
+
+    # -- the decision log ----------------------------------------------------------------
+
+    def query_decisions(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        path: str | None = None,
+        caller: str | None = None,
+        result: Any = None,
+        undefined: bool = False,
+        limit: int = 100,
+    ) -> list[PolicyDecision]:
+        statement = select(PolicyDecision)
+        if since is not None:
+            statement = statement.where(col(PolicyDecision.at) >= since)
+        if until is not None:
+            statement = statement.where(col(PolicyDecision.at) < until)
+        if path is not None:
+            statement = statement.where(PolicyDecision.path == path)
+        if caller is not None:
+            statement = statement.where(PolicyDecision.caller == caller)
+        if undefined or result is not None:
+            wanted = Result(False) if undefined else Result(True, result)
+            statement = statement.where(PolicyDecision.result_hash == result_hash(wanted))
+        statement = statement.order_by(col(PolicyDecision.at).desc()).limit(limit)
+        with transaction(self._engine) as session:
+            return list(session.exec(statement))
+
+    def export_decisions(self, since: datetime | None = None) -> Iterator[str]:
+        """Every logged decision (after `since`) as JSON lines, oldest first."""
+        last: tuple[datetime, str] | None = None
+        while True:
+            statement = select(PolicyDecision).order_by(
+                col(PolicyDecision.at), col(PolicyDecision.decision_id)
+            )
+            if since is not None:
+                statement = statement.where(col(PolicyDecision.at) >= since)
+            if last is not None:
+                statement = statement.where(
+                    (col(PolicyDecision.at) > last[0])
+                    | (
+                        (col(PolicyDecision.at) == last[0])
+                        & (col(PolicyDecision.decision_id) > last[1])
+                    )
+                )
+            with transaction(self._engine) as session:
+                rows = list(session.exec(statement.limit(1000)))
+            if not rows:
+                return
+            for row in rows:
+                yield json.dumps(decision_document(row)) + "\n"
+            last = (rows[-1].at, rows[-1].decision_id)
+
+    def close(self) -> None:
+        self.decision_log.stop()
+
+
+def decision_document(row: PolicyDecision) -> dict[str, Any]:
+    """A decision as OPA's decision-log event names its fields."""
+    document: dict[str, Any] = {
+        "decision_id": row.decision_id,
+        "timestamp": row.at.isoformat(),
+        "path": row.path,
+        "input": row.input,
+        "revision": row.revision,
+        "metrics": {"timer_server_handler_ns": row.latency_us * 1000},
+        "caller": row.caller,
+    }
+    if row.defined:
+        document["result"] = row.result
+    return document
