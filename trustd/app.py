@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from trustd import __version__
-from trustd.api import admin, bundle, health, problems, svid
+from trustd.api import admin, bundle, health, problems, revocation, svid
 from trustd.api.middleware import RequestContext
 from trustd.services.container import Services, build_services
 from trustd.settings import Settings
@@ -24,7 +25,15 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.ca.load()
         await services.bus.start()
+        # CA rotation: the leader ticks, every replica follows bundle changes.
+        loops = [
+            asyncio.create_task(services.rotation.run_ticker(), name="trustd-rotation"),
+            asyncio.create_task(services.rotation.follow_bundle(), name="trustd-bundle"),
+        ]
         yield
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
         await services.bus.stop()
         services.engine.dispose()
 
@@ -37,6 +46,6 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.state.services = services
     problems.install(app)
     app.add_middleware(RequestContext, max_body=settings.max_request_bytes)
-    for module in (health, bundle, svid, admin):
+    for module in (health, bundle, svid, admin, revocation):
         app.include_router(module.router)
     return app

@@ -64,6 +64,17 @@ class Settings(BaseSettings):
     bundle_refresh_hint: timedelta = timedelta(minutes=5)
     max_request_bytes: int = 65536
 
+    # Rotation and revocation (pki.rotation, pki.revocation).
+    jwt_key_ttl: timedelta = timedelta(days=30)
+    # How often the leader ticks the rotation state machine and refreshes CRLs.
+    rotation_interval: timedelta = timedelta(seconds=10)
+    # Every replica re-reads the bundle sequence this often even if a notification is lost.
+    bundle_reload_interval: timedelta = timedelta(seconds=30)
+    crl_validity: timedelta = timedelta(hours=24)
+    ocsp_validity: timedelta = timedelta(hours=1)
+    # Write the CRL distribution point into X509-SVIDs (RFC 5280 §4.2.1.13).
+    svid_crl_distribution_point: bool = True
+
     @classmethod
     def settings_customise_sources(
         cls,

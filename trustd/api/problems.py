@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pki import errors as pki_errors
 from pki.errors import TrustdError
 from trustd import errors
+from trustd.leader import LostLeadership
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger("trustd.api")
@@ -27,6 +28,10 @@ _STATUS: dict[type[TrustdError], int] = {
     pki_errors.InvalidSvid: 400,
     pki_errors.InvalidSvidParams: 400,
     pki_errors.InvalidBundle: 400,
+    # CA rotation and revocation.
+    pki_errors.InvalidTransition: 409,
+    pki_errors.InvalidOcspRequest: 400,
+    LostLeadership: 409,
     errors.InvalidRequest: 400,
     errors.Unauthenticated: 401,
     errors.PermissionDenied: 403,

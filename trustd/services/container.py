@@ -8,10 +8,13 @@ from sqlalchemy import Engine
 
 from pki.clock import Clock, SystemClock
 from trustd.bus import Bus, create_bus
+from trustd.leader import create_leader
 from trustd.services.audit import AuditLog
 from trustd.services.auth import AdminTokens
 from trustd.services.ca import CertificateAuthority
 from trustd.services.issuance import Issuer
+from trustd.services.revocation import Revocations
+from trustd.services.rotation import RotationManager
 from trustd.settings import Settings
 from trustd.store.db import create_db_engine
 
@@ -26,6 +29,8 @@ class Services:
     tokens: AdminTokens
     ca: CertificateAuthority
     issuer: Issuer
+    revocations: Revocations
+    rotation: RotationManager
 
 
 def build_services(settings: Settings, clock: Clock | None = None) -> Services:
@@ -33,13 +38,18 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     engine = create_db_engine(settings.resolved_database_url)
     audit = AuditLog(clock)
     ca = CertificateAuthority(settings, engine, clock, audit)
+    bus = create_bus(settings.redis_url)
+    revocations = Revocations(settings, engine, clock, audit, ca, bus)
+    leader = create_leader(settings, engine, clock, "ca-rotation")
     return Services(
         settings=settings,
         engine=engine,
         clock=clock,
-        bus=create_bus(settings.redis_url),
+        bus=bus,
         audit=audit,
         tokens=AdminTokens(engine, clock, audit),
         ca=ca,
         issuer=Issuer(settings, engine, ca, clock, audit),
+        revocations=revocations,
+        rotation=RotationManager(settings, engine, clock, audit, ca, revocations, bus, leader),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from cryptography import x509
@@ -24,7 +24,7 @@ from trustd import metrics
 from trustd.errors import InvalidRequest
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
-from trustd.services.ca import SYSTEM_ACTOR, CertificateAuthority
+from trustd.services.ca import SYSTEM_ACTOR, CertificateAuthority, crl_url
 from trustd.settings import Settings
 from trustd.store.db import transaction
 from trustd.store.models import CertificateKind, IssuedCertificate
@@ -122,6 +122,9 @@ class Issuer:
         kind: CertificateKind,
     ) -> IssuedX509:
         state = self._ca.state
+        if self._settings.svid_crl_distribution_point:
+            # RFC 5280 §4.2.1.13: point relying parties at the CRL of the issuing key.
+            params = replace(params, crl_url=crl_url(self._settings, state.authority_kid))
         certificate = issue_x509_svid(state.authority, params, self._clock)
         serial = _serial_hex(certificate)
         with transaction(self._engine) as session:
@@ -152,7 +155,7 @@ class Issuer:
         metrics.SVIDS_ISSUED.labels(kind).inc()
         return IssuedX509(
             certificate=certificate,
-            intermediates=(state.authority.certificate, *state.authority.chain),
+            intermediates=state.intermediates,
             spiffe_id=params.spiffe_id,
         )
 
