@@ -70,7 +70,7 @@ def check_transition(kid: str, current: SlotStatus, target: SlotStatus) -> None:
     raise InvalidTransition(
         f"key {kid} is {current}, it cannot become {target}" + (f": {hint}" if hint else ""),
         kid=kid,
-        status=str(current),
+        current=str(current),
         target=str(target),
     )
 
