@@ -114,10 +114,10 @@ class Leader(Protocol):
 class RedisLeader:
     """A lease in Redis, renewed on every `acquire` while held."""
 
-    def __init__(self, url: str, fence: Fence, lease_ms: int) -> None:
+    def __init__(self, url: str, fence: Fence, lease_ms: int, scope: str) -> None:
         self.fence = fence
         self._client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-        self._key = f"trustd:leader:{fence.name}"
+        self._key = f"trustd:leader:{scope}:{fence.name}"
         self._token = secrets.token_hex(16)
         self._lease_ms = lease_ms
         self._epoch: int | None = None
@@ -143,7 +143,6 @@ class RedisLeader:
             if self._epoch is not None:
                 self._client.eval(_RELEASE, 1, self._key, self._token)
         self._epoch = None
-        self._client.close()
 
 
 class PostgresLeader:
@@ -228,7 +227,9 @@ def create_leader(settings: Settings, engine: Engine, clock: Clock, name: str) -
     fence = Fence(engine, clock, name, f"{socket.gethostname()}:{os.getpid()}:{id(engine):x}")
     if settings.redis_url:
         lease = max(3 * settings.rotation_interval.total_seconds(), 5.0)
-        return RedisLeader(settings.redis_url, fence, int(lease * 1000))
+        # One Redis may serve several deployments: the lease is per trust domain and database.
+        scope = f"{settings.trust_domain}:{engine.url.database}"
+        return RedisLeader(settings.redis_url, fence, int(lease * 1000), scope)
     if engine.dialect.name == "postgresql":
         return PostgresLeader(engine, fence)
     return FileLeader(settings.data_dir / f"{name}.lock", fence)

@@ -32,7 +32,7 @@ from pki.rotation import (
 )
 from trustd.bus import Bus
 from trustd.errors import Conflict, NotFound
-from trustd.leader import Leader
+from trustd.leader import Leader, LostLeadership
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
 from trustd.services.ca import SYSTEM_ACTOR, CertificateAuthority
@@ -373,6 +373,10 @@ class RotationManager:
                     try:
                         await asyncio.to_thread(self.tick, epoch)
                         await asyncio.to_thread(self._revocations.refresh_crls)
+                    except LostLeadership as exc:
+                        # A successor holds a newer epoch: stop acting as the leader.
+                        log.warning("rotation_leadership_lost", error=str(exc))
+                        await asyncio.to_thread(self.leader.release)
                     except Exception as exc:
                         # The loop must outlive a failed tick; the next one retries.
                         log.error("rotation_tick_failed", error=str(exc), kind=type(exc).__name__)
