@@ -26,13 +26,13 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         services.ca.load()
         await services.bus.start()
         # CA rotation: the leader ticks, every replica follows bundle changes.
+        stop = asyncio.Event()
         loops = [
-            asyncio.create_task(services.rotation.run_ticker(), name="trustd-rotation"),
-            asyncio.create_task(services.rotation.follow_bundle(), name="trustd-bundle"),
+            asyncio.create_task(services.rotation.run_ticker(stop), name="trustd-rotation"),
+            asyncio.create_task(services.rotation.follow_bundle(stop), name="trustd-bundle"),
         ]
         yield
-        for task in loops:
-            task.cancel()
+        stop.set()
         await asyncio.gather(*loops, return_exceptions=True)
         await services.bus.stop()
         services.engine.dispose()

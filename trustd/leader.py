@@ -116,13 +116,18 @@ class RedisLeader:
 
     def __init__(self, url: str, fence: Fence, lease_ms: int, scope: str) -> None:
         self.fence = fence
-        self._client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self._url = url
+        self._client: redis.Redis | None = None
         self._key = f"trustd:leader:{scope}:{fence.name}"
         self._token = secrets.token_hex(16)
         self._lease_ms = lease_ms
         self._epoch: int | None = None
 
     def acquire(self) -> int | None:
+        if self._client is None:
+            self._client = redis.Redis.from_url(
+                self._url, socket_timeout=2, socket_connect_timeout=2
+            )
         try:
             if self._epoch is not None:
                 if self._client.eval(_RENEW, 1, self._key, self._token, self._lease_ms):
@@ -139,9 +144,12 @@ class RedisLeader:
             return None
 
     def release(self) -> None:
-        with contextlib.suppress(redis.RedisError):
-            if self._epoch is not None:
-                self._client.eval(_RELEASE, 1, self._key, self._token)
+        if self._client is not None:
+            with contextlib.suppress(redis.RedisError):
+                if self._epoch is not None:
+                    self._client.eval(_RELEASE, 1, self._key, self._token)
+            self._client.close()
+        self._client = None
         self._epoch = None
 
 

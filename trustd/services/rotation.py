@@ -363,11 +363,15 @@ class RotationManager:
 
     # ------------------------------------------------------------------ loops
 
-    async def run_ticker(self) -> None:
-        """Tick while this replica is the leader; runs until cancelled."""
+    async def run_ticker(self, stop: asyncio.Event) -> None:
+        """Tick while this replica is the leader, until *stop* is set.
+
+        The loop is stopped, never cancelled, so a tick running in a worker thread always
+        finishes its transaction before the app shuts down.
+        """
         interval = self._settings.rotation_interval.total_seconds()
         try:
-            while True:
+            while not stop.is_set():
                 epoch = await asyncio.to_thread(self.leader.acquire)
                 if epoch is not None:
                     try:
@@ -380,21 +384,30 @@ class RotationManager:
                     except Exception as exc:
                         # The loop must outlive a failed tick; the next one retries.
                         log.error("rotation_tick_failed", error=str(exc), kind=type(exc).__name__)
-                await asyncio.sleep(interval)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval)
         finally:
             await asyncio.to_thread(self.leader.release)
 
-    async def follow_bundle(self) -> None:
-        """Reload the CA state whenever the bundle changes; runs until cancelled."""
+    async def follow_bundle(self, stop: asyncio.Event) -> None:
+        """Reload the CA state whenever the bundle changes, until *stop* is set."""
         interval = self._settings.bundle_reload_interval.total_seconds()
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
-                    await self._bus.wait(BUNDLE_CHANNEL)
-            try:
-                await asyncio.to_thread(self._ca.reload_if_changed)
-            except Exception as exc:
-                log.error("ca_reload_failed", error=str(exc), kind=type(exc).__name__)
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                changed = asyncio.create_task(self._bus.wait(BUNDLE_CHANNEL))
+                await asyncio.wait(
+                    {changed, stopped}, timeout=interval, return_when="FIRST_COMPLETED"
+                )
+                changed.cancel()
+                if stop.is_set():
+                    break
+                try:
+                    await asyncio.to_thread(self._ca.reload_if_changed)
+                except Exception as exc:
+                    log.error("ca_reload_failed", error=str(exc), kind=type(exc).__name__)
+        finally:
+            stopped.cancel()
 
 
 def _serial(row: CaKey) -> str:
