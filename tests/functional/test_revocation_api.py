@@ -12,7 +12,10 @@ from sqlmodel import Session, func, select
 
 from pki.ca import create_csr, load_pem_certificates
 from pki.keys import KeyType, generate_private_key
+from pki.revocation import RevocationReason
 from tests.functional.conftest import Server
+from trustd.services.auth import Principal, Role
+from trustd.services.container import build_services
 from trustd.store.models import AuditEvent, CaKey
 from trustd.store.rotation_models import RevocationEvent
 
@@ -304,3 +307,35 @@ def test_jwt_key_rotation_changes_the_bundle(server: Server) -> None:
     assert minted["kid"] == new_kid
     keys = server.client.get("/v1/bundle").json()["keys"]
     assert {k.get("kid") for k in keys} >= {old_kid, new_kid}
+
+
+def test_revocation_feed_for_agents_never_skips_a_revision(server: Server) -> None:
+    feed = server.services.revocations
+    start = feed.since(0).revision
+    assert feed.since(start).events == ()
+    # A second replica (its own services, same database) revokes: this replica's memory
+    # must catch up when told the announced revision, and not before it is asked.
+    other = build_services(server.settings)
+    try:
+        serials = []
+        for name in ("a", "b", "c"):
+            leaf, _ = _issue(server, f"spiffe://example.org/{name}")
+            serials.append(format(leaf.serial_number, "x"))
+        revisions = [
+            other.revocations.revoke(
+                Principal("t", Role.ADMIN), serial=s, reason=RevocationReason.SUPERSEDED
+            ).revision
+            for s in serials
+        ]
+    finally:
+        other.engine.dispose()
+    assert revisions == [start + 1, start + 2, start + 3]
+    page = feed.since(start, limit=2, announced=revisions[-1])
+    assert [e.serial for e in page.events] == serials[:2]
+    assert page.revision == start + 2
+    rest = feed.since(page.revision, announced=revisions[-1])
+    assert [e.serial for e in rest.events] == serials[2:]
+    assert rest.revision == start + 3
+    assert feed.since(rest.revision).events == ()
+    # Older questions than the memory holds still get every event, from the database.
+    assert [e.serial for e in feed.since(0).events][-3:] == serials

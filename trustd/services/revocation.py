@@ -4,6 +4,8 @@ revocation feed that agents follow (revocations since a revision).
 
 from __future__ import annotations
 
+import bisect
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,6 +43,8 @@ from trustd.store.models import CertificateStatus, IssuedCertificate
 from trustd.store.rotation_models import CrlState, RevocationEvent, RevocationState
 
 MAX_PAGE = 1000
+# Revocation events kept in memory for agents catching up.
+FEED_CACHE = 100_000
 REVOCATION_CHANNEL = "revocation"
 
 
@@ -86,6 +90,15 @@ class Revocations:
         self._audit = audit
         self._ca = ca
         self._bus = bus
+        # The in-memory tail of the revocation feed (see `since`).
+        self._feed_lock = threading.Lock()
+        self._tickets_lock = threading.Lock()
+        self._tickets = 0
+        self._covered = 0
+        self._floor = -1
+        self._tail = 0
+        self._events: list[RevocationEvent] = []
+        self._revisions: list[int] = []
 
     # ------------------------------------------------------------------ revoking
 
@@ -267,27 +280,76 @@ class Revocations:
         with transaction(self._engine) as session:
             return list(session.exec(query.limit(_page_limit(limit))))
 
-    def since(self, revision: int, limit: int = MAX_PAGE) -> RevocationFeed:
+    def since(
+        self, revision: int, limit: int = MAX_PAGE, announced: int | None = None
+    ) -> RevocationFeed:
         """Revocations with a revision greater than *revision*, oldest first (for agents:
         resume from the returned `revision`).
 
+        Every agent long-polling this replica asks the same question when a revocation is
+        announced; recent events are kept in memory and one database read answers all the
+        callers that were already waiting when it started (single flight). *announced* is
+        the revision a `revocation` notification carried: when memory already holds it, no
+        read is needed at all.
+
         Raises:
             InvalidRequest: negative revision or *limit* out of range.
+            StoreUnavailable: the database is down.
         """
         if revision < 0:
             raise InvalidRequest("revision must not be negative")
+        limit = _page_limit(limit)
+        with self._tickets_lock:
+            self._tickets += 1
+            ticket = self._tickets
+        with self._feed_lock:
+            known = announced is not None and self._floor >= 0 and announced <= self._tail
+            if self._covered < ticket and not known:
+                with self._tickets_lock:
+                    covered = self._tickets
+                self._pull()
+                self._covered = covered
+            if revision >= self._floor:
+                start = bisect.bisect_right(self._revisions, revision)
+                events = tuple(self._events[start : start + limit])
+            else:
+                events = self._query_since(revision, limit)
+        # Only what was read moves the agent forward: a revision is never skipped.
+        return RevocationFeed(events, events[-1].revision if events else revision)
+
+    def _pull(self) -> None:
+        """Append the events committed since the cache was last filled."""
         with transaction(self._engine) as session:
-            events = tuple(
+            if self._floor < 0:
+                # First use: the cache starts at the current revision; older questions go
+                # to the database.
+                self._floor = self._tail = self._revision(session)
+                return
+            fresh = session.exec(
+                select(RevocationEvent)
+                .where(col(RevocationEvent.revision) > self._tail)
+                .order_by(col(RevocationEvent.revision))
+            ).all()
+        for event in fresh:
+            self._events.append(event)
+            self._revisions.append(event.revision)
+        if fresh:
+            self._tail = fresh[-1].revision
+        if len(self._events) > FEED_CACHE:
+            drop = len(self._events) - FEED_CACHE
+            self._floor = self._revisions[drop - 1]
+            del self._events[:drop], self._revisions[:drop]
+
+    def _query_since(self, revision: int, limit: int) -> tuple[RevocationEvent, ...]:
+        with transaction(self._engine) as session:
+            return tuple(
                 session.exec(
                     select(RevocationEvent)
                     .where(col(RevocationEvent.revision) > revision)
                     .order_by(col(RevocationEvent.revision))
-                    .limit(_page_limit(limit))
+                    .limit(limit)
                 )
             )
-            current = self._revision(session)
-        newest = events[-1].revision if len(events) == limit else current
-        return RevocationFeed(events, max(newest, revision))
 
     @staticmethod
     def _revision(session: Session) -> int:
@@ -334,8 +396,14 @@ class Revocations:
                 # RFC 5280 §3.3: an entry may leave once it appeared on one CRL issued after
                 # the certificate expired; keep it for a whole validity period to be sure.
                 horizon = now - self._settings.crl_validity
-                events = session.exec(
-                    select(RevocationEvent).where(
+                # Plain rows, not ORM objects: a CRL may list 100k entries.
+                events = session.execute(
+                    select(
+                        col(RevocationEvent.serial),
+                        col(RevocationEvent.revoked_at),
+                        col(RevocationEvent.reason),
+                        col(RevocationEvent.revision),
+                    ).where(
                         RevocationEvent.issuer_kid == issuer_kid,
                         col(RevocationEvent.not_after) > horizon,
                     )
@@ -350,10 +418,7 @@ class Revocations:
                 crl = build_crl(
                     authority.certificate,
                     authority.private_key,
-                    (
-                        RevokedEntry(int(e.serial, 16), e.revoked_at, RevocationReason(e.reason))
-                        for e in events
-                    ),
+                    (RevokedEntry(int(e[0], 16), e[1], RevocationReason(e[2])) for e in events),
                     number,
                     now - CA_BACKDATE,
                     now + self._settings.crl_validity,
@@ -414,7 +479,14 @@ class Revocations:
             return ocsp_error(ocsp.OCSPResponseStatus.UNAUTHORIZED)
         kid, authority = match
         with transaction(self._engine) as session:
-            row = session.get(IssuedCertificate, serial_hex(request.serial_number))
+            row = session.execute(
+                select(
+                    col(IssuedCertificate.issuer_kid),
+                    col(IssuedCertificate.status),
+                    col(IssuedCertificate.revoked_at),
+                    col(IssuedCertificate.revocation_reason),
+                ).where(IssuedCertificate.serial == serial_hex(request.serial_number))
+            ).first()
         status: CertStatus
         if row is None or row.issuer_kid != kid:
             status = UNKNOWN
