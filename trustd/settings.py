@@ -106,6 +106,19 @@ class Settings(BaseSettings):
             raise ValueError("JWT-SVIDs cannot be signed with Ed25519 (JWT-SVID spec §3)")
         return value
 
+    @field_validator(
+        "jwt_key_ttl",
+        "rotation_interval",
+        "bundle_reload_interval",
+        "crl_validity",
+        "ocsp_validity",
+    )
+    @classmethod
+    def _positive_duration(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError(f"must be a positive duration, got {value}")
+        return value
+
     @field_validator("listen")
     @classmethod
     def _listen_has_port(cls, value: str) -> str:

@@ -55,6 +55,20 @@ class App:
         )
         assert response.status_code == 200, response.text
 
+    def ocsp(self, cert: x509.Certificate, issuer: Path) -> tuple[Path, Path]:
+        """Have openssl build the OCSP request for *cert*, post it; returns the leaf's PEM
+        file and the DER response file."""
+        leaf = self.write(f"{cert.serial_number:x}.pem", certificate_pem(cert))
+        request = self.directory / f"{cert.serial_number:x}.req"
+        made = _openssl("ocsp", "-issuer", str(issuer), "-cert", str(leaf), "-reqout", str(request))
+        assert made.returncode == 0, made.stderr
+        response = self.client.post(
+            "/v1/ocsp",
+            content=request.read_bytes(),
+            headers={"Content-Type": "application/ocsp-request"},
+        )
+        return leaf, self.write(f"{cert.serial_number:x}.resp", response.content)
+
     def write(self, name: str, data: bytes | str) -> Path:
         path = self.directory / name
         if isinstance(data, str):
@@ -121,16 +135,7 @@ def test_pkilint_accepts_the_ocsp_responses(app: App) -> None:
     app.revoke(bad, "keyCompromise")
     issuer = app.write("issuer.pem", certificate_pem(app.intermediate))
     for cert in (good, bad):
-        leaf = app.write(f"{cert.serial_number:x}.pem", certificate_pem(cert))
-        request = app.directory / f"{cert.serial_number:x}.req"
-        made = _openssl("ocsp", "-issuer", str(issuer), "-cert", str(leaf), "-reqout", str(request))
-        assert made.returncode == 0, made.stderr
-        response = app.client.post(
-            "/v1/ocsp",
-            content=request.read_bytes(),
-            headers={"Content-Type": "application/ocsp-request"},
-        )
-        path = app.write(f"{cert.serial_number:x}.resp", response.content)
+        _, path = app.ocsp(cert, issuer)
         _assert_no_errors(_lint(lint, str(path)))
 
 
@@ -167,16 +172,7 @@ def test_openssl_ocsp_reads_the_responses(app: App) -> None:
     root = app.write("root.pem", certificate_pem(app.root))
     inter = app.write("inter.pem", certificate_pem(app.intermediate))
     for cert, expected in ((good, ": good"), (bad, ": revoked")):
-        leaf = app.write("leaf.pem", certificate_pem(cert))
-        request = app.directory / "req.der"
-        made = _openssl("ocsp", "-issuer", str(inter), "-cert", str(leaf), "-reqout", str(request))
-        assert made.returncode == 0, made.stderr
-        response = app.client.post(
-            "/v1/ocsp",
-            content=request.read_bytes(),
-            headers={"Content-Type": "application/ocsp-request"},
-        )
-        answer = app.write("resp.der", response.content)
+        leaf, answer = app.ocsp(cert, inter)
         checked = _openssl(
             "ocsp",
             # The nonce echo is checked in the functional tests; openssl would compare against
