@@ -12,7 +12,7 @@ from cryptography.x509 import ocsp
 from pki.ca import Authority, X509SvidParams, create_intermediate, create_root, issue_x509_svid
 from pki.clock import FakeClock
 from pki.errors import InvalidCrl, InvalidOcspRequest
-from pki.keys import KeyType, PrivateKey, generate_private_key
+from pki.keys import KeyType, PrivateKey, generate_private_key, signature_hash
 from pki.revocation import (
     GOOD,
     MAX_OCSP_REQUEST_BYTES,
@@ -153,3 +153,47 @@ def test_malformed_ocsp_requests_are_refused() -> None:
         parse_ocsp_request(b"\x30" * (MAX_OCSP_REQUEST_BYTES + 1))
     error = ocsp.load_der_ocsp_response(ocsp_error(ocsp.OCSPResponseStatus.UNAUTHORIZED))
     assert error.response_status is ocsp.OCSPResponseStatus.UNAUTHORIZED
+
+
+@pytest.mark.parametrize("key_type", [KeyType.EC_P384, KeyType.RSA_2048, KeyType.ED25519])
+def test_crl_entries_encode_exactly_as_cryptography_does(key_type: KeyType) -> None:
+    # build_crl encodes the entry list itself; cryptography's own builder is the reference.
+    inter, key, _ = _ca(key_type)
+    later = datetime(2051, 6, 1, 12, 30, 5, tzinfo=UTC)  # GeneralizedTime from 2050 on
+    entries = [
+        RevokedEntry(1, NOW, RevocationReason.UNSPECIFIED),
+        RevokedEntry(0x80, NOW + timedelta(seconds=1), RevocationReason.KEY_COMPROMISE),
+        RevokedEntry(2**159 - 1, later, RevocationReason.CA_COMPROMISE),
+        *(RevokedEntry(1000 + n, NOW, reason) for n, reason in enumerate(RevocationReason)),
+    ]
+    mine = build_crl(inter, key, entries, 3, NOW, NOW + timedelta(hours=1))
+    reference = x509.CertificateRevocationListBuilder(
+        issuer_name=inter.subject,
+        last_update=NOW,
+        next_update=NOW + timedelta(hours=1),
+        extensions=list(mine.extensions),
+        revoked_certificates=[
+            (
+                x509.RevokedCertificateBuilder()
+                .serial_number(e.serial)
+                .revocation_date(e.revoked_at)
+                .add_extension(x509.CRLReason(e.reason.flag), critical=False)
+                if e.reason is not RevocationReason.UNSPECIFIED
+                else x509.RevokedCertificateBuilder()
+                .serial_number(e.serial)
+                .revocation_date(e.revoked_at)
+            ).build()
+            for e in entries
+        ],
+    ).sign(key, signature_hash(key))
+    assert mine.tbs_certlist_bytes == reference.tbs_certlist_bytes
+    assert mine.signature_algorithm_oid == reference.signature_algorithm_oid
+    assert load_crl(crl_der(mine), inter) == mine
+    empty = build_crl(inter, key, [], 4, NOW, NOW + timedelta(hours=1))
+    assert len(empty) == 0 and empty.is_signature_valid(inter.public_key())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("serial", [0, -1, 2**160])
+def test_revoked_entry_serial_must_fit_rfc_5280(serial: int) -> None:
+    with pytest.raises(InvalidCrl, match="serial number out of range"):
+        RevokedEntry(serial, NOW, RevocationReason.UNSPECIFIED)
