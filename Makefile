@@ -80,6 +80,8 @@ bench: install-dev services
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python bench/issuance.py
 	$(BIN)/python bench/decisions.py
+	$(BIN)/python bench/revocation.py
+	$(BIN)/python bench/agent.py
 
 # The SPIFFE Workload API stubs, generated from the spec's proto (kept unchanged) and
 # committed; run after updating trustd/agent/proto/workload.proto.

@@ -411,6 +411,41 @@ def create_intermediate(
     return cert
 
 
+def create_cross_certificate(
+    new_root: x509.Certificate, new_root_key: PrivateKey, issuer: Authority, clock: Clock
+) -> x509.Certificate:
+    """Certify *new_root*'s key and name under the current root *issuer* ("new with old",
+    RFC 4210 §4.4), so that verifiers which only hold the old root still validate what the
+    new root's intermediates sign while the bundle change propagates.
+
+    Raises:
+        CaError: *issuer* is not valid now, *new_root_key* does not match *new_root*, or
+            the result does not verify under *issuer*.
+    """
+    now = clock.now()
+    if not issuer.not_before <= now < issuer.not_after:
+        raise CaError(f"issuer {describe(issuer.certificate)} is not valid at {now.isoformat()}")
+    if not same_public_key(new_root.public_key(), new_root_key.public_key()):
+        raise CaError("the new root's key does not match its certificate")
+    trust_domain = issuer.trust_domain
+    bc = extension(new_root, x509.BasicConstraints)
+    builder = _signing_cert_builder(
+        subject=new_root.subject,
+        issuer=issuer.certificate.subject,
+        public_key=allowed_public_key(new_root.public_key()),
+        trust_domain=trust_domain,
+        not_before=max(now - CA_BACKDATE, issuer.not_before),
+        not_after=min(new_root.not_valid_after_utc, issuer.not_after),
+        path_length=bc.value.path_length if bc and bc.value.path_length is not None else 1,
+        aki=_authority_key_identifier(issuer.certificate),
+        name_constraints=None,
+    )
+    cert = builder.sign(issuer.private_key, signature_hash(issuer.private_key))
+    if not issued_by(cert, issuer.certificate):
+        raise CaError("cross certificate does not verify under its issuer")
+    return cert
+
+
 def load_pem_certificates(data: bytes) -> list[x509.Certificate]:
     """Parse one or more PEM certificates.
 

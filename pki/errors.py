@@ -85,3 +85,17 @@ class CaError(TrustdError):
 
 class InvalidBundle(TrustdError):
     title = "Invalid trust bundle"
+
+
+class InvalidTransition(TrustdError):
+    """A key rotation step the slot state machine does not allow."""
+
+    title = "Key status change not allowed"
+
+
+class InvalidOcspRequest(TrustdError):
+    title = "Invalid OCSP request"
+
+
+class InvalidCrl(TrustdError):
+    title = "Invalid certificate revocation list"

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from trustd import __version__
-from trustd.api import admin, agents, bundle, entries, health, nodes, opa, problems, svid
+from trustd.api import (
+    admin,
+    agents,
+    bundle,
+    entries,
+    health,
+    nodes,
+    opa,
+    problems,
+    revocation,
+    svid,
+)
 from trustd.api.middleware import RequestContext
 from trustd.services.container import Services, build_services
 from trustd.settings import Settings
@@ -24,7 +36,15 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.ca.load()
         await services.bus.start()
+        # CA rotation: the leader ticks, every replica follows bundle changes.
+        stop = asyncio.Event()
+        loops = [
+            asyncio.create_task(services.rotation.run_ticker(stop), name="trustd-rotation"),
+            asyncio.create_task(services.rotation.follow_bundle(stop), name="trustd-bundle"),
+        ]
         yield
+        stop.set()
+        await asyncio.gather(*loops, return_exceptions=True)
         await services.bus.stop()
         services.engine.dispose()
 
@@ -37,6 +57,6 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.state.services = services
     problems.install(app)
     app.add_middleware(RequestContext, max_body=settings.max_request_bytes)
-    for module in (health, bundle, svid, admin, entries, nodes, agents, opa):
+    for module in (health, bundle, svid, admin, entries, nodes, agents, opa, revocation):
         app.include_router(module.router)
     return app

@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from pki.ca import create_csr
 from pki.errors import TrustdError
 from pki.keys import KeyType, generate_private_key
+from pki.revocation import RevocationReason
+from pki.rotation import KeyKind as CaKeyKind
 from trustd.client import AdminClient
 from trustd.roles import Role
 
@@ -39,6 +41,8 @@ app.add_typer(ca_app, name="ca")
 app.add_typer(svid_app, name="svid")
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(policy_app, name="policy")
+cert_app = typer.Typer(help="Issued certificates and their revocation.", no_args_is_help=True)
+app.add_typer(cert_app, name="cert")
 
 
 class OnOff(StrEnum):
@@ -260,6 +264,201 @@ def ca_show(
 ) -> None:
     """Show the active authorities, their expiry and the bundle sequence."""
     _print_json(_call(server, token, ca_bundle, data_dir, "GET", "/v1/admin/ca").json())
+
+
+# --------------------------------------------------------------------------- CA rotation
+
+KindOpt = Annotated[
+    CaKeyKind,
+    typer.Option("--kind", help="x509-intermediate, x509-root (cross-signed) or jwt"),
+]
+
+
+def _key_change(what: str, change: dict[str, Any]) -> None:
+    _progress(f"{what}; bundle sequence is now {change['bundle_sequence']}")
+    typer.echo(f"{change['kind']} {change['kid']} {change['status']}")
+
+
+@ca_app.command("prepare")
+def ca_prepare(
+    kind: KindOpt = CaKeyKind.X509_INTERMEDIATE,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Create the next key of a kind and publish it in the trust bundle (it signs nothing
+    until `trustd ca activate`)."""
+    _progress(f"preparing the next {kind} key")
+    change = _call(
+        server, token, ca_bundle, data_dir, "POST", "/v1/admin/ca/prepare", json={"kind": kind}
+    ).json()
+    _key_change("prepared and published", change)
+
+
+@ca_app.command("activate")
+def ca_activate(
+    kind: KindOpt = CaKeyKind.X509_INTERMEDIATE,
+    kid: Annotated[str | None, typer.Option(help="A prepared key; default: the oldest")] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Make the prepared key sign from now on; the active one becomes old (it stays in the
+    bundle until what it signed has expired)."""
+    body: dict[str, Any] = {"kind": kind}
+    if kid is not None:
+        body["kid"] = kid
+    change = _call(
+        server, token, ca_bundle, data_dir, "POST", "/v1/admin/ca/activate", json=body
+    ).json()
+    _key_change("activated", change)
+
+
+@ca_app.command("taint")
+def ca_taint(
+    kid: Annotated[str, typer.Argument(help="An old key (see `trustd ca keys`)")],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Mark an old key as tainted: everything it signed must be re-issued."""
+    change = _call(
+        server, token, ca_bundle, data_dir, "POST", f"/v1/admin/ca/keys/{kid}/taint"
+    ).json()
+    _key_change("tainted", change)
+    _progress(f"SVIDs to re-issue: trustd ca reissue {kid}; then: trustd ca revoke {kid}")
+
+
+@ca_app.command("revoke")
+def ca_revoke(
+    kid: Annotated[str, typer.Argument(help="A tainted key")],
+    reason: Annotated[RevocationReason, typer.Option()] = RevocationReason.KEY_COMPROMISE,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Remove a tainted key from the bundle now and revoke everything it signed."""
+    change = _call(
+        server,
+        token,
+        ca_bundle,
+        data_dir,
+        "POST",
+        f"/v1/admin/ca/keys/{kid}/revoke",
+        json={"reason": reason.value},
+    ).json()
+    _key_change("revoked and removed from the bundle", change)
+
+
+@ca_app.command("keys")
+def ca_keys(
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Every CA key and its status, newest first (the rotation timeline)."""
+    _print_json(_call(server, token, ca_bundle, data_dir, "GET", "/v1/admin/ca/keys").json())
+
+
+@ca_app.command("reissue")
+def ca_reissue(
+    kid: Annotated[str, typer.Argument(help="A tainted key")],
+    after: Annotated[str | None, typer.Option(help="Last serial of the previous batch")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """The next batch of unexpired certificates a tainted key signed."""
+    params: dict[str, Any] = {"limit": limit}
+    if after is not None:
+        params["after"] = after
+    batch = _call(
+        server,
+        token,
+        ca_bundle,
+        data_dir,
+        "GET",
+        f"/v1/admin/ca/keys/{kid}/reissue",
+        params=params,
+    ).json()
+    _print_json(batch)
+    if len(batch) == limit:
+        _progress(f"more: trustd ca reissue {kid} --after {batch[-1]['serial']}")
+
+
+# --------------------------------------------------------------------------- certificates
+
+
+@cert_app.command("revoke")
+def cert_revoke(
+    serial: Annotated[str | None, typer.Option(help="Hex serial of one certificate")] = None,
+    spiffe_id: Annotated[
+        str | None, typer.Option("--spiffe-id", help="Every unexpired SVID of this ID")
+    ] = None,
+    reason: Annotated[RevocationReason, typer.Option()] = RevocationReason.UNSPECIFIED,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Revoke a certificate or every SVID of a SPIFFE ID (published in CRLs and OCSP)."""
+    if (serial is None) == (spiffe_id is None):
+        _fail("give exactly one of --serial S and --spiffe-id ID")
+    body: dict[str, Any] = {"reason": reason.value}
+    body.update({"serial": serial} if serial is not None else {"spiffe_id": spiffe_id})
+    result = _call(
+        server, token, ca_bundle, data_dir, "POST", "/v1/admin/certificates/revoke", json=body
+    ).json()
+    _progress(
+        f"revoked {len(result['serials'])} certificate(s); revocation revision {result['revision']}"
+    )
+    for revoked in result["serials"]:
+        typer.echo(revoked)
+
+
+@cert_app.command("list")
+def cert_list(
+    spiffe_id: Annotated[str | None, typer.Option("--spiffe-id")] = None,
+    status: Annotated[str | None, typer.Option(help="valid or revoked")] = None,
+    after: Annotated[str | None, typer.Option(help="Last serial of the previous page")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Issued certificates, ordered by serial, a page at a time."""
+    params: dict[str, Any] = {"limit": limit}
+    for name, value in (("spiffe_id", spiffe_id), ("status", status), ("after", after)):
+        if value is not None:
+            params[name] = value
+    page = _call(
+        server, token, ca_bundle, data_dir, "GET", "/v1/admin/certificates", params=params
+    ).json()
+    _print_json(page)
+    if len(page) == limit:
+        _progress(f"more: trustd cert list --after {page[-1]['serial']}")
+
+
+@cert_app.command("show")
+def cert_show(
+    serial: Annotated[str, typer.Argument(help="Hex serial")],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """One issued certificate, its status and PEM."""
+    _print_json(
+        _call(server, token, ca_bundle, data_dir, "GET", f"/v1/admin/certificates/{serial}").json()
+    )
 
 
 @svid_app.command("x509")

@@ -114,6 +114,17 @@ class Settings(BaseSettings):
     decision_log_retention: timedelta = timedelta(days=7)
     decision_log_max_rows: int = Field(default=1_000_000, ge=1)
 
+    # Rotation and revocation (pki.rotation, pki.revocation).
+    jwt_key_ttl: timedelta = timedelta(days=30)
+    # How often the leader ticks the rotation state machine and refreshes CRLs.
+    rotation_interval: timedelta = timedelta(seconds=10)
+    # Every replica re-reads the bundle sequence this often even if a notification is lost.
+    bundle_reload_interval: timedelta = timedelta(seconds=30)
+    crl_validity: timedelta = timedelta(hours=24)
+    ocsp_validity: timedelta = timedelta(hours=1)
+    # Write the CRL distribution point into X509-SVIDs (RFC 5280 §4.2.1.13).
+    svid_crl_distribution_point: bool = True
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -143,6 +154,19 @@ class Settings(BaseSettings):
         # JWT-SVID §3: only RS*, ES* and PS* are allowed, so Ed25519 cannot sign JWT-SVIDs.
         if value is KeyType.ED25519:
             raise ValueError("JWT-SVIDs cannot be signed with Ed25519 (JWT-SVID spec §3)")
+        return value
+
+    @field_validator(
+        "jwt_key_ttl",
+        "rotation_interval",
+        "bundle_reload_interval",
+        "crl_validity",
+        "ocsp_validity",
+    )
+    @classmethod
+    def _positive_duration(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError(f"must be a positive duration, got {value}")
         return value
 
     @field_validator("listen")

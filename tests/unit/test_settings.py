@@ -83,3 +83,9 @@ def test_production_accepts_a_real_passphrase() -> None:
 )
 def test_base_url(overrides: dict[str, object], expected: str) -> None:
     assert load_settings(**overrides).base_url == expected
+
+
+def test_rotation_durations_must_be_positive() -> None:
+    with pytest.raises(SettingsError, match=r"crl_validity: .*positive duration"):
+        load_settings(crl_validity=0)
+    assert load_settings(rotation_interval="PT1S").rotation_interval.total_seconds() == 1

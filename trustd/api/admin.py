@@ -9,37 +9,35 @@ from fastapi import APIRouter, Response
 from pki.ca import fingerprint_sha256, load_pem_certificates
 from trustd.api.deps import AdminDep, ServicesDep
 from trustd.api.schemas import AuthorityPublic, CaPublic, TokenCreate, TokenCreated, TokenPublic
-from trustd.store.models import AdminToken
+from trustd.store.models import AdminToken, CaKey
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 
 @router.get("/ca", response_model=CaPublic)
 def show_ca(principal: AdminDep, services: ServicesDep) -> CaPublic:
-    """The active authorities and the bundle sequence."""
+    """The authorities in the bundle (prepared, active, old, tainted) and its sequence."""
     state = services.ca.state
-    authorities = []
-    for row in state.keys:
-        cert = (
-            load_pem_certificates(row.certificate_pem.encode())[0] if row.certificate_pem else None
-        )
-        authorities.append(
-            AuthorityPublic(
-                kind=row.kind,
-                kid=row.kid,
-                status=row.status,
-                key_type=row.key_type,
-                upstream=row.upstream,
-                not_before=row.not_before,
-                not_after=row.not_after,
-                subject=cert.subject.rfc4514_string() if cert else None,
-                sha256=fingerprint_sha256(cert) if cert else None,
-            )
-        )
+    authorities = [authority_public(row) for row in state.keys]
     return CaPublic(
         trust_domain=services.settings.trust_domain,
         bundle_sequence=state.bundle.sequence,
         authorities=authorities,
+    )
+
+
+def authority_public(row: CaKey) -> AuthorityPublic:
+    cert = load_pem_certificates(row.certificate_pem.encode())[0] if row.certificate_pem else None
+    return AuthorityPublic(
+        kind=row.kind,
+        kid=row.kid,
+        status=row.status,
+        key_type=row.key_type,
+        upstream=row.upstream,
+        not_before=row.not_before,
+        not_after=row.not_after,
+        subject=cert.subject.rfc4514_string() if cert else None,
+        sha256=fingerprint_sha256(cert) if cert else None,
     )
 
 

@@ -16,6 +16,7 @@ from pki.errors import TrustdError
 from policy import errors as policy_errors
 from trustd import errors
 from trustd.attestation.base import AttestationFailed
+from trustd.leader import LostLeadership
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger("trustd.api")
@@ -31,6 +32,10 @@ _STATUS: dict[type[TrustdError], int] = {
     pki_errors.InvalidBundle: 400,
     pki_errors.InvalidSelector: 400,
     AttestationFailed: 401,
+    # CA rotation and revocation.
+    pki_errors.InvalidTransition: 409,
+    pki_errors.InvalidOcspRequest: 400,
+    LostLeadership: 409,
     errors.InvalidRequest: 400,
     errors.Unauthenticated: 401,
     errors.PermissionDenied: 403,

@@ -7,7 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pki.revocation import RevocationReason
 from trustd.roles import Role
+from trustd.store.models import CaKeyKind
 
 
 class _Strict(BaseModel):
@@ -236,3 +238,72 @@ class AgentJwtRequest(_Strict):
 
 class RenewRequest(_Strict):
     csr: str = Field(max_length=16384)
+
+
+# --------------------------------------------------------------------------- rotation, revocation
+
+
+class RevokeRequest(_Strict):
+    """Exactly one of `serial` and `spiffe_id`."""
+
+    serial: str | None = Field(default=None, max_length=64, pattern="^[0-9a-fA-F]+$")
+    spiffe_id: str | None = Field(default=None, max_length=2048)
+    reason: RevocationReason = RevocationReason.UNSPECIFIED
+
+
+class RevokeResult(_Strict):
+    serials: list[str]
+    revision: int
+
+
+class CertificatePublic(_Strict):
+    serial: str
+    kind: str
+    spiffe_id: str | None
+    issuer_kid: str
+    status: str
+    not_before: datetime
+    not_after: datetime
+    requested_by: str
+    created_at: datetime
+    revoked_at: datetime | None
+    revocation_reason: str | None
+
+
+class CertificateDetail(CertificatePublic):
+    certificate: str = Field(description="PEM")
+
+
+class RevocationEventPublic(_Strict):
+    revision: int
+    serial: str
+    issuer_kid: str
+    spiffe_id: str | None
+    reason: str
+    revoked_at: datetime
+    not_after: datetime
+
+
+class RevocationFeedPublic(_Strict):
+    revision: int = Field(description="Ask again with since=<this> for what comes next")
+    events: list[RevocationEventPublic]
+
+
+class KeyPrepare(_Strict):
+    kind: CaKeyKind
+
+
+class KeyActivate(_Strict):
+    kind: CaKeyKind
+    kid: str | None = Field(default=None, max_length=64)
+
+
+class KeyRevoke(_Strict):
+    reason: RevocationReason = RevocationReason.KEY_COMPROMISE
+
+
+class KeyChangePublic(_Strict):
+    kid: str
+    kind: str
+    status: str
+    bundle_sequence: int

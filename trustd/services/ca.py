@@ -1,10 +1,18 @@
-"""The CA as the service sees it: first-start creation, encrypted key storage, the bundle."""
+"""The CA as the service sees it: key creation, encrypted key storage, the bundle.
+
+Several keys of each kind coexist during a rotation (see `pki.rotation`): the bundle holds
+every root and JWT key that is prepared, active, old or tainted; only the active ones sign
+new credentials, and every intermediate that may still have live certificates signs its
+own CRL and OCSP answers.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from types import MappingProxyType
 
 from cryptography import x509
 from sqlalchemy import Engine
@@ -14,6 +22,7 @@ from pki.bundle import TrustBundle
 from pki.ca import (
     Authority,
     certificate_pem,
+    create_cross_certificate,
     create_intermediate,
     create_root,
     fingerprint_sha256,
@@ -34,12 +43,13 @@ from pki.keys import (
     load_or_create_kek_file,
     public_key_pem,
 )
+from pki.rotation import IN_BUNDLE, SlotStatus
 from trustd import metrics
 from trustd.errors import NotReady
 from trustd.services.audit import AuditLog
 from trustd.settings import Settings
 from trustd.store.db import lock_for_initialisation, transaction
-from trustd.store.models import BundleState, CaKey, CaKeyKind, CaKeyStatus
+from trustd.store.models import BundleState, CaKey, CaKeyKind
 
 SYSTEM_ACTOR = "system:trustd"
 
@@ -54,11 +64,24 @@ class JwtSigner:
 class CaState:
     """What one process holds in memory: the signing keys and the bundle built from the rows."""
 
+    # The active intermediate: it signs new X509-SVIDs.
     authority: Authority
     authority_kid: str
     jwt_signer: JwtSigner
     bundle: TrustBundle
+    # Every key that is prepared, active, old or tainted.
     keys: tuple[CaKey, ...]
+    # Every CA that may still have unexpired certificates out there, by kid: each signs its
+    # own CRL and OCSP answers (roots sign the CRL of the intermediates they issued).
+    issuers: Mapping[str, Authority]
+    # Sent after the active intermediate while a root rotation overlaps: the new root
+    # certified by the old one, for verifiers that have not fetched the new bundle yet.
+    cross_certificates: tuple[x509.Certificate, ...] = ()
+
+    @property
+    def intermediates(self) -> tuple[x509.Certificate, ...]:
+        """What goes after a leaf the active intermediate signs (X509-SVID §5.3)."""
+        return (*self.authority.issuing_chain, *self.cross_certificates)
 
 
 def key_encryption_key(settings: Settings) -> bytes:
@@ -68,6 +91,16 @@ def key_encryption_key(settings: Settings) -> bytes:
     if settings.key_passphrase is not None:
         return settings.key_passphrase.get_secret_value().encode()
     return load_or_create_kek_file(settings.kek_path)
+
+
+def crl_url(settings: Settings, issuer_kid: str) -> str:
+    """Where the CRL of the CA key *issuer_kid* is published (`GET /v1/crl/{issuer_kid}`)."""
+    return f"{settings.base_url}/v1/crl/{issuer_kid}"
+
+
+def ocsp_url(settings: Settings) -> str:
+    """The OCSP responder (RFC 6960 Appendix A: GET and POST)."""
+    return f"{settings.base_url}/v1/ocsp"
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -81,20 +114,23 @@ def _row(
     kind: CaKeyKind,
     public: PublicKey,
     key_type: str,
+    now: datetime,
+    status: SlotStatus,
+    *,
     not_before: datetime,
     not_after: datetime,
-    now: datetime,
-    *,
     encrypted_key: bytes | None,
     certificate: x509.Certificate | None = None,
     chain: tuple[x509.Certificate, ...] = (),
     upstream: bool = False,
+    issuer_kid: str | None = None,
+    cross_certificate: x509.Certificate | None = None,
 ) -> CaKey:
     kid = fingerprint_sha256(certificate) if certificate is not None else key_id(public)
     return CaKey(
         kid=kid,
         kind=kind,
-        status=CaKeyStatus.ACTIVE,
+        status=status,
         key_type=key_type,
         encrypted_key=encrypted_key,
         public_key_pem=public_key_pem(public),
@@ -104,11 +140,22 @@ def _row(
         not_before=not_before,
         not_after=not_after,
         created_at=now,
+        issuer_kid=issuer_kid,
+        cross_certificate_pem=(
+            certificate_pem(cross_certificate) if cross_certificate is not None else None
+        ),
+        status_changed_at=now,
     )
 
 
+def _certificate(pem: str | None) -> x509.Certificate:
+    assert pem is not None, "CA rows of X.509 kinds always carry their certificate"
+    return load_pem_certificates(pem.encode())[0]
+
+
 class CertificateAuthority:
-    """Owns the CA rows: creates them on first start and loads them into a `CaState`."""
+    """Owns the CA rows: creates keys (at first start and for rotation) and loads them into
+    a `CaState`."""
 
     def __init__(
         self, settings: Settings, engine: Engine, clock: Clock, audit: AuditLog, kek: bytes
@@ -119,6 +166,8 @@ class CertificateAuthority:
         self._audit = audit
         self._kek = kek
         self._state: CaState | None = None
+        # Decrypted keys by kid: a kid names one immutable key, so reloads reuse them.
+        self._keys: dict[str, PrivateKey] = {}
 
     @property
     def state(self) -> CaState:
@@ -130,7 +179,7 @@ class CertificateAuthority:
         return self._state
 
     def initialise(self) -> bool:
-        """Create the root, intermediate and JWT signing key unless they exist.
+        """Create the root, intermediate and JWT signing key unless active ones exist.
 
         Returns whether anything was created. Safe to run on several replicas at once.
 
@@ -140,14 +189,12 @@ class CertificateAuthority:
         """
         with transaction(self._engine) as session:
             lock_for_initialisation(session)
-            existing = {row.kind for row in self._active_rows(session)}
+            existing = {row.kind for row in self.rows(session, {SlotStatus.ACTIVE})}
             created: list[CaKey] = []
-            if not {CaKeyKind.X509_ROOT, CaKeyKind.X509_INTERMEDIATE} <= existing:
-                created += self._create_x509()
-            if CaKeyKind.JWT not in existing:
-                created.append(self._create_jwt())
+            for kind in (CaKeyKind.X509_ROOT, CaKeyKind.X509_INTERMEDIATE, CaKeyKind.JWT):
+                if kind not in existing:
+                    created.append(self.create_key(session, kind, SlotStatus.ACTIVE))
             for row in created:
-                session.add(row)
                 self._audit.record(
                     session,
                     SYSTEM_ACTOR,
@@ -156,77 +203,123 @@ class CertificateAuthority:
                     details={"kind": row.kind, "not_after": row.not_after.isoformat()},
                 )
             if created:
-                self._bump_sequence(session)
+                self.bump_sequence(session)
             return bool(created)
 
-    def _create_x509(self) -> list[CaKey]:
-        s = self._settings
-        td = s.trust_domain_obj
-        now = self._clock.now()
-        rows: list[CaKey] = []
-        if s.upstream_ca_cert is not None and s.upstream_ca_key is not None:
-            password = s.upstream_ca_key_password
-            upstream = load_upstream_authority(
-                _read(s.upstream_ca_cert, "upstream CA certificate"),
-                _read(s.upstream_ca_key, "upstream CA key"),
-                password.get_secret_value().encode() if password else None,
-                _read(s.upstream_ca_bundle, "upstream CA bundle") if s.upstream_ca_bundle else None,
-            )
-            issuer = upstream
-            root = upstream.root
-            rows.append(
-                _row(
-                    CaKeyKind.X509_ROOT,
-                    allowed_public_key(root.public_key()),
-                    describe_key(root.public_key()),
-                    root.not_valid_before_utc,
-                    root.not_valid_after_utc,
-                    now,
-                    encrypted_key=None,
-                    certificate=root,
-                    upstream=True,
-                )
-            )
-            above = (
-                (upstream.certificate, *upstream.chain)
-                if upstream.certificate != upstream.root
-                else ()
-            )
+    def create_key(self, session: Session, kind: CaKeyKind, status: SlotStatus) -> CaKey:
+        """Create a key of *kind* with *status* and add its row to *session*.
+
+        A root is self-signed and, when an active root exists, cross-signed by it; an
+        intermediate is signed by the active root (or the upstream CA).
+
+        Raises:
+            CaError: a root rotation was asked of an upstream root, there is no active root
+                to sign an intermediate, or the upstream files are unusable.
+        """
+        if kind is CaKeyKind.X509_ROOT:
+            row = self._new_root(session, status)
+        elif kind is CaKeyKind.X509_INTERMEDIATE:
+            row = self._new_intermediate(session, status)
         else:
-            root_key = generate_private_key(s.key_type)
-            root = create_root(td, root_key, self._clock, s.root_ttl)
-            issuer = Authority(certificate=root, private_key=root_key, chain=(), root=root)
-            above = ()
-            rows.append(
-                _row(
-                    CaKeyKind.X509_ROOT,
-                    allowed_public_key(root.public_key()),
-                    s.key_type,
-                    root.not_valid_before_utc,
-                    root.not_valid_after_utc,
-                    now,
-                    encrypted_key=encrypt_private_key(root_key, self._kek),
-                    certificate=root,
-                )
+            row = self._new_jwt(status)
+        session.add(row)
+        session.flush()
+        return row
+
+    def _upstream(self) -> Authority | None:
+        s = self._settings
+        if s.upstream_ca_cert is None or s.upstream_ca_key is None:
+            return None
+        password = s.upstream_ca_key_password
+        return load_upstream_authority(
+            _read(s.upstream_ca_cert, "upstream CA certificate"),
+            _read(s.upstream_ca_key, "upstream CA key"),
+            password.get_secret_value().encode() if password else None,
+            _read(s.upstream_ca_bundle, "upstream CA bundle") if s.upstream_ca_bundle else None,
+        )
+
+    def _active(self, session: Session, kind: CaKeyKind) -> CaKey | None:
+        return session.exec(
+            select(CaKey).where(CaKey.kind == kind, CaKey.status == SlotStatus.ACTIVE)
+        ).first()
+
+    def _new_root(self, session: Session, status: SlotStatus) -> CaKey:
+        s = self._settings
+        now = self._clock.now()
+        current = self._active(session, CaKeyKind.X509_ROOT)
+        upstream = self._upstream() if current is None else None
+        if upstream is not None:
+            root = upstream.root
+            return _row(
+                CaKeyKind.X509_ROOT,
+                allowed_public_key(root.public_key()),
+                describe_key(root.public_key()),
+                now,
+                status,
+                not_before=root.not_valid_before_utc,
+                not_after=root.not_valid_after_utc,
+                encrypted_key=None,
+                certificate=root,
+                upstream=True,
+            )
+        if current is not None and current.upstream:
+            raise CaError(
+                "the root is an upstream CA: rotate it upstream, then restart trustd with "
+                "the new upstream files"
             )
         key = generate_private_key(s.key_type)
-        intermediate = create_intermediate(td, key, issuer, self._clock, s.intermediate_ttl)
-        rows.append(
-            _row(
-                CaKeyKind.X509_INTERMEDIATE,
-                allowed_public_key(intermediate.public_key()),
-                s.key_type,
-                intermediate.not_valid_before_utc,
-                intermediate.not_valid_after_utc,
-                now,
-                encrypted_key=encrypt_private_key(key, self._kek),
-                certificate=intermediate,
-                chain=above,
-            )
+        root = create_root(s.trust_domain_obj, key, self._clock, s.root_ttl)
+        cross = None
+        if current is not None and current.not_after > now:
+            # Root rotation by cross-signing: the old root certifies the new one.
+            cross = create_cross_certificate(root, key, self._root_authority(current), self._clock)
+        return _row(
+            CaKeyKind.X509_ROOT,
+            allowed_public_key(root.public_key()),
+            s.key_type,
+            now,
+            status,
+            not_before=root.not_valid_before_utc,
+            not_after=root.not_valid_after_utc,
+            encrypted_key=encrypt_private_key(key, self._kek),
+            certificate=root,
+            cross_certificate=cross,
         )
-        return rows
 
-    def _create_jwt(self) -> CaKey:
+    def _root_authority(self, row: CaKey) -> Authority:
+        root = _certificate(row.certificate_pem)
+        return Authority(certificate=root, private_key=self._key(row), chain=(), root=root)
+
+    def _new_intermediate(self, session: Session, status: SlotStatus) -> CaKey:
+        s = self._settings
+        root_row = self._active(session, CaKeyKind.X509_ROOT)
+        if root_row is None:
+            raise CaError("there is no active root to sign an intermediate; activate one first")
+        if root_row.upstream:
+            issuer = self._upstream()
+            if issuer is None:
+                raise CaError("the root is an upstream CA but no upstream key is configured")
+        else:
+            issuer = self._root_authority(root_row)
+        key = generate_private_key(s.key_type)
+        intermediate = create_intermediate(
+            s.trust_domain_obj, key, issuer, self._clock, s.intermediate_ttl
+        )
+        return _row(
+            CaKeyKind.X509_INTERMEDIATE,
+            allowed_public_key(intermediate.public_key()),
+            s.key_type,
+            self._clock.now(),
+            status,
+            not_before=intermediate.not_valid_before_utc,
+            not_after=intermediate.not_valid_after_utc,
+            encrypted_key=encrypt_private_key(key, self._kek),
+            certificate=intermediate,
+            chain=issuer.issuing_chain,
+            issuer_kid=root_row.kid,
+        )
+
+    def _new_jwt(self, status: SlotStatus) -> CaKey:
         s = self._settings
         key = generate_private_key(s.jwt_key_type)
         now = self._clock.now()
@@ -235,69 +328,125 @@ class CertificateAuthority:
             key.public_key(),
             s.jwt_key_type,
             now,
-            now + s.intermediate_ttl,
-            now,
+            status,
+            not_before=now,
+            not_after=now + s.jwt_key_ttl,
             encrypted_key=encrypt_private_key(key, self._kek),
         )
 
-    def _bump_sequence(self, session: Session) -> None:
-        # Trust Domain and Bundle §4.1.1: spiffe_sequence changes with every bundle change.
-        state = session.get(BundleState, 1)
+    def bump_sequence(self, session: Session) -> int:
+        """Increase `spiffe_sequence` and return it.
+
+        Trust Domain and Bundle §4.1.1: the sequence changes with every bundle change. It
+        also moves when only the signing intermediate changes, which is how every replica
+        learns that it must reload (a larger sequence than needed is harmless).
+        """
+        state = session.get(BundleState, 1, with_for_update=True)
         now = self._clock.now()
         if state is None:
-            session.add(BundleState(id=1, sequence=1, updated_at=now))
+            state = BundleState(id=1, sequence=1, updated_at=now)
         else:
             state.sequence += 1
             state.updated_at = now
-            session.add(state)
+        session.add(state)
+        return state.sequence
 
     @staticmethod
-    def _active_rows(session: Session) -> list[CaKey]:
-        return list(session.exec(select(CaKey).where(CaKey.status == CaKeyStatus.ACTIVE)))
+    def rows(session: Session, statuses: set[SlotStatus] | frozenset[SlotStatus]) -> list[CaKey]:
+        """CA rows whose status is one of *statuses*, oldest first."""
+        return list(
+            session.exec(
+                select(CaKey)
+                .where(CaKey.status.in_([str(s) for s in statuses]))  # type: ignore[attr-defined]
+                .order_by(CaKey.created_at, CaKey.id)  # type: ignore[arg-type]
+            )
+        )
+
+    def _key(self, row: CaKey) -> PrivateKey:
+        key = self._keys.get(row.kid)
+        if key is None:
+            if row.encrypted_key is None:
+                raise CaError(f"the key of {row.kind} {row.kid} is not held by trustd")
+            key = decrypt_private_key(row.encrypted_key, self._kek)
+            self._keys[row.kid] = key
+        return key
+
+    def reload_if_changed(self) -> bool:
+        """Reload when the stored bundle sequence differs from the loaded one.
+
+        Raises:
+            NotReady, KeyDecryptionError: as `load`.
+        """
+        with transaction(self._engine) as session:
+            stored = session.get(BundleState, 1)
+        if (
+            stored is not None
+            and self._state is not None
+            and stored.sequence == self._state.bundle.sequence
+        ):
+            return False
+        self.load()
+        return True
 
     def load(self) -> CaState:
-        """Read the active CA rows and decrypt the signing keys into memory.
+        """Read the CA rows in the bundle and decrypt the signing keys into memory.
 
         Raises:
             NotReady: the CA was never initialised (run `trustd serve` or `trustd init`).
             KeyDecryptionError: the key-encryption key does not open the stored keys.
         """
         with transaction(self._engine) as session:
-            rows = self._active_rows(session)
+            rows = self.rows(session, IN_BUNDLE)
             bundle_state = session.get(BundleState, 1)
-        by_kind = {CaKeyKind(row.kind): row for row in rows}
-        missing = {CaKeyKind.X509_ROOT, CaKeyKind.X509_INTERMEDIATE, CaKeyKind.JWT} - set(by_kind)
+        active = {CaKeyKind(row.kind): row for row in rows if row.status == SlotStatus.ACTIVE}
+        missing = {CaKeyKind.X509_ROOT, CaKeyKind.X509_INTERMEDIATE, CaKeyKind.JWT} - set(active)
         if missing or bundle_state is None:
             raise NotReady("the CA is not initialised; run `trustd init` or `trustd serve`")
-        root_row = by_kind[CaKeyKind.X509_ROOT]
-        int_row = by_kind[CaKeyKind.X509_INTERMEDIATE]
-        jwt_row = by_kind[CaKeyKind.JWT]
-        assert root_row.certificate_pem and int_row.certificate_pem and int_row.encrypted_key
-        assert jwt_row.encrypted_key
-        root = load_pem_certificates(root_row.certificate_pem.encode())[0]
-        authority = Authority(
-            certificate=load_pem_certificates(int_row.certificate_pem.encode())[0],
-            private_key=decrypt_private_key(int_row.encrypted_key, self._kek),
-            chain=tuple(load_pem_certificates(int_row.chain_pem.encode()))
-            if int_row.chain_pem
-            else (),
-            root=root,
-        )
-        jwt_key = decrypt_private_key(jwt_row.encrypted_key, self._kek)
+        now = self._clock.now()
+        roots = {
+            row.kid: row for row in rows if row.kind == CaKeyKind.X509_ROOT and row.certificate_pem
+        }
+        issuers: dict[str, Authority] = {
+            kid: self._root_authority(row)
+            for kid, row in roots.items()
+            if row.encrypted_key is not None
+        }
+        for row in rows:
+            if row.kind != CaKeyKind.X509_INTERMEDIATE or row.status == SlotStatus.PREPARED:
+                continue
+            root_row = roots.get(row.issuer_kid or "") or active[CaKeyKind.X509_ROOT]
+            issuers[row.kid] = Authority(
+                certificate=_certificate(row.certificate_pem),
+                private_key=self._key(row),
+                chain=tuple(load_pem_certificates(row.chain_pem.encode())) if row.chain_pem else (),
+                root=_certificate(root_row.certificate_pem),
+            )
+        int_row = active[CaKeyKind.X509_INTERMEDIATE]
+        jwt_row = active[CaKeyKind.JWT]
+        signing_root = roots.get(int_row.issuer_kid or "")
+        cross: tuple[x509.Certificate, ...] = ()
+        if signing_root is not None and signing_root.cross_certificate_pem:
+            certificate = _certificate(signing_root.cross_certificate_pem)
+            if certificate.not_valid_after_utc > now:
+                cross = (certificate,)
         bundle = TrustBundle(
             trust_domain=self._settings.trust_domain_obj,
-            x509_authorities=(root,),
-            jwt_authorities={jwt_row.kid: jwt_key.public_key()},
+            x509_authorities=tuple(_certificate(r.certificate_pem) for r in roots.values()),
+            jwt_authorities={
+                row.kid: self._key(row).public_key() for row in rows if row.kind == CaKeyKind.JWT
+            },
             sequence=bundle_state.sequence,
             refresh_hint=int(self._settings.bundle_refresh_hint.total_seconds()),
         )
         for row in rows:
             metrics.CA_EXPIRY.labels(row.kind, row.kid).set(row.not_after.timestamp())
         self._state = CaState(
-            authority=authority,
+            authority=issuers[int_row.kid],
             authority_kid=int_row.kid,
-            jwt_signer=JwtSigner(jwt_row.kid, jwt_key),
+            jwt_signer=JwtSigner(jwt_row.kid, self._key(jwt_row)),
             bundle=bundle,
             keys=tuple(rows),
+            issuers=MappingProxyType(issuers),
+            cross_certificates=cross,
         )
         return self._state

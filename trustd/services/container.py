@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 
 from pki.clock import Clock, SystemClock
 from trustd.bus import Bus, create_bus
+from trustd.leader import create_leader
 from trustd.services.agents import Agents
 from trustd.services.audit import AuditLog
 from trustd.services.auth import AdminTokens
@@ -16,6 +17,8 @@ from trustd.services.entries import Entries
 from trustd.services.issuance import Issuer
 from trustd.services.nodes import Nodes, build_attestors
 from trustd.services.policy import PolicyService
+from trustd.services.revocation import Revocations
+from trustd.services.rotation import RotationManager
 from trustd.settings import Settings
 from trustd.store.db import create_db_engine
 
@@ -34,6 +37,8 @@ class Services:
     entries: Entries
     agents: Agents
     policy: PolicyService
+    revocations: Revocations
+    rotation: RotationManager
 
 
 def build_services(settings: Settings, clock: Clock | None = None) -> Services:
@@ -46,6 +51,8 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     issuer = Issuer(settings, engine, ca, clock, audit)
     nodes = Nodes(settings, engine, clock, audit, bus, issuer, build_attestors(settings, kek))
     entries = Entries(settings, engine, clock, audit, bus)
+    revocations = Revocations(settings, engine, clock, audit, ca, bus)
+    leader = create_leader(settings, engine, clock, "ca-rotation")
     return Services(
         settings=settings,
         engine=engine,
@@ -59,4 +66,6 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         entries=entries,
         agents=Agents(engine, clock, audit, bus, nodes, entries, issuer, ca),
         policy=PolicyService(settings, engine, clock, audit, bus),
+        revocations=revocations,
+        rotation=RotationManager(settings, engine, clock, audit, ca, revocations, bus, leader),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from cryptography import x509
@@ -25,7 +25,7 @@ from trustd import metrics
 from trustd.errors import InvalidRequest
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
-from trustd.services.ca import SYSTEM_ACTOR, CertificateAuthority
+from trustd.services.ca import SYSTEM_ACTOR, CertificateAuthority, crl_url
 from trustd.settings import Settings
 from trustd.store.db import transaction
 from trustd.store.models import CertificateKind, CertificateStatus, IssuedCertificate
@@ -49,6 +49,7 @@ class IssuedX509:
     # Intermediates from the issuing CA up to, excluding, the root (X509-SVID §5.3).
     intermediates: tuple[x509.Certificate, ...]
     spiffe_id: SpiffeId
+    issuer_kid: str
 
 
 def _serial_hex(certificate: x509.Certificate) -> str:
@@ -130,11 +131,15 @@ class Issuer:
         """Sign an X509-SVID with the active authority. Nothing is recorded yet: the caller
         must `record` it in the transaction that commits before the SVID is handed out.
         """
-        authority = self._ca.state.authority
-        certificate = issue_x509_svid(authority, params, self._clock)
+        state = self._ca.state
+        if self._settings.svid_crl_distribution_point:
+            # RFC 5280 §4.2.1.13: point relying parties at the CRL of the issuing key.
+            params = replace(params, crl_url=crl_url(self._settings, state.authority_kid))
+        certificate = issue_x509_svid(state.authority, params, self._clock)
         return IssuedX509(
             certificate=certificate,
-            intermediates=(authority.certificate, *authority.chain),
+            intermediates=state.intermediates,
+            issuer_kid=state.authority_kid,
             spiffe_id=params.spiffe_id,
         )
 
@@ -150,7 +155,7 @@ class Issuer:
                 "serial": serial,
                 "kind": kind,
                 "spiffe_id": str(issued.spiffe_id),
-                "issuer_kid": self._ca.state.authority_kid,
+                "issuer_kid": issued.issuer_kid,
                 "status": CertificateStatus.VALID,
                 "not_before": certificate.not_valid_before_utc,
                 "not_after": certificate.not_valid_after_utc,

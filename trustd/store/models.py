@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, LargeBinary, MetaData, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from pki.rotation import KeyKind, SlotStatus
 from trustd.store.types import UTCDateTime
 
 # Deterministic constraint names so migrations render the same on SQLite and PostgreSQL.
@@ -23,14 +24,9 @@ SQLModel.metadata = MetaData(
 )
 
 
-class CaKeyKind(StrEnum):
-    X509_ROOT = "x509-root"
-    X509_INTERMEDIATE = "x509-intermediate"
-    JWT = "jwt"
-
-
-class CaKeyStatus(StrEnum):
-    ACTIVE = "active"
+CaKeyKind = KeyKind
+# A CA key's status is its rotation slot's (prepared/active/old/tainted/revoked/retired).
+CaKeyStatus = SlotStatus
 
 
 class CertificateKind(StrEnum):
@@ -56,7 +52,7 @@ class CaKey(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     kid: str = Field(max_length=64, unique=True)
     kind: str = Field(max_length=32, index=True)
-    status: str = Field(max_length=16)
+    status: str = Field(max_length=16, index=True)
     key_type: str = Field(max_length=16)
     # PKCS#8, encrypted with the key-encryption key; NULL when the key lives outside
     # trustd (an upstream authority whose key stays in the operator's files).
@@ -69,6 +65,12 @@ class CaKey(SQLModel, table=True):
     not_before: datetime = Field(sa_type=UTCDateTime)
     not_after: datetime = Field(sa_type=UTCDateTime)
     created_at: datetime = Field(sa_type=UTCDateTime)
+    # The CA key that signed this certificate (an intermediate's root); NULL for roots.
+    issuer_kid: str | None = Field(default=None, max_length=64, index=True)
+    # For a root that replaced another: this root's key certified by its predecessor, so
+    # verifiers that only hold the predecessor still reach the new root (cross-signing).
+    cross_certificate_pem: str | None = Field(default=None, sa_column=Column(Text))
+    status_changed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class IssuedCertificate(SQLModel, table=True):
@@ -215,3 +217,4 @@ class AttestationReplay(SQLModel, table=True):
 
 # Tables defined in their own modules, imported here so Alembic sees one metadata.
 from trustd.store import policy_models as _policy_models  # noqa: E402, F401
+from trustd.store import rotation_models as _rotation_models  # noqa: E402, F401

@@ -1,0 +1,124 @@
+"""Ten CA lifetimes on a fake clock, with issuance at every step: no SVID ever stops
+verifying against the bundle an agent holds, and old keys leave the bundle only after the
+last credential they signed has expired.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from sqlmodel import Session, func, select
+
+from pki.bundle import TrustBundle
+from pki.ca import create_csr, verify_x509_svid
+from pki.clock import FakeClock
+from pki.jwt_svid import validate_jwt_svid
+from pki.keys import KeyType, generate_private_key
+from pki.rotation import SlotStatus
+from pki.spiffe_id import TrustDomain
+from tests.functional.conftest import make_settings
+from trustd.bootstrap import initialise, migrate
+from trustd.services.auth import Principal, Role
+from trustd.services.container import build_services
+from trustd.store.models import AuditEvent, CaKey, IssuedCertificate
+
+TD = TrustDomain.parse("example.org")
+STEP = timedelta(minutes=5)
+INTERMEDIATE_TTL = timedelta(hours=2)
+LIFETIMES = 10
+# The agent fetches the bundle every refresh hint, like a SPIFFE bundle consumer.
+AGENT_REFRESH_STEPS = 3
+ADMIN = Principal("test", Role.ADMIN)
+
+
+@dataclass(frozen=True)
+class X509Issued:
+    leaf: x509.Certificate
+    intermediates: tuple[x509.Certificate, ...]
+
+
+def test_ten_ca_lifetimes_without_a_gap(tmp_path: Path, database_url: str) -> None:
+    clock = FakeClock(datetime(2030, 1, 1, tzinfo=UTC))
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        root_ttl=timedelta(hours=6),
+        intermediate_ttl=INTERMEDIATE_TTL,
+        jwt_key_ttl=INTERMEDIATE_TTL,
+        x509_svid_ttl=timedelta(minutes=20),
+        jwt_svid_ttl=timedelta(minutes=10),
+        jwt_svid_max_ttl=timedelta(minutes=10),
+        bundle_refresh_hint=STEP * AGENT_REFRESH_STEPS,
+        bundle_reload_interval=STEP,
+    )
+    settings.data_dir.mkdir(parents=True)
+    migrate(database_url)
+    services = build_services(settings, clock)
+    initialise(services)
+    services.ca.load()
+    key = generate_private_key(KeyType.EC_P256)
+    csr = create_csr(key).encode()
+
+    def served_bundle() -> TrustBundle:
+        # What an agent gets: the bundle through its wire format.
+        return TrustBundle.from_jwks(services.ca.state.bundle.to_json().encode(), TD)
+
+    # Three agents refresh on different phases, so some always hold a bundle almost one
+    # refresh interval old.
+    agent_bundles = [served_bundle() for _ in range(AGENT_REFRESH_STEPS)]
+    x509_svids: list[X509Issued] = []
+    jwt_svids: list[str] = []
+    steps = int(LIFETIMES * INTERMEDIATE_TTL / STEP)
+    for step in range(steps):
+        clock.advance(STEP)
+        services.rotation.tick()
+        issued = services.issuer.issue_x509_svid(ADMIN, f"spiffe://{TD.name}/w/{step}", csr)
+        x509_svids.append(X509Issued(issued.certificate, issued.intermediates))
+        jwt_svids.append(
+            services.issuer.mint_jwt_svid(ADMIN, f"spiffe://{TD.name}/w/{step}", ["api"]).token
+        )
+        agent_bundles[step % AGENT_REFRESH_STEPS] = served_bundle()
+        now = clock.now()
+        for bundle in (*agent_bundles, served_bundle()):
+            for svid in x509_svids:
+                if svid.leaf.not_valid_after_utc > now:
+                    verify_x509_svid(
+                        svid.leaf, svid.intermediates, bundle.x509_authorities, TD, clock
+                    )
+            # The last two cover every unexpired JWT-SVID (10 minutes, 5-minute steps).
+            for token in jwt_svids[-2:]:
+                validate_jwt_svid(token, bundle.jwt_authorities, "api", clock, TD)
+        x509_svids = [s for s in x509_svids if s.leaf.not_valid_after_utc > now]
+
+    with Session(services.engine) as session:
+        rows = session.exec(select(CaKey)).all()
+        actions = Counter(
+            (e.details.get("kind"), e.action)
+            for e in session.exec(select(AuditEvent).where(AuditEvent.action.like("ca:%")))
+        )
+        retired = [r for r in rows if r.status == SlotStatus.RETIRED]
+        for row in retired:
+            if row.kind != "x509-intermediate":
+                continue
+            last = session.exec(
+                select(func.max(IssuedCertificate.not_after)).where(
+                    IssuedCertificate.issuer_kid == row.kid
+                )
+            ).one()
+            # An intermediate left only after the last SVID it signed had expired.
+            assert row.status_changed_at is not None
+            assert last is None or last <= row.status_changed_at
+    # The rotations really happened: about one intermediate and one JWT key per lifetime,
+    # and the 6-hour root rotated (cross-signed) several times.
+    assert actions[("x509-intermediate", "ca:authority:active")] >= LIFETIMES - 1
+    assert actions[("jwt", "ca:authority:active")] >= LIFETIMES - 1
+    assert actions[("x509-root", "ca:authority:active")] >= 2
+    assert {r.kind for r in retired} == {"x509-root", "x509-intermediate", "jwt"}
+    assert any(r.cross_certificate_pem for r in rows if r.kind == "x509-root")
+    # The bundle never keeps more than the keys still needed.
+    assert len(services.ca.state.bundle.x509_authorities) <= 3
+    services.engine.dispose()

@@ -1,0 +1,509 @@
+"""Revocation: revoking certificates, CRLs per issuing key, the OCSP responder, and the
+revocation feed that agents follow (revocations since a revision).
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography.x509 import ocsp
+from sqlalchemy import Engine, func, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from pki.ca import CA_BACKDATE
+from pki.clock import Clock
+from pki.errors import InvalidOcspRequest
+from pki.revocation import (
+    GOOD,
+    UNKNOWN,
+    CertStatus,
+    RevocationReason,
+    RevokedEntry,
+    build_crl,
+    build_ocsp_response,
+    crl_der,
+    ocsp_error,
+    ocsp_request_names,
+    parse_ocsp_request,
+)
+from pki.spiffe_id import SpiffeId
+from trustd.bus import Bus
+from trustd.errors import Conflict, InvalidRequest, NotFound
+from trustd.services.audit import AuditLog
+from trustd.services.auth import Principal
+from trustd.services.ca import CertificateAuthority
+from trustd.settings import Settings
+from trustd.store.db import transaction
+from trustd.store.models import CertificateStatus, IssuedCertificate
+from trustd.store.rotation_models import CrlState, RevocationEvent, RevocationState
+
+MAX_PAGE = 1000
+# Revocation events kept in memory for agents catching up.
+FEED_CACHE = 100_000
+REVOCATION_CHANNEL = "revocation"
+
+
+@dataclass(frozen=True)
+class Revoked:
+    """The outcome of one revoke call: the serials it revoked and the newest revision."""
+
+    serials: tuple[str, ...]
+    revision: int
+
+
+@dataclass(frozen=True)
+class RevocationFeed:
+    """Revocations after a revision, for agents (`revision` is where to resume from)."""
+
+    events: tuple[RevocationEvent, ...]
+    revision: int
+
+
+def _page_limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+    return limit
+
+
+def serial_hex(serial: int) -> str:
+    return format(serial, "x")
+
+
+class Revocations:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        clock: Clock,
+        audit: AuditLog,
+        ca: CertificateAuthority,
+        bus: Bus,
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._clock = clock
+        self._audit = audit
+        self._ca = ca
+        self._bus = bus
+        # The in-memory tail of the revocation feed (see `since`).
+        self._feed_lock = threading.Lock()
+        self._tickets_lock = threading.Lock()
+        self._tickets = 0
+        self._covered = 0
+        self._floor = -1
+        self._tail = 0
+        self._events: list[RevocationEvent] = []
+        self._revisions: list[int] = []
+
+    # ------------------------------------------------------------------ revoking
+
+    def revoke(
+        self,
+        principal: Principal,
+        *,
+        serial: str | None = None,
+        spiffe_id: str | None = None,
+        reason: RevocationReason = RevocationReason.UNSPECIFIED,
+    ) -> Revoked:
+        """Revoke one certificate by serial, or every unexpired SVID of a SPIFFE ID.
+
+        Raises:
+            InvalidRequest: not exactly one of *serial* and *spiffe_id*.
+            InvalidSpiffeId: *spiffe_id* is malformed.
+            NotFound: no such certificate, or no unexpired valid SVID of that ID.
+            Conflict: the certificate is already revoked or has expired.
+            StoreUnavailable: the database is down; nothing was revoked.
+        """
+        if (serial is None) == (spiffe_id is None):
+            raise InvalidRequest("give exactly one of serial and spiffe_id")
+        now = self._clock.now()
+        with transaction(self._engine) as session:
+            if serial is not None:
+                row = session.get(IssuedCertificate, serial.lower(), with_for_update=True)
+                if row is None:
+                    raise NotFound(f"no certificate with serial {serial!r} was issued here")
+                if row.status == CertificateStatus.REVOKED:
+                    raise Conflict(f"certificate {row.serial} is already revoked")
+                if row.not_after <= now:
+                    raise Conflict(
+                        f"certificate {row.serial} has expired; there is nothing to revoke"
+                    )
+                rows = [row]
+                target = row.serial
+            else:
+                assert spiffe_id is not None
+                target = str(SpiffeId.parse(spiffe_id))
+                rows = self._live(session, IssuedCertificate.spiffe_id == target)
+                if not rows:
+                    raise NotFound(f"no unexpired valid certificate for {target}")
+            revision = self.record(session, rows, reason, principal.name)
+            self._audit.record(
+                session,
+                principal.name,
+                "certificate:revocation:created",
+                target=target,
+                details={
+                    "reason": str(reason),
+                    "serials": [r.serial for r in rows][:100],
+                    "count": len(rows),
+                    "revision": revision,
+                },
+            )
+        self._bus.publish(REVOCATION_CHANNEL, str(revision))
+        return Revoked(tuple(r.serial for r in rows), revision)
+
+    def _live(self, session: Session, *where: object) -> list[IssuedCertificate]:
+        return list(
+            session.exec(
+                select(IssuedCertificate)
+                .where(
+                    IssuedCertificate.status == CertificateStatus.VALID,
+                    IssuedCertificate.not_after > self._clock.now(),
+                    *where,  # type: ignore[arg-type]
+                )
+                .order_by(col(IssuedCertificate.serial))
+                .with_for_update()
+            )
+        )
+
+    def revoke_issued_by(
+        self, session: Session, issuer_kid: str, reason: RevocationReason, actor: str
+    ) -> int:
+        """Inside the caller's transaction, revoke every unexpired certificate *issuer_kid*
+        signed; returns how many."""
+        rows = self._live(session, IssuedCertificate.issuer_kid == issuer_kid)
+        if rows:
+            self.record(session, rows, reason, actor)
+        return len(rows)
+
+    def record(
+        self,
+        session: Session,
+        rows: Sequence[IssuedCertificate],
+        reason: RevocationReason,
+        actor: str,
+    ) -> int:
+        """Mark *rows* revoked and append them to the revocation feed; returns the newest
+        revision. The counter row is updated first, so its lock orders concurrent revokers
+        by commit.
+        """
+        return self.record_entries(
+            session,
+            [(r.serial, r.issuer_kid, r.spiffe_id, r.not_after) for r in rows],
+            reason,
+            actor,
+            rows,
+        )
+
+    def record_entries(
+        self,
+        session: Session,
+        entries: Sequence[tuple[str, str, str | None, datetime]],
+        reason: RevocationReason,
+        actor: str,
+        rows: Sequence[IssuedCertificate] = (),
+    ) -> int:
+        """Append revocation events (serial, issuer kid, SPIFFE ID, not_after) and mark
+        *rows* revoked; returns the newest revision."""
+        now = self._clock.now()
+        newest: int = session.execute(
+            update(RevocationState)
+            .where(col(RevocationState.id) == 1)
+            .values(revision=col(RevocationState.revision) + len(entries))
+            .returning(col(RevocationState.revision))
+        ).scalar_one()
+        first = newest - len(entries) + 1
+        for offset, (serial, issuer_kid, spiffe_id, not_after) in enumerate(entries):
+            session.add(
+                RevocationEvent(
+                    revision=first + offset,
+                    serial=serial,
+                    issuer_kid=issuer_kid,
+                    spiffe_id=spiffe_id,
+                    reason=reason,
+                    revoked_at=now,
+                    not_after=not_after,
+                    revoked_by=actor,
+                )
+            )
+        for row in rows:
+            row.status = CertificateStatus.REVOKED
+            row.revoked_at = now
+            row.revocation_reason = reason
+            session.add(row)
+        return newest
+
+    # ------------------------------------------------------------------ reading
+
+    def get_certificate(self, serial: str) -> IssuedCertificate:
+        """Raises:
+        NotFound: no certificate with that serial.
+        """
+        with transaction(self._engine) as session:
+            row = session.get(IssuedCertificate, serial.lower())
+        if row is None:
+            raise NotFound(f"no certificate with serial {serial!r} was issued here")
+        return row
+
+    def list_certificates(
+        self,
+        *,
+        spiffe_id: str | None = None,
+        status: CertificateStatus | None = None,
+        issuer_kid: str | None = None,
+        live_only: bool = False,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[IssuedCertificate]:
+        """A page of issued certificates ordered by serial; pass the last serial as *after*
+        for the next page.
+
+        Raises:
+            InvalidRequest: *limit* out of range.
+        """
+        query = select(IssuedCertificate).order_by(col(IssuedCertificate.serial))
+        if spiffe_id is not None:
+            query = query.where(IssuedCertificate.spiffe_id == spiffe_id)
+        if status is not None:
+            query = query.where(IssuedCertificate.status == status)
+        if issuer_kid is not None:
+            query = query.where(IssuedCertificate.issuer_kid == issuer_kid)
+        if live_only:
+            query = query.where(IssuedCertificate.not_after > self._clock.now())
+        if after is not None:
+            query = query.where(col(IssuedCertificate.serial) > after.lower())
+        with transaction(self._engine) as session:
+            return list(session.exec(query.limit(_page_limit(limit))))
+
+    def since(
+        self, revision: int, limit: int = MAX_PAGE, announced: int | None = None
+    ) -> RevocationFeed:
+        """Revocations with a revision greater than *revision*, oldest first (for agents:
+        resume from the returned `revision`).
+
+        Every agent long-polling this replica asks the same question when a revocation is
+        announced; recent events are kept in memory and one database read answers all the
+        callers that were already waiting when it started (single flight). *announced* is
+        the revision a `revocation` notification carried: when memory already holds it, no
+        read is needed at all.
+
+        Raises:
+            InvalidRequest: negative revision or *limit* out of range.
+            StoreUnavailable: the database is down.
+        """
+        if revision < 0:
+            raise InvalidRequest("revision must not be negative")
+        limit = _page_limit(limit)
+        with self._tickets_lock:
+            self._tickets += 1
+            ticket = self._tickets
+        with self._feed_lock:
+            known = announced is not None and self._floor >= 0 and announced <= self._tail
+            if self._covered < ticket and not known:
+                with self._tickets_lock:
+                    covered = self._tickets
+                self._pull()
+                self._covered = covered
+            if revision >= self._floor:
+                start = bisect.bisect_right(self._revisions, revision)
+                events = tuple(self._events[start : start + limit])
+            else:
+                events = self._query_since(revision, limit)
+        # Only what was read moves the agent forward: a revision is never skipped.
+        return RevocationFeed(events, events[-1].revision if events else revision)
+
+    def _pull(self) -> None:
+        """Append the events committed since the cache was last filled."""
+        with transaction(self._engine) as session:
+            if self._floor < 0:
+                # First use: the cache starts at the current revision; older questions go
+                # to the database.
+                self._floor = self._tail = self._revision(session)
+                return
+            fresh = session.exec(
+                select(RevocationEvent)
+                .where(col(RevocationEvent.revision) > self._tail)
+                .order_by(col(RevocationEvent.revision))
+            ).all()
+        for event in fresh:
+            self._events.append(event)
+            self._revisions.append(event.revision)
+        if fresh:
+            self._tail = fresh[-1].revision
+        if len(self._events) > FEED_CACHE:
+            drop = len(self._events) - FEED_CACHE
+            self._floor = self._revisions[drop - 1]
+            del self._events[:drop], self._revisions[:drop]
+
+    def _query_since(self, revision: int, limit: int) -> tuple[RevocationEvent, ...]:
+        with transaction(self._engine) as session:
+            return tuple(
+                session.exec(
+                    select(RevocationEvent)
+                    .where(col(RevocationEvent.revision) > revision)
+                    .order_by(col(RevocationEvent.revision))
+                    .limit(limit)
+                )
+            )
+
+    @staticmethod
+    def _revision(session: Session) -> int:
+        state = session.get(RevocationState, 1)
+        return state.revision if state is not None else 0
+
+    # ------------------------------------------------------------------ CRLs
+
+    def crl(self, issuer_kid: str) -> bytes:
+        """The current DER CRL of *issuer_kid*, regenerated first if a revocation made it
+        stale or its next update is near.
+
+        Raises:
+            NotFound: no CA key of that kid signs CRLs here.
+            StoreUnavailable: the database is down.
+        """
+        authority = self._ca.state.issuers.get(issuer_kid)
+        if authority is None:
+            raise NotFound(f"no CRL is published for CA key {issuer_kid!r}")
+        with transaction(self._engine) as session:
+            stored = session.get(CrlState, issuer_kid)
+            if stored is not None and self._fresh(session, stored):
+                return stored.der
+        return self._generate(issuer_kid)
+
+    def _fresh(self, session: Session, stored: CrlState) -> bool:
+        newest = session.exec(
+            select(func.max(RevocationEvent.revision)).where(
+                RevocationEvent.issuer_kid == stored.issuer_kid
+            )
+        ).one()
+        # Regenerate at half the validity, well before nextUpdate (RFC 5280 §5.1.2.5).
+        due = stored.this_update + self._settings.crl_validity / 2
+        return (newest or 0) <= stored.revision and self._clock.now() < due
+
+    def _generate(self, issuer_kid: str) -> bytes:
+        authority = self._ca.state.issuers[issuer_kid]
+        now = self._clock.now()
+        try:
+            with transaction(self._engine) as session:
+                stored = session.get(CrlState, issuer_kid, with_for_update=True)
+                if stored is not None and self._fresh(session, stored):
+                    return stored.der  # another replica regenerated it meanwhile
+                # RFC 5280 §3.3: an entry may leave once it appeared on one CRL issued after
+                # the certificate expired; keep it for a whole validity period to be sure.
+                horizon = now - self._settings.crl_validity
+                # Plain rows, not ORM objects: a CRL may list 100k entries.
+                events = session.execute(
+                    select(
+                        col(RevocationEvent.serial),
+                        col(RevocationEvent.revoked_at),
+                        col(RevocationEvent.reason),
+                        col(RevocationEvent.revision),
+                    ).where(
+                        RevocationEvent.issuer_kid == issuer_kid,
+                        col(RevocationEvent.not_after) > horizon,
+                    )
+                ).all()
+                revision = max((e.revision for e in events), default=0)
+                newest = session.exec(
+                    select(func.max(RevocationEvent.revision)).where(
+                        RevocationEvent.issuer_kid == issuer_kid
+                    )
+                ).one()
+                number = stored.number + 1 if stored is not None else 1
+                crl = build_crl(
+                    authority.certificate,
+                    authority.private_key,
+                    (RevokedEntry(int(e[0], 16), e[1], RevocationReason(e[2])) for e in events),
+                    number,
+                    now - CA_BACKDATE,
+                    now + self._settings.crl_validity,
+                )
+                der = crl_der(crl)
+                row = CrlState(
+                    issuer_kid=issuer_kid,
+                    number=number,
+                    revision=max(revision, newest or 0),
+                    entries=len(events),
+                    this_update=crl.last_update_utc,
+                    next_update=crl.next_update_utc or now,
+                    der=der,
+                )
+                session.merge(row)
+                return der
+        except IntegrityError:
+            # Two replicas generated the first CRL at once; the other one's is as good.
+            with transaction(self._engine) as session:
+                stored = session.get(CrlState, issuer_kid)
+                assert stored is not None
+                return stored.der
+
+    def refresh_crls(self) -> int:
+        """Regenerate every stale or ageing CRL (the leader's ticker); returns how many."""
+        count = 0
+        for kid in self._ca.state.issuers:
+            with transaction(self._engine) as session:
+                stored = session.get(CrlState, kid)
+                fresh = stored is not None and self._fresh(session, stored)
+            if not fresh:
+                self._generate(kid)
+                count += 1
+        return count
+
+    # ------------------------------------------------------------------ OCSP
+
+    def ocsp(self, request_der: bytes) -> bytes:
+        """Answer one DER OCSP request with a DER OCSP response (RFC 6960).
+
+        Protocol errors are answered in the protocol: malformedRequest for bad DER,
+        unauthorized for a CertID of a CA this responder does not serve (RFC 6960 §2.3).
+        """
+        try:
+            request = parse_ocsp_request(request_der)
+        except InvalidOcspRequest:
+            return ocsp_error(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
+        state = self._ca.state
+        match = next(
+            (
+                (kid, authority)
+                for kid, authority in state.issuers.items()
+                if not authority.is_root and ocsp_request_names(request, authority.certificate)
+            ),
+            None,
+        )
+        if match is None:
+            return ocsp_error(ocsp.OCSPResponseStatus.UNAUTHORIZED)
+        kid, authority = match
+        with transaction(self._engine) as session:
+            row = session.execute(
+                select(
+                    col(IssuedCertificate.issuer_kid),
+                    col(IssuedCertificate.status),
+                    col(IssuedCertificate.revoked_at),
+                    col(IssuedCertificate.revocation_reason),
+                ).where(IssuedCertificate.serial == serial_hex(request.serial_number))
+            ).first()
+        status: CertStatus
+        if row is None or row.issuer_kid != kid:
+            status = UNKNOWN
+        elif row.status == CertificateStatus.REVOKED:
+            status = CertStatus(
+                ocsp.OCSPCertStatus.REVOKED,
+                row.revoked_at,
+                RevocationReason(row.revocation_reason or RevocationReason.UNSPECIFIED),
+            )
+        else:
+            status = GOOD
+        now = self._clock.now()
+        return build_ocsp_response(
+            request,
+            authority.certificate,
+            authority.private_key,
+            status,
+            now,
+            now + self._settings.ocsp_validity,
+        )

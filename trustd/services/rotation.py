@@ -1,0 +1,415 @@
+"""The rotation manager: owns every CA key status change, manual or scheduled.
+
+The ticker only calls `tick`; what is due comes from `pki.rotation.plan`, a pure function of
+the clock and the stored slots (SPIRE `ca/manager`). Every change is one transaction that
+also bumps the bundle sequence and writes the audit rows; after the commit the bundle
+channel wakes every replica, which reloads its CA state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy import Engine, func
+from sqlmodel import Session, col, select
+
+from pki.ca import load_pem_certificates
+from pki.clock import Clock
+from pki.revocation import RevocationReason
+from pki.rotation import (
+    IN_BUNDLE,
+    Action,
+    Activate,
+    Prepare,
+    Slot,
+    SlotStatus,
+    check_transition,
+    plan,
+)
+from trustd.bus import Bus
+from trustd.errors import Conflict, NotFound
+from trustd.leader import Leader, LostLeadership
+from trustd.services.audit import AuditLog
+from trustd.services.auth import Principal
+from trustd.services.ca import SYSTEM_ACTOR, CertificateAuthority
+from trustd.services.revocation import Revocations, serial_hex
+from trustd.settings import Settings
+from trustd.store.db import transaction
+from trustd.store.models import CaKey, CaKeyKind, CertificateStatus, IssuedCertificate
+
+log = structlog.get_logger("trustd.rotation")
+BUNDLE_CHANNEL = "bundle"
+# Roots first: an intermediate prepared in the same tick is signed by the root active then.
+_KINDS = (CaKeyKind.X509_ROOT, CaKeyKind.X509_INTERMEDIATE, CaKeyKind.JWT)
+
+
+@dataclass(frozen=True)
+class KeyChange:
+    kid: str
+    kind: str
+    status: str
+    sequence: int
+
+
+class RotationManager:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        clock: Clock,
+        audit: AuditLog,
+        ca: CertificateAuthority,
+        revocations: Revocations,
+        bus: Bus,
+        leader: Leader,
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._clock = clock
+        self._audit = audit
+        self._ca = ca
+        self._revocations = revocations
+        self._bus = bus
+        self.leader = leader
+        # How many ticks this replica ran as the leader.
+        self.ticks_led = 0
+
+    # ------------------------------------------------------------------ scheduled
+
+    def _retirable(self, session: Session, row: CaKey, rows: Sequence[CaKey]) -> bool:
+        now = self._clock.now()
+        changed = row.status_changed_at or row.created_at
+        # Replicas that have not reloaded yet may still sign with a key that just became
+        # old; wait one reload interval before judging what it signed.
+        if now < changed + self._settings.bundle_reload_interval:
+            return False
+        if row.kind == CaKeyKind.X509_INTERMEDIATE:
+            last = session.exec(
+                select(func.max(IssuedCertificate.not_after)).where(
+                    IssuedCertificate.issuer_kid == row.kid
+                )
+            ).one()
+            return last is None or last <= now
+        if row.kind == CaKeyKind.X509_ROOT:
+            # A root leaves the bundle once every intermediate it signed has left it.
+            return not any(r.issuer_kid == row.kid for r in rows if r.kid != row.kid)
+        # JWT-SVIDs are not stored: the last one this key signed expires at most the
+        # maximum JWT-SVID lifetime after it stopped signing.
+        return (
+            now >= changed + self._settings.jwt_svid_max_ttl + self._settings.bundle_reload_interval
+        )
+
+    def _slots(self, session: Session) -> tuple[list[Slot], list[CaKey]]:
+        rows = self._ca.rows(session, IN_BUNDLE)
+        slots = [
+            Slot(
+                kid=row.kid,
+                kind=row.kind,
+                status=SlotStatus(row.status),
+                not_before=row.not_before,
+                not_after=row.not_after,
+                published_at=row.created_at,
+                retirable=row.status in (SlotStatus.OLD, SlotStatus.TAINTED)
+                and self._retirable(session, row, rows),
+            )
+            for row in rows
+        ]
+        return slots, rows
+
+    def tick(self, epoch: int | None = None) -> list[Action]:
+        """Apply every transition due now, in one transaction; returns what was done.
+
+        With *epoch*, the transaction first checks the leader's fencing token.
+
+        Raises:
+            LostLeadership: a newer leader exists; nothing was changed.
+            CaError: a key could not be created; nothing was changed.
+            StoreUnavailable: the database is down.
+        """
+        applied: list[Action] = []
+        with transaction(self._engine) as session:
+            if epoch is not None:
+                self.leader.fence.check(session, epoch)
+            upstream_root = any(
+                r.upstream
+                for r in self._ca.rows(session, {SlotStatus.ACTIVE})
+                if r.kind == CaKeyKind.X509_ROOT
+            )
+            for kind in _KINDS:
+                if kind is CaKeyKind.X509_ROOT and upstream_root:
+                    continue  # an upstream root is rotated upstream, not here
+                slots, _ = self._slots(session)
+                for action in plan(
+                    self._clock.now(), slots, kind, self._settings.bundle_refresh_hint
+                ):
+                    self._apply(session, action, SYSTEM_ACTOR)
+                    applied.append(action)
+            sequence = self._ca.bump_sequence(session) if applied else 0
+        if epoch is not None:
+            self.ticks_led += 1
+        if applied:
+            log.info("ca_rotated", actions=[repr(a) for a in applied], sequence=sequence)
+            self._changed(sequence)
+        return applied
+
+    def _apply(self, session: Session, action: Action, actor: str) -> CaKey:
+        if isinstance(action, Prepare):
+            return self._prepare(session, CaKeyKind(action.kind), actor)
+        if isinstance(action, Activate):
+            return self._activate(session, self._row(session, action.kid), actor)
+        return self._set_status(session, self._row(session, action.kid), SlotStatus.RETIRED, actor)
+
+    def _row(self, session: Session, kid: str) -> CaKey:
+        row = session.exec(select(CaKey).where(CaKey.kid == kid).with_for_update()).first()
+        if row is None:
+            raise NotFound(f"no CA key {kid!r}")
+        return row
+
+    def _set_status(
+        self, session: Session, row: CaKey, status: SlotStatus, actor: str, **details: object
+    ) -> CaKey:
+        check_transition(row.kid, SlotStatus(row.status), status)
+        previous = row.status
+        row.status = status
+        row.status_changed_at = self._clock.now()
+        session.add(row)
+        self._audit.record(
+            session,
+            actor,
+            f"ca:authority:{status}",
+            target=row.kid,
+            details={"kind": row.kind, "from": previous, **details},
+        )
+        return row
+
+    def _prepare(self, session: Session, kind: CaKeyKind, actor: str) -> CaKey:
+        row = self._ca.create_key(session, kind, SlotStatus.PREPARED)
+        self._audit.record(
+            session,
+            actor,
+            "ca:authority:prepared",
+            target=row.kid,
+            details={"kind": row.kind, "not_after": row.not_after.isoformat()},
+        )
+        return row
+
+    def _activate(self, session: Session, row: CaKey, actor: str) -> CaKey:
+        check_transition(row.kid, SlotStatus(row.status), SlotStatus.ACTIVE)
+        current = session.exec(
+            select(CaKey)
+            .where(CaKey.kind == row.kind, CaKey.status == SlotStatus.ACTIVE)
+            .with_for_update()
+        ).first()
+        if current is not None:
+            self._set_status(session, current, SlotStatus.OLD, actor, replaced_by=row.kid)
+        return self._set_status(session, row, SlotStatus.ACTIVE, actor)
+
+    def _changed(self, sequence: int) -> None:
+        # This replica reloads at once; the others when the bundle channel wakes them.
+        self._ca.load()
+        self._bus.publish(BUNDLE_CHANNEL, str(sequence))
+
+    # ------------------------------------------------------------------ manual
+
+    def prepare(self, principal: Principal, kind: CaKeyKind) -> KeyChange:
+        """Prepare the next key of *kind* now and publish it in the bundle.
+
+        Raises:
+            Conflict: a prepared key of that kind exists already.
+            CaError: the key cannot be created (e.g. an upstream root).
+        """
+        with transaction(self._engine) as session:
+            waiting = [r for r in self._ca.rows(session, {SlotStatus.PREPARED}) if r.kind == kind]
+            if waiting:
+                raise Conflict(
+                    f"{kind} key {waiting[0].kid} is prepared already: activate it with "
+                    f"`trustd ca activate --kind {kind}`"
+                )
+            row = self._prepare(session, kind, principal.name)
+            sequence = self._ca.bump_sequence(session)
+        self._changed(sequence)
+        return KeyChange(row.kid, row.kind, row.status, sequence)
+
+    def activate(self, principal: Principal, kind: CaKeyKind, kid: str | None = None) -> KeyChange:
+        """Activate the prepared key of *kind* (or the key *kid*); the active one gets old.
+
+        Raises:
+            NotFound: *kid* names no key of that kind.
+            InvalidTransition: there is no prepared key, or *kid* is not prepared.
+        """
+        with transaction(self._engine) as session:
+            if kid is not None:
+                row = self._row(session, kid)
+                if row.kind != kind:
+                    raise NotFound(f"no {kind} key {kid!r}")
+            else:
+                waiting = [
+                    r for r in self._ca.rows(session, {SlotStatus.PREPARED}) if r.kind == kind
+                ]
+                if not waiting:
+                    check_transition(f"(next {kind})", SlotStatus.RETIRED, SlotStatus.ACTIVE)
+                row = waiting[0]
+            self._activate(session, row, principal.name)
+            sequence = self._ca.bump_sequence(session)
+        self._changed(sequence)
+        return KeyChange(row.kid, row.kind, row.status, sequence)
+
+    def taint(self, principal: Principal, kid: str) -> KeyChange:
+        """Mark an old key tainted: what it signed must be re-issued (see `reissue`).
+
+        Raises:
+            NotFound: no such key.
+            InvalidTransition: the key is not old (an active key cannot be tainted; activate
+                a replacement first).
+        """
+        with transaction(self._engine) as session:
+            row = self._set_status(
+                session, self._row(session, kid), SlotStatus.TAINTED, principal.name
+            )
+            sequence = self._ca.bump_sequence(session)
+        self._changed(sequence)
+        return KeyChange(row.kid, row.kind, row.status, sequence)
+
+    def revoke(
+        self,
+        principal: Principal,
+        kid: str,
+        reason: RevocationReason = RevocationReason.KEY_COMPROMISE,
+    ) -> KeyChange:
+        """Revoke a tainted key: it leaves the bundle at once and every unexpired
+        certificate it signed is revoked with it (an intermediate also goes on its root's CRL).
+
+        Raises:
+            NotFound: no such key.
+            InvalidTransition: the key is not tainted.
+            Conflict: a root that still has an active or prepared intermediate.
+        """
+        with transaction(self._engine) as session:
+            row = self._row(session, kid)
+            check_transition(row.kid, SlotStatus(row.status), SlotStatus.REVOKED)
+            victims = [row]
+            if row.kind == CaKeyKind.X509_ROOT:
+                below = [r for r in self._ca.rows(session, IN_BUNDLE) if r.issuer_kid == kid]
+                if any(r.status in (SlotStatus.ACTIVE, SlotStatus.PREPARED) for r in below):
+                    raise Conflict(
+                        f"root {kid} still has an active or prepared intermediate: prepare and "
+                        "activate an intermediate under the new root first"
+                    )
+                victims += below
+            revoked = 0
+            for victim in victims:
+                if victim is not row:
+                    victim.status = SlotStatus.REVOKED
+                    victim.status_changed_at = self._clock.now()
+                    session.add(victim)
+                if victim.kind == CaKeyKind.X509_INTERMEDIATE:
+                    revoked += self._revocations.revoke_issued_by(
+                        session, victim.kid, RevocationReason.CA_COMPROMISE, principal.name
+                    )
+                    if victim.issuer_kid and victim.certificate_pem:
+                        self._revocations.record_entries(
+                            session,
+                            [(_serial(victim), victim.issuer_kid, None, victim.not_after)],
+                            reason,
+                            principal.name,
+                        )
+            self._set_status(
+                session,
+                row,
+                SlotStatus.REVOKED,
+                principal.name,
+                reason=str(reason),
+                certificates_revoked=revoked,
+                with_keys=[v.kid for v in victims if v is not row],
+            )
+            sequence = self._ca.bump_sequence(session)
+        self._changed(sequence)
+        return KeyChange(row.kid, row.kind, row.status, sequence)
+
+    def reissue(
+        self, kid: str, after: str | None = None, limit: int = 100
+    ) -> list[IssuedCertificate]:
+        """A batch of unexpired valid certificates signed by the tainted key *kid*, ordered by
+        serial: agents re-issue them batch by batch (pass the last serial as *after*).
+
+        Raises:
+            NotFound: no such key. Conflict: the key is not tainted.
+            InvalidRequest: *limit* out of range.
+        """
+        with transaction(self._engine) as session:
+            row = self._row(session, kid)
+        if row.status != SlotStatus.TAINTED:
+            raise Conflict(f"key {kid} is {row.status}, not tainted: nothing must be re-issued")
+        return self._revocations.list_certificates(
+            issuer_kid=kid,
+            status=CertificateStatus.VALID,
+            live_only=True,
+            after=after,
+            limit=limit,
+        )
+
+    def timeline(self) -> list[CaKey]:
+        """Every CA key, newest first (the rotation timeline)."""
+        with transaction(self._engine) as session:
+            return list(
+                session.exec(
+                    select(CaKey).order_by(col(CaKey.created_at).desc(), col(CaKey.id).desc())
+                )
+            )
+
+    # ------------------------------------------------------------------ loops
+
+    async def run_ticker(self, stop: asyncio.Event) -> None:
+        """Tick while this replica is the leader, until *stop* is set.
+
+        The loop is stopped, never cancelled, so a tick running in a worker thread always
+        finishes its transaction before the app shuts down.
+        """
+        interval = self._settings.rotation_interval.total_seconds()
+        try:
+            while not stop.is_set():
+                epoch = await asyncio.to_thread(self.leader.acquire)
+                if epoch is not None:
+                    try:
+                        await asyncio.to_thread(self.tick, epoch)
+                        await asyncio.to_thread(self._revocations.refresh_crls)
+                    except LostLeadership as exc:
+                        # A successor holds a newer epoch: stop acting as the leader.
+                        log.warning("rotation_leadership_lost", error=str(exc))
+                        await asyncio.to_thread(self.leader.release)
+                    except Exception as exc:
+                        # The loop must outlive a failed tick; the next one retries.
+                        log.error("rotation_tick_failed", error=str(exc), kind=type(exc).__name__)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval)
+        finally:
+            await asyncio.to_thread(self.leader.release)
+
+    async def follow_bundle(self, stop: asyncio.Event) -> None:
+        """Reload the CA state whenever the bundle changes, until *stop* is set."""
+        interval = self._settings.bundle_reload_interval.total_seconds()
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                changed = asyncio.create_task(self._bus.wait(BUNDLE_CHANNEL))
+                await asyncio.wait(
+                    {changed, stopped}, timeout=interval, return_when="FIRST_COMPLETED"
+                )
+                changed.cancel()
+                if stop.is_set():
+                    break
+                try:
+                    await asyncio.to_thread(self._ca.reload_if_changed)
+                except Exception as exc:
+                    log.error("ca_reload_failed", error=str(exc), kind=type(exc).__name__)
+        finally:
+            stopped.cancel()
+
+
+def _serial(row: CaKey) -> str:
+    assert row.certificate_pem is not None
+    return serial_hex(load_pem_certificates(row.certificate_pem.encode())[0].serial_number)
