@@ -466,6 +466,11 @@ def certificate_pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
+def serial_hex(cert: x509.Certificate) -> str:
+    """The serial number as trustd stores and names it: lowercase hex, no leading zeros."""
+    return format(cert.serial_number, "x")
+
+
 def fingerprint_sha256(cert: x509.Certificate) -> str:
     """Lowercase hex SHA-256 of the DER certificate, without colons."""
     return cert.fingerprint(hashes.SHA256()).hex()

@@ -146,6 +146,8 @@ async def _serve_forever(
 
     def stop(*_: object) -> None:
         main.should_exit = admin.should_exit = True
+        # Long-polls would otherwise hold the graceful shutdown for their full wait.
+        services.agents.drain()
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

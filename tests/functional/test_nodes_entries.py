@@ -202,7 +202,10 @@ def test_sync_gives_each_node_its_entries_and_svids(server: Server) -> None:
     idle = server.client.get(
         "/v1/agents/sync", params={"since": sync_a["revision"], "wait": 0.2}, headers=headers_a
     ).json()
-    assert idle == {"changed": False, "revision": sync_a["revision"], "entries": [], "bundle": None}
+    assert idle["changed"] is False
+    assert idle["revision"] == sync_a["revision"]
+    assert idle["entries"] == []
+    assert idle["bundle"] is None
 
     # Workload keys are made by the agent; the server signs the entry's identity.
     web_id = sync_a["entries"][0]["id"]
@@ -316,3 +319,56 @@ def test_forged_node_credentials_are_refused(server: Server) -> None:
         )
         assert r.status_code == 401
     assert server.client.get("/v1/agents/sync").status_code == 401
+
+
+def test_revocations_reach_agents_through_sync(server: Server) -> None:
+    node, _ = attest(server, join_token(server)["token"])
+    headers = node_headers(server, node)
+    entry(server, "spiffe://example.org/web", str(node.spiffe_id), "unix:uid:1000")
+    first = server.client.get("/v1/agents/sync", params={"since": 0}, headers=headers).json()
+    web_id = first["entries"][0]["id"]
+
+    def sign() -> str:
+        csr = create_csr(generate_private_key(KeyType.EC_P256))
+        svid = server.client.post(
+            "/v1/agents/svids", json={"csrs": [{"entry_id": web_id, "csr": csr}]}, headers=headers
+        ).json()["svids"][0]
+        return format(load_pem_certificates(svid["certificate"].encode())[0].serial_number, "x")
+
+    def revoke(serial: str) -> None:
+        response = server.client.post(
+            "/v1/admin/certificates/revoke",
+            json={"serial": serial, "reason": "keyCompromise"},
+            headers=server.auth,
+        )
+        assert response.status_code == 200, response.text
+
+    # A new agent starts following the feed where it stands; one revocation moves it on.
+    revoke(sign())
+    cursor = server.client.get("/v1/agents/sync", params={"since": 0}, headers=headers).json()[
+        "revocation_revision"
+    ]
+    assert cursor > first["revocation_revision"]
+    serial = sign()
+    result: dict[str, Any] = {}
+
+    def poll() -> None:
+        started = time.monotonic()
+        result["body"] = server.client.get(
+            "/v1/agents/sync",
+            params={"since": first["revision"], "revoked_since": cursor, "wait": 20},
+            headers=headers,
+        ).json()
+        result["elapsed"] = time.monotonic() - started
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    time.sleep(0.5)
+    revoke(serial)
+    thread.join(10)
+    body = result["body"]
+    assert body["changed"]
+    assert [r["serial"] for r in body["revocations"]] == [serial]
+    assert body["revocations"][0]["spiffe_id"] == "spiffe://example.org/web"
+    assert body["revocation_revision"] > cursor
+    assert result["elapsed"] < 1.5

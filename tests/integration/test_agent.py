@@ -225,3 +225,19 @@ def test_agent_survives_a_server_restart(node: Node) -> None:
     add_entry(node.server, "spiffe://example.org/after", node.spiffe_id, STRANGER)
     wait_for(lambda: svids_of(node, STRANGER)[0] == 0, 60, "resync after restart")
     assert node.agent.poll() is None
+
+
+def test_a_revoked_svid_is_replaced_at_once(node: Node) -> None:
+    _, web = wait_for(lambda: (r := svids_of(node, WEB))[0] == 0 and r, 30, "web SVID")
+    serial = format(int(web["svids"][0]["serial"]), "x")
+    # Let the agent's long-poll follow the revocation feed from a known point.
+    time.sleep(1)
+    admin(node.server, "cert", "revoke", "--serial", serial, "--reason", "keyCompromise")
+
+    def replaced() -> bool:
+        code, now = svids_of(node, WEB)
+        return code == 0 and format(int(now["svids"][0]["serial"]), "x") != serial
+
+    wait_for(replaced, 15, "the revoked SVID to be replaced")
+    log = node.agent_log.read_text()
+    assert '"svids_revoked"' in log

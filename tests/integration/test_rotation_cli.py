@@ -12,7 +12,6 @@ import pytest
 
 from tests.integration.conftest import Running, cli, tls
 
-
 pytestmark = pytest.mark.integration
 
 

@@ -16,7 +16,7 @@ import jwt
 from cryptography import x509
 
 from pki.bundle import TrustBundle
-from pki.ca import create_csr, fingerprint_sha256, load_pem_certificates
+from pki.ca import create_csr, fingerprint_sha256, load_pem_certificates, serial_hex
 from pki.clock import Clock
 from pki.errors import TrustdError
 from pki.keys import PrivateKey, jws_algorithm
@@ -47,7 +47,7 @@ class NodeIdentity:
 
     @property
     def serial(self) -> str:
-        return format(self.chain[0].serial_number, "x")
+        return serial_hex(self.chain[0])
 
 
 def pin_first_contact(server: str, ca_sha256: str, timeout: float = 10.0) -> TrustBundle:
@@ -182,10 +182,15 @@ class ServerClient:
         body = await self._call("POST", "/v1/agents/renew", identity, json={"csr": create_csr(key)})
         return _identity(body, key)
 
-    async def sync(self, identity: NodeIdentity, since: int, wait: float) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call(
-            "GET", "/v1/agents/sync", identity, params={"since": since, "wait": wait}
-        )
+    async def sync(
+        self, identity: NodeIdentity, since: int, revoked_since: int | None, wait: float
+    ) -> dict[str, Any]:
+        """Long-poll; `revoked_since` is None until the agent knows where the revocation
+        feed stands."""
+        params: dict[str, Any] = {"since": since, "wait": wait}
+        if revoked_since is not None:
+            params["revoked_since"] = revoked_since
+        result: dict[str, Any] = await self._call("GET", "/v1/agents/sync", identity, params=params)
         return result
 
     async def ack(self, identity: NodeIdentity, revision: int) -> None:

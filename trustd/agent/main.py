@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from pki.bundle import TrustBundle
-from pki.ca import certificate_pem, create_csr, load_pem_certificates
+from pki.ca import certificate_pem, create_csr, load_pem_certificates, serial_hex
 from pki.clock import Clock
 from pki.jwt_svid import JwtSvid
 from pki.keys import KeyType, PrivateKey, allowed_public_key, generate_private_key
@@ -72,6 +72,8 @@ class Agent:
         self.clock = clock
         self.cache = SvidCache()
         self.revision = 0
+        # None until the first sync says where the revocation feed stands.
+        self.revocation_revision: int | None = None
         self.identity: NodeIdentity | None = None
         self._client: ServerClient | None = None
         self._wake_rotation = asyncio.Event()
@@ -191,9 +193,11 @@ class Agent:
 
     async def sync_once(self, wait: float) -> bool:
         """One long-poll; applies and acknowledges a change. Returns whether one came."""
-        result = await self.client.sync(self.node, self.revision, wait)
+        result = await self.client.sync(self.node, self.revision, self.revocation_revision, wait)
         if not result["changed"]:
             return False
+        await self._apply_revocations(result["revocations"])
+        self.revocation_revision = int(result["revocation_revision"])
         entries = [
             WorkloadEntry(
                 id=e["id"],
@@ -220,6 +224,20 @@ class Agent:
         await self.client.ack(self.node, self.revision)
         return True
 
+    async def _apply_revocations(self, revocations: list[dict[str, Any]]) -> None:
+        """Stop serving revoked SVIDs at once; the rotation pass then issues new ones."""
+        serials = {r["serial"] for r in revocations}
+        if not serials:
+            return
+        revoked = [
+            e.id
+            for e in self.cache.entries()
+            if (svid := self.cache.svid(e.id)) is not None and serial_hex(svid.chain[0]) in serials
+        ]
+        await self.cache.drop_svids(revoked)
+        if revoked:
+            log.info("svids_revoked", count=len(revoked))
+
     async def _sync_loop(self) -> None:
         backoff = 1.0
         while True:
@@ -242,7 +260,7 @@ class Agent:
             if svid is None:
                 due.append(entry)
                 continue
-            key = f"{entry.id}:{svid.chain[0].serial_number:x}"
+            key = f"{entry.id}:{serial_hex(svid.chain[0])}"
             if renewal_due(now, svid.effective_start, svid.not_after, key):
                 due.append(entry)
         return due

@@ -15,6 +15,7 @@ from trustd.api.schemas import (
     JwtSvidResponse,
     RefusedForEntry,
     RenewRequest,
+    RevokedSvid,
     SignedForEntry,
     SvidBatchRequest,
     SvidBatchResponse,
@@ -31,19 +32,28 @@ async def sync(
     node: NodeDep,
     services: ServicesDep,
     since: Annotated[int, Query(ge=0)] = 0,
+    revoked_since: Annotated[int | None, Query(ge=0)] = None,
     wait: Annotated[float, Query(ge=0, le=60)] = 30.0,
 ) -> SyncResponse:
-    """Answers at once when the node's state changed after revision `since`, otherwise
-    holds up to `wait` seconds and answers `changed: false`."""
+    """Answers at once when the node's state changed after revision `since` or a
+    certificate was revoked after revocation revision `revoked_since`; otherwise holds up
+    to `wait` seconds and answers `changed: false`."""
     wait = min(wait, services.settings.sync_wait.total_seconds())
-    snapshot = await services.agents.sync(node, since, wait)
+    snapshot = await services.agents.sync(node, since, revoked_since, wait)
     if snapshot is None:
-        return SyncResponse(changed=False, revision=since)
+        return SyncResponse(changed=False, revision=since, revocation_revision=revoked_since or 0)
     return SyncResponse(
         changed=True,
         revision=snapshot.revision,
         entries=[public_entry(e) for e in snapshot.entries],
         bundle=snapshot.bundle,
+        revocations=[
+            RevokedSvid(
+                serial=r.serial, spiffe_id=r.spiffe_id, reason=r.reason, revision=r.revision
+            )
+            for r in snapshot.revocations
+        ],
+        revocation_revision=snapshot.revocation_revision,
     )
 
 

@@ -197,11 +197,20 @@ class NodeAction(_Strict):
     spiffe_id: str = Field(max_length=2048)
 
 
+class RevokedSvid(_Strict):
+    serial: str
+    spiffe_id: str | None
+    reason: str
+    revision: int
+
+
 class SyncResponse(_Strict):
     changed: bool
     revision: int
     entries: list[EntryPublic] = Field(default_factory=list)
     bundle: dict[str, Any] | None = None
+    revocations: list[RevokedSvid] = Field(default_factory=list)
+    revocation_revision: int = 0
 
 
 class Ack(_Strict):

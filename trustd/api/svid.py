@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from fastapi import APIRouter
 
-from pki.ca import certificate_pem
+from pki.ca import certificate_pem, serial_hex
 from pki.jwt_svid import JwtSvid
 from trustd.api.deps import AdminDep, ServicesDep
 from trustd.api.schemas import JwtSvidRequest, JwtSvidResponse, X509SvidRequest, X509SvidResponse
@@ -35,7 +35,7 @@ async def issue_x509_svid(
     cert = issued.certificate
     return X509SvidResponse(
         spiffe_id=str(issued.spiffe_id),
-        serial=format(cert.serial_number, "x"),
+        serial=serial_hex(cert),
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
         certificate=certificate_pem(cert),

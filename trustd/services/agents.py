@@ -25,9 +25,11 @@ from trustd.services.ca import CertificateAuthority
 from trustd.services.entries import Entries, NodeView
 from trustd.services.issuance import IssuedX509, Issuer
 from trustd.services.nodes import NodePrincipal, Nodes
+from trustd.services.revocation import REVOCATION_CHANNEL, Revocations
 from trustd.services.sync import SYNC_CHANNEL, current_revision
 from trustd.store.db import transaction
 from trustd.store.models import CertificateKind, RegistrationEntry
+from trustd.store.rotation_models import RevocationEvent
 
 MAX_SVIDS_PER_REQUEST = 500
 
@@ -37,6 +39,9 @@ class Snapshot:
     revision: int
     entries: list[RegistrationEntry]
     bundle: dict[str, Any]
+    # Revocations after the agent's revocation cursor, and where the cursor moves to.
+    revocations: tuple[RevocationEvent, ...] = ()
+    revocation_revision: int = 0
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class Agents:
         entries: Entries,
         issuer: Issuer,
         ca: CertificateAuthority,
+        revocations: Revocations,
     ) -> None:
         self._engine = engine
         self._clock = clock
@@ -71,9 +77,13 @@ class Agents:
         self._entries = entries
         self._issuer = issuer
         self._ca = ca
+        self._revocations = revocations
+        self._draining = asyncio.Event()
 
-    def snapshot(self, principal: NodePrincipal) -> Snapshot:
-        """Everything the node should hold now, stamped with the revision it reflects.
+    def snapshot(self, principal: NodePrincipal, revoked_since: int | None = None) -> Snapshot:
+        """Everything the node should hold now, stamped with the revision it reflects, and
+        the revocations after `revoked_since` (a new agent, with None, holds no SVID that
+        could be revoked, so it only learns where the feed stands).
 
         Raises:
             PolicyEvaluationError: the attestation policy failed (the node gets nothing).
@@ -86,30 +96,50 @@ class Agents:
                 self._entries.aliases_of(session, principal.selectors),
             )
             entries = self._entries.for_node(session, view)
-        return Snapshot(revision, entries, self._ca.state.bundle.to_jwks())
+        if revoked_since is not None:
+            feed = self._revocations.since(revoked_since)
+            revoked, cursor = feed.events, feed.revision
+        else:
+            revoked, cursor = (), self._revocations.current_revision()
+        return Snapshot(revision, entries, self._ca.state.bundle.to_jwks(), revoked, cursor)
 
-    async def sync(self, principal: NodePrincipal, since: int, wait: float) -> Snapshot | None:
-        """The node's state as soon as the revision passes `since`, or None after `wait`
-        seconds without change (the long-poll).
+    def drain(self) -> None:
+        """The server is stopping: answer every waiting long-poll now ("no change")."""
+        self._draining.set()
+
+    async def sync(
+        self, principal: NodePrincipal, since: int, revoked_since: int | None, wait: float
+    ) -> Snapshot | None:
+        """The node's state as soon as the revision passes `since` or a revocation passes
+        `revoked_since`, or None after `wait` seconds without either (the long-poll).
         """
         deadline = time.monotonic() + wait
-        while True:
+        while not self._draining.is_set():
             # Listen before reading, so a change committed in between still wakes us.
-            waiter = asyncio.ensure_future(self._bus.wait(SYNC_CHANNEL))
+            waiters: list[asyncio.Future[Any]] = [
+                asyncio.ensure_future(self._bus.wait(channel))
+                for channel in (SYNC_CHANNEL, REVOCATION_CHANNEL)
+            ]
+            waiters.append(asyncio.ensure_future(self._draining.wait()))
             await asyncio.sleep(0)
             try:
                 with transaction(self._engine) as session:
                     revision = current_revision(session)
-                if revision > since:
-                    return self.snapshot(principal)
+                if revision > since or (
+                    revoked_since is not None
+                    and self._revocations.current_revision() > revoked_since
+                ):
+                    return self.snapshot(principal, revoked_since)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(remaining):
-                        await waiter
+                        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                waiter.cancel()
+                for waiter in waiters:
+                    waiter.cancel()
+        return None
 
     def _allowed(self, principal: NodePrincipal) -> dict[str, RegistrationEntry]:
         return {e.id: e for e in self.snapshot(principal).entries}

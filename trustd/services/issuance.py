@@ -16,7 +16,14 @@ from cryptography import x509
 from sqlalchemy import Engine, insert
 from sqlmodel import Session
 
-from pki.ca import X509SvidParams, certificate_pem, csr_public_key, issue_x509_svid, parse_csr
+from pki.ca import (
+    X509SvidParams,
+    certificate_pem,
+    csr_public_key,
+    issue_x509_svid,
+    parse_csr,
+    serial_hex,
+)
 from pki.clock import Clock
 from pki.jwt_svid import JwtSvid, mint_jwt_svid
 from pki.keys import PrivateKey, generate_private_key
@@ -50,10 +57,6 @@ class IssuedX509:
     intermediates: tuple[x509.Certificate, ...]
     spiffe_id: SpiffeId
     issuer_kid: str
-
-
-def _serial_hex(certificate: x509.Certificate) -> str:
-    return format(certificate.serial_number, "x")
 
 
 class Issuer:
@@ -148,7 +151,7 @@ class Issuer:
     ) -> None:
         """Add the certificate row and its audit event to `session`."""
         certificate = issued.certificate
-        serial = _serial_hex(certificate)
+        serial = serial_hex(certificate)
         session.connection().execute(
             _INSERT_CERTIFICATE,
             {

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
-from pki.ca import X509SvidParams, csr_public_key, load_pem_certificates, parse_csr
+from pki.ca import X509SvidParams, csr_public_key, load_pem_certificates, parse_csr, serial_hex
 from pki.clock import Clock
 from pki.errors import TrustdError
 from pki.keys import PublicKey, allowed_public_key, public_key_pem
@@ -198,7 +198,7 @@ class Nodes:
                 issued = self._issuer.sign(
                     X509SvidParams(spiffe_id, public_key, self._settings.node_svid_ttl)
                 )
-                serial = format(issued.certificate.serial_number, "x")
+                serial = serial_hex(issued.certificate)
                 selectors = sorted(str(s) for s in result.selectors)
                 if node is None:
                     node = Node(
@@ -322,7 +322,7 @@ class Nodes:
                 raise Unauthenticated("node is no longer active; it must attest again")
             node.previous_svid_serial = node.svid_serial
             node.previous_public_key_pem = node.svid_public_key_pem
-            node.svid_serial = format(issued.certificate.serial_number, "x")
+            node.svid_serial = serial_hex(issued.certificate)
             node.svid_public_key_pem = public_key_pem(public_key)
             node.svid_not_after = issued.certificate.not_valid_after_utc
             session.add(node)

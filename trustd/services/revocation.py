@@ -70,10 +70,6 @@ def _page_limit(limit: int) -> int:
     return limit
 
 
-def serial_hex(serial: int) -> str:
-    return format(serial, "x")
-
-
 class Revocations:
     def __init__(
         self,
@@ -356,6 +352,11 @@ class Revocations:
         state = session.get(RevocationState, 1)
         return state.revision if state is not None else 0
 
+    def current_revision(self) -> int:
+        """The newest revocation revision (where a new agent starts following the feed)."""
+        with transaction(self._engine) as session:
+            return self._revision(session)
+
     # ------------------------------------------------------------------ CRLs
 
     def crl(self, issuer_kid: str) -> bytes:
@@ -485,7 +486,7 @@ class Revocations:
                     col(IssuedCertificate.status),
                     col(IssuedCertificate.revoked_at),
                     col(IssuedCertificate.revocation_reason),
-                ).where(IssuedCertificate.serial == serial_hex(request.serial_number))
+                ).where(IssuedCertificate.serial == format(request.serial_number, "x"))
             ).first()
         status: CertStatus
         if row is None or row.issuer_kid != kid:

@@ -17,7 +17,7 @@ import structlog
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
-from pki.ca import load_pem_certificates
+from pki.ca import load_pem_certificates, serial_hex
 from pki.clock import Clock
 from pki.revocation import RevocationReason
 from pki.rotation import (
@@ -36,7 +36,7 @@ from trustd.leader import Leader, LostLeadership
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
 from trustd.services.ca import SYSTEM_ACTOR, CertificateAuthority
-from trustd.services.revocation import Revocations, serial_hex
+from trustd.services.revocation import Revocations
 from trustd.settings import Settings
 from trustd.store.db import transaction
 from trustd.store.models import CaKey, CaKeyKind, CertificateStatus, IssuedCertificate
@@ -412,4 +412,4 @@ class RotationManager:
 
 def _serial(row: CaKey) -> str:
     assert row.certificate_pem is not None
-    return serial_hex(load_pem_certificates(row.certificate_pem.encode())[0].serial_number)
+    return serial_hex(load_pem_certificates(row.certificate_pem.encode())[0])
