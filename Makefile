@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q --disable-pip-version-check -c deploy/constraints.txt
-# Debian packages the tests drive (openssl verify; PostgreSQL and Redis servers).
-DEB_PACKAGES := openssl postgresql redis-server
+# Debian packages the tests drive (openssl verify; PostgreSQL and Redis servers; the ACME
+# clients certbot and lego, and pebble as the ACME benchmark baseline).
+DEB_PACKAGES := openssl postgresql redis-server certbot lego pebble
 PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 CHECK_DB := trustd_alembic_check_$(shell echo $$$$)
 

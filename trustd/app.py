@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from trustd import __version__
-from trustd.api import admin, bundle, health, problems, svid
+from trustd.api import acme, admin, bundle, health, problems, svid
 from trustd.api.middleware import RequestContext
 from trustd.services.container import Services, build_services
 from trustd.settings import Settings
@@ -37,6 +37,6 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.state.services = services
     problems.install(app)
     app.add_middleware(RequestContext, max_body=settings.max_request_bytes)
-    for module in (health, bundle, svid, admin):
+    for module in (health, bundle, svid, admin, acme):
         app.include_router(module.router)
     return app

@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 
 from pki.clock import Clock, SystemClock
 from trustd.bus import Bus, create_bus
+from trustd.services.acme import AcmeService, build_acme_service
 from trustd.services.audit import AuditLog
 from trustd.services.auth import AdminTokens
 from trustd.services.ca import CertificateAuthority
@@ -26,6 +27,7 @@ class Services:
     tokens: AdminTokens
     ca: CertificateAuthority
     issuer: Issuer
+    acme: AcmeService
 
 
 def build_services(settings: Settings, clock: Clock | None = None) -> Services:
@@ -33,13 +35,15 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     engine = create_db_engine(settings.resolved_database_url)
     audit = AuditLog(clock)
     ca = CertificateAuthority(settings, engine, clock, audit)
+    bus = create_bus(settings.redis_url)
     return Services(
         settings=settings,
         engine=engine,
         clock=clock,
-        bus=create_bus(settings.redis_url),
+        bus=bus,
         audit=audit,
         tokens=AdminTokens(engine, clock, audit),
         ca=ca,
         issuer=Issuer(settings, engine, ca, clock, audit),
+        acme=build_acme_service(settings, engine, ca, clock, audit, bus),
     )

@@ -123,3 +123,6 @@ class BundleState(SQLModel, table=True):
     id: int = Field(default=1, primary_key=True)
     sequence: int = 0
     updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+from trustd.store import acme_models as _acme_models  # noqa: E402, F401
