@@ -80,7 +80,7 @@ class DnsServer:
 class Http01Responder:
     """Serves /.well-known/acme-challenge/<token> from `tokens` on 127.0.0.1."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         tokens: dict[str, str] = {}
         self.tokens = tokens
         self.requests: list[tuple[str, str]] = []
@@ -103,7 +103,7 @@ class Http01Responder:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
