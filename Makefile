@@ -11,7 +11,7 @@ DEB_PACKAGES := openssl postgresql redis-server certbot lego pebble
 PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 CHECK_DB := trustd_alembic_check_$(shell echo $$$$)
 
-.PHONY: run test install install-dev system-deps services lint typecheck migrations-check pytest bench clean
+.PHONY: run test install install-dev system-deps services lint typecheck migrations-check pytest bench bench-acme clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -79,6 +79,9 @@ bench: install-dev services
 	@dpkg -s wrk >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python bench/issuance.py
+
+bench-acme: install-dev services
+	$(BIN)/python bench/acme.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis
