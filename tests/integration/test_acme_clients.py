@@ -142,6 +142,7 @@ def _pkilint(tool: str, pem_file: Path, *options: str) -> list[tuple[str, str]]:
         check=False,
         timeout=120,
     )
+    assert proc.stderr == "", proc.stderr
     report = json.loads(proc.stdout)
     return [
         (finding["severity"], finding["code"])
@@ -254,7 +255,7 @@ def test_certbot_obtains_renews_and_revokes(trustd: Trustd, tmp_path: Path) -> N
         x509.SubjectAlternativeName
     ).value.get_values_for_type(x509.DNSName) == [NAME]
     _verify_chain(trustd.bundle, live / "fullchain.pem", tmp_path)
-    assert_lints_clean((live / "cert.pem").read_bytes(), tmp_path)
+    assert_lints_clean(first.public_bytes(serialization.Encoding.PEM), tmp_path)
 
     run(
         "renew",
@@ -324,7 +325,7 @@ def test_lego_obtains_renews_and_revokes(trustd: Trustd, tmp_path: Path) -> None
     names = first.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sorted(names.get_values_for_type(x509.DNSName)) == [NAME, "www.example.org"]
     _verify_chain(trustd.bundle, crt, tmp_path)
-    assert_lints_clean(crt.read_bytes(), tmp_path)
+    assert_lints_clean(first.public_bytes(serialization.Encoding.PEM), tmp_path)
 
     run("--domains", "www.example.org", "renew", "--days", "3650", "--no-random-sleep")
     second = _leaf(crt)
