@@ -260,6 +260,7 @@ def test_certbot_obtains_renews_and_revokes(trustd: Trustd, tmp_path: Path) -> N
     run(
         "renew",
         "--force-renewal",
+        "--no-random-sleep-on-renew",
         "--http-01-port",
         str(trustd.http01_port),
         "--http-01-address",
