@@ -5,12 +5,14 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q --disable-pip-version-check -c deploy/constraints.txt
-# Debian packages the tests drive (openssl verify; PostgreSQL and Redis servers).
-DEB_PACKAGES := openssl postgresql redis-server
+# Debian packages the tests drive (openssl verify; PostgreSQL and Redis servers; the ACME
+# clients certbot and lego, and pebble as the ACME benchmark baseline).
+DEB_PACKAGES := openssl postgresql redis-server certbot lego pebble
 PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 CHECK_DB := trustd_alembic_check_$(shell echo $$$$)
 
-.PHONY: run test install install-dev system-deps services lint typecheck migrations-check pytest bench clean proto bench-workload
+.PHONY: run test install install-dev system-deps services lint typecheck migrations-check pytest \
+	bench bench-acme bench-workload clean proto
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -91,6 +93,9 @@ proto: install-dev
 
 bench-workload: install-dev
 	$(BIN)/python bench/workload_api.py
+
+bench-acme: install-dev services
+	$(BIN)/python bench/acme.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis

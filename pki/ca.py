@@ -80,7 +80,7 @@ _LDH = frozenset(string.ascii_lowercase + string.digits + "-")
 # --------------------------------------------------------------------------- helpers
 
 
-def _random_serial() -> int:
+def random_serial() -> int:
     # RFC 5280 §4.1.2.2 / CA/B BR §7.1: at least 64 bits of CSPRNG output; we use 159 so the
     # DER INTEGER stays positive and within 20 octets.
     while True:
@@ -245,7 +245,7 @@ def _signing_cert_builder(
         .subject_name(subject)
         .issuer_name(issuer)
         .public_key(public_key)
-        .serial_number(_random_serial())
+        .serial_number(random_serial())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         # RFC 5280 §4.2.1.9: CAs MUST mark basicConstraints critical.
@@ -669,7 +669,7 @@ def _svid_template(
             value=echo(str(params.spiffe_id)),
         )
     if serial is None:
-        serial = _random_serial()
+        serial = random_serial()
     elif not 0 < serial < _MAX_SERIAL:
         raise InvalidSvidParams(
             "serial must be positive and fit in 20 octets (RFC 5280 §4.1.2.2)",

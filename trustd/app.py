@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from trustd import __version__
 from trustd.api import (
+    acme,
     admin,
     agents,
     bundle,
@@ -57,6 +58,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.state.services = services
     problems.install(app)
     app.add_middleware(RequestContext, max_body=settings.max_request_bytes)
-    for module in (health, bundle, svid, admin, entries, nodes, agents, opa, revocation):
+    modules = (health, bundle, svid, admin, entries, nodes, agents, opa, revocation, acme)
+    for module in modules:
         app.include_router(module.router)
     return app

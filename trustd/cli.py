@@ -40,6 +40,12 @@ admin_app.add_typer(token_app, name="token")
 app.add_typer(ca_app, name="ca")
 app.add_typer(svid_app, name="svid")
 app.add_typer(bundle_app, name="bundle")
+acme_app = typer.Typer(
+    help="The ACME server: accounts, orders, certificates.", no_args_is_help=True
+)
+eab_app = typer.Typer(help="External Account Binding keys for ACME.", no_args_is_help=True)
+app.add_typer(acme_app, name="acme")
+acme_app.add_typer(eab_app, name="eab")
 app.add_typer(policy_app, name="policy")
 cert_app = typer.Typer(help="Issued certificates and their revocation.", no_args_is_help=True)
 app.add_typer(cert_app, name="cert")
@@ -994,6 +1000,136 @@ def policy_decisions(
     ).json()
     for row in rows:
         typer.echo(json.dumps(row, sort_keys=True))
+
+
+@acme_app.command("accounts")
+def acme_accounts(
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """List ACME accounts."""
+    _print_json(_call(server, token, ca_bundle, data_dir, "GET", "/v1/admin/acme/accounts").json())
+
+
+@acme_app.command("deactivate")
+def acme_deactivate(
+    account_id: Annotated[str, typer.Argument(help="Account id (from `trustd acme accounts`)")],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Deactivate an ACME account: it can no longer order or revoke."""
+    _call(
+        server,
+        token,
+        ca_bundle,
+        data_dir,
+        "POST",
+        f"/v1/admin/acme/accounts/{account_id}/deactivate",
+    )
+    typer.echo(f"deactivated ACME account {account_id}")
+
+
+@acme_app.command("orders")
+def acme_orders(
+    account: Annotated[str | None, typer.Option(help="Only this account's orders")] = None,
+    status: Annotated[str | None, typer.Option(help="pending, ready, valid, invalid")] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """List ACME orders, newest first."""
+    params = {k: v for k, v in {"account_id": account, "status": status}.items() if v}
+    response = _call(
+        server, token, ca_bundle, data_dir, "GET", "/v1/admin/acme/orders", params=params
+    )
+    _print_json(response.json())
+
+
+@acme_app.command("certificates")
+def acme_certificates(
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """List certificates issued through ACME, newest first."""
+    path = "/v1/admin/acme/certificates"
+    _print_json(_call(server, token, ca_bundle, data_dir, "GET", path).json())
+
+
+@acme_app.command("prune")
+def acme_prune(
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Expire stale pending orders now and delete old finished ones."""
+    result = _call(server, token, ca_bundle, data_dir, "POST", "/v1/admin/acme/prune").json()
+    typer.echo(f"expired {result['expired']} orders, deleted {result['deleted']}")
+
+
+@eab_app.command("create")
+def eab_create(
+    label: Annotated[str, typer.Option(help="Who the key is for")],
+    dns_suffix: Annotated[
+        list[str] | None, typer.Option("--dns-suffix", help="Allowed DNS suffix; repeatable")
+    ] = None,
+    ip_network: Annotated[
+        list[str] | None, typer.Option("--ip-network", help="Allowed CIDR; repeatable")
+    ] = None,
+    ttl: Annotated[int | None, typer.Option(help="Lifetime in seconds; default none")] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Create an EAB key id and MAC key for an ACME client (shown only once)."""
+    body: dict[str, Any] = {
+        "label": label,
+        "dns_suffixes": dns_suffix or [],
+        "ip_networks": ip_network or [],
+    }
+    if ttl is not None:
+        body["ttl"] = ttl
+    created = _call(
+        server, token, ca_bundle, data_dir, "POST", "/v1/admin/acme/eab-keys", json=body
+    ).json()
+    _progress(
+        f"created EAB key {created['id']}; the MAC key is shown only once. Use them as "
+        f"`certbot --eab-kid {created['id']} --eab-hmac-key <hmac_key>` or "
+        f"`lego --eab --kid {created['id']} --hmac <hmac_key>`"
+    )
+    _print_json(created)
+
+
+@eab_app.command("list")
+def eab_list(
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """List EAB keys (never their MAC keys)."""
+    _print_json(_call(server, token, ca_bundle, data_dir, "GET", "/v1/admin/acme/eab-keys").json())
+
+
+@eab_app.command("revoke")
+def eab_revoke(
+    key_id: Annotated[str, typer.Argument(help="EAB key id")],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Revoke an EAB key: no new account can bind with it."""
+    _call(server, token, ca_bundle, data_dir, "DELETE", f"/v1/admin/acme/eab-keys/{key_id}")
+    typer.echo(f"revoked EAB key {key_id}")
 
 
 def main() -> None:

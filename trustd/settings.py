@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -23,6 +24,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from pki.acme.challenges import DEFAULT_DENIED_NETWORKS
 from pki.errors import TrustdError
 from pki.keys import KeyType
 from pki.spiffe_id import TrustDomain
@@ -124,6 +126,34 @@ class Settings(BaseSettings):
     ocsp_validity: timedelta = timedelta(hours=1)
     # Write the CRL distribution point into X509-SVIDs (RFC 5280 §4.2.1.13).
     svid_crl_distribution_point: bool = True
+
+    # ACME server (RFC 8555) under /acme/.
+    acme_eab_required: bool = False
+    acme_cert_ttl: timedelta = timedelta(days=7)
+    acme_short_cert_ttl: timedelta = timedelta(hours=24)
+    acme_ocsp: bool = True
+    acme_order_lifetime: timedelta = timedelta(hours=1)
+    acme_retention: timedelta = timedelta(days=7)
+    acme_http01_port: int = Field(default=80, ge=1, le=65535)
+    acme_tlsalpn01_port: int = Field(default=443, ge=1, le=65535)
+    acme_dns_resolver: str | None = None
+    acme_validation_timeout: timedelta = timedelta(seconds=10)
+    acme_validation_allow: list[str] = Field(default_factory=list)
+    acme_validation_deny: list[str] = Field(default_factory=lambda: list(DEFAULT_DENIED_NETWORKS))
+    # Identifier policy data (rego/acme.rego): names under these DNS suffixes (default: the
+    # trust domain) and addresses in these networks may be ordered.
+    acme_dns_suffixes: list[str] = Field(default_factory=list)
+    acme_ip_networks: list[str] = Field(default_factory=list)
+    acme_policy_data: Path | None = None  # JSON merged over the two lists above
+    acme_orders_per_hour: int = Field(default=300, ge=1)
+    acme_identifier_orders_per_hour: int = Field(default=60, ge=1)
+
+    @field_validator("acme_validation_allow", "acme_validation_deny", "acme_ip_networks")
+    @classmethod
+    def _acme_networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            ipaddress.ip_network(entry, strict=False)  # ValueError names the bad entry
+        return value
 
     @classmethod
     def settings_customise_sources(

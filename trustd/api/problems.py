@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pki import errors as pki_errors
+from pki.acme import errors as acme
 from pki.errors import TrustdError
 from policy import errors as policy_errors
 from trustd import errors
@@ -52,6 +53,29 @@ _STATUS: dict[type[TrustdError], int] = {
     policy_errors.BundleSignatureError: 400,
     policy_errors.UnknownPath: 404,
     policy_errors.PolicyEvaluationError: 422,
+    # RFC 8555 §6.7 errors; statuses as RFC 8555 and RFC 9773 give them.
+    acme.AcmeError: 500,
+    acme.Malformed: 400,
+    acme.UnsupportedMediaType: 415,
+    acme.KeyInUse: 409,
+    acme.AcmeNotFound: 404,
+    acme.BadNonce: 400,
+    acme.BadSignatureAlgorithm: 400,
+    acme.BadPublicKey: 400,
+    acme.Unauthorized: 403,
+    acme.AccountDoesNotExist: 400,
+    acme.ExternalAccountRequired: 400,
+    acme.InvalidContact: 400,
+    acme.UnsupportedContact: 400,
+    acme.RejectedIdentifier: 400,
+    acme.UnsupportedIdentifier: 400,
+    acme.BadCsr: 400,
+    acme.OrderNotReady: 403,
+    acme.RateLimited: 429,
+    acme.BadRevocationReason: 400,
+    acme.AlreadyRevoked: 400,
+    acme.AlreadyReplaced: 409,
+    acme.InvalidProfile: 400,
 }
 
 
@@ -81,8 +105,29 @@ def _status_for(exc: TrustdError) -> int:
 
 async def _trustd_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TrustdError)
+    return trustd_error_response(exc)
+
+
+def trustd_error_response(exc: TrustdError) -> JSONResponse:
+    """The problem document for `exc`; ACME errors carry their RFC 8555 type."""
     status = _status_for(exc)
     headers: dict[str, str] = {}
+    if isinstance(exc, acme.AcmeError) and status < 500:
+        if isinstance(exc, acme.RateLimited):
+            # RFC 8555 §6.6: rateLimited responses say when to retry.
+            headers["Retry-After"] = str(exc.fields.get("retry_after", 1))
+        if isinstance(exc, acme.KeyInUse):
+            # RFC 8555 §7.3.5: a 409 names the account holding the key in Location.
+            headers["Location"] = str(exc.fields.get("location", ""))
+        return problem_response(
+            status,
+            exc.title,
+            exc.detail,
+            exc.type_uri,
+            headers,
+            # RFC 8555 §6.2 `algorithms`, §6.7.1 `subproblems`.
+            **{k: v for k, v in exc.fields.items() if k in ("algorithms", "subproblems")},
+        )
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="trustd"'
     if status == 503:

@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 from pki.clock import Clock, SystemClock
 from trustd.bus import Bus, create_bus
 from trustd.leader import create_leader
+from trustd.services.acme import AcmeService, build_acme_service
 from trustd.services.agents import Agents
 from trustd.services.audit import AuditLog
 from trustd.services.auth import AdminTokens
@@ -39,6 +40,7 @@ class Services:
     policy: PolicyService
     revocations: Revocations
     rotation: RotationManager
+    acme: AcmeService
 
 
 def build_services(settings: Settings, clock: Clock | None = None) -> Services:
@@ -68,4 +70,5 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         policy=PolicyService(settings, engine, clock, audit, bus),
         revocations=revocations,
         rotation=RotationManager(settings, engine, clock, audit, ca, revocations, bus, leader),
+        acme=build_acme_service(settings, engine, ca, clock, audit, bus, kek, revocations),
     )

@@ -6,23 +6,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, LargeBinary, MetaData, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from pki.rotation import KeyKind, SlotStatus
 from trustd.store.types import UTCDateTime
-
-# Deterministic constraint names so migrations render the same on SQLite and PostgreSQL.
-SQLModel.metadata = MetaData(
-    naming_convention={
-        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-        "ck": "ck_%(table_name)s_%(constraint_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-        "pk": "pk_%(table_name)s",
-    }
-)
-
 
 CaKeyKind = KeyKind
 # A CA key's status is its rotation slot's (prepared/active/old/tainted/revoked/retired).
@@ -216,5 +204,6 @@ class AttestationReplay(SQLModel, table=True):
 
 
 # Tables defined in their own modules, imported here so Alembic sees one metadata.
+from trustd.store import acme_models as _acme_models  # noqa: E402, F401
 from trustd.store import policy_models as _policy_models  # noqa: E402, F401
 from trustd.store import rotation_models as _rotation_models  # noqa: E402, F401

@@ -1,0 +1,468 @@
+"""The ACME server's HTTP surface (RFC 8555 §7) under /acme, and its admin view under
+/v1/admin/acme.
+
+Every ACME response carries a fresh Replay-Nonce (§6.5) and a Link to the directory (§7.1),
+errors included; the error documents themselves come from `trustd.api.problems`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, BackgroundTasks, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from pki.acme.errors import UnsupportedMediaType
+from pki.acme.jws import b64encode
+from pki.errors import TrustdError
+from trustd.api import problems
+from trustd.api.deps import AdminDep, ServicesDep
+from trustd.services.acme.service import (
+    Authenticated,
+    AuthorizationView,
+    ChallengeView,
+    OrderView,
+)
+from trustd.services.acme.urls import PREFIX, AcmeUrls
+from trustd.services.container import Services
+from trustd.store.acme_models import AcmeAccount, AcmeChallenge, AcmeEabKey
+
+JOSE_JSON = "application/jose+json"
+PEM_CHAIN = "application/pem-certificate-chain"
+
+
+class AcmeRoute(APIRoute):
+    """Adds Replay-Nonce, the index Link and no-store to every ACME response, errors too
+    (RFC 8555 §6.5: a badNonce error must carry a fresh nonce)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def acme_handler(request: Request) -> Response:
+            try:
+                response = await handler(request)
+            except TrustdError as exc:
+                response = problems.trustd_error_response(exc)
+            services: Services = request.app.state.services
+            try:
+                nonce = await run_in_threadpool(services.acme.nonces.issue)
+            except TrustdError as exc:
+                return problems.trustd_error_response(exc)
+            response.headers["Replay-Nonce"] = nonce
+            response.headers["Cache-Control"] = "no-store"
+            response.headers.append("Link", f'<{services.acme.urls.directory}>;rel="index"')
+            return response
+
+        return acme_handler
+
+
+acme_router = APIRouter(prefix=PREFIX, tags=["acme"], route_class=AcmeRoute)
+admin_router = APIRouter(prefix="/v1/admin/acme", tags=["admin"])
+
+
+def _ts(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _json(document: Any, status: int = 200, location: str | None = None) -> JSONResponse:
+    headers = {"Location": location} if location else None
+    return JSONResponse(document, status_code=status, headers=headers)
+
+
+async def _authenticate(
+    request: Request, services: Services, *, allow_jwk: bool = False
+) -> Authenticated:
+    # RFC 8555 §6.2: request bodies are application/jose+json; anything else is refused.
+    content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if content_type != JOSE_JSON:
+        raise UnsupportedMediaType(f"ACME requests must be sent as {JOSE_JSON}")
+    body = await request.body()
+    url = services.acme.urls.url(request.url.path)
+    return await run_in_threadpool(services.acme.authenticate, body, url, allow_jwk=allow_jwk)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _account_json(urls: AcmeUrls, account: AcmeAccount) -> dict[str, Any]:
+    return {
+        "status": account.status,
+        "contact": account.contact,
+        "orders": urls.orders(account.id),
+        "createdAt": _ts(account.created_at),
+    }
+
+
+def _order_json(urls: AcmeUrls, view: OrderView) -> dict[str, Any]:
+    order = view.order
+    document: dict[str, Any] = {
+        "status": order.status,
+        "expires": _ts(order.expires),
+        "identifiers": order.identifiers,
+        "authorizations": [urls.authz(a) for a in view.authorization_ids],
+        "finalize": urls.finalize(order.id),
+        "profile": order.profile,
+    }
+    if order.not_before is not None:
+        document["notBefore"] = _ts(order.not_before)
+    if order.not_after is not None:
+        document["notAfter"] = _ts(order.not_after)
+    if order.replaces is not None:
+        document["replaces"] = order.replaces
+    if order.certificate_serial is not None:
+        document["certificate"] = urls.certificate(order.certificate_serial)
+    if order.error is not None:
+        document["error"] = order.error
+    return document
+
+
+def _challenge_json(urls: AcmeUrls, challenge: AcmeChallenge) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "type": challenge.type,
+        "url": urls.challenge(challenge.id),
+        "status": challenge.status,
+        "token": challenge.token,
+    }
+    if challenge.validated is not None:
+        document["validated"] = _ts(challenge.validated)
+    if challenge.error is not None:
+        document["error"] = challenge.error
+    return document
+
+
+def _authz_json(urls: AcmeUrls, view: AuthorizationView) -> dict[str, Any]:
+    authz = view.authorization
+    document: dict[str, Any] = {
+        "identifier": {"type": authz.identifier_type, "value": authz.identifier_value},
+        "status": authz.status,
+        "expires": _ts(authz.expires),
+        "challenges": [_challenge_json(urls, c) for c in view.challenges],
+    }
+    if authz.wildcard:
+        document["wildcard"] = True
+    return document
+
+
+# --------------------------------------------------------------------------- ACME resources
+
+
+@acme_router.get("/directory")
+def directory(services: ServicesDep) -> JSONResponse:
+    """The ACME directory (RFC 8555 §7.1.1)."""
+    return _json(services.acme.directory())
+
+
+@acme_router.head("/new-nonce", status_code=200)
+def new_nonce_head() -> Response:
+    """A fresh nonce in Replay-Nonce (RFC 8555 §7.2: HEAD answers 200)."""
+    return Response(status_code=200)
+
+
+@acme_router.get("/new-nonce", status_code=204)
+def new_nonce_get() -> Response:
+    """A fresh nonce in Replay-Nonce (RFC 8555 §7.2: GET answers 204)."""
+    return Response(status_code=204)
+
+
+@acme_router.post("/new-account")
+async def new_account(request: Request, services: ServicesDep) -> JSONResponse:
+    """Create or find the account of the signing key (RFC 8555 §7.3)."""
+    auth = await _authenticate(request, services, allow_jwk=True)
+    account, created = await run_in_threadpool(services.acme.new_account, auth)
+    urls = services.acme.urls
+    return _json(_account_json(urls, account), 201 if created else 200, urls.account(account.id))
+
+
+@acme_router.post("/account/{account_id}")
+async def account(account_id: str, request: Request, services: ServicesDep) -> JSONResponse:
+    """Read, update or deactivate the account (RFC 8555 §7.3.2, §7.3.6)."""
+    auth = await _authenticate(request, services)
+    row = await run_in_threadpool(services.acme.update_account, auth, account_id)
+    return _json(_account_json(services.acme.urls, row))
+
+
+@acme_router.post("/account/{account_id}/orders")
+async def account_orders(
+    account_id: str, request: Request, services: ServicesDep, cursor: int = 0
+) -> JSONResponse:
+    """The account's orders, paginated with Link rel="next" (RFC 8555 §7.1.2.1)."""
+    auth = await _authenticate(request, services)
+    ids, more = await run_in_threadpool(
+        services.acme.account_orders, auth, account_id, max(cursor, 0)
+    )
+    urls = services.acme.urls
+    response = _json({"orders": [urls.order(i) for i in ids]})
+    if more:
+        response.headers.append(
+            "Link", f'<{urls.orders(account_id)}?cursor={cursor + 1}>;rel="next"'
+        )
+    return response
+
+
+@acme_router.post("/key-change")
+async def key_change(request: Request, services: ServicesDep) -> JSONResponse:
+    """Roll the account over to a new key (RFC 8555 §7.3.5)."""
+    auth = await _authenticate(request, services)
+    row = await run_in_threadpool(services.acme.key_change, auth)
+    return _json(_account_json(services.acme.urls, row))
+
+
+@acme_router.post("/new-order")
+async def new_order(request: Request, services: ServicesDep) -> JSONResponse:
+    """Create an order (RFC 8555 §7.4)."""
+    auth = await _authenticate(request, services)
+    view = await run_in_threadpool(services.acme.new_order, auth)
+    urls = services.acme.urls
+    return _json(_order_json(urls, view), 201, urls.order(view.order.id))
+
+
+@acme_router.post("/order/{order_id}")
+async def order(order_id: str, request: Request, services: ServicesDep) -> JSONResponse:
+    """The order (POST-as-GET)."""
+    auth = await _authenticate(request, services)
+    view = await run_in_threadpool(services.acme.get_order, auth, order_id)
+    return _json(_order_json(services.acme.urls, view))
+
+
+@acme_router.post("/order/{order_id}/finalize")
+async def finalize(order_id: str, request: Request, services: ServicesDep) -> JSONResponse:
+    """Finalize a ready order with a CSR (RFC 8555 §7.4)."""
+    auth = await _authenticate(request, services)
+    view = await run_in_threadpool(services.acme.finalize, auth, order_id)
+    urls = services.acme.urls
+    return _json(_order_json(urls, view), location=urls.order(order_id))
+
+
+@acme_router.post("/authz/{authz_id}")
+async def authorization(authz_id: str, request: Request, services: ServicesDep) -> JSONResponse:
+    """The authorization (POST-as-GET), or its deactivation (RFC 8555 §7.5.2)."""
+    auth = await _authenticate(request, services)
+    view = await run_in_threadpool(services.acme.get_authorization, auth, authz_id)
+    return _json(_authz_json(services.acme.urls, view))
+
+
+@acme_router.post("/chall/{challenge_id}")
+async def challenge(
+    challenge_id: str, request: Request, services: ServicesDep, background: BackgroundTasks
+) -> JSONResponse:
+    """Read a challenge, or ask for its validation (RFC 8555 §7.5.1); validation runs after
+    the response."""
+    auth = await _authenticate(request, services)
+    view: ChallengeView = await run_in_threadpool(
+        services.acme.respond_challenge, auth, challenge_id
+    )
+    if view.start_validation:
+        background.add_task(services.acme.validate_challenge, challenge_id)
+    urls = services.acme.urls
+    response = _json(_challenge_json(urls, view.challenge))
+    response.headers.append("Link", f'<{urls.authz(view.authorization_id)}>;rel="up"')
+    return response
+
+
+async def _certificate(
+    serial: str, alternate: int, request: Request, services: Services
+) -> Response:
+    auth = await _authenticate(request, services)
+    chain = await run_in_threadpool(services.acme.certificate_chain, auth, serial, alternate)
+    response = Response(chain.pem, media_type=PEM_CHAIN)
+    urls = services.acme.urls
+    # RFC 8555 §7.4.2: other chains are offered with Link rel="alternate".
+    for n in range(chain.alternates + 1):
+        if n != alternate:
+            response.headers.append("Link", f'<{urls.certificate(serial, n)}>;rel="alternate"')
+    return response
+
+
+@acme_router.post("/cert/{serial}")
+async def certificate(serial: str, request: Request, services: ServicesDep) -> Response:
+    """The certificate chain, PEM (RFC 8555 §7.4.2)."""
+    return await _certificate(serial, 0, request, services)
+
+
+@acme_router.post("/cert/{serial}/{alternate}")
+async def certificate_alternate(
+    serial: str, alternate: int, request: Request, services: ServicesDep
+) -> Response:
+    """An alternate chain: the same leaf, ending in the root."""
+    return await _certificate(serial, alternate, request, services)
+
+
+@acme_router.post("/revoke-cert")
+async def revoke_cert(request: Request, services: ServicesDep) -> Response:
+    """Revoke a certificate (RFC 8555 §7.6)."""
+    auth = await _authenticate(request, services, allow_jwk=True)
+    await run_in_threadpool(services.acme.revoke, auth)
+    return Response(status_code=200)
+
+
+@acme_router.get("/renewal-info/{cert_id}")
+def renewal_info(cert_id: str, services: ServicesDep) -> JSONResponse:
+    """The suggested renewal window (RFC 9773 §4.2), with Retry-After (§4.3)."""
+    info = services.acme.renewal_info(cert_id)
+    response = _json(
+        {"suggestedWindow": {"start": _ts(info.window.start), "end": _ts(info.window.end)}}
+    )
+    response.headers["Retry-After"] = str(info.retry_after)
+    return response
+
+
+# --------------------------------------------------------------------------- admin view
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AcmeAccountPublic(_Strict):
+    id: str
+    status: str
+    contact: list[str]
+    eab_key_id: str | None
+    thumbprint: str
+    created_at: datetime
+
+
+class AcmeOrderPublic(_Strict):
+    id: str
+    account_id: str
+    status: str
+    identifiers: list[dict[str, str]]
+    profile: str
+    expires: datetime
+    replaces: str | None
+    certificate_serial: str | None
+    created_at: datetime
+
+
+class AcmeCertificatePublic(_Strict):
+    serial: str
+    account_id: str
+    order_id: str
+    identifiers: list[dict[str, str]]
+    status: str
+    not_before: datetime
+    not_after: datetime
+    revoked_at: datetime | None
+    revocation_reason: str | None
+
+
+class EabKeyCreate(_Strict):
+    label: str = Field(min_length=1, max_length=128)
+    dns_suffixes: list[str] = Field(default_factory=list, max_length=64)
+    ip_networks: list[str] = Field(default_factory=list, max_length=64)
+    ttl: int | None = Field(default=None, gt=0, description="Lifetime in seconds")
+
+
+class EabKeyPublic(_Strict):
+    id: str
+    label: str
+    dns_suffixes: list[str]
+    ip_networks: list[str]
+    created_by: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class EabKeyCreated(EabKeyPublic):
+    hmac_key: str = Field(description="base64url MAC key; shown once")
+
+
+def _eab_public(row: AcmeEabKey) -> EabKeyPublic:
+    return EabKeyPublic.model_validate(row, from_attributes=True)
+
+
+@admin_router.get("/accounts", response_model=list[AcmeAccountPublic])
+def list_accounts(principal: AdminDep, services: ServicesDep) -> list[AcmeAccountPublic]:
+    """Every ACME account."""
+    return [
+        AcmeAccountPublic.model_validate(a, from_attributes=True)
+        for a in services.acme.list_accounts()
+    ]
+
+
+@admin_router.post("/accounts/{account_id}/deactivate", response_model=AcmeAccountPublic)
+def deactivate_account(
+    account_id: str, principal: AdminDep, services: ServicesDep
+) -> AcmeAccountPublic:
+    """Deactivate an account: it can no longer order or revoke."""
+    row = services.acme.admin_deactivate_account(principal, account_id)
+    return AcmeAccountPublic.model_validate(row, from_attributes=True)
+
+
+@admin_router.get("/orders", response_model=list[AcmeOrderPublic])
+def list_orders(
+    principal: AdminDep,
+    services: ServicesDep,
+    account_id: str | None = None,
+    status: str | None = None,
+) -> list[AcmeOrderPublic]:
+    """The newest 1000 orders, optionally of one account or in one status."""
+    return [
+        AcmeOrderPublic.model_validate(o, from_attributes=True)
+        for o in services.acme.list_orders(account_id, status)
+    ]
+
+
+@admin_router.get("/certificates", response_model=list[AcmeCertificatePublic])
+def list_certificates(principal: AdminDep, services: ServicesDep) -> list[AcmeCertificatePublic]:
+    """The newest 1000 certificates issued through ACME."""
+    return [
+        AcmeCertificatePublic(
+            serial=cert.serial,
+            account_id=order.account_id,
+            order_id=order.id,
+            identifiers=order.identifiers,
+            status=cert.status,
+            not_before=cert.not_before,
+            not_after=cert.not_after,
+            revoked_at=cert.revoked_at,
+            revocation_reason=cert.revocation_reason,
+        )
+        for cert, order in services.acme.list_certificates()
+    ]
+
+
+@admin_router.post("/eab-keys", response_model=EabKeyCreated, status_code=201)
+def create_eab_key(body: EabKeyCreate, principal: AdminDep, services: ServicesDep) -> EabKeyCreated:
+    """Create an External Account Binding key; the MAC key is in this response only."""
+    created = services.acme.create_eab_key(
+        principal,
+        body.label,
+        body.dns_suffixes,
+        body.ip_networks,
+        timedelta(seconds=body.ttl) if body.ttl else None,
+    )
+    return EabKeyCreated(
+        **_eab_public(created.key).model_dump(), hmac_key=b64encode(created.secret)
+    )
+
+
+@admin_router.get("/eab-keys", response_model=list[EabKeyPublic])
+def list_eab_keys(principal: AdminDep, services: ServicesDep) -> list[EabKeyPublic]:
+    """Every EAB key, without MAC keys."""
+    return [_eab_public(k) for k in services.acme.list_eab_keys()]
+
+
+@admin_router.delete("/eab-keys/{key_id}", status_code=204, response_class=Response)
+def revoke_eab_key(key_id: str, principal: AdminDep, services: ServicesDep) -> Response:
+    """Revoke an EAB key: no new account can bind with it."""
+    services.acme.revoke_eab_key(principal, key_id)
+    return Response(status_code=204)
+
+
+@admin_router.post("/prune", response_model=dict[str, int])
+def prune(principal: AdminDep, services: ServicesDep) -> dict[str, int]:
+    """Expire stale pending objects and delete old finished ones now."""
+    expired, deleted = services.acme.prune(principal)
+    return {"expired": expired, "deleted": deleted}
+
+
+router = APIRouter()
+router.include_router(acme_router)
+router.include_router(admin_router)
