@@ -29,7 +29,7 @@ from sqlmodel import Session
 from pki.clock import Clock
 from pki.errors import TrustdError
 from trustd.settings import Settings
-from trustd.store.db import transaction
+from trustd.store.db import deployment_scope, transaction
 from trustd.store.rotation_models import LeaderFence
 
 log = structlog.get_logger("trustd.leader")
@@ -236,7 +236,7 @@ def create_leader(settings: Settings, engine: Engine, clock: Clock, name: str) -
     if settings.redis_url:
         lease = max(3 * settings.rotation_interval.total_seconds(), 5.0)
         # One Redis may serve several deployments: the lease is per trust domain and database.
-        scope = f"{settings.trust_domain}:{engine.url.database}"
+        scope = deployment_scope(settings.trust_domain, engine)
         return RedisLeader(settings.redis_url, fence, int(lease * 1000), scope)
     if engine.dialect.name == "postgresql":
         return PostgresLeader(engine, fence)

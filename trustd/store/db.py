@@ -85,3 +85,9 @@ def ping(engine: Engine) -> None:
     """
     with transaction(engine) as session:
         session.execute(text("SELECT 1"))
+
+
+def deployment_scope(trust_domain: str, engine: Engine) -> str:
+    """What keys in a shared Redis are scoped by: one Redis may serve several deployments
+    (and test runs), each identified by its trust domain and database."""
+    return f"{trust_domain}:{engine.url.database}"

@@ -21,6 +21,7 @@ from trustd.services.audit import AuditLog
 from trustd.services.ca import CertificateAuthority
 from trustd.services.revocation import Revocations
 from trustd.settings import Settings
+from trustd.store.db import deployment_scope
 
 __all__ = ["AcmeService", "build_acme_service"]
 
@@ -65,7 +66,8 @@ def build_acme_service(
         client = redis.Redis.from_url(
             settings.redis_url, socket_timeout=2, socket_connect_timeout=2
         )
-        nonces, limiter = RedisNonces(client), RedisRateLimiter(client)
+        scope = deployment_scope(settings.trust_domain, engine)
+        nonces, limiter = RedisNonces(client, scope), RedisRateLimiter(client, scope)
     else:
         nonces, limiter = LocalNonces(), LocalRateLimiter()
     policy = EmbeddedEngine({"acme.rego": POLICY_PATH.read_text()}, {"acme": policy_data(settings)})

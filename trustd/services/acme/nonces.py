@@ -70,14 +70,16 @@ class LocalNonces:
 class RedisNonces:
     """Nonces shared by every replica through Redis."""
 
-    def __init__(self, client: redis.Redis, ttl: int = NONCE_TTL_SECONDS) -> None:
+    def __init__(self, client: redis.Redis, scope: str, ttl: int = NONCE_TTL_SECONDS) -> None:
         self._client = client
         self._ttl = ttl
+        # A nonce issued by one deployment is not redeemable at another sharing the Redis.
+        self._prefix = f"{_KEY}{scope}:"
 
     def issue(self) -> str:
         nonce = _new_nonce()
         try:
-            self._client.set(_KEY + nonce, b"1", nx=True, ex=self._ttl)
+            self._client.set(self._prefix + nonce, b"1", nx=True, ex=self._ttl)
         except redis.RedisError as exc:
             raise StoreUnavailable(f"the nonce store is unavailable: {exc}") from None
         return nonce
@@ -87,6 +89,6 @@ class RedisNonces:
             return False
         try:
             # GETDEL is atomic: of two replicas redeeming one nonce, exactly one sees it.
-            return self._client.getdel(_KEY + nonce) is not None
+            return self._client.getdel(self._prefix + nonce) is not None
         except redis.RedisError as exc:
             raise StoreUnavailable(f"the nonce store is unavailable: {exc}") from None

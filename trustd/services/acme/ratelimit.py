@@ -64,14 +64,16 @@ class LocalRateLimiter:
 
 
 class RedisRateLimiter:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, scope: str) -> None:
         self._script = client.register_script(_GCRA)
+        # Limits belong to one deployment even when several share the Redis.
+        self._prefix = f"{_KEY}{scope}:"
 
     def check(self, key: str, limit: int, period: float) -> float:
         interval_ms = period * 1000 / limit
         try:
             wait_ms = self._script(
-                keys=[_KEY + key], args=[interval_ms, period * 1000 - interval_ms]
+                keys=[self._prefix + key], args=[interval_ms, period * 1000 - interval_ms]
             )
         except redis.RedisError as exc:
             raise StoreUnavailable(f"the rate-limit store is unavailable: {exc}") from None
