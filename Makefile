@@ -8,11 +8,14 @@ PIP := $(BIN)/pip install -q --disable-pip-version-check -c deploy/constraints.t
 # Debian packages the tests drive (openssl verify; PostgreSQL and Redis servers; the ACME
 # clients certbot and lego, and pebble as the ACME benchmark baseline).
 DEB_PACKAGES := openssl postgresql redis-server certbot lego pebble
+# eBPF enforcement: clang compiles the tc program, libbpf loads it, bpftool reads its maps,
+# iproute2 makes the test namespaces; nginx is the auth_request enforcement point.
+DEB_PACKAGES += clang llvm libbpf-dev bpftool iproute2 nginx
 PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 CHECK_DB := trustd_alembic_check_$(shell echo $$$$)
 
 .PHONY: run test install install-dev system-deps services lint typecheck migrations-check pytest \
-	bench bench-acme bench-workload clean proto
+	bench bench-acme bench-workload clean proto bpf
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -93,6 +96,11 @@ proto: install-dev
 
 bench-workload: install-dev
 	$(BIN)/python bench/workload_api.py
+
+# The agent compiles it on start when missing; this checks the C source alone.
+bpf:
+	clang -O2 -g -target bpf -I/usr/include/$$(uname -m)-linux-gnu \
+		-c trustd/agent/bpf/enforce.c -o trustd/agent/bpf/enforce.o
 
 bench-acme: install-dev services
 	$(BIN)/python bench/acme.py

@@ -21,6 +21,7 @@ from trustd.api import (
     problems,
     revocation,
     svid,
+    verdicts,
 )
 from trustd.api.middleware import RequestContext
 from trustd.services.container import Services, build_services
@@ -58,7 +59,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.state.services = services
     problems.install(app)
     app.add_middleware(RequestContext, max_body=settings.max_request_bytes)
-    modules = (health, bundle, svid, admin, entries, nodes, agents, opa, revocation, acme)
+    modules = (health, bundle, svid, admin, entries, nodes, agents, opa, revocation, acme, verdicts)
     for module in modules:
         app.include_router(module.router)
     return app

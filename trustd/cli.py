@@ -753,6 +753,15 @@ def node_ban(
     typer.echo(f"banned {spiffe_id}")
 
 
+def _enforcement_mode(value: str) -> Any:
+    from trustd.agent.enforcement.ebpf import Mode
+
+    try:
+        return Mode(value)
+    except ValueError:
+        _fail(f"--enforcement-mode must be enforce or audit, not {value!r}")
+
+
 @app.command()
 def agent(
     server: Annotated[str, typer.Option(envvar="TRUSTD_SERVER", help="The trustd server URL")],
@@ -769,8 +778,26 @@ def agent(
         str | None, typer.Option(help="Pin the server's root CA on first contact")
     ] = None,
     log_level: Annotated[str, typer.Option()] = "info",
+    enforce_interface: Annotated[
+        list[str] | None,
+        typer.Option(help="Attach the eBPF filter to tc ingress here (IFNAME or NETNS/IFNAME)"),
+    ] = None,
+    enforcement_mode: Annotated[
+        str, typer.Option(help="enforce: drop what policy denies; audit: count it only")
+    ] = "enforce",
+    bpf_pin_dir: Annotated[Path, typer.Option(help="Where the eBPF maps are pinned")] = Path(
+        "/sys/fs/bpf/trustd"
+    ),
+    staleness_limit: Annotated[
+        float | None,
+        typer.Option(help="Seconds without trustd before enforced traffic is all denied"),
+    ] = None,
+    ext_authz_listen: Annotated[
+        str | None, typer.Option(help="HOST:PORT for the HTTP ext_authz endpoint")
+    ] = None,
 ) -> None:
-    """Run the node agent: attest, sync, and serve the SPIFFE Workload API."""
+    """Run the node agent: attest, sync, serve the SPIFFE Workload API, and enforce
+    verdicts (eBPF on --enforce-interface, ext_authz on --ext-authz-listen)."""
     import asyncio
 
     from pki.clock import SystemClock
@@ -784,6 +811,11 @@ def agent(
         socket_path=socket,
         join_token=join_token,
         ca_sha256=ca_sha256,
+        enforce_interfaces=tuple(enforce_interface or ()),
+        enforcement_mode=_enforcement_mode(enforcement_mode),
+        bpf_pin_dir=bpf_pin_dir,
+        staleness_limit=staleness_limit,
+        ext_authz_listen=ext_authz_listen,
     )
     try:
         asyncio.run(run_agent(config, SystemClock()))

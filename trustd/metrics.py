@@ -30,3 +30,12 @@ HTTP_REQUESTS = Histogram(
     ["method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
 )
+# The agent's enforcement (one agent per node, one process).
+VERDICT_REVISION = Gauge(
+    "trustd_agent_verdict_revision", "The verdict revision the agent applied.", ["backend"]
+)
+VERDICT_ERRORS = Counter(
+    "trustd_agent_verdict_errors_total",
+    "Verdict updates refused or failed to apply, by reason (the last good state stays).",
+    ["reason"],
+)

@@ -183,18 +183,30 @@ class ServerClient:
         return _identity(body, key)
 
     async def sync(
-        self, identity: NodeIdentity, since: int, revoked_since: int | None, wait: float
+        self,
+        identity: NodeIdentity,
+        since: int,
+        revoked_since: int | None,
+        wait: float,
+        verdict_since: int | None = None,
     ) -> dict[str, Any]:
         """Long-poll; `revoked_since` is None until the agent knows where the revocation
-        feed stands."""
+        feed stands; `verdict_since` is None when the agent enforces nothing."""
         params: dict[str, Any] = {"since": since, "wait": wait}
         if revoked_since is not None:
             params["revoked_since"] = revoked_since
+        if verdict_since is not None:
+            params["verdict_since"] = verdict_since
         result: dict[str, Any] = await self._call("GET", "/v1/agents/sync", identity, params=params)
         return result
 
-    async def ack(self, identity: NodeIdentity, revision: int) -> None:
-        await self._call("POST", "/v1/agents/ack", identity, json={"revision": revision})
+    async def ack(
+        self, identity: NodeIdentity, revision: int, verdict_revision: int | None = None
+    ) -> None:
+        body: dict[str, Any] = {"revision": revision}
+        if verdict_revision is not None:
+            body["verdict_revision"] = verdict_revision
+        await self._call("POST", "/v1/agents/ack", identity, json=body)
 
     async def sign(self, identity: NodeIdentity, csrs: Sequence[tuple[str, str]]) -> dict[str, Any]:
         result: dict[str, Any] = await self._call(

@@ -11,3 +11,17 @@ class WorkloadAttestationError(TrustdError):
     facts could not be read consistently)."""
 
     title = "Workload attestation failed"
+
+
+class EnforcementError(TrustdError):
+    """An enforcement backend could not start or apply a revision (a missing kernel
+    feature, a refused program, a full map). The last applied state stays in force."""
+
+    title = "Enforcement failed"
+
+
+class InvalidVerdicts(TrustdError):
+    """A verdict update cannot be applied (malformed, a revision gap, an unknown identity):
+    the agent keeps its last good state and asks for the full state."""
+
+    title = "Invalid verdict update"

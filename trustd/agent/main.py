@@ -28,6 +28,7 @@ from pki.jwt_svid import JwtSvid
 from pki.keys import KeyType, PrivateKey, allowed_public_key, generate_private_key
 from pki.selectors import parse_selectors
 from pki.spiffe_id import SpiffeId
+from trustd import metrics
 from trustd.agent.cache import SvidCache, WorkloadEntry, X509Svid
 from trustd.agent.client import (
     NodeIdentity,
@@ -36,6 +37,11 @@ from trustd.agent.client import (
     bundle_from_jwks,
     pin_first_contact,
 )
+from trustd.agent.enforcement import libbpf
+from trustd.agent.enforcement.ebpf import DEFAULT_PIN_DIR, BpfEnforcer, Interface, Mode
+from trustd.agent.enforcement.state import VerdictTable
+from trustd.agent.errors import EnforcementError, InvalidVerdicts
+from trustd.agent.extauthz import Authorizer, start_extauthz
 from trustd.agent.renewal import renewal_due
 
 log = structlog.get_logger("trustd.agent")
@@ -52,6 +58,14 @@ class AgentConfig:
     join_token: str | None = None
     ca_sha256: str | None = None
     key_type: KeyType = KeyType.EC_P256
+    # Enforcement: tc ingress on these interfaces (IFNAME or NETNS/IFNAME), the mode, where
+    # the maps are pinned, and how long without trustd before everything is denied.
+    enforce_interfaces: tuple[str, ...] = ()
+    enforcement_mode: Mode = Mode.ENFORCE
+    bpf_pin_dir: Path = DEFAULT_PIN_DIR
+    staleness_limit: float | None = None
+    # HOST:PORT for the HTTP ext_authz endpoint (nginx auth_request, Envoy HTTP).
+    ext_authz_listen: str | None = None
 
 
 class AgentError(ServerError):
@@ -80,6 +94,11 @@ class Agent:
         self._jwt_cache: dict[tuple[str, tuple[str, ...]], tuple[datetime, JwtSvid]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._workload_server: Any = None
+        # The verdicts last applied (the last good state), and the eBPF datapath.
+        self.verdicts = VerdictTable()
+        self._verdict_full = True
+        self.enforcer: BpfEnforcer | None = None
+        self._extauthz: asyncio.Server | None = None
 
     # -- files ---------------------------------------------------------------------------
 
@@ -161,6 +180,21 @@ class Agent:
         from trustd.agent.workload_api import start_workload_api
 
         await self.bootstrap()
+        if self.config.enforce_interfaces:
+            obj = libbpf.compile_object(self.config.data_dir / "enforce.o")
+            self.enforcer = BpfEnforcer(
+                obj,
+                [Interface.parse(i) for i in self.config.enforce_interfaces],
+                self.config.enforcement_mode,
+                self.config.bpf_pin_dir,
+                self.config.staleness_limit,
+            )
+            self.enforcer.start()
+        if self.config.ext_authz_listen:
+            host, _, port = self.config.ext_authz_listen.rpartition(":")
+            self._extauthz = await start_extauthz(
+                host or "127.0.0.1", int(port), Authorizer(lambda: self.verdicts)
+            )
         self._workload_server = await start_workload_api(self.config.socket_path, self.cache, self)
         self._tasks = [
             asyncio.create_task(self._sync_loop(), name="agent-sync"),
@@ -176,8 +210,13 @@ class Agent:
                 await task
         if self._workload_server is not None:
             await self._workload_server.stop(grace=1)
+        if self._extauthz is not None:
+            self._extauthz.close()
         if self._client is not None:
             await self._client.aclose()
+        if self.enforcer is not None:
+            # Fail-static: the filters and pinned maps keep enforcing the last revision.
+            self.enforcer.stop()
 
     @property
     def client(self) -> ServerClient:
@@ -193,9 +232,15 @@ class Agent:
 
     async def sync_once(self, wait: float) -> bool:
         """One long-poll; applies and acknowledges a change. Returns whether one came."""
-        result = await self.client.sync(self.node, self.revision, self.revocation_revision, wait)
+        result = await self.client.sync(
+            self.node, self.revision, self.revocation_revision, wait, self._verdict_since()
+        )
+        if self.enforcer is not None:
+            self.enforcer.refresh()
         if not result["changed"]:
             return False
+        if result.get("verdicts"):
+            self._apply_verdicts(result["verdicts"])
         await self._apply_revocations(result["revocations"])
         self.revocation_revision = int(result["revocation_revision"])
         entries = [
@@ -221,8 +266,35 @@ class Agent:
                 await self.client.update_bundle(bundle)
         self.revision = int(result["revision"])
         self._wake_rotation.set()
-        await self.client.ack(self.node, self.revision)
+        await self.client.ack(self.node, self.revision, self._verdict_since())
         return True
+
+    @property
+    def enforcing(self) -> bool:
+        return self.enforcer is not None or bool(self.config.ext_authz_listen)
+
+    def _verdict_since(self) -> int | None:
+        if not self.enforcing:
+            return None
+        return 0 if self._verdict_full else self.verdicts.revision
+
+    def _apply_verdicts(self, update: dict[str, Any]) -> None:
+        """Apply a verdict update to every backend, or keep the last good state and ask
+        for the full state on the next sync; never opens traffic because of an error."""
+        try:
+            table = self.verdicts.applied(update)
+            if self.enforcer is not None:
+                self.enforcer.apply(table)
+        except (InvalidVerdicts, EnforcementError) as exc:
+            reason = "invalid" if isinstance(exc, InvalidVerdicts) else "datapath"
+            metrics.VERDICT_ERRORS.labels(reason).inc()
+            log.error("verdicts_not_applied", error=exc.detail, held=self.verdicts.revision)
+            self._verdict_full = True
+            return
+        self.verdicts = table
+        self._verdict_full = False
+        metrics.VERDICT_REVISION.labels("ebpf").set(table.revision)
+        log.info("verdicts_applied", revision=table.revision, policy=len(table.policy))
 
     async def _apply_revocations(self, revocations: list[dict[str, Any]]) -> None:
         """Stop serving revoked SVIDs at once; the rotation pass then issues new ones."""

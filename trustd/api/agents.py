@@ -23,6 +23,7 @@ from trustd.api.schemas import (
     SyncResponse,
 )
 from trustd.api.svid import jwt_svid_response
+from trustd.api.verdicts import verdict_delta
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"])
 
@@ -34,12 +35,14 @@ async def sync(
     since: Annotated[int, Query(ge=0)] = 0,
     revoked_since: Annotated[int | None, Query(ge=0)] = None,
     wait: Annotated[float, Query(ge=0, le=60)] = 30.0,
+    verdict_since: Annotated[int | None, Query(ge=0)] = None,
 ) -> SyncResponse:
-    """Answers at once when the node's state changed after revision `since` or a
-    certificate was revoked after revocation revision `revoked_since`; otherwise holds up
-    to `wait` seconds and answers `changed: false`."""
+    """Answers at once when the node's state changed after revision `since`, a
+    certificate was revoked after revocation revision `revoked_since`, or the node's
+    verdicts moved past `verdict_since` (enforcing agents only; 0 asks for the full state);
+    otherwise holds up to `wait` seconds and answers `changed: false`."""
     wait = min(wait, services.settings.sync_wait.total_seconds())
-    snapshot = await services.agents.sync(node, since, revoked_since, wait)
+    snapshot = await services.agents.sync(node, since, revoked_since, wait, verdict_since)
     if snapshot is None:
         return SyncResponse(changed=False, revision=since, revocation_revision=revoked_since or 0)
     return SyncResponse(
@@ -54,13 +57,16 @@ async def sync(
             for r in snapshot.revocations
         ],
         revocation_revision=snapshot.revocation_revision,
+        verdicts=verdict_delta(snapshot.verdicts) if snapshot.verdicts else None,
     )
 
 
 @router.post("/ack", status_code=204, response_class=Response)
 def ack(body: Ack, node: NodeDep, services: ServicesDep) -> Response:
-    """The agent applied `revision`."""
+    """The agent applied `revision` (and `verdict_revision` of its verdicts)."""
     services.nodes.touch(node, body.revision)
+    if body.verdict_revision is not None:
+        services.verdicts.acknowledge(node.spiffe_id, body.verdict_revision)
     return Response(status_code=204)
 
 

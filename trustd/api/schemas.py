@@ -99,6 +99,7 @@ class EntryCreate(_Strict):
     admin: bool = False
     downstream: bool = False
     hint: str = Field(default="", max_length=256)
+    ip_addresses: list[str] = Field(default_factory=list, max_length=64)
 
 
 class EntryBatch(_Strict):
@@ -115,6 +116,7 @@ class EntryUpdate(_Strict):
     admin: bool | None = None
     downstream: bool | None = None
     hint: str | None = Field(default=None, max_length=256)
+    ip_addresses: list[str] | None = Field(default=None, max_length=64)
 
 
 class EntryPublic(_Strict):
@@ -128,6 +130,7 @@ class EntryPublic(_Strict):
     admin: bool
     downstream: bool
     hint: str
+    ip_addresses: list[str] = Field(default_factory=list)
     revision: int
     created_at: datetime
     updated_at: datetime
@@ -204,6 +207,23 @@ class RevokedSvid(_Strict):
     revision: int
 
 
+class VerdictSection(_Strict):
+    set: dict[str, Any] = Field(default_factory=dict)
+    remove: list[str] = Field(default_factory=list)
+
+
+class VerdictDelta(_Strict):
+    """Verdict changes for one node. `base` 0: the full state (replace everything held).
+    Sections: `identities` (SPIFFE ID -> number), `ipcache` (prefix -> number), `policy`
+    ("dst/src/port/proto" -> 1 allow, 0 deny; port 0 any), `revoked` (number -> 1)."""
+
+    revision: int
+    base: int
+    changes: dict[str, VerdictSection]
+    # The mesh policy for the agent's own L7 decisions, when it changed.
+    l7: dict[str, Any] | None = None
+
+
 class SyncResponse(_Strict):
     changed: bool
     revision: int
@@ -211,10 +231,20 @@ class SyncResponse(_Strict):
     bundle: dict[str, Any] | None = None
     revocations: list[RevokedSvid] = Field(default_factory=list)
     revocation_revision: int = 0
+    verdicts: VerdictDelta | None = None
 
 
 class Ack(_Strict):
     revision: int = Field(ge=0)
+    verdict_revision: int | None = Field(default=None, ge=0)
+
+
+class AgentVerdictLag(_Strict):
+    node_id: str
+    revision: int
+    applied_revision: int
+    lag: int
+    applied_at: datetime | None
 
 
 class CsrForEntry(_Strict):

@@ -25,8 +25,10 @@ from trustd.services.ca import CertificateAuthority
 from trustd.services.entries import Entries, NodeView
 from trustd.services.issuance import IssuedX509, Issuer
 from trustd.services.nodes import NodePrincipal, Nodes
+from trustd.services.policy import CHANNEL as POLICY_CHANNEL
 from trustd.services.revocation import REVOCATION_CHANNEL, Revocations
 from trustd.services.sync import SYNC_CHANNEL, current_revision
+from trustd.services.verdicts import Verdicts, VerdictUpdate
 from trustd.store.db import transaction
 from trustd.store.models import CertificateKind, RegistrationEntry
 from trustd.store.rotation_models import RevocationEvent
@@ -42,6 +44,8 @@ class Snapshot:
     # Revocations after the agent's revocation cursor, and where the cursor moves to.
     revocations: tuple[RevocationEvent, ...] = ()
     revocation_revision: int = 0
+    # Verdict and IP-cache changes since the revision the agent applied (None: none).
+    verdicts: VerdictUpdate | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class Agents:
         issuer: Issuer,
         ca: CertificateAuthority,
         revocations: Revocations,
+        verdicts: Verdicts | None = None,
     ) -> None:
         self._engine = engine
         self._clock = clock
@@ -78,16 +83,10 @@ class Agents:
         self._issuer = issuer
         self._ca = ca
         self._revocations = revocations
+        self._verdicts = verdicts
         self._draining = asyncio.Event()
 
-    def snapshot(self, principal: NodePrincipal, revoked_since: int | None = None) -> Snapshot:
-        """Everything the node should hold now, stamped with the revision it reflects, and
-        the revocations after `revoked_since` (a new agent, with None, holds no SVID that
-        could be revoked, so it only learns where the feed stands).
-
-        Raises:
-            PolicyEvaluationError: the attestation policy failed (the node gets nothing).
-        """
+    def _node_entries(self, principal: NodePrincipal) -> tuple[int, list[RegistrationEntry]]:
         with transaction(self._engine) as session:
             revision = current_revision(session)
             view = NodeView(
@@ -95,30 +94,77 @@ class Agents:
                 principal.selectors,
                 self._entries.aliases_of(session, principal.selectors),
             )
-            entries = self._entries.for_node(session, view)
+            return revision, self._entries.for_node(session, view)
+
+    def _verdict_update(
+        self,
+        principal: NodePrincipal,
+        revision: int,
+        entries: list[RegistrationEntry],
+        verdict_since: int | None,
+    ) -> VerdictUpdate | None:
+        if self._verdicts is None or verdict_since is None:
+            return None
+        return self._verdicts.update_for(
+            principal.spiffe_id,
+            entries,
+            revision,
+            self._revocations.current_revision(),
+            verdict_since,
+        )
+
+    def snapshot(
+        self,
+        principal: NodePrincipal,
+        revoked_since: int | None = None,
+        verdict_since: int | None = None,
+    ) -> Snapshot:
+        """Everything the node should hold now, stamped with the revision it reflects, and
+        the revocations after `revoked_since` (a new agent, with None, holds no SVID that
+        could be revoked, so it only learns where the feed stands), and its verdicts as a
+        delta from `verdict_since` (None: the agent does not enforce).
+
+        Raises:
+            PolicyEvaluationError: the attestation or mesh policy failed (the node gets
+                nothing).
+        """
+        revision, entries = self._node_entries(principal)
         if revoked_since is not None:
             feed = self._revocations.since(revoked_since)
             revoked, cursor = feed.events, feed.revision
         else:
             revoked, cursor = (), self._revocations.current_revision()
-        return Snapshot(revision, entries, self._ca.state.bundle.to_jwks(), revoked, cursor)
+        return Snapshot(
+            revision,
+            entries,
+            self._ca.state.bundle.to_jwks(),
+            revoked,
+            cursor,
+            self._verdict_update(principal, revision, entries, verdict_since),
+        )
 
     def drain(self) -> None:
         """The server is stopping: answer every waiting long-poll now ("no change")."""
         self._draining.set()
 
     async def sync(
-        self, principal: NodePrincipal, since: int, revoked_since: int | None, wait: float
+        self,
+        principal: NodePrincipal,
+        since: int,
+        revoked_since: int | None,
+        wait: float,
+        verdict_since: int | None = None,
     ) -> Snapshot | None:
-        """The node's state as soon as the revision passes `since` or a revocation passes
-        `revoked_since`, or None after `wait` seconds without either (the long-poll).
+        """The node's state as soon as the revision passes `since`, a revocation passes
+        `revoked_since` or the node's verdicts pass `verdict_since`, or None after `wait`
+        seconds without any (the long-poll).
         """
         deadline = time.monotonic() + wait
         while not self._draining.is_set():
             # Listen before reading, so a change committed in between still wakes us.
             waiters: list[asyncio.Future[Any]] = [
                 asyncio.ensure_future(self._bus.wait(channel))
-                for channel in (SYNC_CHANNEL, REVOCATION_CHANNEL)
+                for channel in (SYNC_CHANNEL, REVOCATION_CHANNEL, POLICY_CHANNEL)
             ]
             waiters.append(asyncio.ensure_future(self._draining.wait()))
             await asyncio.sleep(0)
@@ -129,7 +175,14 @@ class Agents:
                     revoked_since is not None
                     and self._revocations.current_revision() > revoked_since
                 ):
-                    return self.snapshot(principal, revoked_since)
+                    return self.snapshot(principal, revoked_since, verdict_since)
+                if verdict_since is not None and self._verdicts is not None:
+                    # Verdicts also move with policy and revocations, which leave the
+                    # entry revision alone: compile (cheap when nothing changed) and ask.
+                    node_revision, entries = self._node_entries(principal)
+                    update = self._verdict_update(principal, node_revision, entries, verdict_since)
+                    if update is not None:
+                        return self.snapshot(principal, revoked_since, verdict_since)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None

@@ -20,6 +20,7 @@ from trustd.services.nodes import Nodes, build_attestors
 from trustd.services.policy import PolicyService
 from trustd.services.revocation import Revocations
 from trustd.services.rotation import RotationManager
+from trustd.services.verdicts import Verdicts
 from trustd.settings import Settings
 from trustd.store.db import create_db_engine
 
@@ -41,6 +42,7 @@ class Services:
     revocations: Revocations
     rotation: RotationManager
     acme: AcmeService
+    verdicts: Verdicts
 
 
 def build_services(settings: Settings, clock: Clock | None = None) -> Services:
@@ -55,6 +57,8 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     entries = Entries(settings, engine, clock, audit, bus)
     revocations = Revocations(settings, engine, clock, audit, ca, bus)
     leader = create_leader(settings, engine, clock, "ca-rotation")
+    policy = PolicyService(settings, engine, clock, audit, bus)
+    verdicts = Verdicts(engine, clock, policy)
     return Services(
         settings=settings,
         engine=engine,
@@ -66,9 +70,10 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         issuer=issuer,
         nodes=nodes,
         entries=entries,
-        agents=Agents(engine, clock, audit, bus, nodes, entries, issuer, ca, revocations),
-        policy=PolicyService(settings, engine, clock, audit, bus),
+        agents=Agents(engine, clock, audit, bus, nodes, entries, issuer, ca, revocations, verdicts),
+        policy=policy,
         revocations=revocations,
         rotation=RotationManager(settings, engine, clock, audit, ca, revocations, bus, leader),
         acme=build_acme_service(settings, engine, ca, clock, audit, bus, kek, revocations),
+        verdicts=verdicts,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,28 @@ DEFAULT_ATTESTATION_POLICY = Path(__file__).resolve().parents[2] / "rego" / "att
 ATTESTATION_RULE = "data.trustd.attestation.allowed"
 MAX_BATCH = 500
 MAX_PAGE = 1000
+MAX_IP_ADDRESSES = 64
+
+
+def canonical_prefixes(values: Sequence[str]) -> list[str]:
+    """Addresses or CIDR prefixes in canonical form (`10.0.0.1` -> `10.0.0.1/32`).
+
+    Raises:
+        InvalidRequest: a value is not an IPv4 address or prefix, or there are too many.
+    """
+    if len(values) > MAX_IP_ADDRESSES:
+        raise InvalidRequest(f"at most {MAX_IP_ADDRESSES} ip_addresses per entry")
+    prefixes = []
+    for value in values:
+        try:
+            network = ipaddress.ip_network(value, strict=True)
+        except ValueError:
+            raise InvalidRequest(f"not an IP address or prefix: {value!r}") from None
+        # The eBPF IP cache holds IPv4 prefixes (trustd/agent/bpf/enforce.c).
+        if network.version != 4:
+            raise InvalidRequest(f"only IPv4 addresses are enforced: {value!r}")
+        prefixes.append(str(network))
+    return sorted(set(prefixes))
 
 
 @dataclass(frozen=True)
@@ -46,6 +69,7 @@ class EntrySpec:
     admin: bool = False
     downstream: bool = False
     hint: str = ""
+    ip_addresses: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -61,6 +85,7 @@ class EntryPatch:
     admin: bool | None = None
     downstream: bool | None = None
     hint: str | None = None
+    ip_addresses: Sequence[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +158,7 @@ class Entries:
                 raise InvalidRequest(f"{problem}: {name!r}")
         if len(spec.hint) > 256:
             raise InvalidRequest("hint is longer than 256 characters")
+        ip_addresses = canonical_prefixes(spec.ip_addresses)
         return {
             "spiffe_id": str(spiffe_id),
             "parent_id": str(parent),
@@ -144,6 +170,7 @@ class Entries:
             "admin": spec.admin,
             "downstream": spec.downstream,
             "hint": spec.hint,
+            "ip_addresses": ip_addresses,
         }
 
     # -- writes --------------------------------------------------------------------------
@@ -223,6 +250,9 @@ class Entries:
                     admin=patch.admin if patch.admin is not None else row.admin,
                     downstream=patch.downstream if patch.downstream is not None else row.downstream,
                     hint=patch.hint if patch.hint is not None else row.hint,
+                    ip_addresses=(
+                        patch.ip_addresses if patch.ip_addresses is not None else row.ip_addresses
+                    ),
                 )
                 values = self._validated(merged)
                 for key, value in values.items():

@@ -178,6 +178,10 @@ class RegistrationEntry(SQLModel, table=True):
     admin: bool = False
     downstream: bool = False
     hint: str = Field(default="", max_length=256)
+    # The workload's addresses (CIDR prefixes), for the agents' IP -> identity table.
+    ip_addresses: list[str] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]")
+    )
     revision: int = Field(index=True)
     created_by: str = Field(max_length=256)
     created_at: datetime = Field(sa_type=UTCDateTime)
@@ -207,3 +211,4 @@ class AttestationReplay(SQLModel, table=True):
 from trustd.store import acme_models as _acme_models  # noqa: E402, F401
 from trustd.store import policy_models as _policy_models  # noqa: E402, F401
 from trustd.store import rotation_models as _rotation_models  # noqa: E402, F401
+from trustd.store import verdict_models as _verdict_models  # noqa: E402, F401

@@ -1,0 +1,132 @@
+"""Verdicts over the agent sync channel, on both backends: numeric identities, the IP
+cache, L4 verdicts compiled from the mesh policy, deltas after the first full state, and
+the per-agent applied revision."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from policy.bundle import Bundle
+from tests.functional.conftest import Server
+from tests.functional.test_nodes_entries import attest, entry, join_token, node_headers
+from trustd.roles import Role
+from trustd.services.auth import Principal
+
+WEB = "spiffe://example.org/ns/web/frontend"
+API = "spiffe://example.org/ns/api/orders"
+DB = "spiffe://example.org/ns/db/postgres"
+BAD = "spiffe://example.org/ns/quarantine/x"
+ADMIN = Principal("test", Role.ADMIN)
+
+
+def sync(server: Server, headers: dict[str, str], **params: Any) -> dict[str, Any]:
+    response = server.client.get("/v1/agents/sync", params={"wait": 0, **params}, headers=headers)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def set_mesh(server: Server, mesh: dict[str, Any]) -> None:
+    active = server.services.policy.active.bundle
+    data = copy.deepcopy(active.data)
+    data["mesh"] = mesh
+    server.services.policy.create_revision(ADMIN, Bundle(active.modules, data), activate=True)
+
+
+def test_full_state_then_deltas_and_lag(server: Server) -> None:
+    node, _ = attest(server, join_token(server)["token"])
+    parent = str(node.spiffe_id)
+    entry(server, API, parent, "unix:uid:1001", ip_addresses=["10.213.0.2"])
+    entry(server, DB, parent, "unix:uid:1002", ip_addresses=["10.213.0.3/32"])
+    entry(server, WEB, "spiffe://example.org/elsewhere", "unix:uid:7", ip_addresses=["10.213.0.1"])
+    entry(server, BAD, "spiffe://example.org/elsewhere", "unix:uid:8", ip_addresses=["10.213.0.9"])
+    headers = node_headers(server, node)
+
+    # Agents that do not enforce get no verdicts at all.
+    assert sync(server, headers)["verdicts"] is None
+
+    first = sync(server, headers, verdict_since=0)["verdicts"]
+    assert first["base"] == 0
+    changes = first["changes"]
+    ids = changes["identities"]["set"]
+    assert set(ids) == {WEB, API, DB, BAD}
+    assert all(n >= 256 for n in ids.values())
+    assert changes["ipcache"]["set"] == {
+        "10.213.0.1/32": ids[WEB],
+        "10.213.0.2/32": ids[API],
+        "10.213.0.3/32": ids[DB],
+        "10.213.0.9/32": ids[BAD],
+    }
+    # Only destinations on this node (api, db): web -> api:8443 (an HTTP rule opens its
+    # port at L4, the proxy judges methods and paths) and api -> db:5432. Nothing from
+    # quarantine, nothing to web (not local).
+    assert changes["policy"]["set"] == {
+        f"{ids[API]}/{ids[WEB]}/8443/6": 1,
+        f"{ids[DB]}/{ids[API]}/5432/6": 1,
+    }
+    assert changes["revoked"]["set"] == {}
+    assert first["l7"]["modules"] and "allow" in first["l7"]["data"]["mesh"]
+
+    # Nothing changed: the long-poll says so.
+    idle = sync(server, headers, since=10**6, revoked_since=10**6, verdict_since=first["revision"])
+    assert idle["changed"] is False
+
+    # The agent acknowledges; trustd reports it applied the newest revision.
+    ack = server.client.post(
+        "/v1/agents/ack",
+        json={"revision": 1, "verdict_revision": first["revision"]},
+        headers=headers,
+    )
+    assert ack.status_code == 204
+    lag = server.client.get("/v1/verdicts/agents", headers=server.auth).json()
+    assert lag == [
+        {
+            "node_id": parent,
+            "revision": first["revision"],
+            "applied_revision": first["revision"],
+            "lag": 0,
+            "applied_at": lag[0]["applied_at"],
+        }
+    ]
+
+    # A policy change: web may reach db on any port, except 22 which a deny rule names.
+    mesh = copy.deepcopy(server.services.policy.active.bundle.data["mesh"])
+    mesh["allow"].append({"name": "web-db", "source": WEB, "destination": DB})
+    mesh["deny"].append({"name": "no-ssh", "ports": [22], "protocols": ["tcp"]})
+    set_mesh(server, mesh)
+    second = sync(server, headers, verdict_since=first["revision"])["verdicts"]
+    assert second["base"] == first["revision"]
+    assert second["changes"]["policy"]["set"] == {
+        f"{ids[DB]}/{ids[WEB]}/0/6": 1,
+        f"{ids[DB]}/{ids[WEB]}/0/17": 1,
+        f"{ids[DB]}/{ids[WEB]}/22/6": 0,
+    }
+    assert second["l7"] is not None
+    lag = server.client.get("/v1/verdicts/agents", headers=server.auth).json()
+    assert lag[0]["lag"] == second["revision"] - first["revision"]
+
+    # An agent too far behind (or with a revision trustd never made) gets the full state.
+    far = sync(server, headers, verdict_since=first["revision"] + 100)
+    assert far["verdicts"] is None or far["verdicts"]["base"] == 0
+    again = sync(server, headers, verdict_since=0)["verdicts"]
+    assert again["base"] == 0 and again["revision"] == second["revision"]
+
+    # Numbers are stable: the same SPIFFE IDs keep them across recompilations.
+    assert again["changes"]["identities"]["set"] == ids
+
+
+def test_bad_ip_addresses_are_refused(server: Server) -> None:
+    for bad in (["10.0.0.1/8"], ["not-an-ip"], ["fd00::1"]):
+        response = server.client.post(
+            "/v1/entries",
+            json={
+                "spiffe_id": API,
+                "parent_id": "spiffe://example.org/n",
+                "selectors": ["unix:uid:1"],
+                "ip_addresses": bad,
+            },
+            headers=server.auth,
+        )
+        assert response.status_code == 400, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+    assert server.client.get("/v1/entries", headers=server.auth).json()["total"] == 0

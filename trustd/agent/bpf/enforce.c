@@ -1,0 +1,198 @@
+// SPDX-License-Identifier: Apache-2.0
+// trustd L3/L4 enforcement: a tc (clsact) ingress program on the interfaces that deliver
+// traffic to local workloads. Identities come from an LPM-trie IP cache, verdicts from a
+// policy map keyed by (destination identity, source identity, port, protocol), as Cilium's
+// ipcache and policy maps do.
+//
+// Every map key carries a generation: the agent writes a whole revision into the inactive
+// generation, then flips `config.gen` with one array write. A packet reads the generation
+// once, so it sees one revision or the other, never a mix; an entry missing because the
+// agent is clearing the old generation reads as "deny", never as "allow".
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#define MODE_AUDIT 0
+#define MODE_ENFORCE 1
+
+// Counter slots; trustd/agent/enforcement/maps.py names them in the same order.
+enum {
+	C_ALLOWED,
+	C_DENIED,      // policy said no (dropped in enforce mode, passed in audit mode)
+	C_DROPPED,     // actually dropped, for any reason
+	C_REVOKED,     // source identity revoked
+	C_STALE,       // deny-all: the agent's state is older than its staleness limit
+	C_UNMANAGED,   // destination address not in the IP cache: not ours to judge
+	C_ESTABLISHED, // TCP segments of connections already admitted
+	C_MAX,
+};
+
+struct config {
+	__u32 gen;
+	__u32 mode;
+	__u32 revision;
+	__u32 pad;
+	// CLOCK_MONOTONIC deadline (bpf_ktime_get_ns) after which everything managed is
+	// denied: the agent moves it forward on every successful sync, so a node cut off from
+	// trustd for longer than the staleness limit fails closed even if the agent died.
+	// 0: no limit.
+	__u64 valid_until_ns;
+};
+
+struct ipcache_key {
+	__u32 prefixlen; // 32 (generation) + the address prefix length
+	__u32 gen;
+	__u32 addr; // network byte order
+};
+
+struct policy_key {
+	__u32 gen;
+	__u32 dst;
+	__u32 src;
+	__u16 port; // host byte order; 0 = any port
+	__u8 proto;
+	__u8 pad;
+};
+
+struct revoked_key {
+	__u32 gen;
+	__u32 identity;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+} trustd_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ipcache_key);
+	__type(value, __u32);
+} trustd_ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 131072);
+	__type(key, struct policy_key);
+	__type(value, __u32);
+} trustd_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct revoked_key);
+	__type(value, __u32);
+} trustd_revoked SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, C_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} trustd_counters SEC(".maps");
+
+static __always_inline void count(__u32 slot)
+{
+	__u64 *value = bpf_map_lookup_elem(&trustd_counters, &slot);
+	if (value)
+		*value += 1;
+}
+
+static __always_inline __u32 identity_of(__u32 gen, __u32 addr)
+{
+	struct ipcache_key key = {.prefixlen = 64, .gen = gen, .addr = addr};
+	__u32 *id = bpf_map_lookup_elem(&trustd_ipcache, &key);
+	return id ? *id : 0;
+}
+
+static __always_inline int deny(const struct config *cfg)
+{
+	count(C_DENIED);
+	if (cfg->mode == MODE_AUDIT)
+		return TC_ACT_OK;
+	count(C_DROPPED);
+	return TC_ACT_SHOT;
+}
+
+SEC("tc")
+int trustd_ingress(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&trustd_config, &zero);
+	__u16 eth_proto;
+	struct iphdr ip;
+
+	if (bpf_skb_load_bytes(skb, offsetof(struct ethhdr, h_proto), &eth_proto, 2) < 0)
+		return TC_ACT_OK;
+	// ARP must pass or no address resolves; IPv6 carries no identities here (the IP
+	// cache is IPv4), so it is judged like an unknown source below.
+	if (eth_proto == bpf_htons(ETH_P_ARP))
+		return TC_ACT_OK;
+	if (!cfg) // never configured: fail closed
+		return TC_ACT_SHOT;
+	if (eth_proto != bpf_htons(ETH_P_IP))
+		return deny(cfg);
+	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &ip, sizeof(ip)) < 0)
+		return deny(cfg);
+
+	__u32 gen = cfg->gen;
+	__u32 dst = identity_of(gen, ip.daddr);
+	if (dst == 0) {
+		count(C_UNMANAGED);
+		return TC_ACT_OK;
+	}
+	if (cfg->valid_until_ns && bpf_ktime_get_ns() > cfg->valid_until_ns) {
+		count(C_STALE);
+		return deny(cfg);
+	}
+	__u32 src = identity_of(gen, ip.saddr);
+	struct revoked_key rk = {.gen = gen, .identity = src};
+	if (src && bpf_map_lookup_elem(&trustd_revoked, &rk)) {
+		count(C_REVOKED);
+		return deny(cfg);
+	}
+
+	__u16 port = 0;
+	__u32 l4 = sizeof(struct ethhdr) + ip.ihl * 4;
+	if (ip.protocol == IPPROTO_TCP) {
+		struct tcphdr tcp;
+		if (bpf_skb_load_bytes(skb, l4, &tcp, sizeof(tcp)) < 0)
+			return deny(cfg);
+		// No connection tracking: a connection is judged by its SYN; later segments of an
+		// admitted connection pass (a revoked source is cut off above regardless).
+		if (!(tcp.syn && !tcp.ack)) {
+			count(C_ESTABLISHED);
+			return TC_ACT_OK;
+		}
+		port = bpf_ntohs(tcp.dest);
+	} else if (ip.protocol == IPPROTO_UDP) {
+		__u16 dport;
+		if (bpf_skb_load_bytes(skb, l4 + 2, &dport, 2) < 0)
+			return deny(cfg);
+		port = bpf_ntohs(dport);
+	}
+
+	struct policy_key key = {
+		.gen = gen, .dst = dst, .src = src, .port = port, .proto = ip.protocol};
+	__u32 *verdict = bpf_map_lookup_elem(&trustd_policy, &key);
+	if (!verdict) {
+		key.port = 0;
+		verdict = bpf_map_lookup_elem(&trustd_policy, &key);
+	}
+	if (verdict && *verdict) {
+		count(C_ALLOWED);
+		return TC_ACT_OK;
+	}
+	return deny(cfg);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

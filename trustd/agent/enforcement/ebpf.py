@@ -1,0 +1,223 @@
+"""The eBPF datapath: load `bpf/enforce.c`, pin its maps under the pin directory
+(`/sys/fs/bpf/trustd/` by default), attach it to tc ingress on the configured interfaces,
+and write each verdict revision atomically (double-buffered by generation)."""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import structlog
+
+from trustd.agent.enforcement import libbpf
+from trustd.agent.enforcement.state import VerdictTable
+from trustd.agent.errors import EnforcementError
+
+log = structlog.get_logger("trustd.agent.ebpf")
+MAPS = ("trustd_config", "trustd_ipcache", "trustd_policy", "trustd_revoked", "trustd_counters")
+PROGRAM = "trustd_ingress"
+# Counter slots, in the order of the enum in bpf/enforce.c.
+COUNTERS = ("allowed", "denied", "dropped", "revoked", "stale", "unmanaged", "established")
+DEFAULT_PIN_DIR = Path("/sys/fs/bpf/trustd")
+
+
+class Mode(StrEnum):
+    ENFORCE = "enforce"
+    # Count what would be denied, drop nothing.
+    AUDIT = "audit"
+
+
+class Config(ctypes.Structure):
+    _fields_ = [
+        ("gen", ctypes.c_uint32),
+        ("mode", ctypes.c_uint32),
+        ("revision", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("valid_until_ns", ctypes.c_uint64),
+    ]
+
+
+class IpcacheKey(ctypes.Structure):
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32),
+        ("gen", ctypes.c_uint32),
+        ("addr", ctypes.c_ubyte * 4),
+    ]
+
+
+class PolicyKey(ctypes.Structure):
+    _fields_ = [
+        ("gen", ctypes.c_uint32),
+        ("dst", ctypes.c_uint32),
+        ("src", ctypes.c_uint32),
+        ("port", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+    ]
+
+
+class RevokedKey(ctypes.Structure):
+    _fields_ = [
+        ("gen", ctypes.c_uint32),
+        ("identity", ctypes.c_uint32),
+    ]
+
+
+@dataclass(frozen=True)
+class Interface:
+    """`ifname`, or `netns/ifname` for an interface inside a named network namespace."""
+
+    netns: str | None
+    ifname: str
+
+    @classmethod
+    def parse(cls, spec: str) -> Interface:
+        netns, _, ifname = spec.rpartition("/")
+        if not ifname:
+            raise EnforcementError(f"interface {spec!r}: expected IFNAME or NETNS/IFNAME")
+        return cls(netns or None, ifname)
+
+
+def _possible_cpus() -> int:
+    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    return sum(
+        int(b) - int(a) + 1 if "-" in part else 1
+        for part in text.split(",")
+        for a, _, b in [part.partition("-")]
+    )
+
+
+class BpfEnforcer:
+    """Owns the loaded program and its maps for one agent."""
+
+    def __init__(
+        self,
+        object_path: Path,
+        interfaces: list[Interface],
+        mode: Mode = Mode.ENFORCE,
+        pin_dir: Path = DEFAULT_PIN_DIR,
+        staleness: float | None = None,
+    ) -> None:
+        self.object_path = object_path
+        self.interfaces = interfaces
+        self.mode = mode
+        self.pin_dir = pin_dir
+        self.staleness = staleness
+        self._obj: libbpf.BpfObject | None = None
+        self._cpus = _possible_cpus()
+
+    def start(self) -> None:
+        """Load (reusing pinned maps: the last state stays in force), then attach.
+
+        Raises:
+            EnforcementError: bpffs, the verifier, or an interface refused.
+        """
+        libbpf.ensure_bpffs()
+        self._obj = libbpf.BpfObject(self.object_path, self.pin_dir, MAPS, PROGRAM)
+        config = self._config()
+        config.mode = 1 if self.mode is Mode.ENFORCE else 0
+        self._write_config(config)
+        self.refresh()
+        for interface in self.interfaces:
+            self._obj.attach(interface.netns, interface.ifname)
+        log.info(
+            "ebpf_attached",
+            interfaces=[f"{i.netns or ''}/{i.ifname}" for i in self.interfaces],
+            mode=str(self.mode),
+            revision=config.revision,
+        )
+
+    def stop(self, *, detach: bool = False) -> None:
+        """Release the object. The filters and pinned maps stay (fail-static) unless
+        `detach`, which also removes the pins."""
+        if self._obj is None:
+            return
+        if detach:
+            for interface in self.interfaces:
+                self._obj.detach(interface.netns, interface.ifname)
+            for name in MAPS:
+                (self.pin_dir / name).unlink(missing_ok=True)
+        self._obj.close()
+        self._obj = None
+
+    @property
+    def _fds(self) -> dict[str, int]:
+        if self._obj is None:
+            raise EnforcementError("the eBPF program is not loaded")
+        return self._obj.fds
+
+    def _config(self) -> Config:
+        config = Config()
+        libbpf.lookup(self._fds["trustd_config"], ctypes.c_uint32(0), config)
+        return config
+
+    def _write_config(self, config: Config) -> None:
+        libbpf.update(self._fds["trustd_config"], ctypes.c_uint32(0), config)
+
+    @property
+    def revision(self) -> int:
+        return int(self._config().revision)
+
+    def refresh(self) -> None:
+        """trustd answered: move the staleness deadline forward."""
+        if self.staleness is None:
+            return
+        config = self._config()
+        config.valid_until_ns = time.monotonic_ns() + int(self.staleness * 1e9)
+        self._write_config(config)
+
+    def apply(self, table: VerdictTable) -> None:
+        """Write `table` into the idle generation, switch to it, clear the old one.
+
+        Raises:
+            EnforcementError: a map is full or refused an entry; the active generation
+                (the last good state) is untouched.
+        """
+        fds = self._fds
+        config = self._config()
+        gen = config.gen ^ 1
+        self._clear(gen)
+        try:
+            for prefix, number in table.ipcache.items():
+                network = ipaddress.IPv4Network(prefix)
+                key = IpcacheKey(32 + network.prefixlen, gen)
+                key.addr[:] = list(network.network_address.packed)
+                libbpf.update(fds["trustd_ipcache"], key, ctypes.c_uint32(number))
+            for k, allowed in table.policy.items():
+                pkey = PolicyKey(gen, k.dst, k.src, k.port, k.proto, 0)
+                libbpf.update(fds["trustd_policy"], pkey, ctypes.c_uint32(int(allowed)))
+            for number in table.revoked:
+                libbpf.update(fds["trustd_revoked"], RevokedKey(gen, number), ctypes.c_uint32(1))
+        except EnforcementError:
+            self._clear(gen)
+            raise
+        # The switch: one array-element write, seen whole by every later packet.
+        config.gen = gen
+        config.revision = table.revision
+        self._write_config(config)
+        self._clear(gen ^ 1)
+
+    def _clear(self, gen: int) -> None:
+        fds = self._fds
+        for name, key_type in (
+            ("trustd_ipcache", IpcacheKey),
+            ("trustd_policy", PolicyKey),
+            ("trustd_revoked", RevokedKey),
+        ):
+            stale = [k for k in libbpf.keys(fds[name], key_type) if k.gen == gen]
+            for key in stale:
+                libbpf.delete(fds[name], key)
+
+    def counters(self) -> dict[str, int]:
+        """Per-verdict packet counts, summed over CPUs."""
+        fd = self._fds["trustd_counters"]
+        out = {}
+        for slot, name in enumerate(COUNTERS):
+            values = (ctypes.c_uint64 * self._cpus)()
+            libbpf.lookup(fd, ctypes.c_uint32(slot), values)
+            out[name] = int(sum(values))
+        return out

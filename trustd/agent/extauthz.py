@@ -1,0 +1,203 @@
+"""The agent's HTTP ext_authz endpoint for proxies in front of local workloads: nginx
+`auth_request` and Envoy's HTTP ext_authz filter. Answered from the pushed state (revoked
+identities) and the mesh policy evaluated by the agent's own engine: no call to trustd.
+
+Who calls: the proxy verified the client's X509-SVID (mutual TLS) and passes it on, either
+as the PEM (`X-Client-Cert`, nginx `$ssl_client_escaped_cert`) or as Envoy's
+`x-forwarded-client-cert` (`URI=` the client's SPIFFE ID, `By=` the proxy's own). The
+destination is the proxy's workload (`X-Trustd-Destination`, or XFCC `By=`), the port
+`X-Trustd-Port`; method and path are the original request's (`X-Original-Method` /
+`X-Original-URI` from nginx, the check request's own method and path from Envoy).
+2xx allows, 403 denies (nginx auth_request and Envoy both read it so).
+
+The server is a small HTTP/1.1 keep-alive loop on asyncio: a check is a header-only
+request, and a framework's per-request cost would be most of the budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote
+
+import structlog
+from cryptography import x509
+
+from policy.engine import EmbeddedEngine
+from trustd.agent.enforcement.state import VerdictTable
+
+log = structlog.get_logger("trustd.agent.extauthz")
+MESH_ALLOW = "data.trustd.mesh.allow"
+MAX_HEADER_BYTES = 32768
+CACHE_SIZE = 4096
+
+
+def _spiffe_id_of_pem(pem: str) -> str | None:
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return None
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    # SPIFFE X509-SVID §2: exactly one URI SAN, the SPIFFE ID.
+    return uris[0] if len(uris) == 1 and uris[0].startswith("spiffe://") else None
+
+
+def _xfcc(value: str) -> dict[str, str]:
+    """The first element of an `x-forwarded-client-cert` header (the hop nearest the
+    client), as key -> value; Envoy quotes values that hold `,;=`."""
+    element = value.split(",", 1)[0]
+    out: dict[str, str] = {}
+    for pair in element.split(";"):
+        key, _, val = pair.partition("=")
+        out[key.strip().lower()] = val.strip().strip('"')
+    return out
+
+
+class Authorizer:
+    """Decisions from the verdict table the agent holds; one engine per L7 revision, used
+    only on the event loop's thread (a regorus engine is bound to its thread)."""
+
+    def __init__(self, table: Callable[[], VerdictTable]) -> None:
+        self._table = table
+        self._engine: tuple[int, EmbeddedEngine] | None = None
+        self._decisions: OrderedDict[tuple[Any, ...], tuple[bool, str]] = OrderedDict()
+        self._identities: OrderedDict[str, str | None] = OrderedDict()
+
+    def _identity(self, pem_escaped: str) -> str | None:
+        found = self._identities.get(pem_escaped, "")
+        if found != "":
+            return found
+        spiffe_id = _spiffe_id_of_pem(unquote(pem_escaped))
+        self._identities[pem_escaped] = spiffe_id
+        if len(self._identities) > CACHE_SIZE:
+            self._identities.popitem(last=False)
+        return spiffe_id
+
+    def _mesh(self, table: VerdictTable) -> EmbeddedEngine | None:
+        if table.l7 is None:
+            return None
+        revision = int(table.l7.get("revision", 0))
+        if self._engine is None or self._engine[0] != revision:
+            self._engine = (revision, EmbeddedEngine(table.l7["modules"], table.l7["data"]))
+            self._decisions.clear()
+        return self._engine[1]
+
+    def check(self, method: str, path: str, headers: dict[str, str]) -> tuple[bool, str]:
+        """Whether the original request may pass, and why."""
+        forwarded = headers.get("x-forwarded-client-cert")
+        xfcc = _xfcc(forwarded) if forwarded else {}
+        if "x-client-cert" in headers:
+            source = self._identity(headers["x-client-cert"])
+        else:
+            source = xfcc.get("uri")
+        if not source:
+            return False, "no verified client SPIFFE ID"
+        destination = headers.get("x-trustd-destination") or xfcc.get("by")
+        if not destination:
+            return False, "the proxy names no destination (X-Trustd-Destination)"
+        try:
+            port = int(headers.get("x-trustd-port", "0"))
+        except ValueError:
+            return False, "X-Trustd-Port is not a number"
+        method = headers.get("x-original-method", method).upper()
+        path = headers.get("x-original-uri", path).split("?", 1)[0]
+        table = self._table()
+        number = table.identities.get(source)
+        if number is not None and number in table.revoked:
+            return False, f"{source} is revoked"
+        engine = self._mesh(table)
+        if engine is None:
+            return False, "no policy received from trustd yet"
+        key = (source, destination, port, method, path)
+        cached = self._decisions.get(key)
+        if cached is not None:
+            return cached
+        try:
+            allowed = engine.evaluate(
+                MESH_ALLOW,
+                {
+                    "source": source,
+                    "destination": destination,
+                    "port": port,
+                    "protocol": "http",
+                    "method": method,
+                    "path": path,
+                },
+            )
+        except Exception as exc:
+            log.error("extauthz_evaluation_failed", error=str(exc))
+            return False, "policy evaluation failed"
+        decision = (allowed is True, "allowed" if allowed is True else "denied by policy")
+        self._decisions[key] = decision
+        if len(self._decisions) > CACHE_SIZE:
+            self._decisions.popitem(last=False)
+        return decision
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, authorizer: Authorizer) -> None:
+        self._authorizer = authorizer
+        self._buffer = b""
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while True:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buffer) > MAX_HEADER_BYTES:
+                    self._reply(431, "request headers too large", close=True)
+                return
+            head, rest = self._buffer[:end].decode("latin-1"), self._buffer[end + 4 :]
+            lines = head.split("\r\n")
+            parts = lines[0].split(" ")
+            if len(parts) != 3:
+                self._reply(400, "malformed request line", close=True)
+                return
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            try:
+                length = int(headers.get("content-length", "0"))
+            except ValueError:
+                self._reply(400, "bad content-length", close=True)
+                return
+            if len(rest) < length:
+                return
+            self._buffer = rest[length:]
+            allowed, reason = self._authorizer.check(parts[0], parts[1], headers)
+            close = headers.get("connection", "").lower() == "close"
+            self._reply(200 if allowed else 403, reason, close=close)
+            if close:
+                return
+
+    def _reply(self, status: int, reason: str, *, close: bool) -> None:
+        assert self._transport is not None
+        body = json.dumps({"allowed": status == 200, "reason": reason}).encode()
+        text = {200: "OK", 400: "Bad Request", 403: "Forbidden", 431: "Too Large"}[status]
+        lines = [
+            f"HTTP/1.1 {status} {text}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(body)}",
+            *(["Connection: close"] if close else []),
+        ]
+        self._transport.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        if close:
+            self._transport.close()
+
+
+async def start_extauthz(host: str, port: int, authorizer: Authorizer) -> asyncio.Server:
+    """Listen for ext_authz checks on `host:port` (keep it on loopback or the node)."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _Protocol(authorizer), host, port)
+    log.info("extauthz_listening", address=f"{host}:{port}")
+    return server
