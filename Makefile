@@ -6,8 +6,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q --disable-pip-version-check -c deploy/constraints.txt
 # Debian packages the tests drive (openssl verify; PostgreSQL and Redis servers; the ACME
-# clients certbot and lego, and pebble as the ACME benchmark baseline).
-DEB_PACKAGES := openssl postgresql redis-server certbot lego pebble
+# clients certbot and lego, and pebble as the ACME benchmark baseline; chromium for the
+# admin UI's Playwright tests).
+DEB_PACKAGES := openssl postgresql redis-server certbot lego pebble chromium
 PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 CHECK_DB := trustd_alembic_check_$(shell echo $$$$)
 

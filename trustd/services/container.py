@@ -20,6 +20,7 @@ from trustd.services.nodes import Nodes, build_attestors
 from trustd.services.policy import PolicyService
 from trustd.services.revocation import Revocations
 from trustd.services.rotation import RotationManager
+from trustd.services.ui import UiAccounts, UiViews
 from trustd.settings import Settings
 from trustd.store.db import create_db_engine
 
@@ -41,6 +42,8 @@ class Services:
     revocations: Revocations
     rotation: RotationManager
     acme: AcmeService
+    ui: UiAccounts
+    ui_views: UiViews
 
 
 def build_services(settings: Settings, clock: Clock | None = None) -> Services:
@@ -55,6 +58,7 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     entries = Entries(settings, engine, clock, audit, bus)
     revocations = Revocations(settings, engine, clock, audit, ca, bus)
     leader = create_leader(settings, engine, clock, "ca-rotation")
+    policy = PolicyService(settings, engine, clock, audit, bus)
     return Services(
         settings=settings,
         engine=engine,
@@ -67,8 +71,10 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         nodes=nodes,
         entries=entries,
         agents=Agents(engine, clock, audit, bus, nodes, entries, issuer, ca, revocations),
-        policy=PolicyService(settings, engine, clock, audit, bus),
+        policy=policy,
         revocations=revocations,
         rotation=RotationManager(settings, engine, clock, audit, ca, revocations, bus, leader),
         acme=build_acme_service(settings, engine, ca, clock, audit, bus, kek, revocations),
+        ui=UiAccounts(settings, engine, clock, audit, kek),
+        ui_views=UiViews(settings, engine, clock, policy),
     )
