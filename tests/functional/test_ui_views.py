@@ -334,8 +334,11 @@ def test_entry_with_bad_selectors_shows_why_and_stores_nothing(ui: Server) -> No
 def test_revoke_through_the_confirmation_page(ui: Server) -> None:
     serial = issue(ui, f"{TD}/ns/web/app")
     csrf = sign_in(ui.client, "operator")
-    found = ui.client.get("/ui/certificates", params={"q": f"{TD}/ns/web/app"})
+    found = ui.client.get("/ui/certificates", params={"q": f"{TD}/ns/web/app", "status": ""})
     assert serial in found.text
+    bad = ui.client.get("/ui/certificates", params={"status": "bogus"})
+    assert bad.status_code == 422
+    assert bad.headers["content-type"].startswith("text/html")
     by_serial = ui.client.get("/ui/certificates", params={"q": serial}, follow_redirects=False)
     assert by_serial.headers["location"] == f"/ui/certificates/{serial}"
     confirm = ui.client.get(f"/ui/certificates/{serial}/revoke")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
@@ -147,6 +148,14 @@ class UiRoute(APIRoute):
                 )
                 response.delete_cookie(session_cookie(_services(request)), path="/")
                 return response
+            except RequestValidationError as exc:
+                # The same summary the JSON API gives, as a page: where and why, never the
+                # submitted value.
+                where = "; ".join(
+                    f"{'.'.join(str(p) for p in e.get('loc', ())[1:])}: {e.get('msg', '')}"
+                    for e in exc.errors()
+                )
+                return render(request, "error.html", 422, title="Invalid input", message=where)
             except TrustdError as exc:
                 viewer: Viewer | None = getattr(request.state, "viewer", None)
                 if viewer is not None and request.method == "POST":
@@ -614,7 +623,7 @@ def certificates(
     request: Request,
     services: ServicesDep,
     q: Opt = None,
-    status: CertificateStatus | None = None,
+    status: Annotated[str, Query(pattern="^(|valid|revoked)$")] = "",
     after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
     """Issued certificates by serial order; search by SPIFFE ID or serial (keyset pages)."""
@@ -623,14 +632,17 @@ def certificates(
         row = services.revocations.get_certificate(q.replace(":", ""))
         return RedirectResponse(f"/ui/certificates/{row.serial}", status_code=303)
     rows = services.revocations.list_certificates(
-        spiffe_id=q or None, status=status, after=after, limit=PAGE
+        spiffe_id=q or None,
+        status=CertificateStatus(status) if status else None,
+        after=after,
+        limit=PAGE,
     )
     return render(
         request,
         "certificates.html",
         rows=rows,
         q=q,
-        status_filter=status.value if status else "",
+        status_filter=status,
         next_after=rows[-1].serial if len(rows) == PAGE else None,
         now=services.clock.now(),
     )
