@@ -13,7 +13,7 @@ PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 CHECK_DB := trustd_alembic_check_$(shell echo $$$$)
 
 .PHONY: run test install install-dev system-deps services lint typecheck migrations-check pytest \
-	bench bench-acme bench-workload clean proto
+	bench bench-acme bench-workload bench-ui clean proto
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -97,6 +97,10 @@ bench-workload: install-dev
 
 bench-acme: install-dev services
 	$(BIN)/python bench/acme.py
+
+# Admin UI page times with 10k entries, 100k certificates, 1M decision-log rows.
+bench-ui: install-dev services
+	$(BIN)/python bench/ui.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -506,9 +506,11 @@ class UiViews:
             statement = statement.where(PolicyDecision.result_hash == wanted)
         if query.before is not None:
             at, decision_id = query.before
+            # The bare `at <= cursor` bound lets the planner range-scan the `at` index; the OR
+            # alone would make it filter every row.
             statement = statement.where(
-                (col(PolicyDecision.at) < at)
-                | ((col(PolicyDecision.at) == at) & (col(PolicyDecision.decision_id) < decision_id))
+                col(PolicyDecision.at) <= at,
+                (col(PolicyDecision.at) < at) | (col(PolicyDecision.decision_id) < decision_id),
             )
         statement = statement.order_by(
             col(PolicyDecision.at).desc(), col(PolicyDecision.decision_id).desc()
