@@ -6,8 +6,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q --disable-pip-version-check -c deploy/constraints.txt
 # Debian packages the tests drive (openssl verify; PostgreSQL and Redis servers; the ACME
-# clients certbot and lego, and pebble as the ACME benchmark baseline).
-DEB_PACKAGES := openssl postgresql redis-server certbot lego pebble
+# clients certbot and lego, and pebble as the ACME benchmark baseline; chromium for the
+# admin UI's Playwright tests).
+DEB_PACKAGES := openssl postgresql redis-server certbot lego pebble chromium
 # eBPF enforcement: clang compiles the tc program, libbpf loads it, bpftool reads its maps,
 # iproute2 makes the test namespaces; nginx is the auth_request enforcement point.
 DEB_PACKAGES += clang llvm libbpf-dev bpftool iproute2 nginx
@@ -15,7 +16,7 @@ PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 CHECK_DB := trustd_alembic_check_$(shell echo $$$$)
 
 .PHONY: run test install install-dev system-deps services lint typecheck migrations-check pytest \
-	bench bench-acme bench-workload clean proto bpf
+	bench bench-acme bench-workload bench-ui clean proto bpf
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -104,6 +105,10 @@ bpf:
 
 bench-acme: install-dev services
 	$(BIN)/python bench/acme.py
+
+# Admin UI page times with 10k entries, 100k certificates, 1M decision-log rows.
+bench-ui: install-dev services
+	$(BIN)/python bench/ui.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis

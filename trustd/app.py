@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from trustd import __version__
 from trustd.api import (
@@ -21,6 +22,7 @@ from trustd.api import (
     problems,
     revocation,
     svid,
+    ui,
     verdicts,
 )
 from trustd.api.middleware import RequestContext
@@ -59,7 +61,21 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.state.services = services
     problems.install(app)
     app.add_middleware(RequestContext, max_body=settings.max_request_bytes)
-    modules = (health, bundle, svid, admin, entries, nodes, agents, opa, revocation, acme, verdicts)
+    modules = (
+        health,
+        bundle,
+        svid,
+        admin,
+        entries,
+        nodes,
+        agents,
+        opa,
+        revocation,
+        acme,
+        verdicts,
+        ui,
+    )
     for module in modules:
         app.include_router(module.router)
+    app.mount("/ui/static", StaticFiles(directory=ui.WEB / "static"), name="ui-static")
     return app

@@ -216,6 +216,66 @@ def init(
         typer.echo(f"bootstrap admin token (shown once, valid 24 h): {report.bootstrap_token}")
 
 
+user_app = typer.Typer(help="Admin web UI accounts (sign in at /ui/).", no_args_is_help=True)
+admin_app.add_typer(user_app, name="user")
+
+
+@user_app.command("create")
+def user_create(
+    username: Annotated[str, typer.Argument(help="Lower-case letters, digits, . _ -")],
+    role: Annotated[Role, typer.Option(help="viewer, operator or admin")] = Role.VIEWER,
+    password: Annotated[
+        str,
+        typer.Option(
+            prompt=True,
+            hide_input=True,
+            confirmation_prompt=True,
+            envvar="TRUSTD_USER_PASSWORD",
+            help="At least 12 characters; prompted for when not given",
+        ),
+    ] = "",
+    totp: Annotated[bool, typer.Option("--totp", help="Also require a TOTP code")] = False,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Create a UI account; with --totp, print the enrolment URI (shown only once)."""
+    body = {"username": username, "password": password, "role": role.value, "totp": totp}
+    _progress(f"creating UI user {username} ({role.value})")
+    created = _call(server, token, ca_bundle, data_dir, "POST", "/v1/admin/users", json=body)
+    user = created.json()
+    if user.get("totp_uri"):
+        _progress("add this to an authenticator app now; it is shown only once:")
+        typer.echo(user["totp_uri"])
+    typer.echo(f"created {user['username']} ({user['role']}); sign in at /ui/login")
+
+
+@user_app.command("list")
+def user_list(
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """List UI accounts."""
+    _print_json(_call(server, token, ca_bundle, data_dir, "GET", "/v1/admin/users").json())
+
+
+@user_app.command("disable")
+def user_disable(
+    username: Annotated[str, typer.Argument(help="The account to disable")],
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Disable a UI account and end its sessions at once."""
+    path = f"/v1/admin/users/{username}/disable"
+    _call(server, token, ca_bundle, data_dir, "POST", path)
+    typer.echo(f"disabled {username}; its sessions have ended")
+
+
 @token_app.command("create")
 def token_create(
     name: Annotated[str, typer.Option(help="What the token is for")] = "admin",

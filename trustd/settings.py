@@ -148,6 +148,18 @@ class Settings(BaseSettings):
     acme_orders_per_hour: int = Field(default=300, ge=1)
     acme_identifier_orders_per_hour: int = Field(default=60, ge=1)
 
+    # Admin web UI (/ui/). Sessions are short and absolute; the cookie is Secure by default
+    # because trustd serves TLS (turn it off only behind a plain-HTTP test listener).
+    ui_session_ttl: timedelta = timedelta(hours=8)
+    ui_cookie_secure: bool = True
+    # After this many consecutive wrong sign-ins an account waits 30 s, doubling per further
+    # failure up to ui_lockout_max.
+    ui_lockout_threshold: int = Field(default=5, ge=1)
+    ui_lockout_max: timedelta = timedelta(minutes=15)
+    # The who-may-talk-to-whom graph evaluates the mesh policy over pairs of at most this
+    # many identities (n^2 decisions, cached per policy and entry revision).
+    ui_graph_max_identities: int = Field(default=60, ge=2, le=500)
+
     @field_validator("acme_validation_allow", "acme_validation_deny", "acme_ip_networks")
     @classmethod
     def _acme_networks(cls, value: list[str]) -> list[str]:

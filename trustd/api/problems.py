@@ -18,6 +18,7 @@ from policy import errors as policy_errors
 from trustd import errors
 from trustd.attestation.base import AttestationFailed
 from trustd.leader import LostLeadership
+from trustd.services import ui
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger("trustd.api")
@@ -76,6 +77,9 @@ _STATUS: dict[type[TrustdError], int] = {
     acme.AlreadyRevoked: 400,
     acme.AlreadyReplaced: 409,
     acme.InvalidProfile: 400,
+    # Admin web UI.
+    ui.SignInPaused: 429,
+    ui.CsrfRefused: 403,
 }
 
 
@@ -96,7 +100,8 @@ def problem_response(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
-def _status_for(exc: TrustdError) -> int:
+def status_for(exc: TrustdError) -> int:
+    """The HTTP status of `exc` (the admin UI renders the same status as an HTML page)."""
     for cls in type(exc).__mro__:
         if cls in _STATUS:
             return _STATUS[cls]
@@ -110,7 +115,7 @@ async def _trustd_error(request: Request, exc: Exception) -> JSONResponse:
 
 def trustd_error_response(exc: TrustdError) -> JSONResponse:
     """The problem document for `exc`; ACME errors carry their RFC 8555 type."""
-    status = _status_for(exc)
+    status = status_for(exc)
     headers: dict[str, str] = {}
     if isinstance(exc, acme.AcmeError) and status < 500:
         if isinstance(exc, acme.RateLimited):

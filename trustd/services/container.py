@@ -20,6 +20,7 @@ from trustd.services.nodes import Nodes, build_attestors
 from trustd.services.policy import PolicyService
 from trustd.services.revocation import Revocations
 from trustd.services.rotation import RotationManager
+from trustd.services.ui import UiAccounts, UiViews
 from trustd.services.verdicts import Verdicts
 from trustd.settings import Settings
 from trustd.store.db import create_db_engine
@@ -43,6 +44,8 @@ class Services:
     rotation: RotationManager
     acme: AcmeService
     verdicts: Verdicts
+    ui: UiAccounts
+    ui_views: UiViews
 
 
 def build_services(settings: Settings, clock: Clock | None = None) -> Services:
@@ -76,4 +79,6 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         rotation=RotationManager(settings, engine, clock, audit, ca, revocations, bus, leader),
         acme=build_acme_service(settings, engine, ca, clock, audit, bus, kek, revocations),
         verdicts=verdicts,
+        ui=UiAccounts(settings, engine, clock, audit, kek),
+        ui_views=UiViews(settings, engine, clock, policy),
     )

@@ -211,4 +211,5 @@ class AttestationReplay(SQLModel, table=True):
 from trustd.store import acme_models as _acme_models  # noqa: E402, F401
 from trustd.store import policy_models as _policy_models  # noqa: E402, F401
 from trustd.store import rotation_models as _rotation_models  # noqa: E402, F401
+from trustd.store import ui_models as _ui_models  # noqa: E402, F401
 from trustd.store import verdict_models as _verdict_models  # noqa: E402, F401

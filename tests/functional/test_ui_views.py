@@ -1,0 +1,443 @@
+"""Admin web UI over the real app: sign-in, sessions, CSRF, RBAC per view, and the pages'
+actions (each audited, none changing state when refused)."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pyotp
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+from sqlmodel import col, func, select
+
+from pki.keys import KeyType, generate_private_key
+from trustd.roles import Role
+from trustd.services.auth import Principal
+from trustd.store.db import transaction
+from trustd.store.models import AuditEvent, RegistrationEntry
+from trustd.store.ui_models import UiSession
+
+from .conftest import Server, ServerFactory
+
+PASSWORD = "correct horse battery staple"
+ADMIN = Principal("test:setup", Role.ADMIN)
+TD = "spiffe://example.org"
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+@pytest.fixture
+def ui(server_factory: ServerFactory) -> Server:
+    server = server_factory(ui_cookie_secure=False, ui_lockout_threshold=3)
+    for role in Role:
+        server.services.ui.create_user(ADMIN, role.value, PASSWORD, role, totp=False)
+    return server
+
+
+def login_token(client: TestClient) -> str:
+    """The sign-in form's CSRF token (its cookie is now in the client)."""
+    match = CSRF.search(client.get("/ui/login").text)
+    assert match is not None
+    return match[1]
+
+
+def sign_in(client: TestClient, username: str, password: str = PASSWORD, totp: str = "") -> str:
+    """Sign in through the form; returns the session's CSRF token."""
+    token = login_token(client)
+    response = client.post(
+        "/ui/login",
+        data={"username": username, "password": password, "totp": totp, "csrf": token},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303, response.text
+    page = client.get("/ui/")
+    match = CSRF.search(page.text)
+    assert match is not None
+    return match[1]
+
+
+def audit_actions(server: Server, actor: str) -> list[str]:
+    with transaction(server.services.engine) as session:
+        rows = session.exec(
+            select(AuditEvent.action).where(AuditEvent.actor == actor).order_by(col(AuditEvent.id))
+        ).all()
+    return list(rows)
+
+
+def entry_count(server: Server) -> int:
+    with transaction(server.services.engine) as session:
+        return int(session.exec(select(func.count()).select_from(RegistrationEntry)).one())
+
+
+def make_entry(server: Server, name: str = "web") -> str:
+    from trustd.services.entries import EntrySpec
+
+    spec = EntrySpec(f"{TD}/ns/{name}/app", f"{TD}/node/a", ["unix:uid:1000"])
+    return server.services.entries.create(ADMIN, [spec])[0].id
+
+
+def issue(server: Server, spiffe_id: str) -> str:
+    from pki.ca import create_csr
+
+    key = generate_private_key(KeyType.EC_P256)
+    response = server.client.post(
+        "/v1/svid/x509",
+        headers=server.auth,
+        json={"spiffe_id": spiffe_id, "csr": create_csr(key)},
+    )
+    assert response.status_code == 201, response.text
+    serial: str = response.json()["serial"]
+    return serial
+
+
+# -- signing in ------------------------------------------------------------------------
+
+
+def test_sign_in_and_out(ui: Server) -> None:
+    client = ui.client
+    assert client.get("/ui/", follow_redirects=False).status_code == 303
+    csrf = sign_in(client, "viewer")
+    page = client.get("/ui/")
+    assert page.status_code == 200
+    assert "viewer (viewer)" in page.text
+    assert page.headers["content-security-policy"].startswith("default-src 'self'")
+    cookie = next(c for c in client.cookies.jar if c.name == "trustd-session")
+    assert cookie.has_nonstandard_attr("HttpOnly")
+    out = client.post("/ui/logout", data={"csrf": csrf}, follow_redirects=False)
+    assert out.status_code == 303
+    assert client.get("/ui/", follow_redirects=False).status_code == 303
+    assert audit_actions(ui, "ui:viewer")[-2:] == ["ui:session:created", "ui:session:ended"]
+
+
+def test_wrong_password_is_refused_and_audited(ui: Server) -> None:
+    token = login_token(ui.client)
+    response = ui.client.post(
+        "/ui/login", data={"username": "admin", "password": "nope-nope-nope", "csrf": token}
+    )
+    assert response.status_code == 401
+    assert "wrong username, password or code" in response.text
+    assert audit_actions(ui, "ui:admin") == ["ui:session:denied"]
+
+
+def test_sign_in_without_form_token_is_refused(ui: Server) -> None:
+    response = ui.client.post("/ui/login", data={"username": "admin", "password": PASSWORD})
+    assert response.status_code == 403
+    assert "expired" in response.text
+    with transaction(ui.services.engine) as session:
+        assert session.exec(select(func.count()).select_from(UiSession)).one() == 0
+
+
+def test_repeated_failures_pause_the_account(ui: Server) -> None:
+    token = login_token(ui.client)
+    data = {"username": "operator", "password": "wrong password!", "csrf": token}
+    statuses = [ui.client.post("/ui/login", data=data).status_code for _ in range(4)]
+    assert statuses == [401, 401, 401, 429]
+    # Even the right password waits out the pause.
+    paused = ui.client.post("/ui/login", data={**data, "password": PASSWORD})
+    assert paused.status_code == 429
+    assert "try again after" in paused.text
+
+
+def test_expired_session_goes_back_to_sign_in(ui: Server) -> None:
+    sign_in(ui.client, "admin")
+    with transaction(ui.services.engine) as session:
+        past = ui.services.clock.now() - timedelta(seconds=1)
+        session.execute(update(UiSession).values(expires_at=past))
+    response = ui.client.get("/ui/entries", follow_redirects=False)
+    assert response.status_code == 303
+    assert "expired" in response.headers["location"]
+
+
+def test_totp_is_required_when_enrolled(ui: Server) -> None:
+    created = ui.services.ui.create_user(ADMIN, "otp", PASSWORD, Role.VIEWER, totp=True)
+    assert created.totp_uri is not None
+    secret = pyotp.parse_uri(created.totp_uri).secret
+    token = login_token(ui.client)
+    without = ui.client.post(
+        "/ui/login", data={"username": "otp", "password": PASSWORD, "csrf": token}
+    )
+    assert without.status_code == 401
+    code = pyotp.TOTP(secret).at(ui.services.clock.now())
+    sign_in(ui.client, "otp", totp=code)
+    # A code works once (RFC 6238 §5.2).
+    ui.client.cookies.clear()
+    token = login_token(ui.client)
+    again = ui.client.post(
+        "/ui/login",
+        data={"username": "otp", "password": PASSWORD, "totp": code, "csrf": token},
+    )
+    assert again.status_code == 401
+
+
+def test_disabled_user_loses_its_session(ui: Server) -> None:
+    sign_in(ui.client, "operator")
+    response = ui.client.post("/v1/admin/users/operator/disable", headers=ui.auth)
+    assert response.status_code == 200
+    assert response.json()["disabled"] is True
+    assert ui.client.get("/ui/", follow_redirects=False).status_code == 303
+
+
+# -- RBAC: every view refuses the roles it must refuse ---------------------------------
+
+# (path, the lowest role that may open it)
+VIEWS = [
+    ("/ui/", Role.VIEWER),
+    ("/ui/nodes", Role.VIEWER),
+    ("/ui/entries", Role.VIEWER),
+    ("/ui/entries/new", Role.OPERATOR),
+    ("/ui/certificates", Role.VIEWER),
+    ("/ui/ca", Role.VIEWER),
+    ("/ui/ca/activate?kind=x509-intermediate", Role.ADMIN),
+    ("/ui/policies", Role.VIEWER),
+    ("/ui/policies/edit?module=data.json", Role.VIEWER),
+    ("/ui/policies/1", Role.VIEWER),
+    ("/ui/policies/rollback", Role.ADMIN),
+    ("/ui/decisions", Role.VIEWER),
+    ("/ui/graph", Role.VIEWER),
+    ("/ui/graph?denied=1", Role.VIEWER),
+    ("/ui/audit", Role.VIEWER),
+]
+_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
+
+
+@pytest.mark.parametrize("role", list(Role))
+def test_views_refuse_lower_roles(ui: Server, role: Role) -> None:
+    sign_in(ui.client, role.value)
+    entry = make_entry(ui)
+    views = [
+        *VIEWS,
+        (f"/ui/entries/{entry}", Role.VIEWER),
+        (f"/ui/entries/{entry}/delete", Role.OPERATOR),
+    ]
+    for path, needed in views:
+        response = ui.client.get(path)
+        expected = 200 if _RANK[role] >= _RANK[needed] else 403
+        assert response.status_code == expected, (role, path, response.text[:300])
+        if expected == 403:
+            assert "this page needs admin:" in response.text
+    denied = audit_actions(ui, f"ui:{role.value}").count("ui:view:denied")
+    assert denied == sum(_RANK[role] < _RANK[n] for _, n in views)
+
+
+def test_viewer_cannot_post_operator_actions(ui: Server) -> None:
+    csrf = sign_in(ui.client, "viewer")
+    before = entry_count(ui)
+    form = {"csrf": csrf, "spiffe_id": f"{TD}/x", "parent_id": f"{TD}/n", "selectors": "a:b"}
+    response = ui.client.post("/ui/entries/new", data=form)
+    assert response.status_code == 403
+    assert entry_count(ui) == before
+
+
+def test_operator_cannot_roll_back_policy(ui: Server) -> None:
+    csrf = sign_in(ui.client, "operator")
+    response = ui.client.post("/ui/policies/rollback", data={"csrf": csrf})
+    assert response.status_code == 403
+    assert "admin:policy:write" in response.text
+
+
+# -- CSRF: every POST without the token fails, changing nothing ------------------------
+
+
+def test_every_post_needs_the_csrf_token(ui: Server) -> None:
+    sign_in(ui.client, "admin")
+    entry = make_entry(ui)
+    serial = issue(ui, f"{TD}/ns/web/app")
+    node_form = {"spiffe_id": f"{TD}/node/a"}
+    posts = [
+        ("/ui/logout", {}),
+        ("/ui/entries/new", {"spiffe_id": f"{TD}/y", "parent_id": f"{TD}/n", "selectors": "a:b"}),
+        (f"/ui/entries/{entry}", {"spiffe_id": f"{TD}/z", "parent_id": f"{TD}/n"}),
+        (f"/ui/entries/{entry}/delete", {}),
+        (f"/ui/certificates/{serial}/revoke", {"reason": "keyCompromise"}),
+        ("/ui/nodes/evict", node_form),
+        ("/ui/nodes/ban", node_form),
+        ("/ui/ca/prepare", {"kind": "x509-intermediate"}),
+        ("/ui/ca/activate", {"kind": "x509-intermediate"}),
+        ("/ui/policies/check", {"module": "data.json", "source": "{}"}),
+        ("/ui/policies/activate", {"module": "data.json", "source": "{}"}),
+        ("/ui/policies/rollback", {}),
+    ]
+    revision = ui.services.policy.revision
+    for path, form in posts:
+        for token in (None, "forged"):
+            data = form if token is None else {**form, "csrf": token}
+            response = ui.client.post(path, data=data, follow_redirects=False)
+            assert response.status_code == 403, (path, response.text[:300])
+            assert "security token" in response.text
+    assert entry_count(ui) == 1
+    assert ui.services.revocations.get_certificate(serial).status == "valid"
+    assert ui.services.policy.revision == revision
+    assert ui.client.get("/ui/").status_code == 200  # still signed in
+    assert audit_actions(ui, "ui:admin").count("ui:csrf:denied") == 2 * len(posts)
+
+
+# -- pages and their actions -----------------------------------------------------------
+
+
+def test_entry_create_edit_delete(ui: Server) -> None:
+    csrf = sign_in(ui.client, "operator")
+    form = {
+        "csrf": csrf,
+        "spiffe_id": f"{TD}/ns/api/server",
+        "parent_id": f"{TD}/node/a",
+        "selectors": "unix:uid:1001\nunix:gid:50",
+        "x509_ttl": "600",
+    }
+    created = ui.client.post("/ui/entries/new", data=form, follow_redirects=False)
+    assert created.status_code == 303
+    entry_id = created.headers["location"].rsplit("/", 1)[1]
+    listed = ui.client.get("/ui/entries", params={"spiffe_id": f"{TD}/ns/api/server"})
+    assert entry_id in listed.text
+    api = ui.client.get(f"/v1/entries/{entry_id}", headers=ui.auth).json()
+    assert api["selectors"] == ["unix:gid:50", "unix:uid:1001"]
+    assert api["x509_ttl"] == 600
+
+    edited = ui.client.post(
+        f"/ui/entries/{entry_id}", data={**form, "x509_ttl": "900"}, follow_redirects=False
+    )
+    assert edited.status_code == 303
+    assert ui.client.get(f"/v1/entries/{entry_id}", headers=ui.auth).json()["x509_ttl"] == 900
+
+    confirm = ui.client.get(f"/ui/entries/{entry_id}/delete")
+    assert "What will happen" in confirm.text
+    deleted = ui.client.post(
+        f"/ui/entries/{entry_id}/delete", data={"csrf": csrf}, follow_redirects=False
+    )
+    assert deleted.status_code == 303
+    assert ui.client.get(f"/v1/entries/{entry_id}", headers=ui.auth).status_code == 404
+    actions = audit_actions(ui, "ui:operator")
+    for action in (
+        "entry:registration:created",
+        "entry:registration:updated",
+        "entry:registration:deleted",
+    ):
+        assert action in actions
+
+
+def test_entry_with_bad_selectors_shows_why_and_stores_nothing(ui: Server) -> None:
+    csrf = sign_in(ui.client, "operator")
+    form = {
+        "csrf": csrf,
+        "spiffe_id": f"{TD}/ns/api/server",
+        "parent_id": f"{TD}/node/a",
+        "selectors": "no-colon-here",
+    }
+    response = ui.client.post("/ui/entries/new", data=form)
+    assert response.status_code == 400
+    assert 'role="alert"' in response.text
+    assert "no-colon-here" in response.text  # the form keeps what was typed
+    assert entry_count(ui) == 0
+    assert "ui:action:failed" in audit_actions(ui, "ui:operator")
+
+
+def test_revoke_through_the_confirmation_page(ui: Server) -> None:
+    serial = issue(ui, f"{TD}/ns/web/app")
+    csrf = sign_in(ui.client, "operator")
+    found = ui.client.get("/ui/certificates", params={"q": f"{TD}/ns/web/app", "status": ""})
+    assert serial in found.text
+    bad = ui.client.get("/ui/certificates", params={"status": "bogus"})
+    assert bad.status_code == 422
+    assert bad.headers["content-type"].startswith("text/html")
+    by_serial = ui.client.get("/ui/certificates", params={"q": serial}, follow_redirects=False)
+    assert by_serial.headers["location"] == f"/ui/certificates/{serial}"
+    confirm = ui.client.get(f"/ui/certificates/{serial}/revoke")
+    assert "CRL" in confirm.text
+    done = ui.client.post(
+        f"/ui/certificates/{serial}/revoke",
+        data={"csrf": csrf, "reason": "keyCompromise"},
+        follow_redirects=False,
+    )
+    assert done.status_code == 303
+    row = ui.services.revocations.get_certificate(serial)
+    assert row.status == "revoked"
+    assert row.revocation_reason == "keyCompromise"
+    again = ui.client.post(f"/ui/certificates/{serial}/revoke", data={"csrf": csrf})
+    assert again.status_code == 409
+    assert "already revoked" in again.text
+
+
+def test_invalid_rego_is_refused_and_policy_unchanged(ui: Server) -> None:
+    csrf = sign_in(ui.client, "admin")
+    revision = ui.services.policy.revision
+    bad = {"csrf": csrf, "module": "mesh.rego", "source": "package trustd.mesh\nallow if {"}
+    checked = ui.client.post("/ui/policies/check", data=bad)
+    assert checked.status_code == 400
+    assert "mesh.rego" in checked.text
+    refused = ui.client.post("/ui/policies/activate", data=bad)
+    assert refused.status_code == 400
+    assert "active revision is unchanged" in refused.text
+    assert ui.services.policy.revision == revision
+    assert "policy:revision:refused" in audit_actions(ui, "ui:admin")
+
+
+def test_data_change_activates_and_changes_decisions_then_rolls_back(ui: Server) -> None:
+    csrf = sign_in(ui.client, "admin")
+    make_entry(ui, "web")
+    make_entry(ui, "db")
+    rule = {"source": f"{TD}/ns/web/app", "destination": f"{TD}/ns/db/app"}
+    decide = ui.client.post("/v1/data/trustd/mesh/allow", headers=ui.auth, json={"input": rule})
+    assert decide.json()["result"] is False
+    data = ui.services.policy.active.bundle.data
+    data["mesh"]["allow"].append({"name": "web-to-db", **rule})
+    import json
+
+    activated = ui.client.post(
+        "/ui/policies/activate",
+        data={"csrf": csrf, "module": "data.json", "source": json.dumps(data)},
+        follow_redirects=False,
+    )
+    assert activated.status_code == 303
+    decide = ui.client.post("/v1/data/trustd/mesh/allow", headers=ui.auth, json={"input": rule})
+    assert decide.json()["result"] is True
+    graph = ui.client.get("/ui/graph")
+    assert "allowed by rule web-to-db" in graph.text
+    assert ui.client.get("/ui/policies/rollback").status_code == 200
+    rolled = ui.client.post("/ui/policies/rollback", data={"csrf": csrf}, follow_redirects=False)
+    assert rolled.status_code == 303
+    decide = ui.client.post("/v1/data/trustd/mesh/allow", headers=ui.auth, json={"input": rule})
+    assert decide.json()["result"] is False
+
+
+def test_graph_shows_denied_edges_on_demand(ui: Server) -> None:
+    sign_in(ui.client, "viewer")
+    make_entry(ui, "quarantine")
+    make_entry(ui, "api")
+    plain = ui.client.get("/ui/graph")
+    assert "denied by rule quarantine" not in plain.text
+    shown = ui.client.get("/ui/graph", params={"denied": "1"})
+    assert "denied by rule quarantine" in shown.text
+
+
+def test_decision_log_filters(ui: Server) -> None:
+    sign_in(ui.client, "viewer")
+    for source in ("a", "b"):
+        ui.client.post(
+            "/v1/data/trustd/mesh/allow",
+            headers=ui.auth,
+            json={"input": {"source": f"{TD}/{source}", "destination": f"{TD}/db"}},
+        )
+    ui.services.policy.decision_log.flush()
+    page = ui.client.get("/ui/decisions", params={"source": f"{TD}/a", "result": "deny"})
+    assert page.status_code == 200
+    assert f"{TD}/a" in page.text
+    assert f"{TD}/b<" not in page.text
+    bad = ui.client.get("/ui/decisions", params={"since": "yesterday"})
+    assert bad.status_code == 400
+    assert "not a date and time" in bad.text
+
+
+def test_users_api_needs_an_admin_token(ui: Server) -> None:
+    body = {"username": "carol", "password": PASSWORD, "role": "operator"}
+    assert ui.client.post("/v1/admin/users", json=body).status_code == 401
+    created = ui.client.post("/v1/admin/users", json=body, headers=ui.auth)
+    assert created.status_code == 201
+    assert created.json()["totp_uri"] is None
+    dup = ui.client.post("/v1/admin/users", json=body, headers=ui.auth)
+    assert dup.status_code == 409
+    short = ui.client.post(
+        "/v1/admin/users", json={**body, "username": "d", "password": "short"}, headers=ui.auth
+    )
+    assert short.status_code == 422
+    names = [u["username"] for u in ui.client.get("/v1/admin/users", headers=ui.auth).json()]
+    assert "carol" in names

@@ -1,0 +1,581 @@
+"""The admin web UI's services: local accounts, sessions, CSRF, sign-in backoff, RBAC
+through the `admin` Rego policy, and the read models its pages show.
+
+Passwords are argon2id hashes (RFC 9106); TOTP secrets (RFC 6238) are sealed with the
+key-encryption key; the session cookie holds 256 random bits of which only the SHA-256 is
+stored; every POST carries the session's synchronizer token, compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import pyotp
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import Engine, delete, func
+from sqlmodel import Session, col, select
+
+from pki.acme.eab import seal, unseal
+from pki.clock import Clock
+from pki.errors import KeyDecryptionError, TrustdError
+from policy.engine import EmbeddedEngine, Result
+from trustd.errors import Conflict, InvalidRequest, NotFound, Unauthenticated
+from trustd.roles import Role
+from trustd.services.audit import AuditLog
+from trustd.services.auth import Principal
+from trustd.services.policy import PolicyService, result_hash
+from trustd.services.sync import current_revision
+from trustd.settings import Settings
+from trustd.store.db import transaction
+from trustd.store.models import (
+    AuditEvent,
+    AuditOutcome,
+    CertificateKind,
+    IssuedCertificate,
+    Node,
+    NodeStatus,
+    RegistrationEntry,
+)
+from trustd.store.policy_models import PolicyDecision
+from trustd.store.ui_models import UiSession, UiUser
+
+ADMIN_DECISION = "trustd/admin/decision"
+MESH_DECISION = "trustd/mesh/decision"
+USERNAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+MIN_PASSWORD_LENGTH = 12
+_TOTP_ISSUER = "trustd"
+_BACKOFF_BASE = timedelta(seconds=30)
+
+
+class SignInPaused(TrustdError):
+    title = "Too many failed sign-ins"
+
+
+class CsrfRefused(TrustdError):
+    title = "Form expired or forged"
+
+
+@dataclass(frozen=True)
+class UiPrincipal:
+    """A signed-in UI user; `principal` is what the services record as the actor."""
+
+    user_id: str
+    username: str
+    role: Role
+    csrf_token: str
+    token_hash: str
+
+    @property
+    def principal(self) -> Principal:
+        return Principal(f"ui:{self.username}", self.role)
+
+
+@dataclass(frozen=True)
+class CreatedUser:
+    user: UiUser
+    # otpauth:// URI (Key Uri Format) to enrol an authenticator; shown once.
+    totp_uri: str | None
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    token: str
+    who: UiPrincipal
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _totp_label(user_id: str) -> str:
+    # AES-GCM associated data: binds a sealed secret to its account and purpose.
+    return f"ui-totp:{user_id}"
+
+
+class UiAccounts:
+    """Local admin accounts and their browser sessions."""
+
+    def __init__(
+        self, settings: Settings, engine: Engine, clock: Clock, audit: AuditLog, kek: bytes
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._clock = clock
+        self._audit = audit
+        self._kek = kek
+        self._hasher = PasswordHasher()
+        # Verified against when the username is unknown, so a miss costs what a wrong
+        # password costs and timing does not reveal which accounts exist.
+        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+
+    # -- accounts ------------------------------------------------------------------------
+
+    def create_user(
+        self, actor: Principal, username: str, password: str, role: Role, *, totp: bool
+    ) -> CreatedUser:
+        """Raises:
+        InvalidRequest: the password is shorter than MIN_PASSWORD_LENGTH.
+        Conflict: the username is taken.
+        """
+        if len(password) < MIN_PASSWORD_LENGTH:
+            raise InvalidRequest(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
+        user = UiUser(
+            id=secrets.token_hex(8),
+            username=username,
+            role=role,
+            password_hash=self._hasher.hash(password),
+            created_by=actor.name,
+            created_at=self._clock.now(),
+        )
+        uri = None
+        if totp:
+            secret = pyotp.random_base32()
+            user.totp_secret = seal(secret.encode(), self._kek, _totp_label(user.id))
+            uri = pyotp.TOTP(secret).provisioning_uri(name=username, issuer_name=_TOTP_ISSUER)
+        with transaction(self._engine) as session:
+            if session.exec(select(UiUser.id).where(UiUser.username == username)).first():
+                raise Conflict(f"user {username!r} exists already")
+            session.add(user)
+            self._audit.record(
+                session,
+                actor.name,
+                "ui:user:created",
+                target=username,
+                details={"role": role, "totp": totp},
+            )
+        return CreatedUser(user, uri)
+
+    def list_users(self) -> list[UiUser]:
+        with transaction(self._engine) as session:
+            return list(session.exec(select(UiUser).order_by(col(UiUser.username))))
+
+    def disable_user(self, actor: Principal, username: str) -> UiUser:
+        """Disable an account and end its sessions at once.
+
+        Raises:
+            NotFound: no such user.
+        """
+        with transaction(self._engine) as session:
+            user = session.exec(select(UiUser).where(UiUser.username == username)).first()
+            if user is None:
+                raise NotFound(f"no user {username!r}")
+            user.disabled = True
+            session.add(user)
+            session.execute(delete(UiSession).where(col(UiSession.user_id) == user.id))
+            self._audit.record(session, actor.name, "ui:user:disabled", target=username)
+        return user
+
+    # -- signing in ----------------------------------------------------------------------
+
+    def sign_in(self, username: str, password: str, totp_code: str = "") -> SignedIn:
+        """Check a password (and TOTP code) and open a session.
+
+        Raises:
+            SignInPaused: the account failed too often; it says until when.
+            Unauthenticated: wrong username, password or code (the reason is audited,
+                the browser only learns that the sign-in failed).
+        """
+        now = self._clock.now()
+        with transaction(self._engine) as session:
+            user = session.exec(select(UiUser).where(UiUser.username == username)).first()
+            if user is not None and user.locked_until is not None and user.locked_until > now:
+                self._deny(session, username, "paused")
+                paused = user.locked_until.strftime("%H:%M:%S UTC")
+                raise_later: TrustdError = SignInPaused(
+                    f"too many failed sign-ins; try again after {paused}"
+                )
+            else:
+                reason = self._check(user, password, totp_code)
+                if reason is None and user is not None:
+                    if self._hasher.check_needs_rehash(user.password_hash):
+                        # The argon2 parameters were raised since this hash was made.
+                        user.password_hash = self._hasher.hash(password)
+                    return self._open(session, user, now)
+                if user is not None:
+                    self._count_failure(user, now)
+                    session.add(user)
+                self._deny(session, username, reason or "refused")
+                raise_later = Unauthenticated("wrong username, password or code")
+        raise raise_later
+
+    def _check(self, user: UiUser | None, password: str, totp_code: str) -> str | None:
+        try:
+            self._hasher.verify(user.password_hash if user else self._dummy_hash, password)
+        except (VerificationError, InvalidHashError):
+            return "wrong password" if user else "unknown user"
+        if user is None:
+            return "unknown user"
+        if user.disabled:
+            return "disabled"
+        if user.totp_secret is not None:
+            return self._check_totp(user, totp_code)
+        return None
+
+    def _check_totp(self, user: UiUser, code: str) -> str | None:
+        assert user.totp_secret is not None
+        try:
+            secret = unseal(user.totp_secret, self._kek, _totp_label(user.id)).decode()
+        except KeyDecryptionError:
+            return "totp secret unreadable"
+        totp = pyotp.TOTP(secret)
+        now = self._clock.now()
+        # RFC 6238 §5.2: accept one step of clock drift either way, and each code once.
+        for drift in (0, -1, 1):
+            at = now + timedelta(seconds=drift * totp.interval)
+            step = int(at.timestamp()) // totp.interval
+            if step > user.totp_last_step and hmac.compare_digest(totp.at(at), code.strip()):
+                user.totp_last_step = step
+                return None
+        return "wrong totp code"
+
+    def _count_failure(self, user: UiUser, now: datetime) -> None:
+        user.failed_logins += 1
+        over = user.failed_logins - self._settings.ui_lockout_threshold
+        if over >= 0:
+            wait = min(_BACKOFF_BASE * (2 ** min(over, 16)), self._settings.ui_lockout_max)
+            user.locked_until = now + wait
+
+    def _deny(self, session: Session, username: str, reason: str) -> None:
+        self._audit.record(
+            session,
+            f"ui:{username[:64]}",
+            "ui:session:denied",
+            outcome=AuditOutcome.DENIED,
+            details={"reason": reason},
+        )
+
+    def _open(self, session: Session, user: UiUser, now: datetime) -> SignedIn:
+        token = secrets.token_urlsafe(32)
+        row = UiSession(
+            token_hash=_sha256(token),
+            user_id=user.id,
+            csrf_token=secrets.token_urlsafe(32),
+            created_at=now,
+            expires_at=now + self._settings.ui_session_ttl,
+        )
+        user.failed_logins = 0
+        user.locked_until = None
+        user.last_login_at = now
+        session.add(user)
+        session.add(row)
+        session.execute(delete(UiSession).where(col(UiSession.expires_at) <= now))
+        self._audit.record(session, f"ui:{user.username}", "ui:session:created")
+        return SignedIn(token, self._who(user, row))
+
+    @staticmethod
+    def _who(user: UiUser, row: UiSession) -> UiPrincipal:
+        return UiPrincipal(user.id, user.username, Role(user.role), row.csrf_token, row.token_hash)
+
+    def authenticate(self, token: str) -> UiPrincipal:
+        """The user behind a session cookie.
+
+        Raises:
+            Unauthenticated: unknown or expired session, or a disabled account.
+        """
+        with transaction(self._engine) as session:
+            row = session.get(UiSession, _sha256(token))
+            user = session.get(UiUser, row.user_id) if row else None
+        if row is None or user is None or user.disabled:
+            raise Unauthenticated("your session ended; sign in again")
+        if row.expires_at <= self._clock.now():
+            raise Unauthenticated("your session expired; sign in again")
+        return self._who(user, row)
+
+    def sign_out(self, who: UiPrincipal) -> None:
+        with transaction(self._engine) as session:
+            session.execute(delete(UiSession).where(col(UiSession.token_hash) == who.token_hash))
+            self._audit.record(session, who.principal.name, "ui:session:ended")
+
+    @staticmethod
+    def csrf_matches(expected: str, presented: str | None) -> bool:
+        """Constant-time comparison of the session's synchronizer token."""
+        return bool(presented) and hmac.compare_digest(expected.encode(), str(presented).encode())
+
+    def record(
+        self,
+        actor: str,
+        action: str,
+        *,
+        target: str | None = None,
+        outcome: AuditOutcome = AuditOutcome.DENIED,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Audit a refused or failed UI action in its own transaction (the action's own
+        transaction, if any, rolled back)."""
+        with transaction(self._engine) as session:
+            self._audit.record(
+                session, actor, action, target=target, outcome=outcome, details=details
+            )
+
+
+# -- authorization ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    reason: str
+
+
+def authorize(policy: PolicyService, role: Role, permission: str) -> Verdict:
+    """What the active `admin` policy says about `role` holding `permission`.
+
+    Evaluated on the active revision's in-process engine and not written to the decision
+    log: page views would drown the log the UI itself shows. Default deny: an undefined or
+    malformed answer refuses.
+
+    Raises:
+        NotReady: no policy revision is active.
+    """
+    document = json.dumps({"role": str(role), "permission": permission}, sort_keys=True)
+    result = policy.active.local.query(ADMIN_DECISION, document)
+    value = result.value if result.defined and isinstance(result.value, dict) else {}
+    allowed = value.get("allowed") is True
+    return Verdict(allowed, str(value.get("reason") or "the admin policy gives no answer"))
+
+
+# -- read models -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    nodes: int
+    active_nodes: int
+    entries: int
+    svids_last_hour: int
+    sync_revision: int
+    lagging: list[tuple[Node, int]]
+
+
+@dataclass(frozen=True)
+class DecisionQuery:
+    since: datetime | None = None
+    until: datetime | None = None
+    path: str | None = None
+    source: str | None = None
+    destination: str | None = None
+    # True: decisions that returned `true`; False: `false`; None: any.
+    allowed: bool | None = None
+    before: tuple[datetime, str] | None = None
+    limit: int = 50
+
+
+@dataclass(frozen=True)
+class Edge:
+    source: str
+    destination: str
+    allowed: bool
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Graph:
+    identities: list[str]
+    edges: list[Edge]
+    truncated: bool
+    revision: int
+
+
+def _probes(mesh_data: Any) -> list[dict[str, Any]]:
+    """One concrete request per allow rule (its first port, protocol, method and a path
+    its first pattern matches), so an edge exists when some rule lets A reach B at all."""
+    probes: dict[str, dict[str, Any]] = {}
+    rules = mesh_data.get("allow", []) if isinstance(mesh_data, dict) else []
+    for rule in rules if isinstance(rules, list) else []:
+        if not isinstance(rule, dict):
+            continue
+        probe: dict[str, Any] = {}
+        for key, name in (("ports", "port"), ("protocols", "protocol"), ("methods", "method")):
+            values = rule.get(key) or []
+            if isinstance(values, list) and values:
+                probe[name] = values[0]
+        paths = rule.get("paths") or []
+        if isinstance(paths, list) and paths and isinstance(paths[0], str):
+            probe["path"] = paths[0].replace("**", "x").replace("*", "x")
+        probes[json.dumps(probe, sort_keys=True)] = probe
+    return list(probes.values()) or [{}]
+
+
+def mesh_edges(engine: EmbeddedEngine, mesh_data: Any, identities: Sequence[str]) -> list[Edge]:
+    """Who may talk to whom under the mesh policy: every ordered pair of `identities`,
+    each with one probe per allow rule. Allowed edges, and denied ones where a deny rule
+    matched explicitly (the rest is the default deny, not drawn). The verdict compiler
+    replaces this with its compiled verdicts.
+
+    Raises:
+        PolicyEvaluationError: the mesh policy failed to evaluate.
+    """
+    edges: list[Edge] = []
+    probes = _probes(mesh_data)
+    for source in identities:
+        for destination in identities:
+            if source == destination:
+                continue
+            denied: set[str] = set()
+            allowed: tuple[str, ...] = ()
+            for probe in probes:
+                request = {**probe, "source": source, "destination": destination}
+                value = engine.query(MESH_DECISION, json.dumps(request, sort_keys=True)).value
+                reasons = tuple(value.get("reasons", ())) if isinstance(value, dict) else ()
+                if isinstance(value, dict) and value.get("allowed") is True:
+                    allowed = reasons
+                    break
+                denied.update(r for r in reasons if r.startswith("denied by"))
+            if allowed:
+                edges.append(Edge(source, destination, True, allowed))
+            elif denied:
+                edges.append(Edge(source, destination, False, tuple(sorted(denied))))
+    return edges
+
+
+@dataclass
+class _GraphCache:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    key: tuple[int, int] | None = None
+    graph: Graph | None = None
+
+
+class UiViews:
+    """The queries behind the UI's pages: indexed, paged, bounded."""
+
+    def __init__(
+        self, settings: Settings, engine: Engine, clock: Clock, policy: PolicyService
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._clock = clock
+        self._policy = policy
+        self._graph = _GraphCache()
+
+    def dashboard(self) -> Dashboard:
+        hour_ago = self._clock.now() - timedelta(hours=1)
+        with transaction(self._engine) as session:
+            revision = current_revision(session)
+            nodes = list(session.exec(select(Node).order_by(col(Node.applied_revision)).limit(20)))
+            counts = session.exec(
+                select(
+                    select(func.count()).select_from(Node).scalar_subquery(),
+                    select(func.count())
+                    .select_from(Node)
+                    .where(Node.status == NodeStatus.ACTIVE)
+                    .scalar_subquery(),
+                    select(func.count()).select_from(RegistrationEntry).scalar_subquery(),
+                    select(func.count())
+                    .select_from(IssuedCertificate)
+                    .where(
+                        col(IssuedCertificate.created_at) >= hour_ago,
+                        col(IssuedCertificate.kind) == CertificateKind.X509_SVID,
+                    )
+                    .scalar_subquery(),
+                )
+            ).one()
+        lagging = [(n, revision - n.applied_revision) for n in nodes if n.status == "active"]
+        return Dashboard(
+            nodes=int(counts[0]),
+            active_nodes=int(counts[1]),
+            entries=int(counts[2]),
+            svids_last_hour=int(counts[3]),
+            sync_revision=revision,
+            lagging=lagging,
+        )
+
+    def decisions(self, query: DecisionQuery) -> list[PolicyDecision]:
+        """Newest first, `query.limit` at a time; `before` is the last row of the previous
+        page (keyset paging on the `at` index, never OFFSET over a million rows)."""
+        statement = select(PolicyDecision)
+        if query.since is not None:
+            statement = statement.where(col(PolicyDecision.at) >= query.since)
+        if query.until is not None:
+            statement = statement.where(col(PolicyDecision.at) < query.until)
+        if query.path:
+            statement = statement.where(PolicyDecision.path == query.path)
+        for key, value in (("source", query.source), ("destination", query.destination)):
+            if value:
+                statement = statement.where(col(PolicyDecision.input)[key].as_string() == value)
+        if query.allowed is not None:
+            wanted = result_hash(Result(True, query.allowed))
+            statement = statement.where(PolicyDecision.result_hash == wanted)
+        if query.before is not None:
+            at, decision_id = query.before
+            # The bare `at <= cursor` bound lets the planner range-scan the `at` index; the OR
+            # alone would make it filter every row.
+            statement = statement.where(
+                col(PolicyDecision.at) <= at,
+                (col(PolicyDecision.at) < at) | (col(PolicyDecision.decision_id) < decision_id),
+            )
+        statement = statement.order_by(
+            col(PolicyDecision.at).desc(), col(PolicyDecision.decision_id).desc()
+        ).limit(query.limit)
+        with transaction(self._engine) as session:
+            return list(session.exec(statement))
+
+    def audit(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[AuditEvent]:
+        """Newest first, keyset-paged by id; `actor` and `action` are indexed equalities."""
+        statement = select(AuditEvent)
+        if actor:
+            statement = statement.where(AuditEvent.actor == actor)
+        if action:
+            statement = statement.where(AuditEvent.action == action)
+        if before is not None:
+            statement = statement.where(col(AuditEvent.id) < before)
+        statement = statement.order_by(col(AuditEvent.id).desc()).limit(limit)
+        with transaction(self._engine) as session:
+            return list(session.exec(statement))
+
+    def identities(self, limit: int) -> tuple[list[str], bool]:
+        """Distinct SPIFFE IDs of registration entries, at most `limit` (and whether more
+        exist)."""
+        with transaction(self._engine) as session:
+            rows = session.exec(
+                select(RegistrationEntry.spiffe_id)
+                .distinct()
+                .order_by(col(RegistrationEntry.spiffe_id))
+                .limit(limit + 1)
+            ).all()
+        return list(rows[:limit]), len(rows) > limit
+
+    def graph(self) -> Graph:
+        """The who-may-talk-to-whom graph, computed once per (policy revision, entries
+        revision).
+
+        Raises:
+            NotReady: no policy revision is active.
+            PolicyEvaluationError: the mesh policy failed to evaluate.
+        """
+        active = self._policy.active
+        with transaction(self._engine) as session:
+            key = (active.revision, current_revision(session))
+        with self._graph.lock:
+            if self._graph.key == key and self._graph.graph is not None:
+                return self._graph.graph
+            identities, truncated = self.identities(self._settings.ui_graph_max_identities)
+            mesh = active.bundle.data.get("mesh", {})
+            edges = mesh_edges(active.local, mesh, identities)
+            self._graph.key = key
+            self._graph.graph = Graph(identities, edges, truncated, active.revision)
+            return self._graph.graph
+
+
+def permissions_of(policy: PolicyService, role: Role, permissions: Iterable[str]) -> set[str]:
+    """The subset of `permissions` the role holds (drives which links a page shows).
+
+    Raises:
+        NotReady: no policy revision is active.
+    """
+    return {p for p in permissions if authorize(policy, role, p).allowed}
