@@ -83,7 +83,7 @@ def seed(dsn: str, services: Services, entries: int, certificates: int, decision
                 ))  # fmt: skip
         with cur.copy(
             "COPY policy_decisions (decision_id, at, path, input, result, defined, result_hash, "
-            "revision, latency_us, caller) FROM STDIN"
+            "revision, latency_us, caller, source, destination) FROM STDIN"
         ) as copy:
             for n in range(decisions):
                 allowed = n % 3 != 0
@@ -93,6 +93,7 @@ def seed(dsn: str, services: Services, entries: int, certificates: int, decision
                     "trustd/mesh/allow",
                     json.dumps({"source": source, "destination": destination}),
                     json.dumps(allowed), True, allow if allowed else deny, 1, 20, "bench",
+                    source, destination,
                 ))  # fmt: skip
         conn.commit()
         cur.execute("ANALYZE")

@@ -158,6 +158,10 @@ def apply_masks(document: dict[str, Any], masks: Any) -> None:
             node[parts[-1]] = value
 
 
+def _peer(value: Any) -> str | None:
+    return value[:2048] if isinstance(value, str) else None
+
+
 class DecisionLog:
     """Writes decisions in batches from a background thread. `submit` never blocks: when
     the bounded queue is full the entry is dropped and counted."""
@@ -234,11 +238,15 @@ class DecisionLog:
         if ("system", "log") in entry.masker.packages:
             masks = entry.masker.query(_MASK_RULE, canonical_json(document))
             apply_masks(document, masks.value)
+        logged_input = document.get("input")
+        peers = logged_input if isinstance(logged_input, dict) else {}
         return {
             "decision_id": decision.decision_id,
             "at": entry.at,
             "path": decision.path,
-            "input": document.get("input"),
+            "input": logged_input,
+            "source": _peer(peers.get("source")),
+            "destination": _peer(peers.get("destination")),
             "result": document.get("result"),
             "defined": decision.result.defined,
             "result_hash": result_hash(decision.result),

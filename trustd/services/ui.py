@@ -498,9 +498,10 @@ class UiViews:
             statement = statement.where(col(PolicyDecision.at) < query.until)
         if query.path:
             statement = statement.where(PolicyDecision.path == query.path)
-        for key, value in (("source", query.source), ("destination", query.destination)):
-            if value:
-                statement = statement.where(col(PolicyDecision.input)[key].as_string() == value)
+        if query.source:
+            statement = statement.where(PolicyDecision.source == query.source)
+        if query.destination:
+            statement = statement.where(PolicyDecision.destination == query.destination)
         if query.allowed is not None:
             wanted = result_hash(Result(True, query.allowed))
             statement = statement.where(PolicyDecision.result_hash == wanted)

@@ -50,6 +50,9 @@ class PolicyDecision(SQLModel, table=True):
     __table_args__ = (
         Index("ix_policy_decisions_path_at", "path", "at"),
         Index("ix_policy_decisions_caller_at", "caller", "at"),
+        # Who called whom, for the decision log's filters; the JSON input has no index.
+        Index("ix_policy_decisions_source_destination_at", "source", "destination", "at"),
+        Index("ix_policy_decisions_destination_at", "destination", "at"),
     )
 
     decision_id: str = Field(primary_key=True, max_length=36)
@@ -64,3 +67,6 @@ class PolicyDecision(SQLModel, table=True):
     revision: int | None = Field(default=None, index=True)
     latency_us: int
     caller: str = Field(max_length=256)
+    # The input's `source` and `destination` (after masking), when they are strings.
+    source: str | None = Field(default=None, max_length=2048)
+    destination: str | None = Field(default=None, max_length=2048)
