@@ -16,7 +16,7 @@ PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 CHECK_DB := trustd_alembic_check_$(shell echo $$$$)
 
 .PHONY: run test install install-dev system-deps services lint typecheck migrations-check pytest \
-	bench bench-acme bench-workload bench-ui clean proto bpf
+	bench bench-acme bench-workload bench-ui bench-enforcement clean proto bpf
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -102,6 +102,10 @@ bench-workload: install-dev
 bpf:
 	clang -O2 -g -target bpf -I/usr/include/$$(uname -m)-linux-gnu \
 		-c trustd/agent/bpf/enforce.c -o trustd/agent/bpf/enforce.o
+
+# ext_authz (HTTP and gRPC) against a trivial endpoint on the same core.
+bench-enforcement: install-dev
+	$(BIN)/python bench/extauthz.py
 
 bench-acme: install-dev services
 	$(BIN)/python bench/acme.py

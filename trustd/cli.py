@@ -855,6 +855,9 @@ def agent(
     ext_authz_listen: Annotated[
         str | None, typer.Option(help="HOST:PORT for the HTTP ext_authz endpoint")
     ] = None,
+    ext_authz_grpc_listen: Annotated[
+        str | None, typer.Option(help="HOST:PORT for Envoy's gRPC ext_authz (Authorization/Check)")
+    ] = None,
 ) -> None:
     """Run the node agent: attest, sync, serve the SPIFFE Workload API, and enforce
     verdicts (eBPF on --enforce-interface, ext_authz on --ext-authz-listen)."""
@@ -876,6 +879,7 @@ def agent(
         bpf_pin_dir=bpf_pin_dir,
         staleness_limit=staleness_limit,
         ext_authz_listen=ext_authz_listen,
+        ext_authz_grpc_listen=ext_authz_grpc_listen,
     )
     try:
         asyncio.run(run_agent(config, SystemClock()))

@@ -57,6 +57,27 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run([TRUSTD, *args], capture_output=True, text=True, timeout=60, check=check)
 
 
+def join_agent_command(server: Running, work: Path, *options: str) -> list[str]:
+    """`trustd agent` joining `server` with a fresh join token, its socket and data under
+    `work`, plus `options`."""
+    created = cli("token", "create", "--data-dir", str(server.data_dir)).stdout.split()
+    return [
+        TRUSTD,
+        "agent",
+        "--server",
+        server.url,
+        "--join-token",
+        created[created.index("--join-token") + 1],
+        "--ca-sha256",
+        created[created.index("--ca-sha256") + 1],
+        "--socket",
+        str(work / "agent.sock"),
+        "--data-dir",
+        str(work / "agent"),
+        *options,
+    ]
+
+
 def start_server(data_dir: Path, log_path: Path, port: int | None = None, **env: str) -> Running:
     """Start `trustd serve` and wait until it is ready; the banner is read from stdout."""
     port = port or free_port()

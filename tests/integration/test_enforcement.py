@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import TRUSTD, Running, cli, start_server, tls
+from tests.integration.conftest import Running, join_agent_command, start_server, tls
 
 pytestmark = [
     pytest.mark.integration,
@@ -143,35 +143,24 @@ def _mesh(tmp_path: Path, mode: str) -> Iterator[Mesh]:
                 subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", LISTENER])
             )
         server = start_server(tmp_path / "var", tmp_path / "server.log")
-        command = cli("token", "create", "--data-dir", str(server.data_dir)).stdout.split()
+        command = join_agent_command(
+            server,
+            tmp_path,
+            "--enforce-interface",
+            f"{tag}-api/eth0",
+            "--enforce-interface",
+            f"{tag}-web/eth0",
+            "--enforcement-mode",
+            mode,
+            "--bpf-pin-dir",
+            str(pin_dir),
+        )
         token = command[command.index("--join-token") + 1]
-        ca_sha256 = command[command.index("--ca-sha256") + 1]
         node_id = f"{TD}/trustd/agent/join_token/{token.split('.')[0]}"
         agent_log = tmp_path / "agent.log"
         with agent_log.open("w") as log:
             agent = subprocess.Popen(
-                [
-                    TRUSTD,
-                    "agent",
-                    "--server",
-                    server.url,
-                    "--join-token",
-                    token,
-                    "--ca-sha256",
-                    ca_sha256,
-                    "--socket",
-                    str(tmp_path / "agent.sock"),
-                    "--data-dir",
-                    str(tmp_path / "agent"),
-                    "--enforce-interface",
-                    f"{tag}-api/eth0",
-                    "--enforce-interface",
-                    f"{tag}-web/eth0",
-                    "--enforcement-mode",
-                    mode,
-                    "--bpf-pin-dir",
-                    str(pin_dir),
-                ],
+                command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 text=True,

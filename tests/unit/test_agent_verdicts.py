@@ -4,14 +4,33 @@ answering from it over a real socket."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import grpc
 import pytest
+from cryptography import x509
+from envoy.service.auth.v3 import external_auth_pb2 as pb
+from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc
 
+from pki.bundle import TrustBundle
+from pki.ca import (
+    Authority,
+    X509SvidParams,
+    certificate_pem,
+    create_intermediate,
+    create_root,
+    issue_x509_svid,
+)
+from pki.clock import SystemClock
+from pki.keys import KeyType, generate_private_key
+from pki.spiffe_id import SpiffeId, TrustDomain
 from trustd.agent.enforcement.state import PolicyKey, VerdictTable
 from trustd.agent.errors import InvalidVerdicts
 from trustd.agent.extauthz import Authorizer, start_extauthz
+from trustd.agent.extauthz_grpc import start_extauthz_grpc
 
 WEB, API = "spiffe://example.org/ns/web/a", "spiffe://example.org/ns/api/b"
 MESH = (Path(__file__).parents[2] / "rego" / "mesh.rego").read_text()
@@ -70,6 +89,32 @@ def test_bad_updates_change_nothing(update: dict[str, Any], message: str) -> Non
     assert table.revision == 3 and table.allows(257, 256, 8443, 6)
 
 
+TD = TrustDomain.parse("example.org")
+CLOCK = SystemClock()
+
+
+def _ca() -> tuple[Authority, x509.Certificate]:
+    root_key = generate_private_key(KeyType.EC_P256)
+    root = create_root(TD, root_key, CLOCK, timedelta(days=1))
+    key = generate_private_key(KeyType.EC_P256)
+    inter = create_intermediate(
+        TD, key, Authority(root, root_key, (), root), CLOCK, timedelta(hours=2)
+    )
+    return Authority(inter, key, (), root), root
+
+
+def _chain_pem(authority: Authority, spiffe_id: str) -> str:
+    """An SVID chain (leaf, intermediate) escaped as nginx's `$ssl_client_escaped_cert`."""
+    leaf_key = generate_private_key(KeyType.EC_P256)
+    params = X509SvidParams(SpiffeId.parse(spiffe_id), leaf_key.public_key(), timedelta(hours=1))
+    leaf = issue_x509_svid(authority, params, CLOCK)
+    return quote(certificate_pem(leaf) + certificate_pem(authority.certificate))
+
+
+def _authorizer(holder: dict[str, Any], bundle: TrustBundle | None = None) -> Authorizer:
+    return Authorizer(lambda: holder["table"], lambda: bundle, CLOCK)
+
+
 async def _check(port: int, headers: dict[str, str], method: str = "GET") -> int:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     lines = [f"{method} /v1/x HTTP/1.1", "Host: a", *(f"{k}: {v}" for k, v in headers.items())]
@@ -83,7 +128,7 @@ def test_http_ext_authz_answers_from_the_table() -> None:
     holder = {"table": VerdictTable().applied(FULL)}
 
     async def run() -> list[int]:
-        server = await start_extauthz("127.0.0.1", 0, Authorizer(lambda: holder["table"]))
+        server = await start_extauthz("127.0.0.1", 0, _authorizer(holder))
         port = server.sockets[0].getsockname()[1]
         xfcc = f"By={API};Hash=ab;URI={WEB}"
         try:
@@ -102,3 +147,64 @@ def test_http_ext_authz_answers_from_the_table() -> None:
             server.close()
 
     assert asyncio.run(run()) == [200, 403, 403, 403, 403]
+
+
+def test_http_ext_authz_verifies_the_client_chain_against_the_bundle() -> None:
+    authority, root = _ca()
+    foreign, _ = _ca()
+    bundle = TrustBundle(TD, (root,), {}, 1, 300)
+    holder = {"table": VerdictTable().applied(FULL)}
+    to_api = {"x-trustd-destination": API, "x-trustd-port": "8443"}
+
+    async def run() -> list[int]:
+        server = await start_extauthz("127.0.0.1", 0, _authorizer(holder, bundle))
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return [
+                await _check(port, {"x-client-cert": _chain_pem(authority, WEB), **to_api}),
+                # Same SPIFFE ID, issued by a CA the agent's bundle does not hold.
+                await _check(port, {"x-client-cert": _chain_pem(foreign, WEB), **to_api}),
+                await _check(port, {"x-client-cert": "not%20a%20cert", **to_api}),
+                await _check(port, {"x-client-cert": _chain_pem(authority, API), **to_api}),
+            ]
+        finally:
+            server.close()
+
+    assert asyncio.run(run()) == [200, 403, 403, 403]
+
+
+def _check_request(source: str, destination: str, method: str) -> pb.CheckRequest:
+    request = pb.CheckRequest()
+    attributes = request.attributes
+    attributes.source.principal = source
+    attributes.destination.principal = destination
+    attributes.destination.address.socket_address.port_value = 8443
+    attributes.request.http.method = method
+    attributes.request.http.path = "/v1/orders?page=2"
+    return request
+
+
+def test_grpc_check_answers_from_the_table() -> None:
+    holder = {"table": VerdictTable().applied(FULL)}
+
+    async def run() -> list[tuple[int, int]]:
+        server, port = await start_extauthz_grpc("127.0.0.1", 0, _authorizer(holder))
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                check = pb_grpc.AuthorizationStub(channel).Check
+                cases = [
+                    (WEB, API, "GET"),
+                    (WEB, API, "DELETE"),
+                    ("", API, "GET"),
+                    (API, WEB, "GET"),
+                ]
+                out = []
+                for source, destination, method in cases:
+                    response = await check(_check_request(source, destination, method))
+                    out.append((response.status.code, response.denied_response.status.code))
+                return out
+        finally:
+            await server.stop(None)
+
+    # google.rpc.Code OK = 0, PERMISSION_DENIED = 7; denied responses carry HTTP 403.
+    assert asyncio.run(run()) == [(0, 0), (7, 403), (7, 403), (7, 403)]

@@ -10,6 +10,10 @@ destination is the proxy's workload (`X-Trustd-Destination`, or XFCC `By=`), the
 `X-Original-URI` from nginx, the check request's own method and path from Envoy).
 2xx allows, 403 denies (nginx auth_request and Envoy both read it so).
 
+A PEM the proxy passes is verified again against the trust bundle the agent holds (X509-SVID
+§5, RFC 5280 §6.1): the proxy already checked it, but a header is only as trustworthy as
+whoever can reach this port, and the check is cheap once cached.
+
 The server is a small HTTP/1.1 keep-alive loop on asyncio: a check is a header-only
 request, and a framework's per-request cost would be most of the budget.
 """
@@ -19,13 +23,18 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 from urllib.parse import unquote
 
 import structlog
 from cryptography import x509
 
+from pki.bundle import TrustBundle
+from pki.ca import load_pem_certificates, verify_x509_svid
+from pki.clock import Clock
+from pki.errors import InvalidBundle, InvalidSvid
 from policy.engine import EmbeddedEngine
 from trustd.agent.enforcement.state import VerdictTable
 
@@ -33,17 +42,6 @@ log = structlog.get_logger("trustd.agent.extauthz")
 MESH_ALLOW = "data.trustd.mesh.allow"
 MAX_HEADER_BYTES = 32768
 CACHE_SIZE = 4096
-
-
-def _spiffe_id_of_pem(pem: str) -> str | None:
-    try:
-        cert = x509.load_pem_x509_certificate(pem.encode())
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (ValueError, x509.ExtensionNotFound):
-        return None
-    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    # SPIFFE X509-SVID §2: exactly one URI SAN, the SPIFFE ID.
-    return uris[0] if len(uris) == 1 and uris[0].startswith("spiffe://") else None
 
 
 def _xfcc(value: str) -> dict[str, str]:
@@ -61,21 +59,50 @@ class Authorizer:
     """Decisions from the verdict table the agent holds; one engine per L7 revision, used
     only on the event loop's thread (a regorus engine is bound to its thread)."""
 
-    def __init__(self, table: Callable[[], VerdictTable]) -> None:
+    def __init__(
+        self,
+        table: Callable[[], VerdictTable],
+        bundle: Callable[[], TrustBundle | None],
+        clock: Clock,
+        intermediates: Callable[[], Sequence[x509.Certificate]] = tuple,
+    ) -> None:
         self._table = table
+        self._bundle = bundle
+        # nginx passes the client's leaf only ($ssl_client_escaped_cert): the intermediates
+        # the agent's own node SVID chains through fill in the path (RFC 5280 §6.1).
+        self._intermediates = intermediates
+        self._clock = clock
         self._engine: tuple[int, EmbeddedEngine] | None = None
         self._decisions: OrderedDict[tuple[Any, ...], tuple[bool, str]] = OrderedDict()
-        self._identities: OrderedDict[str, str | None] = OrderedDict()
+        # Verified PEM -> (SPIFFE ID, not after), valid for one bundle (by sequence).
+        self._identities: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
+        self._identities_bundle: TrustBundle | None = None
 
-    def _identity(self, pem_escaped: str) -> str | None:
-        found = self._identities.get(pem_escaped, "")
-        if found != "":
-            return found
-        spiffe_id = _spiffe_id_of_pem(unquote(pem_escaped))
-        self._identities[pem_escaped] = spiffe_id
+    def _identity(self, pem_escaped: str) -> tuple[str | None, str]:
+        """The SPIFFE ID of a client chain (leaf first) that verifies against the agent's
+        bundle, or None and why not."""
+        bundle = self._bundle()
+        if bundle is None:
+            return None, "no trust bundle received from trustd yet"
+        if bundle is not self._identities_bundle:
+            self._identities.clear()
+            self._identities_bundle = bundle
+        now = self._clock.now()
+        found = self._identities.get(pem_escaped)
+        if found is not None and now < found[1]:
+            return found[0], ""
+        try:
+            chain = load_pem_certificates(unquote(pem_escaped).encode())
+            pool = [*chain[1:], *self._intermediates()]
+            spiffe_id = verify_x509_svid(
+                chain[0], pool, bundle.x509_authorities, bundle.trust_domain, self._clock
+            )
+        except (InvalidBundle, InvalidSvid) as exc:
+            return None, f"client certificate rejected: {exc.detail}"
+        self._identities[pem_escaped] = (str(spiffe_id), chain[0].not_valid_after_utc)
         if len(self._identities) > CACHE_SIZE:
             self._identities.popitem(last=False)
-        return spiffe_id
+        return str(spiffe_id), ""
 
     def _mesh(self, table: VerdictTable) -> EmbeddedEngine | None:
         if table.l7 is None:
@@ -87,15 +114,16 @@ class Authorizer:
         return self._engine[1]
 
     def check(self, method: str, path: str, headers: dict[str, str]) -> tuple[bool, str]:
-        """Whether the original request may pass, and why."""
+        """Whether the original request (HTTP ext_authz: headers lower-cased) may pass,
+        and why."""
         forwarded = headers.get("x-forwarded-client-cert")
         xfcc = _xfcc(forwarded) if forwarded else {}
         if "x-client-cert" in headers:
-            source = self._identity(headers["x-client-cert"])
+            source, why = self._identity(headers["x-client-cert"])
         else:
-            source = xfcc.get("uri")
+            source, why = xfcc.get("uri"), "no verified client SPIFFE ID"
         if not source:
-            return False, "no verified client SPIFFE ID"
+            return False, why
         destination = headers.get("x-trustd-destination") or xfcc.get("by")
         if not destination:
             return False, "the proxy names no destination (X-Trustd-Destination)"
@@ -103,8 +131,16 @@ class Authorizer:
             port = int(headers.get("x-trustd-port", "0"))
         except ValueError:
             return False, "X-Trustd-Port is not a number"
-        method = headers.get("x-original-method", method).upper()
-        path = headers.get("x-original-uri", path).split("?", 1)[0]
+        method = headers.get("x-original-method", method)
+        path = headers.get("x-original-uri", path)
+        return self.decide(source, destination, port, method, path)
+
+    def decide(
+        self, source: str, destination: str, port: int, method: str, path: str
+    ) -> tuple[bool, str]:
+        """The mesh decision for a verified source calling `destination` (HTTP and gRPC
+        ext_authz share it): revoked identities first, then the mesh policy; default deny."""
+        method, path = method.upper(), path.split("?", 1)[0]
         table = self._table()
         number = table.identities.get(source)
         if number is not None and number in table.revoked:

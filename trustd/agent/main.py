@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -42,6 +43,7 @@ from trustd.agent.enforcement.ebpf import DEFAULT_PIN_DIR, BpfEnforcer, Interfac
 from trustd.agent.enforcement.state import VerdictTable
 from trustd.agent.errors import EnforcementError, InvalidVerdicts
 from trustd.agent.extauthz import Authorizer, start_extauthz
+from trustd.agent.extauthz_grpc import start_extauthz_grpc
 from trustd.agent.renewal import renewal_due
 
 log = structlog.get_logger("trustd.agent")
@@ -66,6 +68,8 @@ class AgentConfig:
     staleness_limit: float | None = None
     # HOST:PORT for the HTTP ext_authz endpoint (nginx auth_request, Envoy HTTP).
     ext_authz_listen: str | None = None
+    # HOST:PORT for Envoy's gRPC ext_authz (envoy.service.auth.v3.Authorization/Check).
+    ext_authz_grpc_listen: str | None = None
 
 
 class AgentError(ServerError):
@@ -99,6 +103,7 @@ class Agent:
         self._verdict_full = True
         self.enforcer: BpfEnforcer | None = None
         self._extauthz: asyncio.Server | None = None
+        self._extauthz_grpc: grpc.aio.Server | None = None
 
     # -- files ---------------------------------------------------------------------------
 
@@ -190,10 +195,20 @@ class Agent:
                 self.config.staleness_limit,
             )
             self.enforcer.start()
+        # One authorizer for both endpoints: its engine lives on this loop's thread.
+        authorizer = Authorizer(
+            lambda: self.verdicts,
+            lambda: self.cache.bundle,
+            self.clock,
+            lambda: self.node.chain[1:],
+        )
         if self.config.ext_authz_listen:
             host, _, port = self.config.ext_authz_listen.rpartition(":")
-            self._extauthz = await start_extauthz(
-                host or "127.0.0.1", int(port), Authorizer(lambda: self.verdicts)
+            self._extauthz = await start_extauthz(host or "127.0.0.1", int(port), authorizer)
+        if self.config.ext_authz_grpc_listen:
+            host, _, port = self.config.ext_authz_grpc_listen.rpartition(":")
+            self._extauthz_grpc, _ = await start_extauthz_grpc(
+                host or "127.0.0.1", int(port), authorizer
             )
         self._workload_server = await start_workload_api(self.config.socket_path, self.cache, self)
         self._tasks = [
@@ -212,6 +227,8 @@ class Agent:
             await self._workload_server.stop(grace=1)
         if self._extauthz is not None:
             self._extauthz.close()
+        if self._extauthz_grpc is not None:
+            await self._extauthz_grpc.stop(grace=1)
         if self._client is not None:
             await self._client.aclose()
         if self.enforcer is not None:
@@ -271,7 +288,9 @@ class Agent:
 
     @property
     def enforcing(self) -> bool:
-        return self.enforcer is not None or bool(self.config.ext_authz_listen)
+        return self.enforcer is not None or bool(
+            self.config.ext_authz_listen or self.config.ext_authz_grpc_listen
+        )
 
     def _verdict_since(self) -> int | None:
         if not self.enforcing:

@@ -1,0 +1,162 @@
+"""Debian nginx as the enforcement point: mutual TLS with X509-SVIDs issued by a real trustd,
+and `auth_request` to a real agent's ext_authz endpoint answering from the policy the
+server pushed. Everything listens on 127.0.0.1 high ports; nginx runs as a child process
+with its pid, logs and temp files under tmp_path."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import ssl
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.conftest import Running, cli, free_port, join_agent_command, start_server
+from tests.integration.test_enforcement import API, BAD, WEB, until
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is needed (make system-deps)"),
+]
+NGINX_CONF = """
+daemon off;
+worker_processes 1;
+user root;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log info;
+events {{ worker_connections 64; }}
+http {{
+    access_log {tmp}/nginx-access.log;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    # The workload behind the proxy.
+    server {{
+        listen 127.0.0.1:{backend};
+        location / {{ return 200 "orders\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {tmp}/api/svid.pem;
+        ssl_certificate_key {tmp}/api/key.pem;
+        ssl_client_certificate {tmp}/api/bundle.pem;
+        ssl_verify_client on;
+        ssl_verify_depth 3;
+        location / {{
+            auth_request /_trustd_authz;
+            proxy_pass http://127.0.0.1:{backend};
+        }}
+        location = /_trustd_authz {{
+            internal;
+            proxy_pass http://127.0.0.1:{authz}/;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Client-Cert $ssl_client_escaped_cert;
+            proxy_set_header X-Trustd-Destination "{destination}";
+            proxy_set_header X-Trustd-Port $server_port;
+            proxy_set_header X-Original-Method $request_method;
+            proxy_set_header X-Original-URI $request_uri;
+        }}
+    }}
+}}
+"""
+
+
+@dataclass
+class Proxy:
+    server: Running
+    url: str
+    tmp: Path
+
+    def get(self, client: str | None, path: str = "/v1/orders") -> int:
+        context = ssl.create_default_context(cafile=str(self.tmp / "api" / "bundle.pem"))
+        # SVIDs are checked by SPIFFE ID, not host name (X509-SVID §5).
+        context.check_hostname = False
+        if client is not None:
+            context.load_cert_chain(self.tmp / client / "svid.pem", self.tmp / client / "key.pem")
+        return httpx.get(f"{self.url}{path}", verify=context, timeout=5).status_code
+
+
+def _svid(server: Running, spiffe_id: str, out: Path) -> None:
+    cli(
+        "svid",
+        "x509",
+        "--spiffe-id",
+        spiffe_id,
+        "--out",
+        str(out),
+        "--data-dir",
+        str(server.data_dir),
+    )
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[Proxy]:
+    server = start_server(tmp_path / "var", tmp_path / "server.log")
+    agent: subprocess.Popen[str] | None = None
+    nginx: subprocess.Popen[str] | None = None
+    try:
+        for name, spiffe_id in (("api", API), ("web", WEB), ("bad", BAD)):
+            _svid(server, spiffe_id, tmp_path / name)
+        authz = free_port()
+        with (tmp_path / "agent.log").open("w") as log:
+            agent = subprocess.Popen(
+                join_agent_command(server, tmp_path, "--ext-authz-listen", f"127.0.0.1:{authz}"),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        port = free_port()
+        conf = tmp_path / "nginx.conf"
+        conf.write_text(
+            NGINX_CONF.format(
+                tmp=tmp_path, backend=free_port(), port=port, authz=authz, destination=API
+            )
+        )
+        nginx = subprocess.Popen(
+            ["nginx", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "nginx.err")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        until(lambda: (tmp_path / "nginx.pid").exists() or nginx.poll() is not None, 10)
+        assert nginx.poll() is None, (tmp_path / "nginx-error.log").read_text()
+        yield Proxy(server, f"https://127.0.0.1:{port}", tmp_path)
+    finally:
+        for process in (nginx, agent):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(20)
+        server.stop()
+
+
+def _push_policy(server: Running, allow: list[dict[str, object]]) -> None:
+    modules = {"mesh.rego": (Path(__file__).parents[2] / "rego" / "mesh.rego").read_text()}
+    response = httpx.post(
+        f"{server.url}/v1/admin/policy/bundles",
+        json={"modules": modules, "data": {"mesh": {"allow": allow, "deny": []}}},
+        headers={"Authorization": f"Bearer {server.token}"},
+        verify=ssl.create_default_context(cafile=str(server.bundle)),
+    )
+    assert response.status_code < 300, response.text
+
+
+def test_nginx_auth_request_allows_denies_and_refuses(proxy: Proxy) -> None:
+    _push_policy(proxy.server, [{"name": "web-reads", "source": WEB, "destination": API}])
+    # The agent answers from what the server pushed: wait for it to arrive.
+    until(lambda: proxy.get("web") == 200, 30)
+    assert proxy.get("bad") == 403
+    # nginx refuses a client with no certificate (400 "No required SSL certificate").
+    assert proxy.get(None) == 400
+
+    # A policy change reaches nginx's decisions through the agent.
+    _push_policy(proxy.server, [{"name": "bad-reads", "source": BAD, "destination": API}])
+    until(lambda: proxy.get("web") == 403, 10)
+    assert proxy.get("bad") == 200
