@@ -195,7 +195,8 @@ class Agents:
         return None
 
     def _allowed(self, principal: NodePrincipal) -> dict[str, RegistrationEntry]:
-        return {e.id: e for e in self.snapshot(principal).entries}
+        # Only the entries: signing needs neither the bundle nor the revocation feed.
+        return {e.id: e for e in self._node_entries(principal)[1]}
 
     def sign_svids(
         self, principal: NodePrincipal, requests: Sequence[tuple[str, str]]
