@@ -2,8 +2,8 @@
 (Envoy `Authorization/Check`), checks/s and p50/p99 on one core.
 
 Prints, in one run, for each protocol: the real endpoint (client chain verified against the
-bundle for HTTP, identity from `source.principal` for gRPC, mesh policy decision from the
-agent's engine) and, as the baseline, a trivial endpoint on the same server loop and code
+bundle, from `X-Client-Cert` for HTTP and `source.certificate` for gRPC; mesh policy decision
+from the agent's engine) and, as the baseline, a trivial endpoint on the same server loop and code
 path that answers "allowed" without deciding: the ratio is what the decision costs.
 
 The server is one process pinned to CPU 0 (the agent serves both endpoints from one event
@@ -94,6 +94,9 @@ class Trivial:
     def check(self, method: str, path: str, headers: dict[str, str]) -> tuple[bool, str]:
         return True, "trivial"
 
+    def identify(self, pem_escaped: str, claimed: str | None = None) -> tuple[str | None, str]:
+        return WEB, ""
+
     def decide(
         self, source: str, destination: str, port: int, method: str, path: str
     ) -> tuple[bool, str]:
@@ -130,13 +133,14 @@ def _wrk(port: int, headers: dict[str, str], seconds: int, connections: int) -> 
     return parse_wrk(out)
 
 
-async def _grpc_load(port: int, seconds: float, concurrency: int) -> dict[str, float]:
+async def _grpc_load(port: int, seconds: float, concurrency: int, chain: str) -> dict[str, float]:
     import grpc
     from envoy.service.auth.v3 import external_auth_pb2 as pb
     from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc
 
     request = pb.CheckRequest()
     request.attributes.source.principal = WEB
+    request.attributes.source.certificate = chain
     request.attributes.destination.principal = API
     request.attributes.destination.address.socket_address.port_value = 8443
     request.attributes.request.http.method = "GET"
@@ -181,7 +185,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--serve", nargs=5, help=argparse.SUPPRESS)
-    parser.add_argument("--grpc-load", nargs=3, type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--grpc-load", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         os.sched_setaffinity(0, {0})
@@ -191,8 +195,9 @@ def main() -> None:
         return
     if args.grpc_load:
         os.sched_setaffinity(0, {1})
-        port, seconds, concurrency = args.grpc_load
-        figures = asyncio.run(_grpc_load(int(port), seconds, int(concurrency)))
+        port, seconds, concurrency, chain_path = args.grpc_load
+        chain = Path(chain_path).read_text()
+        figures = asyncio.run(_grpc_load(int(port), float(seconds), int(concurrency), chain))
         print(" ".join(f"{k}={v}" for k, v in figures.items()))
         return
     ports = [free_port() for _ in range(4)]
@@ -228,14 +233,17 @@ def main() -> None:
             grpc_figures = []
             for port in (ports[3], ports[2]):
                 out = subprocess.run(
-                    [sys.executable, __file__, "--grpc-load", str(port), str(args.seconds), "16"],
+                    [
+                        *(sys.executable, __file__, "--grpc-load", str(port)),
+                        *(str(args.seconds), "16", str(chain_file)),
+                    ],
                     capture_output=True,
                     text=True,
                     check=True,
                 ).stdout
                 grpc_figures.append({k: float(v) for k, v in (p.split("=") for p in out.split())})
             _line("gRPC trivial Check (baseline)", grpc_figures[0], None)
-            _line("gRPC ext_authz Check (policy)", grpc_figures[1], grpc_figures[0])
+            _line("gRPC ext_authz Check (cert + policy)", grpc_figures[1], grpc_figures[0])
         finally:
             server.kill()
             server.wait()

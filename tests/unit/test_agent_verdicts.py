@@ -125,18 +125,29 @@ async def _check(port: int, headers: dict[str, str], method: str = "GET") -> int
 
 
 def test_http_ext_authz_answers_from_the_table() -> None:
+    authority, root = _ca()
+    bundle = TrustBundle(TD, (root,), {}, 1, 300)
     holder = {"table": VerdictTable().applied(FULL)}
+    web, api = _chain_pem(authority, WEB), _chain_pem(authority, API)
+    # Envoy with `set_current_client_cert_details: {cert: true, uri: true}`.
+    xfcc = f'By={API};Hash=ab;Cert="{web}";Subject="CN=a,O=b";URI={WEB}'
 
     async def run() -> list[int]:
-        server = await start_extauthz("127.0.0.1", 0, _authorizer(holder))
+        server = await start_extauthz("127.0.0.1", 0, _authorizer(holder, bundle))
         port = server.sockets[0].getsockname()[1]
-        xfcc = f"By={API};Hash=ab;URI={WEB}"
         try:
             results = [
                 await _check(port, {"x-forwarded-client-cert": xfcc}),
                 await _check(port, {"x-forwarded-client-cert": xfcc}, "DELETE"),
                 await _check(port, {}),
-                await _check(port, {"x-forwarded-client-cert": f"By={WEB};URI={API}"}),
+                await _check(port, {"x-forwarded-client-cert": f"By={WEB};Cert={api}"}),
+                # A bare URI= is the proxy's word only: refused.
+                await _check(port, {"x-forwarded-client-cert": f"By={API};URI={WEB}"}),
+                # The URI the proxy names must be the certificate's.
+                await _check(port, {"x-forwarded-client-cert": f"By={API};Cert={api};URI={WEB}"}),
+                # Two hops: the proxy did not sanitise the header.
+                await _check(port, {"x-forwarded-client-cert": f"{xfcc},By={API};Cert={web}"}),
+                await _check(port, {"x-forwarded-client-cert": 'By="unterminated'}),
             ]
             holder["table"] = holder["table"].applied(
                 {"revision": 4, "base": 3, "changes": {"revoked": {"set": {"256": 1}}}}
@@ -146,7 +157,7 @@ def test_http_ext_authz_answers_from_the_table() -> None:
         finally:
             server.close()
 
-    assert asyncio.run(run()) == [200, 403, 403, 403, 403]
+    assert asyncio.run(run()) == [200, 403, 403, 403, 403, 403, 403, 403, 403]
 
 
 def test_http_ext_authz_verifies_the_client_chain_against_the_bundle() -> None:
@@ -173,10 +184,13 @@ def test_http_ext_authz_verifies_the_client_chain_against_the_bundle() -> None:
     assert asyncio.run(run()) == [200, 403, 403, 403]
 
 
-def _check_request(source: str, destination: str, method: str) -> pb.CheckRequest:
+def _check_request(
+    source: str, destination: str, method: str, certificate: str = ""
+) -> pb.CheckRequest:
     request = pb.CheckRequest()
     attributes = request.attributes
     attributes.source.principal = source
+    attributes.source.certificate = certificate
     attributes.destination.principal = destination
     attributes.destination.address.socket_address.port_value = 8443
     attributes.request.http.method = method
@@ -185,26 +199,34 @@ def _check_request(source: str, destination: str, method: str) -> pb.CheckReques
 
 
 def test_grpc_check_answers_from_the_table() -> None:
+    authority, root = _ca()
+    bundle = TrustBundle(TD, (root,), {}, 1, 300)
     holder = {"table": VerdictTable().applied(FULL)}
+    web, api = _chain_pem(authority, WEB), _chain_pem(authority, API)
 
     async def run() -> list[tuple[int, int]]:
-        server, port = await start_extauthz_grpc("127.0.0.1", 0, _authorizer(holder))
+        server, port = await start_extauthz_grpc("127.0.0.1", 0, _authorizer(holder, bundle))
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 check = pb_grpc.AuthorizationStub(channel).Check
                 cases = [
-                    (WEB, API, "GET"),
-                    (WEB, API, "DELETE"),
-                    ("", API, "GET"),
-                    (API, WEB, "GET"),
+                    (WEB, API, "GET", web),
+                    (WEB, API, "DELETE", web),
+                    ("", API, "GET", web),
+                    (API, WEB, "GET", api),
+                    # No certificate: the principal alone is not believed.
+                    (WEB, API, "GET", ""),
+                    # The principal must be the certificate's.
+                    (WEB, API, "GET", api),
                 ]
                 out = []
-                for source, destination, method in cases:
-                    response = await check(_check_request(source, destination, method))
+                for source, destination, method, certificate in cases:
+                    request = _check_request(source, destination, method, certificate)
+                    response = await check(request)
                     out.append((response.status.code, response.denied_response.status.code))
                 return out
         finally:
             await server.stop(None)
 
     # google.rpc.Code OK = 0, PERMISSION_DENIED = 7; denied responses carry HTTP 403.
-    assert asyncio.run(run()) == [(0, 0), (7, 403), (7, 403), (7, 403)]
+    assert asyncio.run(run()) == [(0, 0), (7, 403), (0, 0), (7, 403), (7, 403), (7, 403)]

@@ -2,17 +2,19 @@
 `auth_request` and Envoy's HTTP ext_authz filter. Answered from the pushed state (revoked
 identities) and the mesh policy evaluated by the agent's own engine: no call to trustd.
 
-Who calls: the proxy verified the client's X509-SVID (mutual TLS) and passes it on, either
-as the PEM (`X-Client-Cert`, nginx `$ssl_client_escaped_cert`) or as Envoy's
-`x-forwarded-client-cert` (`URI=` the client's SPIFFE ID, `By=` the proxy's own). The
-destination is the proxy's workload (`X-Trustd-Destination`, or XFCC `By=`), the port
-`X-Trustd-Port`; method and path are the original request's (`X-Original-Method` /
-`X-Original-URI` from nginx, the check request's own method and path from Envoy).
-2xx allows, 403 denies (nginx auth_request and Envoy both read it so).
+Who calls: the proxy verified the client's X509-SVID (mutual TLS) and passes the
+certificate on, either as `X-Client-Cert` (nginx `$ssl_client_escaped_cert`) or in Envoy's
+`x-forwarded-client-cert` (`Cert=` or `Chain=`, with `set_current_client_cert_details`
+`cert: true`; `By=` is the proxy's own SPIFFE ID). The destination is the proxy's workload
+(`X-Trustd-Destination`, or XFCC `By=`), the port `X-Trustd-Port`; method and path are the
+original request's (`X-Original-Method` / `X-Original-URI` from nginx, the check request's
+own method and path from Envoy). 2xx allows, 403 denies (nginx auth_request and Envoy both
+read it so).
 
-A PEM the proxy passes is verified again against the trust bundle the agent holds (X509-SVID
-§5, RFC 5280 §6.1): the proxy already checked it, but a header is only as trustworthy as
-whoever can reach this port, and the check is cheap once cached.
+The certificate is verified again against the trust bundle the agent holds (X509-SVID §5,
+RFC 5280 §6.1) and the identity is taken from it, never from a bare `URI=`: the proxy
+already checked it, but a header is only as trustworthy as whoever can reach this port, and
+the check is cheap once cached.
 
 The server is a small HTTP/1.1 keep-alive loop on asyncio: a check is a header-only
 request, and a framework's per-request cost would be most of the budget.
@@ -37,22 +39,12 @@ from pki.clock import Clock
 from pki.errors import InvalidBundle, InvalidSvid
 from policy.engine import EmbeddedEngine
 from trustd.agent.enforcement.state import VerdictTable
+from trustd.xfcc import MalformedXfcc, parse_xfcc
 
 log = structlog.get_logger("trustd.agent.extauthz")
 MESH_ALLOW = "data.trustd.mesh.allow"
 MAX_HEADER_BYTES = 32768
 CACHE_SIZE = 4096
-
-
-def _xfcc(value: str) -> dict[str, str]:
-    """The first element of an `x-forwarded-client-cert` header (the hop nearest the
-    client), as key -> value; Envoy quotes values that hold `,;=`."""
-    element = value.split(",", 1)[0]
-    out: dict[str, str] = {}
-    for pair in element.split(";"):
-        key, _, val = pair.partition("=")
-        out[key.strip().lower()] = val.strip().strip('"')
-    return out
 
 
 class Authorizer:
@@ -78,9 +70,10 @@ class Authorizer:
         self._identities: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
         self._identities_bundle: TrustBundle | None = None
 
-    def _identity(self, pem_escaped: str) -> tuple[str | None, str]:
-        """The SPIFFE ID of a client chain (leaf first) that verifies against the agent's
-        bundle, or None and why not."""
+    def identify(self, pem_escaped: str, claimed: str | None = None) -> tuple[str | None, str]:
+        """The SPIFFE ID of a URL-encoded PEM client chain (leaf first) that verifies
+        against the agent's bundle, or None and why not; `claimed`, the ID the proxy says
+        it saw, must match it."""
         bundle = self._bundle()
         if bundle is None:
             return None, "no trust bundle received from trustd yet"
@@ -89,20 +82,38 @@ class Authorizer:
             self._identities_bundle = bundle
         now = self._clock.now()
         found = self._identities.get(pem_escaped)
-        if found is not None and now < found[1]:
-            return found[0], ""
+        if found is None or now >= found[1]:
+            try:
+                chain = load_pem_certificates(unquote(pem_escaped).encode())
+                pool = [*chain[1:], *self._intermediates()]
+                spiffe_id = verify_x509_svid(
+                    chain[0], pool, bundle.x509_authorities, bundle.trust_domain, self._clock
+                )
+            except (InvalidBundle, InvalidSvid) as exc:
+                return None, f"client certificate rejected: {exc.detail}"
+            found = self._identities[pem_escaped] = (str(spiffe_id), chain[0].not_valid_after_utc)
+            if len(self._identities) > CACHE_SIZE:
+                self._identities.popitem(last=False)
+        if claimed and claimed != found[0]:
+            return None, f"the proxy names {claimed} but the certificate is {found[0]}"
+        return found[0], ""
+
+    def _forwarded(self, header: str) -> tuple[str | None, str | None, str]:
+        """(source, `By=` destination, why not) from an `x-forwarded-client-cert` header."""
         try:
-            chain = load_pem_certificates(unquote(pem_escaped).encode())
-            pool = [*chain[1:], *self._intermediates()]
-            spiffe_id = verify_x509_svid(
-                chain[0], pool, bundle.x509_authorities, bundle.trust_domain, self._clock
-            )
-        except (InvalidBundle, InvalidSvid) as exc:
-            return None, f"client certificate rejected: {exc.detail}"
-        self._identities[pem_escaped] = (str(spiffe_id), chain[0].not_valid_after_utc)
-        if len(self._identities) > CACHE_SIZE:
-            self._identities.popitem(last=False)
-        return str(spiffe_id), ""
+            elements = parse_xfcc(header)
+        except MalformedXfcc as exc:
+            return None, None, str(exc)
+        # One hop only: the proxy in front of the workload must sanitise the header
+        # (Envoy `forward_client_cert_details: SANITIZE_SET`).
+        if len(elements) != 1:
+            return None, None, "x-forwarded-client-cert must hold exactly one element"
+        element = elements[0]
+        pem = element.get("chain") or element.get("cert")
+        if not pem:
+            return None, None, "x-forwarded-client-cert carries no Cert= (Envoy: cert: true)"
+        source, why = self.identify(pem, element.get("uri"))
+        return source, element.get("by"), why
 
     def _mesh(self, table: VerdictTable) -> EmbeddedEngine | None:
         if table.l7 is None:
@@ -116,15 +127,16 @@ class Authorizer:
     def check(self, method: str, path: str, headers: dict[str, str]) -> tuple[bool, str]:
         """Whether the original request (HTTP ext_authz: headers lower-cased) may pass,
         and why."""
-        forwarded = headers.get("x-forwarded-client-cert")
-        xfcc = _xfcc(forwarded) if forwarded else {}
+        by: str | None = None
         if "x-client-cert" in headers:
-            source, why = self._identity(headers["x-client-cert"])
+            source, why = self.identify(headers["x-client-cert"])
+        elif "x-forwarded-client-cert" in headers:
+            source, by, why = self._forwarded(headers["x-forwarded-client-cert"])
         else:
-            source, why = xfcc.get("uri"), "no verified client SPIFFE ID"
+            source, why = None, "no client certificate (X-Client-Cert or XFCC Cert=)"
         if not source:
             return False, why
-        destination = headers.get("x-trustd-destination") or xfcc.get("by")
+        destination = headers.get("x-trustd-destination") or by
         if not destination:
             return False, "the proxy names no destination (X-Trustd-Destination)"
         try:

@@ -1,10 +1,12 @@
 """Envoy's gRPC ext_authz (`envoy.service.auth.v3.Authorization/Check`) served by the agent,
 with the protos from PyPI (`xds-protos`, generated from envoyproxy/data-plane-api).
 
-Identity comes from `attributes.source.principal`: Envoy fills it from the URI SAN of the
-peer certificate it verified on the mTLS listener (AttributeContext.Peer, "principal"); the
-destination is `attributes.destination.principal` (the listener's own SVID), the port the
-destination socket address's. The decision is the HTTP endpoint's own (`Authorizer.decide`),
+Identity comes from `attributes.source.certificate`, the URL-encoded PEM of the peer
+certificate Envoy verified on the mTLS listener (ext_authz `include_peer_certificate: true`),
+verified again against the agent's bundle as the HTTP endpoint does; Envoy's
+`attributes.source.principal` (its URI SAN) must match it. The destination is
+`attributes.destination.principal` (the listener's own SVID), the port the destination
+socket address's. The decision is the HTTP endpoint's own (`Authorizer.decide`),
 made on the event loop's thread: the regorus engine is bound to the thread that created it.
 """
 
@@ -33,10 +35,16 @@ class Authorization(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
     ) -> pb.CheckResponse:
         attributes = request.attributes
         http = attributes.request.http
-        source = attributes.source.principal
         destination = attributes.destination.principal
+        source: str | None = None
+        if attributes.source.certificate:
+            source, reason = self._authorizer.identify(
+                attributes.source.certificate, attributes.source.principal or None
+            )
+        else:
+            reason = "no peer certificate (mTLS listener, include_peer_certificate: true)"
         if not source:
-            allowed, reason = False, "no verified client principal (mTLS on the listener?)"
+            allowed = False
         elif not destination:
             allowed, reason = False, "no destination principal"
         else:

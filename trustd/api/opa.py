@@ -45,9 +45,9 @@ from trustd.services.policy import (
     normalise_input,
 )
 from trustd.store.policy_models import PolicyRevision
+from trustd.xfcc import MalformedXfcc, parse_xfcc
 
 _bearer = HTTPBearer(auto_error=False, description="Admin token or the policy API token")
-_XFCC_URI = "uri="
 
 
 @asynccontextmanager
@@ -67,14 +67,13 @@ admin = APIRouter(prefix="/v1/admin/policy", tags=["policy"])
 
 
 def _xfcc_identity(header: str) -> str | None:
-    # Envoy's x-forwarded-client-cert: `By=...;Hash=...;URI=spiffe://...`. One element
-    # only: several mean several hops, and this host's proxy must sanitise the header.
-    if "," in header:
+    # One element only: several mean several hops, and this host's proxy must sanitise the
+    # header (Envoy `forward_client_cert_details: SANITIZE_SET`).
+    try:
+        elements = parse_xfcc(header)
+    except MalformedXfcc:
         return None
-    for part in header.split(";"):
-        if part.strip().lower().startswith(_XFCC_URI):
-            return part.strip()[len(_XFCC_URI) :].strip('"')
-    return None
+    return elements[0].get("uri") if len(elements) == 1 else None
 
 
 async def decision_caller(
