@@ -850,7 +850,7 @@ def agent(
     ),
     staleness_limit: Annotated[
         float | None,
-        typer.Option(help="Seconds without trustd before enforced traffic is all denied"),
+        typer.Option(min=1.0, help="Seconds without trustd before enforced traffic is all denied"),
     ] = None,
     ext_authz_listen: Annotated[
         str | None, typer.Option(help="HOST:PORT for the HTTP ext_authz endpoint")

@@ -107,7 +107,7 @@ def until(predicate: Any, timeout: float) -> float:
     pytest.fail(f"not within {timeout} s")
 
 
-def _mesh(tmp_path: Path, mode: str) -> Iterator[Mesh]:
+def _mesh(tmp_path: Path, mode: str, *agent_args: str) -> Iterator[Mesh]:
     tag = f"td{uuid.uuid4().hex[:6]}"
     pin_dir = Path("/sys/fs/bpf/trustd") / tag
     names = {"web": "10.213.1.1", "api": "10.213.1.2", "bad": "10.213.1.3"}
@@ -154,6 +154,7 @@ def _mesh(tmp_path: Path, mode: str) -> Iterator[Mesh]:
             mode,
             "--bpf-pin-dir",
             str(pin_dir),
+            *agent_args,
         )
         token = command[command.index("--join-token") + 1]
         node_id = f"{TD}/trustd/agent/join_token/{token.split('.')[0]}"
@@ -203,6 +204,14 @@ def audit_mesh(tmp_path: Path) -> Iterator[Mesh]:
     yield from _mesh(tmp_path, "audit")
 
 
+STALENESS = 3.0
+
+
+@pytest.fixture
+def stale_mesh(tmp_path: Path) -> Iterator[Mesh]:
+    yield from _mesh(tmp_path, "enforce", "--staleness-limit", str(STALENESS))
+
+
 def set_policy(mesh: Mesh, allow: list[dict[str, Any]], deny: list[dict[str, Any]]) -> None:
     modules = {"mesh.rego": (Path(__file__).parents[2] / "rego" / "mesh.rego").read_text()}
     mesh.api(
@@ -248,3 +257,25 @@ def test_audit_mode_drops_nothing_and_counts(audit_mesh: Mesh) -> None:
     counts = audit_mesh.counters()
     assert counts["denied"] >= 2
     assert counts["dropped"] == 0
+
+
+def test_staleness_limit_denies_everything_once_trustd_is_silent(stale_mesh: Mesh) -> None:
+    mesh = stale_mesh
+    web_to_api = {"name": "w", "source": WEB, "destination": API, "ports": [PORT]}
+    set_policy(mesh, [web_to_api], [])
+    until(lambda: mesh.connects("web", "10.213.1.2"), 10)
+    # While trustd answers, the agent keeps moving the deadline: still open past the limit.
+    time.sleep(STALENESS + 1)
+    assert mesh.connects("web", "10.213.1.2")
+    assert mesh.counters()["stale"] == 0
+
+    mesh.server.stop()
+    stopped = time.monotonic()
+    # Fail-static first: the last applied revision stays in force...
+    assert mesh.connects("web", "10.213.1.2")
+    assert not mesh.connects("bad", "10.213.1.2")
+    # ...until the limit passes without a word from trustd: then everything is denied.
+    until(lambda: not mesh.connects("web", "10.213.1.2"), 3 * STALENESS)
+    # The last answer came at most a third of the limit before the stop.
+    assert time.monotonic() - stopped >= STALENESS * 2 / 3 - 0.1
+    assert mesh.counters()["stale"] >= 1

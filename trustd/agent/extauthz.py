@@ -57,12 +57,14 @@ class Authorizer:
         bundle: Callable[[], TrustBundle | None],
         clock: Clock,
         intermediates: Callable[[], Sequence[x509.Certificate]] = tuple,
+        stale: Callable[[], bool] = lambda: False,
     ) -> None:
         self._table = table
         self._bundle = bundle
         # nginx passes the client's leaf only ($ssl_client_escaped_cert): the intermediates
         # the agent's own node SVID chains through fill in the path (RFC 5280 §6.1).
         self._intermediates = intermediates
+        self._stale = stale
         self._clock = clock
         self._engine: tuple[int, EmbeddedEngine] | None = None
         self._decisions: OrderedDict[tuple[Any, ...], tuple[bool, str]] = OrderedDict()
@@ -152,6 +154,8 @@ class Authorizer:
     ) -> tuple[bool, str]:
         """The mesh decision for a verified source calling `destination` (HTTP and gRPC
         ext_authz share it): revoked identities first, then the mesh policy; default deny."""
+        if self._stale():
+            return False, "no word from trustd for longer than the staleness limit"
         method, path = method.upper(), path.split("?", 1)[0]
         table = self._table()
         number = table.identities.get(source)

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -102,6 +103,9 @@ class Agent:
         self.verdicts = VerdictTable()
         self._verdict_full = True
         self.enforcer: BpfEnforcer | None = None
+        # When trustd last answered a sync (monotonic): past the staleness limit, every
+        # enforcement point denies (the kernel keeps its own deadline, see enforce.c).
+        self._synced_at = time.monotonic()
         self._extauthz: asyncio.Server | None = None
         self._extauthz_grpc: grpc.aio.Server | None = None
 
@@ -201,6 +205,7 @@ class Agent:
             lambda: self.cache.bundle,
             self.clock,
             lambda: self.node.chain[1:],
+            self.stale,
         )
         if self.config.ext_authz_listen:
             host, _, port = self.config.ext_authz_listen.rpartition(":")
@@ -252,6 +257,7 @@ class Agent:
         result = await self.client.sync(
             self.node, self.revision, self.revocation_revision, wait, self._verdict_since()
         )
+        self._synced_at = time.monotonic()
         if self.enforcer is not None:
             self.enforcer.refresh()
         if not result["changed"]:
@@ -291,6 +297,18 @@ class Agent:
         return self.enforcer is not None or bool(
             self.config.ext_authz_listen or self.config.ext_authz_grpc_listen
         )
+
+    def stale(self) -> bool:
+        """Whether trustd has been silent for longer than the staleness limit."""
+        limit = self.config.staleness_limit
+        return limit is not None and time.monotonic() - self._synced_at > limit
+
+    @property
+    def _sync_wait(self) -> float:
+        # A long-poll that outlasts the staleness limit would let the deadline lapse while
+        # trustd is healthy: answer (and refresh it) at least three times per limit.
+        limit = self.config.staleness_limit
+        return SYNC_WAIT if limit is None else min(SYNC_WAIT, limit / 3)
 
     def _verdict_since(self) -> int | None:
         if not self.enforcing:
@@ -333,13 +351,14 @@ class Agent:
         backoff = 1.0
         while True:
             try:
-                await self.sync_once(SYNC_WAIT)
+                await self.sync_once(self._sync_wait)
                 backoff = 1.0
             except ServerError as exc:
-                # Keep serving what we hold; try again with growing pauses.
+                # Keep serving what we hold; try again with growing pauses, often enough
+                # to come back before the staleness limit denies everything.
                 log.warning("sync_failed", error=exc.detail, retry_in_s=backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                backoff = min(backoff * 2, MAX_BACKOFF, self._sync_wait)
 
     # -- workload SVIDs ------------------------------------------------------------------
 

@@ -120,8 +120,9 @@ class BpfEnforcer:
         self._obj = libbpf.BpfObject(self.object_path, self.pin_dir, MAPS, PROGRAM)
         config = self._config()
         config.mode = 1 if self.mode is Mode.ENFORCE else 0
+        # The staleness deadline is left as the last run set it: only an answer from
+        # trustd moves it (`refresh`), so restarting a cut-off agent does not extend it.
         self._write_config(config)
-        self.refresh()
         for interface in self.interfaces:
             self._obj.attach(interface.netns, interface.ifname)
         log.info(
