@@ -1,0 +1,224 @@
+"""The eBPF datapath's cost: TCP connect rate and bulk throughput between two network
+namespaces, with trustd's tc ingress program attached vs detached, in the same run.
+
+Two namespaces joined by a veth pair; the server side's veth carries the program (as the
+agent attaches it in front of a destination workload), loaded and fed through the agent's
+own `BpfEnforcer` with a verdict table that allows client -> server. Every SYN is judged
+(IP cache + policy lookups), every later segment takes the established path. Rounds
+alternate detached/attached so drift on a shared machine hits both; medians are compared.
+The program's counters are read at the end to show it saw the traffic.
+
+Usage (root): python bench/enforcement.py [--seconds 3] [--rounds 5]
+Target: the program costs < 5% of connect rate and of throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CLIENT_ADDR, SERVER_ADDR = "10.214.0.1", "10.214.0.2"
+CONNECT_PORT, BULK_PORT = 7001, 7002
+CHUNK = 1 << 20
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+def serve() -> None:
+    """In the server namespace: accept-and-close on one port, a byte sink on the other."""
+    import threading
+
+    def acceptor() -> None:
+        listener = socket.create_server((SERVER_ADDR, CONNECT_PORT), backlog=4096)
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except ConnectionAbortedError:
+                continue
+            conn.close()
+
+    def sink(conn: socket.socket) -> None:
+        buffer = bytearray(CHUNK)
+        while conn.recv_into(buffer):
+            pass
+        conn.close()
+
+    threading.Thread(target=acceptor, daemon=True).start()
+    bulk = socket.create_server((SERVER_ADDR, BULK_PORT))
+    print("ready", flush=True)
+    while True:
+        conn, _ = bulk.accept()
+        threading.Thread(target=sink, args=(conn,), daemon=True).start()
+
+
+def connect_rate(seconds: float) -> float:
+    """In the client namespace: connections opened (and closed) per second."""
+    count, deadline = 0, time.monotonic() + seconds
+    started = time.monotonic()
+    while time.monotonic() < deadline:
+        sock = socket.create_connection((SERVER_ADDR, CONNECT_PORT), timeout=1)
+        # RST on close: no TIME_WAIT pile-up exhausting the ephemeral ports.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()
+        count += 1
+    return count / (time.monotonic() - started)
+
+
+def throughput(seconds: float) -> float:
+    """In the client namespace: Gbit/s sent over one connection."""
+    payload = memoryview(bytearray(CHUNK))
+    sent = 0
+    with socket.create_connection((SERVER_ADDR, BULK_PORT), timeout=5) as sock:
+        started = time.monotonic()
+        deadline = started + seconds
+        while time.monotonic() < deadline:
+            sock.sendall(payload)
+            sent += CHUNK
+        elapsed = time.monotonic() - started
+    return sent * 8 / elapsed / 1e9
+
+
+def _netns_on_cpu(tag: str, ns: str, cpu: int) -> list[str]:
+    return ["ip", "netns", "exec", f"{tag}-{ns}", "taskset", "-c", str(cpu)]
+
+
+def _in_client(tag: str, what: str, seconds: float) -> float:
+    out = subprocess.run(
+        [*_netns_on_cpu(tag, "c", 1), sys.executable, __file__, f"--{what}", str(seconds)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return float(out.strip())
+
+
+def _table() -> object:
+    from trustd.agent.enforcement.state import VerdictTable
+
+    client, server = "spiffe://example.org/bench/client", "spiffe://example.org/bench/server"
+    return VerdictTable().applied(
+        {
+            "revision": 1,
+            "base": 0,
+            "changes": {
+                "identities": {"set": {client: 256, server: 257}},
+                "ipcache": {"set": {f"{CLIENT_ADDR}/32": 256, f"{SERVER_ADDR}/32": 257}},
+                "policy": {"set": {"257/256/0/6": 1}},
+            },
+        }
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--connect", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--bulk", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve()
+        return
+    if args.connect is not None:
+        print(connect_rate(args.connect))
+        return
+    if args.bulk is not None:
+        print(throughput(args.bulk))
+        return
+    if os.geteuid() != 0 or shutil.which("clang") is None:
+        sys.exit("needs root (network namespaces, eBPF) and clang: run `make system-deps` first")
+
+    from trustd.agent.enforcement import libbpf
+    from trustd.agent.enforcement.ebpf import COUNTERS, BpfEnforcer, Interface, Mode
+    from trustd.agent.enforcement.state import VerdictTable
+
+    tag = f"tdb{os.getpid()}"
+    pin_dir = Path("/sys/fs/bpf/trustd") / tag
+    server: subprocess.Popen[str] | None = None
+    try:
+        _ip("netns", "add", f"{tag}-c")
+        _ip("netns", "add", f"{tag}-s")
+        client, peer = ("eth0", "netns", f"{tag}-c"), ("eth0", "netns", f"{tag}-s")
+        _ip("link", "add", *client, "type", "veth", "peer", *peer)
+        for ns, addr in (("c", CLIENT_ADDR), ("s", SERVER_ADDR)):
+            _ip("-n", f"{tag}-{ns}", "addr", "add", f"{addr}/24", "dev", "eth0")
+            _ip("-n", f"{tag}-{ns}", "link", "set", "eth0", "up")
+            _ip("-n", f"{tag}-{ns}", "link", "set", "lo", "up")
+        server = subprocess.Popen(
+            [*_netns_on_cpu(tag, "s", 0), sys.executable, __file__, "--serve"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert server.stdout is not None
+        server.stdout.readline()
+        with tempfile.TemporaryDirectory() as tmp:
+            obj = libbpf.compile_object(Path(tmp) / "enforce.o")
+            table = _table()
+            assert isinstance(table, VerdictTable)
+            interface = Interface(f"{tag}-s", "eth0")
+            rows: dict[str, dict[str, list[float]]] = {
+                "detached": {"connect": [], "bulk": []},
+                "attached": {"connect": [], "bulk": []},
+            }
+            totals = dict.fromkeys(COUNTERS, 0)
+            print(
+                f"eBPF tc ingress on the server's veth; {args.rounds} rounds of "
+                f"{args.seconds:g} s per figure, client on CPU 1, server on CPU 0"
+            )
+            print(f"{'round':<6}{'state':<10}{'connects/s':>12}{'Gbit/s':>10}")
+            for round_ in range(args.rounds):
+                order = ("detached", "attached") if round_ % 2 == 0 else ("attached", "detached")
+                for state in order:
+                    enforcer = None
+                    if state == "attached":
+                        enforcer = BpfEnforcer(obj, [interface], Mode.ENFORCE, pin_dir)
+                        enforcer.start()
+                        enforcer.apply(table)
+                    try:
+                        rate = _in_client(tag, "connect", args.seconds)
+                        gbits = _in_client(tag, "bulk", args.seconds)
+                    finally:
+                        if enforcer is not None:
+                            for name, value in enforcer.counters().items():
+                                totals[name] += value
+                            enforcer.stop(detach=True)
+                    rows[state]["connect"].append(rate)
+                    rows[state]["bulk"].append(gbits)
+                    print(f"{round_ + 1:<6}{state:<10}{rate:>12.0f}{gbits:>10.2f}")
+        print()
+        for what, unit in (("connect", "connects/s"), ("bulk", "Gbit/s")):
+            off = statistics.median(rows["detached"][what])
+            on = statistics.median(rows["attached"][what])
+            cost = (1 - on / off) * 100
+            verdict = "met" if cost < 5 else "not met"
+            print(
+                f"{what:<8} median detached {off:,.2f} {unit}, attached {on:,.2f} {unit}: "
+                f"ratio {on / off:.3f}, cost {cost:+.1f}% [target < 5%: {verdict}]"
+            )
+        seen = ", ".join(f"{k}={v}" for k, v in totals.items() if v)
+        print(f"the program saw (attached rounds): {seen}")
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        for ns in ("c", "s"):
+            subprocess.run(["ip", "netns", "del", f"{tag}-{ns}"], check=False)
+        shutil.rmtree(pin_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
