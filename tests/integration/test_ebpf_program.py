@@ -1,0 +1,248 @@
+"""The tc program itself, run by the kernel on crafted frames (BPF_PROG_TEST_RUN) with its
+maps written by the agent's own `BpfEnforcer`: every branch of the verdict, the generation
+switch, the staleness deadline, and a full map leaving the last good state in force."""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import shutil
+import struct
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pki.clock import SystemClock
+from trustd.agent.enforcement import libbpf
+from trustd.agent.enforcement.ebpf import BpfEnforcer, Config, Mode
+from trustd.agent.enforcement.state import VerdictTable
+from trustd.agent.errors import EnforcementError
+from trustd.agent.main import Agent, AgentConfig
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="loading eBPF programs needs root"),
+    pytest.mark.skipif(shutil.which("clang") is None, reason="clang is needed (make system-deps)"),
+]
+TC_ACT_OK, TC_ACT_SHOT = 0, 2
+WEB, API, BAD = "spiffe://example.org/web", "spiffe://example.org/api", "spiffe://example.org/bad"
+WEB_IP, API_IP, BAD_IP, OTHER_IP = "10.9.0.1", "10.9.0.2", "10.9.0.3", "192.0.2.7"
+TCP, UDP = 6, 17
+SYN, ACK = 0x02, 0x10
+
+
+class ProgTestRunOpts(ctypes.Structure):
+    """libbpf's `struct bpf_test_run_opts`."""
+
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("data_in", ctypes.c_void_p),
+        ("data_out", ctypes.c_void_p),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_void_p),
+        ("ctx_out", ctypes.c_void_p),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("repeat", ctypes.c_int),
+        ("duration", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+def ipv4(src: str, dst: str, proto: int, dport: int, flags: int = SYN) -> bytes:
+    eth = b"\x02" * 6 + b"\x04" * 6 + struct.pack("!H", 0x0800)
+    if proto == TCP:
+        l4 = struct.pack("!HHIIBBHHH", 40000, dport, 1, 0, 5 << 4, flags, 65535, 0, 0)
+    else:
+        l4 = struct.pack("!HHHH", 40000, dport, 8, 0)
+    header = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(l4),
+        0,
+        0,
+        64,
+        proto,
+        0,
+        ipaddress.IPv4Address(src).packed,
+        ipaddress.IPv4Address(dst).packed,
+    )
+    return eth + header + l4
+
+
+def frame(ethertype: int) -> bytes:
+    return b"\x02" * 6 + b"\x04" * 6 + struct.pack("!H", ethertype) + b"\x00" * 46
+
+
+class Program:
+    def __init__(self, enforcer: BpfEnforcer) -> None:
+        self.enforcer = enforcer
+        run = libbpf.lib().bpf_prog_test_run_opts
+        run.argtypes, run.restype = [ctypes.c_int, ctypes.c_void_p], ctypes.c_int
+        self._run = run
+
+    def verdict(self, packet: bytes) -> int:
+        assert self.enforcer._obj is not None
+        data = ctypes.create_string_buffer(packet, len(packet))
+        opts = ProgTestRunOpts(sz=ctypes.sizeof(ProgTestRunOpts), repeat=1)
+        opts.data_in = ctypes.cast(data, ctypes.c_void_p)
+        opts.data_size_in = len(packet)
+        result = self._run(self.enforcer._obj.prog_fd, ctypes.byref(opts))
+        assert result == 0, os.strerror(ctypes.get_errno())
+        return int(opts.retval)
+
+    def apply(self, revision: int, policy: dict[str, int], revoked: tuple[int, ...] = ()) -> None:
+        self.enforcer.apply(table(revision, policy, revoked))
+
+
+def table(revision: int, policy: dict[str, int], revoked: tuple[int, ...] = ()) -> VerdictTable:
+    return VerdictTable().applied(
+        {
+            "revision": revision,
+            "base": 0,
+            "changes": {
+                "identities": {"set": {WEB: 256, API: 257, BAD: 258}},
+                "ipcache": {"set": {f"{WEB_IP}/32": 256, f"{API_IP}/32": 257, f"{BAD_IP}/32": 258}},
+                "policy": {"set": policy},
+                "revoked": {"set": {str(n): 1 for n in revoked}},
+            },
+        }
+    )
+
+
+def _enforcer(tmp_path: Path, mode: Mode, staleness: float | None = None) -> Iterator[Program]:
+    obj = libbpf.compile_object(tmp_path / "enforce.o")
+    pin_dir = Path("/sys/fs/bpf/trustd") / f"test-{uuid.uuid4().hex[:8]}"
+    enforcer = BpfEnforcer(obj, [], mode, pin_dir, staleness)
+    enforcer.start()
+    try:
+        yield Program(enforcer)
+    finally:
+        enforcer.stop(detach=True)
+        shutil.rmtree(pin_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def program(tmp_path: Path) -> Iterator[Program]:
+    yield from _enforcer(tmp_path, Mode.ENFORCE)
+
+
+def test_verdicts_follow_the_policy_map(program: Program) -> None:
+    # web -> api on 8443/tcp and 53/udp; bad -> api on any TCP port except 22.
+    program.apply(1, {"257/256/8443/6": 1, "257/256/53/17": 1, "257/258/0/6": 1, "257/258/22/6": 0})
+    counts_before = program.enforcer.counters()
+    cases: list[tuple[bytes, int]] = [
+        (ipv4(WEB_IP, API_IP, TCP, 8443), TC_ACT_OK),
+        (ipv4(WEB_IP, API_IP, TCP, 8444), TC_ACT_SHOT),
+        (ipv4(WEB_IP, API_IP, UDP, 53), TC_ACT_OK),
+        (ipv4(WEB_IP, API_IP, UDP, 54), TC_ACT_SHOT),
+        (ipv4(BAD_IP, API_IP, TCP, 9999), TC_ACT_OK),
+        # A port a deny names next to an any-port allow: the exact entry wins.
+        (ipv4(BAD_IP, API_IP, TCP, 22), TC_ACT_SHOT),
+        # Nothing allows api -> web; an unknown source is identity 0, allowed nowhere.
+        (ipv4(API_IP, WEB_IP, TCP, 8443), TC_ACT_SHOT),
+        (ipv4(OTHER_IP, API_IP, TCP, 8443), TC_ACT_SHOT),
+        # A destination trustd does not manage is not its to judge.
+        (ipv4(WEB_IP, OTHER_IP, TCP, 8443), TC_ACT_OK),
+        # Connections are judged by their SYN; later segments pass.
+        (ipv4(API_IP, WEB_IP, TCP, 8443, ACK), TC_ACT_OK),
+        # ARP must pass; IPv6 carries no identities here and is denied.
+        (frame(0x0806), TC_ACT_OK),
+        (frame(0x86DD), TC_ACT_SHOT),
+    ]
+    assert [program.verdict(p) for p, _ in cases] == [want for _, want in cases]
+    counts = program.enforcer.counters()
+    moved = {k: counts[k] - counts_before[k] for k in counts}
+    assert moved["allowed"] == 3 and moved["dropped"] == 6 and moved["unmanaged"] == 1
+    assert moved["established"] == 1
+
+
+def test_revoked_source_is_cut_off_even_mid_connection(program: Program) -> None:
+    program.apply(1, {"257/256/8443/6": 1}, revoked=(256,))
+    assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_SHOT
+    assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443, ACK)) == TC_ACT_SHOT
+    assert program.enforcer.counters()["revoked"] == 2
+
+
+def test_a_new_revision_replaces_the_old_one_whole(program: Program) -> None:
+    program.apply(1, {"257/256/8443/6": 1})
+    program.apply(2, {"257/258/8443/6": 1})
+    assert program.enforcer.revision == 2
+    assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_SHOT
+    assert program.verdict(ipv4(BAD_IP, API_IP, TCP, 8443)) == TC_ACT_OK
+    # The previous generation is cleared once the switch is made.
+    fd = program.enforcer._fds["trustd_policy"]
+    from trustd.agent.enforcement.ebpf import PolicyKey
+
+    assert len(list(libbpf.keys(fd, PolicyKey))) == 1
+
+
+def test_a_full_map_keeps_the_last_good_state(program: Program, tmp_path: Path) -> None:
+    program.apply(1, {"257/256/8443/6": 1})
+    # More policy entries than the map holds (131072): the kernel refuses the write.
+    huge = {f"257/256/{port}/{proto}": 1 for port in range(1, 65536) for proto in (TCP, UDP)}
+    huge.update({f"256/257/{port}/6": 1 for port in range(1, 2000)})
+    with pytest.raises(EnforcementError, match="map update failed"):
+        program.apply(2, huge)
+    assert program.enforcer.revision == 1
+    assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_OK
+    assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8444)) == TC_ACT_SHOT
+    # The half-written generation was cleared: the next revision applies.
+    program.apply(3, {"257/256/8444/6": 1})
+    assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8444)) == TC_ACT_OK
+
+    # The agent keeps the table it held and asks for the full state on its next sync.
+    agent = Agent(AgentConfig("https://trustd.invalid", tmp_path, tmp_path / "s"), SystemClock())
+    agent.enforcer = program.enforcer
+    agent.verdicts = table(3, {"257/256/8444/6": 1})
+    agent._verdict_full = False
+    full: dict[str, Any] = {
+        "revision": 4,
+        "base": 0,
+        "changes": {
+            "identities": {"set": {WEB: 256, API: 257}},
+            "policy": {"set": huge},
+        },
+    }
+    agent._apply_verdicts(full)
+    assert agent.verdicts.revision == 3 and agent._verdict_since() == 0
+    assert program.enforcer.revision == 3
+    assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8444)) == TC_ACT_OK
+
+
+def test_audit_mode_counts_and_drops_nothing(tmp_path: Path) -> None:
+    for program in _enforcer(tmp_path, Mode.AUDIT):
+        program.apply(1, {})
+        assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_OK
+        counts = program.enforcer.counters()
+        assert counts["denied"] == 1 and counts["dropped"] == 0
+
+
+def test_past_the_staleness_deadline_everything_managed_is_denied(tmp_path: Path) -> None:
+    for program in _enforcer(tmp_path, Mode.ENFORCE, staleness=30):
+        program.apply(1, {"257/256/8443/6": 1})
+        program.enforcer.refresh()
+        assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_OK
+        # The deadline passes (written as it would stand 31 s after the last answer).
+        config = Config()
+        fd = program.enforcer._fds["trustd_config"]
+        libbpf.lookup(fd, ctypes.c_uint32(0), config)
+        config.valid_until_ns = time.monotonic_ns() - 1_000_000_000
+        libbpf.update(fd, ctypes.c_uint32(0), config)
+        assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_SHOT
+        assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443, ACK)) == TC_ACT_SHOT
+        assert program.verdict(ipv4(WEB_IP, OTHER_IP, TCP, 8443)) == TC_ACT_OK
+        assert program.enforcer.counters()["stale"] == 2
+        # trustd answers again: the deadline moves and traffic flows.
+        program.enforcer.refresh()
+        assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_OK
