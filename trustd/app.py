@@ -26,6 +26,7 @@ from trustd.api import (
     verdicts,
 )
 from trustd.api.middleware import RequestContext
+from trustd.bootstrap import write_bundle_file
 from trustd.services.container import Services, build_services
 from trustd.settings import Settings
 
@@ -44,7 +45,11 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         stop = asyncio.Event()
         loops = [
             asyncio.create_task(services.rotation.run_ticker(stop), name="trustd-rotation"),
-            asyncio.create_task(services.rotation.follow_bundle(stop), name="trustd-bundle"),
+            # The bundle file clients on this host read follows root rotations.
+            asyncio.create_task(
+                services.rotation.follow_bundle(stop, lambda: write_bundle_file(services)),
+                name="trustd-bundle",
+            ),
         ]
         yield
         stop.set()

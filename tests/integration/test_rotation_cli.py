@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -112,3 +113,8 @@ def test_ca_prepare_activate_taint_revoke(running: Running, tmp_path: Path) -> N
     cli("ca", "prepare", "--kind", "x509-root", *data)
     bundle = httpx.get(f"{running.url}/v1/bundle", verify=tls(running.bundle)).json()
     assert len([k for k in bundle["keys"] if k["use"] == "x509-svid"]) == 2
+    # The bundle file clients on the host read follows, so they trust the new root too.
+    deadline = time.monotonic() + 10
+    while running.bundle.read_text().count("BEGIN CERTIFICATE") != 2:
+        assert time.monotonic() < deadline, "bundle.pem still holds one root"
+        time.sleep(0.1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -389,9 +389,14 @@ class RotationManager:
         finally:
             await asyncio.to_thread(self.leader.release)
 
-    async def follow_bundle(self, stop: asyncio.Event) -> None:
-        """Reload the CA state whenever the bundle changes, until *stop* is set."""
+    async def follow_bundle(
+        self, stop: asyncio.Event, on_change: Callable[[], object] | None = None
+    ) -> None:
+        """Reload the CA state whenever the bundle changes, until *stop* is set; call
+        `on_change` (in a thread) after each new bundle sequence, this replica's own
+        changes included."""
         interval = self._settings.bundle_reload_interval.total_seconds()
+        seen = self._ca.state.bundle.sequence
         stopped = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
@@ -404,6 +409,10 @@ class RotationManager:
                     break
                 try:
                     await asyncio.to_thread(self._ca.reload_if_changed)
+                    sequence = self._ca.state.bundle.sequence
+                    if on_change is not None and sequence != seen:
+                        await asyncio.to_thread(on_change)
+                    seen = sequence
                 except Exception as exc:
                     log.error("ca_reload_failed", error=str(exc), kind=type(exc).__name__)
         finally:
