@@ -408,8 +408,9 @@ def _probes(mesh_data: Any) -> list[dict[str, Any]]:
 def mesh_edges(engine: EmbeddedEngine, mesh_data: Any, identities: Sequence[str]) -> list[Edge]:
     """Who may talk to whom under the mesh policy: every ordered pair of `identities`,
     each with one probe per allow rule. Allowed edges, and denied ones where a deny rule
-    matched explicitly (the rest is the default deny, not drawn). The verdict compiler
-    replaces this with its compiled verdicts.
+    matched explicitly (the rest is the default deny, not drawn). Not the nodes' compiled
+    verdicts: those are L4 only and carry no reasons, while an edge here shows L7 rules and
+    the rule that decided; `ui_graph_max_identities` bounds the pairs.
 
     Raises:
         PolicyEvaluationError: the mesh policy failed to evaluate.
