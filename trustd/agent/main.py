@@ -44,7 +44,6 @@ from trustd.agent.enforcement.ebpf import DEFAULT_PIN_DIR, BpfEnforcer, Interfac
 from trustd.agent.enforcement.state import VerdictTable
 from trustd.agent.errors import EnforcementError, InvalidVerdicts
 from trustd.agent.extauthz import Authorizer, start_extauthz
-from trustd.agent.extauthz_grpc import start_extauthz_grpc
 from trustd.agent.renewal import renewal_due
 
 log = structlog.get_logger("trustd.agent")
@@ -211,6 +210,9 @@ class Agent:
             host, _, port = self.config.ext_authz_listen.rpartition(":")
             self._extauthz = await start_extauthz(host or "127.0.0.1", int(port), authorizer)
         if self.config.ext_authz_grpc_listen:
+            # Envoy's protos cost memory on every node; load them only where asked for.
+            from trustd.agent.extauthz_grpc import start_extauthz_grpc
+
             host, _, port = self.config.ext_authz_grpc_listen.rpartition(":")
             self._extauthz_grpc, _ = await start_extauthz_grpc(
                 host or "127.0.0.1", int(port), authorizer

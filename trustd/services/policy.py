@@ -36,8 +36,9 @@ from sqlmodel import Session, col, select
 
 from pki.clock import Clock
 from policy.bundle import Bundle, canonical_json, diff
-from policy.engine import EmbeddedEngine, PolicyEngine, RemoteEngine, Result, parse_path
+from policy.engine import EmbeddedEngine, PolicyEngine, Result, parse_path
 from policy.errors import InvalidInput, UnknownPath
+from policy.remote import RemoteEngine
 from policy.testing import load_directory
 from trustd.bus import Bus
 from trustd.errors import Conflict, InvalidRequest, NotFound, NotReady
