@@ -861,13 +861,8 @@ def agent(
 ) -> None:
     """Run the node agent: attest, sync, serve the SPIFFE Workload API, and enforce
     verdicts (eBPF on --enforce-interface, ext_authz on --ext-authz-listen)."""
-    import asyncio
+    from trustd.agent.config import CONFIG_ENV, AgentConfig
 
-    from pki.clock import SystemClock
-    from trustd.agent.main import AgentConfig, run_agent
-    from trustd.logs import configure_logging
-
-    configure_logging(log_level)
     config = AgentConfig(
         server=server.rstrip("/"),
         data_dir=data_dir,
@@ -881,12 +876,10 @@ def agent(
         ext_authz_listen=ext_authz_listen,
         ext_authz_grpc_listen=ext_authz_grpc_listen,
     )
-    try:
-        asyncio.run(run_agent(config, SystemClock()))
-    except TrustdError as exc:
-        _fail(str(exc))
-    except KeyboardInterrupt:
-        pass
+    # The agent runs as long as the node: exec a fresh interpreter holding only the agent
+    # (trustd/agent/__main__.py), not this command line's parser stack.
+    os.environ[CONFIG_ENV] = json.dumps({"config": config.to_json(), "log_level": log_level})
+    os.execv(sys.executable, [sys.executable, "-m", "trustd.agent"])  # noqa: S606
 
 
 RegoDirArg = Annotated[

@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 
 from pki.clock import SystemClock
+from trustd.agent.config import AgentConfig
 from trustd.agent.enforcement import libbpf
 from trustd.agent.enforcement.ebpf import BpfEnforcer, Config, Mode
 from trustd.agent.enforcement.state import VerdictTable
 from trustd.agent.errors import EnforcementError
-from trustd.agent.main import Agent, AgentConfig
+from trustd.agent.main import Agent
 
 pytestmark = [
     pytest.mark.integration,

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from pki.bundle import TrustBundle
 from pki.ca import certificate_pem, create_csr, load_pem_certificates, serial_hex
 from pki.clock import Clock
 from pki.jwt_svid import JwtSvid
-from pki.keys import KeyType, PrivateKey, allowed_public_key, generate_private_key
+from pki.keys import PrivateKey, allowed_public_key, generate_private_key
 from pki.selectors import parse_selectors
 from pki.spiffe_id import SpiffeId
 from trustd import metrics
@@ -39,37 +38,17 @@ from trustd.agent.client import (
     bundle_from_jwks,
     pin_first_contact,
 )
+from trustd.agent.config import AgentConfig
 from trustd.agent.enforcement import libbpf
-from trustd.agent.enforcement.ebpf import DEFAULT_PIN_DIR, BpfEnforcer, Interface, Mode
+from trustd.agent.enforcement.ebpf import BpfEnforcer, Interface
 from trustd.agent.enforcement.state import VerdictTable
 from trustd.agent.errors import EnforcementError, InvalidVerdicts
-from trustd.agent.extauthz import Authorizer, start_extauthz
 from trustd.agent.renewal import renewal_due
 
 log = structlog.get_logger("trustd.agent")
 BATCH = 500
 SYNC_WAIT = 30.0
 MAX_BACKOFF = 30.0
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    server: str
-    data_dir: Path
-    socket_path: Path
-    join_token: str | None = None
-    ca_sha256: str | None = None
-    key_type: KeyType = KeyType.EC_P256
-    # Enforcement: tc ingress on these interfaces (IFNAME or NETNS/IFNAME), the mode, where
-    # the maps are pinned, and how long without trustd before everything is denied.
-    enforce_interfaces: tuple[str, ...] = ()
-    enforcement_mode: Mode = Mode.ENFORCE
-    bpf_pin_dir: Path = DEFAULT_PIN_DIR
-    staleness_limit: float | None = None
-    # HOST:PORT for the HTTP ext_authz endpoint (nginx auth_request, Envoy HTTP).
-    ext_authz_listen: str | None = None
-    # HOST:PORT for Envoy's gRPC ext_authz (envoy.service.auth.v3.Authorization/Check).
-    ext_authz_grpc_listen: str | None = None
 
 
 class AgentError(ServerError):
@@ -198,6 +177,21 @@ class Agent:
                 self.config.staleness_limit,
             )
             self.enforcer.start()
+        if self.config.ext_authz_listen or self.config.ext_authz_grpc_listen:
+            await self._start_proxy_filters()
+        self._workload_server = await start_workload_api(self.config.socket_path, self.cache, self)
+        self._tasks = [
+            asyncio.create_task(self._sync_loop(), name="agent-sync"),
+            asyncio.create_task(self._rotation_loop(), name="agent-svids"),
+            asyncio.create_task(self._node_renewal_loop(), name="agent-node-svid"),
+        ]
+
+    async def _start_proxy_filters(self) -> None:
+        # The policy engine and Envoy's protos cost memory on every node: loaded only on
+        # the nodes that serve ext_authz.
+        from trustd.agent.extauthz import Authorizer, start_extauthz
+        from trustd.agent.extauthz_grpc import start_extauthz_grpc
+
         # One authorizer for both endpoints: its engine lives on this loop's thread.
         authorizer = Authorizer(
             lambda: self.verdicts,
@@ -210,19 +204,10 @@ class Agent:
             host, _, port = self.config.ext_authz_listen.rpartition(":")
             self._extauthz = await start_extauthz(host or "127.0.0.1", int(port), authorizer)
         if self.config.ext_authz_grpc_listen:
-            # Envoy's protos cost memory on every node; load them only where asked for.
-            from trustd.agent.extauthz_grpc import start_extauthz_grpc
-
             host, _, port = self.config.ext_authz_grpc_listen.rpartition(":")
             self._extauthz_grpc, _ = await start_extauthz_grpc(
                 host or "127.0.0.1", int(port), authorizer
             )
-        self._workload_server = await start_workload_api(self.config.socket_path, self.cache, self)
-        self._tasks = [
-            asyncio.create_task(self._sync_loop(), name="agent-sync"),
-            asyncio.create_task(self._rotation_loop(), name="agent-svids"),
-            asyncio.create_task(self._node_renewal_loop(), name="agent-node-svid"),
-        ]
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -1,0 +1,64 @@
+"""The agent's configuration: built by `trustd agent` from its options, handed as JSON to
+the agent process it execs (trustd/agent/__main__.py)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from enum import Enum
+from pathlib import Path
+from types import UnionType
+from typing import Any, get_args, get_origin, get_type_hints
+
+from pki.keys import KeyType
+from trustd.agent.enforcement.ebpf import DEFAULT_PIN_DIR, Mode
+
+# Where `trustd agent` hands its checked options to the agent process.
+CONFIG_ENV = "TRUSTD_AGENT_CONFIG"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    server: str
+    data_dir: Path
+    socket_path: Path
+    join_token: str | None = None
+    ca_sha256: str | None = None
+    key_type: KeyType = KeyType.EC_P256
+    # Enforcement: tc ingress on these interfaces (IFNAME or NETNS/IFNAME), the mode, where
+    # the maps are pinned, and how long without trustd before everything is denied.
+    enforce_interfaces: tuple[str, ...] = ()
+    enforcement_mode: Mode = Mode.ENFORCE
+    bpf_pin_dir: Path = DEFAULT_PIN_DIR
+    staleness_limit: float | None = None
+    # HOST:PORT for the HTTP ext_authz endpoint (nginx auth_request, Envoy HTTP).
+    ext_authz_listen: str | None = None
+    # HOST:PORT for Envoy's gRPC ext_authz (envoy.service.auth.v3.Authorization/Check).
+    ext_authz_grpc_listen: str | None = None
+
+    def to_json(self) -> str:
+        """The config as JSON, for the agent process `trustd agent` execs."""
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, Path):
+                return str(value)
+            if isinstance(value, Enum):
+                return value.value
+            return list(value) if isinstance(value, tuple) else value
+
+        return json.dumps({f.name: plain(getattr(self, f.name)) for f in fields(self)})
+
+    @classmethod
+    def from_json(cls, text: str) -> AgentConfig:
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for name, value in json.loads(text).items():
+            kind = hints[name]
+            if get_origin(kind) is UnionType:
+                kind = next(arg for arg in get_args(kind) if arg is not type(None))
+            if value is not None and kind in (Path, KeyType, Mode):
+                value = kind(value)
+            elif get_origin(kind) is tuple:
+                value = tuple(value)
+            values[name] = value
+        return cls(**values)
