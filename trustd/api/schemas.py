@@ -275,6 +275,17 @@ class AgentJwtRequest(_Strict):
     audience: list[str] = Field(min_length=1, max_length=16)
 
 
+class ReportedIdentity(_Strict):
+    spiffe_id: str = Field(max_length=2048)
+    addresses: list[str] = Field(max_length=64, description="IPv4 addresses, dotted quad")
+
+
+class AddressReport(_Strict):
+    """Every workload address the agent knows of, by SPIFFE ID; replaces its last report."""
+
+    identities: list[ReportedIdentity] = Field(max_length=1000)
+
+
 class RenewRequest(_Strict):
     csr: str = Field(max_length=16384)
 

@@ -23,6 +23,7 @@ from trustd.errors import Conflict, InvalidRequest, NotFound
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
 from trustd.services.sync import announce, bump_revision
+from trustd.services.verdicts import prune_reported_addresses
 from trustd.settings import Settings
 from trustd.store.db import transaction
 from trustd.store.models import RegistrationEntry
@@ -255,12 +256,14 @@ class Entries:
                     ),
                 )
                 values = self._validated(merged)
+                old_spiffe_id = row.spiffe_id
                 for key, value in values.items():
                     setattr(row, key, value)
                 row.revision = bump_revision(session)
                 row.updated_at = self._clock.now()
                 session.add(row)
                 session.flush()
+                prune_reported_addresses(session, old_spiffe_id)
                 self._audit.record(
                     session,
                     actor.name,
@@ -282,6 +285,8 @@ class Entries:
             if row is None:
                 raise NotFound(f"no entry {entry_id!r}")
             session.delete(row)
+            session.flush()
+            prune_reported_addresses(session, row.spiffe_id)
             revision = bump_revision(session)
             self._audit.record(
                 session,
