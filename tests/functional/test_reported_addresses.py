@@ -116,6 +116,15 @@ def test_report_reaches_every_nodes_ipcache_as_a_delta(
         }
     )
     assert _rows(server) == {(a.id, API, "10.213.0.2"), (a.id, API, "10.213.0.3")}
+    # The entry's detail shows who reported what.
+    [api_entry] = server.client.get(
+        "/v1/entries", params={"spiffe_id": API}, headers=server.auth
+    ).json()["entries"]
+    detail = server.client.get(f"/v1/entries/{api_entry['id']}", headers=server.auth).json()
+    assert [(r["node_id"], r["address"]) for r in detail["reported_addresses"]] == [
+        (a.id, "10.213.0.2"),
+        (a.id, "10.213.0.3"),
+    ]
     assert _count(server, AuditEvent, AuditEvent.action == "node:addresses:reported") == 1
 
     # The same report again changes nothing: no new revision, no audit row.

@@ -136,6 +136,18 @@ class EntryPublic(_Strict):
     updated_at: datetime
 
 
+class ReportedAddressPublic(_Strict):
+    node_id: str
+    address: str
+    reported_at: datetime
+
+
+class EntryDetail(EntryPublic):
+    reported_addresses: list[ReportedAddressPublic] = Field(
+        description="Addresses agents found held by workloads with this SPIFFE ID"
+    )
+
+
 class EntryPage(_Strict):
     entries: list[EntryPublic]
     total: int

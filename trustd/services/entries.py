@@ -27,6 +27,7 @@ from trustd.services.verdicts import prune_reported_addresses
 from trustd.settings import Settings
 from trustd.store.db import transaction
 from trustd.store.models import RegistrationEntry
+from trustd.store.verdict_models import ReportedAddress
 
 SERVER_PATH = "/trustd/server"
 DEFAULT_ATTESTATION_POLICY = Path(__file__).resolve().parents[2] / "rego" / "attestation.rego"
@@ -308,6 +309,17 @@ class Entries:
         if row is None:
             raise NotFound(f"no entry {entry_id!r}")
         return row
+
+    def reported_addresses(self, spiffe_id: str) -> list[ReportedAddress]:
+        """What agents reported their workloads with `spiffe_id` hold, by node."""
+        with transaction(self._engine) as session:
+            return list(
+                session.exec(
+                    select(ReportedAddress)
+                    .where(ReportedAddress.spiffe_id == spiffe_id)
+                    .order_by(col(ReportedAddress.node_id), col(ReportedAddress.address))
+                ).all()
+            )
 
     def search(self, query: EntryFilter) -> tuple[list[RegistrationEntry], int]:
         """A page of entries and the total matching count."""

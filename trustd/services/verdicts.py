@@ -329,12 +329,14 @@ class Verdicts:
                 ipcache.setdefault(prefix, numbers[entry.spiffe_id])
         declared = {ipaddress.IPv4Network(prefix): number for prefix, number in ipcache.items()}
         lengths = sorted({net.prefixlen for net in declared}, reverse=True)
+        in_use = {e.spiffe_id for e in entries}
         claims: dict[str, set[int]] = defaultdict(set)
         for spiffe_id, address in session.exec(
             select(ReportedAddress.spiffe_id, ReportedAddress.address)
         ).all():
-            # Rows of a deleted entry's SPIFFE ID are left to the next report.
-            if spiffe_id in numbers:
+            # A report racing the deletion of the last entry with its SPIFFE ID may leave
+            # rows behind; they count for nothing.
+            if spiffe_id in in_use:
                 claims[address].add(numbers[spiffe_id])
         held_back, ambiguous = [], []
         for address, claimants in sorted(claims.items()):
