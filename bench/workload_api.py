@@ -4,7 +4,9 @@ An agent process serves the Workload API over a cache of 1,000 entries, each wit
 X509-SVID; the caller's uid matches one of them. Client processes each run 25 concurrent
 clients, every client on its own gRPC channel (its own connection, as separate workloads
 would be). Each call opens FetchX509SVID and times the first message (attestation from
-SO_PEERCRED and /proc, cache lookup, full state); the stream is then cancelled.
+SO_PEERCRED and /proc, cache lookup, noting the caller for the address report, full
+state); the stream is then cancelled. As in the agent, a worker reads new callers'
+network namespaces off the call's path.
 
 Two loads: paced (each client calls --rate times a second, the way workloads really use
 the API: fetch, then hold the stream) and saturated (each client calls again as soon as it
@@ -39,6 +41,7 @@ sys.path.insert(0, str(ROOT))  # the test helpers build the trust domain and SVI
 
 from pki.clock import FakeClock  # noqa: E402
 from tests.workload_helpers import Domain  # noqa: E402
+from trustd.agent.addresses import WorkloadAddresses  # noqa: E402
 from trustd.agent.cache import SvidCache  # noqa: E402
 from trustd.agent.proto import workload_pb2 as pb  # noqa: E402
 from trustd.agent.proto import workload_pb2_grpc as pb_grpc  # noqa: E402
@@ -59,12 +62,17 @@ async def serve(socket_path: str, entries: int) -> None:
     await cache.set_bundle(domain.bundle())
     for entry in made:
         await cache.put_svid(domain.svid(entry))
-    server = await start_workload_api(socket_path, cache, domain.jwt_source(), clock=domain.clock)
+    addresses = WorkloadAddresses(lambda: None)
+    worker = asyncio.create_task(addresses.run())
+    server = await start_workload_api(
+        socket_path, cache, domain.jwt_source(), clock=domain.clock, addresses=addresses
+    )
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print("ready", flush=True)
     await stop.wait()
     await server.stop(None)
+    worker.cancel()
 
 
 async def one_client(

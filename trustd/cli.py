@@ -722,7 +722,7 @@ def entry_show(
     ca_bundle: CaBundleOpt = None,
     data_dir: DataDirOpt = Path("var"),
 ) -> None:
-    """Show one entry."""
+    """Show one entry, with the workload addresses agents reported for its SPIFFE ID."""
     _print_json(_call(server, token, ca_bundle, data_dir, "GET", f"/v1/entries/{entry_id}").json())
 
 

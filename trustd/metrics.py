@@ -30,9 +30,26 @@ HTTP_REQUESTS = Histogram(
     ["method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
 )
+ADDRESS_REPORTS = Counter(
+    "trustd_address_reports_total",
+    "Workload address reports from agents, by outcome (changed, unchanged, refused).",
+    ["outcome"],
+)
+IPCACHE_CONFLICTS = Gauge(
+    "trustd_ipcache_conflicts",
+    "Reported workload addresses in conflict, by kind: declared (inside another identity's "
+    "declared prefix: held back) or ambiguous (reported for two identities: denied).",
+    ["kind"],
+    multiprocess_mode="mostrecent",
+)
 # The agent's enforcement (one agent per node, one process).
 VERDICT_REVISION = Gauge(
     "trustd_agent_verdict_revision", "The verdict revision the agent applied.", ["backend"]
+)
+AGENT_ADDRESS_REPORTS = Counter(
+    "trustd_agent_address_reports_total",
+    "Workload address reports the agent sent, by outcome (sent, failed).",
+    ["outcome"],
 )
 VERDICT_ERRORS = Counter(
     "trustd_agent_verdict_errors_total",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import ssl
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -207,6 +207,22 @@ class ServerClient:
         if verdict_revision is not None:
             body["verdict_revision"] = verdict_revision
         await self._call("POST", "/v1/agents/ack", identity, json=body)
+
+    async def report_addresses(
+        self, identity: NodeIdentity, addresses: Mapping[str, Iterable[str]]
+    ) -> None:
+        """Replace the node's address report with `addresses` (SPIFFE ID -> addresses)."""
+        await self._call(
+            "PUT",
+            "/v1/agents/addresses",
+            identity,
+            json={
+                "identities": [
+                    {"spiffe_id": spiffe_id, "addresses": sorted(found)}
+                    for spiffe_id, found in sorted(addresses.items())
+                ]
+            },
+        )
 
     async def sign(self, identity: NodeIdentity, csrs: Sequence[tuple[str, str]]) -> dict[str, Any]:
         result: dict[str, Any] = await self._call(

@@ -30,6 +30,7 @@ from pki.keys import PrivateKey, allowed_public_key, generate_private_key
 from pki.selectors import parse_selectors
 from pki.spiffe_id import SpiffeId
 from trustd import metrics
+from trustd.agent.addresses import WorkloadAddresses
 from trustd.agent.cache import SvidCache, WorkloadEntry, X509Svid
 from trustd.agent.client import (
     NodeIdentity,
@@ -49,6 +50,11 @@ log = structlog.get_logger("trustd.agent")
 BATCH = 500
 SYNC_WAIT = 30.0
 MAX_BACKOFF = 30.0
+# Workload addresses: a burst of attestations settles into one report; after a restart the
+# first report (which replaces whatever the last run reported) waits for the workloads,
+# whose Workload API streams broke, to call again.
+REPORT_DEBOUNCE = 0.2
+REPORT_GRACE = 5.0
 
 
 class AgentError(ServerError):
@@ -86,6 +92,11 @@ class Agent:
         self._synced_at = time.monotonic()
         self._extauthz: asyncio.Server | None = None
         self._extauthz_grpc: grpc.aio.Server | None = None
+        # The workloads' addresses, and what the server holds of them (None: not known).
+        self._report_wake = asyncio.Event()
+        self._report_wake.set()
+        self.addresses = WorkloadAddresses(self._report_wake.set)
+        self._reported: dict[str, frozenset[str]] | None = None
 
     # -- files ---------------------------------------------------------------------------
 
@@ -179,9 +190,13 @@ class Agent:
             self.enforcer.start()
         if self.config.ext_authz_listen or self.config.ext_authz_grpc_listen:
             await self._start_proxy_filters()
-        self._workload_server = await start_workload_api(self.config.socket_path, self.cache, self)
+        self._workload_server = await start_workload_api(
+            self.config.socket_path, self.cache, self, addresses=self.addresses
+        )
         self._tasks = [
             asyncio.create_task(self._sync_loop(), name="agent-sync"),
+            asyncio.create_task(self.addresses.run(), name="agent-addresses"),
+            asyncio.create_task(self._report_loop(), name="agent-address-reports"),
             asyncio.create_task(self._rotation_loop(), name="agent-svids"),
             asyncio.create_task(self._node_renewal_loop(), name="agent-node-svid"),
         ]
@@ -267,6 +282,8 @@ class Agent:
             for e in result["entries"]
         ]
         await self.cache.set_entries(entries)
+        # The entries decide which SPIFFE IDs may be reported.
+        self._report_wake.set()
         if result.get("bundle"):
             bundle = bundle_from_jwks(result["bundle"])
             current = self.cache.bundle
@@ -344,6 +361,51 @@ class Agent:
                 # Keep serving what we hold; try again with growing pauses, often enough
                 # to come back before the staleness limit denies everything.
                 log.warning("sync_failed", error=exc.detail, retry_in_s=backoff)
+                # Whatever the server holds of our report is unknown now: send it again
+                # as soon as the server answers.
+                self._reported = None
+                self._report_wake.set()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF, self._sync_wait)
+
+    # -- workload addresses -------------------------------------------------------------
+
+    async def report_addresses_once(self) -> bool:
+        """Send the workloads' addresses if they differ from what the server holds; returns
+        whether a report went out.
+
+        Raises:
+            ServerError: the server refused the report or cannot be reached.
+        """
+        served = {str(e.spiffe_id) for e in self.cache.entries()}
+        # An entry gone from this node is gone from its report (the server would refuse it).
+        wanted = {k: v for k, v in self.addresses.by_identity().items() if k in served}
+        if wanted == self._reported:
+            return False
+        await self.client.report_addresses(self.node, wanted)
+        self._reported = wanted
+        metrics.AGENT_ADDRESS_REPORTS.labels("sent").inc()
+        log.info(
+            "addresses_reported",
+            identities=len(wanted),
+            addresses=sum(len(found) for found in wanted.values()),
+        )
+        return True
+
+    async def _report_loop(self) -> None:
+        await asyncio.sleep(REPORT_GRACE)
+        backoff = 1.0
+        while True:
+            await self._report_wake.wait()
+            self._report_wake.clear()
+            await asyncio.sleep(REPORT_DEBOUNCE)
+            try:
+                await self.report_addresses_once()
+                backoff = 1.0
+            except ServerError as exc:
+                metrics.AGENT_ADDRESS_REPORTS.labels("failed").inc()
+                log.warning("address_report_failed", error=exc.detail, retry_in_s=backoff)
+                self._report_wake.set()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF, self._sync_wait)
 

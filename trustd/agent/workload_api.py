@@ -7,7 +7,8 @@ it again whenever it changes; FetchJWTSVID and ValidateJWTSVID are unary.
 Every call must carry the ``workload.spiffe.io: true`` metadata (SPIFFE Workload Endpoint
 §4, InvalidArgument otherwise), is attested from the caller's process (see
 ``workload_attestor``) and is refused with PermissionDenied, and nothing else, when the
-caller matches no registration entry.
+caller matches no registration entry. A caller that matches entries is noted (process and
+SPIFFE IDs) for the addresses the agent reports (see ``addresses``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -34,12 +36,13 @@ from pki.jwt_svid import validate_jwt_svid, validated_claims
 from pki.keys import private_key_der_pkcs8
 from pki.selectors import Selector
 from pki.spiffe_id import SpiffeId
+from trustd.agent.addresses import WorkloadAddresses
 from trustd.agent.cache import JwtSvidSource, SvidCache, WorkloadEntry, X509Svid
 from trustd.agent.errors import WorkloadAttestationError
 from trustd.agent.peer_relay import DEFAULT_MAX_CONNECTIONS, PeerRelay
 from trustd.agent.proto import workload_pb2 as pb
 from trustd.agent.proto import workload_pb2_grpc as pb_grpc
-from trustd.agent.workload_attestor import UnixWorkloadAttestor, WorkloadProcess
+from trustd.agent.workload_attestor import PeerCredentials, UnixWorkloadAttestor, WorkloadProcess
 from trustd.errors import InvalidRequest, NotReady, PermissionDenied
 
 log = structlog.get_logger("trustd.agent")
@@ -139,6 +142,15 @@ def _jwt_jwks(bundle: TrustBundle) -> bytes:
     return json.dumps({"keys": keys}, separators=(",", ":")).encode()
 
 
+@dataclass(frozen=True)
+class _Caller:
+    """An attested caller: its selectors, and which process it is (for its addresses)."""
+
+    selectors: frozenset[Selector]
+    credentials: PeerCredentials
+    start_time: int
+
+
 class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
     """The servicer. Runs on the agent's event loop, next to the cache's writers."""
 
@@ -149,7 +161,9 @@ class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
         attestor: Attestor,
         relay: PeerRelay,
         clock: Clock,
+        addresses: WorkloadAddresses | None = None,
     ) -> None:
+        self._addresses = addresses
         self._cache = cache
         self._jwt_source = jwt_source
         self._attestor = attestor
@@ -159,7 +173,7 @@ class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
         self._matched: dict[frozenset[Selector], list[WorkloadEntry]] = {}
         self._matched_generation = cache.generation
 
-    async def _attest(self, context: Context) -> frozenset[Selector]:
+    async def _attest(self, context: Context) -> _Caller:
         metadata = context.invocation_metadata() or ()
         if not any(key == SECURITY_HEADER and value == "true" for key, value in metadata):
             raise InvalidRequest(f"security header missing from request: {SECURITY_HEADER}")
@@ -170,19 +184,24 @@ class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
         # on another thread: it works on its own duplicate.
         handle = process.duplicate()
         try:
-            return await asyncio.to_thread(self._attestor.attest, handle)
+            selectors = await asyncio.to_thread(self._attestor.attest, handle)
         finally:
             handle.close()
+        return _Caller(selectors, handle.credentials, handle.start_time)
 
-    def _entries(self, selectors: frozenset[Selector]) -> list[WorkloadEntry]:
+    def _entries(self, caller: _Caller) -> list[WorkloadEntry]:
         # Matching scans every entry of the node; a workload calls with the same selectors
         # each time, so the match is kept until the cache changes.
         if self._matched_generation != self._cache.generation or len(self._matched) > 1024:
             self._matched.clear()
             self._matched_generation = self._cache.generation
-        entries = self._matched.get(selectors)
+        entries = self._matched.get(caller.selectors)
         if entries is None:
-            entries = self._matched[selectors] = self._cache.entries_for(selectors)
+            entries = self._matched[caller.selectors] = self._cache.entries_for(caller.selectors)
+        if self._addresses is not None:
+            self._addresses.observe(
+                caller.credentials, caller.start_time, (e.spiffe_id for e in entries)
+            )
         if not entries:
             raise _no_identity()
         return entries
@@ -193,11 +212,11 @@ class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
         build: Callable[[list[WorkloadEntry]], tuple[Hashable, M] | None],
     ) -> AsyncIterator[M]:
         """Yield `build`'s message now and again whenever what it describes changes."""
-        selectors = await self._attest(context)
+        caller = await self._attest(context)
         last: Hashable = None
         while True:
             generation = self._cache.generation
-            built = build(self._entries(selectors))
+            built = build(self._entries(caller))
             if built is not None and built[0] != last:
                 last = built[0]
                 yield built[1]
@@ -279,8 +298,7 @@ class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
     async def _fetch_jwt_svid(
         self, request: pb.JWTSVIDRequest, context: Context
     ) -> pb.JWTSVIDResponse:
-        selectors = await self._attest(context)
-        entries = self._entries(selectors)
+        entries = self._entries(await self._attest(context))
         if not request.audience:
             raise InvalidRequest("audience must be specified")
         if request.spiffe_id:
@@ -306,8 +324,7 @@ class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
     async def _validate_jwt_svid(
         self, request: pb.ValidateJWTSVIDRequest, context: Context
     ) -> pb.ValidateJWTSVIDResponse:
-        selectors = await self._attest(context)
-        self._entries(selectors)
+        self._entries(await self._attest(context))
         if not request.audience:
             raise InvalidRequest("audience must be specified")
         if not request.svid:
@@ -350,8 +367,10 @@ async def start_workload_api(
     *,
     clock: Clock | None = None,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    addresses: WorkloadAddresses | None = None,
 ) -> WorkloadApiServer:
-    """Serve the Workload API on `socket_path` (created world-connectable) until stopped.
+    """Serve the Workload API on `socket_path` (created world-connectable) until stopped;
+    callers that match entries are noted in `addresses`, when given.
 
     Must be called on the event loop that writes `cache`.
 
@@ -372,6 +391,7 @@ async def start_workload_api(
         attestor if attestor is not None else UnixWorkloadAttestor(),
         relay,
         clock if clock is not None else SystemClock(),
+        addresses,
     )
     pb_grpc.add_SpiffeWorkloadAPIServicer_to_server(servicer, server)
     try:

@@ -64,7 +64,13 @@ def peer_credentials(sock: socket.socket) -> PeerCredentials:
     return PeerCredentials(pid, uid, gid)
 
 
-def _read(dir_fd: int, name: str) -> bytes:
+def read_proc_file(dir_fd: int, name: str) -> bytes:
+    """A file under the process directory `dir_fd` (``/proc/<pid>``), read whole.
+
+    Raises:
+        OSError: it cannot be read (FileNotFoundError or ProcessLookupError once the
+            process has exited).
+    """
     with os.fdopen(os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd), "rb") as f:
         return f.read()
 
@@ -72,7 +78,7 @@ def _read(dir_fd: int, name: str) -> bytes:
 def _start_time(dir_fd: int) -> int:
     # proc(5): field 22 of stat is starttime; fields are counted after the last ')' because
     # the command name (field 2) may itself contain spaces and parentheses.
-    text = _read(dir_fd, "stat")
+    text = read_proc_file(dir_fd, "stat")
     return int(text[text.rindex(b")") + 2 :].split()[19])
 
 
@@ -229,7 +235,7 @@ class UnixWorkloadAttestor:
 
     def _process_facts(self, dir_fd: int) -> list[Selector | None]:
         facts: list[Selector | None] = []
-        for line in _read(dir_fd, "status").splitlines():
+        for line in read_proc_file(dir_fd, "status").splitlines():
             if line.startswith(b"Groups:"):
                 facts.extend(
                     _selector("unix", f"supplementary_gid:{int(g)}") for g in line.split()[1:]
@@ -250,7 +256,7 @@ class UnixWorkloadAttestor:
             if digest is not None:
                 facts.append(_selector("unix", f"sha256:{digest}"))
         # cgroups(7): each line is hierarchy-ID:controller-list:cgroup-path.
-        lines = _read(dir_fd, "cgroup").splitlines()
+        lines = read_proc_file(dir_fd, "cgroup").splitlines()
         paths = sorted({line.split(b":", 2)[2] for line in lines if line.count(b":") >= 2})
         facts.extend(_selector("cgroup", f"path:{p.decode(errors='replace')}") for p in paths)
         return facts

@@ -11,6 +11,7 @@ from trustd.api.entries import public_entry
 from trustd.api.nodes import svid_chain
 from trustd.api.schemas import (
     Ack,
+    AddressReport,
     AgentJwtRequest,
     JwtSvidResponse,
     RefusedForEntry,
@@ -67,6 +68,14 @@ def ack(body: Ack, node: NodeDep, services: ServicesDep) -> Response:
     services.nodes.touch(node, body.revision)
     if body.verdict_revision is not None:
         services.verdicts.acknowledge(node.spiffe_id, body.verdict_revision)
+    return Response(status_code=204)
+
+
+@router.put("/addresses", status_code=204, response_class=Response)
+async def report_addresses(body: AddressReport, node: NodeDep, services: ServicesDep) -> Response:
+    """The addresses the node's workloads hold, by SPIFFE ID (found when they called the
+    Workload API), replacing the node's previous report; every agent's IP cache follows."""
+    services.agents.report_addresses(node, [(i.spiffe_id, i.addresses) for i in body.identities])
     return Response(status_code=204)
 
 

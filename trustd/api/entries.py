@@ -7,7 +7,15 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from trustd.api.deps import AdminDep, ServicesDep
-from trustd.api.schemas import EntryBatch, EntryCreate, EntryPage, EntryPublic, EntryUpdate
+from trustd.api.schemas import (
+    EntryBatch,
+    EntryCreate,
+    EntryDetail,
+    EntryPage,
+    EntryPublic,
+    EntryUpdate,
+    ReportedAddressPublic,
+)
 from trustd.services.entries import EntryFilter, EntryPatch, EntrySpec
 from trustd.store.models import RegistrationEntry
 
@@ -56,10 +64,17 @@ def list_entries(
     )
 
 
-@router.get("/{entry_id}", response_model=EntryPublic)
-def show_entry(entry_id: str, principal: AdminDep, services: ServicesDep) -> EntryPublic:
-    """One entry."""
-    return public_entry(services.entries.get(entry_id))
+@router.get("/{entry_id}", response_model=EntryDetail)
+def show_entry(entry_id: str, principal: AdminDep, services: ServicesDep) -> EntryDetail:
+    """One entry, with the workload addresses agents reported for its SPIFFE ID."""
+    row = services.entries.get(entry_id)
+    return EntryDetail(
+        **public_entry(row).model_dump(),
+        reported_addresses=[
+            ReportedAddressPublic.model_validate(r, from_attributes=True)
+            for r in services.entries.reported_addresses(row.spiffe_id)
+        ],
+    )
 
 
 @router.patch("/{entry_id}", response_model=EntryPublic)

@@ -136,6 +136,18 @@ class EntryPublic(_Strict):
     updated_at: datetime
 
 
+class ReportedAddressPublic(_Strict):
+    node_id: str
+    address: str
+    reported_at: datetime
+
+
+class EntryDetail(EntryPublic):
+    reported_addresses: list[ReportedAddressPublic] = Field(
+        description="Addresses agents found held by workloads with this SPIFFE ID"
+    )
+
+
 class EntryPage(_Strict):
     entries: list[EntryPublic]
     total: int
@@ -273,6 +285,17 @@ class SvidBatchResponse(_Strict):
 class AgentJwtRequest(_Strict):
     entry_id: str = Field(max_length=32)
     audience: list[str] = Field(min_length=1, max_length=16)
+
+
+class ReportedIdentity(_Strict):
+    spiffe_id: str = Field(max_length=2048)
+    addresses: list[str] = Field(max_length=64, description="IPv4 addresses, dotted quad")
+
+
+class AddressReport(_Strict):
+    """Every workload address the agent knows of, by SPIFFE ID; replaces its last report."""
+
+    identities: list[ReportedIdentity] = Field(max_length=1000)
 
 
 class RenewRequest(_Strict):

@@ -10,7 +10,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import structlog
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
 
 from pki.ca import X509SvidParams, csr_public_key, parse_csr
 from pki.clock import Clock
@@ -18,22 +21,26 @@ from pki.errors import TrustdError
 from pki.jwt_svid import JwtSvid, mint_jwt_svid
 from pki.spiffe_id import SpiffeId
 from trustd import metrics
+from trustd.addresses import parse_workload_address
 from trustd.bus import Bus
-from trustd.errors import InvalidRequest, PermissionDenied
+from trustd.errors import Conflict, InvalidRequest, PermissionDenied
 from trustd.services.audit import AuditLog
 from trustd.services.ca import CertificateAuthority
-from trustd.services.entries import Entries, NodeView
+from trustd.services.entries import MAX_IP_ADDRESSES, Entries, NodeView
 from trustd.services.issuance import IssuedX509, Issuer
 from trustd.services.nodes import NodePrincipal, Nodes
 from trustd.services.policy import CHANNEL as POLICY_CHANNEL
 from trustd.services.revocation import REVOCATION_CHANNEL, Revocations
-from trustd.services.sync import SYNC_CHANNEL, current_revision
+from trustd.services.sync import SYNC_CHANNEL, announce, bump_revision, current_revision
 from trustd.services.verdicts import Verdicts, VerdictUpdate
 from trustd.store.db import transaction
 from trustd.store.models import CertificateKind, RegistrationEntry
 from trustd.store.rotation_models import RevocationEvent
+from trustd.store.verdict_models import ReportedAddress
 
 MAX_SVIDS_PER_REQUEST = 500
+MAX_REPORTED_IDENTITIES = 1000
+log = structlog.get_logger("trustd.agents")
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,13 @@ class SignedSvid:
 class RefusedSvid:
     entry_id: str
     detail: str
+
+
+@dataclass(frozen=True)
+class _ReportChange:
+    added: int
+    removed: int
+    revision: int
 
 
 class Agents:
@@ -86,15 +100,17 @@ class Agents:
         self._verdicts = verdicts
         self._draining = asyncio.Event()
 
+    def _entries_of(self, session: Session, principal: NodePrincipal) -> list[RegistrationEntry]:
+        view = NodeView(
+            principal.spiffe_id,
+            principal.selectors,
+            self._entries.aliases_of(session, principal.selectors),
+        )
+        return self._entries.for_node(session, view)
+
     def _node_entries(self, principal: NodePrincipal) -> tuple[int, list[RegistrationEntry]]:
         with transaction(self._engine) as session:
-            revision = current_revision(session)
-            view = NodeView(
-                principal.spiffe_id,
-                principal.selectors,
-                self._entries.aliases_of(session, principal.selectors),
-            )
-            return revision, self._entries.for_node(session, view)
+            return current_revision(session), self._entries_of(session, principal)
 
     def _verdict_update(
         self,
@@ -265,3 +281,96 @@ class Agents:
                 details={"audience": list(svid.audience), "entry_id": entry_id},
             )
         return svid
+
+    def report_addresses(
+        self, principal: NodePrincipal, reported: Sequence[tuple[str, Sequence[str]]]
+    ) -> bool:
+        """Replace everything the node reported before with `reported`: the addresses its
+        agent found held by workloads with each SPIFFE ID (those it does not list it reports
+        none for). Only SPIFFE IDs of the node's own entries are accepted. A change advances
+        the sync revision, so every agent gets the new IP cache; returns whether one was made.
+
+        Raises:
+            InvalidRequest: too many identities or addresses, an ID listed twice, or an
+                address that cannot identify a workload. InvalidSpiffeId: a malformed ID.
+            PermissionDenied: an ID of no entry this node may serve.
+            PolicyEvaluationError: the attestation policy failed (nothing is changed).
+        """
+        try:
+            changed = self._replace_report(principal, reported)
+        except TrustdError:
+            metrics.ADDRESS_REPORTS.labels("refused").inc()
+            raise
+        metrics.ADDRESS_REPORTS.labels("changed" if changed else "unchanged").inc()
+        return changed
+
+    def _replace_report(
+        self, principal: NodePrincipal, reported: Sequence[tuple[str, Sequence[str]]]
+    ) -> bool:
+        if len(reported) > MAX_REPORTED_IDENTITIES:
+            raise InvalidRequest(f"at most {MAX_REPORTED_IDENTITIES} identities per report")
+        wanted: set[tuple[str, str]] = set()
+        seen: set[str] = set()
+        for raw_id, addresses in reported:
+            spiffe_id = str(SpiffeId.parse(raw_id))
+            if spiffe_id in seen:
+                raise InvalidRequest(f"{spiffe_id} is listed twice")
+            seen.add(spiffe_id)
+            if len(addresses) > MAX_IP_ADDRESSES:
+                raise InvalidRequest(f"at most {MAX_IP_ADDRESSES} addresses per identity")
+            wanted.update((spiffe_id, parse_workload_address(a)) for a in addresses)
+        try:
+            with transaction(self._engine) as session:
+                change = self._store_report(session, principal, seen, wanted)
+        except IntegrityError:
+            raise Conflict("another report from this node was stored meanwhile") from None
+        if change is None:
+            return False
+        log.info(
+            "addresses_reported",
+            node=principal.spiffe_id,
+            added=change.added,
+            removed=change.removed,
+            revision=change.revision,
+        )
+        announce(self._bus, change.revision)
+        return True
+
+    def _store_report(
+        self,
+        session: Session,
+        principal: NodePrincipal,
+        spiffe_ids: set[str],
+        wanted: set[tuple[str, str]],
+    ) -> _ReportChange | None:
+        """What the report changed (None: nothing)."""
+        served = {e.spiffe_id for e in self._entries_of(session, principal)}
+        foreign = sorted(spiffe_ids - served)
+        if foreign:
+            raise PermissionDenied(f"this node may not serve {foreign[0]}")
+        held = {
+            (row.spiffe_id, row.address): row
+            for row in session.exec(
+                select(ReportedAddress).where(ReportedAddress.node_id == principal.spiffe_id)
+            ).all()
+        }
+        added, removed = sorted(wanted - held.keys()), sorted(held.keys() - wanted)
+        if not added and not removed:
+            return None
+        for key in removed:
+            session.delete(held[key])
+        now = self._clock.now()
+        session.add_all(
+            ReportedAddress(
+                node_id=principal.spiffe_id, spiffe_id=spiffe_id, address=address, reported_at=now
+            )
+            for spiffe_id, address in added
+        )
+        self._audit.record(
+            session,
+            principal.spiffe_id,
+            "node:addresses:reported",
+            target=principal.spiffe_id,
+            details={"added": [list(k) for k in added], "removed": [list(k) for k in removed]},
+        )
+        return _ReportChange(len(added), len(removed), bump_revision(session))

@@ -23,9 +23,11 @@ from trustd.errors import Conflict, InvalidRequest, NotFound
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
 from trustd.services.sync import announce, bump_revision
+from trustd.services.verdicts import prune_reported_addresses
 from trustd.settings import Settings
 from trustd.store.db import transaction
 from trustd.store.models import RegistrationEntry
+from trustd.store.verdict_models import ReportedAddress
 
 SERVER_PATH = "/trustd/server"
 DEFAULT_ATTESTATION_POLICY = Path(__file__).resolve().parents[2] / "rego" / "attestation.rego"
@@ -255,12 +257,14 @@ class Entries:
                     ),
                 )
                 values = self._validated(merged)
+                old_spiffe_id = row.spiffe_id
                 for key, value in values.items():
                     setattr(row, key, value)
                 row.revision = bump_revision(session)
                 row.updated_at = self._clock.now()
                 session.add(row)
                 session.flush()
+                prune_reported_addresses(session, old_spiffe_id)
                 self._audit.record(
                     session,
                     actor.name,
@@ -282,6 +286,8 @@ class Entries:
             if row is None:
                 raise NotFound(f"no entry {entry_id!r}")
             session.delete(row)
+            session.flush()
+            prune_reported_addresses(session, row.spiffe_id)
             revision = bump_revision(session)
             self._audit.record(
                 session,
@@ -303,6 +309,17 @@ class Entries:
         if row is None:
             raise NotFound(f"no entry {entry_id!r}")
         return row
+
+    def reported_addresses(self, spiffe_id: str) -> list[ReportedAddress]:
+        """What agents reported their workloads with `spiffe_id` hold, by node."""
+        with transaction(self._engine) as session:
+            return list(
+                session.exec(
+                    select(ReportedAddress)
+                    .where(ReportedAddress.spiffe_id == spiffe_id)
+                    .order_by(col(ReportedAddress.node_id), col(ReportedAddress.address))
+                ).all()
+            )
 
     def search(self, query: EntryFilter) -> tuple[list[RegistrationEntry], int]:
         """A page of entries and the total matching count."""

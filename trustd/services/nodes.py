@@ -31,6 +31,7 @@ from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
 from trustd.services.issuance import IssuedX509, Issuer
 from trustd.services.sync import announce, bump_revision
+from trustd.services.verdicts import delete_reported_addresses
 from trustd.settings import Settings
 from trustd.store.db import transaction
 from trustd.store.models import AuditOutcome, CertificateKind, JoinToken, Node, NodeStatus
@@ -223,6 +224,8 @@ class Nodes:
                     node.previous_public_key_pem = None
                     node.svid_not_after = issued.certificate.not_valid_after_utc
                     node.attested_at = now
+                    # A new agent starts from nothing: it reports its workloads anew.
+                    delete_reported_addresses(session, node.spiffe_id)
                 session.add(node)
                 self._issuer.record(session, str(spiffe_id), issued, CertificateKind.NODE_SVID)
                 self._audit.record(
@@ -360,6 +363,8 @@ class Nodes:
                 raise PermissionDenied("a banned node stays banned; delete the ban to lift it")
             node.status = status
             session.add(node)
+            # Its agent's word on workload addresses counts no more.
+            delete_reported_addresses(session, spiffe_id)
             self._audit.record(
                 session,
                 actor.name,

@@ -17,29 +17,45 @@ they applied when it is still kept, the full state otherwise.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import structlog
 from sqlalchemy import Engine
 from sqlmodel import Session, col, delete, select
 
 from pki.clock import Clock
 from policy.engine import EmbeddedEngine
+from trustd import metrics
 from trustd.services.policy import PolicyService
 from trustd.store.db import transaction
 from trustd.store.models import CertificateStatus, IssuedCertificate, Node, RegistrationEntry
-from trustd.store.verdict_models import NodeVerdictAck, NodeVerdictSet, NumericIdentity
+from trustd.store.verdict_models import (
+    NodeVerdictAck,
+    NodeVerdictSet,
+    NumericIdentity,
+    ReportedAddress,
+)
+
+log = structlog.get_logger("trustd.verdicts")
 
 MESH_ALLOW = "data.trustd.mesh.allow"
 MESH_PACKAGE = "package trustd.mesh"
 # Identity 0 is "unknown" (an address in no entry); allocated identities start above the
 # range Cilium reserves for its own fixed identities, so numbers read the same way.
 FIRST_IDENTITY = 256
+# Reserved: an address that reports give to more than one identity. It is in no policy,
+# so traffic from or to it is denied.
+AMBIGUOUS_IDENTITY = 255
+AMBIGUOUS = "reserved:ambiguous"
+MAX_LOGGED = 20
 PROTOCOLS = {"tcp": 6, "udp": 17}
 # L7 protocols ride on TCP.
 L4_OF = {"tcp": "tcp", "http": "tcp", "http2": "tcp", "grpc": "tcp", "udp": "udp"}
@@ -158,6 +174,34 @@ class L4Compiler:
         return out
 
 
+def delete_reported_addresses(session: Session, node_id: str) -> None:
+    """Forget what the node's agent reported (it was evicted, banned or attested again)."""
+    session.exec(delete(ReportedAddress).where(col(ReportedAddress.node_id) == node_id))
+
+
+def prune_reported_addresses(session: Session, spiffe_id: str) -> None:
+    """Forget the addresses reported for `spiffe_id` once no entry carries it any more
+    (call after the entry change is flushed)."""
+    in_use = session.exec(
+        select(RegistrationEntry.id).where(RegistrationEntry.spiffe_id == spiffe_id).limit(1)
+    ).first()
+    if in_use is None:
+        session.exec(delete(ReportedAddress).where(col(ReportedAddress.spiffe_id) == spiffe_id))
+
+
+def _covering(
+    address: ipaddress.IPv4Address,
+    declared: Mapping[ipaddress.IPv4Network, int],
+    lengths: Sequence[int],
+) -> int | None:
+    """The identity of the longest declared prefix holding `address` (None: none does)."""
+    for length in lengths:
+        number = declared.get(ipaddress.IPv4Network((address, length), strict=False))
+        if number is not None:
+            return number
+    return None
+
+
 def _digest(state: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
@@ -185,6 +229,7 @@ class Verdicts:
         self._policy = policy
         self._lock = threading.Lock()
         self._compiler: tuple[int, L4Compiler] | None = None
+        self._conflicts: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
     # -- identities ----------------------------------------------------------------------
 
@@ -253,16 +298,77 @@ class Verdicts:
             for (dst, src, port, proto), allowed in verdicts.items()
             if dst in local_ids
         }
-        ipcache: dict[str, int] = {}
-        for entry in sorted(entries, key=lambda e: e.id):
-            for prefix in entry.ip_addresses:
-                ipcache.setdefault(prefix, numbers[entry.spiffe_id])
+        ipcache = self._ipcache(session, entries, numbers)
+        identities = {s: numbers[s] for s in sorted(spiffe_ids)}
+        if AMBIGUOUS_IDENTITY in ipcache.values():
+            identities[AMBIGUOUS] = AMBIGUOUS_IDENTITY
         return {
-            "identities": {s: numbers[s] for s in sorted(spiffe_ids)},
+            "identities": identities,
             "ipcache": ipcache,
             "policy": policy,
             "revoked": {str(numbers[s]): 1 for s in sorted(revoked_ids)},
         }
+
+    def _ipcache(
+        self, session: Session, entries: Sequence[RegistrationEntry], numbers: Mapping[str, int]
+    ) -> dict[str, int]:
+        """Prefix -> identity: the entries' declared prefixes, then the addresses agents
+        reported, as /32s.
+
+        Declared prefixes win: a reported address inside one (at any length) that names
+        another identity is held back, since the /32 would override the operator's prefix
+        in the longest-prefix match. A reported address two identities claim (two
+        workloads sharing a network namespace, or an address moving) cannot be told apart:
+        it maps to the reserved ambiguous identity, which no policy allows to or from, so
+        it fails closed; leaving it out would make it unknown, and traffic to an unknown
+        destination is not judged at all (enforce.c: C_UNMANAGED).
+        """
+        ipcache: dict[str, int] = {}
+        for entry in sorted(entries, key=lambda e: e.id):
+            for prefix in entry.ip_addresses:
+                ipcache.setdefault(prefix, numbers[entry.spiffe_id])
+        declared = {ipaddress.IPv4Network(prefix): number for prefix, number in ipcache.items()}
+        lengths = sorted({net.prefixlen for net in declared}, reverse=True)
+        in_use = {e.spiffe_id for e in entries}
+        claims: dict[str, set[int]] = defaultdict(set)
+        for spiffe_id, address in session.exec(
+            select(ReportedAddress.spiffe_id, ReportedAddress.address)
+        ).all():
+            # A report racing the deletion of the last entry with its SPIFFE ID may leave
+            # rows behind; they count for nothing.
+            if spiffe_id in in_use:
+                claims[address].add(numbers[spiffe_id])
+        held_back, ambiguous = [], []
+        for address, claimants in sorted(claims.items()):
+            covering = _covering(ipaddress.IPv4Address(address), declared, lengths)
+            if covering is not None:
+                if claimants != {covering}:
+                    held_back.append(address)
+            elif len(claimants) > 1:
+                ambiguous.append(address)
+                ipcache[f"{address}/32"] = AMBIGUOUS_IDENTITY
+            else:
+                ipcache[f"{address}/32"] = next(iter(claimants))
+        self._note_conflicts(held_back, ambiguous)
+        return ipcache
+
+    def _note_conflicts(self, held_back: list[str], ambiguous: list[str]) -> None:
+        metrics.IPCACHE_CONFLICTS.labels("declared").set(len(held_back))
+        metrics.IPCACHE_CONFLICTS.labels("ambiguous").set(len(ambiguous))
+        conflicts = (tuple(held_back), tuple(ambiguous))
+        with self._lock:
+            # Every node's compilation meets the same conflicts: say so once per change.
+            if conflicts == self._conflicts:
+                return
+            self._conflicts = conflicts
+        if held_back or ambiguous:
+            log.warning(
+                "ipcache_conflicts",
+                held_back=held_back[:MAX_LOGGED],
+                ambiguous=ambiguous[:MAX_LOGGED],
+                held_back_count=len(held_back),
+                ambiguous_count=len(ambiguous),
+            )
 
     def update_for(
         self,

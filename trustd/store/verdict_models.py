@@ -1,4 +1,5 @@
-"""Verdict tables: numeric identities and the compiled per-node verdict sets."""
+"""Verdict tables: numeric identities, workload addresses reported by agents, and the
+compiled per-node verdict sets."""
 
 from __future__ import annotations
 
@@ -20,6 +21,21 @@ class NumericIdentity(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     spiffe_id: str = Field(max_length=2048, unique=True)
     created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class ReportedAddress(SQLModel, table=True):
+    """An address a node's agent found held by a workload with `spiffe_id` (the caller of
+    its Workload API). A node's report replaces all its rows; the rows go when the node is
+    evicted, banned or attests again, and when the last entry with that SPIFFE ID goes."""
+
+    __tablename__ = "reported_addresses"
+
+    node_id: str = Field(primary_key=True, max_length=2048)
+    spiffe_id: str = Field(primary_key=True, max_length=2048, index=True)
+    # IPv4, dotted quad: the IP cache gets it as a /32.
+    address: str = Field(primary_key=True, max_length=15)
+    # When this node first reported this address for this SPIFFE ID.
+    reported_at: datetime = Field(sa_type=UTCDateTime)
 
 
 class NodeVerdictSet(SQLModel, table=True):
