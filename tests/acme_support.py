@@ -78,17 +78,22 @@ class DnsServer:
 
 
 class Http01Responder:
-    """Serves /.well-known/acme-challenge/<token> from `tokens` on 127.0.0.1."""
+    """Serves /.well-known/acme-challenge/<token> from `tokens` on 127.0.0.1. Clearing
+    `gate` holds every answer until it is set again (a slow responder)."""
 
     def __init__(self, port: int = 0) -> None:
         tokens: dict[str, str] = {}
         self.tokens = tokens
         self.requests: list[tuple[str, str]] = []
         requests = self.requests
+        self.gate = threading.Event()
+        self.gate.set()
+        gate = self.gate
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 requests.append((self.path, self.headers.get("Host", "")))
+                gate.wait(30)
                 token = self.path.rpartition("/")[2]
                 body = tokens.get(token)
                 if not self.path.startswith("/.well-known/acme-challenge/") or body is None:

@@ -1,17 +1,21 @@
-"""dns-01 validation and the validation-target deny list, through the in-process app with a
-real DNS server on loopback."""
+"""dns-01 validation, the validation-target deny list, and when a challenge's answer shows
+its validation, through the in-process app with a real DNS server and http-01 responder
+on loopback."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.functional.acme_client import AcmeEnv, acme_env
+from trustd.services.acme.service import POLL_INTERVAL
 
 
 @pytest.fixture
@@ -72,3 +76,63 @@ def test_http01_never_connects_to_denied_networks(env: AcmeEnv) -> None:
     failed = next(c for c in authz["challenges"] if c["type"] == "http-01")
     assert "may not reach" in failed["error"]["detail"]
     assert not env.http01.requests
+
+
+def _answer_http01(env: AcmeEnv, name: str) -> tuple[dict[str, Any], httpx.Response]:
+    env.dns.add(name, "A", "127.0.0.1")
+    created = env.new_order(name)
+    assert created.status_code == 201, created.text
+    challenge = _challenge(env, created.json(), "http-01")
+    token = challenge["token"]
+    env.http01.tokens[token] = f"{token}.{env.signer.thumbprint()}"
+    return created.json(), env.post(challenge["url"], {})
+
+
+def test_a_prompt_validation_is_final_in_the_challenge_answer(env: AcmeEnv) -> None:
+    order, answered = _answer_http01(env, "prompt.example.org")
+    # The validation finished within acme_validation_wait: the answer shows it, and the
+    # first poll of the authorization finds it valid, with nothing to wait for.
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["status"] == "valid"
+    assert "validated" in answered.json()
+    assert "Retry-After" not in answered.headers
+    authz = env.post(order["authorizations"][0], None)
+    assert authz.json()["status"] == "valid"
+    assert "Retry-After" not in authz.headers
+
+
+def test_a_failed_validation_is_final_in_the_challenge_answer(env: AcmeEnv) -> None:
+    env.dns.add("absent.example.org", "A", "127.0.0.1")
+    created = env.new_order("absent.example.org")
+    challenge = _challenge(env, created.json(), "http-01")
+    # The responder has no such token: it answers 404.
+    answered = env.post(challenge["url"], {})
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["status"] == "invalid"
+    assert answered.json()["error"]["type"] == "urn:ietf:params:acme:error:connection"
+    assert env.post(created.json()["authorizations"][0], None).json()["status"] == "invalid"
+
+
+def test_a_slow_validation_answers_processing_with_retry_after(
+    tmp_path: Path, database_url: str
+) -> None:
+    with acme_env(tmp_path, database_url, acme_validation_wait=0) as env:
+        assert env.new_account().status_code == 201
+        env.http01.gate.clear()
+        try:
+            order, answered = _answer_http01(env, "slow.example.org")
+            # RFC 8555 §7.5.1: still in progress, so the client is told when to poll.
+            assert answered.json()["status"] == "processing"
+            assert answered.headers["Retry-After"] == str(POLL_INTERVAL)
+            polled = env.post(order["authorizations"][0], None)
+            assert polled.json()["status"] == "pending"
+            assert polled.headers["Retry-After"] == str(POLL_INTERVAL)
+        finally:
+            env.http01.gate.set()
+        # The validation goes on after the answer and completes the authorization.
+        deadline = time.monotonic() + 30
+        while (
+            status := env.post(order["authorizations"][0], None).json()["status"]
+        ) == "pending" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status == "valid"

@@ -11,7 +11,7 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, BackgroundTasks, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,7 +25,6 @@ from trustd.api.deps import AdminDep, ServicesDep
 from trustd.services.acme.service import (
     Authenticated,
     AuthorizationView,
-    ChallengeView,
     OrderView,
 )
 from trustd.services.acme.urls import PREFIX, AcmeUrls
@@ -69,8 +68,17 @@ def _ts(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _json(document: Any, status: int = 200, location: str | None = None) -> JSONResponse:
-    headers = {"Location": location} if location else None
+def _json(
+    document: Any,
+    status: int = 200,
+    location: str | None = None,
+    retry_after: int | None = None,
+) -> JSONResponse:
+    headers: dict[str, str] = {}
+    if location:
+        headers["Location"] = location
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     return JSONResponse(document, status_code=status, headers=headers)
 
 
@@ -243,23 +251,17 @@ async def authorization(authz_id: str, request: Request, services: ServicesDep) 
     """The authorization (POST-as-GET), or its deactivation (RFC 8555 §7.5.2)."""
     auth = await _authenticate(request, services)
     view = await run_in_threadpool(services.acme.get_authorization, auth, authz_id)
-    return _json(_authz_json(services.acme.urls, view))
+    return _json(_authz_json(services.acme.urls, view), retry_after=view.retry_after)
 
 
 @acme_router.post("/chall/{challenge_id}")
-async def challenge(
-    challenge_id: str, request: Request, services: ServicesDep, background: BackgroundTasks
-) -> JSONResponse:
-    """Read a challenge, or ask for its validation (RFC 8555 §7.5.1); validation runs after
-    the response."""
+async def challenge(challenge_id: str, request: Request, services: ServicesDep) -> JSONResponse:
+    """Read a challenge, or ask for its validation (RFC 8555 §7.5.1); the answer carries
+    the outcome of a validation that finished quickly, else `processing`."""
     auth = await _authenticate(request, services)
-    view: ChallengeView = await run_in_threadpool(
-        services.acme.respond_challenge, auth, challenge_id
-    )
-    if view.start_validation:
-        background.add_task(services.acme.validate_challenge, challenge_id)
+    view = await run_in_threadpool(services.acme.respond_challenge, auth, challenge_id)
     urls = services.acme.urls
-    response = _json(_challenge_json(urls, view.challenge))
+    response = _json(_challenge_json(urls, view.challenge), retry_after=view.retry_after)
     response.headers.append("Link", f'<{urls.authz(view.authorization_id)}>;rel="up"')
     return response
 
@@ -304,11 +306,8 @@ async def revoke_cert(request: Request, services: ServicesDep) -> Response:
 def renewal_info(cert_id: str, services: ServicesDep) -> JSONResponse:
     """The suggested renewal window (RFC 9773 §4.2), with Retry-After (§4.3)."""
     info = services.acme.renewal_info(cert_id)
-    response = _json(
-        {"suggestedWindow": {"start": _ts(info.window.start), "end": _ts(info.window.end)}}
-    )
-    response.headers["Retry-After"] = str(info.retry_after)
-    return response
+    window = {"start": _ts(info.window.start), "end": _ts(info.window.end)}
+    return _json({"suggestedWindow": window}, retry_after=info.retry_after)
 
 
 # --------------------------------------------------------------------------- admin view
