@@ -1,11 +1,12 @@
-"""dns-01 validation, the validation-target deny list, and when a challenge's answer shows
-its validation, through the in-process app with a real DNS server and http-01 responder
-on loopback."""
+"""dns-01 and tls-alpn-01 validation, the validation-target deny list, and when a
+challenge's answer shows its validation, through the in-process app with a real DNS server,
+http-01 responder and TLS responder on loopback."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
 
+from tests.acme_support import tls_alpn_certificate
 from tests.functional.acme_client import AcmeEnv, acme_env
 from trustd.services.acme.service import POLL_INTERVAL
 
@@ -136,3 +139,59 @@ def test_a_slow_validation_answers_processing_with_retry_after(
         ) == "pending" and time.monotonic() < deadline:
             time.sleep(0.05)
         assert status == "valid"
+
+
+def _tls_alpn01(env: AcmeEnv, name: str) -> tuple[httpx.Response, dict[str, Any], str]:
+    """An order for *name* and its tls-alpn-01 challenge: (order response, challenge, key
+    authorization)."""
+    created = env.new_order(name)
+    assert created.status_code == 201, created.text
+    challenge = _challenge(env, created.json(), "tls-alpn-01")
+    return created, challenge, f"{challenge['token']}.{env.signer.thumbprint()}"
+
+
+def test_tls_alpn01_validates_against_a_tls_responder(env: AcmeEnv) -> None:
+    env.dns.add("alpn.example.org", "A", "127.0.0.1")
+    created, challenge, key_authz = _tls_alpn01(env, "alpn.example.org")
+    env.tls_alpn.certificates["alpn.example.org"] = tls_alpn_certificate(
+        x509.DNSName("alpn.example.org"), key_authz
+    )
+    answered = env.post(challenge["url"], {})
+    assert answered.json()["status"] == "valid", answered.text
+    # RFC 8737 §3: the name travels in SNI.
+    assert env.tls_alpn.server_names == ["alpn.example.org"]
+    assert env.post(created.headers["Location"], None).json()["status"] == "ready"
+
+
+def test_tls_alpn01_for_an_address_sends_its_reverse_name(env: AcmeEnv) -> None:
+    created, challenge, key_authz = _tls_alpn01(env, "127.0.0.1")
+    # RFC 8738 §6: SNI is the in-addr.arpa name; the certificate names the address.
+    env.tls_alpn.certificates["1.0.0.127.in-addr.arpa"] = tls_alpn_certificate(
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")), key_authz
+    )
+    assert env.post(challenge["url"], {}).json()["status"] == "valid"
+    assert env.tls_alpn.server_names == ["1.0.0.127.in-addr.arpa"]
+    assert env.post(created.headers["Location"], None).json()["status"] == "ready"
+
+
+@pytest.mark.parametrize("flaw", ["digest of another key authorization", "non-critical"])
+def test_tls_alpn01_refuses_a_certificate_that_proves_nothing(env: AcmeEnv, flaw: str) -> None:
+    env.dns.add("flawed.example.org", "A", "127.0.0.1")
+    created, challenge, key_authz = _tls_alpn01(env, "flawed.example.org")
+    if flaw == "non-critical":
+        cert = tls_alpn_certificate(x509.DNSName("flawed.example.org"), key_authz, critical=False)
+    else:
+        cert = tls_alpn_certificate(x509.DNSName("flawed.example.org"), key_authz + "x")
+    env.tls_alpn.certificates["flawed.example.org"] = cert
+    answered = env.post(challenge["url"], {})
+    assert answered.json()["status"] == "invalid"
+    assert answered.json()["error"]["type"] == "urn:ietf:params:acme:error:incorrectResponse"
+    assert env.post(created.headers["Location"], None).json()["status"] == "invalid"
+
+
+def test_tls_alpn01_without_a_certificate_for_the_name_is_a_tls_problem(env: AcmeEnv) -> None:
+    env.dns.add("nocert.example.org", "A", "127.0.0.1")
+    _, challenge, _ = _tls_alpn01(env, "nocert.example.org")
+    answered = env.post(challenge["url"], {})
+    assert answered.json()["status"] == "invalid"
+    assert answered.json()["error"]["type"] == "urn:ietf:params:acme:error:tls"
