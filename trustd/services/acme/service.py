@@ -756,10 +756,12 @@ class AcmeService:
                 challenge.status = ChallengeStatus.PROCESSING
                 session.add(challenge)
                 start = True
-        # Started only after the commit above: the validation reads the challenge as
-        # `processing` in its own transaction.
+        # Started only after the commit above: the validation records its outcome only on a
+        # challenge still `processing`.
         if start:
-            validation = self._validations.submit(self.validate_challenge, challenge_id)
+            validation = self._validations.submit(
+                self._validate, challenge, authz, account.thumbprint
+            )
             try:
                 validated = validation.result(self._settings.acme_validation_wait.total_seconds())
             except FutureTimeout:
@@ -768,23 +770,19 @@ class AcmeService:
                 challenge = validated
         return ChallengeView(challenge, authz.id)
 
-    def validate_challenge(self, challenge_id: str) -> AcmeChallenge | None:
-        """Validate a challenge in `processing` and apply the outcome to the challenge, its
-        authorization and its order (§7.1.6). Returns the challenge as recorded, or None if
-        it was no longer `processing`. Never raises: failures are recorded as the
-        challenge's error."""
-        with transaction(self._engine) as session:
-            challenge = session.get(AcmeChallenge, challenge_id)
-            authz = (
-                session.get(AcmeAuthorization, challenge.authorization_id) if challenge else None
-            )
-            account = session.get(AcmeAccount, authz.account_id) if authz else None
-        if challenge is None or authz is None or account is None:
-            return None
+    def _validate(
+        self, challenge: AcmeChallenge, authz: AcmeAuthorization, thumbprint: str
+    ) -> AcmeChallenge | None:
+        """Validate *challenge* of *authz*, just moved to `processing` by a request signed
+        with the account key of *thumbprint* (§8.1: the key authorization is made with it),
+        and apply the outcome to the challenge, its authorization and its order (§7.1.6).
+        Returns the challenge as recorded, or None if it was no longer `processing`. Never
+        raises: failures are recorded as the challenge's error."""
+        challenge_id = challenge.id
         ident = Identifier.parse(authz.identifier_type, authz.identifier_value)
         if authz.wildcard:
             ident = Identifier.parse(authz.identifier_type, "*." + authz.identifier_value)
-        key_authz = key_authorization(challenge.token, account.thumbprint)
+        key_authz = key_authorization(challenge.token, thumbprint)
         error: AcmeError | None = None
         started = time.perf_counter()
         try:
