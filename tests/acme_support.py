@@ -8,13 +8,12 @@ A plain module (not a conftest) so tests and benchmarks import exactly what they
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -78,17 +77,22 @@ class DnsServer:
 
 
 class Http01Responder:
-    """Serves /.well-known/acme-challenge/<token> from `tokens` on 127.0.0.1."""
+    """Serves /.well-known/acme-challenge/<token> from `tokens` on 127.0.0.1. Clearing
+    `gate` holds every answer until it is set again (a slow responder)."""
 
     def __init__(self, port: int = 0) -> None:
         tokens: dict[str, str] = {}
         self.tokens = tokens
         self.requests: list[tuple[str, str]] = []
         requests = self.requests
+        self.gate = threading.Event()
+        self.gate.set()
+        gate = self.gate
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 requests.append((self.path, self.headers.get("Host", "")))
+                gate.wait(30)
                 token = self.path.rpartition("/")[2]
                 body = tokens.get(token)
                 if not self.path.startswith("/.well-known/acme-challenge/") or body is None:
@@ -147,44 +151,61 @@ def tls_alpn_certificate(
     )
 
 
-@contextmanager
-def tls_alpn_responder(
-    directory: Path, cert_pem: bytes, key_pem: bytes, alpn: str = "acme-tls/1"
-) -> Iterator[int]:
-    """A TLS server on 127.0.0.1 presenting one certificate with ALPN `alpn`; yields the
-    port. Handshakes only, as a tls-alpn-01 responder does."""
-    (directory / "alpn.pem").write_bytes(cert_pem)
-    (directory / "alpn-key.pem").write_bytes(key_pem)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(directory / "alpn.pem", directory / "alpn-key.pem")
-    context.set_alpn_protocols([alpn])
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = int(listener.getsockname()[1])
-    stop = threading.Event()
+class TlsAlpnResponder:
+    """A tls-alpn-01 responder (RFC 8737 §3) on 127.0.0.1: it completes handshakes that
+    offer ALPN `alpn`, presenting the certificate in `certificates` for the SNI name the
+    client sent (a handshake for any other name fails). `server_names` records the SNI of
+    every handshake."""
 
-    def serve() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
+    def __init__(self, directory: Path, alpn: str = "acme-tls/1") -> None:
+        self.certificates: dict[str, tuple[bytes, bytes]] = {}
+        self.server_names: list[str | None] = []
+        self._directory = directory
+        self._alpn = alpn
+        directory.mkdir(parents=True, exist_ok=True)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.set_alpn_protocols([alpn])
+        context.sni_callback = self._select
+        self._context = context
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _select(self, sock: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> int | None:
+        self.server_names.append(name)
+        if name is None or name not in self.certificates:
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        cert_pem, key_pem = self.certificates[name]
+        cert_file, key_file = self._directory / f"{name}.pem", self._directory / f"{name}.key"
+        cert_file.write_bytes(cert_pem)
+        key_file.write_bytes(key_pem)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_file, key_file)
+        context.set_alpn_protocols([self._alpn])
+        sock.context = context
+        return None
+
+    def _serve(self) -> None:
+        while True:
             try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
+                conn, _ = self._listener.accept()
             except OSError:
                 return
+            conn.settimeout(10)
+            # Handshake only, as a tls-alpn-01 responder does.
             try:
-                with context.wrap_socket(conn, server_side=True):
+                with self._context.wrap_socket(conn, server_side=True):
                     pass
             except (ssl.SSLError, OSError):
                 conn.close()
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield port
-    finally:
-        stop.set()
-        thread.join(2)
-        listener.close()
+    def close(self) -> None:
+        # shutdown() wakes the accept() the serving thread is blocked in; close() alone does not.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self._thread.join(5)
 
 
 def b64(data: bytes) -> str:

@@ -101,7 +101,10 @@ def issue_serving_files(services: Services, directory: Path) -> tuple[TlsFiles, 
 def bind_sockets(settings: Settings) -> tuple[socket.socket, socket.socket]:
     """Bind the HTTPS socket and the admin socket (0600) before any worker starts."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    tcp = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on accepted sockets whose
+    # proto says TCP, and accept() copies the listener's. Without it Nagle holds back the
+    # second write of a response (TLS record, chunk) until the client's delayed ACK, ~40 ms.
+    tcp = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     tcp.bind((settings.host, settings.port))
     tcp.listen(2048)

@@ -138,6 +138,10 @@ class Settings(BaseSettings):
     acme_tlsalpn01_port: int = Field(default=443, ge=1, le=65535)
     acme_dns_resolver: str | None = None
     acme_validation_timeout: timedelta = timedelta(seconds=10)
+    # How long a challenge POST waits for its validation before answering `processing`: a
+    # validation that finishes in time is in the answer, so the client's first poll of the
+    # authorization finds it final (RFC 8555 §7.5.1); a slower one goes on after the answer.
+    acme_validation_wait: timedelta = timedelta(seconds=2)
     acme_validation_allow: list[str] = Field(default_factory=list)
     acme_validation_deny: list[str] = Field(default_factory=lambda: list(DEFAULT_DENIED_NETWORKS))
     # Identifier policy data (rego/acme.rego): names under these DNS suffixes (default: the

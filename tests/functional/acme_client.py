@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 from fastapi.testclient import TestClient
 
 from pki.clock import Clock
-from tests.acme_support import DnsServer, Http01Responder, Signer, b64
+from tests.acme_support import DnsServer, Http01Responder, Signer, TlsAlpnResponder, b64
 from tests.functional.conftest import make_settings
 from trustd.app import create_app
 from trustd.bootstrap import initialise, migrate
@@ -36,6 +36,7 @@ class AcmeEnv:
     admin_token: str
     dns: DnsServer
     http01: Http01Responder
+    tls_alpn: TlsAlpnResponder
     signer: Signer = field(default_factory=Signer)
 
     @property
@@ -143,11 +144,13 @@ def acme_env(
 ) -> Iterator[AcmeEnv]:
     dns_server = DnsServer()
     http01 = Http01Responder()
+    tls_alpn = TlsAlpnResponder(tmp_path / "tls-alpn")
     settings = make_settings(
         tmp_path,
         database_url,
         acme_dns_resolver=dns_server.address,
         acme_http01_port=http01.port,
+        acme_tlsalpn01_port=tls_alpn.port,
         acme_ip_networks=["127.0.0.0/8", "::1/128"],
         acme_validation_timeout=2,
         **overrides,
@@ -159,10 +162,13 @@ def acme_env(
     assert report.bootstrap_token is not None
     try:
         with TestClient(create_app(settings, services), raise_server_exceptions=False) as client:
-            yield AcmeEnv(settings, services, client, report.bootstrap_token, dns_server, http01)
+            yield AcmeEnv(
+                settings, services, client, report.bootstrap_token, dns_server, http01, tls_alpn
+            )
     finally:
         services.engine.dispose()
         http01.close()
+        tls_alpn.close()
         dns_server.close()
 
 

@@ -156,6 +156,11 @@ def test_finalize_before_ready_is_order_not_ready(env: AcmeEnv) -> None:
     response = env.post(order["finalize"], {"csr": csr_b64(key, ["svc.example.org"])})
     problem(response, "orderNotReady", 403)
     assert _count(env, IssuedCertificate) == 0
+    # The nonce of an error raised past authentication is as good as any (§6.5).
+    again = env.post(
+        env.url("/acme/new-order"), {"identifiers": []}, nonce=response.headers["Replay-Nonce"]
+    )
+    problem(again, "malformed", 400)
 
 
 def test_csr_with_extra_names_is_refused_and_nothing_is_issued(env: AcmeEnv) -> None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, BackgroundTasks, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,7 +25,6 @@ from trustd.api.deps import AdminDep, ServicesDep
 from trustd.services.acme.service import (
     Authenticated,
     AuthorizationView,
-    ChallengeView,
     OrderView,
 )
 from trustd.services.acme.urls import PREFIX, AcmeUrls
@@ -34,6 +33,8 @@ from trustd.store.acme_models import AcmeAccount, AcmeChallenge, AcmeEabKey
 
 JOSE_JSON = "application/jose+json"
 PEM_CHAIN = "application/pem-certificate-chain"
+_NONCE_STATE = "acme_replay_nonce"
+T = TypeVar("T")
 
 
 class AcmeRoute(APIRoute):
@@ -49,10 +50,13 @@ class AcmeRoute(APIRoute):
             except TrustdError as exc:
                 response = problems.trustd_error_response(exc)
             services: Services = request.app.state.services
-            try:
-                nonce = await run_in_threadpool(services.acme.nonces.issue)
-            except TrustdError as exc:
-                return problems.trustd_error_response(exc)
+            # Issued with the request's own work when it got that far (`_authenticated`).
+            nonce: str | None = getattr(request.state, _NONCE_STATE, None)
+            if nonce is None:
+                try:
+                    nonce = await run_in_threadpool(services.acme.nonces.issue)
+                except TrustdError as exc:
+                    return problems.trustd_error_response(exc)
             response.headers["Replay-Nonce"] = nonce
             response.headers["Cache-Control"] = "no-store"
             response.headers.append("Link", f'<{services.acme.urls.directory}>;rel="index"')
@@ -69,21 +73,43 @@ def _ts(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _json(document: Any, status: int = 200, location: str | None = None) -> JSONResponse:
-    headers = {"Location": location} if location else None
+def _json(
+    document: Any,
+    status: int = 200,
+    location: str | None = None,
+    retry_after: int | None = None,
+) -> JSONResponse:
+    headers: dict[str, str] = {}
+    if location:
+        headers["Location"] = location
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     return JSONResponse(document, status_code=status, headers=headers)
 
 
-async def _authenticate(
-    request: Request, services: Services, *, allow_jwk: bool = False
-) -> Authenticated:
+async def _authenticated(
+    request: Request,
+    services: Services,
+    call: Callable[[Authenticated], T],
+    *,
+    allow_jwk: bool = False,
+) -> T:
+    """Authenticate the request (RFC 8555 §6.2-§6.5) and run *call* with it. Both block
+    (database, nonce store), so they share one trip to a worker thread, and the response's
+    fresh nonce is issued on it too, once the request's own nonce is spent."""
     # RFC 8555 §6.2: request bodies are application/jose+json; anything else is refused.
     content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if content_type != JOSE_JSON:
         raise UnsupportedMediaType(f"ACME requests must be sent as {JOSE_JSON}")
     body = await request.body()
     url = services.acme.urls.url(request.url.path)
-    return await run_in_threadpool(services.acme.authenticate, body, url, allow_jwk=allow_jwk)
+
+    def authenticated_call() -> T:
+        auth = services.acme.authenticate(body, url, allow_jwk=allow_jwk)
+        setattr(request.state, _NONCE_STATE, services.acme.nonces.issue())
+        return call(auth)
+
+    return await run_in_threadpool(authenticated_call)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -172,8 +198,9 @@ def new_nonce_get() -> Response:
 @acme_router.post("/new-account")
 async def new_account(request: Request, services: ServicesDep) -> JSONResponse:
     """Create or find the account of the signing key (RFC 8555 §7.3)."""
-    auth = await _authenticate(request, services, allow_jwk=True)
-    account, created = await run_in_threadpool(services.acme.new_account, auth)
+    account, created = await _authenticated(
+        request, services, services.acme.new_account, allow_jwk=True
+    )
     urls = services.acme.urls
     return _json(_account_json(urls, account), 201 if created else 200, urls.account(account.id))
 
@@ -181,8 +208,9 @@ async def new_account(request: Request, services: ServicesDep) -> JSONResponse:
 @acme_router.post("/account/{account_id}")
 async def account(account_id: str, request: Request, services: ServicesDep) -> JSONResponse:
     """Read, update or deactivate the account (RFC 8555 §7.3.2, §7.3.6)."""
-    auth = await _authenticate(request, services)
-    row = await run_in_threadpool(services.acme.update_account, auth, account_id)
+    row = await _authenticated(
+        request, services, lambda auth: services.acme.update_account(auth, account_id)
+    )
     return _json(_account_json(services.acme.urls, row))
 
 
@@ -191,9 +219,10 @@ async def account_orders(
     account_id: str, request: Request, services: ServicesDep, cursor: int = 0
 ) -> JSONResponse:
     """The account's orders, paginated with Link rel="next" (RFC 8555 §7.1.2.1)."""
-    auth = await _authenticate(request, services)
-    ids, more = await run_in_threadpool(
-        services.acme.account_orders, auth, account_id, max(cursor, 0)
+    ids, more = await _authenticated(
+        request,
+        services,
+        lambda auth: services.acme.account_orders(auth, account_id, max(cursor, 0)),
     )
     urls = services.acme.urls
     response = _json({"orders": [urls.order(i) for i in ids]})
@@ -207,16 +236,14 @@ async def account_orders(
 @acme_router.post("/key-change")
 async def key_change(request: Request, services: ServicesDep) -> JSONResponse:
     """Roll the account over to a new key (RFC 8555 §7.3.5)."""
-    auth = await _authenticate(request, services)
-    row = await run_in_threadpool(services.acme.key_change, auth)
+    row = await _authenticated(request, services, services.acme.key_change)
     return _json(_account_json(services.acme.urls, row))
 
 
 @acme_router.post("/new-order")
 async def new_order(request: Request, services: ServicesDep) -> JSONResponse:
     """Create an order (RFC 8555 §7.4)."""
-    auth = await _authenticate(request, services)
-    view = await run_in_threadpool(services.acme.new_order, auth)
+    view = await _authenticated(request, services, services.acme.new_order)
     urls = services.acme.urls
     return _json(_order_json(urls, view), 201, urls.order(view.order.id))
 
@@ -224,16 +251,18 @@ async def new_order(request: Request, services: ServicesDep) -> JSONResponse:
 @acme_router.post("/order/{order_id}")
 async def order(order_id: str, request: Request, services: ServicesDep) -> JSONResponse:
     """The order (POST-as-GET)."""
-    auth = await _authenticate(request, services)
-    view = await run_in_threadpool(services.acme.get_order, auth, order_id)
+    view = await _authenticated(
+        request, services, lambda auth: services.acme.get_order(auth, order_id)
+    )
     return _json(_order_json(services.acme.urls, view))
 
 
 @acme_router.post("/order/{order_id}/finalize")
 async def finalize(order_id: str, request: Request, services: ServicesDep) -> JSONResponse:
     """Finalize a ready order with a CSR (RFC 8555 §7.4)."""
-    auth = await _authenticate(request, services)
-    view = await run_in_threadpool(services.acme.finalize, auth, order_id)
+    view = await _authenticated(
+        request, services, lambda auth: services.acme.finalize(auth, order_id)
+    )
     urls = services.acme.urls
     return _json(_order_json(urls, view), location=urls.order(order_id))
 
@@ -241,25 +270,21 @@ async def finalize(order_id: str, request: Request, services: ServicesDep) -> JS
 @acme_router.post("/authz/{authz_id}")
 async def authorization(authz_id: str, request: Request, services: ServicesDep) -> JSONResponse:
     """The authorization (POST-as-GET), or its deactivation (RFC 8555 §7.5.2)."""
-    auth = await _authenticate(request, services)
-    view = await run_in_threadpool(services.acme.get_authorization, auth, authz_id)
-    return _json(_authz_json(services.acme.urls, view))
+    view = await _authenticated(
+        request, services, lambda auth: services.acme.get_authorization(auth, authz_id)
+    )
+    return _json(_authz_json(services.acme.urls, view), retry_after=view.retry_after)
 
 
 @acme_router.post("/chall/{challenge_id}")
-async def challenge(
-    challenge_id: str, request: Request, services: ServicesDep, background: BackgroundTasks
-) -> JSONResponse:
-    """Read a challenge, or ask for its validation (RFC 8555 §7.5.1); validation runs after
-    the response."""
-    auth = await _authenticate(request, services)
-    view: ChallengeView = await run_in_threadpool(
-        services.acme.respond_challenge, auth, challenge_id
+async def challenge(challenge_id: str, request: Request, services: ServicesDep) -> JSONResponse:
+    """Read a challenge, or ask for its validation (RFC 8555 §7.5.1); the answer carries
+    the outcome of a validation that finished quickly, else `processing`."""
+    view = await _authenticated(
+        request, services, lambda auth: services.acme.respond_challenge(auth, challenge_id)
     )
-    if view.start_validation:
-        background.add_task(services.acme.validate_challenge, challenge_id)
     urls = services.acme.urls
-    response = _json(_challenge_json(urls, view.challenge))
+    response = _json(_challenge_json(urls, view.challenge), retry_after=view.retry_after)
     response.headers.append("Link", f'<{urls.authz(view.authorization_id)}>;rel="up"')
     return response
 
@@ -267,8 +292,9 @@ async def challenge(
 async def _certificate(
     serial: str, alternate: int, request: Request, services: Services
 ) -> Response:
-    auth = await _authenticate(request, services)
-    chain = await run_in_threadpool(services.acme.certificate_chain, auth, serial, alternate)
+    chain = await _authenticated(
+        request, services, lambda auth: services.acme.certificate_chain(auth, serial, alternate)
+    )
     response = Response(chain.pem, media_type=PEM_CHAIN)
     urls = services.acme.urls
     # RFC 8555 §7.4.2: other chains are offered with Link rel="alternate".
@@ -295,8 +321,7 @@ async def certificate_alternate(
 @acme_router.post("/revoke-cert")
 async def revoke_cert(request: Request, services: ServicesDep) -> Response:
     """Revoke a certificate (RFC 8555 §7.6)."""
-    auth = await _authenticate(request, services, allow_jwk=True)
-    await run_in_threadpool(services.acme.revoke, auth)
+    await _authenticated(request, services, services.acme.revoke, allow_jwk=True)
     return Response(status_code=200)
 
 
@@ -304,11 +329,8 @@ async def revoke_cert(request: Request, services: ServicesDep) -> Response:
 def renewal_info(cert_id: str, services: ServicesDep) -> JSONResponse:
     """The suggested renewal window (RFC 9773 §4.2), with Retry-After (§4.3)."""
     info = services.acme.renewal_info(cert_id)
-    response = _json(
-        {"suggestedWindow": {"start": _ts(info.window.start), "end": _ts(info.window.end)}}
-    )
-    response.headers["Retry-After"] = str(info.retry_after)
-    return response
+    window = {"start": _ts(info.window.start), "end": _ts(info.window.end)}
+    return _json({"suggestedWindow": window}, retry_after=info.retry_after)
 
 
 # --------------------------------------------------------------------------- admin view

@@ -10,6 +10,8 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -102,6 +104,12 @@ log = structlog.get_logger("trustd.acme")
 POLICY_RULE = "data.trustd.acme.denials"
 ORDERS_PAGE = 100
 _PRUNE_EVERY = 60.0
+# RFC 8555 §7.5.1: the Retry-After (seconds) suggested while a validation is in progress.
+# Validation against a responder on the same network takes milliseconds, and a client that
+# polls sooner is answered cheaply: the shortest interval the header can express.
+POLL_INTERVAL = 1
+# Validations run beside requests; each waits at most acme_validation_timeout.
+_VALIDATION_THREADS = 16
 
 
 def _id() -> str:
@@ -141,13 +149,23 @@ class AuthorizationView:
     authorization: AcmeAuthorization
     challenges: tuple[AcmeChallenge, ...]
 
+    @property
+    def retry_after(self) -> int | None:
+        """RFC 8555 §7.5.1: a polling interval while a validation is in progress."""
+        validating = any(c.status == ChallengeStatus.PROCESSING for c in self.challenges)
+        pending = self.authorization.status == AuthorizationStatus.PENDING
+        return POLL_INTERVAL if pending and validating else None
+
 
 @dataclass(frozen=True)
 class ChallengeView:
     challenge: AcmeChallenge
     authorization_id: str
-    # Set when this request started a validation the caller must run after responding.
-    start_validation: bool
+
+    @property
+    def retry_after(self) -> int | None:
+        """RFC 8555 §7.5.1: a polling interval while the validation is in progress."""
+        return POLL_INTERVAL if self.challenge.status == ChallengeStatus.PROCESSING else None
 
 
 @dataclass(frozen=True)
@@ -198,6 +216,9 @@ class AcmeService:
         self._revocations = revocations
         self.urls = AcmeUrls(settings.base_url)
         self._last_prune = 0.0
+        self._validations = ThreadPoolExecutor(
+            _VALIDATION_THREADS, thread_name_prefix="acme-validation"
+        )
         self.profiles: dict[str, Profile] = {
             "tlsserver": Profile(
                 "tlsserver",
@@ -708,7 +729,9 @@ class AcmeService:
 
     def respond_challenge(self, auth: Authenticated, challenge_id: str) -> ChallengeView:
         """POST-as-GET reads a challenge; a POST of `{}` asks the server to validate it
-        (RFC 8555 §7.5.1). Validation runs after the response, in `validate_challenge`.
+        (RFC 8555 §7.5.1). The validation starts once the challenge is recorded as
+        `processing`; the answer waits for it up to `acme_validation_wait` and then shows the
+        challenge as it stands, final or still `processing` (the validation goes on).
 
         Raises:
             AcmeNotFound: no such challenge for this account.
@@ -733,24 +756,33 @@ class AcmeService:
                 challenge.status = ChallengeStatus.PROCESSING
                 session.add(challenge)
                 start = True
-            return ChallengeView(challenge, authz.id, start)
-
-    def validate_challenge(self, challenge_id: str) -> None:
-        """Validate a challenge in `processing` and apply the outcome to the challenge, its
-        authorization and its order (§7.1.6). Never raises: failures are recorded as the
-        challenge's error."""
-        with transaction(self._engine) as session:
-            challenge = session.get(AcmeChallenge, challenge_id)
-            authz = (
-                session.get(AcmeAuthorization, challenge.authorization_id) if challenge else None
+        # Started only after the commit above: the validation records its outcome only on a
+        # challenge still `processing`.
+        if start:
+            validation = self._validations.submit(
+                self._validate, challenge, authz, account.thumbprint
             )
-            account = session.get(AcmeAccount, authz.account_id) if authz else None
-        if challenge is None or authz is None or account is None:
-            return
+            try:
+                validated = validation.result(self._settings.acme_validation_wait.total_seconds())
+            except FutureTimeout:
+                validated = None
+            if validated is not None:
+                challenge = validated
+        return ChallengeView(challenge, authz.id)
+
+    def _validate(
+        self, challenge: AcmeChallenge, authz: AcmeAuthorization, thumbprint: str
+    ) -> AcmeChallenge | None:
+        """Validate *challenge* of *authz*, just moved to `processing` by a request signed
+        with the account key of *thumbprint* (§8.1: the key authorization is made with it),
+        and apply the outcome to the challenge, its authorization and its order (§7.1.6).
+        Returns the challenge as recorded, or None if it was no longer `processing`. Never
+        raises: failures are recorded as the challenge's error."""
+        challenge_id = challenge.id
         ident = Identifier.parse(authz.identifier_type, authz.identifier_value)
         if authz.wildcard:
             ident = Identifier.parse(authz.identifier_type, "*." + authz.identifier_value)
-        key_authz = key_authorization(challenge.token, account.thumbprint)
+        key_authz = key_authorization(challenge.token, thumbprint)
         error: AcmeError | None = None
         started = time.perf_counter()
         try:
@@ -769,14 +801,16 @@ class AcmeService:
             outcome="invalid" if error else "valid",
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
-        self._record_validation(challenge_id, error)
+        return self._record_validation(challenge_id, error)
 
-    def _record_validation(self, challenge_id: str, error: AcmeError | None) -> None:
+    def _record_validation(
+        self, challenge_id: str, error: AcmeError | None
+    ) -> AcmeChallenge | None:
         now = self._clock.now()
         with transaction(self._engine) as session:
             challenge = session.get(AcmeChallenge, challenge_id, with_for_update=True)
             if challenge is None or challenge.status != ChallengeStatus.PROCESSING:
-                return
+                return None
             authz = session.get(AcmeAuthorization, challenge.authorization_id, with_for_update=True)
             assert authz is not None
             order = session.get(AcmeOrder, authz.order_id, with_for_update=True)
@@ -789,13 +823,13 @@ class AcmeService:
                 challenge.error = _problem(error)
             session.add(challenge)
             if authz.status != AuthorizationStatus.PENDING:
-                return
+                return challenge
             authz.status = (
                 AuthorizationStatus.VALID if error is None else AuthorizationStatus.INVALID
             )
             session.add(authz)
             if order.status != OrderStatus.PENDING:
-                return
+                return challenge
             if error is not None:
                 order.status = OrderStatus.INVALID
                 order.error = _problem(error)
@@ -810,6 +844,7 @@ class AcmeService:
                     order.status = OrderStatus.READY
             order.updated_at = now
             session.add(order)
+        return challenge
 
     # ------------------------------------------------------------------ finalize
 
