@@ -35,6 +35,10 @@ def configure_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
+    # httpx logs every outbound request at info (each agent sync, each ACME validation
+    # fetch with its token in the URL); trustd logs the events that matter itself, and
+    # httpx speaks again at debug.
+    logging.getLogger("httpx").setLevel(numeric if numeric <= logging.DEBUG else logging.WARNING)
     structlog.configure(
         processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         # Filtering in the bound logger drops disabled levels before any processor runs: the
