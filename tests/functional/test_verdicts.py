@@ -5,13 +5,22 @@ the per-agent applied revision."""
 from __future__ import annotations
 
 import copy
+import threading
+import time
+from datetime import UTC, datetime
 from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlmodel import Session
 
 from policy.bundle import Bundle
 from tests.functional.conftest import Server
 from tests.functional.test_nodes_entries import attest, entry, join_token, node_headers
 from trustd.roles import Role
 from trustd.services.auth import Principal
+from trustd.services.verdicts import FIRST_IDENTITY
+from trustd.store.verdict_models import NumericIdentity
 
 WEB = "spiffe://example.org/ns/web/frontend"
 API = "spiffe://example.org/ns/api/orders"
@@ -130,3 +139,42 @@ def test_bad_ip_addresses_are_refused(server: Server) -> None:
         assert response.status_code == 400, response.text
         assert response.headers["content-type"] == "application/problem+json"
     assert server.client.get("/v1/entries", headers=server.auth).json()["total"] == 0
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_replica_numbering_the_same_identity_first_wins(server: Server) -> None:
+    node, _ = attest(server, join_token(server)["token"])
+    entry(server, API, str(node.spiffe_id), "unix:uid:1001", ip_addresses=["10.213.0.2"])
+    headers = node_headers(server, node)
+    # Another replica numbers API at the same moment: its row is written, not yet committed,
+    # when this one compiles, so this one's insert waits for it and then conflicts.
+    other = Session(server.services.engine)
+    other.add(NumericIdentity(id=FIRST_IDENTITY, spiffe_id=API, created_at=datetime.now(UTC)))
+    other.flush()
+    answered: list[dict[str, Any]] = []
+    compiling = threading.Thread(
+        target=lambda: answered.append(sync(server, headers, verdict_since=0))
+    )
+    compiling.start()
+    try:
+        waiting = text(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            # A new transaction each time: the activity view is a snapshot per transaction.
+            with server.services.engine.connect() as probe:
+                if probe.execute(waiting).scalar_one():
+                    break
+            assert time.monotonic() < deadline, "the compiling request never waited"
+            time.sleep(0.02)
+        other.commit()
+    finally:
+        other.close()
+        compiling.join(10)
+    # The loser compiled again from what the winner committed: one number, no error.
+    verdicts = answered[0]["verdicts"]
+    assert verdicts["base"] == 0
+    assert verdicts["changes"]["identities"]["set"] == {API: FIRST_IDENTITY}
+    assert verdicts["changes"]["ipcache"]["set"] == {"10.213.0.2/32": FIRST_IDENTITY}

@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, delete, select
 
 from pki.clock import Clock
@@ -45,6 +46,7 @@ PROTOCOLS = {"tcp": 6, "udp": 17}
 L4_OF = {"tcp": "tcp", "http": "tcp", "http2": "tcp", "grpc": "tcp", "udp": "udp"}
 ANY_PORT = 0
 KEEP_REVISIONS = 16
+COMPILE_ATTEMPTS = 3
 SECTIONS = ("identities", "ipcache", "policy", "revoked")
 
 
@@ -280,6 +282,29 @@ class Verdicts:
             NotReady: no policy revision is active. PolicyEvaluationError: the engine failed.
         """
         policy_revision, compiler, l7 = self._l4()
+        sources = (policy_revision, sync_revision, revocation_revision)
+        attempt = 1
+        while True:
+            try:
+                return self._update(node_id, local, sources, since, compiler, l7)
+            except IntegrityError:
+                # A replica sharing the database compiled at the same moment and committed
+                # first: numbers for the same new SPIFFE IDs, or this node's next revision.
+                # Compiling again reads what it committed.
+                if attempt == COMPILE_ATTEMPTS:
+                    raise
+                attempt += 1
+
+    def _update(
+        self,
+        node_id: str,
+        local: list[RegistrationEntry],
+        sources: tuple[int, int, int],
+        since: int,
+        compiler: L4Compiler,
+        l7: dict[str, Any],
+    ) -> VerdictUpdate | None:
+        policy_revision = sources[0]
         with transaction(self._engine) as session:
             latest = session.exec(
                 select(NodeVerdictSet)
@@ -287,7 +312,6 @@ class Verdicts:
                 .order_by(col(NodeVerdictSet.revision).desc())
                 .limit(1)
             ).first()
-            sources = (policy_revision, sync_revision, revocation_revision)
             fresh = latest is not None and sources == (
                 latest.policy_revision,
                 latest.sync_revision,
@@ -301,8 +325,8 @@ class Verdicts:
                         node_id=node_id,
                         revision=(latest.revision if latest else 0) + 1,
                         policy_revision=policy_revision,
-                        sync_revision=sync_revision,
-                        revocation_revision=revocation_revision,
+                        sync_revision=sources[1],
+                        revocation_revision=sources[2],
                         digest=digest,
                         state=state,
                         created_at=self._clock.now(),
