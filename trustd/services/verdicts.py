@@ -11,7 +11,11 @@ only. Evaluations are memoised per policy revision, so a change to entries or IP
 only the new candidates.
 
 Each node's state is stored with a per-node revision; agents get a delta from the revision
-they applied when it is still kept, the full state otherwise.
+they applied when it is still kept, the full state otherwise. Every node's state is one
+node-independent part (identities, IP cache, revocations, and the verdicts of every
+destination) with the verdicts of its own destinations: the part is compiled once per
+(policy, sync, revocation) revision in each process, not once per node, so a change that
+wakes every agent's long-poll costs one compilation and a slice per node.
 """
 
 from __future__ import annotations
@@ -180,6 +184,25 @@ def full_changes(state: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return {s: {"set": dict(state.get(s, {})), "remove": []} for s in SECTIONS}
 
 
+@dataclass(frozen=True)
+class SharedState:
+    """What every node's state is made from at one (policy, sync, revocation) revision: the
+    sections as sent, except "policy", which maps each destination SPIFFE ID to the
+    verdicts for its traffic."""
+
+    sources: tuple[int, int, int]
+    sections: Mapping[str, Any]
+
+
+def node_state(shared: SharedState, local: Iterable[str], l7_revision: int) -> dict[str, Any]:
+    """A node's state: the shared sections, with the verdicts of its local destinations."""
+    by_destination: Mapping[str, dict[str, int]] = shared.sections["policy"]
+    policy: dict[str, int] = {}
+    for spiffe_id in set(local):
+        policy.update(by_destination.get(spiffe_id, {}))
+    return {**shared.sections, "policy": policy, "l7_revision": l7_revision}
+
+
 class Verdicts:
     def __init__(self, engine: Engine, clock: Clock, policy: PolicyService) -> None:
         self._engine = engine
@@ -187,6 +210,10 @@ class Verdicts:
         self._policy = policy
         self._lock = threading.Lock()
         self._compiler: tuple[int, L4Compiler] | None = None
+        # The newest shared state; compiling it holds this lock, so threads woken by the
+        # same change wait for one compilation instead of each running their own.
+        self._shared_lock = threading.Lock()
+        self._shared: SharedState | None = None
 
     # -- identities ----------------------------------------------------------------------
 
@@ -229,12 +256,9 @@ class Verdicts:
         }
         return active.revision, compiler, l7
 
-    def _state(
-        self,
-        session: Session,
-        local: Iterable[RegistrationEntry],
-        compiler: L4Compiler,
-    ) -> dict[str, Any]:
+    def _state(self, session: Session, compiler: L4Compiler) -> dict[str, Any]:
+        """The sections every node shares; "policy" maps each destination SPIFFE ID to the
+        verdicts for its traffic (see `node_state`)."""
         entries = session.exec(select(RegistrationEntry)).all()
         now = self._clock.now()
         revoked_ids: set[str] = {
@@ -248,13 +272,11 @@ class Verdicts:
         }
         spiffe_ids = {e.spiffe_id for e in entries}
         numbers = self._identities(session, spiffe_ids | revoked_ids)
-        local_ids = {e.spiffe_id for e in local}
         verdicts = compiler.verdicts(spiffe_ids)
-        policy = {
-            f"{numbers[dst]}/{numbers[src]}/{port}/{PROTOCOLS[proto]}": int(allowed)
-            for (dst, src, port, proto), allowed in verdicts.items()
-            if dst in local_ids
-        }
+        policy: dict[str, dict[str, int]] = {}
+        for (dst, src, port, proto), allowed in verdicts.items():
+            key = f"{numbers[dst]}/{numbers[src]}/{port}/{PROTOCOLS[proto]}"
+            policy.setdefault(dst, {})[key] = int(allowed)
         ipcache: dict[str, int] = {}
         for entry in sorted(entries, key=lambda e: e.id):
             for prefix in entry.ip_addresses:
@@ -286,7 +308,9 @@ class Verdicts:
         attempt = 1
         while True:
             try:
-                return self._update(node_id, local, sources, since, compiler, l7)
+                shared = self._shared_state(sources, compiler)
+                state = node_state(shared, (e.spiffe_id for e in local), policy_revision)
+                return self._update(node_id, state, sources, since, l7)
             except IntegrityError:
                 # A replica sharing the database compiled at the same moment and committed
                 # first: numbers for the same new SPIFFE IDs, or this node's next revision.
@@ -295,13 +319,28 @@ class Verdicts:
                     raise
                 attempt += 1
 
+    def _shared_state(self, sources: tuple[int, int, int], compiler: L4Compiler) -> SharedState:
+        """The shared state at `sources`, compiled (and new identities numbered, committed)
+        by the first caller after a change; the others wait for it.
+
+        Raises:
+            IntegrityError: another replica numbered the same new SPIFFE IDs first.
+            PolicyEvaluationError: the engine failed.
+        """
+        with self._shared_lock:
+            shared = self._shared
+            if shared is None or shared.sources != sources:
+                with transaction(self._engine) as session:
+                    sections = self._state(session, compiler)
+                shared = self._shared = SharedState(sources, sections)
+            return shared
+
     def _update(
         self,
         node_id: str,
-        local: list[RegistrationEntry],
+        state: dict[str, Any],
         sources: tuple[int, int, int],
         since: int,
-        compiler: L4Compiler,
         l7: dict[str, Any],
     ) -> VerdictUpdate | None:
         policy_revision = sources[0]
@@ -317,8 +356,8 @@ class Verdicts:
                 latest.sync_revision,
                 latest.revocation_revision,
             )
+            previous = latest
             if not fresh:
-                state = {**self._state(session, local, compiler), "l7_revision": policy_revision}
                 digest = _digest(state)
                 if latest is None or latest.digest != digest:
                     latest = NodeVerdictSet(
@@ -348,8 +387,8 @@ class Verdicts:
             assert latest is not None
             if latest.revision <= since:
                 return None
-            base = None
-            if since > 0:
+            base = previous if previous is not None and previous.revision == since else None
+            if base is None and since > 0:
                 base = session.exec(
                     select(NodeVerdictSet)
                     .where(NodeVerdictSet.node_id == node_id)
