@@ -35,12 +35,13 @@ from sqlmodel import Session, col, delete, select
 
 from pki.clock import Clock
 from policy.engine import EmbeddedEngine
+from policy.errors import PolicyEvaluationError, UnknownPath
 from trustd.services.policy import PolicyService
 from trustd.store.db import transaction
 from trustd.store.models import CertificateStatus, IssuedCertificate, Node, RegistrationEntry
 from trustd.store.verdict_models import NodeVerdictAck, NodeVerdictSet, NumericIdentity
 
-MESH_ALLOW = "data.trustd.mesh.allow"
+MESH_ALLOW = "trustd/mesh/allow"
 MESH_PACKAGE = "package trustd.mesh"
 # Identity 0 is "unknown" (an address in no entry); allocated identities start above the
 # range Cilium reserves for its own fixed identities, so numbers read the same way.
@@ -123,11 +124,14 @@ class L4Compiler:
         found = self._memo.get(key)
         if found is None:
             self.evaluations += 1
-            value = self._engine.evaluate(
-                MESH_ALLOW,
-                {"source": src, "destination": dst, "port": port, "protocol": proto},
-            )
-            found = self._memo[key] = value is True
+            candidate = {"source": src, "destination": dst, "port": port, "protocol": proto}
+            try:
+                # The compiled program answers without cloning the engine per candidate,
+                # which a change to a policy with many rules pays for every candidate.
+                result = self._engine.query(MESH_ALLOW, json.dumps(candidate))
+            except UnknownPath as exc:
+                raise PolicyEvaluationError(exc.detail, rule=MESH_ALLOW) from None
+            found = self._memo[key] = result.value is True
         return found
 
     def verdicts(self, identities: Iterable[str]) -> dict[tuple[str, str, int, str], bool]:
