@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import issuance  # noqa: E402
 import workload_api  # noqa: E402
+from harness import free_port, start_server  # noqa: E402
 
 TRUSTD = str(Path(sys.executable).parent / "trustd")
 
@@ -117,8 +118,8 @@ def main() -> None:
         work = Path(tmp)
         work.chmod(0o755)
         data_dir = work / "var"
-        port = issuance.free_port()
-        server = issuance.start_server(data_dir, port, 1, None)
+        port = free_port()
+        server = start_server(data_dir, port, 1, None)
         agent: subprocess.Popen[str] | None = None
         try:
             command = admin(data_dir, "token", "create").split()

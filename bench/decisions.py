@@ -38,7 +38,8 @@ from policy.engine import EmbeddedEngine
 from policy.testing import load_directory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from issuance import WRK_DONE, free_port, parse_wrk
+from harness import free_port
+from issuance import WRK_DONE, parse_wrk
 
 ROOT = Path(__file__).resolve().parent.parent
 TRUSTD = Path(sys.executable).parent / "trustd"

@@ -31,7 +31,8 @@ from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from issuance import WRK_DONE, free_port, parse_wrk
+from harness import free_port
+from issuance import WRK_DONE, parse_wrk
 
 ROOT = Path(__file__).resolve().parent.parent
 WEB = "spiffe://example.org/ns/web/frontend"

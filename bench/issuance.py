@@ -12,12 +12,11 @@ Needs: wrk (Debian package), PostgreSQL on 127.0.0.1:5432 (trust auth).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import shutil
-import socket
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -25,8 +24,6 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-import httpx
-import psycopg
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from pki.ca import (
@@ -41,9 +38,8 @@ from pki.clock import SystemClock
 from pki.keys import KeyType, generate_private_key
 from pki.spiffe_id import SpiffeId, TrustDomain
 
-ROOT = Path(__file__).resolve().parent.parent
-TRUSTD = Path(sys.executable).parent / "trustd"
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import free_port, read_token, scratch_database, start_server
 
 
 def raw_rate(seconds: float) -> float:
@@ -67,52 +63,6 @@ def raw_rate(seconds: float) -> float:
         issue_x509_svid(authority, params, clock)
         count += 1
     return count / seconds
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(
-    data_dir: Path, port: int, workers: int, db_url: str | None
-) -> subprocess.Popen[str]:
-    env = {**os.environ, "TRUSTD_DATA_DIR": str(data_dir), "TRUSTD_LISTEN": f"127.0.0.1:{port}"}
-    if db_url:
-        env["TRUSTD_DATABASE_URL"] = db_url
-    proc = subprocess.Popen(
-        [str(TRUSTD), "serve", "--workers", str(workers), "--log-level", "warning"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    bundle = data_dir / "bundle.pem"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if bundle.exists():
-            try:
-                tls = ssl.create_default_context(cafile=str(bundle))
-                ok = 0
-                for _ in range(workers * 4):
-                    r = httpx.get(f"https://127.0.0.1:{port}/readyz", verify=tls, timeout=2)
-                    ok += r.status_code == 200
-                if ok == workers * 4:
-                    return proc
-            except httpx.HTTPError:
-                pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("trustd did not become ready")
-
-
-def read_token(proc: subprocess.Popen[str]) -> str:
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.strip().startswith("trustd."):
-            return line.strip()
-    raise RuntimeError("no bootstrap token printed")
 
 
 # A wrk `done` hook printing one machine-readable line for `parse_wrk`.
@@ -158,30 +108,21 @@ def parse_wrk(out: str) -> dict[str, float]:
 
 
 def http_run(workers: int, backend: str, seconds: int, connections: int) -> dict[str, float]:
-    data_dir = Path(tempfile.mkdtemp(prefix="trustd-bench-"))
-    db_url = None
-    dbname = f"trustd_bench_{os.getpid()}_{workers}"
-    if backend == "postgresql":
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}"')  # type: ignore[arg-type]
-            conn.execute(f'CREATE DATABASE "{dbname}"')  # type: ignore[arg-type]
-        db_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{dbname}"
-    port = free_port()
-    proc = start_server(data_dir, port, workers, db_url)
-    try:
-        token = read_token(proc)
-        csr = create_csr(generate_private_key(KeyType.EC_P256))
-        body = json.dumps({"spiffe_id": "spiffe://example.org/bench", "csr": csr})
-        url = f"https://127.0.0.1:{port}/v1/svid/x509"
-        run_wrk(url, token, body, 2, connections)  # warm-up
-        return run_wrk(url, token, body, seconds, connections)
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        shutil.rmtree(data_dir, ignore_errors=True)
-        if db_url:
-            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')  # type: ignore[arg-type]
+    with contextlib.ExitStack() as stack:
+        data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="trustd-bench-")))
+        db_url = stack.enter_context(scratch_database()) if backend == "postgresql" else None
+        port = free_port()
+        proc = start_server(data_dir, port, workers, db_url)
+        try:
+            token = read_token(proc)
+            csr = create_csr(generate_private_key(KeyType.EC_P256))
+            body = json.dumps({"spiffe_id": "spiffe://example.org/bench", "csr": csr})
+            url = f"https://127.0.0.1:{port}/v1/svid/x509"
+            run_wrk(url, token, body, 2, connections)  # warm-up
+            return run_wrk(url, token, body, seconds, connections)
+        finally:
+            proc.terminate()
+            proc.wait(30)
 
 
 def main() -> None:

@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import sys
 import tempfile
 import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
 
-import psycopg
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
@@ -38,22 +38,16 @@ from pki.ca import create_csr
 from pki.keys import KeyType, generate_private_key
 from pki.revocation import GOOD, RevocationReason, RevokedEntry, build_crl, build_ocsp_response
 from pki.revocation import parse_ocsp_request as parse_request
-from trustd.bootstrap import initialise, migrate
 from trustd.bus import RedisBus
 from trustd.services.auth import Principal, Role
-from trustd.services.container import Services, build_services
-from trustd.settings import load_settings
+from trustd.services.container import Services
 from trustd.store.db import transaction
 from trustd.store.rotation_models import CrlState, RevocationEvent, RevocationState
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-REDIS_URL = "redis://127.0.0.1:6379/0"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import REDIS_URL, in_process, percentile, scratch_database
+
 ADMIN = Principal("bench", Role.ADMIN)
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 def fill_revocations(services: Services, kid: str, count: int) -> None:
@@ -243,30 +237,12 @@ def main() -> None:
     parser.add_argument("--revocations", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
-    name = f"trustd_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            settings = load_settings(
-                data_dir=Path(tmp), database_url=url, redis_url=REDIS_URL, tls=False
-            )
-            migrate(url)
-            services = build_services(settings)
-            initialise(services)
-            services.ca.load()
-            bench_crl(services)
-            bench_ocsp(services, args.seconds)
-            asyncio.run(bench_agents(services, args.agents, args.revocations))
-            services.engine.dispose()
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(  # type: ignore[call-overload]
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                (name,),
-            )
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')  # type: ignore[arg-type]
+    with scratch_database() as url, tempfile.TemporaryDirectory() as tmp:
+        services = in_process(url, Path(tmp), redis_url=REDIS_URL)
+        bench_crl(services)
+        bench_ocsp(services, args.seconds)
+        asyncio.run(bench_agents(services, args.agents, args.revocations))
+        services.engine.dispose()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import argparse
 import json
 import re
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -29,21 +30,16 @@ from fastapi.testclient import TestClient
 
 from policy.engine import Result
 from trustd.app import create_app
-from trustd.bootstrap import initialise, migrate
 from trustd.roles import Role
 from trustd.services.auth import Principal
-from trustd.services.container import Services, build_services
+from trustd.services.container import Services
 from trustd.services.policy import result_hash
-from trustd.settings import load_settings
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import in_process, percentile, scratch_database
+
 TD = "spiffe://example.org"
 PASSWORD = "bench password long enough"  # noqa: S105 - a throwaway account
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 def seed(dsn: str, services: Services, entries: int, certificates: int, decisions: int) -> None:
@@ -134,25 +130,15 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=40)
     args = parser.parse_args()
 
-    name = f"trustd_bench_ui_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
-    dsn = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    url = dsn.replace("postgresql://", "postgresql+psycopg://", 1)
-    try:
+    with scratch_database("trustd_bench_ui") as url:
+        dsn = url.replace("postgresql+psycopg://", "postgresql://", 1)
         with tempfile.TemporaryDirectory() as tmp:
-            settings = load_settings(
-                data_dir=Path(tmp), database_url=url, tls=False, ui_cookie_secure=False
-            )
-            migrate(url)
-            services = build_services(settings)
-            initialise(services)
-            services.ca.load()
+            services = in_process(url, Path(tmp), ui_cookie_secure=False)
             services.ui.create_user(
                 Principal("bench", Role.ADMIN), "bench", PASSWORD, Role.ADMIN, totp=False
             )
             seed(dsn, services, args.entries, args.certificates, args.decisions)
-            with TestClient(create_app(settings, services)) as client:
+            with TestClient(create_app(services.settings, services)) as client:
                 sign_in(client)
                 mid = format(10**15 + (args.certificates // 2) * 7919, "x")
                 # A keyset page seven hours into the million rows (one every 50 ms).
@@ -180,12 +166,6 @@ def main() -> None:
                     label: measure(client, path, args.requests) for label, path in pages.items()
                 }
             services.engine.dispose()
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(  # type: ignore[arg-type]
-                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
-            )
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')  # type: ignore[arg-type]
 
     base = results["baseline /healthz"][1]
     print(f"\n{'page':36} {'p50 ms':>8} {'p95 ms':>8} {'p95/base':>9}  target p95 < 150 ms")

@@ -47,6 +47,9 @@ from trustd.agent.proto import workload_pb2 as pb  # noqa: E402
 from trustd.agent.proto import workload_pb2_grpc as pb_grpc  # noqa: E402
 from trustd.agent.workload_api import start_workload_api  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from harness import percentile  # noqa: E402
+
 HEADER = (("workload.spiffe.io", "true"),)
 
 
@@ -107,11 +110,6 @@ async def clients(socket_path: str, mode: str, count: int, interval: float, seco
         *(one_client(socket_path, mode, interval, deadline, latencies) for _ in range(count))
     )
     print(json.dumps(latencies))
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 def run(socket_path: str, mode: str, interval: float, opts: argparse.Namespace) -> list[float]:

@@ -5,13 +5,22 @@ the per-agent applied revision."""
 from __future__ import annotations
 
 import copy
+import threading
+import time
+from datetime import UTC, datetime
 from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+from sqlmodel import Session
 
 from policy.bundle import Bundle
 from tests.functional.conftest import Server
 from tests.functional.test_nodes_entries import attest, entry, join_token, node_headers
 from trustd.roles import Role
 from trustd.services.auth import Principal
+from trustd.services.verdicts import FIRST_IDENTITY
+from trustd.store.verdict_models import NumericIdentity
 
 WEB = "spiffe://example.org/ns/web/frontend"
 API = "spiffe://example.org/ns/api/orders"
@@ -130,3 +139,85 @@ def test_bad_ip_addresses_are_refused(server: Server) -> None:
         assert response.status_code == 400, response.text
         assert response.headers["content-type"] == "application/problem+json"
     assert server.client.get("/v1/entries", headers=server.auth).json()["total"] == 0
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_replica_numbering_the_same_identity_first_wins(server: Server) -> None:
+    node, _ = attest(server, join_token(server)["token"])
+    entry(server, API, str(node.spiffe_id), "unix:uid:1001", ip_addresses=["10.213.0.2"])
+    headers = node_headers(server, node)
+    # Another replica numbers API at the same moment: its row is written, not yet committed,
+    # when this one compiles, so this one's insert waits for it and then conflicts.
+    other = Session(server.services.engine)
+    other.add(NumericIdentity(id=FIRST_IDENTITY, spiffe_id=API, created_at=datetime.now(UTC)))
+    other.flush()
+    answered: list[dict[str, Any]] = []
+    compiling = threading.Thread(
+        target=lambda: answered.append(sync(server, headers, verdict_since=0))
+    )
+    compiling.start()
+    try:
+        waiting = text(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            # A new transaction each time: the activity view is a snapshot per transaction.
+            with server.services.engine.connect() as probe:
+                if probe.execute(waiting).scalar_one():
+                    break
+            assert time.monotonic() < deadline, "the compiling request never waited"
+            time.sleep(0.02)
+        other.commit()
+    finally:
+        other.close()
+        compiling.join(10)
+    # The loser compiled again from what the winner committed: one number, no error.
+    verdicts = answered[0]["verdicts"]
+    assert verdicts["base"] == 0
+    assert verdicts["changes"]["identities"]["set"] == {API: FIRST_IDENTITY}
+    assert verdicts["changes"]["ipcache"]["set"] == {"10.213.0.2/32": FIRST_IDENTITY}
+
+
+def test_one_compilation_serves_every_node(server: Server) -> None:
+    nodes = [attest(server, join_token(server)["token"])[0] for _ in range(2)]
+    entry(server, API, str(nodes[0].spiffe_id), "unix:uid:1001", ip_addresses=["10.213.0.2"])
+    entry(server, DB, str(nodes[1].spiffe_id), "unix:uid:1002", ip_addresses=["10.213.0.3"])
+    entry(server, WEB, "spiffe://example.org/elsewhere", "unix:uid:7", ip_addresses=["10.213.0.1"])
+    headers = [node_headers(server, n) for n in nodes]
+    # The shared part reads every revoked certificate; nothing else on the sync path does.
+    compilations: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM issued_certificates" in statement:
+            compilations.append(statement)
+
+    event.listen(server.services.engine, "before_cursor_execute", count)
+    try:
+        first = [sync(server, h, verdict_since=0)["verdicts"] for h in headers]
+        assert len(compilations) == 1
+        # Each node gets the shared sections and only its own destinations' verdicts.
+        ids = first[0]["changes"]["identities"]["set"]
+        assert first[1]["changes"]["identities"]["set"] == ids
+        assert first[0]["changes"]["ipcache"] == first[1]["changes"]["ipcache"]
+        assert first[0]["changes"]["policy"]["set"] == {f"{ids[API]}/{ids[WEB]}/8443/6": 1}
+        assert first[1]["changes"]["policy"]["set"] == {f"{ids[DB]}/{ids[API]}/5432/6": 1}
+
+        # A policy change: compiled once more, and each node gets its own delta.
+        mesh = copy.deepcopy(server.services.policy.active.bundle.data["mesh"])
+        mesh["allow"].append({"name": "web-db", "source": WEB, "destination": DB, "ports": [1]})
+        set_mesh(server, mesh)
+        second = [
+            sync(server, h, verdict_since=f["revision"])["verdicts"]
+            for h, f in zip(headers, first, strict=True)
+        ]
+        assert len(compilations) == 2
+        assert second[0]["base"] == first[0]["revision"]
+        assert second[0]["changes"].get("policy", {}).get("set", {}) == {}
+        assert second[1]["changes"]["policy"]["set"] == {
+            f"{ids[DB]}/{ids[WEB]}/1/6": 1,
+            f"{ids[DB]}/{ids[WEB]}/1/17": 1,
+        }
+    finally:
+        event.remove(server.services.engine, "before_cursor_execute", count)

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -87,8 +88,14 @@ def netns() -> Iterator[str]:
 
 
 def _start(*command: str) -> subprocess.Popen[bytes]:
-    # `ip netns exec` enters the namespace and execs the command: the pid is the sleeper's.
-    return subprocess.Popen(list(command))
+    # `ip netns exec` enters the namespace and execs the command: the pid is the sleeper's,
+    # once it has entered; a workload calling the agent is already where it runs.
+    process = subprocess.Popen(list(command))
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{process.pid}/exe").resolve() != Path(command[-2]).resolve():
+        assert time.monotonic() < deadline, f"{command} did not start"
+        time.sleep(0.01)
+    return process
 
 
 def _identity(process: subprocess.Popen[bytes]) -> tuple[PeerCredentials, int]:

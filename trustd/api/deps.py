@@ -52,11 +52,13 @@ async def require_admin(principal: Annotated[Principal, Depends(get_principal)])
 AdminDep = Annotated[Principal, Depends(require_admin)]
 
 
-async def get_node(
+def get_node(
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> NodePrincipal:
     """The agent calling, from its node credential (a JWT signed with its node SVID key).
+    A plain function, so FastAPI runs it on a worker thread: when a change wakes every
+    agent, their key lookups and signature checks do not queue on the event loop.
 
     Raises:
         Unauthenticated: missing or refused credential.

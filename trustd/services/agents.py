@@ -100,7 +100,11 @@ class Agents:
         self._verdicts = verdicts
         self._draining = asyncio.Event()
 
-    def _entries_of(self, session: Session, principal: NodePrincipal) -> list[RegistrationEntry]:
+    def _node_entries(self, principal: NodePrincipal) -> tuple[int, list[RegistrationEntry]]:
+        with transaction(self._engine) as session:
+            return current_revision(session), self._entries_in(session, principal)
+
+    def _entries_in(self, session: Session, principal: NodePrincipal) -> list[RegistrationEntry]:
         view = NodeView(
             principal.spiffe_id,
             principal.selectors,
@@ -108,55 +112,51 @@ class Agents:
         )
         return self._entries.for_node(session, view)
 
-    def _node_entries(self, principal: NodePrincipal) -> tuple[int, list[RegistrationEntry]]:
-        with transaction(self._engine) as session:
-            return current_revision(session), self._entries_of(session, principal)
-
-    def _verdict_update(
+    def _changed(
         self,
         principal: NodePrincipal,
-        revision: int,
-        entries: list[RegistrationEntry],
+        since: int,
+        revoked_since: int | None,
         verdict_since: int | None,
-    ) -> VerdictUpdate | None:
-        if self._verdicts is None or verdict_since is None:
-            return None
-        return self._verdicts.update_for(
-            principal.spiffe_id,
-            entries,
-            revision,
-            self._revocations.current_revision(),
-            verdict_since,
-        )
-
-    def snapshot(
-        self,
-        principal: NodePrincipal,
-        revoked_since: int | None = None,
-        verdict_since: int | None = None,
-    ) -> Snapshot:
-        """Everything the node should hold now, stamped with the revision it reflects, and
-        the revocations after `revoked_since` (a new agent, with None, holds no SVID that
-        could be revoked, so it only learns where the feed stands), and its verdicts as a
-        delta from `verdict_since` (None: the agent does not enforce).
+    ) -> Snapshot | None:
+        """Everything the node should hold now, if any of it moved past the agent's cursors
+        (else None): stamped with the revision it reflects, the revocations after
+        `revoked_since` (a new agent, with None, holds no SVID that could be revoked, so it
+        only learns where the feed stands), and its verdicts as a delta from
+        `verdict_since` (None: the agent does not enforce).
 
         Raises:
             PolicyEvaluationError: the attestation or mesh policy failed (the node gets
                 nothing).
         """
-        revision, entries = self._node_entries(principal)
+        enforcing = verdict_since is not None and self._verdicts is not None
+        # One read for both cursors and, when they moved or verdicts may have, the entries
+        # at that revision.
+        with transaction(self._engine) as session:
+            revision = current_revision(session)
+            revocation_revision = self._revocations.revision(session)
+            moved = revision > since or (
+                revoked_since is not None and revocation_revision > revoked_since
+            )
+            if not (moved or enforcing):
+                return None
+            entries = self._entries_in(session, principal)
+        verdicts = None
+        if self._verdicts is not None and verdict_since is not None:
+            # Verdicts also move with policy and revocations, which leave the entry revision
+            # alone: compile (cheap when nothing changed) and ask.
+            verdicts = self._verdicts.update_for(
+                principal.spiffe_id, entries, revision, revocation_revision, verdict_since
+            )
+        if not moved and verdicts is None:
+            return None
         if revoked_since is not None:
             feed = self._revocations.since(revoked_since)
             revoked, cursor = feed.events, feed.revision
         else:
-            revoked, cursor = (), self._revocations.current_revision()
+            revoked, cursor = (), revocation_revision
         return Snapshot(
-            revision,
-            entries,
-            self._ca.state.bundle.to_jwks(),
-            revoked,
-            cursor,
-            self._verdict_update(principal, revision, entries, verdict_since),
+            revision, entries, self._ca.state.bundle.to_jwks(), revoked, cursor, verdicts
         )
 
     def drain(self) -> None:
@@ -185,20 +185,13 @@ class Agents:
             waiters.append(asyncio.ensure_future(self._draining.wait()))
             await asyncio.sleep(0)
             try:
-                with transaction(self._engine) as session:
-                    revision = current_revision(session)
-                if revision > since or (
-                    revoked_since is not None
-                    and self._revocations.current_revision() > revoked_since
-                ):
-                    return self.snapshot(principal, revoked_since, verdict_since)
-                if verdict_since is not None and self._verdicts is not None:
-                    # Verdicts also move with policy and revocations, which leave the
-                    # entry revision alone: compile (cheap when nothing changed) and ask.
-                    node_revision, entries = self._node_entries(principal)
-                    update = self._verdict_update(principal, node_revision, entries, verdict_since)
-                    if update is not None:
-                        return self.snapshot(principal, revoked_since, verdict_since)
+                # On a worker thread: when one change wakes every long-poll, their database
+                # round trips overlap instead of queueing one by one on the event loop.
+                snapshot = await asyncio.to_thread(
+                    self._changed, principal, since, revoked_since, verdict_since
+                )
+                if snapshot is not None:
+                    return snapshot
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
@@ -344,7 +337,7 @@ class Agents:
         wanted: set[tuple[str, str]],
     ) -> _ReportChange | None:
         """What the report changed (None: nothing)."""
-        served = {e.spiffe_id for e in self._entries_of(session, principal)}
+        served = {e.spiffe_id for e in self._entries_in(session, principal)}
         foreign = sorted(spiffe_ids - served)
         if foreign:
             raise PermissionDenied(f"this node may not serve {foreign[0]}")

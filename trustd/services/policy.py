@@ -342,6 +342,7 @@ class PolicyService:
         self._bus = bus
         self._active: _Active | None = None
         self._reload_lock = threading.Lock()
+        self._load_lock = threading.Lock()
         self.cache = DecisionCache(settings.decision_cache_size)
         self.decision_log = DecisionLog(engine, clock, settings)
         self._ids = DecisionIds()
@@ -391,12 +392,26 @@ class PolicyService:
 
     def reload_if_changed(self) -> bool:
         """Load the active revision from the database if it is not the one in memory."""
+        # Verdict compilation asks on every agent's sync: the active number alone answers.
         with transaction(self._engine) as session:
-            row = self._active_row(session)
-        if row is None or (self._active and self._active.revision == row.revision):
+            revision = self._active_revision(session)
+        if revision is None or self._holds(revision):
             return False
-        self._install(row)
+        # Every long-poll an activation wakes asks at once: one thread loads the revision,
+        # the others then find it loaded.
+        with self._load_lock:
+            with transaction(self._engine) as session:
+                revision = self._active_revision(session)
+                if revision is None or self._holds(revision):
+                    return False
+                row = session.get(PolicyRevision, revision)
+            if row is None:
+                return False
+            self._install(row)
         return True
+
+    def _holds(self, revision: int) -> bool:
+        return self._active is not None and self._active.revision == revision
 
     async def watch(self) -> None:
         """Reload on every `policy` notification, and every reload interval regardless."""
@@ -464,11 +479,17 @@ class PolicyService:
     # -- revisions -----------------------------------------------------------------------
 
     @staticmethod
-    def _active_row(session: Session) -> PolicyRevision | None:
-        activation = session.exec(
-            select(PolicyActivation).order_by(col(PolicyActivation.id).desc()).limit(1)
+    def _active_revision(session: Session) -> int | None:
+        return session.exec(
+            select(col(PolicyActivation.revision))
+            .order_by(col(PolicyActivation.id).desc())
+            .limit(1)
         ).first()
-        return session.get(PolicyRevision, activation.revision) if activation else None
+
+    @staticmethod
+    def _active_row(session: Session) -> PolicyRevision | None:
+        revision = PolicyService._active_revision(session)
+        return session.get(PolicyRevision, revision) if revision is not None else None
 
     def _store(
         self, session: Session, actor: str, bundle: Bundle, signed: bool, note: str

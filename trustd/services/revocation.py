@@ -319,7 +319,7 @@ class Revocations:
             if self._floor < 0:
                 # First use: the cache starts at the current revision; older questions go
                 # to the database.
-                self._floor = self._tail = self._revision(session)
+                self._floor = self._tail = self.revision(session)
                 return
             fresh = session.exec(
                 select(RevocationEvent)
@@ -348,14 +348,15 @@ class Revocations:
             )
 
     @staticmethod
-    def _revision(session: Session) -> int:
+    def revision(session: Session) -> int:
+        """The newest revocation revision, read in the caller's transaction."""
         state = session.get(RevocationState, 1)
         return state.revision if state is not None else 0
 
     def current_revision(self) -> int:
         """The newest revocation revision (where a new agent starts following the feed)."""
         with transaction(self._engine) as session:
-            return self._revision(session)
+            return self.revision(session)
 
     # ------------------------------------------------------------------ CRLs
 

@@ -11,7 +11,11 @@ only. Evaluations are memoised per policy revision, so a change to entries or IP
 only the new candidates.
 
 Each node's state is stored with a per-node revision; agents get a delta from the revision
-they applied when it is still kept, the full state otherwise.
+they applied when it is still kept, the full state otherwise. Every node's state is one
+node-independent part (identities, IP cache, revocations, and the verdicts of every
+destination) with the verdicts of its own destinations: the part is compiled once per
+(policy, sync, revocation) revision in each process, not once per node, so a change that
+wakes every agent's long-poll costs one compilation and a slice per node.
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, delete, select
 
 from pki.clock import Clock
 from policy.engine import EmbeddedEngine
+from policy.errors import PolicyEvaluationError, UnknownPath
 from trustd import metrics
 from trustd.services.policy import PolicyService
 from trustd.store.db import transaction
@@ -46,7 +52,7 @@ from trustd.store.verdict_models import (
 
 log = structlog.get_logger("trustd.verdicts")
 
-MESH_ALLOW = "data.trustd.mesh.allow"
+MESH_ALLOW = "trustd/mesh/allow"
 MESH_PACKAGE = "package trustd.mesh"
 # Identity 0 is "unknown" (an address in no entry); allocated identities start above the
 # range Cilium reserves for its own fixed identities, so numbers read the same way.
@@ -61,6 +67,7 @@ PROTOCOLS = {"tcp": 6, "udp": 17}
 L4_OF = {"tcp": "tcp", "http": "tcp", "http2": "tcp", "grpc": "tcp", "udp": "udp"}
 ANY_PORT = 0
 KEEP_REVISIONS = 16
+COMPILE_ATTEMPTS = 3
 SECTIONS = ("identities", "ipcache", "policy", "revoked")
 
 
@@ -133,11 +140,14 @@ class L4Compiler:
         found = self._memo.get(key)
         if found is None:
             self.evaluations += 1
-            value = self._engine.evaluate(
-                MESH_ALLOW,
-                {"source": src, "destination": dst, "port": port, "protocol": proto},
-            )
-            found = self._memo[key] = value is True
+            candidate = {"source": src, "destination": dst, "port": port, "protocol": proto}
+            try:
+                # The compiled program answers without cloning the engine per candidate,
+                # which a change to a policy with many rules pays for every candidate.
+                result = self._engine.query(MESH_ALLOW, json.dumps(candidate))
+            except UnknownPath as exc:
+                raise PolicyEvaluationError(exc.detail, rule=MESH_ALLOW) from None
+            found = self._memo[key] = result.value is True
         return found
 
     def verdicts(self, identities: Iterable[str]) -> dict[tuple[str, str, int, str], bool]:
@@ -222,6 +232,25 @@ def full_changes(state: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return {s: {"set": dict(state.get(s, {})), "remove": []} for s in SECTIONS}
 
 
+@dataclass(frozen=True)
+class SharedState:
+    """What every node's state is made from at one (policy, sync, revocation) revision: the
+    sections as sent, except "policy", which maps each destination SPIFFE ID to the
+    verdicts for its traffic."""
+
+    sources: tuple[int, int, int]
+    sections: Mapping[str, Any]
+
+
+def node_state(shared: SharedState, local: Iterable[str], l7_revision: int) -> dict[str, Any]:
+    """A node's state: the shared sections, with the verdicts of its local destinations."""
+    by_destination: Mapping[str, dict[str, int]] = shared.sections["policy"]
+    policy: dict[str, int] = {}
+    for spiffe_id in set(local):
+        policy.update(by_destination.get(spiffe_id, {}))
+    return {**shared.sections, "policy": policy, "l7_revision": l7_revision}
+
+
 class Verdicts:
     def __init__(self, engine: Engine, clock: Clock, policy: PolicyService) -> None:
         self._engine = engine
@@ -230,6 +259,10 @@ class Verdicts:
         self._lock = threading.Lock()
         self._compiler: tuple[int, L4Compiler] | None = None
         self._conflicts: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+        # The newest shared state; compiling it holds this lock, so threads woken by the
+        # same change wait for one compilation instead of each running their own.
+        self._shared_lock = threading.Lock()
+        self._shared: SharedState | None = None
 
     # -- identities ----------------------------------------------------------------------
 
@@ -272,12 +305,9 @@ class Verdicts:
         }
         return active.revision, compiler, l7
 
-    def _state(
-        self,
-        session: Session,
-        local: Iterable[RegistrationEntry],
-        compiler: L4Compiler,
-    ) -> dict[str, Any]:
+    def _state(self, session: Session, compiler: L4Compiler) -> dict[str, Any]:
+        """The sections every node shares; "policy" maps each destination SPIFFE ID to the
+        verdicts for its traffic (see `node_state`)."""
         entries = session.exec(select(RegistrationEntry)).all()
         now = self._clock.now()
         revoked_ids: set[str] = {
@@ -291,13 +321,11 @@ class Verdicts:
         }
         spiffe_ids = {e.spiffe_id for e in entries}
         numbers = self._identities(session, spiffe_ids | revoked_ids)
-        local_ids = {e.spiffe_id for e in local}
         verdicts = compiler.verdicts(spiffe_ids)
-        policy = {
-            f"{numbers[dst]}/{numbers[src]}/{port}/{PROTOCOLS[proto]}": int(allowed)
-            for (dst, src, port, proto), allowed in verdicts.items()
-            if dst in local_ids
-        }
+        policy: dict[str, dict[str, int]] = {}
+        for (dst, src, port, proto), allowed in verdicts.items():
+            key = f"{numbers[dst]}/{numbers[src]}/{port}/{PROTOCOLS[proto]}"
+            policy.setdefault(dst, {})[key] = int(allowed)
         ipcache = self._ipcache(session, entries, numbers)
         identities = {s: numbers[s] for s in sorted(spiffe_ids)}
         if AMBIGUOUS_IDENTITY in ipcache.values():
@@ -386,6 +414,46 @@ class Verdicts:
             NotReady: no policy revision is active. PolicyEvaluationError: the engine failed.
         """
         policy_revision, compiler, l7 = self._l4()
+        sources = (policy_revision, sync_revision, revocation_revision)
+        attempt = 1
+        while True:
+            try:
+                shared = self._shared_state(sources, compiler)
+                state = node_state(shared, (e.spiffe_id for e in local), policy_revision)
+                return self._update(node_id, state, sources, since, l7)
+            except IntegrityError:
+                # A replica sharing the database compiled at the same moment and committed
+                # first: numbers for the same new SPIFFE IDs, or this node's next revision.
+                # Compiling again reads what it committed.
+                if attempt == COMPILE_ATTEMPTS:
+                    raise
+                attempt += 1
+
+    def _shared_state(self, sources: tuple[int, int, int], compiler: L4Compiler) -> SharedState:
+        """The shared state at `sources`, compiled (and new identities numbered, committed)
+        by the first caller after a change; the others wait for it.
+
+        Raises:
+            IntegrityError: another replica numbered the same new SPIFFE IDs first.
+            PolicyEvaluationError: the engine failed.
+        """
+        with self._shared_lock:
+            shared = self._shared
+            if shared is None or shared.sources != sources:
+                with transaction(self._engine) as session:
+                    sections = self._state(session, compiler)
+                shared = self._shared = SharedState(sources, sections)
+            return shared
+
+    def _update(
+        self,
+        node_id: str,
+        state: dict[str, Any],
+        sources: tuple[int, int, int],
+        since: int,
+        l7: dict[str, Any],
+    ) -> VerdictUpdate | None:
+        policy_revision = sources[0]
         with transaction(self._engine) as session:
             latest = session.exec(
                 select(NodeVerdictSet)
@@ -393,22 +461,21 @@ class Verdicts:
                 .order_by(col(NodeVerdictSet.revision).desc())
                 .limit(1)
             ).first()
-            sources = (policy_revision, sync_revision, revocation_revision)
             fresh = latest is not None and sources == (
                 latest.policy_revision,
                 latest.sync_revision,
                 latest.revocation_revision,
             )
+            previous = latest
             if not fresh:
-                state = {**self._state(session, local, compiler), "l7_revision": policy_revision}
                 digest = _digest(state)
                 if latest is None or latest.digest != digest:
                     latest = NodeVerdictSet(
                         node_id=node_id,
                         revision=(latest.revision if latest else 0) + 1,
                         policy_revision=policy_revision,
-                        sync_revision=sync_revision,
-                        revocation_revision=revocation_revision,
+                        sync_revision=sources[1],
+                        revocation_revision=sources[2],
                         digest=digest,
                         state=state,
                         created_at=self._clock.now(),
@@ -430,8 +497,8 @@ class Verdicts:
             assert latest is not None
             if latest.revision <= since:
                 return None
-            base = None
-            if since > 0:
+            base = previous if previous is not None and previous.revision == since else None
+            if base is None and since > 0:
                 base = session.exec(
                     select(NodeVerdictSet)
                     .where(NodeVerdictSet.node_id == node_id)

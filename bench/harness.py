@@ -1,0 +1,116 @@
+"""What the benchmarks share: free ports, a real `trustd serve` subprocess, its bootstrap
+admin token, a scratch PostgreSQL database per run, trustd's services in-process, and
+percentiles."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+from trustd.bootstrap import initialise, migrate
+from trustd.services.container import Services, build_services
+from trustd.settings import load_settings
+
+TRUSTD = Path(sys.executable).parent / "trustd"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+@contextlib.contextmanager
+def scratch_database(prefix: str = "trustd_bench") -> Iterator[str]:
+    """A fresh PostgreSQL database for one run (its SQLAlchemy URL), dropped afterwards even
+    while servers still hold connections to it."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def in_process(database_url: str, data_dir: Path, **settings: Any) -> Services:
+    """trustd's services in this process (no TLS): database migrated, CA created and loaded."""
+    migrate(database_url)
+    services = build_services(
+        load_settings(data_dir=data_dir, database_url=database_url, tls=False, **settings)
+    )
+    initialise(services)
+    services.ca.load()
+    return services
+
+
+def start_server(
+    data_dir: Path,
+    port: int,
+    workers: int,
+    db_url: str | None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[str]:
+    """`trustd serve` over TLS on `port`, once every worker answers /readyz; `env` adds
+    settings (TRUSTD_*). The banner (and the bootstrap token) is on the process's stdout."""
+    environ = {
+        **os.environ,
+        "TRUSTD_DATA_DIR": str(data_dir),
+        "TRUSTD_LISTEN": f"127.0.0.1:{port}",
+        **(env or {}),
+    }
+    if db_url:
+        environ["TRUSTD_DATABASE_URL"] = db_url
+    proc = subprocess.Popen(
+        [str(TRUSTD), "serve", "--workers", str(workers), "--log-level", "warning"],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    bundle = data_dir / "bundle.pem"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if bundle.exists():
+            try:
+                tls = ssl.create_default_context(cafile=str(bundle))
+                ok = 0
+                for _ in range(workers * 4):
+                    r = httpx.get(f"https://127.0.0.1:{port}/readyz", verify=tls, timeout=2)
+                    ok += r.status_code == 200
+                if ok == workers * 4:
+                    return proc
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("trustd did not become ready")
+
+
+def read_token(proc: subprocess.Popen[str]) -> str:
+    """The bootstrap admin token from the banner of the server that created the database."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.strip().startswith("trustd."):
+            return line.strip()
+    raise RuntimeError("no bootstrap token printed")
