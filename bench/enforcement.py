@@ -69,7 +69,7 @@ def connect_rate(seconds: float) -> float:
     count, deadline = 0, time.monotonic() + seconds
     started = time.monotonic()
     while time.monotonic() < deadline:
-        sock = socket.create_connection((SERVER_ADDR, CONNECT_PORT), timeout=1)
+        sock = socket.create_connection((SERVER_ADDR, CONNECT_PORT), timeout=10)
         # RST on close: no TIME_WAIT pile-up exhausting the ephemeral ports.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         sock.close()
@@ -100,9 +100,11 @@ def _in_client(tag: str, what: str, seconds: float) -> float:
         [*_netns_on_cpu(tag, "c", 1), sys.executable, __file__, f"--{what}", str(seconds)],
         capture_output=True,
         text=True,
-        check=True,
-    ).stdout
-    return float(out.strip())
+        check=False,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"the {what} client failed: {out.stderr.strip()}")
+    return float(out.stdout.strip())
 
 
 def _table() -> object:
