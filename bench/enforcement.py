@@ -8,6 +8,10 @@ own `BpfEnforcer` with a verdict table that allows client -> server. Every SYN i
 alternate detached/attached so drift on a shared machine hits both; medians are compared.
 The program's counters are read at the end to show it saw the traffic.
 
+The kernel also runs the program alone on the same kinds of packets (BPF_PROG_TEST_RUN,
+a million times each): its time per packet against the time per connection and per
+segment measured above is the cost without the noise of a shared machine.
+
 Usage (root): python bench/enforcement.py [--seconds 3] [--rounds 5]
 Target: the program costs < 5% of connect rate and of throughput.
 """
@@ -27,10 +31,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from tests.packets import ACK, TCP, ipv4  # noqa: E402
 
 CLIENT_ADDR, SERVER_ADDR = "10.214.0.1", "10.214.0.2"
 CONNECT_PORT, BULK_PORT = 7001, 7002
 CHUNK = 1 << 20
+REPEAT = 1_000_000
 
 
 def _ip(*args: str) -> None:
@@ -172,11 +178,23 @@ def main() -> None:
             table = _table()
             assert isinstance(table, VerdictTable)
             interface = Interface(f"{tag}-s", "eth0")
+            enforcer = BpfEnforcer(obj, [], Mode.ENFORCE, pin_dir)
+            enforcer.start()
+            enforcer.apply(table)
+            per_packet = {
+                name: libbpf.run_on_packet(enforcer.program_fd, packet, REPEAT)[1]
+                for name, packet in (
+                    ("SYN (judged)", ipv4(CLIENT_ADDR, SERVER_ADDR, TCP, CONNECT_PORT)),
+                    ("segment", ipv4(CLIENT_ADDR, SERVER_ADDR, TCP, BULK_PORT, ACK)),
+                )
+            }
+            enforcer.stop(detach=True)
             rows: dict[str, dict[str, list[float]]] = {
                 "detached": {"connect": [], "bulk": []},
                 "attached": {"connect": [], "bulk": []},
             }
             totals = dict.fromkeys(COUNTERS, 0)
+            bulk_segments, bulk_seconds = 0, 0.0
             print(
                 f"eBPF tc ingress on the server's veth; {args.rounds} rounds of "
                 f"{args.seconds:g} s per figure, client on CPU 1, server on CPU 0"
@@ -192,7 +210,11 @@ def main() -> None:
                         enforcer.apply(table)
                     try:
                         rate = _in_client(tag, "connect", args.seconds)
+                        before = enforcer.counters()["established"] if enforcer else 0
                         gbits = _in_client(tag, "bulk", args.seconds)
+                        if enforcer is not None:
+                            bulk_segments += enforcer.counters()["established"] - before
+                            bulk_seconds += args.seconds
                     finally:
                         if enforcer is not None:
                             for name, value in enforcer.counters().items():
@@ -213,6 +235,23 @@ def main() -> None:
             )
         seen = ", ".join(f"{k}={v}" for k, v in totals.items() if v)
         print(f"the program saw (attached rounds): {seen}")
+        connection_ns = 1e9 / statistics.median(rows["detached"]["connect"])
+        # A connection brings the server side a SYN and two more segments (ACK, RST).
+        syn, segment = per_packet["SYN (judged)"], per_packet["segment"]
+        share = (syn + 2 * segment) / connection_ns * 100
+        print(
+            f"program run time in the kernel ({REPEAT:,} runs each): SYN {syn} ns, "
+            f"segment {segment} ns; per connection {syn + 2 * segment} ns of "
+            f"{connection_ns / 1000:.1f} us = {share:.2f}% [target < 5%: "
+            f"{'met' if share < 5 else 'not met'}]"
+        )
+        # Bulk: the program's time for the segments one second of transfer brings.
+        bulk_share = segment * bulk_segments / bulk_seconds / 1e9 * 100
+        print(
+            f"bulk: {bulk_segments / bulk_seconds:,.0f} segments/s through the program x "
+            f"{segment} ns = {bulk_share:.2f}% of a second [target < 5%: "
+            f"{'met' if bulk_share < 5 else 'not met'}]"
+        )
     finally:
         if server is not None:
             server.kill()

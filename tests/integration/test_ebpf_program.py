@@ -5,10 +5,8 @@ switch, the staleness deadline, and a full map leaving the last good state in fo
 from __future__ import annotations
 
 import ctypes
-import ipaddress
 import os
 import shutil
-import struct
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,6 +16,7 @@ from typing import Any
 import pytest
 
 from pki.clock import SystemClock
+from tests.packets import ACK, TCP, UDP, frame, ipv4
 from trustd.agent.config import AgentConfig
 from trustd.agent.enforcement import libbpf
 from trustd.agent.enforcement.ebpf import BpfEnforcer, Config, Mode
@@ -33,74 +32,14 @@ pytestmark = [
 TC_ACT_OK, TC_ACT_SHOT = 0, 2
 WEB, API, BAD = "spiffe://example.org/web", "spiffe://example.org/api", "spiffe://example.org/bad"
 WEB_IP, API_IP, BAD_IP, OTHER_IP = "10.9.0.1", "10.9.0.2", "10.9.0.3", "192.0.2.7"
-TCP, UDP = 6, 17
-SYN, ACK = 0x02, 0x10
-
-
-class ProgTestRunOpts(ctypes.Structure):
-    """libbpf's `struct bpf_test_run_opts`."""
-
-    _fields_ = [
-        ("sz", ctypes.c_size_t),
-        ("data_in", ctypes.c_void_p),
-        ("data_out", ctypes.c_void_p),
-        ("data_size_in", ctypes.c_uint32),
-        ("data_size_out", ctypes.c_uint32),
-        ("ctx_in", ctypes.c_void_p),
-        ("ctx_out", ctypes.c_void_p),
-        ("ctx_size_in", ctypes.c_uint32),
-        ("ctx_size_out", ctypes.c_uint32),
-        ("retval", ctypes.c_uint32),
-        ("repeat", ctypes.c_int),
-        ("duration", ctypes.c_uint32),
-        ("flags", ctypes.c_uint32),
-        ("cpu", ctypes.c_uint32),
-        ("batch_size", ctypes.c_uint32),
-    ]
-
-
-def ipv4(src: str, dst: str, proto: int, dport: int, flags: int = SYN) -> bytes:
-    eth = b"\x02" * 6 + b"\x04" * 6 + struct.pack("!H", 0x0800)
-    if proto == TCP:
-        l4 = struct.pack("!HHIIBBHHH", 40000, dport, 1, 0, 5 << 4, flags, 65535, 0, 0)
-    else:
-        l4 = struct.pack("!HHHH", 40000, dport, 8, 0)
-    header = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x45,
-        0,
-        20 + len(l4),
-        0,
-        0,
-        64,
-        proto,
-        0,
-        ipaddress.IPv4Address(src).packed,
-        ipaddress.IPv4Address(dst).packed,
-    )
-    return eth + header + l4
-
-
-def frame(ethertype: int) -> bytes:
-    return b"\x02" * 6 + b"\x04" * 6 + struct.pack("!H", ethertype) + b"\x00" * 46
 
 
 class Program:
     def __init__(self, enforcer: BpfEnforcer) -> None:
         self.enforcer = enforcer
-        run = libbpf.lib().bpf_prog_test_run_opts
-        run.argtypes, run.restype = [ctypes.c_int, ctypes.c_void_p], ctypes.c_int
-        self._run = run
 
     def verdict(self, packet: bytes) -> int:
-        assert self.enforcer._obj is not None
-        data = ctypes.create_string_buffer(packet, len(packet))
-        opts = ProgTestRunOpts(sz=ctypes.sizeof(ProgTestRunOpts), repeat=1)
-        opts.data_in = ctypes.cast(data, ctypes.c_void_p)
-        opts.data_size_in = len(packet)
-        result = self._run(self.enforcer._obj.prog_fd, ctypes.byref(opts))
-        assert result == 0, os.strerror(ctypes.get_errno())
-        return int(opts.retval)
+        return libbpf.run_on_packet(self.enforcer.program_fd, packet)[0]
 
     def apply(self, revision: int, policy: dict[str, int], revoked: tuple[int, ...] = ()) -> None:
         self.enforcer.apply(table(revision, policy, revoked))

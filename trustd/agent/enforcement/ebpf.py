@@ -151,6 +151,13 @@ class BpfEnforcer:
             raise EnforcementError("the eBPF program is not loaded")
         return self._obj.fds
 
+    @property
+    def program_fd(self) -> int:
+        """The loaded program (to run it on a packet: `libbpf.run_on_packet`)."""
+        if self._obj is None:
+            raise EnforcementError("the eBPF program is not loaded")
+        return self._obj.prog_fd
+
     def _config(self) -> Config:
         config = Config()
         libbpf.lookup(self._fds["trustd_config"], ctypes.c_uint32(0), config)

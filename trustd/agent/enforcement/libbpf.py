@@ -37,6 +37,28 @@ class TcHook(ctypes.Structure):
     ]
 
 
+class ProgTestRunOpts(ctypes.Structure):
+    """`struct bpf_test_run_opts`."""
+
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("data_in", ctypes.c_void_p),
+        ("data_out", ctypes.c_void_p),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_void_p),
+        ("ctx_out", ctypes.c_void_p),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("repeat", ctypes.c_int),
+        ("duration", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
 class TcOpts(ctypes.Structure):
     _fields_ = [
         ("sz", ctypes.c_size_t),
@@ -74,6 +96,7 @@ def _load() -> ctypes.CDLL:
         ("bpf_tc_hook_destroy", [vp], i),
         ("bpf_tc_attach", [vp, vp], i),
         ("bpf_tc_detach", [vp, vp], i),
+        ("bpf_prog_test_run_opts", [i, vp], i),
     ):
         f = getattr(lib, fn)
         f.argtypes, f.restype = args, res
@@ -214,7 +237,7 @@ class BpfObject:
             for name in maps
         }
         prog = self._lib.bpf_object__find_program_by_name(obj, program.encode())
-        self.prog_fd = self._lib.bpf_program__fd(prog)
+        self.prog_fd: int = self._lib.bpf_program__fd(prog)
 
     def close(self) -> None:
         if self._obj:
@@ -260,6 +283,21 @@ class BpfObject:
             self._lib.bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts))
 
         in_netns(netns, run)
+
+
+def run_on_packet(prog_fd: int, packet: bytes, repeat: int = 1) -> tuple[int, int]:
+    """Run the program on `packet` in the kernel (BPF_PROG_TEST_RUN), `repeat` times: its
+    return code and the mean run time in ns. Used to verify and to measure the datapath.
+
+    Raises:
+        EnforcementError: the kernel refused.
+    """
+    data = ctypes.create_string_buffer(packet, len(packet))
+    opts = ProgTestRunOpts(sz=ctypes.sizeof(ProgTestRunOpts), repeat=repeat)
+    opts.data_in = ctypes.cast(data, ctypes.c_void_p)
+    opts.data_size_in = len(packet)
+    _check(lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "test run")
+    return int(opts.retval), int(opts.duration)
 
 
 def update(fd: int, key: ctypes._CData, value: ctypes._CData) -> None:
