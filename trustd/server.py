@@ -19,6 +19,7 @@ from pathlib import Path
 
 import structlog
 import uvicorn
+import uvloop
 from cryptography.hazmat.primitives import serialization
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -131,6 +132,8 @@ async def _serve_forever(
     app = create_app(settings, services)
     main_config = uvicorn.Config(
         app,
+        # httptools (llhttp) parses requests in C; h11 is pure Python.
+        http="httptools",
         log_config=None,
         access_log=False,
         server_header=False,
@@ -152,6 +155,13 @@ async def _serve_forever(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
+    main_config.load()
+    log.info(
+        "worker_started",
+        pid=os.getpid(),
+        loop=f"{type(loop).__module__}.{type(loop).__qualname__}",
+        http=main_config.http_protocol_class.__name__,
+    )
     renewal = asyncio.create_task(_renew_serving(services, main, tls, renew_in)) if tls else None
     try:
         await asyncio.gather(main.serve([tcp]), admin.serve([uds]))
@@ -189,7 +199,9 @@ def _worker(settings: Settings, tcp: socket.socket, uds: socket.socket, level: s
         services.ca.load()
         tls, renew_in = issue_serving_files(services, settings.tls_dir)
     try:
-        asyncio.run(_serve_forever(services, tcp, uds, tls, renew_in))
+        # uvloop's event loop and TLS transport are native code; asyncio's are Python, and
+        # they run for every request.
+        uvloop.run(_serve_forever(services, tcp, uds, tls, renew_in))
     finally:
         if tls:
             for path in tls.certfile.parent.glob(f"server-{os.getpid()}*.pem"):
