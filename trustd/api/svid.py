@@ -14,8 +14,9 @@ from trustd.api.schemas import JwtSvidRequest, JwtSvidResponse, X509SvidRequest,
 router = APIRouter(prefix="/v1/svid", tags=["svid"])
 
 # Issuance handlers are coroutines that sign and commit on the event loop: the work is short
-# and CPU-bound, and handing it to a thread pool only adds GIL contention. Throughput scales
-# with worker processes (`trustd serve --workers N`).
+# and CPU-bound, and handing it to a thread pool only adds GIL contention. The requests ready
+# at the same time share one commit (`trustd.store.group_commit`). Throughput scales with
+# worker processes (`trustd serve --workers N`).
 
 
 def _ttl(seconds: int | None) -> timedelta | None:
@@ -29,7 +30,7 @@ async def issue_x509_svid(
     """Sign a CSR as an X509-SVID for `spiffe_id`. The CSR only proves key possession: its
     subject and names are ignored.
     """
-    issued = services.issuer.issue_x509_svid(
+    issued = await services.issuer.issue_x509_svid(
         principal, body.spiffe_id, body.csr.encode(), _ttl(body.ttl), body.dns_names
     )
     cert = issued.certificate
