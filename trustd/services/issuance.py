@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from functools import cached_property, lru_cache
 
 from cryptography import x509
 from sqlalchemy import Engine, insert
@@ -58,6 +59,19 @@ class IssuedX509:
     intermediates: tuple[x509.Certificate, ...]
     spiffe_id: SpiffeId
     issuer_kid: str
+
+    @cached_property
+    def pem(self) -> str:
+        """The certificate as PEM: stored with the record and handed out."""
+        return certificate_pem(self.certificate)
+
+
+@lru_cache(maxsize=16)
+def ca_pems(certificates: tuple[x509.Certificate, ...]) -> tuple[str, ...]:
+    """PEM of CA certificates (chains, bundles): they change only when the CA rotates, so
+    they are not encoded again for every SVID handed out.
+    """
+    return tuple(certificate_pem(c) for c in certificates)
 
 
 class Issuer:
@@ -175,7 +189,7 @@ class Issuer:
                     "status": CertificateStatus.VALID,
                     "not_before": certificate.not_valid_before_utc,
                     "not_after": certificate.not_valid_after_utc,
-                    "certificate_pem": certificate_pem(certificate),
+                    "certificate_pem": issued.pem,
                     "requested_by": actor,
                     "created_at": self._clock.now(),
                 },
