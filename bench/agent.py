@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import issuance  # noqa: E402
 import workload_api  # noqa: E402
-from harness import free_port, start_server  # noqa: E402
+from harness import cpu_seconds, free_port, start_server  # noqa: E402
 
 TRUSTD = str(Path(sys.executable).parent / "trustd")
 
@@ -79,11 +79,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def log_events(path: Path) -> list[dict[str, Any]]:

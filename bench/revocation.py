@@ -109,10 +109,12 @@ def bench_crl(services: Services) -> None:
 
 
 def bench_ocsp(services: Services, seconds: float) -> None:
-    issued = services.issuer.issue_x509_svid(
-        ADMIN,
-        "spiffe://example.org/ocsp",
-        create_csr(generate_private_key(KeyType.EC_P256)).encode(),
+    issued = asyncio.run(
+        services.issuer.issue_x509_svid(
+            ADMIN,
+            "spiffe://example.org/ocsp",
+            create_csr(generate_private_key(KeyType.EC_P256)).encode(),
+        )
     )
     issuer = issued.intermediates[0]
     # RFC 5019 §2.1.1: the SHA-1 CertID that clients send.
@@ -173,8 +175,8 @@ async def bench_agents(services: Services, agents: int, revocations: int) -> Non
     csr = create_csr(generate_private_key(KeyType.EC_P256)).encode()
     serials = [
         format(
-            services.issuer.issue_x509_svid(
-                ADMIN, f"spiffe://example.org/a/{n}", csr
+            (
+                await services.issuer.issue_x509_svid(ADMIN, f"spiffe://example.org/a/{n}", csr)
             ).certificate.serial_number,
             "x",
         )

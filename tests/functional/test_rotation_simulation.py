@@ -5,6 +5,7 @@ last credential they signed has expired.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -76,7 +77,9 @@ def test_ten_ca_lifetimes_without_a_gap(tmp_path: Path, database_url: str) -> No
     for step in range(steps):
         clock.advance(STEP)
         services.rotation.tick()
-        issued = services.issuer.issue_x509_svid(ADMIN, f"spiffe://{TD.name}/w/{step}", csr)
+        issued = asyncio.run(
+            services.issuer.issue_x509_svid(ADMIN, f"spiffe://{TD.name}/w/{step}", csr)
+        )
         x509_svids.append(X509Issued(issued.certificate, issued.intermediates))
         jwt_svids.append(
             services.issuer.mint_jwt_svid(ADMIN, f"spiffe://{TD.name}/w/{step}", ["api"]).token

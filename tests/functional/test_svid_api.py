@@ -18,6 +18,7 @@ from pki.clock import SystemClock
 from pki.jwt_svid import validate_jwt_svid
 from pki.spiffe_id import SpiffeId, TrustDomain
 from tests.functional.conftest import Server
+from trustd.api.schemas import X509SvidResponse
 from trustd.store.models import AuditEvent, IssuedCertificate
 
 TD = TrustDomain.parse("example.org")
@@ -84,6 +85,36 @@ def test_x509_svid_is_issued_for_the_requested_id_and_recorded(server: Server) -
         ).one()
         assert audit.target == "spiffe://example.org/web"
         assert audit.details["serial"] == body["serial"]
+
+
+def test_x509_response_is_the_documented_schema_and_follows_the_bundle(server: Server) -> None:
+    def issue() -> dict[str, Any]:
+        response = server.client.post(
+            "/v1/svid/x509",
+            json={"spiffe_id": "spiffe://example.org/web", "csr": _csr()},
+            headers=server.auth,
+        )
+        assert response.status_code == 201, response.text
+        assert response.headers["content-type"] == "application/json"
+        # The document is serialised without FastAPI's response_model pass; it must still be
+        # exactly what the OpenAPI schema promises (RFC 3339 UTC times, no extra fields).
+        document = X509SvidResponse.model_validate_json(response.content)
+        body: dict[str, Any] = response.json()
+        assert body == document.model_dump(mode="json")
+        assert body["not_before"].endswith("Z") and body["not_after"].endswith("Z")
+        return body
+
+    before = issue()
+    assert len(load_pem_certificates(before["bundle"].encode())) == 1
+    # A prepared root is published in the bundle at once: the next response carries it.
+    prepared = server.client.post(
+        "/v1/admin/ca/prepare", json={"kind": "x509-root"}, headers=server.auth
+    )
+    assert prepared.status_code == 200, prepared.text
+    after = issue()
+    assert after["bundle"] == server.services.ca.state.bundle.to_pem()
+    assert len(load_pem_certificates(after["bundle"].encode())) == 2
+    assert after["intermediates"] == before["intermediates"]
 
 
 def test_dns_names_come_from_the_request(server: Server) -> None:

@@ -24,6 +24,21 @@ def test_banner_says_where_everything_is(running: Running) -> None:
     assert (running.data_dir / "kek").stat().st_mode & 0o777 == 0o600
 
 
+def test_workers_serve_on_uvloop_and_httptools_with_a_tuned_gc(
+    running: Running, tmp_path: Path
+) -> None:
+    lines = (tmp_path / "server.log").read_text().splitlines()
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    started = [e for e in events if e.get("event") == "worker_started"]
+    assert [(e["pid"], e["loop"], e["http"]) for e in started] == [
+        (running.process.pid, "uvloop.Loop", "HttpToolsProtocol")
+    ]
+    # What startup built is kept out of the collector's generations, and young collections
+    # wait for more than the requests in flight hold.
+    assert started[0]["gc_frozen"] > 10_000
+    assert started[0]["gc_threshold"] > 700
+
+
 def test_tls_verifies_by_ip_and_name_against_the_bundle(running: Running) -> None:
     port = running.url.rsplit(":", 1)[1]
     for host in ("127.0.0.1", "localhost"):

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
-from pki.ca import certificate_pem, serial_hex
+from pki.ca import serial_hex
 from pki.jwt_svid import JwtSvid
 from trustd.api.deps import AdminDep, ServicesDep
 from trustd.api.schemas import JwtSvidRequest, JwtSvidResponse, X509SvidRequest, X509SvidResponse
+from trustd.services.issuance import ca_pems
 
 router = APIRouter(prefix="/v1/svid", tags=["svid"])
 
 # Issuance handlers are coroutines that sign and commit on the event loop: the work is short
-# and CPU-bound, and handing it to a thread pool only adds GIL contention. Throughput scales
-# with worker processes (`trustd serve --workers N`).
+# and CPU-bound, and handing it to a thread pool only adds GIL contention. The requests ready
+# at the same time share one commit (`trustd.store.group_commit`). Throughput scales with
+# worker processes (`trustd serve --workers N`).
 
 
 def _ttl(seconds: int | None) -> timedelta | None:
@@ -25,23 +27,26 @@ def _ttl(seconds: int | None) -> timedelta | None:
 @router.post("/x509", response_model=X509SvidResponse, status_code=201)
 async def issue_x509_svid(
     body: X509SvidRequest, principal: AdminDep, services: ServicesDep
-) -> X509SvidResponse:
+) -> Response:
     """Sign a CSR as an X509-SVID for `spiffe_id`. The CSR only proves key possession: its
     subject and names are ignored.
     """
-    issued = services.issuer.issue_x509_svid(
+    issued = await services.issuer.issue_x509_svid(
         principal, body.spiffe_id, body.csr.encode(), _ttl(body.ttl), body.dns_names
     )
     cert = issued.certificate
-    return X509SvidResponse(
+    # Built from trusted values, so neither validated again nor put through FastAPI's
+    # response_model pass (which re-validates it): serialised by its own schema in one step.
+    document = X509SvidResponse.model_construct(
         spiffe_id=str(issued.spiffe_id),
         serial=serial_hex(cert),
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
-        certificate=certificate_pem(cert),
-        intermediates=[certificate_pem(c) for c in issued.intermediates],
-        bundle=services.ca.state.bundle.to_pem(),
+        certificate=issued.pem,
+        intermediates=list(ca_pems(issued.intermediates)),
+        bundle="".join(ca_pems(services.ca.state.bundle.x509_authorities)),
     )
+    return Response(document.model_dump_json(), status_code=201, media_type="application/json")
 
 
 @router.post("/jwt", response_model=JwtSvidResponse, status_code=201)

@@ -9,6 +9,7 @@ from sqlalchemy import insert
 from sqlmodel import Session
 
 from pki.clock import Clock
+from trustd.store.group_commit import Insertion
 from trustd.store.models import AuditEvent, AuditOutcome
 
 _INSERT = insert(AuditEvent.metadata.tables["audit_events"])
@@ -33,9 +34,25 @@ class AuditLog:
 
         `action` is a `subject:object:action` tag such as `svid:x509:issued`.
         """
+        session.connection().execute(
+            *self.row(actor, action, target=target, outcome=outcome, details=details)
+        )
+
+    def row(
+        self,
+        actor: str,
+        action: str,
+        *,
+        target: str | None = None,
+        outcome: AuditOutcome = AuditOutcome.SUCCESS,
+        details: dict[str, Any] | None = None,
+    ) -> Insertion:
+        """The audit row as an insert to run in the action's transaction (see `record`).
+        The request id is read now, while the request's context is current.
+        """
         # A Core insert: audit rows are written on every issuance, and the ORM's unit of work
         # costs more than the insert itself.
-        session.connection().execute(
+        return (
             _INSERT,
             {
                 "at": self._clock.now(),

@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from functools import cached_property, lru_cache
 
 from cryptography import x509
 from sqlalchemy import Engine, insert
@@ -35,6 +36,7 @@ from trustd.services.auth import Principal
 from trustd.services.ca import SYSTEM_ACTOR, CertificateAuthority, crl_url
 from trustd.settings import Settings
 from trustd.store.db import transaction
+from trustd.store.group_commit import GroupCommit, Insertion
 from trustd.store.models import CertificateKind, CertificateStatus, IssuedCertificate
 
 SERVER_PATH = "/trustd/server"
@@ -58,6 +60,19 @@ class IssuedX509:
     spiffe_id: SpiffeId
     issuer_kid: str
 
+    @cached_property
+    def pem(self) -> str:
+        """The certificate as PEM: stored with the record and handed out."""
+        return certificate_pem(self.certificate)
+
+
+@lru_cache(maxsize=16)
+def ca_pems(certificates: tuple[x509.Certificate, ...]) -> tuple[str, ...]:
+    """PEM of CA certificates (chains, bundles): they change only when the CA rotates, so
+    they are not encoded again for every SVID handed out.
+    """
+    return tuple(certificate_pem(c) for c in certificates)
+
 
 class Issuer:
     """Signs credentials with the loaded CA and records them."""
@@ -75,6 +90,7 @@ class Issuer:
         self._ca = ca
         self._clock = clock
         self._audit = audit
+        self._group = GroupCommit(engine)
 
     def _ttl(
         self, requested: timedelta | None, default: timedelta, ceiling: timedelta
@@ -94,7 +110,7 @@ class Issuer:
         spiffe_id.require_member_of(self._settings.trust_domain_obj)
         return spiffe_id
 
-    def issue_x509_svid(
+    async def issue_x509_svid(
         self,
         principal: Principal,
         spiffe_id: str,
@@ -103,7 +119,8 @@ class Issuer:
         dns_names: Sequence[str] = (),
     ) -> IssuedX509:
         """Sign the CSR's key as `spiffe_id`; identity, lifetime and DNS names come from the
-        authorised request, never from the CSR (X509-SVID §4).
+        authorised request, never from the CSR (X509-SVID §4). Returns once the certificate
+        is committed, in a transaction it may share with concurrent issuances (group commit).
 
         Raises:
             InvalidCsr, WeakKey, InvalidSpiffeId, InvalidRequest: bad input, nothing issued.
@@ -123,10 +140,12 @@ class Issuer:
                 ttl=lifetime,
                 dns_names=tuple(dns_names),
             )
-            issued = self._sign_and_record(principal.name, params, kind)
+            issued = self.sign(params)
+            await self._group.insert(self.rows(principal.name, issued, kind))
         except Exception:
             metrics.ISSUANCE_FAILURES.labels(kind).inc()
             raise
+        metrics.SVIDS_ISSUED.labels(kind).inc()
         metrics.ISSUANCE_SECONDS.labels(kind).observe(time.perf_counter() - started)
         return issued
 
@@ -150,31 +169,41 @@ class Issuer:
         self, session: Session, actor: str, issued: IssuedX509, kind: CertificateKind
     ) -> None:
         """Add the certificate row and its audit event to `session`."""
+        connection = session.connection()
+        for statement, values in self.rows(actor, issued, kind):
+            connection.execute(statement, values)
+        metrics.SVIDS_ISSUED.labels(kind).inc()
+
+    def rows(self, actor: str, issued: IssuedX509, kind: CertificateKind) -> list[Insertion]:
+        """The certificate row and its audit event, to insert in one transaction."""
         certificate = issued.certificate
         serial = serial_hex(certificate)
-        session.connection().execute(
-            _INSERT_CERTIFICATE,
-            {
-                "serial": serial,
-                "kind": kind,
-                "spiffe_id": str(issued.spiffe_id),
-                "issuer_kid": issued.issuer_kid,
-                "status": CertificateStatus.VALID,
-                "not_before": certificate.not_valid_before_utc,
-                "not_after": certificate.not_valid_after_utc,
-                "certificate_pem": certificate_pem(certificate),
-                "requested_by": actor,
-                "created_at": self._clock.now(),
-            },
-        )
-        self._audit.record(
-            session,
-            actor,
-            f"svid:{_AUDIT_OBJECT[kind]}:issued",
-            target=str(issued.spiffe_id),
-            details={"serial": serial, "not_after": certificate.not_valid_after_utc.isoformat()},
-        )
-        metrics.SVIDS_ISSUED.labels(kind).inc()
+        return [
+            (
+                _INSERT_CERTIFICATE,
+                {
+                    "serial": serial,
+                    "kind": kind,
+                    "spiffe_id": str(issued.spiffe_id),
+                    "issuer_kid": issued.issuer_kid,
+                    "status": CertificateStatus.VALID,
+                    "not_before": certificate.not_valid_before_utc,
+                    "not_after": certificate.not_valid_after_utc,
+                    "certificate_pem": issued.pem,
+                    "requested_by": actor,
+                    "created_at": self._clock.now(),
+                },
+            ),
+            self._audit.row(
+                actor,
+                f"svid:{_AUDIT_OBJECT[kind]}:issued",
+                target=str(issued.spiffe_id),
+                details={
+                    "serial": serial,
+                    "not_after": certificate.not_valid_after_utc.isoformat(),
+                },
+            ),
+        ]
 
     def _sign_and_record(
         self, actor: str, params: X509SvidParams, kind: CertificateKind
