@@ -303,17 +303,26 @@ def ebpf_ipcache(mesh: Mesh) -> dict[str, int]:
     def raw(value: Any) -> bytes:
         return bytes(int(b, 16) for b in value)
 
-    # struct config starts with the generation; struct ipcache_key is (prefixlen, gen,
-    # addr in network byte order), little-endian words on this machine.
-    gen = int.from_bytes(raw(dump("trustd_config")[0]["value"])[:4], "little")
-    found = {}
-    for item in dump("trustd_ipcache"):
-        key = raw(item["key"])
-        prefixlen, key_gen = (int.from_bytes(key[i : i + 4], "little") for i in (0, 4))
-        if key_gen == gen:
-            address = ".".join(str(b) for b in key[8:12])
-            found[f"{address}/{prefixlen - 32}"] = int.from_bytes(raw(item["value"]), "little")
-    return found
+    def config() -> tuple[int, int]:
+        # struct config: generation, mode, revision (little-endian words on this machine).
+        value = raw(dump("trustd_config")[0]["value"])
+        return int.from_bytes(value[:4], "little"), int.from_bytes(value[8:12], "little")
+
+    # The agent may switch to a new revision while the map is read (and clear the old
+    # generation): read again until the map was read within one revision.
+    while True:
+        before = config()
+        found = {}
+        for item in dump("trustd_ipcache"):
+            # struct ipcache_key: (prefixlen, gen, addr in network byte order).
+            key = raw(item["key"])
+            prefixlen, key_gen = (int.from_bytes(key[i : i + 4], "little") for i in (0, 4))
+            if key_gen == before[0]:
+                address = ".".join(str(b) for b in key[8:12])
+                value = int.from_bytes(raw(item["value"]), "little")
+                found[f"{address}/{prefixlen - 32}"] = value
+        if config() == before:
+            return found
 
 
 def test_a_workloads_reported_address_gets_its_identity(mesh: Mesh) -> None:

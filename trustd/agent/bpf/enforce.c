@@ -6,8 +6,9 @@
 //
 // Every map key carries a generation: the agent writes a whole revision into the inactive
 // generation, then flips `config.gen` with one array write. A packet reads the generation
-// once, so it sees one revision or the other, never a mix; an entry missing because the
-// agent is clearing the old generation reads as "deny", never as "allow".
+// once, so it sees one revision or the other, never a mix. The agent clears the old
+// generation only after a grace period longer than any program run, so no packet finds
+// its generation half-cleared (a missing destination would read as unmanaged).
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>

@@ -23,6 +23,7 @@ PROGRAM = "trustd_ingress"
 # Counter slots, in the order of the enum in bpf/enforce.c.
 COUNTERS = ("allowed", "denied", "dropped", "revoked", "stale", "unmanaged", "established")
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf/trustd")
+SWITCH_GRACE = 0.005
 
 
 class Mode(StrEnum):
@@ -207,6 +208,12 @@ class BpfEnforcer:
         config.gen = gen
         config.revision = table.revision
         self._write_config(config)
+        # A packet that read the old generation just before the switch may still be looking
+        # entries up in it, and a destination missing from the IP cache reads as unmanaged
+        # (passed). tc programs run to completion in softirq context within microseconds:
+        # clearing after a grace period, as an RCU grace period would, never removes an
+        # entry from under one.
+        time.sleep(SWITCH_GRACE)
         self._clear(gen ^ 1)
 
     def _clear(self, gen: int) -> None:
