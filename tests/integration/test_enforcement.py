@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import Running, join_agent_command, start_server, tls
+from trustd.agent.enforcement.ebpf import COUNTERS, Config, IpcacheKey
 
 pytestmark = [
     pytest.mark.integration,
@@ -78,18 +79,21 @@ class Mesh:
         assert response.status_code < 300, response.text
         return response.json() if response.content else None
 
-    def counters(self) -> dict[str, int]:
-        dump = subprocess.run(
-            ["bpftool", "-j", "map", "dump", "pinned", str(self.pin_dir / "trustd_counters")],
+    def dump(self, name: str) -> list[dict[str, Any]]:
+        """A pinned map's elements, as bpftool reads them."""
+        out = subprocess.run(
+            ["bpftool", "-j", "map", "dump", "pinned", str(self.pin_dir / name)],
             capture_output=True,
             text=True,
             check=True,
-        )
-        names = ("allowed", "denied", "dropped", "revoked", "stale", "unmanaged", "established")
-        out = {}
-        for item in json.loads(dump.stdout):
-            out[names[_number(item["key"])]] = sum(_number(v["value"]) for v in item["values"])
-        return out
+        ).stdout
+        return list(json.loads(out))
+
+    def counters(self) -> dict[str, int]:
+        return {
+            COUNTERS[_number(item["key"])]: sum(_number(v["value"]) for v in item["values"])
+            for item in self.dump("trustd_counters")
+        }
 
 
 def _number(value: Any) -> int:
@@ -296,38 +300,26 @@ def test_staleness_limit_denies_everything_once_trustd_is_silent(stale_mesh: Mes
 
 
 def ebpf_ipcache(mesh: Mesh) -> dict[str, int]:
-    """The eBPF IP cache's current generation, as prefix -> identity."""
-
-    def dump(name: str) -> list[dict[str, Any]]:
-        out = subprocess.run(
-            ["bpftool", "-j", "map", "dump", "pinned", str(mesh.pin_dir / name)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        return list(json.loads(out))
+    """The eBPF IP cache's current generation, as prefix -> identity (read through the
+    agent's own struct layouts)."""
 
     def raw(value: Any) -> bytes:
         return bytes(int(b, 16) for b in value)
 
     def config() -> tuple[int, int]:
-        # struct config: generation, mode, revision (little-endian words on this machine).
-        value = raw(dump("trustd_config")[0]["value"])
-        return int.from_bytes(value[:4], "little"), int.from_bytes(value[8:12], "little")
+        found = Config.from_buffer_copy(raw(mesh.dump("trustd_config")[0]["value"]))
+        return found.gen, found.revision
 
     # The agent may switch to a new revision while the map is read (and clear the old
     # generation): read again until the map was read within one revision.
     while True:
         before = config()
         found = {}
-        for item in dump("trustd_ipcache"):
-            # struct ipcache_key: (prefixlen, gen, addr in network byte order).
-            key = raw(item["key"])
-            prefixlen, key_gen = (int.from_bytes(key[i : i + 4], "little") for i in (0, 4))
-            if key_gen == before[0]:
-                address = ".".join(str(b) for b in key[8:12])
-                value = int.from_bytes(raw(item["value"]), "little")
-                found[f"{address}/{prefixlen - 32}"] = value
+        for item in mesh.dump("trustd_ipcache"):
+            key = IpcacheKey.from_buffer_copy(raw(item["key"]))
+            if key.gen == before[0]:
+                address = ".".join(str(b) for b in key.addr)
+                found[f"{address}/{key.prefixlen - 32}"] = _number(item["value"])
         if config() == before:
             return found
 
