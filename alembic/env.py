@@ -10,11 +10,11 @@ from alembic import context
 from sqlalchemy import Connection
 
 from trustd.settings import load_settings
-from trustd.store import models
+from trustd.store import schema
 from trustd.store.db import create_db_engine
 
 config = context.config
-target_metadata = models.SQLModel.metadata
+target_metadata = schema.metadata
 
 
 def _url() -> str:

@@ -42,7 +42,7 @@ from trustd.bus import RedisBus
 from trustd.services.auth import Principal, Role
 from trustd.services.container import Services
 from trustd.store.db import transaction
-from trustd.store.rotation_models import CrlState, RevocationEvent, RevocationState
+from trustd.store.revocations import CrlState, RevocationEvent, RevocationState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import REDIS_URL, in_process, percentile, scratch_database

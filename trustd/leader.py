@@ -30,7 +30,7 @@ from pki.clock import Clock
 from pki.errors import TrustdError
 from trustd.settings import Settings
 from trustd.store.db import deployment_scope, transaction
-from trustd.store.rotation_models import LeaderFence
+from trustd.store.leader import LeaderFence
 
 log = structlog.get_logger("trustd.leader")
 

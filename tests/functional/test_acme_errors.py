@@ -16,9 +16,9 @@ from sqlmodel import func, select
 from pki.acme.jws import jwk_of
 from tests.acme_support import Signer, b64, forge
 from tests.functional.acme_client import AcmeEnv, acme_env, csr_b64, problem
-from trustd.store.acme_models import AcmeOrder
+from trustd.store.acme import AcmeOrder
+from trustd.store.certificates import IssuedCertificate
 from trustd.store.db import transaction
-from trustd.store.models import IssuedCertificate
 
 
 @pytest.fixture(params=["in-process", "redis"])

@@ -13,8 +13,9 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 from sqlmodel import select
 
 from tests.functional.acme_client import AcmeEnv, acme_env
+from trustd.store.audit import AuditEvent
+from trustd.store.certificates import IssuedCertificate
 from trustd.store.db import transaction
-from trustd.store.models import AuditEvent, IssuedCertificate
 
 
 @pytest.fixture

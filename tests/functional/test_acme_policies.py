@@ -15,7 +15,7 @@ from sqlmodel import func, select
 from pki.acme.profile import ari_cert_id
 from tests.acme_support import Signer
 from tests.functional.acme_client import AcmeEnv, acme_env, problem
-from trustd.store.acme_models import AcmeAccount, AcmeOrder
+from trustd.store.acme import AcmeAccount, AcmeOrder
 from trustd.store.db import transaction
 
 

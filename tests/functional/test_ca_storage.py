@@ -19,7 +19,8 @@ from tests.functional.conftest import make_settings
 from trustd.app import create_app
 from trustd.bootstrap import initialise, migrate
 from trustd.services.container import build_services
-from trustd.store.models import AuditEvent, BundleState, CaKey
+from trustd.store.audit import AuditEvent
+from trustd.store.ca_keys import BundleState, CaKey
 
 
 def test_ca_keys_are_encrypted_at_rest_and_need_the_kek(tmp_path: Path, database_url: str) -> None:

@@ -18,11 +18,13 @@ from pki.keys import KeyType, generate_private_key
 from pki.spiffe_id import SpiffeId
 from tests.conftest import PostgresDatabase
 from tests.functional.conftest import Server
+from trustd.domain.certificates import CertificateKind
 from trustd.errors import StoreUnavailable
 from trustd.services.issuance import IssuedX509
+from trustd.store.audit import AuditEvent
+from trustd.store.certificates import IssuedCertificate
 from trustd.store.db import transaction
 from trustd.store.group_commit import GroupCommit
-from trustd.store.models import AuditEvent, CertificateKind, IssuedCertificate
 
 KIND = CertificateKind.X509_SVID
 

@@ -17,7 +17,10 @@ from pki.keys import KeyType, generate_private_key
 from pki.spiffe_id import SpiffeId, TrustDomain
 from tests.functional.conftest import Server
 from trustd.agent.client import NodeIdentity, ServerClient
-from trustd.store.models import AuditEvent, IssuedCertificate, Node, RegistrationEntry
+from trustd.store.audit import AuditEvent
+from trustd.store.certificates import IssuedCertificate
+from trustd.store.entries import RegistrationEntry
+from trustd.store.nodes import Node
 
 TD = TrustDomain.parse("example.org")
 

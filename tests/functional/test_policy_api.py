@@ -17,8 +17,8 @@ from tests.functional.conftest import Server
 from trustd.app import create_app
 from trustd.services.container import build_services
 from trustd.services.policy import prune_decisions
+from trustd.store.audit import AuditEvent
 from trustd.store.db import transaction
-from trustd.store.models import AuditEvent
 
 ALLOW = "/v1/data/trustd/mesh/allow"
 WEB = "spiffe://example.org/ns/web/frontend"

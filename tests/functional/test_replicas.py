@@ -21,8 +21,9 @@ from trustd.app import create_app
 from trustd.bootstrap import initialise, migrate
 from trustd.services.auth import Principal, Role
 from trustd.services.container import Services, build_services
-from trustd.store.models import AuditEvent, CaKey
-from trustd.store.rotation_models import LeaderFence
+from trustd.store.audit import AuditEvent
+from trustd.store.ca_keys import CaKey
+from trustd.store.leader import LeaderFence
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 pytestmark = pytest.mark.postgres

@@ -18,8 +18,8 @@ from tests.functional.test_verdicts import API, DB, WEB, sync
 from trustd.agent.client import NodeIdentity
 from trustd.agent.enforcement.state import VerdictTable
 from trustd.services.verdicts import AMBIGUOUS, AMBIGUOUS_IDENTITY
-from trustd.store.models import AuditEvent
-from trustd.store.verdict_models import ReportedAddress
+from trustd.store.audit import AuditEvent
+from trustd.store.verdicts import ReportedAddress
 
 
 class Node:

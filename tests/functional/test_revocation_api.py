@@ -16,8 +16,9 @@ from pki.revocation import RevocationReason
 from tests.functional.conftest import Server
 from trustd.services.auth import Principal, Role
 from trustd.services.container import build_services
-from trustd.store.models import AuditEvent, CaKey
-from trustd.store.rotation_models import RevocationEvent
+from trustd.store.audit import AuditEvent
+from trustd.store.ca_keys import CaKey
+from trustd.store.revocations import RevocationEvent
 
 ID = "spiffe://example.org/web"
 

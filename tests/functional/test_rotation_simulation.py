@@ -25,7 +25,9 @@ from tests.functional.conftest import make_settings
 from trustd.bootstrap import initialise, migrate
 from trustd.services.auth import Principal, Role
 from trustd.services.container import build_services
-from trustd.store.models import AuditEvent, CaKey, IssuedCertificate
+from trustd.store.audit import AuditEvent
+from trustd.store.ca_keys import CaKey
+from trustd.store.certificates import IssuedCertificate
 
 TD = TrustDomain.parse("example.org")
 STEP = timedelta(minutes=5)

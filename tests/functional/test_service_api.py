@@ -13,7 +13,7 @@ from pki.spiffe_id import TrustDomain
 from tests.conftest import PostgresDatabase
 from tests.functional.conftest import Server
 from trustd.server import LocalAdmin
-from trustd.store.models import IssuedCertificate
+from trustd.store.certificates import IssuedCertificate
 
 
 def test_bundle_is_a_spiffe_bundle(server: Server) -> None:

@@ -19,7 +19,8 @@ from pki.jwt_svid import validate_jwt_svid
 from pki.spiffe_id import SpiffeId, TrustDomain
 from tests.functional.conftest import Server
 from trustd.api.schemas import X509SvidResponse
-from trustd.store.models import AuditEvent, IssuedCertificate
+from trustd.store.audit import AuditEvent
+from trustd.store.certificates import IssuedCertificate
 
 TD = TrustDomain.parse("example.org")
 

@@ -15,9 +15,10 @@ from sqlmodel import col, func, select
 from pki.keys import KeyType, generate_private_key
 from trustd.roles import Role
 from trustd.services.auth import Principal
+from trustd.store.audit import AuditEvent
 from trustd.store.db import transaction
-from trustd.store.models import AuditEvent, RegistrationEntry
-from trustd.store.ui_models import UiSession
+from trustd.store.entries import RegistrationEntry
+from trustd.store.ui import UiSession
 
 from .conftest import Server, ServerFactory
 

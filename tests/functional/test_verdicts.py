@@ -20,7 +20,7 @@ from tests.functional.test_nodes_entries import attest, entry, join_token, node_
 from trustd.roles import Role
 from trustd.services.auth import Principal
 from trustd.services.verdicts import FIRST_IDENTITY
-from trustd.store.verdict_models import NumericIdentity
+from trustd.store.verdicts import NumericIdentity
 
 WEB = "spiffe://example.org/ns/web/frontend"
 API = "spiffe://example.org/ns/api/orders"

@@ -29,7 +29,7 @@ from trustd.services.acme.service import (
 )
 from trustd.services.acme.urls import PREFIX, AcmeUrls
 from trustd.services.container import Services
-from trustd.store.acme_models import AcmeAccount, AcmeChallenge, AcmeEabKey
+from trustd.store.acme import AcmeAccount, AcmeChallenge, AcmeEabKey
 
 JOSE_JSON = "application/jose+json"
 PEM_CHAIN = "application/pem-certificate-chain"

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Response
 from pki.ca import fingerprint_sha256, load_pem_certificates
 from trustd.api.deps import AdminDep, ServicesDep
 from trustd.api.schemas import AuthorityPublic, CaPublic, TokenCreate, TokenCreated, TokenPublic
-from trustd.store.models import AdminToken, CaKey
+from trustd.store.ca_keys import CaKey
+from trustd.store.tokens import AdminToken
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 

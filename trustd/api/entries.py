@@ -17,7 +17,7 @@ from trustd.api.schemas import (
     ReportedAddressPublic,
 )
 from trustd.services.entries import EntryFilter, EntryPatch, EntrySpec
-from trustd.store.models import RegistrationEntry
+from trustd.store.entries import RegistrationEntry
 
 router = APIRouter(prefix="/v1/entries", tags=["entries"])
 

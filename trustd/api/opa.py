@@ -44,7 +44,7 @@ from trustd.services.policy import (
     decision_document,
     normalise_input,
 )
-from trustd.store.policy_models import PolicyRevision
+from trustd.store.policy import PolicyRevision
 from trustd.xfcc import MalformedXfcc, parse_xfcc
 
 _bearer = HTTPBearer(auto_error=False, description="Admin token or the policy API token")

@@ -24,8 +24,9 @@ from trustd.api.schemas import (
     RevokeRequest,
     RevokeResult,
 )
+from trustd.domain.certificates import CertificateStatus
 from trustd.services.rotation import KeyChange
-from trustd.store.models import CertificateStatus, IssuedCertificate
+from trustd.store.certificates import IssuedCertificate
 
 router = APIRouter(tags=["revocation"])
 

@@ -8,8 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pki.revocation import RevocationReason
+from pki.rotation import KeyKind as CaKeyKind
 from trustd.roles import Role
-from trustd.store.models import CaKeyKind
 
 
 class _Strict(BaseModel):

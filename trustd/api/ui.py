@@ -36,6 +36,9 @@ from trustd.api.admin import authority_public
 from trustd.api.deps import AdminDep, ServicesDep
 from trustd.api.problems import status_for
 from trustd.api.ui_schemas import UserCreate, UserCreated, UserPublic
+from trustd.domain.audit import AuditOutcome
+from trustd.domain.certificates import CertificateStatus
+from trustd.domain.nodes import NodeStatus
 from trustd.errors import InvalidRequest, PermissionDenied, Unauthenticated
 from trustd.services.container import Services
 from trustd.services.entries import EntryFilter, EntryPatch, EntrySpec
@@ -46,8 +49,7 @@ from trustd.services.ui import (
     authorize,
     permissions_of,
 )
-from trustd.store.models import AuditOutcome, CertificateStatus, NodeStatus
-from trustd.store.ui_models import UiUser
+from trustd.store.ui import UiUser
 
 WEB = Path(__file__).resolve().parents[1] / "web"
 templates = Jinja2Templates(directory=WEB / "templates")

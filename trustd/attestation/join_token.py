@@ -11,7 +11,7 @@ from sqlmodel import Session, select
 
 from pki.selectors import Selector
 from trustd.attestation.base import AttestationFailed, AttestationResult, require_str
-from trustd.store.models import JoinToken
+from trustd.store.nodes import JoinToken
 
 _DUMMY = hashlib.sha256(b"trustd-unknown-join-token").hexdigest()
 

@@ -21,7 +21,7 @@ from pki.errors import InvalidBundle
 from pki.keys import PublicKey
 from pki.selectors import Selector
 from trustd.attestation.base import AttestationFailed, AttestationResult, require_str
-from trustd.store.models import AttestationReplay
+from trustd.store.attestation import AttestationReplay
 
 # Never `none`, never HMAC: the key comes from the cluster's JWKS, never from the token.
 ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256")

@@ -27,7 +27,7 @@ from pki.errors import TrustdError
 from pki.selectors import Selector
 from pki.x509_path import build_path, validate_path
 from trustd.attestation.base import AttestationFailed, AttestationResult, require_str
-from trustd.store.models import AttestationReplay
+from trustd.store.attestation import AttestationReplay
 
 CHALLENGE_TTL = timedelta(seconds=60)
 MAX_CHAIN = 5

@@ -23,6 +23,7 @@ from pki.spiffe_id import SpiffeId
 from trustd import metrics
 from trustd.addresses import parse_workload_address
 from trustd.bus import Bus
+from trustd.domain.certificates import CertificateKind
 from trustd.errors import Conflict, InvalidRequest, PermissionDenied
 from trustd.services.audit import AuditLog
 from trustd.services.ca import CertificateAuthority
@@ -34,9 +35,9 @@ from trustd.services.revocation import REVOCATION_CHANNEL, Revocations
 from trustd.services.sync import SYNC_CHANNEL, announce, bump_revision, current_revision
 from trustd.services.verdicts import Verdicts, VerdictUpdate
 from trustd.store.db import transaction
-from trustd.store.models import CertificateKind, RegistrationEntry
-from trustd.store.rotation_models import RevocationEvent
-from trustd.store.verdict_models import ReportedAddress
+from trustd.store.entries import RegistrationEntry
+from trustd.store.revocations import RevocationEvent
+from trustd.store.verdicts import ReportedAddress
 
 MAX_SVIDS_PER_REQUEST = 500
 MAX_REPORTED_IDENTITIES = 1000

@@ -9,8 +9,9 @@ from sqlalchemy import insert
 from sqlmodel import Session
 
 from pki.clock import Clock
+from trustd.domain.audit import AuditOutcome
+from trustd.store.audit import AuditEvent
 from trustd.store.group_commit import Insertion
-from trustd.store.models import AuditEvent, AuditOutcome
 
 _INSERT = insert(AuditEvent.metadata.tables["audit_events"])
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)

@@ -13,11 +13,12 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from pki.clock import Clock
+from trustd.domain.audit import AuditOutcome
 from trustd.errors import InvalidRequest, NotFound, PermissionDenied, Unauthenticated
 from trustd.roles import Role
 from trustd.services.audit import AuditLog
 from trustd.store.db import transaction
-from trustd.store.models import AdminToken, AuditOutcome
+from trustd.store.tokens import AdminToken
 
 TOKEN_PREFIX = "trustd"  # noqa: S105 - the token format's fixed prefix, not a secret
 _ID_BYTES = 8

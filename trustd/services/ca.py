@@ -44,12 +44,13 @@ from pki.keys import (
     public_key_pem,
 )
 from pki.rotation import IN_BUNDLE, SlotStatus
+from pki.rotation import KeyKind as CaKeyKind
 from trustd import metrics
 from trustd.errors import NotReady
 from trustd.services.audit import AuditLog
 from trustd.settings import Settings
+from trustd.store.ca_keys import BundleState, CaKey
 from trustd.store.db import lock_for_initialisation, transaction
-from trustd.store.models import BundleState, CaKey, CaKeyKind
 
 SYSTEM_ACTOR = "system:trustd"
 

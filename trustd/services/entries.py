@@ -26,8 +26,8 @@ from trustd.services.sync import announce, bump_revision
 from trustd.services.verdicts import prune_reported_addresses
 from trustd.settings import Settings
 from trustd.store.db import transaction
-from trustd.store.models import RegistrationEntry
-from trustd.store.verdict_models import ReportedAddress
+from trustd.store.entries import RegistrationEntry
+from trustd.store.verdicts import ReportedAddress
 
 SERVER_PATH = "/trustd/server"
 DEFAULT_ATTESTATION_POLICY = Path(__file__).resolve().parents[2] / "rego" / "attestation.rego"

@@ -30,14 +30,15 @@ from pki.jwt_svid import JwtSvid, mint_jwt_svid
 from pki.keys import PrivateKey, generate_private_key
 from pki.spiffe_id import SpiffeId
 from trustd import metrics
+from trustd.domain.certificates import CertificateKind, CertificateStatus
 from trustd.errors import InvalidRequest
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
 from trustd.services.ca import SYSTEM_ACTOR, CertificateAuthority, crl_url
 from trustd.settings import Settings
+from trustd.store.certificates import IssuedCertificate
 from trustd.store.db import transaction
 from trustd.store.group_commit import GroupCommit, Insertion
-from trustd.store.models import CertificateKind, CertificateStatus, IssuedCertificate
 
 SERVER_PATH = "/trustd/server"
 # A prepared Core insert: issuance is the hot path and the ORM's unit of work costs more than

@@ -26,6 +26,9 @@ from trustd.attestation.join_token import JoinTokenAttestor, hash_secret
 from trustd.attestation.k8s_psat import K8sPsatAttestor, load_cluster
 from trustd.attestation.x509pop import X509PopAttestor
 from trustd.bus import Bus
+from trustd.domain.audit import AuditOutcome
+from trustd.domain.certificates import CertificateKind
+from trustd.domain.nodes import NodeStatus
 from trustd.errors import InvalidRequest, NotFound, PermissionDenied, Unauthenticated
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
@@ -34,7 +37,7 @@ from trustd.services.sync import announce, bump_revision
 from trustd.services.verdicts import delete_reported_addresses
 from trustd.settings import Settings
 from trustd.store.db import transaction
-from trustd.store.models import AuditOutcome, CertificateKind, JoinToken, Node, NodeStatus
+from trustd.store.nodes import JoinToken, Node
 
 AGENT_PATH = "/trustd/agent"
 NODE_CREDENTIAL_TYPE = "trustd-node+jwt"

@@ -46,7 +46,7 @@ from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
 from trustd.settings import Settings
 from trustd.store.db import lock_for_initialisation, transaction
-from trustd.store.policy_models import PolicyActivation, PolicyDecision, PolicyRevision
+from trustd.store.policy import PolicyActivation, PolicyDecision, PolicyRevision
 
 log = structlog.get_logger("trustd.policy")
 CHANNEL = "policy"

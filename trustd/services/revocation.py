@@ -33,14 +33,15 @@ from pki.revocation import (
 )
 from pki.spiffe_id import SpiffeId
 from trustd.bus import Bus
+from trustd.domain.certificates import CertificateStatus
 from trustd.errors import Conflict, InvalidRequest, NotFound
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
 from trustd.services.ca import CertificateAuthority
 from trustd.settings import Settings
+from trustd.store.certificates import IssuedCertificate
 from trustd.store.db import transaction
-from trustd.store.models import CertificateStatus, IssuedCertificate
-from trustd.store.rotation_models import CrlState, RevocationEvent, RevocationState
+from trustd.store.revocations import CrlState, RevocationEvent, RevocationState
 
 MAX_PAGE = 1000
 # Revocation events kept in memory for agents catching up.

@@ -30,7 +30,9 @@ from pki.rotation import (
     check_transition,
     plan,
 )
+from pki.rotation import KeyKind as CaKeyKind
 from trustd.bus import Bus
+from trustd.domain.certificates import CertificateStatus
 from trustd.errors import Conflict, NotFound
 from trustd.leader import Leader, LostLeadership
 from trustd.services.audit import AuditLog
@@ -38,8 +40,9 @@ from trustd.services.auth import Principal
 from trustd.services.ca import SYSTEM_ACTOR, CertificateAuthority
 from trustd.services.revocation import Revocations
 from trustd.settings import Settings
+from trustd.store.ca_keys import CaKey
+from trustd.store.certificates import IssuedCertificate
 from trustd.store.db import transaction
-from trustd.store.models import CaKey, CaKeyKind, CertificateStatus, IssuedCertificate
 
 log = structlog.get_logger("trustd.rotation")
 BUNDLE_CHANNEL = "bundle"

@@ -6,7 +6,7 @@ from sqlalchemy import update
 from sqlmodel import Session
 
 from trustd.bus import Bus
-from trustd.store.models import SyncState
+from trustd.store.sync import SyncState
 
 SYNC_CHANNEL = "sync"
 _TABLE = SyncState.metadata.tables["sync_state"]

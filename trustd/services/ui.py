@@ -28,6 +28,9 @@ from pki.acme.eab import seal, unseal
 from pki.clock import Clock
 from pki.errors import KeyDecryptionError, TrustdError
 from policy.engine import EmbeddedEngine, Result
+from trustd.domain.audit import AuditOutcome
+from trustd.domain.certificates import CertificateKind
+from trustd.domain.nodes import NodeStatus
 from trustd.errors import Conflict, InvalidRequest, NotFound, Unauthenticated
 from trustd.roles import Role
 from trustd.services.audit import AuditLog
@@ -35,18 +38,13 @@ from trustd.services.auth import Principal
 from trustd.services.policy import PolicyService, result_hash
 from trustd.services.sync import current_revision
 from trustd.settings import Settings
+from trustd.store.audit import AuditEvent
+from trustd.store.certificates import IssuedCertificate
 from trustd.store.db import transaction
-from trustd.store.models import (
-    AuditEvent,
-    AuditOutcome,
-    CertificateKind,
-    IssuedCertificate,
-    Node,
-    NodeStatus,
-    RegistrationEntry,
-)
-from trustd.store.policy_models import PolicyDecision
-from trustd.store.ui_models import UiSession, UiUser
+from trustd.store.entries import RegistrationEntry
+from trustd.store.nodes import Node
+from trustd.store.policy import PolicyDecision
+from trustd.store.ui import UiSession, UiUser
 
 ADMIN_DECISION = "trustd/admin/decision"
 MESH_DECISION = "trustd/mesh/decision"

@@ -40,15 +40,13 @@ from pki.clock import Clock
 from policy.engine import EmbeddedEngine
 from policy.errors import PolicyEvaluationError, UnknownPath
 from trustd import metrics
+from trustd.domain.certificates import CertificateStatus
 from trustd.services.policy import PolicyService
+from trustd.store.certificates import IssuedCertificate
 from trustd.store.db import transaction
-from trustd.store.models import CertificateStatus, IssuedCertificate, Node, RegistrationEntry
-from trustd.store.verdict_models import (
-    NodeVerdictAck,
-    NodeVerdictSet,
-    NumericIdentity,
-    ReportedAddress,
-)
+from trustd.store.entries import RegistrationEntry
+from trustd.store.nodes import Node
+from trustd.store.verdicts import NodeVerdictAck, NodeVerdictSet, NumericIdentity, ReportedAddress
 
 log = structlog.get_logger("trustd.verdicts")
 

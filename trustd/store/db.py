@@ -13,6 +13,10 @@ from sqlmodel import Session
 
 from trustd.errors import StoreUnavailable
 
+# Every table on the one metadata before the first session: foreign keys between modules
+# resolve whichever service module is imported first.
+from trustd.store import schema as _schema  # noqa: F401
+
 
 def create_db_engine(url: str) -> Engine:
     """Create an engine with the per-backend settings trustd relies on."""

@@ -79,6 +79,7 @@ from pki.x509_path import issued_by
 from policy.engine import PolicyEngine
 from trustd import metrics
 from trustd.bus import Bus
+from trustd.domain.certificates import CertificateStatus
 from trustd.errors import NotFound
 from trustd.services.acme.nonces import NonceStore
 from trustd.services.acme.ratelimit import RateLimiter
@@ -88,7 +89,7 @@ from trustd.services.auth import Principal
 from trustd.services.ca import CertificateAuthority
 from trustd.services.revocation import REVOCATION_CHANNEL, Revocations
 from trustd.settings import Settings
-from trustd.store.acme_models import (
+from trustd.store.acme import (
     ACME_CERTIFICATE_KIND,
     AcmeAccount,
     AcmeAuthorization,
@@ -96,8 +97,9 @@ from trustd.store.acme_models import (
     AcmeEabKey,
     AcmeOrder,
 )
+from trustd.store.ca_keys import CaKey
+from trustd.store.certificates import IssuedCertificate
 from trustd.store.db import transaction
-from trustd.store.models import CaKey, CertificateStatus, IssuedCertificate
 
 log = structlog.get_logger("trustd.acme")
 

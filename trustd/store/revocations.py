@@ -1,4 +1,4 @@
-"""Tables for revocation, CRLs and the rotation leader's fencing tokens."""
+"""Revocation events, the revocation sequence and the CRLs built from them."""
 
 from __future__ import annotations
 
@@ -59,16 +59,3 @@ class CrlState(SQLModel, table=True):
     this_update: datetime = Field(sa_type=UTCDateTime)
     next_update: datetime = Field(sa_type=UTCDateTime)
     der: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-
-
-class LeaderFence(SQLModel, table=True):
-    """Fencing token of a singleton loop: a leader whose lock expired (a long GC pause, a
-    partition) holds a smaller epoch than its successor and its writes are refused.
-    """
-
-    __tablename__ = "leader_fences"
-
-    name: str = Field(primary_key=True, max_length=64)
-    epoch: int = Field(sa_column=Column(BigInteger, nullable=False))
-    holder: str = Field(max_length=128)
-    updated_at: datetime = Field(sa_type=UTCDateTime)

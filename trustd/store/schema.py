@@ -1,0 +1,22 @@
+"""Every table module, imported once so that one metadata holds the whole schema (Alembic)."""
+
+from sqlmodel import SQLModel
+
+from trustd.store import (  # noqa: F401
+    acme,
+    attestation,
+    audit,
+    ca_keys,
+    certificates,
+    entries,
+    leader,
+    nodes,
+    policy,
+    revocations,
+    sync,
+    tokens,
+    ui,
+    verdicts,
+)
+
+metadata = SQLModel.metadata
