@@ -28,11 +28,20 @@ _TD_CHARS = frozenset(string.ascii_lowercase + string.digits + ".-_")
 _PATH_CHARS = frozenset(string.ascii_letters + string.digits + ".-_")
 
 
+def _utf8_length(text: str) -> int:
+    """Bytes of *text* in UTF-8 (SPIFFE-ID §2.3 limits are in bytes).
+
+    A lone surrogate has no UTF-8 form; it is counted as its three-byte encoding so that the
+    length check never raises: the character rules that follow refuse it with the usual error.
+    """
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
 def _trust_domain_problem(name: str) -> str | None:
     """Return why *name* is not a valid trust domain name, or None if it is."""
     if not name:
         return "trust domain is empty"
-    if len(name.encode("utf-8")) > MAX_TRUST_DOMAIN_BYTES:
+    if _utf8_length(name) > MAX_TRUST_DOMAIN_BYTES:
         return f"trust domain is longer than {MAX_TRUST_DOMAIN_BYTES} bytes"
     # SPIFFE-ID §2.1: userinfo and port MUST be empty and ':' MUST NOT be present.
     if name.startswith("["):
@@ -159,7 +168,7 @@ class SpiffeId:
             raise InvalidSpiffeId(f"{problem}: {echo(self.path)}", value=echo(self.path))
         text = str(self)
         # SPIFFE-ID §2.3: never produce an ID longer than 2048 bytes.
-        if len(text.encode("utf-8")) > MAX_SPIFFE_ID_BYTES:
+        if _utf8_length(text) > MAX_SPIFFE_ID_BYTES:
             raise InvalidSpiffeId(
                 f"SPIFFE ID is longer than {MAX_SPIFFE_ID_BYTES} bytes: {echo(text)}",
                 value=echo(text),
@@ -182,7 +191,7 @@ class SpiffeId:
 
         if s == "":
             raise fail("SPIFFE ID is empty")
-        if len(s.encode("utf-8")) > MAX_SPIFFE_ID_BYTES:
+        if _utf8_length(s) > MAX_SPIFFE_ID_BYTES:
             raise fail(f"SPIFFE ID is longer than {MAX_SPIFFE_ID_BYTES} bytes")
         if not s.startswith(_PREFIX):
             if s[: len(_PREFIX)].lower() == _PREFIX:

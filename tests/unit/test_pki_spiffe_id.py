@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import string
 
@@ -237,3 +238,30 @@ def test_trust_domain_accepts_ipv4_like_names() -> None:
     # SPIFFE-ID §2.1: dotted quads are not excluded and are not treated specially.
     assert TrustDomain.parse("10.0.0.1").name == "10.0.0.1"
     assert TrustDomain.parse("my_td-1.example").name == "my_td-1.example"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "spiffe://example.org/\ud800",
+        "spiffe://exa\udfffmple.org/x",
+        "spiffe://example.org/a/\udc80b",
+        "\ud800spiffe://example.org",
+    ],
+)
+def test_lone_surrogates_are_invalid_ids_not_encoding_errors(text: str) -> None:
+    # A lone surrogate has no UTF-8 form; parse promises InvalidSpiffeId for any bad string.
+    with pytest.raises(InvalidSpiffeId):
+        SpiffeId.parse(text)
+
+
+@pytest.mark.parametrize("name", ["exa\ud800mple.org", "spiffe://\udfff"])
+def test_lone_surrogates_are_invalid_trust_domains(name: str) -> None:
+    with pytest.raises(InvalidTrustDomain):
+        TrustDomain.parse(name)
+
+
+@given(st.text(alphabet=st.characters(categories=["Cs", "Ll", "Nd", "Po"]), max_size=40))
+def test_parse_raises_only_its_own_error(text: str) -> None:
+    with contextlib.suppress(InvalidSpiffeId):
+        SpiffeId.parse("spiffe://" + text)
