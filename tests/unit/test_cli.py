@@ -3,6 +3,7 @@ after the command, tables for people and JSON for scripts."""
 
 from __future__ import annotations
 
+import pytest
 import typer.main
 from typer.testing import CliRunner
 
@@ -61,8 +62,8 @@ def test_shared_options_after_the_command_move_in_front_of_it() -> None:
     assert hoist_shared_options(agent) == agent
     after = ["policy", "test", "--", "--data-dir"]
     assert hoist_shared_options(after) == after
-    # A shared option missing its value is left for the parser to explain.
-    assert hoist_shared_options(["ca", "show", "--token"]) == ["ca", "show", "--token"]
+    with pytest.raises(ValueError, match="--token needs a value"):
+        hoist_shared_options(["ca", "show", "--token"])
 
 
 def test_either_spelling_reaches_the_same_admin_socket() -> None:
@@ -76,10 +77,13 @@ def test_either_spelling_reaches_the_same_admin_socket() -> None:
         assert "no admin socket at /nonexistent/admin.sock" in result.output
 
 
-def test_a_bad_output_format_is_refused() -> None:
+def test_a_bad_or_missing_output_format_is_refused() -> None:
     result = runner.invoke(app, ["node", "list", "--output", "yaml"])
     assert result.exit_code == 2
     assert "yaml" in result.output
+    result = runner.invoke(app, ["node", "list", "--output"])
+    assert result.exit_code == 2
+    assert "--output needs a value" in result.output
 
 
 def test_tables_align_columns_and_render_values_for_people() -> None:

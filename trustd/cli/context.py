@@ -108,7 +108,11 @@ def set_connection(
 
 def hoist_shared_options(args: list[str]) -> list[str]:
     """Move the shared options that follow the command's name in front of it, so
-    `trustd entry list --data-dir X` means `trustd --data-dir X entry list`."""
+    `trustd entry list --data-dir X` means `trustd --data-dir X entry list`.
+
+    Raises:
+        ValueError: a shared option ends the line without its value.
+    """
     i = 0
     while i < len(args) and args[i].startswith("-") and args[i] != "--":
         takes_value = args[i] in SHARED_OPTIONS
@@ -128,7 +132,9 @@ def hoist_shared_options(args: list[str]) -> list[str]:
         if name in SHARED_OPTIONS and "=" in arg:
             hoisted.append(arg)
             j += 1
-        elif name in SHARED_OPTIONS and j + 1 < len(rest):
+        elif name in SHARED_OPTIONS:
+            if j + 1 == len(rest):
+                raise ValueError(f"{arg} needs a value")
             hoisted += rest[j : j + 2]
             j += 2
         else:
@@ -142,4 +148,8 @@ class SharedOptionsGroup(TyperGroup):
 
     # `Any`: the context type is the one Typer's own click copy defines.
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, hoist_shared_options(list(args)))
+        try:
+            hoisted = hoist_shared_options(list(args))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), ctx=ctx) from None
+        return super().parse_args(ctx, hoisted)
