@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from trustd import __version__
+from trustd import __version__, web
 from trustd.api import (
     acme,
     admin,
@@ -22,7 +22,6 @@ from trustd.api import (
     problems,
     revocation,
     svid,
-    ui,
     verdicts,
 )
 from trustd.api.middleware import RequestContext
@@ -78,9 +77,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         revocation,
         acme,
         verdicts,
-        ui,
+        web,
     )
     for module in modules:
         app.include_router(module.router)
-    app.mount("/ui/static", StaticFiles(directory=ui.WEB / "static"), name="ui-static")
+    app.mount("/ui/static", StaticFiles(directory=web.STATIC), name="ui-static")
     return app

@@ -442,3 +442,33 @@ def test_users_api_needs_an_admin_token(ui: Server) -> None:
     assert short.status_code == 422
     names = [u["username"] for u in ui.client.get("/v1/admin/users", headers=ui.auth).json()]
     assert "carol" in names
+
+
+def test_dashboard_and_audit_pages_show_what_happened(ui: Server) -> None:
+    from pki.ca import create_csr
+
+    token = ui.client.post("/v1/join-tokens", json={"selectors": []}, headers=ui.auth)
+    assert token.status_code == 201, token.text
+    attested = ui.client.post(
+        "/v1/attest",
+        json={
+            "attestor": "join_token",
+            "evidence": {"token": token.json()["token"]},
+            "csr": create_csr(generate_private_key(KeyType.EC_P256)),
+        },
+    )
+    assert attested.status_code == 201, attested.text
+    node = attested.json()["spiffe_id"]
+    make_entry(ui)  # a new sync revision the node has not applied yet
+    issue(ui, f"{TD}/ns/web/app")
+    sign_in(ui.client, "viewer")
+
+    page = ui.client.get("/ui/").text
+    assert '<span class="num">1</span> nodes (1 active)' in page
+    assert '<span class="num">1</span> registration entries' in page
+    lagging = re.search(rf"<td>{re.escape(node)}</td><td>0</td><td class=\"warn\">(\d+)</td>", page)
+    assert lagging is not None and int(lagging[1]) >= 1, page
+
+    audit = ui.client.get("/ui/audit", params={"actor": "ui:viewer"}).text
+    assert "<td>ui:session:created</td>" in audit
+    assert "<td>entry:registration:created</td>" not in audit  # filtered by actor

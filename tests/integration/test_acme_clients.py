@@ -78,7 +78,7 @@ class Trustd:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [TRUSTD, *args, "--data-dir", str(self.data_dir)],
+            [TRUSTD, *args, "--data-dir", str(self.data_dir), "--output", "json"],
             capture_output=True,
             text=True,
             timeout=60,

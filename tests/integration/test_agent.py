@@ -181,7 +181,7 @@ def test_workloads_get_their_own_svids_and_talk_mtls(node: Node) -> None:
     assert json.loads(out.splitlines()[-1])["peer"] == "spiffe://example.org/db"
 
     # The node is known to the server and acknowledged what it applied.
-    nodes = json.loads(admin(node.server, "node", "list"))
+    nodes = json.loads(admin(node.server, "node", "list", "--output", "json"))
     assert nodes[0]["spiffe_id"] == node.spiffe_id
     assert nodes[0]["applied_revision"] > 0
 

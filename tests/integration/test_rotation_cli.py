@@ -48,14 +48,15 @@ def test_cert_revoke_list_show_and_openssl_ocsp(running: Running, tmp_path: Path
     leaf, issuer = _split_chain((out / "svid.pem").read_text(), tmp_path)
     assert f"{leaf}: good" in _openssl_ocsp(running, leaf, issuer)
 
+    # The shared options go before the command, or after it as the old spelling had them.
     listed = json.loads(
-        cli("cert", "list", "--spiffe-id", "spiffe://example.org/web", *data).stdout
+        cli(*data, "-o", "json", "cert", "list", "--spiffe-id", "spiffe://example.org/web").stdout
     )
     serial = listed[0]["serial"]
     revoked = cli("cert", "revoke", "--serial", serial, "--reason", "keyCompromise", *data)
     assert revoked.stdout.split() == [serial]
     assert "revocation revision" in revoked.stderr
-    shown = json.loads(cli("cert", "show", serial, *data).stdout)
+    shown = json.loads(cli("cert", "show", serial, *data, "--output", "json").stdout)
     assert shown["status"] == "revoked"
     answer = _openssl_ocsp(running, leaf, issuer)
     assert f"{leaf}: revoked" in answer and "keyCompromise" in answer
@@ -89,7 +90,7 @@ def test_cert_revoke_list_show_and_openssl_ocsp(running: Running, tmp_path: Path
 
 def test_ca_prepare_activate_taint_revoke(running: Running, tmp_path: Path) -> None:
     data = ("--data-dir", str(running.data_dir))
-    keys = json.loads(cli("ca", "keys", *data).stdout)
+    keys = json.loads(cli("ca", "keys", *data, "--output", "json").stdout)
     first = next(k["kid"] for k in keys if k["kind"] == "x509-intermediate")
 
     never = cli("ca", "activate", "--kind", "jwt", *data, check=False)
@@ -103,10 +104,15 @@ def test_ca_prepare_activate_taint_revoke(running: Running, tmp_path: Path) -> N
     assert activated.stdout.split()[2] == "active"
     tainted = cli("ca", "taint", first, *data)
     assert "tainted" in tainted.stdout and "trustd ca reissue" in tainted.stderr
-    assert json.loads(cli("ca", "reissue", first, *data).stdout)  # the serving certificate
+    # The serving certificate, at least; a table for people, JSON for scripts.
+    assert json.loads(cli("ca", "reissue", first, *data, "--output", "json").stdout)
+    table = cli("ca", "reissue", first, *data).stdout.splitlines()
+    assert table[0].split()[:2] == ["SERIAL", "KIND"] and "NOT AFTER" in table[0]
+    assert len(table) >= 2
     revoked = cli("ca", "revoke", first, *data)
     assert "removed from the bundle" in revoked.stderr
-    statuses = {k["kid"]: k["status"] for k in json.loads(cli("ca", "keys", *data).stdout)}
+    keys = json.loads(cli("--output", "json", *data, "ca", "keys").stdout)
+    statuses = {k["kid"]: k["status"] for k in keys}
     assert statuses[first] == "revoked"
 
     # Root rotation by cross-signing: both roots are published while they overlap.

@@ -96,8 +96,12 @@ def test_cli_issues_svids_through_the_admin_socket(running: Running, tmp_path: P
     ).stdout
     assert check == from_key
 
-    ca = json.loads(cli("ca", "show", "--data-dir", str(running.data_dir)).stdout)
+    data = ("--data-dir", str(running.data_dir))
+    ca = json.loads(cli("ca", "show", *data, "--output", "json").stdout)
     assert ca["trust_domain"] == "example.org"
+    shown = cli(*data, "ca", "show").stdout.splitlines()
+    assert shown[0].split() == ["trust_domain", "example.org"]
+    assert any(line.split()[:3] == ["KIND", "KID", "STATUS"] for line in shown)
     jwks = json.loads(
         cli("bundle", "show", "--format", "jwks", "--data-dir", str(running.data_dir)).stdout
     )
@@ -122,6 +126,10 @@ def test_cli_reaches_a_remote_server_with_a_token(running: Running) -> None:
     assert jwt.stdout.count(".") == 2
     new = cli("admin", "token", "create", "--name", "ci", *remote, "--token", running.token)
     assert new.stdout.strip().startswith("trustd.")
+    # The shared options before the command: a table of tokens, the new one by name.
+    listed = cli(*remote, "--token", running.token, "admin", "token", "list").stdout
+    assert listed.splitlines()[0].split()[:3] == ["ID", "NAME", "ROLE"]
+    assert any(line.split()[1:3] == ["ci", "admin"] for line in listed.splitlines()[1:])
 
     refused = cli("ca", "show", *remote, "--token", "trustd.nope.nope", check=False)
     assert refused.returncode == 1

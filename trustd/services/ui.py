@@ -21,16 +21,26 @@ from typing import Any
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Engine, delete, func
-from sqlmodel import Session, col, select
+from sqlalchemy import Engine
+from sqlmodel import Session
 
 from pki.acme.eab import seal, unseal
 from pki.clock import Clock
 from pki.errors import KeyDecryptionError, TrustdError
 from policy.engine import EmbeddedEngine, Result
 from trustd.domain.audit import AuditOutcome
-from trustd.domain.certificates import CertificateKind
 from trustd.domain.nodes import NodeStatus
+from trustd.domain.ui import (
+    AuditRecord,
+    CreatedUser,
+    Dashboard,
+    DecisionQuery,
+    Edge,
+    Graph,
+    LaggingNode,
+    LoggedDecision,
+    UiUser,
+)
 from trustd.errors import Conflict, InvalidRequest, NotFound, Unauthenticated
 from trustd.roles import Role
 from trustd.services.audit import AuditLog
@@ -38,13 +48,8 @@ from trustd.services.auth import Principal
 from trustd.services.policy import PolicyService, result_hash
 from trustd.services.sync import current_revision
 from trustd.settings import Settings
-from trustd.store.audit import AuditEvent
-from trustd.store.certificates import IssuedCertificate
+from trustd.store import ui as store
 from trustd.store.db import transaction
-from trustd.store.entries import RegistrationEntry
-from trustd.store.nodes import Node
-from trustd.store.policy import PolicyDecision
-from trustd.store.ui import UiSession, UiUser
 
 ADMIN_DECISION = "trustd/admin/decision"
 MESH_DECISION = "trustd/mesh/decision"
@@ -78,13 +83,6 @@ class UiPrincipal:
 
 
 @dataclass(frozen=True)
-class CreatedUser:
-    user: UiUser
-    # otpauth:// URI (Key Uri Format) to enrol an authenticator; shown once.
-    totp_uri: str | None
-
-
-@dataclass(frozen=True)
 class SignedIn:
     token: str
     who: UiPrincipal
@@ -97,6 +95,18 @@ def _sha256(value: str) -> str:
 def _totp_label(user_id: str) -> str:
     # AES-GCM associated data: binds a sealed secret to its account and purpose.
     return f"ui-totp:{user_id}"
+
+
+def _user(row: store.UiUser) -> UiUser:
+    return UiUser(
+        id=row.id,
+        username=row.username,
+        role=Role(row.role),
+        totp=row.totp_secret is not None,
+        disabled=row.disabled,
+        created_at=row.created_at,
+        last_login_at=row.last_login_at,
+    )
 
 
 class UiAccounts:
@@ -120,13 +130,16 @@ class UiAccounts:
     def create_user(
         self, actor: Principal, username: str, password: str, role: Role, *, totp: bool
     ) -> CreatedUser:
-        """Raises:
-        InvalidRequest: the password is shorter than MIN_PASSWORD_LENGTH.
-        Conflict: the username is taken.
+        """Create an account (argon2id password hash; with `totp`, a sealed TOTP secret)
+        and audit it.
+
+        Raises:
+            InvalidRequest: the password is shorter than MIN_PASSWORD_LENGTH.
+            Conflict: the username is taken.
         """
         if len(password) < MIN_PASSWORD_LENGTH:
             raise InvalidRequest(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
-        user = UiUser(
+        user = store.UiUser(
             id=secrets.token_hex(8),
             username=username,
             role=role,
@@ -140,9 +153,9 @@ class UiAccounts:
             user.totp_secret = seal(secret.encode(), self._kek, _totp_label(user.id))
             uri = pyotp.TOTP(secret).provisioning_uri(name=username, issuer_name=_TOTP_ISSUER)
         with transaction(self._engine) as session:
-            if session.exec(select(UiUser.id).where(UiUser.username == username)).first():
+            if store.fetch_user_by_name(session, username) is not None:
                 raise Conflict(f"user {username!r} exists already")
-            session.add(user)
+            store.create_user(session, user)
             self._audit.record(
                 session,
                 actor.name,
@@ -150,11 +163,13 @@ class UiAccounts:
                 target=username,
                 details={"role": role, "totp": totp},
             )
-        return CreatedUser(user, uri)
+            created = _user(user)
+        return CreatedUser(created, uri)
 
     def list_users(self) -> list[UiUser]:
+        """Every account, by username."""
         with transaction(self._engine) as session:
-            return list(session.exec(select(UiUser).order_by(col(UiUser.username))))
+            return [_user(row) for row in store.list_users(session)]
 
     def disable_user(self, actor: Principal, username: str) -> UiUser:
         """Disable an account and end its sessions at once.
@@ -163,14 +178,14 @@ class UiAccounts:
             NotFound: no such user.
         """
         with transaction(self._engine) as session:
-            user = session.exec(select(UiUser).where(UiUser.username == username)).first()
+            user = store.fetch_user_by_name(session, username)
             if user is None:
                 raise NotFound(f"no user {username!r}")
             user.disabled = True
-            session.add(user)
-            session.execute(delete(UiSession).where(col(UiSession.user_id) == user.id))
+            store.update_user(session, user)
+            store.delete_sessions_of(session, user.id)
             self._audit.record(session, actor.name, "ui:user:disabled", target=username)
-        return user
+            return _user(user)
 
     # -- signing in ----------------------------------------------------------------------
 
@@ -184,7 +199,7 @@ class UiAccounts:
         """
         now = self._clock.now()
         with transaction(self._engine) as session:
-            user = session.exec(select(UiUser).where(UiUser.username == username)).first()
+            user = store.fetch_user_by_name(session, username)
             if user is not None and user.locked_until is not None and user.locked_until > now:
                 self._deny(session, username, "paused")
                 paused = user.locked_until.strftime("%H:%M:%S UTC")
@@ -200,12 +215,12 @@ class UiAccounts:
                     return self._open(session, user, now)
                 if user is not None:
                     self._count_failure(user, now)
-                    session.add(user)
+                    store.update_user(session, user)
                 self._deny(session, username, reason or "refused")
                 raise_later = Unauthenticated("wrong username, password or code")
         raise raise_later
 
-    def _check(self, user: UiUser | None, password: str, totp_code: str) -> str | None:
+    def _check(self, user: store.UiUser | None, password: str, totp_code: str) -> str | None:
         try:
             self._hasher.verify(user.password_hash if user else self._dummy_hash, password)
         except (VerificationError, InvalidHashError):
@@ -218,7 +233,7 @@ class UiAccounts:
             return self._check_totp(user, totp_code)
         return None
 
-    def _check_totp(self, user: UiUser, code: str) -> str | None:
+    def _check_totp(self, user: store.UiUser, code: str) -> str | None:
         assert user.totp_secret is not None
         try:
             secret = unseal(user.totp_secret, self._kek, _totp_label(user.id)).decode()
@@ -235,7 +250,7 @@ class UiAccounts:
                 return None
         return "wrong totp code"
 
-    def _count_failure(self, user: UiUser, now: datetime) -> None:
+    def _count_failure(self, user: store.UiUser, now: datetime) -> None:
         user.failed_logins += 1
         over = user.failed_logins - self._settings.ui_lockout_threshold
         if over >= 0:
@@ -251,9 +266,9 @@ class UiAccounts:
             details={"reason": reason},
         )
 
-    def _open(self, session: Session, user: UiUser, now: datetime) -> SignedIn:
+    def _open(self, session: Session, user: store.UiUser, now: datetime) -> SignedIn:
         token = secrets.token_urlsafe(32)
-        row = UiSession(
+        row = store.UiSession(
             token_hash=_sha256(token),
             user_id=user.id,
             csrf_token=secrets.token_urlsafe(32),
@@ -263,14 +278,14 @@ class UiAccounts:
         user.failed_logins = 0
         user.locked_until = None
         user.last_login_at = now
-        session.add(user)
-        session.add(row)
-        session.execute(delete(UiSession).where(col(UiSession.expires_at) <= now))
+        store.update_user(session, user)
+        store.create_session(session, row)
+        store.prune_sessions(session, now)
         self._audit.record(session, f"ui:{user.username}", "ui:session:created")
         return SignedIn(token, self._who(user, row))
 
     @staticmethod
-    def _who(user: UiUser, row: UiSession) -> UiPrincipal:
+    def _who(user: store.UiUser, row: store.UiSession) -> UiPrincipal:
         return UiPrincipal(user.id, user.username, Role(user.role), row.csrf_token, row.token_hash)
 
     def authenticate(self, token: str) -> UiPrincipal:
@@ -280,17 +295,18 @@ class UiAccounts:
             Unauthenticated: unknown or expired session, or a disabled account.
         """
         with transaction(self._engine) as session:
-            row = session.get(UiSession, _sha256(token))
-            user = session.get(UiUser, row.user_id) if row else None
-        if row is None or user is None or user.disabled:
-            raise Unauthenticated("your session ended; sign in again")
-        if row.expires_at <= self._clock.now():
-            raise Unauthenticated("your session expired; sign in again")
-        return self._who(user, row)
+            row = store.fetch_session(session, _sha256(token))
+            user = store.fetch_user(session, row.user_id) if row else None
+            if row is None or user is None or user.disabled:
+                raise Unauthenticated("your session ended; sign in again")
+            if row.expires_at <= self._clock.now():
+                raise Unauthenticated("your session expired; sign in again")
+            return self._who(user, row)
 
     def sign_out(self, who: UiPrincipal) -> None:
+        """End the session in the database, so its cookie no longer signs anyone in."""
         with transaction(self._engine) as session:
-            session.execute(delete(UiSession).where(col(UiSession.token_hash) == who.token_hash))
+            store.delete_session(session, who.token_hash)
             self._audit.record(session, who.principal.name, "ui:session:ended")
 
     @staticmethod
@@ -342,45 +358,6 @@ def authorize(policy: PolicyService, role: Role, permission: str) -> Verdict:
 
 
 # -- read models -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Dashboard:
-    nodes: int
-    active_nodes: int
-    entries: int
-    svids_last_hour: int
-    sync_revision: int
-    lagging: list[tuple[Node, int]]
-
-
-@dataclass(frozen=True)
-class DecisionQuery:
-    since: datetime | None = None
-    until: datetime | None = None
-    path: str | None = None
-    source: str | None = None
-    destination: str | None = None
-    # True: decisions that returned `true`; False: `false`; None: any.
-    allowed: bool | None = None
-    before: tuple[datetime, str] | None = None
-    limit: int = 50
-
-
-@dataclass(frozen=True)
-class Edge:
-    source: str
-    destination: str
-    allowed: bool
-    reasons: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Graph:
-    identities: list[str]
-    edges: list[Edge]
-    truncated: bool
-    revision: int
 
 
 def _probes(mesh_data: Any) -> list[dict[str, Any]]:
@@ -456,67 +433,48 @@ class UiViews:
         self._graph = _GraphCache()
 
     def dashboard(self) -> Dashboard:
+        """Counts, the last hour's X509-SVIDs, and the active nodes furthest behind."""
         hour_ago = self._clock.now() - timedelta(hours=1)
         with transaction(self._engine) as session:
             revision = current_revision(session)
-            nodes = list(session.exec(select(Node).order_by(col(Node.applied_revision)).limit(20)))
-            counts = session.exec(
-                select(
-                    select(func.count()).select_from(Node).scalar_subquery(),
-                    select(func.count())
-                    .select_from(Node)
-                    .where(Node.status == NodeStatus.ACTIVE)
-                    .scalar_subquery(),
-                    select(func.count()).select_from(RegistrationEntry).scalar_subquery(),
-                    select(func.count())
-                    .select_from(IssuedCertificate)
-                    .where(
-                        col(IssuedCertificate.created_at) >= hour_ago,
-                        col(IssuedCertificate.kind) == CertificateKind.X509_SVID,
-                    )
-                    .scalar_subquery(),
-                )
-            ).one()
-        lagging = [(n, revision - n.applied_revision) for n in nodes if n.status == "active"]
+            nodes = store.list_nodes_by_applied_revision(session, 20)
+            counts = store.count_dashboard(session, hour_ago)
+        lagging = tuple(
+            LaggingNode(n.spiffe_id, n.applied_revision, n.last_seen, revision - n.applied_revision)
+            for n in nodes
+            if n.status == NodeStatus.ACTIVE
+        )
         return Dashboard(
-            nodes=int(counts[0]),
-            active_nodes=int(counts[1]),
-            entries=int(counts[2]),
-            svids_last_hour=int(counts[3]),
+            nodes=counts.nodes,
+            active_nodes=counts.active_nodes,
+            entries=counts.entries,
+            svids_last_hour=counts.svids_since,
             sync_revision=revision,
             lagging=lagging,
         )
 
-    def decisions(self, query: DecisionQuery) -> list[PolicyDecision]:
+    def decisions(self, query: DecisionQuery) -> list[LoggedDecision]:
         """Newest first, `query.limit` at a time; `before` is the last row of the previous
-        page (keyset paging on the `at` index, never OFFSET over a million rows)."""
-        statement = select(PolicyDecision)
-        if query.since is not None:
-            statement = statement.where(col(PolicyDecision.at) >= query.since)
-        if query.until is not None:
-            statement = statement.where(col(PolicyDecision.at) < query.until)
-        if query.path:
-            statement = statement.where(PolicyDecision.path == query.path)
-        if query.source:
-            statement = statement.where(PolicyDecision.source == query.source)
-        if query.destination:
-            statement = statement.where(PolicyDecision.destination == query.destination)
-        if query.allowed is not None:
-            wanted = result_hash(Result(True, query.allowed))
-            statement = statement.where(PolicyDecision.result_hash == wanted)
-        if query.before is not None:
-            at, decision_id = query.before
-            # The bare `at <= cursor` bound lets the planner range-scan the `at` index; the OR
-            # alone would make it filter every row.
-            statement = statement.where(
-                col(PolicyDecision.at) <= at,
-                (col(PolicyDecision.at) < at) | (col(PolicyDecision.decision_id) < decision_id),
-            )
-        statement = statement.order_by(
-            col(PolicyDecision.at).desc(), col(PolicyDecision.decision_id).desc()
-        ).limit(query.limit)
+        page (keyset paging)."""
+        wanted = None if query.allowed is None else result_hash(Result(True, query.allowed))
         with transaction(self._engine) as session:
-            return list(session.exec(statement))
+            rows = store.list_decisions(
+                session,
+                since=query.since,
+                until=query.until,
+                path=query.path,
+                source=query.source,
+                destination=query.destination,
+                result_hash=wanted,
+                before=query.before,
+                limit=query.limit,
+            )
+            return [
+                LoggedDecision(
+                    r.decision_id, r.at, r.path, r.input, r.result, r.defined, r.revision, r.caller
+                )
+                for r in rows
+            ]
 
     def audit(
         self,
@@ -525,30 +483,25 @@ class UiViews:
         action: str | None = None,
         before: int | None = None,
         limit: int = 50,
-    ) -> list[AuditEvent]:
+    ) -> list[AuditRecord]:
         """Newest first, keyset-paged by id; `actor` and `action` are indexed equalities."""
-        statement = select(AuditEvent)
-        if actor:
-            statement = statement.where(AuditEvent.actor == actor)
-        if action:
-            statement = statement.where(AuditEvent.action == action)
-        if before is not None:
-            statement = statement.where(col(AuditEvent.id) < before)
-        statement = statement.order_by(col(AuditEvent.id).desc()).limit(limit)
         with transaction(self._engine) as session:
-            return list(session.exec(statement))
+            rows = store.list_audit_events(
+                session, actor=actor, action=action, before=before, limit=limit
+            )
+            return [
+                AuditRecord(
+                    r.id or 0, r.at, r.actor, r.action, r.target, r.outcome, dict(r.details)
+                )
+                for r in rows
+            ]
 
     def identities(self, limit: int) -> tuple[list[str], bool]:
         """Distinct SPIFFE IDs of registration entries, at most `limit` (and whether more
         exist)."""
         with transaction(self._engine) as session:
-            rows = session.exec(
-                select(RegistrationEntry.spiffe_id)
-                .distinct()
-                .order_by(col(RegistrationEntry.spiffe_id))
-                .limit(limit + 1)
-            ).all()
-        return list(rows[:limit]), len(rows) > limit
+            rows = store.list_entry_identities(session, limit + 1)
+        return rows[:limit], len(rows) > limit
 
     def graph(self) -> Graph:
         """The who-may-talk-to-whom graph, computed once per (policy revision, entries
@@ -568,7 +521,7 @@ class UiViews:
             mesh = active.bundle.data.get("mesh", {})
             edges = mesh_edges(active.local, mesh, identities)
             self._graph.key = key
-            self._graph.graph = Graph(identities, edges, truncated, active.revision)
+            self._graph.graph = Graph(tuple(identities), tuple(edges), truncated, active.revision)
             return self._graph.graph
 
 

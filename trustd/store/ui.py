@@ -1,12 +1,21 @@
-"""Admin web UI tables: local admin accounts, their sessions and sign-in failure state."""
+"""Admin web UI tables (local admin accounts, their sessions and sign-in failure state),
+their repository functions, and the read-only queries behind the UI's pages."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Column, LargeBinary
-from sqlmodel import Field, SQLModel
+from sqlalchemy import Column, LargeBinary, delete, func
+from sqlmodel import Field, Session, SQLModel, col, select
 
+from trustd.domain.certificates import CertificateKind
+from trustd.domain.nodes import NodeStatus
+from trustd.store.audit import AuditEvent
+from trustd.store.certificates import IssuedCertificate
+from trustd.store.entries import RegistrationEntry
+from trustd.store.nodes import Node
+from trustd.store.policy import PolicyDecision
 from trustd.store.types import UTCDateTime
 
 
@@ -45,3 +54,166 @@ class UiSession(SQLModel, table=True):
     csrf_token: str = Field(max_length=64)
     created_at: datetime = Field(sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
+# -- accounts and sessions ---------------------------------------------------------------
+
+
+def create_user(session: Session, user: UiUser) -> None:
+    """Add a new account row (flushed with the transaction)."""
+    session.add(user)
+
+
+def fetch_user(session: Session, user_id: str) -> UiUser | None:
+    return session.get(UiUser, user_id)
+
+
+def fetch_user_by_name(session: Session, username: str) -> UiUser | None:
+    return session.exec(select(UiUser).where(UiUser.username == username)).first()
+
+
+def list_users(session: Session) -> list[UiUser]:
+    """Every account, by username."""
+    return list(session.exec(select(UiUser).order_by(col(UiUser.username))))
+
+
+def update_user(session: Session, user: UiUser) -> None:
+    """Write back the changed fields of an account read in this session."""
+    session.add(user)
+
+
+def create_session(session: Session, row: UiSession) -> None:
+    session.add(row)
+
+
+def fetch_session(session: Session, token_hash: str) -> UiSession | None:
+    return session.get(UiSession, token_hash)
+
+
+def delete_session(session: Session, token_hash: str) -> None:
+    session.execute(delete(UiSession).where(col(UiSession.token_hash) == token_hash))
+
+
+def delete_sessions_of(session: Session, user_id: str) -> None:
+    """End every session of an account (it was disabled)."""
+    session.execute(delete(UiSession).where(col(UiSession.user_id) == user_id))
+
+
+def prune_sessions(session: Session, now: datetime) -> None:
+    """Delete the sessions expired by `now` (on the `expires_at` index)."""
+    session.execute(delete(UiSession).where(col(UiSession.expires_at) <= now))
+
+
+# -- page queries ------------------------------------------------------------------------
+# The UI's pages read tables other aggregates own (nodes, entries, certificates, decisions,
+# audit events). These read-only queries live here, next to the pages' own tables: they are
+# shaped by what a page shows (counts, keyset pages), not by the owning aggregate's needs.
+
+
+@dataclass(frozen=True)
+class DashboardCounts:
+    nodes: int
+    active_nodes: int
+    entries: int
+    svids_since: int
+
+
+def count_dashboard(session: Session, svids_since: datetime) -> DashboardCounts:
+    """The dashboard's counters in one round trip."""
+    counts = session.exec(
+        select(
+            select(func.count()).select_from(Node).scalar_subquery(),
+            select(func.count())
+            .select_from(Node)
+            .where(Node.status == NodeStatus.ACTIVE)
+            .scalar_subquery(),
+            select(func.count()).select_from(RegistrationEntry).scalar_subquery(),
+            select(func.count())
+            .select_from(IssuedCertificate)
+            .where(
+                col(IssuedCertificate.created_at) >= svids_since,
+                col(IssuedCertificate.kind) == CertificateKind.X509_SVID,
+            )
+            .scalar_subquery(),
+        )
+    ).one()
+    return DashboardCounts(int(counts[0]), int(counts[1]), int(counts[2]), int(counts[3]))
+
+
+def list_nodes_by_applied_revision(session: Session, limit: int) -> list[Node]:
+    """The nodes furthest behind on sync revisions first."""
+    return list(session.exec(select(Node).order_by(col(Node.applied_revision)).limit(limit)))
+
+
+def list_decisions(
+    session: Session,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    path: str | None = None,
+    source: str | None = None,
+    destination: str | None = None,
+    result_hash: str | None = None,
+    before: tuple[datetime, str] | None = None,
+    limit: int = 50,
+) -> list[PolicyDecision]:
+    """Decision-log rows newest first, `limit` at a time; `before` is the (at, id) of the
+    last row of the previous page (keyset paging on the `at` index, never OFFSET over a
+    million rows)."""
+    statement = select(PolicyDecision)
+    if since is not None:
+        statement = statement.where(col(PolicyDecision.at) >= since)
+    if until is not None:
+        statement = statement.where(col(PolicyDecision.at) < until)
+    if path:
+        statement = statement.where(PolicyDecision.path == path)
+    if source:
+        statement = statement.where(PolicyDecision.source == source)
+    if destination:
+        statement = statement.where(PolicyDecision.destination == destination)
+    if result_hash is not None:
+        statement = statement.where(PolicyDecision.result_hash == result_hash)
+    if before is not None:
+        at, decision_id = before
+        # The bare `at <= cursor` bound lets the planner range-scan the `at` index; the OR
+        # alone would make it filter every row.
+        statement = statement.where(
+            col(PolicyDecision.at) <= at,
+            (col(PolicyDecision.at) < at) | (col(PolicyDecision.decision_id) < decision_id),
+        )
+    statement = statement.order_by(
+        col(PolicyDecision.at).desc(), col(PolicyDecision.decision_id).desc()
+    ).limit(limit)
+    return list(session.exec(statement))
+
+
+def list_audit_events(
+    session: Session,
+    *,
+    actor: str | None = None,
+    action: str | None = None,
+    before: int | None = None,
+    limit: int = 50,
+) -> list[AuditEvent]:
+    """Audit events newest first, keyset-paged by id; `actor` and `action` are indexed
+    equalities."""
+    statement = select(AuditEvent)
+    if actor:
+        statement = statement.where(AuditEvent.actor == actor)
+    if action:
+        statement = statement.where(AuditEvent.action == action)
+    if before is not None:
+        statement = statement.where(col(AuditEvent.id) < before)
+    statement = statement.order_by(col(AuditEvent.id).desc()).limit(limit)
+    return list(session.exec(statement))
+
+
+def list_entry_identities(session: Session, limit: int) -> list[str]:
+    """Distinct SPIFFE IDs of registration entries in order, at most `limit`."""
+    rows = session.exec(
+        select(RegistrationEntry.spiffe_id)
+        .distinct()
+        .order_by(col(RegistrationEntry.spiffe_id))
+        .limit(limit)
+    ).all()
+    return list(rows)

@@ -1,0 +1,84 @@
+"""`trustd agent`: the node agent. It keeps its own --server and --data-dir (the agent's
+state), not the shared admin connection."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from trustd.cli.output import fail
+
+
+def _enforcement_mode(value: str) -> Any:
+    from trustd.agent.enforcement.ebpf import Mode
+
+    try:
+        return Mode(value)
+    except ValueError:
+        fail(f"--enforcement-mode must be enforce or audit, not {value!r}")
+
+
+def agent(
+    server: Annotated[str, typer.Option(envvar="TRUSTD_SERVER", help="The trustd server URL")],
+    socket: Annotated[Path, typer.Option(help="Workload API socket")] = Path(
+        "/run/trustd/agent.sock"
+    ),
+    data_dir: Annotated[Path, typer.Option(help="Agent state (node key, SVID, bundle)")] = Path(
+        "/var/lib/trustd-agent"
+    ),
+    join_token: Annotated[
+        str | None, typer.Option(envvar="TRUSTD_JOIN_TOKEN", help="First start only")
+    ] = None,
+    ca_sha256: Annotated[
+        str | None, typer.Option(help="Pin the server's root CA on first contact")
+    ] = None,
+    log_level: Annotated[str, typer.Option()] = "info",
+    enforce_interface: Annotated[
+        list[str] | None,
+        typer.Option(help="Attach the eBPF filter to tc ingress here (IFNAME or NETNS/IFNAME)"),
+    ] = None,
+    enforcement_mode: Annotated[
+        str, typer.Option(help="enforce: drop what policy denies; audit: count it only")
+    ] = "enforce",
+    bpf_pin_dir: Annotated[Path, typer.Option(help="Where the eBPF maps are pinned")] = Path(
+        "/sys/fs/bpf/trustd"
+    ),
+    staleness_limit: Annotated[
+        float | None,
+        typer.Option(min=1.0, help="Seconds without trustd before enforced traffic is all denied"),
+    ] = None,
+    ext_authz_listen: Annotated[
+        str | None, typer.Option(help="HOST:PORT for the HTTP ext_authz endpoint")
+    ] = None,
+    ext_authz_grpc_listen: Annotated[
+        str | None, typer.Option(help="HOST:PORT for Envoy's gRPC ext_authz (Authorization/Check)")
+    ] = None,
+) -> None:
+    """Run the node agent: attest, sync, serve the Workload API, enforce verdicts.
+
+    eBPF enforces on each --enforce-interface, ext_authz answers on --ext-authz-listen.
+    """
+    from trustd.agent.config import CONFIG_ENV, AgentConfig
+
+    config = AgentConfig(
+        server=server.rstrip("/"),
+        data_dir=data_dir,
+        socket_path=socket,
+        join_token=join_token,
+        ca_sha256=ca_sha256,
+        enforce_interfaces=tuple(enforce_interface or ()),
+        enforcement_mode=_enforcement_mode(enforcement_mode),
+        bpf_pin_dir=bpf_pin_dir,
+        staleness_limit=staleness_limit,
+        ext_authz_listen=ext_authz_listen,
+        ext_authz_grpc_listen=ext_authz_grpc_listen,
+    )
+    # The agent runs as long as the node: exec a fresh interpreter holding only the agent
+    # (trustd/agent/__main__.py), not this command line's parser stack.
+    os.environ[CONFIG_ENV] = json.dumps({"config": config.to_json(), "log_level": log_level})
+    os.execv(sys.executable, [sys.executable, "-m", "trustd.agent"])  # noqa: S606

@@ -1,0 +1,115 @@
+"""`trustd ca`: the certificate authority and its key rotation (prepare, activate, taint,
+revoke, re-issue)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from pki.revocation import RevocationReason
+from pki.rotation import KeyKind
+from trustd.cli.cert import CERTIFICATE_COLUMNS
+from trustd.cli.context import connection
+from trustd.cli.output import columns, emit, listing, progress, record, render_table
+
+app = typer.Typer(help="The certificate authority.", no_args_is_help=True)
+
+KEY_COLUMNS = columns(
+    ("kind", "kind"),
+    ("kid", "kid"),
+    ("status", "status"),
+    ("key type", "key_type"),
+    ("not before", "not_before"),
+    ("not after", "not_after"),
+)
+KindOpt = Annotated[
+    KeyKind,
+    typer.Option("--kind", help="x509-intermediate, x509-root (cross-signed) or jwt"),
+]
+
+
+def _key_change(what: str, change: dict[str, Any]) -> None:
+    progress(f"{what}; bundle sequence is now {change['bundle_sequence']}")
+    emit(
+        connection().output,
+        change,
+        lambda: typer.echo(f"{change['kind']} {change['kid']} {change['status']}"),
+    )
+
+
+@app.command("show")
+def show() -> None:
+    """Show the active authorities, their expiry and the bundle sequence."""
+    shared = connection()
+    ca = shared.json("GET", "/v1/admin/ca")
+
+    def text() -> None:
+        record(shared.output, ca, ("trust_domain", "bundle_sequence"))
+        typer.echo(render_table(ca["authorities"], KEY_COLUMNS))
+
+    emit(shared.output, ca, text)
+
+
+@app.command("keys")
+def keys() -> None:
+    """Every CA key and its status, newest first (the rotation timeline)."""
+    shared = connection()
+    listing(shared.output, shared.json("GET", "/v1/admin/ca/keys"), KEY_COLUMNS)
+
+
+@app.command("prepare")
+def prepare(kind: KindOpt = KeyKind.X509_INTERMEDIATE) -> None:
+    """Create the next key of a kind and publish it in the trust bundle (it signs nothing
+    until `trustd ca activate`)."""
+    progress(f"preparing the next {kind} key")
+    change = connection().json("POST", "/v1/admin/ca/prepare", json={"kind": kind})
+    _key_change("prepared and published", change)
+
+
+@app.command("activate")
+def activate(
+    kind: KindOpt = KeyKind.X509_INTERMEDIATE,
+    kid: Annotated[str | None, typer.Option(help="A prepared key; default: the oldest")] = None,
+) -> None:
+    """Make the prepared key sign from now on; the active one becomes old (it stays in the
+    bundle until what it signed has expired)."""
+    body: dict[str, Any] = {"kind": kind}
+    if kid is not None:
+        body["kid"] = kid
+    _key_change("activated", connection().json("POST", "/v1/admin/ca/activate", json=body))
+
+
+@app.command("taint")
+def taint(kid: Annotated[str, typer.Argument(help="An old key (see `trustd ca keys`)")]) -> None:
+    """Mark an old key as tainted: everything it signed must be re-issued."""
+    _key_change("tainted", connection().json("POST", f"/v1/admin/ca/keys/{kid}/taint"))
+    progress(f"SVIDs to re-issue: trustd ca reissue {kid}; then: trustd ca revoke {kid}")
+
+
+@app.command("revoke")
+def revoke(
+    kid: Annotated[str, typer.Argument(help="A tainted key")],
+    reason: Annotated[RevocationReason, typer.Option()] = RevocationReason.KEY_COMPROMISE,
+) -> None:
+    """Remove a tainted key from the bundle now and revoke everything it signed."""
+    path = f"/v1/admin/ca/keys/{kid}/revoke"
+    change = connection().json("POST", path, json={"reason": reason.value})
+    _key_change("revoked and removed from the bundle", change)
+
+
+@app.command("reissue")
+def reissue(
+    kid: Annotated[str, typer.Argument(help="A tainted key")],
+    after: Annotated[str | None, typer.Option(help="Last serial of the previous batch")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+) -> None:
+    """The next batch of unexpired certificates a tainted key signed."""
+    shared = connection()
+    params: dict[str, Any] = {"limit": limit}
+    if after is not None:
+        params["after"] = after
+    batch = shared.json("GET", f"/v1/admin/ca/keys/{kid}/reissue", params=params)
+    listing(shared.output, batch, CERTIFICATE_COLUMNS)
+    if len(batch) == limit:
+        progress(f"more: trustd ca reissue {kid} --after {batch[-1]['serial']}")

@@ -1,0 +1,81 @@
+"""`trustd cert`: issued certificates and their revocation."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from pki.revocation import RevocationReason
+from trustd.cli.context import connection
+from trustd.cli.output import columns, emit, fail, listing, progress, record
+
+app = typer.Typer(help="Issued certificates and their revocation.", no_args_is_help=True)
+
+CERTIFICATE_COLUMNS = columns(
+    ("serial", "serial"),
+    ("kind", "kind"),
+    ("spiffe id", "spiffe_id"),
+    ("status", "status"),
+    ("issuer", "issuer_kid"),
+    ("not after", "not_after"),
+)
+
+
+@app.command("list")
+def list_(
+    spiffe_id: Annotated[str | None, typer.Option("--spiffe-id")] = None,
+    status: Annotated[str | None, typer.Option(help="valid or revoked")] = None,
+    after: Annotated[str | None, typer.Option(help="Last serial of the previous page")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+) -> None:
+    """Issued certificates, ordered by serial, a page at a time."""
+    shared = connection()
+    params: dict[str, Any] = {"limit": limit}
+    for name, value in (("spiffe_id", spiffe_id), ("status", status), ("after", after)):
+        if value is not None:
+            params[name] = value
+    page = shared.json("GET", "/v1/admin/certificates", params=params)
+    listing(shared.output, page, CERTIFICATE_COLUMNS)
+    if len(page) == limit:
+        progress(f"more: trustd cert list --after {page[-1]['serial']}")
+
+
+@app.command("show")
+def show(serial: Annotated[str, typer.Argument(help="Hex serial")]) -> None:
+    """One issued certificate, its status and PEM."""
+    shared = connection()
+    cert = shared.json("GET", f"/v1/admin/certificates/{serial}")
+
+    def text() -> None:
+        record(shared.output, {k: v for k, v in cert.items() if k != "certificate"})
+        if cert.get("certificate"):
+            typer.echo(cert["certificate"], nl=False)
+
+    emit(shared.output, cert, text)
+
+
+@app.command("revoke")
+def revoke(
+    serial: Annotated[str | None, typer.Option(help="Hex serial of one certificate")] = None,
+    spiffe_id: Annotated[
+        str | None, typer.Option("--spiffe-id", help="Every unexpired SVID of this ID")
+    ] = None,
+    reason: Annotated[RevocationReason, typer.Option()] = RevocationReason.UNSPECIFIED,
+) -> None:
+    """Revoke a certificate or every SVID of a SPIFFE ID (published in CRLs and OCSP)."""
+    if (serial is None) == (spiffe_id is None):
+        fail("give exactly one of --serial S and --spiffe-id ID")
+    shared = connection()
+    body: dict[str, Any] = {"reason": reason.value}
+    body.update({"serial": serial} if serial is not None else {"spiffe_id": spiffe_id})
+    result = shared.json("POST", "/v1/admin/certificates/revoke", json=body)
+    progress(
+        f"revoked {len(result['serials'])} certificate(s); revocation revision {result['revision']}"
+    )
+
+    def text() -> None:
+        for revoked in result["serials"]:
+            typer.echo(revoked)
+
+    emit(shared.output, result, text)

@@ -1,0 +1,200 @@
+"""`trustd policy`: Rego policies — test and check locally (like `opa test`), and the
+server's revisions, bundles and decision log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pki.errors import TrustdError
+from trustd.cli.context import connection
+from trustd.cli.output import columns, emit, fail, listing, progress
+
+app = typer.Typer(help="Rego policies: test, check, bundles, decisions.", no_args_is_help=True)
+
+RegoDirArg = Annotated[
+    Path, typer.Argument(help="Directory of .rego files and data.json files", exists=True)
+]
+REVISION_COLUMNS = columns(
+    ("active", lambda row: "*" if row["active"] else ""),
+    ("revision", "revision"),
+    ("created", "created_at"),
+    ("created by", "created_by"),
+    ("modules", lambda row: len(row["modules"])),
+    ("note", "note"),
+)
+DECISION_COLUMNS = columns(
+    ("time", "timestamp"),
+    ("path", "path"),
+    ("caller", "caller"),
+    ("result", "result"),
+    ("revision", "revision"),
+    ("id", "decision_id"),
+)
+
+
+def _load_rego(directory: Path, tests: bool) -> Any:
+    from policy.testing import load_directory
+
+    try:
+        return load_directory(directory, tests=tests)
+    except TrustdError as exc:
+        fail(str(exc))
+
+
+@app.command("test")
+def run_policy_tests(
+    directory: RegoDirArg = Path("rego"),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List passing tests")] = False,
+) -> None:
+    """Run the test_* rules of the *_test.rego files, like `opa test`."""
+    from policy.testing import run_tests
+
+    bundle = _load_rego(directory, tests=True)
+    try:
+        results = run_tests(bundle.modules, bundle.data)
+    except TrustdError as exc:
+        fail(f"{exc}; run `trustd policy check {directory}` for every problem")
+    if not results:
+        fail(f"no test_* rules in {directory}; tests live in *_test.rego files")
+    for result in results:
+        if result.outcome != "pass" or verbose:
+            colour = typer.colors.GREEN if result.outcome == "pass" else typer.colors.RED
+            line = f"{result.outcome.upper():5} {result.name} ({result.duration_ms:.1f} ms)"
+            typer.secho(line + (f": {result.detail}" if result.detail else ""), fg=colour)
+    passed = sum(r.outcome == "pass" for r in results)
+    failed = len(results) - passed
+    typer.echo(f"PASS: {passed}/{len(results)}" + (f", FAIL: {failed}" if failed else ""))
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("check")
+def check_policy(directory: RegoDirArg = Path("rego")) -> None:
+    """Report parse errors and unknown functions with file:line:col."""
+    from policy.testing import check
+
+    bundle = _load_rego(directory, tests=True)
+    problems = check(bundle.modules, bundle.data)
+    for problem in problems:
+        typer.secho(problem, fg=typer.colors.RED, err=True)
+    if problems:
+        fail(f"{len(problems)} problem(s) in {directory}")
+    typer.echo(f"{len(bundle.modules)} module(s) in {directory}: no problems")
+
+
+def _revision(row: dict[str, Any], text: str) -> None:
+    emit(connection().output, row, lambda: typer.echo(text))
+
+
+@app.command("push")
+def push(
+    directory: RegoDirArg,
+    activate: Annotated[bool, typer.Option(help="Activate the new revision")] = True,
+    note: Annotated[str, typer.Option(help="Why this revision exists")] = "",
+) -> None:
+    """Upload a directory (modules without tests, data.json files) as a new revision."""
+    bundle = _load_rego(directory, tests=False)
+    progress(f"uploading {len(bundle.modules)} module(s) from {directory}")
+    body = {"modules": bundle.modules, "data": bundle.data, "activate": activate, "note": note}
+    row = connection().json("POST", "/v1/admin/policy/bundles", json=body)
+    state = "active" if row["active"] else "stored, not active"
+    _revision(row, f"revision {row['revision']} ({state}), digest {row['digest'][:16]}")
+
+
+@app.command("list")
+def list_() -> None:
+    """Policy revisions, newest first; the active one is marked."""
+    shared = connection()
+    listing(shared.output, shared.json("GET", "/v1/admin/policy/bundles"), REVISION_COLUMNS)
+
+
+@app.command("activate")
+def activate(
+    revision: Annotated[int, typer.Argument(help="Revision number (see `policy list`)")],
+) -> None:
+    """Activate a revision on every replica."""
+    row = connection().json("POST", f"/v1/admin/policy/bundles/{revision}/activate")
+    _revision(row, f"revision {row['revision']} is active")
+
+
+@app.command("rollback")
+def rollback() -> None:
+    """Re-activate the revision that was active before the current one."""
+    row = connection().json("POST", "/v1/admin/policy/rollback")
+    _revision(row, f"rolled back: revision {row['revision']} is active")
+
+
+@app.command("diff")
+def diff(
+    old: Annotated[int, typer.Argument(help="From revision")],
+    new: Annotated[int, typer.Argument(help="To revision")],
+) -> None:
+    """Show what changed between two revisions."""
+    shared = connection()
+    changes = shared.json("GET", "/v1/admin/policy/diff", params={"from": old, "to": new})
+
+    def text() -> None:
+        modules = changes["modules"]
+        for name in modules["added"]:
+            typer.secho(f"added   {name}", fg=typer.colors.GREEN)
+        for name in modules["removed"]:
+            typer.secho(f"removed {name}", fg=typer.colors.RED)
+        for body in modules["changed"].values():
+            typer.echo(body)
+        data = changes["data"]
+        for kind in ("added", "removed", "changed"):
+            if data[kind]:
+                typer.echo(f"data {kind}: {', '.join(data[kind])}")
+
+    emit(shared.output, changes, text)
+
+
+@app.command("export")
+def export(
+    revision: Annotated[int, typer.Argument(help="Revision number")],
+    out: Annotated[Path, typer.Option(help="Where to write the OPA bundle (.tar.gz)")],
+) -> None:
+    """Write a revision as an OPA bundle."""
+    path = f"/v1/admin/policy/bundles/{revision}/export"
+    out.write_bytes(connection().request("GET", path).content)
+    typer.echo(f"wrote {out}")
+
+
+@app.command("import")
+def import_(
+    bundle: Annotated[Path, typer.Argument(help="OPA bundle (.tar.gz)", exists=True)],
+    activate: Annotated[bool, typer.Option(help="Activate the new revision")] = True,
+) -> None:
+    """Import an OPA bundle; its signature is verified by the server."""
+    progress(f"uploading {bundle} ({bundle.stat().st_size} bytes)")
+    row = connection().json(
+        "POST",
+        "/v1/admin/policy/bundles/import",
+        params={"activate": activate},
+        content=bundle.read_bytes(),
+        headers={"Content-Type": "application/gzip"},
+    )
+    _revision(
+        row, f"revision {row['revision']} imported" + (" and active" if row["active"] else "")
+    )
+
+
+@app.command("decisions")
+def decisions(
+    path: Annotated[str | None, typer.Option(help="e.g. trustd/mesh/allow")] = None,
+    caller: Annotated[str | None, typer.Option(help="Who asked")] = None,
+    result: Annotated[str | None, typer.Option(help="JSON result, e.g. false")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO 8601 time")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many")] = 50,
+) -> None:
+    """Logged decisions, newest first."""
+    shared = connection()
+    params: dict[str, Any] = {"limit": limit}
+    for name, value in (("path", path), ("caller", caller), ("result", result), ("since", since)):
+        if value is not None:
+            params[name] = value
+    rows = shared.json("GET", "/v1/admin/policy/decisions", params=params)
+    listing(shared.output, rows, DECISION_COLUMNS)
