@@ -18,11 +18,11 @@ from trustd.bus import Bus
 from trustd.services.acme.accounts import Accounts
 from trustd.services.acme.admin import AdminListings
 from trustd.services.acme.authentication import Authenticated, Authenticator
-from trustd.services.acme.authorizations import POLL_INTERVAL, Authorizations
+from trustd.services.acme.authorizations import Authorizations
 from trustd.services.acme.certificates import Certificates
 from trustd.services.acme.challenges import Challenges
 from trustd.services.acme.context import AcmeContext
-from trustd.services.acme.directory import DEFAULT_PROFILE, Directory, build_profiles
+from trustd.services.acme.directory import Directory, build_profiles
 from trustd.services.acme.eab import EabKeys
 from trustd.services.acme.housekeeping import Housekeeping
 from trustd.services.acme.nonces import NonceStore
@@ -36,7 +36,7 @@ from trustd.services.ca import CertificateAuthority
 from trustd.services.revocation import Revocations
 from trustd.settings import Settings
 
-__all__ = ["POLL_INTERVAL", "AcmeService", "Authenticated"]
+__all__ = ["AcmeService", "Authenticated"]
 
 
 class AcmeService:
@@ -60,17 +60,16 @@ class AcmeService:
         context = AcmeContext(settings, engine, clock, audit, AcmeUrls(settings.base_url))
         self.urls = context.urls
         self.nonces = nonces
-        self.profiles = build_profiles(settings)
-        self.default_profile = DEFAULT_PROFILE
-        self.directory = Directory(context, self.profiles)
+        profiles = build_profiles(settings)
+        self.directory = Directory(context, profiles)
         self.authenticator = Authenticator(context, nonces)
         self.eab_keys = EabKeys(context, kek)
         self.accounts = Accounts(context, self.eab_keys)
         self.housekeeping = Housekeeping(context)
-        self.orders = Orders(context, self.profiles, policy, limiter, self.housekeeping)
+        self.orders = Orders(context, profiles, policy, limiter, self.housekeeping)
         self.authorizations = Authorizations(context)
         self.challenges = Challenges(context, validator)
-        self.certificates = Certificates(context, ca, self.profiles)
+        self.certificates = Certificates(context, ca, profiles)
         self.renewals = Renewals(context)
         self.revocations = AcmeRevocations(context, revocations, bus)
         self.admin = AdminListings(context)
