@@ -19,6 +19,10 @@ class AcmeError(TrustdError):
     def type_uri(self) -> str:
         return ACME_ERROR_PREFIX + self.acme_type
 
+    def document(self) -> dict[str, str]:
+        """The error as the `error` member of an order or challenge (RFC 8555 §7.1.3, §8)."""
+        return {"type": self.type_uri, "detail": self.detail}
+
 
 class Malformed(AcmeError):
     title = "The request message was malformed"
@@ -153,3 +157,11 @@ class DnsProblem(AcmeError):
 class TlsProblem(AcmeError):
     title = "The server received a TLS error during validation"
     acme_type = "tls"
+
+
+class ForbiddenTransition(AcmeError):
+    """A status change the RFC 8555 §7.1.6 state diagrams do not draw. Requests are checked
+    against the state they need before anything changes, so reaching this is a server fault
+    (a 500 `serverInternal`), never the client's."""
+
+    title = "The server attempted a status change RFC 8555 does not allow"

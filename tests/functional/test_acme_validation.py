@@ -18,7 +18,7 @@ from cryptography import x509
 
 from tests.acme_support import tls_alpn_certificate
 from tests.functional.acme_client import AcmeEnv, acme_env
-from trustd.services.acme.service import POLL_INTERVAL
+from trustd.services.acme.authorizations import POLL_INTERVAL
 
 
 @pytest.fixture

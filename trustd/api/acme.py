@@ -22,14 +22,17 @@ from pki.acme.jws import b64encode
 from pki.errors import TrustdError
 from trustd.api import problems
 from trustd.api.deps import AdminDep, ServicesDep
-from trustd.services.acme.service import (
-    Authenticated,
+from trustd.domain.acme import (
+    Account,
     AuthorizationView,
+    Challenge,
+    EabKey,
+    Order,
     OrderView,
 )
+from trustd.services.acme.authentication import Authenticated
 from trustd.services.acme.urls import PREFIX, AcmeUrls
 from trustd.services.container import Services
-from trustd.store.acme import AcmeAccount, AcmeChallenge, AcmeEabKey
 
 JOSE_JSON = "application/jose+json"
 PEM_CHAIN = "application/pem-certificate-chain"
@@ -115,10 +118,10 @@ async def _authenticated(
 # --------------------------------------------------------------------------- rendering
 
 
-def _account_json(urls: AcmeUrls, account: AcmeAccount) -> dict[str, Any]:
+def _account_json(urls: AcmeUrls, account: Account) -> dict[str, Any]:
     return {
-        "status": account.status,
-        "contact": account.contact,
+        "status": str(account.status),
+        "contact": list(account.contact),
         "orders": urls.orders(account.id),
         "createdAt": _ts(account.created_at),
     }
@@ -127,9 +130,9 @@ def _account_json(urls: AcmeUrls, account: AcmeAccount) -> dict[str, Any]:
 def _order_json(urls: AcmeUrls, view: OrderView) -> dict[str, Any]:
     order = view.order
     document: dict[str, Any] = {
-        "status": order.status,
+        "status": str(order.status),
         "expires": _ts(order.expires),
-        "identifiers": order.identifiers,
+        "identifiers": [i.to_json() for i in order.identifiers],
         "authorizations": [urls.authz(a) for a in view.authorization_ids],
         "finalize": urls.finalize(order.id),
         "profile": order.profile,
@@ -147,11 +150,11 @@ def _order_json(urls: AcmeUrls, view: OrderView) -> dict[str, Any]:
     return document
 
 
-def _challenge_json(urls: AcmeUrls, challenge: AcmeChallenge) -> dict[str, Any]:
+def _challenge_json(urls: AcmeUrls, challenge: Challenge) -> dict[str, Any]:
     document: dict[str, Any] = {
-        "type": challenge.type,
+        "type": str(challenge.type),
         "url": urls.challenge(challenge.id),
-        "status": challenge.status,
+        "status": str(challenge.status),
         "token": challenge.token,
     }
     if challenge.validated is not None:
@@ -165,7 +168,7 @@ def _authz_json(urls: AcmeUrls, view: AuthorizationView) -> dict[str, Any]:
     authz = view.authorization
     document: dict[str, Any] = {
         "identifier": {"type": authz.identifier_type, "value": authz.identifier_value},
-        "status": authz.status,
+        "status": str(authz.status),
         "expires": _ts(authz.expires),
         "challenges": [_challenge_json(urls, c) for c in view.challenges],
     }
@@ -180,7 +183,7 @@ def _authz_json(urls: AcmeUrls, view: AuthorizationView) -> dict[str, Any]:
 @acme_router.get("/directory")
 def directory(services: ServicesDep) -> JSONResponse:
     """The ACME directory (RFC 8555 §7.1.1)."""
-    return _json(services.acme.directory())
+    return _json(services.acme.directory.document())
 
 
 @acme_router.head("/new-nonce", status_code=200)
@@ -199,7 +202,7 @@ def new_nonce_get() -> Response:
 async def new_account(request: Request, services: ServicesDep) -> JSONResponse:
     """Create or find the account of the signing key (RFC 8555 §7.3)."""
     account, created = await _authenticated(
-        request, services, services.acme.new_account, allow_jwk=True
+        request, services, services.acme.accounts.new_account, allow_jwk=True
     )
     urls = services.acme.urls
     return _json(_account_json(urls, account), 201 if created else 200, urls.account(account.id))
@@ -208,10 +211,10 @@ async def new_account(request: Request, services: ServicesDep) -> JSONResponse:
 @acme_router.post("/account/{account_id}")
 async def account(account_id: str, request: Request, services: ServicesDep) -> JSONResponse:
     """Read, update or deactivate the account (RFC 8555 §7.3.2, §7.3.6)."""
-    row = await _authenticated(
-        request, services, lambda auth: services.acme.update_account(auth, account_id)
+    account = await _authenticated(
+        request, services, lambda auth: services.acme.accounts.update_account(auth, account_id)
     )
-    return _json(_account_json(services.acme.urls, row))
+    return _json(_account_json(services.acme.urls, account))
 
 
 @acme_router.post("/account/{account_id}/orders")
@@ -219,14 +222,14 @@ async def account_orders(
     account_id: str, request: Request, services: ServicesDep, cursor: int = 0
 ) -> JSONResponse:
     """The account's orders, paginated with Link rel="next" (RFC 8555 §7.1.2.1)."""
-    ids, more = await _authenticated(
+    page = await _authenticated(
         request,
         services,
-        lambda auth: services.acme.account_orders(auth, account_id, max(cursor, 0)),
+        lambda auth: services.acme.orders.account_orders(auth, account_id, max(cursor, 0)),
     )
     urls = services.acme.urls
-    response = _json({"orders": [urls.order(i) for i in ids]})
-    if more:
+    response = _json({"orders": [urls.order(i) for i in page.order_ids]})
+    if page.more:
         response.headers.append(
             "Link", f'<{urls.orders(account_id)}?cursor={cursor + 1}>;rel="next"'
         )
@@ -236,14 +239,14 @@ async def account_orders(
 @acme_router.post("/key-change")
 async def key_change(request: Request, services: ServicesDep) -> JSONResponse:
     """Roll the account over to a new key (RFC 8555 §7.3.5)."""
-    row = await _authenticated(request, services, services.acme.key_change)
-    return _json(_account_json(services.acme.urls, row))
+    account = await _authenticated(request, services, services.acme.accounts.key_change)
+    return _json(_account_json(services.acme.urls, account))
 
 
 @acme_router.post("/new-order")
 async def new_order(request: Request, services: ServicesDep) -> JSONResponse:
     """Create an order (RFC 8555 §7.4)."""
-    view = await _authenticated(request, services, services.acme.new_order)
+    view = await _authenticated(request, services, services.acme.orders.new_order)
     urls = services.acme.urls
     return _json(_order_json(urls, view), 201, urls.order(view.order.id))
 
@@ -252,7 +255,7 @@ async def new_order(request: Request, services: ServicesDep) -> JSONResponse:
 async def order(order_id: str, request: Request, services: ServicesDep) -> JSONResponse:
     """The order (POST-as-GET)."""
     view = await _authenticated(
-        request, services, lambda auth: services.acme.get_order(auth, order_id)
+        request, services, lambda auth: services.acme.orders.get_order(auth, order_id)
     )
     return _json(_order_json(services.acme.urls, view))
 
@@ -261,7 +264,7 @@ async def order(order_id: str, request: Request, services: ServicesDep) -> JSONR
 async def finalize(order_id: str, request: Request, services: ServicesDep) -> JSONResponse:
     """Finalize a ready order with a CSR (RFC 8555 §7.4)."""
     view = await _authenticated(
-        request, services, lambda auth: services.acme.finalize(auth, order_id)
+        request, services, lambda auth: services.acme.certificates.finalize(auth, order_id)
     )
     urls = services.acme.urls
     return _json(_order_json(urls, view), location=urls.order(order_id))
@@ -271,7 +274,9 @@ async def finalize(order_id: str, request: Request, services: ServicesDep) -> JS
 async def authorization(authz_id: str, request: Request, services: ServicesDep) -> JSONResponse:
     """The authorization (POST-as-GET), or its deactivation (RFC 8555 §7.5.2)."""
     view = await _authenticated(
-        request, services, lambda auth: services.acme.get_authorization(auth, authz_id)
+        request,
+        services,
+        lambda auth: services.acme.authorizations.get_authorization(auth, authz_id),
     )
     return _json(_authz_json(services.acme.urls, view), retry_after=view.retry_after)
 
@@ -281,7 +286,7 @@ async def challenge(challenge_id: str, request: Request, services: ServicesDep) 
     """Read a challenge, or ask for its validation (RFC 8555 §7.5.1); the answer carries
     the outcome of a validation that finished quickly, else `processing`."""
     view = await _authenticated(
-        request, services, lambda auth: services.acme.respond_challenge(auth, challenge_id)
+        request, services, lambda auth: services.acme.challenges.respond(auth, challenge_id)
     )
     urls = services.acme.urls
     response = _json(_challenge_json(urls, view.challenge), retry_after=view.retry_after)
@@ -293,7 +298,7 @@ async def _certificate(
     serial: str, alternate: int, request: Request, services: Services
 ) -> Response:
     chain = await _authenticated(
-        request, services, lambda auth: services.acme.certificate_chain(auth, serial, alternate)
+        request, services, lambda auth: services.acme.certificates.chain(auth, serial, alternate)
     )
     response = Response(chain.pem, media_type=PEM_CHAIN)
     urls = services.acme.urls
@@ -321,14 +326,14 @@ async def certificate_alternate(
 @acme_router.post("/revoke-cert")
 async def revoke_cert(request: Request, services: ServicesDep) -> Response:
     """Revoke a certificate (RFC 8555 §7.6)."""
-    await _authenticated(request, services, services.acme.revoke, allow_jwk=True)
+    await _authenticated(request, services, services.acme.revocations.revoke, allow_jwk=True)
     return Response(status_code=200)
 
 
 @acme_router.get("/renewal-info/{cert_id}")
 def renewal_info(cert_id: str, services: ServicesDep) -> JSONResponse:
     """The suggested renewal window (RFC 9773 §4.2), with Retry-After (§4.3)."""
-    info = services.acme.renewal_info(cert_id)
+    info = services.acme.renewals.renewal_info(cert_id)
     window = {"start": _ts(info.window.start), "end": _ts(info.window.end)}
     return _json({"suggestedWindow": window}, retry_after=info.retry_after)
 
@@ -395,17 +400,32 @@ class EabKeyCreated(EabKeyPublic):
     hmac_key: str = Field(description="base64url MAC key; shown once")
 
 
-def _eab_public(row: AcmeEabKey) -> EabKeyPublic:
-    return EabKeyPublic.model_validate(row, from_attributes=True)
+def _eab_public(key: EabKey) -> EabKeyPublic:
+    return EabKeyPublic.model_validate(key, from_attributes=True)
+
+
+def _account_public(account: Account) -> AcmeAccountPublic:
+    return AcmeAccountPublic.model_validate(account, from_attributes=True)
+
+
+def _order_public(order: Order) -> AcmeOrderPublic:
+    return AcmeOrderPublic(
+        id=order.id,
+        account_id=order.account_id,
+        status=str(order.status),
+        identifiers=[i.to_json() for i in order.identifiers],
+        profile=order.profile,
+        expires=order.expires,
+        replaces=order.replaces,
+        certificate_serial=order.certificate_serial,
+        created_at=order.created_at,
+    )
 
 
 @admin_router.get("/accounts", response_model=list[AcmeAccountPublic])
 def list_accounts(principal: AdminDep, services: ServicesDep) -> list[AcmeAccountPublic]:
     """Every ACME account."""
-    return [
-        AcmeAccountPublic.model_validate(a, from_attributes=True)
-        for a in services.acme.list_accounts()
-    ]
+    return [_account_public(a) for a in services.acme.admin.accounts()]
 
 
 @admin_router.post("/accounts/{account_id}/deactivate", response_model=AcmeAccountPublic)
@@ -413,8 +433,7 @@ def deactivate_account(
     account_id: str, principal: AdminDep, services: ServicesDep
 ) -> AcmeAccountPublic:
     """Deactivate an account: it can no longer order or revoke."""
-    row = services.acme.admin_deactivate_account(principal, account_id)
-    return AcmeAccountPublic.model_validate(row, from_attributes=True)
+    return _account_public(services.acme.accounts.deactivate(principal, account_id))
 
 
 @admin_router.get("/orders", response_model=list[AcmeOrderPublic])
@@ -425,10 +444,7 @@ def list_orders(
     status: str | None = None,
 ) -> list[AcmeOrderPublic]:
     """The newest 1000 orders, optionally of one account or in one status."""
-    return [
-        AcmeOrderPublic.model_validate(o, from_attributes=True)
-        for o in services.acme.list_orders(account_id, status)
-    ]
+    return [_order_public(o) for o in services.acme.admin.orders(account_id, status)]
 
 
 @admin_router.get("/certificates", response_model=list[AcmeCertificatePublic])
@@ -437,23 +453,24 @@ def list_certificates(principal: AdminDep, services: ServicesDep) -> list[AcmeCe
     return [
         AcmeCertificatePublic(
             serial=cert.serial,
-            account_id=order.account_id,
-            order_id=order.id,
-            identifiers=order.identifiers,
-            status=cert.status,
+            # The listing joins each certificate to its order: both are set.
+            account_id=cert.account_id or "",
+            order_id=cert.order_id or "",
+            identifiers=[i.to_json() for i in cert.identifiers],
+            status=str(cert.status),
             not_before=cert.not_before,
             not_after=cert.not_after,
             revoked_at=cert.revoked_at,
             revocation_reason=cert.revocation_reason,
         )
-        for cert, order in services.acme.list_certificates()
+        for cert in services.acme.admin.certificates()
     ]
 
 
 @admin_router.post("/eab-keys", response_model=EabKeyCreated, status_code=201)
 def create_eab_key(body: EabKeyCreate, principal: AdminDep, services: ServicesDep) -> EabKeyCreated:
     """Create an External Account Binding key; the MAC key is in this response only."""
-    created = services.acme.create_eab_key(
+    created = services.acme.eab_keys.create(
         principal,
         body.label,
         body.dns_suffixes,
@@ -468,20 +485,20 @@ def create_eab_key(body: EabKeyCreate, principal: AdminDep, services: ServicesDe
 @admin_router.get("/eab-keys", response_model=list[EabKeyPublic])
 def list_eab_keys(principal: AdminDep, services: ServicesDep) -> list[EabKeyPublic]:
     """Every EAB key, without MAC keys."""
-    return [_eab_public(k) for k in services.acme.list_eab_keys()]
+    return [_eab_public(k) for k in services.acme.eab_keys.list()]
 
 
 @admin_router.delete("/eab-keys/{key_id}", status_code=204, response_class=Response)
 def revoke_eab_key(key_id: str, principal: AdminDep, services: ServicesDep) -> Response:
     """Revoke an EAB key: no new account can bind with it."""
-    services.acme.revoke_eab_key(principal, key_id)
+    services.acme.eab_keys.revoke(principal, key_id)
     return Response(status_code=204)
 
 
 @admin_router.post("/prune", response_model=dict[str, int])
 def prune(principal: AdminDep, services: ServicesDep) -> dict[str, int]:
     """Expire stale pending objects and delete old finished ones now."""
-    expired, deleted = services.acme.prune(principal)
+    expired, deleted = services.acme.housekeeping.prune(principal)
     return {"expired": expired, "deleted": deleted}
 
 
