@@ -34,6 +34,7 @@ from trustd.api.policy_schemas import (
     PolicyRevisionPublic,
     PolicyStatus,
 )
+from trustd.domain.policy import PolicyRevisionRecord
 from trustd.errors import InvalidRequest, NotFound, Unauthenticated
 from trustd.roles import Role
 from trustd.services.auth import Principal
@@ -44,7 +45,6 @@ from trustd.services.policy import (
     decision_document,
     normalise_input,
 )
-from trustd.store.policy import PolicyRevision
 from trustd.xfcc import MalformedXfcc, parse_xfcc
 
 _bearer = HTTPBearer(auto_error=False, description="Admin token or the policy API token")
@@ -298,8 +298,7 @@ async def delete_policy(
 # -- admin: bundles and the decision log -------------------------------------------------
 
 
-def _revision(row: PolicyRevision, active: int | None) -> PolicyRevisionPublic:
-    assert row.revision is not None
+def _revision(row: PolicyRevisionRecord, active: int | None) -> PolicyRevisionPublic:
     return PolicyRevisionPublic(
         revision=row.revision,
         label=row.label,
