@@ -7,6 +7,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Sequence
+from datetime import datetime
 
 from cryptography.x509 import ocsp
 from sqlalchemy import Engine
@@ -180,10 +181,10 @@ class Revocations:
     ) -> int:
         """Inside the caller's transaction, mark issued *certificates* revoked and append
         them to the revocation feed; returns the newest revision."""
-        newest = self.record_entries(session, certificates, reason, actor)
-        update_certificates_revoked(
-            session, [c.serial for c in certificates], self._clock.now(), reason
-        )
+        now = self._clock.now()
+        newest = self._append(session, certificates, reason, actor, now)
+        # The same instant as the feed's: the CRL and OCSP answer one revocation time.
+        update_certificates_revoked(session, [c.serial for c in certificates], now, reason)
         return newest
 
     def record_entries(
@@ -199,7 +200,16 @@ class Revocations:
 
         The counter row is updated first, so its lock orders concurrent revokers by commit.
         """
-        now = self._clock.now()
+        return self._append(session, entries, reason, actor, self._clock.now())
+
+    @staticmethod
+    def _append(
+        session: Session,
+        entries: Sequence[Revocable],
+        reason: RevocationReason,
+        actor: str,
+        now: datetime,
+    ) -> int:
         newest = update_revocation_revision(session, len(entries))
         first = newest - len(entries) + 1
         create_revocations(
