@@ -4,6 +4,7 @@ activations and the decision log's pages."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -76,7 +77,9 @@ def test_revisions_and_activations(engine: Engine) -> None:
         assert fetch_policy_revision(session, second + 1) is None
 
 
-def _decision(n: int, at: datetime, path: str = "p", result_hash: str = "h") -> dict[str, Any]:
+def _decision(
+    n: int, at: datetime, path: str = "p", result_hash: str = "h", source: str | None = None
+) -> dict[str, Any]:
     return {
         "decision_id": f"00000000-0000-0000-0000-{n:012d}",
         "at": at,
@@ -88,15 +91,17 @@ def _decision(n: int, at: datetime, path: str = "p", result_hash: str = "h") -> 
         "revision": None,
         "latency_us": 1,
         "caller": "c",
-        "source": None,
-        "destination": None,
+        "source": source,
+        "destination": "spiffe://example.org/db" if source else None,
     }
 
 
 def test_decision_pages_filters_and_pruning(engine: Engine) -> None:
     with transaction(engine) as session:
         # Five decisions in the same instant: the keyset page must order by id too.
-        create_policy_decisions(session, [_decision(n, NOW) for n in range(5)])
+        create_policy_decisions(
+            session, [_decision(n, NOW, source=f"spiffe://example.org/{n % 2}") for n in range(5)]
+        )
         create_policy_decisions(
             session, [_decision(9, NOW + SECOND, path="q", result_hash="other")]
         )
@@ -113,6 +118,14 @@ def test_decision_pages_filters_and_pruning(engine: Engine) -> None:
         assert len(list_policy_decisions(session, DecisionFilter(result_hash="other"))) == 1
         assert list_policy_decisions(session, DecisionFilter(until=NOW)) == []
         assert list_policy_decisions(session, DecisionFilter(caller="nobody")) == []
+        odd = list_policy_decisions(session, DecisionFilter(source="spiffe://example.org/1"))
+        assert [d.input["n"] for d in odd] == [3, 1]
+        db = DecisionFilter(destination="spiffe://example.org/db", limit=2)
+        first = list_policy_decisions(session, db)
+        assert [d.input["n"] for d in first] == [4, 3]
+        cursor = (first[-1].at, first[-1].decision_id)
+        second = list_policy_decisions(session, replace(db, before=cursor, limit=10))
+        assert [d.input["n"] for d in second] == [2, 1, 0]
     with transaction(engine) as session:
         assert prune_policy_decisions(session, NOW, 3) == 5
     with transaction(engine) as session:

@@ -53,3 +53,7 @@ class DecisionFilter:
     # SHA-256 of the canonical JSON result (see `services.policy.result_hash`).
     result_hash: str | None = None
     limit: int = 100
+    source: str | None = None
+    destination: str | None = None
+    # The (time, decision id) of the previous page's last decision: keyset paging.
+    before: tuple[datetime, str] | None = None

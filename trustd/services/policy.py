@@ -675,7 +675,9 @@ class PolicyService:
         wanted: str | None = None
         if undefined or result is not None:
             wanted = result_hash(Result(False) if undefined else Result(True, result))
-        where = DecisionFilter(since, until, path, caller, wanted, limit)
+        where = DecisionFilter(
+            since=since, until=until, path=path, caller=caller, result_hash=wanted, limit=limit
+        )
         with transaction(self._engine) as session:
             return list_policy_decisions(session, where)
 

@@ -172,7 +172,8 @@ def create_policy_decisions(session: Session, rows: Sequence[dict[str, Any]]) ->
 
 
 def list_policy_decisions(session: Session, where: DecisionFilter) -> list[LoggedDecision]:
-    """Logged decisions matching *where*, newest first."""
+    """Logged decisions matching *where*, newest first (by time, then id), a page of
+    `where.limit` after `where.before`."""
     statement = select(PolicyDecision)
     if where.since is not None:
         statement = statement.where(col(PolicyDecision.at) >= where.since)
@@ -184,7 +185,21 @@ def list_policy_decisions(session: Session, where: DecisionFilter) -> list[Logge
         statement = statement.where(PolicyDecision.caller == where.caller)
     if where.result_hash is not None:
         statement = statement.where(PolicyDecision.result_hash == where.result_hash)
-    statement = statement.order_by(col(PolicyDecision.at).desc()).limit(where.limit)
+    if where.source is not None:
+        statement = statement.where(PolicyDecision.source == where.source)
+    if where.destination is not None:
+        statement = statement.where(PolicyDecision.destination == where.destination)
+    if where.before is not None:
+        at, decision_id = where.before
+        # The bare `at <= cursor` bound lets the planner range-scan the `at` index; the OR
+        # alone would make it filter every row.
+        statement = statement.where(
+            col(PolicyDecision.at) <= at,
+            (col(PolicyDecision.at) < at) | (col(PolicyDecision.decision_id) < decision_id),
+        )
+    statement = statement.order_by(
+        col(PolicyDecision.at).desc(), col(PolicyDecision.decision_id).desc()
+    ).limit(where.limit)
     return [_decision(row) for row in session.exec(statement)]
 
 
