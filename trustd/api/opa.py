@@ -34,17 +34,12 @@ from trustd.api.policy_schemas import (
     PolicyRevisionPublic,
     PolicyStatus,
 )
-from trustd.domain.policy import PolicyRevisionRecord
+from trustd.domain.policy import Decision, PolicyRevisionRecord
 from trustd.errors import InvalidRequest, NotFound, Unauthenticated
 from trustd.roles import Role
 from trustd.services.auth import Principal
 from trustd.services.container import Services
-from trustd.services.policy import (
-    Decision,
-    PolicyService,
-    decision_document,
-    normalise_input,
-)
+from trustd.services.policy import PolicyService, decision_document, normalise_input
 from trustd.xfcc import MalformedXfcc, parse_xfcc
 
 _bearer = HTTPBearer(auto_error=False, description="Admin token or the policy API token")

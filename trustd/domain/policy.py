@@ -6,6 +6,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from policy.engine import Result
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One answer of the active revision: what a decision request returns."""
+
+    decision_id: str
+    path: str
+    result: Result
+    revision: int
+    latency_us: int
+    cached: bool
+
 
 @dataclass(frozen=True)
 class PolicyRevisionRecord:

@@ -41,7 +41,7 @@ from policy.errors import InvalidInput, UnknownPath
 from policy.remote import RemoteEngine
 from policy.testing import load_directory
 from trustd.bus import Bus
-from trustd.domain.policy import DecisionFilter, LoggedDecision, PolicyRevisionRecord
+from trustd.domain.policy import Decision, DecisionFilter, LoggedDecision, PolicyRevisionRecord
 from trustd.errors import Conflict, InvalidRequest, NotFound, NotReady
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
@@ -86,16 +86,6 @@ class DecisionIds:
 
     def next(self) -> str:
         return str(uuid.UUID(bytes=self._prefix + next(self._counter).to_bytes(8, "big")))
-
-
-@dataclass(frozen=True)
-class Decision:
-    decision_id: str
-    path: str
-    result: Result
-    revision: int
-    latency_us: int
-    cached: bool
 
 
 @dataclass(frozen=True)

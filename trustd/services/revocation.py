@@ -68,9 +68,6 @@ MAX_PAGE = 1000
 FEED_CACHE = 100_000
 REVOCATION_CHANNEL = "revocation"
 
-# Re-exported: callers name the outcome types next to the service that returns them.
-__all__ = ["REVOCATION_CHANNEL", "RevocationFeed", "Revocations", "Revoked"]
-
 
 def _page_limit(limit: int) -> int:
     if not 1 <= limit <= MAX_PAGE:

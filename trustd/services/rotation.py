@@ -57,9 +57,6 @@ BUNDLE_CHANNEL = "bundle"
 # Roots first: an intermediate prepared in the same tick is signed by the root active then.
 _KINDS = (CaKeyKind.X509_ROOT, CaKeyKind.X509_INTERMEDIATE, CaKeyKind.JWT)
 
-# Re-exported: callers name the outcome type next to the service that returns it.
-__all__ = ["BUNDLE_CHANNEL", "KeyChange", "RotationManager"]
-
 
 class RotationManager:
     def __init__(
