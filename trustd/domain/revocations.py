@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -91,15 +91,6 @@ class OcspStatus:
     status: str
     revoked_at: datetime | None
     revocation_reason: str | None
-
-
-class CrlListing(NamedTuple):
-    """One entry of a CRL as read for building it: a tuple, since a CRL may list 100k."""
-
-    serial: str
-    revoked_at: datetime
-    reason: str
-    revision: int
 
 
 @dataclass(frozen=True)

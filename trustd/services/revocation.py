@@ -376,15 +376,15 @@ class Revocations:
                 # the certificate expired; keep it for a whole validity period to be sure.
                 horizon = now - self._settings.crl_validity
                 events = list_crl_entries(session, issuer_kid, horizon)
-                revision = max((e.revision for e in events), default=0)
+                revision = max((listed for *_, listed in events), default=0)
                 newest = fetch_crl_revision(session, issuer_kid)
                 number = stored.number + 1 if stored is not None else 1
                 crl = build_crl(
                     authority.certificate,
                     authority.private_key,
                     (
-                        RevokedEntry(int(e.serial, 16), e.revoked_at, RevocationReason(e.reason))
-                        for e in events
+                        RevokedEntry(int(serial, 16), revoked_at, RevocationReason(reason))
+                        for serial, revoked_at, reason, _ in events
                     ),
                     number,
                     now - CA_BACKDATE,

@@ -18,7 +18,6 @@ from pki.rotation import SlotStatus
 from trustd.domain.certificates import CertificateStatus
 from trustd.domain.revocations import (
     CertificateRecord,
-    CrlListing,
     CrlRecord,
     OcspStatus,
     Revocation,
@@ -155,21 +154,20 @@ def fetch_crl_revision(session: Session, issuer_kid: str) -> int:
     return newest or 0
 
 
-def list_crl_entries(session: Session, issuer_kid: str, horizon: datetime) -> list[CrlListing]:
-    """Revocations of certificates *issuer_kid* signed that expire after *horizon*."""
-    # Plain rows, not ORM objects: a CRL may list 100k entries.
-    rows = session.execute(
-        select(
-            col(RevocationEvent.serial),
-            col(RevocationEvent.revoked_at),
-            col(RevocationEvent.reason),
-            col(RevocationEvent.revision),
-        ).where(
-            RevocationEvent.issuer_kid == issuer_kid,
-            col(RevocationEvent.not_after) > horizon,
-        )
-    )
-    return [CrlListing(*row) for row in rows]
+def list_crl_entries(
+    session: Session, issuer_kid: str, horizon: datetime
+) -> Sequence[tuple[str, datetime, str, int]]:
+    """Revocations of certificates *issuer_kid* signed that expire after *horizon*, as
+    (serial, revoked_at, reason, revision)."""
+    # Plain rows, neither ORM objects nor records: a CRL may list 100k entries, and each
+    # object built per entry costs more than signing the list.
+    query = select(
+        col(RevocationEvent.serial),
+        col(RevocationEvent.revoked_at),
+        col(RevocationEvent.reason),
+        col(RevocationEvent.revision),
+    ).where(RevocationEvent.issuer_kid == issuer_kid, col(RevocationEvent.not_after) > horizon)
+    return session.execute(query).all()
 
 
 def update_crl(session: Session, crl: CrlRecord) -> None:
