@@ -13,20 +13,8 @@ from sqlalchemy import Engine
 
 from trustd.bootstrap import migrate
 from trustd.domain.policy import DecisionFilter
+from trustd.store import policy as store
 from trustd.store.db import create_db_engine, transaction
-from trustd.store.policy import (
-    count_policy_decisions,
-    create_policy_activation,
-    create_policy_decisions,
-    create_policy_revision,
-    fetch_active_policy_revision,
-    fetch_policy_revision,
-    list_policy_activations,
-    list_policy_decisions,
-    list_policy_decisions_since,
-    list_policy_revisions,
-    prune_policy_decisions,
-)
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 SECOND = timedelta(seconds=1)
@@ -42,7 +30,7 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 def _revision(engine: Engine, note: str) -> int:
     with transaction(engine) as session:
-        return create_policy_revision(
+        return store.create_policy_revision(
             session,
             label="v1",
             digest="d" * 64,
@@ -58,23 +46,23 @@ def _revision(engine: Engine, note: str) -> int:
 
 def test_revisions_and_activations(engine: Engine) -> None:
     with transaction(engine) as session:
-        assert fetch_active_policy_revision(session) is None
-        assert list_policy_activations(session) == []
+        assert store.fetch_active_policy_revision(session) is None
+        assert store.list_policy_activations(session) == []
     first, second = _revision(engine, "one"), _revision(engine, "two")
     assert second > first
     with transaction(engine) as session:
-        create_policy_activation(session, first, "test", NOW)
-        create_policy_activation(session, second, "test", NOW)
-        create_policy_activation(session, first, "test", NOW)
+        store.create_policy_activation(session, first, "test", NOW)
+        store.create_policy_activation(session, second, "test", NOW)
+        store.create_policy_activation(session, first, "test", NOW)
     with transaction(engine) as session:
-        assert fetch_active_policy_revision(session) == first
-        assert list_policy_activations(session) == [first, second, first]
-        assert list_policy_activations(session, 1) == [first]
-        assert [r.note for r in list_policy_revisions(session)] == ["two", "one"]
-        stored = fetch_policy_revision(session, first)
+        assert store.fetch_active_policy_revision(session) == first
+        assert store.list_policy_activations(session) == [first, second, first]
+        assert store.list_policy_activations(session, 1) == [first]
+        assert [r.note for r in store.list_policy_revisions(session)] == ["two", "one"]
+        stored = store.fetch_policy_revision(session, first)
         assert stored is not None and stored.modules == {"a.rego": "package a"}
         assert stored.data == {"x": 1} and stored.created_at == NOW
-        assert fetch_policy_revision(session, second + 1) is None
+        assert store.fetch_policy_revision(session, second + 1) is None
 
 
 def _decision(
@@ -99,37 +87,39 @@ def _decision(
 def test_decision_pages_filters_and_pruning(engine: Engine) -> None:
     with transaction(engine) as session:
         # Five decisions in the same instant: the keyset page must order by id too.
-        create_policy_decisions(
+        store.create_policy_decisions(
             session, [_decision(n, NOW, source=f"spiffe://example.org/{n % 2}") for n in range(5)]
         )
-        create_policy_decisions(
+        store.create_policy_decisions(
             session, [_decision(9, NOW + SECOND, path="q", result_hash="other")]
         )
     with transaction(engine) as session:
-        page = list_policy_decisions_since(session, None, None, 2)
+        page = store.list_policy_decisions_since(session, None, None, 2)
         assert [d.input for d in page] == [{"n": 0}, {"n": 1}]
-        rest = list_policy_decisions_since(session, None, (page[-1].at, page[-1].decision_id), 10)
+        rest = store.list_policy_decisions_since(
+            session, None, (page[-1].at, page[-1].decision_id), 10
+        )
         assert [d.input["n"] for d in rest] == [2, 3, 4, 9]
-        later = list_policy_decisions_since(session, NOW + SECOND, None, 10)
+        later = store.list_policy_decisions_since(session, NOW + SECOND, None, 10)
         assert [d.path for d in later] == ["q"]
-        newest = list_policy_decisions(session, DecisionFilter(limit=1))
+        newest = store.list_policy_decisions(session, DecisionFilter(limit=1))
         assert [d.path for d in newest] == ["q"]
-        assert len(list_policy_decisions(session, DecisionFilter(path="p"))) == 5
-        assert len(list_policy_decisions(session, DecisionFilter(result_hash="other"))) == 1
-        assert list_policy_decisions(session, DecisionFilter(until=NOW)) == []
-        assert list_policy_decisions(session, DecisionFilter(caller="nobody")) == []
-        odd = list_policy_decisions(session, DecisionFilter(source="spiffe://example.org/1"))
+        assert len(store.list_policy_decisions(session, DecisionFilter(path="p"))) == 5
+        assert len(store.list_policy_decisions(session, DecisionFilter(result_hash="other"))) == 1
+        assert store.list_policy_decisions(session, DecisionFilter(until=NOW)) == []
+        assert store.list_policy_decisions(session, DecisionFilter(caller="nobody")) == []
+        odd = store.list_policy_decisions(session, DecisionFilter(source="spiffe://example.org/1"))
         assert [d.input["n"] for d in odd] == [3, 1]
         db = DecisionFilter(destination="spiffe://example.org/db", limit=2)
-        first = list_policy_decisions(session, db)
+        first = store.list_policy_decisions(session, db)
         assert [d.input["n"] for d in first] == [4, 3]
         cursor = (first[-1].at, first[-1].decision_id)
-        second = list_policy_decisions(session, replace(db, before=cursor, limit=10))
+        second = store.list_policy_decisions(session, replace(db, before=cursor, limit=10))
         assert [d.input["n"] for d in second] == [2, 1, 0]
     with transaction(engine) as session:
-        assert prune_policy_decisions(session, NOW, 3) == 5
+        assert store.prune_policy_decisions(session, NOW, 3) == 5
     with transaction(engine) as session:
         # The cutoff instant goes whole: the kept decisions are the newest ones.
-        assert count_policy_decisions(session) == 1
-        assert prune_policy_decisions(session, NOW + 2 * SECOND, 100) == 1
-        assert count_policy_decisions(session) == 0
+        assert store.count_policy_decisions(session) == 1
+        assert store.prune_policy_decisions(session, NOW + 2 * SECOND, 100) == 1
+        assert store.count_policy_decisions(session) == 0
