@@ -124,6 +124,8 @@ def test_revoke_by_serial_reaches_crl_ocsp_and_the_feed(server: Server) -> None:
     ).json()
     assert feed["revision"] == revision
     assert [e["serial"] for e in feed["events"]] == [serial]
+    # One revocation time: the certificate's record (OCSP) and the feed entry (CRL, agents).
+    assert feed["events"][0]["revoked_at"] == shown["revoked_at"]
     empty = server.client.get(
         "/v1/admin/revocations", params={"since": revision}, headers=server.auth
     ).json()

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Response
 from pki.ca import fingerprint_sha256, load_pem_certificates
 from trustd.api.deps import AdminDep, ServicesDep
 from trustd.api.schemas import AuthorityPublic, CaPublic, TokenCreate, TokenCreated, TokenPublic
+from trustd.domain.rotation import CaKeySlot
 from trustd.store.ca_keys import CaKey
 from trustd.store.tokens import AdminToken
 
@@ -27,7 +28,7 @@ def show_ca(principal: AdminDep, services: ServicesDep) -> CaPublic:
     )
 
 
-def authority_public(row: CaKey) -> AuthorityPublic:
+def authority_public(row: CaKey | CaKeySlot) -> AuthorityPublic:
     cert = load_pem_certificates(row.certificate_pem.encode())[0] if row.certificate_pem else None
     return AuthorityPublic(
         kind=row.kind,

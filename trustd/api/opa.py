@@ -34,17 +34,12 @@ from trustd.api.policy_schemas import (
     PolicyRevisionPublic,
     PolicyStatus,
 )
+from trustd.domain.policy import Decision, PolicyRevisionRecord
 from trustd.errors import InvalidRequest, NotFound, Unauthenticated
 from trustd.roles import Role
 from trustd.services.auth import Principal
 from trustd.services.container import Services
-from trustd.services.policy import (
-    Decision,
-    PolicyService,
-    decision_document,
-    normalise_input,
-)
-from trustd.store.policy import PolicyRevision
+from trustd.services.policy import PolicyService, decision_document, normalise_input
 from trustd.xfcc import MalformedXfcc, parse_xfcc
 
 _bearer = HTTPBearer(auto_error=False, description="Admin token or the policy API token")
@@ -298,8 +293,7 @@ async def delete_policy(
 # -- admin: bundles and the decision log -------------------------------------------------
 
 
-def _revision(row: PolicyRevision, active: int | None) -> PolicyRevisionPublic:
-    assert row.revision is not None
+def _revision(row: PolicyRevisionRecord, active: int | None) -> PolicyRevisionPublic:
     return PolicyRevisionPublic(
         revision=row.revision,
         label=row.label,

@@ -25,8 +25,8 @@ from trustd.api.schemas import (
     RevokeResult,
 )
 from trustd.domain.certificates import CertificateStatus
-from trustd.services.rotation import KeyChange
-from trustd.store.certificates import IssuedCertificate
+from trustd.domain.revocations import CertificateRecord
+from trustd.domain.rotation import KeyChange
 
 router = APIRouter(tags=["revocation"])
 
@@ -85,7 +85,7 @@ async def ocsp_post(request: Request, services: ServicesDep) -> Response:
 # --------------------------------------------------------------------------- admin
 
 
-def _certificate(row: IssuedCertificate) -> CertificatePublic:
+def _certificate(row: CertificateRecord) -> CertificatePublic:
     return CertificatePublic.model_validate(row, from_attributes=True)
 
 

@@ -24,6 +24,7 @@ from trustd import metrics
 from trustd.addresses import parse_workload_address
 from trustd.bus import Bus
 from trustd.domain.certificates import CertificateKind
+from trustd.domain.revocations import Revocation
 from trustd.errors import Conflict, InvalidRequest, PermissionDenied
 from trustd.services.audit import AuditLog
 from trustd.services.ca import CertificateAuthority
@@ -36,7 +37,6 @@ from trustd.services.sync import SYNC_CHANNEL, announce, bump_revision, current_
 from trustd.services.verdicts import Verdicts, VerdictUpdate
 from trustd.store.db import transaction
 from trustd.store.entries import RegistrationEntry
-from trustd.store.revocations import RevocationEvent
 from trustd.store.verdicts import ReportedAddress
 
 MAX_SVIDS_PER_REQUEST = 500
@@ -50,7 +50,7 @@ class Snapshot:
     entries: list[RegistrationEntry]
     bundle: dict[str, Any]
     # Revocations after the agent's revocation cursor, and where the cursor moves to.
-    revocations: tuple[RevocationEvent, ...] = ()
+    revocations: tuple[Revocation, ...] = ()
     revocation_revision: int = 0
     # Verdict and IP-cache changes since the revision the agent applied (None: none).
     verdicts: VerdictUpdate | None = None

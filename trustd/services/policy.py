@@ -31,8 +31,8 @@ import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from prometheus_client import Counter
-from sqlalchemy import Engine, delete, func, insert
-from sqlmodel import Session, col, select
+from sqlalchemy import Engine
+from sqlmodel import Session
 
 from pki.clock import Clock
 from policy.bundle import Bundle, canonical_json, diff
@@ -41,12 +41,24 @@ from policy.errors import InvalidInput, UnknownPath
 from policy.remote import RemoteEngine
 from policy.testing import load_directory
 from trustd.bus import Bus
+from trustd.domain.policy import Decision, DecisionFilter, LoggedDecision, PolicyRevisionRecord
 from trustd.errors import Conflict, InvalidRequest, NotFound, NotReady
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
 from trustd.settings import Settings
 from trustd.store.db import lock_for_initialisation, transaction
-from trustd.store.policy import PolicyActivation, PolicyDecision, PolicyRevision
+from trustd.store.policy import (
+    create_policy_activation,
+    create_policy_decisions,
+    create_policy_revision,
+    fetch_active_policy_revision,
+    fetch_policy_revision,
+    list_policy_activations,
+    list_policy_decisions,
+    list_policy_decisions_since,
+    list_policy_revisions,
+    prune_policy_decisions,
+)
 
 log = structlog.get_logger("trustd.policy")
 CHANNEL = "policy"
@@ -74,16 +86,6 @@ class DecisionIds:
 
     def next(self) -> str:
         return str(uuid.UUID(bytes=self._prefix + next(self._counter).to_bytes(8, "big")))
-
-
-@dataclass(frozen=True)
-class Decision:
-    decision_id: str
-    path: str
-    result: Result
-    revision: int
-    latency_us: int
-    cached: bool
 
 
 @dataclass(frozen=True)
@@ -258,10 +260,8 @@ class DecisionLog:
 
     def _write(self, entries: list[_Entry]) -> None:
         rows = [self._row(e) for e in entries]
-        # One executemany through SQLAlchemy Core: the ORM's per-object bookkeeping would
-        # cost more than the decisions being logged.
         with transaction(self._engine) as session:
-            session.connection().execute(insert(PolicyDecision), rows)
+            create_policy_decisions(session, rows)
 
     def _maybe_prune(self) -> None:
         if time.monotonic() - self._last_prune < 60:
@@ -290,24 +290,10 @@ def _scalar_hash(kind: str, value: Any) -> str:
 
 
 def prune_decisions(engine: Engine, before: datetime, max_rows: int) -> int:
-    """Delete decisions older than `before`, then the oldest beyond `max_rows`."""
+    """Delete decisions older than `before`, then the oldest beyond `max_rows`, in one
+    transaction; returns how many were deleted."""
     with transaction(engine) as session:
-        removed = session.execute(delete(PolicyDecision).where(col(PolicyDecision.at) < before))
-        count = int(removed.rowcount or 0)  # type: ignore[attr-defined]
-        total = session.exec(select(func.count()).select_from(PolicyDecision)).one()
-        if total > max_rows:
-            cutoff = session.exec(
-                select(PolicyDecision.at)
-                .order_by(col(PolicyDecision.at).desc())
-                .offset(max_rows)
-                .limit(1)
-            ).first()
-            if cutoff is not None:
-                extra = session.execute(
-                    delete(PolicyDecision).where(col(PolicyDecision.at) <= cutoff)
-                )
-                count += int(extra.rowcount or 0)  # type: ignore[attr-defined]
-    return count
+        return prune_policy_decisions(session, before, max_rows)
 
 
 def normalise_input(raw: Any) -> str:
@@ -371,7 +357,7 @@ class PolicyService:
         """
         with transaction(self._engine) as session:
             lock_for_initialisation(session)
-            current = self._active_row(session)
+            current = self._active_record(session)
             if current is None:
                 directory = self._settings.policy_dir or SHIPPED_REGO
                 if not directory.is_dir():
@@ -382,8 +368,7 @@ class PolicyService:
                 self._activate_row(session, "system:bootstrap", current)
         self._install(current)
 
-    def _install(self, row: PolicyRevision) -> None:
-        assert row.revision is not None
+    def _install(self, row: PolicyRevisionRecord) -> None:
         bundle = Bundle(row.modules, row.data, row.label, row.manifest_metadata)
         with self._reload_lock:
             self._active = self._build(row.revision, bundle)
@@ -394,17 +379,17 @@ class PolicyService:
         """Load the active revision from the database if it is not the one in memory."""
         # Verdict compilation asks on every agent's sync: the active number alone answers.
         with transaction(self._engine) as session:
-            revision = self._active_revision(session)
+            revision = fetch_active_policy_revision(session)
         if revision is None or self._holds(revision):
             return False
         # Every long-poll an activation wakes asks at once: one thread loads the revision,
         # the others then find it loaded.
         with self._load_lock:
             with transaction(self._engine) as session:
-                revision = self._active_revision(session)
+                revision = fetch_active_policy_revision(session)
                 if revision is None or self._holds(revision):
                     return False
-                row = session.get(PolicyRevision, revision)
+                row = fetch_policy_revision(session, revision)
             if row is None:
                 return False
             self._install(row)
@@ -479,22 +464,15 @@ class PolicyService:
     # -- revisions -----------------------------------------------------------------------
 
     @staticmethod
-    def _active_revision(session: Session) -> int | None:
-        return session.exec(
-            select(col(PolicyActivation.revision))
-            .order_by(col(PolicyActivation.id).desc())
-            .limit(1)
-        ).first()
-
-    @staticmethod
-    def _active_row(session: Session) -> PolicyRevision | None:
-        revision = PolicyService._active_revision(session)
-        return session.get(PolicyRevision, revision) if revision is not None else None
+    def _active_record(session: Session) -> PolicyRevisionRecord | None:
+        revision = fetch_active_policy_revision(session)
+        return fetch_policy_revision(session, revision) if revision is not None else None
 
     def _store(
         self, session: Session, actor: str, bundle: Bundle, signed: bool, note: str
-    ) -> PolicyRevision:
-        row = PolicyRevision(
+    ) -> PolicyRevisionRecord:
+        row = create_policy_revision(
+            session,
             label=bundle.revision,
             digest=bundle.digest,
             modules=bundle.modules,
@@ -505,8 +483,6 @@ class PolicyService:
             created_by=actor,
             created_at=self._clock.now(),
         )
-        session.add(row)
-        session.flush()
         self._audit.record(
             session,
             actor,
@@ -516,16 +492,11 @@ class PolicyService:
         )
         return row
 
-    def _activate_row(self, session: Session, actor: str, row: PolicyRevision) -> None:
-        assert row.revision is not None
-        session.add(
-            PolicyActivation(
-                revision=row.revision, activated_by=actor, activated_at=self._clock.now()
-            )
-        )
+    def _activate_row(self, session: Session, actor: str, row: PolicyRevisionRecord) -> None:
+        create_policy_activation(session, row.revision, actor, self._clock.now())
         self._audit.record(session, actor, "policy:revision:activated", target=str(row.revision))
 
-    def _announce(self, row: PolicyRevision) -> None:
+    def _announce(self, row: PolicyRevisionRecord) -> None:
         # Durable first (committed above), then this process, then every other replica.
         self._install(row)
         self._bus.publish(CHANNEL, str(row.revision))
@@ -538,7 +509,7 @@ class PolicyService:
         activate: bool,
         signed: bool = False,
         note: str = "",
-    ) -> PolicyRevision:
+    ) -> PolicyRevisionRecord:
         """Store a bundle as a new revision (compiled first), optionally activating it.
 
         Raises:
@@ -553,13 +524,15 @@ class PolicyService:
             self._announce(row)
         return row
 
-    def activate(self, actor: Principal, revision: int) -> PolicyRevision:
-        """Raises:
-        NotFound: no such revision.
-        PolicyCompileError: the revision does not compile with this engine.
+    def activate(self, actor: Principal, revision: int) -> PolicyRevisionRecord:
+        """Make the stored *revision* the active one on every replica.
+
+        Raises:
+            NotFound: no such revision.
+            PolicyCompileError: the revision does not compile with this engine.
         """
         with transaction(self._engine) as session:
-            row = session.get(PolicyRevision, revision)
+            row = fetch_policy_revision(session, revision)
             if row is None:
                 raise NotFound(f"no policy revision {revision}")
             EmbeddedEngine(row.modules, row.data)
@@ -567,38 +540,33 @@ class PolicyService:
         self._announce(row)
         return row
 
-    def rollback(self, actor: Principal) -> PolicyRevision:
+    def rollback(self, actor: Principal) -> PolicyRevisionRecord:
         """Activate the revision that was active before the current one.
 
         Raises:
             Conflict: there is no earlier activation.
         """
         with transaction(self._engine) as session:
-            history = session.exec(
-                select(PolicyActivation).order_by(col(PolicyActivation.id).desc()).limit(50)
-            ).all()
-            current = history[0].revision if history else None
-            previous = next((a.revision for a in history if a.revision != current), None)
+            history = list_policy_activations(session, 50)
+            current = history[0] if history else None
+            previous = next((r for r in history if r != current), None)
         if previous is None:
             raise Conflict("nothing to roll back to: only one revision was ever active")
         return self.activate(actor, previous)
 
-    def list_revisions(self, limit: int = 100) -> list[PolicyRevision]:
+    def list_revisions(self, limit: int = 100) -> list[PolicyRevisionRecord]:
+        """The newest *limit* stored revisions, newest first."""
         with transaction(self._engine) as session:
-            return list(
-                session.exec(
-                    select(PolicyRevision)
-                    .order_by(col(PolicyRevision.revision).desc())
-                    .limit(limit)
-                )
-            )
+            return list_policy_revisions(session, limit)
 
-    def get_revision(self, revision: int) -> PolicyRevision:
-        """Raises:
-        NotFound: no such revision.
+    def get_revision(self, revision: int) -> PolicyRevisionRecord:
+        """The stored revision *revision*.
+
+        Raises:
+            NotFound: no such revision.
         """
         with transaction(self._engine) as session:
-            row = session.get(PolicyRevision, revision)
+            row = fetch_policy_revision(session, revision)
         if row is None:
             raise NotFound(f"no policy revision {revision}")
         return row
@@ -625,7 +593,9 @@ class PolicyService:
         bundle = Bundle(row.modules, row.data, row.label or str(row.revision))
         return bundle.to_targz(key, self._settings.policy_bundle_signing_keyid)
 
-    def import_bundle(self, actor: Principal, blob: bytes, *, activate: bool) -> PolicyRevision:
+    def import_bundle(
+        self, actor: Principal, blob: bytes, *, activate: bool
+    ) -> PolicyRevisionRecord:
         """Verify and store an OPA bundle.
 
         Raises:
@@ -647,7 +617,7 @@ class PolicyService:
     def modules(self) -> dict[str, str]:
         return dict(self.active.bundle.modules)
 
-    def put_module(self, actor: Principal, module_id: str, source: str) -> PolicyRevision:
+    def put_module(self, actor: Principal, module_id: str, source: str) -> PolicyRevisionRecord:
         """A new revision: the active bundle with `module_id` added or replaced, activated.
 
         Raises:
@@ -662,10 +632,12 @@ class PolicyService:
             actor, Bundle(modules, base.data), activate=True, note=f"put {module_id}"
         )
 
-    def delete_module(self, actor: Principal, module_id: str) -> PolicyRevision:
-        """Raises:
-        NotFound: no such module in the active bundle.
-        PolicyCompileError: other modules depend on it.
+    def delete_module(self, actor: Principal, module_id: str) -> PolicyRevisionRecord:
+        """A new revision: the active bundle without `module_id`, activated.
+
+        Raises:
+            NotFound: no such module in the active bundle.
+            PolicyCompileError: other modules depend on it.
         """
         base = self.active.bundle
         if module_id not in base.modules:
@@ -687,42 +659,24 @@ class PolicyService:
         result: Any = None,
         undefined: bool = False,
         limit: int = 100,
-    ) -> list[PolicyDecision]:
-        statement = select(PolicyDecision)
-        if since is not None:
-            statement = statement.where(col(PolicyDecision.at) >= since)
-        if until is not None:
-            statement = statement.where(col(PolicyDecision.at) < until)
-        if path is not None:
-            statement = statement.where(PolicyDecision.path == path)
-        if caller is not None:
-            statement = statement.where(PolicyDecision.caller == caller)
+    ) -> list[LoggedDecision]:
+        """Logged decisions, newest first, narrowed by time, path, caller and result (a
+        JSON value, or *undefined* for decisions without one)."""
+        wanted: str | None = None
         if undefined or result is not None:
-            wanted = Result(False) if undefined else Result(True, result)
-            statement = statement.where(PolicyDecision.result_hash == result_hash(wanted))
-        statement = statement.order_by(col(PolicyDecision.at).desc()).limit(limit)
+            wanted = result_hash(Result(False) if undefined else Result(True, result))
+        where = DecisionFilter(
+            since=since, until=until, path=path, caller=caller, result_hash=wanted, limit=limit
+        )
         with transaction(self._engine) as session:
-            return list(session.exec(statement))
+            return list_policy_decisions(session, where)
 
     def export_decisions(self, since: datetime | None = None) -> Iterator[str]:
         """Every logged decision (after `since`) as JSON lines, oldest first."""
         last: tuple[datetime, str] | None = None
         while True:
-            statement = select(PolicyDecision).order_by(
-                col(PolicyDecision.at), col(PolicyDecision.decision_id)
-            )
-            if since is not None:
-                statement = statement.where(col(PolicyDecision.at) >= since)
-            if last is not None:
-                statement = statement.where(
-                    (col(PolicyDecision.at) > last[0])
-                    | (
-                        (col(PolicyDecision.at) == last[0])
-                        & (col(PolicyDecision.decision_id) > last[1])
-                    )
-                )
             with transaction(self._engine) as session:
-                rows = list(session.exec(statement.limit(1000)))
+                rows = list_policy_decisions_since(session, since, last, 1000)
             if not rows:
                 return
             for row in rows:
@@ -733,7 +687,7 @@ class PolicyService:
         self.decision_log.stop()
 
 
-def decision_document(row: PolicyDecision) -> dict[str, Any]:
+def decision_document(row: LoggedDecision) -> dict[str, Any]:
     """A decision as OPA's decision-log event names its fields."""
     document: dict[str, Any] = {
         "decision_id": row.decision_id,

@@ -7,13 +7,12 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography.x509 import ocsp
-from sqlalchemy import Engine, func, update
+from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from pki.ca import CA_BACKDATE
 from pki.clock import Clock
@@ -34,35 +33,40 @@ from pki.revocation import (
 from pki.spiffe_id import SpiffeId
 from trustd.bus import Bus
 from trustd.domain.certificates import CertificateStatus
+from trustd.domain.revocations import (
+    CertificateRecord,
+    CrlRecord,
+    Revocable,
+    Revocation,
+    RevocationFeed,
+    Revoked,
+)
 from trustd.errors import Conflict, InvalidRequest, NotFound
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
 from trustd.services.ca import CertificateAuthority
 from trustd.settings import Settings
-from trustd.store.certificates import IssuedCertificate
 from trustd.store.db import transaction
-from trustd.store.revocations import CrlState, RevocationEvent, RevocationState
+from trustd.store.revocations import (
+    create_revocations,
+    fetch_certificate,
+    fetch_crl,
+    fetch_crl_revision,
+    fetch_ocsp_status,
+    fetch_revocation_revision,
+    list_certificates,
+    list_certificates_to_revoke,
+    list_crl_entries,
+    list_revocations_since,
+    update_certificates_revoked,
+    update_crl,
+    update_revocation_revision,
+)
 
 MAX_PAGE = 1000
 # Revocation events kept in memory for agents catching up.
 FEED_CACHE = 100_000
 REVOCATION_CHANNEL = "revocation"
-
-
-@dataclass(frozen=True)
-class Revoked:
-    """The outcome of one revoke call: the serials it revoked and the newest revision."""
-
-    serials: tuple[str, ...]
-    revision: int
-
-
-@dataclass(frozen=True)
-class RevocationFeed:
-    """Revocations after a revision, for agents (`revision` is where to resume from)."""
-
-    events: tuple[RevocationEvent, ...]
-    revision: int
 
 
 def _page_limit(limit: int) -> int:
@@ -94,7 +98,7 @@ class Revocations:
         self._covered = 0
         self._floor = -1
         self._tail = 0
-        self._events: list[RevocationEvent] = []
+        self._events: list[Revocation] = []
         self._revisions: list[int] = []
 
     # ------------------------------------------------------------------ revoking
@@ -120,8 +124,9 @@ class Revocations:
             raise InvalidRequest("give exactly one of serial and spiffe_id")
         now = self._clock.now()
         with transaction(self._engine) as session:
+            rows: list[CertificateRecord]
             if serial is not None:
-                row = session.get(IssuedCertificate, serial.lower(), with_for_update=True)
+                row = fetch_certificate(session, serial.lower(), for_update=True)
                 if row is None:
                     raise NotFound(f"no certificate with serial {serial!r} was issued here")
                 if row.status == CertificateStatus.REVOKED:
@@ -135,7 +140,7 @@ class Revocations:
             else:
                 assert spiffe_id is not None
                 target = str(SpiffeId.parse(spiffe_id))
-                rows = self._live(session, IssuedCertificate.spiffe_id == target)
+                rows = list_certificates_to_revoke(session, now, spiffe_id=target)
                 if not rows:
                     raise NotFound(f"no unexpired valid certificate for {target}")
             revision = self.record(session, rows, reason, principal.name)
@@ -154,26 +159,12 @@ class Revocations:
         self._bus.publish(REVOCATION_CHANNEL, str(revision))
         return Revoked(tuple(r.serial for r in rows), revision)
 
-    def _live(self, session: Session, *where: object) -> list[IssuedCertificate]:
-        return list(
-            session.exec(
-                select(IssuedCertificate)
-                .where(
-                    IssuedCertificate.status == CertificateStatus.VALID,
-                    IssuedCertificate.not_after > self._clock.now(),
-                    *where,  # type: ignore[arg-type]
-                )
-                .order_by(col(IssuedCertificate.serial))
-                .with_for_update()
-            )
-        )
-
     def revoke_issued_by(
         self, session: Session, issuer_kid: str, reason: RevocationReason, actor: str
     ) -> int:
         """Inside the caller's transaction, revoke every unexpired certificate *issuer_kid*
         signed; returns how many."""
-        rows = self._live(session, IssuedCertificate.issuer_kid == issuer_kid)
+        rows = list_certificates_to_revoke(session, self._clock.now(), issuer_kid=issuer_kid)
         if rows:
             self.record(session, rows, reason, actor)
         return len(rows)
@@ -181,68 +172,71 @@ class Revocations:
     def record(
         self,
         session: Session,
-        rows: Sequence[IssuedCertificate],
+        certificates: Sequence[Revocable],
         reason: RevocationReason,
         actor: str,
     ) -> int:
-        """Mark *rows* revoked and append them to the revocation feed; returns the newest
-        revision. The counter row is updated first, so its lock orders concurrent revokers
-        by commit.
-        """
-        return self.record_entries(
-            session,
-            [(r.serial, r.issuer_kid, r.spiffe_id, r.not_after) for r in rows],
-            reason,
-            actor,
-            rows,
-        )
+        """Inside the caller's transaction, mark issued *certificates* revoked and append
+        them to the revocation feed; returns the newest revision."""
+        now = self._clock.now()
+        newest = self._append(session, certificates, reason, actor, now)
+        # The same instant as the feed's: the CRL and OCSP answer one revocation time.
+        update_certificates_revoked(session, [c.serial for c in certificates], now, reason)
+        return newest
 
     def record_entries(
         self,
         session: Session,
-        entries: Sequence[tuple[str, str, str | None, datetime]],
+        entries: Sequence[Revocable],
         reason: RevocationReason,
         actor: str,
-        rows: Sequence[IssuedCertificate] = (),
     ) -> int:
-        """Append revocation events (serial, issuer kid, SPIFFE ID, not_after) and mark
-        *rows* revoked; returns the newest revision."""
-        now = self._clock.now()
-        newest: int = session.execute(
-            update(RevocationState)
-            .where(col(RevocationState.id) == 1)
-            .values(revision=col(RevocationState.revision) + len(entries))
-            .returning(col(RevocationState.revision))
-        ).scalar_one()
+        """Inside the caller's transaction, append revocation events for *entries* (issued
+        certificates, or a `RevocationTarget` such as an intermediate CA certificate);
+        returns the newest revision.
+
+        The counter row is updated first, so its lock orders concurrent revokers by commit.
+        """
+        return self._append(session, entries, reason, actor, self._clock.now())
+
+    @staticmethod
+    def _append(
+        session: Session,
+        entries: Sequence[Revocable],
+        reason: RevocationReason,
+        actor: str,
+        now: datetime,
+    ) -> int:
+        newest = update_revocation_revision(session, len(entries))
         first = newest - len(entries) + 1
-        for offset, (serial, issuer_kid, spiffe_id, not_after) in enumerate(entries):
-            session.add(
-                RevocationEvent(
+        create_revocations(
+            session,
+            [
+                Revocation(
                     revision=first + offset,
-                    serial=serial,
-                    issuer_kid=issuer_kid,
-                    spiffe_id=spiffe_id,
+                    serial=entry.serial,
+                    issuer_kid=entry.issuer_kid,
+                    spiffe_id=entry.spiffe_id,
                     reason=reason,
                     revoked_at=now,
-                    not_after=not_after,
+                    not_after=entry.not_after,
                     revoked_by=actor,
                 )
-            )
-        for row in rows:
-            row.status = CertificateStatus.REVOKED
-            row.revoked_at = now
-            row.revocation_reason = reason
-            session.add(row)
+                for offset, entry in enumerate(entries)
+            ],
+        )
         return newest
 
     # ------------------------------------------------------------------ reading
 
-    def get_certificate(self, serial: str) -> IssuedCertificate:
-        """Raises:
-        NotFound: no certificate with that serial.
+    def get_certificate(self, serial: str) -> CertificateRecord:
+        """The issued certificate with *serial* (hex, any case).
+
+        Raises:
+            NotFound: no certificate with that serial.
         """
         with transaction(self._engine) as session:
-            row = session.get(IssuedCertificate, serial.lower())
+            row = fetch_certificate(session, serial.lower())
         if row is None:
             raise NotFound(f"no certificate with serial {serial!r} was issued here")
         return row
@@ -256,26 +250,24 @@ class Revocations:
         live_only: bool = False,
         after: str | None = None,
         limit: int = 100,
-    ) -> list[IssuedCertificate]:
+    ) -> list[CertificateRecord]:
         """A page of issued certificates ordered by serial; pass the last serial as *after*
         for the next page.
 
         Raises:
             InvalidRequest: *limit* out of range.
         """
-        query = select(IssuedCertificate).order_by(col(IssuedCertificate.serial))
-        if spiffe_id is not None:
-            query = query.where(IssuedCertificate.spiffe_id == spiffe_id)
-        if status is not None:
-            query = query.where(IssuedCertificate.status == status)
-        if issuer_kid is not None:
-            query = query.where(IssuedCertificate.issuer_kid == issuer_kid)
-        if live_only:
-            query = query.where(IssuedCertificate.not_after > self._clock.now())
-        if after is not None:
-            query = query.where(col(IssuedCertificate.serial) > after.lower())
+        limit = _page_limit(limit)
         with transaction(self._engine) as session:
-            return list(session.exec(query.limit(_page_limit(limit))))
+            return list_certificates(
+                session,
+                spiffe_id=spiffe_id,
+                status=status,
+                issuer_kid=issuer_kid,
+                expiring_after=self._clock.now() if live_only else None,
+                after=after.lower() if after is not None else None,
+                limit=limit,
+            )
 
     def since(
         self, revision: int, limit: int = MAX_PAGE, announced: int | None = None
@@ -322,11 +314,7 @@ class Revocations:
                 # to the database.
                 self._floor = self._tail = self.revision(session)
                 return
-            fresh = session.exec(
-                select(RevocationEvent)
-                .where(col(RevocationEvent.revision) > self._tail)
-                .order_by(col(RevocationEvent.revision))
-            ).all()
+            fresh = list_revocations_since(session, self._tail)
         for event in fresh:
             self._events.append(event)
             self._revisions.append(event.revision)
@@ -337,22 +325,14 @@ class Revocations:
             self._floor = self._revisions[drop - 1]
             del self._events[:drop], self._revisions[:drop]
 
-    def _query_since(self, revision: int, limit: int) -> tuple[RevocationEvent, ...]:
+    def _query_since(self, revision: int, limit: int) -> tuple[Revocation, ...]:
         with transaction(self._engine) as session:
-            return tuple(
-                session.exec(
-                    select(RevocationEvent)
-                    .where(col(RevocationEvent.revision) > revision)
-                    .order_by(col(RevocationEvent.revision))
-                    .limit(limit)
-                )
-            )
+            return tuple(list_revocations_since(session, revision, limit))
 
     @staticmethod
     def revision(session: Session) -> int:
         """The newest revocation revision, read in the caller's transaction."""
-        state = session.get(RevocationState, 1)
-        return state.revision if state is not None else 0
+        return fetch_revocation_revision(session)
 
     def current_revision(self) -> int:
         """The newest revocation revision (where a new agent starts following the feed)."""
@@ -373,75 +353,61 @@ class Revocations:
         if authority is None:
             raise NotFound(f"no CRL is published for CA key {issuer_kid!r}")
         with transaction(self._engine) as session:
-            stored = session.get(CrlState, issuer_kid)
+            stored = fetch_crl(session, issuer_kid)
             if stored is not None and self._fresh(session, stored):
                 return stored.der
         return self._generate(issuer_kid)
 
-    def _fresh(self, session: Session, stored: CrlState) -> bool:
-        newest = session.exec(
-            select(func.max(RevocationEvent.revision)).where(
-                RevocationEvent.issuer_kid == stored.issuer_kid
-            )
-        ).one()
+    def _fresh(self, session: Session, stored: CrlRecord) -> bool:
+        newest = fetch_crl_revision(session, stored.issuer_kid)
         # Regenerate at half the validity, well before nextUpdate (RFC 5280 §5.1.2.5).
         due = stored.this_update + self._settings.crl_validity / 2
-        return (newest or 0) <= stored.revision and self._clock.now() < due
+        return newest <= stored.revision and self._clock.now() < due
 
     def _generate(self, issuer_kid: str) -> bytes:
         authority = self._ca.state.issuers[issuer_kid]
         now = self._clock.now()
         try:
             with transaction(self._engine) as session:
-                stored = session.get(CrlState, issuer_kid, with_for_update=True)
+                stored = fetch_crl(session, issuer_kid, for_update=True)
                 if stored is not None and self._fresh(session, stored):
                     return stored.der  # another replica regenerated it meanwhile
                 # RFC 5280 §3.3: an entry may leave once it appeared on one CRL issued after
                 # the certificate expired; keep it for a whole validity period to be sure.
                 horizon = now - self._settings.crl_validity
-                # Plain rows, not ORM objects: a CRL may list 100k entries.
-                events = session.execute(
-                    select(
-                        col(RevocationEvent.serial),
-                        col(RevocationEvent.revoked_at),
-                        col(RevocationEvent.reason),
-                        col(RevocationEvent.revision),
-                    ).where(
-                        RevocationEvent.issuer_kid == issuer_kid,
-                        col(RevocationEvent.not_after) > horizon,
-                    )
-                ).all()
-                revision = max((e.revision for e in events), default=0)
-                newest = session.exec(
-                    select(func.max(RevocationEvent.revision)).where(
-                        RevocationEvent.issuer_kid == issuer_kid
-                    )
-                ).one()
+                events = list_crl_entries(session, issuer_kid, horizon)
+                revision = max((listed for *_, listed in events), default=0)
+                newest = fetch_crl_revision(session, issuer_kid)
                 number = stored.number + 1 if stored is not None else 1
                 crl = build_crl(
                     authority.certificate,
                     authority.private_key,
-                    (RevokedEntry(int(e[0], 16), e[1], RevocationReason(e[2])) for e in events),
+                    (
+                        RevokedEntry(int(serial, 16), revoked_at, RevocationReason(reason))
+                        for serial, revoked_at, reason, _ in events
+                    ),
                     number,
                     now - CA_BACKDATE,
                     now + self._settings.crl_validity,
                 )
                 der = crl_der(crl)
-                row = CrlState(
-                    issuer_kid=issuer_kid,
-                    number=number,
-                    revision=max(revision, newest or 0),
-                    entries=len(events),
-                    this_update=crl.last_update_utc,
-                    next_update=crl.next_update_utc or now,
-                    der=der,
+                update_crl(
+                    session,
+                    CrlRecord(
+                        issuer_kid=issuer_kid,
+                        number=number,
+                        revision=max(revision, newest),
+                        entries=len(events),
+                        this_update=crl.last_update_utc,
+                        next_update=crl.next_update_utc or now,
+                        der=der,
+                    ),
                 )
-                session.merge(row)
                 return der
         except IntegrityError:
             # Two replicas generated the first CRL at once; the other one's is as good.
             with transaction(self._engine) as session:
-                stored = session.get(CrlState, issuer_kid)
+                stored = fetch_crl(session, issuer_kid)
                 assert stored is not None
                 return stored.der
 
@@ -450,7 +416,7 @@ class Revocations:
         count = 0
         for kid in self._ca.state.issuers:
             with transaction(self._engine) as session:
-                stored = session.get(CrlState, kid)
+                stored = fetch_crl(session, kid)
                 fresh = stored is not None and self._fresh(session, stored)
             if not fresh:
                 self._generate(kid)
@@ -482,14 +448,7 @@ class Revocations:
             return ocsp_error(ocsp.OCSPResponseStatus.UNAUTHORIZED)
         kid, authority = match
         with transaction(self._engine) as session:
-            row = session.execute(
-                select(
-                    col(IssuedCertificate.issuer_kid),
-                    col(IssuedCertificate.status),
-                    col(IssuedCertificate.revoked_at),
-                    col(IssuedCertificate.revocation_reason),
-                ).where(IssuedCertificate.serial == format(request.serial_number, "x"))
-            ).first()
+            row = fetch_ocsp_status(session, format(request.serial_number, "x"))
         status: CertStatus
         if row is None or row.issuer_kid != kid:
             status = UNKNOWN

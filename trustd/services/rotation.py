@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 
 import structlog
-from sqlalchemy import Engine, func
-from sqlmodel import Session, col, select
+from sqlalchemy import Engine
+from sqlmodel import Session
 
 from pki.ca import load_pem_certificates, serial_hex
 from pki.clock import Clock
@@ -33,6 +33,8 @@ from pki.rotation import (
 from pki.rotation import KeyKind as CaKeyKind
 from trustd.bus import Bus
 from trustd.domain.certificates import CertificateStatus
+from trustd.domain.revocations import CertificateRecord, RevocationTarget
+from trustd.domain.rotation import CaKeySlot, KeyChange
 from trustd.errors import Conflict, NotFound
 from trustd.leader import Leader, LostLeadership
 from trustd.services.audit import AuditLog
@@ -41,21 +43,19 @@ from trustd.services.ca import SYSTEM_ACTOR, CertificateAuthority
 from trustd.services.revocation import Revocations
 from trustd.settings import Settings
 from trustd.store.ca_keys import CaKey
-from trustd.store.certificates import IssuedCertificate
 from trustd.store.db import transaction
+from trustd.store.revocations import (
+    fetch_active_ca_key,
+    fetch_ca_key,
+    fetch_last_expiry,
+    list_ca_keys,
+    update_ca_key_status,
+)
 
 log = structlog.get_logger("trustd.rotation")
 BUNDLE_CHANNEL = "bundle"
 # Roots first: an intermediate prepared in the same tick is signed by the root active then.
 _KINDS = (CaKeyKind.X509_ROOT, CaKeyKind.X509_INTERMEDIATE, CaKeyKind.JWT)
-
-
-@dataclass(frozen=True)
-class KeyChange:
-    kid: str
-    kind: str
-    status: str
-    sequence: int
 
 
 class RotationManager:
@@ -91,11 +91,7 @@ class RotationManager:
         if now < changed + self._settings.bundle_reload_interval:
             return False
         if row.kind == CaKeyKind.X509_INTERMEDIATE:
-            last = session.exec(
-                select(func.max(IssuedCertificate.not_after)).where(
-                    IssuedCertificate.issuer_kid == row.kid
-                )
-            ).one()
+            last = fetch_last_expiry(session, row.kid)
             return last is None or last <= now
         if row.kind == CaKeyKind.X509_ROOT:
             # A root leaves the bundle once every intermediate it signed has left it.
@@ -159,27 +155,37 @@ class RotationManager:
             self._changed(sequence)
         return applied
 
-    def _apply(self, session: Session, action: Action, actor: str) -> CaKey:
+    def _apply(self, session: Session, action: Action, actor: str) -> None:
         if isinstance(action, Prepare):
-            return self._prepare(session, CaKeyKind(action.kind), actor)
-        if isinstance(action, Activate):
-            return self._activate(session, self._row(session, action.kid), actor)
-        return self._set_status(session, self._row(session, action.kid), SlotStatus.RETIRED, actor)
+            self._prepare(session, CaKeyKind(action.kind), actor)
+        elif isinstance(action, Activate):
+            self._activate(session, self._row(session, action.kid), actor)
+        else:
+            self._set_status(session, self._row(session, action.kid), SlotStatus.RETIRED, actor)
 
-    def _row(self, session: Session, kid: str) -> CaKey:
-        row = session.exec(select(CaKey).where(CaKey.kid == kid).with_for_update()).first()
+    def _row(self, session: Session, kid: str) -> CaKeySlot:
+        row = fetch_ca_key(session, kid, for_update=True)
         if row is None:
             raise NotFound(f"no CA key {kid!r}")
         return row
 
     def _set_status(
-        self, session: Session, row: CaKey, status: SlotStatus, actor: str, **details: object
-    ) -> CaKey:
-        check_transition(row.kid, SlotStatus(row.status), status)
+        self,
+        session: Session,
+        row: CaKeySlot | CaKey,
+        status: SlotStatus,
+        actor: str,
+        **details: object,
+    ) -> KeyChange:
+        """Move the key *row* to *status* with its audit row; returns the key's new status
+        (the bundle sequence is bumped by the caller, once per transaction).
+
+        Raises:
+            InvalidTransition: the key's status does not lead to *status*.
+        """
         previous = row.status
-        row.status = status
-        row.status_changed_at = self._clock.now()
-        session.add(row)
+        check_transition(row.kid, SlotStatus(previous), status)
+        update_ca_key_status(session, row.kid, status, self._clock.now())
         self._audit.record(
             session,
             actor,
@@ -187,9 +193,9 @@ class RotationManager:
             target=row.kid,
             details={"kind": row.kind, "from": previous, **details},
         )
-        return row
+        return KeyChange(row.kid, row.kind, status, 0)
 
-    def _prepare(self, session: Session, kind: CaKeyKind, actor: str) -> CaKey:
+    def _prepare(self, session: Session, kind: CaKeyKind, actor: str) -> KeyChange:
         row = self._ca.create_key(session, kind, SlotStatus.PREPARED)
         self._audit.record(
             session,
@@ -198,15 +204,11 @@ class RotationManager:
             target=row.kid,
             details={"kind": row.kind, "not_after": row.not_after.isoformat()},
         )
-        return row
+        return KeyChange(row.kid, row.kind, row.status, 0)
 
-    def _activate(self, session: Session, row: CaKey, actor: str) -> CaKey:
+    def _activate(self, session: Session, row: CaKeySlot | CaKey, actor: str) -> KeyChange:
         check_transition(row.kid, SlotStatus(row.status), SlotStatus.ACTIVE)
-        current = session.exec(
-            select(CaKey)
-            .where(CaKey.kind == row.kind, CaKey.status == SlotStatus.ACTIVE)
-            .with_for_update()
-        ).first()
+        current = fetch_active_ca_key(session, row.kind)
         if current is not None:
             self._set_status(session, current, SlotStatus.OLD, actor, replaced_by=row.kid)
         return self._set_status(session, row, SlotStatus.ACTIVE, actor)
@@ -232,10 +234,10 @@ class RotationManager:
                     f"{kind} key {waiting[0].kid} is prepared already: activate it with "
                     f"`trustd ca activate --kind {kind}`"
                 )
-            row = self._prepare(session, kind, principal.name)
+            change = self._prepare(session, kind, principal.name)
             sequence = self._ca.bump_sequence(session)
         self._changed(sequence)
-        return KeyChange(row.kid, row.kind, row.status, sequence)
+        return replace(change, sequence=sequence)
 
     def activate(self, principal: Principal, kind: CaKeyKind, kid: str | None = None) -> KeyChange:
         """Activate the prepared key of *kind* (or the key *kid*); the active one gets old.
@@ -245,6 +247,7 @@ class RotationManager:
             InvalidTransition: there is no prepared key, or *kid* is not prepared.
         """
         with transaction(self._engine) as session:
+            row: CaKeySlot | CaKey
             if kid is not None:
                 row = self._row(session, kid)
                 if row.kind != kind:
@@ -256,10 +259,10 @@ class RotationManager:
                 if not waiting:
                     check_transition(f"(next {kind})", SlotStatus.RETIRED, SlotStatus.ACTIVE)
                 row = waiting[0]
-            self._activate(session, row, principal.name)
+            change = self._activate(session, row, principal.name)
             sequence = self._ca.bump_sequence(session)
         self._changed(sequence)
-        return KeyChange(row.kid, row.kind, row.status, sequence)
+        return replace(change, sequence=sequence)
 
     def taint(self, principal: Principal, kid: str) -> KeyChange:
         """Mark an old key tainted: what it signed must be re-issued (see `reissue`).
@@ -270,12 +273,12 @@ class RotationManager:
                 a replacement first).
         """
         with transaction(self._engine) as session:
-            row = self._set_status(
+            change = self._set_status(
                 session, self._row(session, kid), SlotStatus.TAINTED, principal.name
             )
             sequence = self._ca.bump_sequence(session)
         self._changed(sequence)
-        return KeyChange(row.kid, row.kind, row.status, sequence)
+        return replace(change, sequence=sequence)
 
     def revoke(
         self,
@@ -294,7 +297,7 @@ class RotationManager:
         with transaction(self._engine) as session:
             row = self._row(session, kid)
             check_transition(row.kid, SlotStatus(row.status), SlotStatus.REVOKED)
-            victims = [row]
+            victims: list[CaKeySlot | CaKey] = [row]
             if row.kind == CaKeyKind.X509_ROOT:
                 below = [r for r in self._ca.rows(session, IN_BUNDLE) if r.issuer_kid == kid]
                 if any(r.status in (SlotStatus.ACTIVE, SlotStatus.PREPARED) for r in below):
@@ -306,9 +309,8 @@ class RotationManager:
             revoked = 0
             for victim in victims:
                 if victim is not row:
-                    victim.status = SlotStatus.REVOKED
-                    victim.status_changed_at = self._clock.now()
-                    session.add(victim)
+                    # Intermediates go with their root (old or tainted: checked above).
+                    update_ca_key_status(session, victim.kid, SlotStatus.REVOKED, self._clock.now())
                 if victim.kind == CaKeyKind.X509_INTERMEDIATE:
                     revoked += self._revocations.revoke_issued_by(
                         session, victim.kid, RevocationReason.CA_COMPROMISE, principal.name
@@ -316,11 +318,20 @@ class RotationManager:
                     if victim.issuer_kid and victim.certificate_pem:
                         self._revocations.record_entries(
                             session,
-                            [(_serial(victim), victim.issuer_kid, None, victim.not_after)],
+                            [
+                                RevocationTarget(
+                                    serial_hex(
+                                        load_pem_certificates(victim.certificate_pem.encode())[0]
+                                    ),
+                                    victim.issuer_kid,
+                                    None,
+                                    victim.not_after,
+                                )
+                            ],
                             reason,
                             principal.name,
                         )
-            self._set_status(
+            change = self._set_status(
                 session,
                 row,
                 SlotStatus.REVOKED,
@@ -331,11 +342,11 @@ class RotationManager:
             )
             sequence = self._ca.bump_sequence(session)
         self._changed(sequence)
-        return KeyChange(row.kid, row.kind, row.status, sequence)
+        return replace(change, sequence=sequence)
 
     def reissue(
         self, kid: str, after: str | None = None, limit: int = 100
-    ) -> list[IssuedCertificate]:
+    ) -> list[CertificateRecord]:
         """A batch of unexpired valid certificates signed by the tainted key *kid*, ordered by
         serial: agents re-issue them batch by batch (pass the last serial as *after*).
 
@@ -355,14 +366,10 @@ class RotationManager:
             limit=limit,
         )
 
-    def timeline(self) -> list[CaKey]:
+    def timeline(self) -> list[CaKeySlot]:
         """Every CA key, newest first (the rotation timeline)."""
         with transaction(self._engine) as session:
-            return list(
-                session.exec(
-                    select(CaKey).order_by(col(CaKey.created_at).desc(), col(CaKey.id).desc())
-                )
-            )
+            return list_ca_keys(session)
 
     # ------------------------------------------------------------------ loops
 
@@ -420,8 +427,3 @@ class RotationManager:
                     log.error("ca_reload_failed", error=str(exc), kind=type(exc).__name__)
         finally:
             stopped.cancel()
-
-
-def _serial(row: CaKey) -> str:
-    assert row.certificate_pem is not None
-    return serial_hex(load_pem_certificates(row.certificate_pem.encode())[0])

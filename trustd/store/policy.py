@@ -1,13 +1,16 @@
-"""Policy tables: bundle revisions, which one is active, and the decision log."""
+"""Policy tables: bundle revisions, which one is active, and the decision log; with the
+functions that read and write them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index
-from sqlmodel import Field, SQLModel
+from sqlalchemy import JSON, Column, Index, delete, func, insert
+from sqlmodel import Field, Session, SQLModel, col, select
 
+from trustd.domain.policy import DecisionFilter, LoggedDecision, PolicyRevisionRecord
 from trustd.store.types import UTCDateTime
 
 
@@ -70,3 +73,176 @@ class PolicyDecision(SQLModel, table=True):
     # The input's `source` and `destination` (after masking), when they are strings.
     source: str | None = Field(default=None, max_length=2048)
     destination: str | None = Field(default=None, max_length=2048)
+
+
+# ---------------------------------------------------------------------- revisions
+
+
+def _revision(row: PolicyRevision) -> PolicyRevisionRecord:
+    assert row.revision is not None  # stored rows have their number
+    return PolicyRevisionRecord(**row.model_dump())
+
+
+def create_policy_revision(
+    session: Session,
+    *,
+    label: str,
+    digest: str,
+    modules: dict[str, str],
+    data: dict[str, Any],
+    manifest_metadata: dict[str, Any],
+    signed: bool,
+    note: str,
+    created_by: str,
+    created_at: datetime,
+) -> PolicyRevisionRecord:
+    """Store a bundle as the next revision and return it with its number."""
+    row = PolicyRevision(
+        label=label,
+        digest=digest,
+        modules=modules,
+        data=data,
+        manifest_metadata=manifest_metadata,
+        signed=signed,
+        note=note,
+        created_by=created_by,
+        created_at=created_at,
+    )
+    session.add(row)
+    session.flush()  # the number comes from the database
+    return _revision(row)
+
+
+def fetch_policy_revision(session: Session, revision: int) -> PolicyRevisionRecord | None:
+    """The stored revision *revision*, or None."""
+    row = session.get(PolicyRevision, revision)
+    return _revision(row) if row is not None else None
+
+
+def list_policy_revisions(session: Session, limit: int = 100) -> list[PolicyRevisionRecord]:
+    """The newest *limit* revisions, newest first."""
+    rows = session.exec(
+        select(PolicyRevision).order_by(col(PolicyRevision.revision).desc()).limit(limit)
+    )
+    return [_revision(row) for row in rows]
+
+
+# ---------------------------------------------------------------------- activations
+
+
+def create_policy_activation(
+    session: Session, revision: int, activated_by: str, activated_at: datetime
+) -> None:
+    """Make *revision* the active one (the newest activation wins)."""
+    session.add(
+        PolicyActivation(revision=revision, activated_by=activated_by, activated_at=activated_at)
+    )
+
+
+def fetch_active_policy_revision(session: Session) -> int | None:
+    """The number of the active revision, or None before the first activation."""
+    return session.exec(
+        select(col(PolicyActivation.revision)).order_by(col(PolicyActivation.id).desc()).limit(1)
+    ).first()
+
+
+def list_policy_activations(session: Session, limit: int = 50) -> list[int]:
+    """The revisions of the newest *limit* activations, newest first."""
+    return list(
+        session.exec(
+            select(col(PolicyActivation.revision))
+            .order_by(col(PolicyActivation.id).desc())
+            .limit(limit)
+        )
+    )
+
+
+# ---------------------------------------------------------------------- the decision log
+
+
+def _decision(row: PolicyDecision) -> LoggedDecision:
+    return LoggedDecision(**row.model_dump())
+
+
+def create_policy_decisions(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Append decision-log entries, given as column values."""
+    # One executemany through SQLAlchemy Core: the ORM's per-object bookkeeping would
+    # cost more than the decisions being logged.
+    session.connection().execute(insert(PolicyDecision), list(rows))
+
+
+def list_policy_decisions(session: Session, where: DecisionFilter) -> list[LoggedDecision]:
+    """Logged decisions matching *where*, newest first (by time, then id), a page of
+    `where.limit` after `where.before`."""
+    statement = select(PolicyDecision)
+    if where.since is not None:
+        statement = statement.where(col(PolicyDecision.at) >= where.since)
+    if where.until is not None:
+        statement = statement.where(col(PolicyDecision.at) < where.until)
+    if where.path is not None:
+        statement = statement.where(PolicyDecision.path == where.path)
+    if where.caller is not None:
+        statement = statement.where(PolicyDecision.caller == where.caller)
+    if where.result_hash is not None:
+        statement = statement.where(PolicyDecision.result_hash == where.result_hash)
+    if where.source is not None:
+        statement = statement.where(PolicyDecision.source == where.source)
+    if where.destination is not None:
+        statement = statement.where(PolicyDecision.destination == where.destination)
+    if where.before is not None:
+        at, decision_id = where.before
+        # The bare `at <= cursor` bound lets the planner range-scan the `at` index; the OR
+        # alone would make it filter every row.
+        statement = statement.where(
+            col(PolicyDecision.at) <= at,
+            (col(PolicyDecision.at) < at) | (col(PolicyDecision.decision_id) < decision_id),
+        )
+    statement = statement.order_by(
+        col(PolicyDecision.at).desc(), col(PolicyDecision.decision_id).desc()
+    ).limit(where.limit)
+    return [_decision(row) for row in session.exec(statement)]
+
+
+def list_policy_decisions_since(
+    session: Session,
+    since: datetime | None,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> list[LoggedDecision]:
+    """A page of logged decisions at or after *since*, oldest first (by time, then id),
+    starting after the (time, decision id) *after* of the previous page."""
+    statement = select(PolicyDecision).order_by(
+        col(PolicyDecision.at), col(PolicyDecision.decision_id)
+    )
+    if since is not None:
+        statement = statement.where(col(PolicyDecision.at) >= since)
+    if after is not None:
+        at, decision_id = after
+        statement = statement.where(
+            (col(PolicyDecision.at) > at)
+            | ((col(PolicyDecision.at) == at) & (col(PolicyDecision.decision_id) > decision_id))
+        )
+    return [_decision(row) for row in session.exec(statement.limit(limit))]
+
+
+def count_policy_decisions(session: Session) -> int:
+    """How many decisions the log holds."""
+    return session.exec(select(func.count()).select_from(PolicyDecision)).one()
+
+
+def prune_policy_decisions(session: Session, before: datetime, max_rows: int) -> int:
+    """Delete decisions older than *before*, then the oldest beyond *max_rows*; returns how
+    many were deleted."""
+    removed = session.execute(delete(PolicyDecision).where(col(PolicyDecision.at) < before))
+    count = int(removed.rowcount or 0)  # type: ignore[attr-defined]
+    if count_policy_decisions(session) > max_rows:
+        cutoff = session.exec(
+            select(PolicyDecision.at)
+            .order_by(col(PolicyDecision.at).desc())
+            .offset(max_rows)
+            .limit(1)
+        ).first()
+        if cutoff is not None:
+            extra = session.execute(delete(PolicyDecision).where(col(PolicyDecision.at) <= cutoff))
+            count += int(extra.rowcount or 0)  # type: ignore[attr-defined]
+    return count
