@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -12,9 +13,10 @@ from prometheus_client import REGISTRY
 from sqlmodel import Session, func, select
 
 from pki.ca import create_csr, serial_hex
+from pki.errors import TrustdError
 from pki.keys import KeyType, generate_private_key
 from tests.functional.conftest import Server, ServerFactory
-from trustd.domain.certificates import CertificateKind
+from trustd.domain.certificates import CertificateKind, IssuedX509
 from trustd.errors import InvalidRequest
 from trustd.services.ca import crl_url, ocsp_url
 from trustd.services.issuance import IssuanceRequest
@@ -153,3 +155,22 @@ def test_svids_point_at_the_crl_of_their_issuing_key(server_factory: ServerFacto
     assert names == [f"{server.settings.base_url}/v1/crl/{issued.issuer_kid}"]
     # The responder URL comes from the same module, for the profiles that name one.
     assert ocsp_url(server.settings) == f"{server.settings.base_url}/v1/ocsp"
+
+
+def test_issue_all_in_refuses_bad_requests_alone(server: Server) -> None:
+    requests = [
+        _request(CertificateKind.X509_SVID, "a"),
+        replace(_request(CertificateKind.X509_SVID, "b"), csr=b"not a CSR"),
+        _request(CertificateKind.X509_SVID, "c", timedelta(days=30)),
+        _request(CertificateKind.X509_SVID, "d"),
+    ]
+    with transaction(server.services.engine) as session:
+        outcomes = server.services.issuer.issue_all_in(session, requests)
+    assert isinstance(outcomes[1], TrustdError)
+    assert isinstance(outcomes[2], InvalidRequest)
+    issued = [o for o in outcomes if isinstance(o, IssuedX509)]
+    assert [str(i.spiffe_id) for i in issued] == [
+        "spiffe://example.org/a",
+        "spiffe://example.org/d",
+    ]
+    assert _kinds(server) == {serial_hex(i.certificate): "x509-svid" for i in issued}

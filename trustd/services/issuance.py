@@ -32,6 +32,7 @@ from pki.ca import (
     serial_hex,
 )
 from pki.clock import Clock
+from pki.errors import TrustdError
 from pki.jwt_svid import JwtSvid, mint_jwt_svid
 from pki.keys import PrivateKey, PublicKey, generate_private_key
 from pki.spiffe_id import SpiffeId
@@ -186,6 +187,40 @@ class Issuer:
             raise
         self._issued(request.kind, started)
         return issued
+
+    def issue_all_in(
+        self, session: Session, requests: Sequence[IssuanceRequest]
+    ) -> list[IssuedX509 | TrustdError]:
+        """Issue each of `requests` and record all that could be issued in the caller's
+        `session`, in one insert per table (an agent renewing its workloads' SVIDs). A
+        request with bad input is refused alone: its place in the result holds the error.
+
+        Raises:
+            Exception: the records could not be added to `session` (none is).
+        """
+        started = time.perf_counter()
+        outcomes: list[IssuedX509 | TrustdError] = []
+        rows: list[Insertion] = []
+        for request in requests:
+            try:
+                issued = self.sign(self.params(request))
+            except TrustdError as exc:
+                metrics.ISSUANCE_FAILURES.labels(request.kind).inc()
+                outcomes.append(exc)
+                continue
+            outcomes.append(issued)
+            rows.extend(self.rows(request.actor, issued, request.kind))
+        try:
+            create_rows(session, rows)
+        except Exception:
+            for request, outcome in zip(requests, outcomes, strict=True):
+                if isinstance(outcome, IssuedX509):
+                    metrics.ISSUANCE_FAILURES.labels(request.kind).inc()
+            raise
+        for request, outcome in zip(requests, outcomes, strict=True):
+            if isinstance(outcome, IssuedX509):
+                self._issued(request.kind, started)
+        return outcomes
 
     def params(self, request: IssuanceRequest) -> X509SvidParams:
         """What `pki.ca` signs for `request`: the SPIFFE ID checked to be in this trust

@@ -12,7 +12,7 @@ from sqlmodel.sql.expression import SelectOfScalar
 
 from trustd.domain.entries import Entry, EntryAddress
 from trustd.errors import NotFound
-from trustd.store.types import UTCDateTime, row_values, to_domain
+from trustd.store.types import UTCDateTime, overwrite_row, row_values, to_domain
 from trustd.store.verdicts import ReportedAddress
 
 
@@ -79,10 +79,7 @@ def update_entry(session: Session, entry: Entry) -> None:
     row = session.get(RegistrationEntry, entry.id)
     if row is None:
         raise NotFound(f"no entry {entry.id!r}")
-    for key, value in _values(entry).items():
-        setattr(row, key, value)
-    session.add(row)
-    session.flush()
+    overwrite_row(session, row, _values(entry))
 
 
 def delete_entry(session: Session, entry_id: str) -> Entry | None:

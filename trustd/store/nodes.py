@@ -10,7 +10,7 @@ from sqlmodel import Field, Session, SQLModel, col, select
 from trustd.domain import nodes as domain
 from trustd.domain.nodes import NodeStatus
 from trustd.errors import NotFound
-from trustd.store.types import UTCDateTime, row_values, to_domain
+from trustd.store.types import UTCDateTime, overwrite_row, row_values, to_domain
 
 
 class JoinToken(SQLModel, table=True):
@@ -92,10 +92,7 @@ def update_node(session: Session, node: domain.Node) -> None:
     row = session.get(Node, node.spiffe_id)
     if row is None:
         raise NotFound(f"no node {node.spiffe_id!r}")
-    for key, value in row_values(node).items():
-        setattr(row, key, value)
-    session.add(row)
-    session.flush()
+    overwrite_row(session, row, row_values(node))
 
 
 # -- join tokens ----------------------------------------------------------------------

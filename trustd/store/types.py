@@ -10,7 +10,7 @@ from sqlalchemy import DateTime
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.types import TypeDecorator
-from sqlmodel import SQLModel
+from sqlmodel import Session, SQLModel
 
 _D = TypeVar("_D")
 
@@ -66,3 +66,11 @@ def row_values(record: Any) -> dict[str, Any]:
         key: list(value) if isinstance(value, tuple) else value
         for key, value in asdict(record).items()
     }
+
+
+def overwrite_row(session: Session, row: SQLModel, values: dict[str, Any]) -> None:
+    """Set `values` on `row` (loaded in `session`) and flush the change."""
+    for key, value in values.items():
+        setattr(row, key, value)
+    session.add(row)
+    session.flush()
