@@ -22,7 +22,7 @@ from typing import IO, Protocol
 
 import redis
 import structlog
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session
 
@@ -30,7 +30,12 @@ from pki.clock import Clock
 from pki.errors import TrustdError
 from trustd.settings import Settings
 from trustd.store.db import deployment_scope, transaction
-from trustd.store.leader import LeaderFence
+from trustd.store.leader import (
+    fetch_fence_epoch,
+    ping_connection,
+    try_advisory_lock,
+    update_fence_epoch,
+)
 
 log = structlog.get_logger("trustd.leader")
 
@@ -71,16 +76,7 @@ class Fence:
         for _ in range(2):
             try:
                 with transaction(self._engine) as session:
-                    row = session.get(LeaderFence, self.name, with_for_update=True)
-                    if row is None:
-                        row = LeaderFence(
-                            name=self.name, epoch=0, holder="", updated_at=self._clock.now()
-                        )
-                    row.epoch += 1
-                    row.holder = self.holder
-                    row.updated_at = self._clock.now()
-                    session.add(row)
-                    return row.epoch
+                    return update_fence_epoch(session, self.name, self.holder, self._clock.now())
             except IntegrityError:
                 continue  # another replica created the row first; claim on top of it
         raise LostLeadership(f"could not claim a fencing epoch for {self.name}")
@@ -91,8 +87,7 @@ class Fence:
         Raises:
             LostLeadership: a newer leader has claimed the loop.
         """
-        row = session.get(LeaderFence, self.name, with_for_update=True)
-        if row is None or row.epoch != epoch:
+        if fetch_fence_epoch(session, self.name) != epoch:
             raise LostLeadership(
                 f"{self.holder} lost the {self.name} lease (epoch {epoch} is not the newest)"
             )
@@ -167,15 +162,10 @@ class PostgresLeader:
     def acquire(self) -> int | None:
         try:
             if self._connection is not None:
-                self._connection.execute(text("SELECT 1"))
-                self._connection.commit()
+                ping_connection(self._connection)
                 return self._epoch
             connection = self._engine.connect()
-            held = connection.execute(
-                text("SELECT pg_try_advisory_lock(:key)"), {"key": self._key}
-            ).scalar_one()
-            connection.commit()
-            if not held:
+            if not try_advisory_lock(connection, self._key):
                 connection.close()
                 return None
             self._connection = connection

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Protocol
 
 from fastapi import APIRouter, Response
 
 from pki.ca import fingerprint_sha256, load_pem_certificates
 from trustd.api.deps import AdminDep, ServicesDep
 from trustd.api.schemas import AuthorityPublic, CaPublic, TokenCreate, TokenCreated, TokenPublic
-from trustd.domain.rotation import CaKeySlot
-from trustd.store.ca_keys import CaKey
-from trustd.store.tokens import AdminToken
+from trustd.domain.tokens import AdminToken
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -28,7 +27,29 @@ def show_ca(principal: AdminDep, services: ServicesDep) -> CaPublic:
     )
 
 
-def authority_public(row: CaKey | CaKeySlot) -> AuthorityPublic:
+class CaKeyView(Protocol):
+    """What the public view of a CA key slot reads (`trustd.domain.ca_keys.CaKeyInfo`)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def kid(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def key_type(self) -> str: ...
+    @property
+    def upstream(self) -> bool: ...
+    @property
+    def not_before(self) -> datetime: ...
+    @property
+    def not_after(self) -> datetime: ...
+    @property
+    def certificate_pem(self) -> str | None: ...
+
+
+def authority_public(row: CaKeyView) -> AuthorityPublic:
+    """The public view of a CA key slot (no key material)."""
     cert = load_pem_certificates(row.certificate_pem.encode())[0] if row.certificate_pem else None
     return AuthorityPublic(
         kind=row.kind,

@@ -16,13 +16,14 @@ from trustd.api.schemas import (
     EntryUpdate,
     ReportedAddressPublic,
 )
+from trustd.domain.entries import Entry
 from trustd.services.entries import EntryFilter, EntryPatch, EntrySpec
-from trustd.store.entries import RegistrationEntry
 
 router = APIRouter(prefix="/v1/entries", tags=["entries"])
 
 
-def public_entry(row: RegistrationEntry) -> EntryPublic:
+def public_entry(row: Entry) -> EntryPublic:
+    """The public schema of an entry."""
     return EntryPublic.model_validate(row, from_attributes=True)
 
 

@@ -11,7 +11,6 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from trustd.api.deps import ServicesDep
 from trustd.api.schemas import Health
-from trustd.store.db import ping
 
 router = APIRouter(tags=["health"])
 
@@ -25,8 +24,7 @@ def healthz() -> Health:
 @router.get("/readyz", response_model=Health, responses={503: {"description": "Not ready"}})
 def readyz(services: ServicesDep) -> Health:
     """The database answers and the CA is loaded."""
-    ping(services.engine)
-    _ = services.ca.state
+    services.ca.check_ready()
     return Health(status="ok")
 
 

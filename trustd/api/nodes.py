@@ -19,11 +19,10 @@ from trustd.api.schemas import (
     NodePublic,
     SvidChain,
 )
-from trustd.domain.nodes import NodeStatus
+from trustd.domain.certificates import IssuedX509
+from trustd.domain.nodes import Node, NodeStatus
 from trustd.errors import InvalidRequest
-from trustd.services.issuance import IssuedX509
 from trustd.services.nodes import AGENT_PATH
-from trustd.store.nodes import Node
 
 router = APIRouter(tags=["nodes"])
 

@@ -7,16 +7,19 @@ import hmac
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session, select
-
 from pki.selectors import Selector
-from trustd.attestation.base import AttestationFailed, AttestationResult, require_str
-from trustd.store.nodes import JoinToken
+from trustd.attestation.base import (
+    AttestationContext,
+    AttestationFailed,
+    AttestationResult,
+    require_str,
+)
 
 _DUMMY = hashlib.sha256(b"trustd-unknown-join-token").hexdigest()
 
 
 def hash_secret(secret: str) -> str:
+    """The SHA-256 of a join token's secret part: what is stored and compared."""
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
@@ -34,13 +37,11 @@ class JoinTokenAttestor:
     name = "join_token"
 
     def attest(
-        self, session: Session, evidence: dict[str, Any], now: datetime
+        self, evidence: dict[str, Any], now: datetime, context: AttestationContext
     ) -> AttestationResult:
         token_id, secret = split_token(require_str(evidence, "token", 256))
-        # Row lock: two agents racing with one token cannot both consume it.
-        row = session.exec(
-            select(JoinToken).where(JoinToken.id == token_id).with_for_update()
-        ).first()
+        # Locked: two agents racing with one token cannot both consume it.
+        row = context.join_tokens.lock(token_id)
         matches = hmac.compare_digest(hash_secret(secret), row.token_hash if row else _DUMMY)
         if row is None or not matches:
             raise AttestationFailed("join token is not valid")
@@ -48,8 +49,7 @@ class JoinTokenAttestor:
             raise AttestationFailed("join token was already used")
         if row.expires_at <= now:
             raise AttestationFailed("join token has expired")
-        row.used_at = now
-        session.add(row)
+        context.join_tokens.consume(row.id, now)
         selectors = {Selector("join_token", f"id:{row.id}")}
         selectors.update(Selector.parse(s) for s in row.selectors)
         return AttestationResult(agent_id=row.id, selectors=frozenset(selectors))

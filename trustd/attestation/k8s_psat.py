@@ -14,14 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from sqlmodel import Session
 
 from pki.bundle import public_key_from_jwk
 from pki.errors import InvalidBundle
 from pki.keys import PublicKey
 from pki.selectors import Selector
-from trustd.attestation.base import AttestationFailed, AttestationResult, require_str
-from trustd.store.attestation import AttestationReplay
+from trustd.attestation.base import (
+    AttestationContext,
+    AttestationFailed,
+    AttestationResult,
+    EvidenceReplayed,
+    require_str,
+)
 
 # Never `none`, never HMAC: the key comes from the cluster's JWKS, never from the token.
 ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256")
@@ -71,7 +75,7 @@ class K8sPsatAttestor:
         self._clusters = clusters
 
     def attest(
-        self, session: Session, evidence: dict[str, Any], now: datetime
+        self, evidence: dict[str, Any], now: datetime, context: AttestationContext
     ) -> AttestationResult:
         cluster_name = require_str(evidence, "cluster", 253)
         token = require_str(evidence, "token")
@@ -122,9 +126,10 @@ class K8sPsatAttestor:
         # A PSAT stays valid for its lifetime; accepting it once only stops a stolen copy
         # from attesting a second agent.
         digest = hashlib.sha256(token.encode()).hexdigest()
-        if session.get(AttestationReplay, digest) is not None:
-            raise AttestationFailed("token was already used to attest")
-        session.add(AttestationReplay(digest=digest, attestor=self.name, expires_at=expires))
+        try:
+            context.replay.claim(digest, self.name, expires)
+        except EvidenceReplayed:
+            raise AttestationFailed("token was already used to attest") from None
         selectors = {
             Selector(self.name, f"cluster:{cluster_name}"),
             Selector(self.name, f"agent_ns:{namespace}"),

@@ -20,14 +20,18 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from sqlmodel import Session
 
 from pki.ca import fingerprint_sha256, load_pem_certificates
 from pki.errors import TrustdError
 from pki.selectors import Selector
 from pki.x509_path import build_path, validate_path
-from trustd.attestation.base import AttestationFailed, AttestationResult, require_str
-from trustd.store.attestation import AttestationReplay
+from trustd.attestation.base import (
+    AttestationContext,
+    AttestationFailed,
+    AttestationResult,
+    EvidenceReplayed,
+    require_str,
+)
 
 CHALLENGE_TTL = timedelta(seconds=60)
 MAX_CHAIN = 5
@@ -118,7 +122,7 @@ class X509PopAttestor:
         return base64.urlsafe_b64encode(body + self._mac(body)).rstrip(b"=").decode()
 
     def attest(
-        self, session: Session, evidence: dict[str, Any], now: datetime
+        self, evidence: dict[str, Any], now: datetime, context: AttestationContext
     ) -> AttestationResult:
         path = self._path(evidence, now)
         leaf = path[0]
@@ -138,9 +142,10 @@ class X509PopAttestor:
         signature = _b64d(require_str(evidence, "signature", 2048), "signature")
         _verify_signature(leaf, SIGNING_PREFIX + challenge.encode(), signature)
         digest = hashlib.sha256(body[:_NONCE]).hexdigest()
-        if session.get(AttestationReplay, digest) is not None:
-            raise AttestationFailed("challenge was already answered")
-        session.add(AttestationReplay(digest=digest, attestor=self.name, expires_at=expires_at))
+        try:
+            context.replay.claim(digest, self.name, expires_at)
+        except EvidenceReplayed:
+            raise AttestationFailed("challenge was already answered") from None
         fingerprint = fingerprint_sha256(leaf)
         selectors = {
             Selector(self.name, f"fingerprint:{fingerprint}"),

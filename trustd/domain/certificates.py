@@ -1,8 +1,16 @@
-"""Issued certificates: what kind of credential a record is and whether it still stands."""
+"""Issued certificates: what kind of credential a record is, whether it still stands, and
+what issuance hands back."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
+
+from cryptography import x509
+
+from pki.ca import certificate_pem
+from pki.spiffe_id import SpiffeId
 
 
 class CertificateKind(StrEnum):
@@ -14,3 +22,19 @@ class CertificateKind(StrEnum):
 class CertificateStatus(StrEnum):
     VALID = "valid"
     REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class IssuedX509:
+    """A signed X509-SVID, recorded before anyone is handed it."""
+
+    certificate: x509.Certificate
+    # Intermediates from the issuing CA up to, excluding, the root (X509-SVID §5.3).
+    intermediates: tuple[x509.Certificate, ...]
+    spiffe_id: SpiffeId
+    issuer_kid: str
+
+    @cached_property
+    def pem(self) -> str:
+        """The certificate as PEM: stored with the record and handed out."""
+        return certificate_pem(self.certificate)

@@ -24,6 +24,7 @@ from trustd import metrics
 from trustd.addresses import parse_workload_address
 from trustd.bus import Bus
 from trustd.domain.certificates import CertificateKind
+from trustd.domain.entries import Entry as RegistrationEntry
 from trustd.domain.revocations import Revocation
 from trustd.errors import Conflict, InvalidRequest, PermissionDenied
 from trustd.services.audit import AuditLog
@@ -36,7 +37,6 @@ from trustd.services.revocation import REVOCATION_CHANNEL, Revocations
 from trustd.services.sync import SYNC_CHANNEL, announce, bump_revision, current_revision
 from trustd.services.verdicts import Verdicts, VerdictUpdate
 from trustd.store.db import transaction
-from trustd.store.entries import RegistrationEntry
 from trustd.store.verdicts import ReportedAddress
 
 MAX_SVIDS_PER_REQUEST = 500

@@ -5,15 +5,13 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any
 
-from sqlalchemy import insert
 from sqlmodel import Session
 
 from pki.clock import Clock
 from trustd.domain.audit import AuditOutcome
-from trustd.store.audit import AuditEvent
-from trustd.store.group_commit import Insertion
+from trustd.store.audit import audit_event_insertion, create_audit_event
+from trustd.store.types import Insertion
 
-_INSERT = insert(AuditEvent.metadata.tables["audit_events"])
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
@@ -35,8 +33,8 @@ class AuditLog:
 
         `action` is a `subject:object:action` tag such as `svid:x509:issued`.
         """
-        session.connection().execute(
-            *self.row(actor, action, target=target, outcome=outcome, details=details)
+        create_audit_event(
+            session, self.row(actor, action, target=target, outcome=outcome, details=details)
         )
 
     def row(
@@ -51,17 +49,12 @@ class AuditLog:
         """The audit row as an insert to run in the action's transaction (see `record`).
         The request id is read now, while the request's context is current.
         """
-        # A Core insert: audit rows are written on every issuance, and the ORM's unit of work
-        # costs more than the insert itself.
-        return (
-            _INSERT,
-            {
-                "at": self._clock.now(),
-                "actor": actor,
-                "action": action,
-                "target": target,
-                "outcome": outcome,
-                "request_id": request_id_var.get(),
-                "details": details or {},
-            },
+        return audit_event_insertion(
+            at=self._clock.now(),
+            actor=actor,
+            action=action,
+            target=target,
+            outcome=outcome,
+            request_id=request_id_var.get(),
+            details=details or {},
         )

@@ -6,19 +6,26 @@ import hashlib
 import hmac
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from pki.clock import Clock
 from trustd.domain.audit import AuditOutcome
+from trustd.domain.tokens import AdminToken
 from trustd.errors import InvalidRequest, NotFound, PermissionDenied, Unauthenticated
 from trustd.roles import Role
 from trustd.services.audit import AuditLog
 from trustd.store.db import transaction
-from trustd.store.tokens import AdminToken
+from trustd.store.tokens import (
+    count_admin_tokens,
+    create_admin_token,
+    fetch_admin_token,
+    list_admin_tokens,
+    update_admin_token_revoked,
+)
 
 TOKEN_PREFIX = "trustd"  # noqa: S105 - the token format's fixed prefix, not a secret
 _ID_BYTES = 8
@@ -95,7 +102,7 @@ class AdminTokens:
             expires_at=now + ttl if ttl else None,
         )
         with transaction(self._engine) as session:
-            session.add(row)
+            create_admin_token(session, row)
             self._audit.record(
                 session, actor.name, "admin:token:created", target=row.id, details={"role": role}
             )
@@ -117,7 +124,7 @@ class AdminTokens:
                 return Principal(f"token:{known.id}", Role(known.role))
         self._accepted.pop(token_id, None)
         with transaction(self._engine) as session:
-            row = session.get(AdminToken, token_id)
+            row = fetch_admin_token(session, token_id)
             expected = row.token_hash if row else _DUMMY_HASH
             matches = hmac.compare_digest(_hash(secret), expected)
             reason = self._refusal(row, matches, self._clock.now())
@@ -146,23 +153,29 @@ class AdminTokens:
         return None
 
     def list(self) -> list[AdminToken]:
+        """Every admin token (without secrets), oldest first."""
         with transaction(self._engine) as session:
-            return list(session.exec(select(AdminToken).order_by(col(AdminToken.created_at))))
+            return list_admin_tokens(session)
 
     def revoke(self, actor: Principal, token_id: str) -> AdminToken:
-        """Raises:
-        NotFound: no such token.
+        """Revoke the token at once (on this process; the others within `CACHE_SECONDS`)
+        and return it; revoking a revoked token changes nothing.
+
+        Raises:
+            NotFound: no such token.
         """
         with transaction(self._engine) as session:
-            row = session.get(AdminToken, token_id)
+            row = fetch_admin_token(session, token_id)
             if row is None:
                 raise NotFound(f"no admin token {token_id!r}")
             self._accepted.pop(token_id, None)
             if row.revoked_at is None:
-                row.revoked_at = self._clock.now()
-                session.add(row)
+                row = replace(row, revoked_at=self._clock.now())
+                assert row.revoked_at is not None
+                update_admin_token_revoked(session, row.id, row.revoked_at)
                 self._audit.record(session, actor.name, "admin:token:revoked", target=row.id)
             return row
 
     def any_exist(self, session: Session) -> bool:
-        return session.exec(select(AdminToken.id).limit(1)).first() is not None
+        """Whether any admin token exists, in the caller's transaction."""
+        return count_admin_tokens(session, limit=1) > 0

@@ -16,7 +16,7 @@ from types import MappingProxyType
 
 from cryptography import x509
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from pki.bundle import TrustBundle
 from pki.ca import (
@@ -46,11 +46,20 @@ from pki.keys import (
 from pki.rotation import IN_BUNDLE, SlotStatus
 from pki.rotation import KeyKind as CaKeyKind
 from trustd import metrics
+from trustd.domain.ca_keys import CaKeyInfo
 from trustd.errors import NotReady
 from trustd.services.audit import AuditLog
 from trustd.settings import Settings
-from trustd.store.ca_keys import BundleState, CaKey
-from trustd.store.db import lock_for_initialisation, transaction
+from trustd.store.ca_keys import (
+    CaKey,
+    create_ca_key,
+    fetch_active_ca_key,
+    fetch_bundle_sequence,
+    list_ca_key_rows,
+    list_ca_keys,
+    update_bundle_sequence,
+)
+from trustd.store.db import lock_for_initialisation, ping, transaction
 
 SYSTEM_ACTOR = "system:trustd"
 
@@ -71,7 +80,7 @@ class CaState:
     jwt_signer: JwtSigner
     bundle: TrustBundle
     # Every key that is prepared, active, old or tainted.
-    keys: tuple[CaKey, ...]
+    keys: tuple[CaKeyInfo, ...]
     # Every CA that may still have unexpired certificates out there, by kid: each signs its
     # own CRL and OCSP answers (roots sign the CRL of the intermediates they issued).
     issuers: Mapping[str, Authority]
@@ -95,12 +104,14 @@ def key_encryption_key(settings: Settings) -> bytes:
 
 
 def crl_url(settings: Settings, issuer_kid: str) -> str:
-    """Where the CRL of the CA key *issuer_kid* is published (`GET /v1/crl/{issuer_kid}`)."""
+    """Where the CRL of the CA key *issuer_kid* is published (`GET /v1/crl/{issuer_kid}`):
+    the one place certificates' CRL distribution points (RFC 5280 §4.2.1.13) are built."""
     return f"{settings.base_url}/v1/crl/{issuer_kid}"
 
 
 def ocsp_url(settings: Settings) -> str:
-    """The OCSP responder (RFC 6960 Appendix A: GET and POST)."""
+    """The OCSP responder (RFC 6960 Appendix A: GET and POST): the one place certificates'
+    Authority Information Access OCSP URI (RFC 5280 §4.2.2.1) is built."""
     return f"{settings.base_url}/v1/ocsp"
 
 
@@ -126,9 +137,9 @@ def _row(
     upstream: bool = False,
     issuer_kid: str | None = None,
     cross_certificate: x509.Certificate | None = None,
-) -> CaKey:
+) -> CaKeyInfo:
     kid = fingerprint_sha256(certificate) if certificate is not None else key_id(public)
-    return CaKey(
+    return CaKeyInfo(
         kid=kid,
         kind=kind,
         status=status,
@@ -172,12 +183,23 @@ class CertificateAuthority:
 
     @property
     def state(self) -> CaState:
-        """Raises:
-        NotReady: the CA has not been loaded yet.
+        """The keys and bundle loaded in this process.
+
+        Raises:
+            NotReady: the CA has not been loaded yet.
         """
         if self._state is None:
             raise NotReady("the CA is not loaded yet")
         return self._state
+
+    def check_ready(self) -> None:
+        """Check that this process can issue: the database answers and the CA is loaded.
+
+        Raises:
+            StoreUnavailable: the database does not answer. NotReady: the CA is not loaded.
+        """
+        ping(self._engine)
+        _ = self.state
 
     def initialise(self) -> bool:
         """Create the root, intermediate and JWT signing key unless active ones exist.
@@ -190,7 +212,7 @@ class CertificateAuthority:
         """
         with transaction(self._engine) as session:
             lock_for_initialisation(session)
-            existing = {row.kind for row in self.rows(session, {SlotStatus.ACTIVE})}
+            existing = {row.kind for row in list_ca_keys(session, {SlotStatus.ACTIVE})}
             created: list[CaKey] = []
             for kind in (CaKeyKind.X509_ROOT, CaKeyKind.X509_INTERMEDIATE, CaKeyKind.JWT):
                 if kind not in existing:
@@ -218,14 +240,12 @@ class CertificateAuthority:
                 to sign an intermediate, or the upstream files are unusable.
         """
         if kind is CaKeyKind.X509_ROOT:
-            row = self._new_root(session, status)
+            key = self._new_root(session, status)
         elif kind is CaKeyKind.X509_INTERMEDIATE:
-            row = self._new_intermediate(session, status)
+            key = self._new_intermediate(session, status)
         else:
-            row = self._new_jwt(status)
-        session.add(row)
-        session.flush()
-        return row
+            key = self._new_jwt(status)
+        return create_ca_key(session, key)
 
     def _upstream(self) -> Authority | None:
         s = self._settings
@@ -239,15 +259,10 @@ class CertificateAuthority:
             _read(s.upstream_ca_bundle, "upstream CA bundle") if s.upstream_ca_bundle else None,
         )
 
-    def _active(self, session: Session, kind: CaKeyKind) -> CaKey | None:
-        return session.exec(
-            select(CaKey).where(CaKey.kind == kind, CaKey.status == SlotStatus.ACTIVE)
-        ).first()
-
-    def _new_root(self, session: Session, status: SlotStatus) -> CaKey:
+    def _new_root(self, session: Session, status: SlotStatus) -> CaKeyInfo:
         s = self._settings
         now = self._clock.now()
-        current = self._active(session, CaKeyKind.X509_ROOT)
+        current = fetch_active_ca_key(session, CaKeyKind.X509_ROOT)
         upstream = self._upstream() if current is None else None
         if upstream is not None:
             root = upstream.root
@@ -287,13 +302,13 @@ class CertificateAuthority:
             cross_certificate=cross,
         )
 
-    def _root_authority(self, row: CaKey) -> Authority:
+    def _root_authority(self, row: CaKeyInfo) -> Authority:
         root = _certificate(row.certificate_pem)
         return Authority(certificate=root, private_key=self._key(row), chain=(), root=root)
 
-    def _new_intermediate(self, session: Session, status: SlotStatus) -> CaKey:
+    def _new_intermediate(self, session: Session, status: SlotStatus) -> CaKeyInfo:
         s = self._settings
-        root_row = self._active(session, CaKeyKind.X509_ROOT)
+        root_row = fetch_active_ca_key(session, CaKeyKind.X509_ROOT)
         if root_row is None:
             raise CaError("there is no active root to sign an intermediate; activate one first")
         if root_row.upstream:
@@ -320,7 +335,7 @@ class CertificateAuthority:
             issuer_kid=root_row.kid,
         )
 
-    def _new_jwt(self, status: SlotStatus) -> CaKey:
+    def _new_jwt(self, status: SlotStatus) -> CaKeyInfo:
         s = self._settings
         key = generate_private_key(s.jwt_key_type)
         now = self._clock.now()
@@ -342,28 +357,15 @@ class CertificateAuthority:
         also moves when only the signing intermediate changes, which is how every replica
         learns that it must reload (a larger sequence than needed is harmless).
         """
-        state = session.get(BundleState, 1, with_for_update=True)
-        now = self._clock.now()
-        if state is None:
-            state = BundleState(id=1, sequence=1, updated_at=now)
-        else:
-            state.sequence += 1
-            state.updated_at = now
-        session.add(state)
-        return state.sequence
+        return update_bundle_sequence(session, self._clock.now())
 
     @staticmethod
     def rows(session: Session, statuses: set[SlotStatus] | frozenset[SlotStatus]) -> list[CaKey]:
-        """CA rows whose status is one of *statuses*, oldest first."""
-        return list(
-            session.exec(
-                select(CaKey)
-                .where(CaKey.status.in_([str(s) for s in statuses]))  # type: ignore[attr-defined]
-                .order_by(CaKey.created_at, CaKey.id)  # type: ignore[arg-type]
-            )
-        )
+        """CA rows whose status is one of *statuses*, oldest first, for the rotation
+        manager that changes them in *session*."""
+        return list_ca_key_rows(session, statuses)
 
-    def _key(self, row: CaKey) -> PrivateKey:
+    def _key(self, row: CaKeyInfo) -> PrivateKey:
         key = self._keys.get(row.kid)
         if key is None:
             if row.encrypted_key is None:
@@ -379,12 +381,8 @@ class CertificateAuthority:
             NotReady, KeyDecryptionError: as `load`.
         """
         with transaction(self._engine) as session:
-            stored = session.get(BundleState, 1)
-        if (
-            stored is not None
-            and self._state is not None
-            and stored.sequence == self._state.bundle.sequence
-        ):
+            stored = fetch_bundle_sequence(session)
+        if stored is not None and self._state is not None and stored == self._state.bundle.sequence:
             return False
         self.load()
         return True
@@ -397,11 +395,11 @@ class CertificateAuthority:
             KeyDecryptionError: the key-encryption key does not open the stored keys.
         """
         with transaction(self._engine) as session:
-            rows = self.rows(session, IN_BUNDLE)
-            bundle_state = session.get(BundleState, 1)
+            rows = list_ca_keys(session, IN_BUNDLE)
+            sequence = fetch_bundle_sequence(session)
         active = {CaKeyKind(row.kind): row for row in rows if row.status == SlotStatus.ACTIVE}
         missing = {CaKeyKind.X509_ROOT, CaKeyKind.X509_INTERMEDIATE, CaKeyKind.JWT} - set(active)
-        if missing or bundle_state is None:
+        if missing or sequence is None:
             raise NotReady("the CA is not initialised; run `trustd init` or `trustd serve`")
         now = self._clock.now()
         roots = {
@@ -436,7 +434,7 @@ class CertificateAuthority:
             jwt_authorities={
                 row.kid: self._key(row).public_key() for row in rows if row.kind == CaKeyKind.JWT
             },
-            sequence=bundle_state.sequence,
+            sequence=sequence,
             refresh_hint=int(self._settings.bundle_refresh_hint.total_seconds()),
         )
         for row in rows:

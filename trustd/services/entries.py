@@ -5,13 +5,14 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, or_
+from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session
 
 from pki.ca import dns_name_problem
 from pki.clock import Clock
@@ -19,17 +20,27 @@ from pki.selectors import parse_selectors
 from pki.spiffe_id import SpiffeId
 from policy.engine import EmbeddedEngine, PolicyEngine
 from trustd.bus import Bus
+from trustd.domain.certificates import CertificateKind
+from trustd.domain.entries import Entry, EntryAddress
 from trustd.errors import Conflict, InvalidRequest, NotFound
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
+from trustd.services.issuance import JWT_SVID, SERVER_PATH, CredentialKind, lifetime
 from trustd.services.sync import announce, bump_revision
 from trustd.services.verdicts import prune_reported_addresses
 from trustd.settings import Settings
 from trustd.store.db import transaction
-from trustd.store.entries import RegistrationEntry
-from trustd.store.verdicts import ReportedAddress
+from trustd.store.entries import (
+    count_entries,
+    create_entries,
+    delete_entry,
+    fetch_entry,
+    list_entries,
+    list_entries_by_parent,
+    list_entry_addresses,
+    update_entry,
+)
 
-SERVER_PATH = "/trustd/server"
 DEFAULT_ATTESTATION_POLICY = Path(__file__).resolve().parents[2] / "rego" / "attestation.rego"
 ATTESTATION_RULE = "data.trustd.attestation.allowed"
 MAX_BATCH = 500
@@ -130,8 +141,14 @@ class Entries:
 
     # -- validation ----------------------------------------------------------------------
 
+    def _ttl(self, name: str, kind: CredentialKind, seconds: int | None) -> int:
+        requested = timedelta(seconds=seconds) if seconds else None
+        try:
+            return int(lifetime(self._settings, kind, requested).total_seconds())
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"{name}: {exc.detail}") from None
+
     def _validated(self, spec: EntrySpec) -> dict[str, Any]:
-        s = self._settings
         spiffe_id = SpiffeId.parse(spec.spiffe_id)
         spiffe_id.require_member_of(self._td)
         if spiffe_id.is_trust_domain_id:
@@ -143,16 +160,10 @@ class Entries:
         selectors = sorted(str(sel) for sel in parse_selectors(spec.selectors))
         if not selectors:
             raise InvalidRequest("an entry needs at least one selector")
-        x509_ttl = spec.x509_ttl or int(s.x509_svid_ttl.total_seconds())
-        jwt_ttl = spec.jwt_ttl or int(s.jwt_svid_ttl.total_seconds())
-        if not 0 < x509_ttl <= s.x509_svid_max_ttl.total_seconds():
-            raise InvalidRequest(
-                f"x509_ttl must be 1..{int(s.x509_svid_max_ttl.total_seconds())} seconds"
-            )
-        if not 0 < jwt_ttl <= s.jwt_svid_max_ttl.total_seconds():
-            raise InvalidRequest(
-                f"jwt_ttl must be 1..{int(s.jwt_svid_max_ttl.total_seconds())} seconds"
-            )
+        # The lifetimes the entry's SVIDs will be issued with, checked by the same rule
+        # issuance applies.
+        x509_ttl = self._ttl("x509_ttl", CertificateKind.X509_SVID, spec.x509_ttl)
+        jwt_ttl = self._ttl("jwt_ttl", JWT_SVID, spec.jwt_ttl)
         dns_names = [name.lower() for name in spec.dns_names]
         for name in dns_names:
             problem = dns_name_problem(name)
@@ -164,20 +175,19 @@ class Entries:
         return {
             "spiffe_id": str(spiffe_id),
             "parent_id": str(parent),
-            "selectors": selectors,
-            "selectors_key": "|".join(selectors),
+            "selectors": tuple(selectors),
             "x509_ttl": x509_ttl,
             "jwt_ttl": jwt_ttl,
-            "dns_names": dns_names,
+            "dns_names": tuple(dns_names),
             "admin": spec.admin,
             "downstream": spec.downstream,
             "hint": spec.hint,
-            "ip_addresses": ip_addresses,
+            "ip_addresses": tuple(ip_addresses),
         }
 
     # -- writes --------------------------------------------------------------------------
 
-    def create(self, actor: Principal, specs: Sequence[EntrySpec]) -> list[RegistrationEntry]:
+    def create(self, actor: Principal, specs: Sequence[EntrySpec]) -> list[Entry]:
         """Create one or more entries atomically: all are stored or none is.
 
         Raises:
@@ -197,7 +207,7 @@ class Entries:
                 raise InvalidRequest(
                     exc.detail if len(specs) == 1 else f"entry {index}: {exc.detail}"
                 ) from None
-        keys = [(v["spiffe_id"], v["parent_id"], v["selectors_key"]) for v in values]
+        keys = [(v["spiffe_id"], v["parent_id"], v["selectors"]) for v in values]
         if len(set(keys)) != len(keys):
             raise Conflict("the batch holds the same entry twice")
         now = self._clock.now()
@@ -205,7 +215,7 @@ class Entries:
             with transaction(self._engine) as session:
                 revision = bump_revision(session)
                 rows = [
-                    RegistrationEntry(
+                    Entry(
                         id=secrets.token_hex(12),
                         revision=revision,
                         created_by=actor.name,
@@ -215,8 +225,7 @@ class Entries:
                     )
                     for v in values
                 ]
-                session.add_all(rows)
-                session.flush()
+                create_entries(session, rows)
                 for row in rows:
                     self._audit.record(
                         session,
@@ -232,14 +241,16 @@ class Entries:
         announce(self._bus, revision)
         return rows
 
-    def update(self, actor: Principal, entry_id: str, patch: EntryPatch) -> RegistrationEntry:
-        """Raises:
-        NotFound: no such entry. Conflict: the change duplicates another entry.
-        InvalidRequest and friends: the result would be invalid.
+    def update(self, actor: Principal, entry_id: str, patch: EntryPatch) -> Entry:
+        """Change the fields `patch` names; the result is validated as a new entry would be.
+
+        Raises:
+            NotFound: no such entry. Conflict: the change duplicates another entry.
+            InvalidRequest and friends: the result would be invalid.
         """
         try:
             with transaction(self._engine) as session:
-                row = session.get(RegistrationEntry, entry_id)
+                row = fetch_entry(session, entry_id)
                 if row is None:
                     raise NotFound(f"no entry {entry_id!r}")
                 merged = EntrySpec(
@@ -256,37 +267,36 @@ class Entries:
                         patch.ip_addresses if patch.ip_addresses is not None else row.ip_addresses
                     ),
                 )
-                values = self._validated(merged)
-                old_spiffe_id = row.spiffe_id
-                for key, value in values.items():
-                    setattr(row, key, value)
-                row.revision = bump_revision(session)
-                row.updated_at = self._clock.now()
-                session.add(row)
-                session.flush()
-                prune_reported_addresses(session, old_spiffe_id)
+                updated = replace(
+                    row,
+                    **self._validated(merged),
+                    revision=bump_revision(session),
+                    updated_at=self._clock.now(),
+                )
+                update_entry(session, updated)
+                prune_reported_addresses(session, row.spiffe_id)
                 self._audit.record(
                     session,
                     actor.name,
                     "entry:registration:updated",
-                    target=row.id,
-                    details={"spiffe_id": row.spiffe_id, "parent_id": row.parent_id},
+                    target=updated.id,
+                    details={"spiffe_id": updated.spiffe_id, "parent_id": updated.parent_id},
                 )
         except IntegrityError:
             raise Conflict("the change would duplicate another entry") from None
-        announce(self._bus, row.revision)
-        return row
+        announce(self._bus, updated.revision)
+        return updated
 
     def delete(self, actor: Principal, entry_id: str) -> None:
-        """Raises:
-        NotFound: no such entry.
+        """Delete the entry; agents stop serving its SVIDs on their next sync.
+
+        Raises:
+            NotFound: no such entry.
         """
         with transaction(self._engine) as session:
-            row = session.get(RegistrationEntry, entry_id)
+            row = delete_entry(session, entry_id)
             if row is None:
                 raise NotFound(f"no entry {entry_id!r}")
-            session.delete(row)
-            session.flush()
             prune_reported_addresses(session, row.spiffe_id)
             revision = bump_revision(session)
             self._audit.record(
@@ -300,66 +310,49 @@ class Entries:
 
     # -- reads ---------------------------------------------------------------------------
 
-    def get(self, entry_id: str) -> RegistrationEntry:
-        """Raises:
-        NotFound: no such entry.
+    def get(self, entry_id: str) -> Entry:
+        """The entry `entry_id`.
+
+        Raises:
+            NotFound: no such entry.
         """
         with transaction(self._engine) as session:
-            row = session.get(RegistrationEntry, entry_id)
+            row = fetch_entry(session, entry_id)
         if row is None:
             raise NotFound(f"no entry {entry_id!r}")
         return row
 
-    def reported_addresses(self, spiffe_id: str) -> list[ReportedAddress]:
+    def reported_addresses(self, spiffe_id: str) -> list[EntryAddress]:
         """What agents reported their workloads with `spiffe_id` hold, by node."""
         with transaction(self._engine) as session:
-            return list(
-                session.exec(
-                    select(ReportedAddress)
-                    .where(ReportedAddress.spiffe_id == spiffe_id)
-                    .order_by(col(ReportedAddress.node_id), col(ReportedAddress.address))
-                ).all()
-            )
+            return list_entry_addresses(session, spiffe_id)
 
-    def search(self, query: EntryFilter) -> tuple[list[RegistrationEntry], int]:
-        """A page of entries and the total matching count."""
+    def search(self, query: EntryFilter) -> tuple[list[Entry], int]:
+        """A page of entries and the total matching count.
+
+        Raises:
+            InvalidRequest: the page size is out of range.
+        """
         if not 0 < query.limit <= MAX_PAGE:
             raise InvalidRequest(f"limit must be 1..{MAX_PAGE}")
-        statement = select(RegistrationEntry)
-        if query.spiffe_id:
-            statement = statement.where(RegistrationEntry.spiffe_id == query.spiffe_id)
-        if query.parent_id:
-            statement = statement.where(RegistrationEntry.parent_id == query.parent_id)
-        if query.selector:
-            # selectors_key is the sorted selectors joined by '|': an exact element match.
-            needle = query.selector
-            statement = statement.where(
-                or_(
-                    col(RegistrationEntry.selectors_key) == needle,
-                    col(RegistrationEntry.selectors_key).startswith(needle + "|"),
-                    col(RegistrationEntry.selectors_key).endswith("|" + needle),
-                    col(RegistrationEntry.selectors_key).contains("|" + needle + "|"),
-                )
-            )
+        filters = {
+            "spiffe_id": query.spiffe_id,
+            "parent_id": query.parent_id,
+            "selector": query.selector,
+        }
         with transaction(self._engine) as session:
-            total = session.exec(select(func.count()).select_from(statement.subquery())).one()
-            rows = session.exec(
-                statement.order_by(col(RegistrationEntry.spiffe_id), col(RegistrationEntry.id))
-                .limit(query.limit)
-                .offset(query.offset)
-            ).all()
-        return list(rows), int(total)
+            total = count_entries(session, **filters)
+            rows = list_entries(session, **filters, limit=query.limit, offset=query.offset)
+        return rows, total
 
     # -- what a node may receive ---------------------------------------------------------
 
     def aliases_of(self, session: Session, selectors: frozenset[str]) -> tuple[str, ...]:
         """Node aliases: entries parented by the server whose selectors the node has all of."""
-        rows = session.exec(
-            select(RegistrationEntry).where(RegistrationEntry.parent_id == self.server_id)
-        ).all()
+        rows = list_entries(session, parent_id=self.server_id)
         return tuple(sorted(r.spiffe_id for r in rows if set(r.selectors) <= selectors))
 
-    def for_node(self, session: Session, node: NodeView) -> list[RegistrationEntry]:
+    def for_node(self, session: Session, node: NodeView) -> list[Entry]:
         """The entries `node` may receive: candidates by the parent relation, filtered by the
         attestation policy (`rego/attestation.rego`).
 
@@ -367,11 +360,7 @@ class Entries:
             PolicyEvaluationError: the policy failed; the node gets nothing (default deny).
         """
         parents = [node.spiffe_id, *node.aliases]
-        candidates = session.exec(
-            select(RegistrationEntry)
-            .where(col(RegistrationEntry.parent_id).in_(parents))
-            .order_by(col(RegistrationEntry.id))
-        ).all()
+        candidates = list_entries_by_parent(session, parents)
         if not candidates:
             return []
         allowed = self._policy.evaluate(
@@ -387,7 +376,7 @@ class Entries:
                         "id": e.id,
                         "spiffe_id": e.spiffe_id,
                         "parent_id": e.parent_id,
-                        "selectors": e.selectors,
+                        "selectors": list(e.selectors),
                         "admin": e.admin,
                         "downstream": e.downstream,
                     }

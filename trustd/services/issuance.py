@@ -1,7 +1,12 @@
-"""Issuance of X509-SVIDs, JWT-SVIDs and the server's own serving certificate.
+"""The one issuance pipeline: X509-SVIDs (workloads, nodes), the server's own serving
+certificate, and JWT-SVIDs.
 
-Every certificate is committed to the database before it is handed out; if the commit fails
-the caller gets `StoreUnavailable` and the certificate is never seen.
+Every X.509 credential goes the same way: request -> lifetime (checked here and nowhere
+else) -> params -> template, sign, validate (`pki.ca.issue_x509_svid`) -> record (the
+certificate row and its audit event, through the group commit or in the caller's
+transaction) -> metrics -> returned. Nothing is handed out before its record has
+committed; if the commit fails the caller gets `StoreUnavailable` and the certificate is
+never seen.
 """
 
 from __future__ import annotations
@@ -11,10 +16,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from functools import cached_property, lru_cache
+from functools import lru_cache
+from typing import Final, Literal
 
 from cryptography import x509
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine
 from sqlmodel import Session
 
 from pki.ca import (
@@ -26,25 +32,36 @@ from pki.ca import (
     serial_hex,
 )
 from pki.clock import Clock
+from pki.errors import TrustdError
 from pki.jwt_svid import JwtSvid, mint_jwt_svid
-from pki.keys import PrivateKey, generate_private_key
+from pki.keys import PrivateKey, PublicKey, generate_private_key
 from pki.spiffe_id import SpiffeId
 from trustd import metrics
-from trustd.domain.certificates import CertificateKind, CertificateStatus
+from trustd.domain.certificates import CertificateKind, IssuedX509
 from trustd.errors import InvalidRequest
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
 from trustd.services.ca import SYSTEM_ACTOR, CertificateAuthority, crl_url
 from trustd.settings import Settings
-from trustd.store.certificates import IssuedCertificate
+from trustd.store.certificates import certificate_insertion
 from trustd.store.db import transaction
-from trustd.store.group_commit import GroupCommit, Insertion
+from trustd.store.group_commit import GroupCommit, Insertion, create_rows
+
+__all__ = [
+    "JWT_SVID",
+    "SERVER_PATH",
+    "CredentialKind",
+    "IssuanceRequest",
+    "IssuedX509",
+    "Issuer",
+    "ca_pems",
+    "lifetime",
+]
 
 SERVER_PATH = "/trustd/server"
-# A prepared Core insert: issuance is the hot path and the ORM's unit of work costs more than
-# the insert itself.
-_INSERT_CERTIFICATE = insert(IssuedCertificate.metadata.tables["issued_certificates"])
-
+# The metric label and lifetime class of JWT-SVIDs; X.509 credentials use `CertificateKind`.
+JWT_SVID: Final = "jwt-svid"
+CredentialKind = CertificateKind | Literal["jwt-svid"]
 
 _AUDIT_OBJECT = {
     CertificateKind.X509_SVID: "x509",
@@ -53,18 +70,57 @@ _AUDIT_OBJECT = {
 }
 
 
-@dataclass(frozen=True)
-class IssuedX509:
-    certificate: x509.Certificate
-    # Intermediates from the issuing CA up to, excluding, the root (X509-SVID §5.3).
-    intermediates: tuple[x509.Certificate, ...]
-    spiffe_id: SpiffeId
-    issuer_kid: str
+def _limits(settings: Settings, kind: CredentialKind) -> tuple[timedelta, timedelta]:
+    """(default, ceiling) of a credential kind's lifetime."""
+    if kind == JWT_SVID:
+        return settings.jwt_svid_ttl, settings.jwt_svid_max_ttl
+    if kind == CertificateKind.X509_SVID:
+        return settings.x509_svid_ttl, settings.x509_svid_max_ttl
+    if kind == CertificateKind.NODE_SVID:
+        return settings.node_svid_ttl, settings.node_svid_ttl
+    return settings.serving_cert_ttl, settings.serving_cert_ttl
 
-    @cached_property
-    def pem(self) -> str:
-        """The certificate as PEM: stored with the record and handed out."""
-        return certificate_pem(self.certificate)
+
+def lifetime(settings: Settings, kind: CredentialKind, requested: timedelta | None) -> timedelta:
+    """The lifetime a credential of `kind` gets: `requested`, or the kind's default when
+    None. The one place a lifetime is checked against the configured ceilings (entries are
+    checked with it when they are stored, requests when they are issued).
+
+    Raises:
+        InvalidRequest: `requested` is not positive or exceeds the kind's maximum.
+    """
+    default, ceiling = _limits(settings, kind)
+    ttl = default if requested is None else requested
+    if ttl <= timedelta(0):
+        raise InvalidRequest("ttl must be positive")
+    if ttl > ceiling:
+        raise InvalidRequest(
+            f"ttl {int(ttl.total_seconds())}s exceeds the maximum of "
+            f"{int(ceiling.total_seconds())}s"
+        )
+    return ttl
+
+
+@dataclass(frozen=True)
+class IssuanceRequest:
+    """What to issue: an X.509 credential of `kind` naming `spiffe_id`, for the key of
+    `csr` (which only proves possession: its subject and names are ignored, X509-SVID §4)
+    or for `public_key`. `ttl` None means the kind's default; `actor` is who asked (the
+    admin principal, the node, `system:trustd`), recorded with the certificate.
+    """
+
+    kind: CertificateKind
+    spiffe_id: SpiffeId | str
+    actor: str
+    csr: bytes | None = None
+    public_key: PublicKey | None = None
+    ttl: timedelta | None = None
+    dns_names: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.csr is None) == (self.public_key is None):
+            raise ValueError("an issuance request names its key by exactly one of csr, public_key")
 
 
 @lru_cache(maxsize=16)
@@ -76,7 +132,7 @@ def ca_pems(certificates: tuple[x509.Certificate, ...]) -> tuple[str, ...]:
 
 
 class Issuer:
-    """Signs credentials with the loaded CA and records them."""
+    """Signs credentials with the loaded CA and records them (the issuance pipeline)."""
 
     def __init__(
         self,
@@ -93,62 +149,110 @@ class Issuer:
         self._audit = audit
         self._group = GroupCommit(engine)
 
-    def _ttl(
-        self, requested: timedelta | None, default: timedelta, ceiling: timedelta
-    ) -> timedelta:
-        ttl = requested or default
-        if ttl <= timedelta(0):
-            raise InvalidRequest("ttl must be positive")
-        if ttl > ceiling:
-            raise InvalidRequest(
-                f"ttl {int(ttl.total_seconds())}s exceeds the maximum of "
-                f"{int(ceiling.total_seconds())}s"
-            )
-        return ttl
+    # -- the pipeline --------------------------------------------------------------------
 
-    def _spiffe_id(self, value: str) -> SpiffeId:
-        spiffe_id = SpiffeId.parse(value)
-        spiffe_id.require_member_of(self._settings.trust_domain_obj)
-        return spiffe_id
-
-    async def issue_x509_svid(
-        self,
-        principal: Principal,
-        spiffe_id: str,
-        csr: bytes,
-        ttl: timedelta | None = None,
-        dns_names: Sequence[str] = (),
-    ) -> IssuedX509:
-        """Sign the CSR's key as `spiffe_id`; identity, lifetime and DNS names come from the
-        authorised request, never from the CSR (X509-SVID §4). Returns once the certificate
-        is committed, in a transaction it may share with concurrent issuances (group commit).
+    async def issue(self, request: IssuanceRequest) -> IssuedX509:
+        """Issue what `request` asks for and return it once its record has committed, in a
+        transaction it may share with concurrent issuances (group commit).
 
         Raises:
-            InvalidCsr, WeakKey, InvalidSpiffeId, InvalidRequest: bad input, nothing issued.
+            InvalidCsr, WeakKey, InvalidSpiffeId, InvalidSvidParams, InvalidRequest: bad
+                input, nothing issued.
             StoreUnavailable: the certificate could not be recorded, nothing issued.
         """
         started = time.perf_counter()
-        kind = CertificateKind.X509_SVID
         try:
-            sid = self._spiffe_id(spiffe_id)
-            lifetime = self._ttl(
-                ttl, self._settings.x509_svid_ttl, self._settings.x509_svid_max_ttl
-            )
-            request = parse_csr(csr)
-            params = X509SvidParams(
-                spiffe_id=sid,
-                public_key=csr_public_key(request),
-                ttl=lifetime,
-                dns_names=tuple(dns_names),
-            )
-            issued = self.sign(params)
-            await self._group.insert(self.rows(principal.name, issued, kind))
+            issued = self.sign(self.params(request))
+            await self._group.insert(self.rows(request.actor, issued, request.kind))
         except Exception:
-            metrics.ISSUANCE_FAILURES.labels(kind).inc()
+            metrics.ISSUANCE_FAILURES.labels(request.kind).inc()
             raise
+        self._issued(request.kind, started)
+        return issued
+
+    def issue_in(self, session: Session, request: IssuanceRequest) -> IssuedX509:
+        """Issue what `request` asks for and record it in the caller's `session`, for callers
+        whose own rows must commit together with the certificate (node attestation and
+        renewal). The caller must not hand the certificate out before `session` commits.
+
+        Raises:
+            As `issue`, except that recording failures surface at the caller's commit.
+        """
+        started = time.perf_counter()
+        try:
+            issued = self.sign(self.params(request))
+            create_rows(session, self.rows(request.actor, issued, request.kind))
+        except Exception:
+            metrics.ISSUANCE_FAILURES.labels(request.kind).inc()
+            raise
+        self._issued(request.kind, started)
+        return issued
+
+    def issue_all_in(
+        self, session: Session, requests: Sequence[IssuanceRequest]
+    ) -> list[IssuedX509 | TrustdError]:
+        """Issue each of `requests` and record all that could be issued in the caller's
+        `session`, in one insert per table (an agent renewing its workloads' SVIDs). A
+        request with bad input is refused alone: its place in the result holds the error.
+
+        Raises:
+            Exception: the records could not be added to `session` (none is).
+        """
+        started = time.perf_counter()
+        outcomes: list[IssuedX509 | TrustdError] = []
+        rows: list[Insertion] = []
+        for request in requests:
+            try:
+                issued = self.sign(self.params(request))
+            except TrustdError as exc:
+                metrics.ISSUANCE_FAILURES.labels(request.kind).inc()
+                outcomes.append(exc)
+                continue
+            outcomes.append(issued)
+            rows.extend(self.rows(request.actor, issued, request.kind))
+        try:
+            create_rows(session, rows)
+        except Exception:
+            for request, outcome in zip(requests, outcomes, strict=True):
+                if isinstance(outcome, IssuedX509):
+                    metrics.ISSUANCE_FAILURES.labels(request.kind).inc()
+            raise
+        for request, outcome in zip(requests, outcomes, strict=True):
+            if isinstance(outcome, IssuedX509):
+                self._issued(request.kind, started)
+        return outcomes
+
+    def params(self, request: IssuanceRequest) -> X509SvidParams:
+        """What `pki.ca` signs for `request`: the SPIFFE ID checked to be in this trust
+        domain, the key taken from the CSR, the lifetime checked (`lifetime`).
+
+        Raises:
+            InvalidCsr, WeakKey, InvalidSpiffeId, InvalidSvidParams, InvalidRequest.
+        """
+        spiffe_id = request.spiffe_id
+        if isinstance(spiffe_id, str):
+            spiffe_id = SpiffeId.parse(spiffe_id)
+        spiffe_id.require_member_of(self._settings.trust_domain_obj)
+        ttl = lifetime(self._settings, request.kind, request.ttl)
+        if request.csr is not None:
+            public_key = csr_public_key(parse_csr(request.csr))
+        else:
+            assert request.public_key is not None
+            public_key = request.public_key
+        return X509SvidParams(
+            spiffe_id=spiffe_id,
+            public_key=public_key,
+            ttl=ttl,
+            dns_names=request.dns_names,
+            ip_addresses=tuple(ipaddress.ip_address(ip) for ip in request.ip_addresses),
+        )
+
+    def _issued(self, kind: CredentialKind, started: float) -> None:
+        # One label scheme for every credential: the kind (`CertificateKind` or `jwt-svid`).
         metrics.SVIDS_ISSUED.labels(kind).inc()
         metrics.ISSUANCE_SECONDS.labels(kind).observe(time.perf_counter() - started)
-        return issued
+
+    # -- the steps, for callers that batch their own transaction -------------------------
 
     def sign(self, params: X509SvidParams) -> IssuedX509:
         """Sign an X509-SVID with the active authority. Nothing is recorded yet: the caller
@@ -170,9 +274,7 @@ class Issuer:
         self, session: Session, actor: str, issued: IssuedX509, kind: CertificateKind
     ) -> None:
         """Add the certificate row and its audit event to `session`."""
-        connection = session.connection()
-        for statement, values in self.rows(actor, issued, kind):
-            connection.execute(statement, values)
+        create_rows(session, self.rows(actor, issued, kind))
         metrics.SVIDS_ISSUED.labels(kind).inc()
 
     def rows(self, actor: str, issued: IssuedX509, kind: CertificateKind) -> list[Insertion]:
@@ -180,20 +282,16 @@ class Issuer:
         certificate = issued.certificate
         serial = serial_hex(certificate)
         return [
-            (
-                _INSERT_CERTIFICATE,
-                {
-                    "serial": serial,
-                    "kind": kind,
-                    "spiffe_id": str(issued.spiffe_id),
-                    "issuer_kid": issued.issuer_kid,
-                    "status": CertificateStatus.VALID,
-                    "not_before": certificate.not_valid_before_utc,
-                    "not_after": certificate.not_valid_after_utc,
-                    "certificate_pem": issued.pem,
-                    "requested_by": actor,
-                    "created_at": self._clock.now(),
-                },
+            certificate_insertion(
+                serial=serial,
+                kind=kind,
+                spiffe_id=str(issued.spiffe_id),
+                issuer_kid=issued.issuer_kid,
+                not_before=certificate.not_valid_before_utc,
+                not_after=certificate.not_valid_after_utc,
+                certificate_pem=issued.pem,
+                requested_by=actor,
+                created_at=self._clock.now(),
             ),
             self._audit.row(
                 actor,
@@ -206,13 +304,57 @@ class Issuer:
             ),
         ]
 
-    def _sign_and_record(
-        self, actor: str, params: X509SvidParams, kind: CertificateKind
+    # -- entry points --------------------------------------------------------------------
+
+    async def issue_x509_svid(
+        self,
+        principal: Principal,
+        spiffe_id: str,
+        csr: bytes,
+        ttl: timedelta | None = None,
+        dns_names: Sequence[str] = (),
     ) -> IssuedX509:
-        issued = self.sign(params)
+        """Sign the CSR's key as `spiffe_id` for an administrator (`issue` with an
+        `x509-svid` request): identity, lifetime and DNS names come from the authorised
+        request, never from the CSR (X509-SVID §4).
+
+        Raises:
+            As `issue`.
+        """
+        return await self.issue(
+            IssuanceRequest(
+                kind=CertificateKind.X509_SVID,
+                spiffe_id=spiffe_id,
+                actor=principal.name,
+                csr=csr,
+                ttl=ttl,
+                dns_names=tuple(dns_names),
+            )
+        )
+
+    def issue_serving_certificate(
+        self, dns_names: Sequence[str], ip_addresses: Sequence[str]
+    ) -> tuple[IssuedX509, PrivateKey]:
+        """The TLS certificate trustd serves with: an X509-SVID for `spiffe://<td>/trustd/server`
+        that also names the host, so both SPIFFE-aware and plain HTTPS clients can verify it.
+        Recorded in a transaction of its own (it is issued at start-up and renewal, off the
+        request path).
+
+        Raises:
+            InvalidSvidParams: a name or address is unusable. StoreUnavailable: not recorded.
+        """
+        key = generate_private_key(self._settings.key_type)
+        request = IssuanceRequest(
+            kind=CertificateKind.SERVING,
+            spiffe_id=SpiffeId.from_parts(self._settings.trust_domain_obj, SERVER_PATH),
+            actor=SYSTEM_ACTOR,
+            public_key=key.public_key(),
+            dns_names=tuple(dns_names),
+            ip_addresses=tuple(ip_addresses),
+        )
         with transaction(self._engine) as session:
-            self.record(session, actor, issued, kind)
-        return issued
+            issued = self.issue_in(session, request)
+        return issued, key
 
     def mint_jwt_svid(
         self,
@@ -229,12 +371,12 @@ class Issuer:
             StoreUnavailable: the audit row could not be recorded, nothing returned.
         """
         started = time.perf_counter()
-        kind = "jwt-svid"
         try:
-            sid = self._spiffe_id(spiffe_id)
-            lifetime = self._ttl(ttl, self._settings.jwt_svid_ttl, self._settings.jwt_svid_max_ttl)
+            sid = SpiffeId.parse(spiffe_id)
+            sid.require_member_of(self._settings.trust_domain_obj)
+            ttl = lifetime(self._settings, JWT_SVID, ttl)
             signer = self._ca.state.jwt_signer
-            svid = mint_jwt_svid(signer.key, signer.kid, sid, audience, lifetime, self._clock)
+            svid = mint_jwt_svid(signer.key, signer.kid, sid, audience, ttl, self._clock)
             with transaction(self._engine) as session:
                 self._audit.record(
                     session,
@@ -248,25 +390,7 @@ class Issuer:
                     },
                 )
         except Exception:
-            metrics.ISSUANCE_FAILURES.labels(kind).inc()
+            metrics.ISSUANCE_FAILURES.labels(JWT_SVID).inc()
             raise
-        metrics.SVIDS_ISSUED.labels(kind).inc()
-        metrics.ISSUANCE_SECONDS.labels(kind).observe(time.perf_counter() - started)
+        self._issued(JWT_SVID, started)
         return svid
-
-    def issue_serving_certificate(
-        self, dns_names: Sequence[str], ip_addresses: Sequence[str]
-    ) -> tuple[IssuedX509, PrivateKey]:
-        """The TLS certificate trustd serves with: an X509-SVID for `spiffe://<td>/trustd/server`
-        that also names the host, so both SPIFFE-aware and plain HTTPS clients can verify it.
-        """
-        key = generate_private_key(self._settings.key_type)
-        params = X509SvidParams(
-            spiffe_id=SpiffeId.from_parts(self._settings.trust_domain_obj, SERVER_PATH),
-            public_key=key.public_key(),
-            ttl=self._settings.serving_cert_ttl,
-            dns_names=tuple(dns_names),
-            ip_addresses=tuple(ipaddress.ip_address(ip) for ip in ip_addresses),
-        )
-        issued = self._sign_and_record(SYSTEM_ACTOR, params, CertificateKind.SERVING)
-        return issued, key

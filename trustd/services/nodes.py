@@ -6,38 +6,53 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Engine
-from sqlmodel import col, select
+from sqlmodel import Session
 
-from pki.ca import X509SvidParams, csr_public_key, load_pem_certificates, parse_csr, serial_hex
+from pki.ca import csr_public_key, load_pem_certificates, parse_csr, serial_hex
 from pki.clock import Clock
 from pki.errors import TrustdError
 from pki.keys import PublicKey, allowed_public_key, public_key_pem
 from pki.selectors import parse_selectors
 from pki.spiffe_id import SpiffeId
-from trustd.attestation.base import AttestationFailed, NodeAttestor
+from trustd.attestation.base import (
+    AttestationContext,
+    AttestationFailed,
+    EvidenceReplayed,
+    NodeAttestor,
+)
 from trustd.attestation.join_token import JoinTokenAttestor, hash_secret
 from trustd.attestation.k8s_psat import K8sPsatAttestor, load_cluster
 from trustd.attestation.x509pop import X509PopAttestor
 from trustd.bus import Bus
 from trustd.domain.audit import AuditOutcome
-from trustd.domain.certificates import CertificateKind
-from trustd.domain.nodes import NodeStatus
+from trustd.domain.certificates import CertificateKind, IssuedX509
+from trustd.domain.nodes import JoinToken, Node, NodeStatus
 from trustd.errors import InvalidRequest, NotFound, PermissionDenied, Unauthenticated
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
-from trustd.services.issuance import IssuedX509, Issuer
+from trustd.services.issuance import IssuanceRequest, Issuer
 from trustd.services.sync import announce, bump_revision
 from trustd.services.verdicts import delete_reported_addresses
 from trustd.settings import Settings
+from trustd.store.attestation import create_replay_claim
 from trustd.store.db import transaction
-from trustd.store.nodes import JoinToken, Node
+from trustd.store.nodes import (
+    create_join_token,
+    create_node,
+    fetch_join_token,
+    fetch_node,
+    fetch_node_by_serial,
+    list_nodes,
+    update_join_token_used,
+    update_node,
+)
 
 AGENT_PATH = "/trustd/agent"
 NODE_CREDENTIAL_TYPE = "trustd-node+jwt"
@@ -73,6 +88,39 @@ class CreatedJoinToken:
     @property
     def value(self) -> str:
         return f"{self.token.id}.{self.secret}"
+
+
+class SessionReplayGuard:
+    """The replay guard of one attestation: claims are rows in its transaction, so a
+    refused attestation claims nothing."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def claim(self, digest: str, attestor: str, expires_at: datetime) -> None:
+        """Raises:
+        EvidenceReplayed: the evidence with `digest` was claimed before.
+        """
+        if not create_replay_claim(self._session, digest, attestor, expires_at):
+            raise EvidenceReplayed("the evidence was already used to attest")
+
+
+class SessionJoinTokens:
+    """The join tokens one attestation may consume, in its transaction."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def lock(self, token_id: str) -> JoinToken | None:
+        return fetch_join_token(self._session, token_id, for_update=True)
+
+    def consume(self, token_id: str, used_at: datetime) -> None:
+        update_join_token_used(self._session, token_id, used_at)
+
+
+def attestation_context(session: Session) -> AttestationContext:
+    """What an attestor may consume, bound to the attestation's transaction `session`."""
+    return AttestationContext(SessionReplayGuard(session), SessionJoinTokens(session))
 
 
 def _mac_key(settings: Settings, kek: bytes) -> bytes:
@@ -141,13 +189,13 @@ class Nodes:
         row = JoinToken(
             id=secrets.token_hex(8),
             token_hash=hash_secret(secret),
-            selectors=parsed,
+            selectors=tuple(parsed),
             created_by=actor.name,
             created_at=now,
             expires_at=now + lifetime,
         )
         with transaction(self._engine) as session:
-            session.add(row)
+            create_join_token(session, row)
             self._audit.record(
                 session,
                 actor.name,
@@ -189,54 +237,54 @@ class Nodes:
         """
         now = self._clock.now()
         try:
+            # The CSR is checked before the evidence is consumed: a bad CSR costs no token.
             public_key = csr_public_key(parse_csr(csr))
             attestor = self._attestor(attestor_name)
             with transaction(self._engine) as session:
-                result = attestor.attest(session, evidence, now)
+                result = attestor.attest(evidence, now, attestation_context(session))
                 spiffe_id = SpiffeId.from_parts(
                     self._td, f"{AGENT_PATH}/{attestor.name}/{result.agent_id}"
                 )
-                node = session.get(Node, str(spiffe_id))
-                if node is not None and node.status == NodeStatus.BANNED:
+                known = fetch_node(session, str(spiffe_id), for_update=True)
+                if known is not None and known.status == NodeStatus.BANNED:
                     raise AttestationFailed(f"node {spiffe_id} is banned")
-                issued = self._issuer.sign(
-                    X509SvidParams(spiffe_id, public_key, self._settings.node_svid_ttl)
+                issued = self._issuer.issue_in(
+                    session,
+                    IssuanceRequest(
+                        kind=CertificateKind.NODE_SVID,
+                        spiffe_id=spiffe_id,
+                        actor=str(spiffe_id),
+                        public_key=public_key,
+                    ),
                 )
-                serial = serial_hex(issued.certificate)
-                selectors = sorted(str(s) for s in result.selectors)
-                if node is None:
-                    node = Node(
-                        spiffe_id=str(spiffe_id),
-                        attestor=attestor.name,
-                        agent_id=result.agent_id,
-                        selectors=selectors,
-                        status=NodeStatus.ACTIVE,
-                        svid_serial=serial,
-                        svid_public_key_pem=public_key_pem(public_key),
-                        svid_not_after=issued.certificate.not_valid_after_utc,
-                        attested_at=now,
-                    )
+                selectors = tuple(sorted(str(s) for s in result.selectors))
+                # Re-attestation (after eviction, or a new agent on the same machine)
+                # replaces the credentials: the old node key stops working.
+                node = Node(
+                    spiffe_id=str(spiffe_id),
+                    attestor=attestor.name,
+                    agent_id=result.agent_id,
+                    selectors=selectors,
+                    status=NodeStatus.ACTIVE,
+                    svid_serial=serial_hex(issued.certificate),
+                    svid_public_key_pem=public_key_pem(public_key),
+                    svid_not_after=issued.certificate.not_valid_after_utc,
+                    attested_at=now,
+                    last_seen=known.last_seen if known is not None else None,
+                    applied_revision=known.applied_revision if known is not None else 0,
+                )
+                if known is None:
+                    create_node(session, node)
                 else:
-                    # Re-attestation (after eviction, or a new agent on the same machine)
-                    # replaces the credentials: the old node key stops working.
-                    node.status = NodeStatus.ACTIVE
-                    node.selectors = selectors
-                    node.svid_serial = serial
-                    node.svid_public_key_pem = public_key_pem(public_key)
-                    node.previous_svid_serial = None
-                    node.previous_public_key_pem = None
-                    node.svid_not_after = issued.certificate.not_valid_after_utc
-                    node.attested_at = now
+                    update_node(session, node)
                     # A new agent starts from nothing: it reports its workloads anew.
                     delete_reported_addresses(session, node.spiffe_id)
-                session.add(node)
-                self._issuer.record(session, str(spiffe_id), issued, CertificateKind.NODE_SVID)
                 self._audit.record(
                     session,
                     str(spiffe_id),
                     "node:agent:attested",
                     target=str(spiffe_id),
-                    details={"attestor": attestor.name, "selectors": selectors},
+                    details={"attestor": attestor.name, "selectors": list(selectors)},
                 )
                 revision = bump_revision(session)
         except TrustdError as exc:
@@ -275,16 +323,12 @@ class Nodes:
         if not isinstance(kid, str) or not kid:
             raise Unauthenticated("node credential names no key")
         with transaction(self._engine) as session:
-            node = session.exec(
-                select(Node).where(
-                    (col(Node.svid_serial) == kid) | (col(Node.previous_svid_serial) == kid)
-                )
-            ).first()
+            node = fetch_node_by_serial(session, kid)
         if node is None:
             raise Unauthenticated("node credential key is unknown")
         if node.status != NodeStatus.ACTIVE:
             raise Unauthenticated(f"node is {node.status}; it must attest again")
-        pem = node.svid_public_key_pem if kid == node.svid_serial else node.previous_public_key_pem
+        pem = node.public_key_pem_for(kid)
         assert pem is not None
         key: PublicKey = allowed_public_key(serialization.load_pem_public_key(pem.encode()))
         try:
@@ -318,35 +362,47 @@ class Nodes:
             InvalidCsr, WeakKey: unusable CSR. Unauthenticated: the node was evicted meanwhile.
         """
         public_key = csr_public_key(parse_csr(csr))
-        spiffe_id = SpiffeId.parse(principal.spiffe_id)
-        issued = self._issuer.sign(
-            X509SvidParams(spiffe_id, public_key, self._settings.node_svid_ttl)
-        )
         with transaction(self._engine) as session:
-            node = session.get(Node, principal.spiffe_id)
+            node = fetch_node(session, principal.spiffe_id, for_update=True)
             if node is None or node.status != NodeStatus.ACTIVE:
                 raise Unauthenticated("node is no longer active; it must attest again")
-            node.previous_svid_serial = node.svid_serial
-            node.previous_public_key_pem = node.svid_public_key_pem
-            node.svid_serial = serial_hex(issued.certificate)
-            node.svid_public_key_pem = public_key_pem(public_key)
-            node.svid_not_after = issued.certificate.not_valid_after_utc
-            session.add(node)
-            self._issuer.record(session, principal.spiffe_id, issued, CertificateKind.NODE_SVID)
+            issued = self._issuer.issue_in(
+                session,
+                IssuanceRequest(
+                    kind=CertificateKind.NODE_SVID,
+                    spiffe_id=principal.spiffe_id,
+                    actor=principal.spiffe_id,
+                    public_key=public_key,
+                ),
+            )
+            update_node(
+                session,
+                replace(
+                    node,
+                    previous_svid_serial=node.svid_serial,
+                    previous_public_key_pem=node.svid_public_key_pem,
+                    svid_serial=serial_hex(issued.certificate),
+                    svid_public_key_pem=public_key_pem(public_key),
+                    svid_not_after=issued.certificate.not_valid_after_utc,
+                ),
+            )
         return issued
 
     # -- administration ------------------------------------------------------------------
 
     def list(self) -> list[Node]:
+        """Every node, by SPIFFE ID."""
         with transaction(self._engine) as session:
-            return list(session.exec(select(Node).order_by(col(Node.spiffe_id))).all())
+            return list_nodes(session)
 
     def get(self, spiffe_id: str) -> Node:
-        """Raises:
-        NotFound: no such node.
+        """The node `spiffe_id`.
+
+        Raises:
+            NotFound: no such node.
         """
         with transaction(self._engine) as session:
-            node = session.get(Node, spiffe_id)
+            node = fetch_node(session, spiffe_id)
         if node is None:
             raise NotFound(f"no node {spiffe_id!r}")
         return node
@@ -359,13 +415,13 @@ class Nodes:
             NotFound: no such node. PermissionDenied: un-banning is not a status change.
         """
         with transaction(self._engine) as session:
-            node = session.get(Node, spiffe_id)
+            node = fetch_node(session, spiffe_id, for_update=True)
             if node is None:
                 raise NotFound(f"no node {spiffe_id!r}")
             if node.status == NodeStatus.BANNED and status == NodeStatus.EVICTED:
                 raise PermissionDenied("a banned node stays banned; delete the ban to lift it")
-            node.status = status
-            session.add(node)
+            node = replace(node, status=status)
+            update_node(session, node)
             # Its agent's word on workload addresses counts no more.
             delete_reported_addresses(session, spiffe_id)
             self._audit.record(
@@ -381,10 +437,12 @@ class Nodes:
     def touch(self, principal: NodePrincipal, applied_revision: int | None) -> None:
         """Record that the agent was seen (and which revision it applied)."""
         with transaction(self._engine) as session:
-            node = session.get(Node, principal.spiffe_id)
+            node = fetch_node(session, principal.spiffe_id)
             if node is None:
                 return
-            node.last_seen = self._clock.now()
+            applied = node.applied_revision
             if applied_revision is not None:
-                node.applied_revision = max(node.applied_revision, applied_revision)
-            session.add(node)
+                applied = max(applied, applied_revision)
+            update_node(
+                session, replace(node, last_seen=self._clock.now(), applied_revision=applied)
+            )

@@ -41,6 +41,7 @@ from policy.engine import EmbeddedEngine
 from policy.errors import PolicyEvaluationError, UnknownPath
 from trustd import metrics
 from trustd.domain.certificates import CertificateStatus
+from trustd.domain.entries import Entry
 from trustd.services.policy import PolicyService
 from trustd.store.certificates import IssuedCertificate
 from trustd.store.db import transaction
@@ -399,7 +400,7 @@ class Verdicts:
     def update_for(
         self,
         node_id: str,
-        local: list[RegistrationEntry],
+        local: list[Entry],
         sync_revision: int,
         revocation_revision: int,
         since: int,

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import Column, LargeBinary, Text
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, Session, SQLModel, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
-from trustd.store.types import UTCDateTime
+from pki.rotation import SlotStatus
+from trustd.domain.ca_keys import CaKeyInfo
+from trustd.store.types import UTCDateTime, row_values, to_domain
 
 
 class CaKey(SQLModel, table=True):
@@ -45,3 +49,67 @@ class BundleState(SQLModel, table=True):
     id: int = Field(default=1, primary_key=True)
     sequence: int = 0
     updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+def ca_key_info(row: CaKey) -> CaKeyInfo:
+    """The domain view of a CA key row."""
+    return to_domain(CaKeyInfo, row)
+
+
+def create_ca_key(session: Session, key: CaKeyInfo) -> CaKey:
+    """Add the CA key `key` to `session` and flush it; returns its row."""
+    row = CaKey(**row_values(key))
+    session.add(row)
+    session.flush()
+    return row
+
+
+def _by_status(statuses: Collection[str]) -> SelectOfScalar[CaKey]:
+    return (
+        select(CaKey)
+        .where(col(CaKey.status).in_([str(s) for s in statuses]))
+        .order_by(col(CaKey.created_at), col(CaKey.id))
+    )
+
+
+def list_ca_keys(session: Session, statuses: Collection[str]) -> list[CaKeyInfo]:
+    """CA keys whose status is one of `statuses`, oldest first."""
+    return [ca_key_info(r) for r in session.exec(_by_status(statuses))]
+
+
+def list_ca_key_rows(session: Session, statuses: Collection[str]) -> list[CaKey]:
+    """As `list_ca_keys`, but the rows themselves, for the rotation manager that changes
+    their status in the same transaction."""
+    return list(session.exec(_by_status(statuses)))
+
+
+def fetch_ca_key(session: Session, kid: str) -> CaKeyInfo | None:
+    """The CA key `kid`, whatever its status."""
+    row = session.exec(select(CaKey).where(CaKey.kid == kid)).first()
+    return ca_key_info(row) if row is not None else None
+
+
+def fetch_active_ca_key(session: Session, kind: str) -> CaKeyInfo | None:
+    """The active CA key of `kind`, if there is one."""
+    row = session.exec(
+        select(CaKey).where(CaKey.kind == kind, CaKey.status == SlotStatus.ACTIVE)
+    ).first()
+    return ca_key_info(row) if row is not None else None
+
+
+def fetch_bundle_sequence(session: Session) -> int | None:
+    """The stored `spiffe_sequence`; None before the CA was initialised."""
+    state = session.get(BundleState, 1)
+    return state.sequence if state is not None else None
+
+
+def update_bundle_sequence(session: Session, now: datetime) -> int:
+    """Increase the stored `spiffe_sequence` (under a row lock) and return it."""
+    state = session.get(BundleState, 1, with_for_update=True)
+    if state is None:
+        state = BundleState(id=1, sequence=1, updated_at=now)
+    else:
+        state.sequence += 1
+        state.updated_at = now
+    session.add(state)
+    return state.sequence

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import JSON, Column, Text, UniqueConstraint
-from sqlmodel import Field, SQLModel
+from sqlalchemy import JSON, Column, Text, UniqueConstraint, or_
+from sqlmodel import Field, Session, SQLModel, col, func, select
+from sqlmodel.sql.expression import SelectOfScalar
 
-from trustd.store.types import UTCDateTime
+from trustd.domain.entries import Entry, EntryAddress
+from trustd.errors import NotFound
+from trustd.store.types import UTCDateTime, overwrite_row, row_values, to_domain
+from trustd.store.verdicts import ReportedAddress
 
 
 class RegistrationEntry(SQLModel, table=True):
@@ -38,3 +44,127 @@ class RegistrationEntry(SQLModel, table=True):
     created_by: str = Field(max_length=256)
     created_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+def _entry(row: RegistrationEntry) -> Entry:
+    return to_domain(Entry, row)
+
+
+def _values(entry: Entry) -> dict[str, Any]:
+    return {**row_values(entry), "selectors_key": entry.selectors_key}
+
+
+def create_entries(session: Session, entries: Sequence[Entry]) -> None:
+    """Add `entries` to `session` and flush them.
+
+    Raises:
+        IntegrityError: an entry with the same SPIFFE ID, parent and selectors exists.
+    """
+    session.add_all([RegistrationEntry(**_values(e)) for e in entries])
+    session.flush()
+
+
+def fetch_entry(session: Session, entry_id: str) -> Entry | None:
+    """The entry `entry_id`, if it exists."""
+    row = session.get(RegistrationEntry, entry_id)
+    return _entry(row) if row is not None else None
+
+
+def update_entry(session: Session, entry: Entry) -> None:
+    """Store every field of `entry` over the row with its id, and flush.
+
+    Raises:
+        NotFound: no such entry. IntegrityError: the change duplicates another entry.
+    """
+    row = session.get(RegistrationEntry, entry.id)
+    if row is None:
+        raise NotFound(f"no entry {entry.id!r}")
+    overwrite_row(session, row, _values(entry))
+
+
+def delete_entry(session: Session, entry_id: str) -> Entry | None:
+    """Delete the entry `entry_id` and flush; returns what was deleted, None if nothing."""
+    row = session.get(RegistrationEntry, entry_id)
+    if row is None:
+        return None
+    entry = _entry(row)
+    session.delete(row)
+    session.flush()
+    return entry
+
+
+def _filtered(
+    spiffe_id: str | None, parent_id: str | None, selector: str | None
+) -> SelectOfScalar[RegistrationEntry]:
+    statement = select(RegistrationEntry)
+    if spiffe_id:
+        statement = statement.where(RegistrationEntry.spiffe_id == spiffe_id)
+    if parent_id:
+        statement = statement.where(RegistrationEntry.parent_id == parent_id)
+    if selector:
+        # selectors_key is the sorted selectors joined by '|': an exact element match.
+        key = col(RegistrationEntry.selectors_key)
+        statement = statement.where(
+            or_(
+                key == selector,
+                key.startswith(selector + "|"),
+                key.endswith("|" + selector),
+                key.contains("|" + selector + "|"),
+            )
+        )
+    return statement
+
+
+def list_entries(
+    session: Session,
+    *,
+    spiffe_id: str | None = None,
+    parent_id: str | None = None,
+    selector: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[Entry]:
+    """Entries matching every filter given (`selector`: one of the entry's selectors), by
+    SPIFFE ID then id."""
+    statement = (
+        _filtered(spiffe_id, parent_id, selector)
+        .order_by(col(RegistrationEntry.spiffe_id), col(RegistrationEntry.id))
+        .offset(offset)
+    )
+    if limit is not None:
+        statement = statement.limit(limit)
+    return [_entry(r) for r in session.exec(statement)]
+
+
+def count_entries(
+    session: Session,
+    *,
+    spiffe_id: str | None = None,
+    parent_id: str | None = None,
+    selector: str | None = None,
+) -> int:
+    """How many entries `list_entries` would return without a limit."""
+    statement = _filtered(spiffe_id, parent_id, selector)
+    return int(session.exec(select(func.count()).select_from(statement.subquery())).one())
+
+
+def list_entries_by_parent(session: Session, parent_ids: Sequence[str]) -> list[Entry]:
+    """Entries whose parent is one of `parent_ids`, by id."""
+    return [
+        _entry(r)
+        for r in session.exec(
+            select(RegistrationEntry)
+            .where(col(RegistrationEntry.parent_id).in_(parent_ids))
+            .order_by(col(RegistrationEntry.id))
+        )
+    ]
+
+
+def list_entry_addresses(session: Session, spiffe_id: str) -> list[EntryAddress]:
+    """What agents reported their workloads with `spiffe_id` hold, by node then address."""
+    rows = session.exec(
+        select(ReportedAddress)
+        .where(ReportedAddress.spiffe_id == spiffe_id)
+        .order_by(col(ReportedAddress.node_id), col(ReportedAddress.address))
+    )
+    return [to_domain(EntryAddress, r) for r in rows]

@@ -17,12 +17,24 @@ from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.sql.dml import Insert
+from sqlmodel import Session
 
 from trustd.errors import StoreUnavailable
 from trustd.store.db import transaction
+from trustd.store.types import Insertion
 
-# One row to insert: a prepared Core insert and its values.
-Insertion = tuple[Insert, dict[str, Any]]
+__all__ = ["GroupCommit", "Insertion", "create_rows"]
+
+
+def create_rows(session: Session, rows: Sequence[Insertion]) -> None:
+    """Insert `rows` in `session`'s transaction, one executemany per statement: a table's
+    rows go to the database together."""
+    grouped: dict[Insert, list[dict[str, Any]]] = {}
+    for statement, values in rows:
+        grouped.setdefault(statement, []).append(values)
+    connection = session.connection()
+    for statement, many in grouped.items():
+        connection.execute(statement, many)
 
 
 @dataclass(frozen=True)
@@ -96,14 +108,8 @@ class GroupCommit:
         return None
 
     def _write(self, rows: Sequence[Insertion]) -> None:
-        # One executemany per statement: a table's rows go to the database together.
-        grouped: dict[Insert, list[dict[str, Any]]] = {}
-        for statement, values in rows:
-            grouped.setdefault(statement, []).append(values)
         with transaction(self._engine) as session:
-            connection = session.connection()
-            for statement, many in grouped.items():
-                connection.execute(statement, many)
+            create_rows(session, rows)
 
 
 def _unavailable(cause: StoreUnavailable) -> StoreUnavailable:
