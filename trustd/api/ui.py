@@ -28,12 +28,14 @@ from starlette.concurrency import run_in_threadpool
 from pki.errors import TrustdError
 from pki.revocation import RevocationReason
 from pki.rotation import KeyKind
+from policy.admin import is_permission
 from policy.bundle import Bundle
 from policy.engine import EmbeddedEngine
 from policy.errors import PolicyCompileError
 from policy.testing import check, run_tests
+from trustd.api import deps
 from trustd.api.admin import authority_public
-from trustd.api.deps import AdminDep, ServicesDep
+from trustd.api.deps import AdminDep, Declaration, Exemption, ServicesDep, exempt
 from trustd.api.problems import status_for
 from trustd.api.ui_schemas import UserCreate, UserCreated, UserPublic
 from trustd.domain.audit import AuditOutcome
@@ -46,8 +48,6 @@ from trustd.services.ui import (
     CsrfRefused,
     DecisionQuery,
     UiPrincipal,
-    authorize,
-    permissions_of,
 )
 from trustd.store.ui import UiUser
 
@@ -61,8 +61,9 @@ _NAV = (
     "admin:node:write",
     "admin:entry:read",
     "admin:entry:write",
-    "admin:svid:read",
-    "admin:svid:revoke",
+    "admin:entry:delete",
+    "admin:certificate:read",
+    "admin:certificate:revoke",
     "admin:ca:read",
     "admin:ca:write",
     "admin:policy:read",
@@ -181,12 +182,23 @@ class Viewer:
     can: set[str]
 
 
-def require(permission: str) -> Any:
-    """The dependency of a view needing `permission`: a live session, then for POSTs the
-    CSRF token, then the admin policy's decision for the user's role.
+class ViewPermission(Declaration):
+    """A view's `admin:<resource>:<action>` permission. As a dependency: a live session,
+    then for POSTs the CSRF token, then the same admin-policy decision the JSON API asks
+    (`services.authz`); a refusal is audited (`ui:view:denied`, outcome `denied`).
     """
 
-    async def dependency(request: Request) -> Viewer:
+    def __init__(self, permission: str) -> None:
+        if not is_permission(permission):
+            raise ValueError(f"{permission!r} is not an admin:<resource>:<action> permission")
+        self.declared = permission
+
+    async def check(self, request: Request) -> Viewer:
+        """Raises:
+        CsrfRefused: a POST without the session's synchronizer token.
+        PermissionDenied: the admin policy refuses the user's role this permission.
+        """
+        permission = self.declared
         services = _services(request)
         token = request.cookies.get(session_cookie(services))
         if not token:
@@ -208,21 +220,26 @@ def require(permission: str) -> Any:
                     "this form is missing its security token or it is stale; "
                     "reload the page and submit again"
                 )
-        verdict = authorize(services.policy, who.role, permission)
+        verdict = services.authz.decide(who.role, permission)
         if not verdict.allowed:
             await run_in_threadpool(
-                services.ui.record,
-                who.principal.name,
-                "ui:view:denied",
+                services.authz.refuse,
+                who.principal,
+                permission,
+                verdict,
+                action="ui:view:denied",
                 target=request.url.path,
-                details={"permission": permission, "reason": verdict.reason},
+                details={"method": request.method},
             )
             raise PermissionDenied(f"this page needs {permission}: {verdict.reason}")
-        viewer = Viewer(who, permission, permissions_of(services.policy, who.role, _NAV))
+        viewer = Viewer(who, permission, services.authz.granted(who.role, _NAV))
         request.state.viewer = viewer
         return viewer
 
-    return Depends(dependency)
+
+def require(permission: str) -> Any:
+    """The dependency of a view needing `permission` (see `ViewPermission`)."""
+    return Depends(ViewPermission(permission).check)
 
 
 def _text(value: Any) -> str | None:
@@ -255,7 +272,7 @@ Opt = Annotated[str | None, Query(max_length=2048)]
 # -- signing in ------------------------------------------------------------------------
 
 
-@pages.get("/login", response_class=HTMLResponse)
+@pages.get("/login", response_class=HTMLResponse, dependencies=[exempt(Exemption.SIGN_IN)])
 def login_form(
     request: Request,
     services: ServicesDep,
@@ -275,7 +292,7 @@ def _safe_next(target: str) -> str:
     return target if target.startswith("/ui/") and not target.startswith("//") else "/ui/"
 
 
-@pages.post("/login", response_class=HTMLResponse)
+@pages.post("/login", response_class=HTMLResponse, dependencies=[exempt(Exemption.SIGN_IN)])
 async def login(
     request: Request,
     services: ServicesDep,
@@ -585,7 +602,7 @@ def entry_update(
 
 @pages.get("/entries/{entry_id}/delete", response_class=HTMLResponse)
 def entry_delete_confirm(
-    viewer: Annotated[Viewer, require("admin:entry:write")],
+    viewer: Annotated[Viewer, require("admin:entry:delete")],
     request: Request,
     entry_id: str,
     services: ServicesDep,
@@ -609,7 +626,7 @@ def entry_delete_confirm(
 
 @pages.post("/entries/{entry_id}/delete")
 def entry_delete(
-    entry_id: str, services: ServicesDep, viewer: Annotated[Viewer, require("admin:entry:write")]
+    entry_id: str, services: ServicesDep, viewer: Annotated[Viewer, require("admin:entry:delete")]
 ) -> RedirectResponse:
     """Delete an entry."""
     services.entries.delete(viewer.who.principal, entry_id)
@@ -621,7 +638,7 @@ def entry_delete(
 
 @pages.get("/certificates", response_class=HTMLResponse)
 def certificates(
-    viewer: Annotated[Viewer, require("admin:svid:read")],
+    viewer: Annotated[Viewer, require("admin:certificate:read")],
     request: Request,
     services: ServicesDep,
     q: Opt = None,
@@ -652,7 +669,7 @@ def certificates(
 
 @pages.get("/certificates/{serial}", response_class=HTMLResponse)
 def certificate(
-    viewer: Annotated[Viewer, require("admin:svid:read")],
+    viewer: Annotated[Viewer, require("admin:certificate:read")],
     request: Request,
     serial: str,
     services: ServicesDep,
@@ -664,7 +681,7 @@ def certificate(
 
 @pages.get("/certificates/{serial}/revoke", response_class=HTMLResponse)
 def revoke_confirm(
-    viewer: Annotated[Viewer, require("admin:svid:revoke")],
+    viewer: Annotated[Viewer, require("admin:certificate:revoke")],
     request: Request,
     serial: str,
     services: ServicesDep,
@@ -688,7 +705,7 @@ def revoke_confirm(
 
 @pages.post("/certificates/{serial}/revoke")
 def revoke(
-    viewer: Annotated[Viewer, require("admin:svid:revoke")],
+    viewer: Annotated[Viewer, require("admin:certificate:revoke")],
     serial: str,
     services: ServicesDep,
     reason: Annotated[RevocationReason, Form()] = RevocationReason.UNSPECIFIED,
@@ -1066,7 +1083,9 @@ def _user(row: UiUser) -> UserPublic:
     )
 
 
-@users.post("", response_model=UserCreated, status_code=201)
+@users.post(
+    "", response_model=UserCreated, status_code=201, dependencies=[deps.require("admin:user:write")]
+)
 def create_user(body: UserCreate, principal: AdminDep, services: ServicesDep) -> UserCreated:
     """Create a UI account; the TOTP enrolment URI is in this response only."""
     created = services.ui.create_user(
@@ -1075,13 +1094,17 @@ def create_user(body: UserCreate, principal: AdminDep, services: ServicesDep) ->
     return UserCreated(**_user(created.user).model_dump(), totp_uri=created.totp_uri)
 
 
-@users.get("", response_model=list[UserPublic])
+@users.get("", response_model=list[UserPublic], dependencies=[deps.require("admin:user:read")])
 def list_users(principal: AdminDep, services: ServicesDep) -> list[UserPublic]:
     """Every UI account."""
     return [_user(u) for u in services.ui.list_users()]
 
 
-@users.post("/{username}/disable", response_model=UserPublic)
+@users.post(
+    "/{username}/disable",
+    response_model=UserPublic,
+    dependencies=[deps.require("admin:user:write")],
+)
 def disable_user(username: str, principal: AdminDep, services: ServicesDep) -> UserPublic:
     """Disable an account; its sessions end at once."""
     return _user(services.ui.disable_user(principal, username))
