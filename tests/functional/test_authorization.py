@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 from sqlmodel import col, select
 
+import trustd
 from policy.admin import evaluate, is_permission
 from policy.engine import EmbeddedEngine
 from policy.testing import load_directory
@@ -184,6 +186,35 @@ def test_the_shipped_policy_grants_each_role_its_share(
     assert held[Role.VIEWER] == reads
     assert held[Role.OPERATOR] == reads | (OPERATOR_WRITES & declared)
     assert evaluate(shipped, "root", "admin:entry:read").reason == "root is not a known role"
+
+
+def _route_pattern(path: str) -> re.Pattern[str]:
+    pattern = re.sub(r"\{[^}:]+:path\}", ".+", path)
+    return re.compile(re.sub(r"\{[^}]+\}", "[^/]+", pattern) + "$")
+
+
+def test_every_cli_command_calls_declared_routes(app: FastAPI) -> None:
+    """The CLI is a client of the admin API: each path it calls is a route declaring a
+    permission (or the public bundle), so each command needs what its routes need."""
+    routes, _ = declared_routes(app)
+    patterns = [(_route_pattern(r.path), r.declared[0]) for r in routes]
+    package = Path(trustd.__file__).parent
+    sources = [package / "cli.py", *sorted((package / "cli").glob("**/*.py"))]
+    called = {
+        literal
+        for source in sources
+        if source.is_file()
+        for literal in re.findall(r'f?"(/(?:v1|acme)/[^"?]*)"', source.read_text())
+    }
+    assert len(called) > 30
+    needs = {
+        path: {d for pattern, d in patterns if pattern.match(re.sub(r"\{[^}]+\}", "x", path))}
+        for path in called
+    }
+    assert [path for path, declared in needs.items() if not declared] == []
+    assert {d for declared in needs.values() for d in declared if not d.startswith("admin:")} <= {
+        Exemption.PUBLIC.value
+    }
 
 
 def test_a_route_that_takes_the_principal_without_a_declaration_refuses() -> None:
