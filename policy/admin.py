@@ -27,6 +27,18 @@ def is_permission(name: str) -> bool:
     return PERMISSION.fullmatch(name) is not None
 
 
+def checked_permission(name: str) -> str:
+    """`name`, once it has the `admin:<resource>:<action>` form (for declarations, so a
+    malformed one fails when the route is defined rather than refusing every caller).
+
+    Raises:
+        ValueError: `name` is not of that form.
+    """
+    if not is_permission(name):
+        raise ValueError(f"{name!r} is not an admin:<resource>:<action> permission")
+    return name
+
+
 def evaluate(engine: EmbeddedEngine, role: str, permission: str) -> Verdict:
     """What the admin policy in `engine` says about `role` holding `permission`.
 

@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from policy.admin import is_permission
+from policy.admin import checked_permission
 from trustd.errors import PermissionDenied, Unauthenticated
 from trustd.roles import Role
 from trustd.services.auth import Principal
@@ -67,9 +67,7 @@ class Permission(Declaration):
     """
 
     def __init__(self, permission: str) -> None:
-        if not is_permission(permission):
-            raise ValueError(f"{permission!r} is not an admin:<resource>:<action> permission")
-        self.declared = permission
+        self.declared = checked_permission(permission)
 
     async def check(self, request: Request, credentials: BearerDep) -> Principal:
         """Raises:

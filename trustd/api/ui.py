@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from pki.errors import TrustdError
 from pki.revocation import RevocationReason
 from pki.rotation import KeyKind
-from policy.admin import is_permission
+from policy.admin import checked_permission
 from policy.bundle import Bundle
 from policy.engine import EmbeddedEngine
 from policy.errors import PolicyCompileError
@@ -189,9 +189,7 @@ class ViewPermission(Declaration):
     """
 
     def __init__(self, permission: str) -> None:
-        if not is_permission(permission):
-            raise ValueError(f"{permission!r} is not an admin:<resource>:<action> permission")
-        self.declared = permission
+        self.declared = checked_permission(permission)
 
     async def check(self, request: Request) -> Viewer:
         """Raises:
