@@ -31,8 +31,8 @@ class Authorizer:
     """Decides admin permissions with the `admin` policy of the active revision.
 
     A decision depends only on (revision, role, permission), so each is evaluated once per
-    revision and then answered from a table: a page asking for its navigation's fifteen
-    permissions costs fifteen dict lookups, not fifteen evaluations. Decisions are not
+    revision and then answered from a table: a UI page asking for every permission its
+    navigation shows costs dict lookups, not Rego evaluations. Decisions are not
     written to the decision log: page views and API calls would drown it.
 
     A revision without a `trustd.admin` package (or no revision yet) is decided by the
@@ -91,7 +91,10 @@ class Authorizer:
         writes nothing else). The caller then raises `PermissionDenied`.
 
         `action` is the audit tag (`admin:permission:denied` for the API, `ui:view:denied`
-        for the UI); `target` is what was asked for (method and path).
+        for the UI); `target` is what was asked for.
+
+        Raises:
+            StoreUnavailable: the database is down (the request is refused all the same).
         """
         with transaction(self._engine) as session:
             self._audit.record(
