@@ -11,20 +11,27 @@ import rego.v1
 
 default allow := false
 
-# viewer reads everything; operator also runs the day-to-day writes; admin does anything
-# (tokens, CA, policy bundles).
+# viewer reads everything; operator also runs the day-to-day writes (entries, nodes, SVIDs,
+# revoking certificates, testing policies); admin does anything (tokens, UI accounts, CA
+# keys, policy bundles, ACME accounts and EAB keys).
 builtin_grants := {
 	"viewer": ["admin:*:read"],
 	"operator": [
 		"admin:*:read",
 		"admin:entry:write",
+		"admin:entry:delete",
 		"admin:node:write",
 		"admin:svid:write",
-		"admin:svid:revoke",
+		"admin:certificate:revoke",
 		"admin:policy:test",
 	],
-	"admin": ["admin:*:*"],
+	"admin": ["admin:*:*", "admin:token:*", "admin:user:*"],
 }
+
+# Credentials are reached only by grants that name them: a wildcard resource ("admin:*:read")
+# never covers admin tokens or UI accounts, so reading "everything" does not list who holds
+# which credential.
+credential_resources := {"token", "user"}
 
 grants(role) := array.concat(object.get(builtin_grants, role, []), extra_grants(role))
 
@@ -36,7 +43,18 @@ allow if {
 	is_string(input.permission)
 	regex.match(`^admin:[a-z0-9_-]+:[a-z0-9_-]+$`, input.permission)
 	some grant in grants(input.role)
-	glob.match(grant, [":"], input.permission)
+	covers(grant, input.permission)
+}
+
+covers(grant, permission) if {
+	glob.match(grant, [":"], permission)
+	not wildcard_reaches_credentials(grant, permission)
+}
+
+wildcard_reaches_credentials(grant, permission) if {
+	resource := split(permission, ":")[1]
+	resource in credential_resources
+	split(grant, ":")[1] != resource
 }
 
 decision := {"allowed": allow, "reason": reason}

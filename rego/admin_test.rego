@@ -48,3 +48,31 @@ test_reason_names_the_missing_permission if {
 	d := admin.decision with input as {"role": "viewer", "permission": "admin:svid:write"}
 	d.reason == "role viewer lacks admin:svid:write"
 }
+
+test_wildcards_do_not_reach_credentials if {
+	not admin.allow with input as {"role": "viewer", "permission": "admin:token:read"}
+	not admin.allow with input as {"role": "viewer", "permission": "admin:user:read"}
+	not admin.allow with input as {"role": "operator", "permission": "admin:token:read"}
+	admin.allow with input as {"role": "viewer", "permission": "admin:audit:read"}
+}
+
+test_admin_manages_credentials if {
+	admin.allow with input as {"role": "admin", "permission": "admin:token:read"}
+	admin.allow with input as {"role": "admin", "permission": "admin:token:revoke"}
+	admin.allow with input as {"role": "admin", "permission": "admin:user:write"}
+}
+
+test_named_grants_reach_credentials if {
+	admin.allow with input as {"role": "operator", "permission": "admin:token:read"}
+		with data.admin.roles as {"operator": ["admin:token:read"]}
+}
+
+test_operator_day_to_day if {
+	admin.allow with input as {"role": "operator", "permission": "admin:entry:delete"}
+	admin.allow with input as {"role": "operator", "permission": "admin:certificate:revoke"}
+	admin.allow with input as {"role": "operator", "permission": "admin:node:write"}
+	not admin.allow with input as {"role": "operator", "permission": "admin:ca:write"}
+	not admin.allow with input as {"role": "operator", "permission": "admin:ca:revoke"}
+	not admin.allow with input as {"role": "operator", "permission": "admin:acme:write"}
+	not admin.allow with input as {"role": "operator", "permission": "admin:user:write"}
+}

@@ -21,7 +21,7 @@ from pki.acme.errors import UnsupportedMediaType
 from pki.acme.jws import b64encode
 from pki.errors import TrustdError
 from trustd.api import problems
-from trustd.api.deps import AdminDep, ServicesDep
+from trustd.api.deps import AdminDep, Exemption, ServicesDep, exempt, require
 from trustd.domain.acme import (
     Account,
     AuthorizationView,
@@ -68,7 +68,9 @@ class AcmeRoute(APIRoute):
         return acme_handler
 
 
-acme_router = APIRouter(prefix=PREFIX, tags=["acme"], route_class=AcmeRoute)
+acme_router = APIRouter(
+    prefix=PREFIX, tags=["acme"], route_class=AcmeRoute, dependencies=[exempt(Exemption.ACME)]
+)
 admin_router = APIRouter(prefix="/v1/admin/acme", tags=["admin"])
 
 
@@ -422,13 +424,19 @@ def _order_public(order: Order) -> AcmeOrderPublic:
     )
 
 
-@admin_router.get("/accounts", response_model=list[AcmeAccountPublic])
+@admin_router.get(
+    "/accounts", response_model=list[AcmeAccountPublic], dependencies=[require("admin:acme:read")]
+)
 def list_accounts(principal: AdminDep, services: ServicesDep) -> list[AcmeAccountPublic]:
     """Every ACME account."""
     return [_account_public(a) for a in services.acme.admin.accounts()]
 
 
-@admin_router.post("/accounts/{account_id}/deactivate", response_model=AcmeAccountPublic)
+@admin_router.post(
+    "/accounts/{account_id}/deactivate",
+    response_model=AcmeAccountPublic,
+    dependencies=[require("admin:acme:write")],
+)
 def deactivate_account(
     account_id: str, principal: AdminDep, services: ServicesDep
 ) -> AcmeAccountPublic:
@@ -436,7 +444,9 @@ def deactivate_account(
     return _account_public(services.acme.accounts.deactivate(principal, account_id))
 
 
-@admin_router.get("/orders", response_model=list[AcmeOrderPublic])
+@admin_router.get(
+    "/orders", response_model=list[AcmeOrderPublic], dependencies=[require("admin:acme:read")]
+)
 def list_orders(
     principal: AdminDep,
     services: ServicesDep,
@@ -447,7 +457,11 @@ def list_orders(
     return [_order_public(o) for o in services.acme.admin.orders(account_id, status)]
 
 
-@admin_router.get("/certificates", response_model=list[AcmeCertificatePublic])
+@admin_router.get(
+    "/certificates",
+    response_model=list[AcmeCertificatePublic],
+    dependencies=[require("admin:acme:read")],
+)
 def list_certificates(principal: AdminDep, services: ServicesDep) -> list[AcmeCertificatePublic]:
     """The newest 1000 certificates issued through ACME."""
     return [
@@ -467,7 +481,12 @@ def list_certificates(principal: AdminDep, services: ServicesDep) -> list[AcmeCe
     ]
 
 
-@admin_router.post("/eab-keys", response_model=EabKeyCreated, status_code=201)
+@admin_router.post(
+    "/eab-keys",
+    response_model=EabKeyCreated,
+    status_code=201,
+    dependencies=[require("admin:acme:write")],
+)
 def create_eab_key(body: EabKeyCreate, principal: AdminDep, services: ServicesDep) -> EabKeyCreated:
     """Create an External Account Binding key; the MAC key is in this response only."""
     created = services.acme.eab_keys.create(
@@ -482,20 +501,29 @@ def create_eab_key(body: EabKeyCreate, principal: AdminDep, services: ServicesDe
     )
 
 
-@admin_router.get("/eab-keys", response_model=list[EabKeyPublic])
+@admin_router.get(
+    "/eab-keys", response_model=list[EabKeyPublic], dependencies=[require("admin:acme:read")]
+)
 def list_eab_keys(principal: AdminDep, services: ServicesDep) -> list[EabKeyPublic]:
     """Every EAB key, without MAC keys."""
     return [_eab_public(k) for k in services.acme.eab_keys.list()]
 
 
-@admin_router.delete("/eab-keys/{key_id}", status_code=204, response_class=Response)
+@admin_router.delete(
+    "/eab-keys/{key_id}",
+    status_code=204,
+    response_class=Response,
+    dependencies=[require("admin:acme:write")],
+)
 def revoke_eab_key(key_id: str, principal: AdminDep, services: ServicesDep) -> Response:
     """Revoke an EAB key: no new account can bind with it."""
     services.acme.eab_keys.revoke(principal, key_id)
     return Response(status_code=204)
 
 
-@admin_router.post("/prune", response_model=dict[str, int])
+@admin_router.post(
+    "/prune", response_model=dict[str, int], dependencies=[require("admin:acme:delete")]
+)
 def prune(principal: AdminDep, services: ServicesDep) -> dict[str, int]:
     """Expire stale pending objects and delete old finished ones now."""
     expired, deleted = services.acme.housekeeping.prune(principal)

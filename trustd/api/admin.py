@@ -8,14 +8,14 @@ from typing import Protocol
 from fastapi import APIRouter, Response
 
 from pki.ca import fingerprint_sha256, load_pem_certificates
-from trustd.api.deps import AdminDep, ServicesDep
+from trustd.api.deps import AdminDep, ServicesDep, require
 from trustd.api.schemas import AuthorityPublic, CaPublic, TokenCreate, TokenCreated, TokenPublic
 from trustd.domain.tokens import AdminToken
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 
-@router.get("/ca", response_model=CaPublic)
+@router.get("/ca", response_model=CaPublic, dependencies=[require("admin:ca:read")])
 def show_ca(principal: AdminDep, services: ServicesDep) -> CaPublic:
     """The authorities in the bundle (prepared, active, old, tainted) and its sequence."""
     state = services.ca.state
@@ -68,7 +68,12 @@ def _public(token: AdminToken) -> TokenPublic:
     return TokenPublic.model_validate(token, from_attributes=True)
 
 
-@router.post("/tokens", response_model=TokenCreated, status_code=201)
+@router.post(
+    "/tokens",
+    response_model=TokenCreated,
+    status_code=201,
+    dependencies=[require("admin:token:write")],
+)
 def create_token(body: TokenCreate, principal: AdminDep, services: ServicesDep) -> TokenCreated:
     """Create an admin token. The secret is in this response only."""
     created = services.tokens.create(
@@ -77,13 +82,18 @@ def create_token(body: TokenCreate, principal: AdminDep, services: ServicesDep) 
     return TokenCreated(**_public(created.token).model_dump(), token=created.secret)
 
 
-@router.get("/tokens", response_model=list[TokenPublic])
+@router.get("/tokens", response_model=list[TokenPublic], dependencies=[require("admin:token:read")])
 def list_tokens(principal: AdminDep, services: ServicesDep) -> list[TokenPublic]:
     """Every admin token, without secrets."""
     return [_public(t) for t in services.tokens.list()]
 
 
-@router.delete("/tokens/{token_id}", status_code=204, response_class=Response)
+@router.delete(
+    "/tokens/{token_id}",
+    status_code=204,
+    response_class=Response,
+    dependencies=[require("admin:token:revoke")],
+)
 def revoke_token(token_id: str, principal: AdminDep, services: ServicesDep) -> Response:
     """Revoke a token at once."""
     services.tokens.revoke(principal, token_id)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from trustd.api.deps import NodeDep, ServicesDep
+from trustd.api.deps import Exemption, NodeDep, ServicesDep, exempt
 from trustd.api.entries import public_entry
 from trustd.api.nodes import svid_chain
 from trustd.api.schemas import (
@@ -26,7 +26,7 @@ from trustd.api.schemas import (
 from trustd.api.svid import jwt_svid_response
 from trustd.api.verdicts import verdict_delta
 
-router = APIRouter(prefix="/v1/agents", tags=["agents"])
+router = APIRouter(prefix="/v1/agents", tags=["agents"], dependencies=[exempt(Exemption.AGENT)])
 
 
 @router.get("/sync", response_model=SyncResponse)

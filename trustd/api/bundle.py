@@ -7,9 +7,9 @@ from typing import Literal
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from trustd.api.deps import ServicesDep
+from trustd.api.deps import Exemption, ServicesDep, exempt
 
-router = APIRouter(tags=["bundle"])
+router = APIRouter(tags=["bundle"], dependencies=[exempt(Exemption.PUBLIC)])
 
 
 @router.get(

@@ -1,13 +1,18 @@
-"""Dependency aliases for routes: the services and the authenticated admin principal."""
+"""Dependency aliases for routes: the services, the declared access of every route (one
+`admin:<resource>:<action>` permission, or an exemption naming the route's own model) and the
+admin principal that permission admitted."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from enum import StrEnum
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
-from trustd.errors import Unauthenticated
+from policy.admin import checked_permission
+from trustd.errors import PermissionDenied, Unauthenticated
 from trustd.roles import Role
 from trustd.services.auth import Principal
 from trustd.services.container import Services
@@ -28,29 +33,105 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def get_principal(request: Request, credentials: BearerDep) -> Principal:
+class Exemption(StrEnum):
+    """Why a route declares no admin permission: it has its own authentication model."""
+
+    # Anyone: health, metrics, the trust bundle, CRLs and OCSP (RFC 5280 §5, RFC 6960:
+    # relying parties fetch them without credentials).
+    PUBLIC = "public"
+    # Node attestation: the attestation evidence is the credential.
+    ATTESTATION = "attestation"
+    # The agent channel: a node credential signed with the node SVID's key.
+    AGENT = "agent"
+    # The ACME protocol: JWS signed by the account key (RFC 8555 §6.2).
+    ACME = "acme"
+    # The OPA Data and Policy API reads: the caller is checked per `policy_api_auth`.
+    POLICY_API = "policy-api"
+    # The UI's sign-in form: it establishes the session every other view needs.
+    SIGN_IN = "sign-in"
+
+
+class Declaration:
+    """What a route declares about who may call it; every route has exactly one, found by
+    walking its dependencies (`tests/functional/test_authorization.py`). Routes depend on
+    the bound method `check`: FastAPI reads a dependency's annotations from its function's
+    module, which a callable instance does not have."""
+
+    declared: str
+
+
+class Permission(Declaration):
+    """A route's `admin:<resource>:<action>` permission. As a dependency it authenticates
+    the caller and asks the admin policy; a refusal is audited (`admin:permission:denied`,
+    outcome `denied`) and answered 403.
+    """
+
+    def __init__(self, permission: str) -> None:
+        self.declared = checked_permission(permission)
+
+    async def check(self, request: Request, credentials: BearerDep) -> Principal:
+        """Raises:
+        Unauthenticated: no token, or a token that is refused.
+        PermissionDenied: the admin policy refuses the caller's role this permission.
+        """
+        principal = _principal(request, credentials)
+        services: Services = request.app.state.services
+        verdict = services.authz.decide(principal.role, self.declared)
+        if not verdict.allowed:
+            await run_in_threadpool(
+                services.authz.refuse,
+                principal,
+                self.declared,
+                verdict,
+                action="admin:permission:denied",
+                target=f"{request.method} {request.url.path}",
+            )
+            raise PermissionDenied(f"this action needs {self.declared}: {verdict.reason}")
+        request.state.admin_principal = principal
+        return principal
+
+
+class Exempt(Declaration):
+    """A route outside the admin model, saying which model it follows instead."""
+
+    def __init__(self, exemption: Exemption) -> None:
+        self.declared = exemption.value
+
+    async def check(self) -> None:
+        return None
+
+
+def require(permission: str) -> Any:
+    """The dependency declaring a route's permission, as in
+    `dependencies=[require("admin:entry:read")]`."""
+    return Depends(Permission(permission).check)
+
+
+def exempt(exemption: Exemption) -> Any:
+    """The dependency declaring that a route (or a router) is outside the admin model."""
+    return Depends(Exempt(exemption).check)
+
+
+async def authorized_principal(request: Request) -> Principal:
+    """The caller the route's declared permission admitted (FastAPI solves the decorator's
+    `dependencies` before the parameters). Fails closed: a route taking the principal
+    without declaring a permission refuses every caller.
+
+    Raises:
+        PermissionDenied: the route declares no permission.
+    """
+    principal: Principal | None = getattr(request.state, "admin_principal", None)
+    if principal is None:
+        raise PermissionDenied("this route declares no permission")
+    return principal
+
+
+def _principal(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
     """The caller: the local administrator on the admin socket, else a bearer-token holder.
 
     Raises:
         Unauthenticated: no token, or a token that is refused.
     """
-    return _principal(request, credentials)
-
-
-async def require_admin(request: Request, credentials: BearerDep) -> Principal:
-    """The caller, who must be an administrator. One dependency rather than one on top of
-    `get_principal`: FastAPI solves every level of a chain again for each request.
-
-    Raises:
-        Unauthenticated: no token, or a token that is refused.
-        PermissionDenied: the caller is not an administrator.
-    """
-    principal = _principal(request, credentials)
-    principal.require(Role.ADMIN)
-    return principal
-
-
-def _principal(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
     if request.scope.get(LOCAL_ADMIN_SCOPE_KEY):
         return Principal("local:admin-socket", Role.ADMIN)
     if credentials is None or credentials.scheme.lower() != "bearer":
@@ -59,7 +140,7 @@ def _principal(request: Request, credentials: HTTPAuthorizationCredentials | Non
     return services.tokens.authenticate(credentials.credentials)
 
 
-AdminDep = Annotated[Principal, Depends(require_admin)]
+AdminDep = Annotated[Principal, Depends(authorized_principal)]
 
 
 def get_node(services: ServicesDep, credentials: BearerDep) -> NodePrincipal:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from trustd.api.deps import AdminDep, ServicesDep
+from trustd.api.deps import AdminDep, ServicesDep, require
 from trustd.api.schemas import (
     EntryBatch,
     EntryCreate,
@@ -31,13 +31,20 @@ def _spec(body: EntryCreate) -> EntrySpec:
     return EntrySpec(**body.model_dump())
 
 
-@router.post("", response_model=EntryPublic, status_code=201)
+@router.post(
+    "", response_model=EntryPublic, status_code=201, dependencies=[require("admin:entry:write")]
+)
 def create_entry(body: EntryCreate, principal: AdminDep, services: ServicesDep) -> EntryPublic:
     """Create a registration entry."""
     return public_entry(services.entries.create(principal, [_spec(body)])[0])
 
 
-@router.post("/batch", response_model=list[EntryPublic], status_code=201)
+@router.post(
+    "/batch",
+    response_model=list[EntryPublic],
+    status_code=201,
+    dependencies=[require("admin:entry:write")],
+)
 def create_entries(
     body: EntryBatch, principal: AdminDep, services: ServicesDep
 ) -> list[EntryPublic]:
@@ -46,7 +53,7 @@ def create_entries(
     return [public_entry(r) for r in rows]
 
 
-@router.get("", response_model=EntryPage)
+@router.get("", response_model=EntryPage, dependencies=[require("admin:entry:read")])
 def list_entries(
     principal: AdminDep,
     services: ServicesDep,
@@ -65,7 +72,7 @@ def list_entries(
     )
 
 
-@router.get("/{entry_id}", response_model=EntryDetail)
+@router.get("/{entry_id}", response_model=EntryDetail, dependencies=[require("admin:entry:read")])
 def show_entry(entry_id: str, principal: AdminDep, services: ServicesDep) -> EntryDetail:
     """One entry, with the workload addresses agents reported for its SPIFFE ID."""
     row = services.entries.get(entry_id)
@@ -78,7 +85,9 @@ def show_entry(entry_id: str, principal: AdminDep, services: ServicesDep) -> Ent
     )
 
 
-@router.patch("/{entry_id}", response_model=EntryPublic)
+@router.patch(
+    "/{entry_id}", response_model=EntryPublic, dependencies=[require("admin:entry:write")]
+)
 def update_entry(
     entry_id: str, body: EntryUpdate, principal: AdminDep, services: ServicesDep
 ) -> EntryPublic:
@@ -87,7 +96,12 @@ def update_entry(
     return public_entry(services.entries.update(principal, entry_id, patch))
 
 
-@router.delete("/{entry_id}", status_code=204, response_class=Response)
+@router.delete(
+    "/{entry_id}",
+    status_code=204,
+    response_class=Response,
+    dependencies=[require("admin:entry:delete")],
+)
 def delete_entry(entry_id: str, principal: AdminDep, services: ServicesDep) -> Response:
     """Delete an entry; agents stop serving its SVIDs on their next sync."""
     services.entries.delete(principal, entry_id)

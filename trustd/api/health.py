@@ -9,10 +9,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from trustd.api.deps import ServicesDep
+from trustd.api.deps import Exemption, ServicesDep, exempt
 from trustd.api.schemas import Health
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], dependencies=[exempt(Exemption.PUBLIC)])
 
 
 @router.get("/healthz", response_model=Health)

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 
 from pki.ca import certificate_pem, fingerprint_sha256
 from pki.spiffe_id import SpiffeId
-from trustd.api.deps import AdminDep, ServicesDep
+from trustd.api.deps import AdminDep, Exemption, ServicesDep, exempt, require
 from trustd.api.schemas import (
     AttestRequest,
     AttestResponse,
@@ -40,13 +40,22 @@ def _public(node: Node) -> NodePublic:
     return NodePublic.model_validate(node, from_attributes=True)
 
 
-@router.post("/v1/attest/challenge", response_model=ChallengeResponse)
+@router.post(
+    "/v1/attest/challenge",
+    response_model=ChallengeResponse,
+    dependencies=[exempt(Exemption.ATTESTATION)],
+)
 def attestation_challenge(body: AttestRequest, services: ServicesDep) -> ChallengeResponse:
     """First step of a challenge-response attestor (x509pop)."""
     return ChallengeResponse(challenge=services.nodes.challenge(body.attestor, body.evidence))
 
 
-@router.post("/v1/attest", response_model=AttestResponse, status_code=201)
+@router.post(
+    "/v1/attest",
+    response_model=AttestResponse,
+    status_code=201,
+    dependencies=[exempt(Exemption.ATTESTATION)],
+)
 def attest(body: AttestRequest, services: ServicesDep) -> AttestResponse:
     """Prove a node's identity with attestor evidence and get its node SVID."""
     if body.csr is None:
@@ -59,7 +68,12 @@ def attest(body: AttestRequest, services: ServicesDep) -> AttestResponse:
     )
 
 
-@router.post("/v1/join-tokens", response_model=JoinTokenCreated, status_code=201)
+@router.post(
+    "/v1/join-tokens",
+    response_model=JoinTokenCreated,
+    status_code=201,
+    dependencies=[require("admin:node:write")],
+)
 def create_join_token(
     body: JoinTokenCreate, principal: AdminDep, services: ServicesDep
 ) -> JoinTokenCreated:
@@ -81,7 +95,7 @@ def create_join_token(
     )
 
 
-@router.get("/v1/nodes", response_model=list[NodePublic])
+@router.get("/v1/nodes", response_model=list[NodePublic], dependencies=[require("admin:node:read")])
 def list_nodes(
     principal: AdminDep, services: ServicesDep, spiffe_id: str | None = None
 ) -> list[NodePublic]:
@@ -91,13 +105,15 @@ def list_nodes(
     return [_public(n) for n in services.nodes.list()]
 
 
-@router.post("/v1/nodes/evict", response_model=NodePublic)
+@router.post(
+    "/v1/nodes/evict", response_model=NodePublic, dependencies=[require("admin:node:write")]
+)
 def evict_node(body: NodeAction, principal: AdminDep, services: ServicesDep) -> NodePublic:
     """The node's credentials stop working; it may attest again."""
     return _public(services.nodes.set_status(principal, body.spiffe_id, NodeStatus.EVICTED))
 
 
-@router.post("/v1/nodes/ban", response_model=NodePublic)
+@router.post("/v1/nodes/ban", response_model=NodePublic, dependencies=[require("admin:node:write")])
 def ban_node(body: NodeAction, principal: AdminDep, services: ServicesDep) -> NodePublic:
     """The node's credentials stop working and it may not attest again."""
     return _public(services.nodes.set_status(principal, body.spiffe_id, NodeStatus.BANNED))

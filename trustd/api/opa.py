@@ -27,7 +27,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from policy.bundle import Bundle
 from policy.errors import InvalidInput, PolicyError
-from trustd.api.deps import LOCAL_ADMIN_SCOPE_KEY, AdminDep, ServicesDep, get_principal
+from trustd.api.deps import (
+    LOCAL_ADMIN_SCOPE_KEY,
+    AdminDep,
+    Exemption,
+    ServicesDep,
+    exempt,
+    require,
+)
 from trustd.api.policy_schemas import (
     BundleCreate,
     DecisionPublic,
@@ -36,7 +43,6 @@ from trustd.api.policy_schemas import (
 )
 from trustd.domain.policy import Decision, PolicyRevisionRecord
 from trustd.errors import InvalidRequest, NotFound, Unauthenticated
-from trustd.roles import Role
 from trustd.services.auth import Principal
 from trustd.services.container import Services
 from trustd.services.policy import PolicyService, decision_document, normalise_input
@@ -116,14 +122,6 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def require_viewer(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
-    principal.require(Role.VIEWER)
-    return principal
-
-
-ViewerDep = Annotated[Principal, Depends(require_viewer)]
-
-
 def _flag(request: Request, name: str) -> bool:
     value = request.query_params.get(name)
     return value is not None and value.lower() not in ("false", "0")
@@ -175,8 +173,12 @@ async def _decide(
     return JSONResponse(_decision_body(request, decision, policy))
 
 
-@opa.post("/v1/data/{path:path}", summary="Evaluate a document for an input (OPA Data API)")
-@opa.post("/v1/data", include_in_schema=False)
+@opa.post(
+    "/v1/data/{path:path}",
+    summary="Evaluate a document for an input (OPA Data API)",
+    dependencies=[exempt(Exemption.POLICY_API)],
+)
+@opa.post("/v1/data", include_in_schema=False, dependencies=[exempt(Exemption.POLICY_API)])
 async def post_data(
     request: Request, services: ServicesDep, caller: CallerDep, path: str = ""
 ) -> JSONResponse:
@@ -185,8 +187,12 @@ async def post_data(
     return await _decide(request, services, path, _parse_input(await request.body()), caller)
 
 
-@opa.get("/v1/data/{path:path}", summary="Evaluate a document (input as a query parameter)")
-@opa.get("/v1/data", include_in_schema=False)
+@opa.get(
+    "/v1/data/{path:path}",
+    summary="Evaluate a document (input as a query parameter)",
+    dependencies=[exempt(Exemption.POLICY_API)],
+)
+@opa.get("/v1/data", include_in_schema=False, dependencies=[exempt(Exemption.POLICY_API)])
 async def get_data(
     request: Request,
     services: ServicesDep,
@@ -208,7 +214,11 @@ def _loads(text: str) -> Any:
         raise InvalidInput(f"input is not JSON: {exc.args[0]}") from None
 
 
-@opa.post("/v1/batch/data/{path:path}", summary="Evaluate one document for many inputs")
+@opa.post(
+    "/v1/batch/data/{path:path}",
+    summary="Evaluate one document for many inputs",
+    dependencies=[exempt(Exemption.POLICY_API)],
+)
 async def batch_data(
     request: Request, services: ServicesDep, caller: CallerDep, path: str
 ) -> JSONResponse:
@@ -237,7 +247,11 @@ async def batch_data(
     return JSONResponse({"responses": responses}, status_code=207 if failed else 200)
 
 
-@opa.get("/health", summary="OPA health: 200 once a policy revision is active")
+@opa.get(
+    "/health",
+    summary="OPA health: 200 once a policy revision is active",
+    dependencies=[exempt(Exemption.PUBLIC)],
+)
 def health(services: ServicesDep) -> dict[str, Any]:
     """200 `{}` when this process evaluates an active revision."""
     _ = services.policy.active
@@ -248,15 +262,23 @@ def _policy_document(module_id: str, source: str) -> dict[str, Any]:
     return {"id": module_id, "raw": source}
 
 
-@opa.get("/v1/policies", summary="List the active bundle's modules (OPA Policy API)")
-@opa.get("/v1/policies/", include_in_schema=False)
+@opa.get(
+    "/v1/policies",
+    summary="List the active bundle's modules (OPA Policy API)",
+    dependencies=[exempt(Exemption.POLICY_API)],
+)
+@opa.get("/v1/policies/", include_in_schema=False, dependencies=[exempt(Exemption.POLICY_API)])
 def list_policies(services: ServicesDep, caller: CallerDep) -> dict[str, Any]:
     return {
         "result": [_policy_document(k, v) for k, v in sorted(services.policy.modules().items())]
     }
 
 
-@opa.get("/v1/policies/{module_id:path}", summary="One module of the active bundle")
+@opa.get(
+    "/v1/policies/{module_id:path}",
+    summary="One module of the active bundle",
+    dependencies=[exempt(Exemption.POLICY_API)],
+)
 def get_policy(module_id: str, services: ServicesDep, caller: CallerDep) -> dict[str, Any]:
     """Raises:
     NotFound: no such module.
@@ -267,7 +289,11 @@ def get_policy(module_id: str, services: ServicesDep, caller: CallerDep) -> dict
     return {"result": _policy_document(module_id, modules[module_id])}
 
 
-@opa.put("/v1/policies/{module_id:path}", summary="Add or replace a module (new revision)")
+@opa.put(
+    "/v1/policies/{module_id:path}",
+    summary="Add or replace a module (new revision)",
+    dependencies=[require("admin:policy:write")],
+)
 async def put_policy(
     module_id: str, request: Request, principal: AdminDep, services: ServicesDep
 ) -> dict[str, Any]:
@@ -282,7 +308,11 @@ async def put_policy(
     return {}
 
 
-@opa.delete("/v1/policies/{module_id:path}", summary="Remove a module (new revision)")
+@opa.delete(
+    "/v1/policies/{module_id:path}",
+    summary="Remove a module (new revision)",
+    dependencies=[require("admin:policy:write")],
+)
 async def delete_policy(
     module_id: str, principal: AdminDep, services: ServicesDep
 ) -> dict[str, Any]:
@@ -307,8 +337,8 @@ def _revision(row: PolicyRevisionRecord, active: int | None) -> PolicyRevisionPu
     )
 
 
-@admin.get("/status", response_model=PolicyStatus)
-def status(principal: ViewerDep, services: ServicesDep) -> PolicyStatus:
+@admin.get("/status", response_model=PolicyStatus, dependencies=[require("admin:policy:read")])
+def status(principal: AdminDep, services: ServicesDep) -> PolicyStatus:
     """The revision this process evaluates, the cache and the decision log."""
     policy = services.policy
     return PolicyStatus(
@@ -319,14 +349,23 @@ def status(principal: ViewerDep, services: ServicesDep) -> PolicyStatus:
     )
 
 
-@admin.get("/bundles", response_model=list[PolicyRevisionPublic])
-def list_bundles(principal: ViewerDep, services: ServicesDep) -> list[PolicyRevisionPublic]:
+@admin.get(
+    "/bundles",
+    response_model=list[PolicyRevisionPublic],
+    dependencies=[require("admin:policy:read")],
+)
+def list_bundles(principal: AdminDep, services: ServicesDep) -> list[PolicyRevisionPublic]:
     """Revisions, newest first."""
     active = services.policy.revision
     return [_revision(r, active) for r in services.policy.list_revisions()]
 
 
-@admin.post("/bundles", response_model=PolicyRevisionPublic, status_code=201)
+@admin.post(
+    "/bundles",
+    response_model=PolicyRevisionPublic,
+    status_code=201,
+    dependencies=[require("admin:policy:write")],
+)
 def create_bundle(
     body: BundleCreate, principal: AdminDep, services: ServicesDep
 ) -> PolicyRevisionPublic:
@@ -340,8 +379,8 @@ def create_bundle(
     return _revision(row, services.policy.revision)
 
 
-@admin.get("/bundles/{revision}")
-def get_bundle(revision: int, principal: ViewerDep, services: ServicesDep) -> dict[str, Any]:
+@admin.get("/bundles/{revision}", dependencies=[require("admin:policy:read")])
+def get_bundle(revision: int, principal: AdminDep, services: ServicesDep) -> dict[str, Any]:
     """A revision with its modules and data."""
     row = services.policy.get_revision(revision)
     return {
@@ -351,7 +390,11 @@ def get_bundle(revision: int, principal: ViewerDep, services: ServicesDep) -> di
     }
 
 
-@admin.post("/bundles/{revision}/activate", response_model=PolicyRevisionPublic)
+@admin.post(
+    "/bundles/{revision}/activate",
+    response_model=PolicyRevisionPublic,
+    dependencies=[require("admin:policy:write")],
+)
 def activate_bundle(
     revision: int, principal: AdminDep, services: ServicesDep
 ) -> PolicyRevisionPublic:
@@ -360,16 +403,18 @@ def activate_bundle(
     return _revision(row, services.policy.revision)
 
 
-@admin.post("/rollback", response_model=PolicyRevisionPublic)
+@admin.post(
+    "/rollback", response_model=PolicyRevisionPublic, dependencies=[require("admin:policy:write")]
+)
 def rollback(principal: AdminDep, services: ServicesDep) -> PolicyRevisionPublic:
     """Activate the revision that was active before the current one."""
     row = services.policy.rollback(principal)
     return _revision(row, services.policy.revision)
 
 
-@admin.get("/diff")
+@admin.get("/diff", dependencies=[require("admin:policy:read")])
 def diff_bundles(
-    principal: ViewerDep,
+    principal: AdminDep,
     services: ServicesDep,
     old: Annotated[int, Query(alias="from")],
     new: Annotated[int, Query(alias="to")],
@@ -378,7 +423,12 @@ def diff_bundles(
     return services.policy.diff(old, new)
 
 
-@admin.post("/bundles/import", response_model=PolicyRevisionPublic, status_code=201)
+@admin.post(
+    "/bundles/import",
+    response_model=PolicyRevisionPublic,
+    status_code=201,
+    dependencies=[require("admin:policy:write")],
+)
 async def import_bundle(
     request: Request, principal: AdminDep, services: ServicesDep, activate: bool = True
 ) -> PolicyRevisionPublic:
@@ -391,8 +441,12 @@ async def import_bundle(
     return _revision(row, services.policy.revision)
 
 
-@admin.get("/bundles/{revision}/export", response_class=Response)
-def export_bundle(revision: int, principal: ViewerDep, services: ServicesDep) -> Response:
+@admin.get(
+    "/bundles/{revision}/export",
+    response_class=Response,
+    dependencies=[require("admin:policy:read")],
+)
+def export_bundle(revision: int, principal: AdminDep, services: ServicesDep) -> Response:
     """The revision as an OPA bundle (signed when a signing key is configured)."""
     return Response(
         services.policy.export_bundle(revision),
@@ -401,9 +455,14 @@ def export_bundle(revision: int, principal: ViewerDep, services: ServicesDep) ->
     )
 
 
-@admin.get("/decisions", response_model=list[DecisionPublic], response_model_exclude_unset=True)
+@admin.get(
+    "/decisions",
+    response_model=list[DecisionPublic],
+    response_model_exclude_unset=True,
+    dependencies=[require("admin:decision:read")],
+)
 def list_decisions(
-    principal: ViewerDep,
+    principal: AdminDep,
     services: ServicesDep,
     since: datetime | None = None,
     until: datetime | None = None,
@@ -426,9 +485,13 @@ def list_decisions(
     return [DecisionPublic.model_validate(decision_document(r)) for r in rows]
 
 
-@admin.get("/decisions/export", response_class=StreamingResponse)
+@admin.get(
+    "/decisions/export",
+    response_class=StreamingResponse,
+    dependencies=[require("admin:decision:read")],
+)
 def export_decisions(
-    principal: ViewerDep, services: ServicesDep, since: datetime | None = None
+    principal: AdminDep, services: ServicesDep, since: datetime | None = None
 ) -> StreamingResponse:
     """Every logged decision as JSON lines, oldest first."""
     return StreamingResponse(

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from trustd.api.admin import authority_public
-from trustd.api.deps import AdminDep, ServicesDep
+from trustd.api.deps import AdminDep, Exemption, ServicesDep, exempt, require
 from trustd.api.schemas import (
     AuthorityPublic,
     CertificateDetail,
@@ -43,6 +43,7 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
     "/v1/crl/{issuer_kid}",
     response_class=Response,
     responses={200: {"content": {PKIX_CRL: {}}}, 404: {"description": "Unknown CA key"}},
+    dependencies=[exempt(Exemption.PUBLIC)],
 )
 def get_crl(issuer_kid: KidPath, services: ServicesDep) -> Response:
     """The DER CRL of one issuing key (RFC 5280 §5), the URL in the certificates' CRL
@@ -58,6 +59,7 @@ def _ocsp(services: ServicesDep, der: bytes) -> Response:
     "/v1/ocsp/{encoded:path}",
     response_class=Response,
     responses={200: {"content": {OCSP_RESPONSE: {}}}},
+    dependencies=[exempt(Exemption.PUBLIC)],
 )
 def ocsp_get(encoded: str, services: ServicesDep) -> Response:
     """OCSP over GET: the base64 DER request in the path (RFC 6960 Appendix A.1)."""
@@ -73,6 +75,7 @@ def ocsp_get(encoded: str, services: ServicesDep) -> Response:
     response_class=Response,
     responses={200: {"content": {OCSP_RESPONSE: {}}}},
     openapi_extra={"requestBody": {"content": {OCSP_REQUEST: {}}, "required": True}},
+    dependencies=[exempt(Exemption.PUBLIC)],
 )
 async def ocsp_post(request: Request, services: ServicesDep) -> Response:
     """OCSP over POST: a DER `application/ocsp-request` body (RFC 6960 Appendix A.1)."""
@@ -89,7 +92,12 @@ def _certificate(row: CertificateRecord) -> CertificatePublic:
     return CertificatePublic.model_validate(row, from_attributes=True)
 
 
-@router.post("/v1/admin/certificates/revoke", response_model=RevokeResult, tags=["admin"])
+@router.post(
+    "/v1/admin/certificates/revoke",
+    response_model=RevokeResult,
+    tags=["admin"],
+    dependencies=[require("admin:certificate:revoke")],
+)
 def revoke_certificates(
     body: RevokeRequest, principal: AdminDep, services: ServicesDep
 ) -> RevokeResult:
@@ -100,7 +108,12 @@ def revoke_certificates(
     return RevokeResult(serials=list(revoked.serials), revision=revoked.revision)
 
 
-@router.get("/v1/admin/certificates", response_model=list[CertificatePublic], tags=["admin"])
+@router.get(
+    "/v1/admin/certificates",
+    response_model=list[CertificatePublic],
+    tags=["admin"],
+    dependencies=[require("admin:certificate:read")],
+)
 def list_certificates(
     principal: AdminDep,
     services: ServicesDep,
@@ -117,7 +130,12 @@ def list_certificates(
     return [_certificate(r) for r in rows]
 
 
-@router.get("/v1/admin/certificates/{serial}", response_model=CertificateDetail, tags=["admin"])
+@router.get(
+    "/v1/admin/certificates/{serial}",
+    response_model=CertificateDetail,
+    tags=["admin"],
+    dependencies=[require("admin:certificate:read")],
+)
 def show_certificate(
     serial: Annotated[str, Path(max_length=64)], principal: AdminDep, services: ServicesDep
 ) -> CertificateDetail:
@@ -126,7 +144,12 @@ def show_certificate(
     return CertificateDetail(**_certificate(row).model_dump(), certificate=row.certificate_pem)
 
 
-@router.get("/v1/admin/revocations", response_model=RevocationFeedPublic, tags=["admin"])
+@router.get(
+    "/v1/admin/revocations",
+    response_model=RevocationFeedPublic,
+    tags=["admin"],
+    dependencies=[require("admin:revocation:read")],
+)
 def revocations_since(
     principal: AdminDep,
     services: ServicesDep,
@@ -147,31 +170,56 @@ def _change(change: KeyChange) -> KeyChangePublic:
     )
 
 
-@router.get("/v1/admin/ca/keys", response_model=list[AuthorityPublic], tags=["admin"])
+@router.get(
+    "/v1/admin/ca/keys",
+    response_model=list[AuthorityPublic],
+    tags=["admin"],
+    dependencies=[require("admin:ca:read")],
+)
 def list_keys(principal: AdminDep, services: ServicesDep) -> list[AuthorityPublic]:
     """Every CA key ever created, newest first: the rotation timeline."""
     return [authority_public(row) for row in services.rotation.timeline()]
 
 
-@router.post("/v1/admin/ca/prepare", response_model=KeyChangePublic, tags=["admin"])
+@router.post(
+    "/v1/admin/ca/prepare",
+    response_model=KeyChangePublic,
+    tags=["admin"],
+    dependencies=[require("admin:ca:write")],
+)
 def prepare_key(body: KeyPrepare, principal: AdminDep, services: ServicesDep) -> KeyChangePublic:
     """Prepare the next key of a kind and publish it in the bundle now."""
     return _change(services.rotation.prepare(principal, body.kind))
 
 
-@router.post("/v1/admin/ca/activate", response_model=KeyChangePublic, tags=["admin"])
+@router.post(
+    "/v1/admin/ca/activate",
+    response_model=KeyChangePublic,
+    tags=["admin"],
+    dependencies=[require("admin:ca:write")],
+)
 def activate_key(body: KeyActivate, principal: AdminDep, services: ServicesDep) -> KeyChangePublic:
     """Activate the prepared key of a kind; the active one becomes old."""
     return _change(services.rotation.activate(principal, body.kind, body.kid))
 
 
-@router.post("/v1/admin/ca/keys/{kid}/taint", response_model=KeyChangePublic, tags=["admin"])
+@router.post(
+    "/v1/admin/ca/keys/{kid}/taint",
+    response_model=KeyChangePublic,
+    tags=["admin"],
+    dependencies=[require("admin:ca:revoke")],
+)
 def taint_key(kid: KidPath, principal: AdminDep, services: ServicesDep) -> KeyChangePublic:
     """Taint an old key: everything it signed must be re-issued."""
     return _change(services.rotation.taint(principal, kid))
 
 
-@router.post("/v1/admin/ca/keys/{kid}/revoke", response_model=KeyChangePublic, tags=["admin"])
+@router.post(
+    "/v1/admin/ca/keys/{kid}/revoke",
+    response_model=KeyChangePublic,
+    tags=["admin"],
+    dependencies=[require("admin:ca:revoke")],
+)
 def revoke_key(
     kid: KidPath, body: KeyRevoke, principal: AdminDep, services: ServicesDep
 ) -> KeyChangePublic:
@@ -180,7 +228,10 @@ def revoke_key(
 
 
 @router.get(
-    "/v1/admin/ca/keys/{kid}/reissue", response_model=list[CertificatePublic], tags=["admin"]
+    "/v1/admin/ca/keys/{kid}/reissue",
+    response_model=list[CertificatePublic],
+    tags=["admin"],
+    dependencies=[require("admin:ca:read")],
 )
 def reissue_batch(
     kid: KidPath,

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 
 from pki.ca import serial_hex
 from pki.jwt_svid import JwtSvid
-from trustd.api.deps import AdminDep, ServicesDep
+from trustd.api.deps import AdminDep, ServicesDep, require
 from trustd.api.schemas import JwtSvidRequest, JwtSvidResponse, X509SvidRequest, X509SvidResponse
 from trustd.services.issuance import ca_pems
 
@@ -24,7 +24,12 @@ def _ttl(seconds: int | None) -> timedelta | None:
     return timedelta(seconds=seconds) if seconds is not None else None
 
 
-@router.post("/x509", response_model=X509SvidResponse, status_code=201)
+@router.post(
+    "/x509",
+    response_model=X509SvidResponse,
+    status_code=201,
+    dependencies=[require("admin:svid:write")],
+)
 async def issue_x509_svid(
     body: X509SvidRequest, principal: AdminDep, services: ServicesDep
 ) -> Response:
@@ -49,7 +54,12 @@ async def issue_x509_svid(
     return Response(document.model_dump_json(), status_code=201, media_type="application/json")
 
 
-@router.post("/jwt", response_model=JwtSvidResponse, status_code=201)
+@router.post(
+    "/jwt",
+    response_model=JwtSvidResponse,
+    status_code=201,
+    dependencies=[require("admin:svid:write")],
+)
 async def mint_jwt_svid(
     body: JwtSvidRequest, principal: AdminDep, services: ServicesDep
 ) -> JwtSvidResponse:

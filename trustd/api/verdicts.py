@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from trustd.api.deps import AdminDep, ServicesDep
+from trustd.api.deps import AdminDep, ServicesDep, require
 from trustd.api.schemas import AgentVerdictLag, VerdictDelta, VerdictSection
 from trustd.services.verdicts import VerdictUpdate
 
@@ -20,7 +20,9 @@ def verdict_delta(update: VerdictUpdate) -> VerdictDelta:
     )
 
 
-@router.get("/agents", response_model=list[AgentVerdictLag])
+@router.get(
+    "/agents", response_model=list[AgentVerdictLag], dependencies=[require("admin:verdict:read")]
+)
 def agent_lag(principal: AdminDep, services: ServicesDep) -> list[AgentVerdictLag]:
     """Per node: the newest verdict revision, the one its agent applied, and the lag."""
     return [

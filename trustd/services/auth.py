@@ -15,7 +15,7 @@ from sqlmodel import Session
 from pki.clock import Clock
 from trustd.domain.audit import AuditOutcome
 from trustd.domain.tokens import AdminToken
-from trustd.errors import InvalidRequest, NotFound, PermissionDenied, Unauthenticated
+from trustd.errors import InvalidRequest, NotFound, Unauthenticated
 from trustd.roles import Role
 from trustd.services.audit import AuditLog
 from trustd.store.db import transaction
@@ -34,22 +34,13 @@ _SECRET_BYTES = 32
 _DUMMY_HASH = hashlib.sha256(b"trustd-unknown-token").hexdigest()
 
 
-_ROLE_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
-
-
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: `token:<id>` for bearer tokens, `local:uid=<n>` on the admin socket."""
+    """Who is calling: `token:<id>` for bearer tokens, `local:uid=<n>` on the admin socket.
+    What the role may do is the admin policy's decision (`trustd.services.authz`)."""
 
     name: str
     role: Role
-
-    def require(self, role: Role) -> None:
-        """Raises:
-        PermissionDenied: the principal's role is below `role`.
-        """
-        if _ROLE_RANK[self.role] < _ROLE_RANK[role]:
-            raise PermissionDenied(f"this action needs the {role} role; {self.name} is {self.role}")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from trustd.services.acme import AcmeService, build_acme_service
 from trustd.services.agents import Agents
 from trustd.services.audit import AuditLog
 from trustd.services.auth import AdminTokens
+from trustd.services.authz import Authorizer
 from trustd.services.ca import CertificateAuthority, key_encryption_key
 from trustd.services.entries import Entries
 from trustd.services.issuance import Issuer
@@ -40,6 +41,7 @@ class Services:
     entries: Entries
     agents: Agents
     policy: PolicyService
+    authz: Authorizer
     revocations: Revocations
     rotation: RotationManager
     acme: AcmeService
@@ -75,6 +77,7 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         entries=entries,
         agents=Agents(engine, clock, audit, bus, nodes, entries, issuer, ca, revocations, verdicts),
         policy=policy,
+        authz=Authorizer(policy, engine, audit),
         revocations=revocations,
         rotation=RotationManager(settings, engine, clock, audit, ca, revocations, bus, leader),
         acme=build_acme_service(settings, engine, ca, clock, audit, bus, kek, revocations),

@@ -1,5 +1,5 @@
-"""The admin web UI's services: local accounts, sessions, CSRF, sign-in backoff, RBAC
-through the `admin` Rego policy, and the read models its pages show.
+"""The admin web UI's services: local accounts, sessions, CSRF, sign-in backoff, and the
+read models its pages show (RBAC is `trustd.services.authz`, shared with the JSON API).
 
 Passwords are argon2id hashes (RFC 9106); TOTP secrets (RFC 6238) are sealed with the
 key-encryption key; the session cookie holds 256 random bits of which only the SHA-256 is
@@ -13,7 +13,7 @@ import hmac
 import json
 import secrets
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -51,7 +51,6 @@ from trustd.settings import Settings
 from trustd.store import ui as store
 from trustd.store.db import transaction
 
-ADMIN_DECISION = "trustd/admin/decision"
 MESH_DECISION = "trustd/mesh/decision"
 USERNAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 MIN_PASSWORD_LENGTH = 12
@@ -331,32 +330,6 @@ class UiAccounts:
             )
 
 
-# -- authorization ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Verdict:
-    allowed: bool
-    reason: str
-
-
-def authorize(policy: PolicyService, role: Role, permission: str) -> Verdict:
-    """What the active `admin` policy says about `role` holding `permission`.
-
-    Evaluated on the active revision's in-process engine and not written to the decision
-    log: page views would drown the log the UI itself shows. Default deny: an undefined or
-    malformed answer refuses.
-
-    Raises:
-        NotReady: no policy revision is active.
-    """
-    document = json.dumps({"role": str(role), "permission": permission}, sort_keys=True)
-    result = policy.active.local.query(ADMIN_DECISION, document)
-    value = result.value if result.defined and isinstance(result.value, dict) else {}
-    allowed = value.get("allowed") is True
-    return Verdict(allowed, str(value.get("reason") or "the admin policy gives no answer"))
-
-
 # -- read models -----------------------------------------------------------------------
 
 
@@ -523,12 +496,3 @@ class UiViews:
             self._graph.key = key
             self._graph.graph = Graph(tuple(identities), tuple(edges), truncated, active.revision)
             return self._graph.graph
-
-
-def permissions_of(policy: PolicyService, role: Role, permissions: Iterable[str]) -> set[str]:
-    """The subset of `permissions` the role holds (drives which links a page shows).
-
-    Raises:
-        NotReady: no policy revision is active.
-    """
-    return {p for p in permissions if authorize(policy, role, p).allowed}

@@ -9,8 +9,10 @@ from typing import Any
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
+from policy.admin import checked_permission
+from trustd.api.deps import Declaration
 from trustd.errors import PermissionDenied, Unauthenticated
-from trustd.services.ui import UiPrincipal, authorize, permissions_of
+from trustd.services.ui import UiPrincipal
 from trustd.web.cookies import services_of, session_cookie
 from trustd.web.csrf import check_form
 
@@ -21,8 +23,9 @@ NAV = (
     "admin:node:write",
     "admin:entry:read",
     "admin:entry:write",
-    "admin:svid:read",
-    "admin:svid:revoke",
+    "admin:entry:delete",
+    "admin:certificate:read",
+    "admin:certificate:revoke",
     "admin:ca:read",
     "admin:ca:write",
     "admin:policy:read",
@@ -48,12 +51,21 @@ class Viewer:
     can: set[str]
 
 
-def require(permission: str) -> Any:
-    """The dependency of a view needing `permission`: a live session, then for POSTs the
-    CSRF token, then the admin policy's decision for the user's role.
+class ViewPermission(Declaration):
+    """A view's `admin:<resource>:<action>` permission. As a dependency: a live session,
+    then for POSTs the CSRF token, then the same admin-policy decision the JSON API asks
+    (`services.authz`); a refusal is audited (`ui:view:denied`, outcome `denied`).
     """
 
-    async def dependency(request: Request) -> Viewer:
+    def __init__(self, permission: str) -> None:
+        self.declared = checked_permission(permission)
+
+    async def check(self, request: Request) -> Viewer:
+        """Raises:
+        CsrfRefused: a POST without the session's synchronizer token.
+        PermissionDenied: the admin policy refuses the user's role this permission.
+        """
+        permission = self.declared
         services = services_of(request)
         token = request.cookies.get(session_cookie(services))
         if not token:
@@ -64,18 +76,23 @@ def require(permission: str) -> Any:
             raise SignInRequired(exc.detail) from None
         if request.method == "POST":
             await check_form(request, services, who)
-        verdict = authorize(services.policy, who.role, permission)
+        verdict = services.authz.decide(who.role, permission)
         if not verdict.allowed:
             await run_in_threadpool(
-                services.ui.record,
-                who.principal.name,
-                "ui:view:denied",
+                services.authz.refuse,
+                who.principal,
+                permission,
+                verdict,
+                action="ui:view:denied",
                 target=request.url.path,
-                details={"permission": permission, "reason": verdict.reason},
+                details={"method": request.method},
             )
             raise PermissionDenied(f"this page needs {permission}: {verdict.reason}")
-        viewer = Viewer(who, permission, permissions_of(services.policy, who.role, NAV))
+        viewer = Viewer(who, permission, services.authz.granted(who.role, NAV))
         request.state.viewer = viewer
         return viewer
 
-    return Depends(dependency)
+
+def require(permission: str) -> Any:
+    """The dependency of a view needing `permission` (see `ViewPermission`)."""
+    return Depends(ViewPermission(permission).check)

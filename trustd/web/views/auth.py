@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from pki.errors import TrustdError
-from trustd.api.deps import ServicesDep
+from trustd.api.deps import Exemption, ServicesDep, exempt
 from trustd.api.problems import status_for
 from trustd.web.cookies import delete_cookie, session_cookie, set_cookie
 from trustd.web.csrf import (
@@ -26,7 +26,7 @@ from trustd.web.session import Viewer, require
 router = ui_router()
 
 
-@router.get("/login", response_class=HTMLResponse)
+@router.get("/login", response_class=HTMLResponse, dependencies=[exempt(Exemption.SIGN_IN)])
 def login_form(
     request: Request,
     services: ServicesDep,
@@ -46,7 +46,7 @@ def _safe_next(target: str) -> str:
     return target if target.startswith("/ui/") and not target.startswith("//") else "/ui/"
 
 
-@router.post("/login", response_class=HTMLResponse)
+@router.post("/login", response_class=HTMLResponse, dependencies=[exempt(Exemption.SIGN_IN)])
 async def login(
     request: Request,
     services: ServicesDep,

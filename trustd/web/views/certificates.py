@@ -21,7 +21,7 @@ Opt = Annotated[str | None, Query(max_length=2048)]
 
 @router.get("/certificates", response_class=HTMLResponse)
 def certificates(
-    viewer: Annotated[Viewer, require("admin:svid:read")],
+    viewer: Annotated[Viewer, require("admin:certificate:read")],
     request: Request,
     services: ServicesDep,
     q: Opt = None,
@@ -52,7 +52,7 @@ def certificates(
 
 @router.get("/certificates/{serial}", response_class=HTMLResponse)
 def certificate(
-    viewer: Annotated[Viewer, require("admin:svid:read")],
+    viewer: Annotated[Viewer, require("admin:certificate:read")],
     request: Request,
     serial: str,
     services: ServicesDep,
@@ -64,7 +64,7 @@ def certificate(
 
 @router.get("/certificates/{serial}/revoke", response_class=HTMLResponse)
 def revoke_confirm(
-    viewer: Annotated[Viewer, require("admin:svid:revoke")],
+    viewer: Annotated[Viewer, require("admin:certificate:revoke")],
     request: Request,
     serial: str,
     services: ServicesDep,
@@ -86,7 +86,7 @@ def revoke_confirm(
 
 @router.post("/certificates/{serial}/revoke")
 def revoke(
-    viewer: Annotated[Viewer, require("admin:svid:revoke")],
+    viewer: Annotated[Viewer, require("admin:certificate:revoke")],
     serial: str,
     services: ServicesDep,
     reason: Annotated[RevocationReason, Form()] = RevocationReason.UNSPECIFIED,

@@ -197,7 +197,7 @@ def entry_update(
 
 @router.get("/entries/{entry_id}/delete", response_class=HTMLResponse)
 def entry_delete_confirm(
-    viewer: Annotated[Viewer, require("admin:entry:write")],
+    viewer: Annotated[Viewer, require("admin:entry:delete")],
     request: Request,
     entry_id: str,
     services: ServicesDep,
@@ -219,7 +219,7 @@ def entry_delete_confirm(
 
 @router.post("/entries/{entry_id}/delete")
 def entry_delete(
-    entry_id: str, services: ServicesDep, viewer: Annotated[Viewer, require("admin:entry:write")]
+    entry_id: str, services: ServicesDep, viewer: Annotated[Viewer, require("admin:entry:delete")]
 ) -> RedirectResponse:
     """Delete an entry."""
     services.entries.delete(viewer.who.principal, entry_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from trustd.api import deps
 from trustd.api.deps import AdminDep, ServicesDep
 from trustd.domain.ui import UiUser
 from trustd.web.schemas import UserCreate, UserCreated, UserPublic
@@ -23,7 +24,9 @@ def _user(row: UiUser) -> UserPublic:
     )
 
 
-@router.post("", response_model=UserCreated, status_code=201)
+@router.post(
+    "", response_model=UserCreated, status_code=201, dependencies=[deps.require("admin:user:write")]
+)
 def create_user(body: UserCreate, principal: AdminDep, services: ServicesDep) -> UserCreated:
     """Create a UI account; the TOTP enrolment URI is in this response only."""
     created = services.ui.create_user(
@@ -32,13 +35,17 @@ def create_user(body: UserCreate, principal: AdminDep, services: ServicesDep) ->
     return UserCreated(**_user(created.user).model_dump(), totp_uri=created.totp_uri)
 
 
-@router.get("", response_model=list[UserPublic])
+@router.get("", response_model=list[UserPublic], dependencies=[deps.require("admin:user:read")])
 def list_users(principal: AdminDep, services: ServicesDep) -> list[UserPublic]:
     """Every UI account."""
     return [_user(u) for u in services.ui.list_users()]
 
 
-@router.post("/{username}/disable", response_model=UserPublic)
+@router.post(
+    "/{username}/disable",
+    response_model=UserPublic,
+    dependencies=[deps.require("admin:user:write")],
+)
 def disable_user(username: str, principal: AdminDep, services: ServicesDep) -> UserPublic:
     """Disable an account; its sessions end at once."""
     return _user(services.ui.disable_user(principal, username))
