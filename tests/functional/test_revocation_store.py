@@ -14,27 +14,31 @@ from pki.rotation import SlotStatus
 from trustd.bootstrap import migrate
 from trustd.domain.certificates import CertificateStatus
 from trustd.domain.revocations import CrlRecord, Revocation
-from trustd.store.ca_keys import CaKey
-from trustd.store.certificates import IssuedCertificate
+from trustd.store.ca_keys import (
+    CaKey,
+    fetch_active_ca_key,
+    fetch_ca_key,
+    list_ca_key_timeline,
+    update_ca_key_status,
+)
+from trustd.store.certificates import (
+    IssuedCertificate,
+    fetch_certificate,
+    fetch_last_expiry,
+    fetch_ocsp_status,
+    list_certificates,
+    list_certificates_to_revoke,
+    update_certificates_revoked,
+)
 from trustd.store.db import create_db_engine, transaction
 from trustd.store.revocations import (
     count_revocations,
     create_revocations,
-    fetch_active_ca_key,
-    fetch_ca_key,
-    fetch_certificate,
     fetch_crl,
     fetch_crl_revision,
-    fetch_last_expiry,
-    fetch_ocsp_status,
     fetch_revocation_revision,
-    list_ca_keys,
-    list_certificates,
-    list_certificates_to_revoke,
     list_crl_entries,
     list_revocations_since,
-    update_ca_key_status,
-    update_certificates_revoked,
     update_crl,
     update_revocation_revision,
 )
@@ -159,8 +163,8 @@ def test_feed_revisions_and_crl_state(engine: Engine) -> None:
 
 def test_ca_key_slots(engine: Engine) -> None:
     with transaction(engine) as session:
-        assert [k.kid for k in list_ca_keys(session)] == ["k2", "k1", "k0"]
-        active = fetch_active_ca_key(session, "x509-root")
+        assert [k.kid for k in list_ca_key_timeline(session)] == ["k2", "k1", "k0"]
+        active = fetch_active_ca_key(session, "x509-root", for_update=True)
         assert active is not None and active.kid == "k0"
         assert fetch_ca_key(session, "nope") is None
         # A row loaded earlier in the transaction (the CA's own view) sees the new status,

@@ -24,8 +24,7 @@ from trustd.api.schemas import (
     RevokeRequest,
     RevokeResult,
 )
-from trustd.domain.certificates import CertificateStatus
-from trustd.domain.revocations import CertificateRecord
+from trustd.domain.certificates import CertificateRecord, CertificateStatus
 from trustd.domain.rotation import KeyChange
 
 router = APIRouter(tags=["revocation"])

@@ -4,6 +4,7 @@ what issuance hands back."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from functools import cached_property
 
@@ -38,3 +39,21 @@ class IssuedX509:
     def pem(self) -> str:
         """The certificate as PEM: stored with the record and handed out."""
         return certificate_pem(self.certificate)
+
+
+@dataclass(frozen=True)
+class CertificateRecord:
+    """One issued certificate as recorded before it was handed out (`issued_certificates`)."""
+
+    serial: str
+    kind: str
+    spiffe_id: str | None
+    issuer_kid: str
+    status: str
+    not_before: datetime
+    not_after: datetime
+    certificate_pem: str
+    requested_by: str
+    created_at: datetime
+    revoked_at: datetime | None
+    revocation_reason: str | None

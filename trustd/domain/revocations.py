@@ -8,24 +8,6 @@ from datetime import datetime
 from typing import Protocol
 
 
-@dataclass(frozen=True)
-class CertificateRecord:
-    """One issued certificate as recorded before it was handed out (`issued_certificates`)."""
-
-    serial: str
-    kind: str
-    spiffe_id: str | None
-    issuer_kid: str
-    status: str
-    not_before: datetime
-    not_after: datetime
-    certificate_pem: str
-    requested_by: str
-    created_at: datetime
-    revoked_at: datetime | None
-    revocation_reason: str | None
-
-
 class Revocable(Protocol):
     """What revoking a certificate needs to know of it: any issued-certificate record."""
 

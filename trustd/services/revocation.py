@@ -32,9 +32,8 @@ from pki.revocation import (
 )
 from pki.spiffe_id import SpiffeId
 from trustd.bus import Bus
-from trustd.domain.certificates import CertificateStatus
+from trustd.domain.certificates import CertificateRecord, CertificateStatus
 from trustd.domain.revocations import (
-    CertificateRecord,
     CrlRecord,
     Revocable,
     Revocation,
@@ -46,19 +45,21 @@ from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
 from trustd.services.ca import CertificateAuthority
 from trustd.settings import Settings
+from trustd.store.certificates import (
+    fetch_certificate,
+    fetch_ocsp_status,
+    list_certificates,
+    list_certificates_to_revoke,
+    update_certificates_revoked,
+)
 from trustd.store.db import transaction
 from trustd.store.revocations import (
     create_revocations,
-    fetch_certificate,
     fetch_crl,
     fetch_crl_revision,
-    fetch_ocsp_status,
     fetch_revocation_revision,
-    list_certificates,
-    list_certificates_to_revoke,
     list_crl_entries,
     list_revocations_since,
-    update_certificates_revoked,
     update_crl,
     update_revocation_revision,
 )

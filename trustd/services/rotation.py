@@ -32,9 +32,10 @@ from pki.rotation import (
 )
 from pki.rotation import KeyKind as CaKeyKind
 from trustd.bus import Bus
-from trustd.domain.certificates import CertificateStatus
-from trustd.domain.revocations import CertificateRecord, RevocationTarget
-from trustd.domain.rotation import CaKeySlot, KeyChange
+from trustd.domain.ca_keys import CaKeyInfo
+from trustd.domain.certificates import CertificateRecord, CertificateStatus
+from trustd.domain.revocations import RevocationTarget
+from trustd.domain.rotation import KeyChange
 from trustd.errors import Conflict, NotFound
 from trustd.leader import Leader, LostLeadership
 from trustd.services.audit import AuditLog
@@ -42,15 +43,15 @@ from trustd.services.auth import Principal
 from trustd.services.ca import SYSTEM_ACTOR, CertificateAuthority
 from trustd.services.revocation import Revocations
 from trustd.settings import Settings
-from trustd.store.ca_keys import CaKey
-from trustd.store.db import transaction
-from trustd.store.revocations import (
+from trustd.store.ca_keys import (
+    CaKey,
     fetch_active_ca_key,
     fetch_ca_key,
-    fetch_last_expiry,
-    list_ca_keys,
+    list_ca_key_timeline,
     update_ca_key_status,
 )
+from trustd.store.certificates import fetch_last_expiry
+from trustd.store.db import transaction
 
 log = structlog.get_logger("trustd.rotation")
 BUNDLE_CHANNEL = "bundle"
@@ -163,7 +164,7 @@ class RotationManager:
         else:
             self._set_status(session, self._row(session, action.kid), SlotStatus.RETIRED, actor)
 
-    def _row(self, session: Session, kid: str) -> CaKeySlot:
+    def _row(self, session: Session, kid: str) -> CaKeyInfo:
         row = fetch_ca_key(session, kid, for_update=True)
         if row is None:
             raise NotFound(f"no CA key {kid!r}")
@@ -172,7 +173,7 @@ class RotationManager:
     def _set_status(
         self,
         session: Session,
-        row: CaKeySlot | CaKey,
+        row: CaKeyInfo | CaKey,
         status: SlotStatus,
         actor: str,
         **details: object,
@@ -206,9 +207,9 @@ class RotationManager:
         )
         return KeyChange(row.kid, row.kind, row.status, 0)
 
-    def _activate(self, session: Session, row: CaKeySlot | CaKey, actor: str) -> KeyChange:
+    def _activate(self, session: Session, row: CaKeyInfo | CaKey, actor: str) -> KeyChange:
         check_transition(row.kid, SlotStatus(row.status), SlotStatus.ACTIVE)
-        current = fetch_active_ca_key(session, row.kind)
+        current = fetch_active_ca_key(session, row.kind, for_update=True)
         if current is not None:
             self._set_status(session, current, SlotStatus.OLD, actor, replaced_by=row.kid)
         return self._set_status(session, row, SlotStatus.ACTIVE, actor)
@@ -247,7 +248,7 @@ class RotationManager:
             InvalidTransition: there is no prepared key, or *kid* is not prepared.
         """
         with transaction(self._engine) as session:
-            row: CaKeySlot | CaKey
+            row: CaKeyInfo | CaKey
             if kid is not None:
                 row = self._row(session, kid)
                 if row.kind != kind:
@@ -297,7 +298,7 @@ class RotationManager:
         with transaction(self._engine) as session:
             row = self._row(session, kid)
             check_transition(row.kid, SlotStatus(row.status), SlotStatus.REVOKED)
-            victims: list[CaKeySlot | CaKey] = [row]
+            victims: list[CaKeyInfo | CaKey] = [row]
             if row.kind == CaKeyKind.X509_ROOT:
                 below = [r for r in self._ca.rows(session, IN_BUNDLE) if r.issuer_kid == kid]
                 if any(r.status in (SlotStatus.ACTIVE, SlotStatus.PREPARED) for r in below):
@@ -366,10 +367,10 @@ class RotationManager:
             limit=limit,
         )
 
-    def timeline(self) -> list[CaKeySlot]:
+    def timeline(self) -> list[CaKeyInfo]:
         """Every CA key, newest first (the rotation timeline)."""
         with transaction(self._engine) as session:
-            return list_ca_keys(session)
+            return list_ca_key_timeline(session)
 
     # ------------------------------------------------------------------ loops
 

@@ -35,7 +35,6 @@ from trustd.domain.acme import (
     SealedEabKey,
 )
 from trustd.domain.certificates import CertificateStatus
-from trustd.store.ca_keys import CaKey
 from trustd.store.certificates import IssuedCertificate
 from trustd.store.types import UTCDateTime
 
@@ -630,23 +629,6 @@ def fetch_acme_certificate(session: Session, serial: str) -> AcmeCertificate | N
         .where(IssuedCertificate.serial == serial, IssuedCertificate.kind == ACME_CERTIFICATE_KIND)
     ).first()
     return _certificate(*found) if found is not None else None
-
-
-def fetch_certificate_row_for_revocation(session: Session, serial: str) -> IssuedCertificate | None:
-    """The `issued_certificates` row of *serial*, locked for the transaction, for
-    `Revocations.record`, which takes rows and marks them revoked."""
-    return session.get(IssuedCertificate, serial, with_for_update=True)
-
-
-def fetch_issuer_chain_pem(session: Session, issuer_kid: str) -> str:
-    """PEM of the CA key *issuer_kid*'s certificate and the chain above it, without the root
-    (what follows a leaf it signed, RFC 8555 §7.4.2).
-
-    Raises:
-        NoResultFound: no CA key *issuer_kid* (issued certificates always name one).
-    """
-    issuer = session.exec(select(CaKey).where(CaKey.kid == issuer_kid)).one()
-    return (issuer.certificate_pem or "") + issuer.chain_pem
 
 
 def list_acme_certificates(session: Session, *, limit: int = 1000) -> list[AcmeCertificate]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 
-from sqlalchemy import Column, LargeBinary, Text
+from sqlalchemy import Column, LargeBinary, Text, update
 from sqlmodel import Field, Session, SQLModel, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -83,18 +83,42 @@ def list_ca_key_rows(session: Session, statuses: Collection[str]) -> list[CaKey]
     return list(session.exec(_by_status(statuses)))
 
 
-def fetch_ca_key(session: Session, kid: str) -> CaKeyInfo | None:
-    """The CA key `kid`, whatever its status."""
-    row = session.exec(select(CaKey).where(CaKey.kid == kid)).first()
+def fetch_ca_key(session: Session, kid: str, *, for_update: bool = False) -> CaKeyInfo | None:
+    """The CA key `kid`, whatever its status; with `for_update`, its row stays locked until
+    the transaction ends (the rotation manager's transitions)."""
+    query = select(CaKey).where(CaKey.kid == kid)
+    row = session.exec(query.with_for_update() if for_update else query).first()
     return ca_key_info(row) if row is not None else None
 
 
-def fetch_active_ca_key(session: Session, kind: str) -> CaKeyInfo | None:
-    """The active CA key of `kind`, if there is one."""
-    row = session.exec(
-        select(CaKey).where(CaKey.kind == kind, CaKey.status == SlotStatus.ACTIVE)
-    ).first()
+def fetch_active_ca_key(
+    session: Session, kind: str, *, for_update: bool = False
+) -> CaKeyInfo | None:
+    """The active CA key of `kind`, if there is one; with `for_update`, locked until the
+    transaction ends."""
+    query = select(CaKey).where(CaKey.kind == kind, CaKey.status == SlotStatus.ACTIVE)
+    row = session.exec(query.with_for_update() if for_update else query).first()
     return ca_key_info(row) if row is not None else None
+
+
+def list_ca_key_timeline(session: Session) -> list[CaKeyInfo]:
+    """Every CA key ever created, newest first (the rotation timeline)."""
+    rows = session.exec(select(CaKey).order_by(col(CaKey.created_at).desc(), col(CaKey.id).desc()))
+    return [ca_key_info(row) for row in rows]
+
+
+def update_ca_key_status(session: Session, kid: str, status: str, changed_at: datetime) -> None:
+    """Set the status of the CA key `kid` (the caller checked the transition).
+
+    Rows of that key already loaded in `session` see the change too, so a later read in the
+    same transaction (the next rotation step) finds the new status.
+    """
+    session.execute(
+        update(CaKey)
+        .where(col(CaKey.kid) == kid)
+        .values(status=status, status_changed_at=changed_at)
+        .execution_options(synchronize_session="evaluate")
+    )
 
 
 def fetch_bundle_sequence(session: Session) -> int | None:

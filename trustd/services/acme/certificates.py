@@ -25,6 +25,7 @@ from trustd.services.acme.housekeeping import expire_if_due
 from trustd.services.acme.orders import load_order
 from trustd.services.ca import CertificateAuthority, crl_url, ocsp_url
 from trustd.store import acme as store
+from trustd.store.ca_keys import fetch_ca_key
 from trustd.store.db import transaction
 
 
@@ -153,7 +154,9 @@ class Certificates:
             issued = store.fetch_acme_certificate(session, serial)
             if issued is None or issued.account_id != account.id:
                 raise AcmeNotFound("no such certificate")
-            issuer_chain = store.fetch_issuer_chain_pem(session, issued.issuer_kid)
+            issuer = fetch_ca_key(session, issued.issuer_kid)
+            # RFC 8555 §7.4.2: the issuer's certificate and the chain above it, no root.
+            issuer_chain = (issuer.certificate_pem or "") + issuer.chain_pem if issuer else ""
         intermediates = load_pem_certificates(issuer_chain.encode())
         chain = [issued.certificate_pem, *(certificate_pem(c) for c in intermediates)]
         if alternate == 1:

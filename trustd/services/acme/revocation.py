@@ -17,6 +17,7 @@ from trustd.services.acme.authentication import Authenticated
 from trustd.services.acme.context import AcmeContext, actor
 from trustd.services.revocation import REVOCATION_CHANNEL, Revocations
 from trustd.store import acme as store
+from trustd.store.certificates import fetch_certificate
 from trustd.store.db import transaction
 
 
@@ -49,7 +50,7 @@ class AcmeRevocations:
         serial = serial_hex(cert)
         with transaction(self._context.engine) as session:
             # Locked first, so concurrent revocations of one certificate are ordered.
-            row = store.fetch_certificate_row_for_revocation(session, serial)
+            row = fetch_certificate(session, serial, for_update=True)
             issued = store.fetch_acme_certificate(session, serial) if row is not None else None
             if (
                 row is None
