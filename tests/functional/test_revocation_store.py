@@ -163,7 +163,10 @@ def test_feed_revisions_and_crl_state(engine: Engine) -> None:
 
 def test_ca_key_slots(engine: Engine) -> None:
     with transaction(engine) as session:
-        assert [k.kid for k in list_ca_key_timeline(session)] == ["k2", "k1", "k0"]
+        timeline = list_ca_key_timeline(session)
+        assert [k.kid for k in timeline] == ["k2", "k1", "k0"]
+        # The timeline is what the API shows: it carries no key material.
+        assert all(k.encrypted_key is None for k in timeline)
         active = fetch_active_ca_key(session, "x509-root", for_update=True)
         assert active is not None and active.kid == "k0"
         assert fetch_ca_key(session, "nope") is None
@@ -176,4 +179,4 @@ def test_ca_key_slots(engine: Engine) -> None:
     with transaction(engine) as session:
         slot = fetch_ca_key(session, "k0", for_update=True)
         assert slot is not None and (slot.status, slot.status_changed_at) == ("old", NOW)
-        assert not hasattr(slot, "encrypted_key")
+        assert "encrypted_key" not in repr(slot)

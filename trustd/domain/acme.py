@@ -17,10 +17,10 @@ from pki.acme.messages import (
     OrderStatus,
 )
 from pki.acme.profile import RenewalWindow
-from trustd.domain.certificates import CertificateStatus
+from trustd.domain.certificates import CertificateKind, CertificateStatus
 
 # `issued_certificates.kind` of certificates issued through ACME.
-ACME_CERTIFICATE_KIND = "acme"
+ACME_CERTIFICATE_KIND = CertificateKind.ACME
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ class CertificateKind(StrEnum):
     X509_SVID = "x509-svid"
     NODE_SVID = "node-svid"
     SERVING = "serving"
+    # A TLS server certificate ordered over ACME (RFC 8555); it carries no SPIFFE ID.
+    ACME = "acme"
 
 
 class CertificateStatus(StrEnum):

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from functools import lru_cache
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from cryptography import x509
 from sqlalchemy import Engine
@@ -269,6 +269,44 @@ class Issuer:
             issuer_kid=state.authority_kid,
             spiffe_id=params.spiffe_id,
         )
+
+    def record_certificate(
+        self,
+        session: Session,
+        *,
+        certificate: x509.Certificate,
+        kind: CertificateKind,
+        issuer_kid: str,
+        actor: str,
+        started: float,
+        audit_action: str,
+        audit_target: str,
+        audit_details: dict[str, Any],
+    ) -> None:
+        """Record a certificate signed by a profile other than the X509-SVID one (ACME's TLS
+        server certificates) in the caller's `session`, with its audit event and the same
+        metrics as every issuance. The caller must not hand it out before `session` commits.
+        """
+        now = self._clock.now()
+        create_rows(
+            session,
+            [
+                certificate_insertion(
+                    serial=serial_hex(certificate),
+                    kind=kind,
+                    spiffe_id=None,
+                    issuer_kid=issuer_kid,
+                    not_before=certificate.not_valid_before_utc,
+                    not_after=certificate.not_valid_after_utc,
+                    certificate_pem=certificate_pem(certificate),
+                    requested_by=actor,
+                    created_at=now,
+                ),
+                self._audit.row(actor, audit_action, target=audit_target, details=audit_details),
+            ],
+        )
+        metrics.SVIDS_ISSUED.labels(kind).inc()
+        metrics.ISSUANCE_SECONDS.labels(kind).observe(time.perf_counter() - started)
 
     def record(
         self, session: Session, actor: str, issued: IssuedX509, kind: CertificateKind

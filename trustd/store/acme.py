@@ -586,37 +586,6 @@ def update_challenge(session: Session, challenge: Challenge) -> None:
 # --------------------------------------------------------------------------- certificates
 
 
-def create_acme_certificate(
-    session: Session,
-    *,
-    serial: str,
-    issuer_kid: str,
-    not_before: datetime,
-    not_after: datetime,
-    certificate_pem: str,
-    requested_by: str,
-    created_at: datetime,
-) -> None:
-    """Record a certificate issued through ACME in `issued_certificates`, flushed so an
-    order can name it. The one place ACME writes a certificate row: the issuance pipeline
-    is meant to take it over.
-    """
-    session.add(
-        IssuedCertificate(
-            serial=serial,
-            kind=ACME_CERTIFICATE_KIND,
-            spiffe_id=None,
-            issuer_kid=issuer_kid,
-            not_before=not_before,
-            not_after=not_after,
-            certificate_pem=certificate_pem,
-            requested_by=requested_by,
-            created_at=created_at,
-        )
-    )
-    session.flush()
-
-
 def fetch_acme_certificate(session: Session, serial: str) -> AcmeCertificate | None:
     """The certificate *serial* if it was issued through ACME, with its order."""
     found = session.exec(

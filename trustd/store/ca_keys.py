@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy import Column, LargeBinary, Text, update
@@ -102,9 +103,10 @@ def fetch_active_ca_key(
 
 
 def list_ca_key_timeline(session: Session) -> list[CaKeyInfo]:
-    """Every CA key ever created, newest first (the rotation timeline)."""
+    """Every CA key ever created, newest first (the rotation timeline), without key material:
+    this is what the API and the UI show."""
     rows = session.exec(select(CaKey).order_by(col(CaKey.created_at).desc(), col(CaKey.id).desc()))
-    return [ca_key_info(row) for row in rows]
+    return [replace(ca_key_info(row), encrypted_key=None) for row in rows]
 
 
 def update_ca_key_status(session: Session, kid: str, status: str, changed_at: datetime) -> None:

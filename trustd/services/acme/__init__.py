@@ -19,6 +19,7 @@ from trustd.services.acme.ratelimit import LocalRateLimiter, RateLimiter, RedisR
 from trustd.services.acme.service import AcmeService
 from trustd.services.audit import AuditLog
 from trustd.services.ca import CertificateAuthority
+from trustd.services.issuance import Issuer
 from trustd.services.revocation import Revocations
 from trustd.settings import Settings
 from trustd.store.db import deployment_scope
@@ -54,6 +55,7 @@ def build_acme_service(
     settings: Settings,
     engine: Engine,
     ca: CertificateAuthority,
+    issuer: Issuer,
     clock: Clock,
     audit: AuditLog,
     bus: Bus,
@@ -86,6 +88,7 @@ def build_acme_service(
         settings,
         engine,
         ca,
+        issuer,
         clock,
         audit,
         bus,

@@ -17,13 +17,13 @@ from pki.ca import certificate_pem, csr_public_key, load_pem_certificates, parse
 from pki.errors import InvalidCsr, WeakKey
 from pki.keys import same_public_key
 from pki.x509_path import issued_by
-from trustd import metrics
 from trustd.domain.acme import ACME_CERTIFICATE_KIND, CertificateChain, OrderView
 from trustd.services.acme.authentication import Authenticated
 from trustd.services.acme.context import AcmeContext, actor
 from trustd.services.acme.housekeeping import expire_if_due
 from trustd.services.acme.orders import load_order
 from trustd.services.ca import CertificateAuthority, crl_url, ocsp_url
+from trustd.services.issuance import Issuer
 from trustd.store import acme as store
 from trustd.store.ca_keys import fetch_ca_key
 from trustd.store.db import transaction
@@ -35,10 +35,15 @@ def _not_ready(status: OrderStatus) -> OrderNotReady:
 
 class Certificates:
     def __init__(
-        self, context: AcmeContext, ca: CertificateAuthority, profiles: Mapping[str, Profile]
+        self,
+        context: AcmeContext,
+        ca: CertificateAuthority,
+        issuer: Issuer,
+        profiles: Mapping[str, Profile],
     ) -> None:
         self._context = context
         self._ca = ca
+        self._issuer = issuer
         self._profiles = profiles
 
     def finalize(self, auth: Authenticated, order_id: str) -> OrderView:
@@ -108,24 +113,18 @@ class Certificates:
                 certificate_serial=serial,
                 updated_at=now,
             )
-            # Recorded before it is returned (durable, like every issued certificate).
-            store.create_acme_certificate(
+            # Recorded before it is returned (durable, like every issued certificate), by the
+            # issuance pipeline's one record path.
+            self._issuer.record_certificate(
                 session,
-                serial=serial,
+                certificate=certificate,
+                kind=ACME_CERTIFICATE_KIND,
                 issuer_kid=state.authority_kid,
-                not_before=certificate.not_valid_before_utc,
-                not_after=certificate.not_valid_after_utc,
-                certificate_pem=certificate_pem(certificate),
-                requested_by=actor(account.id),
-                created_at=now,
-            )
-            store.update_order(session, issued)
-            context.audit.record(
-                session,
-                actor(account.id),
-                "acme:certificate:issued",
-                target=serial,
-                details={
+                actor=actor(account.id),
+                started=started,
+                audit_action="acme:certificate:issued",
+                audit_target=serial,
+                audit_details={
                     "order": issued.id,
                     "identifiers": [i.value for i in sorted(ordered)],
                     "profile": issued.profile,
@@ -133,12 +132,9 @@ class Certificates:
                     "replaces": issued.replaces,
                 },
             )
-            view = OrderView(issued, store.list_authorization_ids(session, issued.id))
-        metrics.SVIDS_ISSUED.labels(ACME_CERTIFICATE_KIND).inc()
-        metrics.ISSUANCE_SECONDS.labels(ACME_CERTIFICATE_KIND).observe(
-            time.perf_counter() - started
-        )
-        return view
+            store.update_order(session, issued)
+            # Returned once the transaction commits on leaving the block.
+            return OrderView(issued, store.list_authorization_ids(session, issued.id))
 
     def chain(self, auth: Authenticated, serial: str, alternate: int) -> CertificateChain:
         """The PEM chain (RFC 8555 §7.4.2): leaf and intermediates; alternate 1 adds the root

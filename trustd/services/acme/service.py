@@ -33,6 +33,7 @@ from trustd.services.acme.revocation import AcmeRevocations
 from trustd.services.acme.urls import AcmeUrls
 from trustd.services.audit import AuditLog
 from trustd.services.ca import CertificateAuthority
+from trustd.services.issuance import Issuer
 from trustd.services.revocation import Revocations
 from trustd.settings import Settings
 
@@ -47,6 +48,7 @@ class AcmeService:
         settings: Settings,
         engine: Engine,
         ca: CertificateAuthority,
+        issuer: Issuer,
         clock: Clock,
         audit: AuditLog,
         bus: Bus,
@@ -69,7 +71,7 @@ class AcmeService:
         self.orders = Orders(context, profiles, policy, limiter, self.housekeeping)
         self.authorizations = Authorizations(context)
         self.challenges = Challenges(context, validator)
-        self.certificates = Certificates(context, ca, profiles)
+        self.certificates = Certificates(context, ca, issuer, profiles)
         self.renewals = Renewals(context)
         self.revocations = AcmeRevocations(context, revocations, bus)
         self.admin = AdminListings(context)
