@@ -33,6 +33,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -216,6 +217,25 @@ def run_plain(case: Case) -> Outcome:
     return Outcome(bindings=[row.get("bindings") or {} for row in rows])
 
 
+def run_engine(case: Case) -> Outcome:
+    """trustd's engine layer in-process (extensions, compile check, OPA's error codes):
+    what the HTTP API answers once the Data API stores documents."""
+    from policy.engine import NO_INPUT, EmbeddedEngine
+    from policy.errors import PolicyError
+
+    match = _DATA_QUERY.fullmatch(case.query.strip())
+    if match is None:
+        return Outcome(message="not a data query", stage="POST /v1/query", status=404)
+    modules = {f"test-{i}.rego": source for i, source in enumerate(case.modules)}
+    input_json = json.dumps(case.input) if case.has_input else NO_INPUT
+    try:
+        engine = EmbeddedEngine(modules, case.data)
+        result = engine.query(match.group(1) or "data", input_json, strict=case.strict_error)
+    except PolicyError as exc:
+        return Outcome(code=str(exc.fields.get("code")), message=exc.detail)
+    return Outcome(bindings=[{match.group(2): result.value}] if result.defined else [])
+
+
 # -- trustd over HTTP ----------------------------------------------------------------------
 
 
@@ -230,8 +250,9 @@ class Server:
 
     def __init__(self, work: Path) -> None:
         port = free_port()
+        shutil.rmtree(work / "var", ignore_errors=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("TRUSTD_")}
-        self.log = (work / "server.log").open("w")
+        self.log = (work / "server.log").open("a")
         self.process = subprocess.Popen(
             [
                 str(TRUSTD),
@@ -275,6 +296,12 @@ class Server:
                 pass
             time.sleep(0.1)
         self.base = self._active_revision()
+
+    def tail(self) -> str:
+        """The server log's last lines (why it died)."""
+        self.log.flush()
+        lines = Path(self.log.name).read_text(errors="replace").splitlines()
+        return " | ".join(line[:200] for line in lines[-5:])
 
     def _active_revision(self) -> int:
         revision = self.http.get("/v1/admin/policy/status").json()["revision"]
@@ -373,6 +400,7 @@ def main() -> None:
     parser.add_argument("--data-via-bundle", action="store_true")
     parser.add_argument("--floor", type=int, default=0)
     parser.add_argument("--plain-only", action="store_true", help="only the plain engine")
+    parser.add_argument("--engine-only", action="store_true", help="only in-process runs")
     args = parser.parse_args()
 
     cases = load_cases(args.cases, args.only)
@@ -383,10 +411,29 @@ def main() -> None:
     if args.plain_only:
         print(f"plain engine in-process: {plain_passed} of {len(cases)} passed ({plain_s:.0f} s)")
         return
+    engine_causes: Counter[str] = Counter()
+    engine_passed = 0
+    for case in cases:
+        if case.skip:
+            continue
+        ok, _, reason = judge(case, got := run_engine(case))
+        engine_passed += ok
+        if not ok:
+            engine_causes[_cause(case, got, reason)] += 1
+            if args.failures and args.engine_only:
+                record = {"note": case.note, "cause": _cause(case, got, reason), "got": got.bindings if got.bindings is not None else got.message, "want": case.want_result if case.want_result is not None else case.want_code}
+                with args.failures.open("a") as out:
+                    out.write(json.dumps(record, default=str) + "\n")
+    print(f"trustd engine in-process: {engine_passed} passed")
+    if args.engine_only:
+        for cause, count in engine_causes.most_common():
+            print(f"  {count:5d}  {cause}")
+        return
 
     passed = strict = skipped = 0
     causes: Counter[str] = Counter()
     lost: list[str] = []
+    crashes: list[str] = []
     failures = args.failures.open("w") if args.failures else None
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="trustd-opa-") as work:
@@ -396,7 +443,19 @@ def main() -> None:
                 if case.skip:
                     skipped += 1
                     continue
-                got = run_http(server, case, args.data_via_bundle)
+                try:
+                    got = run_http(server, case, args.data_via_bundle)
+                    server.restore()
+                except httpx.HTTPError as exc:
+                    # The server died (or hung) on this case: count it, start another.
+                    got = Outcome(message=str(exc), stage="transport")
+                    crashes.append(f"{case.note}: {type(exc).__name__} {server.tail()}")
+                    server.stop()
+                    server = Server(Path(work))
+                    causes["the server died or hung"] += 1
+                    if baseline[id(case)]:
+                        lost.append(case.note)
+                    continue
                 ok, ok_strict, reason = judge(case, got)
                 passed += ok
                 strict += ok_strict
@@ -418,7 +477,6 @@ def main() -> None:
                             else {"status": got.status, "code": got.code, "message": got.message},
                         }
                         failures.write(json.dumps(record, default=str) + "\n")
-                server.restore()
         finally:
             server.stop()
     http_s = time.monotonic() - started
@@ -436,6 +494,8 @@ def main() -> None:
         print(f"  {count:5d}  {cause}")
     for note in lost[:40]:
         print(f"  lost: {note}")
+    for crash in crashes:
+        print(f"  crash: {crash}")
     pct = 100.0 * passed / total if total else 0.0
     base_pct = 100.0 * plain_passed / total if total else 0.0
     ratio = pct / base_pct if base_pct else 0.0

@@ -289,20 +289,31 @@ def _hmac_sha256(message: str, key: str) -> str:
     return hmac.new(key.encode(), message.encode(), hashlib.sha256).hexdigest()
 
 
-def register_extensions(engine: Any, now_ns: Callable[[], int] = time.time_ns) -> None:
-    """Add every extension to a `regorus.Engine`."""
+def extensions(now_ns: Callable[[], int] = time.time_ns) -> dict[str, tuple[int, Any]]:
+    """Every extension by name: `(arity, function)`."""
+    table: dict[str, tuple[int, Any]] = {}
     for name, algorithms in _FAMILY.items():
-        engine.add_extension(f"io.jwt.verify_{name}", 2, _verifier(algorithms))
-    engine.add_extension("io.jwt.decode", 1, jwt_decode)
-    engine.add_extension("io.jwt.decode_verify", 2, lambda t, c: jwt_decode_verify(t, c, now_ns()))
-    engine.add_extension("crypto.x509.parse_certificates", 1, parse_certificates)
-    engine.add_extension(
-        "crypto.x509.parse_and_verify_certificates",
+        table[f"io.jwt.verify_{name}"] = (2, _verifier(algorithms))
+    table["io.jwt.decode"] = (1, jwt_decode)
+    table["io.jwt.decode_verify"] = (2, lambda t, c: jwt_decode_verify(t, c, now_ns()))
+    table["crypto.x509.parse_certificates"] = (1, parse_certificates)
+    table["crypto.x509.parse_and_verify_certificates"] = (
         1,
         lambda v: parse_and_verify_certificates(v, now_ns()),
     )
     for digest in ("sha256", "sha1", "md5"):
-        engine.add_extension(f"crypto.{digest}", 1, _digest(digest))
-    engine.add_extension("crypto.hmac.sha256", 2, _hmac_sha256)
+        table[f"crypto.{digest}"] = (1, _digest(digest))
+    table["crypto.hmac.sha256"] = (2, _hmac_sha256)
     # Constant time, as OPA documents for crypto.hmac.equal.
-    engine.add_extension("crypto.hmac.equal", 2, lambda a, b: hmac.compare_digest(a, b))
+    table["crypto.hmac.equal"] = (2, lambda a, b: hmac.compare_digest(a, b))
+    return table
+
+
+# The names, for the compile check (the compiler does not know extensions).
+EXTENSIONS = frozenset(extensions())
+
+
+def register_extensions(engine: Any, now_ns: Callable[[], int] = time.time_ns) -> None:
+    """Add every extension to a `regorus.Engine`."""
+    for name, (arity, function) in extensions(now_ns).items():
+        engine.add_extension(name, arity, function)
