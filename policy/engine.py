@@ -34,7 +34,7 @@ os.environ["RUST_LIB_BACKTRACE"] = "0"
 
 import regorus
 
-from policy.builtins import register_extensions
+from policy.builtins import ARITIES, register_extensions
 from policy.errors import (
     EVAL_BUILTIN,
     EVAL_CONFLICT,
@@ -120,6 +120,84 @@ def new_interpreter() -> Any:
         max_col=MAX_COLUMNS, max_file_bytes=MAX_POLICY_BYTES, max_lines=MAX_LINES
     )
     return engine
+
+
+def _dotted(ref: Any) -> str | None:
+    """`a.b.c` of a `Var`/`RefDot` chain in the engine's AST, None for anything else."""
+    if not isinstance(ref, dict) or len(ref) != 1:
+        return None
+    kind, node = next(iter(ref.items()))
+    if kind == "Var":
+        return str(node["value"])
+    if kind == "RefDot":
+        base = _dotted(node["refr"])
+        field = node.get("field")
+        if base is None or not (isinstance(field, list) and len(field) == 2):
+            return None
+        return f"{base}.{field[1]}"
+    return None
+
+
+def _output_calls(node: Any, arities: Mapping[str, int], found: list[Any]) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _output_calls(item, arities, found)
+        return
+    if not isinstance(node, dict):
+        return
+    literal = node.get("literal")
+    if isinstance(literal, dict) and "Expr" in literal:
+        call = literal["Expr"].get("expr", {}).get("Call")
+        if isinstance(call, dict):
+            name = _dotted(call.get("fcn"))
+            if name is not None and len(call.get("params", [])) == arities.get(name, -2) + 1:
+                found.append(call)
+    for value in node.values():
+        _output_calls(value, arities, found)
+
+
+def rewrite_output_calls(name: str, source: str, arities: Mapping[str, int]) -> str:
+    """`f(x, out)` -> `out = f(x)` for extension calls: Rego's output-argument form
+    (OPA policy reference, "Built-in Functions": the last argument may be the output),
+    which the engine supports for its own builtins only. Unchanged when no extension is
+    called that way or the module does not parse (the engine then reports it)."""
+    if not any(f"{n}(" in source for n in arities):
+        return source
+    engine = new_interpreter()
+    try:
+        engine.add_policy(name, source)
+        modules = json.loads(engine.get_ast_as_json())
+    except BaseException as exc:
+        _failure(exc)
+        return source
+    finally:
+        engine = None
+    found: list[Any] = []
+    for module in modules:
+        _output_calls(module.get("ast"), arities, found)
+    text = source.encode()
+    for call in sorted(found, key=lambda c: c["span"]["start"], reverse=True):
+        start, end = call["span"]["start"], call["span"]["end"]
+        fcn_end = next(iter(call["fcn"].values()))["span"]["end"]
+        if text[start:fcn_end].decode(errors="replace") != _dotted(call["fcn"]):
+            continue  # spans are not byte offsets here (non-ASCII text before): leave it
+        # Argument boundaries: the comma before each argument's own span (a string's span
+        # excludes its quotes, so spans alone do not delimit the source text).
+        firsts = [next(iter(p.values()))["span"]["start"] for p in call["params"]]
+        opening = text.index(b"(", fcn_end) + 1
+        cuts = [text.rindex(b",", opening, first) for first in firsts[1:]]
+        closing = text.rindex(b")", opening, end)
+        bounds = [opening, *(c + 1 for c in cuts)]
+        stops = [*cuts, closing]
+        pieces = [text[a:b].strip() for a, b in zip(bounds, stops, strict=True)]
+        # A trailing comma after the output argument (`f(x, out,\n)`) is not part of it.
+        pieces[-1] = pieces[-1].removesuffix(b",").rstrip()
+        function = text[start:fcn_end]
+        # No parentheses around the output term: after a newline, `(` would continue the
+        # previous line's reference as a call.
+        rewritten = pieces[-1] + b" = " + function + b"(" + b", ".join(pieces[:-1]) + b")"
+        text = text[:start] + rewritten + text[end:]
+    return text.decode()
 
 
 def parse_path(path: str) -> list[str]:
@@ -285,7 +363,7 @@ class EmbeddedEngine:
         failed: tuple[str, str] | None = None
         for name, source in self._modules.items():
             try:
-                engine.add_policy(name, source)
+                engine.add_policy(name, rewrite_output_calls(name, source, ARITIES))
             except BaseException as exc:
                 failed = (name, _failure(exc))
                 break

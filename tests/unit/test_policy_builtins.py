@@ -12,6 +12,7 @@ import pytest
 from pki.ca import certificate_pem
 from pki.keys import KeyType, public_key_pem
 from policy.engine import EmbeddedEngine
+from policy.errors import PolicyEvaluationError
 from tests.unit.pki_helpers import T0, TestCA, cached_key
 
 MODULE = """
@@ -80,8 +81,11 @@ def test_hmac_and_none_tokens_never_verify(engine: EmbeddedEngine) -> None:
     assert ask(engine, "es256", token=hs, key=pem) is False
     unsigned = jwt.encode({"sub": "x"}, None, algorithm="none")
     assert ask(engine, "es256", token=unsigned, key=pem) is False
+    # A shared secret is refused loudly, never answered `false` where OPA would verify.
     constraints = {"secret": "secret-key-of-32-bytes-or-more!!"}
-    assert ask(engine, "decode_verify", token=hs, constraints=constraints) == [False, {}, {}]
+    with pytest.raises(PolicyEvaluationError, match="HMAC secrets are not accepted") as info:
+        ask(engine, "decode_verify", token=hs, constraints=constraints)
+    assert info.value.opa_code == "eval_builtin_error"
 
 
 def test_decode_returns_header_payload_and_hex_signature(engine: EmbeddedEngine) -> None:
@@ -122,7 +126,10 @@ def test_x509_parse_and_verify() -> None:
     assert parsed[0]["URIStrings"] == ["spiffe://example.org/web"]
     assert parsed[0]["IsCA"] is False
     valid, chain = parse_and_verify_certificates(certs, now)
-    assert valid is True and [c["IsCA"] for c in chain] == [True, True, False]
+    # Root first in, the verified chain leaf first out (as OPA returns Go's chain).
+    assert valid is True and [c["IsCA"] for c in chain] == [False, True, True]
+    assert chain[0]["URIStrings"] == ["spiffe://example.org/web"]
+    assert chain[2]["EmailAddresses"] is None  # an empty list is Go's nil slice: null
     # Leaf first (the wrong order for OPA) or a missing intermediate does not verify.
     wrong = certificate_pem(leaf) + certificate_pem(ca.intermediate) + certificate_pem(ca.root)
     assert parse_and_verify_certificates(wrong, now) == [False, []]
