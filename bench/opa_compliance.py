@@ -392,6 +392,22 @@ def _cause(case: Case, got: Outcome, reason: str) -> str:
     return reason
 
 
+def _record(case: Case, got: Outcome, reason: str) -> dict[str, Any]:
+    """A failed case as one JSON line: what was asked, wanted and answered."""
+    want: Any = case.want_result if case.want_result is not None else case.want_error
+    answered: Any = got.bindings
+    if answered is None:
+        answered = {"status": got.status, "code": got.code, "message": got.message}
+    return {
+        "note": case.note,
+        "file": case.file,
+        "cause": _cause(case, got, reason),
+        "query": case.query,
+        "want": want if want is not None else case.want_code,
+        "got": answered,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", type=Path, required=True)
@@ -421,9 +437,8 @@ def main() -> None:
         if not ok:
             engine_causes[_cause(case, got, reason)] += 1
             if args.failures and args.engine_only:
-                record = {"note": case.note, "cause": _cause(case, got, reason), "got": got.bindings if got.bindings is not None else got.message, "want": case.want_result if case.want_result is not None else case.want_code}
                 with args.failures.open("a") as out:
-                    out.write(json.dumps(record, default=str) + "\n")
+                    out.write(json.dumps(_record(case, got, reason), default=str) + "\n")
     print(f"trustd engine in-process: {engine_passed} passed")
     if args.engine_only:
         for cause, count in engine_causes.most_common():
@@ -464,18 +479,7 @@ def main() -> None:
                     if baseline[id(case)]:
                         lost.append(case.note)
                     if failures:
-                        record = {
-                            "note": case.note,
-                            "file": case.file,
-                            "cause": _cause(case, got, reason),
-                            "query": case.query,
-                            "want": case.want_result
-                            if case.want_result is not None
-                            else case.want_error or case.want_code,
-                            "got": got.bindings
-                            if got.bindings is not None
-                            else {"status": got.status, "code": got.code, "message": got.message},
-                        }
+                        record = _record(case, got, reason)
                         failures.write(json.dumps(record, default=str) + "\n")
         finally:
             server.stop()

@@ -28,7 +28,8 @@ Each follows OPA's documented behaviour (https://www.openpolicyagent.org/docs/po
   jwk)` (RFC 7515 §5.1): HS*, RS*, PS*, ES*, EdDSA keys as JWKs.
 - `net.cidr_merge`, `net.cidr_intersects`, `net.cidr_contains_matches`, and
   `net.lookup_ip_addr` for address literals only (a decision never waits on DNS).
-- `array.flatten` (one level), `strings.render_template` (Go text/template's fields,
+- `regex.globs_match` (literals, `.`, classes, `*`, `+`; other syntax is refused),
+  `array.flatten` (one level), `strings.render_template` (Go text/template's fields,
   variables, `if`, `range`; a missing key renders as `<undefined>`, as in OPA).
 """
 
@@ -774,6 +775,101 @@ def parse_certificate_request(value: str) -> dict[str, Any]:
     }
 
 
+# -- regex.globs_match: do two glob-like patterns share a string? ---------------------------
+
+# A token: the characters it matches (`negated`, inclusive ranges) and whether it repeats.
+_Token = tuple[bool, tuple[tuple[int, int], ...], bool]
+_ANY: tuple[bool, tuple[tuple[int, int], ...]] = (True, ())
+_MAX_GLOB = 512
+
+
+def _glob_tokens(pattern: str) -> list[_Token]:
+    """Parse the syntax OPA's `regex.globs_match` accepts: literals, `\\` escapes, `.`,
+    character classes `[a-z]`/`[^...]`, each optionally followed by `*` or `+`.
+
+    Raises:
+        BuiltinError: anything else (alternation, groups, `?`, counted repeats).
+    """
+    if not isinstance(pattern, str) or len(pattern) > _MAX_GLOB:
+        raise BuiltinError("regex.globs_match: operands must be strings of at most 512")
+    tokens: list[_Token] = []
+    ranges: tuple[tuple[int, int], ...]
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\" and i + 1 < len(pattern):
+            negated, ranges = False, ((ord(pattern[i + 1]),) * 2,)
+            i += 2
+        elif char == ".":
+            negated, ranges = _ANY
+            i += 1
+        elif char == "[":
+            end = pattern.find("]", i + 2)
+            if end < 0:
+                raise BuiltinError("regex.globs_match: unterminated character class")
+            body = pattern[i + 1 : end]
+            negated = body.startswith("^")
+            body = body[1:] if negated else body
+            parts: list[tuple[int, int]] = []
+            j = 0
+            while j < len(body):
+                if j + 2 < len(body) and body[j + 1] == "-":
+                    parts.append((ord(body[j]), ord(body[j + 2])))
+                    j += 3
+                else:
+                    parts.append((ord(body[j]), ord(body[j])))
+                    j += 1
+            ranges = tuple(parts)
+            i = end + 1
+        elif char in "*+?|(){}^$]":
+            raise BuiltinError(f"regex.globs_match: unsupported syntax {char!r}")
+        else:
+            negated, ranges = False, ((ord(char), ord(char)),)
+            i += 1
+        quantifier = pattern[i] if i < len(pattern) and pattern[i] in "*+" else ""
+        i += bool(quantifier)
+        if quantifier == "+":
+            tokens.append((negated, ranges, False))
+        tokens.append((negated, ranges, quantifier != ""))
+    return tokens
+
+
+def _contains(token: _Token, point: int) -> bool:
+    negated, ranges, _ = token
+    return negated != any(low <= point <= high for low, high in ranges)
+
+
+def _overlap(a: _Token, b: _Token) -> bool:
+    points = {0, 0x61, 0x10FFFF}
+    for _, ranges, _ in (a, b):
+        for low, high in ranges:
+            points.update(p for p in (low - 1, low, high, high + 1) if 0 <= p <= 0x10FFFF)
+    return any(_contains(a, p) and _contains(b, p) for p in points)
+
+
+def globs_match(first: str, second: str) -> bool:
+    """OPA `regex.globs_match`: whether some string matches both patterns (the product of
+    the two patterns' automata has a path to the end)."""
+    a, b = _glob_tokens(first), _glob_tokens(second)
+    seen: set[tuple[int, int]] = set()
+    pending = [(0, 0)]
+    while pending:
+        state = pending.pop()
+        if state in seen:
+            continue
+        seen.add(state)
+        i, j = state
+        if i == len(a) and j == len(b):
+            return True
+        if i < len(a) and a[i][2]:
+            pending.append((i + 1, j))
+        if j < len(b) and b[j][2]:
+            pending.append((i, j + 1))
+        if i < len(a) and j < len(b) and _overlap(a[i], b[j]):
+            pending.append((i if a[i][2] else i + 1, j if b[j][2] else j + 1))
+    return False
+
+
 def extensions(now_ns: Callable[[], int] = time.time_ns) -> dict[str, tuple[int, Any]]:
     """Every extension by name: `(arity, function)`."""
     table: dict[str, tuple[int, Any]] = {}
@@ -794,6 +890,7 @@ def extensions(now_ns: Callable[[], int] = time.time_ns) -> dict[str, tuple[int,
     # Constant time, as OPA documents for crypto.hmac.equal.
     table["crypto.hmac.equal"] = (2, lambda a, b: hmac.compare_digest(a.encode(), b.encode()))
     table["array.flatten"] = (1, array_flatten)
+    table["regex.globs_match"] = (2, globs_match)
     table["net.cidr_merge"] = (1, cidr_merge)
     table["net.cidr_intersects"] = (2, cidr_intersects)
     table["net.cidr_contains_matches"] = (2, cidr_contains_matches)

@@ -11,9 +11,14 @@ API, Policy API "Create or Update a Policy": `{"code": "invalid_parameter", "mes
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from policy.builtins import EXTENSIONS
@@ -30,7 +35,6 @@ __all__ = ["check_compiles", "compile_errors", "parse_errors", "refusal", "set_e
 
 # `file.rego:3:13: message` as `first_line` gives it.
 _WHERE = re.compile(r"^(?P<file>.+?):(?P<row>\d+):(?P<col>\d+):\s*(?P<message>.*)$", re.S)
-_UNKNOWN = re.compile(r"Unknown function: '([^']+)'")
 COMPILE_MESSAGE = "error(s) occurred while compiling module(s)"
 
 
@@ -53,7 +57,7 @@ def _problem(code: str, text: str, fallback_file: str | None = None) -> dict[str
 
 
 def _ref_segments(ref: Any) -> list[str] | None:
-    """`a.b.c` of a rule head's reference, None past a computed part (`a[x]`)."""
+    """`a.b.c` of a reference in the engine's AST, None past a computed part (`a[x]`)."""
     if not isinstance(ref, dict) or len(ref) != 1:
         return None
     kind, node = next(iter(ref.items()))
@@ -69,83 +73,123 @@ def _ref_segments(ref: Any) -> list[str] | None:
     return None
 
 
-def rule_paths(ast_json: str) -> list[str]:
-    """`data.pkg.rule` of every rule that is not a function, from the engine's AST."""
-    paths: set[str] = set()
-    for module in json.loads(ast_json):
-        ast = module.get("ast", {})
-        package = _ref_segments(ast.get("package", {}).get("refr"))
-        if not package:
-            continue
-        for rule in ast.get("rules", []):
-            head = rule.get("Spec", {}).get("head", {}) if isinstance(rule, dict) else {}
-            if not isinstance(head, dict) or not head or "Func" in head:
-                continue
-            kind = next(iter(head))
-            segments = _ref_segments(head[kind].get("refr"))
-            if segments:
-                # A ref head (`a.b.c := 1`) is reached through its first segment.
-                paths.add(".".join(["data", *package, segments[0]]))
-    return sorted(paths)
+@dataclass(frozen=True)
+class _Facts:
+    """What the unknown-function check needs from one module."""
+
+    package: tuple[str, ...]
+    rules: frozenset[str]  # first segment of every rule and function head
+    aliases: frozenset[str]  # names imports bring into scope
+    calls: tuple[tuple[str, int, int], ...]  # (dotted name, row, col)
 
 
-def _interpreter_lacks(name: str) -> bool:
-    """Whether the interpreter lacks `name` too (the compiler may know fewer builtins)."""
-    import regorus
+def _calls(node: Any, found: list[tuple[str, int, int]]) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _calls(item, found)
+        return
+    if not isinstance(node, dict):
+        return
+    call = node.get("Call")
+    if isinstance(call, dict):
+        name = _ref_segments(call.get("fcn"))
+        span = call.get("span", {})
+        if name:
+            found.append((".".join(name), int(span.get("line", 1)), int(span.get("col", 1))))
+    for value in node.values():
+        _calls(value, found)
 
-    engine: Any = regorus.Engine()
+
+@functools.lru_cache(maxsize=512)
+def _facts(name: str, source: str) -> _Facts | None:
+    """The module's package, rule names, import aliases and calls; None if it does not
+    parse (the parse check reports that)."""
+    engine: Any = new_interpreter()
+    try:
+        engine.add_policy(name, source)
+        ast = json.loads(engine.get_ast_as_json())[0]["ast"]
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        return None
+    finally:
+        engine = None
+    text = source.encode()
+    aliases: set[str] = set()
+    for item in ast.get("imports", []):
+        alias = item.get("as")
+        if isinstance(alias, dict) and "start" in alias:
+            aliases.add(text[alias["start"] : alias["end"]].decode(errors="replace"))
+        else:
+            segments = _ref_segments(item.get("refr")) or []
+            aliases.update(segments[-1:])
+    rules: set[str] = set()
+    for rule in ast.get("rules", []):
+        head = rule.get("Spec", {}).get("head", {}) if isinstance(rule, dict) else {}
+        for part in head.values() if isinstance(head, dict) else []:
+            head_ref = _ref_segments(part.get("refr")) if isinstance(part, dict) else None
+            rules.update((head_ref or [])[:1])
+    found: list[tuple[str, int, int]] = []
+    _calls(ast.get("rules", []), found)
+    package = tuple((_ref_segments(ast.get("package", {}).get("refr")) or [])[1:])
+    return _Facts(package, frozenset(rules), frozenset(aliases), tuple(found))
+
+
+_BUILTIN_KNOWN: dict[str, bool] = {}
+_BUILTIN_LOCK = threading.Lock()
+
+
+def _engine_knows(name: str) -> bool:
+    """Whether the engine has a builtin `name` (asked once per name and process)."""
+    with _BUILTIN_LOCK:
+        if name in _BUILTIN_KNOWN:
+            return _BUILTIN_KNOWN[name]
+    engine: Any = new_interpreter()
+    known = True
     try:
         engine.add_policy("probe.rego", f"package probe\np := {name}(0)")
         engine.eval_query_as_json("data.probe.p")
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
-        return "could not find function" in str(exc)
+        known = "could not find function" not in str(exc)
     finally:
         engine = None
-    return False
+    with _BUILTIN_LOCK:
+        _BUILTIN_KNOWN[name] = known
+    return known
 
 
-def _unknown_functions(
-    modules: Mapping[str, str], data_json: str, entrypoints: Iterable[str]
-) -> list[dict[str, Any]]:
-    """Calls of functions neither the engine, a module nor an extension defines.
+def _unknown_functions(modules: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Calls of functions that neither the engine, an extension nor a module defines.
 
-    The compiler (regorus `Program`) resolves every call an entrypoint reaches and stops at
-    the first it cannot; extensions are unknown to it, so an entrypoint that calls one is
-    compiled on its own and only other names count.
+    A call whose first segment is `data`, an import or a rule of its own package is a call
+    of a policy function; anything else must be a builtin or an extension.
     """
-    import regorus
-
-    items = list(modules.items())
-
-    def attempt(points: list[str]) -> str | None:
-        try:
-            regorus.Program.compile_from_modules(data_json, items, points)
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt | SystemExit):
-                raise
-            return first_line(exc)
-        return None
-
-    points = list(entrypoints)
-    failure = attempt(points) if points else None
-    if failure is None:
-        return []
-    # One at a time: which entrypoint fails, and for which name.
-    singles = [attempt([p]) for p in points] if len(points) > 1 else [failure]
-    found: dict[str, dict[str, Any]] = {}
-    for text in singles:
-        name = _UNKNOWN.search(text or "")
-        if text and name and name.group(1) not in EXTENSIONS:
-            if not _interpreter_lacks(name.group(1)):
+    facts = {name: _facts(name, source) for name, source in modules.items()}
+    rules: dict[tuple[str, ...], set[str]] = {}
+    for fact in facts.values():
+        if fact is not None:
+            rules.setdefault(fact.package, set()).update(fact.rules)
+    problems: list[dict[str, Any]] = []
+    for name, fact in sorted(facts.items()):
+        if fact is None:
+            continue
+        local = rules.get(fact.package, set()) | fact.aliases | {"data", "input"}
+        for called, row, col in fact.calls:
+            if called.split(".")[0] in local or called in EXTENSIONS:
                 continue
-            problem = _problem(REGO_TYPE, text)
-            problem["message"] = f"undefined function {name.group(1)}"
-            # The interpreter's words, as `trustd policy check` has always printed them.
-            problem["detail"] = f"could not find function {name.group(1)}"
-            found.setdefault(name.group(1), problem)
-    return list(found.values())
+            if not _engine_knows(called):
+                problems.append(
+                    {
+                        "code": REGO_TYPE,
+                        "message": f"undefined function {called}",
+                        "location": {"file": name, "row": row, "col": col},
+                        # The interpreter's words, as `trustd policy check` prints them.
+                        "detail": f"could not find function {called}",
+                    }
+                )
+    return problems
 
 
 def parse_errors(modules: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -164,15 +208,40 @@ def parse_errors(modules: Mapping[str, str]) -> list[dict[str, Any]]:
     return problems
 
 
+# Module sets (by digest) known to compile: a revision is compiled when it is stored, again
+# when each process installs it, and again when it is activated later.
+_COMPILED: OrderedDict[str, None] = OrderedDict()
+_COMPILED_MAX = 64
+_COMPILED_LOCK = threading.Lock()
+
+
+def _digest(modules: Mapping[str, str], data_json: str) -> str:
+    digest = hashlib.sha256(data_json.encode())
+    for name, source in sorted(modules.items()):
+        digest.update(b"\0" + name.encode() + b"\0" + source.encode())
+    return digest.hexdigest()
+
+
 def set_errors(engine: EmbeddedEngine) -> list[dict[str, Any]]:
     """The errors of a parsed module set compiled as a whole: `rego_unsafe_var_error`,
     `rego_compile_error`, `rego_type_error` (undefined function)."""
+    key = _digest(engine.modules, engine.data_json)
+    with _COMPILED_LOCK:
+        if key in _COMPILED:
+            _COMPILED.move_to_end(key)
+            return []
     failure = engine.compile_failure()
     if failure is not None:
         exc, text = failure
         code = error_code(exc, text)
         return [_problem(code if code in (REGO_UNSAFE_VAR, REGO_TYPE) else REGO_COMPILE, text)]
-    return _unknown_functions(engine.modules, engine.data_json, rule_paths(engine.ast_json()))
+    problems = _unknown_functions(engine.modules)
+    if not problems:
+        with _COMPILED_LOCK:
+            _COMPILED[key] = None
+            while len(_COMPILED) > _COMPILED_MAX:
+                _COMPILED.popitem(last=False)
+    return problems
 
 
 def compile_errors(
