@@ -339,6 +339,10 @@ def _error(response: httpx.Response, stage: str) -> Outcome:
     body = body if isinstance(body, dict) else {}
     code = body.get("code")
     message = str(body.get("message") or body.get("detail") or response.text[:200])
+    errors = body.get("errors")
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        first = errors[0]
+        message = f"{first.get('code')}: {first.get('message')}"
     if not isinstance(code, str) or code in ("", "internal_error", "invalid_parameter"):
         found = _ERROR_CODE.search(message)
         code = found.group(1) if found else (code if isinstance(code, str) else None)
@@ -348,10 +352,21 @@ def _error(response: httpx.Response, stage: str) -> Outcome:
 def run_http(server: Server, case: Case, data_via_bundle: bool) -> Outcome:
     http = server.http
     notes: list[str] = []
-    for i, source in enumerate(case.modules):
-        r = http.put(f"/v1/policies/cases/test-{i}.rego", content=source.encode())
-        if r.status_code != 200:
-            return _error(r, "policy PUT")
+    # Modules go up in an order that compiles, as a user uploads a library before the
+    # policy calling it: a refused module is tried again after the others.
+    pending = list(enumerate(case.modules))
+    refused: httpx.Response | None = None
+    while pending:
+        retry = []
+        for i, source in pending:
+            r = http.put(f"/v1/policies/cases/test-{i}.rego", content=source.encode())
+            if r.status_code != 200:
+                retry.append((i, source))
+                refused = r
+        if len(retry) == len(pending):
+            assert refused is not None
+            return _error(refused, "policy PUT")
+        pending = retry
     if case.data:
         for key, value in case.data.items():
             r = http.put(f"/v1/data/{key}", json=value)

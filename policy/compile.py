@@ -36,6 +36,7 @@ __all__ = ["check_compiles", "compile_errors", "parse_errors", "refusal", "set_e
 # `file.rego:3:13: message` as `first_line` gives it.
 _WHERE = re.compile(r"^(?P<file>.+?):(?P<row>\d+):(?P<col>\d+):\s*(?P<message>.*)$", re.S)
 COMPILE_MESSAGE = "error(s) occurred while compiling module(s)"
+PARSE_MESSAGE = "error(s) occurred while parsing module(s)"
 
 
 def _problem(code: str, text: str, fallback_file: str | None = None) -> dict[str, Any]:
@@ -263,15 +264,19 @@ def compile_errors(
 
 
 def refusal(problems: list[dict[str, Any]], module: str | None = None) -> PolicyCompileError:
-    """The error that refuses a module set: OPA's body (`code` invalid_parameter, `message`,
-    `errors[]`); `detail` is the first problem as `file:line:col: message`."""
+    """The error that refuses a module set: OPA's body (`code` invalid_parameter, `message`
+    OPA's summary with the first problem, `errors[]`); `detail` is the first problem as
+    `file:line:col: message`."""
     first = problems[0]
     where = first.get("location")
     detail = str(first.get("detail", first["message"]))
     if isinstance(where, dict):
         detail = f"{where['file']}:{where['row']}:{where['col']}: {detail}"
     errors = [{k: v for k, v in p.items() if k != "detail"} for p in problems]
-    fields: dict[str, Any] = {"code": "invalid_parameter", "message": COMPILE_MESSAGE}
+    # OPA's summary, then the first problem with its place: clients that show only
+    # `message` (opa-python-client) still tell the user where to look.
+    summary = PARSE_MESSAGE if first["code"] == REGO_PARSE else COMPILE_MESSAGE
+    fields: dict[str, Any] = {"code": "invalid_parameter", "message": f"{summary}: {detail}"}
     if module is not None:
         fields["module"] = module
     return PolicyCompileError(detail, errors=errors, **fields)
@@ -282,7 +287,7 @@ def check_compiles(modules: Mapping[str, str], data: Mapping[str, Any] | None = 
 
     Raises:
         PolicyCompileError: with OPA's `errors[]` in its fields (code `invalid_parameter`,
-            message "error(s) occurred while compiling module(s)").
+            message "error(s) occurred while compiling module(s): <first problem>").
     """
     problems = compile_errors(modules, data)
     if problems:

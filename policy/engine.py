@@ -483,6 +483,22 @@ class EmbeddedEngine:
         state.programs[full] = vm
         return vm
 
+    def ad_hoc(self, query: str, input_json: str = NO_INPUT) -> list[dict[str, Any]]:
+        """OPA's ad-hoc query (`POST /v1/query`): the variable bindings of every way
+        `query` holds, `[]` when it does not (the interpreter: strict builtin errors).
+
+        Raises:
+            PolicyEvaluationError: the query does not parse or its evaluation failed.
+        """
+
+        def run(engine: Any) -> str:
+            if input_json != NO_INPUT:
+                engine.set_input_json(input_json)
+            return str(engine.eval_query_as_json(query))
+
+        rows = json.loads(_on_clone(self._prepared().engine, "query", run)).get("result") or []
+        return [dict(row.get("bindings") or {}) for row in rows]
+
     def compile_failure(self) -> tuple[BaseException, str] | None:
         """Compile the whole module set (the engine does so at its first evaluation): the
         failure and its `file:line:col: message`, None when the set compiles."""

@@ -240,7 +240,11 @@ def test_a_set_that_does_not_compile_is_refused_with_opa_errors(
     with pytest.raises(PolicyCompileError) as info:
         EmbeddedEngine({"ok.rego": healthy, "x.rego": source})
     assert info.value.fields["code"] == "invalid_parameter"
-    assert info.value.fields["message"] == "error(s) occurred while compiling module(s)"
+    summary = "parsing" if code == "rego_parse_error" else "compiling"
+    assert info.value.fields["message"] == (
+        f"error(s) occurred while {summary} module(s): {info.value.detail}"
+    )
+    assert info.value.detail.startswith(f"x.rego:{row}:{col}: ")
     errors = info.value.fields["errors"]
     assert isinstance(errors, list) and errors[0]["code"] == code
     assert message in errors[0]["message"]
@@ -283,3 +287,16 @@ def test_extensions_take_the_output_argument_form() -> None:
     assert engine.query("data.o.q", json.dumps({"t": token})) == Result(True, {"alg": "ES256"})
     # The module is stored as written; only the engine sees the rewritten form.
     assert engine.modules["o.rego"] == source
+
+
+def test_ad_hoc_queries_bind_variables_like_opa() -> None:
+    from policy.engine import NO_INPUT
+
+    engine = EmbeddedEngine({"q.rego": "package q\nimport rego.v1\nxs := [1, 2, 3]\n"})
+    rows = engine.ad_hoc("some i; data.q.xs[i] > 1; x := data.q.xs[i]", NO_INPUT)
+    assert sorted(r["x"] for r in rows) == [2, 3]
+    assert engine.ad_hoc("data.q.xs[_] > 5") == []
+    assert engine.ad_hoc("y := input.a", '{"a": {"b": 1}}') == [{"y": {"b": 1}}]
+    with pytest.raises(PolicyEvaluationError) as info:
+        engine.ad_hoc("x := 1 / 0")
+    assert info.value.opa_code == "eval_builtin_error"
