@@ -50,7 +50,9 @@ import httpx
 
 TRUSTD = Path(sys.executable).parent / "trustd"
 # `data.a.b = x`: the Data API answers it (`x` is the document at data.a.b).
-_DATA_QUERY = re.compile(r"data((?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*=\s*([A-Za-z_][A-Za-z0-9_]*)")
+_DATA_QUERY = re.compile(
+    r"data((?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*=\s*(?!(?:input|data)\b)([A-Za-z_][A-Za-z0-9_]*)"
+)
 _ERROR_CODE = re.compile(r"\b(rego_[a-z_]+_error|eval_[a-z_]+_error)\b")
 TARGET = 85.0
 

@@ -7,7 +7,8 @@ Each follows OPA's documented behaviour (https://www.openpolicyagent.org/docs/po
   §5.2) decodes to the innermost one.
 - `io.jwt.verify_es256|rs256|ps256|eddsa(jwt, certificate)` -> bool: `certificate` is a PEM
   certificate, a PEM public key or a JWK/JWKS JSON string. False when the signature does
-  not verify, the header names another algorithm, or the token is malformed.
+  not verify or the header names another algorithm; a malformed token or key is an error
+  (OPA never answers false for those).
 - `io.jwt.decode_verify(jwt, constraints)` -> `[valid, header, payload]`, `[false, {}, {}]`
   unless the signature verifies with `constraints.cert` and the claims meet `alg`, `iss`,
   `aud` and `time` (ns, default now) as OPA defines them (`exp`/`nbf` checked when present).
@@ -120,6 +121,9 @@ def jwt_decode(token: str) -> list[Any]:
     header, payload, signature = token.split(".")
     raw_sig = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
     decoded = _b64url_json(header)
+    if "enc" in decoded:
+        # RFC 7516 §4.1.2: `enc` marks a JWE, which these builtins do not decrypt.
+        raise BuiltinError("io.jwt.decode: JWT is a JWE object, which is not supported")
     if str(decoded.get("cty", "")).upper() == "JWT":
         # RFC 7519 §5.2: a nested JWT; its payload is the inner token (as a JSON string).
         inner = _b64url_value(payload)
@@ -144,41 +148,62 @@ def _keys(material: str) -> list[Any]:
     return keys
 
 
-def _verify(token: str, material: str, algorithms: tuple[str, ...]) -> bool:
+_PEM_END = re.compile(r"-----END [A-Z0-9 ]+-----")
+
+
+def _verify(token: str, material: str, algorithms: tuple[str, ...], *, loud: bool = False) -> bool:
+    """Whether `token` verifies with a key of `material` under one of `algorithms`.
+
+    With `loud` (the verify_* builtins, as OPA evaluates them), a token or key material that
+    does not parse is an error, not `false`: OPA never answers `false` for those.
+
+    Raises:
+        BuiltinError: with `loud`, the token or the key material is malformed.
+    """
     try:
         header = jwt_decode(token)[0]
-        alg = header.get("alg")
-        if alg not in algorithms or alg not in _ALLOWED:
-            return False
-        key: Any
-        for key in _keys(material):
-            if not isinstance(key, _KEY_CLASS[alg[:2]]):
-                continue
-            try:
-                jwt.decode(
-                    token,
-                    key,
-                    algorithms=[alg],
-                    options={
-                        "verify_signature": True,
-                        "verify_exp": False,
-                        "verify_nbf": False,
-                        "verify_iat": False,
-                        "verify_aud": False,
-                        "verify_iss": False,
-                    },
-                )
-                return True
-            except jwt.InvalidTokenError:
-                continue
-    except (TrustdError, ValueError, TypeError, KeyError):
+        keys = _keys(material)
+        text = material.strip()
+        ends = list(_PEM_END.finditer(text))
+        if ends and text[ends[-1].end() :].strip():
+            raise BuiltinError("io.jwt: extra data after a PEM certificate block")
+        if not keys:
+            raise BuiltinError("io.jwt: no key in the certificate or key material")
+    except (TrustdError, ValueError, TypeError, KeyError) as exc:
+        if loud:
+            raise BuiltinError(f"io.jwt: {exc}") from None
         return False
+    alg = header.get("alg")
+    if alg not in algorithms or alg not in _ALLOWED:
+        return False
+    key: Any
+    for key in keys:
+        if not isinstance(key, _KEY_CLASS[alg[:2]]):
+            continue
+        try:
+            jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                options={
+                    "verify_signature": True,
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                    "verify_aud": False,
+                    "verify_iss": False,
+                },
+            )
+            return True
+        except (jwt.PyJWTError, ValueError, TypeError):
+            # A key of the right type but another curve or size does not verify this one.
+            continue
     return False
 
 
 def _verifier(algorithms: tuple[str, ...]) -> Callable[[str, str], bool]:
     def verify(token: str, material: str) -> bool:
-        return _verify(token, material, algorithms)
+        return _verify(token, material, algorithms, loud=True)
 
     return verify
 
@@ -632,6 +657,11 @@ def jwt_encode_sign_raw(header: str, payload: str, key: str) -> str:
         raise BuiltinError(f"{name}: the header is not JSON") from None
     if not isinstance(parsed, dict):
         raise BuiltinError(f"{name}: the header must be a JSON object")
+    if str(parsed.get("typ", "")).upper() == "JWT":
+        try:
+            json.loads(payload)
+        except ValueError:
+            raise BuiltinError(f"{name}: type is JWT but payload is not JSON") from None
     signing_input = f"{_b64url(header.encode())}.{_b64url(payload.encode())}"
     return f"{signing_input}.{_sign(parsed, signing_input.encode(), key, name)}"
 

@@ -126,7 +126,11 @@ def _facts(name: str, source: str) -> _Facts | None:
             aliases.update(segments[-1:])
     rules: set[str] = set()
     for rule in ast.get("rules", []):
-        head = rule.get("Spec", {}).get("head", {}) if isinstance(rule, dict) else {}
+        if not isinstance(rule, dict):
+            continue
+        # `default f(_) := v` is a rule of its own kind, a function all the same.
+        head = {"Default": rule["Default"]} if "Default" in rule else rule.get("Spec", {})
+        head = head.get("head", head) if "Spec" in rule else head
         for part in head.values() if isinstance(head, dict) else []:
             head_ref = _ref_segments(part.get("refr")) if isinstance(part, dict) else None
             rules.update((head_ref or [])[:1])

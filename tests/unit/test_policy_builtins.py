@@ -326,3 +326,26 @@ def test_globs_match_refuses_syntax_it_does_not_implement() -> None:
 
     with pytest.raises(BuiltinError, match="unsupported syntax"):
         globs_match("a|b", "a")
+
+
+def test_malformed_tokens_and_keys_are_errors_not_false(engine: EmbeddedEngine) -> None:
+    signed, pem = token(KeyType.EC_P256, "ES256")
+    for bad_token, key in (("a.b", pem), (signed, "not a key"), (signed, pem + "EXTRA")):
+        with pytest.raises(PolicyEvaluationError) as info:
+            ask(engine, "es256", token=bad_token, key=key)
+        assert info.value.opa_code == "eval_builtin_error"
+    # A well-formed token and key that do not match stay a plain `false`.
+    other = public_key_pem(cached_key(KeyType.EC_P384).public_key())
+    assert ask(engine, "es256", token=signed, key=other) is False
+
+
+def test_jwe_and_non_json_jwt_payloads_are_refused(extra: EmbeddedEngine) -> None:
+    jwe = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImVuYyI6ImJsYWgifQ.e30.AA"
+    engine = EmbeddedEngine({"d.rego": "package d\nx := io.jwt.decode(input.t)\n"})
+    with pytest.raises(PolicyEvaluationError, match="JWE"):
+        engine.query("data.d.x", json.dumps({"t": jwe}))
+    with pytest.raises(PolicyEvaluationError, match="payload is not JSON"):
+        run(extra, "signed", header=A1_HEADER, payload="e", jwk=json.dumps(A1_KEY))
+    plain = '{"typ":"text/plain","alg":"HS256"}'
+    signed = run(extra, "signed", header=plain, payload="e", jwk=json.dumps(A1_KEY))
+    assert signed.split(".")[1] == "ZQ"

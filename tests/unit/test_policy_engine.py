@@ -261,6 +261,8 @@ def test_extensions_conflicts_and_long_lines_compile() -> None:
         "j.rego": "package j\nimport rego.v1\np := io.jwt.decode(input.t)\n",
         # A conflict is an evaluation error in OPA, not a compile error.
         "c.rego": CONFLICTS,
+        # A function defined by its default alone.
+        "d.rego": "package d\nimport rego.v1\ndefault f(_) := 1\np if f(2) == 1\n",
         # OPA accepts lines of any length; the engine's default stops at 1,024 columns.
         "l.rego": f'package l\nimport rego.v1\np := "{"x" * 5000}"\n',
     }
