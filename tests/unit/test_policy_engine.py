@@ -302,3 +302,15 @@ def test_ad_hoc_queries_bind_variables_like_opa() -> None:
     with pytest.raises(PolicyEvaluationError) as info:
         engine.ad_hoc("x := 1 / 0")
     assert info.value.opa_code == "eval_builtin_error"
+
+
+def test_functions_of_a_package_may_live_in_another_module() -> None:
+    from policy.testing import check
+
+    modules = {
+        "lib.rego": "package p\nimport rego.v1\ndouble(x) := x * 2\n",
+        "use.rego": "package p\nimport rego.v1\nanswer := double(21)\n",
+        "other.rego": "package q\nimport rego.v1\nimport data.p\nv := p.double(1)\n",
+    }
+    assert check(modules, {}) == []
+    assert EmbeddedEngine(modules).query("data.p.answer", "{}") == Result(True, 42)
