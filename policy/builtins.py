@@ -606,6 +606,24 @@ def render_template(template: str, variables: dict[str, Any]) -> str:
 # -- io.jwt.encode_sign, encode_sign_raw -----------------------------------------------------
 
 
+def rego_order(value: Any) -> Any:
+    """A sort key giving Rego's order of values: null < booleans < numbers < strings <
+    arrays < objects < sets, composites element by element."""
+    if value is None:
+        return (0,)
+    if isinstance(value, bool):
+        return (1, value)
+    if isinstance(value, int | float):
+        return (2, value)
+    if isinstance(value, str):
+        return (3, value)
+    if isinstance(value, list | tuple):
+        return (4, [rego_order(v) for v in value])
+    if isinstance(value, dict):
+        return (5, sorted((rego_order(k), rego_order(v)) for k, v in value.items()))
+    return (6, sorted(rego_order(v) for v in value))
+
+
 def _b64url(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
@@ -619,7 +637,10 @@ def _go_json(value: Any) -> str:
             return int(v)
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
-        if isinstance(v, list | tuple | set | frozenset):
+        if isinstance(v, set | frozenset):
+            # A set marshals as an array in Rego's order of values.
+            return [plain(x) for x in sorted(v, key=rego_order)]
+        if isinstance(v, list | tuple):
             return [plain(x) for x in v]
         return v
 

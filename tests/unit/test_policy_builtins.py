@@ -349,3 +349,14 @@ def test_jwe_and_non_json_jwt_payloads_are_refused(extra: EmbeddedEngine) -> Non
     plain = '{"typ":"text/plain","alg":"HS256"}'
     signed = run(extra, "signed", header=plain, payload="e", jwk=json.dumps(A1_KEY))
     assert signed.split(".")[1] == "ZQ"
+
+
+def test_encode_sign_marshals_sets_in_rego_order(extra: EmbeddedEngine) -> None:
+    import base64
+
+    source = (
+        'package s\nt := io.jwt.encode_sign({"alg": "HS256"}, {"aud": {"saul", "bob"}}, input.k)\n'
+    )
+    signed = EmbeddedEngine({"s.rego": source}).query("data.s.t", json.dumps({"k": A1_KEY})).value
+    payload = base64.urlsafe_b64decode(signed.split(".")[1] + "==")
+    assert json.loads(payload) == {"aud": ["bob", "saul"]}
