@@ -29,6 +29,7 @@ Each follows OPA's documented behaviour (https://www.openpolicyagent.org/docs/po
   jwk)` (RFC 7515 §5.1): HS*, RS*, PS*, ES*, EdDSA keys as JWKs.
 - `net.cidr_merge`, `net.cidr_intersects`, `net.cidr_contains_matches`, and
   `net.lookup_ip_addr` for address literals only (a decision never waits on DNS).
+- `providers.aws.sign_req` (AWS Signature Version 4, as OPA signs),
 - `regex.globs_match` (literals, `.`, classes, `*`, `+`; other syntax is refused),
   `array.flatten` (one level), `strings.render_template` (Go text/template's fields,
   variables, `if`, `range`; a missing key renders as `<undefined>`, as in OPA).
@@ -47,6 +48,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 from cryptography import x509
@@ -921,6 +923,81 @@ def globs_match(first: str, second: str) -> bool:
     return False
 
 
+# -- providers.aws.sign_req: AWS Signature Version 4 -----------------------------------------
+
+
+def _hmac_sha256_raw(key: bytes, text: str) -> bytes:
+    return hmac.new(key, text.encode(), hashlib.sha256).digest()
+
+
+def aws_sign_req(request: Any, config: Any, time_ns: Any) -> dict[str, Any]:
+    """OPA `providers.aws.sign_req`: `request` (`method`, `url`, optional `headers`, `body`,
+    `raw_body`) with the SigV4 headers added (AWS Signature Version 4: canonical request,
+    string to sign, HMAC-SHA256 key derivation), as OPA computes them: the method and an
+    empty path as given, `raw_body` before `body`, a caller's own `x-amz-content-sha256`
+    value in the canonical request.
+
+    Raises:
+        BuiltinError: an operand lacks a key or has the wrong type (a type error).
+    """
+    name = "providers.aws.sign_req"
+    if not isinstance(request, dict) or not all(
+        isinstance(request.get(k), str) for k in ("method", "url")
+    ):
+        raise BuiltinError(f"{name}: operand 1 must be an object with string method and url")
+    keys = ("aws_access_key", "aws_secret_access_key", "aws_service", "aws_region")
+    if not isinstance(config, dict) or not all(isinstance(config.get(k), str) for k in keys):
+        raise BuiltinError(f"{name}: operand 2 must be an object with string {', '.join(keys)}")
+    unsigned = config.get("disable_payload_signing", False)
+    if not isinstance(unsigned, bool):
+        raise BuiltinError(f"{name}: operand 2 must have a boolean disable_payload_signing")
+    if not isinstance(time_ns, int | float) or isinstance(time_ns, bool) or time_ns < 0:
+        raise BuiltinError(f"{name}: operand 3 must be a non-negative number of nanoseconds")
+    headers = request.get("headers") or {}
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise BuiltinError(f"{name}: operand 1 must have string headers")
+    url = urlsplit(request["url"])
+    now = datetime.fromtimestamp(time_ns / 1e9, UTC)
+    amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+    if isinstance(request.get("raw_body"), str):
+        body = request["raw_body"].encode()
+    elif "body" in request:
+        body = _go_json(request["body"]).encode()
+    else:
+        body = b""
+    content = "UNSIGNED-PAYLOAD" if unsigned else hashlib.sha256(body).hexdigest()
+    own = {k.lower(): v for k, v in headers.items() if k.lower() != "authorization"}
+    signed = {**own, "host": url.netloc, "x-amz-date": amz_date, "x-amz-content-sha256": content}
+    token = config.get("aws_session_token")
+    if isinstance(token, str) and token:
+        signed["x-amz-security-token"] = token
+    canonical_values = {**signed, **{k: own[k] for k in ("x-amz-content-sha256",) if k in own}}
+    names = sorted(signed)
+    canonical = "\n".join(
+        [
+            request["method"],
+            url.path,
+            url.query,
+            "".join(f"{k}:{canonical_values[k]}\n" for k in names),
+            ";".join(names),
+            content,
+        ]
+    )
+    scope = f"{day}/{config['aws_region']}/{config['aws_service']}/aws4_request"
+    to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
+    )
+    key = ("AWS4" + config["aws_secret_access_key"]).encode()
+    for part in (day, config["aws_region"], config["aws_service"], "aws4_request"):
+        key = _hmac_sha256_raw(key, part)
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    signed["Authorization"] = (
+        f"AWS4-HMAC-SHA256 Credential={config['aws_access_key']}/{scope},"
+        f"SignedHeaders={';'.join(names)},Signature={signature}"
+    )
+    return {**request, "headers": signed}
+
+
 def extensions(now_ns: Callable[[], int] = time.time_ns) -> dict[str, tuple[int, Any]]:
     """Every extension by name: `(arity, function)`."""
     table: dict[str, tuple[int, Any]] = {}
@@ -942,6 +1019,7 @@ def extensions(now_ns: Callable[[], int] = time.time_ns) -> dict[str, tuple[int,
     table["crypto.hmac.equal"] = (2, lambda a, b: hmac.compare_digest(a.encode(), b.encode()))
     table["array.flatten"] = (1, array_flatten)
     table["regex.globs_match"] = (2, globs_match)
+    table["providers.aws.sign_req"] = (3, aws_sign_req)
     table["net.cidr_merge"] = (1, cidr_merge)
     table["net.cidr_intersects"] = (2, cidr_intersects)
     table["net.cidr_contains_matches"] = (2, cidr_contains_matches)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from typing import Any
@@ -360,3 +361,43 @@ def test_encode_sign_marshals_sets_in_rego_order(extra: EmbeddedEngine) -> None:
     signed = EmbeddedEngine({"s.rego": source}).query("data.s.t", json.dumps({"k": A1_KEY})).value
     payload = base64.urlsafe_b64decode(signed.split(".")[1] + "==")
     assert json.loads(payload) == {"aud": ["bob", "saul"]}
+
+
+def test_aws_sign_req_adds_sigv4_headers() -> None:
+    engine = EmbeddedEngine(
+        {"a.rego": "package a\nr := providers.aws.sign_req(input.req, input.cfg, input.t)\n"}
+    )
+    cfg = {
+        "aws_access_key": "AKID",
+        "aws_secret_access_key": "secret",
+        "aws_service": "s3",
+        "aws_region": "eu-west-1",
+    }
+    req = {"method": "get", "url": "https://bucket.example.com/k?b=1", "headers": {"foo": "bar"}}
+    t = 1451311705 * 10**9
+
+    def sign(**overrides: Any) -> dict[str, Any]:
+        document = {"req": req, "cfg": cfg, "t": t, **overrides}
+        return dict(engine.query("data.a.r", json.dumps(document)).value)
+
+    signed = sign()
+    headers = signed["headers"]
+    assert headers["host"] == "bucket.example.com" and headers["x-amz-date"] == "20151228T140825Z"
+    assert headers["x-amz-content-sha256"] == hashlib.sha256(b"").hexdigest()
+    assert headers["Authorization"].startswith(
+        "AWS4-HMAC-SHA256 Credential=AKID/20151228/eu-west-1/s3/aws4_request,"
+        "SignedHeaders=foo;host;x-amz-content-sha256;x-amz-date,Signature="
+    )
+    assert signed["method"] == "get" and signed["url"] == req["url"]
+    # Every signed part changes the signature.
+    other = sign(req={**req, "headers": {"foo": "baz"}})["headers"]["Authorization"]
+    assert other != headers["Authorization"]
+    unsigned = sign(cfg={**cfg, "disable_payload_signing": True})["headers"]
+    assert unsigned["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+    token = sign(cfg={**cfg, "aws_session_token": "tok"})["headers"]
+    assert (
+        token["x-amz-security-token"] == "tok" and "x-amz-security-token" in token["Authorization"]
+    )
+    with pytest.raises(PolicyEvaluationError) as info:
+        sign(t=-1)
+    assert info.value.opa_code == "eval_type_error"
