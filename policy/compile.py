@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from policy.builtins import EXTENSIONS
-from policy.engine import EmbeddedEngine, error_code, first_line, new_interpreter
+from policy.engine import EmbeddedEngine, first_line, new_interpreter
 from policy.errors import (
     REGO_COMPILE,
     REGO_PARSE,
@@ -237,8 +237,7 @@ def set_errors(engine: EmbeddedEngine) -> list[dict[str, Any]]:
             return []
     failure = engine.compile_failure()
     if failure is not None:
-        exc, text = failure
-        code = error_code(exc, text)
+        code, text = failure
         return [_problem(code if code in (REGO_UNSAFE_VAR, REGO_TYPE) else REGO_COMPILE, text)]
     problems = _unknown_functions(engine.modules)
     if not problems:

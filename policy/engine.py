@@ -331,15 +331,18 @@ class EmbeddedEngine:
         self.data_json = json.dumps(self._data)
         self._compiled = compiled
         self._serial = next(_SERIALS)
-        state = self._prepared()
         self.packages = frozenset(
-            tuple(p.split(".")[1:]) for p in _guard("packages", state.engine.get_packages)
+            tuple(p.split(".")[1:])
+            for p in _guard("packages", self._prepared().engine.get_packages)
         )
         if check:
             from policy.compile import refusal, set_errors
 
             problems = set_errors(self)
             if problems:
+                # Free this thread's prepared engine here: the error may travel to another
+                # thread, and a regorus object must be freed on the thread that made it.
+                _thread_states().pop(self._serial, None)
                 raise refusal(problems)
 
     @property
@@ -499,25 +502,21 @@ class EmbeddedEngine:
         rows = json.loads(_on_clone(self._prepared().engine, "query", run)).get("result") or []
         return [dict(row.get("bindings") or {}) for row in rows]
 
-    def compile_failure(self) -> tuple[BaseException, str] | None:
-        """Compile the whole module set (the engine does so at its first evaluation): the
-        failure and its `file:line:col: message`, None when the set compiles."""
-
-        def run(engine: Any) -> Any:
-            return engine.eval_query_as_json("1")
-
+    def compile_failure(self) -> tuple[str, str] | None:
+        """Compile the whole module set (the engine does so at its first evaluation): OPA's
+        code and `file:line:col: message` of the failure, None when the set compiles."""
         clone = self._prepared().engine.clone()
+        failure: tuple[str, str] | None = None
         try:
-            run(clone)
+            clone.eval_query_as_json("1")
         except BaseException as exc:
-            return exc, _failure(exc)
+            # Only text leaves: the exception's frames hold the clone, which must be
+            # freed on this thread.
+            message = _failure(exc)
+            failure = (error_code(exc, message), message)
         finally:
             clone = None
-        return None
-
-    def ast_json(self) -> str:
-        """The parsed modules as the engine's JSON AST."""
-        return str(_guard("ast", self._prepared().engine.get_ast_as_json))
+        return failure
 
     def uses_program(self, path: str) -> bool:
         """Whether `path` is answered by the compiled VM on this thread."""
