@@ -15,6 +15,7 @@ do not load an HTTP client stack they never use.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -23,7 +24,7 @@ import threading
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 # The engine wraps its errors with a native backtrace when RUST_BACKTRACE asks for one
 # (Rust std::backtrace, read once per process at the first capture): over 100 ms per failed
@@ -43,6 +44,7 @@ from policy.errors import (
     REGO_TYPE,
     REGO_UNSAFE_VAR,
     PolicyCompileError,
+    PolicyError,
     PolicyEvaluationError,
     UnknownPath,
 )
@@ -284,6 +286,27 @@ def _on_clone(engine: Any, what: str, call: Callable[[Any], Any]) -> Any:
     raise error
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _thread_bound(method: Callable[P, R]) -> Callable[P, R]:
+    """Raise the method's policy errors without their tracebacks and chained errors: their
+    frames hold this thread's regorus objects, and an error may be handled, and freed, on
+    another thread (a regorus object freed there is an error of its own)."""
+
+    @functools.wraps(method)
+    def bound(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except PolicyError as exc:
+            error = exc
+        error.__context__ = error.__cause__ = None
+        raise error.with_traceback(None)
+
+    return bound
+
+
 @dataclass
 class _ThreadState:
     engine: Any
@@ -311,6 +334,7 @@ def _thread_states() -> dict[int, tuple[weakref.ref[EmbeddedEngine], _ThreadStat
 class EmbeddedEngine:
     """Rego modules and data evaluated in-process, one prepared state per thread."""
 
+    @_thread_bound
     def __init__(
         self,
         modules: Mapping[str, str],
@@ -382,6 +406,7 @@ class EmbeddedEngine:
             engine.add_data(self._data)
         return engine
 
+    @_thread_bound
     def evaluate(self, rule: str, input: Any) -> Any:
         """The value of `rule` as JSON gives it (a set is a sorted array); None when the
         rule is undefined.
@@ -411,6 +436,7 @@ class EmbeddedEngine:
             node = node[segment]
         return True
 
+    @_thread_bound
     def query(self, path: str, input_json: str, *, strict: bool = False) -> Result:
         """The document at `path` for a JSON-encoded input (`NO_INPUT`: none).
 
@@ -486,6 +512,7 @@ class EmbeddedEngine:
         state.programs[full] = vm
         return vm
 
+    @_thread_bound
     def ad_hoc(self, query: str, input_json: str = NO_INPUT) -> list[dict[str, Any]]:
         """OPA's ad-hoc query (`POST /v1/query`): the variable bindings of every way
         `query` holds, `[]` when it does not (the interpreter: strict builtin errors).

@@ -314,3 +314,35 @@ def test_functions_of_a_package_may_live_in_another_module() -> None:
     }
     assert check(modules, {}) == []
     assert EmbeddedEngine(modules).query("data.p.answer", "{}") == Result(True, 42)
+
+
+def test_errors_may_be_freed_on_another_thread() -> None:
+    import gc
+
+    errors: list[Exception] = []
+
+    def work() -> None:
+        engine = EmbeddedEngine({"e.rego": "package e\nimport rego.v1\nq := 1 + input.n\n"})
+        try:
+            engine.query("data.e", '{"n": "x"}')
+        except PolicyEvaluationError as exc:
+            errors.append(exc)
+        try:
+            EmbeddedEngine({"x.rego": "package x\nimport rego.v1\np if { y }\n"})
+        except PolicyCompileError as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join()
+    assert len(errors) == 2
+    for error in errors:
+        # No frame below the method boundary (they hold the worker's regorus objects).
+        tb = error.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        assert tb is not None and tb.tb_frame.f_code.co_name == "bound"
+        assert error.__context__ is None
+    # Freed here, on another thread: an engine freed here would be an unraisable error.
+    errors.clear()
+    gc.collect()
