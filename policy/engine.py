@@ -15,25 +15,61 @@ do not load an HTTP client stack they never use.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
+import os
 import re
 import threading
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+# The engine wraps its errors with a native backtrace when RUST_BACKTRACE asks for one
+# (Rust std::backtrace, read once per process at the first capture): over 100 ms per failed
+# decision, for a trace `first_line` drops anyway. RUST_LIB_BACKTRACE governs library
+# captures only, so panics keep their backtrace for whoever debugs the engine. Set before
+# the engine first runs.
+os.environ["RUST_LIB_BACKTRACE"] = "0"
 
 import regorus
 
-from policy.builtins import register_extensions
-from policy.errors import PolicyCompileError, PolicyEvaluationError, UnknownPath
+from policy.builtins import ARITIES, register_extensions
+from policy.errors import (
+    EVAL_BUILTIN,
+    EVAL_CONFLICT,
+    EVAL_INTERNAL,
+    EVAL_TYPE,
+    REGO_TYPE,
+    REGO_UNSAFE_VAR,
+    PolicyCompileError,
+    PolicyError,
+    PolicyEvaluationError,
+    UnknownPath,
+)
 
 # A data path as the Data API names it: `data` then identifiers (OPA's `ref` subset that is
 # safe to splice into a query; anything else is refused before it reaches the parser).
 _SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# The compiled VM's marker for an undefined result.
+# The compiled VM's marker for an undefined value (the whole result, or a part of it).
 _RVM_UNDEFINED = '"<undefined>"'
+# The input text for "no input": JSON `null` that no canonical input equals (they carry no
+# whitespace). OPA leaves `input` undefined when a request has none (Data API: "If the
+# input document is not provided, the input document is undefined"), not `null`.
+NO_INPUT = " null"
+# regorus messages -> OPA's error codes (topdown: conflict, type and builtin errors).
+_CONFLICT = re.compile(
+    r"conflict|multiple outputs|generated multiple times|must not produce multiple", re.I
+)
+_TYPE = re.compile(
+    r"expects .*argument|expects .*(collection|keys)|requires .*argument|expects base"
+    r"|operand (\d+ )?must be|must be array/set|is not an object|marshaling option"
+    r"|requires path",
+    re.I,
+)
+_UNKNOWN_FUNCTION = re.compile(r"could not find function|unknown function", re.I)
+_PANIC = re.compile(r"panick?ed|PanicException", re.I)
 # regorus diagnostics: `--> file.rego:3:13`, the source excerpt, then `error: message`.
 _LOCATION = re.compile(r"-->\s*(\S+:\d+:\d+)")
 _MESSAGE = re.compile(r"^error:\s*(.+)$", re.MULTILINE)
@@ -61,13 +97,109 @@ class PolicyEngine(Protocol):
         ...
 
     def query(self, path: str, input_json: str) -> Result:
-        """Evaluate the document at `path` (`data.pkg[.rule]`) for a JSON-encoded input.
+        """Evaluate the document at `path` (`data.pkg[.rule]`) for a JSON-encoded input
+        (`NO_INPUT`: none, `input` stays undefined).
 
         Raises:
             UnknownPath: no package, rule or data document lives at or under `path`.
             PolicyEvaluationError: the evaluation failed.
         """
         ...
+
+
+# Policy size limits. The engine's default refuses lines over 1,024 columns, which OPA
+# accepts (generated policies, embedded certificates and schemas); request bodies are
+# bounded before they reach the parser, so the limits only need to stop runaway input.
+MAX_COLUMNS = 1 << 16
+MAX_POLICY_BYTES = 1 << 22
+MAX_LINES = 1 << 17
+
+
+def new_interpreter() -> Any:
+    """A `regorus.Engine` with trustd's policy size limits (no modules, no extensions)."""
+    engine: Any = regorus.Engine()
+    engine.set_policy_length_config(
+        max_col=MAX_COLUMNS, max_file_bytes=MAX_POLICY_BYTES, max_lines=MAX_LINES
+    )
+    return engine
+
+
+def _dotted(ref: Any) -> str | None:
+    """`a.b.c` of a `Var`/`RefDot` chain in the engine's AST, None for anything else."""
+    if not isinstance(ref, dict) or len(ref) != 1:
+        return None
+    kind, node = next(iter(ref.items()))
+    if kind == "Var":
+        return str(node["value"])
+    if kind == "RefDot":
+        base = _dotted(node["refr"])
+        field = node.get("field")
+        if base is None or not (isinstance(field, list) and len(field) == 2):
+            return None
+        return f"{base}.{field[1]}"
+    return None
+
+
+def _output_calls(node: Any, arities: Mapping[str, int], found: list[Any]) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _output_calls(item, arities, found)
+        return
+    if not isinstance(node, dict):
+        return
+    literal = node.get("literal")
+    if isinstance(literal, dict) and "Expr" in literal:
+        call = literal["Expr"].get("expr", {}).get("Call")
+        if isinstance(call, dict):
+            name = _dotted(call.get("fcn"))
+            if name is not None and len(call.get("params", [])) == arities.get(name, -2) + 1:
+                found.append(call)
+    for value in node.values():
+        _output_calls(value, arities, found)
+
+
+def rewrite_output_calls(name: str, source: str, arities: Mapping[str, int]) -> str:
+    """`f(x, out)` -> `out = f(x)` for extension calls: Rego's output-argument form
+    (OPA policy reference, "Built-in Functions": the last argument may be the output),
+    which the engine supports for its own builtins only. Unchanged when no extension is
+    called that way or the module does not parse (the engine then reports it)."""
+    if not any(f"{n}(" in source for n in arities):
+        return source
+    engine = new_interpreter()
+    try:
+        engine.add_policy(name, source)
+        modules = json.loads(engine.get_ast_as_json())
+    except BaseException as exc:
+        _failure(exc)
+        return source
+    finally:
+        engine = None
+    found: list[Any] = []
+    for module in modules:
+        _output_calls(module.get("ast"), arities, found)
+    text = source.encode()
+    for call in sorted(found, key=lambda c: c["span"]["start"], reverse=True):
+        start, end = call["span"]["start"], call["span"]["end"]
+        fcn_end = next(iter(call["fcn"].values()))["span"]["end"]
+        if text[start:fcn_end].decode(errors="replace") != _dotted(call["fcn"]):
+            continue  # spans are not byte offsets here (non-ASCII text before): leave it
+        # Argument boundaries: the comma before each argument's own span (a string's span
+        # excludes its quotes, so spans alone do not delimit the source text).
+        firsts = [next(iter(p.values()))["span"]["start"] for p in call["params"]]
+        opening = text.index(b"(", fcn_end) + 1
+        cuts = [text.rindex(b",", opening, first) for first in firsts[1:]]
+        closing = text.rindex(b")", opening, end)
+        bounds = [opening, *(c + 1 for c in cuts)]
+        stops = [*cuts, closing]
+        pieces = [text[a:b].strip() for a, b in zip(bounds, stops, strict=True)]
+        # A trailing comma after the output argument (`f(x, out,\n)`) is not part of it.
+        pieces[-1] = pieces[-1].removesuffix(b",").rstrip()
+        function = text[start:fcn_end]
+        # No parentheses around the output term: after a newline, `(` would continue the
+        # previous line's reference as a call.
+        rewritten = pieces[-1] + b" = " + function + b"(" + b", ".join(pieces[:-1]) + b")"
+        text = text[:start] + rewritten + text[end:]
+    return text.decode()
 
 
 def parse_path(path: str) -> list[str]:
@@ -110,12 +242,35 @@ def _failure(exc: BaseException) -> str:
     return first_line(exc)
 
 
+def error_code(exc: BaseException, message: str) -> str:
+    """OPA's code for an engine failure: conflicts, type errors, unknown functions and
+    unsafe variables by their message; a panic is internal; any other failure while
+    evaluating is a builtin's (`eval_builtin_error`: division by zero, a malformed
+    argument, an extension that raised)."""
+    if type(exc).__name__ == "PanicException" or _PANIC.search(message):
+        return EVAL_INTERNAL
+    if _CONFLICT.search(message):
+        return EVAL_CONFLICT
+    if _TYPE.search(message):
+        return EVAL_TYPE
+    if _UNKNOWN_FUNCTION.search(message):
+        return REGO_TYPE
+    if "use of undefined variable" in message:
+        return REGO_UNSAFE_VAR
+    return EVAL_BUILTIN
+
+
+def _evaluation_error(exc: BaseException, what: str) -> PolicyEvaluationError:
+    message = _failure(exc)
+    return PolicyEvaluationError(message, rule=what, code=error_code(exc, message))
+
+
 def _guard(what: str, call: Callable[[], Any]) -> Any:
     try:
         return call()
     except BaseException as exc:
-        message = _failure(exc)
-    raise PolicyEvaluationError(message, rule=what)
+        error = _evaluation_error(exc, what)
+    raise error
 
 
 def _on_clone(engine: Any, what: str, call: Callable[[Any], Any]) -> Any:
@@ -125,10 +280,31 @@ def _on_clone(engine: Any, what: str, call: Callable[[Any], Any]) -> Any:
     try:
         return call(clone)
     except BaseException as exc:
-        message = _failure(exc)
+        error = _evaluation_error(exc, what)
     finally:
         clone = None
-    raise PolicyEvaluationError(message, rule=what)
+    raise error
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _thread_bound(method: Callable[P, R]) -> Callable[P, R]:
+    """Raise the method's policy errors without their tracebacks and chained errors: their
+    frames hold this thread's regorus objects, and an error may be handled, and freed, on
+    another thread (a regorus object freed there is an error of its own)."""
+
+    @functools.wraps(method)
+    def bound(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except PolicyError as exc:
+            error = exc
+        error.__context__ = error.__cause__ = None
+        raise error.with_traceback(None)
+
+    return bound
 
 
 @dataclass
@@ -158,23 +334,40 @@ def _thread_states() -> dict[int, tuple[weakref.ref[EmbeddedEngine], _ThreadStat
 class EmbeddedEngine:
     """Rego modules and data evaluated in-process, one prepared state per thread."""
 
+    @_thread_bound
     def __init__(
         self,
         modules: Mapping[str, str],
         data: Mapping[str, Any] | None = None,
         *,
         compiled: bool = True,
+        check: bool = True,
     ) -> None:
+        """Parse `modules` and, with `check`, compile them as a whole set as OPA does
+        before it activates one, so a broken set fails here, not at every decision.
+
+        Raises:
+            PolicyCompileError: a module does not parse, or the set does not compile
+                (`errors` holds OPA's list: code, message, location).
+        """
         self._modules = dict(modules)
         self._data = dict(data or {})
-        self._data_json = json.dumps(self._data)
+        self.data_json = json.dumps(self._data)
         self._compiled = compiled
         self._serial = next(_SERIALS)
-        # Compile once here so a broken module fails at load time, not at first decision.
-        state = self._prepared()
         self.packages = frozenset(
-            tuple(p.split(".")[1:]) for p in _guard("packages", state.engine.get_packages)
+            tuple(p.split(".")[1:])
+            for p in _guard("packages", self._prepared().engine.get_packages)
         )
+        if check:
+            from policy.compile import refusal, set_errors
+
+            problems = set_errors(self)
+            if problems:
+                # Free this thread's prepared engine here: the error may travel to another
+                # thread, and a regorus object must be freed on the thread that made it.
+                _thread_states().pop(self._serial, None)
+                raise refusal(problems)
 
     @property
     def modules(self) -> dict[str, str]:
@@ -192,28 +385,42 @@ class EmbeddedEngine:
         return state
 
     def _new_engine(self) -> Any:
-        engine: Any = regorus.Engine()
+        engine = new_interpreter()
         register_extensions(engine)
         failed: tuple[str, str] | None = None
         for name, source in self._modules.items():
             try:
-                engine.add_policy(name, source)
+                engine.add_policy(name, rewrite_output_calls(name, source, ARITIES))
             except BaseException as exc:
                 failed = (name, _failure(exc))
                 break
         if failed is not None:
             engine = None
+            from policy.compile import parse_errors, refusal
+
+            problems = parse_errors({failed[0]: self._modules[failed[0]]})
+            if problems:
+                raise refusal(problems, module=failed[0])
             raise PolicyCompileError(failed[1], module=failed[0])
         if self._data:
             engine.add_data(self._data)
         return engine
 
+    @_thread_bound
     def evaluate(self, rule: str, input: Any) -> Any:
-        def run(engine: Any) -> Any:
-            engine.set_input(input)
-            return engine.eval_rule(rule)
+        """The value of `rule` as JSON gives it (a set is a sorted array); None when the
+        rule is undefined.
 
-        return _on_clone(self._prepared().engine, rule, run)
+        Raises:
+            PolicyEvaluationError: the evaluation failed, or `rule` is no rule.
+        """
+
+        def run(engine: Any) -> str:
+            engine.set_input(input)
+            return str(engine.eval_rule_as_json(rule))
+
+        out = _on_clone(self._prepared().engine, rule, run)
+        return None if out == _RVM_UNDEFINED else json.loads(out)
 
     def is_known(self, segments: list[str]) -> bool:
         """Whether a package, a rule in one, or a data document lives at `segments`."""
@@ -229,27 +436,60 @@ class EmbeddedEngine:
             node = node[segment]
         return True
 
-    def query(self, path: str, input_json: str) -> Result:
+    @_thread_bound
+    def query(self, path: str, input_json: str, *, strict: bool = False) -> Result:
+        """The document at `path` for a JSON-encoded input (`NO_INPUT`: none).
+
+        `strict` is OPA's `strict-builtin-errors`: a failing builtin fails the query.
+        Otherwise, as OPA does by default, it leaves its expression undefined; the compiled
+        VM evaluates that way, the interpreter cannot, so where only the interpreter
+        answers a failing builtin is still an error (refused, never a different answer).
+
+        Raises:
+            UnknownPath: no package, rule or data document lives at or under `path`.
+            PolicyEvaluationError: the evaluation failed (`code` is OPA's).
+        """
         segments = parse_path(path)
         if not self.is_known(segments):
             raise UnknownPath(f"no policy or data at data.{'.'.join(segments)}")
         full = rule_path(segments)
         state = self._prepared()
-        vm = self._program(state, full) if self._compiled else None
-        if vm is not None:
+        # The VM takes an absent input for `null`, and evaluates builtins leniently.
+        use_vm = self._compiled and not strict and input_json != NO_INPUT
+        vm = self._program(state, full) if use_vm else None
+        if vm is None:
+            return self._interpret(state, full, input_json)
 
-            def run_vm() -> str:
-                vm.set_input_json(input_json)
-                return str(vm.execute_entry_point(full))
+        def run_vm() -> str:
+            vm.set_input_json(input_json)
+            return str(vm.execute_entry_point(full))
 
+        try:
             out = _guard(full, run_vm)
-            return UNDEFINED if out == _RVM_UNDEFINED else Result(True, json.loads(out))
+        except PolicyEvaluationError:
+            # The interpreter is the reference: it reports the error OPA reports, or
+            # answers what the VM could not.
+            return self._interpret(state, full, input_json)
+        if _RVM_UNDEFINED not in out:
+            return Result(True, json.loads(out))
+        # The VM also answers "undefined" for a conflict (two values for one complete
+        # rule or function call), and marks undefined parts inside a value that OPA
+        # leaves undefined as a whole: the interpreter decides.
+        try:
+            return self._interpret(state, full, input_json)
+        except PolicyEvaluationError as exc:
+            if out == _RVM_UNDEFINED and exc.opa_code == EVAL_BUILTIN:
+                return UNDEFINED
+            raise
 
-        def run(engine: Any) -> Any:
-            engine.set_input_json(input_json)
-            return engine.eval_query(full)
+    def _interpret(self, state: _ThreadState, full: str, input_json: str) -> Result:
+        def run(engine: Any) -> str:
+            if input_json != NO_INPUT:
+                engine.set_input_json(input_json)
+            return str(engine.eval_query_as_json(full))
 
-        rows = _on_clone(state.engine, full, run).get("result") or []
+        # As JSON text: a set of arrays or objects has no Python form (unhashable).
+        rows = json.loads(_on_clone(state.engine, full, run)).get("result") or []
         if not rows:
             return UNDEFINED
         return Result(True, rows[0]["expressions"][0]["value"])
@@ -260,17 +500,50 @@ class EmbeddedEngine:
         vm: Any = None
         try:
             program = regorus.Program.compile_from_modules(
-                self._data_json, list(self._modules.items()), [full]
+                self.data_json, list(self._modules.items()), [full]
             )
             vm = regorus.Rvm()
             vm.load_program(program)
-            vm.set_data_json(self._data_json)
+            vm.set_data_json(self.data_json)
         except BaseException as exc:
             _failure(exc)
             # Not compilable (a package path, an extension builtin): the interpreter answers.
             vm = None
         state.programs[full] = vm
         return vm
+
+    @_thread_bound
+    def ad_hoc(self, query: str, input_json: str = NO_INPUT) -> list[dict[str, Any]]:
+        """OPA's ad-hoc query (`POST /v1/query`): the variable bindings of every way
+        `query` holds, `[]` when it does not (the interpreter: strict builtin errors).
+
+        Raises:
+            PolicyEvaluationError: the query does not parse or its evaluation failed.
+        """
+
+        def run(engine: Any) -> str:
+            if input_json != NO_INPUT:
+                engine.set_input_json(input_json)
+            return str(engine.eval_query_as_json(query))
+
+        rows = json.loads(_on_clone(self._prepared().engine, "query", run)).get("result") or []
+        return [dict(row.get("bindings") or {}) for row in rows]
+
+    def compile_failure(self) -> tuple[str, str] | None:
+        """Compile the whole module set (the engine does so at its first evaluation): OPA's
+        code and `file:line:col: message` of the failure, None when the set compiles."""
+        clone = self._prepared().engine.clone()
+        failure: tuple[str, str] | None = None
+        try:
+            clone.eval_query_as_json("1")
+        except BaseException as exc:
+            # Only text leaves: the exception's frames hold the clone, which must be
+            # freed on this thread.
+            message = _failure(exc)
+            failure = (error_code(exc, message), message)
+        finally:
+            clone = None
+        return failure
 
     def uses_program(self, path: str) -> bool:
         """Whether `path` is answered by the compiled VM on this thread."""

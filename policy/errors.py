@@ -26,9 +26,14 @@ class PolicyCompileError(PolicyError):
 
 
 class PolicyEvaluationError(PolicyError):
-    """Evaluation failed (including a panic inside the engine)."""
+    """Evaluation failed (including a panic inside the engine); `code` is OPA's
+    (`eval_conflict_error`, `eval_type_error`, `eval_builtin_error`, ...)."""
 
     title = "Policy evaluation failed"
+
+    @property
+    def opa_code(self) -> str:
+        return str(self.fields.get("code", self.code))
 
 
 class UnknownPath(PolicyError):
@@ -57,3 +62,14 @@ class BundleSignatureError(PolicyError):
 
     title = "Bundle signature rejected"
     code = "invalid_parameter"
+
+
+# OPA's error codes (OPA REST API "Errors"; topdown and ast error types).
+EVAL_CONFLICT = "eval_conflict_error"
+EVAL_TYPE = "eval_type_error"
+EVAL_BUILTIN = "eval_builtin_error"
+EVAL_INTERNAL = "internal_error"
+REGO_PARSE = "rego_parse_error"
+REGO_COMPILE = "rego_compile_error"
+REGO_TYPE = "rego_type_error"
+REGO_UNSAFE_VAR = "rego_unsafe_var_error"

@@ -15,7 +15,7 @@ from typing import Any
 
 from policy.bundle import Bundle
 from policy.engine import EmbeddedEngine
-from policy.errors import PolicyCompileError, PolicyEvaluationError
+from policy.errors import PolicyEvaluationError
 
 _PACKAGE = re.compile(r"^\s*package\s+([A-Za-z_][\w.]*)", re.MULTILINE)
 _TEST_RULE = re.compile(r"^(test_[A-Za-z0-9_]*)\b", re.MULTILINE)
@@ -74,17 +74,17 @@ def run_tests(modules: Mapping[str, str], data: Mapping[str, Any]) -> list[TestR
 
 
 def check(modules: Mapping[str, str], data: Mapping[str, Any]) -> list[str]:
-    """Parse every module on its own (so each error names its file and line), then evaluate
-    every rule once with an empty input to surface unknown functions and conflicts.
+    """Parse every module on its own (so each error names its file and line), compile the
+    set (unsafe variables, unknown functions), then evaluate every rule once with an empty
+    input to surface conflicts.
 
     Returns the problems as `file:line:col: message`; empty when all is well.
     """
-    problems = []
-    for name, source in sorted(modules.items()):
-        try:
-            EmbeddedEngine({name: source}, compiled=False)
-        except PolicyCompileError as exc:
-            problems.append(exc.detail)
+    from policy.compile import compile_errors
+
+    # Each module parsed on its own (each error names its file), then compiled as one set:
+    # a module may call functions another module of its package defines.
+    problems = [_where(p) for p in compile_errors(modules, data)]
     if problems:
         return problems
     engine = EmbeddedEngine(modules, data, compiled=False)
@@ -103,6 +103,13 @@ def check(modules: Mapping[str, str], data: Mapping[str, Any]) -> list[str]:
                         exc.detail if ":" in exc.detail.split(" ")[0] else f"{name}: {exc.detail}"
                     )
     return sorted(set(problems))
+
+
+def _where(problem: dict[str, Any]) -> str:
+    """An OPA error as `file:line:col: message`, in the engine's words where it has them."""
+    where = problem.get("location") or {}
+    text = problem.get("detail", problem.get("message"))
+    return f"{where.get('file')}:{where.get('row')}:{where.get('col')}: {text}"
 
 
 def load_directory(directory: Path, *, tests: bool) -> Bundle:

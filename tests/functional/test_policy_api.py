@@ -71,14 +71,15 @@ def test_undefined_document_has_no_result(server: Server) -> None:
 
 
 def test_bad_requests_are_problems(server: Server) -> None:
+    # OPA: nothing at a path is an undefined document, 200 without `result`.
     unknown = server.client.post("/v1/data/no/such/rule", json={}, headers=server.auth)
-    assert unknown.status_code == 404
-    assert unknown.headers["content-type"] == "application/problem+json"
-    assert unknown.json()["code"] == "resource_not_found"
+    assert unknown.status_code == 200 and unknown.json() == {}
     not_json = server.client.post(
         ALLOW, content=b"{not json", headers={**server.auth, "Content-Type": "application/json"}
     )
     assert not_json.status_code == 400
+    assert not_json.headers["content-type"] == "application/problem+json"
+    assert not_json.json()["code"] == "invalid_parameter"
     assert "not JSON" in not_json.json()["detail"]
     assert server.client.post(ALLOW, json={"input": call()}).status_code == 401
     wrong = server.client.post(
@@ -129,7 +130,8 @@ def test_put_get_delete_policy(server: Server) -> None:
     assert answer["result"] == "hi ops"
     assert server.client.delete("/v1/policies/extra.rego", headers=server.auth).json() == {}
     gone = server.client.post("/v1/data/extra/greeting", json={}, headers=server.auth)
-    assert gone.status_code == 404
+    # OPA: the removed rule's document is undefined (200 without `result`).
+    assert gone.status_code == 200 and "result" not in gone.json()
     with transaction(server.services.engine) as session:
         actions = [e.action for e in session.exec(select(AuditEvent))]
     assert actions.count("policy:revision:activated") == 3

@@ -26,7 +26,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from policy.bundle import Bundle
-from policy.errors import InvalidInput, PolicyError
+from policy.engine import NO_INPUT
+from policy.errors import (
+    InvalidInput,
+    PolicyCompileError,
+    PolicyError,
+    PolicyEvaluationError,
+    UnknownPath,
+)
 from trustd.api.deps import (
     LOCAL_ADMIN_SCOPE_KEY,
     AdminDep,
@@ -41,6 +48,7 @@ from trustd.api.policy_schemas import (
     PolicyRevisionPublic,
     PolicyStatus,
 )
+from trustd.api.problems import problem_response, problem_type
 from trustd.domain.policy import Decision, PolicyRevisionRecord
 from trustd.errors import InvalidRequest, NotFound, Unauthenticated
 from trustd.services.auth import Principal
@@ -132,9 +140,11 @@ def _decision_body(request: Request, decision: Decision, policy: PolicyService) 
     if decision.result.defined:
         body["result"] = decision.result.value
     if _flag(request, "metrics"):
+        # OPA's metric names (REST API "Performance Metrics").
         body["metrics"] = {
             "timer_server_handler_ns": decision.latency_us * 1000,
-            "counter_decision_cache_hit": int(decision.cached),
+            "timer_rego_query_eval_ns": 0 if decision.cached else decision.latency_us * 1000,
+            "counter_server_query_cache_hit": int(decision.cached),
         }
     if _flag(request, "provenance"):
         body["provenance"] = {
@@ -149,28 +159,60 @@ def _decision_body(request: Request, decision: Decision, policy: PolicyService) 
 
 
 def _parse_input(raw: bytes) -> str:
+    """The canonical input text, `NO_INPUT` when the body has no `input` key: OPA then
+    leaves `input` undefined (Data API: "If the input document is not provided, the input
+    document is undefined")."""
     if not raw.strip():
-        return "null"
+        return NO_INPUT
     try:
         document = json.loads(raw)
     except ValueError as exc:
         raise InvalidInput(f"the request body is not JSON: {exc.args[0]}") from None
     if not isinstance(document, dict):
         raise InvalidInput('the request body must be an object: {"input": ...}')
-    return normalise_input(document.get("input"))
+    if "input" not in document:
+        return NO_INPUT
+    return normalise_input(document["input"])
+
+
+def _opa_error(status: int, exc: PolicyError, **extra: Any) -> JSONResponse:
+    """An OPA error body (`code`, `message`) inside the problem document."""
+    return problem_response(
+        status,
+        exc.title,
+        exc.detail,
+        problem_type(type(exc).__name__),
+        code=str(exc.fields.get("code", exc.code)),
+        message=str(exc.fields.get("message", exc.detail)),
+        **extra,
+    )
 
 
 async def _decide(
     request: Request, services: Services, path: str, input_json: str, caller: str
 ) -> JSONResponse:
     policy = services.policy
-    if services.settings.policy_engine == "remote":
-        decision = await run_in_threadpool(policy.decide, path, input_json, caller)
-    else:
-        # The embedded engine answers in microseconds: on the event loop's own thread
-        # (one prepared engine per process) rather than through the thread pool.
-        decision = policy.decide(path, input_json, caller)
-    return JSONResponse(_decision_body(request, decision, policy))
+    try:
+        if services.settings.policy_engine == "remote":
+            decision = await run_in_threadpool(policy.decide, path, input_json, caller)
+        else:
+            # The embedded engine answers in microseconds: on the event loop's own thread
+            # (one prepared engine per process) rather than through the thread pool.
+            decision = policy.decide(path, input_json, caller)
+    except UnknownPath:
+        # OPA: a path nothing lives at is an undefined document, 200 without `result`.
+        return JSONResponse({})
+    except PolicyEvaluationError as exc:
+        # OPA answers a failed evaluation with 500 and its code (eval_conflict_error,
+        # eval_type_error, eval_builtin_error, ...).
+        return _opa_error(500, exc)
+    body = _decision_body(request, decision, policy)
+    if input_json == NO_INPUT and request.method == "POST":
+        body["warning"] = {
+            "code": "api_usage_warning",
+            "message": "'input' key missing from the request",
+        }
+    return JSONResponse(body)
 
 
 @opa.post(
@@ -201,7 +243,7 @@ async def get_data(
     input: Annotated[str | None, Query(max_length=65536)] = None,
 ) -> JSONResponse:
     """OPA's GET form: `?input=<JSON>`."""
-    input_json = "null"
+    input_json = NO_INPUT
     if input is not None:
         input_json = _parse_input(json.dumps({"input": _loads(input)}).encode())
     return await _decide(request, services, path, input_json, caller)
@@ -296,16 +338,20 @@ def get_policy(module_id: str, services: ServicesDep, caller: CallerDep) -> dict
 )
 async def put_policy(
     module_id: str, request: Request, principal: AdminDep, services: ServicesDep
-) -> dict[str, Any]:
-    """The body is Rego source. A module that does not compile is refused (400, with
-    file:line) and the active revision stays active."""
+) -> Response:
+    """The body is Rego source. A module set that does not compile is refused (400, with
+    file:line and OPA's `errors[]`) and the active revision stays active."""
     raw = await request.body()
     try:
         source = raw.decode()
     except UnicodeDecodeError:
         raise InvalidRequest("the policy must be UTF-8 text") from None
-    await run_in_threadpool(services.policy.put_module, principal, module_id, source)
-    return {}
+    try:
+        await run_in_threadpool(services.policy.put_module, principal, module_id, source)
+    except PolicyCompileError as exc:
+        errors = exc.fields.get("errors")
+        return _opa_error(400, exc, **({"errors": errors} if isinstance(errors, list) else {}))
+    return JSONResponse({})
 
 
 @opa.delete(
