@@ -24,7 +24,6 @@ from trustd.api.schemas import (
     SyncResponse,
 )
 from trustd.api.svid import jwt_svid_response
-from trustd.api.verdicts import verdict_delta
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"])
 
@@ -41,7 +40,8 @@ async def sync(
     """Answers at once when the node's state changed after revision `since`, a
     certificate was revoked after revocation revision `revoked_since`, or the node's
     verdicts moved past `verdict_since` (enforcing agents only; 0 asks for the full state);
-    otherwise holds up to `wait` seconds and answers `changed: false`."""
+    otherwise holds up to `wait` seconds and answers `changed: false`. `since` and
+    `verdict_since` are what the agent applied: they are recorded as its acknowledgement."""
     wait = min(wait, services.settings.sync_wait.total_seconds())
     snapshot = await services.agents.sync(node, since, revoked_since, wait, verdict_since)
     if snapshot is None:
@@ -58,13 +58,14 @@ async def sync(
             for r in snapshot.revocations
         ],
         revocation_revision=snapshot.revocation_revision,
-        verdicts=verdict_delta(snapshot.verdicts) if snapshot.verdicts else None,
+        verdicts=snapshot.verdicts,
     )
 
 
 @router.post("/ack", status_code=204, response_class=Response)
 def ack(body: Ack, node: NodeDep, services: ServicesDep) -> Response:
-    """The agent applied `revision` (and `verdict_revision` of its verdicts)."""
+    """The agent applied `revision` (and `verdict_revision` of its verdicts). Agents now
+    acknowledge with their next long-poll's cursors; kept for agents that still call it."""
     services.nodes.touch(node, body.revision)
     if body.verdict_revision is not None:
         services.verdicts.acknowledge(node.spiffe_id, body.verdict_revision)
