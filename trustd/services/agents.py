@@ -190,9 +190,13 @@ class Agents:
             )
         if not moved and verdicts is None:
             return None
-        if revoked_since is not None:
+        if revoked_since is not None and revocation_revision > revoked_since:
             feed = self._revocations.since(revoked_since)
             revoked, cursor = feed.events, feed.revision
+        elif revoked_since is not None:
+            # Nothing revoked since the agent's cursor: no need to ask the feed (every
+            # long-poll a policy or entry change wakes would queue on it).
+            revoked, cursor = (), revoked_since
         else:
             revoked, cursor = (), revocation_revision
         return Snapshot(

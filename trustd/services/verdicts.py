@@ -64,7 +64,7 @@ from trustd.store.verdicts import (
     lock_compilation,
     prune_reported_addresses,
     update_revision_sources,
-    update_verdict_ack,
+    update_verdict_acks,
 )
 
 __all__ = [
@@ -220,8 +220,12 @@ class Verdicts:
         # The kept revisions this process has read or compiled, newest last.
         self._states: OrderedDict[int, Compiled] = OrderedDict()
         self._shared_changes: OrderedDict[tuple[int, int], _SharedChanges] = OrderedDict()
-        # What each agent last said it applied, so a long-poll writes only on a change.
+        # What each agent last said it applied, so a long-poll writes only on a change;
+        # those not written yet, and the writer's lock (see `_flush_acks`).
         self._acked: dict[str, int] = {}
+        self._pending_acks: dict[str, int] = {}
+        self._ack_lock = threading.Lock()
+        self._ack_write = threading.Lock()
         # How many verdict states this process compiled (what a change costs, for tests
         # and benchmarks).
         self.compilations = 0
@@ -449,18 +453,41 @@ class Verdicts:
 
     def acknowledge(self, node_id: str, revision: int) -> None:
         """Record the verdict revision the node's agent applied."""
-        with transaction(self._engine) as session:
-            update_verdict_ack(session, node_id, revision, self._clock.now())
-        self._acked[node_id] = revision
+        with self._ack_lock:
+            self._pending_acks[node_id] = revision
+        self._flush_acks()
 
     def note_applied(self, node_id: str, revision: int) -> None:
         """The agent's long-poll says it holds `revision`: recorded when that is news."""
         if self._acked.get(node_id) != revision:
             self.acknowledge(node_id, revision)
 
+    def _flush_acks(self) -> None:
+        """Write every pending acknowledgement. The long-polls one change wakes come back
+        with their acknowledgements together: whichever thread finds no write under way
+        writes all that are pending in one statement (a group commit), the others return
+        and the writer takes theirs on its next pass."""
+        while self._pending_acks:
+            if not self._ack_write.acquire(blocking=False):
+                return
+            try:
+                with self._ack_lock:
+                    batch, self._pending_acks = self._pending_acks, {}
+                try:
+                    with transaction(self._engine) as session:
+                        update_verdict_acks(session, batch, self._clock.now())
+                except Exception:
+                    with self._ack_lock:
+                        self._pending_acks = {**batch, **self._pending_acks}
+                    raise
+                self._acked.update(batch)
+            finally:
+                self._ack_write.release()
+
     def lag(self) -> list[AgentLag]:
         """Per node: the newest verdict revision, the one its agent applied, and when (a
         node whose agent never enforced is at revision 0)."""
+        self._flush_acks()
         with transaction(self._engine) as session:
             head = fetch_revision_head(session)
             newest = head.revision if head is not None else 0

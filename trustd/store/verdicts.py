@@ -4,7 +4,7 @@ replica), and the revision each agent applied."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,9 +18,6 @@ from trustd.domain.certificates import CertificateStatus
 from trustd.store.certificates import IssuedCertificate
 from trustd.store.entries import RegistrationEntry
 from trustd.store.nodes import Node
-from trustd.store.policy import PolicyActivation
-from trustd.store.revocations import RevocationState
-from trustd.store.sync import SyncState
 from trustd.store.types import UTCDateTime
 
 # pg_advisory_xact_lock key of verdict compilation ("trustd verdicts", any fixed number).
@@ -101,22 +98,19 @@ class RevisionHead:
 # -- what verdicts are compiled from ---------------------------------------------------------
 
 
+# One statement, one snapshot, no ORM: every woken long-poll asks it.
+_SOURCES = text(
+    "SELECT"
+    " (SELECT revision FROM policy_activations ORDER BY id DESC LIMIT 1),"
+    " (SELECT revision FROM sync_state WHERE id = 1),"
+    " (SELECT revision FROM revocation_state WHERE id = 1)"
+)
+
+
 def fetch_sources(session: Session) -> Sources:
     """The active policy revision, the sync revision and the revocation revision, in one
     statement (one snapshot)."""
-    policy = (
-        sa_select(col(PolicyActivation.revision))
-        .order_by(col(PolicyActivation.id).desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-    sync = sa_select(col(SyncState.revision)).where(col(SyncState.id) == 1).scalar_subquery()
-    revocation = (
-        sa_select(col(RevocationState.revision))
-        .where(col(RevocationState.id) == 1)
-        .scalar_subquery()
-    )
-    row = session.connection().execute(sa_select(policy, sync, revocation)).one()
+    row = session.connection().execute(_SOURCES).one()
     return Sources(int(row[0] or 0), int(row[1] or 0), int(row[2] or 0))
 
 
@@ -317,12 +311,25 @@ def update_revision_sources(session: Session, revision: int, sources: Sources) -
 # -- acknowledgements ------------------------------------------------------------------------
 
 
-def update_verdict_ack(session: Session, node_id: str, revision: int, now: datetime) -> None:
-    """Record the verdict revision the node's agent applied."""
-    row = session.get(NodeVerdictAck, node_id) or NodeVerdictAck(node_id=node_id, applied_at=now)
-    row.applied_revision = revision
-    row.applied_at = now
-    session.add(row)
+def update_verdict_acks(session: Session, applied: Mapping[str, int], now: datetime) -> None:
+    """Record the verdict revision each node's agent applied (node ID -> revision), in one
+    statement whatever the number of nodes."""
+    if not applied:
+        return
+    rows = [
+        {"node_id": node_id, "applied_revision": revision, "applied_at": now}
+        for node_id, revision in sorted(applied.items())
+    ]
+    insert = _insert(session, NodeVerdictAck).values(rows)
+    session.connection().execute(
+        insert.on_conflict_do_update(
+            index_elements=[col(NodeVerdictAck.node_id)],
+            set_={
+                "applied_revision": insert.excluded.applied_revision,
+                "applied_at": insert.excluded.applied_at,
+            },
+        )
+    )
 
 
 def list_verdict_acks(session: Session) -> list[tuple[str, NodeVerdictAck | None]]:
