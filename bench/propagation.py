@@ -437,7 +437,9 @@ class Outcome:
     floor: list[float] = field(default_factory=list)
     verdicts: list[float] = field(default_factory=list)
     rss_mib: float = 0.0
+    # Server CPU seconds per round (every server process together).
     cpu_s: float = 0.0
+    floor_cpu_s: float = 0.0
     retries: int = 0
 
 
@@ -477,7 +479,9 @@ async def run(
             fleet.run(False)
             await fleet.wait_for(await admin.entry_change())
             await asyncio.sleep(SETTLE)
+            cpu_before = sum(cpu_seconds(pid) for pid in pids)
             outcome.floor = await measure(fleet, admin.entry_change, rounds, False)
+            outcome.floor_cpu_s = (sum(cpu_seconds(pid) for pid in pids) - cpu_before) / rounds
             # Verdicts: the full state first, then one policy change per round.
             await switch(fleet, admin, True, lambda: admin.post_policy(0))
             cpu_before = sum(cpu_seconds(pid) for pid in pids)
@@ -595,6 +599,10 @@ def main() -> None:
             out = asyncio.run(run(*c, args.agents, 1, args.rounds, args.procs))
         print(row(name, "floor: entry change, no verdict", out.floor, None))
         print(row(name, "mesh policy change", out.verdicts, out.floor))
+        print(
+            f"  server CPU per change: floor {out.floor_cpu_s * 1000:.0f} ms, policy "
+            f"{out.cpu_s * 1000:.0f} ms ({out.cpu_s * 1000 / args.agents:.1f} ms per agent)"
+        )
         if out.retries:
             print(f"  ({out.retries} long-polls asked again after a dropped connection)")
         p99, floor = percentile(out.verdicts, 99), percentile(out.floor, 99)

@@ -36,7 +36,7 @@ async def sync(
     revoked_since: Annotated[int | None, Query(ge=0)] = None,
     wait: Annotated[float, Query(ge=0, le=60)] = 30.0,
     verdict_since: Annotated[int | None, Query(ge=0)] = None,
-) -> SyncResponse:
+) -> Response:
     """Answers at once when the node's state changed after revision `since`, a
     certificate was revoked after revocation revision `revoked_since`, or the node's
     verdicts moved past `verdict_since` (enforcing agents only; 0 asks for the full state);
@@ -45,8 +45,9 @@ async def sync(
     wait = min(wait, services.settings.sync_wait.total_seconds())
     snapshot = await services.agents.sync(node, since, revoked_since, wait, verdict_since)
     if snapshot is None:
-        return SyncResponse(changed=False, revision=since, revocation_revision=revoked_since or 0)
-    return SyncResponse(
+        idle = SyncResponse(changed=False, revision=since, revocation_revision=revoked_since or 0)
+        return _json(idle)
+    answer = SyncResponse(
         changed=True,
         revision=snapshot.revision,
         entries=[public_entry(e) for e in snapshot.entries],
@@ -60,6 +61,14 @@ async def sync(
         revocation_revision=snapshot.revocation_revision,
         verdicts=snapshot.verdicts,
     )
+    return _json(answer)
+
+
+def _json(body: SyncResponse) -> Response:
+    # Serialised once, by pydantic, from the model built above: a change wakes every
+    # agent's long-poll at once, and FastAPI's response_model path would validate the
+    # model again and serialise it through Python dicts for each of them.
+    return Response(body.model_dump_json(), media_type="application/json")
 
 
 @router.post("/ack", status_code=204, response_class=Response)
