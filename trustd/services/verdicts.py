@@ -387,21 +387,25 @@ class Verdicts:
         local = frozenset(local)
         base = self._revision(since, head) if since > 0 else None
         policy = node_policy(head.state, local)
+        # Built from states already checked against the wire model: constructed, not
+        # validated again (a full state holds every identity and prefix, per node).
         if base is None:
             state = head.state
-            changes = VerdictChanges(
-                identities=IdentityChanges(set=state.identities),
-                ipcache=IpcacheChanges(set=state.ipcache),
-                policy=PolicyChanges(set=[PolicyVerdict(*k, v) for k, v in sorted(policy.items())]),
-                revoked=RevokedChanges(set=state.revoked),
+            changes = VerdictChanges.model_construct(
+                identities=IdentityChanges.model_construct(set=state.identities, remove=[]),
+                ipcache=IpcacheChanges.model_construct(set=state.ipcache, remove=[]),
+                policy=PolicyChanges.model_construct(
+                    set=[PolicyVerdict(*k, v) for k, v in sorted(policy.items())], remove=[]
+                ),
+                revoked=RevokedChanges.model_construct(set=state.revoked, remove=[]),
             )
         else:
             shared = self._shared(base, head)
             before = node_policy(base.state, local)
-            changes = VerdictChanges(
+            changes = VerdictChanges.model_construct(
                 identities=shared.identities,
                 ipcache=shared.ipcache,
-                policy=PolicyChanges(
+                policy=PolicyChanges.model_construct(
                     set=[
                         PolicyVerdict(*k, v)
                         for k, v in sorted(policy.items())
@@ -412,7 +416,7 @@ class Verdicts:
                 revoked=shared.revoked,
             )
         send_l7 = base is None or base.policy_revision != head.policy_revision
-        return VerdictDelta(
+        return VerdictDelta.model_construct(
             revision=head.revision,
             base=0 if base is None else base.revision,
             changes=changes,
@@ -428,9 +432,9 @@ class Verdicts:
             ids_set, ids_removed = _mapping_changes(old.identities, new.identities)
             ip_set, ip_removed = _mapping_changes(old.ipcache, new.ipcache)
             found = _SharedChanges(
-                IdentityChanges(set=ids_set, remove=ids_removed),
-                IpcacheChanges(set=ip_set, remove=ip_removed),
-                RevokedChanges(
+                IdentityChanges.model_construct(set=ids_set, remove=ids_removed),
+                IpcacheChanges.model_construct(set=ip_set, remove=ip_removed),
+                RevokedChanges.model_construct(
                     set=sorted(set(new.revoked) - set(old.revoked)),
                     remove=sorted(set(old.revoked) - set(new.revoked)),
                 ),
