@@ -169,15 +169,9 @@ def check_table(agent: Agent, nodes: int, round_: int) -> str | None:
     return None
 
 
-def agent_process(
-    conn: multiprocessing.connection.Connection,
-    urls: list[str],
-    ca_sha256: str,
-    tokens: list[tuple[int, str]],
-    nodes: int,
-) -> None:
+def agent_process(*args: Any) -> None:
     """Attest this process's share of the nodes, then run their agents as told."""
-    asyncio.run(_agent_process(conn, urls, ca_sha256, tokens, nodes))
+    asyncio.run(_agent_process(*args))
 
 
 async def _agent_process(
