@@ -78,6 +78,8 @@ SYNC_WAIT = 30.0
 # How long after a round every agent is surely parked in its next long-poll again.
 SETTLE = 0.5
 ROUND_TIMEOUT = 120.0
+# The first answers carry every agent's full state (10,000 identities at scale).
+START_TIMEOUT = 900.0
 BASE_PORT = 8000
 TCP = 6
 TARGET = 1.0
@@ -304,13 +306,11 @@ class Fleet:
     def applied_revision(self, index: int) -> int:
         return self.reached[index][-1][1]
 
-    async def wait_for(self, target: int) -> None:
+    async def wait_for(self, target: int, within: float = ROUND_TIMEOUT) -> None:
         """Until every agent has applied the change `target`."""
         nodes = list(self.nodes)
         await asyncio.to_thread(
-            self._wait,
-            lambda: all(self.first_at(i, target) is not None for i in nodes),
-            ROUND_TIMEOUT,
+            self._wait, lambda: all(self.first_at(i, target) is not None for i in nodes), within
         )
 
     def run(self, enforce: bool) -> None:
@@ -379,7 +379,7 @@ async def switch(
     await admin.entry_change()
     await asyncio.to_thread(fleet.ask, ("join",))
     fleet.run(enforce)
-    await fleet.wait_for(await first())
+    await fleet.wait_for(await first(), START_TIMEOUT)
     await asyncio.sleep(SETTLE)
 
 
@@ -471,7 +471,7 @@ async def run(
         try:
             # The floor: the same long-polls, woken by an entry change, without verdicts.
             fleet.run(False)
-            await fleet.wait_for(await admin.entry_change())
+            await fleet.wait_for(await admin.entry_change(), START_TIMEOUT)
             await asyncio.sleep(SETTLE)
             cpu_before = sum(cpu_seconds(pid) for pid in pids)
             outcome.floor = await measure(fleet, admin.entry_change, rounds, False)
@@ -605,7 +605,7 @@ def main() -> None:
             result(f"policy_p99_{args.agents}_agents_{tag}", p99, "s", floor, "1", p99 < TARGET)
         )
     if args.scale or args.scale_only:
-        agents, per_node, rounds = 1000, 10, 3
+        agents, per_node, rounds = 1000, 10, 2
         with tempfile.TemporaryDirectory() as tmp, servers(1, Path(tmp)) as c:
             out = asyncio.run(run(*c, agents, per_node, rounds, max(args.procs, 4)))
         print(row("1 server", f"scale: {agents} agents floor", out.floor, None))
