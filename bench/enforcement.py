@@ -124,7 +124,7 @@ def _table() -> object:
             "changes": {
                 "identities": {"set": {client: 256, server: 257}},
                 "ipcache": {"set": {f"{CLIENT_ADDR}/32": 256, f"{SERVER_ADDR}/32": 257}},
-                "policy": {"set": {"257/256/0/6": 1}},
+                "policy": {"set": [[257, 256, 0, 6, True]]},
             },
         }
     )

@@ -14,13 +14,21 @@ import pytest
 from sqlalchemy import event, text
 from sqlmodel import Session
 
+from pki.clock import SystemClock
 from policy.bundle import Bundle
 from tests.functional.conftest import Server
-from tests.functional.test_nodes_entries import attest, entry, join_token, node_headers
+from tests.functional.test_nodes_entries import (
+    answer_after_change,
+    attest,
+    entry,
+    join_token,
+    node_headers,
+)
 from trustd.roles import Role
 from trustd.services.auth import Principal
-from trustd.services.verdicts import FIRST_IDENTITY
-from trustd.store.verdicts import NumericIdentity
+from trustd.services.verdicts import FIRST_IDENTITY, Verdicts
+from trustd.store.db import transaction
+from trustd.store.verdicts import NumericIdentity, Sources, fetch_sources
 
 WEB = "spiffe://example.org/ns/web/frontend"
 API = "spiffe://example.org/ns/api/orders"
@@ -33,6 +41,11 @@ def sync(server: Server, headers: dict[str, str], **params: Any) -> dict[str, An
     response = server.client.get("/v1/agents/sync", params={"wait": 0, **params}, headers=headers)
     assert response.status_code == 200, response.text
     return dict(response.json())
+
+
+def policy_set(delta: dict[str, Any]) -> list[tuple[int, int, int, int, bool]]:
+    """A delta's policy verdicts as (dst, src, port, proto, allow), in the order sent."""
+    return [tuple(v) for v in delta["changes"]["policy"]["set"]]  # type: ignore[misc]
 
 
 def set_mesh(server: Server, mesh: dict[str, Any]) -> None:
@@ -69,11 +82,10 @@ def test_full_state_then_deltas_and_lag(server: Server) -> None:
     # Only destinations on this node (api, db): web -> api:8443 (an HTTP rule opens its
     # port at L4, the proxy judges methods and paths) and api -> db:5432. Nothing from
     # quarantine, nothing to web (not local).
-    assert changes["policy"]["set"] == {
-        f"{ids[API]}/{ids[WEB]}/8443/6": 1,
-        f"{ids[DB]}/{ids[API]}/5432/6": 1,
-    }
-    assert changes["revoked"]["set"] == {}
+    assert policy_set(first) == sorted(
+        [(ids[API], ids[WEB], 8443, 6, True), (ids[DB], ids[API], 5432, 6, True)]
+    )
+    assert changes["revoked"]["set"] == []
     assert first["l7"]["modules"] and "allow" in first["l7"]["data"]["mesh"]
 
     # Nothing changed: the long-poll says so.
@@ -105,11 +117,12 @@ def test_full_state_then_deltas_and_lag(server: Server) -> None:
     set_mesh(server, mesh)
     second = sync(server, headers, verdict_since=first["revision"])["verdicts"]
     assert second["base"] == first["revision"]
-    assert second["changes"]["policy"]["set"] == {
-        f"{ids[DB]}/{ids[WEB]}/0/6": 1,
-        f"{ids[DB]}/{ids[WEB]}/0/17": 1,
-        f"{ids[DB]}/{ids[WEB]}/22/6": 0,
-    }
+    assert policy_set(second) == [
+        (ids[DB], ids[WEB], 0, 6, True),
+        (ids[DB], ids[WEB], 0, 17, True),
+        (ids[DB], ids[WEB], 22, 6, False),
+    ]
+    assert second["changes"]["policy"]["remove"] == []
     assert second["l7"] is not None
     lag = server.client.get("/v1/verdicts/agents", headers=server.auth).json()
     assert lag[0]["lag"] == second["revision"] - first["revision"]
@@ -201,8 +214,8 @@ def test_one_compilation_serves_every_node(server: Server) -> None:
         ids = first[0]["changes"]["identities"]["set"]
         assert first[1]["changes"]["identities"]["set"] == ids
         assert first[0]["changes"]["ipcache"] == first[1]["changes"]["ipcache"]
-        assert first[0]["changes"]["policy"]["set"] == {f"{ids[API]}/{ids[WEB]}/8443/6": 1}
-        assert first[1]["changes"]["policy"]["set"] == {f"{ids[DB]}/{ids[API]}/5432/6": 1}
+        assert policy_set(first[0]) == [(ids[API], ids[WEB], 8443, 6, True)]
+        assert policy_set(first[1]) == [(ids[DB], ids[API], 5432, 6, True)]
 
         # A policy change: compiled once more, and each node gets its own delta.
         mesh = copy.deepcopy(server.services.policy.active.bundle.data["mesh"])
@@ -214,10 +227,119 @@ def test_one_compilation_serves_every_node(server: Server) -> None:
         ]
         assert len(compilations) == 2
         assert second[0]["base"] == first[0]["revision"]
-        assert second[0]["changes"].get("policy", {}).get("set", {}) == {}
-        assert second[1]["changes"]["policy"]["set"] == {
-            f"{ids[DB]}/{ids[WEB]}/1/6": 1,
-            f"{ids[DB]}/{ids[WEB]}/1/17": 1,
-        }
+        assert second[0]["changes"]["policy"] == {"set": [], "remove": []}
+        assert policy_set(second[1]) == [
+            (ids[DB], ids[WEB], 1, 6, True),
+            (ids[DB], ids[WEB], 1, 17, True),
+        ]
     finally:
         event.remove(server.services.engine, "before_cursor_execute", count)
+
+
+def test_a_parked_long_poll_wakes_with_the_policy_change(server: Server) -> None:
+    node, _ = attest(server, join_token(server)["token"])
+    entry(server, API, str(node.spiffe_id), "unix:uid:1001", ip_addresses=["10.213.0.2"])
+    entry(server, WEB, "spiffe://example.org/elsewhere", "unix:uid:7", ip_addresses=["10.213.0.1"])
+    headers = node_headers(server, node)
+    held = sync(server, headers, verdict_since=0)
+    ids = held["verdicts"]["changes"]["identities"]["set"]
+    mesh = copy.deepcopy(server.services.policy.active.bundle.data["mesh"])
+    mesh["allow"].append({"name": "web-api-9", "source": WEB, "destination": API, "ports": [9]})
+    body = answer_after_change(
+        server,
+        headers,
+        lambda: set_mesh(server, mesh),
+        since=held["revision"],
+        revoked_since=held["revocation_revision"],
+        verdict_since=held["verdicts"]["revision"],
+        wait=20,
+    )
+    assert body["changed"] is True and body["revision"] == held["revision"]
+    delta = body["verdicts"]
+    assert delta["base"] == held["verdicts"]["revision"]
+    assert policy_set(delta) == [
+        (ids[API], ids[WEB], 9, 6, True),
+        (ids[API], ids[WEB], 9, 17, True),
+    ]
+    assert delta["l7"]["revision"] == server.services.policy.active.revision
+    assert server.services.agents.parked == 0
+
+
+def test_the_next_long_poll_is_the_acknowledgement(server: Server) -> None:
+    node, _ = attest(server, join_token(server)["token"])
+    entry(server, API, str(node.spiffe_id), "unix:uid:1001", ip_addresses=["10.213.0.2"])
+    headers = node_headers(server, node)
+
+    def lag() -> dict[str, Any]:
+        rows = server.client.get("/v1/verdicts/agents", headers=server.auth).json()
+        return dict(next(r for r in rows if r["node_id"] == str(node.spiffe_id)))
+
+    assert lag()["revision"] == 0  # never enforced: nothing to lag behind
+    full = sync(server, headers, verdict_since=0)
+    assert lag()["applied_revision"] == 0 and lag()["lag"] == full["verdicts"]["revision"]
+    # No acknowledgement call: the agent's next long-poll names what it applied.
+    idle = sync(
+        server,
+        headers,
+        since=full["revision"],
+        revoked_since=full["revocation_revision"],
+        verdict_since=full["verdicts"]["revision"],
+    )
+    assert idle["changed"] is False
+    assert lag()["applied_revision"] == full["verdicts"]["revision"] and lag()["lag"] == 0
+    (listed,) = server.client.get(
+        "/v1/nodes", params={"spiffe_id": str(node.spiffe_id)}, headers=server.auth
+    ).json()
+    assert listed["applied_revision"] == full["revision"]
+    # A revision trustd never made is not recorded as applied.
+    sync(server, headers, since=full["revision"], verdict_since=full["verdicts"]["revision"] + 50)
+    assert lag()["applied_revision"] == full["verdicts"]["revision"]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_replicas_compile_each_change_once(server: Server) -> None:
+    node, _ = attest(server, join_token(server)["token"])
+    entry(server, API, str(node.spiffe_id), "unix:uid:1001", ip_addresses=["10.213.0.2"])
+    entry(server, WEB, "spiffe://example.org/elsewhere", "unix:uid:7", ip_addresses=["10.213.0.1"])
+    here = server.services.verdicts
+    # Another replica: its own compiler and memory, the same database.
+    there = Verdicts(server.services.engine, SystemClock(), server.services.policy)
+
+    def sources() -> Sources:
+        with transaction(server.services.engine) as session:
+            return fetch_sources(session)
+
+    first = here.delta_for(str(node.spiffe_id), [API], sources(), 0)
+    assert first is not None and here.compilations == 1
+    # The other replica reads what this one stored.
+    same = there.delta_for(str(node.spiffe_id), [API], sources(), 0)
+    assert same == first and there.compilations == 0
+
+    # A change, asked for on both replicas at once: one compiles, the other waits for it
+    # and reads the result.
+    mesh = copy.deepcopy(server.services.policy.active.bundle.data["mesh"])
+    mesh["allow"].append({"name": "web-api-9", "source": WEB, "destination": API, "ports": [9]})
+    set_mesh(server, mesh)
+    now = sources()
+    answers: dict[str, Any] = {}
+    threads = [
+        threading.Thread(
+            target=lambda name=name, v=v: answers.__setitem__(
+                name, v.delta_for(str(node.spiffe_id), [API], now, first.revision)
+            )
+        )
+        for name, v in (("here", here), ("there", there))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert here.compilations + there.compilations == 2
+    assert answers["here"] == answers["there"]
+    delta = answers["here"]
+    assert delta.base == first.revision and delta.revision == first.revision + 1
+    ids = first.changes.identities.set
+    assert [tuple(v) for v in delta.changes.policy.set] == [
+        (ids[API], ids[WEB], 9, 6, True),
+        (ids[API], ids[WEB], 9, 17, True),
+    ]

@@ -4,6 +4,7 @@ switch, the staleness deadline, and a full map leaving the last good state in fo
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import shutil
@@ -19,7 +20,7 @@ from pki.clock import SystemClock
 from tests.packets import ACK, TCP, UDP, frame, ipv4
 from trustd.agent.config import AgentConfig
 from trustd.agent.enforcement import libbpf
-from trustd.agent.enforcement.ebpf import BpfEnforcer, Config, Mode
+from trustd.agent.enforcement.ebpf import BpfEnforcer, Config, IpcacheKey, Mode, PolicyKey
 from trustd.agent.enforcement.state import VerdictTable
 from trustd.agent.errors import EnforcementError
 from trustd.agent.main import Agent
@@ -41,11 +42,22 @@ class Program:
     def verdict(self, packet: bytes) -> int:
         return libbpf.run_on_packet(self.enforcer.program_fd, packet)[0]
 
-    def apply(self, revision: int, policy: dict[str, int], revoked: tuple[int, ...] = ()) -> None:
+    def apply(self, revision: int, policy: Policy, revoked: tuple[int, ...] = ()) -> None:
         self.enforcer.apply(table(revision, policy, revoked))
 
+    def generation(self, map_name: str, key_type: type[ctypes.Structure]) -> dict[int, int]:
+        """How many keys of `map_name` each generation holds."""
+        counts: dict[int, int] = {}
+        for key in libbpf.keys(self.enforcer._fds[map_name], key_type):
+            counts[key.gen] = counts.get(key.gen, 0) + 1  # type: ignore[attr-defined]
+        return counts
 
-def table(revision: int, policy: dict[str, int], revoked: tuple[int, ...] = ()) -> VerdictTable:
+
+# (dst, src, port, proto) -> allow, as the wire's [dst, src, port, proto, allow] entries.
+Policy = dict[tuple[int, int, int, int], bool]
+
+
+def table(revision: int, policy: Policy, revoked: tuple[int, ...] = ()) -> VerdictTable:
     return VerdictTable().applied(
         {
             "revision": revision,
@@ -53,8 +65,8 @@ def table(revision: int, policy: dict[str, int], revoked: tuple[int, ...] = ()) 
             "changes": {
                 "identities": {"set": {WEB: 256, API: 257, BAD: 258}},
                 "ipcache": {"set": {f"{WEB_IP}/32": 256, f"{API_IP}/32": 257, f"{BAD_IP}/32": 258}},
-                "policy": {"set": policy},
-                "revoked": {"set": {str(n): 1 for n in revoked}},
+                "policy": {"set": [[*k, v] for k, v in policy.items()]},
+                "revoked": {"set": list(revoked)},
             },
         }
     )
@@ -79,7 +91,15 @@ def program(tmp_path: Path) -> Iterator[Program]:
 
 def test_verdicts_follow_the_policy_map(program: Program) -> None:
     # web -> api on 8443/tcp and 53/udp; bad -> api on any TCP port except 22.
-    program.apply(1, {"257/256/8443/6": 1, "257/256/53/17": 1, "257/258/0/6": 1, "257/258/22/6": 0})
+    program.apply(
+        1,
+        {
+            (257, 256, 8443, 6): True,
+            (257, 256, 53, 17): True,
+            (257, 258, 0, 6): True,
+            (257, 258, 22, 6): False,
+        },
+    )
     counts_before = program.enforcer.counters()
     cases: list[tuple[bytes, int]] = [
         (ipv4(WEB_IP, API_IP, TCP, 8443), TC_ACT_OK),
@@ -108,53 +128,84 @@ def test_verdicts_follow_the_policy_map(program: Program) -> None:
 
 
 def test_revoked_source_is_cut_off_even_mid_connection(program: Program) -> None:
-    program.apply(1, {"257/256/8443/6": 1}, revoked=(256,))
+    program.apply(1, {(257, 256, 8443, 6): True}, revoked=(256,))
     assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_SHOT
     assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443, ACK)) == TC_ACT_SHOT
     assert program.enforcer.counters()["revoked"] == 2
 
 
 def test_a_new_revision_replaces_the_old_one_whole(program: Program) -> None:
-    program.apply(1, {"257/256/8443/6": 1})
-    program.apply(2, {"257/258/8443/6": 1})
+    program.apply(1, {(257, 256, 8443, 6): True})
+    program.apply(2, {(257, 258, 8443, 6): True})
     assert program.enforcer.revision == 2
     assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_SHOT
     assert program.verdict(ipv4(BAD_IP, API_IP, TCP, 8443)) == TC_ACT_OK
-    # The previous generation is cleared once the switch is made.
-    fd = program.enforcer._fds["trustd_policy"]
-    from trustd.agent.enforcement.ebpf import PolicyKey
+    # The active generation holds revision 2 alone; the one left holds revision 1 until
+    # the next apply brings it up to date by the difference.
+    active = program.enforcer._config().gen
+    assert program.generation("trustd_policy", PolicyKey) == {active: 1, active ^ 1: 1}
+    program.apply(3, {(257, 258, 8443, 6): True, (257, 256, 9, 6): True})
+    assert program.enforcer._config().gen == active ^ 1
+    assert program.generation("trustd_policy", PolicyKey) == {active: 1, active ^ 1: 2}
+    assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 9)) == TC_ACT_OK
+    program.apply(4, {(257, 256, 9, 6): True})
+    assert program.generation("trustd_policy", PolicyKey) == {active: 1, active ^ 1: 2}
+    assert program.verdict(ipv4(BAD_IP, API_IP, TCP, 8443)) == TC_ACT_SHOT
+    assert program.generation("trustd_ipcache", IpcacheKey) == {0: 3, 1: 3}
 
-    assert len(list(libbpf.keys(fd, PolicyKey))) == 1
+
+def test_a_delta_writes_only_what_changed(program: Program) -> None:
+    policy: Policy = {(257, 256, port, TCP): True for port in range(1000, 3000)}
+    program.apply(1, policy)
+    program.apply(2, policy)  # both generations now hold the 2,000 entries
+    writes: list[object] = []
+    real_update = libbpf.update
+
+    def counting(fd: int, key: Any, value: Any) -> None:
+        writes.append(key)
+        real_update(fd, key, value)
+
+    libbpf.update = counting  # type: ignore[assignment]
+    try:
+        program.apply(3, {**policy, (257, 258, 22, TCP): True})
+    finally:
+        libbpf.update = real_update  # type: ignore[assignment]
+    # One policy entry and the config switch, not the whole state again.
+    assert len(writes) == 2
+    assert program.verdict(ipv4(BAD_IP, API_IP, TCP, 22)) == TC_ACT_OK
+    assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 2999)) == TC_ACT_OK
 
 
 def test_a_full_map_keeps_the_last_good_state(program: Program, tmp_path: Path) -> None:
-    program.apply(1, {"257/256/8443/6": 1})
+    program.apply(1, {(257, 256, 8443, 6): True})
     # More policy entries than the map holds (131072): the kernel refuses the write.
-    huge = {f"257/256/{port}/{proto}": 1 for port in range(1, 65536) for proto in (TCP, UDP)}
-    huge.update({f"256/257/{port}/6": 1 for port in range(1, 2000)})
+    huge: Policy = {
+        (257, 256, port, proto): True for port in range(1, 65536) for proto in (TCP, UDP)
+    }
+    huge.update({(256, 257, port, 6): True for port in range(1, 2000)})
     with pytest.raises(EnforcementError, match="map update failed"):
         program.apply(2, huge)
     assert program.enforcer.revision == 1
     assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_OK
     assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8444)) == TC_ACT_SHOT
     # The half-written generation was cleared: the next revision applies.
-    program.apply(3, {"257/256/8444/6": 1})
+    program.apply(3, {(257, 256, 8444, 6): True})
     assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8444)) == TC_ACT_OK
 
     # The agent keeps the table it held and asks for the full state on its next sync.
     agent = Agent(AgentConfig("https://trustd.invalid", tmp_path, tmp_path / "s"), SystemClock())
     agent.enforcer = program.enforcer
-    agent.verdicts = table(3, {"257/256/8444/6": 1})
+    agent.verdicts = table(3, {(257, 256, 8444, 6): True})
     agent._verdict_full = False
     full: dict[str, Any] = {
         "revision": 4,
         "base": 0,
         "changes": {
             "identities": {"set": {WEB: 256, API: 257}},
-            "policy": {"set": huge},
+            "policy": {"set": [[*k, v] for k, v in huge.items()]},
         },
     }
-    agent._apply_verdicts(full)
+    asyncio.run(agent._apply_verdicts(full))
     assert agent.verdicts.revision == 3 and agent._verdict_since() == 0
     assert program.enforcer.revision == 3
     assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8444)) == TC_ACT_OK
@@ -170,7 +221,7 @@ def test_audit_mode_counts_and_drops_nothing(tmp_path: Path) -> None:
 
 def test_past_the_staleness_deadline_everything_managed_is_denied(tmp_path: Path) -> None:
     for program in _enforcer(tmp_path, Mode.ENFORCE, staleness=30):
-        program.apply(1, {"257/256/8443/6": 1})
+        program.apply(1, {(257, 256, 8443, 6): True})
         program.enforcer.refresh()
         assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_OK
         # The deadline passes (written as it would stand 31 s after the last answer).

@@ -104,11 +104,14 @@ def _number(value: Any) -> int:
 
 
 def until(predicate: Any, timeout: float) -> float:
-    """Seconds until `predicate` holds; fails after `timeout`."""
+    """Seconds until `predicate` holds, counted to the start of the probe that found it
+    (a connection probe is a new process: its start-up is no part of what it measures);
+    fails after `timeout`."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
+        probed = time.monotonic()
         if predicate():
-            return time.monotonic() - started
+            return probed - started
         time.sleep(0.02)
     pytest.fail(f"not within {timeout} s")
 

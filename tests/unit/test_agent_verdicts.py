@@ -31,6 +31,7 @@ from trustd.agent.enforcement.state import PolicyKey, VerdictTable
 from trustd.agent.errors import InvalidVerdicts
 from trustd.agent.extauthz import Authorizer, start_extauthz
 from trustd.agent.extauthz_grpc import start_extauthz_grpc
+from trustd.domain.verdicts import VerdictDelta
 
 WEB, API = "spiffe://example.org/ns/web/a", "spiffe://example.org/ns/api/b"
 MESH = (Path(__file__).parents[2] / "rego" / "mesh.rego").read_text()
@@ -40,8 +41,8 @@ FULL: dict[str, Any] = {
     "changes": {
         "identities": {"set": {WEB: 256, API: 257}},
         "ipcache": {"set": {"10.213.0.1/32": 256, "10.213.0.2/32": 257}},
-        "policy": {"set": {"257/256/8443/6": 1}},
-        "revoked": {"set": {}},
+        "policy": {"set": [[257, 256, 8443, 6, True]]},
+        "revoked": {"set": []},
     },
     "l7": {
         "revision": 1,
@@ -63,11 +64,31 @@ def test_full_then_delta() -> None:
     delta = {
         "revision": 4,
         "base": 3,
-        "changes": {"revoked": {"set": {"256": 1}, "remove": []}},
+        "changes": {"revoked": {"set": [256], "remove": []}},
     }
     after = table.applied(delta)
     assert not after.allows(257, 256, 8443, 6)
     assert table.policy == {PolicyKey(257, 256, 8443, 6): True}
+    # Keys removed and set in one delta; the typed model is taken as it is.
+    again = after.applied(
+        VerdictDelta.model_validate(
+            {
+                "revision": 5,
+                "base": 4,
+                "changes": {
+                    "policy": {"set": [[257, 256, 0, 17, True]], "remove": [[257, 256, 8443, 6]]},
+                    "revoked": {"remove": [256]},
+                    "ipcache": {"remove": ["10.213.0.1/32"]},
+                },
+            }
+        )
+    )
+    assert again.policy == {PolicyKey(257, 256, 0, 17): True}
+    assert again.allows(257, 256, 53, 17) and not again.allows(257, 256, 8443, 6)
+    assert again.ipcache == {"10.213.0.2/32": 257} and again.revision == 5
+    # An identity still named by the policy cannot go.
+    with pytest.raises(InvalidVerdicts, match="unknown identity 256"):
+        again.applied({"revision": 6, "base": 5, "changes": {"identities": {"remove": [WEB]}}})
 
 
 @pytest.mark.parametrize(
@@ -75,11 +96,18 @@ def test_full_then_delta() -> None:
     [
         ({"revision": 5, "base": 2, "changes": {}}, "revision gap"),
         ({"revision": 3, "base": 3, "changes": {}}, "does not follow"),
-        ({"revision": 4, "base": 3, "changes": {"policy": {"set": {"9/256/1/6": 1}}}}, "unknown"),
+        (
+            {"revision": 4, "base": 3, "changes": {"policy": {"set": [[9, 256, 1, 6, True]]}}},
+            "unknown",
+        ),
         ({"revision": 4, "base": 3, "changes": {"ipcache": {"set": {"x": 256}}}}, "IPv4"),
-        ({"revision": 4, "base": 3, "changes": {"policy": {"set": {"1/2": 1}}}}, "dst/src"),
-        ({"revision": 4, "base": 3, "changes": {"nope": {}}}, "unknown sections"),
-        ({"revision": 4}, "needs revision"),
+        ({"revision": 4, "base": 3, "changes": {"ipcache": {"set": {"10.0.0.1/8": 256}}}}, "IPv4"),
+        ({"revision": 4, "base": 3, "changes": {"policy": {"set": [[257, 256]]}}}, "policy.set"),
+        ({"revision": 4, "base": 3, "changes": {"policy": {"set": [[257, 256, 1, 6, 1]]}}}, "bool"),
+        ({"revision": 4, "base": 3, "changes": {"policy": {"set": [[257, 256, 1, 9, True]]}}}, "9"),
+        ({"revision": 4, "base": 3, "changes": {"revoked": {"set": ["256"]}}}, "integer"),
+        ({"revision": 4, "base": 3, "changes": {"nope": {}}}, "nope: Extra inputs"),
+        ({"revision": 4}, "base: Field required"),
     ],
 )
 def test_bad_updates_change_nothing(update: dict[str, Any], message: str) -> None:
@@ -150,7 +178,7 @@ def test_http_ext_authz_answers_from_the_table() -> None:
                 await _check(port, {"x-forwarded-client-cert": 'By="unterminated'}),
             ]
             holder["table"] = holder["table"].applied(
-                {"revision": 4, "base": 3, "changes": {"revoked": {"set": {"256": 1}}}}
+                {"revision": 4, "base": 3, "changes": {"revoked": {"set": [256]}}}
             )
             results.append(await _check(port, {"x-forwarded-client-cert": xfcc}))
             return results

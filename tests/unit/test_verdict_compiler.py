@@ -1,4 +1,5 @@
-"""The server's L4 verdict compiler and each node's slice of the shared state."""
+"""The L4 verdict compiler (a library: `policy.verdicts`), the mesh rules it reads, and
+each node's slice of the shared state."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import pytest
 from policy.engine import EmbeddedEngine
 from policy.errors import PolicyEvaluationError
 from policy.testing import load_directory
-from trustd.services.verdicts import MESH_PACKAGE, L4Compiler, SharedState, node_state
+from policy.verdicts import MESH_PACKAGE, L4Compiler, MeshRule, l4_rules, mesh_rules
+from trustd.domain.verdicts import PolicyKey, PolicyVerdict, VerdictState
+from trustd.services.verdicts import node_policy
 
 TD = "spiffe://example.org"
 WEB, API, DB = f"{TD}/ns/web/frontend", f"{TD}/ns/api/orders", f"{TD}/ns/db/postgres"
@@ -49,29 +52,46 @@ def test_rules_without_the_mesh_module_are_an_evaluation_error() -> None:
         compiler.verdicts([WEB, API])
 
 
-def test_each_node_takes_its_own_destinations_from_the_shared_state() -> None:
-    shared = SharedState(
-        (3, 7, 1),
+def test_mesh_rules_at_l4() -> None:
+    allow, deny = mesh_rules(
         {
-            "identities": {WEB: 256, API: 257, DB: 258},
-            "ipcache": {"10.0.0.1/32": 256},
-            "policy": {API: {"257/256/80/6": 1}, DB: {"258/257/0/6": 1, "258/257/22/6": 0}},
-            "revoked": {"259": 1},
-        },
+            "mesh": {
+                "allow": [
+                    {"name": "h", "destination": API, "protocols": ["http"], "methods": ["GET"]},
+                    {"name": "q", "protocols": ["quic"]},
+                    "not a rule",
+                ],
+                "deny": [{"name": "p", "paths": ["/admin/**"]}, {"name": "s", "ports": [22]}],
+            }
+        }
     )
-    api_node = node_state(shared, [API, API], 3)
-    assert api_node == {
-        "identities": {WEB: 256, API: 257, DB: 258},
-        "ipcache": {"10.0.0.1/32": 256},
-        "policy": {"257/256/80/6": 1},
-        "revoked": {"259": 1},
-        "l7_revision": 3,
+    assert [r.name for r in allow] == ["h", "q"] and [r.name for r in deny] == ["p", "s"]
+    # An HTTP allow opens its port at L4 over TCP; an unknown protocol is nothing at L4.
+    (opened,) = l4_rules(allow, allow=True)
+    assert opened.protocols == ("tcp",) and not opened.has_l7
+    assert opened.as_data() == {"name": "h", "destination": API, "protocols": ["tcp"]}
+    # A deny with L7 fields is left to the proxy; the L4 one stays.
+    assert [r.name for r in l4_rules(deny, allow=False)] == ["s"]
+    assert MeshRule.from_data({"name": "x"}) == MeshRule("x", fields={"name": "x"})
+    assert mesh_rules({"mesh": "nonsense"}) == ([], [])
+
+
+def test_each_node_takes_its_own_destinations_from_the_shared_state() -> None:
+    state = VerdictState(
+        identities={WEB: 256, API: 257, DB: 258},
+        ipcache={"10.0.0.1/32": 256},
+        policy={
+            API: [PolicyVerdict(257, 256, 80, 6, True)],
+            DB: [PolicyVerdict(258, 257, 0, 6, True), PolicyVerdict(258, 257, 22, 6, False)],
+        },
+        revoked=[259],
+    )
+    assert node_policy(state, [API, API]) == {PolicyKey(257, 256, 80, 6): True}
+    assert node_policy(state, [API, DB]) == {
+        PolicyKey(257, 256, 80, 6): True,
+        PolicyKey(258, 257, 0, 6): True,
+        PolicyKey(258, 257, 22, 6): False,
     }
-    assert node_state(shared, [API, DB], 3)["policy"] == {
-        "257/256/80/6": 1,
-        "258/257/0/6": 1,
-        "258/257/22/6": 0,
-    }
-    assert node_state(shared, [WEB], 3)["policy"] == {}
-    # The shared sections are left as they were.
-    assert shared.sections["policy"][DB] == {"258/257/0/6": 1, "258/257/22/6": 0}
+    assert node_policy(state, [WEB]) == {}
+    # The shared state is left as it was.
+    assert len(state.policy[DB]) == 2

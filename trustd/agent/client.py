@@ -191,7 +191,9 @@ class ServerClient:
         verdict_since: int | None = None,
     ) -> dict[str, Any]:
         """Long-poll; `revoked_since` is None until the agent knows where the revocation
-        feed stands; `verdict_since` is None when the agent enforces nothing."""
+        feed stands; `verdict_since` is None when the agent enforces nothing. `since` and
+        `verdict_since` are the revisions the agent applied: trustd records them as its
+        acknowledgement."""
         params: dict[str, Any] = {"since": since, "wait": wait}
         if revoked_since is not None:
             params["revoked_since"] = revoked_since
@@ -199,14 +201,6 @@ class ServerClient:
             params["verdict_since"] = verdict_since
         result: dict[str, Any] = await self._call("GET", "/v1/agents/sync", identity, params=params)
         return result
-
-    async def ack(
-        self, identity: NodeIdentity, revision: int, verdict_revision: int | None = None
-    ) -> None:
-        body: dict[str, Any] = {"revision": revision}
-        if verdict_revision is not None:
-            body["verdict_revision"] = verdict_revision
-        await self._call("POST", "/v1/agents/ack", identity, json=body)
 
     async def report_addresses(
         self, identity: NodeIdentity, addresses: Mapping[str, Iterable[str]]

@@ -255,7 +255,9 @@ class Agent:
     # -- sync ----------------------------------------------------------------------------
 
     async def sync_once(self, wait: float) -> bool:
-        """One long-poll; applies and acknowledges a change. Returns whether one came."""
+        """One long-poll; applies a change. Returns whether one came. There is no separate
+        acknowledgement: the next long-poll's cursors (`since`, `verdict_since`) say what
+        this agent applied, and trustd records them."""
         result = await self.client.sync(
             self.node, self.revision, self.revocation_revision, wait, self._verdict_since()
         )
@@ -265,7 +267,7 @@ class Agent:
         if not result["changed"]:
             return False
         if result.get("verdicts"):
-            self._apply_verdicts(result["verdicts"])
+            await self._apply_verdicts(result["verdicts"])
         await self._apply_revocations(result["revocations"])
         self.revocation_revision = int(result["revocation_revision"])
         entries = [
@@ -293,7 +295,6 @@ class Agent:
                 await self.client.update_bundle(bundle)
         self.revision = int(result["revision"])
         self._wake_rotation.set()
-        await self.client.ack(self.node, self.revision, self._verdict_since())
         return True
 
     @property
@@ -319,13 +320,15 @@ class Agent:
             return None
         return 0 if self._verdict_full else self.verdicts.revision
 
-    def _apply_verdicts(self, update: dict[str, Any]) -> None:
+    async def _apply_verdicts(self, update: dict[str, Any]) -> None:
         """Apply a verdict update to every backend, or keep the last good state and ask
-        for the full state on the next sync; never opens traffic because of an error."""
+        for the full state on the next sync; never opens traffic because of an error.
+        The kernel maps are written on a worker thread: the Workload API and ext_authz
+        keep answering meanwhile."""
         try:
             table = self.verdicts.applied(update)
             if self.enforcer is not None:
-                self.enforcer.apply(table)
+                await asyncio.to_thread(self.enforcer.apply, table)
         except (InvalidVerdicts, EnforcementError) as exc:
             reason = "invalid" if isinstance(exc, InvalidVerdicts) else "datapath"
             metrics.VERDICT_ERRORS.labels(reason).inc()

@@ -24,7 +24,6 @@ from trustd.api.schemas import (
     SyncResponse,
 )
 from trustd.api.svid import jwt_svid_response
-from trustd.api.verdicts import verdict_delta
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"], dependencies=[exempt(Exemption.AGENT)])
 
@@ -37,16 +36,18 @@ async def sync(
     revoked_since: Annotated[int | None, Query(ge=0)] = None,
     wait: Annotated[float, Query(ge=0, le=60)] = 30.0,
     verdict_since: Annotated[int | None, Query(ge=0)] = None,
-) -> SyncResponse:
+) -> Response:
     """Answers at once when the node's state changed after revision `since`, a
     certificate was revoked after revocation revision `revoked_since`, or the node's
     verdicts moved past `verdict_since` (enforcing agents only; 0 asks for the full state);
-    otherwise holds up to `wait` seconds and answers `changed: false`."""
+    otherwise holds up to `wait` seconds and answers `changed: false`. `since` and
+    `verdict_since` are what the agent applied: they are recorded as its acknowledgement."""
     wait = min(wait, services.settings.sync_wait.total_seconds())
     snapshot = await services.agents.sync(node, since, revoked_since, wait, verdict_since)
     if snapshot is None:
-        return SyncResponse(changed=False, revision=since, revocation_revision=revoked_since or 0)
-    return SyncResponse(
+        idle = SyncResponse(changed=False, revision=since, revocation_revision=revoked_since or 0)
+        return _json(idle)
+    answer = SyncResponse(
         changed=True,
         revision=snapshot.revision,
         entries=[public_entry(e) for e in snapshot.entries],
@@ -58,13 +59,22 @@ async def sync(
             for r in snapshot.revocations
         ],
         revocation_revision=snapshot.revocation_revision,
-        verdicts=verdict_delta(snapshot.verdicts) if snapshot.verdicts else None,
+        verdicts=snapshot.verdicts,
     )
+    return _json(answer)
+
+
+def _json(body: SyncResponse) -> Response:
+    # Serialised once, by pydantic, from the model built above: a change wakes every
+    # agent's long-poll at once, and FastAPI's response_model path would validate the
+    # model again and serialise it through Python dicts for each of them.
+    return Response(body.model_dump_json(), media_type="application/json")
 
 
 @router.post("/ack", status_code=204, response_class=Response)
 def ack(body: Ack, node: NodeDep, services: ServicesDep) -> Response:
-    """The agent applied `revision` (and `verdict_revision` of its verdicts)."""
+    """The agent applied `revision` (and `verdict_revision` of its verdicts). Agents now
+    acknowledge with their next long-poll's cursors; kept for agents that still call it."""
     services.nodes.touch(node, body.revision)
     if body.verdict_revision is not None:
         services.verdicts.acknowledge(node.spiffe_id, body.verdict_revision)

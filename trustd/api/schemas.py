@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pki.revocation import RevocationReason
 from pki.rotation import KeyKind as CaKeyKind
+from trustd.domain.verdicts import VerdictDelta
 from trustd.roles import Role
 
 
@@ -219,23 +220,6 @@ class RevokedSvid(_Strict):
     revision: int
 
 
-class VerdictSection(_Strict):
-    set: dict[str, Any] = Field(default_factory=dict)
-    remove: list[str] = Field(default_factory=list)
-
-
-class VerdictDelta(_Strict):
-    """Verdict changes for one node. `base` 0: the full state (replace everything held).
-    Sections: `identities` (SPIFFE ID -> number), `ipcache` (prefix -> number), `policy`
-    ("dst/src/port/proto" -> 1 allow, 0 deny; port 0 any), `revoked` (number -> 1)."""
-
-    revision: int
-    base: int
-    changes: dict[str, VerdictSection]
-    # The mesh policy for the agent's own L7 decisions, when it changed.
-    l7: dict[str, Any] | None = None
-
-
 class SyncResponse(_Strict):
     changed: bool
     revision: int
@@ -243,6 +227,7 @@ class SyncResponse(_Strict):
     bundle: dict[str, Any] | None = None
     revocations: list[RevokedSvid] = Field(default_factory=list)
     revocation_revision: int = 0
+    # Enforcing agents only: the node's verdicts, changed since `verdict_since`.
     verdicts: VerdictDelta | None = None
 
 

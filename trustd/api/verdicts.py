@@ -5,19 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from trustd.api.deps import AdminDep, ServicesDep, require
-from trustd.api.schemas import AgentVerdictLag, VerdictDelta, VerdictSection
-from trustd.services.verdicts import VerdictUpdate
+from trustd.api.schemas import AgentVerdictLag
 
 router = APIRouter(prefix="/v1/verdicts", tags=["verdicts"])
-
-
-def verdict_delta(update: VerdictUpdate) -> VerdictDelta:
-    return VerdictDelta(
-        revision=update.revision,
-        base=update.base,
-        changes={k: VerdictSection(**v) for k, v in update.changes.items()},
-        l7=update.l7,
-    )
 
 
 @router.get(

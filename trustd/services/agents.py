@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from pki.ca import X509SvidParams, csr_public_key, parse_csr
 from pki.clock import Clock
@@ -26,6 +26,7 @@ from trustd.bus import Bus
 from trustd.domain.certificates import CertificateKind
 from trustd.domain.entries import Entry as RegistrationEntry
 from trustd.domain.revocations import Revocation
+from trustd.domain.verdicts import VerdictDelta
 from trustd.errors import Conflict, InvalidRequest, PermissionDenied
 from trustd.services.audit import AuditLog
 from trustd.services.ca import CertificateAuthority
@@ -35,9 +36,13 @@ from trustd.services.nodes import NodePrincipal, Nodes
 from trustd.services.policy import CHANNEL as POLICY_CHANNEL
 from trustd.services.revocation import REVOCATION_CHANNEL, Revocations
 from trustd.services.sync import SYNC_CHANNEL, announce, bump_revision, current_revision
-from trustd.services.verdicts import Verdicts, VerdictUpdate
+from trustd.services.verdicts import Verdicts
 from trustd.store.db import transaction
-from trustd.store.verdicts import ReportedAddress
+from trustd.store.verdicts import (
+    fetch_sources,
+    list_node_reported_addresses,
+    update_node_reported_addresses,
+)
 
 MAX_SVIDS_PER_REQUEST = 500
 MAX_REPORTED_IDENTITIES = 1000
@@ -53,7 +58,7 @@ class Snapshot:
     revocations: tuple[Revocation, ...] = ()
     revocation_revision: int = 0
     # Verdict and IP-cache changes since the revision the agent applied (None: none).
-    verdicts: VerdictUpdate | None = None
+    verdicts: VerdictDelta | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,18 @@ class Agents:
         self._revocations = revocations
         self._verdicts = verdicts
         self._draining = asyncio.Event()
+        # Each node's entries as last read, with the sync revision they were read at.
+        self._entries_held: dict[
+            tuple[str, frozenset[str]], tuple[int, list[RegistrationEntry]]
+        ] = {}
+        # The sync revision each node's agent last said it applied.
+        self._applied: dict[str, int] = {}
+        self._parked = 0
+
+    @property
+    def parked(self) -> int:
+        """How many long-polls of this process are waiting for a change right now."""
+        return self._parked
 
     def _node_entries(self, principal: NodePrincipal) -> tuple[int, list[RegistrationEntry]]:
         with transaction(self._engine) as session:
@@ -112,6 +129,20 @@ class Agents:
             self._entries.aliases_of(session, principal.selectors),
         )
         return self._entries.for_node(session, view)
+
+    def _local(
+        self, session: Session, principal: NodePrincipal, revision: int
+    ) -> list[RegistrationEntry]:
+        """The node's entries at sync revision `revision`, read once per revision: a change
+        that leaves the revision alone (policy, revocations) wakes every long-poll, and
+        none of them needs the entries read again."""
+        key = (principal.spiffe_id, principal.selectors)
+        held = self._entries_held.get(key)
+        if held is not None and held[0] == revision:
+            return held[1]
+        entries = self._entries_in(session, principal)
+        self._entries_held[key] = (revision, entries)
+        return entries
 
     def _changed(
         self,
@@ -126,39 +157,59 @@ class Agents:
         only learns where the feed stands), and its verdicts as a delta from
         `verdict_since` (None: the agent does not enforce).
 
+        The cursors are what the agent applied: they are recorded as its acknowledgement.
+
         Raises:
             PolicyEvaluationError: the attestation or mesh policy failed (the node gets
                 nothing).
         """
         enforcing = verdict_since is not None and self._verdicts is not None
-        # One read for both cursors and, when they moved or verdicts may have, the entries
-        # at that revision.
+        # One read for the cursors and, when the sync revision moved past what this
+        # process read the node's entries at, the entries.
         with transaction(self._engine) as session:
-            revision = current_revision(session)
-            revocation_revision = self._revocations.revision(session)
+            sources = fetch_sources(session)
+            revision, revocation_revision = sources.sync, sources.revocation
             moved = revision > since or (
                 revoked_since is not None and revocation_revision > revoked_since
             )
             if not (moved or enforcing):
-                return None
-            entries = self._entries_in(session, principal)
+                entries: list[RegistrationEntry] = []
+            else:
+                entries = self._local(session, principal, revision)
+        # A revision past the newest is no revision the agent can hold.
+        if since <= revision:
+            self._note_applied(principal, since)
+        if not (moved or enforcing):
+            return None
         verdicts = None
         if self._verdicts is not None and verdict_since is not None:
             # Verdicts also move with policy and revocations, which leave the entry revision
-            # alone: compile (cheap when nothing changed) and ask.
-            verdicts = self._verdicts.update_for(
-                principal.spiffe_id, entries, revision, revocation_revision, verdict_since
+            # alone; the revision is compiled once per change, by the first who asks.
+            verdicts = self._verdicts.delta_for(
+                principal.spiffe_id, (e.spiffe_id for e in entries), sources, verdict_since
             )
         if not moved and verdicts is None:
             return None
-        if revoked_since is not None:
+        if revoked_since is not None and revocation_revision > revoked_since:
             feed = self._revocations.since(revoked_since)
             revoked, cursor = feed.events, feed.revision
+        elif revoked_since is not None:
+            # Nothing revoked since the agent's cursor: no need to ask the feed (every
+            # long-poll a policy or entry change wakes would queue on it).
+            revoked, cursor = (), revoked_since
         else:
             revoked, cursor = (), revocation_revision
         return Snapshot(
             revision, entries, self._ca.state.bundle.to_jwks(), revoked, cursor, verdicts
         )
+
+    def _note_applied(self, principal: NodePrincipal, since: int) -> None:
+        """The long-poll's `since` is the sync revision the agent applied: record it (the
+        acknowledgement rides on the next long-poll) when it is news. The verdict
+        revision is recorded the same way by `Verdicts.delta_for`."""
+        if since > 0 and self._applied.get(principal.spiffe_id) != since:
+            self._nodes.touch(principal, since)
+            self._applied[principal.spiffe_id] = since
 
     def drain(self) -> None:
         """The server is stopping: answer every waiting long-poll now ("no change")."""
@@ -196,9 +247,13 @@ class Agents:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(remaining):
-                        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                self._parked += 1
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(remaining):
+                            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    self._parked -= 1
             finally:
                 for waiter in waiters:
                     waiter.cancel()
@@ -344,21 +399,13 @@ class Agents:
             raise PermissionDenied(f"this node may not serve {foreign[0]}")
         held = {
             (row.spiffe_id, row.address): row
-            for row in session.exec(
-                select(ReportedAddress).where(ReportedAddress.node_id == principal.spiffe_id)
-            ).all()
+            for row in list_node_reported_addresses(session, principal.spiffe_id)
         }
         added, removed = sorted(wanted - held.keys()), sorted(held.keys() - wanted)
         if not added and not removed:
             return None
-        for key in removed:
-            session.delete(held[key])
-        now = self._clock.now()
-        session.add_all(
-            ReportedAddress(
-                node_id=principal.spiffe_id, spiffe_id=spiffe_id, address=address, reported_at=now
-            )
-            for spiffe_id, address in added
+        update_node_reported_addresses(
+            session, principal.spiffe_id, [held[k] for k in removed], added, self._clock.now()
         )
         self._audit.record(
             session,

@@ -1,21 +1,16 @@
 """Verdicts for the nodes: numeric identities, the IP -> identity table, and which
 (source identity, port, protocol) may reach each local destination identity at L4.
 
-The L4 verdicts are computed from the mesh Rego policy itself, not re-implemented here:
-the policy's rules are data (`data.mesh.allow` / `data.mesh.deny`), so the rules' source and
-destination patterns say which (source, destination, port) tuples could possibly be allowed;
-only those candidates are evaluated by the engine, never every pair. L7 fields (methods,
-paths) are left to the proxy filters: an allow rule with L7 fields opens its port at L4
-(as Cilium does when it redirects to its proxy) and a deny rule with L7 fields denies at L7
-only. Evaluations are memoised per policy revision, so a change to entries or IPs evaluates
-only the new candidates.
-
-Each node's state is stored with a per-node revision; agents get a delta from the revision
-they applied when it is still kept, the full state otherwise. Every node's state is one
-node-independent part (identities, IP cache, revocations, and the verdicts of every
-destination) with the verdicts of its own destinations: the part is compiled once per
-(policy, sync, revocation) revision in each process, not once per node, so a change that
-wakes every agent's long-poll costs one compilation and a slice per node.
+Verdicts are compiled once per change: a verdict revision is one state shared by every
+node (identities, IP cache, revoked identities, and the L4 verdicts of every destination,
+from `policy.verdicts.L4Compiler`), stored in `verdict_revisions`. The first long-poll
+that finds the stored revision older than what it is compiled from (the policy, sync and
+revocation revisions) compiles the new one under a lock every replica takes (PostgreSQL
+advisory lock), so the change is compiled once and the other replicas read what it stored.
+A node's state is the shared sections with the verdicts of its own destinations; its delta
+from the revision its agent holds is the difference of the two slices, computed from the
+states each process keeps in memory, with the shared sections' difference computed once
+per pair of revisions.
 """
 
 from __future__ import annotations
@@ -23,61 +18,87 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-import re
 import threading
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, delete, select
+from sqlmodel import Session
 
 from pki.clock import Clock
-from policy.engine import EmbeddedEngine
-from policy.errors import PolicyEvaluationError, UnknownPath
+from policy.bundle import Bundle
+from policy.verdicts import MESH_PACKAGE, PROTOCOLS, L4Compiler
 from trustd import metrics
-from trustd.domain.certificates import CertificateStatus
-from trustd.domain.entries import Entry
+from trustd.domain.verdicts import (
+    IdentityChanges,
+    IpcacheChanges,
+    L7Policy,
+    PolicyChanges,
+    PolicyKey,
+    PolicyVerdict,
+    RevokedChanges,
+    VerdictChanges,
+    VerdictDelta,
+    VerdictState,
+)
 from trustd.services.policy import PolicyService
-from trustd.store.certificates import IssuedCertificate
 from trustd.store.db import transaction
-from trustd.store.entries import RegistrationEntry
-from trustd.store.nodes import Node
-from trustd.store.verdicts import NodeVerdictAck, NodeVerdictSet, NumericIdentity, ReportedAddress
+from trustd.store.verdicts import (
+    FIRST_IDENTITY,
+    RevisionHead,
+    Sources,
+    create_numeric_identities,
+    create_revision,
+    delete_reported_addresses,
+    fetch_revision_head,
+    fetch_revision_state,
+    fetch_sources,
+    list_entry_identities,
+    list_reported_addresses,
+    list_revoked_spiffe_ids,
+    list_verdict_acks,
+    lock_compilation,
+    prune_reported_addresses,
+    update_revision_sources,
+    update_verdict_acks,
+)
+
+__all__ = [
+    "AMBIGUOUS",
+    "AMBIGUOUS_IDENTITY",
+    "FIRST_IDENTITY",
+    "AgentLag",
+    "Compiled",
+    "Sources",
+    "Verdicts",
+    "delete_reported_addresses",
+    "node_policy",
+    "prune_reported_addresses",
+    "resolve_ipcache",
+]
 
 log = structlog.get_logger("trustd.verdicts")
 
-MESH_ALLOW = "trustd/mesh/allow"
-MESH_PACKAGE = "package trustd.mesh"
-# Identity 0 is "unknown" (an address in no entry); allocated identities start above the
-# range Cilium reserves for its own fixed identities, so numbers read the same way.
-FIRST_IDENTITY = 256
 # Reserved: an address that reports give to more than one identity. It is in no policy,
 # so traffic from or to it is denied.
 AMBIGUOUS_IDENTITY = 255
 AMBIGUOUS = "reserved:ambiguous"
 MAX_LOGGED = 20
-PROTOCOLS = {"tcp": 6, "udp": 17}
-# L7 protocols ride on TCP.
-L4_OF = {"tcp": "tcp", "http": "tcp", "http2": "tcp", "grpc": "tcp", "udp": "udp"}
-ANY_PORT = 0
 KEEP_REVISIONS = 16
-COMPILE_ATTEMPTS = 3
-SECTIONS = ("identities", "ipcache", "policy", "revoked")
 
 
-@dataclass(frozen=True)
-class VerdictUpdate:
-    """What an agent must apply: the full state (`base` 0) or the changes since `base`."""
+class ActivePolicy(Protocol):
+    """The policy revision in force (`PolicyService.active`)."""
 
-    revision: int
-    base: int
-    changes: dict[str, dict[str, Any]]
-    l7: dict[str, Any] | None
+    @property
+    def revision(self) -> int: ...
+
+    @property
+    def bundle(self) -> Bundle: ...
 
 
 @dataclass(frozen=True)
@@ -92,110 +113,23 @@ class AgentLag:
         return self.revision - self.applied_revision
 
 
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """The mesh policy's globs ("*" one segment, "**" any) as a regex that matches at least
-    what the policy's own `glob_matches` does; it only picks candidates, Rego decides."""
-    parts = re.split(r"(\*\*|\*)", pattern)
-    body = "".join(
-        ".*" if part == "**" else "[^/]*" if part == "*" else re.escape(part) for part in parts
-    )
-    return re.compile(body + r"\Z")
+@dataclass(frozen=True)
+class Compiled:
+    """One verdict revision as this process holds it."""
+
+    revision: int
+    sources: Sources
+    # The policy revision the verdicts (and the L7 policy sent with them) come from.
+    policy_revision: int
+    state: VerdictState
 
 
-def _l4_rules(rules: Iterable[Any], allow: bool) -> list[dict[str, Any]]:
-    out = []
-    for rule in rules:
-        if not isinstance(rule, Mapping):
-            continue
-        has_l7 = bool(rule.get("methods") or rule.get("paths"))
-        if has_l7 and not allow:
-            continue
-        kept = {k: v for k, v in rule.items() if k not in ("methods", "paths")}
-        protocols = rule.get("protocols") or []
-        l4 = sorted({L4_OF[p] for p in protocols if p in L4_OF})
-        if protocols and not l4:
-            continue
-        if protocols:
-            kept["protocols"] = l4
-        out.append(kept)
+def node_policy(state: VerdictState, local: Iterable[str]) -> dict[PolicyKey, bool]:
+    """A node's verdicts: those of its local destinations."""
+    out: dict[PolicyKey, bool] = {}
+    for spiffe_id in set(local):
+        out.update((v.key, v.allow) for v in state.policy.get(spiffe_id, ()))
     return out
-
-
-class L4Compiler:
-    """Evaluates the mesh policy on candidate tuples, memoised for one policy revision."""
-
-    def __init__(self, modules: Mapping[str, str], data: Mapping[str, Any]) -> None:
-        mesh = data.get("mesh", {}) if isinstance(data.get("mesh"), Mapping) else {}
-        self.allow_rules = _l4_rules(mesh.get("allow", []), allow=True)
-        self.deny_rules = _l4_rules(mesh.get("deny", []), allow=False)
-        l4_data = dict(data)
-        l4_data["mesh"] = {"allow": self.allow_rules, "deny": self.deny_rules}
-        self._engine = EmbeddedEngine(modules, l4_data)
-        self._memo: dict[tuple[str, str, int, str], bool] = {}
-        self.evaluations = 0
-
-    def _allowed(self, src: str, dst: str, port: int, proto: str) -> bool:
-        key = (src, dst, port, proto)
-        found = self._memo.get(key)
-        if found is None:
-            self.evaluations += 1
-            candidate = {"source": src, "destination": dst, "port": port, "protocol": proto}
-            try:
-                # The compiled program answers without cloning the engine per candidate,
-                # which a change to a policy with many rules pays for every candidate.
-                result = self._engine.query(MESH_ALLOW, json.dumps(candidate))
-            except UnknownPath as exc:
-                raise PolicyEvaluationError(exc.detail, rule=MESH_ALLOW) from None
-            found = self._memo[key] = result.value is True
-        return found
-
-    def verdicts(self, identities: Iterable[str]) -> dict[tuple[str, str, int, str], bool]:
-        """(destination, source, port, protocol) -> allowed, for the candidates the rules
-        name; a wildcard port appears as port 0, and ports a deny rule names next to a
-        wildcard allow get their own (deny) verdict, which the datapath checks first.
-
-        Raises:
-            PolicyEvaluationError: the engine failed on a candidate.
-        """
-        ids = sorted(identities)
-        deny_ports = {
-            (port, L4_OF.get(p, p))
-            for rule in self.deny_rules
-            for port in rule.get("ports") or []
-            for p in rule.get("protocols") or list(PROTOCOLS)
-        }
-        out: dict[tuple[str, str, int, str], bool] = {}
-        for rule in self.allow_rules:
-            sources = glob_regex(str(rule.get("source", "**")))
-            dests = glob_regex(str(rule.get("destination", "**")))
-            ports = [int(p) for p in rule.get("ports") or [ANY_PORT]]
-            protos = rule.get("protocols") or list(PROTOCOLS)
-            for src in (i for i in ids if sources.match(i)):
-                for dst in (i for i in ids if dests.match(i)):
-                    for proto in protos:
-                        for port in ports:
-                            out[(dst, src, port, proto)] = self._allowed(src, dst, port, proto)
-                        if ports == [ANY_PORT]:
-                            for port, deny_proto in deny_ports:
-                                if deny_proto == proto:
-                                    allowed = self._allowed(src, dst, port, proto)
-                                    out[(dst, src, port, proto)] = allowed
-        return out
-
-
-def delete_reported_addresses(session: Session, node_id: str) -> None:
-    """Forget what the node's agent reported (it was evicted, banned or attested again)."""
-    session.exec(delete(ReportedAddress).where(col(ReportedAddress.node_id) == node_id))
-
-
-def prune_reported_addresses(session: Session, spiffe_id: str) -> None:
-    """Forget the addresses reported for `spiffe_id` once no entry carries it any more
-    (call after the entry change is flushed)."""
-    in_use = session.exec(
-        select(RegistrationEntry.id).where(RegistrationEntry.spiffe_id == spiffe_id).limit(1)
-    ).first()
-    if in_use is None:
-        session.exec(delete(ReportedAddress).where(col(ReportedAddress.spiffe_id) == spiffe_id))
 
 
 def _covering(
@@ -211,43 +145,66 @@ def _covering(
     return None
 
 
+def resolve_ipcache(
+    entries: Sequence[tuple[str, str, Sequence[str]]],
+    numbers: Mapping[str, int],
+    reported: Iterable[tuple[str, str]],
+) -> tuple[dict[str, int], list[str], list[str]]:
+    """Prefix -> identity from the entries' declared prefixes (entry ID, SPIFFE ID,
+    prefixes), then the addresses agents reported (SPIFFE ID, address) as /32s; with the
+    reported addresses held back and those found ambiguous.
+
+    Declared prefixes win: a reported address inside one (at any length) that names
+    another identity is held back, since the /32 would override the operator's prefix in
+    the longest-prefix match. A reported address two identities claim (two workloads
+    sharing a network namespace, or an address moving) cannot be told apart: it maps to
+    the reserved ambiguous identity, which no policy allows to or from, so it fails
+    closed; leaving it out would make it unknown, and traffic to an unknown destination
+    is not judged at all (enforce.c: C_UNMANAGED).
+    """
+    ipcache: dict[str, int] = {}
+    for _, spiffe_id, prefixes in sorted(entries):
+        for prefix in prefixes:
+            ipcache.setdefault(prefix, numbers[spiffe_id])
+    declared = {ipaddress.IPv4Network(prefix): number for prefix, number in ipcache.items()}
+    lengths = sorted({net.prefixlen for net in declared}, reverse=True)
+    in_use = {spiffe_id for _, spiffe_id, _ in entries}
+    claims: dict[str, set[int]] = defaultdict(set)
+    for spiffe_id, address in reported:
+        # A report racing the deletion of the last entry with its SPIFFE ID may leave
+        # rows behind; they count for nothing.
+        if spiffe_id in in_use:
+            claims[address].add(numbers[spiffe_id])
+    held_back, ambiguous = [], []
+    for address, claimants in sorted(claims.items()):
+        covering = _covering(ipaddress.IPv4Address(address), declared, lengths)
+        if covering is not None:
+            if claimants != {covering}:
+                held_back.append(address)
+        elif len(claimants) > 1:
+            ambiguous.append(address)
+            ipcache[f"{address}/32"] = AMBIGUOUS_IDENTITY
+        else:
+            ipcache[f"{address}/32"] = next(iter(claimants))
+    return ipcache, held_back, ambiguous
+
+
 def _digest(state: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
 
-def diff_states(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per section: keys to set (with values) and keys to remove."""
-    changes: dict[str, dict[str, Any]] = {}
-    for section in SECTIONS:
-        before, after = old.get(section, {}), new.get(section, {})
-        put = {k: v for k, v in after.items() if before.get(k) != v}
-        removed = sorted(k for k in before if k not in after)
-        if put or removed:
-            changes[section] = {"set": put, "remove": removed}
-    return changes
-
-
-def full_changes(state: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    return {s: {"set": dict(state.get(s, {})), "remove": []} for s in SECTIONS}
+def _mapping_changes(
+    old: Mapping[str, int], new: Mapping[str, int]
+) -> tuple[dict[str, int], list[str]]:
+    put = {k: v for k, v in new.items() if old.get(k) != v}
+    return put, sorted(old.keys() - new.keys())
 
 
 @dataclass(frozen=True)
-class SharedState:
-    """What every node's state is made from at one (policy, sync, revocation) revision: the
-    sections as sent, except "policy", which maps each destination SPIFFE ID to the
-    verdicts for its traffic."""
-
-    sources: tuple[int, int, int]
-    sections: Mapping[str, Any]
-
-
-def node_state(shared: SharedState, local: Iterable[str], l7_revision: int) -> dict[str, Any]:
-    """A node's state: the shared sections, with the verdicts of its local destinations."""
-    by_destination: Mapping[str, dict[str, int]] = shared.sections["policy"]
-    policy: dict[str, int] = {}
-    for spiffe_id in set(local):
-        policy.update(by_destination.get(spiffe_id, {}))
-    return {**shared.sections, "policy": policy, "l7_revision": l7_revision}
+class _SharedChanges:
+    identities: IdentityChanges
+    ipcache: IpcacheChanges
+    revoked: RevokedChanges
 
 
 class Verdicts:
@@ -255,139 +212,131 @@ class Verdicts:
         self._engine = engine
         self._clock = clock
         self._policy = policy
+        # Compilation in this process: the threads a change wakes wait for one compiler.
         self._lock = threading.Lock()
         self._compiler: tuple[int, L4Compiler] | None = None
         self._conflicts: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
-        # The newest shared state; compiling it holds this lock, so threads woken by the
-        # same change wait for one compilation instead of each running their own.
-        self._shared_lock = threading.Lock()
-        self._shared: SharedState | None = None
-
-    # -- identities ----------------------------------------------------------------------
-
-    def _identities(self, session: Session, spiffe_ids: Iterable[str]) -> dict[str, int]:
-        """Numbers for every SPIFFE ID, allocating the missing ones in this transaction."""
-        wanted = set(spiffe_ids)
-        rows = session.exec(
-            select(NumericIdentity).where(col(NumericIdentity.spiffe_id).in_(wanted))
-        ).all()
-        known = {r.spiffe_id: int(r.id or 0) for r in rows}
-        missing = sorted(wanted - known.keys())
-        if missing:
-            top = session.exec(
-                select(col(NumericIdentity.id)).order_by(col(NumericIdentity.id).desc()).limit(1)
-            ).first()
-            next_id = max(FIRST_IDENTITY, (top or 0) + 1)
-            for offset, spiffe_id in enumerate(missing):
-                row = NumericIdentity(
-                    id=next_id + offset, spiffe_id=spiffe_id, created_at=self._clock.now()
-                )
-                session.add(row)
-                known[spiffe_id] = next_id + offset
-            session.flush()
-        return known
+        self._head: Compiled | None = None
+        # The kept revisions this process has read or compiled, newest last.
+        self._states: OrderedDict[int, Compiled] = OrderedDict()
+        self._shared_changes: OrderedDict[tuple[int, int], _SharedChanges] = OrderedDict()
+        # What each agent last said it applied, so a long-poll writes only on a change;
+        # those not written yet, and the writer's lock (see `_flush_acks`).
+        self._acked: dict[str, int] = {}
+        self._pending_acks: dict[str, int] = {}
+        self._ack_lock = threading.Lock()
+        self._ack_write = threading.Lock()
+        # How many verdict states this process compiled (what a change costs, for tests
+        # and benchmarks).
+        self.compilations = 0
 
     # -- compilation ---------------------------------------------------------------------
 
-    def _l4(self) -> tuple[int, L4Compiler, dict[str, Any]]:
+    def current(self, sources: Sources) -> Compiled:
+        """The verdict revision compiled from `sources` or later, compiling it first if no
+        replica has.
+
+        Raises:
+            NotReady: no policy revision is active. PolicyEvaluationError: the engine failed.
+        """
+        head = self._head
+        if head is not None and head.sources == sources:
+            return head
+        with self._lock:
+            head = self._head
+            if head is not None and head.sources == sources:
+                return head
+            return self._compile_or_load()
+
+    def _compile_or_load(self) -> Compiled:
         self._policy.reload_if_changed()
         active = self._policy.active
-        modules = {n: s for n, s in active.bundle.modules.items() if MESH_PACKAGE in s}
-        with self._lock:
-            if self._compiler is None or self._compiler[0] != active.revision:
-                self._compiler = (active.revision, L4Compiler(modules, active.bundle.data))
-            compiler = self._compiler[1]
-        l7 = {
-            "revision": active.revision,
-            "modules": modules,
-            "data": {"mesh": active.bundle.data.get("mesh", {})},
-        }
-        return active.revision, compiler, l7
+        with transaction(self._engine) as session:
+            lock_compilation(session)
+            # Read under the lock: a compiler that waited for another sees what it stored.
+            stored = fetch_revision_head(session)
+            read = fetch_sources(session)
+            sources = Sources(active.revision, read.sync, read.revocation)
+            if stored is not None and stored.sources == sources:
+                compiled = self._kept(session, stored)
+            else:
+                compiled = self._compile(session, stored, sources, active)
+        self._head = compiled
+        return compiled
 
-    def _state(self, session: Session, compiler: L4Compiler) -> dict[str, Any]:
-        """The sections every node shares; "policy" maps each destination SPIFFE ID to the
-        verdicts for its traffic (see `node_state`)."""
-        entries = session.exec(select(RegistrationEntry)).all()
+    def _kept(self, session: Session, head: RevisionHead) -> Compiled:
+        held = self._states.get(head.revision)
+        if held is not None:
+            compiled = Compiled(head.revision, head.sources, held.policy_revision, held.state)
+        else:
+            found = fetch_revision_state(session, head.revision)
+            assert found is not None
+            state = VerdictState.model_validate(found[1])
+            compiled = Compiled(head.revision, head.sources, found[0], state)
+        self._remember(compiled)
+        return compiled
+
+    def _compile(
+        self,
+        session: Session,
+        stored: RevisionHead | None,
+        sources: Sources,
+        active: ActivePolicy,
+    ) -> Compiled:
+        with_mesh = {n: s for n, s in active.bundle.modules.items() if MESH_PACKAGE in s}
+        if self._compiler is None or self._compiler[0] != active.revision:
+            self._compiler = (active.revision, L4Compiler(with_mesh, active.bundle.data))
+        compiler = self._compiler[1]
         now = self._clock.now()
-        revoked_ids: set[str] = {
-            spiffe_id
-            for spiffe_id in session.exec(
-                select(IssuedCertificate.spiffe_id)
-                .where(IssuedCertificate.status == CertificateStatus.REVOKED)
-                .where(col(IssuedCertificate.not_after) > now)
-            ).all()
-            if spiffe_id
-        }
-        spiffe_ids = {e.spiffe_id for e in entries}
-        numbers = self._identities(session, spiffe_ids | revoked_ids)
-        verdicts = compiler.verdicts(spiffe_ids)
-        policy: dict[str, dict[str, int]] = {}
-        for (dst, src, port, proto), allowed in verdicts.items():
-            key = f"{numbers[dst]}/{numbers[src]}/{port}/{PROTOCOLS[proto]}"
-            policy.setdefault(dst, {})[key] = int(allowed)
-        ipcache = self._ipcache(session, entries, numbers)
+        entries = list_entry_identities(session)
+        revoked_ids = list_revoked_spiffe_ids(session, now)
+        spiffe_ids = {spiffe_id for _, spiffe_id, _ in entries}
+        numbers = create_numeric_identities(session, spiffe_ids | revoked_ids, now)
+        policy: dict[str, list[PolicyVerdict]] = defaultdict(list)
+        for (dst, src, port, proto), allowed in compiler.verdicts(spiffe_ids).items():
+            verdict = PolicyVerdict(numbers[dst], numbers[src], port, PROTOCOLS[proto], allowed)
+            policy[dst].append(verdict)
+        ipcache, held_back, ambiguous = resolve_ipcache(
+            entries, numbers, list_reported_addresses(session)
+        )
+        self._note_conflicts(held_back, ambiguous)
         identities = {s: numbers[s] for s in sorted(spiffe_ids)}
         if AMBIGUOUS_IDENTITY in ipcache.values():
             identities[AMBIGUOUS] = AMBIGUOUS_IDENTITY
-        return {
-            "identities": identities,
-            "ipcache": ipcache,
-            "policy": policy,
-            "revoked": {str(numbers[s]): 1 for s in sorted(revoked_ids)},
-        }
+        state = VerdictState(
+            identities=identities,
+            ipcache=ipcache,
+            policy={dst: sorted(verdicts) for dst, verdicts in sorted(policy.items())},
+            revoked=sorted(numbers[s] for s in revoked_ids),
+        )
+        document = state.model_dump(mode="json")
+        digest = _digest({"policy_revision": active.revision, **document})
+        self.compilations += 1
+        if stored is not None and stored.digest == digest:
+            # Nothing an agent holds changes: the revision stands for the new sources too.
+            update_revision_sources(session, stored.revision, sources)
+            compiled = Compiled(stored.revision, sources, active.revision, state)
+        else:
+            revision = (stored.revision if stored else 0) + 1
+            create_revision(session, revision, sources, digest, document, now, KEEP_REVISIONS)
+            compiled = Compiled(revision, sources, active.revision, state)
+        self._remember(compiled)
+        return compiled
 
-    def _ipcache(
-        self, session: Session, entries: Sequence[RegistrationEntry], numbers: Mapping[str, int]
-    ) -> dict[str, int]:
-        """Prefix -> identity: the entries' declared prefixes, then the addresses agents
-        reported, as /32s.
-
-        Declared prefixes win: a reported address inside one (at any length) that names
-        another identity is held back, since the /32 would override the operator's prefix
-        in the longest-prefix match. A reported address two identities claim (two
-        workloads sharing a network namespace, or an address moving) cannot be told apart:
-        it maps to the reserved ambiguous identity, which no policy allows to or from, so
-        it fails closed; leaving it out would make it unknown, and traffic to an unknown
-        destination is not judged at all (enforce.c: C_UNMANAGED).
-        """
-        ipcache: dict[str, int] = {}
-        for entry in sorted(entries, key=lambda e: e.id):
-            for prefix in entry.ip_addresses:
-                ipcache.setdefault(prefix, numbers[entry.spiffe_id])
-        declared = {ipaddress.IPv4Network(prefix): number for prefix, number in ipcache.items()}
-        lengths = sorted({net.prefixlen for net in declared}, reverse=True)
-        in_use = {e.spiffe_id for e in entries}
-        claims: dict[str, set[int]] = defaultdict(set)
-        for spiffe_id, address in session.exec(
-            select(ReportedAddress.spiffe_id, ReportedAddress.address)
-        ).all():
-            # A report racing the deletion of the last entry with its SPIFFE ID may leave
-            # rows behind; they count for nothing.
-            if spiffe_id in in_use:
-                claims[address].add(numbers[spiffe_id])
-        held_back, ambiguous = [], []
-        for address, claimants in sorted(claims.items()):
-            covering = _covering(ipaddress.IPv4Address(address), declared, lengths)
-            if covering is not None:
-                if claimants != {covering}:
-                    held_back.append(address)
-            elif len(claimants) > 1:
-                ambiguous.append(address)
-                ipcache[f"{address}/32"] = AMBIGUOUS_IDENTITY
-            else:
-                ipcache[f"{address}/32"] = next(iter(claimants))
-        self._note_conflicts(held_back, ambiguous)
-        return ipcache
+    def _remember(self, compiled: Compiled) -> None:
+        self._states[compiled.revision] = compiled
+        self._states.move_to_end(compiled.revision)
+        while len(self._states) > KEEP_REVISIONS:
+            self._states.popitem(last=False)
 
     def _note_conflicts(self, held_back: list[str], ambiguous: list[str]) -> None:
         metrics.IPCACHE_CONFLICTS.labels("declared").set(len(held_back))
         metrics.IPCACHE_CONFLICTS.labels("ambiguous").set(len(ambiguous))
         conflicts = (tuple(held_back), tuple(ambiguous))
-        with self._lock:
-            # Every node's compilation meets the same conflicts: say so once per change.
-            if conflicts == self._conflicts:
-                return
-            self._conflicts = conflicts
+        # Say so once per change, not on every recompilation that meets the same ones.
+        if conflicts == self._conflicts:
+            return
+        self._conflicts = conflicts
         if held_back or ambiguous:
             log.warning(
                 "ipcache_conflicts",
@@ -397,151 +346,158 @@ class Verdicts:
                 ambiguous_count=len(ambiguous),
             )
 
-    def update_for(
-        self,
-        node_id: str,
-        local: list[Entry],
-        sync_revision: int,
-        revocation_revision: int,
-        since: int,
-    ) -> VerdictUpdate | None:
-        """The node's verdict state as a delta from `since` (full when `since` is 0 or no
-        longer kept), compiling and storing a new revision first if anything changed;
-        None when the node already holds the newest revision.
+    # -- a node's delta ------------------------------------------------------------------
+
+    def _revision(self, revision: int, head: Compiled) -> Compiled | None:
+        """A kept revision (None: not kept, or never made)."""
+        if revision == head.revision:
+            return head
+        held = self._states.get(revision)
+        if held is not None or not 0 < revision < head.revision:
+            return held
+        with transaction(self._engine) as session:
+            found = fetch_revision_state(session, revision)
+        if found is None:
+            return None
+        # Its sources are not needed: it is only ever a base.
+        state = VerdictState.model_validate(found[1])
+        compiled = Compiled(revision, Sources(found[0], 0, 0), found[0], state)
+        with self._lock:
+            self._states[revision] = compiled
+            self._states.move_to_end(revision, last=False)
+        return compiled
+
+    def delta_for(
+        self, node_id: str, local: Iterable[str], sources: Sources, since: int
+    ) -> VerdictDelta | None:
+        """The node's verdicts as a delta from revision `since`, the one its agent applied
+        (the full state when `since` is 0 or not kept), `local` being the SPIFFE IDs of its
+        entries; None when it holds the newest revision. `since` is recorded as applied.
 
         Raises:
             NotReady: no policy revision is active. PolicyEvaluationError: the engine failed.
         """
-        policy_revision, compiler, l7 = self._l4()
-        sources = (policy_revision, sync_revision, revocation_revision)
-        attempt = 1
-        while True:
-            try:
-                shared = self._shared_state(sources, compiler)
-                state = node_state(shared, (e.spiffe_id for e in local), policy_revision)
-                return self._update(node_id, state, sources, since, l7)
-            except IntegrityError:
-                # A replica sharing the database compiled at the same moment and committed
-                # first: numbers for the same new SPIFFE IDs, or this node's next revision.
-                # Compiling again reads what it committed.
-                if attempt == COMPILE_ATTEMPTS:
-                    raise
-                attempt += 1
-
-    def _shared_state(self, sources: tuple[int, int, int], compiler: L4Compiler) -> SharedState:
-        """The shared state at `sources`, compiled (and new identities numbered, committed)
-        by the first caller after a change; the others wait for it.
-
-        Raises:
-            IntegrityError: another replica numbered the same new SPIFFE IDs first.
-            PolicyEvaluationError: the engine failed.
-        """
-        with self._shared_lock:
-            shared = self._shared
-            if shared is None or shared.sources != sources:
-                with transaction(self._engine) as session:
-                    sections = self._state(session, compiler)
-                shared = self._shared = SharedState(sources, sections)
-            return shared
-
-    def _update(
-        self,
-        node_id: str,
-        state: dict[str, Any],
-        sources: tuple[int, int, int],
-        since: int,
-        l7: dict[str, Any],
-    ) -> VerdictUpdate | None:
-        policy_revision = sources[0]
-        with transaction(self._engine) as session:
-            latest = session.exec(
-                select(NodeVerdictSet)
-                .where(NodeVerdictSet.node_id == node_id)
-                .order_by(col(NodeVerdictSet.revision).desc())
-                .limit(1)
-            ).first()
-            fresh = latest is not None and sources == (
-                latest.policy_revision,
-                latest.sync_revision,
-                latest.revocation_revision,
+        head = self.current(sources)
+        # `since` is what the agent applied: its acknowledgement, unless trustd never
+        # made that revision.
+        if since <= head.revision:
+            self.note_applied(node_id, since)
+        if since == head.revision:
+            return None
+        local = frozenset(local)
+        base = self._revision(since, head) if since > 0 else None
+        policy = node_policy(head.state, local)
+        # Built from states already checked against the wire model: constructed, not
+        # validated again (a full state holds every identity and prefix, per node).
+        if base is None:
+            state = head.state
+            changes = VerdictChanges.model_construct(
+                identities=IdentityChanges.model_construct(set=state.identities, remove=[]),
+                ipcache=IpcacheChanges.model_construct(set=state.ipcache, remove=[]),
+                policy=PolicyChanges.model_construct(
+                    set=[PolicyVerdict(*k, v) for k, v in sorted(policy.items())], remove=[]
+                ),
+                revoked=RevokedChanges.model_construct(set=state.revoked, remove=[]),
             )
-            previous = latest
-            if not fresh:
-                digest = _digest(state)
-                if latest is None or latest.digest != digest:
-                    latest = NodeVerdictSet(
-                        node_id=node_id,
-                        revision=(latest.revision if latest else 0) + 1,
-                        policy_revision=policy_revision,
-                        sync_revision=sources[1],
-                        revocation_revision=sources[2],
-                        digest=digest,
-                        state=state,
-                        created_at=self._clock.now(),
-                    )
-                    session.add(latest)
-                    session.flush()
-                    session.exec(
-                        delete(NodeVerdictSet)
-                        .where(col(NodeVerdictSet.node_id) == node_id)
-                        .where(col(NodeVerdictSet.revision) <= latest.revision - KEEP_REVISIONS)
-                    )
-                else:
-                    (
-                        latest.policy_revision,
-                        latest.sync_revision,
-                        latest.revocation_revision,
-                    ) = sources
-                    session.add(latest)
-            assert latest is not None
-            if latest.revision <= since:
-                return None
-            base = previous if previous is not None and previous.revision == since else None
-            if base is None and since > 0:
-                base = session.exec(
-                    select(NodeVerdictSet)
-                    .where(NodeVerdictSet.node_id == node_id)
-                    .where(NodeVerdictSet.revision == since)
-                ).first()
-            if base is None:
-                changes, base_revision = full_changes(latest.state), 0
-            else:
-                changes, base_revision = diff_states(base.state, latest.state), since
-            send_l7 = base is None or base.state.get("l7_revision") != policy_revision
-            return VerdictUpdate(latest.revision, base_revision, changes, l7 if send_l7 else None)
+        else:
+            shared = self._shared(base, head)
+            before = node_policy(base.state, local)
+            changes = VerdictChanges.model_construct(
+                identities=shared.identities,
+                ipcache=shared.ipcache,
+                policy=PolicyChanges.model_construct(
+                    set=[
+                        PolicyVerdict(*k, v)
+                        for k, v in sorted(policy.items())
+                        if before.get(k) != v
+                    ],
+                    remove=sorted(before.keys() - policy.keys()),
+                ),
+                revoked=shared.revoked,
+            )
+        send_l7 = base is None or base.policy_revision != head.policy_revision
+        return VerdictDelta.model_construct(
+            revision=head.revision,
+            base=0 if base is None else base.revision,
+            changes=changes,
+            l7=self._l7() if send_l7 else None,
+        )
+
+    def _shared(self, base: Compiled, head: Compiled) -> _SharedChanges:
+        """The shared sections' changes from `base` to `head`, once per pair."""
+        key = (base.revision, head.revision)
+        found = self._shared_changes.get(key)
+        if found is None:
+            old, new = base.state, head.state
+            ids_set, ids_removed = _mapping_changes(old.identities, new.identities)
+            ip_set, ip_removed = _mapping_changes(old.ipcache, new.ipcache)
+            found = _SharedChanges(
+                IdentityChanges.model_construct(set=ids_set, remove=ids_removed),
+                IpcacheChanges.model_construct(set=ip_set, remove=ip_removed),
+                RevokedChanges.model_construct(
+                    set=sorted(set(new.revoked) - set(old.revoked)),
+                    remove=sorted(set(old.revoked) - set(new.revoked)),
+                ),
+            )
+            with self._lock:
+                self._shared_changes[key] = found
+                while len(self._shared_changes) > KEEP_REVISIONS:
+                    self._shared_changes.popitem(last=False)
+        return found
+
+    def _l7(self) -> L7Policy:
+        active = self._policy.active
+        return L7Policy(
+            revision=active.revision,
+            modules={n: s for n, s in active.bundle.modules.items() if MESH_PACKAGE in s},
+            data={"mesh": active.bundle.data.get("mesh", {})},
+        )
 
     # -- acknowledgements ----------------------------------------------------------------
 
     def acknowledge(self, node_id: str, revision: int) -> None:
         """Record the verdict revision the node's agent applied."""
-        with transaction(self._engine) as session:
-            row = session.get(NodeVerdictAck, node_id) or NodeVerdictAck(
-                node_id=node_id, applied_at=self._clock.now()
-            )
-            row.applied_revision = revision
-            row.applied_at = self._clock.now()
-            session.add(row)
+        with self._ack_lock:
+            self._pending_acks[node_id] = revision
+        self._flush_acks()
+
+    def note_applied(self, node_id: str, revision: int) -> None:
+        """The agent's long-poll says it holds `revision`: recorded when that is news."""
+        if self._acked.get(node_id) != revision:
+            self.acknowledge(node_id, revision)
+
+    def _flush_acks(self) -> None:
+        """Write every pending acknowledgement. The long-polls one change wakes come back
+        with their acknowledgements together: whichever thread finds no write under way
+        writes all that are pending in one statement (a group commit), the others return
+        and the writer takes theirs on its next pass."""
+        while self._pending_acks:
+            if not self._ack_write.acquire(blocking=False):
+                return
+            try:
+                with self._ack_lock:
+                    batch, self._pending_acks = self._pending_acks, {}
+                try:
+                    with transaction(self._engine) as session:
+                        update_verdict_acks(session, batch, self._clock.now())
+                except Exception:
+                    with self._ack_lock:
+                        self._pending_acks = {**batch, **self._pending_acks}
+                    raise
+                self._acked.update(batch)
+            finally:
+                self._ack_write.release()
 
     def lag(self) -> list[AgentLag]:
-        """Per node: the newest verdict revision, the one its agent applied, and when."""
+        """Per node: the newest verdict revision, the one its agent applied, and when (a
+        node whose agent never enforced is at revision 0)."""
+        self._flush_acks()
         with transaction(self._engine) as session:
-            nodes = session.exec(select(Node.spiffe_id).order_by(col(Node.spiffe_id))).all()
-            acks = {a.node_id: a for a in session.exec(select(NodeVerdictAck)).all()}
-            out = []
-            for node_id in nodes:
-                newest = session.exec(
-                    select(col(NodeVerdictSet.revision))
-                    .where(NodeVerdictSet.node_id == node_id)
-                    .order_by(col(NodeVerdictSet.revision).desc())
-                    .limit(1)
-                ).first()
-                ack = acks.get(node_id)
-                out.append(
-                    AgentLag(
-                        node_id,
-                        newest or 0,
-                        ack.applied_revision if ack else 0,
-                        ack.applied_at if ack else None,
-                    )
-                )
-        return out
+            head = fetch_revision_head(session)
+            newest = head.revision if head is not None else 0
+            return [
+                AgentLag(node_id, newest, ack.applied_revision, ack.applied_at)
+                if ack is not None
+                else AgentLag(node_id, 0, 0, None)
+                for node_id, ack in list_verdict_acks(session)
+            ]

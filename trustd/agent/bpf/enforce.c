@@ -4,11 +4,12 @@
 // policy map keyed by (destination identity, source identity, port, protocol), as Cilium's
 // ipcache and policy maps do.
 //
-// Every map key carries a generation: the agent writes a whole revision into the inactive
+// Every map key carries a generation: the agent writes a revision into the inactive
 // generation, then flips `config.gen` with one array write. A packet reads the generation
-// once, so it sees one revision or the other, never a mix. The agent clears the old
-// generation only after a grace period longer than any program run, so no packet finds
-// its generation half-cleared (a missing destination would read as unmanaged).
+// once, so it sees one revision or the other, never a mix. The agent writes into the old
+// generation (bringing it to the next revision by the difference) only after a grace
+// period longer than any program run, so no packet finds its generation half-changed (a
+// missing destination would read as unmanaged).
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>

@@ -1,11 +1,13 @@
 """The eBPF datapath: load `bpf/enforce.c`, pin its maps under the pin directory
 (`/sys/fs/bpf/trustd/` by default), attach it to tc ingress on the configured interfaces,
-and write each verdict revision atomically (double-buffered by generation)."""
+and write each verdict revision atomically: double-buffered by generation, each generation
+brought to the new revision by the difference from the one it holds."""
 
 from __future__ import annotations
 
 import ctypes
 import ipaddress
+import threading
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -110,6 +112,13 @@ class BpfEnforcer:
         self.staleness = staleness
         self._obj: libbpf.BpfObject | None = None
         self._cpus = _possible_cpus()
+        # The table each generation holds (None: unknown, cleared before it is written).
+        self._held: list[VerdictTable | None] = [None, None]
+        self._switched_at = 0.0
+        # `apply` runs on a worker thread while `refresh` runs on the event loop: both
+        # rewrite the config element, so neither may undo the other's write.
+        self._config_lock = threading.Lock()
+        self._apply_lock = threading.Lock()
 
     def start(self) -> None:
         """Load (reusing pinned maps: the last state stays in force), then attach.
@@ -119,6 +128,8 @@ class BpfEnforcer:
         """
         libbpf.ensure_bpffs()
         self._obj = libbpf.BpfObject(self.object_path, self.pin_dir, MAPS, PROGRAM)
+        # Pinned maps keep what an earlier run wrote, which this one does not know.
+        self._held = [None, None]
         config = self._config()
         config.mode = 1 if self.mode is Mode.ENFORCE else 0
         # The staleness deadline is left as the last run set it: only an answer from
@@ -175,46 +186,84 @@ class BpfEnforcer:
         """trustd answered: move the staleness deadline forward."""
         if self.staleness is None:
             return
-        config = self._config()
-        config.valid_until_ns = time.monotonic_ns() + int(self.staleness * 1e9)
-        self._write_config(config)
+        with self._config_lock:
+            config = self._config()
+            config.valid_until_ns = time.monotonic_ns() + int(self.staleness * 1e9)
+            self._write_config(config)
 
     def apply(self, table: VerdictTable) -> None:
-        """Write `table` into the idle generation, switch to it, clear the old one.
+        """Bring the idle generation to `table`, switch to it; the generation just left
+        keeps the previous revision and catches up on the next apply.
+
+        Each generation remembers the table it holds, so only the difference is written
+        (a delta of a few entries costs a few map writes, not the whole state). A
+        generation whose contents are unknown (pinned by an earlier run, or half written
+        by a refused apply) is cleared and written whole. Blocks for up to SWITCH_GRACE:
+        call it off the event loop.
 
         Raises:
             EnforcementError: a map is full or refused an entry; the active generation
                 (the last good state) is untouched.
         """
-        fds = self._fds
-        config = self._config()
-        gen = config.gen ^ 1
-        self._clear(gen)
-        try:
-            for prefix, number in table.ipcache.items():
-                network = ipaddress.IPv4Network(prefix)
-                key = IpcacheKey(32 + network.prefixlen, gen)
-                key.addr[:] = list(network.network_address.packed)
-                libbpf.update(fds["trustd_ipcache"], key, ctypes.c_uint32(number))
-            for k, allowed in table.policy.items():
+        with self._apply_lock:
+            fds = self._fds
+            with self._config_lock:
+                gen = self._config().gen ^ 1
+            # The idle generation was the active one until the last switch. A packet that
+            # read the generation just before the switch may still be looking entries up
+            # in it, and a destination missing from the IP cache reads as unmanaged
+            # (passed). tc programs run to completion in softirq context within
+            # microseconds: writing only after a grace period, as an RCU grace period
+            # would, never changes an entry under one.
+            pause = self._switched_at + SWITCH_GRACE - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            held = self._held[gen]
+            # Until the writes below all succeed the generation is half written: unknown.
+            self._held[gen] = None
+            if held is None:
+                self._clear(gen)
+                held = VerdictTable()
+            self._write(fds, gen, held, table)
+            # The switch: one array-element write, seen whole by every later packet.
+            with self._config_lock:
+                config = self._config()
+                config.gen = gen
+                config.revision = table.revision
+                self._write_config(config)
+            self._switched_at = time.monotonic()
+            self._held[gen] = table
+
+    @staticmethod
+    def _write(fds: dict[str, int], gen: int, held: VerdictTable, table: VerdictTable) -> None:
+        """Turn generation `gen`, which holds `held`, into `table`."""
+        ipcache, policy, revoked = (
+            fds["trustd_ipcache"],
+            fds["trustd_policy"],
+            fds["trustd_revoked"],
+        )
+
+        def ipcache_key(prefix: str) -> IpcacheKey:
+            network = ipaddress.IPv4Network(prefix)
+            key = IpcacheKey(32 + network.prefixlen, gen)
+            key.addr[:] = list(network.network_address.packed)
+            return key
+
+        for prefix in held.ipcache.keys() - table.ipcache.keys():
+            libbpf.delete(ipcache, ipcache_key(prefix))
+        for prefix, number in table.ipcache.items():
+            if held.ipcache.get(prefix) != number:
+                libbpf.update(ipcache, ipcache_key(prefix), ctypes.c_uint32(number))
+        for k in held.policy.keys() - table.policy.keys():
+            libbpf.delete(policy, PolicyKey(gen, k.dst, k.src, k.port, k.proto, 0))
+        for k, allowed in table.policy.items():
+            if held.policy.get(k) != allowed:
                 pkey = PolicyKey(gen, k.dst, k.src, k.port, k.proto, 0)
-                libbpf.update(fds["trustd_policy"], pkey, ctypes.c_uint32(int(allowed)))
-            for number in table.revoked:
-                libbpf.update(fds["trustd_revoked"], RevokedKey(gen, number), ctypes.c_uint32(1))
-        except EnforcementError:
-            self._clear(gen)
-            raise
-        # The switch: one array-element write, seen whole by every later packet.
-        config.gen = gen
-        config.revision = table.revision
-        self._write_config(config)
-        # A packet that read the old generation just before the switch may still be looking
-        # entries up in it, and a destination missing from the IP cache reads as unmanaged
-        # (passed). tc programs run to completion in softirq context within microseconds:
-        # clearing after a grace period, as an RCU grace period would, never removes an
-        # entry from under one.
-        time.sleep(SWITCH_GRACE)
-        self._clear(gen ^ 1)
+                libbpf.update(policy, pkey, ctypes.c_uint32(int(allowed)))
+        for number in held.revoked - table.revoked:
+            libbpf.delete(revoked, RevokedKey(gen, number))
+        for number in table.revoked - held.revoked:
+            libbpf.update(revoked, RevokedKey(gen, number), ctypes.c_uint32(1))
 
     def _clear(self, gen: int) -> None:
         fds = self._fds
