@@ -37,9 +37,9 @@ from trustd.store.entries import (
     fetch_entry,
     list_entries,
     list_entries_by_parent,
-    list_entry_addresses,
     update_entry,
 )
+from trustd.store.verdicts import list_entry_addresses
 
 DEFAULT_ATTESTATION_POLICY = Path(__file__).resolve().parents[2] / "rego" / "attestation.rego"
 ATTESTATION_RULE = "data.trustd.attestation.allowed"

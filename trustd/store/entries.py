@@ -10,10 +10,9 @@ from sqlalchemy import JSON, Column, Text, UniqueConstraint, or_
 from sqlmodel import Field, Session, SQLModel, col, func, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from trustd.domain.entries import Entry, EntryAddress
+from trustd.domain.entries import Entry
 from trustd.errors import NotFound
 from trustd.store.types import UTCDateTime, overwrite_row, row_values, to_domain
-from trustd.store.verdicts import ReportedAddress
 
 
 class RegistrationEntry(SQLModel, table=True):
@@ -158,13 +157,3 @@ def list_entries_by_parent(session: Session, parent_ids: Sequence[str]) -> list[
             .order_by(col(RegistrationEntry.id))
         )
     ]
-
-
-def list_entry_addresses(session: Session, spiffe_id: str) -> list[EntryAddress]:
-    """What agents reported their workloads with `spiffe_id` hold, by node then address."""
-    rows = session.exec(
-        select(ReportedAddress)
-        .where(ReportedAddress.spiffe_id == spiffe_id)
-        .order_by(col(ReportedAddress.node_id), col(ReportedAddress.address))
-    )
-    return [to_domain(EntryAddress, r) for r in rows]

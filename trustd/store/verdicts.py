@@ -15,10 +15,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, Session, SQLModel, col, delete, select
 
 from trustd.domain.certificates import CertificateStatus
+from trustd.domain.entries import EntryAddress
 from trustd.store.certificates import IssuedCertificate
 from trustd.store.entries import RegistrationEntry
 from trustd.store.nodes import Node
-from trustd.store.types import UTCDateTime
+from trustd.store.types import UTCDateTime, to_domain
 
 # pg_advisory_xact_lock key of verdict compilation ("trustd verdicts", any fixed number).
 _COMPILE_LOCK = 0x7472757374643176
@@ -348,3 +349,14 @@ __all__ = [
     "Sources",
     "VerdictRevision",
 ]
+
+
+def list_entry_addresses(session: Session, spiffe_id: str) -> list[EntryAddress]:
+    """What agents reported their workloads with `spiffe_id` hold, by node then address
+    (an entry's page lists them)."""
+    rows = session.exec(
+        select(ReportedAddress)
+        .where(ReportedAddress.spiffe_id == spiffe_id)
+        .order_by(col(ReportedAddress.node_id), col(ReportedAddress.address))
+    )
+    return [to_domain(EntryAddress, r) for r in rows]
