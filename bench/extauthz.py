@@ -42,17 +42,11 @@ API = "spiffe://example.org/ns/api/orders"
 def _state() -> tuple[Any, Any, str, Any]:
     """A verdict table with the shipped mesh policy, a bundle, and a client chain."""
     from pki.bundle import TrustBundle
-    from pki.ca import (
-        Authority,
-        X509SvidParams,
-        certificate_pem,
-        create_intermediate,
-        create_root,
-        issue_x509_svid,
-    )
+    from pki.ca import Authority, certificate_pem, create_intermediate, create_root
     from pki.clock import SystemClock
     from pki.keys import KeyType, generate_private_key
     from pki.spiffe_id import SpiffeId, TrustDomain
+    from pki.x509_svid import X509SvidParams, issue_x509_svid
     from trustd.agent.enforcement.state import VerdictTable
 
     clock, td = SystemClock(), TrustDomain.parse("example.org")

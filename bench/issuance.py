@@ -32,17 +32,12 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from pki.ca import (
-    Authority,
-    X509SvidParams,
-    create_csr,
-    create_intermediate,
-    create_root,
-    issue_x509_svid,
-)
+from pki.ca import Authority, create_intermediate, create_root
 from pki.clock import SystemClock
+from pki.csr import create_csr
 from pki.keys import KeyType, generate_private_key
 from pki.spiffe_id import SpiffeId, TrustDomain
+from pki.x509_svid import X509SvidParams, issue_x509_svid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import cpu_seconds, free_port, read_token, scratch_database, start_server

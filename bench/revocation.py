@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from sqlalchemy import delete, insert, update
 
-from pki.ca import create_csr
+from pki.csr import create_csr
 from pki.keys import KeyType, generate_private_key
 from pki.revocation import GOOD, RevocationReason, RevokedEntry, build_crl, build_ocsp_response
 from pki.revocation import parse_ocsp_request as parse_request

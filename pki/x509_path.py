@@ -1,6 +1,6 @@
 """RFC 5280 certification path building and validation, over cryptography primitives.
 
-Used by :mod:`pki.ca` to verify X.509-SVIDs and to check what it has just signed.  This
+Used by :mod:`pki.x509_svid` to verify X.509-SVIDs and to check what it has just signed.  This
 implements the parts of RFC 5280 §6.1 a SPIFFE deployment meets: signatures, validity,
 basicConstraints, keyUsage keyCertSign, pathLenConstraint, name constraints (URI, DNS, IP
 and directoryName; other constrained name types fail closed) and unknown critical

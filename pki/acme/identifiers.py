@@ -12,8 +12,8 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from pki.acme.errors import BadCsr, Malformed, RejectedIdentifier, UnsupportedIdentifier
-from pki.ca import dns_name_problem
 from pki.errors import echo
+from pki.x509_svid import dns_name_problem
 
 MAX_IDENTIFIERS = 100
 

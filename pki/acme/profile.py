@@ -1,6 +1,6 @@
 """The TLS server certificate profile for ACME orders, and ACME Renewal Information.
 
-Issuance follows the same pipeline as X509-SVIDs (`pki.ca`): params -> template -> builder
+Issuance follows the same pipeline as X509-SVIDs (`pki.x509_svid`): params -> template -> builder
 -> sign -> validate what was signed. The profile is a plain TLS server certificate in the
 shape of the CA/Browser Forum Baseline Requirements §7.1.2.7 (subscriber certificates) so
 that any TLS client accepts it: DNS/IP SANs only, no SPIFFE URI, serverAuth (+clientAuth when

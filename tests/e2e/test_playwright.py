@@ -15,7 +15,7 @@ import httpx
 import pytest
 from cryptography import x509
 
-from pki.ca import create_csr
+from pki.csr import create_csr
 from pki.keys import KeyType, generate_private_key
 from tests.integration.conftest import TRUSTD, Running, start_server, tls
 

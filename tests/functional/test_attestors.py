@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from pki.bundle import public_key_to_jwk
-from pki.ca import certificate_pem, create_csr
+from pki.ca import certificate_pem
+from pki.csr import create_csr
 from pki.keys import KeyType, generate_private_key
 from tests.functional.conftest import Server, ServerFactory
 from trustd.attestation.x509pop import sign_challenge

@@ -13,9 +13,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, func, select
 
-from pki.ca import X509SvidParams, create_csr, serial_hex
+from pki.ca import serial_hex
+from pki.csr import create_csr
 from pki.keys import KeyType, generate_private_key
 from pki.spiffe_id import SpiffeId
+from pki.x509_svid import X509SvidParams
 from tests.conftest import PostgresDatabase
 from tests.functional.conftest import Server
 from trustd.domain.certificates import CertificateKind

@@ -12,7 +12,8 @@ from cryptography import x509
 from prometheus_client import REGISTRY
 from sqlmodel import Session, func, select
 
-from pki.ca import create_csr, serial_hex
+from pki.ca import serial_hex
+from pki.csr import create_csr
 from pki.errors import TrustdError
 from pki.keys import KeyType, generate_private_key
 from tests.functional.conftest import Server, ServerFactory

@@ -12,10 +12,12 @@ import pytest
 from sqlmodel import Session, func, select
 
 from pki.bundle import TrustBundle
-from pki.ca import create_csr, load_pem_certificates, verify_x509_svid
+from pki.ca import load_pem_certificates
 from pki.clock import SystemClock
+from pki.csr import create_csr
 from pki.keys import KeyType, generate_private_key
 from pki.spiffe_id import SpiffeId, TrustDomain
+from pki.x509_svid import verify_x509_svid
 from tests.functional.conftest import Server
 from trustd.agent.client import NodeIdentity, ServerClient
 from trustd.store.audit import AuditEvent

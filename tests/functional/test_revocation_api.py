@@ -10,7 +10,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from sqlmodel import Session, func, select
 
-from pki.ca import create_csr, load_pem_certificates
+from pki.ca import load_pem_certificates
+from pki.csr import create_csr
 from pki.keys import KeyType, generate_private_key
 from pki.revocation import RevocationReason
 from tests.functional.conftest import Server

@@ -15,12 +15,13 @@ from cryptography import x509
 from sqlmodel import Session, func, select
 
 from pki.bundle import TrustBundle
-from pki.ca import create_csr, verify_x509_svid
 from pki.clock import FakeClock
+from pki.csr import create_csr
 from pki.jwt_svid import validate_jwt_svid
 from pki.keys import KeyType, generate_private_key
 from pki.rotation import SlotStatus
 from pki.spiffe_id import TrustDomain
+from pki.x509_svid import verify_x509_svid
 from tests.functional.conftest import make_settings
 from trustd.bootstrap import initialise, migrate
 from trustd.services.auth import Principal, Role

@@ -7,7 +7,8 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, func, select
 
 from pki.bundle import TrustBundle
-from pki.ca import create_csr, fingerprint_sha256, load_pem_certificates
+from pki.ca import fingerprint_sha256, load_pem_certificates
+from pki.csr import create_csr
 from pki.keys import KeyType, generate_private_key
 from pki.spiffe_id import TrustDomain
 from tests.conftest import PostgresDatabase

@@ -13,10 +13,11 @@ from cryptography.x509.oid import NameOID
 from sqlmodel import Session, func, select
 
 from pki.bundle import TrustBundle
-from pki.ca import load_pem_certificates, verify_x509_svid
+from pki.ca import load_pem_certificates
 from pki.clock import SystemClock
 from pki.jwt_svid import validate_jwt_svid
 from pki.spiffe_id import SpiffeId, TrustDomain
+from pki.x509_svid import verify_x509_svid
 from tests.functional.conftest import Server
 from trustd.api.schemas import X509SvidResponse
 from trustd.store.audit import AuditEvent

@@ -79,7 +79,7 @@ def make_entry(server: Server, name: str = "web") -> str:
 
 
 def issue(server: Server, spiffe_id: str) -> str:
-    from pki.ca import create_csr
+    from pki.csr import create_csr
 
     key = generate_private_key(KeyType.EC_P256)
     response = server.client.post(
@@ -445,7 +445,7 @@ def test_users_api_needs_an_admin_token(ui: Server) -> None:
 
 
 def test_dashboard_and_audit_pages_show_what_happened(ui: Server) -> None:
-    from pki.ca import create_csr
+    from pki.csr import create_csr
 
     token = ui.client.post("/v1/join-tokens", json={"selectors": []}, headers=ui.auth)
     assert token.status_code == 201, token.text

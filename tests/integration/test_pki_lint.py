@@ -18,17 +18,11 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from pki.ca import (
-    Authority,
-    X509SvidParams,
-    certificate_pem,
-    create_intermediate,
-    create_root,
-    issue_x509_svid,
-)
+from pki.ca import Authority, certificate_pem, create_intermediate, create_root
 from pki.clock import SystemClock
 from pki.keys import KeyType, PrivateKey, generate_private_key
 from pki.spiffe_id import SpiffeId, TrustDomain
+from pki.x509_svid import X509SvidParams, issue_x509_svid
 from tests.unit.pki_helpers import raw_leaf
 
 pytestmark = pytest.mark.integration

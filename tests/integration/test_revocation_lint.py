@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 from fastapi.testclient import TestClient
 
-from pki.ca import certificate_pem, create_csr, load_pem_certificates
+from pki.ca import certificate_pem, load_pem_certificates
+from pki.csr import create_csr
 from pki.keys import KeyType, generate_private_key
 from tests.integration.test_pki_lint import _assert_no_errors, _lint, _tool
 from trustd.app import create_app

@@ -14,16 +14,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pki.ca import (
-    Authority,
-    X509SvidParams,
-    create_intermediate,
-    create_root,
-    issue_x509_svid,
-)
+from pki.ca import Authority, create_intermediate, create_root
 from pki.clock import Clock, FakeClock
 from pki.keys import KeyType, PrivateKey, PublicKey, generate_private_key, signature_hash
 from pki.spiffe_id import SpiffeId, TrustDomain
+from pki.x509_svid import X509SvidParams, issue_x509_svid
 
 T0 = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from pki.ca import Authority, X509SvidParams, create_intermediate, create_root, issue_x509_svid
+from pki.ca import Authority, create_intermediate, create_root
 from pki.clock import SystemClock
 from pki.keys import KeyType, generate_private_key
 from pki.selectors import parse_selectors
 from pki.spiffe_id import SpiffeId, TrustDomain
+from pki.x509_svid import X509SvidParams, issue_x509_svid
 from trustd.agent.cache import SvidCache, WorkloadEntry, X509Svid
 
 TD = TrustDomain.parse("example.org")

@@ -16,17 +16,11 @@ from envoy.service.auth.v3 import external_auth_pb2 as pb
 from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc
 
 from pki.bundle import TrustBundle
-from pki.ca import (
-    Authority,
-    X509SvidParams,
-    certificate_pem,
-    create_intermediate,
-    create_root,
-    issue_x509_svid,
-)
+from pki.ca import Authority, certificate_pem, create_intermediate, create_root
 from pki.clock import SystemClock
 from pki.keys import KeyType, generate_private_key
 from pki.spiffe_id import SpiffeId, TrustDomain
+from pki.x509_svid import X509SvidParams, issue_x509_svid
 from trustd.agent.enforcement.state import PolicyKey, VerdictTable
 from trustd.agent.errors import InvalidVerdicts
 from trustd.agent.extauthz import Authorizer, start_extauthz

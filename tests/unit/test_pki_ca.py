@@ -15,22 +15,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
 from pki.ca import (
     CA_BACKDATE,
-    SVID_BACKDATE,
     Authority,
-    X509SvidParams,
     certificate_pem,
     create_intermediate,
     create_root,
-    csr_public_key,
     fingerprint_sha256,
-    issue_x509_svid,
     load_pem_certificates,
     load_upstream_authority,
-    parse_csr,
-    validate_x509_svid,
-    verify_x509_svid,
 )
 from pki.clock import FakeClock
+from pki.csr import csr_public_key, parse_csr
 from pki.errors import (
     CaError,
     InvalidBundle,
@@ -42,6 +36,13 @@ from pki.errors import (
 )
 from pki.keys import KeyType, PrivateKey, same_public_key
 from pki.spiffe_id import SpiffeId, TrustDomain
+from pki.x509_svid import (
+    SVID_BACKDATE,
+    X509SvidParams,
+    issue_x509_svid,
+    validate_x509_svid,
+    verify_x509_svid,
+)
 from tests.unit.pki_helpers import (
     T0,
     TestCA,

@@ -9,7 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from pki.ca import Authority, X509SvidParams, create_intermediate, create_root, issue_x509_svid
+from pki.ca import Authority, create_intermediate, create_root
 from pki.clock import FakeClock
 from pki.errors import InvalidCrl, InvalidOcspRequest
 from pki.keys import KeyType, PrivateKey, generate_private_key, signature_hash
@@ -28,6 +28,7 @@ from pki.revocation import (
     parse_ocsp_request,
 )
 from pki.spiffe_id import SpiffeId, TrustDomain
+from pki.x509_svid import X509SvidParams, issue_x509_svid
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 TD = TrustDomain.parse("example.org")

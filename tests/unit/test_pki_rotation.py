@@ -8,15 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pki.ca import (
-    Authority,
-    X509SvidParams,
-    create_cross_certificate,
-    create_intermediate,
-    create_root,
-    issue_x509_svid,
-    verify_x509_svid,
-)
+from pki.ca import Authority, create_cross_certificate, create_intermediate, create_root
 from pki.clock import FakeClock
 from pki.errors import CaError, InvalidSvid, InvalidTransition
 from pki.keys import KeyType, generate_private_key
@@ -34,6 +26,7 @@ from pki.rotation import (
     should_prepare_next,
 )
 from pki.spiffe_id import SpiffeId, TrustDomain
+from pki.x509_svid import X509SvidParams, issue_x509_svid, verify_x509_svid
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 LIFE = timedelta(hours=6)

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from pki.ca import load_pem_certificates, validate_x509_svid, verify_x509_svid
+from pki.ca import load_pem_certificates
 from pki.clock import FakeClock
 from pki.errors import InvalidSvid
 from pki.spiffe_id import SpiffeId, TrustDomain
+from pki.x509_svid import validate_x509_svid, verify_x509_svid
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors" / "openssl-svid"
 TD = TrustDomain("vectors.example")

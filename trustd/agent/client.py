@@ -16,8 +16,9 @@ import jwt
 from cryptography import x509
 
 from pki.bundle import TrustBundle
-from pki.ca import create_csr, fingerprint_sha256, load_pem_certificates, serial_hex
+from pki.ca import fingerprint_sha256, load_pem_certificates, serial_hex
 from pki.clock import Clock
+from pki.csr import create_csr
 from pki.errors import TrustdError
 from pki.keys import PrivateKey, jws_algorithm
 from pki.spiffe_id import SpiffeId, TrustDomain

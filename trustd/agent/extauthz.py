@@ -34,9 +34,10 @@ import structlog
 from cryptography import x509
 
 from pki.bundle import TrustBundle
-from pki.ca import load_pem_certificates, verify_x509_svid
+from pki.ca import load_pem_certificates
 from pki.clock import Clock
 from pki.errors import InvalidBundle, InvalidSvid
+from pki.x509_svid import verify_x509_svid
 from policy.engine import EmbeddedEngine
 from trustd.agent.enforcement.state import VerdictTable
 from trustd.xfcc import MalformedXfcc, parse_xfcc

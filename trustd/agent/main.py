@@ -23,8 +23,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from pki.bundle import TrustBundle
-from pki.ca import certificate_pem, create_csr, load_pem_certificates, serial_hex
+from pki.ca import certificate_pem, load_pem_certificates, serial_hex
 from pki.clock import Clock
+from pki.csr import create_csr
 from pki.jwt_svid import JwtSvid
 from pki.keys import PrivateKey, allowed_public_key, generate_private_key
 from pki.selectors import parse_selectors

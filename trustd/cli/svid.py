@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from cryptography.hazmat.primitives import serialization
 
-from pki.ca import create_csr
+from pki.csr import create_csr
 from pki.keys import KeyType, generate_private_key
 from trustd.cli.context import connection
 from trustd.cli.output import emit, progress

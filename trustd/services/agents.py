@@ -15,11 +15,12 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from pki.ca import X509SvidParams, csr_public_key, parse_csr
 from pki.clock import Clock
+from pki.csr import csr_public_key, parse_csr
 from pki.errors import TrustdError
 from pki.jwt_svid import JwtSvid, mint_jwt_svid
 from pki.spiffe_id import SpiffeId
+from pki.x509_svid import X509SvidParams
 from trustd import metrics
 from trustd.addresses import parse_workload_address
 from trustd.bus import Bus

@@ -14,10 +14,10 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from pki.ca import dns_name_problem
 from pki.clock import Clock
 from pki.selectors import parse_selectors
 from pki.spiffe_id import SpiffeId
+from pki.x509_svid import dns_name_problem
 from policy.engine import EmbeddedEngine, PolicyEngine
 from trustd.bus import Bus
 from trustd.domain.certificates import CertificateKind

@@ -2,7 +2,7 @@
 certificate, and JWT-SVIDs.
 
 Every X.509 credential goes the same way: request -> lifetime (checked here and nowhere
-else) -> params -> template, sign, validate (`pki.ca.issue_x509_svid`) -> record (the
+else) -> params -> template, sign, validate (`pki.x509_svid.issue_x509_svid`) -> record (the
 certificate row and its audit event, through the group commit or in the caller's
 transaction) -> metrics -> returned. Nothing is handed out before its record has
 committed; if the commit fails the caller gets `StoreUnavailable` and the certificate is
@@ -23,19 +23,14 @@ from cryptography import x509
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from pki.ca import (
-    X509SvidParams,
-    certificate_pem,
-    csr_public_key,
-    issue_x509_svid,
-    parse_csr,
-    serial_hex,
-)
+from pki.ca import certificate_pem, serial_hex
 from pki.clock import Clock
+from pki.csr import csr_public_key, parse_csr
 from pki.errors import TrustdError
 from pki.jwt_svid import JwtSvid, mint_jwt_svid
 from pki.keys import PrivateKey, PublicKey, generate_private_key
 from pki.spiffe_id import SpiffeId
+from pki.x509_svid import X509SvidParams, issue_x509_svid
 from trustd import metrics
 from trustd.domain.certificates import CertificateKind, IssuedX509
 from trustd.errors import InvalidRequest
@@ -223,7 +218,7 @@ class Issuer:
         return outcomes
 
     def params(self, request: IssuanceRequest) -> X509SvidParams:
-        """What `pki.ca` signs for `request`: the SPIFFE ID checked to be in this trust
+        """What `pki.x509_svid` signs for `request`: the SPIFFE ID checked to be in this trust
         domain, the key taken from the CSR, the lifetime checked (`lifetime`).
 
         Raises:

@@ -15,8 +15,9 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from pki.ca import csr_public_key, load_pem_certificates, parse_csr, serial_hex
+from pki.ca import load_pem_certificates, serial_hex
 from pki.clock import Clock
+from pki.csr import csr_public_key, parse_csr
 from pki.errors import TrustdError
 from pki.keys import PublicKey, allowed_public_key, public_key_pem
 from pki.selectors import parse_selectors

@@ -13,7 +13,8 @@ from pki.acme.jws import b64decode
 from pki.acme.messages import Finalize, OrderStatus, parse_payload
 from pki.acme.profile import Profile, TlsServerParams, issue_tls_server_certificate
 from pki.acme.states import allowed, check_transition
-from pki.ca import certificate_pem, csr_public_key, load_pem_certificates, parse_csr, serial_hex
+from pki.ca import certificate_pem, load_pem_certificates, serial_hex
+from pki.csr import csr_public_key, parse_csr
 from pki.errors import InvalidCsr, WeakKey
 from pki.keys import same_public_key
 from pki.x509_path import issued_by
