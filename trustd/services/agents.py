@@ -16,11 +16,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from pki.clock import Clock
-from pki.csr import csr_public_key, parse_csr
 from pki.errors import TrustdError
 from pki.jwt_svid import JwtSvid, mint_jwt_svid
 from pki.spiffe_id import SpiffeId
-from pki.x509_svid import X509SvidParams
 from trustd import metrics
 from trustd.addresses import parse_workload_address
 from trustd.bus import Bus
@@ -32,7 +30,7 @@ from trustd.errors import Conflict, InvalidRequest, PermissionDenied
 from trustd.services.audit import AuditLog
 from trustd.services.ca import CertificateAuthority
 from trustd.services.entries import MAX_IP_ADDRESSES, Entries, NodeView
-from trustd.services.issuance import IssuedX509, Issuer
+from trustd.services.issuance import IssuanceRequest, IssuedX509, Issuer
 from trustd.services.nodes import NodePrincipal, Nodes
 from trustd.services.policy import CHANNEL as POLICY_CHANNEL
 from trustd.services.revocation import REVOCATION_CHANNEL, Revocations
@@ -276,32 +274,38 @@ class Agents:
         """
         if len(requests) > MAX_SVIDS_PER_REQUEST:
             raise InvalidRequest(f"at most {MAX_SVIDS_PER_REQUEST} CSRs per request")
-        started = time.perf_counter()
         allowed = self._allowed(principal)
-        signed: list[SignedSvid] = []
         refused: list[RefusedSvid] = []
+        asked: list[tuple[str, IssuanceRequest]] = []
         for entry_id, csr in requests:
             entry = allowed.get(entry_id)
             if entry is None:
                 refused.append(RefusedSvid(entry_id, "this node may not serve that entry"))
                 continue
-            try:
-                params = X509SvidParams(
-                    SpiffeId.parse(entry.spiffe_id),
-                    csr_public_key(parse_csr(csr.encode())),
-                    timedelta(seconds=entry.x509_ttl),
-                    dns_names=tuple(entry.dns_names),
+            asked.append(
+                (
+                    entry_id,
+                    IssuanceRequest(
+                        kind=CertificateKind.X509_SVID,
+                        spiffe_id=entry.spiffe_id,
+                        actor=principal.spiffe_id,
+                        csr=csr.encode(),
+                        ttl=timedelta(seconds=entry.x509_ttl),
+                        dns_names=tuple(entry.dns_names),
+                    ),
                 )
-                signed.append(SignedSvid(entry_id, self._issuer.sign(params)))
-            except TrustdError as exc:
-                refused.append(RefusedSvid(entry_id, exc.detail))
-        if signed:
+            )
+        signed: list[SignedSvid] = []
+        if asked:
+            # The issuance pipeline signs each, refuses bad ones alone and records the rest
+            # in this one transaction, committed before any SVID is returned.
             with transaction(self._engine) as session:
-                for item in signed:
-                    self._issuer.record(
-                        session, principal.spiffe_id, item.issued, CertificateKind.X509_SVID
-                    )
-        metrics.ISSUANCE_SECONDS.labels("agent-batch").observe(time.perf_counter() - started)
+                outcomes = self._issuer.issue_all_in(session, [r for _, r in asked])
+            for (entry_id, _), outcome in zip(asked, outcomes, strict=True):
+                if isinstance(outcome, TrustdError):
+                    refused.append(RefusedSvid(entry_id, outcome.detail))
+                else:
+                    signed.append(SignedSvid(entry_id, outcome))
         return signed, refused
 
     def mint_jwt(self, principal: NodePrincipal, entry_id: str, audience: Sequence[str]) -> JwtSvid:
