@@ -96,8 +96,11 @@ class PolicyEngine(Protocol):
         """
         ...
 
-    def query(self, path: str, input_json: str) -> Result:
+    def query(self, path: str, input_json: str, *, strict: bool = False) -> Result:
         """Evaluate the document at `path` (`data.pkg[.rule]`) for a JSON-encoded input
+
+        `strict` is OPA's `strict-builtin-errors`: a failing builtin fails the query
+        instead of leaving its expression undefined.
         (`NO_INPUT`: none, `input` stays undefined).
 
         Raises:
@@ -527,7 +530,13 @@ class EmbeddedEngine:
             return str(engine.eval_query_as_json(query))
 
         rows = json.loads(_on_clone(self._prepared().engine, "query", run)).get("result") or []
-        return [dict(row.get("bindings") or {}) for row in rows]
+        # The engine reports an expression that evaluated to false as a row; in Rego (and
+        # OPA's Query API) the query does not hold for it, so it yields no bindings.
+        return [
+            dict(row.get("bindings") or {})
+            for row in rows
+            if all(e.get("value") is not False for e in row.get("expressions") or ())
+        ]
 
     def compile_failure(self) -> tuple[str, str] | None:
         """Compile the whole module set (the engine does so at its first evaluation): OPA's

@@ -13,7 +13,7 @@ from opa_client.errors import ConnectionsError
 from opa_client.opa import OpaClient
 
 from policy.engine import UNDEFINED, Result, parse_path
-from policy.errors import PolicyCompileError, PolicyEvaluationError, UnknownPath
+from policy.errors import InvalidInput, PolicyCompileError, PolicyEvaluationError, UnknownPath
 
 
 class RemoteEngine:
@@ -62,7 +62,11 @@ class RemoteEngine:
         result = self.query(rule, json.dumps(input))
         return result.value if result.defined else None
 
-    def query(self, path: str, input_json: str) -> Result:
+    def query(self, path: str, input_json: str, *, strict: bool = False) -> Result:
+        if strict:
+            # opa-python-client cannot pass `strict-builtin-errors` on: refuse rather than
+            # answer with the remote server's lenient evaluation.
+            raise InvalidInput("strict-builtin-errors is not supported with the remote engine")
         segments = parse_path(path)
         if not segments:
             raise UnknownPath("the remote engine answers rule and package paths, not data")

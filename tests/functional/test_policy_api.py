@@ -302,3 +302,46 @@ def test_retention_prunes_by_age_and_count(server: Server) -> None:
     assert len(policy.query_decisions()) == 3
     assert prune_decisions(engine, now + timedelta(seconds=1), 100) == 3
     assert policy.query_decisions() == []
+
+
+def test_strict_builtin_errors(server: Server) -> None:
+    source = "package strict\nimport rego.v1\nnumber := to_number(input.text)\n"
+    assert server.client.put("/v1/policies/strict.rego", content=source, headers=server.auth)
+    body = {"input": {"text": "not a number"}}
+    # OPA's default: a failing builtin leaves its expression undefined.
+    lenient = server.client.post("/v1/data/strict/number", json=body, headers=server.auth)
+    assert lenient.status_code == 200 and "result" not in lenient.json()
+    strict = server.client.post(
+        "/v1/data/strict/number?strict-builtin-errors=true", json=body, headers=server.auth
+    )
+    assert strict.status_code == 500
+    assert strict.json()["code"] == "eval_builtin_error"
+    fine = server.client.post(
+        "/v1/data/strict/number?strict-builtin-errors=true",
+        json={"input": {"text": "42"}},
+        headers=server.auth,
+    )
+    assert fine.json()["result"] == 42
+
+
+def test_ad_hoc_query(server: Server) -> None:
+    source = 'package adhoc\nimport rego.v1\ngreeting := sprintf("hi %s", [input.name])\n'
+    assert server.client.put("/v1/policies/adhoc.rego", content=source, headers=server.auth)
+    answer = server.client.post(
+        "/v1/query",
+        json={"query": "x := data.adhoc.greeting", "input": {"name": "ops"}},
+        headers=server.auth,
+    )
+    assert answer.status_code == 200 and answer.json() == {"result": [{"x": "hi ops"}]}
+    # OPA's Query API omits the result of a query that does not hold.
+    assert (
+        server.client.post("/v1/query", json={"query": "1 == 2"}, headers=server.auth).json() == {}
+    )
+    broken = server.client.post("/v1/query", json={"query": "x := "}, headers=server.auth)
+    # A query that does not parse is refused with an OPA error body (OPA says 400
+    # rego_parse_error; the engine reports it as a failed evaluation).
+    assert broken.status_code in (400, 500) and broken.json()["code"]
+    assert "result" not in broken.json()
+    missing = server.client.post("/v1/query", json={"input": {}}, headers=server.auth)
+    assert missing.status_code == 400
+    assert missing.headers["content-type"].startswith("application/problem+json")

@@ -12,6 +12,7 @@ Changing policies always needs an admin token.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import ipaddress
 import json
@@ -193,12 +194,16 @@ async def _decide(
 ) -> JSONResponse:
     policy = services.policy
     try:
+        # OPA REST API, Data API query parameters: strict-builtin-errors.
+        strict = _flag(request, "strict-builtin-errors")
         if services.settings.policy_engine == "remote":
-            decision = await run_in_threadpool(policy.decide, path, input_json, caller)
+            decision = await run_in_threadpool(
+                functools.partial(policy.decide, path, input_json, caller, strict=strict)
+            )
         else:
             # The embedded engine answers in microseconds: on the event loop's own thread
             # (one prepared engine per process) rather than through the thread pool.
-            decision = policy.decide(path, input_json, caller)
+            decision = policy.decide(path, input_json, caller, strict=strict)
     except UnknownPath:
         # OPA: a path nothing lives at is an undefined document, 200 without `result`.
         return JSONResponse({})
@@ -254,6 +259,29 @@ def _loads(text: str) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise InvalidInput(f"input is not JSON: {exc.args[0]}") from None
+
+
+@opa.post(
+    "/v1/query",
+    summary="Evaluate an ad-hoc query (OPA Query API)",
+    dependencies=[exempt(Exemption.POLICY_API)],
+)
+async def post_query(request: Request, services: ServicesDep, caller: CallerDep) -> JSONResponse:
+    """`{"query": "<rego>", "input": ...}` in; `{"result": [<bindings>, ...]}` out, with no
+    `result` when the query is undefined (OPA's Query API omits an empty result set)."""
+    try:
+        document = json.loads(await request.body())
+    except ValueError as exc:
+        raise InvalidInput(f"the request body is not JSON: {exc.args[0]}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("query"), str):
+        raise InvalidInput('the request body must be {"query": "<rego>", "input": ...}')
+    input_json = normalise_input(document["input"]) if "input" in document else NO_INPUT
+    try:
+        rows = services.policy.ad_hoc(document["query"], input_json)
+    except PolicyEvaluationError as exc:
+        status = 400 if str(exc.fields.get("code", "")).startswith("rego_") else 500
+        return _opa_error(status, exc)
+    return JSONResponse({"result": rows} if rows else {})
 
 
 @opa.post(

@@ -96,16 +96,20 @@ class _Active:
     engine: PolicyEngine
 
 
+# (revision, path, input, strict-builtin-errors): a decision is a function of these.
+CacheKey = tuple[int, str, str, bool]
+
+
 class DecisionCache:
     """LRU of results keyed by (revision, path, canonical input); a new revision makes every
     older key unreachable, and `clear` drops them at once."""
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._items: OrderedDict[tuple[int, str, str], Result] = OrderedDict()
+        self._items: OrderedDict[CacheKey, Result] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[int, str, str]) -> Result | None:
+    def get(self, key: CacheKey) -> Result | None:
         if not self._size:
             return None
         with self._lock:
@@ -114,7 +118,7 @@ class DecisionCache:
                 self._items.move_to_end(key)
             return found
 
-    def put(self, key: tuple[int, str, str], value: Result) -> None:
+    def put(self, key: CacheKey, value: Result) -> None:
         if not self._size:
             return
         with self._lock:
@@ -422,8 +426,9 @@ class PolicyService:
 
     # -- decisions -----------------------------------------------------------------------
 
-    def decide(self, path: str, input_json: str, caller: str) -> Decision:
-        """Evaluate `path` for a canonical JSON input against the active revision.
+    def decide(self, path: str, input_json: str, caller: str, *, strict: bool = False) -> Decision:
+        """Evaluate `path` for a canonical JSON input against the active revision; `strict`
+        is OPA's `strict-builtin-errors` (a failing builtin fails the decision).
 
         Raises:
             NotReady: no revision is active.
@@ -432,11 +437,11 @@ class PolicyService:
         """
         started = time.perf_counter()
         active = self.active
-        key = (active.revision, path, input_json)
+        key = (active.revision, path, input_json, strict)
         result = self.cache.get(key)
         cached = result is not None
         if result is None:
-            result = active.engine.query(path, input_json)
+            result = active.engine.query(path, input_json, strict=strict)
             self.cache.put(key, result)
         DECISIONS.labels("hit" if cached else "miss").inc()
         decision = Decision(
@@ -452,6 +457,16 @@ class PolicyService:
                 _Entry(decision, self._clock.now(), input_json, caller, active.local)
             )
         return decision
+
+    def ad_hoc(self, query: str, input_json: str) -> list[dict[str, Any]]:
+        """OPA's ad-hoc query (`POST /v1/query`) against the active revision: the variable
+        bindings of every way `query` holds, `[]` when it does not.
+
+        Raises:
+            NotReady: no revision is active.
+            PolicyEvaluationError: the query does not parse or its evaluation failed.
+        """
+        return self.active.local.ad_hoc(query, input_json)
 
     def require_known(self, path: str) -> None:
         """Raises:
