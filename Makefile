@@ -16,6 +16,7 @@ PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 CHECK_DB := trustd_alembic_check_$(shell echo $$$$)
 
 .PHONY: run test install install-dev system-deps services lint typecheck migrations-check pytest \
+	opa-compliance \
 	bench bench-acme bench-workload bench-ui bench-enforcement clean proto bpf
 
 $(BIN)/python:
@@ -79,7 +80,18 @@ migrations-check: install-dev services
 pytest: install-dev services
 	$(BIN)/pytest
 
-test: install-dev services lint typecheck migrations-check pytest
+# OPA's own compliance cases through a real `trustd serve` (bench/opa_compliance.py), when
+# they are at OPA_CASES: fails if fewer than OPA_COMPLIANCE_FLOOR pass (last measured 1,525
+# of 2,067; raise the floor as fidelity improves, never lower it to pass).
+OPA_CASES ?= ../shared/opa-compliance/v1
+OPA_COMPLIANCE_FLOOR ?= 1515
+
+opa-compliance: install-dev
+	@if [ -d "$(OPA_CASES)" ]; then \
+		$(BIN)/python bench/opa_compliance.py --cases $(OPA_CASES) --floor $(OPA_COMPLIANCE_FLOOR); \
+	else echo "OPA compliance cases not found at $(OPA_CASES): not run"; fi
+
+test: install-dev services lint typecheck migrations-check pytest opa-compliance
 
 bench: install-dev services
 	@dpkg -s wrk >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
