@@ -69,20 +69,6 @@ class DecisionQuery:
 
 
 @dataclass(frozen=True)
-class LoggedDecision:
-    """One decision-log line as the decision page shows it (input already masked)."""
-
-    decision_id: str
-    at: datetime
-    path: str
-    input: Any
-    result: Any
-    defined: bool
-    revision: int | None
-    caller: str
-
-
-@dataclass(frozen=True)
 class AuditRecord:
     """One audit event as the audit page shows it."""
 

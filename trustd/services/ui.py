@@ -30,6 +30,7 @@ from pki.errors import KeyDecryptionError, TrustdError
 from policy.engine import EmbeddedEngine, Result
 from trustd.domain.audit import AuditOutcome
 from trustd.domain.nodes import NodeStatus
+from trustd.domain.policy import DecisionFilter, LoggedDecision
 from trustd.domain.ui import (
     AuditRecord,
     CreatedUser,
@@ -38,7 +39,6 @@ from trustd.domain.ui import (
     Edge,
     Graph,
     LaggingNode,
-    LoggedDecision,
     UiUser,
 )
 from trustd.errors import Conflict, InvalidRequest, NotFound, Unauthenticated
@@ -50,6 +50,7 @@ from trustd.services.sync import current_revision
 from trustd.settings import Settings
 from trustd.store import ui as store
 from trustd.store.db import transaction
+from trustd.store.policy import list_policy_decisions
 
 MESH_DECISION = "trustd/mesh/decision"
 USERNAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -430,24 +431,18 @@ class UiViews:
         """Newest first, `query.limit` at a time; `before` is the last row of the previous
         page (keyset paging)."""
         wanted = None if query.allowed is None else result_hash(Result(True, query.allowed))
+        where = DecisionFilter(
+            since=query.since,
+            until=query.until,
+            path=query.path,
+            source=query.source,
+            destination=query.destination,
+            result_hash=wanted,
+            before=query.before,
+            limit=query.limit,
+        )
         with transaction(self._engine) as session:
-            rows = store.list_decisions(
-                session,
-                since=query.since,
-                until=query.until,
-                path=query.path,
-                source=query.source,
-                destination=query.destination,
-                result_hash=wanted,
-                before=query.before,
-                limit=query.limit,
-            )
-            return [
-                LoggedDecision(
-                    r.decision_id, r.at, r.path, r.input, r.result, r.defined, r.revision, r.caller
-                )
-                for r in rows
-            ]
+            return list_policy_decisions(session, where)
 
     def audit(
         self,

@@ -15,7 +15,6 @@ from trustd.store.audit import AuditEvent
 from trustd.store.certificates import IssuedCertificate
 from trustd.store.entries import RegistrationEntry
 from trustd.store.nodes import Node
-from trustd.store.policy import PolicyDecision
 from trustd.store.types import UTCDateTime
 
 
@@ -143,48 +142,6 @@ def count_dashboard(session: Session, svids_since: datetime) -> DashboardCounts:
 def list_nodes_by_applied_revision(session: Session, limit: int) -> list[Node]:
     """The nodes furthest behind on sync revisions first."""
     return list(session.exec(select(Node).order_by(col(Node.applied_revision)).limit(limit)))
-
-
-def list_decisions(
-    session: Session,
-    *,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    path: str | None = None,
-    source: str | None = None,
-    destination: str | None = None,
-    result_hash: str | None = None,
-    before: tuple[datetime, str] | None = None,
-    limit: int = 50,
-) -> list[PolicyDecision]:
-    """Decision-log rows newest first, `limit` at a time; `before` is the (at, id) of the
-    last row of the previous page (keyset paging on the `at` index, never OFFSET over a
-    million rows)."""
-    statement = select(PolicyDecision)
-    if since is not None:
-        statement = statement.where(col(PolicyDecision.at) >= since)
-    if until is not None:
-        statement = statement.where(col(PolicyDecision.at) < until)
-    if path:
-        statement = statement.where(PolicyDecision.path == path)
-    if source:
-        statement = statement.where(PolicyDecision.source == source)
-    if destination:
-        statement = statement.where(PolicyDecision.destination == destination)
-    if result_hash is not None:
-        statement = statement.where(PolicyDecision.result_hash == result_hash)
-    if before is not None:
-        at, decision_id = before
-        # The bare `at <= cursor` bound lets the planner range-scan the `at` index; the OR
-        # alone would make it filter every row.
-        statement = statement.where(
-            col(PolicyDecision.at) <= at,
-            (col(PolicyDecision.at) < at) | (col(PolicyDecision.decision_id) < decision_id),
-        )
-    statement = statement.order_by(
-        col(PolicyDecision.at).desc(), col(PolicyDecision.decision_id).desc()
-    ).limit(limit)
-    return list(session.exec(statement))
 
 
 def list_audit_events(
