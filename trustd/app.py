@@ -54,6 +54,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         stop.set()
         await asyncio.gather(*loops, return_exceptions=True)
         await services.bus.stop()
+        # Background work holding connections ends before the pool is disposed.
+        await asyncio.to_thread(services.acme.close)
         services.engine.dispose()
 
     app = FastAPI(

@@ -65,9 +65,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load the active revision and follow activations announced by any replica."""
     services: Services = app.state.services
     await run_in_threadpool(services.policy.load)
-    watcher = asyncio.create_task(services.policy.watch(), name="trustd-policy-watch")
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(services.policy.watch(stop), name="trustd-policy-watch")
     yield
-    watcher.cancel()
+    stop.set()
+    await watcher
     await run_in_threadpool(services.policy.close)
 
 

@@ -10,7 +10,6 @@ stored, so the active policy stays active.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import itertools
@@ -402,17 +401,33 @@ class PolicyService:
     def _holds(self, revision: int) -> bool:
         return self._active is not None and self._active.revision == revision
 
-    async def watch(self) -> None:
-        """Reload on every `policy` notification, and every reload interval regardless."""
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Reload on every `policy` notification, and every reload interval regardless,
+        until *stop* is set.
+
+        The loop is stopped, never cancelled: cancelling would abandon a reload running in
+        a worker thread, which then returns its connection to a pool already disposed.
+        """
         interval = self._settings.policy_reload_interval.total_seconds()
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
-                    await self._bus.wait(CHANNEL)
-            try:
-                await asyncio.to_thread(self.reload_if_changed)
-            except Exception as exc:
-                log.error("policy_reload_failed", error=type(exc).__name__, detail=str(exc))
+        stopped = asyncio.create_task(stop.wait())
+        notified: asyncio.Task[str] | None = None
+        try:
+            while not stop.is_set():
+                if notified is None or notified.done():
+                    notified = asyncio.create_task(self._bus.wait(CHANNEL))
+                await asyncio.wait(
+                    {notified, stopped}, timeout=interval, return_when="FIRST_COMPLETED"
+                )
+                if stop.is_set():
+                    return
+                try:
+                    await asyncio.to_thread(self.reload_if_changed)
+                except Exception as exc:
+                    log.error("policy_reload_failed", error=type(exc).__name__, detail=str(exc))
+        finally:
+            stopped.cancel()
+            if notified is not None:
+                notified.cancel()
 
     @property
     def active(self) -> _Active:

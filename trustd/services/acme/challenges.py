@@ -42,6 +42,14 @@ class Challenges:
             _VALIDATION_THREADS, thread_name_prefix="acme-validation"
         )
 
+    def close(self) -> None:
+        """Let validations in flight record their outcome, then stop the workers.
+
+        Run before the engine is disposed: a validation finishing afterwards would return
+        its connection to a pool nobody closes, and its challenge would stay `processing`.
+        """
+        self._validations.shutdown(wait=True)
+
     def respond(self, auth: Authenticated, challenge_id: str) -> ChallengeView:
         """POST-as-GET reads a challenge; a POST of `{}` asks the server to validate it
         (RFC 8555 §7.5.1). The validation starts once the challenge is recorded as

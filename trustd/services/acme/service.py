@@ -76,6 +76,10 @@ class AcmeService:
         self.revocations = AcmeRevocations(context, revocations, bus)
         self.admin = AdminListings(context)
 
+    def close(self) -> None:
+        """Finish the work running in background threads (challenge validations)."""
+        self.challenges.close()
+
     def authenticate(self, body: bytes, url: str, *, allow_jwk: bool = False) -> Authenticated:
         """Verify an ACME request JWS posted to *url* (RFC 8555 §6.2-§6.5); see
         `Authenticator.authenticate`.
