@@ -17,7 +17,7 @@ CHECK_DB := trustd_alembic_check_$(shell echo $$$$)
 
 .PHONY: run test install install-dev system-deps services lint typecheck migrations-check pytest \
 	opa-compliance \
-	bench bench-acme bench-workload bench-ui bench-enforcement clean proto bpf
+	bench bench-deps bench-acme bench-workload bench-ui bench-enforcement clean proto bpf
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -93,9 +93,12 @@ opa-compliance: install-dev
 
 test: install-dev services lint typecheck migrations-check pytest opa-compliance
 
-bench: install-dev services
+# wrk drives the HTTP benches (issuance, decisions, ext_authz).
+bench-deps: install-dev services
 	@dpkg -s wrk >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk >/dev/null; }
+
+bench: bench-deps
 	$(BIN)/python bench/issuance.py
 	$(BIN)/python bench/decisions.py
 	$(BIN)/python bench/revocation.py
@@ -118,7 +121,7 @@ bpf:
 # ext_authz (HTTP and gRPC) against a trivial endpoint on the same core; the eBPF program's
 # cost on connect rate and throughput between namespaces (root), attached vs detached; a
 # policy change propagated to 100 agents (PostgreSQL and Redis, one server and two replicas).
-bench-enforcement: install-dev services
+bench-enforcement: bench-deps
 	$(BIN)/python bench/extauthz.py
 	$(BIN)/python bench/enforcement.py
 	$(BIN)/python bench/propagation.py

@@ -55,6 +55,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from bench.harness import result
 from tests.acme_support import DnsServer, Http01Responder
 
 TRUSTD = Path(sys.executable).parent / "trustd"
@@ -339,6 +340,11 @@ def main() -> None:
     print(f"ACME orders, {args.clients} concurrent clients, {args.seconds:g} s each")
     for name, rate, lat in results:
         print(_row(name, rate, lat, base_rate))
+    print(f"(machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f})")
+    for (_name, rate, _lat), measure in zip(
+        results[1:], ("acme_orders_sqlite", "acme_orders_postgres_redis"), strict=True
+    ):
+        print(result(measure, rate, "orders/s", base_rate, ">=1.0x", rate >= base_rate))
 
 
 if __name__ == "__main__":

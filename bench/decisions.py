@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -38,7 +39,7 @@ from policy.engine import EmbeddedEngine
 from policy.testing import load_directory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import free_port
+from harness import free_port, result
 from issuance import WRK_DONE, parse_wrk
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,6 +222,12 @@ def batch_rate(port: int, token: str, seconds: int) -> float:
         return decisions / (time.perf_counter() - started)
 
 
+@dataclass(frozen=True)
+class Run:
+    distinct: dict[str, float]
+    batch: float
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
@@ -243,8 +250,10 @@ def main() -> None:
         f"{'workers':>7} {'inputs':>9} {'decisions/s':>12} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'errors':>6} {'vs trivial/worker':>18}"
     )
+    runs: dict[int, Run] = {}
     for workers in (1, 2):
         distinct, repeated, healthz, batch = trustd_run(workers, args.seconds, args.connections)
+        runs[workers] = Run(distinct, batch)
         for name, r in (("distinct", distinct), ("repeated", repeated), ("/healthz", healthz)):
             ratio = r["rps"] / workers / trivial["rps"]
             print(
@@ -256,7 +265,33 @@ def main() -> None:
                 f"batch endpoint, 1 worker, 1000 distinct inputs per request: "
                 f"{batch:,.0f} decisions/s"
             )
-    print(f"(machine: {os.cpu_count()} cores; wrk runs on the same cores as the servers)")
+    print(
+        f"(machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; wrk runs "
+        "on the same cores as the servers)"
+    )
+    one = runs[1]
+    for line in (
+        result(
+            "decisions_per_worker",
+            one.distinct["rps"],
+            "req/s",
+            trivial["rps"],
+            ">=0.7x",
+            one.distinct["rps"] >= 0.7 * trivial["rps"],
+        ),
+        result(
+            f"decisions_p99_{args.connections}_clients",
+            one.distinct["p99_ms"],
+            "ms",
+            trivial["p99_ms"],
+            "<5",
+            one.distinct["p99_ms"] < 5,
+        ),
+        result(
+            "decisions_batch", one.batch, "decisions/s", compiled, ">=20000", one.batch >= 20000
+        ),
+    ):
+        print(line)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from harness import result  # noqa: E402
+
 from tests.packets import ACK, TCP, ipv4  # noqa: E402
 
 CLIENT_ADDR, SERVER_ADDR = "10.214.0.1", "10.214.0.2"
@@ -224,6 +226,7 @@ def main() -> None:
                     rows[state]["bulk"].append(gbits)
                     print(f"{round_ + 1:<6}{state:<10}{rate:>12.0f}{gbits:>10.2f}")
         print()
+        results: list[str] = []
         for what, unit in (("connect", "connects/s"), ("bulk", "Gbit/s")):
             off = statistics.median(rows["detached"][what])
             on = statistics.median(rows["attached"][what])
@@ -232,6 +235,9 @@ def main() -> None:
             print(
                 f"{what:<8} median detached {off:,.2f} {unit}, attached {on:,.2f} {unit}: "
                 f"ratio {on / off:.3f}, cost {cost:+.1f}% [target < 5%: {verdict}]"
+            )
+            results.append(
+                result(f"enforcement_{what}", on, unit.replace(" ", ""), off, ">=0.95x", cost < 5)
             )
         seen = ", ".join(f"{k}={v}" for k, v in totals.items() if v)
         print(f"the program saw (attached rounds): {seen}")
@@ -252,6 +258,15 @@ def main() -> None:
             f"{segment} ns = {bulk_share:.2f}% of a second [target < 5%: "
             f"{'met' if bulk_share < 5 else 'not met'}]"
         )
+        results.append(
+            result("enforcement_kernel_share_per_connection", share, "%", 0, "<5", share < 5)
+        )
+        results.append(
+            result("enforcement_kernel_share_bulk", bulk_share, "%", 0, "<5", bulk_share < 5)
+        )
+        print(f"(machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f})")
+        for line in results:
+            print(line)
     finally:
         if server is not None:
             server.kill()

@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from harness import free_port
+from harness import free_port, result
 from issuance import WRK_DONE, parse_wrk
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -220,11 +220,8 @@ def main() -> None:
             }
             base = _wrk(ports[1], headers, args.seconds, args.connections)
             _line("HTTP trivial endpoint (baseline)", base, None)
-            _line(
-                "HTTP ext_authz (chain + policy)",
-                _wrk(ports[0], headers, args.seconds, args.connections),
-                base,
-            )
+            http = _wrk(ports[0], headers, args.seconds, args.connections)
+            _line("HTTP ext_authz (chain + policy)", http, base)
             grpc_figures = []
             for port in (ports[3], ports[2]):
                 out = subprocess.run(
@@ -239,6 +236,21 @@ def main() -> None:
                 grpc_figures.append({k: float(v) for k, v in (p.split("=") for p in out.split())})
             _line("gRPC trivial Check (baseline)", grpc_figures[0], None)
             _line("gRPC ext_authz Check (cert + policy)", grpc_figures[1], grpc_figures[0])
+            print(f"(load average {os.getloadavg()[0]:.2f})")
+            rps, p99 = http["rps"], http["p99_ms"]
+            for line in (
+                result("extauthz_http_checks", rps, "checks/s", base["rps"], ">=5000", rps >= 5000),
+                result("extauthz_http_p99", p99, "ms", base["p99_ms"], "<2", p99 < 2),
+                result(
+                    "extauthz_grpc_checks",
+                    grpc_figures[1]["rps"],
+                    "checks/s",
+                    grpc_figures[0]["rps"],
+                    "-",
+                    None,
+                ),
+            ):
+                print(line)
         finally:
             server.kill()
             server.wait()

@@ -1,6 +1,6 @@
 """What the benchmarks share: free ports, a real `trustd serve` subprocess, its bootstrap
-admin token, a scratch PostgreSQL database per run, trustd's services in-process, and
-percentiles."""
+admin token, a scratch PostgreSQL database per run, trustd's services in-process,
+percentiles, and the summary line every bench ends with."""
 
 from __future__ import annotations
 
@@ -129,3 +129,22 @@ def read_token(proc: subprocess.Popen[str]) -> str:
         if line.strip().startswith("trustd."):
             return line.strip()
     raise RuntimeError("no bootstrap token printed")
+
+
+def result(
+    measure: str,
+    value: float,
+    unit: str,
+    baseline: float,
+    target: str,
+    met: bool | None,
+) -> str:
+    """One summary line: `RESULT <measure> <value> <unit> baseline <value> ratio <r> target
+    <t> met|not met`. *target* is the condition as written (`<20ms`, `>=0.7`); *met* None
+    prints `n/a` where a run could not judge it (e.g. a peer missing)."""
+    verdict = "n/a" if met is None else ("met" if met else "not met")
+    ratio = f"{value / baseline:.3f}" if baseline else "n/a"
+    return (
+        f"RESULT {measure} {value:.3f} {unit} baseline {baseline:.3f} ratio {ratio} "
+        f"target {target} {verdict}"
+    )

@@ -40,7 +40,14 @@ from pki.spiffe_id import SpiffeId, TrustDomain
 from pki.x509_svid import X509SvidParams, issue_x509_svid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import cpu_seconds, free_port, read_token, scratch_database, start_server
+from harness import (
+    cpu_seconds,
+    free_port,
+    read_token,
+    result,
+    scratch_database,
+    start_server,
+)
 
 
 def raw_rate(seconds: float) -> float:
@@ -69,7 +76,7 @@ def raw_rate(seconds: float) -> float:
 # A wrk `done` hook printing one machine-readable line for `parse_wrk`.
 WRK_DONE = (
     "done = function(summary, latency, requests)\n"
-    '  io.write(string.format("RESULT %d %d %d %f %f\\n", summary.requests, '
+    '  io.write(string.format("WRKSUMMARY %d %d %d %f %f\\n", summary.requests, '
     "summary.errors.status + summary.errors.connect + summary.errors.read + "
     "summary.errors.write + summary.errors.timeout, summary.duration, "
     "latency:percentile(50), latency:percentile(99)))\n"
@@ -97,7 +104,7 @@ def run_wrk(url: str, token: str, body: str, seconds: int, connections: int) -> 
 
 def parse_wrk(out: str) -> dict[str, float]:
     """The figures `WRK_DONE` printed: requests/s, errors, p50 and p99 in ms."""
-    match = re.search(r"RESULT (\d+) (\d+) (\d+) ([\d.]+) ([\d.]+)", out)
+    match = re.search(r"WRKSUMMARY (\d+) (\d+) (\d+) ([\d.]+) ([\d.]+)", out)
     assert match, out
     requests, errors, duration_us, p50_us, p99_us = match.groups()
     return {
@@ -121,10 +128,10 @@ def http_run(workers: int, backend: str, seconds: int, connections: int) -> dict
             url = f"https://127.0.0.1:{port}/v1/svid/x509"
             run_wrk(url, token, body, 2, connections)  # warm-up
             before = cpu_seconds(proc.pid)
-            result = run_wrk(url, token, body, seconds, connections)
-            requests = result["rps"] * seconds
-            result["cpu_ms"] = (cpu_seconds(proc.pid) - before) * 1000 / requests
-            return result
+            figures = run_wrk(url, token, body, seconds, connections)
+            requests = figures["rps"] * seconds
+            figures["cpu_ms"] = (cpu_seconds(proc.pid) - before) * 1000 / requests
+            return figures
         finally:
             proc.terminate()
             proc.wait(30)
@@ -147,16 +154,37 @@ def main() -> None:
         f"{'backend':<11} {'workers':>7} {'certs/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'errors':>6} {'per-worker/raw':>15} {'CPU ms/req':>11} {'raw/CPU':>8} {'load':>5}"
     )
+    results: list[str] = []
     for backend in args.backends.split(","):
         for workers in (1, 2):
             r = http_run(workers, backend, args.seconds, args.connections)
             ratio = r["rps"] / workers / raw
+            per_worker, p99 = r["rps"] / workers, r["p99_ms"]
+            results += [
+                result(
+                    f"issuance_per_worker_{backend}_{workers}w",
+                    per_worker,
+                    "certs/s",
+                    raw,
+                    ">=0.4x",
+                    per_worker >= 0.4 * raw,
+                ),
+                # The baseline is the raw time to build and sign one certificate.
+                result(
+                    f"issuance_p99_{backend}_{workers}w", p99, "ms", 1000 / raw, "<20", p99 < 20
+                ),
+            ]
             print(
                 f"{backend:<11} {workers:>7} {r['rps']:>9,.0f} {r['p50_ms']:>8.2f} "
                 f"{r['p99_ms']:>8.2f} {int(r['errors']):>6} {ratio:>14.0%} "
                 f"{r['cpu_ms']:>11.3f} {raw_ms / r['cpu_ms']:>7.0%} {os.getloadavg()[0]:>5.2f}"
             )
-    print(f"(machine: {os.cpu_count()} cores; wrk runs on the same cores as the server)")
+    print(
+        f"(machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; wrk runs "
+        "on the same cores as the server)"
+    )
+    for line in results:
+        print(line)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -45,7 +46,7 @@ from trustd.store.db import transaction
 from trustd.store.revocations import CrlState, RevocationEvent, RevocationState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import REDIS_URL, in_process, percentile, scratch_database
+from harness import REDIS_URL, in_process, percentile, result, scratch_database
 
 ADMIN = Principal("bench", Role.ADMIN)
 
@@ -77,11 +78,12 @@ def fill_revocations(services: Services, kid: str, count: int) -> None:
         )
 
 
-def bench_crl(services: Services) -> None:
+def bench_crl(services: Services) -> list[str]:
     state = services.ca.state
     authority = state.authority
     now = services.clock.now()
     print("CRL generation (PostgreSQL, stored; baseline: build + sign in memory)")
+    results = []
     for count in (10_000, 100_000):
         fill_revocations(services, state.authority_kid, count)
         entries = [
@@ -105,10 +107,12 @@ def bench_crl(services: Services) -> None:
             f"served from store {served * 1000:.1f} ms  [target < 2 s: "
             f"{'met' if full < 2 else 'MISSED'}]"
         )
+        results.append(result(f"crl_{count}_entries", full, "s", baseline, "<2", full < 2))
     fill_revocations(services, state.authority_kid, 0)
+    return results
 
 
-def bench_ocsp(services: Services, seconds: float) -> None:
+def bench_ocsp(services: Services, seconds: float) -> str:
     issued = asyncio.run(
         services.issuer.issue_x509_svid(
             ADMIN,
@@ -146,6 +150,7 @@ def bench_ocsp(services: Services, seconds: float) -> None:
     full = rate(lambda: services.revocations.ocsp(der))
     print("OCSP (one thread; baseline: sign the same response without parsing or database)")
     print(f"  {full:,.0f} responses/s, baseline {baseline:,.0f}/s, ratio {full / baseline:.2f}")
+    return result("ocsp_responses", full, "responses/s", baseline, "-", None)
 
 
 async def redis_round_trip(samples: int) -> list[float]:
@@ -166,7 +171,7 @@ async def redis_round_trip(samples: int) -> list[float]:
     return times
 
 
-async def bench_agents(services: Services, agents: int, revocations: int) -> None:
+async def bench_agents(services: Services, agents: int, revocations: int) -> str:
     # Two replicas' buses: the services' own (the revoker) and a second one.
     other = RedisBus(REDIS_URL)
     await services.bus.start()
@@ -231,6 +236,9 @@ async def bench_agents(services: Services, agents: int, revocations: int) -> Non
         f" p99 ratio {p99 / percentile(baseline, 99):.0f}x  "
         f"[target p99 < 1 s: {'met' if p99 < 1 else 'MISSED'}]"
     )
+    return result(
+        f"revocation_to_{agents}_agents_p99", p99, "s", percentile(baseline, 99), "<1", p99 < 1
+    )
 
 
 def main() -> None:
@@ -241,10 +249,13 @@ def main() -> None:
     args = parser.parse_args()
     with scratch_database() as url, tempfile.TemporaryDirectory() as tmp:
         services = in_process(url, Path(tmp), redis_url=REDIS_URL)
-        bench_crl(services)
-        bench_ocsp(services, args.seconds)
-        asyncio.run(bench_agents(services, args.agents, args.revocations))
+        results = bench_crl(services)
+        results.append(bench_ocsp(services, args.seconds))
+        results.append(asyncio.run(bench_agents(services, args.agents, args.revocations)))
         services.engine.dispose()
+    print(f"(machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f})")
+    for line in results:
+        print(line)
 
 
 if __name__ == "__main__":
