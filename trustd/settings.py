@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     # Agent batches (500 CSRs) are the largest legitimate bodies.
     max_request_bytes: int = 1024 * 1024
 
+    # Admin API tokens: every token expires; one asked without a lifetime gets the default.
+    admin_token_ttl: timedelta = timedelta(hours=8)
+    admin_token_max_ttl: timedelta = timedelta(days=30)
+
     # Nodes and agents.
     node_svid_ttl: timedelta = timedelta(hours=1)
     join_token_ttl: timedelta = timedelta(hours=1)

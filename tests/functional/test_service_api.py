@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, func, select
@@ -85,6 +87,26 @@ def test_admin_tokens_lifecycle(server: Server) -> None:
     assert refused.status_code == 401
     missing = server.client.delete("/v1/admin/tokens/nope", headers=server.auth)
     assert missing.status_code == 404
+
+
+def test_admin_tokens_always_expire(server: Server) -> None:
+    default = server.client.post(
+        "/v1/admin/tokens", json={"name": "ci", "role": "viewer"}, headers=server.auth
+    )
+    assert default.status_code == 201, default.text
+    expires = datetime.fromisoformat(default.json()["expires_at"])
+    created = datetime.fromisoformat(default.json()["created_at"])
+    assert expires - created == server.services.settings.admin_token_ttl
+    before = server.client.get("/v1/admin/tokens", headers=server.auth).json()
+    too_long = server.client.post(
+        "/v1/admin/tokens",
+        json={"name": "forever", "ttl": 31 * 86400},
+        headers=server.auth,
+    )
+    assert too_long.status_code == 400
+    assert too_long.headers["content-type"] == "application/problem+json"
+    assert "admin_token_max_ttl" in too_long.json()["detail"]
+    assert server.client.get("/v1/admin/tokens", headers=server.auth).json() == before
 
 
 def test_viewer_tokens_cannot_issue(server: Server) -> None:

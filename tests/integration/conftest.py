@@ -53,8 +53,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TRUSTD, *args], capture_output=True, text=True, timeout=60, check=check)
+def cli(
+    *args: str, check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    # Without *stdin* the child gets /dev/null, never the test runner's terminal.
+    return subprocess.run(
+        [TRUSTD, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=check,
+        input=stdin if stdin is not None else "",
+    )
 
 
 def join_agent_command(server: Running, work: Path, *options: str) -> list[str]:

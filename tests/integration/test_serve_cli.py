@@ -126,10 +126,12 @@ def test_cli_reaches_a_remote_server_with_a_token(running: Running) -> None:
     assert jwt.stdout.count(".") == 2
     new = cli("admin", "token", "create", "--name", "ci", *remote, "--token", running.token)
     assert new.stdout.strip().startswith("trustd.")
+    # Least privilege and a bounded lifetime unless asked otherwise, and the expiry is said.
+    assert "(viewer, expires 20" in new.stderr
     # The shared options before the command: a table of tokens, the new one by name.
     listed = cli(*remote, "--token", running.token, "admin", "token", "list").stdout
     assert listed.splitlines()[0].split()[:3] == ["ID", "NAME", "ROLE"]
-    assert any(line.split()[1:3] == ["ci", "admin"] for line in listed.splitlines()[1:])
+    assert any(line.split()[1:3] == ["ci", "viewer"] for line in listed.splitlines()[1:])
 
     refused = cli("ca", "show", *remote, "--token", "trustd.nope.nope", check=False)
     assert refused.returncode == 1
@@ -154,6 +156,22 @@ def test_bad_input_through_the_cli_is_explained(running: Running, tmp_path: Path
     assert result.returncode == 1
     assert "error: 400" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_ui_users_take_their_password_from_stdin(running: Running) -> None:
+    data = ("--data-dir", str(running.data_dir))
+    piped = cli(
+        "admin", "user", "create", "carol", *data, "--password-stdin", stdin="s3cret-enough-pw\n"
+    )
+    assert "created carol (viewer)" in piped.stdout
+    assert "Password" not in piped.stdout + piped.stderr
+    # No terminal and no --password-stdin: refused with what to do, nothing created.
+    refused = cli("admin", "user", "create", "dave", *data, check=False)
+    assert refused.returncode == 1
+    assert "--password-stdin" in refused.stderr
+    users = json.loads(cli("admin", "user", "list", *data, "--output", "json").stdout)
+    assert {u["username"] for u in users} >= {"carol"}
+    assert "dave" not in {u["username"] for u in users}
 
 
 def test_sigterm_stops_the_server_cleanly(running: Running) -> None:

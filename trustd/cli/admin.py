@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 import typer
 
 from trustd.cli.context import connection
-from trustd.cli.output import columns, emit, listing, progress
+from trustd.cli.output import columns, emit, fail, listing, progress
 from trustd.roles import Role
 
 app = typer.Typer(help="Admin API tokens and admin web UI accounts.", no_args_is_help=True)
@@ -41,8 +42,13 @@ USER_COLUMNS = columns(
 @token_app.command("create")
 def token_create(
     name: Annotated[str, typer.Option(help="What the token is for")] = "admin",
-    role: Annotated[Role, typer.Option(help="viewer, operator or admin")] = Role.ADMIN,
-    ttl: Annotated[int | None, typer.Option(help="Lifetime in seconds; default none")] = None,
+    role: Annotated[
+        Role, typer.Option(help="viewer, operator or admin (least privilege by default)")
+    ] = Role.VIEWER,
+    ttl: Annotated[
+        int | None,
+        typer.Option(help="Lifetime in seconds; default: the server's admin_token_ttl (8 h)"),
+    ] = None,
 ) -> None:
     """Create an admin token and print it (it is shown only once)."""
     shared = connection()
@@ -50,7 +56,10 @@ def token_create(
     if ttl is not None:
         body["ttl"] = ttl
     created = shared.json("POST", "/v1/admin/tokens", json=body)
-    progress(f"created token {created['id']} ({created['role']}); it is shown only once:")
+    progress(
+        f"created token {created['id']} ({created['role']}, expires {created['expires_at']}); "
+        "it is shown only once:"
+    )
     emit(shared.output, created, lambda: typer.echo(created["token"]))
 
 
@@ -77,16 +86,17 @@ def user_create(
     password: Annotated[
         str,
         typer.Option(
-            prompt=True,
-            hide_input=True,
-            confirmation_prompt=True,
             envvar="TRUSTD_USER_PASSWORD",
-            help="At least 12 characters; prompted for when not given",
+            help="At least 12 characters; prompted for on a terminal when not given",
         ),
     ] = "",
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input")
+    ] = False,
     totp: Annotated[bool, typer.Option("--totp", help="Also require a TOTP code")] = False,
 ) -> None:
     """Create a UI account; with --totp, print the enrolment URI (shown only once)."""
+    password = _read_password(password, password_stdin)
     shared = connection()
     body = {"username": username, "password": password, "role": role.value, "totp": totp}
     progress(f"creating UI user {username} ({role.value})")
@@ -99,6 +109,19 @@ def user_create(
         typer.echo(f"created {user['username']} ({user['role']}); sign in at /ui/login")
 
     emit(shared.output, user, text)
+
+
+def _read_password(given: str, from_stdin: bool) -> str:
+    # A password on the command line lands in shell history and `ps`: stdin or a prompt.
+    if from_stdin:
+        if given:
+            fail("give the password either with --password or on stdin, not both")
+        return sys.stdin.readline().rstrip("\r\n")
+    if given:
+        return given
+    if not sys.stdin.isatty():
+        fail("no terminal to ask the password on: pipe it with --password-stdin")
+    return str(typer.prompt("Password", hide_input=True, confirmation_prompt=True))
 
 
 @user_app.command("list")

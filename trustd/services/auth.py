@@ -69,18 +69,40 @@ class AdminTokens:
     # and reaches the others within this bound.
     CACHE_SECONDS = 5.0
 
-    def __init__(self, engine: Engine, clock: Clock, audit: AuditLog) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Clock,
+        audit: AuditLog,
+        default_ttl: timedelta = timedelta(hours=8),
+        max_ttl: timedelta = timedelta(days=30),
+    ) -> None:
         self._engine = engine
         self._clock = clock
         self._audit = audit
+        self._default_ttl = default_ttl
+        self._max_ttl = max_ttl
         self._accepted: dict[str, tuple[float, AdminToken]] = {}
 
     def create(
         self, actor: Principal, name: str, role: Role, ttl: timedelta | None = None
     ) -> CreatedToken:
-        """Create a token; its secret is returned once and only its hash is stored."""
-        if ttl is not None and ttl <= timedelta(0):
+        """Create a token; its secret is returned once and only its hash is stored.
+
+        Every token expires: a bearer secret that never does outlives the person or job it
+        was made for. Without *ttl* the default lifetime applies.
+
+        Raises:
+            InvalidRequest: *ttl* is not positive or exceeds the longest lifetime allowed.
+        """
+        ttl = self._default_ttl if ttl is None else ttl
+        if ttl <= timedelta(0):
             raise InvalidRequest("ttl must be positive")
+        if ttl > self._max_ttl:
+            raise InvalidRequest(
+                f"ttl exceeds the longest admin token lifetime "
+                f"({int(self._max_ttl.total_seconds())} s, setting admin_token_max_ttl)"
+            )
         now = self._clock.now()
         secret = secrets.token_urlsafe(_SECRET_BYTES)
         row = AdminToken(
@@ -90,7 +112,7 @@ class AdminTokens:
             token_hash=_hash(secret),
             created_by=actor.name,
             created_at=now,
-            expires_at=now + ttl if ttl else None,
+            expires_at=now + ttl,
         )
         with transaction(self._engine) as session:
             create_admin_token(session, row)

@@ -70,7 +70,9 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         clock=clock,
         bus=bus,
         audit=audit,
-        tokens=AdminTokens(engine, clock, audit),
+        tokens=AdminTokens(
+            engine, clock, audit, settings.admin_token_ttl, settings.admin_token_max_ttl
+        ),
         ca=ca,
         issuer=issuer,
         nodes=nodes,
