@@ -19,6 +19,13 @@ class Unauthenticated(TrustdError):
     title = "Authentication required"
 
 
+class NodeInactive(Unauthenticated):
+    """The node was evicted or banned: its credentials are void until it attests again
+    (an agent gives up rather than retrying a refusal that will not change)."""
+
+    title = "Node no longer active"
+
+
 class PermissionDenied(TrustdError):
     title = "Permission denied"
 

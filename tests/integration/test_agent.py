@@ -241,3 +241,21 @@ def test_a_revoked_svid_is_replaced_at_once(node: Node) -> None:
     wait_for(replaced, 15, "the revoked SVID to be replaced")
     log = node.agent_log.read_text()
     assert '"svids_revoked"' in log
+
+
+def test_an_evicted_agent_stops_and_says_what_to_do(node: Node) -> None:
+    listed = admin(node.server, "node", "list")
+    assert listed.splitlines()[0].split()[:4] == ["SPIFFE", "ID", "AGENT", "ID"]
+    nodes = json.loads(admin(node.server, "node", "list", "--output", "json"))
+    agent_id = nodes[0]["agent_id"]
+    assert agent_id in listed
+    # The short agent id that `node list` shows names the node as well as its SPIFFE ID.
+    assert f"evicted {node.spiffe_id}" in admin(node.server, "node", "evict", agent_id)
+    started = time.monotonic()
+    code = node.agent.wait(60)
+    log = node.agent_log.read_text()
+    assert code != 0, log
+    assert "this node was evicted or banned" in log and "trustd token create" in log
+    # The void identity is gone, so a restart with a new join token attests anew.
+    assert not (node.agent_log.parent / "agent" / "node-key.pem").exists()
+    print(f"agent stopped {time.monotonic() - started:.1f} s after the eviction")

@@ -27,6 +27,11 @@ NODE_CREDENTIAL_TYPE = "trustd-node+jwt"
 CREDENTIAL_LIFETIME = timedelta(seconds=120)
 
 
+# The RFC 9457 problem type the server answers for an evicted or banned node
+# (`trustd.errors.NodeInactive`).
+NODE_INACTIVE = "urn:trustd:problem:node-inactive"
+
+
 class ServerError(TrustdError):
     """The server refused a request (`status` set) or could not be reached (`status` 0)."""
 
@@ -36,6 +41,12 @@ class ServerError(TrustdError):
     def status(self) -> int:
         value = self.fields.get("status", 0)
         return value if isinstance(value, int) else 0
+
+    @property
+    def node_inactive(self) -> bool:
+        """The server voided this node's credentials (evicted or banned): retrying cannot
+        help, only a new attestation can."""
+        return self.fields.get("problem") == NODE_INACTIVE
 
 
 @dataclass(frozen=True)
@@ -131,11 +142,16 @@ class ServerClient:
         except httpx.HTTPError as exc:
             raise ServerError(f"cannot reach {self._server}: {exc}", status=0) from None
         if response.is_error:
+            problem = ""
             try:
-                detail = response.json().get("detail", response.text[:200])
-            except ValueError:
+                body = response.json()
+                detail = body.get("detail", response.text[:200])
+                problem = str(body.get("type", ""))
+            except (ValueError, AttributeError):
                 detail = response.text[:200]
-            raise ServerError(f"{response.status_code}: {detail}", status=response.status_code)
+            raise ServerError(
+                f"{response.status_code}: {detail}", status=response.status_code, problem=problem
+            )
         return response.json() if response.content else None
 
     def credential(self, identity: NodeIdentity) -> str:

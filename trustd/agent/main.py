@@ -83,6 +83,9 @@ class Agent:
         self._wake_rotation = asyncio.Event()
         self._jwt_cache: dict[tuple[str, tuple[str, ...]], tuple[datetime, JwtSvid]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        # Set when the agent cannot go on (its node was evicted): run_agent exits with it.
+        self.fatal = asyncio.Event()
+        self.fatal_error: AgentError | None = None
         self._workload_server: Any = None
         # The verdicts last applied (the last good state), and the eBPF datapath.
         self.verdicts = VerdictTable()
@@ -362,6 +365,9 @@ class Agent:
                 await self.sync_once(self._sync_wait)
                 backoff = 1.0
             except ServerError as exc:
+                if exc.node_inactive:
+                    self._give_up(exc)
+                    return
                 # Keep serving what we hold; try again with growing pauses, often enough
                 # to come back before the staleness limit denies everything.
                 log.warning("sync_failed", error=exc.detail, retry_in_s=backoff)
@@ -371,6 +377,18 @@ class Agent:
                 self._report_wake.set()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF, self._sync_wait)
+
+    def _give_up(self, exc: ServerError) -> None:
+        """The server voided this node: drop the node identity (a restart must attest
+        anew, with a new join token) and stop the agent with a non-zero exit."""
+        log.error("node_evicted", detail=exc.detail)
+        for path in (self._node_file, self._node_key_file):
+            path.unlink(missing_ok=True)
+        self.fatal_error = AgentError(
+            f"this node was evicted or banned ({exc.detail}): get a new join token "
+            "(trustd token create) and start the agent with it"
+        )
+        self.fatal.set()
 
     # -- workload addresses -------------------------------------------------------------
 
@@ -545,7 +563,12 @@ async def run_agent(config: AgentConfig, clock: Clock) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(agent.fatal.wait())]
     try:
-        await stop.wait()
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        for task in waits:
+            task.cancel()
         await agent.stop()
+    if agent.fatal_error is not None:
+        raise agent.fatal_error

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from trustd.cli.context import connection
+from trustd.cli.context import Connection, connection
 from trustd.cli.output import columns, fail, listing, record
 
 app = typer.Typer(help="Attested nodes.", no_args_is_help=True)
 
+NODE_ARGUMENT = typer.Argument(
+    help="The node's SPIFFE ID, or its agent id as `node list` shows it", show_default=False
+)
 NODE_COLUMNS = columns(
     ("spiffe id", "spiffe_id"),
+    ("agent id", "agent_id"),
     ("status", "status"),
     ("attestor", "attestor"),
     ("selectors", "selectors"),
@@ -28,25 +32,40 @@ def list_() -> None:
     listing(shared.output, shared.json("GET", "/v1/nodes"), NODE_COLUMNS)
 
 
+def _find(shared: Connection, ref: str) -> dict[str, Any]:
+    """The node *ref* names: a SPIFFE ID, or an agent id unique among the nodes."""
+    if ref.startswith("spiffe://"):
+        nodes = shared.json("GET", "/v1/nodes", params={"spiffe_id": ref})
+    else:
+        nodes = [n for n in shared.json("GET", "/v1/nodes") if n["agent_id"] == ref]
+    if not nodes:
+        fail(f"no node {ref}: `trustd node list` shows the SPIFFE IDs and agent ids")
+    if len(nodes) > 1:
+        fail(f"agent id {ref} names {len(nodes)} nodes: give the SPIFFE ID")
+    node: dict[str, Any] = nodes[0]
+    return node
+
+
 @app.command("show")
-def show(spiffe_id: Annotated[str, typer.Argument()]) -> None:
+def show(node: Annotated[str, NODE_ARGUMENT]) -> None:
     """Show one node."""
     shared = connection()
-    nodes = shared.json("GET", "/v1/nodes", params={"spiffe_id": spiffe_id})
-    if not nodes:
-        fail(f"no node {spiffe_id}")
-    record(shared.output, nodes[0])
+    record(shared.output, _find(shared, node))
 
 
 @app.command("evict")
-def evict(spiffe_id: Annotated[str, typer.Argument()]) -> None:
+def evict(node: Annotated[str, NODE_ARGUMENT]) -> None:
     """Revoke the node's credentials; it must attest again."""
-    connection().request("POST", "/v1/nodes/evict", json={"spiffe_id": spiffe_id})
+    shared = connection()
+    spiffe_id = _find(shared, node)["spiffe_id"]
+    shared.request("POST", "/v1/nodes/evict", json={"spiffe_id": spiffe_id})
     typer.echo(f"evicted {spiffe_id}")
 
 
 @app.command("ban")
-def ban(spiffe_id: Annotated[str, typer.Argument()]) -> None:
+def ban(node: Annotated[str, NODE_ARGUMENT]) -> None:
     """Revoke the node's credentials and refuse it from attesting again."""
-    connection().request("POST", "/v1/nodes/ban", json={"spiffe_id": spiffe_id})
+    shared = connection()
+    spiffe_id = _find(shared, node)["spiffe_id"]
+    shared.request("POST", "/v1/nodes/ban", json={"spiffe_id": spiffe_id})
     typer.echo(f"banned {spiffe_id}")

@@ -35,7 +35,13 @@ from trustd.bus import Bus
 from trustd.domain.audit import AuditOutcome
 from trustd.domain.certificates import CertificateKind, IssuedX509
 from trustd.domain.nodes import JoinToken, Node, NodeStatus
-from trustd.errors import InvalidRequest, NotFound, PermissionDenied, Unauthenticated
+from trustd.errors import (
+    InvalidRequest,
+    NodeInactive,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
 from trustd.services.issuance import IssuanceRequest, Issuer
@@ -327,8 +333,6 @@ class Nodes:
             node = fetch_node_by_serial(session, kid)
         if node is None:
             raise Unauthenticated("node credential key is unknown")
-        if node.status != NodeStatus.ACTIVE:
-            raise Unauthenticated(f"node is {node.status}; it must attest again")
         pem = node.public_key_pem_for(kid)
         assert pem is not None
         key: PublicKey = allowed_public_key(serialization.load_pem_public_key(pem.encode()))
@@ -354,6 +358,10 @@ class Nodes:
             raise Unauthenticated("node credential lives too long")
         if exp + _CLOCK_SKEW.total_seconds() <= now or iat - _CLOCK_SKEW.total_seconds() > now:
             raise Unauthenticated("node credential is expired or not yet valid")
+        # Said only to the node itself, once its signature is verified: its agent then
+        # stops instead of retrying (the status of other nodes is nobody else's business).
+        if node.status != NodeStatus.ACTIVE:
+            raise NodeInactive(f"node is {node.status}; it must attest again")
         return NodePrincipal(node.spiffe_id, frozenset(node.selectors))
 
     def renew(self, principal: NodePrincipal, csr: bytes) -> IssuedX509:
@@ -366,7 +374,7 @@ class Nodes:
         with transaction(self._engine) as session:
             node = fetch_node(session, principal.spiffe_id, for_update=True)
             if node is None or node.status != NodeStatus.ACTIVE:
-                raise Unauthenticated("node is no longer active; it must attest again")
+                raise NodeInactive("node is no longer active; it must attest again")
             issued = self._issuer.issue_in(
                 session,
                 IssuanceRequest(
