@@ -221,6 +221,23 @@ def test_decision_log_masks_and_queries(server: Server) -> None:
     assert "s3cret" not in export.text
 
 
+def test_decision_log_finds_denials_whatever_the_result_shape(server: Server) -> None:
+    # trustd.mesh.decision answers {"allowed": false, "reasons": [...]}, not a bare false.
+    server.client.post(
+        "/v1/data/trustd/mesh/decision", json={"input": call(WEB, WEB)}, headers=server.auth
+    )
+    server.client.post("/v1/data/trustd/mesh/decision", json={"input": call()}, headers=server.auth)
+    server.services.policy.decision_log.flush()
+    rows = server.client.get(
+        "/v1/admin/policy/decisions", params={"result": "false"}, headers=server.auth
+    ).json()
+    assert [r["result"]["allowed"] for r in rows] == [False]
+    allowed = server.client.get(
+        "/v1/admin/policy/decisions", params={"result": "true"}, headers=server.auth
+    ).json()
+    assert [r["result"]["allowed"] for r in allowed] == [True]
+
+
 def test_cache_is_keyed_by_revision(server: Server) -> None:
     policy = server.services.policy
     first = policy.decide("trustd/mesh/allow", json.dumps(call(), sort_keys=True), "t")

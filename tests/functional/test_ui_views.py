@@ -419,10 +419,21 @@ def test_decision_log_filters(ui: Server) -> None:
             json={"input": {"source": f"{TD}/{source}", "destination": f"{TD}/db"}},
         )
     ui.services.policy.decision_log.flush()
+    # The mesh decision's result is an object; "deny" finds it by its verdict.
+    ui.client.post(
+        "/v1/data/trustd/mesh/decision",
+        headers=ui.auth,
+        json={"input": {"source": f"{TD}/c", "destination": f"{TD}/db"}},
+    )
+    ui.services.policy.decision_log.flush()
     page = ui.client.get("/ui/decisions", params={"source": f"{TD}/a", "result": "deny"})
     assert page.status_code == 200
     assert f"{TD}/a" in page.text
     assert f"{TD}/b<" not in page.text
+    denied = ui.client.get("/ui/decisions", params={"source": f"{TD}/c", "result": "deny"})
+    assert f"{TD}/c<" in denied.text
+    allowed = ui.client.get("/ui/decisions", params={"source": f"{TD}/c", "result": "allow"})
+    assert f"{TD}/c<" not in allowed.text
     bad = ui.client.get("/ui/decisions", params={"since": "yesterday"})
     assert bad.status_code == 400
     assert "not a date and time" in bad.text

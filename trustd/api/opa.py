@@ -544,7 +544,15 @@ def list_decisions(
     until: datetime | None = None,
     path: str | None = None,
     caller: str | None = None,
-    result: Annotated[str | None, Query(description="JSON value, e.g. false")] = None,
+    result: Annotated[
+        str | None,
+        Query(
+            description=(
+                "JSON value; true/false match the verdict (a boolean result, or its "
+                "allowed/allow field)"
+            )
+        ),
+    ] = None,
     undefined: bool = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[DecisionPublic]:

@@ -186,7 +186,10 @@ def import_(
 def decisions(
     path: Annotated[str | None, typer.Option(help="e.g. trustd/mesh/allow")] = None,
     caller: Annotated[str | None, typer.Option(help="Who asked")] = None,
-    result: Annotated[str | None, typer.Option(help="JSON result, e.g. false")] = None,
+    result: Annotated[
+        str | None,
+        typer.Option(help='JSON result; true/false match the verdict, even in {"allowed": ...}'),
+    ] = None,
     since: Annotated[str | None, typer.Option(help="ISO 8601 time")] = None,
     limit: Annotated[int, typer.Option(help="At most this many")] = 50,
 ) -> None:

@@ -54,6 +54,8 @@ class LoggedDecision:
     caller: str
     source: str | None
     destination: str | None
+    # Allowed or denied, where the result says (see `services.policy.decision_verdict`).
+    verdict: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class DecisionFilter:
     caller: str | None = None
     # SHA-256 of the canonical JSON result (see `services.policy.result_hash`).
     result_hash: str | None = None
+    verdict: bool | None = None
     limit: int = 100
     source: str | None = None
     destination: str | None = None

@@ -256,6 +256,7 @@ class DecisionLog:
             "result": document.get("result"),
             "defined": decision.result.defined,
             "result_hash": result_hash(decision.result),
+            "verdict": decision_verdict(decision.result),
             "revision": decision.revision,
             "latency_us": decision.latency_us,
             "caller": entry.caller[:256],
@@ -271,6 +272,24 @@ class DecisionLog:
             return
         self._last_prune = time.monotonic()
         prune_decisions(self._engine, self._clock.now() - self._retention, self._max_rows)
+
+
+# The fields a decision object carries its verdict in: `allowed` (trustd.mesh, Envoy's
+# ext_authz response shape) and `allow` (OPA's usual rule name).
+_VERDICT_FIELDS = ("allowed", "allow")
+
+
+def decision_verdict(result: Result) -> bool | None:
+    """Whether a decision allowed or denied, wherever its result says it: a boolean result,
+    or a boolean `allowed`/`allow` field of an object result; None otherwise."""
+    value = result.value if result.defined else None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, dict):
+        for name in _VERDICT_FIELDS:
+            if isinstance(value.get(name), bool):
+                return bool(value[name])
+    return None
 
 
 def result_hash(result: Result) -> str:
@@ -691,12 +710,22 @@ class PolicyService:
         limit: int = 100,
     ) -> list[LoggedDecision]:
         """Logged decisions, newest first, narrowed by time, path, caller and result (a
-        JSON value, or *undefined* for decisions without one)."""
+        JSON value, or *undefined* for decisions without one). A boolean *result* matches
+        the decision's verdict, so `false` finds `{"allowed": false, ...}` too."""
         wanted: str | None = None
-        if undefined or result is not None:
+        verdict: bool | None = None
+        if isinstance(result, bool) and not undefined:
+            verdict = result
+        elif undefined or result is not None:
             wanted = result_hash(Result(False) if undefined else Result(True, result))
         where = DecisionFilter(
-            since=since, until=until, path=path, caller=caller, result_hash=wanted, limit=limit
+            since=since,
+            until=until,
+            path=path,
+            caller=caller,
+            result_hash=wanted,
+            verdict=verdict,
+            limit=limit,
         )
         with transaction(self._engine) as session:
             return list_policy_decisions(session, where)

@@ -27,7 +27,7 @@ from sqlmodel import Session
 from pki.acme.eab import seal, unseal
 from pki.clock import Clock
 from pki.errors import KeyDecryptionError, TrustdError
-from policy.engine import EmbeddedEngine, Result
+from policy.engine import EmbeddedEngine
 from trustd.domain.audit import AuditOutcome
 from trustd.domain.nodes import NodeStatus
 from trustd.domain.policy import DecisionFilter, LoggedDecision
@@ -45,7 +45,7 @@ from trustd.errors import Conflict, InvalidRequest, NotFound, Unauthenticated
 from trustd.roles import Role
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
-from trustd.services.policy import PolicyService, result_hash
+from trustd.services.policy import PolicyService
 from trustd.services.sync import current_revision
 from trustd.settings import Settings
 from trustd.store import ui as store
@@ -430,14 +430,13 @@ class UiViews:
     def decisions(self, query: DecisionQuery) -> list[LoggedDecision]:
         """Newest first, `query.limit` at a time; `before` is the last row of the previous
         page (keyset paging)."""
-        wanted = None if query.allowed is None else result_hash(Result(True, query.allowed))
         where = DecisionFilter(
             since=query.since,
             until=query.until,
             path=query.path,
             source=query.source,
             destination=query.destination,
-            result_hash=wanted,
+            verdict=query.allowed,
             before=query.before,
             limit=query.limit,
         )

@@ -56,6 +56,7 @@ class PolicyDecision(SQLModel, table=True):
         # Who called whom, for the decision log's filters; the JSON input has no index.
         Index("ix_policy_decisions_source_destination_at", "source", "destination", "at"),
         Index("ix_policy_decisions_destination_at", "destination", "at"),
+        Index("ix_policy_decisions_verdict_at", "verdict", "at"),
     )
 
     decision_id: str = Field(primary_key=True, max_length=36)
@@ -73,6 +74,8 @@ class PolicyDecision(SQLModel, table=True):
     # The input's `source` and `destination` (after masking), when they are strings.
     source: str | None = Field(default=None, max_length=2048)
     destination: str | None = Field(default=None, max_length=2048)
+    # Allowed (true) or denied (false) where the result says so, whatever its shape.
+    verdict: bool | None = None
 
 
 # ---------------------------------------------------------------------- revisions
@@ -185,6 +188,8 @@ def list_policy_decisions(session: Session, where: DecisionFilter) -> list[Logge
         statement = statement.where(PolicyDecision.caller == where.caller)
     if where.result_hash is not None:
         statement = statement.where(PolicyDecision.result_hash == where.result_hash)
+    if where.verdict is not None:
+        statement = statement.where(PolicyDecision.verdict == where.verdict)
     if where.source is not None:
         statement = statement.where(PolicyDecision.source == where.source)
     if where.destination is not None:
