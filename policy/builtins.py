@@ -33,6 +33,10 @@ Each follows OPA's documented behaviour (https://www.openpolicyagent.org/docs/po
 - `regex.globs_match` (literals, `.`, classes, `*`, `+`; other syntax is refused),
   `array.flatten` (one level), `strings.render_template` (Go text/template's fields,
   variables, `if`, `range`; a missing key renders as `<undefined>`, as in OPA).
+- `graphql.parse`, `graphql.parse_and_verify`, `graphql.parse_query`,
+  `graphql.parse_schema`, `graphql.is_valid`, `graphql.schema_is_valid`: graphql-core
+  answering in OPA's (gqlparser's) AST shape (`policy.gql`); operands are GraphQL text or
+  AST objects, as in OPA.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pki.bundle import public_key_from_jwk
 from pki.errors import TrustdError
 from pki.x509_path import build_path, validate_path
+from policy import gql
 
 # RFC 7515 §7.1: compact serialisation, three base64url segments.
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
@@ -998,6 +1003,90 @@ def aws_sign_req(request: Any, config: Any, time_ns: Any) -> dict[str, Any]:
     return {**request, "headers": signed}
 
 
+def _gql_source(value: Any, builtin: str, position: int, printer: Callable[[Any], str]) -> str:
+    # OPA takes GraphQL text or an AST object (which it decodes into gqlparser's structs).
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return printer(value)
+    raise BuiltinError(f"{builtin}: operand {position} must be one of {{object, string}}")
+
+
+def _gql_query(value: Any, builtin: str) -> Any:
+    return gql.parse_query_document(_gql_source(value, builtin, 1, gql.print_query))
+
+
+def _gql_schema(value: Any, builtin: str) -> Any:
+    return gql.parse_schema_document(_gql_source(value, builtin, 2, gql.print_schema))
+
+
+def _gql_loud(builtin: str, call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except gql.GraphQLFailure as exc:
+        raise BuiltinError(f"{builtin}: {exc}") from None
+
+
+def graphql_parse_query(query: Any) -> dict[str, Any]:
+    """OPA `graphql.parse_query`: the query's AST; a query that does not parse is an error."""
+    if not isinstance(query, str):
+        raise BuiltinError("graphql.parse_query: operand 1 must be string")
+    return _gql_loud(  # type: ignore[no-any-return]
+        "graphql.parse_query", lambda: gql.query_ast(gql.parse_query_document(query))
+    )
+
+
+def graphql_parse_schema(schema: Any) -> dict[str, Any]:
+    """OPA `graphql.parse_schema`: the schema's AST (parsed, not validated)."""
+    if not isinstance(schema, str):
+        raise BuiltinError("graphql.parse_schema: operand 1 must be string")
+    return _gql_loud(  # type: ignore[no-any-return]
+        "graphql.parse_schema", lambda: gql.schema_ast(gql.parse_schema_document(schema))
+    )
+
+
+def _gql_verified(query: Any, schema: Any, builtin: str) -> list[Any]:
+    # OPA's order: parse the query, load the schema, validate, then the schema's AST.
+    query_doc = _gql_query(query, builtin)
+    schema_doc = _gql_schema(schema, builtin)
+    gql.validate_query(gql.load_schema(schema_doc), query_doc)
+    return [gql.query_ast(query_doc), gql.schema_ast(schema_doc)]
+
+
+def graphql_parse(query: Any, schema: Any) -> list[Any]:
+    """OPA `graphql.parse`: `[query_ast, schema_ast]`; a failure to parse or validate is an
+    error."""
+    name = "graphql.parse"
+    return _gql_loud(name, lambda: _gql_verified(query, schema, name))  # type: ignore[no-any-return]
+
+
+def graphql_parse_and_verify(query: Any, schema: Any) -> list[Any]:
+    """OPA `graphql.parse_and_verify`: `[true, query_ast, schema_ast]`, or `[false, {}, {}]`
+    when the query or schema does not parse or the query does not validate."""
+    try:
+        return [True, *_gql_verified(query, schema, "graphql.parse_and_verify")]
+    except (gql.GraphQLFailure, BuiltinError):
+        return [False, {}, {}]
+
+
+def graphql_is_valid(query: Any, schema: Any) -> bool:
+    """OPA `graphql.is_valid`: whether the query validates against the schema."""
+    try:
+        _gql_verified(query, schema, "graphql.is_valid")
+    except (gql.GraphQLFailure, BuiltinError):
+        return False
+    return True
+
+
+def graphql_schema_is_valid(schema: Any) -> bool:
+    """OPA `graphql.schema_is_valid`: whether the schema parses and loads."""
+    try:
+        gql.load_schema(_gql_schema(schema, "graphql.schema_is_valid"))
+    except (gql.GraphQLFailure, BuiltinError):
+        return False
+    return True
+
+
 def extensions(now_ns: Callable[[], int] = time.time_ns) -> dict[str, tuple[int, Any]]:
     """Every extension by name: `(arity, function)`."""
     table: dict[str, tuple[int, Any]] = {}
@@ -1030,6 +1119,12 @@ def extensions(now_ns: Callable[[], int] = time.time_ns) -> dict[str, tuple[int,
     table["crypto.parse_private_keys"] = (1, parse_private_keys)
     table["crypto.x509.parse_keypair"] = (2, parse_keypair)
     table["crypto.x509.parse_certificate_request"] = (1, parse_certificate_request)
+    table["graphql.parse"] = (2, graphql_parse)
+    table["graphql.parse_and_verify"] = (2, graphql_parse_and_verify)
+    table["graphql.parse_query"] = (1, graphql_parse_query)
+    table["graphql.parse_schema"] = (1, graphql_parse_schema)
+    table["graphql.is_valid"] = (2, graphql_is_valid)
+    table["graphql.schema_is_valid"] = (1, graphql_schema_is_valid)
     return table
 
 
