@@ -1103,6 +1103,9 @@ def _gql_loud(builtin: str, call: Callable[[], Any]) -> Any:
         return call()
     except gql.GraphQLFailure as exc:
         raise BuiltinError(f"{builtin}: {exc}") from None
+    except RecursionError:
+        # A document (or AST object) nested past the interpreter's stack: refused whole.
+        raise BuiltinError(f"{builtin}: document nested too deeply") from None
 
 
 def graphql_parse_query(query: Any) -> dict[str, Any]:
@@ -1143,7 +1146,7 @@ def graphql_parse_and_verify(query: Any, schema: Any) -> list[Any]:
     when the query or schema does not parse or the query does not validate."""
     try:
         return [True, *_gql_verified(query, schema, "graphql.parse_and_verify")]
-    except (gql.GraphQLFailure, BuiltinError):
+    except (gql.GraphQLFailure, BuiltinError, RecursionError):
         return [False, {}, {}]
 
 
@@ -1151,7 +1154,7 @@ def graphql_is_valid(query: Any, schema: Any) -> bool:
     """OPA `graphql.is_valid`: whether the query validates against the schema."""
     try:
         _gql_verified(query, schema, "graphql.is_valid")
-    except (gql.GraphQLFailure, BuiltinError):
+    except (gql.GraphQLFailure, BuiltinError, RecursionError):
         return False
     return True
 
@@ -1160,7 +1163,7 @@ def graphql_schema_is_valid(schema: Any) -> bool:
     """OPA `graphql.schema_is_valid`: whether the schema parses and loads."""
     try:
         gql.load_schema(_gql_schema(schema, "graphql.schema_is_valid"))
-    except (gql.GraphQLFailure, BuiltinError):
+    except (gql.GraphQLFailure, BuiltinError, RecursionError):
         return False
     return True
 

@@ -415,3 +415,9 @@ def test_ast_objects_are_operands(engine: EmbeddedEngine) -> None:
     # graphql.parse_query and graphql.parse_schema take text only (OPA's declarations).
     wrong = failure(engine, "parse_query", "eval_type_error", query=query_ast)
     assert "operand 1 must be string" in str(wrong)
+
+
+def test_deep_nesting_is_refused_not_a_crash(engine: EmbeddedEngine) -> None:
+    deep = "{ a " * 3000 + "}" * 3000
+    assert "graphql.parse_query" in str(failure(engine, "parse_query", query=deep))
+    assert ask(engine, "is_valid", query=deep, schema=SCHEMA) is False
