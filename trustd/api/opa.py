@@ -332,9 +332,15 @@ async def default_decision(
             raise InvalidInput(f"the request body is not JSON: {exc.args[0]}") from None
     path = services.settings.policy_default_decision
     document = "data." + path.strip("/").replace("/", ".")
-    undefined = JSONResponse(
-        {"code": "undefined_document", "message": f"document undefined: {document}"},
-        status_code=404,
+    message = f"document undefined: {document}"
+    # OPA's body (`code`, `message`) inside the problem document, as every OPA API error.
+    undefined = problem_response(
+        404,
+        "Undefined document",
+        message,
+        problem_type("UndefinedDocument"),
+        code="undefined_document",
+        message=message,
     )
     try:
         decision = await _evaluate(services, path, input_json, caller)
