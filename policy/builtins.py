@@ -24,6 +24,7 @@ Each follows OPA's documented behaviour (https://www.openpolicyagent.org/docs/po
 - `crypto.sha256`, `crypto.sha1`, `crypto.md5`, `crypto.hmac.md5|sha1|sha256|sha512`,
   `crypto.hmac.equal`.
 - `crypto.parse_private_keys`, `crypto.x509.parse_keypair`,
+  `crypto.x509.parse_rsa_private_key` (a JWK, RFC 7518 §6.3.2),
   `crypto.x509.parse_certificate_request`: Go's field names; big integers as decimal text.
 - `io.jwt.encode_sign(header, payload, jwk)`, `io.jwt.encode_sign_raw(header, payload,
   jwk)` (RFC 7515 §5.1): HS*, RS*, PS*, ES*, EdDSA keys as JWKs.
@@ -33,6 +34,10 @@ Each follows OPA's documented behaviour (https://www.openpolicyagent.org/docs/po
 - `regex.globs_match` (literals, `.`, classes, `*`, `+`; other syntax is refused),
   `array.flatten` (one level), `strings.render_template` (Go text/template's fields,
   variables, `if`, `range`; a missing key renders as `<undefined>`, as in OPA).
+- `graphql.parse`, `graphql.parse_and_verify`, `graphql.parse_query`,
+  `graphql.parse_schema`, `graphql.is_valid`, `graphql.schema_is_valid`: graphql-core
+  answering in OPA's (gqlparser's) AST shape (`policy.gql`); operands are GraphQL text or
+  AST objects, as in OPA.
 """
 
 from __future__ import annotations
@@ -58,12 +63,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pki.bundle import public_key_from_jwk
 from pki.errors import TrustdError
 from pki.x509_path import build_path, validate_path
+from policy import gql
 
 # RFC 7515 §7.1: compact serialisation, three base64url segments.
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 # Bounds the work done on hostile input.
 _MAX_TOKEN = 16384
 _MAX_CERTS = 16
+_MAX_NESTING = 8
 # Asymmetric algorithms only (never `none`, never HMAC): OPA's verify_* family by name.
 _FAMILY = {
     "es256": ("ES256",),
@@ -112,11 +119,11 @@ def _b64url_json(segment: str) -> dict[str, Any]:
     return value
 
 
-def jwt_decode(token: str) -> list[Any]:
-    """OPA `io.jwt.decode`.
+def jwt_decode_outer(token: str) -> list[Any]:
+    """One level of a token: `[header, payload_segment, signature_hex]`.
 
     Raises:
-        BuiltinError: the token is not a compact JWS with JSON header and payload.
+        BuiltinError: the token is not a compact JWS with a JSON header, or is a JWE.
     """
     if not isinstance(token, str) or len(token) > _MAX_TOKEN or not _COMPACT_JWS.fullmatch(token):
         raise BuiltinError("io.jwt.decode: not a compact JWS (RFC 7515 §7.1)")
@@ -126,13 +133,25 @@ def jwt_decode(token: str) -> list[Any]:
     if "enc" in decoded:
         # RFC 7516 §4.1.2: `enc` marks a JWE, which these builtins do not decrypt.
         raise BuiltinError("io.jwt.decode: JWT is a JWE object, which is not supported")
-    if str(decoded.get("cty", "")).upper() == "JWT":
+    return [decoded, payload, raw_sig.hex()]
+
+
+def jwt_decode(token: str) -> list[Any]:
+    """OPA `io.jwt.decode`.
+
+    Raises:
+        BuiltinError: the token is not a compact JWS with JSON header and payload.
+    """
+    for _ in range(_MAX_NESTING):
+        decoded, payload, signature = jwt_decode_outer(token)
+        if str(decoded.get("cty", "")).upper() != "JWT":
+            return [decoded, _b64url_json(payload), signature]
         # RFC 7519 §5.2: a nested JWT; its payload is the inner token (as a JSON string).
         inner = _b64url_value(payload)
         if not isinstance(inner, str):
             raise BuiltinError("io.jwt.decode: a nested token's payload must be a token")
-        return jwt_decode(inner)
-    return [decoded, _b64url_json(payload), raw_sig.hex()]
+        token = inner
+    raise BuiltinError(f"io.jwt.decode: tokens nested more than {_MAX_NESTING} deep")
 
 
 def _keys(material: str) -> list[Any]:
@@ -163,7 +182,7 @@ def _verify(token: str, material: str, algorithms: tuple[str, ...], *, loud: boo
         BuiltinError: with `loud`, the token or the key material is malformed.
     """
     try:
-        header = jwt_decode(token)[0]
+        header = jwt_decode_outer(token)[0]
         keys = _keys(material)
         text = material.strip()
         ends = list(_PEM_END.finditer(text))
@@ -183,19 +202,9 @@ def _verify(token: str, material: str, algorithms: tuple[str, ...], *, loud: boo
         if not isinstance(key, _KEY_CLASS[alg[:2]]):
             continue
         try:
-            jwt.decode(
-                token,
-                key,
-                algorithms=[alg],
-                options={
-                    "verify_signature": True,
-                    "verify_exp": False,
-                    "verify_nbf": False,
-                    "verify_iat": False,
-                    "verify_aud": False,
-                    "verify_iss": False,
-                },
-            )
+            # The signature only (RFC 7515 §5.2): claims are the caller's to check, and a
+            # nested token's payload is a token, not a claims object.
+            jwt.api_jws.PyJWS().decode(token, key, algorithms=[alg])
             return True
         except (jwt.PyJWTError, ValueError, TypeError):
             # A key of the right type but another curve or size does not verify this one.
@@ -218,16 +227,31 @@ def jwt_decode_verify(token: str, constraints: dict[str, Any], now_ns: int) -> l
         raise BuiltinError("io.jwt.decode_verify: HMAC secrets are not accepted")
     if not isinstance(constraints, dict):
         return invalid
-    try:
-        header, payload, _ = jwt_decode(token)
-    except BuiltinError:
-        return invalid
-    alg = header.get("alg")
-    wanted = constraints.get("alg")
-    if alg not in _ALLOWED or (wanted is not None and wanted != alg):
-        return invalid
     cert = constraints.get("cert")
-    if not isinstance(cert, str) or not _verify(token, cert, (alg,)):
+    wanted = constraints.get("alg")
+    # RFC 7519 §5.2: a nested token (`cty: JWT`) carries the next one as its payload; OPA
+    # verifies every level with the same constraints and answers with the innermost.
+    for _ in range(_MAX_NESTING):
+        try:
+            header, _, _ = jwt_decode_outer(token)
+        except BuiltinError:
+            return invalid
+        alg = header.get("alg")
+        if alg not in _ALLOWED or (wanted is not None and wanted != alg):
+            return invalid
+        if not isinstance(cert, str) or not _verify(token, cert, (alg,)):
+            return invalid
+        if str(header.get("cty", "")).upper() != "JWT":
+            break
+        inner = _b64url_value(token.split(".")[1])
+        if not isinstance(inner, str):
+            return invalid
+        token = inner
+    else:
+        return invalid
+    try:
+        payload = _b64url_json(token.split(".")[1])
+    except BuiltinError:
         return invalid
     now = constraints.get("time", now_ns) / 1e9
     exp, nbf = payload.get("exp"), payload.get("nbf")
@@ -248,13 +272,38 @@ def jwt_decode_verify(token: str, constraints: dict[str, Any], now_ns: int) -> l
     return [True, header, payload]
 
 
+def _der_certificates(raw: bytes) -> list[x509.Certificate]:
+    """Concatenated DER certificates (Go's `x509.ParseCertificates`): each one a SEQUENCE
+    with a definite length (X.690 §8.1.3)."""
+    certs: list[x509.Certificate] = []
+    at = 0
+    while at < len(raw):
+        if len(certs) == _MAX_CERTS:
+            raise BuiltinError(f"crypto.x509: at most {_MAX_CERTS} certificates")
+        if raw[at] != 0x30 or at + 2 > len(raw):
+            raise BuiltinError("crypto.x509: not a DER certificate sequence")
+        first = raw[at + 1]
+        header, length = 2, first
+        if first & 0x80:
+            count = first & 0x7F
+            if not 1 <= count <= 4 or at + 2 + count > len(raw):
+                raise BuiltinError("crypto.x509: not a DER certificate sequence")
+            header, length = 2 + count, int.from_bytes(raw[at + 2 : at + 2 + count], "big")
+        end = at + header + length
+        if end > len(raw):
+            raise BuiltinError("crypto.x509: truncated DER certificate")
+        certs.append(x509.load_der_x509_certificate(raw[at:end]))
+        at = end
+    return certs
+
+
 def _load_certs(value: str) -> list[x509.Certificate]:
     text = value.strip()
     if "-----BEGIN" not in text:
         # OPA accepts base64 DER (one certificate) or base64 of a PEM string.
         raw = base64.b64decode(text, validate=False)
         if b"-----BEGIN" not in raw:
-            return [x509.load_der_x509_certificate(raw)]
+            return _der_certificates(raw)
         text = raw.decode()
     certs = x509.load_pem_x509_certificates(text.encode())
     if len(certs) > _MAX_CERTS:
@@ -768,6 +817,40 @@ def parse_private_keys(value: str) -> list[dict[str, Any]] | None:
         return []
 
 
+def _uint(value: int) -> str:
+    # RFC 7518 §6.3: Base64urlUInt, the minimal big-endian octets.
+    return _b64url(value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big"))
+
+
+def parse_rsa_private_key(value: str) -> dict[str, Any]:
+    """OPA `crypto.x509.parse_rsa_private_key`: a PEM RSA private key (PKCS#1 or PKCS#8,
+    or that PEM in base64) as a JWK with its private parameters (RFC 7518 §6.3.2)."""
+    name = "crypto.x509.parse_rsa_private_key"
+    if not isinstance(value, str) or len(value) > _MAX_TOKEN:
+        raise BuiltinError(f"{name}: operand 1 must be a PEM string")
+    data = _pem_or_base64(value)
+    if b"-----BEGIN" not in data:
+        raise BuiltinError(f"{name}: illegal base64 or PEM data")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise BuiltinError(f"{name}: not a PEM private key") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise BuiltinError(f"{name}: not an RSA private key")
+    numbers = key.private_numbers()
+    return {
+        "kty": "RSA",
+        "n": _uint(numbers.public_numbers.n),
+        "e": _uint(numbers.public_numbers.e),
+        "d": _uint(numbers.d),
+        "p": _uint(numbers.p),
+        "q": _uint(numbers.q),
+        "dp": _uint(numbers.dmp1),
+        "dq": _uint(numbers.dmq1),
+        "qi": _uint(numbers.iqmp),
+    }
+
+
 def parse_keypair(cert: str, key: str) -> dict[str, Any]:
     """OPA `crypto.x509.parse_keypair` (Go `tls.X509KeyPair`): the certificates as base64
     DER, and the private key, which must match the first certificate.
@@ -998,6 +1081,93 @@ def aws_sign_req(request: Any, config: Any, time_ns: Any) -> dict[str, Any]:
     return {**request, "headers": signed}
 
 
+def _gql_source(value: Any, builtin: str, position: int, printer: Callable[[Any], str]) -> str:
+    # OPA takes GraphQL text or an AST object (which it decodes into gqlparser's structs).
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return printer(value)
+    raise BuiltinError(f"{builtin}: operand {position} must be one of {{object, string}}")
+
+
+def _gql_query(value: Any, builtin: str) -> Any:
+    return gql.parse_query_document(_gql_source(value, builtin, 1, gql.print_query))
+
+
+def _gql_schema(value: Any, builtin: str) -> Any:
+    return gql.parse_schema_document(_gql_source(value, builtin, 2, gql.print_schema))
+
+
+def _gql_loud(builtin: str, call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except gql.GraphQLFailure as exc:
+        raise BuiltinError(f"{builtin}: {exc}") from None
+    except RecursionError:
+        # A document (or AST object) nested past the interpreter's stack: refused whole.
+        raise BuiltinError(f"{builtin}: document nested too deeply") from None
+
+
+def graphql_parse_query(query: Any) -> dict[str, Any]:
+    """OPA `graphql.parse_query`: the query's AST; a query that does not parse is an error."""
+    if not isinstance(query, str):
+        raise BuiltinError("graphql.parse_query: operand 1 must be string")
+    return _gql_loud(  # type: ignore[no-any-return]
+        "graphql.parse_query", lambda: gql.query_ast(gql.parse_query_document(query))
+    )
+
+
+def graphql_parse_schema(schema: Any) -> dict[str, Any]:
+    """OPA `graphql.parse_schema`: the schema's AST (parsed, not validated)."""
+    if not isinstance(schema, str):
+        raise BuiltinError("graphql.parse_schema: operand 1 must be string")
+    return _gql_loud(  # type: ignore[no-any-return]
+        "graphql.parse_schema", lambda: gql.schema_ast(gql.parse_schema_document(schema))
+    )
+
+
+def _gql_verified(query: Any, schema: Any, builtin: str) -> list[Any]:
+    # OPA's order: parse the query, load the schema, validate, then the schema's AST.
+    query_doc = _gql_query(query, builtin)
+    schema_doc = _gql_schema(schema, builtin)
+    gql.validate_query(gql.load_schema(schema_doc), query_doc)
+    return [gql.query_ast(query_doc), gql.schema_ast(schema_doc)]
+
+
+def graphql_parse(query: Any, schema: Any) -> list[Any]:
+    """OPA `graphql.parse`: `[query_ast, schema_ast]`; a failure to parse or validate is an
+    error."""
+    name = "graphql.parse"
+    return _gql_loud(name, lambda: _gql_verified(query, schema, name))  # type: ignore[no-any-return]
+
+
+def graphql_parse_and_verify(query: Any, schema: Any) -> list[Any]:
+    """OPA `graphql.parse_and_verify`: `[true, query_ast, schema_ast]`, or `[false, {}, {}]`
+    when the query or schema does not parse or the query does not validate."""
+    try:
+        return [True, *_gql_verified(query, schema, "graphql.parse_and_verify")]
+    except (gql.GraphQLFailure, BuiltinError, RecursionError):
+        return [False, {}, {}]
+
+
+def graphql_is_valid(query: Any, schema: Any) -> bool:
+    """OPA `graphql.is_valid`: whether the query validates against the schema."""
+    try:
+        _gql_verified(query, schema, "graphql.is_valid")
+    except (gql.GraphQLFailure, BuiltinError, RecursionError):
+        return False
+    return True
+
+
+def graphql_schema_is_valid(schema: Any) -> bool:
+    """OPA `graphql.schema_is_valid`: whether the schema parses and loads."""
+    try:
+        gql.load_schema(_gql_schema(schema, "graphql.schema_is_valid"))
+    except (gql.GraphQLFailure, BuiltinError, RecursionError):
+        return False
+    return True
+
+
 def extensions(now_ns: Callable[[], int] = time.time_ns) -> dict[str, tuple[int, Any]]:
     """Every extension by name: `(arity, function)`."""
     table: dict[str, tuple[int, Any]] = {}
@@ -1029,7 +1199,14 @@ def extensions(now_ns: Callable[[], int] = time.time_ns) -> dict[str, tuple[int,
     table["io.jwt.encode_sign_raw"] = (3, jwt_encode_sign_raw)
     table["crypto.parse_private_keys"] = (1, parse_private_keys)
     table["crypto.x509.parse_keypair"] = (2, parse_keypair)
+    table["crypto.x509.parse_rsa_private_key"] = (1, parse_rsa_private_key)
     table["crypto.x509.parse_certificate_request"] = (1, parse_certificate_request)
+    table["graphql.parse"] = (2, graphql_parse)
+    table["graphql.parse_and_verify"] = (2, graphql_parse_and_verify)
+    table["graphql.parse_query"] = (1, graphql_parse_query)
+    table["graphql.parse_schema"] = (1, graphql_parse_schema)
+    table["graphql.is_valid"] = (2, graphql_is_valid)
+    table["graphql.schema_is_valid"] = (1, graphql_schema_is_valid)
     return table
 
 

@@ -31,12 +31,27 @@ from policy.errors import (
     PolicyCompileError,
 )
 
-__all__ = ["check_compiles", "compile_errors", "parse_errors", "refusal", "set_errors"]
+__all__ = [
+    "check_compiles",
+    "check_query",
+    "compile_errors",
+    "parse_errors",
+    "query_refusal",
+    "refusal",
+    "set_errors",
+]
 
 # `file.rego:3:13: message` as `first_line` gives it.
 _WHERE = re.compile(r"^(?P<file>.+?):(?P<row>\d+):(?P<col>\d+):\s*(?P<message>.*)$", re.S)
 COMPILE_MESSAGE = "error(s) occurred while compiling module(s)"
 PARSE_MESSAGE = "error(s) occurred while parsing module(s)"
+# OPA's Query API (server.go, types.MsgParseQueryError and MsgCompileQueryError).
+QUERY_PARSE_MESSAGE = "error(s) occurred while parsing query"
+QUERY_COMPILE_MESSAGE = "error(s) occurred while compiling query"
+# A query is a rule body (OPA parses it with `ParseBody`); the engine parses one only as it
+# evaluates it, so it is parsed here as the body of a rule, two lines below its header.
+_QUERY_MODULE = "package __query\n__query if {\n%s\n}\n"
+_QUERY_HEADER_LINES = 2
 
 
 def _problem(code: str, text: str, fallback_file: str | None = None) -> dict[str, Any]:
@@ -283,6 +298,42 @@ def refusal(problems: list[dict[str, Any]], module: str | None = None) -> Policy
     if module is not None:
         fields["module"] = module
     return PolicyCompileError(detail, errors=errors, **fields)
+
+
+def query_refusal(code: str, message: str) -> PolicyCompileError:
+    """The error that refuses an ad-hoc query, as OPA's Query API answers (400): `code`
+    invalid_parameter, `message` OPA's summary with the problem, `errors[]` with the
+    problem's own code (`rego_parse_error`, `rego_type_error`, ...)."""
+    problem = _problem(code, message)
+    summary = QUERY_PARSE_MESSAGE if code == REGO_PARSE else QUERY_COMPILE_MESSAGE
+    return PolicyCompileError(
+        message, errors=[problem], code="invalid_parameter", message=f"{summary}: {message}"
+    )
+
+
+def check_query(query: str) -> None:
+    """Refuse an ad-hoc query that does not parse, before it is evaluated.
+
+    Raises:
+        PolicyCompileError: OPA's Query API body for a `rego_parse_error`, placed in the
+            query (`<query>:row:col`).
+    """
+    lines = query.count("\n") + 1
+    engine: Any = new_interpreter()
+    try:
+        engine.add_policy("<query>", _QUERY_MODULE % query)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        text = first_line(exc)
+        match = _WHERE.match(text)
+        if match is not None:
+            # Back to the query's own lines (an error at the closing brace is at its end).
+            row = min(max(int(match["row"]) - _QUERY_HEADER_LINES, 1), lines)
+            text = f"<query>:{row}:{match['col']}: {match['message'].strip()}"
+        raise query_refusal(REGO_PARSE, text) from None
+    finally:
+        engine = None
 
 
 def check_compiles(modules: Mapping[str, str], data: Mapping[str, Any] | None = None) -> None:

@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     policy_api_auth: Literal["none", "token", "mtls"] = "token"
     policy_api_token: SecretStr | None = None
     policy_api_identities: list[str] = Field(default_factory=list)
+    # The document `POST /` answers (OPA's `default_decision`, `/system/main` by default).
+    policy_default_decision: str = Field(
+        default="/system/main", pattern=r"^/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$"
+    )
     policy_bundle_keys: dict[str, Path] = Field(default_factory=dict)
     policy_bundle_require_signature: bool = True
     policy_bundle_signing_key: Path | None = None

@@ -354,11 +354,75 @@ def test_ad_hoc_query(server: Server) -> None:
     assert (
         server.client.post("/v1/query", json={"query": "1 == 2"}, headers=server.auth).json() == {}
     )
-    broken = server.client.post("/v1/query", json={"query": "x := "}, headers=server.auth)
-    # A query that does not parse is refused with an OPA error body (OPA says 400
-    # rego_parse_error; the engine reports it as a failed evaluation).
-    assert broken.status_code in (400, 500) and broken.json()["code"]
-    assert "result" not in broken.json()
     missing = server.client.post("/v1/query", json={"input": {}}, headers=server.auth)
     assert missing.status_code == 400
     assert missing.headers["content-type"].startswith("application/problem+json")
+
+
+def test_ad_hoc_query_that_does_not_parse_is_refused_as_opa_refuses_it(server: Server) -> None:
+    # OPA's server.go (v1QueryPost): 400, `invalid_parameter`, "error(s) occurred while
+    # parsing query", the parse error in `errors[]`.
+    for query in ("x := ", 'x := "a', "true\n2 +"):
+        broken = server.client.post("/v1/query", json={"query": query}, headers=server.auth)
+        assert broken.status_code == 400, query
+        body = broken.json()
+        assert body["code"] == "invalid_parameter"
+        assert body["message"].startswith("error(s) occurred while parsing query: <query>:")
+        assert "result" not in body
+        [problem] = body["errors"]
+        assert problem["code"] == "rego_parse_error" and problem["message"]
+        assert problem["location"]["file"] == "<query>"
+        # The place is in the query's own lines.
+        assert 1 <= problem["location"]["row"] <= query.count("\n") + 1
+    # The same from the GET form, `?q=`.
+    got = server.client.get("/v1/query", params={"q": "x := "}, headers=server.auth)
+    assert got.status_code == 400 and got.json()["errors"][0]["code"] == "rego_parse_error"
+    # A query that parses but does not compile: OPA's compile message, the engine's code.
+    unknown = server.client.post("/v1/query", json={"query": "x := nope(1)"}, headers=server.auth)
+    assert unknown.status_code == 400
+    assert unknown.json()["message"].startswith("error(s) occurred while compiling query")
+    assert unknown.json()["errors"][0]["code"].startswith("rego_")
+    # An evaluation that fails is still OPA's 500 with its code.
+    failed = server.client.post("/v1/query", json={"query": "x := 1 / 0"}, headers=server.auth)
+    assert failed.status_code == 500 and failed.json()["code"] == "eval_builtin_error"
+    # And a good GET query answers like the POST one.
+    fine = server.client.get("/v1/query", params={"q": "x := 1 + 1"}, headers=server.auth)
+    assert fine.status_code == 200 and fine.json() == {"result": [{"x": 2}]}
+    # The Query API needs the policy API's credentials.
+    assert server.client.get("/v1/query", params={"q": "true"}).status_code == 401
+
+
+MAIN = """package system
+import rego.v1
+
+main := {"hello": input.name} if input.name
+"""
+
+
+def test_default_decision_answers_the_bare_value(server: Server) -> None:
+    # OPA REST API "Execute a Simple Query": `POST /` evaluates data.system.main with the
+    # body as the input and answers its bare value; 404 undefined_document when undefined.
+    undefined = server.client.post("/", json={"name": "ops"}, headers=server.auth)
+    assert undefined.status_code == 404
+    assert undefined.headers["content-type"].startswith("application/problem+json")
+    assert undefined.json()["code"] == "undefined_document"
+    assert undefined.json()["message"] == "document undefined: data.system.main"
+    assert server.client.put("/v1/policies/main.rego", content=MAIN, headers=server.auth)
+    answer = server.client.post("/", json={"name": "ops"}, headers=server.auth)
+    assert answer.status_code == 200 and answer.json() == {"hello": "ops"}
+    # No body: the input is undefined, and so is the rule.
+    assert server.client.post("/", headers=server.auth).status_code == 404
+    assert server.client.post("/", json={}, headers=server.auth).status_code == 404
+    not_json = server.client.post(
+        "/", content=b"{not json", headers={**server.auth, "Content-Type": "application/json"}
+    )
+    assert not_json.status_code == 400
+    # Who may ask is the policy API's setting, as for /v1/data.
+    assert server.client.post("/", json={"name": "ops"}).status_code == 401
+
+
+def test_default_decision_path_is_a_setting(server_factory: Any) -> None:
+    server = server_factory(policy_default_decision="/trustd/mesh/allow")
+    allowed = server.client.post("/", json=call(), headers=server.auth)
+    assert allowed.status_code == 200 and allowed.json() is True
+    assert server.client.post("/", json=call(WEB, WEB), headers=server.auth).json() is False

@@ -401,3 +401,79 @@ def test_aws_sign_req_adds_sigv4_headers() -> None:
     with pytest.raises(PolicyEvaluationError) as info:
         sign(t=-1)
     assert info.value.opa_code == "eval_type_error"
+
+
+def test_parse_certificates_reads_a_base64_der_chain() -> None:
+    # OPA (Go's x509.ParseCertificates): base64 of concatenated DER certificates.
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+
+    from policy.builtins import BuiltinError, parse_certificates
+
+    ca = TestCA()
+    leaf = ca.issue("/web")
+    assert ca.intermediate is not None
+    der = b"".join(
+        c.public_bytes(serialization.Encoding.DER) for c in (leaf, ca.intermediate, ca.root)
+    )
+    parsed = parse_certificates(base64.b64encode(der).decode())
+    assert [c["IsCA"] for c in parsed] == [False, True, True]
+    assert parsed[0]["URIStrings"] == ["spiffe://example.org/web"]
+    with pytest.raises(BuiltinError, match="truncated"):
+        parse_certificates(base64.b64encode(der[:-10]).decode())
+
+
+def test_parse_rsa_private_key_is_a_jwk() -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from pki.bundle import public_key_to_jwk
+    from policy.builtins import BuiltinError, parse_rsa_private_key
+
+    key = cached_key(KeyType.RSA_2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    ).decode()
+    jwk = parse_rsa_private_key(pem)
+    assert set(jwk) == {"kty", "n", "e", "d", "p", "q", "dp", "dq", "qi"}
+    assert {k: jwk[k] for k in ("kty", "n", "e")} == public_key_to_jwk(key.public_key())
+    # The JWK's private parameters are the key's own (RFC 7518 §6.3.2).
+    assert (
+        jwk["d"]
+        == jwt.utils.base64url_encode(
+            key.private_numbers().d.to_bytes(256, "big").lstrip(b"\0")
+        ).decode()
+    )
+    with pytest.raises(BuiltinError):
+        parse_rsa_private_key("invalid")
+    ec_pem = cached_key(KeyType.EC_P256).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    with pytest.raises(BuiltinError, match="not an RSA"):
+        parse_rsa_private_key(ec_pem.decode())
+
+
+def test_decode_verify_follows_nested_tokens(engine: EmbeddedEngine) -> None:
+    # RFC 7519 §5.2 and OPA: every level verifies with the constraints, the innermost
+    # header and claims are the answer.
+    key = cached_key(KeyType.RSA_2048)
+    pem = public_key_pem(key.public_key())
+    inner = jwt.encode({"iss": "xxx"}, key, algorithm="RS256")
+    outer = jwt.api_jws.PyJWS().encode(
+        json.dumps(inner).encode(), key, algorithm="RS256", headers={"cty": "JWT"}
+    )
+    answer = ask(engine, "decode_verify", token=outer, constraints={"cert": pem})
+    assert answer == [True, {"alg": "RS256", "typ": "JWT"}, {"iss": "xxx"}]
+    assert ask(engine, "decoded", token=outer)[1] == {"iss": "xxx"}
+    # An inner token signed by another key fails the whole token.
+    stranger = jwt.encode({"iss": "xxx"}, cached_key(KeyType.EC_P256), algorithm="ES256")
+    forged = jwt.api_jws.PyJWS().encode(
+        json.dumps(stranger).encode(), key, algorithm="RS256", headers={"cty": "JWT"}
+    )
+    assert ask(engine, "decode_verify", token=forged, constraints={"cert": pem}) == [
+        False,
+        {},
+        {},
+    ]

@@ -58,6 +58,8 @@ def test_trust_domain_is_canonicalised_and_checked() -> None:
         ({"env": "production", "key_passphrase": "changeme"}, "placeholder"),
         ({"upstream_ca_cert": "/x.pem"}, "together"),
         ({"unknown_setting": 1}, "unknown_setting"),
+        ({"policy_default_decision": "/system/../main"}, "policy_default_decision"),
+        ({"policy_default_decision": ""}, "policy_default_decision"),
     ],
 )
 def test_bad_settings_are_refused_with_the_reason(

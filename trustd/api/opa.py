@@ -191,6 +191,19 @@ def _opa_error(status: int, exc: PolicyError, **extra: Any) -> JSONResponse:
     )
 
 
+async def _evaluate(
+    services: Services, path: str, input_json: str, caller: str, *, strict: bool = False
+) -> Decision:
+    policy = services.policy
+    if services.settings.policy_engine == "remote":
+        return await run_in_threadpool(
+            functools.partial(policy.decide, path, input_json, caller, strict=strict)
+        )
+    # The embedded engine answers in microseconds: on the event loop's own thread (one
+    # prepared engine per process) rather than through the thread pool.
+    return policy.decide(path, input_json, caller, strict=strict)
+
+
 async def _decide(
     request: Request, services: Services, path: str, input_json: str, caller: str
 ) -> JSONResponse:
@@ -198,14 +211,7 @@ async def _decide(
     try:
         # OPA REST API, Data API query parameters: strict-builtin-errors.
         strict = _flag(request, "strict-builtin-errors")
-        if services.settings.policy_engine == "remote":
-            decision = await run_in_threadpool(
-                functools.partial(policy.decide, path, input_json, caller, strict=strict)
-            )
-        else:
-            # The embedded engine answers in microseconds: on the event loop's own thread
-            # (one prepared engine per process) rather than through the thread pool.
-            decision = policy.decide(path, input_json, caller, strict=strict)
+        decision = await _evaluate(services, path, input_json, caller, strict=strict)
     except UnknownPath:
         # OPA: a path nothing lives at is an undefined document, 200 without `result`.
         return JSONResponse({})
@@ -263,6 +269,19 @@ def _loads(text: str) -> Any:
         raise InvalidInput(f"input is not JSON: {exc.args[0]}") from None
 
 
+def _ad_hoc(services: Services, query: str, input_json: str) -> JSONResponse:
+    try:
+        rows = services.policy.ad_hoc(query, input_json)
+    except PolicyCompileError as exc:
+        # OPA's Query API: a query that does not parse or compile is a 400
+        # `invalid_parameter` with the problem (`rego_parse_error`, ...) in `errors[]`.
+        errors = exc.fields.get("errors")
+        return _opa_error(400, exc, **({"errors": errors} if isinstance(errors, list) else {}))
+    except PolicyEvaluationError as exc:
+        return _opa_error(500, exc)
+    return JSONResponse({"result": rows} if rows else {})
+
+
 @opa.post(
     "/v1/query",
     summary="Evaluate an ad-hoc query (OPA Query API)",
@@ -278,12 +297,62 @@ async def post_query(request: Request, services: ServicesDep, caller: CallerDep)
     if not isinstance(document, dict) or not isinstance(document.get("query"), str):
         raise InvalidInput('the request body must be {"query": "<rego>", "input": ...}')
     input_json = normalise_input(document["input"]) if "input" in document else NO_INPUT
+    return _ad_hoc(services, document["query"], input_json)
+
+
+@opa.get(
+    "/v1/query",
+    summary="Evaluate an ad-hoc query given as `q` (OPA Query API)",
+    dependencies=[exempt(Exemption.POLICY_API)],
+)
+async def get_query(
+    services: ServicesDep,
+    caller: CallerDep,
+    q: Annotated[str, Query(max_length=65536)],
+) -> JSONResponse:
+    """OPA's GET form, `?q=<rego>`, without input."""
+    return _ad_hoc(services, q, NO_INPUT)
+
+
+@opa.post(
+    "/",
+    summary="Evaluate the default decision for the body as input (OPA's `POST /`)",
+    dependencies=[exempt(Exemption.POLICY_API)],
+)
+async def default_decision(
+    request: Request, services: ServicesDep, caller: CallerDep
+) -> JSONResponse:
+    """The body is the input itself (not `{"input": ...}`); the answer is the bare value of
+    `policy_default_decision` (`data.system.main` unless configured), 404
+    `undefined_document` when it is undefined (OPA REST API, "Execute a Simple Query")."""
+    raw = await request.body()
+    input_json = NO_INPUT
+    if raw.strip():
+        try:
+            input_json = normalise_input(json.loads(raw))
+        except ValueError as exc:
+            raise InvalidInput(f"the request body is not JSON: {exc.args[0]}") from None
+    path = services.settings.policy_default_decision
+    document = "data." + path.strip("/").replace("/", ".")
+    message = f"document undefined: {document}"
+    # OPA's body (`code`, `message`) inside the problem document, as every OPA API error.
+    undefined = problem_response(
+        404,
+        "Undefined document",
+        message,
+        problem_type("UndefinedDocument"),
+        code="undefined_document",
+        message=message,
+    )
     try:
-        rows = services.policy.ad_hoc(document["query"], input_json)
+        decision = await _evaluate(services, path, input_json, caller)
+    except UnknownPath:
+        return undefined
     except PolicyEvaluationError as exc:
-        status = 400 if str(exc.fields.get("code", "")).startswith("rego_") else 500
-        return _opa_error(status, exc)
-    return JSONResponse({"result": rows} if rows else {})
+        return _opa_error(500, exc)
+    if not decision.result.defined:
+        return undefined
+    return JSONResponse(decision.result.value)
 
 
 @opa.post(

@@ -35,8 +35,9 @@ from sqlmodel import Session
 
 from pki.clock import Clock
 from policy.bundle import Bundle, canonical_json, diff
+from policy.compile import check_query, query_refusal
 from policy.engine import EmbeddedEngine, PolicyEngine, Result, parse_path
-from policy.errors import InvalidInput, UnknownPath
+from policy.errors import InvalidInput, PolicyEvaluationError, UnknownPath
 from policy.remote import RemoteEngine
 from policy.testing import load_directory
 from trustd.bus import Bus
@@ -498,9 +499,19 @@ class PolicyService:
 
         Raises:
             NotReady: no revision is active.
-            PolicyEvaluationError: the query does not parse or its evaluation failed.
+            PolicyCompileError: the query does not parse or compile (OPA's Query API
+                answers 400 `invalid_parameter` with the problem in `errors[]`).
+            PolicyEvaluationError: its evaluation failed.
         """
-        return self.active.local.ad_hoc(query, input_json)
+        check_query(query)
+        try:
+            return self.active.local.ad_hoc(query, input_json)
+        except PolicyEvaluationError as exc:
+            # The engine compiles the query as it evaluates it: a compile-time problem
+            # (an unsafe variable, an unknown function) is a refused query, not a failure.
+            if exc.opa_code.startswith("rego_"):
+                raise query_refusal(exc.opa_code, exc.detail) from None
+            raise
 
     def require_known(self, path: str) -> None:
         """Raises:
