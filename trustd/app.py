@@ -28,6 +28,7 @@ from trustd.api.middleware import RequestContext
 from trustd.bootstrap import write_bundle_file
 from trustd.services.container import Services, build_services
 from trustd.settings import Settings
+from trustd.web.views import docs
 
 
 def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
@@ -59,6 +60,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         services.engine.dispose()
 
     app = FastAPI(
+        # /docs is served by trustd.web.views.docs from local assets, not FastAPI's CDN page.
+        docs_url=None,
+        redoc_url=None,
         title="trustd",
         version=__version__,
         summary="Workload identities, the CA behind them, and who may talk to whom.",
@@ -84,4 +88,5 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     for module in modules:
         app.include_router(module.router)
     app.mount("/ui/static", StaticFiles(directory=web.STATIC), name="ui-static")
+    app.mount("/docs/assets", StaticFiles(directory=docs.ASSETS), name="docs-assets")
     return app

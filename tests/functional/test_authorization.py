@@ -57,8 +57,8 @@ RESOURCES = {
     "user",
     "verdict",
 }
-# Routes FastAPI itself adds (the OpenAPI document and its viewers) and the UI's static files.
-FRAMEWORK = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/ui/static"}
+# Routes FastAPI itself adds (the OpenAPI document) and static files (the UI's, Swagger UI's).
+FRAMEWORK = {"/openapi.json", "/ui/static", "/docs/assets"}
 # What an operator does day to day beyond reading; everything else written is the admin's.
 OPERATOR_WRITES = {
     "admin:entry:write",

@@ -52,6 +52,21 @@ def test_health_readiness_and_metrics(server: Server) -> None:
     assert "trustd_ca_expiry_timestamp_seconds" in text
 
 
+def test_api_docs_are_served_from_this_server(server: Server) -> None:
+    page = server.client.get("/docs")
+    assert page.status_code == 200
+    # Nothing from another origin, no inline script: the UI's CSP holds for the docs too.
+    assert "https://" not in page.text and "<script>" not in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    for asset in ("/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css"):
+        fetched = server.client.get(asset)
+        assert fetched.status_code == 200 and len(fetched.content) > 10_000, asset
+    assert server.client.get("/ui/static/docs.js").status_code == 200
+    icon = server.client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.content[:4] == b"\x00\x00\x01\x00"
+    assert server.client.get("/redoc").status_code == 404
+
+
 def test_openapi_document_lists_the_api(server: Server) -> None:
     document = server.client.get("/openapi.json").json()
     assert {"/v1/bundle", "/v1/svid/x509", "/v1/svid/jwt", "/v1/admin/tokens"} <= set(

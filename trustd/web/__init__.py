@@ -20,6 +20,7 @@ from trustd.web.views import (
     certificates,
     dashboard,
     decisions,
+    docs,
     entries,
     graph,
     nodes,
@@ -40,6 +41,7 @@ for _module in (
     graph,
     audit,
     users,
+    docs,
 ):
     router.include_router(_module.router)
 

@@ -32,6 +32,11 @@ _HEADERS = {
 }
 
 
+def secure_headers() -> dict[str, str]:
+    """The headers every HTML page carries."""
+    return dict(_HEADERS)
+
+
 def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
     """A page with the secure headers; `who`, `csrf` and `can` come from the request's
     viewer (set by `trustd.web.session.require`) unless given."""
