@@ -53,6 +53,11 @@ _STATUS: dict[type[TrustdError], int] = {
     policy_errors.InvalidPolicyBundle: 400,
     policy_errors.BundleSignatureError: 400,
     policy_errors.UnknownPath: 404,
+    # OPA Data API writes: a missing document is 404; OPA answers a write conflict
+    # (a non-object in the way) 404 too, with code resource_conflict (server/writer).
+    policy_errors.DataNotFound: 404,
+    policy_errors.DataConflict: 404,
+    policy_errors.InvalidDataWrite: 400,
     policy_errors.PolicyEvaluationError: 422,
     # RFC 8555 §6.7 errors; statuses as RFC 8555 and RFC 9773 give them.
     acme.AcmeError: 500,
