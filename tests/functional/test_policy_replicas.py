@@ -78,6 +78,35 @@ def test_activation_reaches_the_other_replica(
     assert gone.status_code == 200 and "result" not in gone.json()
 
 
+def test_a_data_write_reaches_the_other_replica(
+    replicas: tuple[TestClient, TestClient, dict[str, str], Services],
+) -> None:
+    a, b, auth, services = replicas
+    assert a.put("/v1/policies/rr.rego", content=MODULE, headers=auth).status_code == 200
+    written = a.put("/v1/data/r/value", json=7, headers=auth)
+    assert written.status_code == 204, written.text
+    # Only the Redis notification can make b load it this soon (its reload interval is
+    # ten minutes).
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if b.post("/v1/data/rr/value", json={}, headers=auth).json().get("result") == 7:
+            break
+        time.sleep(0.05)
+    assert b.post("/v1/data/rr/value", json={}, headers=auth).json()["result"] == 7
+    # A patch on b amends the revision a wrote, and reaches a in turn.
+    patched = b.patch(
+        "/v1/data/r", json=[{"op": "replace", "path": "/value", "value": 8}], headers=auth
+    )
+    assert patched.status_code == 204, patched.text
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if a.get("/v1/data/rr/value", headers=auth).json().get("result") == 8:
+            break
+        time.sleep(0.05)
+    assert a.get("/v1/data/r", headers=auth).json()["result"] == {"value": 8}
+    assert services.policy.data()["r"] == {"value": 8}
+
+
 def test_decisions_do_not_wait_for_a_stuck_log(
     replicas: tuple[TestClient, TestClient, dict[str, str], Services],
     postgres_db: PostgresDatabase,
