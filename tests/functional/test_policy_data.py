@@ -201,3 +201,10 @@ def test_viewer_cannot_write_data(server: Server) -> None:
     assert server.client.patch("/v1/data", json=[], headers=viewer).status_code == 403
     assert server.client.delete("/v1/data/mesh", headers=viewer).status_code == 403
     assert "allow" in get(server, "mesh")
+
+
+def test_405_names_every_method_the_data_api_serves(server: Server) -> None:
+    # RFC 9110 §15.5.6: Allow lists the target's methods, not only the first route's.
+    refused = server.client.request("OPTIONS", "/v1/data/x", headers=server.auth)
+    assert refused.status_code == 405
+    assert refused.headers["allow"] == "DELETE, GET, PATCH, POST, PUT"
