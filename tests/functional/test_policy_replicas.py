@@ -130,3 +130,35 @@ def test_decisions_do_not_wait_for_a_stuck_log(
     b.post("/v1/data/trustd/mesh/allow", json=body, headers=auth)
     services.policy.decision_log.flush()
     assert services.policy.decision_log.dropped == dropped
+
+
+def test_a_replica_that_missed_a_write_does_not_undo_it(
+    tmp_path: Path, postgres_db: PostgresDatabase
+) -> None:
+    # b shares the database but hears nothing: no Redis, a ten-minute reload interval.
+    migrate(postgres_db.url)
+    (tmp_path / "data").mkdir()
+    built = [
+        build_services(
+            make_settings(tmp_path, postgres_db.url, redis_url=url, policy_reload_interval=600)
+        )
+        for url in (REDIS_URL, None)
+    ]
+    token = initialise(built[0]).bootstrap_token
+    auth = {"Authorization": f"Bearer {token}"}
+    try:
+        with (
+            TestClient(create_app(built[0].settings, built[0])) as a,
+            TestClient(create_app(built[1].settings, built[1])) as b,
+        ):
+            assert a.put("/v1/data/shared/a", json=1, headers=auth).status_code == 204
+            assert "shared" not in built[1].policy.data()
+            assert b.put("/v1/data/shared/b", json=2, headers=auth).status_code == 204
+            # b amended the revision a made, not the one it had loaded.
+            assert b.get("/v1/data/shared", headers=auth).json()["result"] == {"a": 1, "b": 2}
+            # b announces on its own bus only: a finds the revision on its next check.
+            assert built[0].policy.reload_if_changed() is True
+            assert a.get("/v1/data/shared", headers=auth).json()["result"] == {"a": 1, "b": 2}
+    finally:
+        for services in built:
+            services.engine.dispose()
