@@ -109,6 +109,8 @@ def test_opa_error_codes(server: Server) -> None:
     opa_error(client.delete("/v1/data", headers=auth), 400, "invalid_parameter")
     bad_json = client.put("/v1/data/t", content=b'{"n": ', headers=auth)
     opa_error(bad_json, 400, "invalid_parameter")
+    nan = client.put("/v1/data/t/x", content=b'{"n": NaN}', headers=auth)
+    opa_error(nan, 400, "invalid_parameter")
     not_a_list = client.patch("/v1/data/t", json={"op": "add"}, headers=auth)
     opa_error(not_a_list, 400, "invalid_parameter")
     deep: Any = 1

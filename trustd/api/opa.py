@@ -269,11 +269,17 @@ async def _data_body(request: Request) -> Any:
     invalid_parameter, and writes nothing)."""
     raw = await request.body()
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_not_json)
     except RecursionError:
         raise InvalidDataWrite("the request body is nested too deeply") from None
     except ValueError as exc:
         raise InvalidDataWrite(f"the request body is not JSON: {exc}") from None
+
+
+def _not_json(constant: str) -> Any:
+    # RFC 8259 §6: NaN and Infinity are not JSON numbers (Python's decoder takes them; the
+    # store and the engine would not).
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 def _written(request: Request, started: float) -> Response:
