@@ -210,6 +210,8 @@ def decisions(
 # -- data documents ----------------------------------------------------------------------
 
 DataPathArg = Annotated[str, typer.Argument(help="Data path, e.g. mesh/allow or mesh.allow")]
+# `get` reads the active revision's stored document through the admin API (so it needs
+# admin:policy:read, whatever `policy_api_auth` says); writes go through OPA's Data API.
 
 
 def _segments(path: str) -> list[str]:
@@ -228,15 +230,15 @@ def _document(value: str | None, file: Path | None) -> Any:
     """The JSON given as an argument, in a file, or on stdin (`-`)."""
     if (value is None) == (file is None):
         fail("give the JSON document as an argument or with --file (- for stdin)")
-    text = (
-        value
-        if value is not None
-        else (
-            typer.get_text_stream("stdin").read()
-            if str(file) == "-"
-            else Path(str(file)).read_text()
-        )
-    )
+    if value is not None:
+        text = value
+    elif str(file) == "-":
+        text = typer.get_text_stream("stdin").read()
+    else:
+        try:
+            text = Path(str(file)).read_text()
+        except OSError as exc:
+            fail(f"cannot read {file}: {exc.strerror}")
     try:
         return json.loads(text)
     except ValueError as exc:
@@ -251,8 +253,7 @@ FileOption = Annotated[
 
 @data_app.command("get")
 def data_get(path: Annotated[str, typer.Argument(help="Data path; empty for all")] = "") -> None:
-    """The stored data document at PATH in the active revision (base documents only; ask
-    `POST /v1/data` for the value with the rules')."""
+    """The stored data document at PATH in the active revision (base documents only)."""
     shared = connection()
     revision = shared.json("GET", "/v1/admin/policy/status")["revision"]
     node: Any = shared.json("GET", f"/v1/admin/policy/bundles/{revision}")["data"]
