@@ -38,6 +38,7 @@ __all__ = [
     "parse_errors",
     "query_refusal",
     "refusal",
+    "rule_paths",
     "set_errors",
 ]
 
@@ -89,6 +90,28 @@ def _ref_segments(ref: Any) -> list[str] | None:
     return None
 
 
+def _ground_segments(ref: Any) -> list[str] | None:
+    """`a.b["c"]` of a rule head as segments; None when any part is computed (`a[x]`)."""
+    if not isinstance(ref, dict) or len(ref) != 1:
+        return None
+    kind, node = next(iter(ref.items()))
+    if kind == "Var":
+        return [str(node["value"])]
+    if kind == "RefDot":
+        base = _ground_segments(node["refr"])
+        field = node.get("field")
+        name = field[1] if isinstance(field, list) and len(field) == 2 else None
+        return [*base, name] if base is not None and isinstance(name, str) else None
+    if kind == "RefBrack":
+        base = _ground_segments(node["refr"])
+        index = node.get("index")
+        literal = index.get("String") if isinstance(index, dict) else None
+        if base is None or not isinstance(literal, dict):
+            return None
+        return [*base, str(literal["value"])]
+    return None
+
+
 @dataclass(frozen=True)
 class _Facts:
     """What the unknown-function check needs from one module."""
@@ -97,6 +120,9 @@ class _Facts:
     rules: frozenset[str]  # first segment of every rule and function head
     aliases: frozenset[str]  # names imports bring into scope
     calls: tuple[tuple[str, int, int], ...]  # (dotted name, row, col)
+    # (head path under the package, row) of every rule whose head is ground: the paths a
+    # data document must not take (OPA's rule tree keys; a computed key cannot conflict).
+    heads: tuple[tuple[tuple[str, ...], int], ...] = ()
 
 
 def _calls(node: Any, found: list[tuple[str, int, int]]) -> None:
@@ -140,6 +166,7 @@ def _facts(name: str, source: str) -> _Facts | None:
             segments = _ref_segments(item.get("refr")) or []
             aliases.update(segments[-1:])
     rules: set[str] = set()
+    heads: list[tuple[tuple[str, ...], int]] = []
     for rule in ast.get("rules", []):
         if not isinstance(rule, dict):
             continue
@@ -149,10 +176,35 @@ def _facts(name: str, source: str) -> _Facts | None:
         for part in head.values() if isinstance(head, dict) else []:
             head_ref = _ref_segments(part.get("refr")) if isinstance(part, dict) else None
             rules.update((head_ref or [])[:1])
+            ground = _ground_segments(part.get("refr")) if isinstance(part, dict) else None
+            if ground is not None:
+                row = int(part.get("span", {}).get("line", 1))
+                heads.append((tuple(ground), row))
     found: list[tuple[str, int, int]] = []
     _calls(ast.get("rules", []), found)
-    package = tuple((_ref_segments(ast.get("package", {}).get("refr")) or [])[1:])
-    return _Facts(package, frozenset(rules), frozenset(aliases), tuple(found))
+    full = tuple(_ref_segments(ast.get("package", {}).get("refr")) or [])
+    package = full[1:]
+    return _Facts(
+        package,
+        frozenset(rules),
+        frozenset(aliases),
+        tuple(found),
+        # The heads under the whole package path (`package` above drops its first
+        # segment, which the unknown-function check only uses as a grouping key).
+        tuple((full + path, row) for path, row in heads),
+    )
+
+
+def rule_paths(modules: Mapping[str, str]) -> dict[tuple[str, ...], tuple[str, int]]:
+    """Every ground rule path under `data` (package + head) with its first (file, line): what
+    OPA's path-conflict check compares data documents with. Modules that do not parse
+    contribute nothing (the parse check reports them)."""
+    paths: dict[tuple[str, ...], tuple[str, int]] = {}
+    for name, source in sorted(modules.items()):
+        fact = _facts(name, source)
+        for path, row in fact.heads if fact is not None else ():
+            paths.setdefault(path, (name, row))
+    return paths
 
 
 _BUILTIN_KNOWN: dict[str, bool] = {}

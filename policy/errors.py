@@ -73,3 +73,27 @@ REGO_PARSE = "rego_parse_error"
 REGO_COMPILE = "rego_compile_error"
 REGO_TYPE = "rego_type_error"
 REGO_UNSAFE_VAR = "rego_unsafe_var_error"
+
+
+class DataNotFound(PolicyError):
+    """A data write names a document that does not exist (OPA: 404 resource_not_found)."""
+
+    title = "Data document not found"
+    code = "resource_not_found"
+
+
+class DataConflict(PolicyError):
+    """A data write meets a non-object where it would create one (OPA:
+    `storage_write_conflict_error`, answered 404 resource_conflict)."""
+
+    title = "Data write conflict"
+    code = "resource_conflict"
+
+
+class InvalidDataWrite(PolicyError):
+    """A data write that is malformed or would leave the store invalid: a bad path or
+    patch, a root that is not an object, or data where a rule lives (OPA: 400
+    invalid_parameter)."""
+
+    title = "Invalid data write"
+    code = "invalid_parameter"

@@ -78,6 +78,35 @@ def test_activation_reaches_the_other_replica(
     assert gone.status_code == 200 and "result" not in gone.json()
 
 
+def test_a_data_write_reaches_the_other_replica(
+    replicas: tuple[TestClient, TestClient, dict[str, str], Services],
+) -> None:
+    a, b, auth, services = replicas
+    assert a.put("/v1/policies/rr.rego", content=MODULE, headers=auth).status_code == 200
+    written = a.put("/v1/data/r/value", json=7, headers=auth)
+    assert written.status_code == 204, written.text
+    # Only the Redis notification can make b load it this soon (its reload interval is
+    # ten minutes).
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if b.post("/v1/data/rr/value", json={}, headers=auth).json().get("result") == 7:
+            break
+        time.sleep(0.05)
+    assert b.post("/v1/data/rr/value", json={}, headers=auth).json()["result"] == 7
+    # A patch on b amends the revision a wrote, and reaches a in turn.
+    patched = b.patch(
+        "/v1/data/r", json=[{"op": "replace", "path": "/value", "value": 8}], headers=auth
+    )
+    assert patched.status_code == 204, patched.text
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if a.get("/v1/data/rr/value", headers=auth).json().get("result") == 8:
+            break
+        time.sleep(0.05)
+    assert a.get("/v1/data/r", headers=auth).json()["result"] == {"value": 8}
+    assert services.policy.data()["r"] == {"value": 8}
+
+
 def test_decisions_do_not_wait_for_a_stuck_log(
     replicas: tuple[TestClient, TestClient, dict[str, str], Services],
     postgres_db: PostgresDatabase,
@@ -101,3 +130,35 @@ def test_decisions_do_not_wait_for_a_stuck_log(
     b.post("/v1/data/trustd/mesh/allow", json=body, headers=auth)
     services.policy.decision_log.flush()
     assert services.policy.decision_log.dropped == dropped
+
+
+def test_a_replica_that_missed_a_write_does_not_undo_it(
+    tmp_path: Path, postgres_db: PostgresDatabase
+) -> None:
+    # b shares the database but hears nothing: no Redis, a ten-minute reload interval.
+    migrate(postgres_db.url)
+    (tmp_path / "data").mkdir()
+    built = [
+        build_services(
+            make_settings(tmp_path, postgres_db.url, redis_url=url, policy_reload_interval=600)
+        )
+        for url in (REDIS_URL, None)
+    ]
+    token = initialise(built[0]).bootstrap_token
+    auth = {"Authorization": f"Bearer {token}"}
+    try:
+        with (
+            TestClient(create_app(built[0].settings, built[0])) as a,
+            TestClient(create_app(built[1].settings, built[1])) as b,
+        ):
+            assert a.put("/v1/data/shared/a", json=1, headers=auth).status_code == 204
+            assert "shared" not in built[1].policy.data()
+            assert b.put("/v1/data/shared/b", json=2, headers=auth).status_code == 204
+            # b amended the revision a made, not the one it had loaded.
+            assert b.get("/v1/data/shared", headers=auth).json()["result"] == {"a": 1, "b": 2}
+            # b announces on its own bus only: a finds the revision on its next check.
+            assert built[0].policy.reload_if_changed() is True
+            assert a.get("/v1/data/shared", headers=auth).json()["result"] == {"a": 1, "b": 2}
+    finally:
+        for services in built:
+            services.engine.dispose()

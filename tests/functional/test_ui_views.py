@@ -400,6 +400,18 @@ def test_data_change_activates_and_changes_decisions_then_rolls_back(ui: Server)
     assert decide.json()["result"] is False
 
 
+def test_policy_page_shows_the_data_documents(ui: Server) -> None:
+    sign_in(ui.client, "viewer")
+    written = ui.client.put("/v1/data/teams/leads", json=["<ann>"], headers=ui.auth)
+    assert written.status_code == 204
+    page = ui.client.get("/ui/policies")
+    assert page.status_code == 200
+    assert "<code>data.teams</code>" in page.text
+    # Shown escaped, read-only: the document is data, not markup.
+    assert "&#34;&lt;ann&gt;&#34;" in page.text or "&quot;&lt;ann&gt;&quot;" in page.text
+    assert "<code>data.mesh</code>" in page.text
+
+
 def test_graph_shows_denied_edges_on_demand(ui: Server) -> None:
     sign_in(ui.client, "viewer")
     make_entry(ui, "quarantine")

@@ -265,6 +265,51 @@ def test_a_parked_long_poll_wakes_with_the_policy_change(server: Server) -> None
     assert server.services.agents.parked == 0
 
 
+def test_a_data_write_changes_the_agents_verdicts(server: Server) -> None:
+    # The mesh rules are data (`data.mesh.allow`): a Data API write is a policy change.
+    node, _ = attest(server, join_token(server)["token"])
+    entry(server, API, str(node.spiffe_id), "unix:uid:1001", ip_addresses=["10.213.0.2"])
+    entry(server, WEB, "spiffe://example.org/elsewhere", "unix:uid:7", ip_addresses=["10.213.0.1"])
+    headers = node_headers(server, node)
+    held = sync(server, headers, verdict_since=0)
+    ids = held["verdicts"]["changes"]["identities"]["set"]
+    rule = {"name": "web-api-7", "source": WEB, "destination": API, "ports": [7]}
+
+    def write() -> None:
+        response = server.client.patch(
+            "/v1/data/mesh/allow",
+            json=[{"op": "add", "path": "/-", "value": rule}],
+            headers=server.auth,
+        )
+        assert response.status_code == 204, response.text
+
+    body = answer_after_change(
+        server,
+        headers,
+        write,
+        since=held["revision"],
+        revoked_since=held["revocation_revision"],
+        verdict_since=held["verdicts"]["revision"],
+        wait=20,
+    )
+    delta = body["verdicts"]
+    assert delta["base"] == held["verdicts"]["revision"]
+    assert policy_set(delta) == [
+        (ids[API], ids[WEB], 7, 6, True),
+        (ids[API], ids[WEB], 7, 17, True),
+    ]
+    assert delta["l7"]["data"]["mesh"]["allow"][-1] == rule
+    # Deleting the rules takes every allow away again.
+    assert server.client.delete("/v1/data/mesh/allow", headers=server.auth).status_code == 204
+    after = sync(server, headers, verdict_since=delta["revision"])["verdicts"]
+    assert after["base"] == delta["revision"] and policy_set(after) == []
+    assert after["changes"]["policy"]["remove"] == [
+        [ids[API], ids[WEB], 7, 6],
+        [ids[API], ids[WEB], 7, 17],
+        [ids[API], ids[WEB], 8443, 6],
+    ]
+
+
 def test_the_next_long_poll_is_the_acknowledgement(server: Server) -> None:
     node, _ = attest(server, join_token(server)["token"])
     entry(server, API, str(node.spiffe_id), "unix:uid:1001", ip_addresses=["10.213.0.2"])

@@ -2,6 +2,8 @@
 
 - opa-python-client's `check_health`, `update_policy_from_string`, `query_rule`,
   `get_policy`, `delete_policy` behave as against OPA;
+- its data calls (`update_or_create_data`, `patch_data`, `get_data`, `delete_data`) with
+  `get_policies_list`, `query_rule` and `ad_hoc_query` behave as against OPA;
 - a second trustd with the remote engine pointed at the first decides like the embedded
   engine, over a table of mesh cases;
 - `trustd policy test` and `trustd policy check` run the shipped rego/ like `opa test`.
@@ -25,7 +27,12 @@ from typing import IO
 
 import httpx
 import pytest
-from opa_client.errors import RegoParseError
+from opa_client.errors import (
+    DeleteDataError,
+    PatchDataError,
+    PolicyNotFoundError,
+    RegoParseError,
+)
 from opa_client.opa import OpaClient
 
 from policy.engine import EmbeddedEngine
@@ -153,6 +160,72 @@ def test_opa_python_client_against_trustd(first: Trustd, monkeypatch: pytest.Mon
     # As OPA answers: the deleted package's rule is an undefined document (200, no result).
     assert "result" not in client.query_rule({"user": "alice"}, "example", "allow")
     client.close_connection()
+
+
+TEAM = """package team
+import rego.v1
+
+default allow := false
+
+allow if input.user in data.teams.admins
+"""
+
+
+def test_opa_python_client_data_documents(first: Trustd, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", first.bundle)
+    client = _client(first)
+    assert client.update_policy_from_string(TEAM, "team") is True
+    assert "team" in client.get_policies_list()
+    assert client.query_rule({"user": "alice"}, "team", "allow")["result"] is False
+    # PUT answers 204, as OPA does; the client reads that as success.
+    assert client.update_or_create_data({"admins": ["alice"]}, "teams") is True
+    assert client.get_data("teams")["result"] == {"admins": ["alice"]}
+    assert client.query_rule({"user": "alice"}, "team", "allow")["result"] is True
+    assert client.patch_data("teams", [{"op": "add", "path": "/admins/-", "value": "bob"}])
+    assert client.query_rule({"user": "bob"}, "team", "allow")["result"] is True
+    rows = client.ad_hoc_query("x := data.teams.admins[_]")["result"]
+    assert sorted(row["x"] for row in rows) == ["alice", "bob"]
+    # Errors carry OPA's codes where the client looks for them.
+    with pytest.raises(PatchDataError) as missing:
+        client.patch_data("teams", [{"op": "remove", "path": "/owners"}])
+    assert missing.value.expression == "resource_not_found"
+    with pytest.raises(RegoParseError) as clash:
+        client.update_or_create_data({"allow": True}, "team")
+    assert clash.value.expression == "invalid_parameter"
+    assert "conflicting rule for data path team/allow" in str(clash.value)
+    assert client.delete_data("teams") is True
+    with pytest.raises(PolicyNotFoundError):
+        client.get_data("teams")
+    with pytest.raises(DeleteDataError) as gone:
+        client.delete_data("teams")
+    assert gone.value.expression == "resource_not_found"
+    assert client.query_rule({"user": "alice"}, "team", "allow")["result"] is False
+    client.close_connection()
+
+
+def test_policy_data_commands(first: Trustd) -> None:
+    shared = ["--server", first.url, "--token", first.token, "--ca-bundle", first.bundle]
+    put = _cli(*shared, "policy", "data", "put", "teams/leads", '["ann"]')
+    assert put.returncode == 0, put.stderr
+    assert "data.teams.leads: written" in put.stdout
+    kept = _cli(*shared, "policy", "data", "put", "teams.leads", "[]", "--if-absent")
+    assert "exists, left alone" in kept.stdout
+    patched = _cli(
+        *shared,
+        "policy",
+        "data",
+        "patch",
+        "teams",
+        '[{"op": "add", "path": "/leads/-", "value": "bo"}]',
+    )
+    assert patched.returncode == 0, patched.stderr
+    got = _cli(*shared, "--output", "json", "policy", "data", "get", "data.teams")
+    assert json.loads(got.stdout) == {"leads": ["ann", "bo"]}
+    assert first.decide("teams/leads", {}).json()["result"] == ["ann", "bo"]
+    assert _cli(*shared, "policy", "data", "delete", "teams").returncode == 0
+    missing = _cli(*shared, "policy", "data", "delete", "teams")
+    assert missing.returncode == 1 and "404" in missing.stderr
+    assert _cli(*shared, "policy", "data", "get", "teams").returncode == 1
 
 
 SOURCES = [

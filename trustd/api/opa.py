@@ -16,6 +16,7 @@ import functools
 import hmac
 import ipaddress
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -27,8 +28,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from policy.bundle import Bundle
+from policy.data import parse_data_path, parse_patch
 from policy.engine import NO_INPUT
 from policy.errors import (
+    InvalidDataWrite,
     InvalidInput,
     PolicyCompileError,
     PolicyError,
@@ -280,6 +283,107 @@ def _ad_hoc(services: Services, query: str, input_json: str) -> JSONResponse:
     except PolicyEvaluationError as exc:
         return _opa_error(500, exc)
     return JSONResponse({"result": rows} if rows else {})
+
+
+async def _data_body(request: Request) -> Any:
+    """The JSON body of a data write (OPA answers a body that does not decode with 400
+    invalid_parameter, and writes nothing)."""
+    raw = await request.body()
+    try:
+        return json.loads(raw, parse_constant=_not_json)
+    except RecursionError:
+        raise InvalidDataWrite("the request body is nested too deeply") from None
+    except ValueError as exc:
+        raise InvalidDataWrite(f"the request body is not JSON: {exc}") from None
+
+
+def _not_json(constant: str) -> Any:
+    # RFC 8259 §6: NaN and Infinity are not JSON numbers (Python's decoder takes them; the
+    # store and the engine would not).
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def _written(request: Request, started: float) -> Response:
+    """OPA's answer to a data write: 204, or 200 with the metrics when asked for them."""
+    if _flag(request, "metrics"):
+        elapsed = int((time.perf_counter() - started) * 1e9)
+        return JSONResponse({"metrics": {"timer_server_handler_ns": elapsed}})
+    return Response(status_code=204)
+
+
+@opa.put(
+    "/v1/data/{path:path}",
+    summary="Create or overwrite a data document (OPA Data API)",
+    status_code=204,
+    dependencies=[require("admin:data:write")],
+)
+@opa.put(
+    "/v1/data",
+    include_in_schema=False,
+    status_code=204,
+    dependencies=[require("admin:data:write")],
+)
+async def put_data(
+    request: Request, principal: AdminDep, services: ServicesDep, path: str = ""
+) -> Response:
+    """The body is the JSON document; missing objects above `path` are created. With
+    `If-None-Match: *` an existing document is kept and the answer is 304. A new revision
+    on every replica; data where a rule lives is refused (400)."""
+    started = time.perf_counter()
+    segments = parse_data_path(path)
+    value = await _data_body(request)
+    # OPA honours exactly `*` (RFC 9110 §13.1.2: "*" matches any current representation).
+    keep = request.headers.get("if-none-match", "").strip() == "*"
+    row = await run_in_threadpool(
+        functools.partial(services.policy.put_data, principal, segments, value, if_none_match=keep)
+    )
+    if row is None:
+        return Response(status_code=304)
+    return _written(request, started)
+
+
+@opa.patch(
+    "/v1/data/{path:path}",
+    summary="Apply a JSON Patch to the data documents (OPA Data API)",
+    status_code=204,
+    dependencies=[require("admin:data:write")],
+)
+@opa.patch(
+    "/v1/data",
+    include_in_schema=False,
+    status_code=204,
+    dependencies=[require("admin:data:write")],
+)
+async def patch_data(
+    request: Request, principal: AdminDep, services: ServicesDep, path: str = ""
+) -> Response:
+    """The body is a list of `{"op": "add"|"remove"|"replace", "path", "value"}` (RFC
+    6902), each path under `path`; all apply or none does (404 when a target is missing)."""
+    started = time.perf_counter()
+    patches = parse_patch(parse_data_path(path), await _data_body(request))
+    await run_in_threadpool(services.policy.patch_data, principal, patches, "/" + path)
+    return _written(request, started)
+
+
+@opa.delete(
+    "/v1/data/{path:path}",
+    summary="Delete a data document (OPA Data API)",
+    status_code=204,
+    dependencies=[require("admin:data:write")],
+)
+@opa.delete(
+    "/v1/data",
+    include_in_schema=False,
+    status_code=204,
+    dependencies=[require("admin:data:write")],
+)
+async def delete_data(
+    request: Request, principal: AdminDep, services: ServicesDep, path: str = ""
+) -> Response:
+    """404 when nothing lives at `path`; the root cannot be deleted (400)."""
+    started = time.perf_counter()
+    await run_in_threadpool(services.policy.delete_data, principal, parse_data_path(path))
+    return _written(request, started)
 
 
 @opa.post(

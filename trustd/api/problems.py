@@ -9,7 +9,9 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from pki import errors as pki_errors
 from pki.acme import errors as acme
@@ -53,6 +55,11 @@ _STATUS: dict[type[TrustdError], int] = {
     policy_errors.InvalidPolicyBundle: 400,
     policy_errors.BundleSignatureError: 400,
     policy_errors.UnknownPath: 404,
+    # OPA Data API writes: a missing document is 404; OPA answers a write conflict
+    # (a non-object in the way) 404 too, with code resource_conflict (server/writer).
+    policy_errors.DataNotFound: 404,
+    policy_errors.DataConflict: 404,
+    policy_errors.InvalidDataWrite: 400,
     policy_errors.PolicyEvaluationError: 422,
     # RFC 8555 §6.7 errors; statuses as RFC 8555 and RFC 9773 give them.
     acme.AcmeError: 500,
@@ -172,13 +179,31 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path. The router names only the
+    first route whose path matched, but RFC 9110 §15.5.6 has a 405 list the target's
+    methods (`/v1/data/{path}` is served by one route per method)."""
+    methods: set[str] = set()
+    path = request.url.path
+    for route in iter_route_contexts(request.app.routes):
+        served, pattern = route.methods, route.path
+        if served and pattern and compile_path(pattern)[0].match(path):
+            methods.update(served)
+    return sorted(methods)
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        allowed = _allowed_methods(request)
+        if allowed:
+            headers["Allow"] = ", ".join(allowed)
     return problem_response(
         exc.status_code,
         _TITLES.get(exc.status_code, "Error"),
         str(exc.detail),
-        headers=dict(exc.headers or {}),
+        headers=headers,
     )
 
 

@@ -3,16 +3,23 @@ server's revisions, bundles and decision log."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import typer
 
 from pki.errors import TrustdError
 from trustd.cli.context import connection
-from trustd.cli.output import columns, emit, fail, listing, progress
+from trustd.cli.output import columns, emit, fail, listing, print_json, progress
 
 app = typer.Typer(help="Rego policies: test, check, bundles, decisions.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Data documents under data.* (OPA Data API): get, put, patch, delete.",
+    no_args_is_help=True,
+)
+app.add_typer(data_app, name="data")
 
 RegoDirArg = Annotated[
     Path, typer.Argument(help="Directory of .rego files and data.json files", exists=True)
@@ -201,3 +208,113 @@ def decisions(
             params[name] = value
     rows = shared.json("GET", "/v1/admin/policy/decisions", params=params)
     listing(shared.output, rows, DECISION_COLUMNS)
+
+
+# -- data documents ----------------------------------------------------------------------
+
+DataPathArg = Annotated[str, typer.Argument(help="Data path, e.g. mesh/allow or mesh.allow")]
+# `get` reads the active revision's stored document through the admin API (so it needs
+# admin:policy:read, whatever `policy_api_auth` says); writes go through OPA's Data API.
+
+
+def _segments(path: str) -> list[str]:
+    """`mesh/allow`, `mesh.allow` or `data.mesh.allow` -> `["mesh", "allow"]`."""
+    text = path.strip().replace(".", "/")
+    segments = [s for s in text.split("/") if s]
+    return segments[1:] if segments[:1] == ["data"] else segments
+
+
+def _data_url(path: str) -> str:
+    joined = "/".join(quote(s, safe="") for s in _segments(path))
+    return f"/v1/data/{joined}"
+
+
+def _document(value: str | None, file: Path | None) -> Any:
+    """The JSON given as an argument, in a file, or on stdin (`-`)."""
+    if (value is None) == (file is None):
+        fail("give the JSON document as an argument or with --file (- for stdin)")
+    if value is not None:
+        text = value
+    elif str(file) == "-":
+        text = typer.get_text_stream("stdin").read()
+    else:
+        try:
+            text = Path(str(file)).read_text()
+        except OSError as exc:
+            fail(f"cannot read {file}: {exc.strerror}")
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        fail(f"not JSON: {exc}")
+
+
+DocumentArg = Annotated[str | None, typer.Argument(help="JSON document")]
+FileOption = Annotated[
+    Path | None, typer.Option("--file", "-f", help="Read the JSON from a file (- for stdin)")
+]
+
+
+@data_app.command("get")
+def data_get(path: Annotated[str, typer.Argument(help="Data path; empty for all")] = "") -> None:
+    """The stored data document at PATH in the active revision (base documents only)."""
+    shared = connection()
+    revision = shared.json("GET", "/v1/admin/policy/status")["revision"]
+    node: Any = shared.json("GET", f"/v1/admin/policy/bundles/{revision}")["data"]
+    for segment in _segments(path):
+        if isinstance(node, dict) and segment in node:
+            node = node[segment]
+        elif isinstance(node, list) and segment.isdigit() and int(segment) < len(node):
+            node = node[int(segment)]
+        else:
+            fail(f"no data document at {path} in revision {revision}")
+    print_json(node)
+
+
+@data_app.command("put")
+def data_put(
+    path: DataPathArg,
+    value: DocumentArg = None,
+    file: FileOption = None,
+    if_absent: Annotated[
+        bool, typer.Option("--if-absent", help="Leave an existing document alone")
+    ] = False,
+) -> None:
+    """Create or overwrite the document at PATH (a new policy revision)."""
+    document = _document(value, file)
+    headers = {"If-None-Match": "*"} if if_absent else {}
+    response = connection().request("PUT", _data_url(path), json=document, headers=headers)
+    written = response.status_code != 304
+    state = "written" if written else "exists, left alone"
+    emit(
+        connection().output,
+        {"path": path, "written": written},
+        lambda: typer.echo(f"data.{path.replace('/', '.')}: {state}"),
+    )
+
+
+@data_app.command("patch")
+def data_patch(path: DataPathArg, value: DocumentArg = None, file: FileOption = None) -> None:
+    """Apply a JSON Patch (RFC 6902: add, remove, replace) under PATH, all or nothing."""
+    operations = _document(value, file)
+    connection().request(
+        "PATCH",
+        _data_url(path),
+        content=json.dumps(operations),
+        headers={"Content-Type": "application/json-patch+json"},
+    )
+    emit(
+        connection().output,
+        {"path": path, "written": True},
+        lambda: typer.echo(f"data.{path.replace('/', '.')}: patched"),
+    )
+
+
+@data_app.command("delete")
+def data_delete(path: DataPathArg) -> None:
+    """Remove the document at PATH (a new policy revision)."""
+    connection().request("DELETE", _data_url(path))
+    emit(
+        connection().output,
+        {"path": path, "deleted": True},
+        lambda: typer.echo(f"data.{path.replace('/', '.')}: deleted"),
+    )

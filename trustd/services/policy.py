@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -34,10 +34,11 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from pki.clock import Clock
+from policy import data as documents
 from policy.bundle import Bundle, canonical_json, diff
-from policy.compile import check_query, query_refusal
+from policy.compile import check_query, query_refusal, refusal, rule_paths
 from policy.engine import EmbeddedEngine, PolicyEngine, Result, parse_path
-from policy.errors import InvalidInput, PolicyEvaluationError, UnknownPath
+from policy.errors import InvalidDataWrite, InvalidInput, PolicyEvaluationError, UnknownPath
 from policy.remote import RemoteEngine
 from policy.testing import load_directory
 from trustd.bus import Bus
@@ -57,6 +58,7 @@ from trustd.store.policy import (
     list_policy_decisions,
     list_policy_decisions_since,
     list_policy_revisions,
+    lock_policy_writes,
     prune_policy_decisions,
 )
 
@@ -352,6 +354,9 @@ class PolicyService:
         self._active: _Active | None = None
         self._reload_lock = threading.Lock()
         self._load_lock = threading.Lock()
+        # Amendments of the active revision in this process, one at a time (the store's
+        # lock serialises replicas).
+        self._amend_lock = threading.Lock()
         self.cache = DecisionCache(settings.decision_cache_size)
         self.decision_log = DecisionLog(engine, clock, settings)
         self._ids = DecisionIds()
@@ -548,7 +553,12 @@ class PolicyService:
             actor,
             "policy:revision:created",
             target=str(row.revision),
-            details={"digest": row.digest, "modules": sorted(bundle.modules), "signed": signed},
+            details={
+                "digest": row.digest,
+                "modules": sorted(bundle.modules),
+                "signed": signed,
+                "note": row.note,
+            },
         )
         return row
 
@@ -672,6 +682,64 @@ class PolicyService:
             actor, bundle, activate=activate, signed=signed and bool(keys), note="imported"
         )
 
+    # -- amending the active revision (OPA /v1/policies and /v1/data writes) -------------
+
+    def _amend(
+        self, actor: Principal, change: Callable[[Bundle], Bundle | None], note: str
+    ) -> PolicyRevisionRecord | None:
+        """A new revision made from the active one by `change`, activated on every replica;
+        None (nothing stored) when `change` returns None.
+
+        The active revision is read under the store's write lock, not from this process's
+        memory: a change another replica made a moment ago is not yet loaded here, and
+        amending the loaded revision would undo it.
+
+        Raises:
+            NotReady: no revision is active.
+            PolicyCompileError: the new module set does not compile, or a rule's path
+                holds data (OPA's path-conflict check); nothing is stored.
+            InvalidDataWrite: a data write that puts data where a rule lives.
+            Whatever `change` raises; nothing is stored then either.
+        """
+        # Installed here under the same lock: two amendments in a row are installed in
+        # the order they were made, never the older one last.
+        with self._amend_lock:
+            with transaction(self._engine) as session:
+                lock_policy_writes(session)
+                base = self._active_record(session)
+                if base is None:
+                    raise NotReady("no policy revision is active yet: import or create one")
+                bundle = change(Bundle(base.modules, base.data))
+                if bundle is None:
+                    return None
+                EmbeddedEngine(bundle.modules, bundle.data)
+                self._refuse_conflicts(bundle, data_only=bundle.modules == base.modules)
+                row = self._store(session, actor.name, bundle, False, note)
+                self._activate_row(session, actor.name, row)
+            self._announce(row)
+        return row
+
+    @staticmethod
+    def _refuse_conflicts(bundle: Bundle, *, data_only: bool) -> None:
+        """OPA's path-conflict check: a rule may not live where a data document does.
+
+        Raises:
+            InvalidDataWrite: for a data write (OPA answers it with the compiler's errors
+                as the message).
+            PolicyCompileError: for a module write (OPA's compile refusal, `errors[]`).
+        """
+        problems = documents.conflicts(rule_paths(bundle.modules), bundle.data)
+        if not problems:
+            return
+        if not data_only:
+            raise refusal(problems)
+        first = problems[0]
+        where = first["location"]
+        raise InvalidDataWrite(
+            f"{len(problems)} error occurred: {where['file']}:{where['row']}: "
+            f"{first['code']}: {first['message']}"
+        )
+
     # -- OPA /v1/policies: one module of the active bundle at a time ---------------------
 
     def modules(self) -> dict[str, str]:
@@ -682,15 +750,18 @@ class PolicyService:
 
         Raises:
             InvalidRequest: the id is empty or too long.
-            PolicyCompileError: the module (or the bundle with it) does not compile.
+            PolicyCompileError: the module (or the bundle with it) does not compile, or one
+                of its rules lives where a data document does.
         """
         if not module_id or len(module_id) > 256:
             raise InvalidRequest("a policy id is 1 to 256 characters")
-        base = self.active.bundle
-        modules = {**base.modules, module_id: source}
-        return self.create_revision(
-            actor, Bundle(modules, base.data), activate=True, note=f"put {module_id}"
-        )
+
+        def change(base: Bundle) -> Bundle:
+            return Bundle({**base.modules, module_id: source}, base.data)
+
+        row = self._amend(actor, change, f"put {module_id}")
+        assert row is not None
+        return row
 
     def delete_module(self, actor: Principal, module_id: str) -> PolicyRevisionRecord:
         """A new revision: the active bundle without `module_id`, activated.
@@ -699,13 +770,84 @@ class PolicyService:
             NotFound: no such module in the active bundle.
             PolicyCompileError: other modules depend on it.
         """
-        base = self.active.bundle
-        if module_id not in base.modules:
-            raise NotFound(f"no policy {module_id!r}")
-        modules = {k: v for k, v in base.modules.items() if k != module_id}
-        return self.create_revision(
-            actor, Bundle(modules, base.data), activate=True, note=f"delete {module_id}"
-        )
+
+        def change(base: Bundle) -> Bundle:
+            if module_id not in base.modules:
+                raise NotFound(f"no policy {module_id!r}")
+            modules = {k: v for k, v in base.modules.items() if k != module_id}
+            return Bundle(modules, base.data)
+
+        row = self._amend(actor, change, f"delete {module_id}")
+        assert row is not None
+        return row
+
+    # -- OPA /v1/data writes: data documents of the active bundle ------------------------
+    # A data write is a new revision like a module write: stored and audited before the
+    # answer, announced on the bus, so decision caches, every replica and the verdict
+    # compiler see it; rolling back a revision rolls its data back too.
+
+    def data(self) -> dict[str, Any]:
+        """The data documents of the active revision (base documents only)."""
+        return dict(self.active.bundle.data)
+
+    def put_data(
+        self,
+        actor: Principal,
+        path: documents.DataPath,
+        value: Any,
+        *,
+        if_none_match: bool = False,
+    ) -> PolicyRevisionRecord | None:
+        """Create or overwrite the document at `path` (OPA PUT /v1/data); with
+        `if_none_match` (`If-None-Match: *`) an existing document is left alone and None
+        returned.
+
+        Raises:
+            InvalidDataWrite: a root that is not an object, a document too deep or too
+                large, or data where a rule lives.
+            DataConflict: a non-object on the way to `path`.
+            DataNotFound: an array index on the way does not exist.
+        """
+
+        def change(base: Bundle) -> Bundle | None:
+            if if_none_match and documents.exists(base.data, path):
+                return None
+            return Bundle(base.modules, documents.put(base.data, path, value))
+
+        return self._amend(actor, change, f"data put {documents.pointer(path)}"[:512])
+
+    def patch_data(
+        self, actor: Principal, patches: list[documents.DataPatch], note_path: str
+    ) -> PolicyRevisionRecord:
+        """Apply JSON Patch operations, all or none (OPA PATCH /v1/data).
+
+        Raises:
+            DataNotFound: an operation's target (or its parent for add) is missing.
+            InvalidDataWrite: an invalid operation on the root or an array's end, a result
+                too deep or too large, or data where a rule lives.
+        """
+
+        def change(base: Bundle) -> Bundle:
+            return Bundle(base.modules, documents.patch(base.data, patches))
+
+        row = self._amend(actor, change, f"data patch {note_path}"[:512])
+        assert row is not None
+        return row
+
+    def delete_data(self, actor: Principal, path: documents.DataPath) -> PolicyRevisionRecord:
+        """Remove the document at `path` (OPA DELETE /v1/data).
+
+        Raises:
+            DataNotFound: nothing lives there.
+            InvalidDataWrite: `path` is the root.
+        """
+
+        def change(base: Bundle) -> Bundle:
+            return Bundle(base.modules, documents.remove(base.data, path))
+
+        row = self._amend(actor, change, f"data delete {documents.pointer(path)}"[:512])
+        assert row is not None
+        return row
 
     # -- the decision log ----------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, delete, func, insert
+from sqlalchemy import JSON, Column, Index, delete, func, insert, text
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from trustd.domain.policy import DecisionFilter, LoggedDecision, PolicyRevisionRecord
@@ -128,6 +128,21 @@ def list_policy_revisions(session: Session, limit: int = 100) -> list[PolicyRevi
         select(PolicyRevision).order_by(col(PolicyRevision.revision).desc()).limit(limit)
     )
     return [_revision(row) for row in rows]
+
+
+def lock_policy_writes(session: Session) -> None:
+    """Serialise changes made from the active revision (a module or data document written
+    through the OPA API) across replicas until the transaction ends, so two replicas never
+    both amend the same revision and lose one change. SQLite serves one process, whose
+    writers a thread lock already serialises."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection().execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AMEND_LOCK}
+        )
+
+
+# An advisory lock key of its own (initialisation and verdict compilation have theirs).
+_AMEND_LOCK = 7427358
 
 
 # ---------------------------------------------------------------------- activations

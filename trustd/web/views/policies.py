@@ -26,13 +26,21 @@ router = ui_router()
 
 
 DATA_DOCUMENT = "data.json"
+# A data document is shown up to this many characters: the page stays readable and quick
+# whatever a client PUT (the JSON API and the CLI give the whole document).
+SHOWN_CHARS = 20_000
+
+
+def _shown(value: object) -> str:
+    text = json.dumps(value, indent=2, sort_keys=True)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "\n…"
 
 
 @router.get("/policies", response_class=HTMLResponse)
 def policies(
     request: Request, services: ServicesDep, viewer: Annotated[Viewer, require("admin:policy:read")]
 ) -> HTMLResponse:
-    """Revisions, the active one, and its modules."""
+    """Revisions, the active one, its modules and its data documents (read-only)."""
     active = services.policy.active
     return render(
         request,
@@ -41,6 +49,7 @@ def policies(
         active=active.revision,
         modules=sorted(active.bundle.modules),
         data_document=DATA_DOCUMENT,
+        documents=[(key, _shown(value)) for key, value in sorted(services.policy.data().items())],
     )
 
 
