@@ -16,7 +16,7 @@ from trustd.services.auth import AdminTokens
 from trustd.services.authz import Authorizer
 from trustd.services.ca import CertificateAuthority, key_encryption_key
 from trustd.services.entries import Entries
-from trustd.services.issuance import Issuer
+from trustd.services.issuance import Issuer, ServingCredential
 from trustd.services.nodes import Nodes, build_attestors
 from trustd.services.policy import PolicyService
 from trustd.services.revocation import Revocations
@@ -37,6 +37,8 @@ class Services:
     tokens: AdminTokens
     ca: CertificateAuthority
     issuer: Issuer
+    # The server's own TLS certificate (issued only where `trustd serve` runs with TLS).
+    serving: ServingCredential
     nodes: Nodes
     entries: Entries
     agents: Agents
@@ -73,6 +75,7 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         tokens=AdminTokens(engine, clock, audit),
         ca=ca,
         issuer=issuer,
+        serving=ServingCredential(settings, issuer, ca, clock),
         nodes=nodes,
         entries=entries,
         agents=Agents(engine, clock, audit, bus, nodes, entries, issuer, ca, revocations, verdicts),
