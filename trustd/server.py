@@ -13,12 +13,14 @@ import socket
 import ssl
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import structlog
 import uvicorn
 import uvloop
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from trustd import metrics
 from trustd.api.deps import LOCAL_ADMIN_SCOPE_KEY
 from trustd.app import create_app
 from trustd.logs import configure_logging
@@ -69,17 +71,33 @@ def serving_context(serving: ServingCredential) -> ssl.SSLContext:
     return context
 
 
-def bind_sockets(settings: Settings) -> tuple[socket.socket, socket.socket]:
-    """Bind the HTTPS socket and the admin socket (0600) before any worker starts."""
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+@dataclass(frozen=True)
+class Listeners:
+    """The sockets bound before any worker starts, shared by every worker."""
+
+    tcp: socket.socket
+    uds: socket.socket
+    # `metrics_listen`: GET /metrics alone, plain HTTP.
+    metrics: socket.socket | None = None
+
+
+def _bind_tcp(host: str, port: int, backlog: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on accepted sockets whose
     # proto says TCP, and accept() copies the listener's. Without it Nagle holds back the
     # second write of a response (TLS record, chunk) until the client's delayed ACK, ~40 ms.
     tcp = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    tcp.bind((settings.host, settings.port))
-    tcp.listen(2048)
+    tcp.bind((host, port))
+    tcp.listen(backlog)
     tcp.set_inheritable(True)
+    return tcp
+
+
+def bind_sockets(settings: Settings) -> Listeners:
+    """Bind the HTTPS socket, the admin socket (0600) and, when configured, the metrics
+    socket before any worker starts."""
+    tcp = _bind_tcp(settings.host, settings.port, 2048)
     path = settings.admin_socket
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -91,13 +109,30 @@ def bind_sockets(settings: Settings) -> tuple[socket.socket, socket.socket]:
         os.umask(old_umask)
     uds.listen(128)
     uds.set_inheritable(True)
-    return tcp, uds
+    metrics = None
+    if settings.metrics_listen is not None:
+        host, _, port = settings.metrics_listen.rpartition(":")
+        metrics = _bind_tcp(host.strip("[]"), int(port), 128)
+    return Listeners(tcp, uds, metrics)
+
+
+async def metrics_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """The metrics listener: GET /metrics and nothing else (no API, no UI, no admin model:
+    it is meant for an interface only scrapers reach)."""
+    if scope["type"] != "http":
+        return
+    if scope["path"] != "/metrics" or scope["method"] not in ("GET", "HEAD"):
+        status, body, kind = 404, b"not found\n", "text/plain; charset=utf-8"
+    else:
+        status, body, kind = 200, await asyncio.to_thread(metrics.render), metrics.CONTENT_TYPE
+    headers = [(b"content-type", kind.encode()), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
 
 async def _serve_forever(
     services: Services,
-    tcp: socket.socket,
-    uds: socket.socket,
+    listeners: Listeners,
     tls: ssl.SSLContext | None,
 ) -> None:
     settings = services.settings
@@ -118,9 +153,15 @@ async def _serve_forever(
         LocalAdmin(app), lifespan="off", log_config=None, access_log=False
     )
     main, admin = _Server(main_config), _Server(admin_config)
+    servers = [main, admin]
+    if listeners.metrics is not None:
+        servers.append(
+            _Server(uvicorn.Config(metrics_app, lifespan="off", log_config=None, access_log=False))
+        )
 
     def stop(*_: object) -> None:
-        main.should_exit = admin.should_exit = True
+        for server in servers:
+            server.should_exit = True
         # Long-polls would otherwise hold the graceful shutdown for their full wait.
         services.agents.drain()
 
@@ -139,7 +180,10 @@ async def _serve_forever(
     )
     renewal = asyncio.create_task(_keep_serving(services, tls)) if tls else None
     try:
-        await asyncio.gather(main.serve([tcp]), admin.serve([uds]))
+        serving = [main.serve([listeners.tcp]), admin.serve([listeners.uds])]
+        if listeners.metrics is not None:
+            serving.append(servers[2].serve([listeners.metrics]))
+        await asyncio.gather(*serving)
     finally:
         if renewal:
             renewal.cancel()
@@ -194,7 +238,7 @@ async def _keep_serving(services: Services, context: ssl.SSLContext) -> None:
         changed.cancel()
 
 
-def _worker(settings: Settings, tcp: socket.socket, uds: socket.socket, level: str) -> None:
+def _worker(settings: Settings, listeners: Listeners, level: str) -> None:
     configure_logging(level)
     services = build_services(settings)
     tls = None
@@ -205,13 +249,12 @@ def _worker(settings: Settings, tcp: socket.socket, uds: socket.socket, level: s
         tls = serving_context(services.serving)
     # uvloop's event loop and TLS transport are native code; asyncio's are Python, and
     # they run for every request.
-    uvloop.run(_serve_forever(services, tcp, uds, tls))
+    uvloop.run(_serve_forever(services, listeners, tls))
 
 
 def run(
     settings: Settings,
-    tcp: socket.socket,
-    uds: socket.socket,
+    listeners: Listeners,
     level: str,
     ready: Callable[[], None],
 ) -> None:
@@ -219,17 +262,16 @@ def run(
     try:
         if settings.workers == 1:
             ready()
-            _worker(settings, tcp, uds, level)
+            _worker(settings, listeners, level)
         else:
-            _supervise(settings, tcp, uds, level, ready)
+            _supervise(settings, listeners, level, ready)
     finally:
         settings.admin_socket.unlink(missing_ok=True)
 
 
 def _supervise(
     settings: Settings,
-    tcp: socket.socket,
-    uds: socket.socket,
+    listeners: Listeners,
     level: str,
     ready: Callable[[], None],
 ) -> None:
@@ -239,7 +281,9 @@ def _supervise(
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     context = multiprocessing.get_context("spawn")
     workers = [
-        context.Process(target=_worker, args=(settings, tcp, uds, level), name=f"trustd-worker-{i}")
+        context.Process(
+            target=_worker, args=(settings, listeners, level), name=f"trustd-worker-{i}"
+        )
         for i in range(settings.workers)
     ]
     for process in workers:

@@ -12,7 +12,7 @@ from pki.csr import create_csr
 from pki.keys import KeyType, generate_private_key
 from pki.spiffe_id import TrustDomain
 from tests.conftest import PostgresDatabase
-from tests.functional.conftest import Server
+from tests.functional.conftest import Server, ServerFactory
 from trustd.server import LocalAdmin
 from trustd.store.certificates import IssuedCertificate
 
@@ -48,6 +48,18 @@ def test_health_readiness_and_metrics(server: Server) -> None:
     assert 'trustd_svids_issued_total{kind="x509-svid"}' in text
     assert "trustd_issuance_seconds_bucket" in text
     assert "trustd_ca_expiry_timestamp_seconds" in text
+
+
+def test_metrics_beyond_loopback_need_a_token_or_their_own_listener(
+    server_factory: ServerFactory,
+) -> None:
+    server = server_factory(listen="0.0.0.0:8443")
+    refused = server.client.get("/metrics")
+    assert refused.status_code == 403
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert "metrics_listen or metrics_token" in refused.json()["detail"]
+    # An admin token is not the metrics token: scraping is its own credential.
+    assert server.client.get("/metrics", headers=server.auth).status_code == 403
 
 
 def test_openapi_document_lists_the_api(server: Server) -> None:

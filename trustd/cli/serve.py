@@ -69,7 +69,7 @@ def serve(
         services.ca.load()
         bundle_path = bootstrap.write_bundle_file(services)
         services.engine.dispose()
-        tcp, uds = server.bind_sockets(settings)
+        listeners = server.bind_sockets(settings)
     except TrustdError as exc:
         fail(str(exc))
     except OSError as exc:
@@ -78,7 +78,7 @@ def serve(
     def ready() -> None:
         _banner(settings.tls, settings.listen, settings.trust_domain, bundle_path, report)
 
-    server.run(settings, tcp, uds, log_level, ready)
+    server.run(settings, listeners, log_level, ready)
 
 
 def _redact(url: str) -> str:
