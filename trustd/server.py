@@ -211,7 +211,14 @@ async def _keep_serving(services: Services, context: ssl.SSLContext) -> None:
     keep theirs.
     """
     serving = services.serving
-    interval = services.settings.bundle_reload_interval.total_seconds()
+    settings = services.settings
+    interval = settings.bundle_reload_interval.total_seconds()
+    if settings.workers > 1 and settings.redis_url is None:
+        # The in-process bus does not reach the other workers: a change made through one
+        # (`trustd ca activate` on the admin socket) is seen by the others only when they
+        # poll. Poll the one-row bundle sequence every second, so every worker's serving
+        # certificate follows an activation before the operator can revoke the old key.
+        interval = min(interval, 1.0)
     # Registered before each check, so a change published while checking is not missed.
     changed: asyncio.Task[str] = asyncio.create_task(services.bus.wait(BUNDLE_CHANNEL))
     try:
