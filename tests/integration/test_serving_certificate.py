@@ -28,10 +28,13 @@ def _current_bundle(running: Running, directory: Path) -> Path:
     return path
 
 
-def _fresh_client(running: Running, directory: Path) -> x509.Certificate:
-    """Connect as a new client trusting only the current bundle; return the certificate the
-    server presented."""
-    context = ssl.create_default_context(cafile=str(_current_bundle(running, directory)))
+def _fresh_client(
+    running: Running, directory: Path, bundle: Path | None = None
+) -> x509.Certificate:
+    """Connect as a new client trusting only the current bundle (or *bundle*, read just
+    before); return the certificate the server presented."""
+    bundle = bundle or _current_bundle(running, directory)
+    context = ssl.create_default_context(cafile=str(bundle))
     assert httpx.get(f"{running.url}/readyz", verify=context).status_code == 200
     with (
         socket.create_connection(("127.0.0.1", running.port), timeout=10) as raw,
@@ -90,7 +93,8 @@ def _follow_rotation(running: Running, tmp_path: Path, workers: int) -> None:
     # connections land on any worker, so several are made.
     deadline = time.monotonic() + 15
     while True:
-        presented = [_fresh_client(running, tmp_path) for _ in range(4 * workers)]
+        bundle = _current_bundle(running, tmp_path)
+        presented = [_fresh_client(running, tmp_path, bundle) for _ in range(4 * workers)]
         if all(_authority_key_id(p) != _authority_key_id(first) for p in presented):
             break
         assert time.monotonic() < deadline, "still serving the certificate of the old issuer"
@@ -104,7 +108,7 @@ def _follow_rotation(running: Running, tmp_path: Path, workers: int) -> None:
     assert bundle.count("BEGIN CERTIFICATE") == 1
     # The old root is gone from the bundle; clients trusting only the new one connect.
     for _ in range(4 * workers):
-        _fresh_client(running, tmp_path)
+        _fresh_client(running, tmp_path, _current_bundle(running, tmp_path))
 
 
 def _key_files(data_dir: Path) -> list[Path]:
