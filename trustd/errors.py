@@ -44,3 +44,9 @@ class StoreUnavailable(TrustdError):
 
 class NotReady(TrustdError):
     title = "Not ready"
+
+
+class DatabaseUnusable(TrustdError):
+    """The database exists but cannot be read as trustd's (corrupt file, not a database)."""
+
+    title = "Database unusable"

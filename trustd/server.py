@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import ipaddress
 import multiprocessing
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -16,19 +14,19 @@ import ssl
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import structlog
 import uvicorn
 import uvloop
-from cryptography.hazmat.primitives import serialization
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pki.ca import certificate_pem
+from trustd import metrics
 from trustd.api.deps import LOCAL_ADMIN_SCOPE_KEY
 from trustd.app import create_app
 from trustd.logs import configure_logging
 from trustd.services.container import Services, build_services
+from trustd.services.issuance import ServingCredential
+from trustd.services.rotation import BUNDLE_CHANNEL
 from trustd.settings import Settings
 
 log = structlog.get_logger("trustd.server")
@@ -58,61 +56,48 @@ class _Server(uvicorn.Server):
         yield
 
 
+def remove_stale_key_files(settings: Settings) -> None:
+    """Remove the serving key and certificate files that releases before in-memory keys
+    left in `tls/` when a worker died without cleaning up (kill -9, OOM)."""
+    for path in settings.tls_dir.glob("server-*.pem"):
+        path.unlink(missing_ok=True)
+
+
+def serving_context(serving: ServingCredential) -> ssl.SSLContext:
+    """The TLS context of the main listener, holding the current serving certificate; the
+    renewal loop loads each new one into this same live context."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    serving.install(context)
+    return context
+
+
 @dataclass(frozen=True)
-class TlsFiles:
-    certfile: Path
-    keyfile: Path
-    password: str
+class Listeners:
+    """The sockets bound before any worker starts, shared by every worker."""
+
+    tcp: socket.socket
+    uds: socket.socket
+    # `metrics_listen`: GET /metrics alone, plain HTTP.
+    metrics: socket.socket | None = None
 
 
-def issue_serving_files(services: Services, directory: Path) -> tuple[TlsFiles, float]:
-    """Issue a serving certificate and write it (chain) and its key (encrypted with a random
-    password held only in memory) to `directory`. Returns the files and the renewal delay.
-    """
-    s = services.settings
-    names = ["localhost", *s.server_names]
-    ips = ["127.0.0.1", "::1"]
-    host = s.host
-    try:
-        ipaddress.ip_address(host)
-        if host not in ips and host not in ("0.0.0.0", "::"):  # noqa: S104
-            ips.append(host)
-    except ValueError:
-        names.append(host)
-    issued, key = services.issuer.issue_serving_certificate(sorted(set(names)), ips)
-    password = secrets.token_urlsafe(24)
-    directory.mkdir(parents=True, exist_ok=True)
-    certfile = directory / f"server-{os.getpid()}.pem"
-    keyfile = directory / f"server-{os.getpid()}-key.pem"
-    certfile.write_text(
-        certificate_pem(issued.certificate)
-        + "".join(certificate_pem(c) for c in issued.intermediates)
-    )
-    fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.BestAvailableEncryption(password.encode()),
-            )
-        )
-    cert = issued.certificate
-    life = (cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds()
-    return TlsFiles(certfile, keyfile, password), life / 2
-
-
-def bind_sockets(settings: Settings) -> tuple[socket.socket, socket.socket]:
-    """Bind the HTTPS socket and the admin socket (0600) before any worker starts."""
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+def _bind_tcp(host: str, port: int, backlog: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on accepted sockets whose
     # proto says TCP, and accept() copies the listener's. Without it Nagle holds back the
     # second write of a response (TLS record, chunk) until the client's delayed ACK, ~40 ms.
     tcp = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    tcp.bind((settings.host, settings.port))
-    tcp.listen(2048)
+    tcp.bind((host, port))
+    tcp.listen(backlog)
     tcp.set_inheritable(True)
+    return tcp
+
+
+def bind_sockets(settings: Settings) -> Listeners:
+    """Bind the HTTPS socket, the admin socket (0600) and, when configured, the metrics
+    socket before any worker starts."""
+    tcp = _bind_tcp(settings.host, settings.port, 2048)
     path = settings.admin_socket
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -124,15 +109,31 @@ def bind_sockets(settings: Settings) -> tuple[socket.socket, socket.socket]:
         os.umask(old_umask)
     uds.listen(128)
     uds.set_inheritable(True)
-    return tcp, uds
+    metrics = None
+    if settings.metrics_listen is not None:
+        host, _, port = settings.metrics_listen.rpartition(":")
+        metrics = _bind_tcp(host.strip("[]"), int(port), 128)
+    return Listeners(tcp, uds, metrics)
+
+
+async def metrics_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """The metrics listener: GET /metrics and nothing else (no API, no UI, no admin model:
+    it is meant for an interface only scrapers reach)."""
+    if scope["type"] != "http":
+        return
+    if scope["path"] != "/metrics" or scope["method"] not in ("GET", "HEAD"):
+        status, body, kind = 404, b"not found\n", "text/plain; charset=utf-8"
+    else:
+        status, body, kind = 200, await asyncio.to_thread(metrics.render), metrics.CONTENT_TYPE
+    headers = [(b"content-type", kind.encode()), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
 
 async def _serve_forever(
     services: Services,
-    tcp: socket.socket,
-    uds: socket.socket,
-    tls: TlsFiles | None,
-    renew_in: float,
+    listeners: Listeners,
+    tls: ssl.SSLContext | None,
 ) -> None:
     settings = services.settings
     app = create_app(settings, services)
@@ -143,18 +144,24 @@ async def _serve_forever(
         log_config=None,
         access_log=False,
         server_header=False,
-        ssl_certfile=str(tls.certfile) if tls else None,
-        ssl_keyfile=str(tls.keyfile) if tls else None,
-        ssl_keyfile_password=tls.password if tls else None,
+        # The context is built here (the key never goes to a file) and kept live by
+        # `_keep_serving`.
+        ssl_context_factory=(lambda _config, _default: tls) if tls else None,
         timeout_graceful_shutdown=10,
     )
     admin_config = uvicorn.Config(
         LocalAdmin(app), lifespan="off", log_config=None, access_log=False
     )
     main, admin = _Server(main_config), _Server(admin_config)
+    servers = [main, admin]
+    if listeners.metrics is not None:
+        servers.append(
+            _Server(uvicorn.Config(metrics_app, lifespan="off", log_config=None, access_log=False))
+        )
 
     def stop(*_: object) -> None:
-        main.should_exit = admin.should_exit = True
+        for server in servers:
+            server.should_exit = True
         # Long-polls would otherwise hold the graceful shutdown for their full wait.
         services.agents.drain()
 
@@ -171,9 +178,12 @@ async def _serve_forever(
         gc_threshold=gc.get_threshold()[0],
         gc_frozen=gc.get_freeze_count(),
     )
-    renewal = asyncio.create_task(_renew_serving(services, main, tls, renew_in)) if tls else None
+    renewal = asyncio.create_task(_keep_serving(services, tls)) if tls else None
     try:
-        await asyncio.gather(main.serve([tcp]), admin.serve([uds]))
+        serving = [main.serve([listeners.tcp]), admin.serve([listeners.uds])]
+        if listeners.metrics is not None:
+            serving.append(servers[2].serve([listeners.metrics]))
+        await asyncio.gather(*serving)
     finally:
         if renewal:
             renewal.cancel()
@@ -194,48 +204,64 @@ def _tune_gc() -> None:
     gc.set_threshold(_GC_THRESHOLD, *gc.get_threshold()[1:])
 
 
-async def _renew_serving(
-    services: Services, server: uvicorn.Server, tls: TlsFiles | None, delay: float
-) -> None:
-    """Re-issue the serving certificate at half its life and load it into the live TLS
-    context: new handshakes get the new certificate, open connections are untouched.
+async def _keep_serving(services: Services, context: ssl.SSLContext) -> None:
+    """Keep the serving certificate current in the live TLS context: re-issue it at half its
+    life and as soon as a bundle change leaves its issuer no longer the active authority
+    (`ServingCredential.stale`). New handshakes get the new certificate; open connections
+    keep theirs.
     """
-    while True:
-        await asyncio.sleep(delay)
-        try:
-            files, delay = await asyncio.to_thread(
-                issue_serving_files, services, services.settings.tls_dir
-            )
-            context: ssl.SSLContext | None = server.config.ssl
-            if context is not None:
-                context.load_cert_chain(files.certfile, files.keyfile, files.password)
-            log.info("serving_certificate_renewed", next_in_s=int(delay))
-        except Exception as exc:
-            log.error("serving_certificate_renewal_failed", error=str(exc))
-            delay = 60.0
+    serving = services.serving
+    settings = services.settings
+    interval = settings.bundle_reload_interval.total_seconds()
+    if settings.workers > 1 and settings.redis_url is None:
+        # The in-process bus does not reach the other workers: a change made through one
+        # (`trustd ca activate` on the admin socket) is seen by the others only when they
+        # poll. Poll the one-row bundle sequence every second, so every worker's serving
+        # certificate follows an activation before the operator can revoke the old key.
+        interval = min(interval, 1.0)
+    # Registered before each check, so a change published while checking is not missed.
+    changed: asyncio.Task[str] = asyncio.create_task(services.bus.wait(BUNDLE_CHANNEL))
+    try:
+        while True:
+            await asyncio.wait({changed}, timeout=min(interval, serving.seconds_to_renewal()))
+            if changed.done():
+                changed = asyncio.create_task(services.bus.wait(BUNDLE_CHANNEL))
+            try:
+                await asyncio.to_thread(services.ca.reload_if_changed)
+                if await asyncio.to_thread(serving.renew_if_stale):
+                    # Loaded on the loop's thread, which is the one doing handshakes.
+                    serving.install(context)
+                    current = serving.current
+                    assert current is not None
+                    log.info(
+                        "serving_certificate_renewed",
+                        issuer_kid=current.issued.issuer_kid,
+                        next_in_s=int(serving.seconds_to_renewal()),
+                    )
+            except Exception as exc:
+                log.error("serving_certificate_renewal_failed", error=str(exc))
+                await asyncio.sleep(min(interval, 5.0))
+    finally:
+        changed.cancel()
 
 
-def _worker(settings: Settings, tcp: socket.socket, uds: socket.socket, level: str) -> None:
+def _worker(settings: Settings, listeners: Listeners, level: str) -> None:
     configure_logging(level)
     services = build_services(settings)
-    tls, renew_in = (None, 0.0)
+    tls = None
     if settings.tls:
         services.ca.load()
-        tls, renew_in = issue_serving_files(services, settings.tls_dir)
-    try:
-        # uvloop's event loop and TLS transport are native code; asyncio's are Python, and
-        # they run for every request.
-        uvloop.run(_serve_forever(services, tcp, uds, tls, renew_in))
-    finally:
-        if tls:
-            for path in tls.certfile.parent.glob(f"server-{os.getpid()}*.pem"):
-                path.unlink(missing_ok=True)
+        remove_stale_key_files(settings)
+        services.serving.renew()
+        tls = serving_context(services.serving)
+    # uvloop's event loop and TLS transport are native code; asyncio's are Python, and
+    # they run for every request.
+    uvloop.run(_serve_forever(services, listeners, tls))
 
 
 def run(
     settings: Settings,
-    tcp: socket.socket,
-    uds: socket.socket,
+    listeners: Listeners,
     level: str,
     ready: Callable[[], None],
 ) -> None:
@@ -243,17 +269,16 @@ def run(
     try:
         if settings.workers == 1:
             ready()
-            _worker(settings, tcp, uds, level)
+            _worker(settings, listeners, level)
         else:
-            _supervise(settings, tcp, uds, level, ready)
+            _supervise(settings, listeners, level, ready)
     finally:
         settings.admin_socket.unlink(missing_ok=True)
 
 
 def _supervise(
     settings: Settings,
-    tcp: socket.socket,
-    uds: socket.socket,
+    listeners: Listeners,
     level: str,
     ready: Callable[[], None],
 ) -> None:
@@ -263,7 +288,9 @@ def _supervise(
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     context = multiprocessing.get_context("spawn")
     workers = [
-        context.Process(target=_worker, args=(settings, tcp, uds, level), name=f"trustd-worker-{i}")
+        context.Process(
+            target=_worker, args=(settings, listeners, level), name=f"trustd-worker-{i}"
+        )
         for i in range(settings.workers)
     ]
     for process in workers:

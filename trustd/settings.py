@@ -14,6 +14,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -124,6 +125,14 @@ class Settings(BaseSettings):
     decision_log_retention: timedelta = timedelta(days=7)
     decision_log_max_rows: int = Field(default=1_000_000, ge=1)
 
+    # Prometheus metrics. `metrics_listen` (HOST:PORT) serves GET /metrics alone over plain
+    # HTTP on a listener of its own (an internal interface), and the main listener stops
+    # serving it; `metrics_token` lets scrapers in on the main listener with
+    # `Authorization: Bearer <token>`. With neither, the main listener serves /metrics only
+    # when it listens on loopback.
+    metrics_listen: str | None = None
+    metrics_token: SecretStr | None = None
+
     # Rotation and revocation (pki.rotation, pki.revocation).
     jwt_key_ttl: timedelta = timedelta(days=30)
     # How often the leader ticks the rotation state machine and refreshes CRLs.
@@ -223,12 +232,14 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a positive duration, got {value}")
         return value
 
-    @field_validator("listen")
+    @field_validator("listen", "metrics_listen")
     @classmethod
-    def _listen_has_port(cls, value: str) -> str:
+    def _listen_has_port(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"listen must be HOST:PORT, got {value!r}")
+            raise ValueError(f"{info.field_name} must be HOST:PORT, got {value!r}")
         return value
 
     @model_validator(mode="after")
@@ -255,6 +266,13 @@ class Settings(BaseSettings):
             raise ValueError("policy_api_auth=none is allowed only on a loopback listen address")
         if self.policy_api_auth == "mtls" and not self.policy_api_identities:
             raise ValueError("policy_api_auth=mtls needs TRUSTD_POLICY_API_IDENTITIES")
+        metrics = self.metrics_token.get_secret_value() if self.metrics_token else None
+        if metrics is not None and (
+            len(metrics) < _MIN_PASSPHRASE_LENGTH or metrics.lower() in _PLACEHOLDER_SECRETS
+        ):
+            raise ValueError(
+                f"TRUSTD_METRICS_TOKEN must be at least {_MIN_PASSPHRASE_LENGTH} random characters"
+            )
         token = self.policy_api_token.get_secret_value() if self.policy_api_token else None
         if token is not None and (
             len(token) < _MIN_PASSPHRASE_LENGTH or token.lower() in _PLACEHOLDER_SECRETS
@@ -275,6 +293,10 @@ class Settings(BaseSettings):
     @property
     def port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+    @property
+    def listens_on_loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "::1", "localhost")
 
     @property
     def resolved_database_url(self) -> str:

@@ -12,12 +12,13 @@ from sqlmodel import Session, select
 
 from pki.ca import certificate_pem, create_root, load_pem_certificates
 from pki.clock import SystemClock
-from pki.errors import KeyDecryptionError
+from pki.errors import CaError, KeyDecryptionError
 from pki.keys import KeyType, generate_private_key
 from pki.spiffe_id import TrustDomain
 from tests.functional.conftest import make_settings
 from trustd.app import create_app
 from trustd.bootstrap import initialise, migrate
+from trustd.services.ca import key_encryption_key
 from trustd.services.container import build_services
 from trustd.store.audit import AuditEvent
 from trustd.store.ca_keys import BundleState, CaKey
@@ -108,3 +109,37 @@ def test_unreadable_upstream_files_are_reported(tmp_path: Path, database_url: st
     with Session(services.engine) as session:
         assert session.exec(select(CaKey)).all() == []
     services.engine.dispose()
+
+
+def test_missing_kek_is_not_replaced_while_ca_keys_exist(tmp_path: Path, database_url: str) -> None:
+    settings = make_settings(tmp_path, database_url)
+    settings.data_dir.mkdir(parents=True)
+    migrate(database_url)
+    services = build_services(settings)
+    try:
+        assert initialise(services).created_ca
+        settings.kek_path.unlink()
+        with pytest.raises(CaError, match="is missing but the database holds 3 CA keys"):
+            key_encryption_key(settings, services.engine)
+        assert not settings.kek_path.exists()
+    finally:
+        services.engine.dispose()
+
+
+def test_lost_ca_is_not_replaced_over_an_earlier_deployment(
+    tmp_path: Path, database_url: str
+) -> None:
+    settings = make_settings(tmp_path, database_url)
+    settings.data_dir.mkdir(parents=True)
+    settings.bundle_path.write_text("the root agents pinned\n")
+    migrate(database_url)
+    services = build_services(settings)
+    try:
+        with pytest.raises(CaError, match="trustd init --force-new-ca"):
+            initialise(services, [settings.bundle_path])
+        with Session(services.engine) as session:
+            assert session.exec(select(CaKey)).all() == []
+        # Forced (`trustd init --force-new-ca`): nothing earlier is held against it.
+        assert initialise(services, []).created_ca
+    finally:
+        services.engine.dispose()

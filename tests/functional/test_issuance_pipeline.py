@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import replace
 from datetime import timedelta
 
@@ -16,9 +17,12 @@ from pki.ca import serial_hex
 from pki.csr import create_csr
 from pki.errors import TrustdError
 from pki.keys import KeyType, generate_private_key
+from pki.rotation import KeyKind as CaKeyKind
 from tests.functional.conftest import Server, ServerFactory
 from trustd.domain.certificates import CertificateKind, IssuedX509
 from trustd.errors import InvalidRequest
+from trustd.roles import Role
+from trustd.services.auth import Principal
 from trustd.services.ca import crl_url, ocsp_url
 from trustd.services.issuance import IssuanceRequest
 from trustd.store.audit import AuditEvent
@@ -175,3 +179,31 @@ def test_issue_all_in_refuses_bad_requests_alone(server: Server) -> None:
         "spiffe://example.org/d",
     ]
     assert _kinds(server) == {serial_hex(i.certificate): "x509-svid" for i in issued}
+
+
+def test_serving_credential_follows_the_active_authority(server: Server) -> None:
+    services = server.services
+    serving = services.serving
+    assert serving.stale()  # nothing issued yet
+    first = serving.renew()
+    assert not serving.stale()
+    assert first.issued.issuer_kid == services.ca.state.authority_kid
+    assert _kinds(server)[serial_hex(first.issued.certificate)] == "serving"
+
+    # A new intermediate becomes active: what the old one signed is stale at once, before
+    # the old key can be tainted and revoked.
+    admin = Principal("test", Role.ADMIN)
+    services.rotation.prepare(admin, CaKeyKind.X509_INTERMEDIATE)
+    services.rotation.activate(admin, CaKeyKind.X509_INTERMEDIATE)
+    assert serving.stale()
+    assert serving.renew_if_stale()
+    current = serving.current
+    assert current is not None and current.issued.issuer_kid == services.ca.state.authority_kid
+    assert current.issued.issuer_kid != first.issued.issuer_kid
+    assert not serving.renew_if_stale()
+
+    # Loaded into a live context with nothing written to the data directory.
+    before = sorted(p for p in server.settings.data_dir.rglob("*"))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    serving.install(context)
+    assert sorted(p for p in server.settings.data_dir.rglob("*")) == before

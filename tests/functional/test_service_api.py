@@ -14,7 +14,7 @@ from pki.csr import create_csr
 from pki.keys import KeyType, generate_private_key
 from pki.spiffe_id import TrustDomain
 from tests.conftest import PostgresDatabase
-from tests.functional.conftest import Server
+from tests.functional.conftest import Server, ServerFactory
 from trustd.server import LocalAdmin
 from trustd.store.certificates import IssuedCertificate
 
@@ -65,6 +65,18 @@ def test_api_docs_are_served_from_this_server(server: Server) -> None:
     icon = server.client.get("/favicon.ico")
     assert icon.status_code == 200 and icon.content[:4] == b"\x00\x00\x01\x00"
     assert server.client.get("/redoc").status_code == 404
+
+
+def test_metrics_beyond_loopback_need_a_token_or_their_own_listener(
+    server_factory: ServerFactory,
+) -> None:
+    server = server_factory(listen="0.0.0.0:8443")
+    refused = server.client.get("/metrics")
+    assert refused.status_code == 403
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert "metrics_listen or metrics_token" in refused.json()["detail"]
+    # An admin token is not the metrics token: scraping is its own credential.
+    assert server.client.get("/metrics", headers=server.auth).status_code == 403
 
 
 def test_openapi_document_lists_the_api(server: Server) -> None:

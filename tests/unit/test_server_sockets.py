@@ -18,7 +18,8 @@ def test_accepted_connections_disable_nagle(tmp_path: Path, listen: str) -> None
     client's delayed ACK: every accepted connection has TCP_NODELAY."""
     if listen.startswith("[") and not socket.has_ipv6:
         pytest.skip("no IPv6")
-    tcp, uds = bind_sockets(load_settings(data_dir=tmp_path, listen=listen))
+    listeners = bind_sockets(load_settings(data_dir=tmp_path, listen=listen))
+    tcp, uds = listeners.tcp, listeners.uds
 
     async def accepted_nodelay() -> int:
         loop = asyncio.get_running_loop()

@@ -216,6 +216,8 @@ def test_jwt_svids_bundles_and_validation(tmp_path: Path) -> None:
         jwks = json.loads(bundles.bundles["spiffe://example.org"])
         assert [k["kid"] for k in jwks["keys"]] == [a.domain.kid]
         assert {k["use"] for k in jwks["keys"]} == {"jwt-svid"}
+        # Trust Domain and Bundle §4.1.1/§4.1.2, as in the HTTP bundle.
+        assert (jwks["spiffe_sequence"], jwks["spiffe_refresh_hint"]) == (1, 300)
 
         valid = await a.stub.ValidateJWTSVID(
             pb.ValidateJWTSVIDRequest(audience="db", svid=svid.svid), metadata=HEADER
@@ -311,3 +313,26 @@ def test_start_replaces_a_stale_socket_and_refuses_other_files(tmp_path: Path) -
     # The refused start removed nothing of the operator's and left nothing behind.
     assert (tmp_path / "workload.sock").read_text() == "not a socket"
     assert [p.name for p in tmp_path.iterdir()] == ["workload.sock"]
+
+
+def test_server_reflection_lists_the_workload_api(tmp_path: Path) -> None:
+    # Workload Endpoint §7: reflection SHOULD be offered; no security header is needed.
+    reflection_pb2 = pytest.importorskip("grpc_reflection.v1alpha.reflection_pb2")
+    reflection_grpc = pytest.importorskip("grpc_reflection.v1alpha.reflection_pb2_grpc")
+
+    async def scenario(a: Agent) -> None:
+        async with grpc.aio.insecure_channel(f"unix:{a.server.socket_path}") as channel:
+            stub = reflection_grpc.ServerReflectionStub(channel)
+            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            services = set()
+            async for answer in stub.ServerReflectionInfo(iter([request])):
+                services |= {s.name for s in answer.list_services_response.service}
+            assert "SpiffeWorkloadAPI" in services
+
+            symbol = reflection_pb2.ServerReflectionRequest(
+                file_containing_symbol="X509SVIDRequest"
+            )
+            async for answer in stub.ServerReflectionInfo(iter([symbol])):
+                assert answer.file_descriptor_response.file_descriptor_proto
+
+    run(tmp_path, scenario, ME)

@@ -136,10 +136,25 @@ class _Encoded:
         return held[2]
 
 
+def _offer_reflection(server: grpc.aio.Server) -> None:
+    """Workload Endpoint §7: the endpoint SHOULD offer gRPC server reflection, so generic
+    tools (grpcurl, grpc_cli) can list and call the Workload API without its proto."""
+    try:
+        from grpc_reflection.v1alpha import reflection
+    except ImportError:  # an install without grpcio-reflection still serves the API
+        log.warning("workload_api.reflection_unavailable", missing="grpcio-reflection")
+        return
+    service = pb.DESCRIPTOR.services_by_name["SpiffeWorkloadAPI"].full_name
+    reflection.enable_server_reflection((service, reflection.SERVICE_NAME), server)
+
+
 def _jwt_jwks(bundle: TrustBundle) -> bytes:
-    # JWT bundles are JWK Sets of the JWT authorities only; JWT-SVID §6.1 puts a kid on each.
-    keys = [k for k in bundle.to_jwks()["keys"] if k.get("use") == USE_JWT_SVID]
-    return json.dumps({"keys": keys}, separators=(",", ":")).encode()
+    # JWT bundles are SPIFFE bundles (JWT-SVID §6) of the JWT authorities only; JWT-SVID
+    # §6.1 puts a kid on each. Trust Domain and Bundle §4.1.1/§4.1.2: spiffe_sequence and
+    # spiffe_refresh_hint SHOULD be set, as in the bundle served over HTTP.
+    document = bundle.to_jwks()
+    document["keys"] = [k for k in document["keys"] if k.get("use") == USE_JWT_SVID]
+    return json.dumps(document, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True)
@@ -394,6 +409,7 @@ async def start_workload_api(
         addresses,
     )
     pb_grpc.add_SpiffeWorkloadAPIServicer_to_server(servicer, server)
+    _offer_reflection(server)
     try:
         server.add_insecure_port(f"unix:{relay.upstream_path}")
         await server.start()

@@ -36,9 +36,11 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 class Exemption(StrEnum):
     """Why a route declares no admin permission: it has its own authentication model."""
 
-    # Anyone: health, metrics, the trust bundle, CRLs and OCSP (RFC 5280 §5, RFC 6960:
-    # relying parties fetch them without credentials).
+    # Anyone: health, the trust bundle, CRLs and OCSP (RFC 5280 §5, RFC 6960: relying
+    # parties fetch them without credentials).
     PUBLIC = "public"
+    # Prometheus scrapes: the metrics token, or loopback only (see `api.health`).
+    METRICS = "metrics"
     # Node attestation: the attestation evidence is the credential.
     ATTESTATION = "attestation"
     # The agent channel: a node credential signed with the node SVID's key.

@@ -55,18 +55,21 @@ def serve(
             workers=workers,
         )
         configure_logging(log_level)
+        # Read before anything below creates files: they tell a lost database from a new one.
+        earlier = bootstrap.earlier_deployment(settings)
         bootstrap.prepare_data_dir(settings.data_dir)
+        bootstrap.check_database(settings.resolved_database_url)
         if migrate:
             progress(f"migrating database {_redact(settings.resolved_database_url)}")
             bootstrap.migrate(settings.resolved_database_url)
         services = build_services(settings)
-        report = bootstrap.initialise(services)
+        report = bootstrap.initialise(services, earlier)
         if report.created_ca:
             progress(f"created the CA for trust domain {settings.trust_domain}")
         services.ca.load()
         bundle_path = bootstrap.write_bundle_file(services)
         services.engine.dispose()
-        tcp, uds = server.bind_sockets(settings)
+        listeners = server.bind_sockets(settings)
     except TrustdError as exc:
         fail(str(exc))
     except OSError as exc:
@@ -75,14 +78,13 @@ def serve(
     def ready() -> None:
         _banner(settings.tls, settings.listen, settings.trust_domain, bundle_path, report)
 
-    server.run(settings, tcp, uds, log_level, ready)
+    server.run(settings, listeners, log_level, ready)
 
 
 def _redact(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.rpartition("@")[2]
-    return scheme + sep + rest
+    from trustd.bootstrap import redact_url
+
+    return redact_url(url)
 
 
 def _banner(tls: bool, listen: str, td: str, bundle: Path, report: Any) -> None:
@@ -113,7 +115,16 @@ def _banner(tls: bool, listen: str, td: str, bundle: Path, report: Any) -> None:
     typer.echo("\n".join(lines))
 
 
-def init() -> None:
+def init(
+    force_new_ca: Annotated[
+        bool,
+        typer.Option(
+            "--force-new-ca",
+            help="Create a new CA although --data-dir shows an earlier one whose database "
+            "is gone (agents pinned to the old root must be re-joined)",
+        ),
+    ] = False,
+) -> None:
     """Migrate the database and create the CA in --data-dir without starting the server."""
     from trustd import bootstrap
     from trustd.services.container import build_services
@@ -121,10 +132,12 @@ def init() -> None:
 
     try:
         settings = load_settings(data_dir=_data_dir())
+        earlier = [] if force_new_ca else bootstrap.earlier_deployment(settings)
         bootstrap.prepare_data_dir(settings.data_dir)
+        bootstrap.check_database(settings.resolved_database_url)
         bootstrap.migrate(settings.resolved_database_url)
         services = build_services(settings)
-        report = bootstrap.initialise(services)
+        report = bootstrap.initialise(services, earlier)
         services.ca.load()
         bundle = bootstrap.write_bundle_file(services)
     except TrustdError as exc:

@@ -8,7 +8,7 @@ own CRL and OCSP answers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -52,6 +52,7 @@ from trustd.services.audit import AuditLog
 from trustd.settings import Settings
 from trustd.store.ca_keys import (
     CaKey,
+    count_ca_keys,
     create_ca_key,
     fetch_active_ca_key,
     fetch_bundle_sequence,
@@ -94,13 +95,30 @@ class CaState:
         return (*self.authority.issuing_chain, *self.cross_certificates)
 
 
-def key_encryption_key(settings: Settings) -> bytes:
+def key_encryption_key(settings: Settings, engine: Engine) -> bytes:
     """The key that encrypts CA private keys at rest: the configured passphrase, or in dev a
-    generated 0600 key file in the data directory.
+    generated 0600 key file in the data directory. A new file is created only while the
+    database holds no CA key: one made beside existing keys could never open them, and
+    would stay behind as the wrong key.
+
+    Raises:
+        CaError: the key file is missing while CA keys exist, or is unusable.
+        StoreUnavailable: the database is down.
     """
     if settings.key_passphrase is not None:
         return settings.key_passphrase.get_secret_value().encode()
-    return load_or_create_kek_file(settings.kek_path)
+    path = settings.kek_path
+    if not path.exists():
+        with transaction(engine) as session:
+            held = count_ca_keys(session)
+        if held:
+            raise CaError(
+                f"the key-encryption key {path} is missing but the database holds {held} CA "
+                "keys encrypted with it: restore the file from a backup (or set "
+                "key_passphrase if the keys were encrypted with one)",
+                path=str(path),
+            )
+    return load_or_create_kek_file(path)
 
 
 def crl_url(settings: Settings, issuer_kid: str) -> str:
@@ -201,17 +219,29 @@ class CertificateAuthority:
         ping(self._engine)
         _ = self.state
 
-    def initialise(self) -> bool:
+    def initialise(self, earlier_deployment: Collection[Path] = ()) -> bool:
         """Create the root, intermediate and JWT signing key unless active ones exist.
 
         Returns whether anything was created. Safe to run on several replicas at once.
+        *earlier_deployment* names files an earlier CA left (its bundle, its key file):
+        with them, a database without any CA key is a lost database, not a new
+        installation, and no new root is made over it.
 
         Raises:
-            CaError: upstream files are unreadable or inconsistent.
+            CaError: upstream files are unreadable or inconsistent, or the database lost
+                the CA that *earlier_deployment* shows.
             StoreUnavailable: the database is down.
         """
         with transaction(self._engine) as session:
             lock_for_initialisation(session)
+            if earlier_deployment and not count_ca_keys(session):
+                shown = ", ".join(p.name for p in earlier_deployment)
+                raise CaError(
+                    f"the database holds no CA but {self._settings.data_dir} holds an earlier "
+                    f"one's {shown}: restore the database (or fix database_url), or run "
+                    "`trustd init --force-new-ca` to start a new CA that every agent must be "
+                    "re-pinned to"
+                )
             existing = {row.kind for row in list_ca_keys(session, {SlotStatus.ACTIVE})}
             created: list[CaKey] = []
             for kind in (CaKeyKind.X509_ROOT, CaKeyKind.X509_INTERMEDIATE, CaKeyKind.JWT):

@@ -16,7 +16,7 @@ from trustd.services.auth import AdminTokens
 from trustd.services.authz import Authorizer
 from trustd.services.ca import CertificateAuthority, key_encryption_key
 from trustd.services.entries import Entries
-from trustd.services.issuance import Issuer
+from trustd.services.issuance import Issuer, ServingCredential
 from trustd.services.nodes import Nodes, build_attestors
 from trustd.services.policy import PolicyService
 from trustd.services.revocation import Revocations
@@ -37,6 +37,8 @@ class Services:
     tokens: AdminTokens
     ca: CertificateAuthority
     issuer: Issuer
+    # The server's own TLS certificate (issued only where `trustd serve` runs with TLS).
+    serving: ServingCredential
     nodes: Nodes
     entries: Entries
     agents: Agents
@@ -55,7 +57,7 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     engine = create_db_engine(settings.resolved_database_url)
     audit = AuditLog(clock)
     bus = create_bus(settings.redis_url)
-    kek = key_encryption_key(settings)
+    kek = key_encryption_key(settings, engine)
     ca = CertificateAuthority(settings, engine, clock, audit, kek)
     issuer = Issuer(settings, engine, ca, clock, audit)
     nodes = Nodes(settings, engine, clock, audit, bus, issuer, build_attestors(settings, kek))
@@ -75,6 +77,7 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         ),
         ca=ca,
         issuer=issuer,
+        serving=ServingCredential(settings, issuer, ca, clock),
         nodes=nodes,
         entries=entries,
         agents=Agents(engine, clock, audit, bus, nodes, entries, issuer, ca, revocations, verdicts),

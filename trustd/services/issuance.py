@@ -11,15 +11,21 @@ never seen.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
+import ssl
+import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Final, Literal
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -33,7 +39,7 @@ from pki.spiffe_id import SpiffeId
 from pki.x509_svid import X509SvidParams, issue_x509_svid
 from trustd import metrics
 from trustd.domain.certificates import CertificateKind, IssuedX509
-from trustd.errors import InvalidRequest
+from trustd.errors import InvalidRequest, NotReady
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
 from trustd.services.ca import SYSTEM_ACTOR, CertificateAuthority, crl_url
@@ -49,6 +55,7 @@ __all__ = [
     "IssuanceRequest",
     "IssuedX509",
     "Issuer",
+    "ServingCredential",
     "ca_pems",
     "lifetime",
 ]
@@ -427,3 +434,137 @@ class Issuer:
             raise
         self._issued(JWT_SVID, started)
         return svid
+
+
+@dataclass(frozen=True)
+class ServingCertificate:
+    """One serving certificate and its key, as held in memory (never written to disk)."""
+
+    issued: IssuedX509
+    key: PrivateKey
+    # Half its life: renewed then, as every SVID (SPIRE's rotation threshold).
+    renew_at: datetime
+
+
+class ServingCredential:
+    """The server's own TLS credential, owned by the pipeline like any SVID: issued
+    (`Issuer.issue_serving_certificate`, recorded and audited), re-issued at half its life
+    and whenever the authority that signed it is no longer the active one, and loaded into
+    every TLS context that presents it.
+
+    Following the active authority is what keeps the server reachable through a rotation:
+    an intermediate is activated before its predecessor can be tainted and revoked
+    (`pki.rotation.check_transition`), so a serving certificate re-issued at activation is
+    under the new authority before the old one leaves the bundle (Trust Domain and Bundle
+    §4.1: relying parties verify against the bundle only).
+    """
+
+    def __init__(self, settings: Settings, issuer: Issuer, ca: CertificateAuthority, clock: Clock):
+        self._settings = settings
+        self._issuer = issuer
+        self._ca = ca
+        self._clock = clock
+        self._current: ServingCertificate | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> ServingCertificate | None:
+        return self._current
+
+    def names(self) -> tuple[list[str], list[str]]:
+        """The DNS names and IP addresses the certificate names: localhost, the configured
+        server names and the listen host."""
+        s = self._settings
+        names = ["localhost", *s.server_names]
+        ips = ["127.0.0.1", "::1"]
+        try:
+            ipaddress.ip_address(s.host)
+            if s.host not in ips and s.host not in ("0.0.0.0", "::"):  # noqa: S104
+                ips.append(s.host)
+        except ValueError:
+            names.append(s.host)
+        return sorted(set(names)), ips
+
+    def stale(self) -> bool:
+        """Whether the certificate must be re-issued: none yet, half its life gone, or its
+        issuer is no longer the active authority (rotated, tainted, revoked or removed)."""
+        current = self._current
+        if current is None:
+            return True
+        if self._clock.now() >= current.renew_at:
+            return True
+        return current.issued.issuer_kid != self._ca.state.authority_kid
+
+    def seconds_to_renewal(self) -> float:
+        current = self._current
+        if current is None:
+            return 0.0
+        return max(0.0, (current.renew_at - self._clock.now()).total_seconds())
+
+    def renew(self) -> ServingCertificate:
+        """Issue a new serving certificate (recorded before it is used) and hold it.
+
+        Raises:
+            InvalidSvidParams: a name or address is unusable. StoreUnavailable: not recorded.
+        """
+        with self._lock:
+            dns_names, ips = self.names()
+            issued, key = self._issuer.issue_serving_certificate(dns_names, ips)
+            cert = issued.certificate
+            half = (cert.not_valid_after_utc - cert.not_valid_before_utc) / 2
+            self._current = ServingCertificate(issued, key, cert.not_valid_before_utc + half)
+            return self._current
+
+    def renew_if_stale(self) -> bool:
+        """`renew` when `stale`; returns whether it did.
+
+        Raises:
+            As `renew`.
+        """
+        if not self.stale():
+            return False
+        self.renew()
+        return True
+
+    def install(self, context: ssl.SSLContext) -> None:
+        """Load the current certificate, its chain and its key into `context`. On a live
+        context this takes effect for new handshakes; open connections keep theirs.
+
+        `SSLContext.load_cert_chain` reads only from a path, so the key goes through an
+        anonymous in-memory file (memfd) closed at once: no key file exists to outlive a
+        crash. Where memfd is missing, a 0600 temporary file is removed right after loading.
+
+        Raises:
+            NotReady: nothing issued yet. ssl.SSLError: OpenSSL refused the credential.
+        """
+        current = self._current
+        if current is None:
+            raise NotReady("the serving certificate is not issued yet")
+        data = current.issued.pem.encode()
+        data += "".join(ca_pems(current.issued.intermediates)).encode()
+        data += current.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        _load_cert_chain(context, data)
+
+
+def _load_cert_chain(context: ssl.SSLContext, pem: bytes) -> None:
+    memfd = getattr(os, "memfd_create", None)
+    if memfd is not None:
+        fd = memfd("trustd-serving", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, pem)
+            context.load_cert_chain(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
+    fd, name = tempfile.mkstemp(prefix="trustd-serving-", suffix=".pem")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+        context.load_cert_chain(name)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)

@@ -6,7 +6,7 @@ from collections.abc import Collection
 from dataclasses import replace
 from datetime import datetime
 
-from sqlalchemy import Column, LargeBinary, Text, update
+from sqlalchemy import Column, LargeBinary, Text, func, inspect, update
 from sqlmodel import Field, Session, SQLModel, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -139,3 +139,11 @@ def update_bundle_sequence(session: Session, now: datetime) -> int:
         state.updated_at = now
     session.add(state)
     return state.sequence
+
+
+def count_ca_keys(session: Session) -> int:
+    """How many CA keys the database holds, whatever their status (0 before the first
+    migration too: the table may not exist yet)."""
+    if not inspect(session.connection()).has_table(CaKey.__tablename__):
+        return 0
+    return int(session.exec(select(func.count()).select_from(CaKey)).one())

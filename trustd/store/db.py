@@ -7,11 +7,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Session
 
-from trustd.errors import StoreUnavailable
+from trustd.errors import DatabaseUnusable, StoreUnavailable
 
 # Every table on the one metadata before the first session: foreign keys between modules
 # resolve whichever service module is imported first.
@@ -95,3 +95,45 @@ def deployment_scope(trust_domain: str, engine: Engine) -> str:
     """What keys in a shared Redis are scoped by: one Redis may serve several deployments
     (and test runs), each identified by its trust domain and database."""
     return f"{trust_domain}:{engine.url.database}"
+
+
+def check_database(url: str, shown_as: str) -> None:
+    """Open the database at *url* and read its catalogue, so that a damaged one is reported
+    in one line at start-up rather than as a driver traceback mid-migration.
+
+    Raises:
+        StoreUnavailable: the database server does not answer (*shown_as* names it).
+        DatabaseUnusable: it answers but is not a readable database.
+    """
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as connection:
+            if engine.dialect.name == "sqlite":
+                # "file is not a database" / "database disk image is malformed" surface here.
+                connection.execute(text("SELECT count(*) FROM sqlite_master")).scalar()
+            else:
+                connection.execute(text("SELECT 1")).scalar()
+    except OperationalError as exc:
+        if engine.dialect.name != "sqlite":
+            raise StoreUnavailable(
+                f"cannot reach the database {shown_as}: {_reason(exc)}; start it or fix "
+                "database_url"
+            ) from None
+        raise DatabaseUnusable(unusable_message(shown_as, exc)) from None
+    except SQLAlchemyError as exc:
+        raise DatabaseUnusable(unusable_message(shown_as, exc)) from None
+    finally:
+        engine.dispose()
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None)
+    return str(orig if orig is not None else exc).strip().splitlines()[0]
+
+
+def unusable_message(shown_as: str, exc: SQLAlchemyError) -> str:
+    """One line saying what is wrong with the database *shown_as* and what to do."""
+    return (
+        f"the database {shown_as} is unusable ({_reason(exc)}): restore it from a backup, "
+        "or move it aside to start with an empty one"
+    )
