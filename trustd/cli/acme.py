@@ -8,10 +8,10 @@ from typing import Annotated, Any
 import typer
 
 from trustd.cli.context import connection
-from trustd.cli.output import columns, emit, listing, progress, record
+from trustd.cli.output import columns, command_group, emit, listing, progress, record
 
-app = typer.Typer(help="The ACME server: accounts, orders, certificates.", no_args_is_help=True)
-eab_app = typer.Typer(help="External Account Binding keys for ACME.", no_args_is_help=True)
+app = command_group(help="The ACME server: accounts, orders, certificates.", no_args_is_help=True)
+eab_app = command_group(help="External Account Binding keys for ACME.", no_args_is_help=True)
 app.add_typer(eab_app, name="eab")
 
 ACCOUNT_COLUMNS = columns(

@@ -8,15 +8,15 @@ from typing import Annotated, Any
 import typer
 
 from trustd.cli.context import connection
-from trustd.cli.output import columns, emit, fail, listing, progress
+from trustd.cli.output import columns, command_group, emit, fail, listing, progress
 from trustd.roles import Role
 
-app = typer.Typer(help="Admin API tokens and admin web UI accounts.", no_args_is_help=True)
-token_app = typer.Typer(
+app = command_group(help="Admin API tokens and admin web UI accounts.", no_args_is_help=True)
+token_app = command_group(
     help="Admin API bearer tokens (for nodes' join tokens see `trustd token`).",
     no_args_is_help=True,
 )
-user_app = typer.Typer(help="Admin web UI accounts (sign in at /ui/).", no_args_is_help=True)
+user_app = command_group(help="Admin web UI accounts (sign in at /ui/).", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(user_app, name="user")
 

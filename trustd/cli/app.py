@@ -17,9 +17,9 @@ from trustd.cli.context import (
     TokenOpt,
     set_connection,
 )
-from trustd.cli.output import Output
+from trustd.cli.output import Output, command_group
 
-app = typer.Typer(
+app = command_group(
     cls=SharedOptionsGroup,
     help="trustd: workload identities, the CA behind them, and who may talk to whom.\n\n"
     "The connection options (--server, --token, --ca-bundle, --data-dir, --output) apply to "

@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from trustd.cli.context import connection
-from trustd.cli.output import print_json
+from trustd.cli.output import command_group, print_json
 
-app = typer.Typer(help="The trust bundle.", no_args_is_help=True)
+app = command_group(help="The trust bundle.", no_args_is_help=True)
 
 
 class BundleFormat(StrEnum):

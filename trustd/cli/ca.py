@@ -11,9 +11,9 @@ from pki.revocation import RevocationReason
 from pki.rotation import KeyKind
 from trustd.cli.cert import CERTIFICATE_COLUMNS
 from trustd.cli.context import connection
-from trustd.cli.output import columns, emit, listing, progress, record, render_table
+from trustd.cli.output import columns, command_group, emit, listing, progress, record, render_table
 
-app = typer.Typer(help="The certificate authority.", no_args_is_help=True)
+app = command_group(help="The certificate authority.", no_args_is_help=True)
 
 KEY_COLUMNS = columns(
     ("kind", "kind"),

@@ -8,9 +8,9 @@ import typer
 
 from pki.revocation import RevocationReason
 from trustd.cli.context import connection
-from trustd.cli.output import columns, emit, fail, listing, progress, record
+from trustd.cli.output import columns, command_group, emit, fail, listing, progress, record
 
-app = typer.Typer(help="Issued certificates and their revocation.", no_args_is_help=True)
+app = command_group(help="Issued certificates and their revocation.", no_args_is_help=True)
 
 CERTIFICATE_COLUMNS = columns(
     ("serial", "serial"),

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 import typer
 
 from trustd.cli.context import connection
-from trustd.cli.output import columns, emit, progress, record, render_table
+from trustd.cli.output import columns, command_group, emit, progress, record, render_table
 from trustd.cli.token import SelectorOpt
 
-app = typer.Typer(help="Registration entries.", no_args_is_help=True)
+app = command_group(help="Registration entries.", no_args_is_help=True)
 
 ENTRY_COLUMNS = columns(
     ("id", "id"),

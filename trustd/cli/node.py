@@ -7,9 +7,9 @@ from typing import Annotated, Any
 import typer
 
 from trustd.cli.context import Connection, connection
-from trustd.cli.output import columns, fail, listing, record
+from trustd.cli.output import columns, command_group, fail, listing, record
 
-app = typer.Typer(help="Attested nodes.", no_args_is_help=True)
+app = command_group(help="Attested nodes.", no_args_is_help=True)
 
 NODE_ARGUMENT = typer.Argument(
     help="The node's SPIFFE ID, or its agent id as `node list` shows it", show_default=False

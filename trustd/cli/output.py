@@ -12,6 +12,12 @@ from typing import Any, NoReturn
 import typer
 
 
+def command_group(**options: Any) -> typer.Typer:
+    """A command group whose `--help` is click's plain text: it wraps at any terminal width,
+    where the rich panels cut option names and defaults mid-word at 80 columns."""
+    return typer.Typer(rich_markup_mode=None, **options)
+
+
 class Output(StrEnum):
     TABLE = "table"
     JSON = "json"

@@ -12,10 +12,10 @@ import typer
 
 from pki.errors import TrustdError
 from trustd.cli.context import connection
-from trustd.cli.output import columns, emit, fail, listing, print_json, progress
+from trustd.cli.output import columns, command_group, emit, fail, listing, print_json, progress
 
-app = typer.Typer(help="Rego policies: test, check, bundles, decisions.", no_args_is_help=True)
-data_app = typer.Typer(
+app = command_group(help="Rego policies: test, check, bundles, decisions.", no_args_is_help=True)
+data_app = command_group(
     help="Data documents under data.* (OPA Data API): get, put, patch, delete.",
     no_args_is_help=True,
 )

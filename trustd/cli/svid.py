@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives import serialization
 from pki.csr import create_csr
 from pki.keys import KeyType, generate_private_key
 from trustd.cli.context import connection
-from trustd.cli.output import emit, progress
+from trustd.cli.output import command_group, emit, progress
 
-app = typer.Typer(help="Issue SVIDs as an administrator.", no_args_is_help=True)
+app = command_group(help="Issue SVIDs as an administrator.", no_args_is_help=True)
 
 
 @app.command("x509")

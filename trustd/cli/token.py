@@ -8,9 +8,9 @@ from typing import Annotated, Any
 import typer
 
 from trustd.cli.context import connection
-from trustd.cli.output import emit, progress
+from trustd.cli.output import command_group, emit, progress
 
-app = typer.Typer(
+app = command_group(
     help="Join tokens for node attestation (admin API tokens: `trustd admin token`).",
     no_args_is_help=True,
 )
