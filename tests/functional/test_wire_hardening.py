@@ -4,6 +4,8 @@ reserved SPIFFE IDs (each reproduced against the real app on both backends)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -11,9 +13,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from fastapi import FastAPI
 from sqlmodel import Session, func, select
+from structlog.testing import capture_logs
 
 from tests.functional.conftest import Server
+from trustd.api.deps import Exemption, exempt
 from trustd.store.acme import AcmeEabKey
 from trustd.store.certificates import IssuedCertificate
 from trustd.store.tokens import AdminToken
@@ -104,3 +109,48 @@ def test_huge_revisions_and_offsets_are_refused(server: Server, method: str, pat
     active = server.client.get("/v1/admin/policy/status", headers=server.auth).json()
     _problem(server.client.request(method, path, headers=server.auth), 422)
     assert server.client.get("/v1/admin/policy/status", headers=server.auth).json() == active
+
+
+# -- an unexpected error is answered once and logged once -------------------------------
+
+
+def test_an_unhandled_error_is_logged_once_and_not_raised_to_the_server(server: Server) -> None:
+    app = server.client.app
+    assert isinstance(app, FastAPI)
+
+    def boom() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/v1/test-boom", boom, dependencies=[exempt(Exemption.PUBLIC)])
+    messages: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/v1/test-boom",
+        "raw_path": b"/v1/test-boom",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+        "state": {},
+    }
+    with capture_logs() as logs:
+        # Nothing reaches the server (which would log it again as "Exception in ASGI
+        # application").
+        asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+    errors = [e for e in logs if e["log_level"] in ("error", "critical")]
+    assert [e["event"] for e in errors] == ["unhandled_error"]
+    assert messages[0]["status"] == 500
+    body = json.loads(messages[1]["body"])
+    assert body["status"] == 500 and "a bug" not in messages[1]["body"].decode()

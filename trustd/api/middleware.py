@@ -1,4 +1,5 @@
-"""ASGI middleware: request ids, body size limit, access log and latency metrics."""
+"""ASGI middleware: request ids, body size limit, the last word on unexpected errors, access
+log and latency metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import re
 import secrets
 import time
+from typing import Any
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,6 +18,7 @@ from trustd.errors import PayloadTooLarge
 from trustd.services.audit import request_id_var
 
 access_log = structlog.get_logger("trustd.access")
+error_log = structlog.get_logger("trustd.api")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -39,6 +42,7 @@ class RequestContext:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
         status = 500
+        started_response = False
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             too_large = True
@@ -48,9 +52,10 @@ class RequestContext:
             too_large = False
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started_response = True
                 message["headers"] = [
                     *message.get("headers", []),
                     (b"x-request-id", request_id.encode()),
@@ -62,6 +67,15 @@ class RequestContext:
                 await _too_large(self.max_body, send_wrapper)
             else:
                 await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            # An exception no handler mapped ends here, logged once. It is not re-raised:
+            # Starlette's ServerErrorMiddleware and the server would each log it again.
+            # Once the response has started there is nothing left to answer with; the
+            # server then closes the connection and logs it (the only log line).
+            if started_response:
+                raise
+            error_log.exception("unhandled_error", error=type(exc).__name__)
+            await _internal_error(send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
@@ -111,18 +125,32 @@ def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
 
 
 async def _too_large(limit: int, send: Send) -> None:
+    await send_problem(
+        send,
+        413,
+        PayloadTooLarge.title,
+        f"request bodies are limited to {limit} bytes",
+        problem_type(PayloadTooLarge.__name__),
+    )
+
+
+async def _internal_error(send: Send) -> None:
+    # The client learns nothing about internals (trustd.api.problems does the same).
+    await send_problem(send, 500, "Internal error", "the server could not complete this")
+
+
+async def send_problem(
+    send: Send, status: int, title: str, detail: str, type_: str = "about:blank", **extra: Any
+) -> None:
+    """Answer with an RFC 9457 problem document from ASGI middleware (below the app's
+    exception handlers)."""
     body = json.dumps(
-        {
-            "type": problem_type(PayloadTooLarge.__name__),
-            "title": PayloadTooLarge.title,
-            "status": 413,
-            "detail": f"request bodies are limited to {limit} bytes",
-        }
+        {"type": type_, "title": title, "status": status, "detail": detail, **extra}
     ).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", PROBLEM_JSON.encode()),
                 (b"content-length", str(len(body)).encode()),

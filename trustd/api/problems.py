@@ -182,11 +182,6 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled_error", error=type(exc).__name__)
-    return problem_response(500, "Internal error", "the server could not complete this")
-
-
 _TITLES = {404: "Not found", 405: "Method not allowed", 413: "Request too large"}
 
 
@@ -194,4 +189,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(TrustdError, _trustd_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unhandled)
+    # Exceptions nothing maps are answered (and logged, once) by `RequestContext`: a
+    # handler for `Exception` runs in Starlette's ServerErrorMiddleware, which re-raises
+    # after answering, so the server logged every 500 a second time.
