@@ -5,7 +5,10 @@ reserved SPIFFE IDs (each reproduced against the real app on both backends)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import posixpath
+import tarfile
 from typing import Any
 
 import pytest
@@ -17,7 +20,7 @@ from fastapi import FastAPI
 from sqlmodel import Session, func, select
 from structlog.testing import capture_logs
 
-from tests.functional.conftest import Server
+from tests.functional.conftest import Server, ServerFactory
 from trustd.api.deps import Exemption, exempt
 from trustd.store.acme import AcmeEabKey
 from trustd.store.certificates import IssuedCertificate
@@ -154,3 +157,68 @@ def test_an_unhandled_error_is_logged_once_and_not_raised_to_the_server(server: 
     assert messages[0]["status"] == 500
     body = json.loads(messages[1]["body"])
     assert body["status"] == 500 and "a bug" not in messages[1]["body"].decode()
+
+
+# -- policy ids are safe relative paths ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "module_id",
+    [
+        "..%2F..%2Fetc%2Fpwn",
+        "../../etc/pwn",
+        "a/../../b.rego",
+        "%2Fetc%2Fpasswd",
+        ".manifest",
+        "data.json",
+        "a//b.rego",
+        "a%00b.rego",
+        "x" * 257,
+    ],
+)
+def test_a_path_escaping_policy_id_is_refused_everywhere(server: Server, module_id: str) -> None:
+    status = server.client.get("/v1/admin/policy/status", headers=server.auth).json()
+    put = server.client.put(
+        f"/v1/policies/{module_id}", content=b"package pwn\n", headers=server.auth
+    )
+    if "/../" in f"/{module_id}":
+        # The HTTP client resolves literal `..` segments before sending (RFC 3986 §5.2.4);
+        # the encoded form above is what reaches the server.
+        assert put.status_code == 404, put.text
+    else:
+        assert put.status_code == 400, put.text
+        assert put.json()["code"] == "invalid_parameter"
+    created = server.client.post(
+        "/v1/admin/policy/bundles",
+        json={"modules": {module_id.replace("%2F", "/"): "package pwn\n"}},
+        headers=server.auth,
+    )
+    assert _problem(created, 400)["type"] == "urn:trustd:problem:invalid-module-id"
+    assert server.client.get("/v1/admin/policy/status", headers=server.auth).json() == status
+    exported = server.client.get(
+        f"/v1/admin/policy/bundles/{status['revision']}/export", headers=server.auth
+    )
+    with tarfile.open(fileobj=io.BytesIO(exported.content), mode="r:gz") as tar:
+        names = tar.getnames()
+    assert all(posixpath.normpath(n) == n and ".." not in n for n in names)
+    assert not any("pwn" in n for n in names)
+
+
+def test_an_imported_bundle_with_an_unsafe_module_name_stores_nothing(
+    server_factory: ServerFactory,
+) -> None:
+    server = server_factory(policy_bundle_require_signature=False)
+    status = server.client.get("/v1/admin/policy/status", headers=server.auth).json()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        content = b"package pwn\n"
+        info = tarfile.TarInfo("/.hidden/x.rego")
+        info.size = len(content)
+        tar.addfile(info, io.BytesIO(content))
+    response = server.client.post(
+        "/v1/admin/policy/bundles/import?activate=true",
+        content=buffer.getvalue(),
+        headers={**server.auth, "Content-Type": "application/gzip"},
+    )
+    assert _problem(response, 400)["type"] == "urn:trustd:problem:invalid-module-id"
+    assert server.client.get("/v1/admin/policy/status", headers=server.auth).json() == status

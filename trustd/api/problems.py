@@ -50,6 +50,7 @@ _STATUS: dict[type[TrustdError], int] = {
     # (engine error or panic) is reported with its reason, not hidden as a 500.
     policy_errors.PolicyCompileError: 400,
     policy_errors.InvalidInput: 400,
+    policy_errors.InvalidModuleId: 400,
     policy_errors.InvalidPolicyBundle: 400,
     policy_errors.BundleSignatureError: 400,
     policy_errors.UnknownPath: 404,
