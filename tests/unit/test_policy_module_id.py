@@ -40,8 +40,7 @@ def test_valid_ids_round_trip_through_a_bundle_inside_its_root(module_id: str) -
 def test_anything_parsed_is_a_safe_relative_path(text: str) -> None:
     try:
         parsed = ModuleId.parse(text)
-    except InvalidModuleId as exc:
-        assert exc.fields["code"] == "invalid_parameter"
+    except InvalidModuleId:
         return
     value = str(parsed)
     assert posixpath.normpath(value) == value
