@@ -24,7 +24,8 @@ from trustd.api import (
     svid,
     verdicts,
 )
-from trustd.api.middleware import RequestContext
+from trustd.api.middleware import JsonDepthLimit, RequestContext
+from trustd.api.wire import MAX_JSON_DEPTH
 from trustd.bootstrap import write_bundle_file
 from trustd.services.container import Services, build_services
 from trustd.settings import Settings
@@ -64,6 +65,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     )
     app.state.services = services
     problems.install(app)
+    # Added innermost first: the size limit applies before the nesting scan reads a body.
+    app.add_middleware(JsonDepthLimit, max_depth=MAX_JSON_DEPTH)
     app.add_middleware(RequestContext, max_body=settings.max_request_bytes)
     modules = (
         health,

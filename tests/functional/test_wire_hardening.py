@@ -22,6 +22,7 @@ from structlog.testing import capture_logs
 
 from tests.functional.conftest import Server, ServerFactory
 from trustd.api.deps import Exemption, exempt
+from trustd.api.wire import MAX_JSON_DEPTH
 from trustd.store.acme import AcmeEabKey
 from trustd.store.certificates import IssuedCertificate
 from trustd.store.tokens import AdminToken
@@ -222,3 +223,77 @@ def test_an_imported_bundle_with_an_unsafe_module_name_stores_nothing(
     )
     assert _problem(response, 400)["type"] == "urn:trustd:problem:invalid-module-id"
     assert server.client.get("/v1/admin/policy/status", headers=server.auth).json() == status
+
+
+# -- JSON nesting is bounded before any handler parses it ---------------------------------
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/data/mesh/allow", b'{"input": ' + DEEP + b"}"),
+        ("POST", "/v1/data", DEEP),
+        ("POST", "/v1/query", b'{"query": "x = input", "input": ' + DEEP + b"}"),
+        ("POST", "/v1/batch/data/mesh/allow", b'{"inputs": {"a": ' + DEEP + b"}}"),
+        ("PUT", "/v1/data/x", DEEP),
+        ("PATCH", "/v1/data/x", DEEP),
+    ],
+)
+def test_deep_json_on_the_opa_api_is_an_opa_error(
+    server: Server, method: str, path: str, body: bytes
+) -> None:
+    revision = server.client.get("/v1/admin/policy/status", headers=server.auth).json()
+    response = server.client.request(
+        method, path, content=body, headers={**server.auth, "Content-Type": "application/json"}
+    )
+    problem = _problem(response, 400)
+    assert problem["code"] == "invalid_parameter"
+    assert "deeper than" in problem["message"]
+    assert server.client.get("/v1/admin/policy/status", headers=server.auth).json() == revision
+
+
+def test_deep_json_in_a_query_parameter_is_refused(server: Server) -> None:
+    response = server.client.get(
+        "/v1/data/mesh/allow", params={"input": "[" * 2_000}, headers=server.auth
+    )
+    assert _problem(response, 400)["code"] == "invalid_parameter"
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "text/plain", None])
+def test_deep_json_elsewhere_is_a_problem_document(
+    server: Server, content_type: str | None
+) -> None:
+    before = _count(server, IssuedCertificate)
+    headers = dict(server.auth)
+    if content_type:
+        headers["Content-Type"] = content_type
+    body = b'{"spiffe_id": "spiffe://example.org/w", "csr": "", "dns_names": ' + DEEP + b"}"
+    response = server.client.post("/v1/svid/x509", content=body, headers=headers)
+    problem = _problem(response, 400)
+    assert problem["type"] == "urn:trustd:problem:invalid-request"
+    assert "code" not in problem
+    assert _count(server, IssuedCertificate) == before
+
+
+def test_nesting_within_the_bound_is_evaluated(server: Server) -> None:
+    # The body, `input` and `a` are three levels: the deepest document accepted.
+    depth = MAX_JSON_DEPTH - 2
+    nested = "[" * depth + "]" * depth
+    response = server.client.post(
+        "/v1/data/mesh/allow",
+        content=f'{{"input": {{"a": {nested}, "s": "{"[" * 1000}"}}}}'.encode(),
+        headers=server.auth,
+    )
+    assert response.status_code == 200, response.text
+    assert "decision_id" in response.json()
+
+
+def test_one_level_past_the_bound_is_refused(server: Server) -> None:
+    depth = MAX_JSON_DEPTH - 1
+    nested = "[" * depth + "]" * depth
+    response = server.client.post(
+        "/v1/data/mesh/allow", content=f'{{"input": {{"a": {nested}}}}}', headers=server.auth
+    )
+    assert _problem(response, 400)["code"] == "invalid_parameter"

@@ -24,6 +24,11 @@ INT64_MAX = 2**63 - 1
 # Ten years: longer than any credential trustd issues may live (the CA's own lifetime caps
 # each kind further, `trustd.services.issuance.lifetime`), far below `timedelta`'s limit.
 MAX_TTL_SECONDS = 10 * 365 * 86400
+# How deep a JSON body or query parameter may nest (`trustd.api.middleware.JsonDepthLimit`):
+# past any policy input or registration document, below Python's recursion limit and below
+# the embedded engine's, whose JSON reader stops at about 126 levels ("recursion limit
+# exceeded", a 500 evaluation error) -- so whatever is accepted can also be evaluated.
+MAX_JSON_DEPTH = 100
 
 
 class WireModel(BaseModel):
