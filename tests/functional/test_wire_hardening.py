@@ -24,7 +24,9 @@ from tests.functional.conftest import Server, ServerFactory
 from trustd.api.deps import Exemption, exempt
 from trustd.api.wire import MAX_JSON_DEPTH
 from trustd.store.acme import AcmeEabKey
+from trustd.store.audit import AuditEvent
 from trustd.store.certificates import IssuedCertificate
+from trustd.store.entries import RegistrationEntry
 from trustd.store.tokens import AdminToken
 
 HUGE = 2**63
@@ -297,3 +299,95 @@ def test_one_level_past_the_bound_is_refused(server: Server) -> None:
         "/v1/data/mesh/allow", content=f'{{"input": {{"a": {nested}}}}}', headers=server.auth
     )
     assert _problem(response, 400)["code"] == "invalid_parameter"
+
+
+# -- JWT audiences and reserved identities ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "audience",
+    [
+        ["a", "a"],
+        ["a\x00b"],
+        ["a\nb"],
+        ["\x1b[31mred"],
+        ["pay\u202eexe.lmth"],
+        ["a\u2066b"],
+        ["   "],
+        ["\t"],
+        [""],
+        ["x" * 2049],
+    ],
+)
+def test_a_malformed_jwt_audience_is_refused(server: Server, audience: list[str]) -> None:
+    before = _count(server, AuditEvent)
+    response = server.client.post(
+        "/v1/svid/jwt",
+        json={"spiffe_id": "spiffe://example.org/w", "audience": audience},
+        headers=server.auth,
+    )
+    assert _problem(response, 400)["type"] == "urn:trustd:problem:invalid-jwt"
+    assert _count(server, AuditEvent) == before
+
+
+def test_distinct_printable_audiences_are_minted(server: Server) -> None:
+    response = server.client.post(
+        "/v1/svid/jwt",
+        json={"spiffe_id": "spiffe://example.org/w", "audience": ["a b", "ünïcode", "https://x"]},
+        headers=server.auth,
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["audience"] == ["a b", "ünïcode", "https://x"]
+
+
+RESERVED = [
+    "spiffe://example.org/trustd/server",
+    "spiffe://example.org/trustd/agent",
+    "spiffe://example.org/trustd/agent/join_token/abc",
+]
+
+
+@pytest.mark.parametrize("spiffe_id", RESERVED)
+def test_reserved_identities_are_not_issued_or_registered(server: Server, spiffe_id: str) -> None:
+    certificates, entries = _count(server, IssuedCertificate), _count(server, RegistrationEntry)
+    x509_svid = server.client.post(
+        "/v1/svid/x509", json={"spiffe_id": spiffe_id, "csr": _csr()}, headers=server.auth
+    )
+    jwt_svid = server.client.post(
+        "/v1/svid/jwt", json={"spiffe_id": spiffe_id, "audience": ["a"]}, headers=server.auth
+    )
+    entry = server.client.post(
+        "/v1/entries",
+        json={
+            "spiffe_id": spiffe_id,
+            "parent_id": "spiffe://example.org/trustd/agent/join_token/n",
+            "selectors": ["unix:uid:0"],
+        },
+        headers=server.auth,
+    )
+    for response in (x509_svid, jwt_svid, entry):
+        assert _problem(response, 400)["type"] == "urn:trustd:problem:reserved-spiffe-id"
+    assert _count(server, IssuedCertificate) == certificates
+    assert _count(server, RegistrationEntry) == entries
+
+
+def test_an_entry_cannot_be_renamed_to_a_reserved_identity(server: Server) -> None:
+    created = server.client.post(
+        "/v1/entries",
+        json={
+            "spiffe_id": "spiffe://example.org/w",
+            "parent_id": "spiffe://example.org/trustd/agent/join_token/n",
+            "selectors": ["unix:uid:0"],
+        },
+        headers=server.auth,
+    )
+    assert created.status_code == 201, created.text
+    entry = created.json()
+    response = server.client.patch(
+        f"/v1/entries/{entry['id']}",
+        json={"spiffe_id": RESERVED[0]},
+        headers=server.auth,
+    )
+    assert _problem(response, 400)["type"] == "urn:trustd:problem:reserved-spiffe-id"
+    again = server.client.get(f"/v1/entries/{entry['id']}", headers=server.auth).json()
+    assert again["spiffe_id"] == "spiffe://example.org/w"
