@@ -24,6 +24,7 @@ from trustd.api import (
     svid,
     verdicts,
 )
+from trustd.api import openapi as openapi_document
 from trustd.api.middleware import JsonDepthLimit, RequestContext
 from trustd.api.wire import MAX_JSON_DEPTH
 from trustd.bootstrap import write_bundle_file
@@ -85,4 +86,5 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     for module in modules:
         app.include_router(module.router)
     app.mount("/ui/static", StaticFiles(directory=web.STATIC), name="ui-static")
+    openapi_document.install(app)
     return app

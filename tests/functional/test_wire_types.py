@@ -96,3 +96,24 @@ def test_every_body_integer_and_flag_is_strict(app: FastAPI) -> None:
             lax.extend(_lax_fields(model, {model}))
     assert checked > 10
     assert sorted(set(lax)) == []
+
+
+def test_every_operation_declares_its_problem_responses(app: FastAPI) -> None:
+    doc = app.openapi()
+    assert doc["components"]["schemas"]["Problem"]["required"] == ["type", "title", "status"]
+    missing = []
+    for path, operations in doc["paths"].items():
+        for method, op in operations.items():
+            responses = op["responses"]
+            expected = {"503"}
+            if path.startswith(("/v1/admin", "/v1/entries", "/v1/svid")):
+                expected |= {"401", "403"}
+            if op.get("parameters") or op.get("requestBody"):
+                expected |= {"400", "422"}
+            for status in expected:
+                content = responses.get(status, {}).get("content", {})
+                if list(content) != ["application/problem+json"]:
+                    missing.append(f"{method.upper()} {path} {status}")
+    assert missing == []
+    svid = doc["paths"]["/v1/svid/x509"]["post"]["responses"]
+    assert {"201", "400", "401", "403", "413", "422", "503"} <= set(svid)
