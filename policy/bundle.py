@@ -38,7 +38,10 @@ MAX_MODULE_ID = 256
 # One path segment: portable file-name characters (POSIX "Portable Filename Character Set"),
 # not starting with a dot, so neither `.`, `..`, a hidden file nor the bundle's own
 # `.manifest` and `.signatures.json` can be named.
-_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*\Z")
+_SEGMENT_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
+_SEGMENT = re.compile(_SEGMENT_PATTERN + r"\Z")
+# The same rule as one regular expression, for forms and schemas that check it first.
+MODULE_ID_PATTERN = rf"^{_SEGMENT_PATTERN}(/{_SEGMENT_PATTERN})*$"
 # Names the bundle format gives a meaning of its own (OPA "Bundle File Format": data files).
 _RESERVED_BASENAMES = frozenset({"data.json", "data.yaml", "data.yml"})
 
