@@ -117,3 +117,23 @@ def test_every_operation_declares_its_problem_responses(app: FastAPI) -> None:
     assert missing == []
     svid = doc["paths"]["/v1/svid/x509"]["post"]["responses"]
     assert {"201", "400", "401", "403", "413", "422", "503"} <= set(svid)
+
+
+def test_every_integer_parameter_has_an_upper_bound_including_the_ui(app: FastAPI) -> None:
+    """The UI's routes are not in the OpenAPI document: their parameters are checked here."""
+    unbounded = []
+    checked = 0
+    for route in iter_route_contexts(app.routes):
+        dependant = getattr(route, "dependant", None)
+        if dependant is None:
+            continue
+        for param in [*dependant.query_params, *dependant.path_params]:
+            annotation = param.field_info.annotation
+            if int not in {annotation, *getattr(annotation, "__args__", ())}:
+                continue
+            checked += 1
+            bounds = [getattr(m, "le", None) for m in param.field_info.metadata]
+            if not any(b is not None and b <= INT64_MAX for b in bounds):
+                unbounded.append(f"{route.path} {param.name}")
+    assert checked > 10
+    assert unbounded == []

@@ -14,6 +14,7 @@ from policy.engine import EmbeddedEngine
 from policy.errors import InvalidModuleId, PolicyCompileError
 from policy.testing import check, run_tests
 from trustd.api.deps import ServicesDep
+from trustd.api.wire import CountQuery, RevisionPath
 from trustd.domain.audit import AuditOutcome
 from trustd.errors import InvalidRequest
 from trustd.services.container import Services
@@ -156,8 +157,8 @@ def policy_diff(
     viewer: Annotated[Viewer, require("admin:policy:read")],
     request: Request,
     services: ServicesDep,
-    old: Annotated[int, Query(ge=1)],
-    new: Annotated[int, Query(ge=1)],
+    old: Annotated[CountQuery, Query(ge=1)],
+    new: Annotated[CountQuery, Query(ge=1)],
 ) -> HTMLResponse:
     """What changed between two revisions."""
     return render(
@@ -197,7 +198,7 @@ def rollback(
 def policy_revision(
     viewer: Annotated[Viewer, require("admin:policy:read")],
     request: Request,
-    revision: int,
+    revision: RevisionPath,
     services: ServicesDep,
 ) -> HTMLResponse:
     """One revision's modules and data."""
