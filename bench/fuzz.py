@@ -17,6 +17,7 @@ baseline a fuzzing run can be compared with, so the baseline is 0 and the ratio 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -38,6 +39,17 @@ from schemathesis.core.errors import SerializationNotPossible
 
 TRUSTD = Path(sys.executable).parent / "trustd"
 CHECK_NAMES = ("not_a_server_error", "response_schema_conformance")
+
+
+@schemathesis.serializer("application/ocsp-request")
+def _ocsp_request(ctx: Any, value: Any) -> bytes:
+    """The generated body as raw bytes: an OCSP request is DER (RFC 6960 §4.1), so whatever
+    is generated is sent as it is, and must be refused as malformed, never fail."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass")
+    return json.dumps(value).encode()  # negative cases: a body of the wrong type
 
 
 @dataclass
