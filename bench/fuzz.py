@@ -246,8 +246,9 @@ def main() -> None:
         verdict = "met" if value == 0 else "not met"
         print(f"RESULT {measure} {value} count baseline 0 ratio n/a target 0 {verdict}")
 
+    # The run reached the API at all (target: at least one case); the others are maxima.
     print(
-        f"RESULT fuzz_cases {tally.cases} count baseline 0 ratio n/a target >0 "
+        f"RESULT fuzz_cases {tally.cases} count baseline 0 ratio n/a target 1 "
         f"{'met' if tally.cases > 0 else 'not met'}"
     )
     result("fuzz_server_errors", tally.server_errors)
