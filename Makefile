@@ -16,7 +16,7 @@ PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 CHECK_DB := trustd_alembic_check_$(shell echo $$$$)
 
 .PHONY: run test install install-dev system-deps services lint typecheck migrations-check pytest \
-	opa-compliance \
+	opa-compliance fuzz \
 	bench bench-deps bench-acme bench-workload bench-ui bench-enforcement clean proto bpf
 
 $(BIN)/python:
@@ -91,6 +91,17 @@ opa-compliance: install-dev
 	@if [ -d "$(OPA_CASES)" ]; then \
 		$(BIN)/python bench/opa_compliance.py --cases $(OPA_CASES) --floor $(OPA_COMPLIANCE_FLOOR); \
 	else echo "OPA compliance cases not found at $(OPA_CASES): not run"; fi
+
+# The whole API fuzzed from its OpenAPI document against a scratch `trustd serve`
+# (bench/fuzz.py): no 5xx and no response outside its declared schema. FUZZ_SEED fixes the
+# cases; FUZZ_BUDGET bounds the time. `make test` runs a short slice of it
+# (tests/integration/test_fuzz.py).
+FUZZ_SEED ?= 1
+FUZZ_BUDGET ?= 300
+FUZZ_EXAMPLES ?= 60
+
+fuzz: install-dev
+	$(BIN)/python bench/fuzz.py --seed $(FUZZ_SEED) --budget $(FUZZ_BUDGET) --examples $(FUZZ_EXAMPLES)
 
 test: install-dev services lint typecheck migrations-check pytest opa-compliance
 

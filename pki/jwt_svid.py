@@ -13,6 +13,7 @@ import binascii
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -92,6 +93,28 @@ def _jwt_svid_algorithm(key: PrivateKey | PublicKey) -> str:
     return alg
 
 
+MAX_AUDIENCE = 2048
+# Control characters (Cc: NUL, newlines, ESC), format characters (Cf: the bidi overrides
+# and isolates U+202A-202E, U+2066-2069, zero-width joiners), line and paragraph
+# separators and lone surrogates: an audience is compared byte for byte by the relying
+# party (RFC 7519 §4.1.3), and such characters make two different audiences look alike
+# in logs, audit rows and the UI (Unicode TR #36 §2, "Visual Security Issues").
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+
+
+def audience_problem(value: str) -> str | None:
+    """Why `value` cannot be a JWT-SVID audience, or None: at most 2048 characters, not
+    blank, with no control, format (bidi) or unassigned characters."""
+    if len(value) > MAX_AUDIENCE:
+        return f"longer than {MAX_AUDIENCE} characters"
+    if not value.strip():
+        return "only whitespace"
+    for ch in value:
+        if unicodedata.category(ch) in _INVISIBLE_CATEGORIES:
+            return f"contains U+{ord(ch):04X} ({unicodedata.category(ch)})"
+    return None
+
+
 def mint_jwt_svid(
     key: PrivateKey,
     kid: str,
@@ -107,8 +130,8 @@ def mint_jwt_svid(
     one audience.
 
     Raises:
-        InvalidJwt: *audience* is empty or has an empty entry, *kid* is empty, or *ttl* is
-            shorter than one second.
+        InvalidJwt: *audience* is empty, repeats a value or has one `audience_problem`
+            refuses, *kid* is empty, or *ttl* is shorter than one second.
         WeakKey: *key* cannot produce a JWT-SVID algorithm (e.g. Ed25519).
     """
     alg = _jwt_svid_algorithm(key)
@@ -123,6 +146,11 @@ def mint_jwt_svid(
             raise InvalidJwt(
                 f"JWT-SVID §3.2: audience entries must be non-empty strings, got {echo(entry)}"
             )
+        problem = audience_problem(entry)
+        if problem is not None:
+            raise InvalidJwt(f"audience {echo(entry)}: {problem}")
+    if len(set(audiences)) != len(audiences):
+        raise InvalidJwt(f"audience values must be distinct, got {echo(list(audiences))}")
     lifetime = math.floor(ttl.total_seconds())
     if lifetime < 1:
         raise InvalidJwt(f"ttl must be at least one second, got {ttl}")

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import posixpath
+import re
 import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from policy.errors import BundleSignatureError, InvalidPolicyBundle
+from policy.errors import BundleSignatureError, InvalidModuleId, InvalidPolicyBundle
 
 MAX_BUNDLE_BYTES = 32 * 1024 * 1024
 MAX_FILES = 1000
@@ -31,6 +32,56 @@ MAX_FILES = 1000
 SIGNING_ALGORITHMS = ("ES256", "ES384", "RS256", "PS256", "EdDSA")
 _MANIFEST = ".manifest"
 _SIGNATURES = ".signatures.json"
+
+
+MAX_MODULE_ID = 256
+# One path segment: portable file-name characters (POSIX "Portable Filename Character Set"),
+# not starting with a dot, so neither `.`, `..`, a hidden file nor the bundle's own
+# `.manifest` and `.signatures.json` can be named.
+_SEGMENT_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
+_SEGMENT = re.compile(_SEGMENT_PATTERN + r"\Z")
+# The same rule as one regular expression, for forms and schemas that check it first.
+MODULE_ID_PATTERN = rf"^{_SEGMENT_PATTERN}(/{_SEGMENT_PATTERN})*$"
+# Names the bundle format gives a meaning of its own (OPA "Bundle File Format": data files).
+_RESERVED_BASENAMES = frozenset({"data.json", "data.yaml", "data.yml"})
+
+
+@dataclass(frozen=True)
+class ModuleId:
+    """A policy id (OPA Policy API `/v1/policies/<id>`) and the module's file name in a
+    bundle: a relative path of portable segments that cannot leave the bundle's root.
+
+    OPA itself takes any string as an id and uses it as a file name when it writes bundles;
+    trustd accepts only what is safe as a path on every platform.
+    """
+
+    value: str
+
+    def __post_init__(self) -> None:
+        text = self.value
+        if not 0 < len(text) <= MAX_MODULE_ID:
+            raise InvalidModuleId(
+                f"policy id {text[:64]!r}: 1 to {MAX_MODULE_ID} characters", id=text[:64]
+            )
+        segments = text.split("/")
+        if not all(_SEGMENT.match(s) for s in segments):
+            raise InvalidModuleId(
+                f"policy id {text[:64]!r}: '/'-separated names of letters, digits, '_', '-' "
+                "and '.', none empty or starting with '.'",
+                id=text[:64],
+            )
+        if segments[-1] in _RESERVED_BASENAMES:
+            raise InvalidModuleId(f"policy id {text!r}: names a data file", id=text)
+
+    @classmethod
+    def parse(cls, text: str) -> ModuleId:
+        """Raises:
+        InvalidModuleId: `text` is not a safe policy id.
+        """
+        return cls(text)
+
+    def __str__(self) -> str:
+        return self.value
 
 
 def canonical_json(value: Any) -> str:
@@ -77,6 +128,12 @@ class Bundle:
     data: dict[str, Any] = field(default_factory=dict)
     revision: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Every way a bundle is made (API, import, UI, CLI, a stored revision) names its
+        # modules through here, so no module can be written outside the bundle's root.
+        for name in self.modules:
+            ModuleId.parse(name)
 
     @classmethod
     def from_files(
@@ -135,7 +192,7 @@ class Bundle:
             tarfile.open(fileobj=gz, mode="w") as tar,
         ):
             for name, content in sorted(files.items()):
-                info = tarfile.TarInfo("/" + name)
+                info = tarfile.TarInfo(_member_name(name))
                 info.size = len(content)
                 info.mode = 0o644
                 tar.addfile(info, io.BytesIO(content))
@@ -197,6 +254,16 @@ def _algorithm_for(key: Any) -> str:
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return "EdDSA"
     raise BundleSignatureError(f"cannot sign bundles with a {type(key).__name__}")
+
+
+def _member_name(name: str) -> str:
+    """The tar member name of bundle file `name`: `/`-rooted as `opa build` writes them, and
+    never one that leaves the root once normalised (a reader extracting it would write
+    outside its directory: CWE-22)."""
+    member = "/" + name
+    if posixpath.normpath(member) != member or ".." in name.split("/"):
+        raise InvalidPolicyBundle(f"{name!r}: not a file name inside the bundle")
+    return member
 
 
 def _read_tar(blob: bytes) -> dict[str, bytes]:

@@ -50,6 +50,13 @@ class InvalidInput(PolicyError):
     code = "invalid_parameter"
 
 
+class InvalidModuleId(PolicyError):
+    """A policy (module) id is not a safe relative path inside a bundle."""
+
+    title = "Invalid policy id"
+    code = "invalid_parameter"
+
+
 class InvalidPolicyBundle(PolicyError):
     """A bundle archive is malformed (layout, manifest, data files)."""
 

@@ -24,7 +24,9 @@ from trustd.api import (
     svid,
     verdicts,
 )
-from trustd.api.middleware import RequestContext
+from trustd.api import openapi as openapi_document
+from trustd.api.middleware import JsonDepthLimit, RequestContext
+from trustd.api.wire import MAX_JSON_DEPTH
 from trustd.bootstrap import write_bundle_file
 from trustd.services.container import Services, build_services
 from trustd.settings import Settings
@@ -70,6 +72,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     )
     app.state.services = services
     problems.install(app)
+    # Added innermost first: the size limit applies before the nesting scan reads a body.
+    app.add_middleware(JsonDepthLimit, max_depth=MAX_JSON_DEPTH)
     app.add_middleware(RequestContext, max_body=settings.max_request_bytes)
     modules = (
         health,
@@ -89,4 +93,5 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         app.include_router(module.router)
     app.mount("/ui/static", StaticFiles(directory=web.STATIC), name="ui-static")
     app.mount("/docs/assets", StaticFiles(directory=docs.ASSETS), name="docs-assets")
+    openapi_document.install(app)
     return app

@@ -34,6 +34,12 @@ class InvalidRequest(TrustdError):
     title = "Invalid request"
 
 
+class ReservedSpiffeId(InvalidRequest):
+    """The SPIFFE ID is one trustd keeps for itself (its server, its agents)."""
+
+    title = "Reserved SPIFFE ID"
+
+
 class PayloadTooLarge(TrustdError):
     title = "Request too large"
 

@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from pki.acme.errors import Malformed
 
@@ -70,8 +70,9 @@ class _Payload(BaseModel):
 
 class NewAccount(_Payload):
     contact: list[str] = Field(default_factory=list, max_length=8)
-    terms_of_service_agreed: bool | None = Field(default=None, alias="termsOfServiceAgreed")
-    only_return_existing: bool = Field(default=False, alias="onlyReturnExisting")
+    # JSON booleans only (RFC 8555 §7.3 types them boolean): "yes" is not an agreement.
+    terms_of_service_agreed: StrictBool | None = Field(default=None, alias="termsOfServiceAgreed")
+    only_return_existing: StrictBool = Field(default=False, alias="onlyReturnExisting")
     external_account_binding: dict[str, Any] | None = Field(
         default=None, alias="externalAccountBinding"
     )
@@ -99,7 +100,9 @@ class Finalize(_Payload):
 
 class Revocation(_Payload):
     certificate: str = Field(max_length=16384)
-    reason: int | None = None
+    # A JSON integer (RFC 8555 §7.6), never true or "1"; one that is no RFC 5280 §5.3.1
+    # CRLReason is badRevocationReason, decided by the caller from a lookup (any size).
+    reason: StrictInt | None = None
 
 
 class AuthorizationUpdate(_Payload):

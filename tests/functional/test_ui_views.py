@@ -372,6 +372,18 @@ def test_invalid_rego_is_refused_and_policy_unchanged(ui: Server) -> None:
     assert "policy:revision:refused" in audit_actions(ui, "ui:admin")
 
 
+@pytest.mark.parametrize("module", ["../../etc/pwn", ".manifest", "x/data.json"])
+def test_a_path_escaping_module_name_is_refused_in_the_editor(ui: Server, module: str) -> None:
+    csrf = sign_in(ui.client, "admin")
+    revision = ui.services.policy.revision
+    edit = {"csrf": csrf, "module": module, "source": "package pwn\n"}
+    assert ui.client.post("/ui/policies/check", data=edit).status_code in (400, 422)
+    refused = ui.client.post("/ui/policies/activate", data=edit, follow_redirects=False)
+    assert refused.status_code in (400, 422)
+    assert ui.services.policy.revision == revision
+    assert not any("pwn" in name for name in ui.services.policy.modules())
+
+
 def test_data_change_activates_and_changes_decisions_then_rolls_back(ui: Server) -> None:
     csrf = sign_in(ui.client, "admin")
     make_entry(ui, "web")

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import unicodedata
 from datetime import timedelta
 from typing import Any
 
@@ -18,7 +19,13 @@ from hypothesis import strategies as st
 
 from pki.clock import FakeClock
 from pki.errors import InvalidJwt, WeakKey
-from pki.jwt_svid import ALLOWED_ALGORITHMS, JwtSvid, mint_jwt_svid, validate_jwt_svid
+from pki.jwt_svid import (
+    ALLOWED_ALGORITHMS,
+    JwtSvid,
+    audience_problem,
+    mint_jwt_svid,
+    validate_jwt_svid,
+)
 from pki.keys import KeyType, PrivateKey, PublicKey, key_id
 from pki.spiffe_id import SpiffeId, TrustDomain
 from tests.unit.pki_helpers import T0, cached_ec_key, cached_key, cached_rsa_key
@@ -453,7 +460,12 @@ def test_allowed_algorithms_are_the_spec_list() -> None:
     path=st.lists(st.text("abcXYZ019._-", min_size=1, max_size=8), max_size=4).map(
         lambda segs: "".join("/" + s for s in segs if s not in (".", ".."))
     ),
-    audience=st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=3),
+    audience=st.lists(
+        st.text(min_size=1, max_size=20).filter(lambda a: audience_problem(a) is None),
+        min_size=1,
+        max_size=3,
+        unique=True,
+    ),
     ttl_seconds=st.integers(min_value=1, max_value=86400 * 365),
 )
 def test_mint_validate_round_trip(path: str, audience: list[str], ttl_seconds: int) -> None:
@@ -468,3 +480,19 @@ def test_mint_validate_round_trip(path: str, audience: list[str], ttl_seconds: i
         assert again == svid
         assert again.spiffe_id == sid
         assert again.expiry - again.issued_at == timedelta(seconds=ttl_seconds)
+
+
+@given(st.lists(st.text(max_size=8), min_size=1, max_size=4))
+def test_only_distinct_visible_audiences_are_minted(audience: list[str]) -> None:
+    """Whatever mint accepts is distinct, not blank and free of control and bidi characters;
+    whatever it refuses is refused with InvalidJwt (never another error)."""
+    key = cached_ec_key("secp256r1")
+    sid = SpiffeId.parse("spiffe://example.org/w")
+    try:
+        svid = mint_jwt_svid(key, "k", sid, audience, timedelta(minutes=5), FakeClock(T0))
+    except InvalidJwt:
+        return
+    assert len(set(svid.audience)) == len(svid.audience)
+    for value in svid.audience:
+        assert value.strip()
+        assert all(unicodedata.category(ch) not in ("Cc", "Cf", "Cs") for ch in value)

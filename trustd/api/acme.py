@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from pki.acme.errors import UnsupportedMediaType
@@ -22,6 +22,7 @@ from pki.acme.jws import b64encode
 from pki.errors import TrustdError
 from trustd.api import problems
 from trustd.api.deps import AdminDep, Exemption, ServicesDep, exempt, require
+from trustd.api.wire import CountQuery, Seconds, WireModel
 from trustd.domain.acme import (
     Account,
     AuthorizationView,
@@ -221,7 +222,7 @@ async def account(account_id: str, request: Request, services: ServicesDep) -> J
 
 @acme_router.post("/account/{account_id}/orders")
 async def account_orders(
-    account_id: str, request: Request, services: ServicesDep, cursor: int = 0
+    account_id: str, request: Request, services: ServicesDep, cursor: CountQuery = 0
 ) -> JSONResponse:
     """The account's orders, paginated with Link rel="next" (RFC 8555 §7.1.2.1)."""
     page = await _authenticated(
@@ -319,7 +320,10 @@ async def certificate(serial: str, request: Request, services: ServicesDep) -> R
 
 @acme_router.post("/cert/{serial}/{alternate}")
 async def certificate_alternate(
-    serial: str, alternate: int, request: Request, services: ServicesDep
+    serial: str,
+    alternate: Annotated[int, Path(ge=0, le=16)],
+    request: Request,
+    services: ServicesDep,
 ) -> Response:
     """An alternate chain: the same leaf, ending in the root."""
     return await _certificate(serial, alternate, request, services)
@@ -343,11 +347,7 @@ def renewal_info(cert_id: str, services: ServicesDep) -> JSONResponse:
 # --------------------------------------------------------------------------- admin view
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class AcmeAccountPublic(_Strict):
+class AcmeAccountPublic(WireModel):
     id: str
     status: str
     contact: list[str]
@@ -356,7 +356,7 @@ class AcmeAccountPublic(_Strict):
     created_at: datetime
 
 
-class AcmeOrderPublic(_Strict):
+class AcmeOrderPublic(WireModel):
     id: str
     account_id: str
     status: str
@@ -368,7 +368,7 @@ class AcmeOrderPublic(_Strict):
     created_at: datetime
 
 
-class AcmeCertificatePublic(_Strict):
+class AcmeCertificatePublic(WireModel):
     serial: str
     account_id: str
     order_id: str
@@ -380,14 +380,14 @@ class AcmeCertificatePublic(_Strict):
     revocation_reason: str | None
 
 
-class EabKeyCreate(_Strict):
+class EabKeyCreate(WireModel):
     label: str = Field(min_length=1, max_length=128)
     dns_suffixes: list[str] = Field(default_factory=list, max_length=64)
     ip_networks: list[str] = Field(default_factory=list, max_length=64)
-    ttl: int | None = Field(default=None, gt=0, description="Lifetime in seconds")
+    ttl: Seconds | None = Field(default=None, description="Lifetime in seconds")
 
 
-class EabKeyPublic(_Strict):
+class EabKeyPublic(WireModel):
     id: str
     label: str
     dns_suffixes: list[str]

@@ -24,6 +24,7 @@ from trustd.api.schemas import (
     SyncResponse,
 )
 from trustd.api.svid import jwt_svid_response
+from trustd.api.wire import CountQuery, SinceQuery
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"], dependencies=[exempt(Exemption.AGENT)])
 
@@ -32,10 +33,10 @@ router = APIRouter(prefix="/v1/agents", tags=["agents"], dependencies=[exempt(Ex
 async def sync(
     node: NodeDep,
     services: ServicesDep,
-    since: Annotated[int, Query(ge=0)] = 0,
-    revoked_since: Annotated[int | None, Query(ge=0)] = None,
+    since: SinceQuery = 0,
+    revoked_since: Annotated[CountQuery | None, Query()] = None,
     wait: Annotated[float, Query(ge=0, le=60)] = 30.0,
-    verdict_since: Annotated[int | None, Query(ge=0)] = None,
+    verdict_since: Annotated[CountQuery | None, Query()] = None,
 ) -> Response:
     """Answers at once when the node's state changed after revision `since`, a
     certificate was revoked after revocation revision `revoked_since`, or the node's

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Response
 
 from trustd.api.deps import AdminDep, ServicesDep, require
 from trustd.api.schemas import (
@@ -16,6 +14,7 @@ from trustd.api.schemas import (
     EntryUpdate,
     ReportedAddressPublic,
 )
+from trustd.api.wire import LimitQuery, OffsetQuery
 from trustd.domain.entries import Entry
 from trustd.services.entries import EntryFilter, EntryPatch, EntrySpec
 
@@ -60,8 +59,8 @@ def list_entries(
     spiffe_id: str | None = None,
     parent_id: str | None = None,
     selector: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: LimitQuery = 100,
+    offset: OffsetQuery = 0,
 ) -> EntryPage:
     """Entries, filtered by SPIFFE ID, parent ID or one selector; paged."""
     rows, total = services.entries.search(

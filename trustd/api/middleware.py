@@ -1,4 +1,5 @@
-"""ASGI middleware: request ids, body size limit, access log and latency metrics."""
+"""ASGI middleware: request ids, body size limit, the last word on unexpected errors, access
+log and latency metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 import re
 import secrets
 import time
+from typing import Any
+from urllib.parse import parse_qsl
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,6 +19,7 @@ from trustd.errors import PayloadTooLarge
 from trustd.services.audit import request_id_var
 
 access_log = structlog.get_logger("trustd.access")
+error_log = structlog.get_logger("trustd.api")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -39,6 +43,7 @@ class RequestContext:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
         status = 500
+        started_response = False
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             too_large = True
@@ -48,9 +53,10 @@ class RequestContext:
             too_large = False
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started_response = True
                 message["headers"] = [
                     *message.get("headers", []),
                     (b"x-request-id", request_id.encode()),
@@ -62,6 +68,15 @@ class RequestContext:
                 await _too_large(self.max_body, send_wrapper)
             else:
                 await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            # An exception no handler mapped ends here, logged once. It is not re-raised:
+            # Starlette's ServerErrorMiddleware and the server would each log it again.
+            # Once the response has started there is nothing left to answer with; the
+            # server then closes the connection and logs it (the only log line).
+            if started_response:
+                raise
+            error_log.exception("unhandled_error", error=type(exc).__name__)
+            await _internal_error(send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
@@ -111,18 +126,32 @@ def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
 
 
 async def _too_large(limit: int, send: Send) -> None:
+    await send_problem(
+        send,
+        413,
+        PayloadTooLarge.title,
+        f"request bodies are limited to {limit} bytes",
+        problem_type(PayloadTooLarge.__name__),
+    )
+
+
+async def _internal_error(send: Send) -> None:
+    # The client learns nothing about internals (trustd.api.problems does the same).
+    await send_problem(send, 500, "Internal error", "the server could not complete this")
+
+
+async def send_problem(
+    send: Send, status: int, title: str, detail: str, type_: str = "about:blank", **extra: Any
+) -> None:
+    """Answer with an RFC 9457 problem document from ASGI middleware (below the app's
+    exception handlers)."""
     body = json.dumps(
-        {
-            "type": problem_type(PayloadTooLarge.__name__),
-            "title": PayloadTooLarge.title,
-            "status": 413,
-            "detail": f"request bodies are limited to {limit} bytes",
-        }
+        {"type": type_, "title": title, "status": status, "detail": detail, **extra}
     ).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", PROBLEM_JSON.encode()),
                 (b"content-length", str(len(body)).encode()),
@@ -130,3 +159,108 @@ async def _too_large(limit: int, send: Send) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+# -- JSON nesting -------------------------------------------------------------------------
+
+# A JSON string (possibly unterminated: it then runs to the end, as the parser would read
+# it) or a bracket. Possessive, so a body of many quotes is scanned in linear time.
+_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*+(?:"|\Z)|[\[\]{}]', re.DOTALL)
+_OPENERS = frozenset(b"[{")
+# Bodies that are not JSON text: scanning them would only find brackets by chance.
+_NOT_JSON = frozenset(
+    {
+        "application/gzip",
+        "application/x-gzip",
+        "application/octet-stream",
+        "application/ocsp-request",
+        "application/pkcs10",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+    }
+)
+# The OPA-compatible API answers with OPA's error body (`code`, `message`) as well.
+_OPA_PREFIXES = ("/v1/data", "/v1/query", "/v1/batch", "/v1/policies", "/v1/compile")
+
+
+def json_depth_exceeds(text: bytes, limit: int) -> bool:
+    """Whether JSON `text` nests arrays and objects deeper than `limit`. Brackets inside
+    strings do not count; text that is not JSON is judged as the JSON parser would read it
+    up to its first error, so whatever passes cannot exhaust a recursive parser."""
+    if text.count(b"[") + text.count(b"{") <= limit:
+        return False  # cannot nest deeper than it has brackets: the common case, O(n) in C
+    depth = 0
+    for match in _JSON_TOKENS.finditer(text):
+        first = match.group()[0]
+        if first in _OPENERS:
+            depth += 1
+            if depth > limit:
+                return True
+        elif first != 0x22:  # a closing bracket (0x22 is the quote of a string)
+            depth = max(depth - 1, 0)
+    return False
+
+
+class JsonDepthLimit:
+    """Refuses a request whose JSON body or query parameter nests deeper than `max_depth`
+    (400), before any handler parses it.
+
+    Python's JSON parser, pydantic and every recursive walk over a document recurse once per
+    level: 100,000 nested `[` end in RecursionError, a 500. RFC 8259 §9 lets a parser limit
+    nesting depth; trustd does it once, here, for every route and every later handler.
+    """
+
+    def __init__(self, app: ASGIApp, max_depth: int) -> None:
+        self.app = app
+        self.max_depth = max_depth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        query = scope.get("query_string", b"")
+        if query and any(
+            json_depth_exceeds(value.encode(), self.max_depth)
+            for _, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+        ):
+            await self._refuse(scope, send, "a query parameter")
+            return
+        if scope["method"] in _BODY_METHODS and _may_be_json(scope):
+            body, receive = await _read_body(receive)
+            if json_depth_exceeds(body, self.max_depth):
+                await self._refuse(scope, send, "the request body")
+                return
+        await self.app(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, send: Send, where: str) -> None:
+        detail = f"{where} nests JSON deeper than {self.max_depth} levels"
+        extra: dict[str, Any] = {}
+        if str(scope["path"]).startswith(_OPA_PREFIXES):
+            # OPA REST API "Errors": a body OPA cannot decode is invalid_parameter.
+            extra = {"code": "invalid_parameter", "message": detail}
+        await send_problem(
+            send, 400, "Invalid request", detail, problem_type("InvalidRequest"), **extra
+        )
+
+
+def _may_be_json(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            media = value.decode("latin-1").split(";", 1)[0].strip().lower()
+            return media not in _NOT_JSON
+    return True
+
+
+async def _read_body(receive: Receive) -> tuple[bytes, Receive]:
+    """The whole body (its size is already bounded by `RequestContext`), and a receive that
+    replays it."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), _replay([message])
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    return body, _replay([{"type": "http.request", "body": body}], receive)

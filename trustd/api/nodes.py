@@ -22,7 +22,7 @@ from trustd.api.schemas import (
 from trustd.domain.certificates import IssuedX509
 from trustd.domain.nodes import Node, NodeStatus
 from trustd.errors import InvalidRequest
-from trustd.services.nodes import AGENT_PATH
+from trustd.services.issuance import AGENT_PATH
 
 router = APIRouter(tags=["nodes"])
 

@@ -53,6 +53,7 @@ from trustd.api.policy_schemas import (
     PolicyStatus,
 )
 from trustd.api.problems import problem_response, problem_type
+from trustd.api.wire import CountQuery, LimitQuery, RevisionPath
 from trustd.domain.policy import Decision, PolicyRevisionRecord
 from trustd.errors import InvalidRequest, NotFound, Unauthenticated
 from trustd.services.auth import Principal
@@ -629,7 +630,9 @@ def create_bundle(
 
 
 @admin.get("/bundles/{revision}", dependencies=[require("admin:policy:read")])
-def get_bundle(revision: int, principal: AdminDep, services: ServicesDep) -> dict[str, Any]:
+def get_bundle(
+    revision: RevisionPath, principal: AdminDep, services: ServicesDep
+) -> dict[str, Any]:
     """A revision with its modules and data."""
     row = services.policy.get_revision(revision)
     return {
@@ -645,7 +648,7 @@ def get_bundle(revision: int, principal: AdminDep, services: ServicesDep) -> dic
     dependencies=[require("admin:policy:write")],
 )
 def activate_bundle(
-    revision: int, principal: AdminDep, services: ServicesDep
+    revision: RevisionPath, principal: AdminDep, services: ServicesDep
 ) -> PolicyRevisionPublic:
     """Make a revision active on every replica."""
     row = services.policy.activate(principal, revision)
@@ -665,8 +668,8 @@ def rollback(principal: AdminDep, services: ServicesDep) -> PolicyRevisionPublic
 def diff_bundles(
     principal: AdminDep,
     services: ServicesDep,
-    old: Annotated[int, Query(alias="from")],
-    new: Annotated[int, Query(alias="to")],
+    old: Annotated[CountQuery, Query(alias="from")],
+    new: Annotated[CountQuery, Query(alias="to")],
 ) -> dict[str, Any]:
     """Modules and data that differ between two revisions."""
     return services.policy.diff(old, new)
@@ -695,7 +698,7 @@ async def import_bundle(
     response_class=Response,
     dependencies=[require("admin:policy:read")],
 )
-def export_bundle(revision: int, principal: AdminDep, services: ServicesDep) -> Response:
+def export_bundle(revision: RevisionPath, principal: AdminDep, services: ServicesDep) -> Response:
     """The revision as an OPA bundle (signed when a signing key is configured)."""
     return Response(
         services.policy.export_bundle(revision),
@@ -727,7 +730,7 @@ def list_decisions(
         ),
     ] = None,
     undefined: bool = False,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: LimitQuery = 100,
 ) -> list[DecisionPublic]:
     """Logged decisions, newest first, filtered by time, path, caller and result."""
     rows = services.policy.query_decisions(

@@ -5,22 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from trustd.api.wire import Flag, WireModel
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class BundleCreate(_Strict):
+class BundleCreate(WireModel):
     modules: dict[str, str] = Field(description="Rego source by file name", max_length=1000)
     data: dict[str, Any] = Field(default_factory=dict)
     label: str = Field(default="", max_length=256, description="The manifest's revision")
     note: str = Field(default="", max_length=512)
-    activate: bool = True
+    activate: Flag = True
 
 
-class PolicyRevisionPublic(_Strict):
+class PolicyRevisionPublic(WireModel):
     revision: int
     label: str
     digest: str
@@ -32,14 +30,14 @@ class PolicyRevisionPublic(_Strict):
     active: bool
 
 
-class PolicyStatus(_Strict):
+class PolicyStatus(WireModel):
     revision: int | None
     engine: str
     cached_decisions: int
     decision_log_dropped: int
 
 
-class DecisionPublic(_Strict):
+class DecisionPublic(WireModel):
     decision_id: str
     timestamp: datetime
     path: str

@@ -52,6 +52,7 @@ _STATUS: dict[type[TrustdError], int] = {
     # (engine error or panic) is reported with its reason, not hidden as a 500.
     policy_errors.PolicyCompileError: 400,
     policy_errors.InvalidInput: 400,
+    policy_errors.InvalidModuleId: 400,
     policy_errors.InvalidPolicyBundle: 400,
     policy_errors.BundleSignatureError: 400,
     policy_errors.UnknownPath: 404,
@@ -207,11 +208,6 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled_error", error=type(exc).__name__)
-    return problem_response(500, "Internal error", "the server could not complete this")
-
-
 _TITLES = {404: "Not found", 405: "Method not allowed", 413: "Request too large"}
 
 
@@ -219,4 +215,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(TrustdError, _trustd_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unhandled)
+    # Exceptions nothing maps are answered (and logged, once) by `RequestContext`: a
+    # handler for `Exception` runs in Starlette's ServerErrorMiddleware, which re-raises
+    # after answering, so the server logged every 500 a second time.

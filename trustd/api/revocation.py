@@ -24,6 +24,7 @@ from trustd.api.schemas import (
     RevokeRequest,
     RevokeResult,
 )
+from trustd.api.wire import LimitQuery, SinceQuery
 from trustd.domain.certificates import CertificateRecord, CertificateStatus
 from trustd.domain.rotation import KeyChange
 
@@ -33,7 +34,6 @@ PKIX_CRL = "application/pkix-crl"
 OCSP_REQUEST = "application/ocsp-request"
 OCSP_RESPONSE = "application/ocsp-response"
 KidPath = Annotated[str, Path(max_length=64, pattern="^[0-9a-f]+$")]
-Limit = Annotated[int, Query(ge=1, le=1000)]
 
 # --------------------------------------------------------------------------- public
 
@@ -120,7 +120,7 @@ def list_certificates(
     status: CertificateStatus | None = None,
     issuer_kid: Annotated[str | None, Query(max_length=64)] = None,
     after: Annotated[str | None, Query(max_length=64, description="Last serial seen")] = None,
-    limit: Limit = 100,
+    limit: LimitQuery = 100,
 ) -> list[CertificatePublic]:
     """Issued certificates ordered by serial, a page at a time."""
     rows = services.revocations.list_certificates(
@@ -152,8 +152,8 @@ def show_certificate(
 def revocations_since(
     principal: AdminDep,
     services: ServicesDep,
-    since: Annotated[int, Query(ge=0)] = 0,
-    limit: Limit = 1000,
+    since: SinceQuery = 0,
+    limit: LimitQuery = 1000,
 ) -> RevocationFeedPublic:
     """Revocations after revision `since`, oldest first (what agents apply)."""
     feed = services.revocations.since(since, limit)
@@ -237,7 +237,7 @@ def reissue_batch(
     principal: AdminDep,
     services: ServicesDep,
     after: Annotated[str | None, Query(max_length=64, description="Last serial seen")] = None,
-    limit: Limit = 100,
+    limit: LimitQuery = 100,
 ) -> list[CertificatePublic]:
     """The next batch of unexpired certificates a tainted key signed, to re-issue."""
     return [_certificate(r) for r in services.rotation.reissue(kid, after, limit)]

@@ -5,26 +5,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from pki.revocation import RevocationReason
 from pki.rotation import KeyKind as CaKeyKind
+from trustd.api.wire import Count, Flag, Seconds, WireModel
 from trustd.domain.verdicts import VerdictDelta
 from trustd.roles import Role
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class X509SvidRequest(_Strict):
+class X509SvidRequest(WireModel):
     spiffe_id: str = Field(max_length=2048, examples=["spiffe://example.org/web"])
     csr: str = Field(max_length=16384, description="PKCS#10 certificate signing request, PEM")
-    ttl: int | None = Field(default=None, gt=0, description="Lifetime in seconds")
+    ttl: Seconds | None = Field(default=None, description="Lifetime in seconds")
     dns_names: list[str] = Field(default_factory=list, max_length=32)
 
 
-class X509SvidResponse(_Strict):
+class X509SvidResponse(WireModel):
     spiffe_id: str
     serial: str
     not_before: datetime
@@ -34,13 +31,13 @@ class X509SvidResponse(_Strict):
     bundle: str = Field(description="The trust domain's X.509 authorities, PEM")
 
 
-class JwtSvidRequest(_Strict):
+class JwtSvidRequest(WireModel):
     spiffe_id: str = Field(max_length=2048)
     audience: list[str] = Field(min_length=1, max_length=16)
-    ttl: int | None = Field(default=None, gt=0, description="Lifetime in seconds")
+    ttl: Seconds | None = Field(default=None, description="Lifetime in seconds")
 
 
-class JwtSvidResponse(_Strict):
+class JwtSvidResponse(WireModel):
     token: str
     spiffe_id: str
     audience: list[str]
@@ -48,7 +45,7 @@ class JwtSvidResponse(_Strict):
     expires_at: datetime
 
 
-class AuthorityPublic(_Strict):
+class AuthorityPublic(WireModel):
     kind: str
     kid: str
     status: str
@@ -60,19 +57,19 @@ class AuthorityPublic(_Strict):
     sha256: str | None
 
 
-class CaPublic(_Strict):
+class CaPublic(WireModel):
     trust_domain: str
     bundle_sequence: int
     authorities: list[AuthorityPublic]
 
 
-class TokenCreate(_Strict):
+class TokenCreate(WireModel):
     name: str = Field(min_length=1, max_length=128)
     role: Role = Role.ADMIN
-    ttl: int | None = Field(default=None, gt=0, description="Lifetime in seconds")
+    ttl: Seconds | None = Field(default=None, description="Lifetime in seconds")
 
 
-class TokenPublic(_Strict):
+class TokenPublic(WireModel):
     id: str
     name: str
     role: Role
@@ -86,41 +83,41 @@ class TokenCreated(TokenPublic):
     token: str = Field(description="Shown once; only its hash is stored")
 
 
-class Health(_Strict):
+class Health(WireModel):
     status: Literal["ok"]
 
 
-class EntryCreate(_Strict):
+class EntryCreate(WireModel):
     spiffe_id: str = Field(max_length=2048)
     parent_id: str = Field(max_length=2048)
     selectors: list[str] = Field(min_length=1, max_length=64)
-    x509_ttl: int | None = Field(default=None, gt=0, description="Seconds")
-    jwt_ttl: int | None = Field(default=None, gt=0, description="Seconds")
+    x509_ttl: Seconds | None = Field(default=None, description="Seconds")
+    jwt_ttl: Seconds | None = Field(default=None, description="Seconds")
     dns_names: list[str] = Field(default_factory=list, max_length=32)
-    admin: bool = False
-    downstream: bool = False
+    admin: Flag = False
+    downstream: Flag = False
     hint: str = Field(default="", max_length=256)
     ip_addresses: list[str] = Field(default_factory=list, max_length=64)
 
 
-class EntryBatch(_Strict):
+class EntryBatch(WireModel):
     entries: list[EntryCreate] = Field(min_length=1, max_length=500)
 
 
-class EntryUpdate(_Strict):
+class EntryUpdate(WireModel):
     spiffe_id: str | None = Field(default=None, max_length=2048)
     parent_id: str | None = Field(default=None, max_length=2048)
     selectors: list[str] | None = Field(default=None, min_length=1, max_length=64)
-    x509_ttl: int | None = Field(default=None, gt=0)
-    jwt_ttl: int | None = Field(default=None, gt=0)
+    x509_ttl: Seconds | None = None
+    jwt_ttl: Seconds | None = None
     dns_names: list[str] | None = Field(default=None, max_length=32)
-    admin: bool | None = None
-    downstream: bool | None = None
+    admin: Flag | None = None
+    downstream: Flag | None = None
     hint: str | None = Field(default=None, max_length=256)
     ip_addresses: list[str] | None = Field(default=None, max_length=64)
 
 
-class EntryPublic(_Strict):
+class EntryPublic(WireModel):
     id: str
     spiffe_id: str
     parent_id: str
@@ -137,7 +134,7 @@ class EntryPublic(_Strict):
     updated_at: datetime
 
 
-class ReportedAddressPublic(_Strict):
+class ReportedAddressPublic(WireModel):
     node_id: str
     address: str
     reported_at: datetime
@@ -149,19 +146,19 @@ class EntryDetail(EntryPublic):
     )
 
 
-class EntryPage(_Strict):
+class EntryPage(WireModel):
     entries: list[EntryPublic]
     total: int
     limit: int
     offset: int
 
 
-class JoinTokenCreate(_Strict):
-    ttl: int | None = Field(default=None, gt=0, le=7 * 86400, description="Seconds")
+class JoinTokenCreate(WireModel):
+    ttl: Seconds | None = Field(default=None, le=7 * 86400, description="Seconds")
     selectors: list[str] = Field(default_factory=list, max_length=32)
 
 
-class JoinTokenCreated(_Strict):
+class JoinTokenCreated(WireModel):
     id: str
     token: str = Field(description="Shown once")
     expires_at: datetime
@@ -171,7 +168,7 @@ class JoinTokenCreated(_Strict):
     ca_sha256: list[str] = Field(description="Root CA fingerprints the agent may pin")
 
 
-class AttestRequest(_Strict):
+class AttestRequest(WireModel):
     attestor: str = Field(max_length=32, examples=["join_token", "k8s_psat", "x509pop"])
     evidence: dict[str, Any]
     csr: str | None = Field(
@@ -179,24 +176,24 @@ class AttestRequest(_Strict):
     )
 
 
-class ChallengeResponse(_Strict):
+class ChallengeResponse(WireModel):
     challenge: str
 
 
-class SvidChain(_Strict):
+class SvidChain(WireModel):
     spiffe_id: str
     certificate: str
     intermediates: list[str]
     not_after: datetime
 
 
-class AttestResponse(_Strict):
+class AttestResponse(WireModel):
     spiffe_id: str
     svid: SvidChain
     bundle: dict[str, Any] = Field(description="The SPIFFE bundle (JWKS)")
 
 
-class NodePublic(_Strict):
+class NodePublic(WireModel):
     spiffe_id: str
     attestor: str
     agent_id: str
@@ -209,18 +206,18 @@ class NodePublic(_Strict):
     applied_revision: int
 
 
-class NodeAction(_Strict):
+class NodeAction(WireModel):
     spiffe_id: str = Field(max_length=2048)
 
 
-class RevokedSvid(_Strict):
+class RevokedSvid(WireModel):
     serial: str
     spiffe_id: str | None
     reason: str
     revision: int
 
 
-class SyncResponse(_Strict):
+class SyncResponse(WireModel):
     changed: bool
     revision: int
     entries: list[EntryPublic] = Field(default_factory=list)
@@ -231,12 +228,12 @@ class SyncResponse(_Strict):
     verdicts: VerdictDelta | None = None
 
 
-class Ack(_Strict):
-    revision: int = Field(ge=0)
-    verdict_revision: int | None = Field(default=None, ge=0)
+class Ack(WireModel):
+    revision: Count
+    verdict_revision: Count | None = None
 
 
-class AgentVerdictLag(_Strict):
+class AgentVerdictLag(WireModel):
     node_id: str
     revision: int
     applied_revision: int
@@ -244,12 +241,12 @@ class AgentVerdictLag(_Strict):
     applied_at: datetime | None
 
 
-class CsrForEntry(_Strict):
+class CsrForEntry(WireModel):
     entry_id: str = Field(max_length=32)
     csr: str = Field(max_length=16384)
 
 
-class SvidBatchRequest(_Strict):
+class SvidBatchRequest(WireModel):
     csrs: list[CsrForEntry] = Field(min_length=1, max_length=500)
 
 
@@ -257,40 +254,40 @@ class SignedForEntry(SvidChain):
     entry_id: str
 
 
-class RefusedForEntry(_Strict):
+class RefusedForEntry(WireModel):
     entry_id: str
     detail: str
 
 
-class SvidBatchResponse(_Strict):
+class SvidBatchResponse(WireModel):
     svids: list[SignedForEntry]
     refused: list[RefusedForEntry]
 
 
-class AgentJwtRequest(_Strict):
+class AgentJwtRequest(WireModel):
     entry_id: str = Field(max_length=32)
     audience: list[str] = Field(min_length=1, max_length=16)
 
 
-class ReportedIdentity(_Strict):
+class ReportedIdentity(WireModel):
     spiffe_id: str = Field(max_length=2048)
     addresses: list[str] = Field(max_length=64, description="IPv4 addresses, dotted quad")
 
 
-class AddressReport(_Strict):
+class AddressReport(WireModel):
     """Every workload address the agent knows of, by SPIFFE ID; replaces its last report."""
 
     identities: list[ReportedIdentity] = Field(max_length=1000)
 
 
-class RenewRequest(_Strict):
+class RenewRequest(WireModel):
     csr: str = Field(max_length=16384)
 
 
 # --------------------------------------------------------------------------- rotation, revocation
 
 
-class RevokeRequest(_Strict):
+class RevokeRequest(WireModel):
     """Exactly one of `serial` and `spiffe_id`."""
 
     serial: str | None = Field(default=None, max_length=64, pattern="^[0-9a-fA-F]+$")
@@ -298,12 +295,12 @@ class RevokeRequest(_Strict):
     reason: RevocationReason = RevocationReason.UNSPECIFIED
 
 
-class RevokeResult(_Strict):
+class RevokeResult(WireModel):
     serials: list[str]
     revision: int
 
 
-class CertificatePublic(_Strict):
+class CertificatePublic(WireModel):
     serial: str
     kind: str
     spiffe_id: str | None
@@ -321,7 +318,7 @@ class CertificateDetail(CertificatePublic):
     certificate: str = Field(description="PEM")
 
 
-class RevocationEventPublic(_Strict):
+class RevocationEventPublic(WireModel):
     revision: int
     serial: str
     issuer_kid: str
@@ -331,25 +328,25 @@ class RevocationEventPublic(_Strict):
     not_after: datetime
 
 
-class RevocationFeedPublic(_Strict):
+class RevocationFeedPublic(WireModel):
     revision: int = Field(description="Ask again with since=<this> for what comes next")
     events: list[RevocationEventPublic]
 
 
-class KeyPrepare(_Strict):
+class KeyPrepare(WireModel):
     kind: CaKeyKind
 
 
-class KeyActivate(_Strict):
+class KeyActivate(WireModel):
     kind: CaKeyKind
     kid: str | None = Field(default=None, max_length=64)
 
 
-class KeyRevoke(_Strict):
+class KeyRevoke(WireModel):
     reason: RevocationReason = RevocationReason.KEY_COMPROMISE
 
 
-class KeyChangePublic(_Strict):
+class KeyChangePublic(WireModel):
     kid: str
     kind: str
     status: str

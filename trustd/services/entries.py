@@ -25,7 +25,13 @@ from trustd.domain.entries import Entry, EntryAddress
 from trustd.errors import Conflict, InvalidRequest, NotFound
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
-from trustd.services.issuance import JWT_SVID, SERVER_PATH, CredentialKind, lifetime
+from trustd.services.issuance import (
+    JWT_SVID,
+    SERVER_PATH,
+    CredentialKind,
+    lifetime,
+    require_unreserved,
+)
 from trustd.services.sync import announce, bump_revision
 from trustd.services.verdicts import prune_reported_addresses
 from trustd.settings import Settings
@@ -153,6 +159,7 @@ class Entries:
         spiffe_id.require_member_of(self._td)
         if spiffe_id.is_trust_domain_id:
             raise InvalidRequest("an entry's SPIFFE ID needs a path (SPIFFE-ID §2.2)")
+        require_unreserved(spiffe_id)
         parent = SpiffeId.parse(spec.parent_id)
         parent.require_member_of(self._td)
         if parent == spiffe_id:
@@ -204,8 +211,9 @@ class Entries:
             try:
                 values.append(self._validated(spec))
             except InvalidRequest as exc:
-                raise InvalidRequest(
-                    exc.detail if len(specs) == 1 else f"entry {index}: {exc.detail}"
+                # The same kind of error (its problem type), naming the entry in a batch.
+                raise type(exc)(
+                    exc.detail if len(specs) == 1 else f"entry {index}: {exc.detail}", **exc.fields
                 ) from None
         keys = [(v["spiffe_id"], v["parent_id"], v["selectors"]) for v in values]
         if len(set(keys)) != len(keys):

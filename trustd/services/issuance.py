@@ -39,7 +39,7 @@ from pki.spiffe_id import SpiffeId
 from pki.x509_svid import X509SvidParams, issue_x509_svid
 from trustd import metrics
 from trustd.domain.certificates import CertificateKind, IssuedX509
-from trustd.errors import InvalidRequest, NotReady
+from trustd.errors import InvalidRequest, NotReady, ReservedSpiffeId
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
 from trustd.services.ca import SYSTEM_ACTOR, CertificateAuthority, crl_url
@@ -49,6 +49,7 @@ from trustd.store.db import transaction
 from trustd.store.group_commit import GroupCommit, Insertion, create_rows
 
 __all__ = [
+    "AGENT_PATH",
     "JWT_SVID",
     "SERVER_PATH",
     "CredentialKind",
@@ -58,9 +59,29 @@ __all__ = [
     "ServingCredential",
     "ca_pems",
     "lifetime",
+    "require_unreserved",
 ]
 
 SERVER_PATH = "/trustd/server"
+AGENT_PATH = "/trustd/agent"
+
+
+def require_unreserved(spiffe_id: SpiffeId) -> None:
+    """Refuse trustd's own identities for anything but what trustd issues itself: its server
+    (the serving certificate agents pin) and its agents (node SVIDs after attestation). An
+    X509-SVID, JWT-SVID or registration entry naming one would let its holder impersonate
+    the server to agents or a node to the server.
+
+    Raises:
+        ReservedSpiffeId: `spiffe_id` is the server's or under the agents' path.
+    """
+    path = spiffe_id.path
+    if path in (SERVER_PATH, AGENT_PATH) or path.startswith(AGENT_PATH + "/"):
+        raise ReservedSpiffeId(
+            f"{spiffe_id} is reserved for trustd's own server and agents", spiffe_id=str(spiffe_id)
+        )
+
+
 # The metric label and lifetime class of JWT-SVIDs; X.509 credentials use `CertificateKind`.
 JWT_SVID: Final = "jwt-svid"
 CredentialKind = CertificateKind | Literal["jwt-svid"]
@@ -235,6 +256,9 @@ class Issuer:
         if isinstance(spiffe_id, str):
             spiffe_id = SpiffeId.parse(spiffe_id)
         spiffe_id.require_member_of(self._settings.trust_domain_obj)
+        if request.kind == CertificateKind.X509_SVID:
+            # Node SVIDs and the serving certificate are the only credentials for these.
+            require_unreserved(spiffe_id)
         ttl = lifetime(self._settings, request.kind, request.ttl)
         if request.csr is not None:
             public_key = csr_public_key(parse_csr(request.csr))
@@ -414,6 +438,7 @@ class Issuer:
         try:
             sid = SpiffeId.parse(spiffe_id)
             sid.require_member_of(self._settings.trust_domain_obj)
+            require_unreserved(sid)
             ttl = lifetime(self._settings, JWT_SVID, ttl)
             signer = self._ca.state.jwt_signer
             svid = mint_jwt_svid(signer.key, signer.kid, sid, audience, ttl, self._clock)

@@ -44,7 +44,7 @@ from trustd.errors import (
 )
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
-from trustd.services.issuance import IssuanceRequest, Issuer
+from trustd.services.issuance import AGENT_PATH, IssuanceRequest, Issuer
 from trustd.services.sync import announce, bump_revision
 from trustd.services.verdicts import delete_reported_addresses
 from trustd.settings import Settings
@@ -61,7 +61,6 @@ from trustd.store.nodes import (
     update_node,
 )
 
-AGENT_PATH = "/trustd/agent"
 NODE_CREDENTIAL_TYPE = "trustd-node+jwt"
 # Our own protocol, so our own allow-list: asymmetric algorithms only.
 NODE_CREDENTIAL_ALGORITHMS = ("ES256", "ES384", "RS256", "PS256", "EdDSA")

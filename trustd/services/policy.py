@@ -35,7 +35,7 @@ from sqlmodel import Session
 
 from pki.clock import Clock
 from policy import data as documents
-from policy.bundle import Bundle, canonical_json, diff
+from policy.bundle import Bundle, ModuleId, canonical_json, diff
 from policy.compile import check_query, query_refusal, refusal, rule_paths
 from policy.engine import EmbeddedEngine, PolicyEngine, Result, parse_path
 from policy.errors import InvalidDataWrite, InvalidInput, PolicyEvaluationError, UnknownPath
@@ -43,7 +43,7 @@ from policy.remote import RemoteEngine
 from policy.testing import load_directory
 from trustd.bus import Bus
 from trustd.domain.policy import Decision, DecisionFilter, LoggedDecision, PolicyRevisionRecord
-from trustd.errors import Conflict, InvalidRequest, NotFound, NotReady
+from trustd.errors import Conflict, NotFound, NotReady
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
 from trustd.settings import Settings
@@ -749,12 +749,11 @@ class PolicyService:
         """A new revision: the active bundle with `module_id` added or replaced, activated.
 
         Raises:
-            InvalidRequest: the id is empty or too long.
+            InvalidModuleId: the id is not a safe relative path.
             PolicyCompileError: the module (or the bundle with it) does not compile, or one
                 of its rules lives where a data document does.
         """
-        if not module_id or len(module_id) > 256:
-            raise InvalidRequest("a policy id is 1 to 256 characters")
+        module_id = str(ModuleId.parse(module_id))
 
         def change(base: Bundle) -> Bundle:
             return Bundle({**base.modules, module_id: source}, base.data)

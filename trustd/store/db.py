@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Session
@@ -21,6 +22,7 @@ from trustd.store import schema as _schema  # noqa: F401
 def create_db_engine(url: str) -> Engine:
     """Create an engine with the per-backend settings trustd relies on."""
     if url.startswith("sqlite"):
+        _create_private(make_url(url).database)
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30},
@@ -38,6 +40,23 @@ def create_db_engine(url: str) -> Engine:
         pool_pre_ping=True,
         connect_args={"connect_timeout": 3},
     )
+
+
+def _create_private(path: str | None) -> None:
+    """Create the SQLite file owner-only (0600) before SQLite does (with 0644 under the usual
+    umask): it holds CA key material and token hashes. SQLite gives the `-wal` and `-shm`
+    files the main file's permissions (SQLite "Temporary Files": journals inherit them), so
+    this covers all three. An existing file is left as its owner set it."""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except FileNotFoundError:
+        # No such directory: SQLite reports it on connect, where the error is mapped.
+        return
+    os.close(fd)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:

@@ -4,24 +4,21 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import Field, SecretStr
 
+from trustd.api.wire import Flag, WireModel
 from trustd.roles import Role
 from trustd.services.ui import MIN_PASSWORD_LENGTH, USERNAME_PATTERN
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class UserCreate(_Strict):
+class UserCreate(WireModel):
     username: str = Field(pattern=USERNAME_PATTERN, max_length=64)
     password: SecretStr = Field(min_length=MIN_PASSWORD_LENGTH, max_length=1024)
     role: Role = Role.VIEWER
-    totp: bool = False
+    totp: Flag = False
 
 
-class UserPublic(_Strict):
+class UserPublic(WireModel):
     username: str
     role: Role
     totp: bool

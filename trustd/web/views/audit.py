@@ -8,6 +8,7 @@ from fastapi import Query, Request
 from fastapi.responses import HTMLResponse
 
 from trustd.api.deps import ServicesDep
+from trustd.api.wire import CountQuery
 from trustd.web.rendering import PAGE, render
 from trustd.web.routing import ui_router
 from trustd.web.session import Viewer, require
@@ -22,7 +23,7 @@ def audit(
     services: ServicesDep,
     actor: Annotated[str | None, Query(max_length=256)] = None,
     action: Annotated[str | None, Query(max_length=64)] = None,
-    before: Annotated[int | None, Query(ge=1)] = None,
+    before: Annotated[CountQuery | None, Query(ge=1)] = None,
 ) -> HTMLResponse:
     """Audit events, newest first."""
     rows = services.ui_views.audit(actor=actor, action=action, before=before, limit=PAGE)

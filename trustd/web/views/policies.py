@@ -9,11 +9,12 @@ from fastapi import Form, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from pki.errors import TrustdError
-from policy.bundle import Bundle
+from policy.bundle import MAX_MODULE_ID, MODULE_ID_PATTERN, Bundle
 from policy.engine import EmbeddedEngine
-from policy.errors import PolicyCompileError
+from policy.errors import InvalidModuleId, PolicyCompileError
 from policy.testing import check, run_tests
 from trustd.api.deps import ServicesDep
+from trustd.api.wire import CountQuery, RevisionPath
 from trustd.domain.audit import AuditOutcome
 from trustd.errors import InvalidRequest
 from trustd.services.container import Services
@@ -87,7 +88,9 @@ def _edited(services: Services, module: str, source: str) -> Bundle:
     return Bundle({**base.modules, module: source}, base.data)
 
 
-PolicyModule = Annotated[str, Form(min_length=1, max_length=256, pattern=r"^[\w./-]+$")]
+PolicyModule = Annotated[
+    str, Form(min_length=1, max_length=MAX_MODULE_ID, pattern=MODULE_ID_PATTERN)
+]
 PolicySource = Annotated[str, Form(max_length=1_000_000)]
 
 
@@ -138,7 +141,7 @@ def policy_activate(
         row = services.policy.create_revision(
             viewer.who.principal, bundle, activate=True, note=note or f"ui: edit {module}"
         )
-    except (PolicyCompileError, InvalidRequest) as exc:
+    except (PolicyCompileError, InvalidModuleId, InvalidRequest) as exc:
         services.ui.record(
             viewer.who.principal.name,
             "policy:revision:refused",
@@ -163,8 +166,8 @@ def policy_diff(
     viewer: Annotated[Viewer, require("admin:policy:read")],
     request: Request,
     services: ServicesDep,
-    old: Annotated[int, Query(ge=1)],
-    new: Annotated[int, Query(ge=1)],
+    old: Annotated[CountQuery, Query(ge=1)],
+    new: Annotated[CountQuery, Query(ge=1)],
 ) -> HTMLResponse:
     """What changed between two revisions."""
     return render(
@@ -204,7 +207,7 @@ def rollback(
 def policy_revision(
     viewer: Annotated[Viewer, require("admin:policy:read")],
     request: Request,
-    revision: int,
+    revision: RevisionPath,
     services: ServicesDep,
 ) -> HTMLResponse:
     """One revision's modules and data."""
