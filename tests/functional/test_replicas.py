@@ -60,10 +60,12 @@ def replicas(
     migrate(postgres_db.url)
     services = [build_services(s, clock) for s in settings]
     initialise(services[0])
-    # The fake clock runs for weeks: a token without expiry outlives the bootstrap one.
+    # The fake clock runs for weeks: a token of the longest lifetime outlives the bootstrap
+    # one (every admin token expires).
+    longest = settings[0].admin_token_max_ttl
     token = (
-        services[0].tokens.create(Principal("test", Role.ADMIN), "test", Role.ADMIN, None).secret
-    )
+        services[0].tokens.create(Principal("test", Role.ADMIN), "test", Role.ADMIN, longest)
+    ).secret
     with ExitStack() as stack:
         clients = [
             stack.enter_context(TestClient(create_app(s, svc)))
