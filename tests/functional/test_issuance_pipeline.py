@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from dataclasses import replace
 from datetime import timedelta
 
@@ -202,7 +203,14 @@ def test_serving_credential_follows_the_active_authority(server: Server) -> None
     assert current.issued.issuer_kid != first.issued.issuer_kid
     assert not serving.renew_if_stale()
 
-    # Loaded into a live context with nothing written to the data directory.
+    # Loaded into a live context with nothing written to the data directory. The app's
+    # bundle follower rewrites bundle.pem (through bundle.tmp) after the activation above:
+    # let it finish first, so that only what install() writes could differ.
+    bundle = server.settings.bundle_path
+    deadline = time.monotonic() + 10
+    while bundle.read_text() != services.ca.state.bundle.to_pem():
+        assert time.monotonic() < deadline, "the bundle file never followed the activation"
+        time.sleep(0.05)
     before = sorted(p for p in server.settings.data_dir.rglob("*"))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     serving.install(context)
