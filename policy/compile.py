@@ -370,6 +370,10 @@ def check_query(query: str) -> None:
         PolicyCompileError: OPA's Query API body for a `rego_parse_error`, placed in the
             query (`<query>:row:col`).
     """
+    if not query.strip():
+        # Wrapped in the checking module an empty query would parse (as an empty body);
+        # OPA's parser refuses it.
+        raise query_refusal(REGO_PARSE, "<query>:1:1: empty query")
     lines = query.count("\n") + 1
     engine: Any = new_interpreter()
     try:

@@ -362,7 +362,7 @@ def test_ad_hoc_query(server: Server) -> None:
 def test_ad_hoc_query_that_does_not_parse_is_refused_as_opa_refuses_it(server: Server) -> None:
     # OPA's server.go (v1QueryPost): 400, `invalid_parameter`, "error(s) occurred while
     # parsing query", the parse error in `errors[]`.
-    for query in ("x := ", 'x := "a', "true\n2 +"):
+    for query in ("x := ", 'x := "a', "true\n2 +", "", "  \n "):
         broken = server.client.post("/v1/query", json={"query": query}, headers=server.auth)
         assert broken.status_code == 400, query
         body = broken.json()
@@ -375,8 +375,9 @@ def test_ad_hoc_query_that_does_not_parse_is_refused_as_opa_refuses_it(server: S
         # The place is in the query's own lines.
         assert 1 <= problem["location"]["row"] <= query.count("\n") + 1
     # The same from the GET form, `?q=`.
-    got = server.client.get("/v1/query", params={"q": "x := "}, headers=server.auth)
-    assert got.status_code == 400 and got.json()["errors"][0]["code"] == "rego_parse_error"
+    for q in ("x := ", ""):
+        got = server.client.get("/v1/query", params={"q": q}, headers=server.auth)
+        assert got.status_code == 400 and got.json()["errors"][0]["code"] == "rego_parse_error"
     # A query that parses but does not compile: OPA's compile message, the engine's code.
     unknown = server.client.post("/v1/query", json={"query": "x := nope(1)"}, headers=server.auth)
     assert unknown.status_code == 400
