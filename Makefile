@@ -77,8 +77,9 @@ migrations-check: install-dev services
 	$(BIN)/alembic -x url=postgresql+psycopg://postgres@127.0.0.1:5432/$(CHECK_DB) upgrade head && \
 	$(BIN)/alembic -x url=postgresql+psycopg://postgres@127.0.0.1:5432/$(CHECK_DB) check
 
+# The slowest tests are listed at the end, to keep an eye on the 20-minute budget.
 pytest: install-dev services
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=25
 
 # OPA's own compliance cases through a real `trustd serve` (bench/opa_compliance.py), when
 # they are at OPA_CASES: fails if fewer than OPA_COMPLIANCE_FLOOR pass (last measured 1,859

@@ -127,8 +127,15 @@ def first(tmp_path: Path) -> Iterator[Trustd]:
     _stop(server)
 
 
-def _client(server: Trustd) -> OpaClient:
-    return OpaClient(host="127.0.0.1", port=server.port, ssl=server.bundle, token=server.token)
+@pytest.fixture
+def client(first: Trustd, monkeypatch: pytest.MonkeyPatch) -> Iterator[OpaClient]:
+    """opa-python-client against `first`, closed afterwards: an idle TLS keep-alive
+    connection would hold the server's graceful shutdown for its whole timeout (10 s)."""
+    # requests reads its CA file from the environment before the client's own setting.
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", first.bundle)
+    opa = OpaClient(host="127.0.0.1", port=first.port, ssl=first.bundle, token=first.token)
+    yield opa
+    opa.close_connection()
 
 
 EXAMPLE = """package example
@@ -140,10 +147,7 @@ admins := ["alice"]
 """
 
 
-def test_opa_python_client_against_trustd(first: Trustd, monkeypatch: pytest.MonkeyPatch) -> None:
-    # requests reads its CA file from the environment before the client's own setting.
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", first.bundle)
-    client = _client(first)
+def test_opa_python_client_against_trustd(first: Trustd, client: OpaClient) -> None:
     assert client.check_health() is True
     assert client.update_policy_from_string(EXAMPLE, "example") is True
     answer = client.query_rule({"user": "alice"}, "example", "allow")
@@ -171,9 +175,7 @@ allow if input.user in data.teams.admins
 """
 
 
-def test_opa_python_client_data_documents(first: Trustd, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", first.bundle)
-    client = _client(first)
+def test_opa_python_client_data_documents(first: Trustd, client: OpaClient) -> None:
     assert client.update_policy_from_string(TEAM, "team") is True
     assert "team" in client.get_policies_list()
     assert client.query_rule({"user": "alice"}, "team", "allow")["result"] is False
