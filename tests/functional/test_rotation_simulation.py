@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from sqlmodel import Session, func, select
 
@@ -45,6 +46,7 @@ class X509Issued:
     intermediates: tuple[x509.Certificate, ...]
 
 
+@pytest.mark.fault
 def test_ten_ca_lifetimes_without_a_gap(tmp_path: Path, database_url: str) -> None:
     clock = FakeClock(datetime(2030, 1, 1, tzinfo=UTC))
     settings = make_settings(

@@ -17,7 +17,8 @@ from pki.csr import create_csr
 from pki.keys import KeyType, generate_private_key
 from tests.integration.conftest import start_server, tls
 
-pytestmark = pytest.mark.integration
+# A long fault run: `make test-faults` (CI runs it after `make test`).
+pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
 CLIENTS = 20
 

@@ -12,7 +12,8 @@ import pytest
 
 from tests.integration.conftest import TRUSTD, Running, cli, free_port, start_server, tls
 
-pytestmark = pytest.mark.integration
+# A long fault run: `make test-faults` (CI runs it after `make test`).
+pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
 
 def _serve(data_dir: Path) -> subprocess.CompletedProcess[str]:
