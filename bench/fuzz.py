@@ -18,13 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,7 +33,9 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from schemathesis.checks import CHECKS, load_all_checks
 from schemathesis.core.errors import SerializationNotPossible
 
-TRUSTD = Path(sys.executable).parent / "trustd"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import PlainServer
+
 CHECK_NAMES = ("not_a_server_error", "response_schema_conformance")
 
 
@@ -67,74 +65,15 @@ class Tally:
             self.examples.append(text)
 
 
-class Server:
+class Server(PlainServer):
     """`trustd serve` on a scratch data directory (SQLite, no TLS) with its admin token."""
 
-    def __init__(self, work: Path) -> None:
-        with __import__("socket").socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TRUSTD_")}
-        self.log_path = work / "server.log"
-        self.log = self.log_path.open("a")
-        self.process = subprocess.Popen(
-            [
-                str(TRUSTD),
-                "serve",
-                "--data-dir",
-                str(work / "var"),
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--tls",
-                "off",
-                "--log-level",
-                "warning",
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        self.token = ""
-        for line in self.process.stdout:
-            if line.strip().startswith("trustd."):
-                self.token = line.strip()
-            if line.startswith("Next"):
-                break
-        if not self.token:
-            self.stop()
-            raise RuntimeError(f"trustd serve printed no token: {self.log_path}")
-        threading.Thread(target=self.process.stdout.read, daemon=True).start()
-        self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
     def server_log_errors(self) -> list[str]:
-        self.log.flush()
         return [
             line[:300]
-            for line in self.log_path.read_text(errors="replace").splitlines()
+            for line in self.log_lines()
             if '"level": "error"' in line or "Traceback" in line
         ]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        self.log.close()
 
 
 def _operations(schema: Any) -> list[Any]:

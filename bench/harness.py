@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import signal
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -120,6 +123,60 @@ def start_server(
         time.sleep(0.2)
     proc.kill()
     raise RuntimeError("trustd did not become ready")
+
+
+class PlainServer:
+    """`trustd serve` on a scratch data directory under *work* (SQLite, no TLS, warnings
+    only in its log) and the bootstrap admin token it printed."""
+
+    def __init__(self, work: Path) -> None:
+        port = free_port()
+        shutil.rmtree(work / "var", ignore_errors=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRUSTD_")}
+        self.log_path = work / "server.log"
+        self.log = self.log_path.open("a")
+        command = [str(TRUSTD), "serve", "--data-dir", str(work / "var")]
+        command += ["--listen", f"127.0.0.1:{port}", "--tls", "off", "--log-level", "warning"]
+        self.process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=self.log, text=True
+        )
+        assert self.process.stdout is not None
+        self.token = ""
+        for line in self.process.stdout:
+            if line.strip().startswith("trustd."):
+                self.token = line.strip()
+            if line.startswith("Next"):
+                break
+        if not self.token:
+            self.stop()
+            raise RuntimeError(f"trustd serve printed no token: {self.log_path}")
+        # Keep draining stdout so the server never blocks on a full pipe.
+        threading.Thread(target=self.process.stdout.read, daemon=True).start()
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_lines(self) -> list[str]:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace").splitlines()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.log.close()
 
 
 def read_token(proc: subprocess.Popen[str]) -> str:

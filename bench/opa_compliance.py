@@ -31,15 +31,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -48,7 +42,9 @@ from typing import Any
 
 import httpx
 
-TRUSTD = Path(sys.executable).parent / "trustd"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import PlainServer
+
 # `data.a.b = x`: the Data API answers it (`x` is the document at data.a.b).
 _DATA_QUERY = re.compile(
     r"data((?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*=\s*(?!(?:input|data)\b)([A-Za-z_][A-Za-z0-9_]*)"
@@ -241,82 +237,27 @@ def run_engine(case: Case) -> Outcome:
 # -- trustd over HTTP ----------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
+class Server(PlainServer):
     """`trustd serve` (SQLite in a temporary data directory, no TLS) and its admin token."""
 
     def __init__(self, work: Path) -> None:
-        port = free_port()
-        shutil.rmtree(work / "var", ignore_errors=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TRUSTD_")}
-        self.log = (work / "server.log").open("a")
-        self.process = subprocess.Popen(
-            [
-                str(TRUSTD),
-                "serve",
-                "--data-dir",
-                str(work / "var"),
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--tls",
-                "off",
-                "--log-level",
-                "warning",
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        self.token = ""
-        for line in self.process.stdout:
-            if line.strip().startswith("trustd."):
-                self.token = line.strip()
-            if line.startswith("Next"):
-                break
-        if not self.token:
-            self.stop()
-            raise RuntimeError(f"trustd serve printed no token: {work / 'server.log'}")
-        # Keep draining stdout so the server never blocks on a full pipe.
-        threading.Thread(target=self.process.stdout.read, daemon=True).start()
-        self.url = f"http://127.0.0.1:{port}"
+        super().__init__(work)
         self.http = httpx.Client(
             base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if self.http.get("/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
         self.base = self._active_revision()
 
     def tail(self) -> str:
         """The server log's last lines (why it died)."""
-        self.log.flush()
-        lines = Path(self.log.name).read_text(errors="replace").splitlines()
-        return " | ".join(line[:200] for line in lines[-5:])
+        return " | ".join(line[:200] for line in self.log_lines()[-5:])
 
     def _active_revision(self) -> int:
         revision = self.http.get("/v1/admin/policy/status").json()["revision"]
         return int(revision)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        self.log.close()
+        self.http.close()
+        super().stop()
 
     def restore(self) -> None:
         if self._active_revision() != self.base:
