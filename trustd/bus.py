@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import threading
 from collections import defaultdict
 from typing import Protocol
@@ -20,7 +21,18 @@ import redis.asyncio as aredis
 import structlog
 
 log = structlog.get_logger("trustd.bus")
-_PREFIX = "trustd:"
+
+
+def channel_prefix(scope: str) -> str:
+    """Where a deployment's channels live in Redis: one Redis may serve several deployments
+    (and test runs), which must not wake each other's waiters or reload each other's caches."""
+    return f"trustd:{scope}:" if scope else "trustd:"
+
+
+def _glob_escape(text: str) -> str:
+    # PSUBSCRIBE takes a glob pattern; a scope holding a database path may contain any of
+    # its special characters.
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
 class Bus(Protocol):
@@ -93,8 +105,9 @@ def _resolve(future: asyncio.Future[str], message: str) -> None:
 class RedisBus:
     """Redis pub/sub between replicas; delivery inside each process through a `LocalBus`."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, scope: str = "") -> None:
         self._url = url
+        self._prefix = channel_prefix(scope)
         self._local = LocalBus()
         # Publishing happens from request threads; a small blocking client is simplest there.
         self._publisher = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
@@ -119,7 +132,7 @@ class RedisBus:
 
     def publish(self, channel: str, message: str = "") -> None:
         try:
-            self._publisher.publish(_PREFIX + channel, message)
+            self._publisher.publish(self._prefix + channel, message)
         except redis.RedisError as exc:
             log.warning("bus_publish_failed", channel=channel, error=str(exc))
             # This replica's own waiters still hear of the change.
@@ -133,12 +146,12 @@ class RedisBus:
             client = aredis.Redis.from_url(self._url)
             try:
                 async with client.pubsub() as pubsub:
-                    await pubsub.psubscribe(_PREFIX + "*")
+                    await pubsub.psubscribe(_glob_escape(self._prefix) + "*")
                     self._first_attempt.set()
                     async for item in pubsub.listen():
                         if item.get("type") != "pmessage":
                             continue
-                        channel = item["channel"].decode()[len(_PREFIX) :]
+                        channel = item["channel"].decode()[len(self._prefix) :]
                         self._local.deliver(channel, item["data"].decode())
             except (redis.RedisError, OSError) as exc:
                 self._first_attempt.set()
@@ -148,5 +161,7 @@ class RedisBus:
                 await client.aclose()
 
 
-def create_bus(redis_url: str | None) -> Bus:
-    return RedisBus(redis_url) if redis_url else LocalBus()
+def create_bus(redis_url: str | None, scope: str) -> Bus:
+    """The Redis bus scoped to one deployment (`store.db.deployment_scope`), else the
+    in-process one."""
+    return RedisBus(redis_url, scope) if redis_url else LocalBus()

@@ -63,3 +63,30 @@ def test_unreachable_redis_still_wakes_local_waiters() -> None:
         await bus.stop()
 
     asyncio.run(scenario())
+
+
+def test_deployments_sharing_one_redis_do_not_hear_each_other() -> None:
+    # Two deployments on one Redis (scopes differ, as trust domain or database differ): a
+    # change in one must not wake the other's waiters, while its own replicas still hear it.
+    # The scope holds glob characters on purpose: PSUBSCRIBE must treat them literally.
+    async def scenario() -> None:
+        tag = uuid.uuid4().hex
+        here = f"a.example:/tmp/[{tag}]*.db"
+        a, a2 = RedisBus(REDIS_URL, here), RedisBus(REDIS_URL, here)
+        other = RedisBus(REDIS_URL, f"a.example:/tmp/x{tag}x.db")
+        for bus in (a, a2, other):
+            await bus.start()
+        channel = f"policy:{tag}"
+        mine = asyncio.create_task(asyncio.wait_for(a2.wait(channel), 5))
+        theirs = asyncio.create_task(asyncio.wait_for(other.wait(channel), 0.5))
+        await asyncio.sleep(0.05)
+        # Both waiters are registered before the publish, so a miss means "not delivered".
+        assert not mine.done() and not theirs.done()
+        a.publish(channel, "rev-3")
+        assert await mine == "rev-3"
+        with pytest.raises(TimeoutError):
+            await theirs
+        for bus in (a, a2, other):
+            await bus.stop()
+
+    asyncio.run(scenario())

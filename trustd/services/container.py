@@ -24,7 +24,7 @@ from trustd.services.rotation import RotationManager
 from trustd.services.ui import UiAccounts, UiViews
 from trustd.services.verdicts import Verdicts
 from trustd.settings import Settings
-from trustd.store.db import create_db_engine
+from trustd.store.db import create_db_engine, deployment_scope
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     clock = clock or SystemClock()
     engine = create_db_engine(settings.resolved_database_url)
     audit = AuditLog(clock)
-    bus = create_bus(settings.redis_url)
+    bus = create_bus(settings.redis_url, deployment_scope(settings.trust_domain, engine))
     kek = key_encryption_key(settings, engine)
     ca = CertificateAuthority(settings, engine, clock, audit, kek)
     issuer = Issuer(settings, engine, ca, clock, audit)
