@@ -84,6 +84,13 @@ class Settings(BaseSettings):
     # Agent batches (500 CSRs) are the largest legitimate bodies.
     max_request_bytes: int = 1024 * 1024
 
+    # Logs: `auto` writes short human-readable lines when stderr is a terminal and JSON
+    # lines otherwise. The access log's `default` leaves out the requests that repeat all
+    # day and say nothing: agents' sync long-polls, health and readiness checks and metrics
+    # scrapes (`trustd.api.middleware.QUIET_PATHS`); `all` logs every request.
+    log_format: Literal["auto", "json", "console"] = "auto"
+    access_log: Literal["all", "default", "off"] = "default"
+
     # Admin API tokens: every token expires; one asked without a lifetime gets the default.
     admin_token_ttl: timedelta = timedelta(hours=8)
     admin_token_max_ttl: timedelta = timedelta(days=30)
