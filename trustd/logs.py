@@ -60,6 +60,8 @@ def configure_logging(level: str = "info", fmt: LogFormat = "json") -> None:
             _concise,
             structlog.dev.ConsoleRenderer(
                 colors=stream.isatty(),
+                # Plain: rich's tracebacks print each frame's local variables, and those
+                # can hold keys and tokens.
                 exception_formatter=structlog.dev.plain_traceback,
                 sort_keys=False,
                 pad_event_to=0,

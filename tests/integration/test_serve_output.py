@@ -133,7 +133,7 @@ def test_a_terminal_gets_the_banner_then_human_lines_without_the_noise(tmp_path:
     logged = [i for i, line in enumerate(lines) if _CONSOLE_LINE.match(line)]
     banner = lines.index("trustd is running")
     assert logged and banner < logged[0], server.output
-    # Between the banner and the logs nothing but the banner; no JSON anywhere.
+    # No JSON anywhere; from the first log line on, nothing but log lines.
     assert not [line for line in lines if line.lstrip().startswith("{")], server.output
     after = lines[logged[0] :]
     assert all(_CONSOLE_LINE.match(line) for line in after if line.strip()), server.output
@@ -166,6 +166,8 @@ def test_a_pipe_gets_json_lines_and_every_request_when_asked(tmp_path: Path) -> 
     ]
     for message in _LIFECYCLE:
         assert sum(message in e["event"] for e in events) == 1, message
+    # `all`: health checks too (start_server polls /readyz until it answers).
     paths = [e["path"] for e in events if e["logger"] == "trustd.access"]
-    assert paths.count("/healthz") >= 1 and paths.count("/v1/bundle") == 1
+    assert paths.count("/healthz") == 1 and paths.count("/v1/bundle") == 1
+    assert paths.count("/readyz") >= 1
     assert all(e["timestamp"].endswith("Z") for e in events)
