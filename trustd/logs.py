@@ -17,6 +17,8 @@ from structlog.types import EventDict
 # `auto`: console lines when stderr is a terminal, JSON lines otherwise (a pipe, a file,
 # journald, a container runtime's log collector).
 LogFormat = Literal["auto", "json", "console"]
+# Which requests the access log records (`trustd.api.middleware.QUIET_PATHS`).
+AccessLog = Literal["all", "default", "off"]
 
 
 def resolve_format(fmt: LogFormat, stream: TextIO | None = None) -> Literal["json", "console"]:

@@ -7,7 +7,7 @@ import json
 import re
 import secrets
 import time
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import parse_qsl
 
 import structlog
@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from trustd import metrics
 from trustd.api.problems import PROBLEM_JSON, problem_type
 from trustd.errors import PayloadTooLarge
+from trustd.logs import AccessLog
 from trustd.services.audit import request_id_var
 
 access_log = structlog.get_logger("trustd.access")
@@ -32,9 +33,7 @@ class RequestContext:
     audit rows, enforces the body size limit and records latency.
     """
 
-    def __init__(
-        self, app: ASGIApp, max_body: int, access_log: Literal["all", "default", "off"] = "all"
-    ) -> None:
+    def __init__(self, app: ASGIApp, max_body: int, access_log: AccessLog = "all") -> None:
         self.app = app
         self.max_body = max_body
         self.access_log = access_log
