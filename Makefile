@@ -17,7 +17,7 @@ CHECK_DB := trustd_alembic_check_$(shell echo $$$$)
 
 .PHONY: run test test-faults install install-dev system-deps services lint typecheck migrations-check pytest \
 	opa-compliance fuzz \
-	bench bench-deps bench-acme bench-workload bench-ui bench-enforcement clean proto bpf
+	bench bench-deps bench-acme bench-workload bench-ui bench-enforcement clean distclean proto bpf
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -150,5 +150,11 @@ bench-acme: install-dev services
 bench-ui: install-dev services
 	$(BIN)/python bench/ui.py
 
+# Back to a fresh checkout's state for `make run`: the data directory (database, CA keys,
+# admin socket, and the README walk-through's agent state), the SVID the banner's first
+# command writes, and the tool caches. The virtualenv stays; `make distclean` removes it too.
 clean:
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf var demo .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+distclean: clean
+	rm -rf $(VENV)

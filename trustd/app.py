@@ -74,7 +74,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     problems.install(app)
     # Added innermost first: the size limit applies before the nesting scan reads a body.
     app.add_middleware(JsonDepthLimit, max_depth=MAX_JSON_DEPTH)
-    app.add_middleware(RequestContext, max_body=settings.max_request_bytes)
+    app.add_middleware(
+        RequestContext, max_body=settings.max_request_bytes, access_log=settings.access_log
+    )
     modules = (
         health,
         bundle,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
+import logging
 import multiprocessing
 import os
 import shutil
@@ -23,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from trustd import metrics
 from trustd.api.deps import LOCAL_ADMIN_SCOPE_KEY
 from trustd.app import create_app
-from trustd.logs import configure_logging
+from trustd.logs import configure_logging, hold_info
 from trustd.services.container import Services, build_services
 from trustd.services.issuance import ServingCredential
 from trustd.services.rotation import BUNDLE_CHANNEL
@@ -49,11 +51,42 @@ class LocalAdmin:
         await self.app(scope, receive, send)
 
 
+# Set in the task of each server but the main one: uvicorn's lifecycle lines ("Started
+# server process", "Shutting down", ...) are said once per process, by the main listener,
+# not again by the admin socket's and the metrics listener's servers.
+_SECONDARY = contextvars.ContextVar("trustd_secondary_server", default=False)
+
+
+class _OncePerProcess(logging.Filter):
+    """Drops uvicorn's info lines logged by a secondary server; its warnings and errors
+    still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not _SECONDARY.get()
+
+
+def _say_lifecycle_once() -> None:
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _OncePerProcess) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(_OncePerProcess())
+
+
 class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, *, secondary: bool = False) -> None:
+        super().__init__(config)
+        self.secondary = secondary
+
     # Signals are handled once for both servers in `_serve_forever`.
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        # Each server runs in a task of its own (`asyncio.gather`), with its own copy of the
+        # context: the flag marks this server's lines only.
+        if self.secondary:
+            _SECONDARY.set(True)
+        await super().serve(sockets)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # An idle keep-alive connection has nothing left to send: drop it at once. Closed
@@ -163,12 +196,13 @@ async def _serve_forever(
     admin_config = uvicorn.Config(
         LocalAdmin(app), lifespan="off", log_config=None, access_log=False
     )
-    main, admin = _Server(main_config), _Server(admin_config)
+    main, admin = _Server(main_config), _Server(admin_config, secondary=True)
     servers = [main, admin]
     if listeners.metrics is not None:
-        servers.append(
-            _Server(uvicorn.Config(metrics_app, lifespan="off", log_config=None, access_log=False))
+        metrics_config = uvicorn.Config(
+            metrics_app, lifespan="off", log_config=None, access_log=False
         )
+        servers.append(_Server(metrics_config, secondary=True))
 
     def stop(*_: object) -> None:
         for server in servers:
@@ -257,7 +291,8 @@ async def _keep_serving(services: Services, context: ssl.SSLContext) -> None:
 
 
 def _worker(settings: Settings, listeners: Listeners, level: str) -> None:
-    configure_logging(level)
+    configure_logging(level, settings.log_format)
+    _say_lifecycle_once()
     services = build_services(settings)
     tls = None
     if settings.tls:
@@ -276,7 +311,11 @@ def run(
     level: str,
     ready: Callable[[], None],
 ) -> None:
-    """Serve until SIGINT/SIGTERM, in this process or in `settings.workers` processes."""
+    """Serve until SIGINT/SIGTERM, in this process or in `settings.workers` processes.
+
+    `ready` (the banner) runs before any worker logs: the sockets are bound already, so a
+    client that connects meanwhile waits in the listen backlog.
+    """
     try:
         if settings.workers == 1:
             ready()
@@ -304,9 +343,10 @@ def _supervise(
         )
         for i in range(settings.workers)
     ]
+    ready()
+    hold_info(False)
     for process in workers:
         process.start()
-    ready()
 
     def forward(signum: int, _frame: object) -> None:
         for process in workers:

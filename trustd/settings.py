@@ -29,6 +29,7 @@ from pki.acme.challenges import DEFAULT_DENIED_NETWORKS
 from pki.errors import TrustdError
 from pki.keys import KeyType
 from pki.spiffe_id import TrustDomain
+from trustd.logs import AccessLog, LogFormat
 
 # Values that are obviously examples; refusing them outside dev keeps a copied sample
 # configuration from protecting production CA keys.
@@ -83,6 +84,13 @@ class Settings(BaseSettings):
     bundle_refresh_hint: timedelta = timedelta(minutes=5)
     # Agent batches (500 CSRs) are the largest legitimate bodies.
     max_request_bytes: int = 1024 * 1024
+
+    # Logs: `auto` writes short human-readable lines when stderr is a terminal and JSON
+    # lines otherwise. The access log's `default` leaves out the requests that repeat all
+    # day and say nothing: agents' sync long-polls, health and readiness checks and metrics
+    # scrapes (`trustd.api.middleware.QUIET_PATHS`); `all` logs every request.
+    log_format: LogFormat = "auto"
+    access_log: AccessLog = "default"
 
     # Admin API tokens: every token expires; one asked without a lifetime gets the default.
     admin_token_ttl: timedelta = timedelta(hours=8)

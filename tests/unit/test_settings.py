@@ -91,3 +91,18 @@ def test_rotation_durations_must_be_positive() -> None:
     with pytest.raises(SettingsError, match=r"crl_validity: .*positive duration"):
         load_settings(crl_validity=0)
     assert load_settings(rotation_interval="PT1S").rotation_interval.total_seconds() == 1
+
+
+def test_log_format_and_access_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert (s.log_format, s.access_log) == ("auto", "default")
+    monkeypatch.setenv("TRUSTD_LOG_FORMAT", "json")
+    monkeypatch.setenv("TRUSTD_ACCESS_LOG", "all")
+    s = load_settings()
+    assert (s.log_format, s.access_log) == ("json", "all")
+    # The command line's --log-format and --access-log win over the environment.
+    s = load_settings(log_format="console", access_log="off")
+    assert (s.log_format, s.access_log) == ("console", "off")
+    monkeypatch.setenv("TRUSTD_LOG_FORMAT", "text")
+    with pytest.raises(SettingsError, match="log_format"):
+        load_settings()

@@ -23,7 +23,8 @@ def main() -> None:
     if raw is None:
         sys.exit("error: start the agent with `trustd agent` (see `trustd agent --help`)")
     options = json.loads(raw)
-    configure_logging(options["log_level"])
+    # Short lines when a person runs it in a terminal, JSON lines under a service manager.
+    configure_logging(options["log_level"], "auto")
     try:
         asyncio.run(run_agent(AgentConfig.from_json(options["config"]), SystemClock()))
     except TrustdError as exc:

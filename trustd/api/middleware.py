@@ -16,11 +16,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from trustd import metrics
 from trustd.api.problems import PROBLEM_JSON, problem_type
 from trustd.errors import PayloadTooLarge
+from trustd.logs import AccessLog
 from trustd.services.audit import request_id_var
 
 access_log = structlog.get_logger("trustd.access")
 error_log = structlog.get_logger("trustd.api")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Requests the `default` access log leaves out: each agent holds a sync long-poll open all
+# the time, probes and scrapers call every few seconds, and a line for each would bury
+# the requests a person made (still counted in the latency metrics).
+QUIET_PATHS = frozenset({"/v1/agents/sync", "/healthz", "/readyz", "/health", "/metrics"})
 
 
 class RequestContext:
@@ -28,9 +33,10 @@ class RequestContext:
     audit rows, enforces the body size limit and records latency.
     """
 
-    def __init__(self, app: ASGIApp, max_body: int) -> None:
+    def __init__(self, app: ASGIApp, max_body: int, access_log: AccessLog = "all") -> None:
         self.app = app
         self.max_body = max_body
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,15 +88,22 @@ class RequestContext:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
             metrics.HTTP_REQUESTS.labels(scope["method"], path, str(status)).observe(elapsed)
-            access_log.info(
-                "request",
-                method=scope["method"],
-                path=scope["path"],
-                status=status,
-                ms=round(elapsed * 1000, 2),
-            )
+            if self._logs(scope["path"]):
+                # The path only: query strings may carry secrets (ACME tokens, `?token=`).
+                access_log.info(
+                    "request",
+                    method=scope["method"],
+                    path=scope["path"],
+                    status=status,
+                    ms=round(elapsed * 1000, 2),
+                )
             structlog.contextvars.unbind_contextvars("request_id")
             request_id_var.reset(token)
+
+    def _logs(self, path: str) -> bool:
+        if self.access_log == "default":
+            return path not in QUIET_PATHS
+        return self.access_log == "all"
 
     async def _buffer(self, receive: Receive) -> tuple[bool, Receive]:
         """Read a body sent without Content-Length (chunked) up to the limit, then replay it."""

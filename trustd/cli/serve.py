@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -15,9 +16,27 @@ from pki.errors import TrustdError
 from trustd.cli.context import connection
 from trustd.cli.output import fail, progress
 
+if TYPE_CHECKING:
+    from trustd.settings import Settings
+
+# The CLI's own default --data-dir (trustd.cli.app): commands printed for another one name it.
+_CLI_DATA_DIR = Path("var")
+
 
 class OnOff(StrEnum):
     ON = "on"
+    OFF = "off"
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class AccessLog(StrEnum):
+    ALL = "all"
+    DEFAULT = "default"
     OFF = "off"
 
 
@@ -38,10 +57,21 @@ def serve(
     workers: Annotated[int | None, typer.Option(min=1, help="Worker processes [1]")] = None,
     migrate: Annotated[bool, typer.Option(help="Apply database migrations first")] = True,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    log_format: Annotated[
+        LogFormat | None,
+        typer.Option(help="console lines, JSON lines, or auto: console on a terminal [auto]"),
+    ] = None,
+    access_log: Annotated[
+        AccessLog | None,
+        typer.Option(
+            help="default: every request but agent long-polls, health checks and metrics "
+            "scrapes; all; off [default]"
+        ),
+    ] = None,
 ) -> None:
     """Run the trustd service (HTTPS API + admin socket), its state in --data-dir."""
     from trustd import bootstrap, server
-    from trustd.logs import configure_logging
+    from trustd.logs import configure_logging, hold_info
     from trustd.services.container import build_services
     from trustd.settings import load_settings
 
@@ -53,8 +83,13 @@ def serve(
             data_dir=_data_dir(),
             tls=None if tls is None else tls is OnOff.ON,
             workers=workers,
+            log_format=None if log_format is None else log_format.value,
+            access_log=None if access_log is None else access_log.value,
         )
-        configure_logging(log_level)
+        configure_logging(log_level, settings.log_format)
+        # The banner comes first: until it is out only warnings and errors are logged (the
+        # progress lines below say what startup does), unless debugging.
+        hold_info(log_level.lower() != "debug")
         # Read before anything below creates files: they tell a lost database from a new one.
         earlier = bootstrap.earlier_deployment(settings)
         bootstrap.prepare_data_dir(settings.data_dir)
@@ -76,7 +111,7 @@ def serve(
         fail(f"cannot start: {exc}")
 
     def ready() -> None:
-        _banner(settings.tls, settings.listen, settings.trust_domain, bundle_path, report)
+        _banner(settings, bundle_path, report)
 
     server.run(settings, listeners, log_level, ready)
 
@@ -87,14 +122,34 @@ def _redact(url: str) -> str:
     return redact_url(url)
 
 
-def _banner(tls: bool, listen: str, td: str, bundle: Path, report: Any) -> None:
-    me = shlex.quote(sys.argv[0]) if sys.argv and sys.argv[0].endswith("trustd") else "trustd"
-    scheme = "https" if tls else "http"
-    url = f"{scheme}://{listen}"
+def _command() -> str:
+    """How to run `trustd` from where `serve` was started: `trustd` when that is on PATH,
+    else the path it was started by (`.venv/bin/trustd` from a checkout)."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    on_path = shutil.which("trustd")
+    if argv0.endswith("trustd"):
+        if "/" not in argv0 or (on_path and Path(on_path).resolve() == Path(argv0).resolve()):
+            return "trustd"
+        return shlex.quote(argv0)
+    if on_path:
+        return "trustd"
+    beside = Path(sys.executable).parent / "trustd"
+    return shlex.quote(str(beside)) if beside.exists() else "trustd"
+
+
+def _banner(settings: Settings, bundle: Path, report: Any) -> None:
+    """What is running, where, and what to try next (README's "Run it" steps, in the same
+    order), printed before the first log line."""
+    td = settings.trust_domain
+    url = f"{'https' if settings.tls else 'http'}://{settings.listen}"
+    me = _command()
+    if settings.data_dir != _CLI_DATA_DIR:
+        me += f" --data-dir {shlex.quote(str(settings.data_dir))}"
     lines = [
         "",
         "trustd is running",
         f"  URL:           {url}",
+        f"  admin UI:      {url}/ui/",
         f"  trust domain:  {td}",
         f"  trust bundle:  {bundle.resolve()}",
     ]
@@ -103,16 +158,32 @@ def _banner(tls: bool, listen: str, td: str, bundle: Path, report: Any) -> None:
             "  bootstrap admin token (shown once, valid 24 h):",
             f"    {report.bootstrap_token}",
         ]
-    curl_ca = f"--cacert {bundle} " if tls else ""
+    curl_ca = f"--cacert {shlex.quote(str(bundle))} " if settings.tls else ""
     lines += [
         "",
-        "Next, in another terminal:",
+        "Next, in another terminal (the CLI reaches this server through its admin socket):",
         f"  {me} svid x509 --spiffe-id spiffe://{td}/demo --out ./demo",
+        f"  {me} svid jwt --spiffe-id spiffe://{td}/demo --audience api",
         f"  {me} ca show",
+        f"  {me} bundle show --format jwks",
+        f"  {me} admin token create --name ci",
         f"  curl {curl_ca}{url}/v1/bundle",
+        f"  {me} token create      # a join token for an agent: README's walk-through",
+        "",
+        f"Logs follow ({_log_note(settings)}). Ctrl-C stops the server.",
         "",
     ]
     typer.echo("\n".join(lines))
+    sys.stdout.flush()
+
+
+def _log_note(settings: Settings) -> str:
+    if settings.access_log == "default":
+        return (
+            "requests are logged, but not agent long-polls, health checks or metrics "
+            "scrapes: --access-log all for those"
+        )
+    return "every request is logged" if settings.access_log == "all" else "no access log"
 
 
 def init(
