@@ -121,6 +121,10 @@ def test_a_terminal_gets_the_banner_then_human_lines_without_the_noise(tmp_path:
         for path in ("/healthz", "/readyz", "/metrics", "/v1/bundle"):
             assert httpx.get(f"{url}{path}", verify=tls(bundle)).status_code == 200
         server.read_until("GET /v1/bundle 200")
+        # A quiet path that fails is logged: a sync without a node credential is refused.
+        refused = httpx.post(f"{url}/v1/agents/sync", json={}, verify=tls(bundle))
+        assert refused.status_code >= 400
+        server.read_until(f"POST /v1/agents/sync {refused.status_code}")
     finally:
         # The server first: stopping ends the agent's long-poll in flight, which would then
         # be logged if long-polls were.
@@ -143,7 +147,8 @@ def test_a_terminal_gets_the_banner_then_human_lines_without_the_noise(tmp_path:
     # The agent attested and fetched its SVIDs (logged), its long-polls are not; nor probes.
     assert any("POST /v1/attest 201" in line for line in after), server.output
     for quiet in ("/v1/agents/sync", "/healthz", "/readyz", "/metrics"):
-        assert not [line for line in after if f" {quiet} " in line], (quiet, server.output)
+        assert not [line for line in after if f" {quiet} 2" in line], (quiet, server.output)
+    assert sum(" /v1/agents/sync " in line for line in after) == 1, server.output
     request = next(line for line in after if "GET /v1/bundle 200" in line)
     assert "[trustd.access]" in request
     # The banner's commands name the data directory the CLI would not find by itself.

@@ -88,7 +88,7 @@ class RequestContext:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
             metrics.HTTP_REQUESTS.labels(scope["method"], path, str(status)).observe(elapsed)
-            if self._logs(scope["path"]):
+            if self._logs(scope["path"], status):
                 # The path only: query strings may carry secrets (ACME tokens, `?token=`).
                 access_log.info(
                     "request",
@@ -100,9 +100,10 @@ class RequestContext:
             structlog.contextvars.unbind_contextvars("request_id")
             request_id_var.reset(token)
 
-    def _logs(self, path: str) -> bool:
+    def _logs(self, path: str, status: int) -> bool:
         if self.access_log == "default":
-            return path not in QUIET_PATHS
+            # A quiet path that fails is news: a rejected agent sync, a failing probe.
+            return path not in QUIET_PATHS or status >= 400
         return self.access_log == "all"
 
     async def _buffer(self, receive: Receive) -> tuple[bool, Receive]:

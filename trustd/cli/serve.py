@@ -64,8 +64,8 @@ def serve(
     access_log: Annotated[
         AccessLog | None,
         typer.Option(
-            help="default: every request but agent long-polls, health checks and metrics "
-            "scrapes; all; off [default]"
+            help="default: every request but successful agent long-polls, health checks "
+            "and metrics scrapes; all; off [default]"
         ),
     ] = None,
 ) -> None:
@@ -180,8 +180,8 @@ def _banner(settings: Settings, bundle: Path, report: Any) -> None:
 def _log_note(settings: Settings) -> str:
     if settings.access_log == "default":
         return (
-            "requests are logged, but not agent long-polls, health checks or metrics "
-            "scrapes: --access-log all for those"
+            "requests are logged, but not successful agent long-polls, health checks or "
+            "metrics scrapes: --access-log all for those"
         )
     return "every request is logged" if settings.access_log == "all" else "no access log"
 
