@@ -308,6 +308,12 @@ def test_start_replaces_a_stale_socket_and_refuses_other_files(tmp_path: Path) -
         path.write_text("not a socket")
         with pytest.raises(WorkloadAttestationError, match="not a socket"):
             await start_workload_api(path, SvidCache(), domain.jwt_source())
+        # A directory too deep for a Unix socket path (unix(7)) is refused up front, with
+        # what to do, and nothing is created there.
+        deep = tmp_path / ("d" * 60) / ("e" * 40)
+        with pytest.raises(OSError, match="choose a shorter --socket"):
+            await start_workload_api(deep / "w.sock", SvidCache(), domain.jwt_source())
+        assert not deep.exists()
 
     asyncio.run(main())
     # The refused start removed nothing of the operator's and left nothing behind.

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
@@ -374,6 +376,12 @@ class WorkloadApiServer:
         shutil.rmtree(self.private_dir, ignore_errors=True)
 
 
+# sun_path is 108 bytes on Linux, its terminating NUL included (unix(7)).
+SUN_PATH_MAX = 107
+# "/.trustd-" + mkdtemp's 8 random characters + "/s".
+_PRIVATE_SUFFIX_LENGTH = len("/.trustd-") + 8 + len("/s")
+
+
 async def start_workload_api(
     socket_path: Path | str,
     cache: SvidCache,
@@ -394,11 +402,20 @@ async def start_workload_api(
         OSError: a socket cannot be bound.
     """
     public = Path(socket_path)
+    longest = max(
+        len(os.fsencode(public)), len(os.fsencode(public.parent)) + _PRIVATE_SUFFIX_LENGTH
+    )
+    if longest > SUN_PATH_MAX:
+        raise OSError(
+            errno.ENAMETOOLONG,
+            f"the Workload API socket's directory {public.parent} is too deep: Unix socket "
+            f"paths hold at most {SUN_PATH_MAX} bytes (unix(7)); choose a shorter --socket",
+        )
     public.parent.mkdir(parents=True, exist_ok=True)
     # The gRPC server listens inside a 0700 directory (mkdtemp) so only the agent reaches
     # it; workloads come in through the relay, which records who they are.
-    private_dir = Path(tempfile.mkdtemp(prefix=".trustd-workload-", dir=public.parent))
-    relay = PeerRelay(public, str(private_dir / "grpc.sock"), max_connections)
+    private_dir = Path(tempfile.mkdtemp(prefix=".trustd-", dir=public.parent))
+    relay = PeerRelay(public, str(private_dir / "s"), max_connections)
     server = grpc.aio.server()
     servicer = WorkloadApi(
         cache,

@@ -8,6 +8,7 @@ stored; every POST carries the session's synchronizer token, compared in constan
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -109,6 +110,14 @@ def _user(row: store.UiUser) -> UiUser:
     )
 
 
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the username is unknown, so that a miss costs what a wrong
+    password costs and timing does not reveal which accounts exist. Made once per process,
+    on first use: an argon2id hash takes about half a second, which every start would pay."""
+    return PasswordHasher().hash(secrets.token_urlsafe(16))
+
+
 class UiAccounts:
     """Local admin accounts and their browser sessions."""
 
@@ -121,9 +130,6 @@ class UiAccounts:
         self._audit = audit
         self._kek = kek
         self._hasher = PasswordHasher()
-        # Verified against when the username is unknown, so a miss costs what a wrong
-        # password costs and timing does not reveal which accounts exist.
-        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
 
     # -- accounts ------------------------------------------------------------------------
 
@@ -221,8 +227,11 @@ class UiAccounts:
         raise raise_later
 
     def _check(self, user: store.UiUser | None, password: str, totp_code: str) -> str | None:
+        # Fetched for every attempt, known user or not, so that the one-off cost of making
+        # it falls on whichever attempt comes first and reveals nothing either.
+        dummy = _dummy_hash()
         try:
-            self._hasher.verify(user.password_hash if user else self._dummy_hash, password)
+            self._hasher.verify(user.password_hash if user else dummy, password)
         except (VerificationError, InvalidHashError):
             return "wrong password" if user else "unknown user"
         if user is None:
