@@ -78,9 +78,16 @@ migrations-check: install-dev services
 	$(BIN)/alembic -x url=postgresql+psycopg://postgres@127.0.0.1:5432/$(CHECK_DB) check
 
 # The slowest tests are listed at the end, to keep an eye on the 20-minute budget. The long
-# fault-injection runs (marker `fault`) have their own target; CI runs both.
+# fault-injection runs (marker `fault`) have their own target; CI runs both. Unit and
+# functional tests run on two workers (pytest-xdist, one file per worker at a time: every
+# test has its own databases, and Redis keys and channels are scoped per deployment); the
+# integration and browser tests, which time real agents, packets and propagation, run one
+# at a time.
+PYTEST_WORKERS ?= 2
+
 pytest: install-dev services
-	$(BIN)/pytest --durations=25 -m "not fault"
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 -m "not fault" tests/unit tests/functional
+	$(BIN)/pytest --durations=15 -m "not fault" tests/integration tests/e2e
 
 test-faults: install-dev services
 	$(BIN)/pytest --durations=10 -m fault
