@@ -5,12 +5,13 @@ concurrent attestations with the same evidence exactly one wins."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine
 
-from tests.functional.conftest import Server
+from tests.functional.conftest import Server, ServerFactory
 from trustd.attestation.base import EvidenceReplayed
 from trustd.services.nodes import SessionReplayGuard, attestation_context
 from trustd.store.attestation import prune_replay_claims
@@ -70,6 +71,27 @@ def test_expired_claims_are_pruned(server: Server) -> None:
     _claim(engine, "e" * 64)
     with pytest.raises(EvidenceReplayed):
         _claim(engine, "f" * 64)
+
+
+def test_the_leader_prunes_expired_claims_on_its_own(server_factory: ServerFactory) -> None:
+    # The rotation ticker's duties run on the leader every tick: no operator action needed.
+    server = server_factory(rotation_interval=timedelta(seconds=0.2))
+    engine = server.services.engine
+    past = server.services.clock.now() - timedelta(minutes=1)
+    with transaction(engine) as session:
+        guard = SessionReplayGuard(session)
+        guard.claim("7" * 64, "x509pop", past)
+        guard.claim("8" * 64, "x509pop", EXPIRES)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            _claim(engine, "7" * 64)  # free again once pruned
+            break
+        except EvidenceReplayed:
+            assert time.monotonic() < deadline, "the expired claim was never pruned"
+            time.sleep(0.1)
+    with pytest.raises(EvidenceReplayed):
+        _claim(engine, "8" * 64)
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])

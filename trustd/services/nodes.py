@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import jwt
+import structlog
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -48,7 +49,7 @@ from trustd.services.issuance import AGENT_PATH, IssuanceRequest, Issuer
 from trustd.services.sync import announce, bump_revision
 from trustd.services.verdicts import delete_reported_addresses
 from trustd.settings import Settings
-from trustd.store.attestation import create_replay_claim
+from trustd.store.attestation import create_replay_claim, prune_replay_claims
 from trustd.store.db import transaction
 from trustd.store.nodes import (
     create_join_token,
@@ -94,6 +95,9 @@ class CreatedJoinToken:
     @property
     def value(self) -> str:
         return f"{self.token.id}.{self.secret}"
+
+
+log = structlog.get_logger("trustd.nodes")
 
 
 class SessionReplayGuard:
@@ -175,6 +179,17 @@ class Nodes:
         self._attestors = attestors
         self._td = settings.trust_domain_obj
         self.server_id = str(SpiffeId.from_parts(self._td, "/trustd/server"))
+
+    # -- housekeeping --------------------------------------------------------------------
+
+    def prune_replay_claims(self) -> int:
+        """Drop the replay claims of evidence past its own expiry (it would be refused as
+        expired anyway); run by the leader's periodic duties. Returns how many went."""
+        with transaction(self._engine) as session:
+            pruned = prune_replay_claims(session, self._clock.now())
+        if pruned:
+            log.info("replay_claims_pruned", count=pruned)
+        return pruned
 
     # -- join tokens ---------------------------------------------------------------------
 

@@ -70,8 +70,11 @@ class RotationManager:
         revocations: Revocations,
         bus: Bus,
         leader: Leader,
+        duties: Sequence[Callable[[], object]] = (),
     ) -> None:
         self._settings = settings
+        # Other periodic work that one replica does for all, after each tick it leads.
+        self._duties = tuple(duties)
         self._engine = engine
         self._clock = clock
         self._audit = audit
@@ -388,6 +391,8 @@ class RotationManager:
                     try:
                         await asyncio.to_thread(self.tick, epoch)
                         await asyncio.to_thread(self._revocations.refresh_crls)
+                        for duty in self._duties:
+                            await asyncio.to_thread(duty)
                     except LostLeadership as exc:
                         # A successor holds a newer epoch: stop acting as the leader.
                         log.warning("rotation_leadership_lost", error=str(exc))
