@@ -8,7 +8,16 @@ import typer
 
 from pki.revocation import RevocationReason
 from trustd.cli.context import connection
-from trustd.cli.output import columns, command_group, emit, fail, listing, progress, record
+from trustd.cli.output import (
+    columns,
+    command_group,
+    emit,
+    fail,
+    listing,
+    matching,
+    progress,
+    render_record,
+)
 
 app = command_group(help="Issued certificates and their revocation.", no_args_is_help=True)
 
@@ -36,7 +45,8 @@ def list_(
         if value is not None:
             params[name] = value
     page = shared.json("GET", "/v1/admin/certificates", params=params)
-    listing(shared.output, page, CERTIFICATE_COLUMNS)
+    filters = matching({"spiffe_id": spiffe_id, "status": status, "after": after})
+    listing(shared.output, page, CERTIFICATE_COLUMNS, f"no issued certificates{filters}")
     if len(page) == limit:
         progress(f"more: trustd cert list --after {page[-1]['serial']}")
 
@@ -48,7 +58,7 @@ def show(serial: Annotated[str, typer.Argument(help="Hex serial")]) -> None:
     cert = shared.json("GET", f"/v1/admin/certificates/{serial}")
 
     def text() -> None:
-        record(shared.output, {k: v for k, v in cert.items() if k != "certificate"})
+        typer.echo(render_record({k: v for k, v in cert.items() if k != "certificate"}))
         if cert.get("certificate"):
             typer.echo(cert["certificate"], nl=False)
 

@@ -15,10 +15,9 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from typer.core import TyperGroup
 
 from pki.errors import TrustdError
-from trustd.cli.output import Output, fail
+from trustd.cli.output import Group, Output, fail
 from trustd.client import AdminClient
 
 ServerOpt = Annotated[
@@ -45,7 +44,7 @@ DataDirOpt = Annotated[
 OutputOpt = Annotated[
     Output,
     typer.Option(
-        "--output", "-o", envvar="TRUSTD_OUTPUT", help="table for people, json for scripts"
+        "--output", "-o", envvar="TRUSTD_OUTPUT", help="table for people; json or yaml for scripts"
     ),
 ]
 
@@ -143,7 +142,7 @@ def hoist_shared_options(args: list[str]) -> list[str]:
     return [*args[:i], *hoisted, args[i], *kept]
 
 
-class SharedOptionsGroup(TyperGroup):
+class SharedOptionsGroup(Group):
     """The top-level group: accepts the shared options after a command's name too."""
 
     # `Any`: the context type is the one Typer's own click copy defines.

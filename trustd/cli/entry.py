@@ -7,7 +7,18 @@ from typing import Annotated, Any
 import typer
 
 from trustd.cli.context import connection
-from trustd.cli.output import columns, command_group, emit, progress, record, render_table
+from trustd.cli.output import (
+    columns,
+    command_group,
+    emit,
+    invoked_as,
+    matching,
+    nothing,
+    print_table,
+    progress,
+    record,
+    render_record,
+)
 from trustd.cli.token import SelectorOpt
 
 app = command_group(help="Registration entries.", no_args_is_help=True)
@@ -91,9 +102,18 @@ def list_(
         if value:
             params[key] = value
     page = shared.json("GET", "/v1/entries", params=params)
+    filters = matching({"spiffe_id": spiffe_id, "parent_id": parent_id, "selector": selector})
 
     def text() -> None:
-        typer.echo(render_table(page["entries"], ENTRY_COLUMNS))
+        if page["entries"]:
+            print_table(page["entries"], ENTRY_COLUMNS)
+        elif page["total"]:
+            nothing(f"no entries after the first {page['total']}{filters}")
+        else:
+            nothing(
+                f"no registration entries{filters}; create one with: {invoked_as()} entry "
+                "create --spiffe-id spiffe://TD/PATH --parent-id NODE_ID --selector TYPE:VALUE"
+            )
         shown = offset + len(page["entries"])
         if shown < page["total"]:
             progress(f"{shown} of {page['total']}; more: trustd entry list --offset {shown}")
@@ -108,9 +128,10 @@ def show(entry_id: Annotated[str, typer.Argument()]) -> None:
     entry = shared.json("GET", f"/v1/entries/{entry_id}")
 
     def text() -> None:
-        record(shared.output, entry, ENTRY_FIELDS)
+        typer.echo(render_record(entry, ENTRY_FIELDS))
         if entry.get("reported_addresses"):
-            typer.echo(render_table(entry["reported_addresses"], ADDRESS_COLUMNS))
+            typer.echo()
+            print_table(entry["reported_addresses"], ADDRESS_COLUMNS)
 
     emit(shared.output, entry, text)
 
