@@ -9,7 +9,7 @@ import typer
 
 from pki.revocation import RevocationReason
 from pki.rotation import KeyKind
-from trustd.cli.cert import CERTIFICATE_COLUMNS
+from trustd.cli.cert import CERTIFICATE_COLUMNS, ReasonOpt
 from trustd.cli.context import connection
 from trustd.cli.output import (
     columns,
@@ -104,7 +104,7 @@ def taint(kid: Annotated[str, typer.Argument(help="An old key (see `trustd ca ke
 @app.command("revoke")
 def revoke(
     kid: Annotated[str, typer.Argument(help="A tainted key")],
-    reason: Annotated[RevocationReason, typer.Option()] = RevocationReason.KEY_COMPROMISE,
+    reason: ReasonOpt = RevocationReason.KEY_COMPROMISE,
 ) -> None:
     """Remove a tainted key from the bundle now and revoke everything it signed."""
     path = f"/v1/admin/ca/keys/{kid}/revoke"

@@ -21,6 +21,15 @@ from trustd.cli.output import (
 
 app = command_group(help="Issued certificates and their revocation.", no_args_is_help=True)
 
+# The choices go in the help, which wraps, not in the metavar, which does not (it would
+# run past 80 columns).
+ReasonOpt = Annotated[
+    RevocationReason,
+    typer.Option(
+        metavar="REASON",
+        help="RFC 5280 §5.3.1 reason: " + ", ".join(r.value for r in RevocationReason),
+    ),
+]
 CERTIFICATE_COLUMNS = columns(
     ("serial", "serial"),
     ("kind", "kind"),
@@ -71,7 +80,7 @@ def revoke(
     spiffe_id: Annotated[
         str | None, typer.Option("--spiffe-id", help="Every unexpired SVID of this ID")
     ] = None,
-    reason: Annotated[RevocationReason, typer.Option()] = RevocationReason.UNSPECIFIED,
+    reason: ReasonOpt = RevocationReason.UNSPECIFIED,
 ) -> None:
     """Revoke a certificate or every SVID of a SPIFFE ID (published in CRLs and OCSP)."""
     if (serial is None) == (spiffe_id is None):

@@ -59,6 +59,10 @@ def _wrap(text: str, width: int, indent: str = "", preserve_paragraphs: bool = T
     return "\n\n".join(out)
 
 
+# The bracketed notes click appends to an option's help.
+_EXTRA = re.compile(r"\[[^\[\]\n]*\]")
+
+
 class HelpFormatter(ClickHelpFormatter):
     """`--help` as click lays it out, wrapped by `_wrap`."""
 
@@ -80,7 +84,10 @@ class HelpFormatter(ClickHelpFormatter):
                 self.write(" " * (first_col - len(first)))
             else:
                 self.write("\n" + " " * (first_col + self.current_indent))
-            lines = _wrap(second, self.width - first_col - self.current_indent - 2).splitlines()
+            # click's `[default: x]`, `[env var: X; required]` stay on one line.
+            kept = _EXTRA.sub(lambda m: m[0].replace(" ", "\0"), second)
+            width = self.width - first_col - self.current_indent - 2
+            lines = _wrap(kept, width).replace("\0", " ").splitlines()
             self.write(f"{lines[0] if lines else ''}\n")
             for line in lines[1:]:
                 self.write(f"{'':>{first_col + self.current_indent}}{line}\n")
