@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from tests.integration.conftest import (
     start_server,
     tls,
 )
+from tests.integration.test_agent import wait_for
 from trustd.cli import app
 
 pytestmark = pytest.mark.integration
@@ -72,16 +72,6 @@ class Seeded:
         return result
 
 
-def _wait(predicate: Any, what: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 def _attest_a_node(server: Running, work: Path) -> str:
     """A real agent joins with a fresh join token, then stops (its node stays listed)."""
     with (work / "agent.log").open("w") as log:
@@ -92,7 +82,7 @@ def _attest_a_node(server: Running, work: Path) -> str:
             out = cli("node", "list", "-o", "json", "--data-dir", str(server.data_dir)).stdout
             return list(json.loads(out))
 
-        nodes = _wait(attested, "the agent to attest")
+        nodes = wait_for(attested, 30, "the agent to attest")
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(20)
@@ -127,8 +117,8 @@ def _acme_certificate(server: Running, http01: Http01Responder) -> None:
         )
         http01.tokens[challenge["token"]] = f"{challenge['token']}.{signer.thumbprint()}"
         assert post(challenge["url"], {}).status_code == 200
-    order = _wait(
-        lambda: (o := post(order_url, None).json())["status"] == "ready" and o, "order ready"
+    order = wait_for(
+        lambda: (o := post(order_url, None).json())["status"] == "ready" and o, 30, "order ready"
     )
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
@@ -142,7 +132,7 @@ def _acme_certificate(server: Running, http01: Http01Responder) -> None:
     )
     der = csr.public_bytes(serialization.Encoding.DER)
     assert post(order["finalize"], {"csr": b64(der)}).status_code == 200
-    _wait(lambda: post(order_url, None).json()["status"] == "valid", "order valid")
+    wait_for(lambda: post(order_url, None).json()["status"] == "valid", 30, "order valid")
     client.close()
 
 
@@ -534,7 +524,7 @@ def test_token_create_for_a_user_prints_a_command_that_user_can_run(
             return node_id in {n["spiffe_id"] for n in json.loads(shown.stdout)}
 
         try:
-            _wait(attested, "the agent started as printed to attest")
+            wait_for(attested, 30, "the agent started as printed to attest")
         except pytest.fail.Exception:
             pytest.fail((home / "agent.log").read_text()[-3000:])
         assert (home / "run" / "trustd" / "agent.sock").is_socket()
