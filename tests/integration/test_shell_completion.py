@@ -55,8 +55,14 @@ def test_bash_completes_commands_options_and_values(tmp_path: Path) -> None:
     assert {"node", "entry", "policy", "ca", "admin", "token"} <= set(tab("trustd", ""))
     assert tab("trustd", "no") == ["node"]
     assert tab("trustd", "node", "") == ["list", "show", "evict", "ban"]
-    assert tab("trustd", "entry", "create", "--s") == ["--spiffe-id", "--selector"]
+    assert tab("trustd", "entry", "create", "--s") == ["--spiffe-id", "--selector", "--server"]
     assert tab("trustd", "-o", "") == ["table", "json", "yaml"]
+    # The shared options complete after a command's name too, where they may also go.
+    assert tab("trustd", "node", "list", "--o") == ["--output"]
+    assert tab("trustd", "node", "list", "-o", "") == ["table", "json", "yaml"]
+    # ... but not after `agent`, whose --server and --data-dir are its own.
+    assert tab("trustd", "agent", "--ser") == ["--server"]
+    assert "--output" not in tab("trustd", "agent", "--")
     assert tab("trustd", "ca", "activate", "--kind", "") == [
         "x509-root",
         "x509-intermediate",

@@ -67,6 +67,12 @@ def test_shared_options_after_the_command_move_in_front_of_it() -> None:
     assert hoist_shared_options(after) == after
     with pytest.raises(ValueError, match="--token needs a value"):
         hoist_shared_options(["ca", "show", "--token"])
+    # While the shell completes the line, the option waiting for its value stays put.
+    assert hoist_shared_options(["ca", "show", "--token"], lenient=True) == [
+        "ca",
+        "show",
+        "--token",
+    ]
 
 
 def test_either_spelling_reaches_the_same_admin_socket() -> None:

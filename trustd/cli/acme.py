@@ -114,10 +114,12 @@ def prune() -> None:
 def eab_create(
     label: Annotated[str, typer.Option(help="Who the key is for")],
     dns_suffix: Annotated[
-        list[str] | None, typer.Option("--dns-suffix", help="Allowed DNS suffix; repeatable")
+        list[str] | None,
+        typer.Option("--dns-suffix", metavar="SUFFIX", help="Allowed DNS suffix; repeatable"),
     ] = None,
     ip_network: Annotated[
-        list[str] | None, typer.Option("--ip-network", help="Allowed CIDR; repeatable")
+        list[str] | None,
+        typer.Option("--ip-network", metavar="CIDR", help="Allowed CIDR; repeatable"),
     ] = None,
     ttl: Annotated[int | None, typer.Option(help="Lifetime in seconds; default none")] = None,
 ) -> None:

@@ -8,7 +8,16 @@ from typing import Annotated, Any
 import typer
 
 from trustd.cli.context import connection
-from trustd.cli.output import columns, command_group, emit, fail, invoked_as, listing, progress
+from trustd.cli.output import (
+    columns,
+    command_group,
+    emit,
+    fail,
+    human_time,
+    invoked_as,
+    listing,
+    progress,
+)
 from trustd.roles import Role
 
 app = command_group(help="Admin API tokens and admin web UI accounts.", no_args_is_help=True)
@@ -56,8 +65,9 @@ def token_create(
     if ttl is not None:
         body["ttl"] = ttl
     created = shared.json("POST", "/v1/admin/tokens", json=body)
+    expires = human_time(created["expires_at"])
     progress(
-        f"created token {created['id']} ({created['role']}, expires {created['expires_at']}); "
+        f"created token {created['id']} ({created['role']}, expires {expires}); "
         "it is shown only once:"
     )
     emit(shared.output, created, lambda: typer.echo(created["token"]))

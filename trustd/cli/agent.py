@@ -43,7 +43,10 @@ def agent(
     log_level: Annotated[str, typer.Option()] = "info",
     enforce_interface: Annotated[
         list[str] | None,
-        typer.Option(help="Attach the eBPF filter to tc ingress here (IFNAME or NETNS/IFNAME)"),
+        typer.Option(
+            metavar="IFNAME",
+            help="Attach the eBPF filter to tc ingress here (IFNAME or NETNS/IFNAME)",
+        ),
     ] = None,
     enforcement_mode: Annotated[
         str, typer.Option(help="enforce: drop what policy denies; audit: count it only")

@@ -78,7 +78,9 @@ def create(
     selector: SelectorOpt = None,
     x509_ttl: Annotated[int | None, typer.Option("--x509-ttl", help="Seconds")] = None,
     jwt_ttl: Annotated[int | None, typer.Option("--jwt-ttl", help="Seconds")] = None,
-    dns_name: Annotated[list[str] | None, typer.Option("--dns-name")] = None,
+    dns_name: Annotated[
+        list[str] | None, typer.Option("--dns-name", metavar="NAME", help="Repeatable")
+    ] = None,
     hint: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Create a registration entry."""
@@ -144,7 +146,9 @@ def update(
     selector: SelectorOpt = None,
     x509_ttl: Annotated[int | None, typer.Option("--x509-ttl")] = None,
     jwt_ttl: Annotated[int | None, typer.Option("--jwt-ttl")] = None,
-    dns_name: Annotated[list[str] | None, typer.Option("--dns-name")] = None,
+    dns_name: Annotated[
+        list[str] | None, typer.Option("--dns-name", metavar="NAME", help="Repeatable")
+    ] = None,
     hint: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Change an entry (only the options given)."""

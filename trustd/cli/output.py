@@ -100,6 +100,18 @@ class HelpContext(Context):
 class Command(TyperCommand):
     context_class = HelpContext
 
+    def get_params(self, ctx: Any) -> list[Any]:
+        """The command's parameters; while the shell completes a line, also the options
+        the top-level group accepts after a command's name (`trustd node list -o <Tab>`),
+        so their names and values complete there too."""
+        params: list[Any] = super().get_params(ctx)
+        if ctx.resilient_parsing:
+            root = ctx.find_root()
+            after = getattr(root.command, "options_after", None)
+            if after is not None:
+                params += after(root, ctx.command_path)
+        return params
+
 
 class Group(TyperGroup):
     context_class = HelpContext

@@ -12,7 +12,7 @@ import typer
 
 from trustd.cli.agent import DEFAULT_DATA_DIR, DEFAULT_SOCKET
 from trustd.cli.context import Connection, connection
-from trustd.cli.output import command_group, emit, invoked_as, progress
+from trustd.cli.output import command_group, emit, human_time, invoked_as, progress
 
 app = command_group(
     help="Join tokens for node attestation (admin API tokens: `trustd admin token`).",
@@ -56,7 +56,7 @@ def create(
         body["ttl"] = ttl
     created = shared.json("POST", "/v1/join-tokens", json=body)
     progress(
-        f"join token {created['id']} expires {created['expires_at']}; "
+        f"join token {created['id']} expires {human_time(created['expires_at'])}; "
         f"the node will be {created['spiffe_id']}"
     )
     socket, data_dir = agent_paths(shared)
