@@ -69,6 +69,7 @@ def show(serial: Annotated[str, typer.Argument(help="Hex serial")]) -> None:
     def text() -> None:
         typer.echo(render_record({k: v for k, v in cert.items() if k != "certificate"}))
         if cert.get("certificate"):
+            typer.echo()
             typer.echo(cert["certificate"], nl=False)
 
     emit(shared.output, cert, text)

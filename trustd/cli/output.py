@@ -353,15 +353,16 @@ def matching(filters: Mapping[str, Any]) -> str:
 def invoked_as() -> str:
     """How to run `trustd` again from where the user is: `trustd` when that name on PATH
     is this program, else the path this one was started by (`.venv/bin/trustd` from a
-    checkout), so a printed next command runs when pasted."""
-    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "trustd"
-    name = Path(argv0).name
-    if os.sep not in argv0:
-        return shlex.quote(name)
-    found = shutil.which(name)
-    try:
-        if found is not None and Path(found).samefile(argv0):
-            return shlex.quote(name)
-    except OSError:
-        pass
-    return shlex.quote(argv0)
+    checkout), so a printed next command runs when pasted. (The banner of `trustd serve`
+    decides the same way.)"""
+    argv0 = sys.argv[0] if sys.argv else ""
+    on_path = shutil.which("trustd")
+    if argv0.endswith("trustd"):
+        if os.sep not in argv0 or (on_path and Path(on_path).resolve() == Path(argv0).resolve()):
+            return "trustd"
+        return shlex.quote(argv0)
+    if on_path:
+        return "trustd"
+    # Not started as `trustd` (python -m, a test runner): the one installed beside Python.
+    beside = Path(sys.executable).parent / "trustd"
+    return shlex.quote(str(beside)) if beside.exists() else "trustd"
