@@ -211,11 +211,16 @@ def test_the_agent_command_names_places_the_user_can_write(
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    # Next to the server's state when it runs here; the socket with it, short of a runtime dir.
-    assert agent_paths(local) == (Path("var/agent/agent.sock"), Path("var/agent"))
+    # In the server's data directory when it runs here, as README's walk-through has it.
+    assert agent_paths(local) == (Path("var/agent.sock"), Path("var/agent"))
+    # Else the user's XDG state (and runtime, when there is one) directory.
     assert agent_paths(remote) == (
         tmp_path / "state" / "trustd-agent" / "agent.sock",
         tmp_path / "state" / "trustd-agent",
     )
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    assert agent_paths(local) == (tmp_path / "trustd" / "agent.sock", Path("var/agent"))
+    assert agent_paths(remote) == (
+        tmp_path / "trustd" / "agent.sock",
+        tmp_path / "state" / "trustd-agent",
+    )
+    assert agent_paths(local) == (Path("var/agent.sock"), Path("var/agent"))

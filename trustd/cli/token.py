@@ -27,17 +27,17 @@ SelectorOpt = Annotated[
 def agent_paths(shared: Connection) -> tuple[Path, Path]:
     """Where the agent started by the printed command keeps its socket and its state: the
     agent's own defaults as root; otherwise places this user can write, so the command
-    runs as pasted from a checkout. The state goes next to the server's (`var/agent`) when
-    the server is on this host, else under $XDG_STATE_HOME; the socket goes under
-    $XDG_RUNTIME_DIR (XDG Base Directory: the user's runtime files), else in the state
-    directory."""
+    runs as pasted from a checkout. With the server on this host (its admin socket), both
+    go in the server's data directory (`var/agent.sock`, `var/agent`, as README's
+    walk-through has them, and `make clean` removes them); else the state goes under
+    $XDG_STATE_HOME and the socket under $XDG_RUNTIME_DIR (XDG Base Directory: the user's
+    state and runtime files), or in the state directory."""
     if os.geteuid() == 0:
         return DEFAULT_SOCKET, DEFAULT_DATA_DIR
     if shared.server is None:
-        state = shared.data_dir / "agent"
-    else:
-        home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-        state = Path(home) / "trustd-agent"
+        return shared.data_dir / "agent.sock", shared.data_dir / "agent"
+    home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    state = Path(home) / "trustd-agent"
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.access(runtime, os.W_OK | os.X_OK):
         return Path(runtime) / "trustd" / "agent.sock", state
