@@ -58,6 +58,8 @@ class Seeded:
     entry_id: str
     serial: str
     http01: Http01Responder
+    # The active policy revision, and a second one pushed beside it.
+    revisions: tuple[str, str] = ("", "")
 
     def run(self, *args: str, color: bool = False, stdin: str | None = None) -> Any:
         """`trustd ARGS --data-dir D` in this process; fails the test on a non-zero exit."""
@@ -181,6 +183,8 @@ def seeded(
         verify=tls(server.bundle),
     )
     assert decided.status_code == 200, decided.text
+    mesh_decisions = ("-o", "json", "policy", "decisions", "--path", "trustd/mesh/allow")
+    wait_for(lambda: json.loads(seeded.run(*mesh_decisions).stdout), 30, "the decision logged")
     # A second revision: one module line and one data value changed.
     second = work / "rego"
     shutil.copytree(REGO, second)
@@ -191,7 +195,13 @@ def seeded(
     data = json.loads((second / "data.json").read_text())
     data["mesh"]["allow"][0]["ports"] = [8443, 9443]
     (second / "data.json").write_text(json.dumps(data))
-    seeded.run("policy", "push", str(second), "--no-activate", "--note", "second")
+    active = next(
+        r["revision"]
+        for r in json.loads(seeded.run("-o", "json", "policy", "list").stdout)
+        if r["active"]
+    )
+    pushed = seeded.run("-o", "json", "policy", "push", str(second), "--no-activate")
+    seeded.revisions = (str(active), str(json.loads(pushed.stdout)["revision"]))
     return seeded
 
 
@@ -402,7 +412,8 @@ def test_bundle_show_follows_the_output_format(seeded: Seeded) -> None:
 
 
 def test_policy_diff_is_a_unified_diff_of_modules_and_data(seeded: Seeded) -> None:
-    plain = seeded.run("policy", "diff", "1", "2")
+    old, new = seeded.revisions
+    plain = seeded.run("policy", "diff", old, new)
     lines = plain.stdout.splitlines()
     assert lines[:2] == ["--- a/mesh.rego", "+++ b/mesh.rego"]
     assert "+# reviewed" in lines
@@ -414,18 +425,18 @@ def test_policy_diff_is_a_unified_diff_of_modules_and_data(seeded: Seeded) -> No
         "+          8443,",
         "+          9443",
     ]
-    assert "mesh.rego changed, data.json changed" in plain.stderr
+    assert f"revision {old} -> {new}: mesh.rego changed, data.json changed" in plain.stderr
     assert ESC not in plain.stdout
     # On a terminal, git's colours: red removals, green additions, cyan hunk ranges.
-    coloured = seeded.run("policy", "diff", "1", "2", color=True).stdout
+    coloured = seeded.run("policy", "diff", old, new, color=True).stdout
     assert f"{ESC}32m+# reviewed" in coloured and f"{ESC}31m-          8443" in coloured
     assert f"{ESC}36m@@ " in coloured
 
     # Scripts get the same diff, computed once by the server for the API, CLI and UI.
-    document = json.loads(seeded.run("-o", "json", "policy", "diff", "1", "2").stdout)
+    document = json.loads(seeded.run("-o", "json", "policy", "diff", old, new).stdout)
     api = httpx.get(
         f"{seeded.server.url}/v1/admin/policy/diff",
-        params={"from": 1, "to": 2},
+        params={"from": old, "to": new},
         headers={"Authorization": f"Bearer {seeded.server.token}"},
         verify=tls(seeded.server.bundle),
     ).json()
@@ -435,11 +446,11 @@ def test_policy_diff_is_a_unified_diff_of_modules_and_data(seeded: Seeded) -> No
         ("data.json", "changed"),
     ]
     assert api["patch"] == plain.stdout
-    assert yaml.safe_load(seeded.run("-o", "yaml", "policy", "diff", "1", "2").stdout) == api
+    assert yaml.safe_load(seeded.run("-o", "yaml", "policy", "diff", old, new).stdout) == api
 
-    same = seeded.run("policy", "diff", "2", "2")
+    same = seeded.run("policy", "diff", new, new)
     assert same.stdout == ""
-    assert "revisions 2 and 2 have the same modules and data" in same.stderr
+    assert f"revisions {new} and {new} have the same modules and data" in same.stderr
 
 
 # -- token create: a next command that runs where the user is ----------------------------
