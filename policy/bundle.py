@@ -328,26 +328,60 @@ def _verify_signatures(raw: bytes, files: dict[str, bytes], keys: Mapping[str, A
             raise BundleSignatureError(f"{name} does not match its signed hash")
 
 
+# The data document as it is diffed: sorted keys, indented, so a change in one value is a
+# one-line change and the same data always reads the same.
+DATA_FILE = "data.json"
+
+
+def render_data(data: Any) -> str:
+    """The data document as sorted, indented JSON, one value per line where it can."""
+    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def unified_diff(old: str | None, new: str | None, name: str) -> str:
+    """A unified diff (the format `diff -u` and `git diff` print) of one file: `None` for a
+    side where the file is absent (its header names /dev/null, as git's does)."""
+    lines = difflib.unified_diff(
+        (old or "").splitlines(),
+        (new or "").splitlines(),
+        "/dev/null" if old is None else f"a/{name}",
+        "/dev/null" if new is None else f"b/{name}",
+        lineterm="",
+    )
+    return "".join(line + "\n" for line in lines)
+
+
 def diff(old: Bundle, new: Bundle) -> dict[str, Any]:
-    """What changed between two bundles: modules added, removed and changed (as unified
-    diffs), and the top-level data keys added, removed and changed."""
-    changed = {
-        name: "".join(
-            difflib.unified_diff(
-                old.modules[name].splitlines(keepends=True),
-                new.modules[name].splitlines(keepends=True),
-                f"a/{name}",
-                f"b/{name}",
-            )
-        )
-        for name in sorted(set(old.modules) & set(new.modules))
-        if old.modules[name] != new.modules[name]
-    }
+    """What changed between two bundles, for the API, the CLI and the admin UI alike:
+
+    - `files`: one `{path, status, diff}` per module added, removed or changed, then
+      `data.json` (the data document as `render_data` writes it) if the data changed,
+      each with its unified diff;
+    - `patch`: those diffs one after the other, as `git diff` prints them;
+    - `modules` and `data`: the names added, removed and changed (top-level data keys
+      for the data), and each changed module's diff under `modules.changed`."""
+    names = sorted(set(old.modules) | set(new.modules))
+    files: list[dict[str, str]] = []
+    for name in names:
+        before, after = old.modules.get(name), new.modules.get(name)
+        if before == after:
+            continue
+        status = "added" if before is None else "removed" if after is None else "changed"
+        files.append({"path": name, "status": status, "diff": unified_diff(before, after, name)})
+    if old.data != new.data:
+        text = unified_diff(render_data(old.data), render_data(new.data), DATA_FILE)
+        files.append({"path": DATA_FILE, "status": "changed", "diff": text})
     return {
+        "files": files,
+        "patch": "".join(f["diff"] for f in files),
         "modules": {
-            "added": sorted(set(new.modules) - set(old.modules)),
-            "removed": sorted(set(old.modules) - set(new.modules)),
-            "changed": changed,
+            "added": [f["path"] for f in files if f["status"] == "added"],
+            "removed": [f["path"] for f in files if f["status"] == "removed"],
+            "changed": {
+                f["path"]: f["diff"]
+                for f in files
+                if f["status"] == "changed" and f["path"] in new.modules
+            },
         },
         "data": {
             "added": sorted(set(new.data) - set(old.data)),

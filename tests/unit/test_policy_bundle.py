@@ -129,3 +129,39 @@ def test_diff() -> None:
     assert changes["modules"]["added"] == ["b.rego"]
     assert "-allow if input.x == data.a.want" in changes["modules"]["changed"]["a/a.rego"]
     assert changes["data"] == {"added": ["b"], "removed": [], "changed": ["a"]}
+
+
+def test_diff_is_unified_for_modules_and_for_the_data() -> None:
+    old = Bundle(
+        {"a.rego": "package a\n\nx := 1\n", "gone.rego": "package gone\n"},
+        {"mesh": {"allow": [{"name": "r", "ports": [80]}]}, "z": 1},
+    )
+    new = Bundle(
+        {"a.rego": "package a\n\nx := 2\n", "new.rego": "package new\n"},
+        {"mesh": {"allow": [{"name": "r", "ports": [80, 443]}]}, "z": 1},
+    )
+    changes = diff(old, new)
+    files = {f["path"]: f for f in changes["files"]}
+    assert [(f["path"], f["status"]) for f in changes["files"]] == [
+        ("a.rego", "changed"),
+        ("gone.rego", "removed"),
+        ("new.rego", "added"),
+        ("data.json", "changed"),
+    ]
+    assert files["a.rego"]["diff"].splitlines()[:2] == ["--- a/a.rego", "+++ b/a.rego"]
+    assert "-x := 1" in files["a.rego"]["diff"] and "+x := 2" in files["a.rego"]["diff"]
+    # Added and removed modules diff against /dev/null, as git shows them.
+    assert files["new.rego"]["diff"].splitlines()[:2] == ["--- /dev/null", "+++ b/new.rego"]
+    assert "+package new" in files["new.rego"]["diff"]
+    assert files["gone.rego"]["diff"].splitlines()[:2] == ["--- a/gone.rego", "+++ /dev/null"]
+    # The data as sorted, indented JSON: the one value added is one line.
+    data = files["data.json"]["diff"].splitlines()
+    assert data[:2] == ["--- a/data.json", "+++ b/data.json"]
+    assert [line for line in data[2:] if line[:1] in "+-"] == [
+        "-          80",
+        "+          80,",
+        "+          443",
+    ]
+    assert changes["patch"] == "".join(f["diff"] for f in changes["files"])
+    assert changes["data"] == {"added": [], "removed": [], "changed": ["mesh"]}
+    assert diff(new, new)["files"] == [] and diff(new, new)["patch"] == ""

@@ -8,7 +8,16 @@ from typing import Annotated, Any
 import typer
 
 from trustd.cli.context import connection
-from trustd.cli.output import columns, command_group, emit, listing, progress, record
+from trustd.cli.output import (
+    columns,
+    command_group,
+    emit,
+    invoked_as,
+    listing,
+    matching,
+    progress,
+    record,
+)
 
 app = command_group(help="The ACME server: accounts, orders, certificates.", no_args_is_help=True)
 eab_app = command_group(help="External Account Binding keys for ACME.", no_args_is_help=True)
@@ -51,7 +60,12 @@ EAB_COLUMNS = columns(
 def accounts() -> None:
     """List ACME accounts."""
     shared = connection()
-    listing(shared.output, shared.json("GET", "/v1/admin/acme/accounts"), ACCOUNT_COLUMNS)
+    listing(
+        shared.output,
+        shared.json("GET", "/v1/admin/acme/accounts"),
+        ACCOUNT_COLUMNS,
+        "no ACME accounts yet; ACME clients register at the server's /acme/directory",
+    )
 
 
 @app.command("deactivate")
@@ -71,9 +85,9 @@ def orders(
     """List ACME orders, newest first."""
     shared = connection()
     params = {k: v for k, v in {"account_id": account, "status": status}.items() if v}
-    listing(
-        shared.output, shared.json("GET", "/v1/admin/acme/orders", params=params), ORDER_COLUMNS
-    )
+    rows = shared.json("GET", "/v1/admin/acme/orders", params=params)
+    empty = f"no ACME orders{matching({'account': account, 'status': status})}"
+    listing(shared.output, rows, ORDER_COLUMNS, empty)
 
 
 @app.command("certificates")
@@ -81,7 +95,7 @@ def certificates() -> None:
     """List certificates issued through ACME, newest first."""
     shared = connection()
     rows = shared.json("GET", "/v1/admin/acme/certificates")
-    listing(shared.output, rows, CERTIFICATE_COLUMNS)
+    listing(shared.output, rows, CERTIFICATE_COLUMNS, "no certificates issued through ACME yet")
 
 
 @app.command("prune")
@@ -100,10 +114,12 @@ def prune() -> None:
 def eab_create(
     label: Annotated[str, typer.Option(help="Who the key is for")],
     dns_suffix: Annotated[
-        list[str] | None, typer.Option("--dns-suffix", help="Allowed DNS suffix; repeatable")
+        list[str] | None,
+        typer.Option("--dns-suffix", metavar="SUFFIX", help="Allowed DNS suffix; repeatable"),
     ] = None,
     ip_network: Annotated[
-        list[str] | None, typer.Option("--ip-network", help="Allowed CIDR; repeatable")
+        list[str] | None,
+        typer.Option("--ip-network", metavar="CIDR", help="Allowed CIDR; repeatable"),
     ] = None,
     ttl: Annotated[int | None, typer.Option(help="Lifetime in seconds; default none")] = None,
 ) -> None:
@@ -129,7 +145,12 @@ def eab_create(
 def eab_list() -> None:
     """List EAB keys (never their MAC keys)."""
     shared = connection()
-    listing(shared.output, shared.json("GET", "/v1/admin/acme/eab-keys"), EAB_COLUMNS)
+    listing(
+        shared.output,
+        shared.json("GET", "/v1/admin/acme/eab-keys"),
+        EAB_COLUMNS,
+        f"no EAB keys; create one with: {invoked_as()} acme eab create --label NAME",
+    )
 
 
 @eab_app.command("revoke")

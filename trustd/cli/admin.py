@@ -8,7 +8,16 @@ from typing import Annotated, Any
 import typer
 
 from trustd.cli.context import connection
-from trustd.cli.output import columns, command_group, emit, fail, listing, progress
+from trustd.cli.output import (
+    columns,
+    command_group,
+    emit,
+    fail,
+    human_time,
+    invoked_as,
+    listing,
+    progress,
+)
 from trustd.roles import Role
 
 app = command_group(help="Admin API tokens and admin web UI accounts.", no_args_is_help=True)
@@ -56,8 +65,9 @@ def token_create(
     if ttl is not None:
         body["ttl"] = ttl
     created = shared.json("POST", "/v1/admin/tokens", json=body)
+    expires = human_time(created["expires_at"])
     progress(
-        f"created token {created['id']} ({created['role']}, expires {created['expires_at']}); "
+        f"created token {created['id']} ({created['role']}, expires {expires}); "
         "it is shown only once:"
     )
     emit(shared.output, created, lambda: typer.echo(created["token"]))
@@ -67,7 +77,12 @@ def token_create(
 def token_list() -> None:
     """List admin tokens (never their secrets)."""
     shared = connection()
-    listing(shared.output, shared.json("GET", "/v1/admin/tokens"), TOKEN_COLUMNS)
+    listing(
+        shared.output,
+        shared.json("GET", "/v1/admin/tokens"),
+        TOKEN_COLUMNS,
+        f"no admin tokens; create one with: {invoked_as()} admin token create --name NAME",
+    )
 
 
 @token_app.command("revoke")
@@ -128,7 +143,12 @@ def _read_password(given: str, from_stdin: bool) -> str:
 def user_list() -> None:
     """List UI accounts."""
     shared = connection()
-    listing(shared.output, shared.json("GET", "/v1/admin/users"), USER_COLUMNS)
+    listing(
+        shared.output,
+        shared.json("GET", "/v1/admin/users"),
+        USER_COLUMNS,
+        f"no UI accounts yet; create one with: {invoked_as()} admin user create NAME --role admin",
+    )
 
 
 @user_app.command("disable")

@@ -13,6 +13,11 @@ import typer
 
 from trustd.cli.output import fail
 
+# A system service's places (FHS: /run for sockets, /var/lib for state), root's to write;
+# `trustd token create` prints them when run as root.
+DEFAULT_SOCKET = Path("/run/trustd/agent.sock")
+DEFAULT_DATA_DIR = Path("/var/lib/trustd-agent")
+
 
 def _enforcement_mode(value: str) -> Any:
     from trustd.agent.enforcement.ebpf import Mode
@@ -25,12 +30,10 @@ def _enforcement_mode(value: str) -> Any:
 
 def agent(
     server: Annotated[str, typer.Option(envvar="TRUSTD_SERVER", help="The trustd server URL")],
-    socket: Annotated[Path, typer.Option(help="Workload API socket")] = Path(
-        "/run/trustd/agent.sock"
-    ),
-    data_dir: Annotated[Path, typer.Option(help="Agent state (node key, SVID, bundle)")] = Path(
-        "/var/lib/trustd-agent"
-    ),
+    socket: Annotated[Path, typer.Option(help="Workload API socket")] = DEFAULT_SOCKET,
+    data_dir: Annotated[
+        Path, typer.Option(help="Agent state (node key, SVID, bundle)")
+    ] = DEFAULT_DATA_DIR,
     join_token: Annotated[
         str | None, typer.Option(envvar="TRUSTD_JOIN_TOKEN", help="First start only")
     ] = None,
@@ -40,7 +43,10 @@ def agent(
     log_level: Annotated[str, typer.Option()] = "info",
     enforce_interface: Annotated[
         list[str] | None,
-        typer.Option(help="Attach the eBPF filter to tc ingress here (IFNAME or NETNS/IFNAME)"),
+        typer.Option(
+            metavar="IFNAME",
+            help="Attach the eBPF filter to tc ingress here (IFNAME or NETNS/IFNAME)",
+        ),
     ] = None,
     enforcement_mode: Annotated[
         str, typer.Option(help="enforce: drop what policy denies; audit: count it only")

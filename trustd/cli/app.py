@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from trustd.cli import acme, admin, agent, bundle, ca, cert, entry, node, policy, serve, svid, token
+from trustd.cli.completion import use_zsh_script
 from trustd.cli.context import (
     CaBundleOpt,
     DataDirOpt,
@@ -19,6 +20,7 @@ from trustd.cli.context import (
 )
 from trustd.cli.output import Output, command_group
 
+use_zsh_script()
 app = command_group(
     cls=SharedOptionsGroup,
     help="trustd: workload identities, the CA behind them, and who may talk to whom.\n\n"

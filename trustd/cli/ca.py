@@ -9,9 +9,17 @@ import typer
 
 from pki.revocation import RevocationReason
 from pki.rotation import KeyKind
-from trustd.cli.cert import CERTIFICATE_COLUMNS
+from trustd.cli.cert import CERTIFICATE_COLUMNS, ReasonOpt
 from trustd.cli.context import connection
-from trustd.cli.output import columns, command_group, emit, listing, progress, record, render_table
+from trustd.cli.output import (
+    columns,
+    command_group,
+    emit,
+    listing,
+    print_table,
+    progress,
+    render_record,
+)
 
 app = command_group(help="The certificate authority.", no_args_is_help=True)
 
@@ -45,8 +53,9 @@ def show() -> None:
     ca = shared.json("GET", "/v1/admin/ca")
 
     def text() -> None:
-        record(shared.output, ca, ("trust_domain", "bundle_sequence"))
-        typer.echo(render_table(ca["authorities"], KEY_COLUMNS))
+        typer.echo(render_record(ca, ("trust_domain", "bundle_sequence")))
+        typer.echo()
+        print_table(ca["authorities"], KEY_COLUMNS)
 
     emit(shared.output, ca, text)
 
@@ -55,7 +64,12 @@ def show() -> None:
 def keys() -> None:
     """Every CA key and its status, newest first (the rotation timeline)."""
     shared = connection()
-    listing(shared.output, shared.json("GET", "/v1/admin/ca/keys"), KEY_COLUMNS)
+    listing(
+        shared.output,
+        shared.json("GET", "/v1/admin/ca/keys"),
+        KEY_COLUMNS,
+        "no CA keys: the server creates them on its first start (trustd init)",
+    )
 
 
 @app.command("prepare")
@@ -90,7 +104,7 @@ def taint(kid: Annotated[str, typer.Argument(help="An old key (see `trustd ca ke
 @app.command("revoke")
 def revoke(
     kid: Annotated[str, typer.Argument(help="A tainted key")],
-    reason: Annotated[RevocationReason, typer.Option()] = RevocationReason.KEY_COMPROMISE,
+    reason: ReasonOpt = RevocationReason.KEY_COMPROMISE,
 ) -> None:
     """Remove a tainted key from the bundle now and revoke everything it signed."""
     path = f"/v1/admin/ca/keys/{kid}/revoke"
@@ -110,6 +124,8 @@ def reissue(
     if after is not None:
         params["after"] = after
     batch = shared.json("GET", f"/v1/admin/ca/keys/{kid}/reissue", params=params)
-    listing(shared.output, batch, CERTIFICATE_COLUMNS)
+    after_serial = f" after serial {after}" if after is not None else ""
+    empty = f"no unexpired certificates signed by {kid}{after_serial}: nothing to re-issue"
+    listing(shared.output, batch, CERTIFICATE_COLUMNS, empty)
     if len(batch) == limit:
         progress(f"more: trustd ca reissue {kid} --after {batch[-1]['serial']}")

@@ -8,10 +8,28 @@ import typer
 
 from pki.revocation import RevocationReason
 from trustd.cli.context import connection
-from trustd.cli.output import columns, command_group, emit, fail, listing, progress, record
+from trustd.cli.output import (
+    columns,
+    command_group,
+    emit,
+    fail,
+    listing,
+    matching,
+    progress,
+    render_record,
+)
 
 app = command_group(help="Issued certificates and their revocation.", no_args_is_help=True)
 
+# The choices go in the help, which wraps, not in the metavar, which does not (it would
+# run past 80 columns).
+ReasonOpt = Annotated[
+    RevocationReason,
+    typer.Option(
+        metavar="REASON",
+        help="RFC 5280 §5.3.1 reason: " + ", ".join(r.value for r in RevocationReason),
+    ),
+]
 CERTIFICATE_COLUMNS = columns(
     ("serial", "serial"),
     ("kind", "kind"),
@@ -36,7 +54,8 @@ def list_(
         if value is not None:
             params[name] = value
     page = shared.json("GET", "/v1/admin/certificates", params=params)
-    listing(shared.output, page, CERTIFICATE_COLUMNS)
+    filters = matching({"spiffe_id": spiffe_id, "status": status, "after": after})
+    listing(shared.output, page, CERTIFICATE_COLUMNS, f"no issued certificates{filters}")
     if len(page) == limit:
         progress(f"more: trustd cert list --after {page[-1]['serial']}")
 
@@ -48,8 +67,9 @@ def show(serial: Annotated[str, typer.Argument(help="Hex serial")]) -> None:
     cert = shared.json("GET", f"/v1/admin/certificates/{serial}")
 
     def text() -> None:
-        record(shared.output, {k: v for k, v in cert.items() if k != "certificate"})
+        typer.echo(render_record({k: v for k, v in cert.items() if k != "certificate"}))
         if cert.get("certificate"):
+            typer.echo()
             typer.echo(cert["certificate"], nl=False)
 
     emit(shared.output, cert, text)
@@ -61,7 +81,7 @@ def revoke(
     spiffe_id: Annotated[
         str | None, typer.Option("--spiffe-id", help="Every unexpired SVID of this ID")
     ] = None,
-    reason: Annotated[RevocationReason, typer.Option()] = RevocationReason.UNSPECIFIED,
+    reason: ReasonOpt = RevocationReason.UNSPECIFIED,
 ) -> None:
     """Revoke a certificate or every SVID of a SPIFFE ID (published in CRLs and OCSP)."""
     if (serial is None) == (spiffe_id is None):

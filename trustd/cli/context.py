@@ -15,10 +15,9 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from typer.core import TyperGroup
 
 from pki.errors import TrustdError
-from trustd.cli.output import Output, fail
+from trustd.cli.output import Group, Output, fail
 from trustd.client import AdminClient
 
 ServerOpt = Annotated[
@@ -45,7 +44,7 @@ DataDirOpt = Annotated[
 OutputOpt = Annotated[
     Output,
     typer.Option(
-        "--output", "-o", envvar="TRUSTD_OUTPUT", help="table for people, json for scripts"
+        "--output", "-o", envvar="TRUSTD_OUTPUT", help="table for people; json or yaml for scripts"
     ),
 ]
 
@@ -106,9 +105,11 @@ def set_connection(
     _current.set(Connection(server, token, ca_bundle, data_dir, output, given))
 
 
-def hoist_shared_options(args: list[str]) -> list[str]:
+def hoist_shared_options(args: list[str], lenient: bool = False) -> list[str]:
     """Move the shared options that follow the command's name in front of it, so
-    `trustd entry list --data-dir X` means `trustd --data-dir X entry list`.
+    `trustd entry list --data-dir X` means `trustd --data-dir X entry list`. With
+    `lenient` (a line the shell is completing), one that ends the line without its value
+    stays where it is.
 
     Raises:
         ValueError: a shared option ends the line without its value.
@@ -134,6 +135,9 @@ def hoist_shared_options(args: list[str]) -> list[str]:
             j += 1
         elif name in SHARED_OPTIONS:
             if j + 1 == len(rest):
+                if lenient:
+                    kept.append(arg)
+                    break
                 raise ValueError(f"{arg} needs a value")
             hoisted += rest[j : j + 2]
             j += 2
@@ -143,13 +147,21 @@ def hoist_shared_options(args: list[str]) -> list[str]:
     return [*args[:i], *hoisted, args[i], *kept]
 
 
-class SharedOptionsGroup(TyperGroup):
+class SharedOptionsGroup(Group):
     """The top-level group: accepts the shared options after a command's name too."""
 
     # `Any`: the context type is the one Typer's own click copy defines.
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         try:
-            hoisted = hoist_shared_options(list(args))
+            hoisted = hoist_shared_options(list(args), lenient=ctx.resilient_parsing)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), ctx=ctx) from None
         return super().parse_args(ctx, hoisted)
+
+    def options_after(self, ctx: Any, command_path: str) -> list[Any]:
+        """The shared options, for the shell to complete after a command's name (not
+        after the commands whose own options have those names)."""
+        words = command_path.split()
+        if len(words) > 1 and words[1] in OWN_OPTIONS:
+            return []
+        return [p for p in self.get_params(ctx) if set(p.opts) & SHARED_OPTIONS]

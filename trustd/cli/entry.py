@@ -7,7 +7,18 @@ from typing import Annotated, Any
 import typer
 
 from trustd.cli.context import connection
-from trustd.cli.output import columns, command_group, emit, progress, record, render_table
+from trustd.cli.output import (
+    columns,
+    command_group,
+    emit,
+    invoked_as,
+    matching,
+    nothing,
+    print_table,
+    progress,
+    record,
+    render_record,
+)
 from trustd.cli.token import SelectorOpt
 
 app = command_group(help="Registration entries.", no_args_is_help=True)
@@ -67,7 +78,9 @@ def create(
     selector: SelectorOpt = None,
     x509_ttl: Annotated[int | None, typer.Option("--x509-ttl", help="Seconds")] = None,
     jwt_ttl: Annotated[int | None, typer.Option("--jwt-ttl", help="Seconds")] = None,
-    dns_name: Annotated[list[str] | None, typer.Option("--dns-name")] = None,
+    dns_name: Annotated[
+        list[str] | None, typer.Option("--dns-name", metavar="NAME", help="Repeatable")
+    ] = None,
     hint: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Create a registration entry."""
@@ -91,9 +104,18 @@ def list_(
         if value:
             params[key] = value
     page = shared.json("GET", "/v1/entries", params=params)
+    filters = matching({"spiffe_id": spiffe_id, "parent_id": parent_id, "selector": selector})
 
     def text() -> None:
-        typer.echo(render_table(page["entries"], ENTRY_COLUMNS))
+        if page["entries"]:
+            print_table(page["entries"], ENTRY_COLUMNS)
+        elif page["total"]:
+            nothing(f"no entries after the first {page['total']}{filters}")
+        else:
+            nothing(
+                f"no registration entries{filters}; create one with: {invoked_as()} entry "
+                "create --spiffe-id spiffe://TD/PATH --parent-id NODE_ID --selector TYPE:VALUE"
+            )
         shown = offset + len(page["entries"])
         if shown < page["total"]:
             progress(f"{shown} of {page['total']}; more: trustd entry list --offset {shown}")
@@ -108,9 +130,10 @@ def show(entry_id: Annotated[str, typer.Argument()]) -> None:
     entry = shared.json("GET", f"/v1/entries/{entry_id}")
 
     def text() -> None:
-        record(shared.output, entry, ENTRY_FIELDS)
+        typer.echo(render_record(entry, ENTRY_FIELDS))
         if entry.get("reported_addresses"):
-            typer.echo(render_table(entry["reported_addresses"], ADDRESS_COLUMNS))
+            typer.echo()
+            print_table(entry["reported_addresses"], ADDRESS_COLUMNS)
 
     emit(shared.output, entry, text)
 
@@ -123,7 +146,9 @@ def update(
     selector: SelectorOpt = None,
     x509_ttl: Annotated[int | None, typer.Option("--x509-ttl")] = None,
     jwt_ttl: Annotated[int | None, typer.Option("--jwt-ttl")] = None,
-    dns_name: Annotated[list[str] | None, typer.Option("--dns-name")] = None,
+    dns_name: Annotated[
+        list[str] | None, typer.Option("--dns-name", metavar="NAME", help="Repeatable")
+    ] = None,
     hint: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Change an entry (only the options given)."""

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from trustd.cli.context import Connection, connection
-from trustd.cli.output import columns, command_group, fail, listing, record
+from trustd.cli.output import columns, command_group, fail, invoked_as, listing, record
 
 app = command_group(help="Attested nodes.", no_args_is_help=True)
 
@@ -29,7 +29,12 @@ NODE_COLUMNS = columns(
 def list_() -> None:
     """List attested nodes."""
     shared = connection()
-    listing(shared.output, shared.json("GET", "/v1/nodes"), NODE_COLUMNS)
+    listing(
+        shared.output,
+        shared.json("GET", "/v1/nodes"),
+        NODE_COLUMNS,
+        f"no nodes attested yet; create a join token with: {invoked_as()} token create",
+    )
 
 
 def _find(shared: Connection, ref: str) -> dict[str, Any]:

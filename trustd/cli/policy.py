@@ -12,7 +12,19 @@ import typer
 
 from pki.errors import TrustdError
 from trustd.cli.context import connection
-from trustd.cli.output import columns, command_group, emit, fail, listing, print_json, progress
+from trustd.cli.output import (
+    columns,
+    command_group,
+    emit,
+    fail,
+    invoked_as,
+    listing,
+    matching,
+    nothing,
+    print_document,
+    progress,
+    secho,
+)
 
 app = command_group(help="Rego policies: test, check, bundles, decisions.", no_args_is_help=True)
 data_app = command_group(
@@ -115,7 +127,12 @@ def push(
 def list_() -> None:
     """Policy revisions, newest first; the active one is marked."""
     shared = connection()
-    listing(shared.output, shared.json("GET", "/v1/admin/policy/bundles"), REVISION_COLUMNS)
+    listing(
+        shared.output,
+        shared.json("GET", "/v1/admin/policy/bundles"),
+        REVISION_COLUMNS,
+        f"no policy revisions; upload one with: {invoked_as()} policy push DIRECTORY",
+    )
 
 
 @app.command("activate")
@@ -134,27 +151,38 @@ def rollback() -> None:
     _revision(row, f"rolled back: revision {row['revision']} is active")
 
 
+def _diff_style(line: str) -> dict[str, Any]:
+    """git diff's colours: file headers bold, hunk ranges cyan, removals red, additions
+    green."""
+    if line.startswith(("--- ", "+++ ")):
+        return {"bold": True}
+    if line.startswith("@@"):
+        return {"fg": typer.colors.CYAN}
+    if line.startswith("-"):
+        return {"fg": typer.colors.RED}
+    if line.startswith("+"):
+        return {"fg": typer.colors.GREEN}
+    return {}
+
+
 @app.command("diff")
 def diff(
     old: Annotated[int, typer.Argument(help="From revision")],
     new: Annotated[int, typer.Argument(help="To revision")],
 ) -> None:
-    """Show what changed between two revisions."""
+    """Show what changed between two revisions: a unified diff of the modules and of the
+    data (as sorted, indented JSON), coloured on a terminal."""
     shared = connection()
     changes = shared.json("GET", "/v1/admin/policy/diff", params={"from": old, "to": new})
 
     def text() -> None:
-        modules = changes["modules"]
-        for name in modules["added"]:
-            typer.secho(f"added   {name}", fg=typer.colors.GREEN)
-        for name in modules["removed"]:
-            typer.secho(f"removed {name}", fg=typer.colors.RED)
-        for body in modules["changed"].values():
-            typer.echo(body)
-        data = changes["data"]
-        for kind in ("added", "removed", "changed"):
-            if data[kind]:
-                typer.echo(f"data {kind}: {', '.join(data[kind])}")
+        if not changes["files"]:
+            nothing(f"revisions {old} and {new} have the same modules and data")
+            return
+        summary = ", ".join(f"{f['path']} {f['status']}" for f in changes["files"])
+        progress(f"revision {old} -> {new}: {summary}")
+        for line in changes["patch"].splitlines():
+            secho(line, **_diff_style(line))
 
     emit(shared.output, changes, text)
 
@@ -207,7 +235,8 @@ def decisions(
         if value is not None:
             params[name] = value
     rows = shared.json("GET", "/v1/admin/policy/decisions", params=params)
-    listing(shared.output, rows, DECISION_COLUMNS)
+    filters = matching({"path": path, "caller": caller, "result": result, "since": since})
+    listing(shared.output, rows, DECISION_COLUMNS, f"no decisions logged{filters}")
 
 
 # -- data documents ----------------------------------------------------------------------
@@ -267,7 +296,8 @@ def data_get(path: Annotated[str, typer.Argument(help="Data path; empty for all"
             node = node[int(segment)]
         else:
             fail(f"no data document at {path} in revision {revision}")
-    print_json(node)
+    # A data document has no table form: JSON, or YAML when asked.
+    print_document(shared.output, node)
 
 
 @data_app.command("put")

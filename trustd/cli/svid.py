@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from pki.csr import create_csr
 from pki.keys import KeyType, generate_private_key
 from trustd.cli.context import connection
-from trustd.cli.output import command_group, emit, progress
+from trustd.cli.output import command_group, emit, human_time, progress
 
 app = command_group(help="Issue SVIDs as an administrator.", no_args_is_help=True)
 
@@ -22,7 +22,9 @@ def x509(
     spiffe_id: Annotated[str, typer.Option("--spiffe-id", help="spiffe://<td>/<path>")],
     out: Annotated[Path, typer.Option(help="Directory for svid.pem, key.pem, bundle.pem")],
     ttl: Annotated[int | None, typer.Option(help="Lifetime in seconds")] = None,
-    dns_name: Annotated[list[str] | None, typer.Option("--dns-name", help="Repeatable")] = None,
+    dns_name: Annotated[
+        list[str] | None, typer.Option("--dns-name", metavar="NAME", help="Repeatable")
+    ] = None,
     key_type: Annotated[KeyType, typer.Option(help="Key to generate here")] = KeyType.EC_P256,
 ) -> None:
     """Generate a key here, have trustd sign it as an X509-SVID, write the files.
@@ -51,11 +53,12 @@ def x509(
             )
         )
     (out / "bundle.pem").write_text(issued["bundle"])
+    until = human_time(issued["not_after"])
     emit(
         shared.output,
         issued,
         lambda: typer.echo(
-            f"{issued['spiffe_id']} serial {issued['serial']} valid until {issued['not_after']}\n"
+            f"{issued['spiffe_id']} serial {issued['serial']} valid until {until}\n"
             f"wrote {out / 'svid.pem'}, {out / 'key.pem'}, {out / 'bundle.pem'}"
         ),
     )
@@ -64,7 +67,9 @@ def x509(
 @app.command("jwt")
 def jwt(
     spiffe_id: Annotated[str, typer.Option("--spiffe-id", help="spiffe://<td>/<path>")],
-    audience: Annotated[list[str], typer.Option("--audience", help="Repeatable; required")],
+    audience: Annotated[
+        list[str], typer.Option("--audience", metavar="AUDIENCE", help="Repeatable; required")
+    ],
     ttl: Annotated[int | None, typer.Option(help="Lifetime in seconds")] = None,
 ) -> None:
     """Mint a JWT-SVID and print it."""
@@ -73,7 +78,6 @@ def jwt(
     if ttl is not None:
         body["ttl"] = ttl
     minted = shared.json("POST", "/v1/svid/jwt", json=body)
-    progress(
-        f"{minted['spiffe_id']} for {', '.join(minted['audience'])}, expires {minted['expires_at']}"
-    )
+    expires = human_time(minted["expires_at"])
+    progress(f"{minted['spiffe_id']} for {', '.join(minted['audience'])}, expires {expires}")
     emit(shared.output, minted, lambda: typer.echo(minted["token"]))
