@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, delete, func, insert, text
+from sqlalchemy import JSON, Column, Index, case, delete, func, insert, text
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from trustd.domain.policy import DecisionFilter, LoggedDecision, PolicyRevisionRecord
@@ -243,6 +243,18 @@ def list_policy_decisions_since(
             | ((col(PolicyDecision.at) == at) & (col(PolicyDecision.decision_id) > decision_id))
         )
     return [_decision(row) for row in session.exec(statement.limit(limit))]
+
+
+def count_policy_decisions_since(session: Session, since: datetime) -> tuple[int, int]:
+    """How many decisions were logged at or after `since`, and how many of them denied
+    (their verdict is false), in one statement on the `at` index."""
+    row = session.exec(
+        select(
+            func.count(),
+            func.coalesce(func.sum(case((col(PolicyDecision.verdict).is_(False), 1), else_=0)), 0),
+        ).where(col(PolicyDecision.at) >= since)
+    ).one()
+    return int(row[0]), int(row[1])
 
 
 def count_policy_decisions(session: Session) -> int:
