@@ -25,6 +25,7 @@ from cryptography import x509
 from pki.csr import create_csr
 from pki.keys import KeyType, generate_private_key
 from tests.integration.conftest import TRUSTD, Running, start_server, tls
+from tests.join import attest_join_token
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -71,22 +72,6 @@ class Seeded:
     paths: dict[str, str]
 
 
-def _attest(api: httpx.Client) -> str:
-    token = api.post("/v1/join-tokens", json={"selectors": ["k8s:ns:payments"]})
-    assert token.status_code == 201, token.text
-    attested = api.post(
-        "/v1/attest",
-        json={
-            "attestor": "join_token",
-            "evidence": {"token": token.json()["token"]},
-            "csr": create_csr(generate_private_key(KeyType.EC_P256)),
-        },
-    )
-    assert attested.status_code == 201, attested.text
-    spiffe_id: str = attested.json()["spiffe_id"]
-    return spiffe_id
-
-
 def _issue(api: httpx.Client, spiffe_id: str) -> str:
     csr = {"spiffe_id": spiffe_id, "csr": create_csr(generate_private_key(KeyType.EC_P256))}
     issued = api.post("/v1/svid/x509", json=csr)
@@ -116,7 +101,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
         assert created.returncode == 0, created.stderr
         assert "created alice (admin)" in created.stdout
 
-        nodes = [_attest(api) for _ in range(2)]
+        nodes = [attest_join_token(api, {}, ["k8s:ns:payments"]) for _ in range(2)]
         names = [
             "ns/web/frontend",
             "ns/api/orders",

@@ -13,6 +13,7 @@ from sqlalchemy import update
 from sqlmodel import col, func, select
 
 from pki.keys import KeyType, generate_private_key
+from tests.join import attest_join_token
 from trustd.roles import Role
 from trustd.services.auth import Principal
 from trustd.store.audit import AuditEvent
@@ -480,20 +481,7 @@ def test_users_api_needs_an_admin_token(ui: Server) -> None:
 
 
 def test_dashboard_and_audit_pages_show_what_happened(ui: Server) -> None:
-    from pki.csr import create_csr
-
-    token = ui.client.post("/v1/join-tokens", json={"selectors": []}, headers=ui.auth)
-    assert token.status_code == 201, token.text
-    attested = ui.client.post(
-        "/v1/attest",
-        json={
-            "attestor": "join_token",
-            "evidence": {"token": token.json()["token"]},
-            "csr": create_csr(generate_private_key(KeyType.EC_P256)),
-        },
-    )
-    assert attested.status_code == 201, attested.text
-    node = attested.json()["spiffe_id"]
+    node = attest_node(ui)
     make_entry(ui)  # a new sync revision the node has not applied yet
     issue(ui, f"{TD}/ns/web/app")
     sign_in(ui.client, "viewer")
@@ -518,21 +506,7 @@ def test_dashboard_and_audit_pages_show_what_happened(ui: Server) -> None:
 
 def attest_node(server: Server) -> str:
     """Attest a node with a join token over the API; its SPIFFE ID."""
-    from pki.csr import create_csr
-
-    token = server.client.post("/v1/join-tokens", json={"selectors": []}, headers=server.auth)
-    assert token.status_code == 201, token.text
-    attested = server.client.post(
-        "/v1/attest",
-        json={
-            "attestor": "join_token",
-            "evidence": {"token": token.json()["token"]},
-            "csr": create_csr(generate_private_key(KeyType.EC_P256)),
-        },
-    )
-    assert attested.status_code == 201, attested.text
-    spiffe_id: str = attested.json()["spiffe_id"]
-    return spiffe_id
+    return attest_join_token(server.client, server.auth)
 
 
 def decide(server: Server, source: str, destination: str, **request: object) -> None:

@@ -28,6 +28,8 @@ DOT_TIMEOUT_SECONDS = 10.0
 FONT = "DejaVu Sans"
 ALLOW_COLOUR = "#067647"
 DENY_COLOUR = "#b42318"
+# Longer last segments (generated names) are cut, the whole SPIFFE ID in the tooltip.
+LABEL_LENGTH = 32
 
 
 class GraphNotDrawn(TrustdError):
@@ -103,7 +105,7 @@ def dot_source(identities: Sequence[str], edges: Sequence[Edge], focus: str | No
         f'ranksep=0.9, bgcolor="transparent", labelloc=t, labeljust=l, '
         f"label={_quoted(root.name)}];",
         f'  node [shape=box, style="rounded,filled", fillcolor="#eef4ff", color="#2457c5", '
-        f"fontname={_quoted(FONT)}, fontsize=10, height=0.3];",
+        f'fontname={_quoted(FONT)}, fontsize=10, height=0.3, margin="0.15,0.05"];',
         f"  edge [fontname={_quoted(FONT)}, fontsize=9, arrowsize=0.7];",
     ]
     counter = iter(range(1_000_000))
@@ -112,6 +114,8 @@ def dot_source(identities: Sequence[str], edges: Sequence[Edge], focus: str | No
         pad = "  " * (depth + 1)
         for identity in cluster.members:
             label = segments(identity)[-1] if segments(identity) else identity
+            if len(label) > LABEL_LENGTH:
+                label = label[: LABEL_LENGTH - 1] + "…"
             attrs = [
                 f"label={_quoted(label)}",
                 f"tooltip={_quoted(identity)}",
