@@ -649,6 +649,16 @@ def test_entry_form_takes_addresses_and_flags_and_shows_receivers(ui: Server) ->
     assert receivers is not None and node not in receivers[1]
     assert "No active node receives this entry" in receivers[1]
 
+    # A bad edit is refused on the entry's own page; the entry stays as it was.
+    refused = ui.client.post(f"/ui/entries/{entry_id}", data={**form, "ip_addresses": "fe80::1"})
+    assert refused.status_code == 400
+    assert f"Entry {entry_id}" in refused.text
+    assert "only IPv4 addresses are enforced" in refused.text
+    assert 'id="receivers"' in refused.text
+    api = ui.client.get(f"/v1/entries/{entry_id}", headers=ui.auth).json()
+    assert api["ip_addresses"] == ["10.0.0.7/32", "10.0.1.0/24"]
+    assert api["downstream"] is True
+
 
 def test_graph_is_drawn_by_graphviz_with_rules_on_edges(ui: Server) -> None:
     sign_in(ui.client, "viewer")

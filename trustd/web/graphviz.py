@@ -144,7 +144,8 @@ def dot_source(identities: Sequence[str], edges: Sequence[Edge], focus: str | No
             f"label={_quoted(edge_label(edge))}",
             f"color={_quoted(colour)}",
             f"fontcolor={_quoted(colour)}",
-            f"URL={_quoted(edge_href(edge))}",
+            # `&` written as the entity: the SVG is parsed as part of the HTML page.
+            f"URL={_quoted(edge_href(edge).replace('&', '&amp;'))}",
             f"tooltip={_quoted(f'{edge.source} → {edge.destination}: ' + '; '.join(edge.reasons))}",
             f"id={_quoted(f'edge{i}')}",
             f"class={_quoted('allow' if edge.allowed else 'deny')}",

@@ -204,6 +204,7 @@ def _form_error(
     exc: TrustdError,
     action: str,
     form: EntryForm,
+    **context: Any,
 ) -> HTMLResponse:
     services.ui.record(
         viewer.who.principal.name,
@@ -212,7 +213,7 @@ def _form_error(
         outcome=AuditOutcome.FAILURE,
         details={"error": type(exc).__name__, "detail": exc.detail[:512]},
     )
-    return _form(request, services, form, action, status_for(exc), error=exc.detail)
+    return _form(request, services, form, action, status_for(exc), error=exc.detail, **context)
 
 
 @router.get("/entries/{entry_id}", response_class=HTMLResponse)
@@ -230,11 +231,19 @@ def entry_edit(
         services,
         EntryForm.of(row),
         f"/ui/entries/{entry_id}",
-        entry=row,
-        receivers=services.entries.receivers(row),
-        certificates=services.revocations.latest_certificates(row.spiffe_id, ENTRY_CERTIFICATES),
-        now=services.clock.now(),
+        **_entry_page(services, row),
     )
+
+
+def _entry_page(services: Services, row: Entry) -> dict[str, Any]:
+    """What an entry's page shows besides the form: the nodes that receive it and the
+    certificates issued for its SPIFFE ID."""
+    return {
+        "entry": row,
+        "receivers": services.entries.receivers(row),
+        "certificates": services.revocations.latest_certificates(row.spiffe_id, ENTRY_CERTIFICATES),
+        "now": services.clock.now(),
+    }
 
 
 @router.post("/entries/{entry_id}", response_class=HTMLResponse)
@@ -250,7 +259,18 @@ def entry_update(
         patch = EntryPatch(**form.fields())
         services.entries.update(viewer.who.principal, entry_id, patch)
     except TrustdError as exc:
-        return _form_error(request, services, viewer, exc, f"/ui/entries/{entry_id}", form)
+        # The page stays the entry's own (its heading, its receivers), with the change
+        # as typed.
+        row = services.entries.get(entry_id)
+        return _form_error(
+            request,
+            services,
+            viewer,
+            exc,
+            f"/ui/entries/{entry_id}",
+            form,
+            **_entry_page(services, row),
+        )
     return RedirectResponse(f"/ui/entries/{entry_id}", status_code=303)
 
 
