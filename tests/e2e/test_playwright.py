@@ -51,10 +51,12 @@ PAGES = {
     "ca": "/ui/ca",
     "policies": "/ui/policies",
     "policy-revision": "/ui/policies/1",
+    "policy-edit": "/ui/policies/edit?module=mesh.rego",
     "decisions": "/ui/decisions",
     "graph": "/ui/graph",
     "graph-denied": "/ui/graph?denied=1",
     "graph-edge": None,  # web -> api
+    "evict-confirm": None,  # a confirmation page (its GET changes nothing)
     "audit": "/ui/audit",
 }
 
@@ -166,6 +168,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
             "entry": f"/ui/entries/{long_entry}",
             "certificate": f"/ui/certificates/{serial}",
             "graph-edge": f"/ui/graph/edge?{edge}",
+            "evict-confirm": f"/ui/nodes/evict?{httpx.QueryParams({'spiffe_id': nodes[0]})}",
         }
         yield Seeded(server, api, paths)
     finally:
