@@ -48,3 +48,12 @@ def test_names_from_policy_data_cannot_inject_markup() -> None:
     assert "&lt;script&gt;" in svg
     # Query strings in links are written with the entity, as HTML attributes need.
     assert "&amp;destination=" in svg
+
+
+def test_the_way_back_of_a_pair_does_not_rank_its_ends() -> None:
+    a, b = f"{TD}/ns/m/prometheus", f"{TD}/ns/q/suspect"
+    there = Edge(a, b, True, (), (MeshRule("allow", "scrape", (9090,)),))
+    back = Edge(b, a, False, (), (MeshRule("deny", "quarantine"),))
+    lines = dot_source([a, b], [there, back]).splitlines()
+    assert "constraint=false" not in next(line for line in lines if "n0 -> n1" in line)
+    assert "constraint=false" in next(line for line in lines if "n1 -> n0" in line)

@@ -136,6 +136,7 @@ def dot_source(identities: Sequence[str], edges: Sequence[Edge], focus: str | No
             out.append(f"{pad}}}")
 
     emit(root, 0)
+    drawn: set[tuple[str, str]] = set()
     for i, edge in enumerate(edges):
         if edge.source not in numbers or edge.destination not in numbers:
             continue
@@ -152,6 +153,11 @@ def dot_source(identities: Sequence[str], edges: Sequence[Edge], focus: str | No
         ]
         if not edge.allowed:
             attrs.append("style=dashed")
+        # The way back of a pair drawn both ways does not rank its ends: dot would put them
+        # side by side and lay both labels on one spot.
+        if (edge.destination, edge.source) in drawn:
+            attrs.append("constraint=false")
+        drawn.add((edge.source, edge.destination))
         out.append(f"  {numbers[edge.source]} -> {numbers[edge.destination]} [{', '.join(attrs)}];")
     out.append("}")
     return "\n".join(out) + "\n"
