@@ -670,6 +670,9 @@ def test_graph_is_drawn_by_graphviz_with_rules_on_edges(ui: Server) -> None:
     ui.services.entries.create(ADMIN, [EntrySpec(spec_db, f"{TD}/node/a", ["unix:uid:5432"])])
     page = ui.client.get("/ui/graph")
     assert page.status_code == 200
+    # Inline SVG from this server: the strict policy stays, no inline style or script.
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "unsafe-inline" not in csp
     svg = re.search(r'<div class="graph-wrap" id="graph">(<svg.*?</svg>)', page.text, re.DOTALL)
     assert svg is not None, page.text
     labels = re.findall(r"<text[^>]*>([^<]*)</text>", svg[1])
@@ -678,7 +681,7 @@ def test_graph_is_drawn_by_graphviz_with_rules_on_edges(ui: Server) -> None:
     assert "tcp :5432" in labels, labels
     # Clusters by path segment, the trust domain and common prefix as the graph's label.
     assert "example.org/ns" in labels and "web" in labels and "db" in labels
-    assert "<script" not in svg[1]
+    assert "<script" not in svg[1] and "style=" not in svg[1]
     assert 'href="/ui/graph/edge?source=' in svg[1]
     assert "denied by quarantine" not in labels
     shown = ui.client.get("/ui/graph", params={"denied": "1"}).text
