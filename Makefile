@@ -7,8 +7,8 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q --disable-pip-version-check -c deploy/constraints.txt
 # Debian packages the tests drive (openssl verify; PostgreSQL and Redis servers; the ACME
 # clients certbot and lego, and pebble as the ACME benchmark baseline; chromium for the
-# admin UI's Playwright tests).
-DEB_PACKAGES := openssl postgresql redis-server certbot lego pebble chromium
+# admin UI's Playwright tests; graphviz's dot lays out the admin UI's graph).
+DEB_PACKAGES := openssl postgresql redis-server certbot lego pebble chromium graphviz
 # eBPF enforcement: clang compiles the tc program, libbpf loads it, bpftool reads its maps,
 # iproute2 makes the test namespaces; nginx is the auth_request enforcement point.
 DEB_PACKAGES += clang llvm libbpf-dev bpftool iproute2 nginx

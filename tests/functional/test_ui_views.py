@@ -13,6 +13,7 @@ from sqlalchemy import update
 from sqlmodel import col, func, select
 
 from pki.keys import KeyType, generate_private_key
+from tests.join import attest_join_token
 from trustd.roles import Role
 from trustd.services.auth import Principal
 from trustd.store.audit import AuditEvent
@@ -480,20 +481,7 @@ def test_users_api_needs_an_admin_token(ui: Server) -> None:
 
 
 def test_dashboard_and_audit_pages_show_what_happened(ui: Server) -> None:
-    from pki.csr import create_csr
-
-    token = ui.client.post("/v1/join-tokens", json={"selectors": []}, headers=ui.auth)
-    assert token.status_code == 201, token.text
-    attested = ui.client.post(
-        "/v1/attest",
-        json={
-            "attestor": "join_token",
-            "evidence": {"token": token.json()["token"]},
-            "csr": create_csr(generate_private_key(KeyType.EC_P256)),
-        },
-    )
-    assert attested.status_code == 201, attested.text
-    node = attested.json()["spiffe_id"]
+    node = attest_node(ui)
     make_entry(ui)  # a new sync revision the node has not applied yet
     issue(ui, f"{TD}/ns/web/app")
     sign_in(ui.client, "viewer")
@@ -501,9 +489,232 @@ def test_dashboard_and_audit_pages_show_what_happened(ui: Server) -> None:
     page = ui.client.get("/ui/").text
     assert '<span class="num">1</span> nodes (1 active)' in page
     assert '<span class="num">1</span> registration entries' in page
-    lagging = re.search(rf"<td>{re.escape(node)}</td><td>0</td><td class=\"warn\">(\d+)</td>", page)
+    lagging = re.search(
+        rf'<td><code class="id">{re.escape(node)}</code></td><td>0</td><td class="warn">(\d+)</td>',
+        page,
+    )
     assert lagging is not None and int(lagging[1]) >= 1, page
+    assert "times in UTC" in page
 
     audit = ui.client.get("/ui/audit", params={"actor": "ui:viewer"}).text
     assert "<td>ui:session:created</td>" in audit
     assert "<td>entry:registration:created</td>" not in audit  # filtered by actor
+
+
+# -- components, verdicts, the graph, entries' pages ----------------------------------------
+
+
+def attest_node(server: Server) -> str:
+    """Attest a node with a join token over the API; its SPIFFE ID."""
+    return attest_join_token(server.client, server.auth)
+
+
+def decide(server: Server, source: str, destination: str, **request: object) -> None:
+    response = server.client.post(
+        "/v1/data/trustd/mesh/decision",
+        headers=server.auth,
+        json={"input": {"source": source, "destination": destination, **request}},
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_decision_log_renders_verdicts_not_raw_json(ui: Server) -> None:
+    sign_in(ui.client, "viewer")
+    decide(ui, f"{TD}/ns/web/a", f"{TD}/ns/db/postgres")
+    decide(ui, f"{TD}/ns/api/b", f"{TD}/ns/db/postgres", port=5432, protocol="tcp")
+    ui.services.policy.decision_log.flush()
+
+    page = ui.client.get("/ui/decisions").text
+    denied = re.search(r'<tr class="decision denied">(.*?)</tr>', page, re.DOTALL)
+    assert denied is not None and f"{TD}/ns/web/a" in denied[1]
+    assert '<span class="badge deny">deny</span>' in denied[1]
+    assert '<span class="summary">no rule allows this call</span>' in denied[1]
+    # The whole decision is behind a disclosure, not in the column.
+    assert "<details" in denied[1]
+    allowed = re.search(r'<tr class="decision allowed">(.*?)</tr>', page, re.DOTALL)
+    assert allowed is not None and "allowed by rule api-to-db" in allowed[1]
+    assert '<time class="ts" datetime="' in page
+
+    only_denied = ui.client.get("/ui/decisions", params={"result": "deny"}).text
+    assert f"{TD}/ns/web/a" in only_denied
+    assert f"{TD}/ns/api/b" not in only_denied
+    assert 'class="decision allowed"' not in only_denied
+
+
+def test_dashboard_shows_decision_and_deny_rates(ui: Server) -> None:
+    sign_in(ui.client, "viewer")
+    for name in ("a", "b", "c"):
+        decide(ui, f"{TD}/ns/web/{name}", f"{TD}/ns/db/postgres")
+    decide(ui, f"{TD}/ns/api/x", f"{TD}/ns/db/postgres", port=5432, protocol="tcp")
+    ui.services.policy.decision_log.flush()
+
+    stats = ui.services.ui_views.dashboard()
+    assert (stats.decisions.last_minute, stats.decisions.denied_last_minute) == (4, 3)
+    assert (stats.decisions.last_hour, stats.decisions.denied_last_hour) == (4, 3)
+    page = ui.client.get("/ui/").text
+    rate = re.search(
+        r'<div class="card" id="deny-rate"><span class="num[^"]*">([^<]+)</span>', page
+    )
+    assert rate is not None and rate[1] == "75 %"
+    assert 'id="decision-rate"><span class="num">4</span>' in page
+    assert "Times are shown in UTC" in page
+
+
+def test_dashboard_warns_of_certificates_close_to_expiry_and_unseen_agents(
+    ui: Server,
+) -> None:
+    from pki.clock import FakeClock
+    from trustd.services.ui import UiViews
+
+    node = attest_node(ui)
+    services = ui.services
+    quiet = services.ui_views.dashboard()
+    assert quiet.expiring == ()
+    # The agent was never seen since it attested: lagging, though on no revision behind
+    # once it applies; its node SVID (an hour's lifetime) has most of its life left.
+    assert [(n.spiffe_id, n.unseen) for n in quiet.lagging] == [(node, True)]
+    # 55 minutes on, the node SVID is in its last sixth: its renewal is overdue.
+    later = FakeClock(services.clock.now() + timedelta(minutes=55))
+    stats = UiViews(services.settings, services.engine, later, services.policy).dashboard()
+    assert [w.kind for w in stats.expiring] == ["node-svid"]
+    assert stats.expiring[0].remaining <= timedelta(minutes=5)
+    # After it expires it is no warning any more (it is gone, not expiring).
+    later.advance(timedelta(minutes=10))
+    gone = UiViews(services.settings, services.engine, later, services.policy).dashboard()
+    assert gone.expiring == ()
+
+
+def test_ca_page_offers_activation_only_for_a_prepared_key(ui: Server) -> None:
+    csrf = sign_in(ui.client, "admin")
+    page = ui.client.get("/ui/ca").text
+    assert "/ui/ca/activate?kind=" not in page
+    # The whole SHA-256 fingerprint of every key is shown.
+    fingerprints = re.findall(r'<td class="fingerprint"><code class="id">([^<]+)</code>', page)
+    assert fingerprints and all(len(f.replace(":", "")) == 64 for f in fingerprints), fingerprints
+    prepared = ui.client.post(
+        "/ui/ca/prepare", data={"csrf": csrf, "kind": "x509-intermediate"}, follow_redirects=False
+    )
+    assert prepared.status_code == 303
+    page = ui.client.get("/ui/ca").text
+    assert page.count("/ui/ca/activate?kind=") == 1
+    assert "/ui/ca/activate?kind=x509-intermediate" in page
+
+
+def test_entry_form_takes_addresses_and_flags_and_shows_receivers(ui: Server) -> None:
+    node = attest_node(ui)
+    csrf = sign_in(ui.client, "operator")
+    new = ui.client.get("/ui/entries/new").text
+    assert f'placeholder="{TD}/trustd/agent/join_token/…"' in new
+    assert f'<option value="{node}">node (join_token)</option>' in new
+    form = {
+        "csrf": csrf,
+        "spiffe_id": f"{TD}/ns/api/server",
+        "parent_id": node,
+        "selectors": "unix:uid:1001",
+        "ip_addresses": "10.0.0.7\n10.0.1.0/24",
+        "admin": "on",
+    }
+    bad = ui.client.post("/ui/entries/new", data={**form, "ip_addresses": "10.0.0.300"})
+    assert bad.status_code == 400
+    assert "not an IP address or prefix" in bad.text
+    assert "10.0.0.300" in bad.text  # the form keeps what was typed
+    assert entry_count(ui) == 0
+    created = ui.client.post("/ui/entries/new", data=form, follow_redirects=False)
+    assert created.status_code == 303, created.text
+    entry_id = created.headers["location"].rsplit("/", 1)[1]
+    api = ui.client.get(f"/v1/entries/{entry_id}", headers=ui.auth).json()
+    assert api["ip_addresses"] == ["10.0.0.7/32", "10.0.1.0/24"]
+    assert (api["admin"], api["downstream"]) == (True, False)
+
+    serial = issue(ui, f"{TD}/ns/api/server")
+    page = ui.client.get(f"/ui/entries/{entry_id}").text
+    receivers = re.search(r'<table id="receivers">(.*?)</table>', page, re.DOTALL)
+    assert receivers is not None and node in receivers[1]
+    certificates = re.search(r'<table id="entry-certificates">(.*?)</table>', page, re.DOTALL)
+    assert certificates is not None and serial in certificates[1]
+    assert 'name="admin" checked' in page
+
+    # Unticking a flag clears it; a downstream entry goes to no node without the selector
+    # that allows a downstream CA.
+    edited = ui.client.post(
+        f"/ui/entries/{entry_id}",
+        data={**{k: v for k, v in form.items() if k != "admin"}, "downstream": "on"},
+        follow_redirects=False,
+    )
+    assert edited.status_code == 303
+    api = ui.client.get(f"/v1/entries/{entry_id}", headers=ui.auth).json()
+    assert (api["admin"], api["downstream"]) == (False, True)
+    page = ui.client.get(f"/ui/entries/{entry_id}").text
+    receivers = re.search(r'<table id="receivers">(.*?)</table>', page, re.DOTALL)
+    assert receivers is not None and node not in receivers[1]
+    assert "No active node receives this entry" in receivers[1]
+
+    # A bad edit is refused on the entry's own page; the entry stays as it was.
+    refused = ui.client.post(f"/ui/entries/{entry_id}", data={**form, "ip_addresses": "fe80::1"})
+    assert refused.status_code == 400
+    assert f"Entry {entry_id}" in refused.text
+    assert "only IPv4 addresses are enforced" in refused.text
+    assert 'id="receivers"' in refused.text
+    api = ui.client.get(f"/v1/entries/{entry_id}", headers=ui.auth).json()
+    assert api["ip_addresses"] == ["10.0.0.7/32", "10.0.1.0/24"]
+    assert api["downstream"] is True
+
+
+def test_graph_is_drawn_by_graphviz_with_rules_on_edges(ui: Server) -> None:
+    sign_in(ui.client, "viewer")
+    for name in ("web", "api", "quarantine"):
+        make_entry(ui, name)
+    spec_db = f"{TD}/ns/db/postgres"
+    from trustd.services.entries import EntrySpec
+
+    ui.services.entries.create(ADMIN, [EntrySpec(spec_db, f"{TD}/node/a", ["unix:uid:5432"])])
+    page = ui.client.get("/ui/graph")
+    assert page.status_code == 200
+    # Inline SVG from this server: the strict policy stays, no inline style or script.
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "unsafe-inline" not in csp
+    svg = re.search(r'<div class="graph-wrap" id="graph">(<svg.*?</svg>)', page.text, re.DOTALL)
+    assert svg is not None, page.text
+    labels = re.findall(r"<text[^>]*>([^<]*)</text>", svg[1])
+    # web -> api: what the rule allows; api -> db: TCP on 5432.
+    assert "http GET,POST :8443 /v1/**" in labels, labels
+    assert "tcp :5432" in labels, labels
+    # Clusters by path segment, the trust domain and common prefix as the graph's label.
+    assert "example.org/ns" in labels and "web" in labels and "db" in labels
+    assert "<script" not in svg[1] and "style=" not in svg[1]
+    assert 'href="/ui/graph/edge?source=' in svg[1]
+    assert "denied by quarantine" not in labels
+    shown = ui.client.get("/ui/graph", params={"denied": "1"}).text
+    assert "denied by quarantine" in shown
+    assert 'stroke="#b42318"' in shown
+
+    only_db = ui.client.get("/ui/graph", params={"identity": spec_db}).text
+    assert "tcp :5432" in only_db
+    assert "http GET,POST :8443 /v1/**" not in only_db
+
+    decide(ui, f"{TD}/ns/api/app", spec_db, port=5432, protocol="tcp")
+    ui.services.policy.decision_log.flush()
+    edge = ui.client.get(
+        "/ui/graph/edge", params={"source": f"{TD}/ns/api/app", "destination": spec_db}
+    )
+    assert edge.status_code == 200
+    assert "allow rule <code>api-to-db</code>" in edge.text
+    assert "&#34;ports&#34;: [\n    5432\n  ]" in edge.text or "5432" in edge.text
+    decisions = re.search(r'<table id="edge-decisions">(.*?)</table>', edge.text, re.DOTALL)
+    assert decisions is not None and '<span class="badge allow">allow</span>' in decisions[1]
+    missing = ui.client.get(
+        "/ui/graph/edge", params={"source": f"{TD}/ns/db/postgres", "destination": f"{TD}/x"}
+    )
+    assert missing.status_code == 404
+
+
+def test_time_and_duration_formats() -> None:
+    from datetime import UTC, datetime
+
+    from trustd.web.rendering import duration, utc
+
+    assert utc(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02 03:04:05 UTC"
+    assert utc(None) == "never"
+    assert duration(timedelta(days=3, hours=4, minutes=5)) == "3 d 4 h"
+    assert duration(timedelta(seconds=42)) == "42 s"
+    assert duration(-timedelta(minutes=90)) == "1 h 30 min ago"

@@ -22,10 +22,12 @@ from policy.engine import EmbeddedEngine, PolicyEngine
 from trustd.bus import Bus
 from trustd.domain.certificates import CertificateKind
 from trustd.domain.entries import Entry, EntryAddress
+from trustd.domain.nodes import Node, NodeStatus
 from trustd.errors import Conflict, InvalidRequest, NotFound
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
 from trustd.services.issuance import (
+    AGENT_PATH,
     JWT_SVID,
     SERVER_PATH,
     CredentialKind,
@@ -45,6 +47,7 @@ from trustd.store.entries import (
     list_entries_by_parent,
     update_entry,
 )
+from trustd.store.nodes import list_nodes
 from trustd.store.verdicts import list_entry_addresses
 
 DEFAULT_ATTESTATION_POLICY = Path(__file__).resolve().parents[2] / "rego" / "attestation.rego"
@@ -352,6 +355,44 @@ class Entries:
             total = count_entries(session, **filters)
             rows = list_entries(session, **filters, limit=query.limit, offset=query.offset)
         return rows, total
+
+    def parent_choices(self) -> list[tuple[str, str]]:
+        """(SPIFFE ID, what it is) of every parent an entry can name: the active attested
+        nodes, the node aliases (entries parented by the server), and the server itself."""
+        with transaction(self._engine) as session:
+            nodes = [n for n in list_nodes(session) if n.status == NodeStatus.ACTIVE]
+            aliases = list_entries(session, parent_id=self.server_id)
+        return [
+            *((n.spiffe_id, f"node ({n.attestor})") for n in nodes),
+            *((a.spiffe_id, "node alias") for a in aliases),
+            (self.server_id, "the server: parent of node aliases"),
+        ]
+
+    def agent_id_example(self) -> str:
+        """What an attested node's SPIFFE ID looks like here (`AGENT_PATH`/attestor/id)."""
+        return f"spiffe://{self._td}{AGENT_PATH}/join_token/…"
+
+    def receivers(self, entry: Entry) -> list[Node]:
+        """The active nodes that receive `entry`: those it is parented to, directly or
+        through a node alias, that the attestation policy lets have it (`for_node`, the
+        rule the nodes' sync applies).
+
+        Raises:
+            PolicyEvaluationError: the attestation policy failed.
+        """
+        with transaction(self._engine) as session:
+            receiving = []
+            for node in list_nodes(session):
+                if node.status != NodeStatus.ACTIVE:
+                    continue
+                selectors = frozenset(node.selectors)
+                aliases = self.aliases_of(session, selectors)
+                if entry.parent_id != node.spiffe_id and entry.parent_id not in aliases:
+                    continue
+                view = NodeView(node.spiffe_id, selectors, aliases)
+                if any(e.id == entry.id for e in self.for_node(session, view)):
+                    receiving.append(node)
+        return receiving
 
     # -- what a node may receive ---------------------------------------------------------
 

@@ -50,6 +50,7 @@ from trustd.store.certificates import (
     fetch_ocsp_status,
     list_certificates,
     list_certificates_to_revoke,
+    list_latest_certificates,
     update_certificates_revoked,
 )
 from trustd.store.db import transaction
@@ -269,6 +270,16 @@ class Revocations:
                 after=after.lower() if after is not None else None,
                 limit=limit,
             )
+
+    def latest_certificates(self, spiffe_id: str, limit: int = 20) -> list[CertificateRecord]:
+        """The newest certificates issued for *spiffe_id*, newest first.
+
+        Raises:
+            InvalidRequest: *limit* out of range.
+        """
+        limit = _page_limit(limit)
+        with transaction(self._engine) as session:
+            return list_latest_certificates(session, spiffe_id, limit)
 
     def since(
         self, revision: int, limit: int = MAX_PAGE, announced: int | None = None

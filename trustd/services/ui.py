@@ -30,17 +30,22 @@ from pki.clock import Clock
 from pki.errors import KeyDecryptionError, TrustdError
 from policy.engine import EmbeddedEngine
 from trustd.domain.audit import AuditOutcome
-from trustd.domain.nodes import NodeStatus
+from trustd.domain.certificates import CertificateKind
 from trustd.domain.policy import DecisionFilter, LoggedDecision
 from trustd.domain.ui import (
+    EXPIRY_WARNING_FRACTION,
     AuditRecord,
     CreatedUser,
     Dashboard,
     DecisionQuery,
+    DecisionRates,
     Edge,
+    ExpiryWarning,
     Graph,
     LaggingNode,
+    MeshRule,
     UiUser,
+    expiring_soon,
 )
 from trustd.errors import Conflict, InvalidRequest, NotFound, Unauthenticated
 from trustd.roles import Role
@@ -51,9 +56,16 @@ from trustd.services.sync import current_revision
 from trustd.settings import Settings
 from trustd.store import ui as store
 from trustd.store.db import transaction
-from trustd.store.policy import list_policy_decisions
+from trustd.store.policy import count_policy_decisions_since, list_policy_decisions
 
 MESH_DECISION = "trustd/mesh/decision"
+# Rows the dashboard lists of lagging agents and of certificates close to expiry.
+LAGGING_SHOWN = 20
+EXPIRING_SHOWN = 20
+# The long-lived certificates whose holders renew them well ahead (agents their node SVIDs,
+# the server its serving certificate, ACME clients theirs); X509-SVIDs live an hour and
+# their expiry is routine.
+RENEWED_KINDS = (CertificateKind.NODE_SVID, CertificateKind.SERVING, CertificateKind.ACME)
 USERNAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 MIN_PASSWORD_LENGTH = 12
 _TOTP_ISSUER = "trustd"
@@ -343,6 +355,31 @@ class UiAccounts:
 # -- read models -----------------------------------------------------------------------
 
 
+def mesh_rules(mesh_data: Any, kind: str) -> dict[str, MeshRule]:
+    """The named rules of `data.mesh.<kind>` ("allow" or "deny"), as the graph shows them;
+    entries that are not rule objects are skipped (the policy ignores them too)."""
+    rules: dict[str, MeshRule] = {}
+    listed = mesh_data.get(kind, []) if isinstance(mesh_data, dict) else []
+    for rule in listed if isinstance(listed, list) else []:
+        if not isinstance(rule, dict) or not isinstance(rule.get("name"), str):
+            continue
+
+        def values(key: str, rule: dict[str, Any] = rule) -> tuple[Any, ...]:
+            found = rule.get(key) or []
+            return tuple(found) if isinstance(found, list) else ()
+
+        rules[rule["name"]] = MeshRule(
+            kind=kind,
+            name=rule["name"],
+            ports=tuple(p for p in values("ports") if isinstance(p, int)),
+            protocols=tuple(str(p).lower() for p in values("protocols")),
+            methods=tuple(str(m).upper() for m in values("methods")),
+            paths=tuple(str(p) for p in values("paths")),
+            text=json.dumps(rule, indent=2, sort_keys=True),
+        )
+    return rules
+
+
 def _probes(mesh_data: Any) -> list[dict[str, Any]]:
     """One concrete request per allow rule (its first port, protocol, method and a path
     its first pattern matches), so an edge exists when some rule lets A reach B at all."""
@@ -363,36 +400,47 @@ def _probes(mesh_data: Any) -> list[dict[str, Any]]:
     return list(probes.values()) or [{}]
 
 
+_ALLOWED_BY = "allowed by rule "
+_DENIED_BY = "denied by rule "
+
+
 def mesh_edges(engine: EmbeddedEngine, mesh_data: Any, identities: Sequence[str]) -> list[Edge]:
     """Who may talk to whom under the mesh policy: every ordered pair of `identities`,
-    each with one probe per allow rule. Allowed edges, and denied ones where a deny rule
-    matched explicitly (the rest is the default deny, not drawn). Not the nodes' compiled
-    verdicts: those are L4 only and carry no reasons, while an edge here shows L7 rules and
-    the rule that decided; `ui_graph_max_identities` bounds the pairs.
+    each with one probe per allow rule. Allowed edges carry every allow rule that let one
+    of the probes through (what the edge's label says is allowed); denied ones are drawn
+    where a deny rule matched explicitly (the rest is the default deny, not drawn). Not the
+    nodes' compiled verdicts: those are L4 only and carry no reasons, while an edge here
+    shows L7 rules and the rule that decided; `ui_graph_max_identities` bounds the pairs.
 
     Raises:
         PolicyEvaluationError: the mesh policy failed to evaluate.
     """
     edges: list[Edge] = []
     probes = _probes(mesh_data)
+    allow_rules = mesh_rules(mesh_data, "allow")
+    deny_rules = mesh_rules(mesh_data, "deny")
     for source in identities:
         for destination in identities:
             if source == destination:
                 continue
             denied: set[str] = set()
-            allowed: tuple[str, ...] = ()
+            allowed: set[str] = set()
             for probe in probes:
                 request = {**probe, "source": source, "destination": destination}
                 value = engine.query(MESH_DECISION, json.dumps(request, sort_keys=True)).value
                 reasons = tuple(value.get("reasons", ())) if isinstance(value, dict) else ()
                 if isinstance(value, dict) and value.get("allowed") is True:
-                    allowed = reasons
-                    break
-                denied.update(r for r in reasons if r.startswith("denied by"))
+                    allowed.update(r for r in reasons if isinstance(r, str))
+                else:
+                    denied.update(r for r in reasons if str(r).startswith("denied by"))
             if allowed:
-                edges.append(Edge(source, destination, True, allowed))
+                names = [r.removeprefix(_ALLOWED_BY) for r in sorted(allowed)]
+                rules = tuple(allow_rules[n] for n in names if n in allow_rules)
+                edges.append(Edge(source, destination, True, tuple(sorted(allowed)), rules))
             elif denied:
-                edges.append(Edge(source, destination, False, tuple(sorted(denied))))
+                names = [r.removeprefix(_DENIED_BY) for r in sorted(denied)]
+                rules = tuple(deny_rules[n] for n in names if n in deny_rules)
+                edges.append(Edge(source, destination, False, tuple(sorted(denied)), rules))
     return edges
 
 
@@ -416,17 +464,39 @@ class UiViews:
         self._graph = _GraphCache()
 
     def dashboard(self) -> Dashboard:
-        """Counts, the last hour's X509-SVIDs, and the active nodes furthest behind."""
-        hour_ago = self._clock.now() - timedelta(hours=1)
+        """Counts, the last hour's X509-SVIDs, the decision and deny rates, certificates
+        whose renewal is overdue, and the active nodes behind or not seen lately."""
+        now = self._clock.now()
+        hour_ago = now - timedelta(hours=1)
+        # An agent long-polls for `sync_wait` and comes straight back: three missed polls
+        # is an agent that is gone or cut off.
+        seen_cutoff = now - 3 * self._settings.sync_wait
         with transaction(self._engine) as session:
             revision = current_revision(session)
-            nodes = store.list_nodes_by_applied_revision(session, 20)
+            nodes = store.list_lagging_nodes(session, revision, seen_cutoff, LAGGING_SHOWN)
             counts = store.count_dashboard(session, hour_ago)
+            minute = count_policy_decisions_since(session, now - timedelta(minutes=1))
+            hour = count_policy_decisions_since(session, hour_ago)
+            # Certificates in the last sixth of the longest lifetime any kind is issued with.
+            horizon = now + self._longest_certificate_lifetime() / EXPIRY_WARNING_FRACTION
+            candidates = store.list_certificates_expiring(
+                session, now, horizon, RENEWED_KINDS, EXPIRING_SHOWN * 4
+            )
         lagging = tuple(
-            LaggingNode(n.spiffe_id, n.applied_revision, n.last_seen, revision - n.applied_revision)
+            LaggingNode(
+                n.spiffe_id,
+                n.applied_revision,
+                n.last_seen,
+                revision - n.applied_revision,
+                unseen=n.last_seen is None or n.last_seen < seen_cutoff,
+            )
             for n in nodes
-            if n.status == NodeStatus.ACTIVE
         )
+        expiring = tuple(
+            ExpiryWarning(c.kind, c.serial, c.spiffe_id, c.not_after, c.not_after - now)
+            for c in candidates
+            if expiring_soon(c.not_before, c.not_after, now)
+        )[:EXPIRING_SHOWN]
         return Dashboard(
             nodes=counts.nodes,
             active_nodes=counts.active_nodes,
@@ -434,7 +504,14 @@ class UiViews:
             svids_last_hour=counts.svids_since,
             sync_revision=revision,
             lagging=lagging,
+            decisions=DecisionRates(minute[0], minute[1], hour[0], hour[1]),
+            expiring=expiring,
+            seen_cutoff=seen_cutoff,
         )
+
+    def _longest_certificate_lifetime(self) -> timedelta:
+        settings = self._settings
+        return max(settings.node_svid_ttl, settings.serving_cert_ttl, settings.acme_cert_ttl)
 
     def decisions(self, query: DecisionQuery) -> list[LoggedDecision]:
         """Newest first, `query.limit` at a time; `before` is the last row of the previous

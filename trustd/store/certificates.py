@@ -184,3 +184,16 @@ def list_certificates(
     if after is not None:
         query = query.where(col(IssuedCertificate.serial) > after)
     return [_certificate(row) for row in session.exec(query.limit(limit))]
+
+
+def list_latest_certificates(
+    session: Session, spiffe_id: str, limit: int
+) -> list[CertificateRecord]:
+    """The newest *limit* certificates issued for *spiffe_id* (on the `spiffe_id` index)."""
+    query = (
+        select(IssuedCertificate)
+        .where(IssuedCertificate.spiffe_id == spiffe_id)
+        .order_by(col(IssuedCertificate.created_at).desc())
+        .limit(limit)
+    )
+    return [_certificate(row) for row in session.exec(query)]

@@ -245,6 +245,23 @@ def list_policy_decisions_since(
     return [_decision(row) for row in session.exec(statement.limit(limit))]
 
 
+def count_policy_decisions_since(session: Session, since: datetime) -> tuple[int, int]:
+    """How many decisions were logged at or after `since`, and how many of them denied
+    (their verdict is false): one statement, each count a range scan of an index (`at`,
+    and `verdict, at`) rather than a read of the rows."""
+    at = col(PolicyDecision.at)
+    row = session.exec(
+        select(
+            select(func.count()).select_from(PolicyDecision).where(at >= since).scalar_subquery(),
+            select(func.count())
+            .select_from(PolicyDecision)
+            .where(col(PolicyDecision.verdict) == False, at >= since)  # noqa: E712 - SQL equality
+            .scalar_subquery(),
+        )
+    ).one()
+    return int(row[0]), int(row[1])
+
+
 def count_policy_decisions(session: Session) -> int:
     """How many decisions the log holds."""
     return session.exec(select(func.count()).select_from(PolicyDecision)).one()

@@ -3,13 +3,14 @@ their repository functions, and the read-only queries behind the UI's pages."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Column, LargeBinary, delete, func
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from trustd.domain.certificates import CertificateKind
+from trustd.domain.certificates import CertificateKind, CertificateStatus
 from trustd.domain.nodes import NodeStatus
 from trustd.store.audit import AuditEvent
 from trustd.store.certificates import IssuedCertificate
@@ -139,9 +140,40 @@ def count_dashboard(session: Session, svids_since: datetime) -> DashboardCounts:
     return DashboardCounts(int(counts[0]), int(counts[1]), int(counts[2]), int(counts[3]))
 
 
-def list_nodes_by_applied_revision(session: Session, limit: int) -> list[Node]:
-    """The nodes furthest behind on sync revisions first."""
-    return list(session.exec(select(Node).order_by(col(Node.applied_revision)).limit(limit)))
+def list_lagging_nodes(
+    session: Session, revision: int, seen_before: datetime, limit: int
+) -> list[Node]:
+    """Active nodes whose agent acknowledged a sync revision below `revision`, or was last
+    seen before `seen_before` (or never): furthest behind first, then longest unseen."""
+    statement = (
+        select(Node)
+        .where(Node.status == NodeStatus.ACTIVE)
+        .where(
+            (col(Node.applied_revision) < revision)
+            | col(Node.last_seen).is_(None)
+            | (col(Node.last_seen) < seen_before)
+        )
+        .order_by(col(Node.applied_revision), col(Node.last_seen))
+        .limit(limit)
+    )
+    return list(session.exec(statement))
+
+
+def list_certificates_expiring(
+    session: Session, now: datetime, until: datetime, kinds: Sequence[str], limit: int
+) -> list[IssuedCertificate]:
+    """Valid certificates of `kinds` that expire after `now` and by `until`, soonest
+    first (on the `not_after` index)."""
+    statement = (
+        select(IssuedCertificate)
+        .where(col(IssuedCertificate.not_after) > now)
+        .where(col(IssuedCertificate.not_after) <= until)
+        .where(IssuedCertificate.status == CertificateStatus.VALID)
+        .where(col(IssuedCertificate.kind).in_(list(kinds)))
+        .order_by(col(IssuedCertificate.not_after))
+        .limit(limit)
+    )
+    return list(session.exec(statement))
 
 
 def list_audit_events(

@@ -5,7 +5,9 @@ Every view names the one permission it needs (`admin:<resource>:<action>`), deci
 active `admin` Rego policy for the user's role (`session`); every POST carries the
 session's CSRF token (`csrf`); destructive actions (revoke, ban, evict, delete, roll back,
 activate a CA key) first show the confirmation page of `confirm`. Refusals and failures
-are audited. The views live in `views/`, one module per domain.
+are audited. The views live in `views/`, one module per domain; every page draws its
+times, identifiers, verdicts, tables and confirmation links with the one set of components
+in `templates/components.html`, and the graph is laid out by Graphviz (`graphviz`).
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ error page a failed view shows."""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,10 @@ from trustd.api.problems import status_for
 WEB = Path(__file__).resolve().parent
 STATIC = WEB / "static"
 templates = Jinja2Templates(directory=WEB / "templates")
+# Every time the UI shows is in this one format, in UTC, the zone written out: operators in
+# different zones read the same value, and it is the zone the logs and the API use.
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
+TIME_ZONE = "UTC"
 # Rows per page of the UI's listings.
 PAGE = 50
 # OWASP secure headers for HTML: nothing but this origin's own scripts and styles, no
@@ -30,6 +36,45 @@ _HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+
+
+def utc(value: datetime | None) -> str:
+    """A time as every page shows it (`TIME_FORMAT`); "never" for none."""
+    if value is None:
+        return "never"
+    aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return aware.strftime(TIME_FORMAT)
+
+
+def iso(value: datetime) -> str:
+    """A time for a `<time datetime>` attribute (RFC 3339, UTC)."""
+    aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return aware.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def duration(value: timedelta) -> str:
+    """A span in its two largest units (`3 d 4 h`, `12 min`); negative spans read `ago`."""
+    seconds = int(value.total_seconds())
+    suffix = " ago" if seconds < 0 else ""
+    seconds = abs(seconds)
+    units = (("d", 86400), ("h", 3600), ("min", 60), ("s", 1))
+    parts: list[str] = []
+    for name, size in units:
+        if seconds >= size or (name == "s" and not parts):
+            parts.append(f"{seconds // size} {name}")
+            seconds %= size
+        if len(parts) == 2:
+            break
+    return " ".join(parts) + suffix
+
+
+def pretty_json(value: Any) -> str:
+    """A JSON value indented for reading."""
+    return json.dumps(value, indent=2, sort_keys=True, default=str)
+
+
+templates.env.filters.update(utc=utc, iso=iso, duration=duration, pretty_json=pretty_json)
+templates.env.globals.update(time_zone=TIME_ZONE)
 
 
 def secure_headers() -> dict[str, str]:

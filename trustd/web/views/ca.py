@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from pki.rotation import KeyKind
+from pki.rotation import KeyKind, SlotStatus
 from trustd.api.admin import authority_public
 from trustd.api.deps import ServicesDep
 from trustd.web.confirm import confirm
@@ -22,11 +22,14 @@ router = ui_router()
 def ca(
     request: Request, services: ServicesDep, viewer: Annotated[Viewer, require("admin:ca:read")]
 ) -> HTMLResponse:
-    """The trust bundle's chain and every CA key with its rotation state."""
+    """The trust bundle's chain and every CA key with its rotation state; activation is
+    offered only for a kind whose next key is prepared."""
+    keys = [authority_public(k) for k in services.rotation.timeline()]
     return render(
         request,
         "ca.html",
-        keys=[authority_public(k) for k in services.rotation.timeline()],
+        keys=keys,
+        prepared=sorted({k.kind for k in keys if k.status == SlotStatus.PREPARED}),
         sequence=services.ca.state.bundle.sequence,
         bundle_pem=services.ca.state.bundle.to_pem(),
         kinds=[k.value for k in KeyKind],

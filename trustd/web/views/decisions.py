@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
 from fastapi import Query, Request
 from fastapi.responses import HTMLResponse
 
 from trustd.api.deps import ServicesDep
+from trustd.domain.policy import LoggedDecision
 from trustd.domain.ui import DecisionQuery
 from trustd.web.forms import when
 from trustd.web.rendering import PAGE, render
@@ -16,6 +18,27 @@ from trustd.web.session import Viewer, require
 
 router = ui_router()
 Opt = Annotated[str | None, Query(max_length=2048)]
+# How much of a result the verdict column shows; the whole decision is behind a disclosure.
+SUMMARY_LENGTH = 90
+
+
+def summary(decision: LoggedDecision) -> str:
+    """What a decision said, in a line: its reasons when the result gives some (the mesh
+    decision's `reasons`, an ext_authz-style `reason`), else the result itself, cut short."""
+    if not decision.defined:
+        return "the policy defines no result for this input"
+    result: Any = decision.result
+    if isinstance(result, dict):
+        reasons = result.get("reasons", result.get("reason"))
+        if isinstance(reasons, str):
+            reasons = [reasons]
+        if isinstance(reasons, list) and reasons:
+            text = "; ".join(str(r) for r in reasons)
+            return text if len(text) <= SUMMARY_LENGTH else text[: SUMMARY_LENGTH - 1] + "…"
+    if isinstance(result, bool):
+        return ""
+    text = json.dumps(result, sort_keys=True)
+    return text if len(text) <= SUMMARY_LENGTH else text[: SUMMARY_LENGTH - 1] + "…"
 
 
 @router.get("/decisions", response_class=HTMLResponse)
@@ -61,7 +84,7 @@ def decisions(
     return render(
         request,
         "decisions.html",
-        rows=rows,
+        rows=[(row, summary(row)) for row in rows],
         filters=filters,
         next_before=f"{last.at.isoformat()}|{last.decision_id}" if last else None,
     )

@@ -13,6 +13,7 @@ from pki.errors import TrustdError
 from trustd.api.deps import ServicesDep
 from trustd.api.problems import status_for
 from trustd.domain.audit import AuditOutcome
+from trustd.domain.entries import Entry
 from trustd.errors import InvalidRequest
 from trustd.services.container import Services
 from trustd.services.entries import EntryFilter, EntryPatch, EntrySpec
@@ -24,6 +25,8 @@ from trustd.web.session import Viewer, require
 
 router = ui_router()
 Opt = Annotated[str | None, Query(max_length=2048)]
+# Certificates listed on an entry's page, newest first; the certificates page has the rest.
+ENTRY_CERTIFICATES = 20
 
 
 @router.get("/entries", response_class=HTMLResponse)
@@ -65,6 +68,25 @@ class EntryForm:
     x509_ttl: str = ""
     jwt_ttl: str = ""
     hint: str = ""
+    ip_addresses: str = ""
+    admin: bool = False
+    downstream: bool = False
+
+    @classmethod
+    def of(cls, row: Entry) -> EntryForm:
+        """The form showing a stored entry."""
+        return cls(
+            row.spiffe_id,
+            row.parent_id,
+            "\n".join(row.selectors),
+            "\n".join(row.dns_names),
+            str(row.x509_ttl),
+            str(row.jwt_ttl),
+            row.hint,
+            "\n".join(row.ip_addresses),
+            row.admin,
+            row.downstream,
+        )
 
     @staticmethod
     def ttl(value: str, name: str) -> int | None:
@@ -93,6 +115,9 @@ class EntryForm:
             "x509_ttl": self.ttl(self.x509_ttl, "X509-SVID TTL"),
             "jwt_ttl": self.ttl(self.jwt_ttl, "JWT-SVID TTL"),
             "hint": self.hint,
+            "ip_addresses": lines(self.ip_addresses),
+            "admin": self.admin,
+            "downstream": self.downstream,
         }
 
 
@@ -104,8 +129,23 @@ def _entry_form(
     x509_ttl: Annotated[str, Form(max_length=12)] = "",
     jwt_ttl: Annotated[str, Form(max_length=12)] = "",
     hint: Annotated[str, Form(max_length=256)] = "",
+    ip_addresses: Annotated[str, Form(max_length=16384)] = "",
+    # HTML checkboxes: sent ("on") when ticked, absent when not.
+    admin: Annotated[str, Form(max_length=8)] = "",
+    downstream: Annotated[str, Form(max_length=8)] = "",
 ) -> EntryForm:
-    return EntryForm(spiffe_id, parent_id, selectors, dns_names, x509_ttl, jwt_ttl, hint)
+    return EntryForm(
+        spiffe_id,
+        parent_id,
+        selectors,
+        dns_names,
+        x509_ttl,
+        jwt_ttl,
+        hint,
+        ip_addresses,
+        bool(admin),
+        bool(downstream),
+    )
 
 
 EntryFormDep = Annotated[EntryForm, Depends(_entry_form)]
@@ -116,7 +156,29 @@ def entry_new(
     request: Request, services: ServicesDep, viewer: Annotated[Viewer, require("admin:entry:write")]
 ) -> HTMLResponse:
     """An empty entry form."""
-    return render(request, "entry_form.html", form=EntryForm(), action="/ui/entries/new")
+    return _form(request, services, EntryForm(), "/ui/entries/new")
+
+
+def _form(
+    request: Request,
+    services: Services,
+    form: EntryForm,
+    action: str,
+    status: int = 200,
+    **context: Any,
+) -> HTMLResponse:
+    """The entry form, with the parents to pick from: the attested nodes, and the server's
+    ID (parent of node aliases, whose entries every node with their selectors receives)."""
+    return render(
+        request,
+        "entry_form.html",
+        status,
+        form=form,
+        action=action,
+        parents=services.entries.parent_choices(),
+        parent_example=services.entries.agent_id_example(),
+        **context,
+    )
 
 
 @router.post("/entries/new", response_class=HTMLResponse)
@@ -142,6 +204,7 @@ def _form_error(
     exc: TrustdError,
     action: str,
     form: EntryForm,
+    **context: Any,
 ) -> HTMLResponse:
     services.ui.record(
         viewer.who.principal.name,
@@ -150,9 +213,7 @@ def _form_error(
         outcome=AuditOutcome.FAILURE,
         details={"error": type(exc).__name__, "detail": exc.detail[:512]},
     )
-    return render(
-        request, "entry_form.html", status_for(exc), form=form, action=action, error=exc.detail
-    )
+    return _form(request, services, form, action, status_for(exc), error=exc.detail, **context)
 
 
 @router.get("/entries/{entry_id}", response_class=HTMLResponse)
@@ -162,20 +223,27 @@ def entry_edit(
     entry_id: str,
     services: ServicesDep,
 ) -> HTMLResponse:
-    """One entry, editable by those who may write entries."""
+    """One entry, editable by those who may write entries, with the nodes that receive it
+    and the certificates issued for its SPIFFE ID."""
     row = services.entries.get(entry_id)
-    form = EntryForm(
-        row.spiffe_id,
-        row.parent_id,
-        "\n".join(row.selectors),
-        "\n".join(row.dns_names),
-        str(row.x509_ttl),
-        str(row.jwt_ttl),
-        row.hint,
+    return _form(
+        request,
+        services,
+        EntryForm.of(row),
+        f"/ui/entries/{entry_id}",
+        **_entry_page(services, row),
     )
-    return render(
-        request, "entry_form.html", form=form, entry=row, action=f"/ui/entries/{entry_id}"
-    )
+
+
+def _entry_page(services: Services, row: Entry) -> dict[str, Any]:
+    """What an entry's page shows besides the form: the nodes that receive it and the
+    certificates issued for its SPIFFE ID."""
+    return {
+        "entry": row,
+        "receivers": services.entries.receivers(row),
+        "certificates": services.revocations.latest_certificates(row.spiffe_id, ENTRY_CERTIFICATES),
+        "now": services.clock.now(),
+    }
 
 
 @router.post("/entries/{entry_id}", response_class=HTMLResponse)
@@ -191,7 +259,18 @@ def entry_update(
         patch = EntryPatch(**form.fields())
         services.entries.update(viewer.who.principal, entry_id, patch)
     except TrustdError as exc:
-        return _form_error(request, services, viewer, exc, f"/ui/entries/{entry_id}", form)
+        # The page stays the entry's own (its heading, its receivers), with the change
+        # as typed.
+        row = services.entries.get(entry_id)
+        return _form_error(
+            request,
+            services,
+            viewer,
+            exc,
+            f"/ui/entries/{entry_id}",
+            form,
+            **_entry_page(services, row),
+        )
     return RedirectResponse(f"/ui/entries/{entry_id}", status_code=303)
 
 
