@@ -321,11 +321,6 @@ def test_docs_need_no_other_host(browser: sync_api.Browser, seeded: Seeded) -> N
     page.context.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="swagger-ui-bundle 1.1.0 ships Swagger UI 4.15, which cannot read the OpenAPI "
-    "3.1 document FastAPI writes ('Unable to render this definition'); Swagger UI 5 can",
-)
 def test_docs_render_the_operations_offline(browser: sync_api.Browser, seeded: Seeded) -> None:
     page, blocked = docs_offline(browser, seeded)
     try:

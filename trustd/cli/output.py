@@ -353,8 +353,8 @@ def matching(filters: Mapping[str, Any]) -> str:
 def invoked_as() -> str:
     """How to run `trustd` again from where the user is: `trustd` when that name on PATH
     is this program, else the path this one was started by (`.venv/bin/trustd` from a
-    checkout), so a printed next command runs when pasted. (The banner of `trustd serve`
-    decides the same way.)"""
+    checkout), so a printed next command runs when pasted (the banner of `trustd serve`
+    and `token create` use it)."""
     argv0 = sys.argv[0] if sys.argv else ""
     on_path = shutil.which("trustd")
     if argv0.endswith("trustd"):

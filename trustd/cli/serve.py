@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -14,7 +13,7 @@ import typer
 
 from pki.errors import TrustdError
 from trustd.cli.context import connection
-from trustd.cli.output import fail, progress
+from trustd.cli.output import fail, invoked_as, progress
 
 if TYPE_CHECKING:
     from trustd.settings import Settings
@@ -122,27 +121,12 @@ def _redact(url: str) -> str:
     return redact_url(url)
 
 
-def _command() -> str:
-    """How to run `trustd` from where `serve` was started: `trustd` when that is on PATH,
-    else the path it was started by (`.venv/bin/trustd` from a checkout)."""
-    argv0 = sys.argv[0] if sys.argv else ""
-    on_path = shutil.which("trustd")
-    if argv0.endswith("trustd"):
-        if "/" not in argv0 or (on_path and Path(on_path).resolve() == Path(argv0).resolve()):
-            return "trustd"
-        return shlex.quote(argv0)
-    if on_path:
-        return "trustd"
-    beside = Path(sys.executable).parent / "trustd"
-    return shlex.quote(str(beside)) if beside.exists() else "trustd"
-
-
 def _banner(settings: Settings, bundle: Path, report: Any) -> None:
     """What is running, where, and what to try next (README's "Run it" steps, in the same
     order), printed before the first log line."""
     td = settings.trust_domain
     url = f"{'https' if settings.tls else 'http'}://{settings.listen}"
-    me = _command()
+    me = invoked_as()
     if settings.data_dir != _CLI_DATA_DIR:
         me += f" --data-dir {shlex.quote(str(settings.data_dir))}"
     lines = [

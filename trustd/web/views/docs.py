@@ -2,8 +2,9 @@
 
 FastAPI's default `/docs` loads Swagger UI from a public CDN: blank on an air-gapped
 network, where this kind of service runs, and a third-party script in an admin tool. The
-assets come from the `swagger-ui-bundle` package instead, and the page has no inline
-script, so it keeps the UI's strict Content-Security-Policy (`script-src 'self'`).
+assets come from the `swagger-ui-bundle-v2` package instead (Swagger UI 5: version 4 cannot
+read the OpenAPI 3.1 document FastAPI writes), and the page has no inline script, so it
+keeps the UI's strict Content-Security-Policy (`script-src 'self'`).
 """
 
 from __future__ import annotations
