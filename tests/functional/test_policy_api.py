@@ -232,10 +232,12 @@ def test_decision_log_finds_denials_whatever_the_result_shape(server: Server) ->
         "/v1/admin/policy/decisions", params={"result": "false"}, headers=server.auth
     ).json()
     assert [r["result"]["allowed"] for r in rows] == [False]
+    assert [r["verdict"] for r in rows] == ["deny"]
     allowed = server.client.get(
         "/v1/admin/policy/decisions", params={"result": "true"}, headers=server.auth
     ).json()
     assert [r["result"]["allowed"] for r in allowed] == [True]
+    assert [r["verdict"] for r in allowed] == ["allow"]
 
 
 def test_cache_is_keyed_by_revision(server: Server) -> None:

@@ -307,9 +307,9 @@ LISTINGS = [
     ),
     Listing(
         ("policy", "decisions", "--path", "trustd/mesh/allow"),
-        ("TIME", "PATH", "CALLER", "RESULT", "REVISION", "ID"),
+        ("TIME", "PATH", "CALLER", "VERDICT", "RESULT", "REVISION", "ID"),
         "decision_id",
-        shown_in=5,
+        shown_in=6,
     ),
     Listing(("acme", "accounts"), ("ID", "STATUS", "CONTACT", "EAB KEY", "CREATED"), "id"),
     Listing(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -43,6 +43,9 @@ class DecisionPublic(WireModel):
     path: str
     input: Any = None
     result: Any = None
+    # Allowed or denied, where the result says so (a boolean, or its `allowed`/`allow`
+    # member); absent when the result is neither.
+    verdict: Literal["allow", "deny"] | None = None
     revision: int | None
     metrics: dict[str, int]
     caller: str

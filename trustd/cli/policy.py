@@ -48,6 +48,7 @@ DECISION_COLUMNS = columns(
     ("time", "timestamp"),
     ("path", "path"),
     ("caller", "caller"),
+    ("verdict", lambda row: row.get("verdict") or "-"),
     ("result", "result"),
     ("revision", "revision"),
     ("id", "decision_id"),

@@ -911,4 +911,7 @@ def decision_document(row: LoggedDecision) -> dict[str, Any]:
     }
     if row.defined:
         document["result"] = row.result
+    if row.verdict is not None:
+        # trustd's addition to OPA's fields: allowed or denied, wherever the result says it.
+        document["verdict"] = "allow" if row.verdict else "deny"
     return document
