@@ -20,6 +20,7 @@ from trustd.api import (
     nodes,
     opa,
     problems,
+    quarantines,
     revocation,
     svid,
     verdicts,
@@ -46,7 +47,11 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         # CA rotation: the leader ticks, every replica follows bundle changes.
         stop = asyncio.Event()
         loops = [
-            asyncio.create_task(services.rotation.run_ticker(stop), name="trustd-rotation"),
+            # Quarantines past their `until` are released by the same leader.
+            asyncio.create_task(
+                services.rotation.run_ticker(stop, (services.quarantines.expire,)),
+                name="trustd-rotation",
+            ),
             # The bundle file clients on this host read follows root rotations.
             asyncio.create_task(
                 services.rotation.follow_bundle(stop, lambda: write_bundle_file(services)),
@@ -85,6 +90,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         agents,
         opa,
         revocation,
+        quarantines,
         acme,
         verdicts,
         web,

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from pki.selectors import parse_selectors
 from pki.spiffe_id import SpiffeId
 from trustd import metrics
 from trustd.agent.addresses import WorkloadAddresses
-from trustd.agent.cache import SvidCache, WorkloadEntry, X509Svid
+from trustd.agent.cache import QuarantineNotice, SvidCache, WorkloadEntry, X509Svid
 from trustd.agent.client import (
     NodeIdentity,
     ServerClient,
@@ -76,8 +77,12 @@ class Agent:
         self.clock = clock
         self.cache = SvidCache()
         self.revision = 0
-        # None until the first sync says where the revocation feed stands.
-        self.revocation_revision: int | None = None
+        # None until the first sync says where the revocation feed stands. An agent that
+        # answers proxies (ext_authz) follows the whole feed: it must refuse every revoked
+        # serial that has not expired, not only those revoked after it started.
+        self.revocation_revision: int | None = 0 if config.serves_proxies else None
+        # Revoked serials (hex) with their certificate's expiry, refused by ext_authz.
+        self.revoked_serials: dict[str, datetime | None] = {}
         self.identity: NodeIdentity | None = None
         self._client: ServerClient | None = None
         self._wake_rotation = asyncio.Event()
@@ -218,6 +223,7 @@ class Agent:
             self.clock,
             lambda: self.node.chain[1:],
             self.stale,
+            lambda: self.revoked_serials,
         )
         if self.config.ext_authz_listen:
             host, _, port = self.config.ext_authz_listen.rpartition(":")
@@ -288,6 +294,16 @@ class Agent:
             for e in result["entries"]
         ]
         await self.cache.set_entries(entries)
+        released = await self.cache.set_quarantines(
+            QuarantineNotice(
+                SpiffeId.parse(q["spiffe_id"]),
+                q["reason"],
+                datetime.fromisoformat(q["until"]) if q.get("until") else None,
+            )
+            for q in result.get("quarantines", ())
+        )
+        if released:
+            log.info("quarantines_released", spiffe_ids=[str(s) for s in released])
         # The entries decide which SPIFFE IDs may be reported.
         self._report_wake.set()
         if result.get("bundle"):
@@ -303,9 +319,7 @@ class Agent:
 
     @property
     def enforcing(self) -> bool:
-        return self.enforcer is not None or bool(
-            self.config.ext_authz_listen or self.config.ext_authz_grpc_listen
-        )
+        return self.enforcer is not None or self.config.serves_proxies
 
     def stale(self) -> bool:
         """Whether trustd has been silent for longer than the staleness limit."""
@@ -345,10 +359,17 @@ class Agent:
         log.info("verdicts_applied", revision=table.revision, policy=len(table.policy))
 
     async def _apply_revocations(self, revocations: list[dict[str, Any]]) -> None:
-        """Stop serving revoked SVIDs at once; the rotation pass then issues new ones."""
+        """Stop serving revoked SVIDs at once; the rotation pass then issues new ones. The
+        serials are kept until their certificates expire, for ext_authz to refuse."""
         serials = {r["serial"] for r in revocations}
         if not serials:
             return
+        if self.config.serves_proxies:
+            for r in revocations:
+                expiry = r.get("not_after")
+                self.revoked_serials[r["serial"]] = (
+                    datetime.fromisoformat(expiry) if expiry else None
+                )
         revoked = [
             e.id
             for e in self.cache.entries()
@@ -434,9 +455,12 @@ class Agent:
     # -- workload SVIDs ------------------------------------------------------------------
 
     def due(self, now: datetime) -> list[WorkloadEntry]:
-        """Entries with no SVID yet, or whose SVID reached its renewal time."""
+        """Entries with no SVID yet, or whose SVID reached its renewal time (none of a
+        quarantined identity)."""
         due = []
         for entry in self.cache.entries():
+            if self.cache.quarantine_of(entry.spiffe_id, now) is not None:
+                continue
             svid = self.cache.svid(entry.id)
             if svid is None:
                 due.append(entry)
@@ -449,6 +473,12 @@ class Agent:
     async def rotate_once(self) -> int:
         """Mint SVIDs for every entry that is due; returns how many were stored."""
         now = self.clock.now()
+        await self._lift_expired_quarantines(now)
+        self.revoked_serials = {
+            serial: expiry
+            for serial, expiry in self.revoked_serials.items()
+            if expiry is None or expiry > now
+        }
         expired = [
             e.id
             for e in self.cache.entries()
@@ -481,6 +511,27 @@ class Agent:
         if stored:
             log.info("svids_minted", stored=stored, held=self.cache.held)
         return stored
+
+    async def _lift_expired_quarantines(self, now: datetime) -> None:
+        """A quarantine whose `until` passed ends here and now, by this agent's clock, even
+        when trustd is out of reach: its SVIDs are minted again and, when enforcing, its
+        number leaves the kernel's denied identities (trustd's next revision agrees)."""
+        lifted = await self.cache.lift_expired(now)
+        if not lifted:
+            return
+        log.info("quarantines_expired", spiffe_ids=[str(n.spiffe_id) for n in lifted])
+        numbers = {self.verdicts.identities.get(str(n.spiffe_id)) for n in lifted}
+        held = self.verdicts
+        if not numbers & held.revoked:
+            return
+        table = replace(held, revoked=held.revoked - numbers)
+        try:
+            if self.enforcer is not None:
+                await asyncio.to_thread(self.enforcer.apply, table)
+        except EnforcementError as exc:
+            log.error("verdicts_not_applied", error=exc.detail, held=held.revision)
+            return
+        self.verdicts = table
 
     def _keys_and_csrs(
         self, entry_ids: list[str]

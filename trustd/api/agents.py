@@ -14,6 +14,7 @@ from trustd.api.schemas import (
     AddressReport,
     AgentJwtRequest,
     JwtSvidResponse,
+    QuarantineNotice,
     RefusedForEntry,
     RenewRequest,
     RevokedSvid,
@@ -55,12 +56,20 @@ async def sync(
         bundle=snapshot.bundle,
         revocations=[
             RevokedSvid(
-                serial=r.serial, spiffe_id=r.spiffe_id, reason=r.reason, revision=r.revision
+                serial=r.serial,
+                spiffe_id=r.spiffe_id,
+                reason=r.reason,
+                revision=r.revision,
+                not_after=r.not_after,
             )
             for r in snapshot.revocations
         ],
         revocation_revision=snapshot.revocation_revision,
         verdicts=snapshot.verdicts,
+        quarantines=[
+            QuarantineNotice(spiffe_id=q.spiffe_id, reason=q.reason, until=q.until)
+            for q in snapshot.quarantines
+        ],
     )
     return _json(answer)
 

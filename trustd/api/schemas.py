@@ -215,6 +215,17 @@ class RevokedSvid(WireModel):
     spiffe_id: str | None
     reason: str
     revision: int
+    # The certificate's own expiry: after it, nobody needs to remember the serial.
+    not_after: datetime | None = None
+
+
+class QuarantineNotice(WireModel):
+    """A quarantined identity as agents get it: they serve and mint no SVID for it and
+    refuse it on the Workload API with the reason, until `until` (None: until released)."""
+
+    spiffe_id: str
+    reason: str
+    until: datetime | None
 
 
 class SyncResponse(WireModel):
@@ -226,6 +237,8 @@ class SyncResponse(WireModel):
     revocation_revision: int = 0
     # Enforcing agents only: the node's verdicts, changed since `verdict_since`.
     verdicts: VerdictDelta | None = None
+    # Every quarantine in force of the node's entries' SPIFFE IDs (sent with the entries).
+    quarantines: list[QuarantineNotice] = Field(default_factory=list)
 
 
 class Ack(WireModel):
@@ -293,11 +306,42 @@ class RevokeRequest(WireModel):
     serial: str | None = Field(default=None, max_length=64, pattern="^[0-9a-fA-F]+$")
     spiffe_id: str | None = Field(default=None, max_length=2048)
     reason: RevocationReason = RevocationReason.UNSPECIFIED
+    quarantine: Flag | None = Field(
+        default=None,
+        description="Also quarantine the identity; by default only for keyCompromise",
+    )
+
+
+class QuarantineRequest(WireModel):
+    spiffe_id: str = Field(max_length=2048)
+    reason: str = Field(min_length=1, max_length=512)
+    until: datetime | None = Field(default=None, description="RFC 3339; none: until released")
+
+
+class ReleaseRequest(WireModel):
+    spiffe_id: str = Field(max_length=2048)
+
+
+class QuarantinePublic(WireModel):
+    spiffe_id: str
+    reason: str
+    quarantined_by: str
+    quarantined_at: datetime
+    until: datetime | None
+    verdict_revision: int | None
+
+
+class ReleasePublic(WireModel):
+    quarantine: QuarantinePublic
+    released_by: str
+    released_at: datetime
 
 
 class RevokeResult(WireModel):
     serials: list[str]
     revision: int
+    # The quarantine this revocation made of the certificates' identity (none: none made).
+    quarantined: QuarantinePublic | None = None
 
 
 class CertificatePublic(WireModel):
@@ -316,6 +360,18 @@ class CertificatePublic(WireModel):
 
 class CertificateDetail(CertificatePublic):
     certificate: str = Field(description="PEM")
+
+
+class IdentityPublic(WireModel):
+    """What trustd knows of one SPIFFE ID."""
+
+    spiffe_id: str
+    entries: int
+    svids: list[CertificatePublic]
+    revoked: list[CertificatePublic]
+    quarantine: QuarantinePublic | None
+    # Nodes whose agents applied the verdict revision carrying the quarantine.
+    applied_by: list[str]
 
 
 class RevocationEventPublic(WireModel):

@@ -3,7 +3,8 @@ model used by the server that builds it and the agent that applies it.
 
 Keys are numeric where the datapath's are (trustd/agent/bpf/enforce.c): a policy verdict is
 `[dst, src, port, proto, allow]` (identity numbers, port 0 for any port, IANA protocol
-number), a revoked identity is its number. SPIFFE IDs and IPv4 prefixes stay strings, as the
+number), a denied identity (`revoked`: a quarantined identity, trustd.services.quarantines)
+is its number. SPIFFE IDs and IPv4 prefixes stay strings, as the
 identities and IP cache sections key them. `base` 0 carries the full state; otherwise the
 changes since revision `base`, which the agent must hold.
 """
@@ -100,7 +101,8 @@ class PolicyChanges(_Wire):
 
 
 class RevokedChanges(_Wire):
-    """Identity numbers whose traffic is denied whatever the policy says."""
+    """Identity numbers whose traffic is denied whatever the policy says: the quarantined
+    identities (the section keeps the datapath's name, enforce.c `trustd_revoked`)."""
 
     set: list[IdentityNumber] = Field(default_factory=list)
     remove: list[IdentityNumber] = Field(default_factory=list)

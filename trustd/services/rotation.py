@@ -374,8 +374,11 @@ class RotationManager:
 
     # ------------------------------------------------------------------ loops
 
-    async def run_ticker(self, stop: asyncio.Event) -> None:
-        """Tick while this replica is the leader, until *stop* is set.
+    async def run_ticker(
+        self, stop: asyncio.Event, duties: Sequence[Callable[[], object]] = ()
+    ) -> None:
+        """Tick while this replica is the leader, until *stop* is set; each tick also runs
+        the other singleton *duties* (each in a worker thread, after the CRLs).
 
         The loop is stopped, never cancelled, so a tick running in a worker thread always
         finishes its transaction before the app shuts down.
@@ -388,6 +391,8 @@ class RotationManager:
                     try:
                         await asyncio.to_thread(self.tick, epoch)
                         await asyncio.to_thread(self._revocations.refresh_crls)
+                        for duty in duties:
+                            await asyncio.to_thread(duty)
                     except LostLeadership as exc:
                         # A successor holds a newer epoch: stop acting as the leader.
                         log.warning("rotation_leadership_lost", error=str(exc))
