@@ -256,7 +256,8 @@ def test_policy_allows_denies_flips_and_revokes(mesh: Mesh) -> None:
     assert until(lambda: not mesh.connects("web", "10.213.1.2"), 1.0) < 1.0
     assert mesh.connects("bad", "10.213.1.2")
 
-    # Revoking the quarantine identity's SVIDs cuts it off within a second.
+    # Revoking the quarantine identity's SVIDs for keyCompromise quarantines it (by
+    # default): it is cut off within a second.
     until(lambda: b"svids_minted" in mesh.agent_log.read_bytes(), 30)
     mesh.api("POST", "/v1/admin/certificates/revoke", {"spiffe_id": BAD, "reason": "keyCompromise"})
     assert until(lambda: not mesh.connects("bad", "10.213.1.2"), 1.0) < 1.0
