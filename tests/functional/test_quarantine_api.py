@@ -263,3 +263,42 @@ def test_until_is_honoured_by_the_periodic_duty(server: Server) -> None:
     assert _denied(node)[0] == set()
     [expired] = _audits(server, "identity:quarantine:expired")
     assert expired.target == X and expired.actor == "trustd"
+
+
+def test_a_nodes_scope_is_set_shown_and_sent_to_its_agent(server: Server) -> None:
+    node = Node(server)
+    shown = server.client.get(
+        "/v1/nodes", params={"spiffe_id": node.spiffe_id}, headers=server.auth
+    ).json()[0]
+    # The default: unmanaged destinations are not judged.
+    assert (shown["unmanaged"], shown["always_allowed"]) == ("allow", [])
+    assert node.sync()["scope"] == {"unmanaged": "allow", "always_allowed": []}
+
+    response = server.client.post(
+        "/v1/nodes/scope",
+        json={
+            "spiffe_id": node.spiffe_id,
+            "unmanaged": "deny",
+            "always_allowed": ["10.0.0.53", "192.0.2.0/24"],
+        },
+        headers=server.auth,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["always_allowed"] == ["10.0.0.53/32", "192.0.2.0/24"]
+    assert node.sync()["scope"] == {
+        "unmanaged": "deny",
+        "always_allowed": ["10.0.0.53/32", "192.0.2.0/24"],
+    }
+    [audit] = _audits(server, "node:scope:updated")
+    assert audit.target == node.spiffe_id and audit.details["unmanaged"] == "deny"
+
+    before = _state(server)
+    for body, status in (
+        ({"spiffe_id": node.spiffe_id, "always_allowed": ["10.0.0.1/8"]}, 400),
+        ({"spiffe_id": node.spiffe_id, "always_allowed": ["2001:db8::/32"]}, 400),
+        ({"spiffe_id": node.spiffe_id, "unmanaged": "maybe"}, 422),
+        ({"spiffe_id": "spiffe://example.org/nowhere"}, 404),
+    ):
+        _problem(server.client.post("/v1/nodes/scope", json=body, headers=server.auth), status)
+    assert _state(server) == before
+    assert node.sync()["scope"]["unmanaged"] == "deny"

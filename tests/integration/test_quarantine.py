@@ -5,7 +5,9 @@ the agent's Workload API.
 
 Revoking one of X's certificates leaves X connected and gets it a new SVID; quarantining X
 cuts its new and established connections within a second and the Workload API refuses it
-with the reason; releasing it lets it back within a second, with a fresh SVID."""
+with the reason; releasing it lets it back within a second, with a fresh SVID. Unmanaged
+destinations (namespaces in no entry): a quarantined X reaches only the node's
+always-allowed prefixes, and the node's `unmanaged: deny` holds every workload to them."""
 
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ from tests.integration.test_enforcement import (
 pytestmark = enforcement_marks
 ECHO = 8444
 API_ADDR = "10.213.1.2"
+# In no entry: an outside address, and one the node always allows (its resolver, say).
+EXT_ADDR, DNS_ADDR = "10.213.1.4", "10.213.1.5"
 # uid of the `bad` entry's selector (test_enforcement `_mesh`).
 X_UID = "30033"
 ECHO_SERVER = (
@@ -68,7 +72,14 @@ FLOW = (
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    meshes = _mesh(tmp_path_factory.mktemp("quarantine"), "enforce")
+    # X's own interface is enforced too: its egress is where what it sends to unmanaged
+    # destinations is judged.
+    meshes = _mesh(
+        tmp_path_factory.mktemp("quarantine"),
+        "enforce",
+        enforce=("api", "web", "bad"),
+        unmanaged={"ext": EXT_ADDR, "dns": DNS_ADDR},
+    )
     found = next(meshes)
     echo = subprocess.Popen(
         ["ip", "netns", "exec", found.ns("api"), sys.executable, "-c", ECHO_SERVER]
@@ -205,3 +216,45 @@ def test_quarantine_cuts_x_off_and_release_lets_it_back(mesh: Mesh) -> None:
     assert until(lambda: mesh.connects("bad", API_ADDR), 1.0) < 1.0
     # With a fresh SVID: the one held before the quarantine was dropped.
     new_serial(mesh, before, 5)
+
+
+def scope(mesh: Mesh, unmanaged: str, *always: str) -> None:
+    node = mesh.api(
+        "POST",
+        "/v1/nodes/scope",
+        {"spiffe_id": mesh.node_id, "unmanaged": unmanaged, "always_allowed": list(always)},
+    )
+    assert (node["unmanaged"], node["always_allowed"]) == (unmanaged, [f"{a}/32" for a in always])
+
+
+def test_unmanaged_destinations_and_the_always_allowed_list(mesh: Mesh) -> None:
+    # The default, as README says: unmanaged destinations are not judged.
+    assert mesh.connects("bad", EXT_ADDR) and mesh.connects("web", EXT_ADDR)
+    scope(mesh, "allow", DNS_ADDR)
+    until(lambda: mesh.dump("trustd_allowed") != [], 5)
+
+    # Quarantined, X reaches nothing but the always-allowed list, even with `allow`.
+    mesh.api("POST", "/v1/admin/identities/quarantine", {"spiffe_id": BAD, "reason": "drill"})
+    try:
+        assert until(lambda: not mesh.connects("bad", EXT_ADDR), 1.0) < 1.0
+        assert mesh.connects("bad", DNS_ADDR)
+        assert not mesh.connects("bad", API_ADDR)
+        # Others are not held to it.
+        assert mesh.connects("web", EXT_ADDR)
+    finally:
+        mesh.api("POST", "/v1/admin/identities/release", {"spiffe_id": BAD})
+    until(lambda: mesh.connects("bad", EXT_ADDR), 1.0)
+
+    # `deny`: every workload of the node reaches only managed destinations (as the policy
+    # says) and the always-allowed list.
+    scope(mesh, "deny", DNS_ADDR)
+    try:
+        until(lambda: not mesh.connects("web", EXT_ADDR), 5)
+        assert not mesh.connects("bad", EXT_ADDR)
+        assert mesh.connects("web", DNS_ADDR) and mesh.connects("bad", DNS_ADDR)
+        assert mesh.connects("web", API_ADDR) and mesh.connects("bad", API_ADDR)
+        shown = mesh.api("GET", f"/v1/nodes?spiffe_id={mesh.node_id}")[0]
+        assert shown["unmanaged"] == "deny"
+    finally:
+        scope(mesh, "allow")
+    until(lambda: mesh.connects("web", EXT_ADDR), 5)

@@ -12,11 +12,13 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import time
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 import structlog
@@ -43,10 +45,11 @@ from trustd.agent.client import (
 )
 from trustd.agent.config import AgentConfig
 from trustd.agent.enforcement import libbpf
-from trustd.agent.enforcement.ebpf import BpfEnforcer, Interface
+from trustd.agent.enforcement.ebpf import BpfEnforcer, Interface, Scope
 from trustd.agent.enforcement.state import VerdictTable
 from trustd.agent.errors import EnforcementError, InvalidVerdicts
 from trustd.agent.renewal import renewal_due
+from trustd.domain.nodes import Unmanaged
 
 log = structlog.get_logger("trustd.agent")
 BATCH = 500
@@ -96,6 +99,8 @@ class Agent:
         self.verdicts = VerdictTable()
         self._verdict_full = True
         self.enforcer: BpfEnforcer | None = None
+        # The enforcement scope last written to the datapath.
+        self._scope: Scope | None = None
         # When trustd last answered a sync (monotonic): past the staleness limit, every
         # enforcement point denies (the kernel keeps its own deadline, see enforce.c).
         self._synced_at = time.monotonic()
@@ -304,6 +309,8 @@ class Agent:
         )
         if released:
             log.info("quarantines_released", spiffe_ids=[str(s) for s in released])
+        if result.get("scope") is not None:
+            await self._apply_scope(result["scope"])
         # The entries decide which SPIFFE IDs may be reported.
         self._report_wake.set()
         if result.get("bundle"):
@@ -357,6 +364,34 @@ class Agent:
         self._verdict_full = False
         metrics.VERDICT_REVISION.labels("ebpf").set(table.revision)
         log.info("verdicts_applied", revision=table.revision, policy=len(table.policy))
+
+    async def _apply_scope(self, scope: dict[str, Any]) -> None:
+        """Write the node's enforcement scope to the datapath when it changed. The trustd
+        server's own addresses are always allowed: cut off from trustd, a workload could
+        not be told it is released."""
+        if self.enforcer is None:
+            return
+        wanted = Scope(
+            Unmanaged(scope["unmanaged"]),
+            frozenset(scope["always_allowed"]) | self._server_prefixes(),
+        )
+        if wanted == self._scope:
+            return
+        try:
+            await asyncio.to_thread(self.enforcer.set_scope, wanted)
+        except EnforcementError as exc:
+            metrics.VERDICT_ERRORS.labels("datapath").inc()
+            log.error("scope_not_applied", error=exc.detail)
+            return
+        self._scope = wanted
+
+    def _server_prefixes(self) -> frozenset[str]:
+        host = urlsplit(self.config.server).hostname or ""
+        try:
+            found = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+        except OSError:
+            return frozenset()
+        return frozenset(f"{info[4][0]}/32" for info in found)
 
     async def _apply_revocations(self, revocations: list[dict[str, Any]]) -> None:
         """Stop serving revoked SVIDs at once; the rotation pass then issues new ones. The

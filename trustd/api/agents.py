@@ -14,6 +14,7 @@ from trustd.api.schemas import (
     AddressReport,
     AgentJwtRequest,
     JwtSvidResponse,
+    NodeScopePublic,
     QuarantineNotice,
     RefusedForEntry,
     RenewRequest,
@@ -70,6 +71,9 @@ async def sync(
             QuarantineNotice(spiffe_id=q.spiffe_id, reason=q.reason, until=q.until)
             for q in snapshot.quarantines
         ],
+        scope=NodeScopePublic(unmanaged=snapshot.scope[0], always_allowed=list(snapshot.scope[1]))
+        if snapshot.scope is not None
+        else None,
     )
     return _json(answer)
 

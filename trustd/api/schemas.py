@@ -10,6 +10,7 @@ from pydantic import Field
 from pki.revocation import RevocationReason
 from pki.rotation import KeyKind as CaKeyKind
 from trustd.api.wire import Count, Flag, Seconds, WireModel
+from trustd.domain.nodes import MAX_ALWAYS_ALLOWED, Unmanaged
 from trustd.domain.verdicts import VerdictDelta
 from trustd.roles import Role
 
@@ -204,10 +205,27 @@ class NodePublic(WireModel):
     attested_at: datetime
     last_seen: datetime | None
     applied_revision: int
+    # Enforcement scope: what its workloads' packets to unmanaged destinations get, and the
+    # prefixes they always reach.
+    unmanaged: Unmanaged
+    always_allowed: list[str]
 
 
 class NodeAction(WireModel):
     spiffe_id: str = Field(max_length=2048)
+
+
+class NodeScopeRequest(WireModel):
+    spiffe_id: str = Field(max_length=2048)
+    unmanaged: Unmanaged = Unmanaged.ALLOW
+    always_allowed: list[str] = Field(default_factory=list, max_length=MAX_ALWAYS_ALLOWED)
+
+
+class NodeScopePublic(WireModel):
+    """The enforcement scope an agent applies (sent on the sync channel)."""
+
+    unmanaged: Unmanaged
+    always_allowed: list[str]
 
 
 class RevokedSvid(WireModel):
@@ -239,6 +257,8 @@ class SyncResponse(WireModel):
     verdicts: VerdictDelta | None = None
     # Every quarantine in force of the node's entries' SPIFFE IDs (sent with the entries).
     quarantines: list[QuarantineNotice] = Field(default_factory=list)
+    # The node's enforcement scope (sent with the entries).
+    scope: NodeScopePublic | None = None
 
 
 class Ack(WireModel):

@@ -24,6 +24,7 @@ from trustd.addresses import parse_workload_address
 from trustd.bus import Bus
 from trustd.domain.certificates import CertificateKind
 from trustd.domain.entries import Entry as RegistrationEntry
+from trustd.domain.nodes import Unmanaged
 from trustd.domain.quarantines import Quarantine
 from trustd.domain.revocations import Revocation
 from trustd.domain.verdicts import VerdictDelta
@@ -38,6 +39,7 @@ from trustd.services.revocation import REVOCATION_CHANNEL, Revocations
 from trustd.services.sync import SYNC_CHANNEL, announce, bump_revision
 from trustd.services.verdicts import Verdicts
 from trustd.store.db import transaction
+from trustd.store.nodes import fetch_node
 from trustd.store.quarantines import list_quarantines
 from trustd.store.verdicts import (
     fetch_sources,
@@ -67,6 +69,8 @@ class Snapshot:
     verdicts: VerdictDelta | None = None
     # The quarantines in force of the SPIFFE IDs of the node's entries.
     quarantines: tuple[Quarantine, ...] = ()
+    # The node's enforcement scope (None: the node is gone).
+    scope: tuple[Unmanaged, tuple[str, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,8 @@ class Agents:
         self._entries_held: dict[
             tuple[str, frozenset[str]], tuple[int, list[RegistrationEntry]]
         ] = {}
+        # Each node's enforcement scope, with the sync revision it was read at.
+        self._scopes_held: dict[str, tuple[int, tuple[Unmanaged, tuple[str, ...]] | None]] = {}
         # Every quarantine, as read at a sync revision (each change advances it).
         self._quarantines_held: tuple[int, dict[str, Quarantine]] = (-1, {})
         # The sync revision each node's agent last said it applied.
@@ -149,6 +155,19 @@ class Agents:
         entries = self._entries_in(session, principal)
         self._entries_held[key] = (revision, entries)
         return entries
+
+    def _scope(
+        self, session: Session, principal: NodePrincipal, revision: int
+    ) -> tuple[Unmanaged, tuple[str, ...]] | None:
+        """The node's enforcement scope, read once per sync revision (a change of it
+        advances the revision)."""
+        held = self._scopes_held.get(principal.spiffe_id)
+        if held is not None and held[0] == revision:
+            return held[1]
+        node = fetch_node(session, principal.spiffe_id)
+        scope = (node.unmanaged, node.always_allowed) if node is not None else None
+        self._scopes_held[principal.spiffe_id] = (revision, scope)
+        return scope
 
     def _quarantined(self, session: Session, revision: int) -> dict[str, Quarantine]:
         """Every quarantine by SPIFFE ID, read once per sync revision (quarantining and
@@ -195,11 +214,13 @@ class Agents:
                 revoked_since is not None and revocation_revision > revoked_since
             )
             quarantined: dict[str, Quarantine] = {}
+            scope = None
             if not (moved or enforcing):
                 entries: list[RegistrationEntry] = []
             else:
                 entries = self._local(session, principal, revision)
                 quarantined = self._quarantined(session, revision)
+                scope = self._scope(session, principal, revision)
         # A revision past the newest is no revision the agent can hold.
         if since <= revision:
             self._note_applied(principal, since)
@@ -231,6 +252,7 @@ class Agents:
             cursor,
             verdicts,
             self._node_quarantines(quarantined, entries),
+            scope,
         )
 
     def _note_applied(self, principal: NodePrincipal, since: int) -> None:

@@ -2,7 +2,10 @@
 // trustd L3/L4 enforcement: a tc (clsact) ingress program on the interfaces that deliver
 // traffic to local workloads. Identities come from an LPM-trie IP cache, verdicts from a
 // policy map keyed by (destination identity, source identity, port, protocol), as Cilium's
-// ipcache and policy maps do.
+// ipcache and policy maps do. An egress program on the same interfaces judges what the
+// workloads send to unmanaged destinations (in no entry), which no ingress of ours sees:
+// the node's scope (`unmanaged` allow or deny) and its always-allowed prefixes decide, and
+// a quarantined identity reaches nothing but those prefixes.
 //
 // Every map key carries a generation: the agent writes a revision into the inactive
 // generation, then flips `config.gen` with one array write. A packet reads the generation
@@ -21,15 +24,17 @@
 
 #define MODE_AUDIT 0
 #define MODE_ENFORCE 1
+#define UNMANAGED_ALLOW 0
+#define UNMANAGED_DENY 1
 
 // Counter slots; trustd/agent/enforcement/maps.py names them in the same order.
 enum {
 	C_ALLOWED,
 	C_DENIED,      // policy said no (dropped in enforce mode, passed in audit mode)
 	C_DROPPED,     // actually dropped, for any reason
-	C_REVOKED,     // source identity revoked
+	C_REVOKED,     // source identity quarantined
 	C_STALE,       // deny-all: the agent's state is older than its staleness limit
-	C_UNMANAGED,   // destination address not in the IP cache: not ours to judge
+	C_UNMANAGED,   // destination not in the IP cache, passed by the node's scope
 	C_ESTABLISHED, // TCP segments of connections already admitted
 	C_MAX,
 };
@@ -38,7 +43,9 @@ struct config {
 	__u32 gen;
 	__u32 mode;
 	__u32 revision;
-	__u32 pad;
+	// What a packet to an unmanaged destination gets (UNMANAGED_ALLOW or _DENY); the
+	// always-allowed prefixes pass either way.
+	__u32 unmanaged;
 	// CLOCK_MONOTONIC deadline (bpf_ktime_get_ns) after which everything managed is
 	// denied: the agent moves it forward on every successful sync, so a node cut off from
 	// trustd for longer than the staleness limit fails closed even if the agent died.
@@ -64,6 +71,11 @@ struct policy_key {
 struct revoked_key {
 	__u32 gen;
 	__u32 identity;
+};
+
+struct allowed_key {
+	__u32 prefixlen;
+	__u32 addr; // network byte order
 };
 
 struct {
@@ -95,6 +107,16 @@ struct {
 	__type(value, __u32);
 } trustd_revoked SEC(".maps");
 
+// The node's always-allowed destinations (DNS, the node, trustd): not generational, the
+// agent writes it apart from verdict revisions.
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 256);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct allowed_key);
+	__type(value, __u32);
+} trustd_allowed SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, C_MAX);
@@ -125,6 +147,54 @@ static __always_inline int deny(const struct config *cfg)
 	return TC_ACT_SHOT;
 }
 
+static __always_inline int quarantined(__u32 gen, __u32 src)
+{
+	struct revoked_key rk = {.gen = gen, .identity = src};
+	return src && bpf_map_lookup_elem(&trustd_revoked, &rk) != 0;
+}
+
+// A packet to an unmanaged destination (identity 0): passed if it is always allowed, or if
+// the node's scope allows unmanaged destinations and the source is not quarantined.
+static __always_inline int unmanaged(const struct config *cfg, __u32 gen, __u32 src, __u32 daddr)
+{
+	struct allowed_key key = {.prefixlen = 32, .addr = daddr};
+	if (bpf_map_lookup_elem(&trustd_allowed, &key)) {
+		count(C_UNMANAGED);
+		return TC_ACT_OK;
+	}
+	if (cfg->unmanaged == UNMANAGED_ALLOW && !quarantined(gen, src)) {
+		count(C_UNMANAGED);
+		return TC_ACT_OK;
+	}
+	return deny(cfg);
+}
+
+SEC("tc")
+int trustd_egress(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&trustd_config, &zero);
+	__u16 eth_proto;
+	struct iphdr ip;
+
+	if (bpf_skb_load_bytes(skb, offsetof(struct ethhdr, h_proto), &eth_proto, 2) < 0)
+		return TC_ACT_OK;
+	if (eth_proto == bpf_htons(ETH_P_ARP))
+		return TC_ACT_OK;
+	if (!cfg) // never configured: fail closed
+		return TC_ACT_SHOT;
+	if (eth_proto != bpf_htons(ETH_P_IP)) // no identities: only the scope can judge it
+		return cfg->unmanaged == UNMANAGED_ALLOW ? TC_ACT_OK : deny(cfg);
+	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &ip, sizeof(ip)) < 0)
+		return deny(cfg);
+	__u32 gen = cfg->gen;
+	// A managed destination is judged where it is delivered (its node's ingress, with the
+	// policy of its own node): nothing to do here.
+	if (identity_of(gen, ip.daddr))
+		return TC_ACT_OK;
+	return unmanaged(cfg, gen, identity_of(gen, ip.saddr), ip.daddr);
+}
+
 SEC("tc")
 int trustd_ingress(struct __sk_buff *skb)
 {
@@ -148,17 +218,15 @@ int trustd_ingress(struct __sk_buff *skb)
 
 	__u32 gen = cfg->gen;
 	__u32 dst = identity_of(gen, ip.daddr);
-	if (dst == 0) {
-		count(C_UNMANAGED);
-		return TC_ACT_OK;
-	}
+	__u32 src = identity_of(gen, ip.saddr);
+	if (dst == 0) // a local workload in no entry: the node's scope decides
+		return unmanaged(cfg, gen, src, ip.daddr);
 	if (cfg->valid_until_ns && bpf_ktime_get_ns() > cfg->valid_until_ns) {
 		count(C_STALE);
 		return deny(cfg);
 	}
-	__u32 src = identity_of(gen, ip.saddr);
-	struct revoked_key rk = {.gen = gen, .identity = src};
-	if (src && bpf_map_lookup_elem(&trustd_revoked, &rk)) {
+	// A quarantined identity loses every packet, established connections included.
+	if (quarantined(gen, src)) {
 		count(C_REVOKED);
 		return deny(cfg);
 	}
@@ -170,7 +238,7 @@ int trustd_ingress(struct __sk_buff *skb)
 		if (bpf_skb_load_bytes(skb, l4, &tcp, sizeof(tcp)) < 0)
 			return deny(cfg);
 		// No connection tracking: a connection is judged by its SYN; later segments of an
-		// admitted connection pass (a revoked source is cut off above regardless).
+		// admitted connection pass (a quarantined source is cut off above regardless).
 		if (!(tcp.syn && !tcp.ack)) {
 			count(C_ESTABLISHED);
 			return TC_ACT_OK;
