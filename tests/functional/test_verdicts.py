@@ -389,3 +389,20 @@ def test_replicas_compile_each_change_once(server: Server) -> None:
         (ids[API], ids[WEB], 9, 6, True),
         (ids[API], ids[WEB], 9, 17, True),
     ]
+
+
+def test_the_established_setting_travels_with_the_verdicts(server: Server) -> None:
+    node, _ = attest(server, join_token(server)["token"])
+    entry(server, API, str(node.spiffe_id), "unix:uid:1001", ip_addresses=["10.213.0.2"])
+    headers = node_headers(server, node)
+    first = sync(server, headers, verdict_since=0)["verdicts"]
+    # A full state says it: by default a deny spares established connections.
+    assert first["cut_established"] is False
+    mesh = copy.deepcopy(server.services.policy.active.bundle.data["mesh"])
+    set_mesh(server, {**mesh, "established": "cut"})
+    delta = sync(server, headers, verdict_since=first["revision"])["verdicts"]
+    assert delta["base"] == first["revision"] and delta["cut_established"] is True
+    # A change that leaves it alone does not repeat it.
+    set_mesh(server, {**mesh, "established": "cut", "allow": []})
+    later = sync(server, headers, verdict_since=delta["revision"])["verdicts"]
+    assert later["base"] == delta["revision"] and later["cut_established"] is None

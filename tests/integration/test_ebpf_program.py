@@ -11,6 +11,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,24 @@ def test_egress_judges_unmanaged_destinations_by_the_nodes_scope(program: Progra
     # The ingress program applies the same scope to a local workload in no entry.
     assert program.verdict(ipv4(WEB_IP, OTHER_IP, TCP, 8443)) == TC_ACT_SHOT
     assert program.verdict(ipv4(WEB_IP, "198.51.100.9", TCP, 8443)) == TC_ACT_OK
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_a_deny_cuts_admitted_connections_only_when_set(program: Program, cut: bool) -> None:
+    allow = {(257, 256, 8443, 6): True}
+    program.enforcer.apply(replace(table(1, allow), cut_established=cut))
+    assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_OK  # admitted
+    program.enforcer.apply(replace(table(2, {}), cut_established=cut))
+    # New connections are refused either way.
+    assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_SHOT
+    # The admitted one goes on, unless a deny cuts established connections.
+    segment = ipv4(WEB_IP, API_IP, TCP, 8443, ACK)
+    assert program.verdict(segment) == (TC_ACT_SHOT if cut else TC_ACT_OK)
+    # A segment of no connection admitted here (a reply to a local client) passes.
+    assert program.verdict(ipv4(API_IP, WEB_IP, TCP, 40000, ACK)) == TC_ACT_OK
+    # Allowed again, the connection flows again.
+    program.enforcer.apply(replace(table(3, allow), cut_established=cut))
+    assert program.verdict(segment) == TC_ACT_OK
 
 
 def test_a_new_revision_replaces_the_old_one_whole(program: Program) -> None:

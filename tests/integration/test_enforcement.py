@@ -233,12 +233,15 @@ def stale_mesh(tmp_path: Path) -> Iterator[Mesh]:
     yield from _mesh(tmp_path, "enforce", "--staleness-limit", str(STALENESS))
 
 
-def set_policy(mesh: Mesh, allow: list[dict[str, Any]], deny: list[dict[str, Any]]) -> None:
+def set_policy(
+    mesh: Mesh, allow: list[dict[str, Any]], deny: list[dict[str, Any]], **settings: Any
+) -> None:
+    """Activate the shipped mesh module with these rules (and `data.mesh` settings)."""
     modules = {"mesh.rego": (Path(__file__).parents[2] / "rego" / "mesh.rego").read_text()}
     mesh.api(
         "POST",
         "/v1/admin/policy/bundles",
-        {"modules": modules, "data": {"mesh": {"allow": allow, "deny": deny}}},
+        {"modules": modules, "data": {"mesh": {"allow": allow, "deny": deny, **settings}}},
     )
 
 

@@ -34,6 +34,7 @@ from tests.integration.test_enforcement import (
 from tests.integration.test_enforcement import (
     pytestmark as enforcement_marks,
 )
+from trustd.agent.enforcement.ebpf import FLAG_CUT_ESTABLISHED, Config
 
 pytestmark = enforcement_marks
 ECHO = 8444
@@ -70,6 +71,12 @@ FLOW = (
 )
 
 
+RULES = [
+    {"name": "x", "source": BAD, "destination": API, "ports": [PORT, ECHO]},
+    {"name": "w", "source": WEB, "destination": API, "ports": [PORT]},
+]
+
+
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     # X's own interface is enforced too: its egress is where what it sends to unmanaged
@@ -85,11 +92,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         ["ip", "netns", "exec", found.ns("api"), sys.executable, "-c", ECHO_SERVER]
     )
     try:
-        rules = [
-            {"name": "x", "source": BAD, "destination": API, "ports": [PORT, ECHO]},
-            {"name": "w", "source": WEB, "destination": API, "ports": [PORT]},
-        ]
-        set_policy(found, rules, [])
+        set_policy(found, RULES, [])
         until(lambda: found.connects("bad", API_ADDR) and found.connects("web", API_ADDR), 15)
         yield found
     finally:
@@ -218,6 +221,12 @@ def test_quarantine_cuts_x_off_and_release_lets_it_back(mesh: Mesh) -> None:
     new_serial(mesh, before, 5)
 
 
+def cuts_established(mesh: Mesh) -> bool:
+    """The kernel's setting, read from the pinned config map."""
+    raw = bytes(int(b, 16) for b in mesh.dump("trustd_config")[0]["value"])
+    return bool(Config.from_buffer_copy(raw).flags & FLAG_CUT_ESTABLISHED)
+
+
 def scope(mesh: Mesh, unmanaged: str, *always: str) -> None:
     node = mesh.api(
         "POST",
@@ -258,3 +267,30 @@ def test_unmanaged_destinations_and_the_always_allowed_list(mesh: Mesh) -> None:
     finally:
         scope(mesh, "allow")
     until(lambda: mesh.connects("web", EXT_ADDR), 5)
+
+
+@pytest.mark.parametrize("established", ["keep", "cut"])
+def test_a_deny_cuts_established_connections_only_when_the_policy_says_so(
+    mesh: Mesh, established: str
+) -> None:
+    """`data.mesh.established`: with "keep" (the default) a deny refuses new connections
+    and spares those admitted before it; with "cut" it ends them too."""
+    set_policy(mesh, RULES, [], established=established)
+    until(lambda: mesh.connects("bad", API_ADDR), 5)
+    # The agent applied the revision that carries the setting.
+    until(lambda: cuts_established(mesh) == (established == "cut"), 5)
+    flow = Flow(mesh)
+    try:
+        started = time.monotonic()
+        set_policy(mesh, RULES[1:], [], established=established)
+        assert until(lambda: not mesh.connects("bad", API_ADDR), 1.0) < 1.0
+        if established == "cut":
+            flow.process.wait(max(0.0, started + 1.3 - time.monotonic()))
+        else:
+            time.sleep(max(0.0, started + 1.5 - time.monotonic()))
+            assert flow.alive
+        assert mesh.connects("web", API_ADDR)
+    finally:
+        flow.close()
+        set_policy(mesh, RULES, [])
+    until(lambda: mesh.connects("bad", API_ADDR), 5)

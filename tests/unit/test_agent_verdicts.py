@@ -252,3 +252,15 @@ def test_grpc_check_answers_from_the_table() -> None:
 
     # google.rpc.Code OK = 0, PERMISSION_DENIED = 7; denied responses carry HTTP 403.
     assert asyncio.run(run()) == [(0, 0), (7, 403), (0, 0), (7, 403), (7, 403), (7, 403)]
+
+
+def test_the_established_setting_is_held_until_a_delta_changes_it() -> None:
+    full = VerdictTable().applied({"revision": 1, "base": 0, "cut_established": True})
+    assert full.cut_established is True
+    kept = full.applied({"revision": 2, "base": 1})
+    assert kept.cut_established is True
+    assert (
+        kept.applied({"revision": 3, "base": 2, "cut_established": False}).cut_established is False
+    )
+    # A full state without it is the default: keep established connections.
+    assert kept.applied({"revision": 4, "base": 0}).cut_established is False

@@ -137,6 +137,9 @@ class VerdictDelta(_Wire):
     revision: int = Field(gt=0)
     base: int = Field(ge=0)
     changes: VerdictChanges = Field(default_factory=VerdictChanges)
+    # Whether a deny also cuts connections admitted before it: sent with a full state and
+    # when it changed (None: as held).
+    cut_established: StrictBool | None = None
     # Sent when the mesh policy changed since `base` (always with a full state).
     l7: L7Policy | None = None
 
@@ -150,3 +153,6 @@ class VerdictState(_Wire):
     ipcache: dict[Prefix, IdentityNumber] = Field(default_factory=dict)
     policy: dict[str, list[CheckedVerdict]] = Field(default_factory=dict)
     revoked: list[IdentityNumber] = Field(default_factory=list)
+    # The mesh policy's `established` setting: "cut" makes a deny cut established
+    # connections too; anything else keeps them (a connection is judged by its SYN).
+    cut_established: StrictBool = False

@@ -189,6 +189,14 @@ def resolve_ipcache(
     return ipcache, held_back, ambiguous
 
 
+def cuts_established(data: Mapping[str, Any]) -> bool:
+    """Whether the mesh policy data says a deny also cuts established connections
+    (`data.mesh.established`: "cut"; "keep", the default, judges a connection by its
+    first packet only)."""
+    mesh = data.get("mesh")
+    return isinstance(mesh, Mapping) and mesh.get("established") == "cut"
+
+
 def _digest(state: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
@@ -310,6 +318,7 @@ class Verdicts:
             ipcache=ipcache,
             policy={dst: sorted(verdicts) for dst, verdicts in sorted(policy.items())},
             revoked=sorted(numbers[s] for s in revoked_ids),
+            cut_established=cuts_established(active.bundle.data),
         )
         document = state.model_dump(mode="json")
         digest = _digest({"policy_revision": active.revision, **document})
@@ -420,10 +429,12 @@ class Verdicts:
                 revoked=shared.revoked,
             )
         send_l7 = base is None or base.policy_revision != head.policy_revision
+        cut = head.state.cut_established
         return VerdictDelta.model_construct(
             revision=head.revision,
             base=0 if base is None else base.revision,
             changes=changes,
+            cut_established=cut if base is None or base.state.cut_established != cut else None,
             l7=self._l7() if send_l7 else None,
         )
 

@@ -24,8 +24,9 @@
 
 #define MODE_AUDIT 0
 #define MODE_ENFORCE 1
-#define UNMANAGED_ALLOW 0
-#define UNMANAGED_DENY 1
+// config.flags
+#define FLAG_UNMANAGED_DENY 1   // packets to unmanaged destinations are denied
+#define FLAG_CUT_ESTABLISHED 2  // a deny also cuts connections admitted before it
 
 // Counter slots; trustd/agent/enforcement/maps.py names them in the same order.
 enum {
@@ -43,9 +44,9 @@ struct config {
 	__u32 gen;
 	__u32 mode;
 	__u32 revision;
-	// What a packet to an unmanaged destination gets (UNMANAGED_ALLOW or _DENY); the
-	// always-allowed prefixes pass either way.
-	__u32 unmanaged;
+	// FLAG_*: the node's scope for unmanaged destinations (the always-allowed prefixes
+	// pass either way), and whether a deny cuts established connections.
+	__u32 flags;
 	// CLOCK_MONOTONIC deadline (bpf_ktime_get_ns) after which everything managed is
 	// denied: the agent moves it forward on every successful sync, so a node cut off from
 	// trustd for longer than the staleness limit fails closed even if the agent died.
@@ -71,6 +72,15 @@ struct policy_key {
 struct revoked_key {
 	__u32 gen;
 	__u32 identity;
+};
+
+// A TCP connection this program admitted (its SYN), as the segments towards the
+// destination carry it.
+struct flow_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
 };
 
 struct allowed_key {
@@ -106,6 +116,16 @@ struct {
 	__type(key, struct revoked_key);
 	__type(value, __u32);
 } trustd_revoked SEC(".maps");
+
+// Connections admitted here, so that with FLAG_CUT_ESTABLISHED their later segments are
+// judged again by the verdicts in force (a deny cuts them). Least recently used go first:
+// a forgotten connection is judged as before, by its SYN only.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct flow_key);
+	__type(value, __u32);
+} trustd_flows SEC(".maps");
 
 // The node's always-allowed destinations (DNS, the node, trustd): not generational, the
 // agent writes it apart from verdict revisions.
@@ -162,7 +182,7 @@ static __always_inline int unmanaged(const struct config *cfg, __u32 gen, __u32 
 		count(C_UNMANAGED);
 		return TC_ACT_OK;
 	}
-	if (cfg->unmanaged == UNMANAGED_ALLOW && !quarantined(gen, src)) {
+	if (!(cfg->flags & FLAG_UNMANAGED_DENY) && !quarantined(gen, src)) {
 		count(C_UNMANAGED);
 		return TC_ACT_OK;
 	}
@@ -184,7 +204,7 @@ int trustd_egress(struct __sk_buff *skb)
 	if (!cfg) // never configured: fail closed
 		return TC_ACT_SHOT;
 	if (eth_proto != bpf_htons(ETH_P_IP)) // no identities: only the scope can judge it
-		return cfg->unmanaged == UNMANAGED_ALLOW ? TC_ACT_OK : deny(cfg);
+		return cfg->flags & FLAG_UNMANAGED_DENY ? deny(cfg) : TC_ACT_OK;
 	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &ip, sizeof(ip)) < 0)
 		return deny(cfg);
 	__u32 gen = cfg->gen;
@@ -233,15 +253,25 @@ int trustd_ingress(struct __sk_buff *skb)
 
 	__u16 port = 0;
 	__u32 l4 = sizeof(struct ethhdr) + ip.ihl * 4;
+	struct flow_key flow = {.saddr = ip.saddr, .daddr = ip.daddr};
+	int syn = 0;
 	if (ip.protocol == IPPROTO_TCP) {
 		struct tcphdr tcp;
 		if (bpf_skb_load_bytes(skb, l4, &tcp, sizeof(tcp)) < 0)
 			return deny(cfg);
-		// No connection tracking: a connection is judged by its SYN; later segments of an
-		// admitted connection pass (a quarantined source is cut off above regardless).
-		if (!(tcp.syn && !tcp.ack)) {
-			count(C_ESTABLISHED);
-			return TC_ACT_OK;
+		flow.sport = tcp.source;
+		flow.dport = tcp.dest;
+		syn = tcp.syn && !tcp.ack;
+		// A connection is judged by its SYN; later segments pass (a quarantined source is
+		// cut off above regardless), unless a deny cuts established connections: then
+		// those of a connection admitted here are judged again, with the verdicts in
+		// force now. (Other segments, replies to a local client among them, pass.)
+		if (!syn) {
+			if (!(cfg->flags & FLAG_CUT_ESTABLISHED) ||
+			    !bpf_map_lookup_elem(&trustd_flows, &flow)) {
+				count(C_ESTABLISHED);
+				return TC_ACT_OK;
+			}
 		}
 		port = bpf_ntohs(tcp.dest);
 	} else if (ip.protocol == IPPROTO_UDP) {
@@ -259,9 +289,19 @@ int trustd_ingress(struct __sk_buff *skb)
 		verdict = bpf_map_lookup_elem(&trustd_policy, &key);
 	}
 	if (verdict && *verdict) {
+		if (ip.protocol == IPPROTO_TCP && !syn) { // judged again, still allowed
+			count(C_ESTABLISHED);
+			return TC_ACT_OK;
+		}
+		if (syn) {
+			__u32 one = 1;
+			bpf_map_update_elem(&trustd_flows, &flow, &one, BPF_ANY);
+		}
 		count(C_ALLOWED);
 		return TC_ACT_OK;
 	}
+	// A connection cut stays tracked: its next segments are denied too, until a verdict
+	// allows it again.
 	return deny(cfg);
 }
 

@@ -28,7 +28,11 @@ MAPS = (
     "trustd_revoked",
     "trustd_counters",
     "trustd_allowed",
+    "trustd_flows",
 )
+# Config.flags, as bpf/enforce.c names them.
+FLAG_UNMANAGED_DENY = 1
+FLAG_CUT_ESTABLISHED = 2
 PROGRAM = "trustd_ingress"
 # What the workloads send to unmanaged destinations (bpf/enforce.c).
 EGRESS_PROGRAM = "trustd_egress"
@@ -49,7 +53,7 @@ class Config(ctypes.Structure):
         ("gen", ctypes.c_uint32),
         ("mode", ctypes.c_uint32),
         ("revision", ctypes.c_uint32),
-        ("unmanaged", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
         ("valid_until_ns", ctypes.c_uint64),
     ]
 
@@ -248,7 +252,9 @@ class BpfEnforcer:
                 libbpf.update(fd, key_of(prefix), ctypes.c_uint32(1))
             with self._config_lock:
                 config = self._config()
-                config.unmanaged = 1 if scope.unmanaged is Unmanaged.DENY else 0
+                config.flags &= ~FLAG_UNMANAGED_DENY
+                if scope.unmanaged is Unmanaged.DENY:
+                    config.flags |= FLAG_UNMANAGED_DENY
                 self._write_config(config)
             for prefix in held.always_allowed - scope.always_allowed:
                 libbpf.delete(fd, key_of(prefix))
@@ -293,11 +299,15 @@ class BpfEnforcer:
                 self._clear(gen)
                 held = VerdictTable()
             self._write(fds, gen, held, table)
-            # The switch: one array-element write, seen whole by every later packet.
+            # The switch: one array-element write, seen whole by every later packet (with
+            # whether a deny cuts established connections, which comes with the revision).
             with self._config_lock:
                 config = self._config()
                 config.gen = gen
                 config.revision = table.revision
+                config.flags &= ~FLAG_CUT_ESTABLISHED
+                if table.cut_established:
+                    config.flags |= FLAG_CUT_ESTABLISHED
                 self._write_config(config)
             self._switched_at = time.monotonic()
             self._held[gen] = table
