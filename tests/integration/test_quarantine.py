@@ -16,11 +16,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.integration.conftest import cli
 from tests.integration.test_enforcement import (
     API,
     BAD,
@@ -294,3 +296,34 @@ def test_a_deny_cuts_established_connections_only_when_the_policy_says_so(
         flow.close()
         set_policy(mesh, RULES, [])
     until(lambda: mesh.connects("bad", API_ADDR), 5)
+
+
+def test_the_cli_quarantines_until_a_time_and_x_comes_back_then(mesh: Mesh) -> None:
+    data = ("--data-dir", str(mesh.server.data_dir))
+    made = cli("identity", "quarantine", BAD, "--reason", "cool-off", "--until", "4s", *data)
+    assert f"{BAD} quarantined until" in made.stdout and "cool-off" in made.stdout
+    assert until(lambda: not mesh.connects("bad", API_ADDR), 1.0) < 1.0
+    listed = cli("identity", "list", *data).stdout
+    assert BAD in listed and "cool-off" in listed
+    held = json.loads(cli(*data, "-o", "json", "identity", "list").stdout)
+    ends = datetime.fromisoformat(held[0]["until"])
+    # Who applied it: this node's agent.
+    until(lambda: mesh.node_id in cli("identity", "show", BAD, *data).stdout, 5)
+    # At `until` X is let back in (by the agent's clock, whatever the server's duty).
+    wait = (ends - datetime.now(UTC)).total_seconds()
+    until(lambda: mesh.connects("bad", API_ADDR), wait + 1.5)
+    assert datetime.now(UTC) >= ends - timedelta(seconds=0.1)
+    new_serial(mesh, None, 5)
+
+    # Revoking for keyCompromise quarantines, and says so; --no-quarantine does not.
+    revoked = cli("cert", "revoke", "--spiffe-id", BAD, "--reason", "keyCompromise", *data)
+    assert f"{BAD} is now quarantined" in revoked.stderr
+    assert until(lambda: not mesh.connects("bad", API_ADDR), 1.0) < 1.0
+    assert f"released {BAD}" in cli("identity", "release", BAD, *data).stdout
+    until(lambda: mesh.connects("bad", API_ADDR), 1.0)
+    new_serial(mesh, None, 5)
+    again = cli(
+        "cert", "revoke", "--spiffe-id", BAD, "--reason", "keyCompromise", "--no-quarantine", *data
+    )
+    assert "quarantined" not in again.stderr
+    assert json.loads(cli(*data, "-o", "json", "identity", "list").stdout) == []
