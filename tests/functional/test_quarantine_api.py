@@ -16,6 +16,7 @@ from pki.csr import create_csr
 from pki.keys import KeyType, generate_private_key
 from tests.functional.conftest import Server
 from tests.functional.test_nodes_entries import attest, entry, join_token, node_headers
+from tests.functional.test_revocation_api import _problem
 from trustd.roles import Role
 from trustd.store.audit import AuditEvent
 from trustd.store.quarantines import IdentityQuarantine
@@ -23,14 +24,6 @@ from trustd.store.sync import fetch_revision
 
 X = "spiffe://example.org/ns/quarantine/x"
 WEB = "spiffe://example.org/ns/web/frontend"
-
-
-def _problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status and body["detail"]
-    return body
 
 
 def _state(server: Server) -> tuple[int, int, int]:

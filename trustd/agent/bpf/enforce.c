@@ -189,24 +189,43 @@ static __always_inline int unmanaged(const struct config *cfg, __u32 gen, __u32 
 	return deny(cfg);
 }
 
+// What a packet is, read once by both programs: PACKET_IPV4 with `ip` filled in, or the
+// action for it.
+#define PACKET_IPV4 -1
+#define PACKET_OTHER -2 // not IPv4: it carries no identity
+
+static __always_inline int read_packet(struct __sk_buff *skb, const struct config *cfg,
+				       struct iphdr *ip)
+{
+	__u16 eth_proto;
+
+	if (bpf_skb_load_bytes(skb, offsetof(struct ethhdr, h_proto), &eth_proto, 2) < 0)
+		return TC_ACT_OK;
+	// ARP must pass or no address resolves.
+	if (eth_proto == bpf_htons(ETH_P_ARP))
+		return TC_ACT_OK;
+	if (!cfg) // never configured: fail closed
+		return TC_ACT_SHOT;
+	// IPv6 carries no identities here (the IP cache is IPv4).
+	if (eth_proto != bpf_htons(ETH_P_IP))
+		return PACKET_OTHER;
+	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr), ip, sizeof(*ip)) < 0)
+		return deny(cfg);
+	return PACKET_IPV4;
+}
+
 SEC("tc")
 int trustd_egress(struct __sk_buff *skb)
 {
 	__u32 zero = 0;
 	struct config *cfg = bpf_map_lookup_elem(&trustd_config, &zero);
-	__u16 eth_proto;
 	struct iphdr ip;
 
-	if (bpf_skb_load_bytes(skb, offsetof(struct ethhdr, h_proto), &eth_proto, 2) < 0)
-		return TC_ACT_OK;
-	if (eth_proto == bpf_htons(ETH_P_ARP))
-		return TC_ACT_OK;
-	if (!cfg) // never configured: fail closed
-		return TC_ACT_SHOT;
-	if (eth_proto != bpf_htons(ETH_P_IP)) // no identities: only the scope can judge it
+	int read = read_packet(skb, cfg, &ip);
+	if (read == PACKET_OTHER) // only the scope can judge it
 		return cfg->flags & FLAG_UNMANAGED_DENY ? deny(cfg) : TC_ACT_OK;
-	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &ip, sizeof(ip)) < 0)
-		return deny(cfg);
+	if (read != PACKET_IPV4)
+		return read;
 	__u32 gen = cfg->gen;
 	// A managed destination is judged where it is delivered (its node's ingress, with the
 	// policy of its own node): nothing to do here.
@@ -220,21 +239,13 @@ int trustd_ingress(struct __sk_buff *skb)
 {
 	__u32 zero = 0;
 	struct config *cfg = bpf_map_lookup_elem(&trustd_config, &zero);
-	__u16 eth_proto;
 	struct iphdr ip;
 
-	if (bpf_skb_load_bytes(skb, offsetof(struct ethhdr, h_proto), &eth_proto, 2) < 0)
-		return TC_ACT_OK;
-	// ARP must pass or no address resolves; IPv6 carries no identities here (the IP
-	// cache is IPv4), so it is judged like an unknown source below.
-	if (eth_proto == bpf_htons(ETH_P_ARP))
-		return TC_ACT_OK;
-	if (!cfg) // never configured: fail closed
-		return TC_ACT_SHOT;
-	if (eth_proto != bpf_htons(ETH_P_IP))
+	int read = read_packet(skb, cfg, &ip);
+	if (read == PACKET_OTHER) // from no identity: allowed by no verdict
 		return deny(cfg);
-	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &ip, sizeof(ip)) < 0)
-		return deny(cfg);
+	if (read != PACKET_IPV4)
+		return read;
 
 	__u32 gen = cfg->gen;
 	__u32 dst = identity_of(gen, ip.daddr);
