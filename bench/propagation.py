@@ -1,6 +1,7 @@
-"""Verdict propagation: a mesh policy change -> 100 agents applied, p50/p99, on one server
-and on two replicas sharing PostgreSQL and Redis; and a scale line (1,000 agents, 10,000
-entries: time until every agent applied a change, server RSS and CPU).
+"""Verdict propagation: a mesh policy change -> 100 agents applied, and a quarantine -> 100
+agents applied, p50/p99, on one server and on two replicas sharing PostgreSQL and Redis; and
+a scale line (1,000 agents, 10,000 entries: time until every agent applied a change, server
+RSS and CPU).
 
 Real `trustd serve` processes (TLS, one worker each) on a fresh PostgreSQL database, with
 Redis. The simulated agents run in separate agent processes (neither in the servers nor in
@@ -23,6 +24,10 @@ Baseline, measured in the same run with the same agents, connections and servers
 floor): the agents long-poll without `verdict_since` (not enforcing) and each round edits a
 registration entry of no node, so every long-poll wakes and answers with the node's entries:
 waking the long-polls and answering them, without verdicts.
+
+Quarantine rounds, after the policy rounds: each quarantines one more workload identity
+(`POST /v1/admin/identities/quarantine`); an agent-round lasts from just before the POST to
+that agent holding the identity among its denied identities (what its kernel would drop).
 
 Two replicas: two `trustd serve` on the same database and Redis, agents alternating between
 them, every change posted to the first replica only (the second's agents wake over Redis).
@@ -158,7 +163,13 @@ class Agent:
                 self.table = self.table.applied(result["verdicts"])
             self.revoked_since = int(result["revocation_revision"])
             self.since = int(result["revision"])
-            report(self.index, self.marker(enforce), self.table.revision, time.perf_counter())
+            report(
+                self.index,
+                self.marker(enforce),
+                self.table.revision,
+                len(self.table.revoked),
+                time.perf_counter(),
+            )
 
 
 def check_table(agent: Agent, nodes: int, round_: int) -> str | None:
@@ -196,12 +207,12 @@ async def _agent_process(
 
     agents = list(await asyncio.gather(*(attest(i, t) for i, t in tokens)))
     conn.send(("ready", [(a.index, str(a.identity.spiffe_id)) for a in agents]))
-    pending: list[tuple[int, int, int, float]] = []
+    pending: list[tuple[int, int, int, int, float]] = []
 
-    def report(index: int, marker: int, revision: int, at: float) -> None:
+    def report(index: int, marker: int, revision: int, quarantined: int, at: float) -> None:
         if not pending:
             loop.call_soon(flush)
-        pending.append((index, marker, revision, at))
+        pending.append((index, marker, revision, quarantined, at))
 
     def flush() -> None:
         conn.send(("reached", list(pending)))
@@ -250,7 +261,8 @@ class Fleet:
 
     def __init__(self, procs: list[tuple[Any, multiprocessing.connection.Connection]]) -> None:
         self.procs = procs
-        self.reached: dict[int, list[tuple[int, int, float]]] = {}
+        # Per agent: (marker, verdict revision, quarantined identities held, when).
+        self.reached: dict[int, list[tuple[int, int, int, float]]] = {}
         # Long-polls asked again after a dropped keep-alive connection, as last counted.
         self.retries = 0
         self.nodes: dict[int, str] = {}
@@ -266,8 +278,8 @@ class Fleet:
                 message = conn.recv()
                 with self._cond:
                     if message[0] == "reached":
-                        for index, marker, revision, at in message[1]:
-                            self.reached.setdefault(index, []).append((marker, revision, at))
+                        for index, marker, revision, held, at in message[1]:
+                            self.reached.setdefault(index, []).append((marker, revision, held, at))
                     elif message[0] == "failed":
                         self._failed = message[1]
                     else:
@@ -301,17 +313,29 @@ class Fleet:
             self.nodes.update(dict(replies.pop(0)[1]))
         return self.nodes
 
-    def first_at(self, index: int, target: int) -> float | None:
-        return next((at for m, _, at in self.reached.get(index, ()) if m >= target), None)
+    def first_at(self, index: int, target: int, quarantined: int = 0) -> float | None:
+        return next(
+            (
+                at
+                for m, _, held, at in self.reached.get(index, ())
+                if m >= target and held >= quarantined
+            ),
+            None,
+        )
 
     def applied_revision(self, index: int) -> int:
         return self.reached[index][-1][1]
 
-    async def wait_for(self, target: int, within: float = ROUND_TIMEOUT) -> None:
-        """Until every agent has applied the change `target`."""
+    async def wait_for(
+        self, target: int, within: float = ROUND_TIMEOUT, quarantined: int = 0
+    ) -> None:
+        """Until every agent has applied the change `target` (and holds `quarantined`
+        denied identities)."""
         nodes = list(self.nodes)
         await asyncio.to_thread(
-            self._wait, lambda: all(self.first_at(i, target) is not None for i in nodes), within
+            self._wait,
+            lambda: all(self.first_at(i, target, quarantined) is not None for i in nodes),
+            within,
         )
 
     def run(self, enforce: bool) -> None:
@@ -340,6 +364,11 @@ class Admin:
         entry = await self.call("PATCH", f"/v1/entries/{self.spare_entry}", {"hint": "x"})
         return int(entry["revision"])
 
+    async def quarantine(self, round_: int) -> None:
+        """Quarantine one more workload identity (round 1: the first node's)."""
+        body = {"spiffe_id": workload((round_ - 1) % self.nodes), "reason": f"round {round_}"}
+        await self.call("POST", "/v1/admin/identities/quarantine", body)
+
     async def post_policy(self, round_: int) -> int:
         body = {
             "modules": self.modules,
@@ -367,6 +396,22 @@ async def measure(
             if problems:
                 raise SystemExit("; ".join(problems))
             fleet.retries = sum(reply[2] for reply in replies)
+        await asyncio.sleep(SETTLE)
+    return latencies
+
+
+async def measure_quarantine(fleet: Fleet, admin: Admin, rounds: int) -> list[float]:
+    """Per round and agent: seconds from just before a quarantine to the agent holding it
+    among its denied identities."""
+    latencies: list[float] = []
+    for round_ in range(1, rounds + 1):
+        started = time.perf_counter()
+        await admin.quarantine(round_)
+        await fleet.wait_for(0, quarantined=round_)
+        for index in fleet.nodes:
+            at = fleet.first_at(index, 0, round_)
+            assert at is not None
+            latencies.append(at - started)
         await asyncio.sleep(SETTLE)
     return latencies
 
@@ -431,6 +476,7 @@ async def enrol(
 class Outcome:
     floor: list[float] = field(default_factory=list)
     verdicts: list[float] = field(default_factory=list)
+    quarantine: list[float] = field(default_factory=list)
     rss_mib: float = 0.0
     # Server CPU seconds per round (every server process together).
     cpu_s: float = 0.0
@@ -447,6 +493,7 @@ async def run(
     per_node: int,
     rounds: int,
     procs: int,
+    quarantine_rounds: int = 0,
 ) -> Outcome:
     tls = ssl.create_default_context(cafile=str(bundle_pem))
     outcome = Outcome()
@@ -484,6 +531,8 @@ async def run(
             outcome.cpu_s = (sum(cpu_seconds(pid) for pid in pids) - cpu_before) / rounds
             outcome.rss_mib = sum(rss_mib(pid) for pid in pids)
             outcome.retries = fleet.retries
+            if quarantine_rounds:
+                outcome.quarantine = await measure_quarantine(fleet, admin, quarantine_rounds)
             # Each agent's next long-poll acknowledges what it applied.
             deadline = time.monotonic() + ROUND_TIMEOUT
             while lagging := await lags(admin, fleet):
@@ -580,9 +629,10 @@ def main() -> None:
     runs = [] if args.scale_only else [(1, "1 server"), (2, "2 replicas")]
     for replicas, name in runs:
         with tempfile.TemporaryDirectory() as tmp, servers(replicas, Path(tmp)) as c:
-            out = asyncio.run(run(*c, args.agents, 1, args.rounds, args.procs))
+            out = asyncio.run(run(*c, args.agents, 1, args.rounds, args.procs, args.rounds))
         print(row(name, "floor: entry change, no verdict", out.floor, None))
         print(row(name, "mesh policy change", out.verdicts, out.floor))
+        print(row(name, "quarantine", out.quarantine, out.floor))
         print(
             f"  server CPU per change: floor {out.floor_cpu_s * 1000:.0f} ms, policy "
             f"{out.cpu_s * 1000:.0f} ms ({out.cpu_s * 1000 / args.agents:.1f} ms per agent)"
@@ -593,6 +643,12 @@ def main() -> None:
         tag = name.replace(" ", "_")
         results.append(
             result(f"policy_p99_{args.agents}_agents_{tag}", p99, "s", floor, "<1", p99 < TARGET)
+        )
+        q99 = percentile(out.quarantine, 99)
+        results.append(
+            result(
+                f"quarantine_p99_{args.agents}_agents_{tag}", q99, "s", floor, "<1", q99 < TARGET
+            )
         )
     if args.scale or args.scale_only:
         agents, per_node, rounds = 1000, 10, 2

@@ -12,8 +12,8 @@ import rego.v1
 default allow := false
 
 # viewer reads everything; operator also runs the day-to-day writes (entries, nodes, SVIDs,
-# revoking certificates, testing policies); admin does anything (tokens, UI accounts, CA
-# keys, policy bundles, ACME accounts and EAB keys).
+# revoking certificates, quarantining identities, testing policies); admin does anything
+# (tokens, UI accounts, CA keys, policy bundles, ACME accounts and EAB keys).
 builtin_grants := {
 	"viewer": ["admin:*:read"],
 	"operator": [
@@ -23,6 +23,7 @@ builtin_grants := {
 		"admin:node:write",
 		"admin:svid:write",
 		"admin:certificate:revoke",
+		"admin:identity:quarantine",
 		"admin:policy:test",
 	],
 	"admin": ["admin:*:*", "admin:token:*", "admin:user:*"],

@@ -70,6 +70,8 @@ test_named_grants_reach_credentials if {
 test_operator_day_to_day if {
 	admin.allow with input as {"role": "operator", "permission": "admin:entry:delete"}
 	admin.allow with input as {"role": "operator", "permission": "admin:certificate:revoke"}
+	admin.allow with input as {"role": "operator", "permission": "admin:identity:quarantine"}
+	not admin.allow with input as {"role": "viewer", "permission": "admin:identity:quarantine"}
 	admin.allow with input as {"role": "operator", "permission": "admin:node:write"}
 	not admin.allow with input as {"role": "operator", "permission": "admin:ca:write"}
 	not admin.allow with input as {"role": "operator", "permission": "admin:ca:revoke"}

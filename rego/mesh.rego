@@ -4,6 +4,8 @@
 # reasons, in the shape Envoy's ext_authz OPA plugin accepts: {"allowed": bool, ...}).
 # Default deny; any matching deny rule overrides every allow rule. The rules are data
 # (data.mesh.allow / data.mesh.deny), so operators change who may talk without new Rego.
+# data.mesh.established ("keep", the default, or "cut": a deny also ends connections
+# admitted before it) is read by the L4 verdict compiler, not by this module.
 #
 # Input, either trustd's own shape:
 #   {"source": "spiffe://td/a", "destination": "spiffe://td/b", "port": 8443,

@@ -20,6 +20,7 @@ from trustd.api import (
     nodes,
     opa,
     problems,
+    quarantines,
     revocation,
     svid,
     verdicts,
@@ -46,6 +47,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         # CA rotation: the leader ticks, every replica follows bundle changes.
         stop = asyncio.Event()
         loops = [
+            # The leader's other duties (replay claims, quarantines past their `until`) run
+            # after each tick.
             asyncio.create_task(services.rotation.run_ticker(stop), name="trustd-rotation"),
             # The bundle file clients on this host read follows root rotations.
             asyncio.create_task(
@@ -87,6 +90,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         agents,
         opa,
         revocation,
+        quarantines,
         acme,
         verdicts,
         web,

@@ -50,6 +50,7 @@ RESOURCES = {
     "decision",
     "entry",
     "graph",
+    "identity",
     "node",
     "policy",
     "revocation",
@@ -67,6 +68,7 @@ OPERATOR_WRITES = {
     "admin:node:write",
     "admin:svid:write",
     "admin:certificate:revoke",
+    "admin:identity:quarantine",
     "admin:policy:test",
 }
 CREDENTIALS = {"token", "user"}

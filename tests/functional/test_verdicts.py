@@ -199,11 +199,12 @@ def test_one_compilation_serves_every_node(server: Server) -> None:
     entry(server, DB, str(nodes[1].spiffe_id), "unix:uid:1002", ip_addresses=["10.213.0.3"])
     entry(server, WEB, "spiffe://example.org/elsewhere", "unix:uid:7", ip_addresses=["10.213.0.1"])
     headers = [node_headers(server, n) for n in nodes]
-    # The shared part reads every revoked certificate; nothing else on the sync path does.
+    # The shared part reads every quarantine; nothing else on the sync path does.
     compilations: list[str] = []
 
     def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if "FROM issued_certificates" in statement:
+        # (The sync path reads whole quarantines, once per sync revision: not this.)
+        if "FROM identity_quarantines" in statement and ".reason" not in statement:
             compilations.append(statement)
 
     event.listen(server.services.engine, "before_cursor_execute", count)
@@ -388,3 +389,20 @@ def test_replicas_compile_each_change_once(server: Server) -> None:
         (ids[API], ids[WEB], 9, 6, True),
         (ids[API], ids[WEB], 9, 17, True),
     ]
+
+
+def test_the_established_setting_travels_with_the_verdicts(server: Server) -> None:
+    node, _ = attest(server, join_token(server)["token"])
+    entry(server, API, str(node.spiffe_id), "unix:uid:1001", ip_addresses=["10.213.0.2"])
+    headers = node_headers(server, node)
+    first = sync(server, headers, verdict_since=0)["verdicts"]
+    # A full state says it: by default a deny spares established connections.
+    assert first["cut_established"] is False
+    mesh = copy.deepcopy(server.services.policy.active.bundle.data["mesh"])
+    set_mesh(server, {**mesh, "established": "cut"})
+    delta = sync(server, headers, verdict_since=first["revision"])["verdicts"]
+    assert delta["base"] == first["revision"] and delta["cut_established"] is True
+    # A change that leaves it alone does not repeat it.
+    set_mesh(server, {**mesh, "established": "cut", "allow": []})
+    later = sync(server, headers, verdict_since=delta["revision"])["verdicts"]
+    assert later["base"] == delta["revision"] and later["cut_established"] is None

@@ -232,7 +232,11 @@ def test_a_revoked_svid_is_replaced_at_once(node: Node) -> None:
     serial = format(int(web["svids"][0]["serial"]), "x")
     # Let the agent's long-poll follow the revocation feed from a known point.
     time.sleep(1)
-    admin(node.server, "cert", "revoke", "--serial", serial, "--reason", "keyCompromise")
+    # Revoked only: the identity is not quarantined, so the agent mints it a new SVID.
+    admin(
+        node.server,
+        *("cert", "revoke", "--serial", serial, "--reason", "keyCompromise", "--no-quarantine"),
+    )
 
     def replaced() -> bool:
         code, now = svids_of(node, WEB)

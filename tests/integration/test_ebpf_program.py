@@ -11,6 +11,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,19 @@ from pki.clock import SystemClock
 from tests.packets import ACK, TCP, UDP, frame, ipv4
 from trustd.agent.config import AgentConfig
 from trustd.agent.enforcement import libbpf
-from trustd.agent.enforcement.ebpf import BpfEnforcer, Config, IpcacheKey, Mode, PolicyKey
+from trustd.agent.enforcement.ebpf import (
+    EGRESS_PROGRAM,
+    BpfEnforcer,
+    Config,
+    IpcacheKey,
+    Mode,
+    PolicyKey,
+    Scope,
+)
 from trustd.agent.enforcement.state import VerdictTable
 from trustd.agent.errors import EnforcementError
 from trustd.agent.main import Agent
+from trustd.domain.nodes import Unmanaged
 
 pytestmark = [
     pytest.mark.integration,
@@ -132,6 +142,63 @@ def test_revoked_source_is_cut_off_even_mid_connection(program: Program) -> None
     assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_SHOT
     assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443, ACK)) == TC_ACT_SHOT
     assert program.enforcer.counters()["revoked"] == 2
+
+
+def test_egress_judges_unmanaged_destinations_by_the_nodes_scope(program: Program) -> None:
+    """What workloads send: a managed destination is judged at its own ingress; an
+    unmanaged one by the scope, the always-allowed prefixes passing either way and being
+    all a quarantined source reaches."""
+    loaded = program.enforcer._obj
+    assert loaded is not None
+    fd = loaded.program_fds[EGRESS_PROGRAM]
+
+    def verdict(packet: bytes) -> int:
+        return libbpf.run_on_packet(fd, packet)[0]
+
+    resolver = "192.0.2.53"
+    program.apply(1, {}, revoked=(258,))
+    program.enforcer.set_scope(Scope(Unmanaged.ALLOW, frozenset({f"{resolver}/32"})))
+    cases = [
+        (ipv4(WEB_IP, API_IP, TCP, 8443), TC_ACT_OK),  # managed: its ingress judges
+        (ipv4(WEB_IP, OTHER_IP, TCP, 443), TC_ACT_OK),  # unmanaged, allowed
+        (ipv4(BAD_IP, OTHER_IP, TCP, 443), TC_ACT_SHOT),  # quarantined: only the list
+        (ipv4(BAD_IP, resolver, UDP, 53), TC_ACT_OK),
+        (frame(0x86DD), TC_ACT_OK),
+    ]
+    assert [verdict(p) for p, _ in cases] == [want for _, want in cases]
+    # Deny: every source is held to the list; the list is replaced, not added to.
+    program.enforcer.set_scope(Scope(Unmanaged.DENY, frozenset({"198.51.100.0/24"})))
+    cases = [
+        (ipv4(WEB_IP, API_IP, TCP, 8443), TC_ACT_OK),
+        (ipv4(WEB_IP, OTHER_IP, TCP, 443), TC_ACT_SHOT),
+        (ipv4(WEB_IP, resolver, UDP, 53), TC_ACT_SHOT),
+        (ipv4(WEB_IP, "198.51.100.9", UDP, 53), TC_ACT_OK),
+        (ipv4(OTHER_IP, "198.51.100.9", UDP, 53), TC_ACT_OK),
+        (frame(0x86DD), TC_ACT_SHOT),
+        (frame(0x0806), TC_ACT_OK),
+    ]
+    assert [verdict(p) for p, _ in cases] == [want for _, want in cases]
+    # The ingress program applies the same scope to a local workload in no entry.
+    assert program.verdict(ipv4(WEB_IP, OTHER_IP, TCP, 8443)) == TC_ACT_SHOT
+    assert program.verdict(ipv4(WEB_IP, "198.51.100.9", TCP, 8443)) == TC_ACT_OK
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_a_deny_cuts_admitted_connections_only_when_set(program: Program, cut: bool) -> None:
+    allow = {(257, 256, 8443, 6): True}
+    program.enforcer.apply(replace(table(1, allow), cut_established=cut))
+    assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_OK  # admitted
+    program.enforcer.apply(replace(table(2, {}), cut_established=cut))
+    # New connections are refused either way.
+    assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_SHOT
+    # The admitted one goes on, unless a deny cuts established connections.
+    segment = ipv4(WEB_IP, API_IP, TCP, 8443, ACK)
+    assert program.verdict(segment) == (TC_ACT_SHOT if cut else TC_ACT_OK)
+    # A segment of no connection admitted here (a reply to a local client) passes.
+    assert program.verdict(ipv4(API_IP, WEB_IP, TCP, 40000, ACK)) == TC_ACT_OK
+    # Allowed again, the connection flows again.
+    program.enforcer.apply(replace(table(3, allow), cut_established=cut))
+    assert program.verdict(segment) == TC_ACT_OK
 
 
 def test_a_new_revision_replaces_the_old_one_whole(program: Program) -> None:

@@ -116,10 +116,19 @@ def until(predicate: Any, timeout: float) -> float:
     pytest.fail(f"not within {timeout} s")
 
 
-def _mesh(tmp_path: Path, mode: str, *agent_args: str) -> Iterator[Mesh]:
+def _mesh(
+    tmp_path: Path,
+    mode: str,
+    *agent_args: str,
+    enforce: tuple[str, ...] = ("api", "web"),
+    unmanaged: dict[str, str] | None = None,
+) -> Iterator[Mesh]:
+    """The namespaces (web, api and bad with entries, plus `unmanaged` name -> address in
+    none), a server, and an agent enforcing on the `enforce` namespaces' eth0."""
     tag = f"td{uuid.uuid4().hex[:6]}"
     pin_dir = Path("/sys/fs/bpf/trustd") / tag
-    names = {"web": "10.213.1.1", "api": "10.213.1.2", "bad": "10.213.1.3"}
+    managed = {"web": "10.213.1.1", "api": "10.213.1.2", "bad": "10.213.1.3"}
+    names = {**managed, **(unmanaged or {})}
     listeners: list[subprocess.Popen[bytes]] = []
     server: Running | None = None
     agent: subprocess.Popen[str] | None = None
@@ -155,13 +164,11 @@ def _mesh(tmp_path: Path, mode: str, *agent_args: str) -> Iterator[Mesh]:
                 subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", LISTENER])
             )
         server = start_server(tmp_path / "var", tmp_path / "server.log")
+        interfaces = [o for name in enforce for o in ("--enforce-interface", f"{tag}-{name}/eth0")]
         command = join_agent_command(
             server,
             tmp_path,
-            "--enforce-interface",
-            f"{tag}-api/eth0",
-            "--enforce-interface",
-            f"{tag}-web/eth0",
+            *interfaces,
             "--enforcement-mode",
             mode,
             "--bpf-pin-dir",
@@ -180,7 +187,7 @@ def _mesh(tmp_path: Path, mode: str, *agent_args: str) -> Iterator[Mesh]:
                 text=True,
             )
         mesh = Mesh(tag, server, agent, agent_log, node_id, pin_dir, sockets / "agent.sock")
-        for (name, addr), spiffe_id in zip(names.items(), (WEB, API, BAD), strict=True):
+        for (name, addr), spiffe_id in zip(managed.items(), (WEB, API, BAD), strict=True):
             mesh.api(
                 "POST",
                 "/v1/entries",
@@ -226,12 +233,15 @@ def stale_mesh(tmp_path: Path) -> Iterator[Mesh]:
     yield from _mesh(tmp_path, "enforce", "--staleness-limit", str(STALENESS))
 
 
-def set_policy(mesh: Mesh, allow: list[dict[str, Any]], deny: list[dict[str, Any]]) -> None:
+def set_policy(
+    mesh: Mesh, allow: list[dict[str, Any]], deny: list[dict[str, Any]], **settings: Any
+) -> None:
+    """Activate the shipped mesh module with these rules (and `data.mesh` settings)."""
     modules = {"mesh.rego": (Path(__file__).parents[2] / "rego" / "mesh.rego").read_text()}
     mesh.api(
         "POST",
         "/v1/admin/policy/bundles",
-        {"modules": modules, "data": {"mesh": {"allow": allow, "deny": deny}}},
+        {"modules": modules, "data": {"mesh": {"allow": allow, "deny": deny, **settings}}},
     )
 
 
@@ -256,7 +266,8 @@ def test_policy_allows_denies_flips_and_revokes(mesh: Mesh) -> None:
     assert until(lambda: not mesh.connects("web", "10.213.1.2"), 1.0) < 1.0
     assert mesh.connects("bad", "10.213.1.2")
 
-    # Revoking the quarantine identity's SVIDs cuts it off within a second.
+    # Revoking the quarantine identity's SVIDs for keyCompromise quarantines it (by
+    # default): it is cut off within a second.
     until(lambda: b"svids_minted" in mesh.agent_log.read_bytes(), 30)
     mesh.api("POST", "/v1/admin/certificates/revoke", {"spiffe_id": BAD, "reason": "keyCompromise"})
     assert until(lambda: not mesh.connects("bad", "10.213.1.2"), 1.0) < 1.0

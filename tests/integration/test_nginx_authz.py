@@ -15,7 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
 
+from pki.ca import serial_hex
 from tests.integration.conftest import Running, cli, free_port, join_agent_command, start_server
 from tests.integration.test_enforcement import API, BAD, WEB, until
 
@@ -97,13 +99,15 @@ def _svid(server: Running, spiffe_id: str, out: Path) -> None:
     )
 
 
-@pytest.fixture
-def proxy(tmp_path: Path) -> Iterator[Proxy]:
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    tmp_path = tmp_path_factory.mktemp("nginx")
     server = start_server(tmp_path / "var", tmp_path / "server.log")
     agent: subprocess.Popen[str] | None = None
     nginx: subprocess.Popen[str] | None = None
     try:
-        for name, spiffe_id in (("api", API), ("web", WEB), ("bad", BAD)):
+        # web2: a second certificate of web's identity.
+        for name, spiffe_id in (("api", API), ("web", WEB), ("web2", WEB), ("bad", BAD)):
             _svid(server, spiffe_id, tmp_path / name)
         authz = free_port()
         with (tmp_path / "agent.log").open("w") as log:
@@ -160,3 +164,21 @@ def test_nginx_auth_request_allows_denies_and_refuses(proxy: Proxy) -> None:
     _push_policy(proxy.server, [{"name": "bad-reads", "source": BAD, "destination": API}])
     until(lambda: proxy.get("web") == 403, 10)
     assert proxy.get("bad") == 200
+
+
+def test_a_revoked_serial_is_refused_and_its_identity_is_not(proxy: Proxy) -> None:
+    _push_policy(proxy.server, [{"name": "web-reads", "source": WEB, "destination": API}])
+    until(lambda: proxy.get("web") == 200 and proxy.get("web2") == 200, 30)
+    leaf = x509.load_pem_x509_certificate((proxy.tmp / "web" / "svid.pem").read_bytes())
+    response = httpx.post(
+        f"{proxy.server.url}/v1/admin/certificates/revoke",
+        json={"serial": serial_hex(leaf), "reason": "superseded"},
+        headers={"Authorization": f"Bearer {proxy.server.token}"},
+        verify=ssl.create_default_context(cafile=str(proxy.server.bundle)),
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["quarantined"] is None
+    # The agent refuses the revoked certificate as soon as the revocation reaches it...
+    until(lambda: proxy.get("web") == 403, 5)
+    # ...and the identity's other certificate goes on working: web is not cut off.
+    assert proxy.get("web2") == 200

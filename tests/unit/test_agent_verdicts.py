@@ -7,7 +7,7 @@ import asyncio
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import grpc
 import pytest
@@ -16,7 +16,14 @@ from envoy.service.auth.v3 import external_auth_pb2 as pb
 from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc
 
 from pki.bundle import TrustBundle
-from pki.ca import Authority, certificate_pem, create_intermediate, create_root
+from pki.ca import (
+    Authority,
+    certificate_pem,
+    create_intermediate,
+    create_root,
+    load_pem_certificates,
+    serial_hex,
+)
 from pki.clock import SystemClock
 from pki.keys import KeyType, generate_private_key
 from pki.spiffe_id import SpiffeId, TrustDomain
@@ -252,3 +259,31 @@ def test_grpc_check_answers_from_the_table() -> None:
 
     # google.rpc.Code OK = 0, PERMISSION_DENIED = 7; denied responses carry HTTP 403.
     assert asyncio.run(run()) == [(0, 0), (7, 403), (0, 0), (7, 403), (7, 403), (7, 403)]
+
+
+def test_the_established_setting_is_held_until_a_delta_changes_it() -> None:
+    full = VerdictTable().applied({"revision": 1, "base": 0, "cut_established": True})
+    assert full.cut_established is True
+    kept = full.applied({"revision": 2, "base": 1})
+    assert kept.cut_established is True
+    assert (
+        kept.applied({"revision": 3, "base": 2, "cut_established": False}).cut_established is False
+    )
+    # A full state without it is the default: keep established connections.
+    assert kept.applied({"revision": 4, "base": 0}).cut_established is False
+
+
+def test_a_revoked_serial_is_refused_and_its_identity_is_not() -> None:
+    authority, root = _ca()
+    bundle = TrustBundle(TD, (root,), {}, 1, 300)
+    table = VerdictTable().applied(FULL)
+    revoked: set[str] = set()
+    authorizer = Authorizer(lambda: table, lambda: bundle, CLOCK, revoked=lambda: revoked)
+    first, second = _chain_pem(authority, WEB), _chain_pem(authority, WEB)
+    assert authorizer.identify(first)[0] == WEB
+    serial = serial_hex(load_pem_certificates(unquote(first).encode())[0])
+    revoked.add(serial)
+    # Refused even though the verified chain is cached; the other SVID of WEB passes.
+    source, why = authorizer.identify(first)
+    assert source is None and why == f"client certificate {serial} is revoked"
+    assert authorizer.identify(second)[0] == WEB

@@ -29,7 +29,7 @@ from pki.jwt_svid import mint_jwt_svid, validate_jwt_svid
 from pki.keys import KeyType, generate_private_key
 from tests.unit.pki_helpers import T0
 from tests.workload_helpers import Domain, load_der_certificates
-from trustd.agent.cache import SvidCache, WorkloadEntry
+from trustd.agent.cache import QuarantineNotice, SvidCache, WorkloadEntry
 from trustd.agent.errors import WorkloadAttestationError
 from trustd.agent.proto import workload_pb2 as pb
 from trustd.agent.proto import workload_pb2_grpc as pb_grpc
@@ -340,5 +340,37 @@ def test_server_reflection_lists_the_workload_api(tmp_path: Path) -> None:
             )
             async for answer in stub.ServerReflectionInfo(iter([symbol])):
                 assert answer.file_descriptor_response.file_descriptor_proto
+
+    run(tmp_path, scenario, ME)
+
+
+def test_a_quarantined_identity_is_refused_with_the_reason_until_its_end(
+    tmp_path: Path,
+) -> None:
+    async def scenario(a: Agent) -> None:
+        me = a.entry("e-me").spiffe_id
+        stream = a.stub.FetchX509SVID(pb.X509SVIDRequest(), metadata=HEADER)
+        assert isinstance(await stream.read(), pb.X509SVIDResponse)
+        until = a.domain.clock.now() + timedelta(minutes=5)
+        await a.cache.set_quarantines([QuarantineNotice(me, "incident 7", until)])
+        # The open stream ends, the SVID is dropped, and every call is told why.
+        code, details = await refused(stream.read())
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        assert "quarantined" in details and "incident 7" in details
+        assert a.cache.svid("e-me") is None
+        # No SVID minted meanwhile is served either.
+        await a.cache.put_svid(a.domain.svid(a.entry("e-me")))
+        assert a.cache.svid("e-me") is None
+        code, details = await refused(
+            a.stub.FetchJWTSVID(pb.JWTSVIDRequest(audience=["a"]), metadata=HEADER)
+        )
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "incident 7" in details
+        # At `until`, by the agent's own clock, it ends: the identity is served again.
+        a.domain.clock.advance(timedelta(minutes=5))
+        assert [n.spiffe_id for n in await a.cache.lift_expired(a.domain.clock.now())] == [me]
+        await a.cache.put_svid(a.domain.svid(a.entry("e-me")))
+        again = await a.stub.FetchX509SVID(pb.X509SVIDRequest(), metadata=HEADER).read()
+        assert isinstance(again, pb.X509SVIDResponse)
+        assert again.svids[0].spiffe_id == str(me)
 
     run(tmp_path, scenario, ME)

@@ -58,6 +58,25 @@ class X509Svid:
         return max(start, self.received_at) if self.received_at else start
 
 
+@dataclass(frozen=True)
+class QuarantineNotice:
+    """A quarantined identity as trustd sent it: no SVID is served or minted for it until
+    `until` (None: until trustd says it is released), judged by this agent's own clock."""
+
+    spiffe_id: SpiffeId
+    reason: str
+    until: datetime | None = None
+
+    def active(self, now: datetime) -> bool:
+        return self.until is None or now < self.until
+
+    @property
+    def refusal(self) -> str:
+        """What the Workload API answers a caller of this identity."""
+        until = f" until {self.until.isoformat()}" if self.until else ""
+        return f"{self.spiffe_id} is quarantined{until}: {self.reason}"
+
+
 class JwtSvidSource(Protocol):
     async def fetch_jwt_svid(self, spiffe_id: SpiffeId, audience: Sequence[str]) -> JwtSvid:
         """A JWT-SVID for `spiffe_id` with `audience`, minted by the server (or cached).
@@ -73,6 +92,7 @@ class SvidCache:
         self._entries: dict[str, WorkloadEntry] = {}
         self._svids: dict[str, X509Svid] = {}
         self._bundle: TrustBundle | None = None
+        self._quarantines: dict[SpiffeId, QuarantineNotice] = {}
         self._generation = 0
         self._changed = asyncio.Condition()
 
@@ -99,6 +119,15 @@ class SvidCache:
         """The current X509-SVIDs of the entries that match `selectors` (entries whose SVID is
         not minted yet are left out)."""
         return [self._svids[e.id] for e in self.entries_for(selectors) if e.id in self._svids]
+
+    def quarantine_of(self, spiffe_id: SpiffeId, now: datetime) -> QuarantineNotice | None:
+        """The quarantine of `spiffe_id` in force at `now` (None: none)."""
+        found = self._quarantines.get(spiffe_id)
+        return found if found is not None and found.active(now) else None
+
+    @property
+    def quarantines(self) -> list[QuarantineNotice]:
+        return list(self._quarantines.values())
 
     @property
     def held(self) -> int:
@@ -133,8 +162,35 @@ class SvidCache:
                 del self._svids[entry_id]
         await self._bump()
 
+    async def set_quarantines(self, notices: Iterable[QuarantineNotice]) -> list[SpiffeId]:
+        """Replace the quarantines; SVIDs of a quarantined identity are dropped at once.
+        Returns the identities released (no longer listed)."""
+        new = {n.spiffe_id: n for n in notices}
+        if new == self._quarantines:
+            return []
+        released = [s for s in self._quarantines if s not in new]
+        self._quarantines = new
+        for entry_id, svid in list(self._svids.items()):
+            if svid.spiffe_id in new:
+                del self._svids[entry_id]
+        await self._bump()
+        return released
+
+    async def lift_expired(self, now: datetime) -> list[QuarantineNotice]:
+        """Forget the quarantines whose `until` passed by this agent's clock (trustd may be
+        out of reach to say so); returns them."""
+        expired = [n for n in self._quarantines.values() if not n.active(now)]
+        if expired:
+            for notice in expired:
+                del self._quarantines[notice.spiffe_id]
+            await self._bump()
+        return expired
+
     async def put_svid(self, svid: X509Svid) -> None:
         if svid.entry_id not in self._entries:
+            return
+        if svid.spiffe_id in self._quarantines:
+            # Minted before the quarantine arrived: not to be served.
             return
         self._svids[svid.entry_id] = svid
         await self._bump()

@@ -36,6 +36,11 @@ class AgentConfig:
     # HOST:PORT for Envoy's gRPC ext_authz (envoy.service.auth.v3.Authorization/Check).
     ext_authz_grpc_listen: str | None = None
 
+    @property
+    def serves_proxies(self) -> bool:
+        """Whether this agent answers proxies (either ext_authz endpoint)."""
+        return bool(self.ext_authz_listen or self.ext_authz_grpc_listen)
+
     def to_json(self) -> str:
         """The config as JSON, for the agent process `trustd agent` execs."""
 

@@ -1,6 +1,7 @@
 """The agent's HTTP ext_authz endpoint for proxies in front of local workloads: nginx
 `auth_request` and Envoy's HTTP ext_authz filter. Answered from the pushed state (revoked
-identities) and the mesh policy evaluated by the agent's own engine: no call to trustd.
+serials, quarantined identities) and the mesh policy evaluated by the agent's own engine:
+no call to trustd.
 
 Who calls: the proxy verified the client's X509-SVID (mutual TLS) and passes the
 certificate on, either as `X-Client-Cert` (nginx `$ssl_client_escaped_cert`) or in Envoy's
@@ -25,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import unquote
@@ -34,7 +35,7 @@ import structlog
 from cryptography import x509
 
 from pki.bundle import TrustBundle
-from pki.ca import load_pem_certificates
+from pki.ca import load_pem_certificates, serial_hex
 from pki.clock import Clock
 from pki.errors import InvalidBundle, InvalidSvid
 from pki.x509_svid import verify_x509_svid
@@ -59,8 +60,11 @@ class Authorizer:
         clock: Clock,
         intermediates: Callable[[], Sequence[x509.Certificate]] = tuple,
         stale: Callable[[], bool] = lambda: False,
+        revoked: Callable[[], Container[str]] = frozenset,
     ) -> None:
         self._table = table
+        # Revoked serials (hex): a revoked certificate is refused whatever its identity.
+        self._revoked = revoked
         self._bundle = bundle
         # nginx passes the client's leaf only ($ssl_client_escaped_cert): the intermediates
         # the agent's own node SVID chains through fill in the path (RFC 5280 §6.1).
@@ -69,8 +73,8 @@ class Authorizer:
         self._clock = clock
         self._engine: tuple[int, EmbeddedEngine] | None = None
         self._decisions: OrderedDict[tuple[Any, ...], tuple[bool, str]] = OrderedDict()
-        # Verified PEM -> (SPIFFE ID, not after), valid for one bundle (by sequence).
-        self._identities: OrderedDict[str, tuple[str, datetime]] = OrderedDict()
+        # Verified PEM -> (SPIFFE ID, not after, serial), valid for one bundle (by sequence).
+        self._identities: OrderedDict[str, tuple[str, datetime, str]] = OrderedDict()
         self._identities_bundle: TrustBundle | None = None
 
     def identify(self, pem_escaped: str, claimed: str | None = None) -> tuple[str | None, str]:
@@ -94,9 +98,17 @@ class Authorizer:
                 )
             except (InvalidBundle, InvalidSvid) as exc:
                 return None, f"client certificate rejected: {exc.detail}"
-            found = self._identities[pem_escaped] = (str(spiffe_id), chain[0].not_valid_after_utc)
+            found = self._identities[pem_escaped] = (
+                str(spiffe_id),
+                chain[0].not_valid_after_utc,
+                serial_hex(chain[0]),
+            )
             if len(self._identities) > CACHE_SIZE:
                 self._identities.popitem(last=False)
+        # RFC 5280 §3.3: a revoked certificate is no longer valid, though its identity may
+        # hold another that is (the agent replaced the SVID; the serial is what is refused).
+        if found[2] in self._revoked():
+            return None, f"client certificate {found[2]} is revoked"
         if claimed and claimed != found[0]:
             return None, f"the proxy names {claimed} but the certificate is {found[0]}"
         return found[0], ""
@@ -154,14 +166,15 @@ class Authorizer:
         self, source: str, destination: str, port: int, method: str, path: str
     ) -> tuple[bool, str]:
         """The mesh decision for a verified source calling `destination` (HTTP and gRPC
-        ext_authz share it): revoked identities first, then the mesh policy; default deny."""
+        ext_authz share it): quarantined identities first, then the mesh policy; default
+        deny."""
         if self._stale():
             return False, "no word from trustd for longer than the staleness limit"
         method, path = method.upper(), path.split("?", 1)[0]
         table = self._table()
         number = table.identities.get(source)
         if number is not None and number in table.revoked:
-            return False, f"{source} is revoked"
+            return False, f"{source} is quarantined"
         engine = self._mesh(table)
         if engine is None:
             return False, "no policy received from trustd yet"

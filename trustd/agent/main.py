@@ -12,10 +12,13 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 import structlog
@@ -32,7 +35,7 @@ from pki.selectors import parse_selectors
 from pki.spiffe_id import SpiffeId
 from trustd import metrics
 from trustd.agent.addresses import WorkloadAddresses
-from trustd.agent.cache import SvidCache, WorkloadEntry, X509Svid
+from trustd.agent.cache import QuarantineNotice, SvidCache, WorkloadEntry, X509Svid
 from trustd.agent.client import (
     NodeIdentity,
     ServerClient,
@@ -42,10 +45,11 @@ from trustd.agent.client import (
 )
 from trustd.agent.config import AgentConfig
 from trustd.agent.enforcement import libbpf
-from trustd.agent.enforcement.ebpf import BpfEnforcer, Interface
+from trustd.agent.enforcement.ebpf import BpfEnforcer, Interface, Scope
 from trustd.agent.enforcement.state import VerdictTable
 from trustd.agent.errors import EnforcementError, InvalidVerdicts
 from trustd.agent.renewal import renewal_due
+from trustd.domain.nodes import Unmanaged
 
 log = structlog.get_logger("trustd.agent")
 BATCH = 500
@@ -76,8 +80,12 @@ class Agent:
         self.clock = clock
         self.cache = SvidCache()
         self.revision = 0
-        # None until the first sync says where the revocation feed stands.
-        self.revocation_revision: int | None = None
+        # None until the first sync says where the revocation feed stands. An agent that
+        # answers proxies (ext_authz) follows the whole feed: it must refuse every revoked
+        # serial that has not expired, not only those revoked after it started.
+        self.revocation_revision: int | None = 0 if config.serves_proxies else None
+        # Revoked serials (hex) with their certificate's expiry, refused by ext_authz.
+        self.revoked_serials: dict[str, datetime | None] = {}
         self.identity: NodeIdentity | None = None
         self._client: ServerClient | None = None
         self._wake_rotation = asyncio.Event()
@@ -91,6 +99,8 @@ class Agent:
         self.verdicts = VerdictTable()
         self._verdict_full = True
         self.enforcer: BpfEnforcer | None = None
+        # The enforcement scope last written to the datapath.
+        self._scope: Scope | None = None
         # When trustd last answered a sync (monotonic): past the staleness limit, every
         # enforcement point denies (the kernel keeps its own deadline, see enforce.c).
         self._synced_at = time.monotonic()
@@ -218,6 +228,7 @@ class Agent:
             self.clock,
             lambda: self.node.chain[1:],
             self.stale,
+            lambda: self.revoked_serials,
         )
         if self.config.ext_authz_listen:
             host, _, port = self.config.ext_authz_listen.rpartition(":")
@@ -288,6 +299,18 @@ class Agent:
             for e in result["entries"]
         ]
         await self.cache.set_entries(entries)
+        released = await self.cache.set_quarantines(
+            QuarantineNotice(
+                SpiffeId.parse(q["spiffe_id"]),
+                q["reason"],
+                datetime.fromisoformat(q["until"]) if q.get("until") else None,
+            )
+            for q in result.get("quarantines", ())
+        )
+        if released:
+            log.info("quarantines_released", spiffe_ids=[str(s) for s in released])
+        if result.get("scope") is not None:
+            await self._apply_scope(result["scope"])
         # The entries decide which SPIFFE IDs may be reported.
         self._report_wake.set()
         if result.get("bundle"):
@@ -303,9 +326,7 @@ class Agent:
 
     @property
     def enforcing(self) -> bool:
-        return self.enforcer is not None or bool(
-            self.config.ext_authz_listen or self.config.ext_authz_grpc_listen
-        )
+        return self.enforcer is not None or self.config.serves_proxies
 
     def stale(self) -> bool:
         """Whether trustd has been silent for longer than the staleness limit."""
@@ -344,11 +365,46 @@ class Agent:
         metrics.VERDICT_REVISION.labels("ebpf").set(table.revision)
         log.info("verdicts_applied", revision=table.revision, policy=len(table.policy))
 
+    async def _apply_scope(self, scope: dict[str, Any]) -> None:
+        """Write the node's enforcement scope to the datapath when it changed. The trustd
+        server's own addresses are always allowed: cut off from trustd, a workload could
+        not be told it is released."""
+        if self.enforcer is None:
+            return
+        wanted = Scope(
+            Unmanaged(scope["unmanaged"]),
+            frozenset(scope["always_allowed"]) | self._server_prefixes(),
+        )
+        if wanted == self._scope:
+            return
+        try:
+            await asyncio.to_thread(self.enforcer.set_scope, wanted)
+        except EnforcementError as exc:
+            metrics.VERDICT_ERRORS.labels("datapath").inc()
+            log.error("scope_not_applied", error=exc.detail)
+            return
+        self._scope = wanted
+
+    def _server_prefixes(self) -> frozenset[str]:
+        host = urlsplit(self.config.server).hostname or ""
+        try:
+            found = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+        except OSError:
+            return frozenset()
+        return frozenset(f"{info[4][0]}/32" for info in found)
+
     async def _apply_revocations(self, revocations: list[dict[str, Any]]) -> None:
-        """Stop serving revoked SVIDs at once; the rotation pass then issues new ones."""
+        """Stop serving revoked SVIDs at once; the rotation pass then issues new ones. The
+        serials are kept until their certificates expire, for ext_authz to refuse."""
         serials = {r["serial"] for r in revocations}
         if not serials:
             return
+        if self.config.serves_proxies:
+            for r in revocations:
+                expiry = r.get("not_after")
+                self.revoked_serials[r["serial"]] = (
+                    datetime.fromisoformat(expiry) if expiry else None
+                )
         revoked = [
             e.id
             for e in self.cache.entries()
@@ -434,9 +490,12 @@ class Agent:
     # -- workload SVIDs ------------------------------------------------------------------
 
     def due(self, now: datetime) -> list[WorkloadEntry]:
-        """Entries with no SVID yet, or whose SVID reached its renewal time."""
+        """Entries with no SVID yet, or whose SVID reached its renewal time (none of a
+        quarantined identity)."""
         due = []
         for entry in self.cache.entries():
+            if self.cache.quarantine_of(entry.spiffe_id, now) is not None:
+                continue
             svid = self.cache.svid(entry.id)
             if svid is None:
                 due.append(entry)
@@ -449,6 +508,12 @@ class Agent:
     async def rotate_once(self) -> int:
         """Mint SVIDs for every entry that is due; returns how many were stored."""
         now = self.clock.now()
+        await self._lift_expired_quarantines(now)
+        self.revoked_serials = {
+            serial: expiry
+            for serial, expiry in self.revoked_serials.items()
+            if expiry is None or expiry > now
+        }
         expired = [
             e.id
             for e in self.cache.entries()
@@ -481,6 +546,27 @@ class Agent:
         if stored:
             log.info("svids_minted", stored=stored, held=self.cache.held)
         return stored
+
+    async def _lift_expired_quarantines(self, now: datetime) -> None:
+        """A quarantine whose `until` passed ends here and now, by this agent's clock, even
+        when trustd is out of reach: its SVIDs are minted again and, when enforcing, its
+        number leaves the kernel's denied identities (trustd's next revision agrees)."""
+        lifted = await self.cache.lift_expired(now)
+        if not lifted:
+            return
+        log.info("quarantines_expired", spiffe_ids=[str(n.spiffe_id) for n in lifted])
+        numbers = {self.verdicts.identities.get(str(n.spiffe_id)) for n in lifted}
+        held = self.verdicts
+        if not numbers & held.revoked:
+            return
+        table = replace(held, revoked=held.revoked - numbers)
+        try:
+            if self.enforcer is not None:
+                await asyncio.to_thread(self.enforcer.apply, table)
+        except EnforcementError as exc:
+            log.error("verdicts_not_applied", error=exc.detail, held=held.revision)
+            return
+        self.verdicts = table
 
     def _keys_and_csrs(
         self, entry_ids: list[str]

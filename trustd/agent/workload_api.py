@@ -7,7 +7,8 @@ it again whenever it changes; FetchJWTSVID and ValidateJWTSVID are unary.
 Every call must carry the ``workload.spiffe.io: true`` metadata (SPIFFE Workload Endpoint
 §4, InvalidArgument otherwise), is attested from the caller's process (see
 ``workload_attestor``) and is refused with PermissionDenied, and nothing else, when the
-caller matches no registration entry. A caller that matches entries is noted (process and
+caller matches no registration entry or only entries of quarantined identities (the reason
+is in the status message). A caller that matches entries is noted (process and
 SPIFFE IDs) for the addresses the agent reports (see ``addresses``).
 """
 
@@ -221,7 +222,16 @@ class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
             )
         if not entries:
             raise _no_identity()
-        return entries
+        # A quarantined identity is served nothing: with no other identity left, the
+        # caller is told why (Workload API spec: PermissionDenied for a caller entitled to
+        # no SVID).
+        now = self._clock.now()
+        held = [(e, self._cache.quarantine_of(e.spiffe_id, now)) for e in entries]
+        served = [e for e, quarantine in held if quarantine is None]
+        if not served:
+            refusal = next(q for _, q in held if q is not None).refusal
+            raise PermissionDenied(refusal)
+        return served
 
     async def _watch(
         self,

@@ -14,6 +14,8 @@ from trustd.api.schemas import (
     AddressReport,
     AgentJwtRequest,
     JwtSvidResponse,
+    NodeScopePublic,
+    QuarantineNotice,
     RefusedForEntry,
     RenewRequest,
     RevokedSvid,
@@ -55,12 +57,23 @@ async def sync(
         bundle=snapshot.bundle,
         revocations=[
             RevokedSvid(
-                serial=r.serial, spiffe_id=r.spiffe_id, reason=r.reason, revision=r.revision
+                serial=r.serial,
+                spiffe_id=r.spiffe_id,
+                reason=r.reason,
+                revision=r.revision,
+                not_after=r.not_after,
             )
             for r in snapshot.revocations
         ],
         revocation_revision=snapshot.revocation_revision,
         verdicts=snapshot.verdicts,
+        quarantines=[
+            QuarantineNotice(spiffe_id=q.spiffe_id, reason=q.reason, until=q.until)
+            for q in snapshot.quarantines
+        ],
+        scope=NodeScopePublic(unmanaged=snapshot.scope[0], always_allowed=list(snapshot.scope[1]))
+        if snapshot.scope is not None
+        else None,
     )
     return _json(answer)
 

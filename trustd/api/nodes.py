@@ -17,6 +17,7 @@ from trustd.api.schemas import (
     JoinTokenCreated,
     NodeAction,
     NodePublic,
+    NodeScopeRequest,
     SvidChain,
 )
 from trustd.domain.certificates import IssuedX509
@@ -117,3 +118,16 @@ def evict_node(body: NodeAction, principal: AdminDep, services: ServicesDep) -> 
 def ban_node(body: NodeAction, principal: AdminDep, services: ServicesDep) -> NodePublic:
     """The node's credentials stop working and it may not attest again."""
     return _public(services.nodes.set_status(principal, body.spiffe_id, NodeStatus.BANNED))
+
+
+@router.post(
+    "/v1/nodes/scope", response_model=NodePublic, dependencies=[require("admin:node:write")]
+)
+def set_node_scope(
+    body: NodeScopeRequest, principal: AdminDep, services: ServicesDep
+) -> NodePublic:
+    """Set the node's enforcement scope: `unmanaged` allow (the default) or deny for its
+    workloads' packets to destinations in no entry, and the prefixes they always reach
+    (DNS, the node, trustd), all a quarantined identity reaches."""
+    node = services.nodes.set_scope(principal, body.spiffe_id, body.unmanaged, body.always_allowed)
+    return _public(node)

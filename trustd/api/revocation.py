@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from trustd.api.admin import authority_public
 from trustd.api.deps import AdminDep, Exemption, ServicesDep, exempt, require
+from trustd.api.quarantines import quarantine_public
 from trustd.api.schemas import (
     AuthorityPublic,
     CertificateDetail,
@@ -100,11 +101,22 @@ def _certificate(row: CertificateRecord) -> CertificatePublic:
 def revoke_certificates(
     body: RevokeRequest, principal: AdminDep, services: ServicesDep
 ) -> RevokeResult:
-    """Revoke one certificate (serial) or every unexpired SVID of a SPIFFE ID."""
+    """Revoke one certificate (serial) or every unexpired SVID of a SPIFFE ID: CRL, OCSP,
+    proxies refuse the serial and agents replace the SVID. With reason keyCompromise the
+    identity is also quarantined unless `quarantine` is false (`quarantined` says so)."""
     revoked = services.revocations.revoke(
-        principal, serial=body.serial, spiffe_id=body.spiffe_id, reason=body.reason
+        principal,
+        serial=body.serial,
+        spiffe_id=body.spiffe_id,
+        reason=body.reason,
+        quarantine=body.quarantine,
     )
-    return RevokeResult(serials=list(revoked.serials), revision=revoked.revision)
+    made = revoked.quarantine
+    return RevokeResult(
+        serials=list(revoked.serials),
+        revision=revoked.revision,
+        quarantined=quarantine_public(made) if made is not None else None,
+    )
 
 
 @router.get(

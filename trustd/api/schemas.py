@@ -10,6 +10,7 @@ from pydantic import Field
 from pki.revocation import RevocationReason
 from pki.rotation import KeyKind as CaKeyKind
 from trustd.api.wire import Count, Flag, Seconds, WireModel
+from trustd.domain.nodes import MAX_ALWAYS_ALLOWED, Unmanaged
 from trustd.domain.verdicts import VerdictDelta
 from trustd.roles import Role
 
@@ -204,10 +205,27 @@ class NodePublic(WireModel):
     attested_at: datetime
     last_seen: datetime | None
     applied_revision: int
+    # Enforcement scope: what its workloads' packets to unmanaged destinations get, and the
+    # prefixes they always reach.
+    unmanaged: Unmanaged
+    always_allowed: list[str]
 
 
 class NodeAction(WireModel):
     spiffe_id: str = Field(max_length=2048)
+
+
+class NodeScopeRequest(WireModel):
+    spiffe_id: str = Field(max_length=2048)
+    unmanaged: Unmanaged = Unmanaged.ALLOW
+    always_allowed: list[str] = Field(default_factory=list, max_length=MAX_ALWAYS_ALLOWED)
+
+
+class NodeScopePublic(WireModel):
+    """The enforcement scope an agent applies (sent on the sync channel)."""
+
+    unmanaged: Unmanaged
+    always_allowed: list[str]
 
 
 class RevokedSvid(WireModel):
@@ -215,6 +233,17 @@ class RevokedSvid(WireModel):
     spiffe_id: str | None
     reason: str
     revision: int
+    # The certificate's own expiry: after it, nobody needs to remember the serial.
+    not_after: datetime | None = None
+
+
+class QuarantineNotice(WireModel):
+    """A quarantined identity as agents get it: they serve and mint no SVID for it and
+    refuse it on the Workload API with the reason, until `until` (None: until released)."""
+
+    spiffe_id: str
+    reason: str
+    until: datetime | None
 
 
 class SyncResponse(WireModel):
@@ -226,6 +255,10 @@ class SyncResponse(WireModel):
     revocation_revision: int = 0
     # Enforcing agents only: the node's verdicts, changed since `verdict_since`.
     verdicts: VerdictDelta | None = None
+    # Every quarantine in force of the node's entries' SPIFFE IDs (sent with the entries).
+    quarantines: list[QuarantineNotice] = Field(default_factory=list)
+    # The node's enforcement scope (sent with the entries).
+    scope: NodeScopePublic | None = None
 
 
 class Ack(WireModel):
@@ -293,11 +326,42 @@ class RevokeRequest(WireModel):
     serial: str | None = Field(default=None, max_length=64, pattern="^[0-9a-fA-F]+$")
     spiffe_id: str | None = Field(default=None, max_length=2048)
     reason: RevocationReason = RevocationReason.UNSPECIFIED
+    quarantine: Flag | None = Field(
+        default=None,
+        description="Also quarantine the identity; by default only for keyCompromise",
+    )
+
+
+class QuarantineRequest(WireModel):
+    spiffe_id: str = Field(max_length=2048)
+    reason: str = Field(min_length=1, max_length=512)
+    until: datetime | None = Field(default=None, description="RFC 3339; none: until released")
+
+
+class ReleaseRequest(WireModel):
+    spiffe_id: str = Field(max_length=2048)
+
+
+class QuarantinePublic(WireModel):
+    spiffe_id: str
+    reason: str
+    quarantined_by: str
+    quarantined_at: datetime
+    until: datetime | None
+    verdict_revision: int | None
+
+
+class ReleasePublic(WireModel):
+    quarantine: QuarantinePublic
+    released_by: str
+    released_at: datetime
 
 
 class RevokeResult(WireModel):
     serials: list[str]
     revision: int
+    # The quarantine this revocation made of the certificates' identity (none: none made).
+    quarantined: QuarantinePublic | None = None
 
 
 class CertificatePublic(WireModel):
@@ -316,6 +380,18 @@ class CertificatePublic(WireModel):
 
 class CertificateDetail(CertificatePublic):
     certificate: str = Field(description="PEM")
+
+
+class IdentityPublic(WireModel):
+    """What trustd knows of one SPIFFE ID."""
+
+    spiffe_id: str
+    entries: int
+    svids: list[CertificatePublic]
+    revoked: list[CertificatePublic]
+    quarantine: QuarantinePublic | None
+    # Nodes whose agents applied the verdict revision carrying the quarantine.
+    applied_by: list[str]
 
 
 class RevocationEventPublic(WireModel):

@@ -7,7 +7,21 @@ from pathlib import Path
 
 import typer
 
-from trustd.cli import acme, admin, agent, bundle, ca, cert, entry, node, policy, serve, svid, token
+from trustd.cli import (
+    acme,
+    admin,
+    agent,
+    bundle,
+    ca,
+    cert,
+    entry,
+    identity,
+    node,
+    policy,
+    serve,
+    svid,
+    token,
+)
 from trustd.cli.completion import use_zsh_script
 from trustd.cli.context import (
     CaBundleOpt,
@@ -55,6 +69,7 @@ app.add_typer(cert.app, name="cert")
 app.add_typer(token.app, name="token")
 app.add_typer(entry.app, name="entry")
 app.add_typer(node.app, name="node")
+app.add_typer(identity.app, name="identity")
 app.add_typer(policy.app, name="policy")
 app.add_typer(acme.app, name="acme")
 app.add_typer(admin.app, name="admin")

@@ -82,17 +82,35 @@ def revoke(
         str | None, typer.Option("--spiffe-id", help="Every unexpired SVID of this ID")
     ] = None,
     reason: ReasonOpt = RevocationReason.UNSPECIFIED,
+    quarantine: Annotated[
+        bool | None,
+        typer.Option(
+            "--quarantine/--no-quarantine",
+            help="Also quarantine the identity (default: only for keyCompromise)",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Revoke a certificate or every SVID of a SPIFFE ID (published in CRLs and OCSP)."""
+    """Revoke a certificate or every SVID of a SPIFFE ID: published in CRLs and OCSP,
+    refused by proxies, replaced by the agents. The identity keeps working with its new
+    SVID unless it is quarantined (by default with --reason keyCompromise)."""
     if (serial is None) == (spiffe_id is None):
         fail("give exactly one of --serial S and --spiffe-id ID")
     shared = connection()
     body: dict[str, Any] = {"reason": reason.value}
     body.update({"serial": serial} if serial is not None else {"spiffe_id": spiffe_id})
+    if quarantine is not None:
+        body["quarantine"] = quarantine
     result = shared.json("POST", "/v1/admin/certificates/revoke", json=body)
     progress(
         f"revoked {len(result['serials'])} certificate(s); revocation revision {result['revision']}"
     )
+    made = result.get("quarantined")
+    if made:
+        progress(
+            f"{made['spiffe_id']} is now quarantined on every node (until released: "
+            f"trustd identity release {made['spiffe_id']}); --no-quarantine revokes only"
+        )
 
     def text() -> None:
         for revoked in result["serials"]:

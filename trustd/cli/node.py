@@ -1,4 +1,4 @@
-"""`trustd node`: attested nodes (list, show, evict, ban)."""
+"""`trustd node`: attested nodes (list, show, evict, ban, their enforcement scope)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import typer
 
 from trustd.cli.context import Connection, connection
 from trustd.cli.output import columns, command_group, fail, invoked_as, listing, record
+from trustd.domain.nodes import Unmanaged
 
 app = command_group(help="Attested nodes.", no_args_is_help=True)
 
@@ -74,3 +75,30 @@ def ban(node: Annotated[str, NODE_ARGUMENT]) -> None:
     spiffe_id = _find(shared, node)["spiffe_id"]
     shared.request("POST", "/v1/nodes/ban", json={"spiffe_id": spiffe_id})
     typer.echo(f"banned {spiffe_id}")
+
+
+@app.command("scope")
+def scope(
+    node: Annotated[str, NODE_ARGUMENT],
+    unmanaged: Annotated[
+        Unmanaged,
+        typer.Option(help="What packets to destinations in no entry get"),
+    ] = Unmanaged.ALLOW,
+    always_allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--always-allow",
+            help="An IPv4 prefix always reached (DNS, the node, trustd); repeat it",
+        ),
+    ] = None,
+) -> None:
+    """Set the node's enforcement scope. A quarantined identity reaches only the
+    always-allowed prefixes (and the trustd server), whatever --unmanaged says."""
+    shared = connection()
+    spiffe_id = _find(shared, node)["spiffe_id"]
+    body = {
+        "spiffe_id": spiffe_id,
+        "unmanaged": unmanaged.value,
+        "always_allowed": list(always_allow or []),
+    }
+    record(shared.output, shared.json("POST", "/v1/nodes/scope", json=body))

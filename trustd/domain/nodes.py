@@ -15,6 +15,22 @@ class NodeStatus(StrEnum):
     BANNED = "banned"
 
 
+class Unmanaged(StrEnum):
+    """A node's enforcement scope for unmanaged destinations (addresses in no entry): what
+    its workloads' packets to them get. The node's always-allowed prefixes (DNS, the node,
+    trustd) pass either way, and are all a quarantined identity reaches. `allow` is the
+    default: traffic to what trustd does not manage is not trustd's to judge unless the
+    operator says so."""
+
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+# At most this many always-allowed prefixes per node (the datapath's map holds 256, the
+# agent adds the trustd server's addresses).
+MAX_ALWAYS_ALLOWED = 64
+
+
 @dataclass(frozen=True)
 class Node:
     """An attested agent and the node SVID keys its credentials may be signed with."""
@@ -32,6 +48,9 @@ class Node:
     previous_public_key_pem: str | None = field(default=None, repr=False)
     last_seen: datetime | None = None
     applied_revision: int = 0
+    # The enforcement scope its agent applies (see `Unmanaged`).
+    unmanaged: Unmanaged = Unmanaged.ALLOW
+    always_allowed: tuple[str, ...] = ()
 
     def public_key_pem_for(self, serial: str) -> str | None:
         """The public key of the node SVID with `serial`, current or previous, if any."""

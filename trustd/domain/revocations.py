@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from trustd.domain.quarantines import Quarantine
+
 
 class Revocable(Protocol):
     """What revoking a certificate needs to know of it: any issued-certificate record."""
@@ -51,10 +53,12 @@ class Revocation:
 
 @dataclass(frozen=True)
 class Revoked:
-    """The outcome of one revoke call: the serials it revoked and the newest revision."""
+    """The outcome of one revoke call: the serials it revoked, the newest revision, and the
+    quarantine it made of their identity (None: none)."""
 
     serials: tuple[str, ...]
     revision: int
+    quarantine: Quarantine | None = None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@ model used by the server that builds it and the agent that applies it.
 
 Keys are numeric where the datapath's are (trustd/agent/bpf/enforce.c): a policy verdict is
 `[dst, src, port, proto, allow]` (identity numbers, port 0 for any port, IANA protocol
-number), a revoked identity is its number. SPIFFE IDs and IPv4 prefixes stay strings, as the
+number), a denied identity (`revoked`: a quarantined identity, trustd.services.quarantines)
+is its number. SPIFFE IDs and IPv4 prefixes stay strings, as the
 identities and IP cache sections key them. `base` 0 carries the full state; otherwise the
 changes since revision `base`, which the agent must hold.
 """
@@ -100,7 +101,8 @@ class PolicyChanges(_Wire):
 
 
 class RevokedChanges(_Wire):
-    """Identity numbers whose traffic is denied whatever the policy says."""
+    """Identity numbers whose traffic is denied whatever the policy says: the quarantined
+    identities (the section keeps the datapath's name, enforce.c `trustd_revoked`)."""
 
     set: list[IdentityNumber] = Field(default_factory=list)
     remove: list[IdentityNumber] = Field(default_factory=list)
@@ -135,6 +137,9 @@ class VerdictDelta(_Wire):
     revision: int = Field(gt=0)
     base: int = Field(ge=0)
     changes: VerdictChanges = Field(default_factory=VerdictChanges)
+    # Whether a deny also cuts connections admitted before it: sent with a full state and
+    # when it changed (None: as held).
+    cut_established: StrictBool | None = None
     # Sent when the mesh policy changed since `base` (always with a full state).
     l7: L7Policy | None = None
 
@@ -148,3 +153,6 @@ class VerdictState(_Wire):
     ipcache: dict[Prefix, IdentityNumber] = Field(default_factory=dict)
     policy: dict[str, list[CheckedVerdict]] = Field(default_factory=dict)
     revoked: list[IdentityNumber] = Field(default_factory=list)
+    # The mesh policy's `established` setting: "cut" makes a deny cut established
+    # connections too; anything else keeps them (a connection is judged by its SYN).
+    cut_established: StrictBool = False

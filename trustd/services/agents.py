@@ -24,6 +24,8 @@ from trustd.addresses import parse_workload_address
 from trustd.bus import Bus
 from trustd.domain.certificates import CertificateKind
 from trustd.domain.entries import Entry as RegistrationEntry
+from trustd.domain.nodes import Unmanaged
+from trustd.domain.quarantines import Quarantine
 from trustd.domain.revocations import Revocation
 from trustd.domain.verdicts import VerdictDelta
 from trustd.errors import Conflict, InvalidRequest, PermissionDenied
@@ -34,9 +36,11 @@ from trustd.services.issuance import IssuanceRequest, IssuedX509, Issuer
 from trustd.services.nodes import NodePrincipal, Nodes
 from trustd.services.policy import CHANNEL as POLICY_CHANNEL
 from trustd.services.revocation import REVOCATION_CHANNEL, Revocations
-from trustd.services.sync import SYNC_CHANNEL, announce, bump_revision, current_revision
+from trustd.services.sync import SYNC_CHANNEL, announce, bump_revision
 from trustd.services.verdicts import Verdicts
 from trustd.store.db import transaction
+from trustd.store.nodes import fetch_node
+from trustd.store.quarantines import list_quarantines
 from trustd.store.verdicts import (
     fetch_sources,
     list_node_reported_addresses,
@@ -46,6 +50,11 @@ from trustd.store.verdicts import (
 MAX_SVIDS_PER_REQUEST = 500
 MAX_REPORTED_IDENTITIES = 1000
 log = structlog.get_logger("trustd.agents")
+
+
+def _quarantined(quarantine: Quarantine) -> str:
+    until = f" until {quarantine.until.isoformat()}" if quarantine.until else ""
+    return f"{quarantine.spiffe_id} is quarantined{until}: {quarantine.reason}"
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,10 @@ class Snapshot:
     revocation_revision: int = 0
     # Verdict and IP-cache changes since the revision the agent applied (None: none).
     verdicts: VerdictDelta | None = None
+    # The quarantines in force of the SPIFFE IDs of the node's entries.
+    quarantines: tuple[Quarantine, ...] = ()
+    # The node's enforcement scope (None: the node is gone).
+    scope: tuple[Unmanaged, tuple[str, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +121,10 @@ class Agents:
         self._entries_held: dict[
             tuple[str, frozenset[str]], tuple[int, list[RegistrationEntry]]
         ] = {}
+        # Each node's enforcement scope, with the sync revision it was read at.
+        self._scopes_held: dict[str, tuple[int, tuple[Unmanaged, tuple[str, ...]] | None]] = {}
+        # Every quarantine, as read at a sync revision (each change advances it).
+        self._quarantines_held: tuple[int, dict[str, Quarantine]] = (-1, {})
         # The sync revision each node's agent last said it applied.
         self._applied: dict[str, int] = {}
         self._parked = 0
@@ -116,10 +133,6 @@ class Agents:
     def parked(self) -> int:
         """How many long-polls of this process are waiting for a change right now."""
         return self._parked
-
-    def _node_entries(self, principal: NodePrincipal) -> tuple[int, list[RegistrationEntry]]:
-        with transaction(self._engine) as session:
-            return current_revision(session), self._entries_in(session, principal)
 
     def _entries_in(self, session: Session, principal: NodePrincipal) -> list[RegistrationEntry]:
         view = NodeView(
@@ -142,6 +155,35 @@ class Agents:
         entries = self._entries_in(session, principal)
         self._entries_held[key] = (revision, entries)
         return entries
+
+    def _scope(
+        self, session: Session, principal: NodePrincipal, revision: int
+    ) -> tuple[Unmanaged, tuple[str, ...]] | None:
+        """The node's enforcement scope, read once per sync revision (a change of it
+        advances the revision)."""
+        held = self._scopes_held.get(principal.spiffe_id)
+        if held is not None and held[0] == revision:
+            return held[1]
+        node = fetch_node(session, principal.spiffe_id)
+        scope = (node.unmanaged, node.always_allowed) if node is not None else None
+        self._scopes_held[principal.spiffe_id] = (revision, scope)
+        return scope
+
+    def _quarantined(self, session: Session, revision: int) -> dict[str, Quarantine]:
+        """Every quarantine by SPIFFE ID, read once per sync revision (quarantining and
+        releasing advance it)."""
+        held = self._quarantines_held
+        if held[0] != revision:
+            held = (revision, {q.spiffe_id: q for q in list_quarantines(session)})
+            self._quarantines_held = held
+        return held[1]
+
+    def _node_quarantines(
+        self, quarantined: dict[str, Quarantine], entries: Sequence[RegistrationEntry]
+    ) -> tuple[Quarantine, ...]:
+        now = self._clock.now()
+        found = {quarantined.get(e.spiffe_id) for e in entries} - {None}
+        return tuple(sorted((q for q in found if q and q.active(now)), key=lambda q: q.spiffe_id))
 
     def _changed(
         self,
@@ -171,10 +213,14 @@ class Agents:
             moved = revision > since or (
                 revoked_since is not None and revocation_revision > revoked_since
             )
+            quarantined: dict[str, Quarantine] = {}
+            scope = None
             if not (moved or enforcing):
                 entries: list[RegistrationEntry] = []
             else:
                 entries = self._local(session, principal, revision)
+                quarantined = self._quarantined(session, revision)
+                scope = self._scope(session, principal, revision)
         # A revision past the newest is no revision the agent can hold.
         if since <= revision:
             self._note_applied(principal, since)
@@ -199,7 +245,14 @@ class Agents:
         else:
             revoked, cursor = (), revocation_revision
         return Snapshot(
-            revision, entries, self._ca.state.bundle.to_jwks(), revoked, cursor, verdicts
+            revision,
+            entries,
+            self._ca.state.bundle.to_jwks(),
+            revoked,
+            cursor,
+            verdicts,
+            self._node_quarantines(quarantined, entries),
+            scope,
         )
 
     def _note_applied(self, principal: NodePrincipal, since: int) -> None:
@@ -258,9 +311,19 @@ class Agents:
                     waiter.cancel()
         return None
 
-    def _allowed(self, principal: NodePrincipal) -> dict[str, RegistrationEntry]:
+    def _allowed(
+        self, principal: NodePrincipal
+    ) -> tuple[dict[str, RegistrationEntry], dict[str, Quarantine]]:
+        """The node's entries by id, and the quarantines in force of their SPIFFE IDs (a
+        quarantined identity gets no SVID, whichever node asks)."""
         # Only the entries: signing needs neither the bundle nor the revocation feed.
-        return {e.id: e for e in self._node_entries(principal)[1]}
+        with transaction(self._engine) as session:
+            entries = self._entries_in(session, principal)
+            quarantined = list_quarantines(session, self._clock.now())
+        held = {q.spiffe_id: q for q in quarantined}
+        return {e.id: e for e in entries}, {
+            e.spiffe_id: held[e.spiffe_id] for e in entries if e.spiffe_id in held
+        }
 
     def sign_svids(
         self, principal: NodePrincipal, requests: Sequence[tuple[str, str]]
@@ -274,13 +337,16 @@ class Agents:
         """
         if len(requests) > MAX_SVIDS_PER_REQUEST:
             raise InvalidRequest(f"at most {MAX_SVIDS_PER_REQUEST} CSRs per request")
-        allowed = self._allowed(principal)
+        allowed, quarantined = self._allowed(principal)
         refused: list[RefusedSvid] = []
         asked: list[tuple[str, IssuanceRequest]] = []
         for entry_id, csr in requests:
             entry = allowed.get(entry_id)
             if entry is None:
                 refused.append(RefusedSvid(entry_id, "this node may not serve that entry"))
+                continue
+            if entry.spiffe_id in quarantined:
+                refused.append(RefusedSvid(entry_id, _quarantined(quarantined[entry.spiffe_id])))
                 continue
             asked.append(
                 (
@@ -312,11 +378,15 @@ class Agents:
         """A JWT-SVID for one of the node's entries, with the entry's TTL.
 
         Raises:
-            PermissionDenied: the node may not serve that entry. InvalidJwt: bad audience.
+            PermissionDenied: the node may not serve that entry, or its identity is
+                quarantined. InvalidJwt: bad audience.
         """
-        entry = self._allowed(principal).get(entry_id)
+        allowed, quarantined = self._allowed(principal)
+        entry = allowed.get(entry_id)
         if entry is None:
             raise PermissionDenied("this node may not serve that entry")
+        if entry.spiffe_id in quarantined:
+            raise PermissionDenied(_quarantined(quarantined[entry.spiffe_id]))
         signer = self._ca.state.jwt_signer
         svid = mint_jwt_svid(
             signer.key,

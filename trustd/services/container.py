@@ -19,6 +19,7 @@ from trustd.services.entries import Entries
 from trustd.services.issuance import Issuer, ServingCredential
 from trustd.services.nodes import Nodes, build_attestors
 from trustd.services.policy import PolicyService
+from trustd.services.quarantines import Quarantines
 from trustd.services.revocation import Revocations
 from trustd.services.rotation import RotationManager
 from trustd.services.ui import UiAccounts, UiViews
@@ -45,6 +46,7 @@ class Services:
     policy: PolicyService
     authz: Authorizer
     revocations: Revocations
+    quarantines: Quarantines
     rotation: RotationManager
     acme: AcmeService
     verdicts: Verdicts
@@ -62,10 +64,11 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     issuer = Issuer(settings, engine, ca, clock, audit)
     nodes = Nodes(settings, engine, clock, audit, bus, issuer, build_attestors(settings, kek))
     entries = Entries(settings, engine, clock, audit, bus)
-    revocations = Revocations(settings, engine, clock, audit, ca, bus)
     leader = create_leader(settings, engine, clock, "ca-rotation")
     policy = PolicyService(settings, engine, clock, audit, bus)
     verdicts = Verdicts(engine, clock, policy)
+    quarantines = Quarantines(engine, clock, audit, bus, verdicts)
+    revocations = Revocations(settings, engine, clock, audit, ca, bus, quarantines)
     return Services(
         settings=settings,
         engine=engine,
@@ -84,6 +87,7 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         policy=policy,
         authz=Authorizer(policy, engine, audit),
         revocations=revocations,
+        quarantines=quarantines,
         rotation=RotationManager(
             settings,
             engine,
@@ -93,7 +97,7 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
             revocations,
             bus,
             leader,
-            duties=[nodes.prune_replay_claims],
+            duties=[nodes.prune_replay_claims, quarantines.expire],
         ),
         acme=build_acme_service(settings, engine, ca, issuer, clock, audit, bus, kek, revocations),
         verdicts=verdicts,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -35,7 +36,7 @@ from trustd.attestation.x509pop import X509PopAttestor
 from trustd.bus import Bus
 from trustd.domain.audit import AuditOutcome
 from trustd.domain.certificates import CertificateKind, IssuedX509
-from trustd.domain.nodes import JoinToken, Node, NodeStatus
+from trustd.domain.nodes import MAX_ALWAYS_ALLOWED, JoinToken, Node, NodeStatus, Unmanaged
 from trustd.errors import (
     InvalidRequest,
     NodeInactive,
@@ -67,6 +68,23 @@ NODE_CREDENTIAL_TYPE = "trustd-node+jwt"
 NODE_CREDENTIAL_ALGORITHMS = ("ES256", "ES384", "RS256", "PS256", "EdDSA")
 NODE_CREDENTIAL_MAX_LIFETIME = timedelta(minutes=5)
 _CLOCK_SKEW = timedelta(seconds=30)
+
+
+def canonical_scope(prefixes: Sequence[str]) -> tuple[str, ...]:
+    """Always-allowed prefixes in canonical form (a bare address is its /32), sorted.
+
+    Raises:
+        InvalidRequest: not an IPv4 prefix (host bits set included), or too many.
+    """
+    if len(prefixes) > MAX_ALWAYS_ALLOWED:
+        raise InvalidRequest(f"at most {MAX_ALWAYS_ALLOWED} always-allowed prefixes")
+    found = set()
+    for prefix in prefixes:
+        try:
+            found.add(str(ipaddress.IPv4Network(prefix)))
+        except ValueError:
+            raise InvalidRequest(f"{prefix!r} is not an IPv4 prefix") from None
+    return tuple(sorted(found, key=lambda p: ipaddress.IPv4Network(p)))
 
 
 @dataclass(frozen=True)
@@ -454,6 +472,42 @@ class Nodes:
                 target=spiffe_id,
             )
             revision = bump_revision(session)
+        announce(self._bus, revision)
+        return node
+
+    def set_scope(
+        self,
+        actor: Principal,
+        spiffe_id: str,
+        unmanaged: Unmanaged,
+        always_allowed: Sequence[str],
+    ) -> Node:
+        """Set the node's enforcement scope: what its workloads' packets to unmanaged
+        destinations get, and the IPv4 prefixes they always reach (DNS, the node, trustd;
+        all a quarantined identity reaches). Its agent applies it on its next sync.
+
+        Raises:
+            NotFound: no such node. InvalidRequest: a prefix is not IPv4, or too many.
+        """
+        prefixes = canonical_scope(always_allowed)
+        with transaction(self._engine) as session:
+            node = fetch_node(session, spiffe_id, for_update=True)
+            if node is None:
+                raise NotFound(f"no node {spiffe_id!r}")
+            node = replace(node, unmanaged=unmanaged, always_allowed=prefixes)
+            update_node(session, node)
+            revision = bump_revision(session)
+            self._audit.record(
+                session,
+                actor.name,
+                "node:scope:updated",
+                target=spiffe_id,
+                details={
+                    "unmanaged": str(unmanaged),
+                    "always_allowed": list(prefixes),
+                    "revision": revision,
+                },
+            )
         announce(self._bus, revision)
         return node
 

@@ -33,6 +33,7 @@ from pki.revocation import (
 from pki.spiffe_id import SpiffeId
 from trustd.bus import Bus
 from trustd.domain.certificates import CertificateRecord, CertificateStatus
+from trustd.domain.quarantines import Quarantine
 from trustd.domain.revocations import (
     CrlRecord,
     Revocable,
@@ -44,6 +45,8 @@ from trustd.errors import Conflict, InvalidRequest, NotFound
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
 from trustd.services.ca import CertificateAuthority
+from trustd.services.quarantines import Quarantines
+from trustd.services.sync import announce
 from trustd.settings import Settings
 from trustd.store.certificates import (
     fetch_certificate,
@@ -54,6 +57,7 @@ from trustd.store.certificates import (
     update_certificates_revoked,
 )
 from trustd.store.db import transaction
+from trustd.store.quarantines import fetch_quarantine
 from trustd.store.revocations import (
     create_revocations,
     fetch_crl,
@@ -86,8 +90,10 @@ class Revocations:
         audit: AuditLog,
         ca: CertificateAuthority,
         bus: Bus,
+        quarantines: Quarantines | None = None,
     ) -> None:
         self._settings = settings
+        self._quarantines = quarantines
         self._engine = engine
         self._clock = clock
         self._audit = audit
@@ -112,8 +118,15 @@ class Revocations:
         serial: str | None = None,
         spiffe_id: str | None = None,
         reason: RevocationReason = RevocationReason.UNSPECIFIED,
+        quarantine: bool | None = None,
     ) -> Revoked:
         """Revoke one certificate by serial, or every unexpired SVID of a SPIFFE ID.
+
+        Revoking a certificate refuses that certificate (CRL, OCSP, proxies) and its holder
+        gets a new one; it does not cut the identity off. A key compromise is the exception
+        by default: whoever holds the key may hold others, so unless *quarantine* is False
+        the certificates' SPIFFE ID is also quarantined (until released), in the same
+        transaction. *quarantine* True quarantines for any reason.
 
         Raises:
             InvalidRequest: not exactly one of *serial* and *spiffe_id*.
@@ -146,6 +159,9 @@ class Revocations:
                 if not rows:
                     raise NotFound(f"no unexpired valid certificate for {target}")
             revision = self.record(session, rows, reason, principal.name)
+            quarantined, sync_revision = self._quarantine_for(
+                session, principal, rows, reason, quarantine
+            )
             self._audit.record(
                 session,
                 principal.name,
@@ -156,10 +172,44 @@ class Revocations:
                     "serials": [r.serial for r in rows][:100],
                     "count": len(rows),
                     "revision": revision,
+                    "quarantined": quarantined is not None,
                 },
             )
         self._bus.publish(REVOCATION_CHANNEL, str(revision))
-        return Revoked(tuple(r.serial for r in rows), revision)
+        if sync_revision:
+            announce(self._bus, sync_revision)
+        return Revoked(tuple(r.serial for r in rows), revision, quarantined)
+
+    def _quarantine_for(
+        self,
+        session: Session,
+        principal: Principal,
+        rows: Sequence[CertificateRecord],
+        reason: RevocationReason,
+        wanted: bool | None,
+    ) -> tuple[Quarantine | None, int]:
+        """The quarantine a revocation of *rows* makes (None: none) and the sync revision it
+        advanced to (0: none). An identity already quarantined stays as it is."""
+        if wanted is None:
+            wanted = reason == RevocationReason.KEY_COMPROMISE
+        ids = sorted({r.spiffe_id for r in rows if r.spiffe_id})
+        if not wanted or not ids:
+            return None, 0
+        if self._quarantines is None:
+            raise InvalidRequest("quarantine is not available on this server")
+        # One SPIFFE ID per call: by serial one certificate, by SPIFFE ID that ID.
+        spiffe_id = ids[0]
+        if fetch_quarantine(session, spiffe_id) is not None:
+            return None, 0
+        serials = ", ".join(r.serial for r in rows[:3]) + (", ..." if len(rows) > 3 else "")
+        return self._quarantines.quarantine_in(
+            session,
+            principal.name,
+            spiffe_id,
+            f"certificate revoked ({reason}): {serials}",
+            None,
+            details={"revocation": str(reason)},
+        )
 
     def revoke_issued_by(
         self, session: Session, issuer_kid: str, reason: RevocationReason, actor: str

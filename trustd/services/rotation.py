@@ -378,7 +378,8 @@ class RotationManager:
     # ------------------------------------------------------------------ loops
 
     async def run_ticker(self, stop: asyncio.Event) -> None:
-        """Tick while this replica is the leader, until *stop* is set.
+        """Tick while this replica is the leader, until *stop* is set; each tick also runs
+        the other singleton duties (each in a worker thread, after the CRLs).
 
         The loop is stopped, never cancelled, so a tick running in a worker thread always
         finishes its transaction before the app shuts down.

@@ -2,7 +2,7 @@
 (source identity, port, protocol) may reach each local destination identity at L4.
 
 Verdicts are compiled once per change: a verdict revision is one state shared by every
-node (identities, IP cache, revoked identities, and the L4 verdicts of every destination,
+node (identities, IP cache, quarantined identities, and the L4 verdicts of every destination,
 from `policy.verdicts.L4Compiler`), stored in `verdict_revisions`. The first long-poll
 that finds the stored revision older than what it is compiled from (the policy, sync and
 revocation revisions) compiles the new one under a lock every replica takes (PostgreSQL
@@ -47,6 +47,7 @@ from trustd.domain.verdicts import (
 )
 from trustd.services.policy import PolicyService
 from trustd.store.db import transaction
+from trustd.store.quarantines import list_quarantined_spiffe_ids, update_quarantines_compiled
 from trustd.store.verdicts import (
     FIRST_IDENTITY,
     RevisionHead,
@@ -59,7 +60,6 @@ from trustd.store.verdicts import (
     fetch_sources,
     list_entry_identities,
     list_reported_addresses,
-    list_revoked_spiffe_ids,
     list_verdict_acks,
     lock_compilation,
     prune_reported_addresses,
@@ -189,6 +189,14 @@ def resolve_ipcache(
     return ipcache, held_back, ambiguous
 
 
+def cuts_established(data: Mapping[str, Any]) -> bool:
+    """Whether the mesh policy data says a deny also cuts established connections
+    (`data.mesh.established`: "cut"; "keep", the default, judges a connection by its
+    first packet only)."""
+    mesh = data.get("mesh")
+    return isinstance(mesh, Mapping) and mesh.get("established") == "cut"
+
+
 def _digest(state: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
@@ -289,7 +297,9 @@ class Verdicts:
         compiler = self._compiler[1]
         now = self._clock.now()
         entries = list_entry_identities(session)
-        revoked_ids = list_revoked_spiffe_ids(session, now)
+        # Quarantined identities are denied whatever the policy says (a revoked certificate
+        # is not: its holder gets a new one, and proxies refuse the revoked serial).
+        revoked_ids = list_quarantined_spiffe_ids(session, now)
         spiffe_ids = {spiffe_id for _, spiffe_id, _ in entries}
         numbers = create_numeric_identities(session, spiffe_ids | revoked_ids, now)
         policy: dict[str, list[PolicyVerdict]] = defaultdict(list)
@@ -308,6 +318,7 @@ class Verdicts:
             ipcache=ipcache,
             policy={dst: sorted(verdicts) for dst, verdicts in sorted(policy.items())},
             revoked=sorted(numbers[s] for s in revoked_ids),
+            cut_established=cuts_established(active.bundle.data),
         )
         document = state.model_dump(mode="json")
         digest = _digest({"policy_revision": active.revision, **document})
@@ -320,6 +331,8 @@ class Verdicts:
             revision = (stored.revision if stored else 0) + 1
             create_revision(session, revision, sources, digest, document, now, KEEP_REVISIONS)
             compiled = Compiled(revision, sources, active.revision, state)
+        # Which revision first carried each quarantine: the agents that applied it enforce it.
+        update_quarantines_compiled(session, revoked_ids, compiled.revision)
         self._remember(compiled)
         return compiled
 
@@ -416,10 +429,12 @@ class Verdicts:
                 revoked=shared.revoked,
             )
         send_l7 = base is None or base.policy_revision != head.policy_revision
+        cut = head.state.cut_established
         return VerdictDelta.model_construct(
             revision=head.revision,
             base=0 if base is None else base.revision,
             changes=changes,
+            cut_established=cut if base is None or base.state.cut_established != cut else None,
             l7=self._l7() if send_l7 else None,
         )
 

@@ -8,7 +8,7 @@ from sqlalchemy import JSON, Column, Text
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from trustd.domain import nodes as domain
-from trustd.domain.nodes import NodeStatus
+from trustd.domain.nodes import NodeStatus, Unmanaged
 from trustd.errors import NotFound
 from trustd.store.types import UTCDateTime, overwrite_row, row_values, to_domain
 
@@ -47,10 +47,21 @@ class Node(SQLModel, table=True):
     attested_at: datetime = Field(sa_type=UTCDateTime)
     last_seen: datetime | None = Field(default=None, sa_type=UTCDateTime)
     applied_revision: int = 0
+    # Its enforcement scope: what its workloads' packets to unmanaged destinations get, and
+    # the IPv4 prefixes they always reach.
+    unmanaged: str = Field(
+        default=Unmanaged.ALLOW, max_length=8, sa_column_kwargs={"server_default": "allow"}
+    )
+    always_allowed: list[str] = Field(
+        default_factory=list,
+        sa_column=Column(JSON, nullable=False, server_default="[]"),
+    )
 
 
 def _node(row: Node) -> domain.Node:
-    return to_domain(domain.Node, row, status=NodeStatus(row.status))
+    return to_domain(
+        domain.Node, row, status=NodeStatus(row.status), unmanaged=Unmanaged(row.unmanaged)
+    )
 
 
 # -- nodes ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from trustd.store import (  # noqa: F401
     leader,
     nodes,
     policy,
+    quarantines,
     revocations,
     sync,
     tokens,

@@ -14,9 +14,7 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, Session, SQLModel, col, delete, select
 
-from trustd.domain.certificates import CertificateStatus
 from trustd.domain.entries import EntryAddress
-from trustd.store.certificates import IssuedCertificate
 from trustd.store.entries import RegistrationEntry
 from trustd.store.nodes import Node
 from trustd.store.types import UTCDateTime, to_domain
@@ -121,17 +119,6 @@ def list_entry_identities(session: Session) -> list[tuple[str, str, list[str]]]:
         select(RegistrationEntry.id, RegistrationEntry.spiffe_id, RegistrationEntry.ip_addresses)
     ).all()
     return [(r[0], r[1], list(r[2] or [])) for r in rows]
-
-
-def list_revoked_spiffe_ids(session: Session, now: datetime) -> set[str]:
-    """SPIFFE IDs with a revoked certificate that has not expired yet."""
-    rows = session.exec(
-        select(IssuedCertificate.spiffe_id)
-        .where(IssuedCertificate.status == CertificateStatus.REVOKED)
-        .where(col(IssuedCertificate.not_after) > now)
-        .distinct()
-    ).all()
-    return {spiffe_id for spiffe_id in rows if spiffe_id}
 
 
 # -- numeric identities ----------------------------------------------------------------------

@@ -26,6 +26,8 @@ NAV = (
     "admin:entry:delete",
     "admin:certificate:read",
     "admin:certificate:revoke",
+    "admin:identity:read",
+    "admin:identity:quarantine",
     "admin:ca:read",
     "admin:ca:write",
     "admin:policy:read",

@@ -18,10 +18,24 @@ import structlog
 from trustd.agent.enforcement import libbpf
 from trustd.agent.enforcement.state import VerdictTable
 from trustd.agent.errors import EnforcementError
+from trustd.domain.nodes import Unmanaged
 
 log = structlog.get_logger("trustd.agent.ebpf")
-MAPS = ("trustd_config", "trustd_ipcache", "trustd_policy", "trustd_revoked", "trustd_counters")
+MAPS = (
+    "trustd_config",
+    "trustd_ipcache",
+    "trustd_policy",
+    "trustd_revoked",
+    "trustd_counters",
+    "trustd_allowed",
+    "trustd_flows",
+)
+# Config.flags, as bpf/enforce.c names them.
+FLAG_UNMANAGED_DENY = 1
+FLAG_CUT_ESTABLISHED = 2
 PROGRAM = "trustd_ingress"
+# What the workloads send to unmanaged destinations (bpf/enforce.c).
+EGRESS_PROGRAM = "trustd_egress"
 # Counter slots, in the order of the enum in bpf/enforce.c.
 COUNTERS = ("allowed", "denied", "dropped", "revoked", "stale", "unmanaged", "established")
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf/trustd")
@@ -39,9 +53,24 @@ class Config(ctypes.Structure):
         ("gen", ctypes.c_uint32),
         ("mode", ctypes.c_uint32),
         ("revision", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
         ("valid_until_ns", ctypes.c_uint64),
     ]
+
+
+class AllowedKey(ctypes.Structure):
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32),
+        ("addr", ctypes.c_ubyte * 4),
+    ]
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A node's enforcement scope for unmanaged destinations."""
+
+    unmanaged: Unmanaged = Unmanaged.ALLOW
+    always_allowed: frozenset[str] = frozenset()
 
 
 class IpcacheKey(ctypes.Structure):
@@ -115,6 +144,8 @@ class BpfEnforcer:
         # The table each generation holds (None: unknown, cleared before it is written).
         self._held: list[VerdictTable | None] = [None, None]
         self._switched_at = 0.0
+        # The scope last written (None: unknown, rewritten whole).
+        self._scope: Scope | None = None
         # `apply` runs on a worker thread while `refresh` runs on the event loop: both
         # rewrite the config element, so neither may undo the other's write.
         self._config_lock = threading.Lock()
@@ -127,9 +158,10 @@ class BpfEnforcer:
             EnforcementError: bpffs, the verifier, or an interface refused.
         """
         libbpf.ensure_bpffs()
-        self._obj = libbpf.BpfObject(self.object_path, self.pin_dir, MAPS, PROGRAM)
+        self._obj = libbpf.BpfObject(self.object_path, self.pin_dir, MAPS, PROGRAM, EGRESS_PROGRAM)
         # Pinned maps keep what an earlier run wrote, which this one does not know.
         self._held = [None, None]
+        self._scope = None
         config = self._config()
         config.mode = 1 if self.mode is Mode.ENFORCE else 0
         # The staleness deadline is left as the last run set it: only an answer from
@@ -137,6 +169,7 @@ class BpfEnforcer:
         self._write_config(config)
         for interface in self.interfaces:
             self._obj.attach(interface.netns, interface.ifname)
+            self._obj.attach(interface.netns, interface.ifname, program=EGRESS_PROGRAM, egress=True)
         log.info(
             "ebpf_attached",
             interfaces=[f"{i.netns or ''}/{i.ifname}" for i in self.interfaces],
@@ -152,6 +185,7 @@ class BpfEnforcer:
         if detach:
             for interface in self.interfaces:
                 self._obj.detach(interface.netns, interface.ifname)
+                self._obj.detach(interface.netns, interface.ifname, egress=True)
             for name in MAPS:
                 (self.pin_dir / name).unlink(missing_ok=True)
         self._obj.close()
@@ -191,6 +225,46 @@ class BpfEnforcer:
             config.valid_until_ns = time.monotonic_ns() + int(self.staleness * 1e9)
             self._write_config(config)
 
+    def set_scope(self, scope: Scope) -> None:
+        """Write the node's scope: the always-allowed prefixes first (added before any is
+        removed), then the unmanaged setting, so no packet that should pass is dropped on
+        the way. Blocks: call it off the event loop.
+
+        Raises:
+            EnforcementError: a prefix was refused (the map holds 256).
+        """
+        with self._apply_lock:
+            fd = self._fds["trustd_allowed"]
+            held = self._scope
+            if held is None:
+                for key in list(libbpf.keys(fd, AllowedKey)):
+                    libbpf.delete(fd, key)
+                held = Scope(Unmanaged.ALLOW, frozenset())
+
+            def key_of(prefix: str) -> AllowedKey:
+                network = ipaddress.IPv4Network(prefix)
+                key = AllowedKey(network.prefixlen)
+                key.addr[:] = list(network.network_address.packed)
+                return key
+
+            self._scope = None
+            for prefix in scope.always_allowed - held.always_allowed:
+                libbpf.update(fd, key_of(prefix), ctypes.c_uint32(1))
+            with self._config_lock:
+                config = self._config()
+                config.flags &= ~FLAG_UNMANAGED_DENY
+                if scope.unmanaged is Unmanaged.DENY:
+                    config.flags |= FLAG_UNMANAGED_DENY
+                self._write_config(config)
+            for prefix in held.always_allowed - scope.always_allowed:
+                libbpf.delete(fd, key_of(prefix))
+            self._scope = scope
+            log.info(
+                "ebpf_scope",
+                unmanaged=str(scope.unmanaged),
+                always_allowed=sorted(scope.always_allowed),
+            )
+
     def apply(self, table: VerdictTable) -> None:
         """Bring the idle generation to `table`, switch to it; the generation just left
         keeps the previous revision and catches up on the next apply.
@@ -225,11 +299,15 @@ class BpfEnforcer:
                 self._clear(gen)
                 held = VerdictTable()
             self._write(fds, gen, held, table)
-            # The switch: one array-element write, seen whole by every later packet.
+            # The switch: one array-element write, seen whole by every later packet (with
+            # whether a deny cuts established connections, which comes with the revision).
             with self._config_lock:
                 config = self._config()
                 config.gen = gen
                 config.revision = table.revision
+                config.flags &= ~FLAG_CUT_ESTABLISHED
+                if table.cut_established:
+                    config.flags |= FLAG_CUT_ESTABLISHED
                 self._write_config(config)
             self._switched_at = time.monotonic()
             self._held[gen] = table

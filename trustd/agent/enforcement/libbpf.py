@@ -20,6 +20,7 @@ from trustd.agent.errors import EnforcementError
 
 T = TypeVar("T")
 BPF_TC_INGRESS = 1
+BPF_TC_EGRESS = 2
 BPF_TC_F_REPLACE = 1
 BPF_ANY = 0
 CLONE_NEWNET = 0x40000000
@@ -212,7 +213,9 @@ class BpfObject:
     """A loaded object whose maps are pinned under `pin_dir` (reused when already there,
     so the state outlives an agent restart)."""
 
-    def __init__(self, path: Path, pin_dir: Path, maps: tuple[str, ...], program: str) -> None:
+    def __init__(
+        self, path: Path, pin_dir: Path, maps: tuple[str, ...], program: str, *others: str
+    ) -> None:
         self._lib = lib()
         obj = self._lib.bpf_object__open_file(str(path).encode(), None)
         if not obj:
@@ -236,33 +239,48 @@ class BpfObject:
             name: self._lib.bpf_map__fd(self._lib.bpf_object__find_map_by_name(obj, name.encode()))
             for name in maps
         }
-        prog = self._lib.bpf_object__find_program_by_name(obj, program.encode())
-        self.prog_fd: int = self._lib.bpf_program__fd(prog)
+        self.program_fds: dict[str, int] = {
+            name: self._lib.bpf_program__fd(
+                self._lib.bpf_object__find_program_by_name(obj, name.encode())
+            )
+            for name in (program, *others)
+        }
+        self.prog_fd: int = self.program_fds[program]
 
     def close(self) -> None:
         if self._obj:
             self._lib.bpf_object__close(self._obj)
             self._obj = None
 
-    def attach(self, netns: str | None, ifname: str, handle: int = 1, priority: int = 1) -> None:
-        """Attach the program to `ifname`'s clsact ingress hook, replacing ours if present.
+    def attach(
+        self,
+        netns: str | None,
+        ifname: str,
+        handle: int = 1,
+        priority: int = 1,
+        *,
+        program: str | None = None,
+        egress: bool = False,
+    ) -> None:
+        """Attach the program (or `program`) to `ifname`'s clsact ingress hook (or egress),
+        replacing ours if present.
 
         Raises:
             EnforcementError: no such interface, or the kernel refused.
         """
+        prog_fd = self.program_fds[program] if program else self.prog_fd
+        point = BPF_TC_EGRESS if egress else BPF_TC_INGRESS
 
         def run() -> None:
             try:
                 ifindex = socket.if_nametoindex(ifname)
             except OSError:
                 raise EnforcementError(f"no interface {ifname!r}") from None
-            hook = TcHook(ctypes.sizeof(TcHook), ifindex, BPF_TC_INGRESS, 0)
+            hook = TcHook(ctypes.sizeof(TcHook), ifindex, point, 0)
             created = self._lib.bpf_tc_hook_create(ctypes.byref(hook))
             if created < 0 and -created != 17:  # EEXIST: the clsact qdisc is already there
                 _check(created, f"creating clsact on {ifname}")
-            opts = TcOpts(
-                ctypes.sizeof(TcOpts), self.prog_fd, BPF_TC_F_REPLACE, 0, handle, priority
-            )
+            opts = TcOpts(ctypes.sizeof(TcOpts), prog_fd, BPF_TC_F_REPLACE, 0, handle, priority)
             _check(
                 self._lib.bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts)),
                 f"attaching to {ifname}",
@@ -270,15 +288,25 @@ class BpfObject:
 
         in_netns(netns, run)
 
-    def detach(self, netns: str | None, ifname: str, handle: int = 1, priority: int = 1) -> None:
-        """Remove our filter from `ifname` (nothing if the interface is gone)."""
+    def detach(
+        self,
+        netns: str | None,
+        ifname: str,
+        handle: int = 1,
+        priority: int = 1,
+        *,
+        egress: bool = False,
+    ) -> None:
+        """Remove our filter from `ifname`'s ingress (or egress) hook (nothing if the
+        interface is gone)."""
+        point = BPF_TC_EGRESS if egress else BPF_TC_INGRESS
 
         def run() -> None:
             try:
                 ifindex = socket.if_nametoindex(ifname)
             except OSError:
                 return
-            hook = TcHook(ctypes.sizeof(TcHook), ifindex, BPF_TC_INGRESS, 0)
+            hook = TcHook(ctypes.sizeof(TcHook), ifindex, point, 0)
             opts = TcOpts(ctypes.sizeof(TcOpts), 0, 0, 0, handle, priority)
             self._lib.bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts))
 

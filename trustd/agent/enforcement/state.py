@@ -39,6 +39,9 @@ class VerdictTable:
     ipcache: Mapping[str, int] = field(default_factory=dict)
     policy: Mapping[PolicyKey, bool] = field(default_factory=dict)
     revoked: frozenset[int] = frozenset()
+    # Whether a deny also cuts connections admitted before it (the mesh policy's
+    # `established: cut`).
+    cut_established: bool = False
     # The mesh policy for L7 decisions: revision, modules, data.
     l7: Mapping[str, Any] | None = None
 
@@ -95,4 +98,15 @@ class VerdictTable:
                 if number not in known:
                     raise InvalidVerdicts(f"policy {tuple(key)}: unknown identity {number}")
         l7 = delta.l7.model_dump() if delta.l7 is not None else self.l7
-        return VerdictTable(delta.revision, identities, ipcache, policy, frozenset(revoked), l7)
+        cut = delta.cut_established
+        if cut is None:
+            cut = False if full else self.cut_established
+        return VerdictTable(
+            delta.revision,
+            identities,
+            ipcache,
+            policy,
+            frozenset(revoked),
+            cut,
+            l7,
+        )

@@ -76,7 +76,8 @@ def revoke_confirm(
         title="Revoke certificate",
         subject=f"serial {row.serial} ({row.spiffe_id or row.kind})",
         effect="The certificate goes on its issuer's CRL and OCSP answers revoked; agents "
-        "drop it on their next sync. A revocation cannot be undone.",
+        "drop it on their next sync. A revocation cannot be undone. With keyCompromise the "
+        "identity is also quarantined on every node until released.",
         action=f"/ui/certificates/{row.serial}/revoke",
         reasons=[r.value for r in RevocationReason],
         button="Revoke",
