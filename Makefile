@@ -80,16 +80,16 @@ migrations-check: install-dev services
 	$(BIN)/alembic -x url=postgresql+psycopg://postgres@127.0.0.1:5432/$(CHECK_DB) check
 
 # The slowest tests are listed at the end, to keep an eye on the 20-minute budget. The long
-# fault-injection runs (marker `fault`) have their own target; CI runs both. Unit and
-# functional tests run on two workers (pytest-xdist, one file per worker at a time: every
-# test has its own databases, and Redis keys and channels are scoped per deployment); the
-# integration and browser tests, which time real agents, packets and propagation, run one
-# at a time.
+# fault-injection runs (marker `fault`) have their own target; CI runs both. Tests run on two
+# workers (pytest-xdist, one file per worker at a time: every test has its own databases,
+# ports and namespaces, and Redis keys and channels are scoped per deployment), except those
+# that time real agents, packets and propagation (marker `timed`), which run alone after
+# the others, where a second worker's load cannot eat into their budgets.
 PYTEST_WORKERS ?= 2
 
 pytest: install-dev services
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 -m "not fault" tests/unit tests/functional
-	$(BIN)/pytest --durations=15 -m "not fault" tests/integration tests/e2e
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=20 -m "not fault and not timed"
+	$(BIN)/pytest --durations=10 -m "timed and not fault"
 
 test-faults: install-dev services
 	$(BIN)/pytest --durations=10 -m fault

@@ -58,6 +58,7 @@ PAGES = {
     "graph-edge": None,  # web -> api
     "evict-confirm": None,  # a confirmation page (its GET changes nothing)
     "audit": "/ui/audit",
+    "identities": "/ui/identities",
 }
 
 pytestmark = [
@@ -324,7 +325,8 @@ def test_docs_need_no_other_host(browser: sync_api.Browser, seeded: Seeded) -> N
 def test_docs_render_the_operations_offline(browser: sync_api.Browser, seeded: Seeded) -> None:
     page, blocked = docs_offline(browser, seeded)
     try:
-        page.wait_for_selector(".swagger-ui .opblock", timeout=5_000)
+        # Swagger UI parses a 1.5 MB bundle and the whole OpenAPI document first.
+        page.wait_for_selector(".swagger-ui .opblock", timeout=30_000)
         assert blocked == []
     finally:
         page.context.close()
@@ -371,6 +373,9 @@ def test_admin_walkthrough(page: sync_api.Page, seeded: Seeded) -> None:
     detail = api.get(f"/v1/admin/certificates/{serial}").json()
     crl = x509.load_der_x509_crl(api.get(f"/v1/crl/{detail['issuer_kid']}").content)
     assert crl.get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
+    # keyCompromise quarantines the identity too, as the confirmation page said.
+    held = api.get("/v1/admin/identities/quarantined").json()
+    assert [q["spiffe_id"] for q in held] == [f"{TD}/ns/web/frontend"]
 
     # A policy with an error is refused and the active revision stays.
     before = api.get("/v1/admin/policy/status").json()["revision"]
@@ -413,4 +418,68 @@ def test_sign_out_ends_the_session(browser: sync_api.Browser, seeded: Seeded) ->
     page.wait_for_url("**/ui/login**")
     page.goto("/ui/entries")
     assert "/ui/login" in page.url
+    context.close()
+
+
+def test_quarantine_and_release_from_the_identity_page(
+    browser: sync_api.Browser, seeded: Seeded
+) -> None:
+    # Last in the module: the identity is quarantined and released again on the way.
+    server, api, x = seeded.server, seeded.api, f"{TD}/ns/api/orders"
+    command = ["admin", "user", "create", "olga", "--role", "operator"]
+    created = subprocess.run(
+        [TRUSTD, *command, "--data-dir", str(server.data_dir)],
+        env={**os.environ, "TRUSTD_USER_PASSWORD": PASSWORD},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert created.returncode == 0, created.stderr
+    serial = _issue(api, x)
+    context = new_context(browser, seeded)
+    page = context.new_page()
+    page.goto("/ui/login")
+    page.fill("input[name=username]", "olga")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/ui/")
+
+    # From the certificate to its identity.
+    page.goto(f"/ui/certificates/{serial}")
+    page.click(f"a:has-text('{x}')")
+    page.wait_for_url("**/ui/identities/view?**")
+    assert serial in (page.text_content("#svids") or "")
+    assert (page.text_content("#quarantine-state") or "").strip() == "none"
+
+    # Quarantine: the form, the confirmation page, then the identity page says so.
+    page.fill("#quarantine-form input[name=reason]", "stolen laptop")
+    page.fill("#quarantine-form input[name=until]", "2099-01-01T00:00")
+    page.click("#quarantine-form button")
+    assert "What will happen" in page.content() and "drops its traffic" in page.content()
+    before = api.get("/v1/admin/identities/quarantined").json()
+    assert x not in [q["spiffe_id"] for q in before]
+    shot(page, "quarantine-confirm")
+    page.click("button.danger")
+    page.wait_for_url("**/ui/identities/view?**")
+    state = page.text_content("#quarantine-state") or ""
+    assert "quarantined" in state and "stolen laptop" in state and "2099-01-01" in state
+    shot(page, "identity")
+    [held] = [q for q in api.get("/v1/admin/identities/quarantined").json() if q["spiffe_id"] == x]
+    assert (held["spiffe_id"], held["reason"], held["quarantined_by"]) == (
+        x,
+        "stolen laptop",
+        "ui:olga",
+    )
+    page.goto("/ui/identities")
+    assert "stolen laptop" in (page.text_content("#quarantined") or "")
+
+    # Release, confirmed.
+    page.goto(f"/ui/identities/view?spiffe_id={x}")
+    page.click("text=Release…")
+    assert "lets it back in" in page.content()
+    page.click("button.danger")
+    page.wait_for_url("**/ui/identities/view?**")
+    assert (page.text_content("#quarantine-state") or "").strip() == "none"
+    assert api.get("/v1/admin/identities/quarantined").json() == before
     context.close()

@@ -24,6 +24,7 @@ from tests.integration.conftest import TRUSTD, Running, cli, start_server
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.timed,
     pytest.mark.skipif(os.geteuid() != 0, reason="runs workloads as other users"),
 ]
 CLIENT = str(Path(__file__).with_name("workload_client.py"))

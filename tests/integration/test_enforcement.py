@@ -26,6 +26,7 @@ from trustd.agent.enforcement.ebpf import COUNTERS, Config, IpcacheKey
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.timed,
     pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and eBPF need root"),
     pytest.mark.skipif(shutil.which("clang") is None, reason="clang is needed (make system-deps)"),
 ]
