@@ -54,7 +54,7 @@ def test_bash_completes_commands_options_and_values(tmp_path: Path) -> None:
 
     assert {"node", "entry", "policy", "ca", "admin", "token"} <= set(tab("trustd", ""))
     assert tab("trustd", "no") == ["node"]
-    assert tab("trustd", "node", "") == ["list", "show", "evict", "ban"]
+    assert tab("trustd", "node", "") == ["list", "show", "evict", "ban", "scope"]
     assert tab("trustd", "entry", "create", "--s") == ["--spiffe-id", "--selector", "--server"]
     assert tab("trustd", "-o", "") == ["table", "json", "yaml"]
     # The shared options complete after a command's name too, where they may also go.
