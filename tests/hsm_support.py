@@ -91,3 +91,18 @@ def new_token(directory: Path, label: str = "trustd-test") -> Token:
         env={**os.environ, "SOFTHSM2_CONF": str(conf)},
     )
     return Token(conf, tokens, label)
+
+
+def load_in_process(token: Token, patch: pytest.MonkeyPatch) -> None:
+    """Point this process's SoftHSM at *token*'s store.
+
+    SoftHSM reads SOFTHSM2_CONF in C_Initialize; when an earlier test already initialised
+    the module in this process, it is finalised and initialised again (which closes that
+    test's sessions) so that it reads the new store.
+    """
+    patch.setenv("SOFTHSM2_CONF", str(token.conf))
+    import pkcs11
+
+    lib = pkcs11.lib(str(token.module))
+    if lib.initialized:
+        lib.reinitialize()

@@ -66,6 +66,8 @@ class Pkcs11Backend:
         """
         self._token_label = token_label
         self._lock = threading.Lock()
+        # Private key objects by CKA_ID: a search per signature would double its cost.
+        self._handles: dict[bytes, pkcs11.SignMixin] = {}
         if not module.is_file():
             raise CaError(f"PKCS#11 module {str(module)!r} does not exist", module=str(module))
         try:
@@ -191,9 +193,18 @@ class Pkcs11Backend:
         """
         try:
             with self._lock:
-                key = self._session.get_key(object_class=ObjectClass.PRIVATE_KEY, id=key_id)
-                assert isinstance(key, pkcs11.SignMixin)
-                signature: bytes = key.sign(digest, mechanism=Mechanism.ECDSA)
+                key = self._handles.get(key_id)
+                if key is None:
+                    found = self._session.get_key(object_class=ObjectClass.PRIVATE_KEY, id=key_id)
+                    assert isinstance(found, pkcs11.SignMixin)
+                    key = self._handles[key_id] = found
+                try:
+                    signature: bytes = key.sign(digest, mechanism=Mechanism.ECDSA)
+                except p11.PKCS11Error:
+                    # A handle found earlier may be stale (the object was deleted or the
+                    # session reset): the next signature looks the key up again.
+                    self._handles.pop(key_id, None)
+                    raise
                 return signature
         except p11.PKCS11Error as exc:
             _unavailable("signature", exc)

@@ -3,9 +3,8 @@ that fails mid-signature is a 503 with nothing recorded; an unusable module or t
 start-up; `migrate-keys` moves a file-key deployment's future keys into the token by
 rotation, without exporting a key.
 
-SoftHSM reads SOFTHSM2_CONF once per process, when the module is first initialised: this is
-the only test module that loads the PKCS#11 module into the test process (the others drive
-it through `trustd` subprocesses), so its token is the one the process sees.
+SoftHSM reads SOFTHSM2_CONF when the module is initialised: `load_in_process` points the
+test process at this module's token.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from sqlmodel import select
 from pki.csr import create_csr
 from pki.errors import CaError
 from pki.keys import KeyType, generate_private_key
-from tests.hsm_support import Token, new_token
+from tests.hsm_support import Token, load_in_process, new_token
 from trustd.app import create_app
 from trustd.bootstrap import initialise, migrate
 from trustd.services.ca import open_token
@@ -39,7 +38,7 @@ pytestmark = pytest.mark.integration
 def token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Token]:
     made = new_token(tmp_path_factory.mktemp("softhsm"))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SOFTHSM2_CONF", str(made.conf))
+        load_in_process(made, patch)
         yield made
 
 
