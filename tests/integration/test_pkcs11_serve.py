@@ -8,7 +8,6 @@ line (the other start-up refusals are checked in process: `test_pkcs11_backend`)
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from pki.ca import certificate_pem, load_pem_certificates
 from pki.csr import create_csr
 from pki.keys import KeyType, generate_private_key
 from tests.hsm_support import Token, new_token
-from tests.integration.conftest import TRUSTD, Running, cli, free_port, start_server, tls
+from tests.integration.conftest import Running, cli, error_line, serve_once, start_server, tls
 from tests.integration.test_pki_lint import _assert_no_errors, _lint, _tool
 
 pytestmark = pytest.mark.integration
@@ -220,29 +219,9 @@ def test_the_keys_live_in_the_token_and_nowhere_else(server: Running, token: Tok
     assert scanned >= 2 and (server.data_dir / "trustd.db").exists()
 
 
-def _serve(data_dir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("TRUSTD_")}
-    return subprocess.run(
-        [TRUSTD, "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{free_port()}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**environ, **env},
-    )
-
-
-def _error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, proc.stderr
-    return errors[0]
-
-
 def test_start_up_refuses_a_wrong_pin(token: Token, tmp_path: Path) -> None:
     data_dir = tmp_path / "var"
-    wrong_pin = _error_line(_serve(data_dir, {**token.env, "TRUSTD_PKCS11_PIN": "0000"}))
+    wrong_pin = error_line(serve_once(data_dir, **{**token.env, "TRUSTD_PKCS11_PIN": "0000"}))
     assert "refused the PIN" in wrong_pin
     # Nothing fell back to file keys: no CA was made.
     assert not (data_dir / "bundle.pem").exists()
