@@ -14,6 +14,8 @@ DEB_PACKAGES := openssl postgresql redis-server certbot lego pebble chromium gra
 DEB_PACKAGES += clang llvm libbpf-dev bpftool iproute2 nginx
 # Shell completion is tested in a real zsh (bash is there already).
 DEB_PACKAGES += zsh
+# CA keys in a PKCS#11 token: SoftHSM2 is the token, opensc's pkcs11-tool reads it.
+DEB_PACKAGES += softhsm2 opensc
 PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 CHECK_DB := trustd_alembic_check_$(shell echo $$$$)
 

@@ -11,8 +11,13 @@ system, over the measured run) depends much less on it: the raw CPU time per cer
 it is the ratio a worker reaches on a core of its own. The load average is printed with each
 row.
 
-Usage: python bench/issuance.py [--seconds 10] [--connections 50]
-Needs: wrk (Debian package), PostgreSQL on 127.0.0.1:5432 (trust auth).
+With --pkcs11 (or --pkcs11-only) the same run compares the pkcs11 key backend, the CA keys
+in a fresh SoftHSM2 token, with the file backend: in-process signing, and HTTP issuance on
+SQLite with one worker (target: the token reaches >= 50% of the file backend's rate).
+
+Usage: python bench/issuance.py [--seconds 10] [--connections 50] [--pkcs11 | --pkcs11-only]
+Needs: wrk (Debian package), PostgreSQL on 127.0.0.1:5432 (trust auth); for --pkcs11
+softhsm2 and opensc.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pki.ca import Authority, create_intermediate, create_root
 from pki.clock import SystemClock
 from pki.csr import create_csr
-from pki.keys import KeyType, generate_private_key
+from pki.keys import KeyType, PrivateKey, generate_private_key
 from pki.spiffe_id import SpiffeId, TrustDomain
 from pki.x509_svid import X509SvidParams, issue_x509_svid
 
@@ -50,13 +55,14 @@ from harness import (
 )
 
 
-def raw_rate(seconds: float) -> float:
-    """Sign the same certificate as the HTTP path does, in this process, on one core."""
+def raw_rate(seconds: float, inter_key: PrivateKey | None = None) -> float:
+    """Sign the same certificate as the HTTP path does, in this process, on one core, with
+    *inter_key* as the intermediate's key (a fresh file key by default)."""
     clock = SystemClock()
     td = TrustDomain.parse("example.org")
     root_key = generate_private_key(KeyType.EC_P256)
     root = create_root(td, root_key, clock, timedelta(days=30))
-    inter_key = generate_private_key(KeyType.EC_P256)
+    inter_key = inter_key or generate_private_key(KeyType.EC_P256)
     inter = create_intermediate(
         td, inter_key, Authority(root, root_key, (), root), clock, timedelta(days=7)
     )
@@ -115,12 +121,18 @@ def parse_wrk(out: str) -> dict[str, float]:
     }
 
 
-def http_run(workers: int, backend: str, seconds: int, connections: int) -> dict[str, float]:
+def http_run(
+    workers: int,
+    backend: str,
+    seconds: int,
+    connections: int,
+    env: dict[str, str] | None = None,
+) -> dict[str, float]:
     with contextlib.ExitStack() as stack:
         data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="trustd-bench-")))
         db_url = stack.enter_context(scratch_database()) if backend == "postgresql" else None
         port = free_port()
-        proc = start_server(data_dir, port, workers, db_url)
+        proc = start_server(data_dir, port, workers, db_url, env)
         try:
             token = read_token(proc)
             csr = create_csr(generate_private_key(KeyType.EC_P256))
@@ -137,12 +149,71 @@ def http_run(workers: int, backend: str, seconds: int, connections: int) -> dict
             proc.wait(30)
 
 
+def pkcs11_lines(seconds: int, connections: int) -> list[str]:
+    """The pkcs11 key backend (SoftHSM2) against the file backend, in the same run."""
+    if not (shutil.which("softhsm2-util") and shutil.which("pkcs11-tool")):
+        return [result("issuance_pkcs11_raw", 0, "certs/s", 0, ">=0.5x", None)]
+    from tests.hsm_support import new_token
+
+    scratch = Path(tempfile.mkdtemp(prefix="trustd-bench-hsm-"))
+    token = new_token(scratch)
+    # SoftHSM reads its configuration when the module is first initialised.
+    os.environ["SOFTHSM2_CONF"] = str(token.conf)
+    from pki.keys.token import Pkcs11Backend
+
+    backend = Pkcs11Backend(token.module, token.label, token.pin)
+    in_token, _ = backend.generate(KeyType.EC_P256, "bench intermediate")
+    file_raw = raw_rate(3.0)
+    token_raw = raw_rate(3.0, in_token)
+    print(f"raw in-process issuance: file key {file_raw:,.0f}/s, SoftHSM2 key {token_raw:,.0f}/s")
+    lines = [
+        result(
+            "issuance_pkcs11_raw",
+            token_raw,
+            "certs/s",
+            file_raw,
+            ">=0.5x",
+            token_raw >= file_raw / 2,
+        )
+    ]
+    if shutil.which("wrk"):
+        on_file = http_run(1, "sqlite", seconds, connections)
+        on_token = http_run(1, "sqlite", seconds, connections, token.env)
+        print(
+            f"HTTP issuance, sqlite, 1 worker: file {on_file['rps']:,.0f}/s "
+            f"(p99 {on_file['p99_ms']:.1f} ms), pkcs11 {on_token['rps']:,.0f}/s "
+            f"(p99 {on_token['p99_ms']:.1f} ms, {int(on_token['errors'])} errors)"
+        )
+        lines.append(
+            result(
+                "issuance_pkcs11_sqlite_1w",
+                on_token["rps"],
+                "certs/s",
+                on_file["rps"],
+                ">=0.5x",
+                on_token["rps"] >= on_file["rps"] / 2 and not on_token["errors"],
+            )
+        )
+    else:
+        print("wrk is not installed: the HTTP pkcs11 line is left out (apt-get install wrk)")
+        lines.append(result("issuance_pkcs11_sqlite_1w", 0, "certs/s", 0, ">=0.5x", None))
+    backend.close()
+    shutil.rmtree(scratch, ignore_errors=True)
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--pkcs11", action="store_true", help="compare the pkcs11 key backend")
+    parser.add_argument("--pkcs11-only", action="store_true", help="only the pkcs11 comparison")
     args = parser.parse_args()
+    if args.pkcs11_only:
+        for line in pkcs11_lines(args.seconds, args.connections):
+            print(line)
+        return
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk")
 
@@ -183,6 +254,8 @@ def main() -> None:
         f"(machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; wrk runs "
         "on the same cores as the server)"
     )
+    if args.pkcs11:
+        results += pkcs11_lines(args.seconds, args.connections)
     for line in results:
         print(line)
 

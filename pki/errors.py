@@ -99,3 +99,13 @@ class InvalidOcspRequest(TrustdError):
 
 class InvalidCrl(TrustdError):
     title = "Invalid certificate revocation list"
+
+
+class KeyUnavailable(TrustdError):
+    """A key's store (a PKCS#11 token) could not be used: missing, locked or failing.
+
+    At start-up it stops trustd; during a request it is a 503: the signature was not made
+    and nothing was recorded, and a retry may succeed once the token is back.
+    """
+
+    title = "Signing key unavailable"

@@ -73,6 +73,14 @@ class Settings(BaseSettings):
     upstream_ca_key: Path | None = None
     upstream_ca_key_password: SecretStr | None = None
     upstream_ca_bundle: Path | None = None
+    # Where new CA keys (root, intermediate, JWT) are made and kept: `file` seals them in
+    # the database under the key-encryption key; `pkcs11` generates them in the token and
+    # every signature is made there. Keys made earlier stay where they were made.
+    ca_key_backend: Literal["file", "pkcs11"] = "file"
+    pkcs11_module: Path | None = None
+    pkcs11_token_label: str | None = None
+    pkcs11_pin: SecretStr | None = None
+    pkcs11_pin_file: Path | None = None
 
     root_ttl: timedelta = timedelta(days=365)
     intermediate_ttl: timedelta = timedelta(days=30)
@@ -264,7 +272,23 @@ class Settings(BaseSettings):
         self._policy_rules()
         if (self.upstream_ca_cert is None) != (self.upstream_ca_key is None):
             raise ValueError("upstream_ca_cert and upstream_ca_key must be given together")
+        self._pkcs11_rules()
         return self
+
+    def _pkcs11_rules(self) -> None:
+        if self.ca_key_backend == "pkcs11" and self.pkcs11_module is None:
+            raise ValueError("ca_key_backend=pkcs11 needs TRUSTD_PKCS11_MODULE")
+        if self.pkcs11_module is None:
+            return
+        if not self.pkcs11_token_label:
+            raise ValueError("TRUSTD_PKCS11_MODULE needs TRUSTD_PKCS11_TOKEN_LABEL")
+        if (self.pkcs11_pin is None) == (self.pkcs11_pin_file is None):
+            raise ValueError("give one of TRUSTD_PKCS11_PIN or TRUSTD_PKCS11_PIN_FILE")
+        if self.ca_key_backend == "pkcs11":
+            ec_types = (KeyType.EC_P256, KeyType.EC_P384)
+            for name, value in (("key_type", self.key_type), ("jwt_key_type", self.jwt_key_type)):
+                if value not in ec_types:
+                    raise ValueError(f"ca_key_backend=pkcs11 makes EC keys: {name} is {value}")
 
     def _policy_rules(self) -> None:
         if self.policy_engine == "remote" and not self.policy_remote_url:

@@ -1,6 +1,7 @@
 """Ten CA lifetimes on a fake clock, with issuance at every step: no SVID ever stops
 verifying against the bundle an agent holds, and old keys leave the bundle only after the
-last credential they signed has expired.
+last credential they signed has expired. Run with the CA keys sealed in the database and
+with them in a real PKCS#11 token (SoftHSM2), where every rotation generates in the token.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pki.rotation import SlotStatus
 from pki.spiffe_id import TrustDomain
 from pki.x509_svid import verify_x509_svid
 from tests.functional.conftest import make_settings
+from tests.hsm_support import load_in_process, new_token
 from trustd.bootstrap import initialise, migrate
 from trustd.services.auth import Principal, Role
 from trustd.services.container import build_services
@@ -46,12 +48,32 @@ class X509Issued:
     intermediates: tuple[x509.Certificate, ...]
 
 
+@pytest.fixture(params=["file", "pkcs11"])
+def key_backend(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, object]:
+    """The settings that put the CA keys in the backend under test."""
+    if request.param == "file":
+        return {}
+    token = new_token(tmp_path / "softhsm")
+    load_in_process(token, monkeypatch)
+    return {
+        "ca_key_backend": "pkcs11",
+        "pkcs11_module": token.module,
+        "pkcs11_token_label": token.label,
+        "pkcs11_pin": token.pin,
+    }
+
+
 @pytest.mark.fault
-def test_ten_ca_lifetimes_without_a_gap(tmp_path: Path, database_url: str) -> None:
+def test_ten_ca_lifetimes_without_a_gap(
+    tmp_path: Path, database_url: str, key_backend: dict[str, object]
+) -> None:
     clock = FakeClock(datetime(2030, 1, 1, tzinfo=UTC))
     settings = make_settings(
         tmp_path,
         database_url,
+        **key_backend,
         root_ttl=timedelta(hours=6),
         intermediate_ttl=INTERMEDIATE_TTL,
         jwt_key_ttl=INTERMEDIATE_TTL,
@@ -129,4 +151,7 @@ def test_ten_ca_lifetimes_without_a_gap(tmp_path: Path, database_url: str) -> No
     assert any(r.cross_certificate_pem for r in rows if r.kind == "x509-root")
     # The bundle never keeps more than the keys still needed.
     assert len(services.ca.state.bundle.x509_authorities) <= 3
+    expected = "pkcs11" if key_backend else "file"
+    assert {r.key_backend for r in rows} == {expected}
+    assert all(r.encrypted_key is None for r in rows) == bool(key_backend)
     services.engine.dispose()

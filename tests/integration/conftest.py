@@ -88,6 +88,29 @@ def join_agent_command(server: Running, work: Path, *options: str) -> list[str]:
     ]
 
 
+def serve_once(data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `trustd serve` on `data_dir` with the settings `env` (TRUSTD_* from this process
+    left out), for a start-up expected to be refused; returns the finished process."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TRUSTD_")}
+    return subprocess.run(
+        [TRUSTD, "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**environ, **env},
+    )
+
+
+def error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The one `error: ` line a refused command printed (exit status 1, no traceback)."""
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
 def start_server(data_dir: Path, log_path: Path, port: int | None = None, **env: str) -> Running:
     """Start `trustd serve` and wait until it is ready; the banner is read from stdout."""
     port = port or free_port()

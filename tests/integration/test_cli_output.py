@@ -272,7 +272,9 @@ class Listing:
 
 LISTINGS = [
     Listing(
-        ("ca", "keys"), ("KIND", "KID", "STATUS", "KEY TYPE", "NOT BEFORE", "NOT AFTER"), "kind"
+        ("ca", "keys"),
+        ("KIND", "KID", "STATUS", "KEY TYPE", "NOT BEFORE", "NOT AFTER", "BACKEND", "KEY"),
+        "kind",
     ),
     Listing(
         ("cert", "list"),

@@ -4,34 +4,31 @@ corrupt; and never writes a new CA or key over what an earlier start left."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.conftest import TRUSTD, Running, cli, free_port, start_server, tls
+from tests.integration.conftest import (
+    Running,
+    cli,
+    error_line,
+    serve_once,
+    start_server,
+    tls,
+)
 
 # A long fault run: `make test-faults` (CI runs it after `make test`).
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
 
 def _serve(data_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TRUSTD, "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{free_port()}"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return serve_once(data_dir, **{k: v for k, v in os.environ.items() if k.startswith("TRUSTD_")})
 
 
-def _error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, proc.stderr
-    return errors[0]
+_error_line = error_line
 
 
 def _remove_database(data_dir: Path) -> None:

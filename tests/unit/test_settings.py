@@ -106,3 +106,35 @@ def test_log_format_and_access_log(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRUSTD_LOG_FORMAT", "text")
     with pytest.raises(SettingsError, match="log_format"):
         load_settings()
+
+
+_PKCS11 = {
+    "ca_key_backend": "pkcs11",
+    "pkcs11_module": Path("/usr/lib/softhsm/libsofthsm2.so"),
+    "pkcs11_token_label": "ca",
+    "pkcs11_pin": "1234",
+}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"ca_key_backend": "pkcs11"}, "needs TRUSTD_PKCS11_MODULE"),
+        ({**_PKCS11, "pkcs11_token_label": None}, "needs TRUSTD_PKCS11_TOKEN_LABEL"),
+        ({**_PKCS11, "pkcs11_pin": None}, "one of TRUSTD_PKCS11_PIN or TRUSTD_PKCS11_PIN_FILE"),
+        ({**_PKCS11, "pkcs11_pin_file": Path("pin")}, "one of TRUSTD_PKCS11_PIN"),
+        ({**_PKCS11, "key_type": KeyType.ED25519}, "makes EC keys: key_type"),
+        ({**_PKCS11, "jwt_key_type": KeyType.RSA_2048}, "makes EC keys: jwt_key_type"),
+        ({"ca_key_backend": "hsm"}, "ca_key_backend"),
+    ],
+)
+def test_pkcs11_settings_are_complete(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load_settings(**overrides)
+
+
+def test_pkcs11_settings() -> None:
+    settings = load_settings(**_PKCS11, key_type=KeyType.EC_P384)
+    assert settings.ca_key_backend == "pkcs11"
+    assert settings.pkcs11_pin is not None and "1234" not in repr(settings)
+    assert load_settings().ca_key_backend == "file"

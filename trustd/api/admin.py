@@ -19,11 +19,14 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"])
 def show_ca(principal: AdminDep, services: ServicesDep) -> CaPublic:
     """The authorities in the bundle (prepared, active, old, tainted) and its sequence."""
     state = services.ca.state
-    authorities = [authority_public(row) for row in state.keys]
+    token = services.settings.pkcs11_token_label
+    authorities = [authority_public(row, token) for row in state.keys]
     return CaPublic(
         trust_domain=services.settings.trust_domain,
         bundle_sequence=state.bundle.sequence,
         authorities=authorities,
+        key_backend=services.settings.ca_key_backend,
+        pkcs11_token=services.settings.pkcs11_token_label,
     )
 
 
@@ -46,11 +49,28 @@ class CaKeyView(Protocol):
     def not_after(self) -> datetime: ...
     @property
     def certificate_pem(self) -> str | None: ...
+    @property
+    def key_backend(self) -> str: ...
+    @property
+    def key_label(self) -> str | None: ...
+    @property
+    def key_id(self) -> str | None: ...
 
 
-def authority_public(row: CaKeyView) -> AuthorityPublic:
+def key_location(row: CaKeyView, token: str | None = None) -> tuple[str, str]:
+    """Where *row*'s private key lives: the backend, and the key's name there (in the
+    PKCS#11 token labelled *token*, the one trustd is configured with)."""
+    if row.upstream:
+        return "upstream", "the upstream CA's key file"
+    if row.key_backend == "pkcs11":
+        return "pkcs11", f"token {token!r} id {row.key_id} label {row.key_label!r}"
+    return "file", "encrypted PKCS#8 in the database"
+
+
+def authority_public(row: CaKeyView, token: str | None = None) -> AuthorityPublic:
     """The public view of a CA key slot (no key material)."""
     cert = load_pem_certificates(row.certificate_pem.encode())[0] if row.certificate_pem else None
+    backend, location = key_location(row, token)
     return AuthorityPublic(
         kind=row.kind,
         kid=row.kid,
@@ -61,6 +81,9 @@ def authority_public(row: CaKeyView) -> AuthorityPublic:
         not_after=row.not_after,
         subject=cert.subject.rfc4514_string() if cert else None,
         sha256=fingerprint_sha256(cert) if cert else None,
+        key_backend=backend,
+        key_location=location,
+        key_id=row.key_id,
     )
 
 

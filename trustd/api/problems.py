@@ -48,6 +48,8 @@ _STATUS: dict[type[TrustdError], int] = {
     errors.PayloadTooLarge: 413,
     errors.StoreUnavailable: 503,
     errors.NotReady: 503,
+    # A PKCS#11 token that fails mid-signature: nothing was signed or recorded; retry.
+    pki_errors.KeyUnavailable: 503,
     # Policy: a refused module or bundle is the caller's to fix; an evaluation failure
     # (engine error or panic) is reported with its reason, not hidden as a 500.
     policy_errors.PolicyCompileError: 400,

@@ -18,6 +18,7 @@ from trustd.api.schemas import (
     CertificatePublic,
     KeyActivate,
     KeyChangePublic,
+    KeyMigrate,
     KeyPrepare,
     KeyRevoke,
     RevocationEventPublic,
@@ -189,7 +190,8 @@ def _change(change: KeyChange) -> KeyChangePublic:
 )
 def list_keys(principal: AdminDep, services: ServicesDep) -> list[AuthorityPublic]:
     """Every CA key ever created, newest first: the rotation timeline."""
-    return [authority_public(row) for row in services.rotation.timeline()]
+    token = services.settings.pkcs11_token_label
+    return [authority_public(row, token) for row in services.rotation.timeline()]
 
 
 @router.post(
@@ -201,6 +203,20 @@ def list_keys(principal: AdminDep, services: ServicesDep) -> list[AuthorityPubli
 def prepare_key(body: KeyPrepare, principal: AdminDep, services: ServicesDep) -> KeyChangePublic:
     """Prepare the next key of a kind and publish it in the bundle now."""
     return _change(services.rotation.prepare(principal, body.kind))
+
+
+@router.post(
+    "/v1/admin/ca/migrate-keys",
+    response_model=list[KeyChangePublic],
+    tags=["admin"],
+    dependencies=[require("admin:ca:write")],
+)
+def migrate_keys(
+    body: KeyMigrate, principal: AdminDep, services: ServicesDep
+) -> list[KeyChangePublic]:
+    """Prepare, in the backend new keys go to, the next key of every kind held elsewhere;
+    rotation then retires the old keys. No key is exported."""
+    return [_change(c) for c in services.rotation.migrate_keys(principal, body.to)]
 
 
 @router.post(

@@ -56,12 +56,20 @@ class AuthorityPublic(WireModel):
     not_after: datetime
     subject: str | None
     sha256: str | None
+    # Where the private key lives: file (sealed in the database), pkcs11 (a token object,
+    # named by its CKA_ID and label) or upstream (the upstream CA's own key file).
+    key_backend: str
+    key_location: str
+    key_id: str | None = None
 
 
 class CaPublic(WireModel):
     trust_domain: str
     bundle_sequence: int
     authorities: list[AuthorityPublic]
+    # Where new CA keys are made (`ca_key_backend`), and the token when it is pkcs11.
+    key_backend: str
+    pkcs11_token: str | None = None
 
 
 class TokenCreate(WireModel):
@@ -411,6 +419,10 @@ class RevocationFeedPublic(WireModel):
 
 class KeyPrepare(WireModel):
     kind: CaKeyKind
+
+
+class KeyMigrate(WireModel):
+    to: Literal["file", "pkcs11"]
 
 
 class KeyActivate(WireModel):

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from pki.keys.backends import BackendName
 from pki.revocation import RevocationReason
 from pki.rotation import KeyKind
 from trustd.cli.cert import CERTIFICATE_COLUMNS, ReasonOpt
@@ -31,6 +32,11 @@ KEY_COLUMNS = columns(
     ("not before", "not_before"),
     ("not after", "not_after"),
 )
+# `trustd ca keys`: where each private key lives as well.
+LOCATION_COLUMNS = (
+    *KEY_COLUMNS,
+    *columns(("backend", "key_backend"), ("key", "key_location")),
+)
 KindOpt = Annotated[
     KeyKind,
     typer.Option("--kind", help="x509-intermediate, x509-root (cross-signed) or jwt"),
@@ -53,7 +59,9 @@ def show() -> None:
     ca = shared.json("GET", "/v1/admin/ca")
 
     def text() -> None:
-        typer.echo(render_record(ca, ("trust_domain", "bundle_sequence")))
+        typer.echo(
+            render_record(ca, ("trust_domain", "bundle_sequence", "key_backend", "pkcs11_token"))
+        )
         typer.echo()
         print_table(ca["authorities"], KEY_COLUMNS)
 
@@ -62,13 +70,40 @@ def show() -> None:
 
 @app.command("keys")
 def keys() -> None:
-    """Every CA key and its status, newest first (the rotation timeline)."""
+    """Every CA key, its status and where its private key lives (file: sealed in the
+    database; pkcs11: the token object's id and label; upstream), newest first."""
     shared = connection()
     listing(
         shared.output,
         shared.json("GET", "/v1/admin/ca/keys"),
-        KEY_COLUMNS,
+        LOCATION_COLUMNS,
         "no CA keys: the server creates them on its first start (trustd init)",
+    )
+
+
+@app.command("migrate-keys")
+def migrate_keys(
+    to: Annotated[
+        BackendName, typer.Option("--to", help="The backend new keys go to: pkcs11 or file")
+    ],
+) -> None:
+    """Move the CA's keys to another backend by rotation: prepare there the next key of
+    every kind held elsewhere. Rotation activates them and retires the old keys; no key is
+    ever exported. trustd must already run with TRUSTD_CA_KEY_BACKEND set to the target."""
+    shared = connection()
+    changes = shared.json("POST", "/v1/admin/ca/migrate-keys", json={"to": to})
+    if not changes:
+        progress(f"every active key is in the {to} backend already")
+    else:
+        progress(
+            f"prepared in the {to} backend; rotation activates them (or `trustd ca activate "
+            "--kind KIND`), and the keys they replace retire once what they signed expires"
+        )
+    listing(
+        shared.output,
+        changes,
+        columns(("kind", "kind"), ("kid", "kid"), ("status", "status")),
+        f"nothing to prepare: every active key is in the {to} backend",
     )
 
 

@@ -8,8 +8,10 @@ from datetime import datetime
 
 @dataclass(frozen=True)
 class CaKeyInfo:
-    """One CA key slot. `encrypted_key` is the PKCS#8 under the key-encryption key (None
-    when the key stays upstream); it never leaves the CA service."""
+    """One CA key slot. `key_backend` says where the private key lives: `file` keeps
+    `encrypted_key`, the PKCS#8 under the key-encryption key (None when the key stays
+    upstream), which never leaves the CA service; `pkcs11` keeps only the token object's
+    `key_label` and `key_id` (CKA_ID, hex)."""
 
     kid: str
     kind: str
@@ -26,3 +28,6 @@ class CaKeyInfo:
     cross_certificate_pem: str | None = None
     status_changed_at: datetime | None = None
     encrypted_key: bytes | None = field(default=None, repr=False)
+    key_backend: str = "file"
+    key_label: str | None = None
+    key_id: str | None = None

@@ -32,17 +32,17 @@ from pki.ca import (
 from pki.clock import Clock
 from pki.errors import CaError
 from pki.keys import (
+    KeyType,
     PrivateKey,
     PublicKey,
     allowed_public_key,
-    decrypt_private_key,
     describe_key,
-    encrypt_private_key,
-    generate_private_key,
     key_id,
     load_or_create_kek_file,
+    public_key_from_pem,
     public_key_pem,
 )
+from pki.keys.backends import BackendName, FileBackend, KeyBackend, StoredKey
 from pki.rotation import IN_BUNDLE, SlotStatus
 from pki.rotation import KeyKind as CaKeyKind
 from trustd import metrics
@@ -121,6 +121,29 @@ def key_encryption_key(settings: Settings, engine: Engine) -> bytes:
     return load_or_create_kek_file(path)
 
 
+def open_token(settings: Settings) -> KeyBackend | None:
+    """The PKCS#11 token the settings name, logged in; None when none is configured.
+
+    Opened at start-up so that a missing module, a missing token or a wrong PIN stops
+    trustd with a clear error instead of failing the first issuance.
+
+    Raises:
+        CaError: the module, the token or the PIN is unusable, or the PIN file unreadable.
+    """
+    if settings.pkcs11_module is None:
+        return None
+    # Imported here: the binding loads only where a token is configured.
+    from pki.keys.token import Pkcs11Backend
+
+    if settings.pkcs11_pin is not None:
+        pin = settings.pkcs11_pin.get_secret_value()
+    else:
+        assert settings.pkcs11_pin_file is not None
+        pin = _read(settings.pkcs11_pin_file, "PKCS#11 PIN file").decode().strip()
+    assert settings.pkcs11_token_label is not None
+    return Pkcs11Backend(settings.pkcs11_module, settings.pkcs11_token_label, pin)
+
+
 def crl_url(settings: Settings, issuer_kid: str) -> str:
     """Where the CRL of the CA key *issuer_kid* is published (`GET /v1/crl/{issuer_kid}`):
     the one place certificates' CRL distribution points (RFC 5280 §4.2.1.13) are built."""
@@ -149,7 +172,7 @@ def _row(
     *,
     not_before: datetime,
     not_after: datetime,
-    encrypted_key: bytes | None,
+    stored: StoredKey | None,
     certificate: x509.Certificate | None = None,
     chain: tuple[x509.Certificate, ...] = (),
     upstream: bool = False,
@@ -162,7 +185,10 @@ def _row(
         kind=kind,
         status=status,
         key_type=key_type,
-        encrypted_key=encrypted_key,
+        encrypted_key=stored.encrypted_key if stored is not None else None,
+        key_backend=stored.backend if stored is not None else BackendName.FILE,
+        key_label=stored.label if stored is not None else None,
+        key_id=stored.key_id if stored is not None else None,
         public_key_pem=public_key_pem(public),
         certificate_pem=certificate_pem(certificate) if certificate is not None else None,
         chain_pem="".join(certificate_pem(c) for c in chain),
@@ -178,6 +204,15 @@ def _row(
     )
 
 
+def stored_key(row: CaKeyInfo) -> StoredKey | None:
+    """Where *row*'s private key is kept; None when trustd does not hold it (upstream)."""
+    if row.key_backend == BackendName.PKCS11:
+        return StoredKey(BackendName.PKCS11, label=row.key_label, key_id=row.key_id)
+    if row.encrypted_key is None:
+        return None
+    return StoredKey(BackendName.FILE, encrypted_key=row.encrypted_key)
+
+
 def _certificate(pem: str | None) -> x509.Certificate:
     assert pem is not None, "CA rows of X.509 kinds always carry their certificate"
     return load_pem_certificates(pem.encode())[0]
@@ -188,13 +223,22 @@ class CertificateAuthority:
     a `CaState`."""
 
     def __init__(
-        self, settings: Settings, engine: Engine, clock: Clock, audit: AuditLog, kek: bytes
+        self,
+        settings: Settings,
+        engine: Engine,
+        clock: Clock,
+        audit: AuditLog,
+        kek: bytes,
+        token: KeyBackend | None = None,
     ) -> None:
         self._settings = settings
         self._engine = engine
         self._clock = clock
         self._audit = audit
-        self._kek = kek
+        self._file = FileBackend(kek)
+        self._token = token
+        if settings.ca_key_backend == "pkcs11" and token is None:
+            raise CaError("ca_key_backend=pkcs11 but no PKCS#11 token is open")
         self._state: CaState | None = None
         # Decrypted keys by kid: a kid names one immutable key, so reloads reuse them.
         self._keys: dict[str, PrivateKey] = {}
@@ -304,7 +348,7 @@ class CertificateAuthority:
                 status,
                 not_before=root.not_valid_before_utc,
                 not_after=root.not_valid_after_utc,
-                encrypted_key=None,
+                stored=None,
                 certificate=root,
                 upstream=True,
             )
@@ -313,7 +357,7 @@ class CertificateAuthority:
                 "the root is an upstream CA: rotate it upstream, then restart trustd with "
                 "the new upstream files"
             )
-        key = generate_private_key(s.key_type)
+        key, stored = self._generate(s.key_type, CaKeyKind.X509_ROOT)
         root = create_root(s.trust_domain_obj, key, self._clock, s.root_ttl)
         cross = None
         if current is not None and current.not_after > now:
@@ -327,7 +371,7 @@ class CertificateAuthority:
             status,
             not_before=root.not_valid_before_utc,
             not_after=root.not_valid_after_utc,
-            encrypted_key=encrypt_private_key(key, self._kek),
+            stored=stored,
             certificate=root,
             cross_certificate=cross,
         )
@@ -347,7 +391,7 @@ class CertificateAuthority:
                 raise CaError("the root is an upstream CA but no upstream key is configured")
         else:
             issuer = self._root_authority(root_row)
-        key = generate_private_key(s.key_type)
+        key, stored = self._generate(s.key_type, CaKeyKind.X509_INTERMEDIATE)
         intermediate = create_intermediate(
             s.trust_domain_obj, key, issuer, self._clock, s.intermediate_ttl
         )
@@ -359,7 +403,7 @@ class CertificateAuthority:
             status,
             not_before=intermediate.not_valid_before_utc,
             not_after=intermediate.not_valid_after_utc,
-            encrypted_key=encrypt_private_key(key, self._kek),
+            stored=stored,
             certificate=intermediate,
             chain=issuer.issuing_chain,
             issuer_kid=root_row.kid,
@@ -367,7 +411,7 @@ class CertificateAuthority:
 
     def _new_jwt(self, status: SlotStatus) -> CaKeyInfo:
         s = self._settings
-        key = generate_private_key(s.jwt_key_type)
+        key, stored = self._generate(s.jwt_key_type, CaKeyKind.JWT)
         now = self._clock.now()
         return _row(
             CaKeyKind.JWT,
@@ -377,7 +421,7 @@ class CertificateAuthority:
             status,
             not_before=now,
             not_after=now + s.jwt_key_ttl,
-            encrypted_key=encrypt_private_key(key, self._kek),
+            stored=stored,
         )
 
     def bump_sequence(self, session: Session) -> int:
@@ -395,12 +439,44 @@ class CertificateAuthority:
         manager that changes them in *session*."""
         return list_ca_key_rows(session, statuses)
 
+    @property
+    def backend(self) -> KeyBackend:
+        """Where new CA keys are made (`ca_key_backend`)."""
+        if self._settings.ca_key_backend == "pkcs11":
+            assert self._token is not None
+            return self._token
+        return self._file
+
+    def _generate(self, key_type: KeyType, kind: CaKeyKind) -> tuple[PrivateKey, StoredKey]:
+        # The label is for people reading the token (pkcs11-tool); the CKA_ID finds it.
+        label = f"trustd {kind} {self._clock.now():%Y%m%dT%H%M%SZ}"
+        return self.backend.generate(key_type, label)
+
+    def _backend_of(self, row: CaKeyInfo) -> KeyBackend:
+        if row.key_backend == BackendName.PKCS11:
+            if self._token is None:
+                raise CaError(
+                    f"the key of {row.kind} {row.kid} lives in a PKCS#11 token, but none is "
+                    "configured: set TRUSTD_PKCS11_MODULE, TRUSTD_PKCS11_TOKEN_LABEL and "
+                    "TRUSTD_PKCS11_PIN (or _PIN_FILE)"
+                )
+            return self._token
+        return self._file
+
+    def location(self, row: CaKeyInfo) -> tuple[str, str]:
+        """The backend name and a description of where *row*'s private key lives."""
+        stored = stored_key(row)
+        if stored is None:
+            return "upstream", "the upstream CA's key file (not held by trustd)"
+        return stored.backend, self._backend_of(row).location(stored)
+
     def _key(self, row: CaKeyInfo) -> PrivateKey:
         key = self._keys.get(row.kid)
         if key is None:
-            if row.encrypted_key is None:
+            stored = stored_key(row)
+            if stored is None:
                 raise CaError(f"the key of {row.kind} {row.kid} is not held by trustd")
-            key = decrypt_private_key(row.encrypted_key, self._kek)
+            key = self._backend_of(row).load(stored, public_key_from_pem(row.public_key_pem))
             self._keys[row.kid] = key
         return key
 
@@ -438,7 +514,7 @@ class CertificateAuthority:
         issuers: dict[str, Authority] = {
             kid: self._root_authority(row)
             for kid, row in roots.items()
-            if row.encrypted_key is not None
+            if stored_key(row) is not None
         }
         for row in rows:
             if row.kind != CaKeyKind.X509_INTERMEDIATE or row.status == SlotStatus.PREPARED:

@@ -14,7 +14,7 @@ from trustd.services.agents import Agents
 from trustd.services.audit import AuditLog
 from trustd.services.auth import AdminTokens
 from trustd.services.authz import Authorizer
-from trustd.services.ca import CertificateAuthority, key_encryption_key
+from trustd.services.ca import CertificateAuthority, key_encryption_key, open_token
 from trustd.services.entries import Entries
 from trustd.services.issuance import Issuer, ServingCredential
 from trustd.services.nodes import Nodes, build_attestors
@@ -60,7 +60,7 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     audit = AuditLog(clock)
     bus = create_bus(settings.redis_url, deployment_scope(settings.trust_domain, engine))
     kek = key_encryption_key(settings, engine)
-    ca = CertificateAuthority(settings, engine, clock, audit, kek)
+    ca = CertificateAuthority(settings, engine, clock, audit, kek, open_token(settings))
     issuer = Issuer(settings, engine, ca, clock, audit)
     nodes = Nodes(settings, engine, clock, audit, bus, issuer, build_attestors(settings, kek))
     entries = Entries(settings, engine, clock, audit, bus)

@@ -243,6 +243,55 @@ class RotationManager:
         self._changed(sequence)
         return replace(change, sequence=sequence)
 
+    def migrate_keys(self, principal: Principal, to: str) -> list[KeyChange]:
+        """Move the deployment's keys to the backend *to*, by rotation.
+
+        New keys already go to `ca_key_backend`; this prepares now, there, the next key of
+        every kind whose active key lives elsewhere, so the move does not wait for the
+        schedule. The prepared keys are activated by rotation (or `trustd ca activate`),
+        and the keys they replace retire as they always do, once what they signed has
+        expired. No private key is exported or copied from one backend to the other.
+
+        Raises:
+            Conflict: new keys do not go to *to* (restart trustd with it first), or a key
+                prepared elsewhere is waiting for activation.
+        """
+        if self._settings.ca_key_backend != to:
+            raise Conflict(
+                f"new CA keys go to the {self._settings.ca_key_backend} backend: restart trustd "
+                f"with TRUSTD_CA_KEY_BACKEND={to} (and its settings) first, so that every key "
+                "made from now on goes there"
+            )
+        changes: list[KeyChange] = []
+        with transaction(self._engine) as session:
+            rows = self._ca.rows(session, {SlotStatus.ACTIVE, SlotStatus.PREPARED})
+            for kind in (CaKeyKind.X509_ROOT, CaKeyKind.X509_INTERMEDIATE, CaKeyKind.JWT):
+                active = [r for r in rows if r.kind == kind and r.status == SlotStatus.ACTIVE]
+                waiting = [r for r in rows if r.kind == kind and r.status == SlotStatus.PREPARED]
+                if any(r.upstream for r in active) or all(r.key_backend == to for r in active):
+                    continue
+                if any(r.key_backend == to for r in waiting):
+                    continue
+                if waiting:
+                    raise Conflict(
+                        f"{kind} key {waiting[0].kid} is prepared in the "
+                        f"{waiting[0].key_backend} backend: activate it first (`trustd ca "
+                        f"activate --kind {kind}`), then migrate"
+                    )
+                changes.append(self._prepare(session, kind, principal.name))
+            self._audit.record(
+                session,
+                principal.name,
+                "ca:keys:migrating",
+                target=to,
+                details={"prepared": [c.kid for c in changes]},
+            )
+            sequence = self._ca.bump_sequence(session) if changes else None
+        if sequence is None:
+            return []
+        self._changed(sequence)
+        return [replace(c, sequence=sequence) for c in changes]
+
     def activate(self, principal: Principal, kind: CaKeyKind, kid: str | None = None) -> KeyChange:
         """Activate the prepared key of *kind* (or the key *kid*); the active one gets old.
 

@@ -26,6 +26,13 @@ class CaKey(SQLModel, table=True):
     # PKCS#8, encrypted with the key-encryption key; NULL when the key lives outside
     # trustd (an upstream authority whose key stays in the operator's files).
     encrypted_key: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    # Where the private key lives: `file` (encrypted_key above) or `pkcs11`, a token object
+    # named by its label and CKA_ID (hex); the token keeps the key, the row only names it.
+    key_backend: str = Field(
+        default="file", sa_column=Column(Text, nullable=False, server_default="file")
+    )
+    key_label: str | None = Field(default=None, sa_column=Column(Text))
+    key_id: str | None = Field(default=None, max_length=64)
     public_key_pem: str = Field(sa_column=Column(Text, nullable=False))
     certificate_pem: str | None = Field(default=None, sa_column=Column(Text))
     # Certificates between this authority and its root, PEM, excluding the root.

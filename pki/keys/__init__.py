@@ -204,6 +204,17 @@ def public_key_pem(pub: PublicKey) -> str:
     ).decode("ascii")
 
 
+def public_key_from_pem(pem: str) -> PublicKey:
+    """The allowed public key in the PEM SubjectPublicKeyInfo *pem* (as :func:`public_key_pem`
+    writes it).
+
+    Raises:
+        WeakKey: the key is not on the allow-list.
+        ValueError: *pem* is not a PEM public key.
+    """
+    return allowed_public_key(serialization.load_pem_public_key(pem.encode("ascii")))
+
+
 def private_key_der_pkcs8(key: PrivateKey) -> bytes:
     """Unencrypted PKCS#8 DER of *key*, for handing a workload its key over a secure channel.
 
