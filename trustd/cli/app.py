@@ -7,7 +7,21 @@ from pathlib import Path
 
 import typer
 
-from trustd.cli import acme, admin, agent, bundle, ca, cert, entry, node, policy, serve, svid, token
+from trustd.cli import (
+    acme,
+    admin,
+    agent,
+    audit,
+    bundle,
+    ca,
+    cert,
+    entry,
+    node,
+    policy,
+    serve,
+    svid,
+    token,
+)
 from trustd.cli.context import (
     CaBundleOpt,
     DataDirOpt,
@@ -56,6 +70,7 @@ app.add_typer(node.app, name="node")
 app.add_typer(policy.app, name="policy")
 app.add_typer(acme.app, name="acme")
 app.add_typer(admin.app, name="admin")
+app.add_typer(audit.app, name="audit")
 
 
 def main() -> None:
