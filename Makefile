@@ -12,6 +12,8 @@ DEB_PACKAGES := openssl postgresql redis-server certbot lego pebble chromium
 # eBPF enforcement: clang compiles the tc program, libbpf loads it, bpftool reads its maps,
 # iproute2 makes the test namespaces; nginx is the auth_request enforcement point.
 DEB_PACKAGES += clang llvm libbpf-dev bpftool iproute2 nginx
+# promtool checks /metrics, the alerting rules and their unit tests (deploy/prometheus).
+DEB_PACKAGES += prometheus
 PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 CHECK_DB := trustd_alembic_check_$(shell echo $$$$)
 

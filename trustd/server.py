@@ -14,7 +14,7 @@ import signal
 import socket
 import ssl
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import structlog
@@ -160,18 +160,27 @@ def bind_sockets(settings: Settings) -> Listeners:
     return Listeners(tcp, uds, metrics)
 
 
-async def metrics_app(scope: Scope, receive: Receive, send: Send) -> None:
+def metrics_app(services: Services) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The metrics listener: GET /metrics and nothing else (no API, no UI, no admin model:
     it is meant for an interface only scrapers reach)."""
-    if scope["type"] != "http":
-        return
-    if scope["path"] != "/metrics" or scope["method"] not in ("GET", "HEAD"):
-        status, body, kind = 404, b"not found\n", "text/plain; charset=utf-8"
-    else:
-        status, body, kind = 200, await asyncio.to_thread(metrics.render), metrics.CONTENT_TYPE
-    headers = [(b"content-type", kind.encode()), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+    def scrape() -> bytes:
+        services.verdicts.record_lag_metrics()
+        return metrics.render()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] != "/metrics" or scope["method"] not in ("GET", "HEAD"):
+            status, body, kind = 404, b"not found\n", "text/plain; charset=utf-8"
+        else:
+            status, body, kind = 200, await asyncio.to_thread(scrape), metrics.CONTENT_TYPE
+        headers = [(b"content-type", kind.encode()), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        body = b"" if scope["method"] == "HEAD" else body
+        await send({"type": "http.response.body", "body": body})
+
+    return app
 
 
 async def _serve_forever(
@@ -200,7 +209,7 @@ async def _serve_forever(
     servers = [main, admin]
     if listeners.metrics is not None:
         metrics_config = uvicorn.Config(
-            metrics_app, lifespan="off", log_config=None, access_log=False
+            metrics_app(services), lifespan="off", log_config=None, access_log=False
         )
         servers.append(_Server(metrics_config, secondary=True))
 

@@ -71,6 +71,10 @@ _MASK_RULE = "data.system.log.mask"
 _BATCH = 500
 
 DECISIONS = Counter("trustd_policy_decisions_total", "Policy decisions, by cache use.", ["cache"])
+DECISION_ERRORS = Counter(
+    "trustd_policy_decision_errors_total",
+    "Policy decisions whose evaluation failed (engine error or panic).",
+)
 LOG_DROPPED = Counter(
     "trustd_policy_decision_log_dropped_total",
     "Decision-log entries dropped because the log queue was full.",
@@ -481,7 +485,11 @@ class PolicyService:
         result = self.cache.get(key)
         cached = result is not None
         if result is None:
-            result = active.engine.query(path, input_json, strict=strict)
+            try:
+                result = active.engine.query(path, input_json, strict=strict)
+            except PolicyEvaluationError:
+                DECISION_ERRORS.inc()
+                raise
             self.cache.put(key, result)
         DECISIONS.labels("hit" if cached else "miss").inc()
         decision = Decision(
