@@ -22,7 +22,7 @@ import uvicorn
 import uvloop
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from trustd import metrics
+from trustd import metrics, tracing
 from trustd.api.deps import LOCAL_ADMIN_SCOPE_KEY
 from trustd.app import create_app
 from trustd.logs import configure_logging, hold_info
@@ -302,6 +302,8 @@ async def _keep_serving(services: Services, context: ssl.SSLContext) -> None:
 def _worker(settings: Settings, listeners: Listeners, level: str) -> None:
     configure_logging(level, settings.log_format)
     _say_lifecycle_once()
+    # Per worker process: the SDK's export thread does not survive a fork.
+    tracing.configure(settings.otel_endpoint, "trustd-server")
     services = build_services(settings)
     tls = None
     if settings.tls:
@@ -311,7 +313,10 @@ def _worker(settings: Settings, listeners: Listeners, level: str) -> None:
         tls = serving_context(services.serving)
     # uvloop's event loop and TLS transport are native code; asyncio's are Python, and
     # they run for every request.
-    uvloop.run(_serve_forever(services, listeners, tls))
+    try:
+        uvloop.run(_serve_forever(services, listeners, tls))
+    finally:
+        tracing.shutdown()
 
 
 def run(

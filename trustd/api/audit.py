@@ -12,13 +12,10 @@ from pydantic import Field
 
 from trustd.api.deps import ServicesDep, require
 from trustd.api.wire import WireModel
-from trustd.domain.audit import AuditChainBroken
+from trustd.domain.audit import HEAD_HASH_HEADER, HEAD_SEQ_HEADER, AuditChainBroken
 
 router = APIRouter(prefix="/v1/admin/audit", tags=["audit"])
 
-# The head the export stops at, so a client can check that nothing is missing at the end.
-HEAD_SEQ_HEADER = "Trustd-Audit-Head-Seq"
-HEAD_HASH_HEADER = "Trustd-Audit-Head-Hash"
 # JSON Lines, one event per line (the media type NDJSON registered in practice).
 JSON_LINES = "application/x-ndjson"
 

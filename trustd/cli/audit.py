@@ -15,6 +15,8 @@ from trustd.cli.context import connection
 from trustd.cli.output import command_group, emit, fail, progress
 from trustd.domain.audit import (
     GENESIS_HASH,
+    HEAD_HASH_HEADER,
+    HEAD_SEQ_HEADER,
     AuditChainBroken,
     ChainedAuditEvent,
     ChainHead,
@@ -24,9 +26,6 @@ from trustd.domain.audit import (
 app = command_group(help="The audit log and its hash chain.", no_args_is_help=True)
 
 EXPORT = "/v1/admin/audit/export"
-# The head the export stops at (`trustd.api.audit`).
-HEAD_SEQ_HEADER = "Trustd-Audit-Head-Seq"
-HEAD_HASH_HEADER = "Trustd-Audit-Head-Hash"
 
 
 def _events(lines: Iterable[str]) -> Iterable[ChainedAuditEvent]:

@@ -27,6 +27,9 @@ from typing import Any
 
 from pki.errors import TrustdError
 
+# The response headers of an export naming the head it stops at (read by `trustd audit`).
+HEAD_SEQ_HEADER = "Trustd-Audit-Head-Seq"
+HEAD_HASH_HEADER = "Trustd-Audit-Head-Hash"
 # The `prev_hash` of the first event of the chain.
 GENESIS_HASH = "0" * 64
 CHAIN_VERSION = 1

@@ -41,6 +41,7 @@ from policy.engine import EmbeddedEngine, PolicyEngine, Result, parse_path
 from policy.errors import InvalidDataWrite, InvalidInput, PolicyEvaluationError, UnknownPath
 from policy.remote import RemoteEngine
 from policy.testing import load_directory
+from trustd import tracing
 from trustd.bus import Bus
 from trustd.domain.policy import Decision, DecisionFilter, LoggedDecision, PolicyRevisionRecord
 from trustd.errors import Conflict, NotFound, NotReady
@@ -470,6 +471,7 @@ class PolicyService:
 
     # -- decisions -----------------------------------------------------------------------
 
+    @tracing.traced("trustd.policy.decision")
     def decide(self, path: str, input_json: str, caller: str, *, strict: bool = False) -> Decision:
         """Evaluate `path` for a canonical JSON input against the active revision; `strict`
         is OPA's `strict-builtin-errors` (a failing builtin fails the decision).
