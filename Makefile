@@ -16,6 +16,8 @@ DEB_PACKAGES += clang llvm libbpf-dev bpftool iproute2 nginx
 DEB_PACKAGES += zsh
 # CA keys in a PKCS#11 token: SoftHSM2 is the token, opensc's pkcs11-tool reads it.
 DEB_PACKAGES += softhsm2 opensc
+# promtool checks /metrics, the alerting rules and their unit tests (deploy/prometheus).
+DEB_PACKAGES += prometheus
 PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 CHECK_DB := trustd_alembic_check_$(shell echo $$$$)
 

@@ -13,11 +13,16 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# The text format (0.0.4) has no `_created` samples: prometheus_client would export each as a
+# gauge of its own (`trustd_svids_issued_created`), a second series per counter and label set
+# that no rule or dashboard reads.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 def render() -> bytes:
@@ -37,7 +42,7 @@ ISSUANCE_FAILURES = Counter(
     "trustd_issuance_failures_total", "Issuance requests refused or failed, by kind.", ["kind"]
 )
 ISSUANCE_SECONDS = Histogram(
-    "trustd_issuance_seconds",
+    "trustd_issuance_duration_seconds",
     "Time to issue and durably record one credential, by kind.",
     ["kind"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
@@ -49,7 +54,7 @@ CA_EXPIRY = Gauge(
     multiprocess_mode="max",
 )
 HTTP_REQUESTS = Histogram(
-    "trustd_http_request_seconds",
+    "trustd_http_request_duration_seconds",
     "HTTP request latency by route and status.",
     ["method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
@@ -64,6 +69,24 @@ IPCACHE_CONFLICTS = Gauge(
     "Reported workload addresses in conflict, by kind: declared (inside another identity's "
     "declared prefix: held back) or ambiguous (reported for two identities: denied).",
     ["kind"],
+    multiprocess_mode="mostrecent",
+)
+# What the agents applied, as the server sees it (refreshed when /metrics is read; the
+# rules in deploy/prometheus alert on them).
+VERDICT_HEAD = Gauge(
+    "trustd_verdict_revision",
+    "The newest verdict revision compiled for the agents.",
+    multiprocess_mode="mostrecent",
+)
+AGENTS_BEHIND = Gauge(
+    "trustd_agents_behind",
+    "Enforcing agents whose applied verdict revision is older than the newest.",
+    multiprocess_mode="mostrecent",
+)
+AGENTS_BEHIND_APPLIED = Gauge(
+    "trustd_agents_behind_oldest_applied_timestamp_seconds",
+    "When the agent furthest behind last applied verdicts (Unix time; now when none is "
+    "behind): its enforcement is as old as that.",
     multiprocess_mode="mostrecent",
 )
 # The agent's enforcement (one agent per node, one process).

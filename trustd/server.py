@@ -14,7 +14,7 @@ import signal
 import socket
 import ssl
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import structlog
@@ -22,7 +22,7 @@ import uvicorn
 import uvloop
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from trustd import metrics
+from trustd import metrics, tracing
 from trustd.api.deps import LOCAL_ADMIN_SCOPE_KEY
 from trustd.app import create_app
 from trustd.logs import configure_logging, hold_info
@@ -160,18 +160,27 @@ def bind_sockets(settings: Settings) -> Listeners:
     return Listeners(tcp, uds, metrics)
 
 
-async def metrics_app(scope: Scope, receive: Receive, send: Send) -> None:
+def metrics_app(services: Services) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The metrics listener: GET /metrics and nothing else (no API, no UI, no admin model:
     it is meant for an interface only scrapers reach)."""
-    if scope["type"] != "http":
-        return
-    if scope["path"] != "/metrics" or scope["method"] not in ("GET", "HEAD"):
-        status, body, kind = 404, b"not found\n", "text/plain; charset=utf-8"
-    else:
-        status, body, kind = 200, await asyncio.to_thread(metrics.render), metrics.CONTENT_TYPE
-    headers = [(b"content-type", kind.encode()), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+    def scrape() -> bytes:
+        services.verdicts.record_lag_metrics()
+        return metrics.render()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] != "/metrics" or scope["method"] not in ("GET", "HEAD"):
+            status, body, kind = 404, b"not found\n", "text/plain; charset=utf-8"
+        else:
+            status, body, kind = 200, await asyncio.to_thread(scrape), metrics.CONTENT_TYPE
+        headers = [(b"content-type", kind.encode()), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        body = b"" if scope["method"] == "HEAD" else body
+        await send({"type": "http.response.body", "body": body})
+
+    return app
 
 
 async def _serve_forever(
@@ -200,7 +209,7 @@ async def _serve_forever(
     servers = [main, admin]
     if listeners.metrics is not None:
         metrics_config = uvicorn.Config(
-            metrics_app, lifespan="off", log_config=None, access_log=False
+            metrics_app(services), lifespan="off", log_config=None, access_log=False
         )
         servers.append(_Server(metrics_config, secondary=True))
 
@@ -293,6 +302,8 @@ async def _keep_serving(services: Services, context: ssl.SSLContext) -> None:
 def _worker(settings: Settings, listeners: Listeners, level: str) -> None:
     configure_logging(level, settings.log_format)
     _say_lifecycle_once()
+    # Per worker process: the SDK's export thread does not survive a fork.
+    tracing.configure(settings.otel_endpoint, "trustd-server")
     services = build_services(settings)
     tls = None
     if settings.tls:
@@ -302,7 +313,10 @@ def _worker(settings: Settings, listeners: Listeners, level: str) -> None:
         tls = serving_context(services.serving)
     # uvloop's event loop and TLS transport are native code; asyncio's are Python, and
     # they run for every request.
-    uvloop.run(_serve_forever(services, listeners, tls))
+    try:
+        uvloop.run(_serve_forever(services, listeners, tls))
+    finally:
+        tracing.shutdown()
 
 
 def run(

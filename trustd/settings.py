@@ -148,6 +148,8 @@ class Settings(BaseSettings):
     # when it listens on loopback.
     metrics_listen: str | None = None
     metrics_token: SecretStr | None = None
+    # OpenTelemetry: spans go to this OTLP/gRPC collector (`http://host:4317`); none: off.
+    otel_endpoint: str | None = None
 
     # Rotation and revocation (pki.rotation, pki.revocation).
     jwt_key_ttl: timedelta = timedelta(days=30)

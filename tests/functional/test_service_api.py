@@ -48,7 +48,7 @@ def test_health_readiness_and_metrics(server: Server) -> None:
     )
     text = server.client.get("/metrics").text
     assert 'trustd_svids_issued_total{kind="x509-svid"}' in text
-    assert "trustd_issuance_seconds_bucket" in text
+    assert "trustd_issuance_duration_seconds_bucket" in text
     assert "trustd_ca_expiry_timestamp_seconds" in text
 
 

@@ -89,7 +89,7 @@ def _sync_polls(url: str, bundle: Path) -> float:
     """How many agent sync requests the server has answered, from its own metrics."""
     text = httpx.get(f"{url}/metrics", verify=tls(bundle)).text
     counts = re.findall(
-        r'^trustd_http_request_seconds_count\{[^}]*route="/v1/agents/sync"[^}]*\} (\S+)$',
+        r'^trustd_http_request_duration_seconds_count\{[^}]*route="/v1/agents/sync"[^}]*\} (\S+)$',
         text,
         re.MULTILINE,
     )

@@ -22,6 +22,7 @@ from pki.csr import create_csr
 from pki.errors import TrustdError
 from pki.keys import PrivateKey, jws_algorithm
 from pki.spiffe_id import SpiffeId, TrustDomain
+from trustd import tracing
 
 NODE_CREDENTIAL_TYPE = "trustd-node+jwt"
 CREDENTIAL_LIFETIME = timedelta(seconds=120)
@@ -134,11 +135,12 @@ class ServerClient:
     async def _call(
         self, method: str, path: str, identity: NodeIdentity | None = None, **kwargs: Any
     ) -> Any:
-        headers = {}
+        headers: dict[str, str] = {}
         if identity is not None:
             headers["Authorization"] = f"Bearer {self.credential(identity)}"
         try:
-            response = await self._client.request(method, path, headers=headers, **kwargs)
+            with tracing.client_span(method, path, headers):
+                response = await self._client.request(method, path, headers=headers, **kwargs)
         except httpx.HTTPError as exc:
             raise ServerError(f"cannot reach {self._server}: {exc}", status=0) from None
         if response.is_error:

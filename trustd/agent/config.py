@@ -35,6 +35,8 @@ class AgentConfig:
     ext_authz_listen: str | None = None
     # HOST:PORT for Envoy's gRPC ext_authz (envoy.service.auth.v3.Authorization/Check).
     ext_authz_grpc_listen: str | None = None
+    # OpenTelemetry: the OTLP/gRPC collector the agent's spans go to (none: off).
+    otel_endpoint: str | None = None
 
     @property
     def serves_proxies(self) -> bool:

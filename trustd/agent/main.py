@@ -33,7 +33,7 @@ from pki.jwt_svid import JwtSvid
 from pki.keys import PrivateKey, allowed_public_key, generate_private_key
 from pki.selectors import parse_selectors
 from pki.spiffe_id import SpiffeId
-from trustd import metrics
+from trustd import metrics, tracing
 from trustd.agent.addresses import WorkloadAddresses
 from trustd.agent.cache import QuarantineNotice, SvidCache, WorkloadEntry, X509Svid
 from trustd.agent.client import (
@@ -642,6 +642,7 @@ class Agent:
 
 async def run_agent(config: AgentConfig, clock: Clock) -> None:
     """Run until SIGINT or SIGTERM."""
+    tracing.configure(config.otel_endpoint, "trustd-agent")
     agent = Agent(config, clock)
     await agent.start()
     log.info("agent_ready", socket=str(config.socket_path), node=str(agent.node.spiffe_id))
@@ -656,5 +657,6 @@ async def run_agent(config: AgentConfig, clock: Clock) -> None:
         for task in waits:
             task.cancel()
         await agent.stop()
+        tracing.shutdown()
     if agent.fatal_error is not None:
         raise agent.fatal_error

@@ -70,6 +70,7 @@ def _metrics_caller(request: Request, services: ServicesDep, credentials: Bearer
     },
     dependencies=[exempt(Exemption.METRICS), Depends(_metrics_caller)],
 )
-def metrics() -> Response:
+def metrics(services: ServicesDep) -> Response:
     """Prometheus metrics, aggregated over workers when there are several."""
+    services.verdicts.record_lag_metrics()
     return Response(trustd_metrics.render(), media_type=trustd_metrics.CONTENT_TYPE)

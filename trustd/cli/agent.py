@@ -64,6 +64,12 @@ def agent(
     ext_authz_grpc_listen: Annotated[
         str | None, typer.Option(help="HOST:PORT for Envoy's gRPC ext_authz (Authorization/Check)")
     ] = None,
+    otel_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TRUSTD_OTEL_ENDPOINT", help="OTLP/gRPC collector for traces (http://host:4317)"
+        ),
+    ] = None,
 ) -> None:
     """Run the node agent: attest, sync, serve the Workload API, enforce verdicts.
 
@@ -83,6 +89,7 @@ def agent(
         staleness_limit=staleness_limit,
         ext_authz_listen=ext_authz_listen,
         ext_authz_grpc_listen=ext_authz_grpc_listen,
+        otel_endpoint=otel_endpoint,
     )
     # The agent runs as long as the node: exec a fresh interpreter holding only the agent
     # (trustd/agent/__main__.py), not this command line's parser stack.

@@ -11,6 +11,7 @@ from trustd.cli import (
     acme,
     admin,
     agent,
+    audit,
     bundle,
     ca,
     cert,
@@ -73,6 +74,7 @@ app.add_typer(identity.app, name="identity")
 app.add_typer(policy.app, name="policy")
 app.add_typer(acme.app, name="acme")
 app.add_typer(admin.app, name="admin")
+app.add_typer(audit.app, name="audit")
 
 
 def main() -> None:

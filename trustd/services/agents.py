@@ -19,7 +19,7 @@ from pki.clock import Clock
 from pki.errors import TrustdError
 from pki.jwt_svid import JwtSvid, mint_jwt_svid
 from pki.spiffe_id import SpiffeId
-from trustd import metrics
+from trustd import metrics, tracing
 from trustd.addresses import parse_workload_address
 from trustd.bus import Bus
 from trustd.domain.certificates import CertificateKind
@@ -267,6 +267,7 @@ class Agents:
         """The server is stopping: answer every waiting long-poll now ("no change")."""
         self._draining.set()
 
+    @tracing.traced("trustd.sync")
     async def sync(
         self,
         principal: NodePrincipal,

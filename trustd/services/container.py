@@ -11,7 +11,7 @@ from trustd.bus import Bus, create_bus
 from trustd.leader import create_leader
 from trustd.services.acme import AcmeService, build_acme_service
 from trustd.services.agents import Agents
-from trustd.services.audit import AuditLog
+from trustd.services.audit import AuditLog, AuditTrail
 from trustd.services.auth import AdminTokens
 from trustd.services.authz import Authorizer
 from trustd.services.ca import CertificateAuthority, key_encryption_key, open_token
@@ -35,6 +35,7 @@ class Services:
     clock: Clock
     bus: Bus
     audit: AuditLog
+    audit_trail: AuditTrail
     tokens: AdminTokens
     ca: CertificateAuthority
     issuer: Issuer
@@ -75,6 +76,7 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         clock=clock,
         bus=bus,
         audit=audit,
+        audit_trail=AuditTrail(engine),
         tokens=AdminTokens(
             engine, clock, audit, settings.admin_token_ttl, settings.admin_token_max_ttl
         ),

@@ -37,7 +37,7 @@ from pki.jwt_svid import JwtSvid, mint_jwt_svid
 from pki.keys import PrivateKey, PublicKey, generate_private_key
 from pki.spiffe_id import SpiffeId
 from pki.x509_svid import X509SvidParams, issue_x509_svid
-from trustd import metrics
+from trustd import metrics, tracing
 from trustd.domain.certificates import CertificateKind, IssuedX509
 from trustd.errors import InvalidRequest, NotReady, ReservedSpiffeId
 from trustd.services.audit import AuditLog
@@ -174,6 +174,7 @@ class Issuer:
 
     # -- the pipeline --------------------------------------------------------------------
 
+    @tracing.traced("trustd.issuance")
     async def issue(self, request: IssuanceRequest) -> IssuedX509:
         """Issue what `request` asks for and return it once its record has committed, in a
         transaction it may share with concurrent issuances (group commit).
@@ -193,6 +194,7 @@ class Issuer:
         self._issued(request.kind, started)
         return issued
 
+    @tracing.traced("trustd.issuance")
     def issue_in(self, session: Session, request: IssuanceRequest) -> IssuedX509:
         """Issue what `request` asks for and record it in the caller's `session`, for callers
         whose own rows must commit together with the certificate (node attestation and

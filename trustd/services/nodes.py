@@ -24,6 +24,7 @@ from pki.errors import TrustdError
 from pki.keys import PublicKey, allowed_public_key, public_key_pem
 from pki.selectors import parse_selectors
 from pki.spiffe_id import SpiffeId
+from trustd import tracing
 from trustd.attestation.base import (
     AttestationContext,
     AttestationFailed,
@@ -264,6 +265,7 @@ class Nodes:
             raise AttestationFailed(f"attestor {attestor_name!r} takes no challenge")
         return attestor.challenge(evidence, self._clock.now())
 
+    @tracing.traced("trustd.attestation")
     def attest(self, attestor_name: str, evidence: dict[str, Any], csr: bytes) -> AttestedNode:
         """Verify the evidence and issue the node its SVID for the key in `csr`.
 

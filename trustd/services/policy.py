@@ -41,6 +41,7 @@ from policy.engine import EmbeddedEngine, PolicyEngine, Result, parse_path
 from policy.errors import InvalidDataWrite, InvalidInput, PolicyEvaluationError, UnknownPath
 from policy.remote import RemoteEngine
 from policy.testing import load_directory
+from trustd import tracing
 from trustd.bus import Bus
 from trustd.domain.policy import Decision, DecisionFilter, LoggedDecision, PolicyRevisionRecord
 from trustd.errors import Conflict, NotFound, NotReady
@@ -71,6 +72,10 @@ _MASK_RULE = "data.system.log.mask"
 _BATCH = 500
 
 DECISIONS = Counter("trustd_policy_decisions_total", "Policy decisions, by cache use.", ["cache"])
+DECISION_ERRORS = Counter(
+    "trustd_policy_decision_errors_total",
+    "Policy decisions whose evaluation failed (engine error or panic).",
+)
 LOG_DROPPED = Counter(
     "trustd_policy_decision_log_dropped_total",
     "Decision-log entries dropped because the log queue was full.",
@@ -466,6 +471,7 @@ class PolicyService:
 
     # -- decisions -----------------------------------------------------------------------
 
+    @tracing.traced("trustd.policy.decision")
     def decide(self, path: str, input_json: str, caller: str, *, strict: bool = False) -> Decision:
         """Evaluate `path` for a canonical JSON input against the active revision; `strict`
         is OPA's `strict-builtin-errors` (a failing builtin fails the decision).
@@ -481,7 +487,11 @@ class PolicyService:
         result = self.cache.get(key)
         cached = result is not None
         if result is None:
-            result = active.engine.query(path, input_json, strict=strict)
+            try:
+                result = active.engine.query(path, input_json, strict=strict)
+            except PolicyEvaluationError:
+                DECISION_ERRORS.inc()
+                raise
             self.cache.put(key, result)
         DECISIONS.labels("hit" if cached else "miss").inc()
         decision = Decision(

@@ -503,6 +503,17 @@ class Verdicts:
             finally:
                 self._ack_write.release()
 
+    def record_lag_metrics(self) -> None:
+        """Set the agent-lag gauges (`trustd_verdict_revision`, `trustd_agents_behind`,
+        `trustd_agents_behind_oldest_applied_timestamp_seconds`) from `lag`, when /metrics
+        is read: one query per scrape, none on the sync path."""
+        lags = [row for row in self.lag() if row.applied_at is not None]
+        behind = [row for row in lags if row.lag > 0]
+        metrics.VERDICT_HEAD.set(max((row.revision for row in lags), default=0))
+        metrics.AGENTS_BEHIND.set(len(behind))
+        oldest = min((row.applied_at for row in behind if row.applied_at), default=None)
+        metrics.AGENTS_BEHIND_APPLIED.set((oldest or self._clock.now()).timestamp())
+
     def lag(self) -> list[AgentLag]:
         """Per node: the newest verdict revision, the one its agent applied, and when (a
         node whose agent never enforced is at revision 0)."""

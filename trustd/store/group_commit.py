@@ -20,6 +20,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlmodel import Session
 
 from trustd.errors import StoreUnavailable
+from trustd.store.audit import AUDIT_INSERT, create_audit_event
 from trustd.store.db import transaction
 from trustd.store.types import Insertion
 
@@ -28,9 +29,13 @@ __all__ = ["GroupCommit", "Insertion", "create_rows"]
 
 def create_rows(session: Session, rows: Sequence[Insertion]) -> None:
     """Insert `rows` in `session`'s transaction, one executemany per statement: a table's
-    rows go to the database together."""
+    rows go to the database together. Audit rows are chained when the session commits
+    (`trustd.store.audit`)."""
     grouped: dict[Insert, list[dict[str, Any]]] = {}
     for statement, values in rows:
+        if statement is AUDIT_INSERT:
+            create_audit_event(session, (statement, values))
+            continue
         grouped.setdefault(statement, []).append(values)
     connection = session.connection()
     for statement, many in grouped.items():

@@ -18,6 +18,7 @@ from pki.csr import csr_public_key, parse_csr
 from pki.errors import InvalidCsr, WeakKey
 from pki.keys import same_public_key
 from pki.x509_path import issued_by
+from trustd import tracing
 from trustd.domain.acme import ACME_CERTIFICATE_KIND, CertificateChain, OrderView
 from trustd.services.acme.authentication import Authenticated
 from trustd.services.acme.context import AcmeContext, actor
@@ -47,6 +48,7 @@ class Certificates:
         self._issuer = issuer
         self._profiles = profiles
 
+    @tracing.traced("trustd.acme.finalize")
     def finalize(self, auth: Authenticated, order_id: str) -> OrderView:
         """Issue the certificate of a ready order from its CSR (RFC 8555 §7.4). The
         certificate is committed with the order before this returns.

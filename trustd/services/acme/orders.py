@@ -30,6 +30,7 @@ from pki.acme.messages import (
 )
 from pki.acme.profile import Profile, parse_cert_id
 from policy.engine import PolicyEngine
+from trustd import tracing
 from trustd.domain.acme import Account, Authorization, Challenge, Order, OrderPage, OrderView
 from trustd.services.acme.authentication import Authenticated
 from trustd.services.acme.context import AcmeContext, new_id
@@ -72,6 +73,7 @@ class Orders:
         self._limiter = limiter
         self._housekeeping = housekeeping
 
+    @tracing.traced("trustd.acme.new_order")
     def new_order(self, auth: Authenticated) -> OrderView:
         """Create an order with one pending authorization per identifier (RFC 8555 §7.4).
 
