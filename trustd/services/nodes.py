@@ -20,8 +20,8 @@ from sqlmodel import Session
 from pki.ca import load_pem_certificates, serial_hex
 from pki.clock import Clock
 from pki.csr import csr_public_key, parse_csr
-from pki.errors import TrustdError
-from pki.keys import PublicKey, allowed_public_key, public_key_pem
+from pki.errors import TrustdError, WeakKey
+from pki.keys import PublicKey, allowed_public_key, jose_public_key, public_key_pem
 from pki.selectors import parse_selectors
 from pki.spiffe_id import SpiffeId
 from trustd.attestation.base import (
@@ -372,9 +372,13 @@ class Nodes:
         assert pem is not None
         key: PublicKey = allowed_public_key(serialization.load_pem_public_key(pem.encode()))
         try:
+            verifier = jose_public_key(key)
+        except WeakKey:
+            raise Unauthenticated("node credential key cannot sign JWTs") from None
+        try:
             claims = jwt.decode(
                 credential,
-                key,
+                verifier,
                 algorithms=[alg],
                 audience=self.server_id,
                 options={
