@@ -17,11 +17,18 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, rsa
 
 from pki.ca import certificate_pem
 from pki.errors import InvalidBundle, WeakKey, echo
-from pki.keys import PublicKey, allowed_public_key, same_public_key
+from pki.keys import (
+    MlDsaPublicKey,
+    PublicKey,
+    allowed_public_key,
+    describe_key,
+    jose_public_key,
+    same_public_key,
+)
 from pki.spiffe_id import TrustDomain
 
 USE_X509_SVID = "x509-svid"
@@ -39,7 +46,7 @@ _CURVE_BY_NAME: dict[str, ec.EllipticCurve] = {
     "P-521": ec.SECP521R1(),
 }
 _NAME_BY_CURVE = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
-_KNOWN_KTY = frozenset({"EC", "RSA", "OKP"})
+_KNOWN_KTY = frozenset({"EC", "RSA", "OKP", "AKP"})
 
 
 def _b64url(data: bytes) -> str:
@@ -60,6 +67,13 @@ def _b64url_decode(value: object, what: str) -> bytes:
 
 def _uint_bytes(n: int) -> bytes:
     return n.to_bytes(max(1, (n.bit_length() + 7) // 8), "big")
+
+
+_ML_DSA_BY_ALG: dict[str, type[MlDsaPublicKey]] = {
+    "ML-DSA-44": mldsa.MLDSA44PublicKey,
+    "ML-DSA-65": mldsa.MLDSA65PublicKey,
+    "ML-DSA-87": mldsa.MLDSA87PublicKey,
+}
 
 
 def public_key_to_jwk(key: PublicKey) -> dict[str, Any]:
@@ -88,8 +102,14 @@ def public_key_to_jwk(key: PublicKey) -> dict[str, Any]:
             "e": _b64url(_uint_bytes(rsa_numbers.e)),
         }
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    # RFC 8037 §2: Ed25519 is kty OKP, crv Ed25519, x = the raw public key.
-    return {"kty": "OKP", "crv": "Ed25519", "x": _b64url(raw)}
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        # RFC 8037 §2: Ed25519 is kty OKP, crv Ed25519, x = the raw public key.
+        return {"kty": "OKP", "crv": "Ed25519", "x": _b64url(raw)}
+    # ML-DSA: kty AKP, alg ML-DSA-*, pub = the raw (FIPS 204) public key, as
+    # draft-ietf-cose-dilithium defines it (not yet in the IANA JOSE registry). A bundle
+    # reader that does not know AKP ignores the entry (Trust Domain and Bundle §4.2.1), so an
+    # ML-DSA root published next to an EC one leaves older clients on the EC root.
+    return {"kty": "AKP", "alg": describe_key(key), "pub": _b64url(raw)}
 
 
 def public_key_from_jwk(jwk: Mapping[str, Any]) -> PublicKey:
@@ -118,6 +138,11 @@ def public_key_from_jwk(jwk: Mapping[str, Any]) -> PublicKey:
             n = int.from_bytes(_b64url_decode(jwk.get("n"), "n"), "big")
             e = int.from_bytes(_b64url_decode(jwk.get("e"), "e"), "big")
             key = rsa.RSAPublicNumbers(e, n).public_key()
+        elif kty == "AKP":
+            algorithm = _ML_DSA_BY_ALG.get(jwk.get("alg"))  # type: ignore[arg-type]
+            if algorithm is None:
+                raise InvalidBundle(f"AKP JWK has unsupported alg {echo(jwk.get('alg'))}")
+            key = algorithm.from_public_bytes(_b64url_decode(jwk.get("pub"), "pub"))
         elif kty == "OKP":
             if jwk.get("crv") != "Ed25519":
                 raise InvalidBundle(f"OKP JWK has unsupported crv {echo(jwk.get('crv'))}")
@@ -170,7 +195,8 @@ class TrustBundle:
             if not isinstance(kid, str) or not kid:
                 raise InvalidBundle(f"JWT authority kid must be a non-empty string: {echo(kid)}")
             try:
-                jwt_keys[kid] = allowed_public_key(key)
+                # A JWT authority must verify JWTs: no ML-DSA (pki.keys.jws_algorithm).
+                jwt_keys[kid] = jose_public_key(allowed_public_key(key))
             except WeakKey as exc:
                 raise InvalidBundle(f"JWT authority {kid!r}: {exc.detail}") from None
         object.__setattr__(self, "jwt_authorities", MappingProxyType(jwt_keys))

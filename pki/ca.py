@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, rsa
 from cryptography.x509.oid import NameOID
 
 from pki.clock import Clock
@@ -468,7 +468,13 @@ def load_upstream_authority(
             "upstream CA key could not be loaded: wrong password or corrupt PEM"
         ) from None
     if not isinstance(
-        loaded, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+        loaded,
+        ec.EllipticCurvePrivateKey
+        | rsa.RSAPrivateKey
+        | ed25519.Ed25519PrivateKey
+        | mldsa.MLDSA44PrivateKey
+        | mldsa.MLDSA65PrivateKey
+        | mldsa.MLDSA87PrivateKey,
     ):
         raise CaError(f"upstream CA key type {describe_key(loaded)} is not supported")
     key: PrivateKey = loaded

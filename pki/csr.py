@@ -18,6 +18,8 @@ from pki.keys import (
     PublicKey,
     allowed_public_key,
     check_public_key,
+    describe_key,
+    is_ml_dsa,
     signature_hash,
 )
 
@@ -34,7 +36,9 @@ def create_csr(key: PrivateKey) -> str:
     )
 
 
-def parse_csr(data: bytes, max_size: int = DEFAULT_MAX_CSR_BYTES) -> x509.CertificateSigningRequest:
+def parse_csr(
+    data: bytes, max_size: int = DEFAULT_MAX_CSR_BYTES, *, allow_ml_dsa: bool = False
+) -> x509.CertificateSigningRequest:
     """Parse a PEM or DER PKCS#10 CSR and check its proof of possession and key type.
 
     Only the public key is meant to be used: the CSR's subject and SANs are never trusted,
@@ -43,7 +47,8 @@ def parse_csr(data: bytes, max_size: int = DEFAULT_MAX_CSR_BYTES) -> x509.Certif
     Raises:
         InvalidCsr: larger than *max_size* bytes, unparsable, or its self-signature is
             invalid.
-        WeakKey: the CSR's key is not on the allow-list.
+        WeakKey: the CSR's key is not on the allow-list, or is ML-DSA and *allow_ml_dsa*
+            is not set (the caller decides who may hold an ML-DSA SVID).
     """
     if not isinstance(data, bytes):
         raise InvalidCsr(f"CSR must be bytes, got {type(data).__name__}")
@@ -65,6 +70,11 @@ def parse_csr(data: bytes, max_size: int = DEFAULT_MAX_CSR_BYTES) -> x509.Certif
     except (ValueError, UnsupportedAlgorithm):
         raise WeakKey("CSR public key type is not supported") from None
     check_public_key(public_key)
+    if is_ml_dsa(public_key) and not allow_ml_dsa:
+        raise WeakKey(
+            f"{describe_key(public_key)} CSR keys are not accepted here",
+            key_type=describe_key(public_key),
+        )
     try:
         signature_ok = csr.is_signature_valid
     except (ValueError, UnsupportedAlgorithm):

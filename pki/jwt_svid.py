@@ -24,7 +24,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from pki.clock import Clock
 from pki.errors import InvalidJwt, InvalidSpiffeId, WeakKey, echo
-from pki.keys import PrivateKey, PublicKey, allowed_public_key, describe_key, jws_algorithm
+from pki.keys import (
+    MlDsaPublicKey,
+    PrivateKey,
+    PublicKey,
+    allowed_public_key,
+    describe_key,
+    jose_private_key,
+    jose_public_key,
+    jws_algorithm,
+)
 from pki.spiffe_id import SpiffeId, TrustDomain
 
 # JWT-SVID §2.1: the only permitted `alg` values (RFC 7518 §3.3-3.5).  Never `none`, never
@@ -162,7 +171,8 @@ def mint_jwt_svid(
         "exp": expiry,
         "iat": issued_at,
     }
-    token = jwt.encode(claims, key, algorithm=alg, headers={"kid": kid, "typ": "JWT"})
+    signer = jose_private_key(key)
+    token = jwt.encode(claims, signer, algorithm=alg, headers={"kid": kid, "typ": "JWT"})
     # Validate what was signed, with the same code that validates foreign tokens.
     return validate_jwt_svid(token, {kid: key.public_key()}, audiences[0], clock)
 
@@ -298,9 +308,11 @@ def validate_jwt_svid(
     if key is None:
         raise InvalidJwt(f"token kid {echo(kid)} is not a known JWT-SVID signing key", kid=kid)
     _require_matching_key(alg, key)
+    if isinstance(key, MlDsaPublicKey):  # no JWS algorithm matches it
+        raise InvalidJwt(f"token kid {echo(kid)} names an ML-DSA key, which signs no JWT")
 
     try:
-        decoded = jwt.PyJWS().decode_complete(token, key, algorithms=[alg])
+        decoded = jwt.PyJWS().decode_complete(token, jose_public_key(key), algorithms=[alg])
     except jwt.InvalidSignatureError:
         raise InvalidJwt("token signature is invalid") from None
     except jwt.PyJWTError as exc:

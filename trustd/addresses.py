@@ -11,13 +11,14 @@ from trustd.errors import InvalidRequest
 def workload_address_problem(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     """Why `address` cannot identify one workload, or None when it can.
 
-    The eBPF IP cache holds IPv4 only (trustd/agent/bpf/enforce.c). Loopback, unspecified,
+    Reports are IPv4 only (the agent reads IPv4 addresses, trustd/agent/addresses.py); the
+    IP cache holds IPv6 too, from entries' declared ip_addresses. Loopback, unspecified,
     multicast and reserved (240/4, the limited broadcast among them) addresses name no one
     host (RFC 6890 §2.2.2); link-local addresses (RFC 3927) are reused on every link, so they
     cannot tell one node's workload from another's.
     """
     if address.version != 4:
-        return "only IPv4 addresses are enforced"
+        return "only IPv4 addresses are reported (declare IPv6 in the entry's ip_addresses)"
     if address.is_loopback:
         return "a loopback address"
     if address.is_unspecified:

@@ -27,7 +27,7 @@ from pydantic_settings import (
 
 from pki.acme.challenges import DEFAULT_DENIED_NETWORKS
 from pki.errors import TrustdError
-from pki.keys import KeyType
+from pki.keys import KeyType, ml_dsa_tls_problem
 from pki.spiffe_id import TrustDomain
 from trustd.logs import AccessLog, LogFormat
 
@@ -235,6 +235,20 @@ class Settings(BaseSettings):
         # JWT-SVID §3: only RS*, ES* and PS* are allowed, so Ed25519 cannot sign JWT-SVIDs.
         if value is KeyType.ED25519:
             raise ValueError("JWT-SVIDs cannot be signed with Ed25519 (JWT-SVID spec §3)")
+        # Nor ML-DSA, which has no registered JWS algorithm (pki.keys.jws_algorithm).
+        if value.post_quantum:
+            raise ValueError(f"JWT-SVIDs cannot be signed with {value}: no JWS algorithm")
+        return value
+
+    @field_validator("key_type")
+    @classmethod
+    def _key_type_usable(cls, value: KeyType) -> KeyType:
+        # The root, intermediate, serving certificate and X509-SVIDs all take this key
+        # type, so it must be one this process's own TLS clients can verify: trustd
+        # never issues what they cannot use.
+        problem = ml_dsa_tls_problem() if value.post_quantum else None
+        if problem is not None:
+            raise ValueError(f"TRUSTD_KEY_TYPE={value}: {problem}")
         return value
 
     @field_validator(

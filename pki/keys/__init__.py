@@ -9,19 +9,34 @@ import base64
 import hashlib
 import os
 import secrets
+import ssl
 import stat
 from enum import StrEnum
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa, x448, x25519
+from cryptography.hazmat.primitives.asymmetric import (
+    dsa,
+    ec,
+    ed448,
+    ed25519,
+    mldsa,
+    rsa,
+    x448,
+    x25519,
+)
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from pki.errors import CaError, KeyDecryptionError, WeakKey
 
-PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
-PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+# ML-DSA (FIPS 204) in X.509 is RFC 9881: pure ML-DSA, empty context, no pre-hash.
+MlDsaPrivateKey = mldsa.MLDSA44PrivateKey | mldsa.MLDSA65PrivateKey | mldsa.MLDSA87PrivateKey
+MlDsaPublicKey = mldsa.MLDSA44PublicKey | mldsa.MLDSA65PublicKey | mldsa.MLDSA87PublicKey
+PrivateKey = (
+    ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey | MlDsaPrivateKey
+)
+PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey | MlDsaPublicKey
 
 
 class KeyType(StrEnum):
@@ -29,9 +44,18 @@ class KeyType(StrEnum):
     EC_P384 = "ec-p384"
     ED25519 = "ed25519"
     RSA_2048 = "rsa-2048"
+    ML_DSA_44 = "ml-dsa-44"
+    ML_DSA_65 = "ml-dsa-65"
+    ML_DSA_87 = "ml-dsa-87"
+
+    @property
+    def post_quantum(self) -> bool:
+        return self in (KeyType.ML_DSA_44, KeyType.ML_DSA_65, KeyType.ML_DSA_87)
 
 
-ALLOWED_KEYS_TEXT = "EC P-256/P-384/P-521, RSA 2048-8192 bits with e=65537, or Ed25519"
+ALLOWED_KEYS_TEXT = (
+    "EC P-256/P-384/P-521, RSA 2048-8192 bits with e=65537, Ed25519, or ML-DSA-44/65/87"
+)
 
 _ALLOWED_CURVES: dict[str, str] = {
     "secp256r1": "P-256",
@@ -44,8 +68,29 @@ RSA_MIN_BITS = 2048
 RSA_MAX_BITS = 8192
 RSA_EXPONENT = 65537
 
+# The first OpenSSL that verifies (and signs TLS handshakes with) ML-DSA.
+OPENSSL_ML_DSA = (3, 5)
+
 # A key-encryption key shorter than this is a password, not a key.
 MIN_KEK_BYTES = 16
+
+
+def ml_dsa_tls_problem(openssl: tuple[int, ...] = ssl.OPENSSL_VERSION_INFO) -> str | None:
+    """Why ML-DSA certificates cannot be used over this Python's TLS (None: they can).
+
+    trustd's own TLS (the server's listener, agents' mTLS to it, workloads' Python `ssl`)
+    is OpenSSL's: before 3.5 it has no ML-DSA, so it cannot verify an ML-DSA signature in a
+    chain nor sign a handshake with an ML-DSA key. An ML-DSA trust domain there would issue
+    what none of its clients can use, so it is refused rather than half-working.
+    """
+    if tuple(openssl[:2]) >= OPENSSL_ML_DSA:
+        return None
+    have = ".".join(str(part) for part in openssl[:3])
+    need = ".".join(str(part) for part in OPENSSL_ML_DSA)
+    return (
+        f"ML-DSA needs OpenSSL {need} or later for TLS, and this Python's ssl is OpenSSL "
+        f"{have}: it cannot verify ML-DSA chains (see README, Post-quantum)"
+    )
 
 
 def generate_private_key(kt: KeyType) -> PrivateKey:
@@ -63,6 +108,24 @@ def generate_private_key(kt: KeyType) -> PrivateKey:
             return ed25519.Ed25519PrivateKey.generate()
         case KeyType.RSA_2048:
             return rsa.generate_private_key(public_exponent=RSA_EXPONENT, key_size=2048)
+        case KeyType.ML_DSA_44:
+            return mldsa.MLDSA44PrivateKey.generate()
+        case KeyType.ML_DSA_65:
+            return mldsa.MLDSA65PrivateKey.generate()
+        case KeyType.ML_DSA_87:
+            return mldsa.MLDSA87PrivateKey.generate()
+
+
+_ML_DSA: dict[int, tuple[type, type]] = {
+    44: (mldsa.MLDSA44PublicKey, mldsa.MLDSA44PrivateKey),
+    65: (mldsa.MLDSA65PublicKey, mldsa.MLDSA65PrivateKey),
+    87: (mldsa.MLDSA87PublicKey, mldsa.MLDSA87PrivateKey),
+}
+
+
+def is_ml_dsa(key: object) -> bool:
+    """Whether *key* (public or private) is an ML-DSA key."""
+    return any(isinstance(key, classes) for classes in _ML_DSA.values())
 
 
 def describe_key(key: object) -> str:
@@ -80,6 +143,9 @@ def describe_key(key: object) -> str:
         return "Ed25519"
     if isinstance(key, ed448.Ed448PublicKey | ed448.Ed448PrivateKey):
         return "Ed448"
+    for level, classes in _ML_DSA.items():
+        if isinstance(key, classes):
+            return f"ML-DSA-{level}"
     if isinstance(key, x25519.X25519PublicKey | x25519.X25519PrivateKey):
         return "X25519"
     if isinstance(key, x448.X448PublicKey | x448.X448PrivateKey):
@@ -113,6 +179,8 @@ def allowed_public_key(pub: object) -> PublicKey:
             raise weak(f"public exponent is not {RSA_EXPONENT}")
         return pub
     if isinstance(pub, ed25519.Ed25519PublicKey):
+        return pub
+    if isinstance(pub, mldsa.MLDSA44PublicKey | mldsa.MLDSA65PublicKey | mldsa.MLDSA87PublicKey):
         return pub
     if isinstance(pub, x25519.X25519PublicKey | x448.X448PublicKey):
         raise weak("key-agreement only, cannot sign")
@@ -177,14 +245,54 @@ def jws_algorithm(key: PrivateKey | PublicKey) -> str:
         return "RS256"
     if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
         return "EdDSA"
+    if is_ml_dsa(key):
+        raise _no_jose(key)
     raise WeakKey(f"{describe_key(key)} key has no JWS algorithm", key_type=describe_key(key))
+
+
+# The keys JOSE (and so PyJWT) signs and verifies with.
+JosePrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+JosePublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+
+
+def _no_jose(key: object) -> WeakKey:
+    # ML-DSA has no JWS `alg` in the IANA JOSE registry yet (only the drafts of
+    # draft-ietf-cose-dilithium), and JWT-SVID §3 allows only RS*, ES* and PS*.
+    return WeakKey(
+        f"{describe_key(key)} keys cannot sign or verify JWTs: ML-DSA has no registered "
+        "JWS algorithm",
+        key_type=describe_key(key),
+    )
+
+
+def jose_private_key(key: PrivateKey) -> JosePrivateKey:
+    """*key*, which must be one JOSE signs with.
+
+    Raises:
+        WeakKey: an ML-DSA key.
+    """
+    if isinstance(key, mldsa.MLDSA44PrivateKey | mldsa.MLDSA65PrivateKey | mldsa.MLDSA87PrivateKey):
+        raise _no_jose(key)
+    return key
+
+
+def jose_public_key(key: PublicKey) -> JosePublicKey:
+    """*key*, which must be one JOSE verifies with.
+
+    Raises:
+        WeakKey: an ML-DSA key.
+    """
+    if isinstance(key, mldsa.MLDSA44PublicKey | mldsa.MLDSA65PublicKey | mldsa.MLDSA87PublicKey):
+        raise _no_jose(key)
+    return key
 
 
 def signature_hash(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384 | hashes.SHA512 | None:
     """The hash to pair with *key* when signing certificates.
 
     Matches the hash strength to the key (SHA-384 for P-384, SHA-512 for P-521); Ed25519
-    hashes internally, so cryptography wants ``None``.
+    and ML-DSA (pure ML-DSA, RFC 9881 §3: no pre-hash) hash internally, so cryptography
+    wants ``None``.
     """
     if isinstance(key, ec.EllipticCurvePrivateKey):
         if key.curve.name == "secp384r1":
@@ -264,7 +372,13 @@ def decrypt_private_key(pem: bytes, kek: bytes) -> PrivateKey:
             "private key could not be decrypted: wrong key-encryption key or corrupt data"
         ) from None
     if not isinstance(
-        key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+        key,
+        ec.EllipticCurvePrivateKey
+        | ed25519.Ed25519PrivateKey
+        | rsa.RSAPrivateKey
+        | mldsa.MLDSA44PrivateKey
+        | mldsa.MLDSA65PrivateKey
+        | mldsa.MLDSA87PrivateKey,
     ):
         raise KeyDecryptionError(
             f"decrypted key is of unsupported type {describe_key(key)}",

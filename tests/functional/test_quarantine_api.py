@@ -272,15 +272,15 @@ def test_a_nodes_scope_is_set_shown_and_sent_to_its_agent(server: Server) -> Non
         json={
             "spiffe_id": node.spiffe_id,
             "unmanaged": "deny",
-            "always_allowed": ["10.0.0.53", "192.0.2.0/24"],
+            "always_allowed": ["2001:db8::53", "10.0.0.53", "192.0.2.0/24"],
         },
         headers=server.auth,
     )
     assert response.status_code == 200, response.text
-    assert response.json()["always_allowed"] == ["10.0.0.53/32", "192.0.2.0/24"]
+    assert response.json()["always_allowed"] == ["10.0.0.53/32", "192.0.2.0/24", "2001:db8::53/128"]
     assert node.sync()["scope"] == {
         "unmanaged": "deny",
-        "always_allowed": ["10.0.0.53/32", "192.0.2.0/24"],
+        "always_allowed": ["10.0.0.53/32", "192.0.2.0/24", "2001:db8::53/128"],
     }
     [audit] = _audits(server, "node:scope:updated")
     assert audit.target == node.spiffe_id and audit.details["unmanaged"] == "deny"
@@ -288,7 +288,7 @@ def test_a_nodes_scope_is_set_shown_and_sent_to_its_agent(server: Server) -> Non
     before = _state(server)
     for body, status in (
         ({"spiffe_id": node.spiffe_id, "always_allowed": ["10.0.0.1/8"]}, 400),
-        ({"spiffe_id": node.spiffe_id, "always_allowed": ["2001:db8::/32"]}, 400),
+        ({"spiffe_id": node.spiffe_id, "always_allowed": ["2001:db8::1/32"]}, 400),
         ({"spiffe_id": node.spiffe_id, "unmanaged": "maybe"}, 422),
         ({"spiffe_id": "spiffe://example.org/nowhere"}, 404),
     ):

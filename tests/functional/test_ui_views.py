@@ -653,7 +653,7 @@ def test_entry_form_takes_addresses_and_flags_and_shows_receivers(ui: Server) ->
     refused = ui.client.post(f"/ui/entries/{entry_id}", data={**form, "ip_addresses": "fe80::1"})
     assert refused.status_code == 400
     assert f"Entry {entry_id}" in refused.text
-    assert "only IPv4 addresses are enforced" in refused.text
+    assert "a link-local prefix names no one workload" in refused.text
     assert 'id="receivers"' in refused.text
     api = ui.client.get(f"/v1/entries/{entry_id}", headers=ui.auth).json()
     assert api["ip_addresses"] == ["10.0.0.7/32", "10.0.1.0/24"]

@@ -58,7 +58,8 @@ def set_mesh(server: Server, mesh: dict[str, Any]) -> None:
 def test_full_state_then_deltas_and_lag(server: Server) -> None:
     node, _ = attest(server, join_token(server)["token"])
     parent = str(node.spiffe_id)
-    entry(server, API, parent, "unix:uid:1001", ip_addresses=["10.213.0.2"])
+    # api is dual-stack: both its addresses get its one identity.
+    entry(server, API, parent, "unix:uid:1001", ip_addresses=["10.213.0.2", "fd00:213::2"])
     entry(server, DB, parent, "unix:uid:1002", ip_addresses=["10.213.0.3/32"])
     entry(server, WEB, "spiffe://example.org/elsewhere", "unix:uid:7", ip_addresses=["10.213.0.1"])
     entry(server, BAD, "spiffe://example.org/elsewhere", "unix:uid:8", ip_addresses=["10.213.0.9"])
@@ -76,6 +77,7 @@ def test_full_state_then_deltas_and_lag(server: Server) -> None:
     assert changes["ipcache"]["set"] == {
         "10.213.0.1/32": ids[WEB],
         "10.213.0.2/32": ids[API],
+        "fd00:213::2/128": ids[API],
         "10.213.0.3/32": ids[DB],
         "10.213.0.9/32": ids[BAD],
     }
@@ -138,7 +140,9 @@ def test_full_state_then_deltas_and_lag(server: Server) -> None:
 
 
 def test_bad_ip_addresses_are_refused(server: Server) -> None:
-    for bad in (["10.0.0.1/8"], ["not-an-ip"], ["fd00::1"]):
+    # Host bits set; not an address; IPv6 link-local (reused on every link) and
+    # IPv4-mapped (never on the wire).
+    for bad in (["10.0.0.1/8"], ["not-an-ip"], ["fd00::1/64"], ["fe80::1"], ["::ffff:10.0.0.1"]):
         response = server.client.post(
             "/v1/entries",
             json={

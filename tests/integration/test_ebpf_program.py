@@ -1,24 +1,27 @@
 """The tc program itself, run by the kernel on crafted frames (BPF_PROG_TEST_RUN) with its
-maps written by the agent's own `BpfEnforcer`: every branch of the verdict, the generation
-switch, the staleness deadline, and a full map leaving the last good state in force."""
+maps written by the agent's own `BpfEnforcer`: every branch of the verdict, over IPv4 and
+IPv6 alike (every workload is dual-stack here: one identity, one policy, both families),
+neighbour discovery and DHCPv6, the generation switch, the staleness deadline, and a full
+map leaving the last good state in force."""
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import ipaddress
 import os
 import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pki.clock import SystemClock
-from tests.packets import ACK, TCP, UDP, frame, ipv4
+from tests.packets import ACK, ICMPV6, TCP, UDP, frame, ipv4, ipv6, packet
 from trustd.agent.config import AgentConfig
 from trustd.agent.enforcement import libbpf
 from trustd.agent.enforcement.ebpf import (
@@ -43,6 +46,32 @@ pytestmark = [
 TC_ACT_OK, TC_ACT_SHOT = 0, 2
 WEB, API, BAD = "spiffe://example.org/web", "spiffe://example.org/api", "spiffe://example.org/bad"
 WEB_IP, API_IP, BAD_IP, OTHER_IP = "10.9.0.1", "10.9.0.2", "10.9.0.3", "192.0.2.7"
+WEB_IP6, API_IP6, BAD_IP6 = "fd00:9::1", "fd00:9::2", "fd00:9::3"
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """One family's addresses: the three workloads', one in no entry, an always-allowed
+    resolver, a network to allow and an address in it."""
+
+    web: str
+    api: str
+    bad: str
+    other: str
+    resolver: str
+    network: str
+    in_network: str
+
+
+V4 = Addresses(WEB_IP, API_IP, BAD_IP, OTHER_IP, "192.0.2.53", "198.51.100.0/24", "198.51.100.9")
+V6 = Addresses(
+    WEB_IP6, API_IP6, BAD_IP6, "2001:db8::7", "2001:db8::53", "2001:db8:100::/48", "2001:db8:100::9"
+)
+
+
+@pytest.fixture(params=[V4, V6], ids=["ipv4", "ipv6"])
+def at(request: pytest.FixtureRequest) -> Addresses:
+    return request.param  # type: ignore[no-any-return]
 
 
 class Program:
@@ -74,7 +103,16 @@ def table(revision: int, policy: Policy, revoked: tuple[int, ...] = ()) -> Verdi
             "base": 0,
             "changes": {
                 "identities": {"set": {WEB: 256, API: 257, BAD: 258}},
-                "ipcache": {"set": {f"{WEB_IP}/32": 256, f"{API_IP}/32": 257, f"{BAD_IP}/32": 258}},
+                "ipcache": {
+                    "set": {
+                        f"{WEB_IP}/32": 256,
+                        f"{API_IP}/32": 257,
+                        f"{BAD_IP}/32": 258,
+                        f"{WEB_IP6}/128": 256,
+                        f"{API_IP6}/128": 257,
+                        f"{BAD_IP6}/128": 258,
+                    }
+                },
                 "policy": {"set": [[*k, v] for k, v in policy.items()]},
                 "revoked": {"set": list(revoked)},
             },
@@ -99,7 +137,7 @@ def program(tmp_path: Path) -> Iterator[Program]:
     yield from _enforcer(tmp_path, Mode.ENFORCE)
 
 
-def test_verdicts_follow_the_policy_map(program: Program) -> None:
+def test_verdicts_follow_the_policy_map(program: Program, at: Addresses) -> None:
     # web -> api on 8443/tcp and 53/udp; bad -> api on any TCP port except 22.
     program.apply(
         1,
@@ -112,23 +150,23 @@ def test_verdicts_follow_the_policy_map(program: Program) -> None:
     )
     counts_before = program.enforcer.counters()
     cases: list[tuple[bytes, int]] = [
-        (ipv4(WEB_IP, API_IP, TCP, 8443), TC_ACT_OK),
-        (ipv4(WEB_IP, API_IP, TCP, 8444), TC_ACT_SHOT),
-        (ipv4(WEB_IP, API_IP, UDP, 53), TC_ACT_OK),
-        (ipv4(WEB_IP, API_IP, UDP, 54), TC_ACT_SHOT),
-        (ipv4(BAD_IP, API_IP, TCP, 9999), TC_ACT_OK),
+        (packet(at.web, at.api, TCP, 8443), TC_ACT_OK),
+        (packet(at.web, at.api, TCP, 8444), TC_ACT_SHOT),
+        (packet(at.web, at.api, UDP, 53), TC_ACT_OK),
+        (packet(at.web, at.api, UDP, 54), TC_ACT_SHOT),
+        (packet(at.bad, at.api, TCP, 9999), TC_ACT_OK),
         # A port a deny names next to an any-port allow: the exact entry wins.
-        (ipv4(BAD_IP, API_IP, TCP, 22), TC_ACT_SHOT),
+        (packet(at.bad, at.api, TCP, 22), TC_ACT_SHOT),
         # Nothing allows api -> web; an unknown source is identity 0, allowed nowhere.
-        (ipv4(API_IP, WEB_IP, TCP, 8443), TC_ACT_SHOT),
-        (ipv4(OTHER_IP, API_IP, TCP, 8443), TC_ACT_SHOT),
+        (packet(at.api, at.web, TCP, 8443), TC_ACT_SHOT),
+        (packet(at.other, at.api, TCP, 8443), TC_ACT_SHOT),
         # A destination trustd does not manage is not its to judge.
-        (ipv4(WEB_IP, OTHER_IP, TCP, 8443), TC_ACT_OK),
+        (packet(at.web, at.other, TCP, 8443), TC_ACT_OK),
         # Connections are judged by their SYN; later segments pass.
-        (ipv4(API_IP, WEB_IP, TCP, 8443, ACK), TC_ACT_OK),
-        # ARP must pass; IPv6 carries no identities here and is denied.
+        (packet(at.api, at.web, TCP, 8443, ACK), TC_ACT_OK),
+        # ARP must pass; another EtherType carries no identity and is denied.
         (frame(0x0806), TC_ACT_OK),
-        (frame(0x86DD), TC_ACT_SHOT),
+        (frame(0x88B5), TC_ACT_SHOT),
     ]
     assert [program.verdict(p) for p, _ in cases] == [want for _, want in cases]
     counts = program.enforcer.counters()
@@ -137,14 +175,16 @@ def test_verdicts_follow_the_policy_map(program: Program) -> None:
     assert moved["established"] == 1
 
 
-def test_revoked_source_is_cut_off_even_mid_connection(program: Program) -> None:
+def test_revoked_source_is_cut_off_even_mid_connection(program: Program, at: Addresses) -> None:
     program.apply(1, {(257, 256, 8443, 6): True}, revoked=(256,))
-    assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_SHOT
-    assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443, ACK)) == TC_ACT_SHOT
+    assert program.verdict(packet(at.web, at.api, TCP, 8443)) == TC_ACT_SHOT
+    assert program.verdict(packet(at.web, at.api, TCP, 8443, ACK)) == TC_ACT_SHOT
     assert program.enforcer.counters()["revoked"] == 2
 
 
-def test_egress_judges_unmanaged_destinations_by_the_nodes_scope(program: Program) -> None:
+def test_egress_judges_unmanaged_destinations_by_the_nodes_scope(
+    program: Program, at: Addresses
+) -> None:
     """What workloads send: a managed destination is judged at its own ingress; an
     unmanaged one by the scope, the always-allowed prefixes passing either way and being
     all a quarantined source reaches."""
@@ -155,47 +195,50 @@ def test_egress_judges_unmanaged_destinations_by_the_nodes_scope(program: Progra
     def verdict(packet: bytes) -> int:
         return libbpf.run_on_packet(fd, packet)[0]
 
-    resolver = "192.0.2.53"
     program.apply(1, {}, revoked=(258,))
-    program.enforcer.set_scope(Scope(Unmanaged.ALLOW, frozenset({f"{resolver}/32"})))
+    program.enforcer.set_scope(
+        Scope(Unmanaged.ALLOW, frozenset({str(ipaddress.ip_network(at.resolver))}))
+    )
     cases = [
-        (ipv4(WEB_IP, API_IP, TCP, 8443), TC_ACT_OK),  # managed: its ingress judges
-        (ipv4(WEB_IP, OTHER_IP, TCP, 443), TC_ACT_OK),  # unmanaged, allowed
-        (ipv4(BAD_IP, OTHER_IP, TCP, 443), TC_ACT_SHOT),  # quarantined: only the list
-        (ipv4(BAD_IP, resolver, UDP, 53), TC_ACT_OK),
-        (frame(0x86DD), TC_ACT_OK),
+        (packet(at.web, at.api, TCP, 8443), TC_ACT_OK),  # managed: its ingress judges
+        (packet(at.web, at.other, TCP, 443), TC_ACT_OK),  # unmanaged, allowed
+        (packet(at.bad, at.other, TCP, 443), TC_ACT_SHOT),  # quarantined: only the list
+        (packet(at.bad, at.resolver, UDP, 53), TC_ACT_OK),
+        (frame(0x88B5), TC_ACT_OK),
     ]
     assert [verdict(p) for p, _ in cases] == [want for _, want in cases]
     # Deny: every source is held to the list; the list is replaced, not added to.
-    program.enforcer.set_scope(Scope(Unmanaged.DENY, frozenset({"198.51.100.0/24"})))
+    program.enforcer.set_scope(Scope(Unmanaged.DENY, frozenset({at.network})))
     cases = [
-        (ipv4(WEB_IP, API_IP, TCP, 8443), TC_ACT_OK),
-        (ipv4(WEB_IP, OTHER_IP, TCP, 443), TC_ACT_SHOT),
-        (ipv4(WEB_IP, resolver, UDP, 53), TC_ACT_SHOT),
-        (ipv4(WEB_IP, "198.51.100.9", UDP, 53), TC_ACT_OK),
-        (ipv4(OTHER_IP, "198.51.100.9", UDP, 53), TC_ACT_OK),
-        (frame(0x86DD), TC_ACT_SHOT),
+        (packet(at.web, at.api, TCP, 8443), TC_ACT_OK),
+        (packet(at.web, at.other, TCP, 443), TC_ACT_SHOT),
+        (packet(at.web, at.resolver, UDP, 53), TC_ACT_SHOT),
+        (packet(at.web, at.in_network, UDP, 53), TC_ACT_OK),
+        (packet(at.other, at.in_network, UDP, 53), TC_ACT_OK),
+        (frame(0x88B5), TC_ACT_SHOT),
         (frame(0x0806), TC_ACT_OK),
     ]
     assert [verdict(p) for p, _ in cases] == [want for _, want in cases]
     # The ingress program applies the same scope to a local workload in no entry.
-    assert program.verdict(ipv4(WEB_IP, OTHER_IP, TCP, 8443)) == TC_ACT_SHOT
-    assert program.verdict(ipv4(WEB_IP, "198.51.100.9", TCP, 8443)) == TC_ACT_OK
+    assert program.verdict(packet(at.web, at.other, TCP, 8443)) == TC_ACT_SHOT
+    assert program.verdict(packet(at.web, at.in_network, TCP, 8443)) == TC_ACT_OK
 
 
 @pytest.mark.parametrize("cut", [False, True])
-def test_a_deny_cuts_admitted_connections_only_when_set(program: Program, cut: bool) -> None:
+def test_a_deny_cuts_admitted_connections_only_when_set(
+    program: Program, at: Addresses, cut: bool
+) -> None:
     allow = {(257, 256, 8443, 6): True}
     program.enforcer.apply(replace(table(1, allow), cut_established=cut))
-    assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_OK  # admitted
+    assert program.verdict(packet(at.web, at.api, TCP, 8443)) == TC_ACT_OK  # admitted
     program.enforcer.apply(replace(table(2, {}), cut_established=cut))
     # New connections are refused either way.
-    assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_SHOT
+    assert program.verdict(packet(at.web, at.api, TCP, 8443)) == TC_ACT_SHOT
     # The admitted one goes on, unless a deny cuts established connections.
-    segment = ipv4(WEB_IP, API_IP, TCP, 8443, ACK)
+    segment = packet(at.web, at.api, TCP, 8443, ACK)
     assert program.verdict(segment) == (TC_ACT_SHOT if cut else TC_ACT_OK)
     # A segment of no connection admitted here (a reply to a local client) passes.
-    assert program.verdict(ipv4(API_IP, WEB_IP, TCP, 40000, ACK)) == TC_ACT_OK
+    assert program.verdict(packet(at.api, at.web, TCP, 40000, ACK)) == TC_ACT_OK
     # Allowed again, the connection flows again.
     program.enforcer.apply(replace(table(3, allow), cut_established=cut))
     assert program.verdict(segment) == TC_ACT_OK
@@ -218,7 +261,7 @@ def test_a_new_revision_replaces_the_old_one_whole(program: Program) -> None:
     program.apply(4, {(257, 256, 9, 6): True})
     assert program.generation("trustd_policy", PolicyKey) == {active: 1, active ^ 1: 2}
     assert program.verdict(ipv4(BAD_IP, API_IP, TCP, 8443)) == TC_ACT_SHOT
-    assert program.generation("trustd_ipcache", IpcacheKey) == {0: 3, 1: 3}
+    assert program.generation("trustd_ipcache", IpcacheKey) == {0: 6, 1: 6}
 
 
 def test_a_delta_writes_only_what_changed(program: Program) -> None:
@@ -299,8 +342,115 @@ def test_past_the_staleness_deadline_everything_managed_is_denied(tmp_path: Path
         libbpf.update(fd, ctypes.c_uint32(0), config)
         assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_SHOT
         assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443, ACK)) == TC_ACT_SHOT
+        assert program.verdict(ipv6(WEB_IP6, API_IP6, TCP, 8443)) == TC_ACT_SHOT
         assert program.verdict(ipv4(WEB_IP, OTHER_IP, TCP, 8443)) == TC_ACT_OK
-        assert program.enforcer.counters()["stale"] == 2
+        assert program.enforcer.counters()["stale"] == 3
         # trustd answers again: the deadline moves and traffic flows.
         program.enforcer.refresh()
         assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_OK
+
+
+def test_one_policy_judges_both_families_of_a_dual_stack_workload(program: Program) -> None:
+    program.apply(1, {(257, 256, 8443, TCP): True})
+    assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_OK
+    assert program.verdict(ipv6(WEB_IP6, API_IP6, TCP, 8443)) == TC_ACT_OK
+    assert program.verdict(ipv6(BAD_IP6, API_IP6, TCP, 8443)) == TC_ACT_SHOT
+    # ICMPv6 is judged as ICMP, which nothing allows here.
+    assert program.verdict(ipv6(WEB_IP6, API_IP6, ICMPV6, 128)) == TC_ACT_SHOT
+    # The families are keyed apart: an IPv6 address whose first bytes spell an IPv4
+    # workload's (10.9.0.1 -> a09:1::) is not that workload.
+    assert program.verdict(ipv6("a09:1::", API_IP6, TCP, 8443)) == TC_ACT_SHOT
+    assert program.verdict(ipv6(WEB_IP6, "a09:2::", TCP, 8443)) == TC_ACT_OK  # unmanaged
+    # Prefixes longer than /32 and shorter than /128 match by longest prefix.
+    net = VerdictTable().applied(
+        {
+            "revision": 2,
+            "base": 0,
+            "changes": {
+                "identities": {"set": {WEB: 256, API: 257}},
+                "ipcache": {"set": {"fd00:9::/64": 256, f"{API_IP6}/128": 257}},
+                "policy": {"set": [[257, 256, 8443, TCP, True]]},
+            },
+        }
+    )
+    program.enforcer.apply(net)
+    assert program.verdict(ipv6("fd00:9::abcd", API_IP6, TCP, 8443)) == TC_ACT_OK
+    assert program.verdict(ipv6("fd00:9:0:1::1", API_IP6, TCP, 8443)) == TC_ACT_SHOT
+
+
+def test_neighbour_discovery_and_dhcpv6_pass_whatever_the_policy(program: Program) -> None:
+    """ND (RFC 4861) with hop limit 255 and a DHCPv6 client's exchange (RFC 8415) pass
+    both programs with nothing allowed and unmanaged destinations denied; anything else
+    on those types and ports is judged as usual."""
+    loaded = program.enforcer._obj
+    assert loaded is not None
+    egress = loaded.program_fds[EGRESS_PROGRAM]
+    program.apply(1, {})
+    program.enforcer.set_scope(Scope(Unmanaged.DENY, frozenset()))
+    solicited = "ff02::1:ff00:2"
+    cases = [
+        (ipv6(WEB_IP6, solicited, ICMPV6, 135, hop_limit=255), TC_ACT_OK),  # NS
+        (ipv6(WEB_IP6, API_IP6, ICMPV6, 135, hop_limit=255), TC_ACT_OK),  # NS, unicast
+        (ipv6(API_IP6, WEB_IP6, ICMPV6, 136, hop_limit=255), TC_ACT_OK),  # NA
+        (ipv6("fe80::1", "ff02::2", ICMPV6, 133, hop_limit=255), TC_ACT_OK),  # RS
+        (ipv6("fe80::1", "ff02::1", ICMPV6, 134, hop_limit=255), TC_ACT_OK),  # RA
+        (ipv6("fe80::1", API_IP6, ICMPV6, 137, hop_limit=255), TC_ACT_OK),  # redirect
+        # Forwarded (hop limit below 255): not ND a receiver accepts, judged as ICMP.
+        (ipv6(WEB_IP6, API_IP6, ICMPV6, 135, hop_limit=254), TC_ACT_SHOT),
+        (ipv6(WEB_IP6, API_IP6, ICMPV6, 128, hop_limit=255), TC_ACT_SHOT),  # echo
+        (ipv6(WEB_IP6, API_IP6, ICMPV6, 138, hop_limit=255), TC_ACT_SHOT),
+        # DHCPv6: a client's Solicit and its server's answer.
+        (ipv6("fe80::1", "ff02::1:2", UDP, 547, sport=546), TC_ACT_OK),
+        (ipv6("fe80::2", "fe80::1", UDP, 546, sport=547), TC_ACT_OK),
+        (ipv6(API_IP6, "fe80::1", UDP, 546, sport=547), TC_ACT_OK),  # a server's global
+        # The same ports between addresses a DHCPv6 client does not use are judged.
+        (ipv6(WEB_IP6, "ff02::1:2", UDP, 547, sport=546), TC_ACT_SHOT),
+        (ipv6("fe80::1", API_IP6, UDP, 547, sport=546), TC_ACT_SHOT),
+        (ipv6(WEB_IP6, API_IP6, UDP, 546, sport=547), TC_ACT_SHOT),
+    ]
+    for fd in (program.enforcer.program_fd, egress):
+        got = [libbpf.run_on_packet(fd, p)[0] for p, _ in cases]
+        want = [w for _, w in cases]
+        if fd == egress:  # a managed destination is its own ingress's to judge
+            want = [
+                TC_ACT_OK if p[38:54] == ipaddress.IPv6Address(API_IP6).packed else w
+                for p, w in cases
+            ]
+        assert got == want
+
+
+def test_ipv6_extension_headers_are_walked(program: Program) -> None:
+    program.apply(1, {(257, 256, 8443, TCP): True})
+
+    def ext(next_header: int) -> bytes:  # hop-by-hop or destination options: PadN only
+        return bytes([next_header, 0, 1, 4, 0, 0, 0, 0])
+
+    def fragment(next_header: int, offset: int) -> bytes:
+        return bytes([next_header, 0]) + (offset << 3).to_bytes(2, "big") + b"\0\0\0\1"
+
+    def tcp_behind(chain: bytes, first: int, port: int = 8443) -> bytes:
+        return ipv6(WEB_IP6, API_IP6, TCP, port, extensions=chain, first_header=first)
+
+    hop_dest = ext(60) + ext(TCP)
+    assert program.verdict(tcp_behind(hop_dest, 0)) == TC_ACT_OK
+    assert program.verdict(tcp_behind(hop_dest, 0, 8444)) == TC_ACT_SHOT
+    # A first fragment carries the ports; a later one none, and no verdict allows it.
+    assert program.verdict(tcp_behind(fragment(TCP, 0), 44)) == TC_ACT_OK
+    assert program.verdict(tcp_behind(fragment(TCP, 185), 44)) == TC_ACT_SHOT
+    # More extension headers than are walked: denied, not guessed at.
+    assert program.verdict(tcp_behind(ext(60) * 4 + ext(TCP), 60)) == TC_ACT_SHOT
+    # Truncated behind its extension header.
+    assert program.verdict(tcp_behind(b"", 60)) == TC_ACT_SHOT
+
+
+def test_always_allowed_prefixes_of_one_family_cover_none_of_the_other(program: Program) -> None:
+    loaded = program.enforcer._obj
+    assert loaded is not None
+    egress = loaded.program_fds[EGRESS_PROGRAM]
+    program.apply(1, {})
+    program.enforcer.set_scope(Scope(Unmanaged.DENY, frozenset({"::/0"})))
+    assert libbpf.run_on_packet(egress, ipv6(WEB_IP6, "2001:db8::1", TCP, 1))[0] == TC_ACT_OK
+    assert libbpf.run_on_packet(egress, ipv4(WEB_IP, OTHER_IP, TCP, 1))[0] == TC_ACT_SHOT
+    program.enforcer.set_scope(Scope(Unmanaged.DENY, frozenset({"0.0.0.0/0"})))
+    assert libbpf.run_on_packet(egress, ipv6(WEB_IP6, "2001:db8::1", TCP, 1))[0] == TC_ACT_SHOT
+    assert libbpf.run_on_packet(egress, ipv4(WEB_IP, OTHER_IP, TCP, 1))[0] == TC_ACT_OK

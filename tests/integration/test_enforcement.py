@@ -1,6 +1,8 @@
 """eBPF enforcement with real packets: three workloads in network namespaces, a real
-trustd server and a real agent attaching the tc program, real TCP connections.
-Only addresses inside the namespaces this test creates (10.213.x.x) are used."""
+trustd server and a real agent attaching the tc program, real TCP connections, over IPv4,
+over IPv6 (neighbour discovery through the enforced interfaces included) and dual-stack.
+Only addresses inside the namespaces this test creates (10.213.x.x, fd00:213:1::/64) are
+used."""
 
 from __future__ import annotations
 
@@ -35,8 +37,9 @@ WEB, API, BAD = f"{TD}/ns/web/frontend", f"{TD}/ns/api/orders", f"{TD}/ns/quaran
 PORT = 8443
 LISTENER = (
     "import socket\n"
-    "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-    f"s.bind(('0.0.0.0', {PORT})); s.listen(128)\n"
+    "s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n"
+    f"s.bind(('::', {PORT})); s.listen(128)\n"
     "while True:\n    c, _ = s.accept(); c.close()\n"
 )
 
@@ -54,6 +57,11 @@ class Mesh:
     node_id: str
     pin_dir: Path
     socket: Path
+    # Each namespace's addresses, the family under test first.
+    addresses: dict[str, list[str]]
+
+    def addr(self, name: str, index: int = 0) -> str:
+        return self.addresses[name][index]
 
     def ns(self, name: str) -> str:
         return f"{self.tag}-{name}"
@@ -117,19 +125,32 @@ def until(predicate: Any, timeout: float) -> float:
     pytest.fail(f"not within {timeout} s")
 
 
+FAMILIES = {
+    "ipv4": {"web": ["10.213.1.1"], "api": ["10.213.1.2"], "bad": ["10.213.1.3"]},
+    "ipv6": {"web": ["fd00:213:1::1"], "api": ["fd00:213:1::2"], "bad": ["fd00:213:1::3"]},
+    "dual": {
+        "web": ["10.213.1.1", "fd00:213:1::1"],
+        "api": ["10.213.1.2", "fd00:213:1::2"],
+        "bad": ["10.213.1.3", "fd00:213:1::3"],
+    },
+}
+
+
 def _mesh(
     tmp_path: Path,
     mode: str,
     *agent_args: str,
     enforce: tuple[str, ...] = ("api", "web"),
     unmanaged: dict[str, str] | None = None,
+    family: str = "ipv4",
 ) -> Iterator[Mesh]:
     """The namespaces (web, api and bad with entries, plus `unmanaged` name -> address in
-    none), a server, and an agent enforcing on the `enforce` namespaces' eth0."""
+    none), a server, and an agent enforcing on the `enforce` namespaces' eth0. `family`:
+    the managed namespaces' addresses (FAMILIES)."""
     tag = f"td{uuid.uuid4().hex[:6]}"
     pin_dir = Path("/sys/fs/bpf/trustd") / tag
-    managed = {"web": "10.213.1.1", "api": "10.213.1.2", "bad": "10.213.1.3"}
-    names = {**managed, **(unmanaged or {})}
+    managed = FAMILIES[family]
+    names = {**managed, **{name: [addr] for name, addr in (unmanaged or {}).items()}}
     listeners: list[subprocess.Popen[bytes]] = []
     server: Running | None = None
     agent: subprocess.Popen[str] | None = None
@@ -140,7 +161,7 @@ def _mesh(
         ip("netns", "add", f"{tag}-hub")
         ip("-n", f"{tag}-hub", "link", "add", "br0", "type", "bridge")
         ip("-n", f"{tag}-hub", "link", "set", "br0", "up")
-        for index, (name, addr) in enumerate(names.items()):
+        for index, (name, addrs) in enumerate(names.items()):
             ns = f"{tag}-{name}"
             ip("netns", "add", ns)
             peer = f"p{index}"
@@ -158,7 +179,11 @@ def _mesh(
                 f"{tag}-hub",
             )
             ip("-n", f"{tag}-hub", "link", "set", peer, "master", "br0", "up")
-            ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+            for addr in addrs:
+                if ":" in addr:  # no duplicate address detection: usable at once
+                    ip("-n", ns, "addr", "add", f"{addr}/64", "dev", "eth0", "nodad")
+                else:
+                    ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
             ip("-n", ns, "link", "set", "eth0", "up")
             ip("-n", ns, "link", "set", "lo", "up")
             listeners.append(
@@ -187,16 +212,16 @@ def _mesh(
                 stderr=subprocess.STDOUT,
                 text=True,
             )
-        mesh = Mesh(tag, server, agent, agent_log, node_id, pin_dir, sockets / "agent.sock")
-        for (name, addr), spiffe_id in zip(managed.items(), (WEB, API, BAD), strict=True):
+        mesh = Mesh(tag, server, agent, agent_log, node_id, pin_dir, sockets / "agent.sock", names)
+        for (name, addrs), spiffe_id in zip(managed.items(), (WEB, API, BAD), strict=True):
             mesh.api(
                 "POST",
                 "/v1/entries",
                 {
                     "spiffe_id": spiffe_id,
                     "parent_id": node_id,
-                    "selectors": [f"unix:uid:{3000 + len(name)}{addr[-1]}"],
-                    "ip_addresses": [addr],
+                    "selectors": [f"unix:uid:{3000 + len(name)}{addrs[0][-1]}"],
+                    "ip_addresses": addrs,
                 },
             )
         until(lambda: (pin_dir / "trustd_config").exists(), 30)
@@ -216,9 +241,19 @@ def _mesh(
         shutil.rmtree(sockets, ignore_errors=True)
 
 
+@pytest.fixture(params=["ipv4", "ipv6"])
+def mesh(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Mesh]:
+    yield from _mesh(tmp_path, "enforce", family=request.param)
+
+
 @pytest.fixture
-def mesh(tmp_path: Path) -> Iterator[Mesh]:
+def mesh4(tmp_path: Path) -> Iterator[Mesh]:
     yield from _mesh(tmp_path, "enforce")
+
+
+@pytest.fixture
+def dual_mesh(tmp_path: Path) -> Iterator[Mesh]:
+    yield from _mesh(tmp_path, "enforce", family="dual")
 
 
 @pytest.fixture
@@ -229,9 +264,9 @@ def audit_mesh(tmp_path: Path) -> Iterator[Mesh]:
 STALENESS = 6.0
 
 
-@pytest.fixture
-def stale_mesh(tmp_path: Path) -> Iterator[Mesh]:
-    yield from _mesh(tmp_path, "enforce", "--staleness-limit", str(STALENESS))
+@pytest.fixture(params=["ipv4", "ipv6"])
+def stale_mesh(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Mesh]:
+    yield from _mesh(tmp_path, "enforce", "--staleness-limit", str(STALENESS), family=request.param)
 
 
 def set_policy(
@@ -249,7 +284,7 @@ def set_policy(
 def web_to_api_in_force(mesh: Mesh) -> bool:
     """web may reach api and quarantine may not: the verdicts are applied. (Before the
     agent's first revision every address is unmanaged and every connection passes.)"""
-    return not mesh.connects("bad", "10.213.1.2") and mesh.connects("web", "10.213.1.2")
+    return not mesh.connects("bad", mesh.addr("api")) and mesh.connects("web", mesh.addr("api"))
 
 
 def test_policy_allows_denies_flips_and_revokes(mesh: Mesh) -> None:
@@ -257,21 +292,21 @@ def test_policy_allows_denies_flips_and_revokes(mesh: Mesh) -> None:
     set_policy(mesh, [web_to_api], [])
     # web -> api allowed; quarantine -> api dropped; api -> web dropped (nothing allows).
     until(lambda: web_to_api_in_force(mesh), 10)
-    assert not mesh.connects("bad", "10.213.1.2")
-    assert not mesh.connects("api", "10.213.1.1")
+    assert not mesh.connects("bad", mesh.addr("api"))
+    assert not mesh.connects("api", mesh.addr("web"))
     before = mesh.counters()
     assert before["dropped"] >= 2 and before["allowed"] >= 1
 
     # A policy change flips the verdicts within a second, seen with real connections.
     set_policy(mesh, [{**web_to_api, "source": BAD}], [])
-    assert until(lambda: not mesh.connects("web", "10.213.1.2"), 1.0) < 1.0
-    assert mesh.connects("bad", "10.213.1.2")
+    assert until(lambda: not mesh.connects("web", mesh.addr("api")), 1.0) < 1.0
+    assert mesh.connects("bad", mesh.addr("api"))
 
     # Revoking the quarantine identity's SVIDs for keyCompromise quarantines it (by
     # default): it is cut off within a second.
     until(lambda: b"svids_minted" in mesh.agent_log.read_bytes(), 30)
     mesh.api("POST", "/v1/admin/certificates/revoke", {"spiffe_id": BAD, "reason": "keyCompromise"})
-    assert until(lambda: not mesh.connects("bad", "10.213.1.2"), 1.0) < 1.0
+    assert until(lambda: not mesh.connects("bad", mesh.addr("api")), 1.0) < 1.0
     assert mesh.counters()["revoked"] >= 1
 
     # trustd reports the agent applied the newest revision.
@@ -283,10 +318,15 @@ def test_policy_allows_denies_flips_and_revokes(mesh: Mesh) -> None:
 def test_audit_mode_drops_nothing_and_counts(audit_mesh: Mesh) -> None:
     set_policy(audit_mesh, [], [])
     # Nothing is allowed: once the verdicts are applied, every connection counts as denied.
-    until(lambda: audit_mesh.connects("bad", "10.213.1.2") and audit_mesh.counters()["denied"], 10)
+    until(
+        lambda: (
+            audit_mesh.connects("bad", audit_mesh.addr("api")) and audit_mesh.counters()["denied"]
+        ),
+        10,
+    )
     before = audit_mesh.counters()["denied"]
-    assert audit_mesh.connects("bad", "10.213.1.2")
-    assert audit_mesh.connects("web", "10.213.1.2")
+    assert audit_mesh.connects("bad", audit_mesh.addr("api"))
+    assert audit_mesh.connects("web", audit_mesh.addr("api"))
     counts = audit_mesh.counters()
     assert counts["denied"] >= before + 2
     assert counts["dropped"] == 0
@@ -299,17 +339,17 @@ def test_staleness_limit_denies_everything_once_trustd_is_silent(stale_mesh: Mes
     until(lambda: web_to_api_in_force(mesh), 10)
     # While trustd answers, the agent keeps moving the deadline: still open past the limit.
     time.sleep(STALENESS + 1)
-    assert mesh.connects("web", "10.213.1.2")
+    assert mesh.connects("web", mesh.addr("api"))
     assert mesh.counters()["stale"] == 0
 
     # The last answer came at most a third of the limit before this.
     stopping = time.monotonic()
     mesh.server.stop()
     # Fail-static first: the last applied revision stays in force...
-    assert mesh.connects("web", "10.213.1.2")
-    assert not mesh.connects("bad", "10.213.1.2")
+    assert mesh.connects("web", mesh.addr("api"))
+    assert not mesh.connects("bad", mesh.addr("api"))
     # ...until the limit passes without a word from trustd: then everything is denied.
-    until(lambda: not mesh.connects("web", "10.213.1.2"), 3 * STALENESS)
+    until(lambda: not mesh.connects("web", mesh.addr("api")), 3 * STALENESS)
     assert time.monotonic() - stopping >= STALENESS * 2 / 3 - 0.1
     assert mesh.counters()["stale"] >= 1
 
@@ -333,16 +373,17 @@ def ebpf_ipcache(mesh: Mesh) -> dict[str, int]:
         for item in mesh.dump("trustd_ipcache"):
             key = IpcacheKey.from_buffer_copy(raw(item["key"]))
             if key.gen == before[0]:
-                address = ".".join(str(b) for b in key.addr)
-                found[f"{address}/{key.prefixlen - 32}"] = _number(item["value"])
+                found[key.prefix] = _number(item["value"])
         if config() == before:
             return found
 
 
-def test_a_workloads_reported_address_gets_its_identity(mesh: Mesh) -> None:
+def test_a_workloads_reported_address_gets_its_identity(mesh4: Mesh) -> None:
     """An entry with no ip_addresses: its workload, in its own network namespace, fetches
     its SVID from the agent's Workload API as the entry's uid; the agent reports the
-    namespace's address, and the eBPF IP cache gives that address the workload's identity."""
+    namespace's address, and the eBPF IP cache gives that address the workload's identity.
+    (Reported addresses are IPv4 only.)"""
+    mesh = mesh4
     set_policy(mesh, [{"name": "w", "source": WEB, "destination": API, "ports": [PORT]}], [])
     until(lambda: web_to_api_in_force(mesh), 10)
     web_number = ebpf_ipcache(mesh)["10.213.1.1/32"]
@@ -382,3 +423,21 @@ def test_a_workloads_reported_address_gets_its_identity(mesh: Mesh) -> None:
     # Once the workload has gone, the agent's next pass withdraws the address.
     until(lambda: "10.213.1.1/32" not in ebpf_ipcache(mesh), 30)
     assert not mesh.connects("web", "10.213.1.2")
+
+
+def test_a_dual_stack_workload_is_enforced_on_both_families_by_one_policy(
+    dual_mesh: Mesh,
+) -> None:
+    mesh = dual_mesh
+    web_to_api = {"name": "w", "source": WEB, "destination": API, "ports": [PORT]}
+    set_policy(mesh, [web_to_api], [])
+    until(lambda: web_to_api_in_force(mesh), 10)
+    for index in (0, 1):  # IPv4, IPv6
+        assert mesh.connects("web", mesh.addr("api", index))
+        assert not mesh.connects("bad", mesh.addr("api", index))
+        assert not mesh.connects("api", mesh.addr("web", index))
+    # Both families flip with the one policy.
+    set_policy(mesh, [{**web_to_api, "source": BAD}], [])
+    until(lambda: not mesh.connects("web", mesh.addr("api", 1)), 2)
+    assert not mesh.connects("web", mesh.addr("api", 0))
+    assert mesh.connects("bad", mesh.addr("api", 0)) and mesh.connects("bad", mesh.addr("api", 1))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import shutil
+import ssl
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -176,6 +177,34 @@ def test_pkilint_root_key_types(key_type: KeyType, tmp_path: Path) -> None:
 def test_pkilint_x509_svid(hierarchy: Hierarchy, tmp_path: Path, key_type: KeyType) -> None:
     svid = _write(tmp_path, "svid.pem", _svid(hierarchy, key_type))
     _assert_no_errors(_lint(_tool("lint_pkix_cert"), str(svid)))
+
+
+def test_pkilint_ml_dsa_65_trust_domain(tmp_path: Path) -> None:
+    """Root, intermediate and X509-SVID all on ML-DSA-65 (RFC 9881)."""
+    clock = SystemClock()
+    root_key, inter_key = (generate_private_key(KeyType.ML_DSA_65) for _ in range(2))
+    root = create_root(TD, root_key, clock, timedelta(days=365))
+    inter = create_intermediate(
+        TD, inter_key, Authority(root, root_key, (), root), clock, timedelta(days=30)
+    )
+    hierarchy = Hierarchy(root, root_key, inter, inter_key)
+    lint = _tool("lint_pkix_cert")
+    for name, cert in (
+        ("root.pem", root),
+        ("intermediate.pem", inter),
+        ("svid.pem", _svid(hierarchy, KeyType.ML_DSA_65)),
+    ):
+        _assert_no_errors(_lint(lint, str(_write(tmp_path, name, cert))))
+    # What breaks with Debian's OpenSSL 3.0 (README, Post-quantum): it cannot even decode
+    # the ML-DSA public key, so `openssl verify` (and every TLS stack on it) refuses the
+    # chain; OpenSSL 3.5 verifies it.
+    chain = _write(tmp_path, "chain.pem", root)
+    leaf = _write(tmp_path, "leaf.pem", inter)
+    verified = _openssl_verify("-CAfile", str(chain), str(leaf))
+    if ssl.OPENSSL_VERSION_INFO < (3, 5):
+        assert verified.returncode != 0 and "decode error" in verified.stderr
+    else:
+        assert verified.returncode == 0, verified.stderr
 
 
 def test_pkilint_signer_signee_chain(hierarchy: Hierarchy, tmp_path: Path) -> None:

@@ -27,13 +27,14 @@ TD = TrustDomain("example.org")
 
 @cache
 def roots() -> tuple[x509.Certificate, ...]:
-    """One root per CA key type (P-256, P-384, Ed25519, RSA-2048)."""
+    """One root per CA key type (P-256, P-384, Ed25519, RSA-2048, ML-DSA-44/65/87)."""
     return tuple(TestCA(root_key_type=kt, with_intermediate=False).root for kt in KeyType)
 
 
 @cache
 def jwt_keys() -> tuple[PublicKey, ...]:
-    keys: list[PublicKey] = [cached_key(kt).public_key() for kt in KeyType]
+    # ML-DSA keys sign no JWT (pki.keys.jws_algorithm): never JWT authorities.
+    keys: list[PublicKey] = [cached_key(kt).public_key() for kt in KeyType if not kt.post_quantum]
     keys.append(cached_ec_key("secp521r1").public_key())
     keys.append(cached_rsa_key(3072).public_key())
     return tuple(keys)

@@ -32,7 +32,20 @@ KEK = b"k" * 32
 
 
 def test_key_type_values_are_the_wire_names() -> None:
-    assert [k.value for k in KeyType] == ["ec-p256", "ec-p384", "ed25519", "rsa-2048"]
+    assert [k.value for k in KeyType] == [
+        "ec-p256",
+        "ec-p384",
+        "ed25519",
+        "rsa-2048",
+        "ml-dsa-44",
+        "ml-dsa-65",
+        "ml-dsa-87",
+    ]
+    assert [k for k in KeyType if k.post_quantum] == [
+        KeyType.ML_DSA_44,
+        KeyType.ML_DSA_65,
+        KeyType.ML_DSA_87,
+    ]
     assert KeyType("ec-p256") is KeyType.EC_P256
     with pytest.raises(ValueError, match="ec-p192"):
         KeyType("ec-p192")

@@ -131,16 +131,23 @@ def test_refused_transitions_say_what_to_do(
     assert caught.value.fields == {"kid": "k1", "current": current, "target": target}
 
 
-def test_cross_certificate_lets_the_old_root_verify_the_new_roots_svids() -> None:
+# EC -> EC, and EC -> ML-DSA-65: moving a trust domain to ML-DSA, the old EC root
+# cross-signs the new one, so verifiers still holding only the EC root keep verifying.
+@pytest.mark.parametrize(
+    "new_type", [KeyType.EC_P256, KeyType.ML_DSA_65], ids=["ec-to-ec", "ec-to-ml-dsa"]
+)
+def test_cross_certificate_lets_the_old_root_verify_the_new_roots_svids(
+    new_type: KeyType,
+) -> None:
     td = TrustDomain.parse("example.org")
     clock = FakeClock(T0)
-    old_key, new_key = generate_private_key(KeyType.EC_P256), generate_private_key(KeyType.EC_P256)
+    old_key, new_key = generate_private_key(KeyType.EC_P256), generate_private_key(new_type)
     old_root = create_root(td, old_key, clock, timedelta(days=10))
     new_root = create_root(td, new_key, clock, timedelta(days=10))
     cross = create_cross_certificate(
         new_root, new_key, Authority(old_root, old_key, (), old_root), clock
     )
-    inter_key = generate_private_key(KeyType.EC_P256)
+    inter_key = generate_private_key(new_type)
     inter = create_intermediate(
         td, inter_key, Authority(new_root, new_key, (), new_root), clock, timedelta(days=1)
     )
@@ -148,7 +155,7 @@ def test_cross_certificate_lets_the_old_root_verify_the_new_roots_svids() -> Non
         Authority(inter, inter_key, (), new_root),
         X509SvidParams(
             SpiffeId.parse("spiffe://example.org/w"),
-            generate_private_key(KeyType.EC_P256).public_key(),
+            generate_private_key(new_type).public_key(),
             timedelta(hours=1),
         ),
         clock,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from datetime import timedelta
 from pathlib import Path
 
@@ -53,6 +54,7 @@ def test_trust_domain_is_canonicalised_and_checked() -> None:
     ("overrides", "message"),
     [
         ({"jwt_key_type": "ed25519"}, "Ed25519"),
+        ({"jwt_key_type": "ml-dsa-65"}, "no JWS algorithm"),
         ({"listen": "8443"}, "HOST:PORT"),
         ({"env": "production"}, "TRUSTD_KEY_PASSPHRASE"),
         ({"env": "production", "key_passphrase": "changeme"}, "placeholder"),
@@ -67,6 +69,16 @@ def test_bad_settings_are_refused_with_the_reason(
 ) -> None:
     with pytest.raises(SettingsError, match=message):
         load_settings(**overrides)
+
+
+@pytest.mark.parametrize("key_type", ["ml-dsa-44", "ml-dsa-65", "ml-dsa-87"])
+def test_an_ml_dsa_trust_domain_needs_a_tls_stack_that_verifies_it(key_type: str) -> None:
+    # Debian 12's OpenSSL 3.0 (this Python's ssl) has no ML-DSA: refused, saying why.
+    if ssl.OPENSSL_VERSION_INFO < (3, 5):
+        with pytest.raises(SettingsError, match=f"TRUSTD_KEY_TYPE={key_type}: .*OpenSSL 3.5"):
+            load_settings(key_type=key_type)
+    else:
+        assert load_settings(key_type=key_type).key_type == KeyType(key_type)
 
 
 def test_production_accepts_a_real_passphrase() -> None:

@@ -12,7 +12,7 @@ from policy.errors import PolicyEvaluationError
 from policy.testing import load_directory
 from policy.verdicts import MESH_PACKAGE, L4Compiler, MeshRule, l4_rules, mesh_rules
 from trustd.domain.verdicts import PolicyKey, PolicyVerdict, VerdictState
-from trustd.services.verdicts import node_policy
+from trustd.services.verdicts import AMBIGUOUS_IDENTITY, node_policy, resolve_ipcache
 
 TD = "spiffe://example.org"
 WEB, API, DB = f"{TD}/ns/web/frontend", f"{TD}/ns/api/orders", f"{TD}/ns/db/postgres"
@@ -95,3 +95,26 @@ def test_each_node_takes_its_own_destinations_from_the_shared_state() -> None:
     assert node_policy(state, [WEB]) == {}
     # The shared state is left as it was.
     assert len(state.policy[DB]) == 2
+
+
+def test_the_ip_cache_resolves_each_family_against_its_own_prefixes() -> None:
+    a, b = "spiffe://example.org/a", "spiffe://example.org/b"
+    numbers = {a: 256, b: 257}
+    entries = [("e1", a, ["fd00:1::/64", "10.1.0.0/16"]), ("e2", b, [])]
+    reported = [
+        (b, "fd00:1::5"),  # inside a's IPv6 prefix: held back
+        (a, "fd00:1::6"),  # inside it, and a's own: the prefix covers it already
+        (b, "fd00:2::5"),  # b's, as a /128
+        (a, "fd00:3::1"),  # claimed by both: ambiguous
+        (b, "fd00:3::1"),
+        (b, "10.2.0.1"),  # IPv4 is untouched by the IPv6 prefixes and the other way round
+    ]
+    ipcache, held_back, ambiguous = resolve_ipcache(entries, numbers, reported)
+    assert ipcache == {
+        "fd00:1::/64": 256,
+        "10.1.0.0/16": 256,
+        "fd00:2::5/128": 257,
+        "fd00:3::1/128": AMBIGUOUS_IDENTITY,
+        "10.2.0.1/32": 257,
+    }
+    assert held_back == ["fd00:1::5"] and ambiguous == ["fd00:3::1"]

@@ -20,7 +20,7 @@ from pki.ca import fingerprint_sha256, load_pem_certificates, serial_hex
 from pki.clock import Clock
 from pki.csr import create_csr
 from pki.errors import TrustdError
-from pki.keys import PrivateKey, jws_algorithm
+from pki.keys import PrivateKey, jose_private_key, jws_algorithm
 from pki.spiffe_id import SpiffeId, TrustDomain
 from trustd import tracing
 
@@ -170,7 +170,7 @@ class ServerClient:
                 "iat": issued_at,
                 "exp": issued_at + int(CREDENTIAL_LIFETIME.total_seconds()),
             },
-            identity.key,
+            jose_private_key(identity.key),
             algorithm=jws_algorithm(identity.key),
             headers={"kid": identity.serial, "typ": NODE_CREDENTIAL_TYPE},
         )

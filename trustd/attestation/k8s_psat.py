@@ -16,8 +16,8 @@ from typing import Any
 import jwt
 
 from pki.bundle import public_key_from_jwk
-from pki.errors import InvalidBundle
-from pki.keys import PublicKey
+from pki.errors import InvalidBundle, WeakKey
+from pki.keys import PublicKey, jose_public_key
 from pki.selectors import Selector
 from trustd.attestation.base import (
     AttestationContext,
@@ -93,10 +93,14 @@ class K8sPsatAttestor:
         if key is None:
             raise AttestationFailed("token is signed by a key the cluster's JWKS does not hold")
         try:
+            verifier = jose_public_key(key)
+        except WeakKey as exc:
+            raise AttestationFailed(exc.detail) from None
+        try:
             # exp and nbf are checked below against the injected clock, not wall time.
             claims = jwt.decode(
                 token,
-                key,
+                verifier,
                 algorithms=[alg],
                 audience=cluster.audience,
                 issuer=cluster.issuer,

@@ -88,7 +88,7 @@ def scope(
         list[str] | None,
         typer.Option(
             "--always-allow",
-            help="An IPv4 prefix always reached (DNS, the node, trustd); repeat it",
+            help="An IPv4 or IPv6 prefix always reached (DNS, the node, trustd); repeat it",
         ),
     ] = None,
 ) -> None:

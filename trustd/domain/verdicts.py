@@ -4,7 +4,7 @@ model used by the server that builds it and the agent that applies it.
 Keys are numeric where the datapath's are (trustd/agent/bpf/enforce.c): a policy verdict is
 `[dst, src, port, proto, allow]` (identity numbers, port 0 for any port, IANA protocol
 number), a denied identity (`revoked`: a quarantined identity, trustd.services.quarantines)
-is its number. SPIFFE IDs and IPv4 prefixes stay strings, as the
+is its number. SPIFFE IDs and IP prefixes (IPv4 and IPv6) stay strings, as the
 identities and IP cache sections key them. `base` 0 carries the full state; otherwise the
 changes since revision `base`, which the agent must hold.
 """
@@ -25,12 +25,13 @@ PROTOCOL_NUMBERS = frozenset({1, 6, 17})
 
 def _prefix(value: str) -> str:
     try:
-        return str(ipaddress.IPv4Network(value))
+        return str(ipaddress.ip_network(value))
     except ValueError:
-        raise ValueError(f"{value!r} is not an IPv4 prefix") from None
+        raise ValueError(f"{value!r} is not an IPv4 or IPv6 prefix") from None
 
 
-# An IPv4 prefix in canonical form ("10.0.0.1/32"); host bits must be clear.
+# An IPv4 or IPv6 prefix in canonical form ("10.0.0.1/32", "fd00::1/128"); host bits must
+# be clear. The datapath keys the two families apart (enforce.c `struct addr`).
 Prefix = Annotated[str, AfterValidator(_prefix)]
 
 
@@ -87,7 +88,7 @@ class IdentityChanges(_Wire):
 
 
 class IpcacheChanges(_Wire):
-    """IPv4 prefix -> identity number (longest prefix wins)."""
+    """IPv4 or IPv6 prefix -> identity number (longest prefix wins)."""
 
     set: dict[Prefix, IdentityNumber] = Field(default_factory=dict)
     remove: list[Prefix] = Field(default_factory=list)

@@ -57,11 +57,31 @@ MAX_PAGE = 1000
 MAX_IP_ADDRESSES = 64
 
 
+_LINK_LOCAL = ipaddress.IPv6Network("fe80::/10")
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def _ipv6_problem(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str | None:
+    if not isinstance(network, ipaddress.IPv6Network):
+        return None
+    if network.overlaps(_LINK_LOCAL):
+        return "a link-local prefix names no one workload"
+    if network.overlaps(_IPV4_MAPPED):
+        return "an IPv4-mapped prefix is never on the wire: give the IPv4 address"
+    return None
+
+
 def canonical_prefixes(values: Sequence[str]) -> list[str]:
     """Addresses or CIDR prefixes in canonical form (`10.0.0.1` -> `10.0.0.1/32`).
 
+    IPv4 and IPv6 are both enforced (trustd/agent/bpf/enforce.c), with two IPv6 ranges
+    refused: link-local (fe80::/10, RFC 4291 §2.5.6), reused on every link so naming no
+    one workload, and IPv4-mapped (::ffff:0:0/96, RFC 4291 §2.5.5.2), which no packet
+    carries on the wire: the IPv4 address is what the datapath sees.
+
     Raises:
-        InvalidRequest: a value is not an IPv4 address or prefix, or there are too many.
+        InvalidRequest: a value is not an IP address or prefix, is in a refused range, or
+            there are too many.
     """
     if len(values) > MAX_IP_ADDRESSES:
         raise InvalidRequest(f"at most {MAX_IP_ADDRESSES} ip_addresses per entry")
@@ -71,9 +91,9 @@ def canonical_prefixes(values: Sequence[str]) -> list[str]:
             network = ipaddress.ip_network(value, strict=True)
         except ValueError:
             raise InvalidRequest(f"not an IP address or prefix: {value!r}") from None
-        # The eBPF IP cache holds IPv4 prefixes (trustd/agent/bpf/enforce.c).
-        if network.version != 4:
-            raise InvalidRequest(f"only IPv4 addresses are enforced: {value!r}")
+        problem = _ipv6_problem(network)
+        if problem is not None:
+            raise InvalidRequest(f"{problem}: {value!r}")
         prefixes.append(str(network))
     return sorted(set(prefixes))
 

@@ -20,8 +20,8 @@ from sqlmodel import Session
 from pki.ca import load_pem_certificates, serial_hex
 from pki.clock import Clock
 from pki.csr import csr_public_key, parse_csr
-from pki.errors import TrustdError
-from pki.keys import PublicKey, allowed_public_key, public_key_pem
+from pki.errors import TrustdError, WeakKey
+from pki.keys import PublicKey, allowed_public_key, jose_public_key, public_key_pem
 from pki.selectors import parse_selectors
 from pki.spiffe_id import SpiffeId
 from trustd import tracing
@@ -74,18 +74,21 @@ _CLOCK_SKEW = timedelta(seconds=30)
 def canonical_scope(prefixes: Sequence[str]) -> tuple[str, ...]:
     """Always-allowed prefixes in canonical form (a bare address is its /32), sorted.
 
+    IPv4 and IPv6 prefixes, IPv4 first: the datapath keys them apart (enforce.c
+    `trustd_allowed`), so neither family's prefixes cover the other's.
+
     Raises:
-        InvalidRequest: not an IPv4 prefix (host bits set included), or too many.
+        InvalidRequest: not an IPv4 or IPv6 prefix (host bits set included), or too many.
     """
     if len(prefixes) > MAX_ALWAYS_ALLOWED:
         raise InvalidRequest(f"at most {MAX_ALWAYS_ALLOWED} always-allowed prefixes")
     found = set()
     for prefix in prefixes:
         try:
-            found.add(str(ipaddress.IPv4Network(prefix)))
+            found.add(ipaddress.ip_network(prefix))
         except ValueError:
-            raise InvalidRequest(f"{prefix!r} is not an IPv4 prefix") from None
-    return tuple(sorted(found, key=lambda p: ipaddress.IPv4Network(p)))
+            raise InvalidRequest(f"{prefix!r} is not an IPv4 or IPv6 prefix") from None
+    return tuple(str(n) for n in sorted(found, key=lambda n: (n.version, n)))
 
 
 @dataclass(frozen=True)
@@ -371,9 +374,13 @@ class Nodes:
         assert pem is not None
         key: PublicKey = allowed_public_key(serialization.load_pem_public_key(pem.encode()))
         try:
+            verifier = jose_public_key(key)
+        except WeakKey:
+            raise Unauthenticated("node credential key cannot sign JWTs") from None
+        try:
             claims = jwt.decode(
                 credential,
-                key,
+                verifier,
                 algorithms=[alg],
                 audience=self.server_id,
                 options={
@@ -485,11 +492,11 @@ class Nodes:
         always_allowed: Sequence[str],
     ) -> Node:
         """Set the node's enforcement scope: what its workloads' packets to unmanaged
-        destinations get, and the IPv4 prefixes they always reach (DNS, the node, trustd;
+        destinations get, and the IPv4 and IPv6 prefixes they always reach (DNS, the node, trustd;
         all a quarantined identity reaches). Its agent applies it on its next sync.
 
         Raises:
-            NotFound: no such node. InvalidRequest: a prefix is not IPv4, or too many.
+            NotFound: no such node. InvalidRequest: a prefix is not IP, or too many.
         """
         prefixes = canonical_scope(always_allowed)
         with transaction(self._engine) as session:

@@ -132,14 +132,18 @@ def node_policy(state: VerdictState, local: Iterable[str]) -> dict[PolicyKey, bo
     return out
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 def _covering(
-    address: ipaddress.IPv4Address,
-    declared: Mapping[ipaddress.IPv4Network, int],
-    lengths: Sequence[int],
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    declared: Mapping[Network, int],
+    lengths: Mapping[int, Sequence[int]],
 ) -> int | None:
-    """The identity of the longest declared prefix holding `address` (None: none does)."""
-    for length in lengths:
-        number = declared.get(ipaddress.IPv4Network((address, length), strict=False))
+    """The identity of the longest declared prefix holding `address` (None: none does);
+    `lengths` are the declared prefix lengths of each IP version, longest first."""
+    for length in lengths.get(address.version, ()):
+        number = declared.get(ipaddress.ip_network((address, length), strict=False))
         if number is not None:
             return number
     return None
@@ -151,8 +155,9 @@ def resolve_ipcache(
     reported: Iterable[tuple[str, str]],
 ) -> tuple[dict[str, int], list[str], list[str]]:
     """Prefix -> identity from the entries' declared prefixes (entry ID, SPIFFE ID,
-    prefixes), then the addresses agents reported (SPIFFE ID, address) as /32s; with the
-    reported addresses held back and those found ambiguous.
+    prefixes), then the addresses agents reported (SPIFFE ID, address) as /32s (/128s for
+    IPv6); with the reported addresses held back and those found ambiguous. Each IP version
+    is matched against its own prefixes only.
 
     Declared prefixes win: a reported address inside one (at any length) that names
     another identity is held back, since the /32 would override the operator's prefix in
@@ -166,8 +171,13 @@ def resolve_ipcache(
     for _, spiffe_id, prefixes in sorted(entries):
         for prefix in prefixes:
             ipcache.setdefault(prefix, numbers[spiffe_id])
-    declared = {ipaddress.IPv4Network(prefix): number for prefix, number in ipcache.items()}
-    lengths = sorted({net.prefixlen for net in declared}, reverse=True)
+    declared: dict[Network, int] = {
+        ipaddress.ip_network(prefix): number for prefix, number in ipcache.items()
+    }
+    lengths = {
+        version: sorted({n.prefixlen for n in declared if n.version == version}, reverse=True)
+        for version in (4, 6)
+    }
     in_use = {spiffe_id for _, spiffe_id, _ in entries}
     claims: dict[str, set[int]] = defaultdict(set)
     for spiffe_id, address in reported:
@@ -177,15 +187,17 @@ def resolve_ipcache(
             claims[address].add(numbers[spiffe_id])
     held_back, ambiguous = [], []
     for address, claimants in sorted(claims.items()):
-        covering = _covering(ipaddress.IPv4Address(address), declared, lengths)
+        host = ipaddress.ip_address(address)
+        covering = _covering(host, declared, lengths)
+        single = str(ipaddress.ip_network(host))
         if covering is not None:
             if claimants != {covering}:
                 held_back.append(address)
         elif len(claimants) > 1:
             ambiguous.append(address)
-            ipcache[f"{address}/32"] = AMBIGUOUS_IDENTITY
+            ipcache[single] = AMBIGUOUS_IDENTITY
         else:
-            ipcache[f"{address}/32"] = next(iter(claimants))
+            ipcache[single] = next(iter(claimants))
     return ipcache, held_back, ambiguous
 
 

@@ -48,7 +48,7 @@ class Node(SQLModel, table=True):
     last_seen: datetime | None = Field(default=None, sa_type=UTCDateTime)
     applied_revision: int = 0
     # Its enforcement scope: what its workloads' packets to unmanaged destinations get, and
-    # the IPv4 prefixes they always reach.
+    # the IPv4 and IPv6 prefixes they always reach.
     unmanaged: str = Field(
         default=Unmanaged.ALLOW, max_length=8, sa_column_kwargs={"server_default": "allow"}
     )

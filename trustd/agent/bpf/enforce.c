@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
-// trustd L3/L4 enforcement: a tc (clsact) ingress program on the interfaces that deliver
-// traffic to local workloads. Identities come from an LPM-trie IP cache, verdicts from a
-// policy map keyed by (destination identity, source identity, port, protocol), as Cilium's
-// ipcache and policy maps do. An egress program on the same interfaces judges what the
-// workloads send to unmanaged destinations (in no entry), which no ingress of ours sees:
-// the node's scope (`unmanaged` allow or deny) and its always-allowed prefixes decide, and
-// a quarantined identity reaches nothing but those prefixes.
+// trustd L3/L4 enforcement, IPv4 and IPv6: a tc (clsact) ingress program on the interfaces
+// that deliver traffic to local workloads. Identities come from an LPM-trie IP cache,
+// verdicts from a policy map keyed by (destination identity, source identity, port,
+// protocol), as Cilium's ipcache and policy maps do. An egress program on the same
+// interfaces judges what the workloads send to unmanaged destinations (in no entry), which
+// no ingress of ours sees: the node's scope (`unmanaged` allow or deny) and its
+// always-allowed prefixes decide, and a quarantined identity reaches nothing but those
+// prefixes.
 //
 // Every map key carries a generation: the agent writes a revision into the inactive
 // generation, then flips `config.gen` with one array write. A packet reads the generation
@@ -13,10 +14,17 @@
 // generation (bringing it to the next revision by the difference) only after a grace
 // period longer than any program run, so no packet finds its generation half-changed (a
 // missing destination would read as unmanaged).
+//
+// Both address families share the maps: an address key is (family, 16 address bytes), an
+// IPv4 address in the first 4, so one LPM trie holds IPv4 and IPv6 prefixes, neither able
+// to cover the other, and a dual-stack workload's addresses map to its one identity: one
+// policy (keyed by identities) judges both families.
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
+#include <linux/in6.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
 #include <linux/tcp.h>
 #include <bpf/bpf_endian.h>
@@ -54,10 +62,16 @@ struct config {
 	__u64 valid_until_ns;
 };
 
+// An address of either family, network byte order: IPv4 in w[0], the rest zero.
+struct addr {
+	__u32 w[4];
+};
+
 struct ipcache_key {
-	__u32 prefixlen; // 32 (generation) + the address prefix length
+	__u32 prefixlen; // 64 (generation, family) + the address prefix length
 	__u32 gen;
-	__u32 addr; // network byte order
+	__u32 family; // 4 or 6
+	struct addr addr;
 };
 
 struct policy_key {
@@ -77,15 +91,17 @@ struct revoked_key {
 // A TCP connection this program admitted (its SYN), as the segments towards the
 // destination carry it.
 struct flow_key {
-	__u32 saddr;
-	__u32 daddr;
+	__u32 family;
+	struct addr saddr;
+	struct addr daddr;
 	__u16 sport;
 	__u16 dport;
 };
 
 struct allowed_key {
-	__u32 prefixlen;
-	__u32 addr; // network byte order
+	__u32 prefixlen; // 32 (family) + the address prefix length
+	__u32 family;
+	struct addr addr;
 };
 
 struct {
@@ -151,9 +167,9 @@ static __always_inline void count(__u32 slot)
 		*value += 1;
 }
 
-static __always_inline __u32 identity_of(__u32 gen, __u32 addr)
+static __always_inline __u32 identity_of(__u32 gen, __u32 family, const struct addr *addr)
 {
-	struct ipcache_key key = {.prefixlen = 64, .gen = gen, .addr = addr};
+	struct ipcache_key key = {.prefixlen = 64 + 128, .gen = gen, .family = family, .addr = *addr};
 	__u32 *id = bpf_map_lookup_elem(&trustd_ipcache, &key);
 	return id ? *id : 0;
 }
@@ -175,9 +191,10 @@ static __always_inline int quarantined(__u32 gen, __u32 src)
 
 // A packet to an unmanaged destination (identity 0): passed if it is always allowed, or if
 // the node's scope allows unmanaged destinations and the source is not quarantined.
-static __always_inline int unmanaged(const struct config *cfg, __u32 gen, __u32 src, __u32 daddr)
+static __always_inline int unmanaged(const struct config *cfg, __u32 gen, __u32 src,
+				     __u32 family, const struct addr *daddr)
 {
-	struct allowed_key key = {.prefixlen = 32, .addr = daddr};
+	struct allowed_key key = {.prefixlen = 32 + 128, .family = family, .addr = *daddr};
 	if (bpf_map_lookup_elem(&trustd_allowed, &key)) {
 		count(C_UNMANAGED);
 		return TC_ACT_OK;
@@ -189,15 +206,119 @@ static __always_inline int unmanaged(const struct config *cfg, __u32 gen, __u32 
 	return deny(cfg);
 }
 
-// What a packet is, read once by both programs: PACKET_IPV4 with `ip` filled in, or the
+#define IPPROTO_ICMPV6_ 58
+#define NEXTHDR_HOP_ 0
+#define NEXTHDR_ROUTING_ 43
+#define NEXTHDR_FRAGMENT_ 44
+#define NEXTHDR_DEST_ 60
+// Extension headers walked before the L4 header; a packet with more is denied.
+#define MAX_EXTENSIONS 4
+#define DHCPV6_CLIENT_PORT 546
+#define DHCPV6_SERVER_PORT 547
+
+// A packet as both programs judge it, read once (`read_packet`).
+struct packet {
+	__u32 family; // 4 or 6
+	struct addr saddr;
+	struct addr daddr;
+	// The L4 protocol as the policy keys it: the IPv4 protocol or IPv6 next header, with
+	// ICMPv6 judged as ICMP (one policy for both families). A non-first IPv6 fragment
+	// carries no L4 header: NEXTHDR_FRAGMENT_, which no verdict allows.
+	__u8 proto;
+	__u8 syn;       // TCP SYN without ACK: a connection's first segment
+	__u8 icmp_type; // ICMPv6 only
+	__u8 hop_limit; // IPv6 only
+	__u16 sport;    // TCP, UDP: network byte order
+	__u16 dport;
+};
+
+// What a packet is, read once by both programs: PACKET_IP with `pkt` filled in, or the
 // action for it.
-#define PACKET_IPV4 -1
-#define PACKET_OTHER -2 // not IPv4: it carries no identity
+#define PACKET_IP -1
+#define PACKET_OTHER -2 // neither IPv4 nor IPv6: it carries no identity
+
+static __always_inline int is_link_local(const struct addr *a)
+{
+	return (a->w[0] & bpf_htonl(0xffc00000)) == bpf_htonl(0xfe800000); // fe80::/10
+}
+
+// What the node needs on every link whatever the policy says, as ARP for IPv4.
+static __always_inline int link_essential(const struct packet *pkt)
+{
+	if (pkt->family != 6)
+		return 0;
+	// Neighbour discovery (RFC 4861): router solicitation and advertisement (133, 134,
+	// §6), neighbour solicitation and advertisement (135, 136, §7: address resolution and
+	// unreachability detection, which IPv6 has in place of ARP) and redirect (137, §8).
+	// A receiver discards any of them whose hop limit is not 255 (§6.1.1, §6.1.2, §7.1.1,
+	// §7.1.2, §8.1), so only those pass: an off-link sender cannot use the types to get
+	// past the policy.
+	if (pkt->proto == IPPROTO_ICMP && pkt->icmp_type >= 133 && pkt->icmp_type <= 137)
+		return pkt->hop_limit == 255;
+	// DHCPv6 (RFC 8415) for workloads that are its clients: a client sends from its
+	// link-local address on port 546 to All_DHCP_Relay_Agents_and_Servers (ff02::1:2) on
+	// port 547, and is answered on its link-local address, port 546 (§7.1, §7.2).
+	// Link-local addresses are in no entry (trustd/addresses.py), so without this a node
+	// whose scope denies unmanaged destinations would starve its workloads of addresses.
+	// A workload serving DHCPv6 is judged by the policy like any other.
+	if (pkt->proto != IPPROTO_UDP)
+		return 0;
+	if (pkt->sport == bpf_htons(DHCPV6_CLIENT_PORT) &&
+	    pkt->dport == bpf_htons(DHCPV6_SERVER_PORT) && is_link_local(&pkt->saddr))
+		return pkt->daddr.w[0] == bpf_htonl(0xff020000) && !pkt->daddr.w[1] &&
+		       !pkt->daddr.w[2] && pkt->daddr.w[3] == bpf_htonl(0x00010002);
+	return pkt->sport == bpf_htons(DHCPV6_SERVER_PORT) &&
+	       pkt->dport == bpf_htons(DHCPV6_CLIENT_PORT) && is_link_local(&pkt->daddr);
+}
+
+// The IPv6 header and its extension headers (RFC 8200 §4): `pkt` gets the addresses and
+// the L4 protocol, `*l4` the offset of its header (0: none, a non-first fragment).
+static __always_inline int read_ipv6(struct __sk_buff *skb, struct packet *pkt, __u32 *l4)
+{
+	struct ipv6hdr ip6;
+	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &ip6, sizeof(ip6)) < 0 ||
+	    ip6.version != 6)
+		return -1;
+	pkt->family = 6;
+	__builtin_memcpy(&pkt->saddr, &ip6.saddr, 16);
+	__builtin_memcpy(&pkt->daddr, &ip6.daddr, 16);
+	pkt->hop_limit = ip6.hop_limit;
+	__u8 next = ip6.nexthdr;
+	__u32 off = sizeof(struct ethhdr) + sizeof(ip6);
+#pragma unroll
+	for (int i = 0; i < MAX_EXTENSIONS; i++) {
+		__u8 ext[4];
+		if (next != NEXTHDR_HOP_ && next != NEXTHDR_ROUTING_ && next != NEXTHDR_DEST_ &&
+		    next != NEXTHDR_FRAGMENT_)
+			break;
+		if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)) < 0)
+			return -1;
+		if (next == NEXTHDR_FRAGMENT_) {
+			// RFC 8200 §4.5: the offset is the upper 13 bits of bytes 2-3.
+			if (((ext[2] << 8) | ext[3]) & 0xfff8) {
+				pkt->proto = NEXTHDR_FRAGMENT_;
+				*l4 = 0;
+				return 0;
+			}
+			off += 8;
+		} else {
+			off += (ext[1] + 1) * 8; // in 8-octet units, not counting the first 8
+		}
+		next = ext[0];
+	}
+	if (next == NEXTHDR_HOP_ || next == NEXTHDR_ROUTING_ || next == NEXTHDR_DEST_ ||
+	    next == NEXTHDR_FRAGMENT_)
+		return -1; // more extension headers than are walked
+	pkt->proto = next == IPPROTO_ICMPV6_ ? IPPROTO_ICMP : next;
+	*l4 = off;
+	return 0;
+}
 
 static __always_inline int read_packet(struct __sk_buff *skb, const struct config *cfg,
-				       struct iphdr *ip)
+				       struct packet *pkt)
 {
 	__u16 eth_proto;
+	__u32 l4 = 0;
 
 	if (bpf_skb_load_bytes(skb, offsetof(struct ethhdr, h_proto), &eth_proto, 2) < 0)
 		return TC_ACT_OK;
@@ -206,12 +327,41 @@ static __always_inline int read_packet(struct __sk_buff *skb, const struct confi
 		return TC_ACT_OK;
 	if (!cfg) // never configured: fail closed
 		return TC_ACT_SHOT;
-	// IPv6 carries no identities here (the IP cache is IPv4).
-	if (eth_proto != bpf_htons(ETH_P_IP))
+	if (eth_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &ip, sizeof(ip)) < 0)
+			return deny(cfg);
+		pkt->family = 4;
+		pkt->saddr.w[0] = ip.saddr;
+		pkt->daddr.w[0] = ip.daddr;
+		pkt->proto = ip.protocol;
+		l4 = sizeof(struct ethhdr) + ip.ihl * 4;
+	} else if (eth_proto == bpf_htons(ETH_P_IPV6)) {
+		if (read_ipv6(skb, pkt, &l4) < 0)
+			return deny(cfg);
+	} else {
 		return PACKET_OTHER;
-	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr), ip, sizeof(*ip)) < 0)
-		return deny(cfg);
-	return PACKET_IPV4;
+	}
+	if (l4 && pkt->proto == IPPROTO_TCP) {
+		struct tcphdr tcp;
+		if (bpf_skb_load_bytes(skb, l4, &tcp, sizeof(tcp)) < 0)
+			return deny(cfg);
+		pkt->sport = tcp.source;
+		pkt->dport = tcp.dest;
+		pkt->syn = tcp.syn && !tcp.ack;
+	} else if (l4 && pkt->proto == IPPROTO_UDP) {
+		__u16 ports[2];
+		if (bpf_skb_load_bytes(skb, l4, ports, sizeof(ports)) < 0)
+			return deny(cfg);
+		pkt->sport = ports[0];
+		pkt->dport = ports[1];
+	} else if (l4 && pkt->family == 6 && pkt->proto == IPPROTO_ICMP) {
+		if (bpf_skb_load_bytes(skb, l4, &pkt->icmp_type, 1) < 0)
+			return deny(cfg);
+	}
+	if (link_essential(pkt))
+		return TC_ACT_OK;
+	return PACKET_IP;
 }
 
 SEC("tc")
@@ -219,19 +369,20 @@ int trustd_egress(struct __sk_buff *skb)
 {
 	__u32 zero = 0;
 	struct config *cfg = bpf_map_lookup_elem(&trustd_config, &zero);
-	struct iphdr ip;
+	struct packet pkt = {};
 
-	int read = read_packet(skb, cfg, &ip);
+	int read = read_packet(skb, cfg, &pkt);
 	if (read == PACKET_OTHER) // only the scope can judge it
 		return cfg->flags & FLAG_UNMANAGED_DENY ? deny(cfg) : TC_ACT_OK;
-	if (read != PACKET_IPV4)
+	if (read != PACKET_IP)
 		return read;
 	__u32 gen = cfg->gen;
 	// A managed destination is judged where it is delivered (its node's ingress, with the
 	// policy of its own node): nothing to do here.
-	if (identity_of(gen, ip.daddr))
+	if (identity_of(gen, pkt.family, &pkt.daddr))
 		return TC_ACT_OK;
-	return unmanaged(cfg, gen, identity_of(gen, ip.saddr), ip.daddr);
+	return unmanaged(cfg, gen, identity_of(gen, pkt.family, &pkt.saddr), pkt.family,
+			 &pkt.daddr);
 }
 
 SEC("tc")
@@ -239,19 +390,19 @@ int trustd_ingress(struct __sk_buff *skb)
 {
 	__u32 zero = 0;
 	struct config *cfg = bpf_map_lookup_elem(&trustd_config, &zero);
-	struct iphdr ip;
+	struct packet pkt = {};
 
-	int read = read_packet(skb, cfg, &ip);
+	int read = read_packet(skb, cfg, &pkt);
 	if (read == PACKET_OTHER) // from no identity: allowed by no verdict
 		return deny(cfg);
-	if (read != PACKET_IPV4)
+	if (read != PACKET_IP)
 		return read;
 
 	__u32 gen = cfg->gen;
-	__u32 dst = identity_of(gen, ip.daddr);
-	__u32 src = identity_of(gen, ip.saddr);
+	__u32 dst = identity_of(gen, pkt.family, &pkt.daddr);
+	__u32 src = identity_of(gen, pkt.family, &pkt.saddr);
 	if (dst == 0) // a local workload in no entry: the node's scope decides
-		return unmanaged(cfg, gen, src, ip.daddr);
+		return unmanaged(cfg, gen, src, pkt.family, &pkt.daddr);
 	if (cfg->valid_until_ns && bpf_ktime_get_ns() > cfg->valid_until_ns) {
 		count(C_STALE);
 		return deny(cfg);
@@ -262,49 +413,42 @@ int trustd_ingress(struct __sk_buff *skb)
 		return deny(cfg);
 	}
 
-	__u16 port = 0;
-	__u32 l4 = sizeof(struct ethhdr) + ip.ihl * 4;
-	struct flow_key flow = {.saddr = ip.saddr, .daddr = ip.daddr};
-	int syn = 0;
-	if (ip.protocol == IPPROTO_TCP) {
-		struct tcphdr tcp;
-		if (bpf_skb_load_bytes(skb, l4, &tcp, sizeof(tcp)) < 0)
-			return deny(cfg);
-		flow.sport = tcp.source;
-		flow.dport = tcp.dest;
-		syn = tcp.syn && !tcp.ack;
-		// A connection is judged by its SYN; later segments pass (a quarantined source is
-		// cut off above regardless), unless a deny cuts established connections: then
-		// those of a connection admitted here are judged again, with the verdicts in
-		// force now. (Other segments, replies to a local client among them, pass.)
-		if (!syn) {
-			if (!(cfg->flags & FLAG_CUT_ESTABLISHED) ||
-			    !bpf_map_lookup_elem(&trustd_flows, &flow)) {
-				count(C_ESTABLISHED);
-				return TC_ACT_OK;
-			}
+	struct flow_key flow = {
+		.family = pkt.family,
+		.saddr = pkt.saddr,
+		.daddr = pkt.daddr,
+		.sport = pkt.sport,
+		.dport = pkt.dport,
+	};
+	// A connection is judged by its SYN; later segments pass (a quarantined source is cut
+	// off above regardless), unless a deny cuts established connections: then those of a
+	// connection admitted here are judged again, with the verdicts in force now. (Other
+	// segments, replies to a local client among them, pass.)
+	int tcp = pkt.proto == IPPROTO_TCP;
+	if (tcp && !pkt.syn) {
+		if (!(cfg->flags & FLAG_CUT_ESTABLISHED) ||
+		    !bpf_map_lookup_elem(&trustd_flows, &flow)) {
+			count(C_ESTABLISHED);
+			return TC_ACT_OK;
 		}
-		port = bpf_ntohs(tcp.dest);
-	} else if (ip.protocol == IPPROTO_UDP) {
-		__u16 dport;
-		if (bpf_skb_load_bytes(skb, l4 + 2, &dport, 2) < 0)
-			return deny(cfg);
-		port = bpf_ntohs(dport);
 	}
+	__u16 port = 0;
+	if (tcp || pkt.proto == IPPROTO_UDP)
+		port = bpf_ntohs(pkt.dport);
 
 	struct policy_key key = {
-		.gen = gen, .dst = dst, .src = src, .port = port, .proto = ip.protocol};
+		.gen = gen, .dst = dst, .src = src, .port = port, .proto = pkt.proto};
 	__u32 *verdict = bpf_map_lookup_elem(&trustd_policy, &key);
 	if (!verdict) {
 		key.port = 0;
 		verdict = bpf_map_lookup_elem(&trustd_policy, &key);
 	}
 	if (verdict && *verdict) {
-		if (ip.protocol == IPPROTO_TCP && !syn) { // judged again, still allowed
+		if (tcp && !pkt.syn) { // judged again, still allowed
 			count(C_ESTABLISHED);
 			return TC_ACT_OK;
 		}
-		if (syn) {
+		if (pkt.syn) {
 			__u32 one = 1;
 			bpf_map_update_elem(&trustd_flows, &flow, &one, BPF_ANY);
 		}

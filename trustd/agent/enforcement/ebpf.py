@@ -1,7 +1,8 @@
 """The eBPF datapath: load `bpf/enforce.c`, pin its maps under the pin directory
-(`/sys/fs/bpf/trustd/` by default), attach it to tc ingress on the configured interfaces,
-and write each verdict revision atomically: double-buffered by generation, each generation
-brought to the new revision by the difference from the one it holds."""
+(`/sys/fs/bpf/trustd/` by default), attach it to tc ingress and egress on the configured
+interfaces (IPv4 and IPv6 alike), and write each verdict revision atomically:
+double-buffered by generation, each generation brought to the new revision by the
+difference from the one it holds."""
 
 from __future__ import annotations
 
@@ -60,9 +61,25 @@ class Config(ctypes.Structure):
 
 class AllowedKey(ctypes.Structure):
     _fields_ = [
-        ("prefixlen", ctypes.c_uint32),
-        ("addr", ctypes.c_ubyte * 4),
+        ("prefixlen", ctypes.c_uint32),  # 32 (family) + the address prefix length
+        ("family", ctypes.c_uint32),
+        ("addr", ctypes.c_ubyte * 16),
     ]
+
+
+def lpm_address(prefix: str) -> tuple[int, int, list[int]]:
+    """An IPv4 or IPv6 prefix as the LPM keys of bpf/enforce.c hold it: (family, prefix
+    length, 16 address bytes, an IPv4 address in the first 4)."""
+    network = ipaddress.ip_network(prefix)
+    packed = network.network_address.packed
+    return network.version, network.prefixlen, list(packed.ljust(16, b"\0"))
+
+
+def address_of(family: int, addr: bytes) -> str:
+    """The address an LPM key holds, as text (the inverse of `lpm_address`)."""
+    if family == 4:
+        return str(ipaddress.IPv4Address(bytes(addr[:4])))
+    return str(ipaddress.IPv6Address(bytes(addr)))
 
 
 @dataclass(frozen=True)
@@ -75,10 +92,15 @@ class Scope:
 
 class IpcacheKey(ctypes.Structure):
     _fields_ = [
-        ("prefixlen", ctypes.c_uint32),
+        ("prefixlen", ctypes.c_uint32),  # 64 (generation, family) + the prefix length
         ("gen", ctypes.c_uint32),
-        ("addr", ctypes.c_ubyte * 4),
+        ("family", ctypes.c_uint32),
+        ("addr", ctypes.c_ubyte * 16),
     ]
+
+    @property
+    def prefix(self) -> str:
+        return f"{address_of(self.family, bytes(self.addr))}/{self.prefixlen - 64}"
 
 
 class PolicyKey(ctypes.Structure):
@@ -242,9 +264,9 @@ class BpfEnforcer:
                 held = Scope(Unmanaged.ALLOW, frozenset())
 
             def key_of(prefix: str) -> AllowedKey:
-                network = ipaddress.IPv4Network(prefix)
-                key = AllowedKey(network.prefixlen)
-                key.addr[:] = list(network.network_address.packed)
+                family, length, addr = lpm_address(prefix)
+                key = AllowedKey(32 + length, family)
+                key.addr[:] = addr
                 return key
 
             self._scope = None
@@ -322,9 +344,9 @@ class BpfEnforcer:
         )
 
         def ipcache_key(prefix: str) -> IpcacheKey:
-            network = ipaddress.IPv4Network(prefix)
-            key = IpcacheKey(32 + network.prefixlen, gen)
-            key.addr[:] = list(network.network_address.packed)
+            family, length, addr = lpm_address(prefix)
+            key = IpcacheKey(64 + length, gen, family)
+            key.addr[:] = addr
             return key
 
         for prefix in held.ipcache.keys() - table.ipcache.keys():
