@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from pki.bundle import MAX_BUNDLE_BYTES
+from pki.federation import BundleEndpointProfile
 from pki.revocation import RevocationReason
 from pki.rotation import KeyKind as CaKeyKind
 from trustd.api.wire import Count, Flag, Seconds, WireModel
@@ -427,3 +429,39 @@ class KeyChangePublic(WireModel):
     kind: str
     status: str
     bundle_sequence: int
+
+
+class FederationRequest(WireModel):
+    trust_domain: str = Field(max_length=255)
+    bundle_endpoint_url: str = Field(max_length=2048)
+    profile: BundleEndpointProfile
+    endpoint_spiffe_id: str | None = Field(default=None, max_length=2048)
+    bundle: str | None = Field(
+        default=None,
+        max_length=MAX_BUNDLE_BYTES,
+        description="Bootstrap bundle: a SPIFFE bundle (JWKS) or PEM roots",
+    )
+
+
+class FederationStatusPublic(WireModel):
+    last_success_at: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+    failures: int
+    next_refresh_at: datetime | None
+
+
+class FederationPublic(WireModel):
+    trust_domain: str
+    bundle_endpoint_url: str
+    profile: BundleEndpointProfile
+    endpoint_spiffe_id: str | None
+    bundle_sequence: int | None
+    bundle_refresh_hint: int | None
+    x509_authorities: int
+    jwt_authorities: int
+    revision: int
+    created_by: str
+    created_at: datetime
+    status: FederationStatusPublic
+    bundle: dict[str, Any] | None = Field(default=None, description="The held SPIFFE bundle")

@@ -16,6 +16,7 @@ from trustd.services.auth import AdminTokens
 from trustd.services.authz import Authorizer
 from trustd.services.ca import CertificateAuthority, key_encryption_key
 from trustd.services.entries import Entries
+from trustd.services.federation import Federations
 from trustd.services.issuance import Issuer, ServingCredential
 from trustd.services.nodes import Nodes, build_attestors
 from trustd.services.policy import PolicyService
@@ -47,6 +48,7 @@ class Services:
     authz: Authorizer
     revocations: Revocations
     quarantines: Quarantines
+    federation: Federations
     rotation: RotationManager
     acme: AcmeService
     verdicts: Verdicts
@@ -69,6 +71,7 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     verdicts = Verdicts(engine, clock, policy)
     quarantines = Quarantines(engine, clock, audit, bus, verdicts)
     revocations = Revocations(settings, engine, clock, audit, ca, bus, quarantines)
+    federation = Federations(settings, engine, clock, audit, bus, ca)
     return Services(
         settings=settings,
         engine=engine,
@@ -88,6 +91,7 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         authz=Authorizer(policy, engine, audit),
         revocations=revocations,
         quarantines=quarantines,
+        federation=federation,
         rotation=RotationManager(
             settings,
             engine,
@@ -97,7 +101,7 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
             revocations,
             bus,
             leader,
-            duties=[nodes.prune_replay_claims, quarantines.expire],
+            duties=[nodes.prune_replay_claims, quarantines.expire, federation.refresh_due],
         ),
         acme=build_acme_service(settings, engine, ca, issuer, clock, audit, bus, kek, revocations),
         verdicts=verdicts,
