@@ -7,7 +7,13 @@ from __future__ import annotations
 import http.server
 import ipaddress
 import json
+import os
+import shutil
+import signal
 import ssl
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +35,7 @@ from pki.clock import SystemClock
 from pki.keys import KeyType, generate_private_key
 from pki.spiffe_id import TrustDomain
 from tests.conftest import PostgresDatabase
-from tests.integration.conftest import Running, cli, start_server, tls
+from tests.integration.conftest import Running, cli, join_agent_command, start_server, tls
 
 FAST = {
     "TRUSTD_ROTATION_INTERVAL": "PT1S",
@@ -369,3 +375,88 @@ def test_lying_endpoint_leaves_the_last_good_bundle(pair: Pair, liar: Liar) -> N
     assert healed["failures"] == 0
     assert healed["revision"] > revision
     trustd(pair.a, "federation", "delete", "c.example")
+
+
+# -- an agent in A serves B's bundle to the entries that federate with it --------------------
+
+WORKLOAD_UID = 2011
+CLIENT = str(Path(__file__).with_name("workload_client.py"))
+
+
+def workload(socket: Path, *args: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [
+            sys.executable,
+            CLIENT,
+            "--socket",
+            str(socket),
+            "--uid",
+            str(WORKLOAD_UID),
+            "--gid",
+            str(WORKLOAD_UID),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.stdout, done.stderr
+    document: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return document
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs the workload as another user")
+def test_an_agent_in_a_serves_b_bundle_to_federating_workloads(pair: Pair, tmp_path: Path) -> None:
+    # World-traversable, so the workload (another user) reaches the socket.
+    sockets = Path(tempfile.mkdtemp(prefix="trustd-agent-"))
+    sockets.chmod(0o755)
+    command = join_agent_command(pair.a, sockets)
+    token = command[command.index("--join-token") + 1]
+    node_id = f"spiffe://a.example/trustd/agent/join_token/{token.split('.')[0]}"
+    trustd(
+        pair.a,
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://a.example/web",
+        "--parent-id",
+        node_id,
+        "--selector",
+        f"unix:uid:{WORKLOAD_UID}",
+        "--federates-with",
+        "b.example",
+    )
+    with (tmp_path / "agent.log").open("w") as log:
+        agent = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        socket = sockets / "agent.sock"
+        wait_for(socket.exists, 30)
+        context = workload(socket, "x509")
+        assert [s["spiffe_id"] for s in context["svids"]] == ["spiffe://a.example/web"]
+        assert context["bundles"] == ["a.example", "b.example"]
+        held = shown(pair.a, "b.example")
+        roots = sum(1 for k in held["bundle"]["keys"] if k["use"] == "x509-svid")
+        assert workload(socket, "x509-bundles")["b.example"] == roots
+        jwt_keys = sorted(k["kid"] for k in held["bundle"]["keys"] if k["use"] == "jwt-svid")
+        assert workload(socket, "jwt-bundles")["b.example"] == jwt_keys
+        # A JWT-SVID of B is validated with B's bundle (the trust domain of its subject).
+        minted = trustd(
+            pair.b,
+            "svid",
+            "jwt",
+            "--spiffe-id",
+            "spiffe://b.example/client",
+            "--audience",
+            "spiffe://a.example/web",
+        )
+        valid = workload(socket, "validate", minted["token"], "spiffe://a.example/web")
+        assert valid["spiffe_id"] == "spiffe://b.example/client"
+        # A change of B's bundle reaches the workload: pushed again on the sync channel.
+        cli("ca", "prepare", "--kind", "x509-root", "--data-dir", str(pair.b.data_dir))
+        grown = roots + 1
+        wait_for(lambda: workload(socket, "x509-bundles").get("b.example") == grown, 20)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(20)
+        shutil.rmtree(sockets, ignore_errors=True)

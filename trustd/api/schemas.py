@@ -101,6 +101,9 @@ class EntryCreate(WireModel):
     downstream: Flag = False
     hint: str = Field(default="", max_length=256)
     ip_addresses: list[str] = Field(default_factory=list, max_length=64)
+    federates_with: list[str] = Field(
+        default_factory=list, max_length=32, description="Federated trust domains"
+    )
 
 
 class EntryBatch(WireModel):
@@ -118,6 +121,7 @@ class EntryUpdate(WireModel):
     downstream: Flag | None = None
     hint: str | None = Field(default=None, max_length=256)
     ip_addresses: list[str] | None = Field(default=None, max_length=64)
+    federates_with: list[str] | None = Field(default=None, max_length=32)
 
 
 class EntryPublic(WireModel):
@@ -132,6 +136,7 @@ class EntryPublic(WireModel):
     downstream: bool
     hint: str
     ip_addresses: list[str] = Field(default_factory=list)
+    federates_with: list[str] = Field(default_factory=list)
     revision: int
     created_at: datetime
     updated_at: datetime
@@ -261,6 +266,9 @@ class SyncResponse(WireModel):
     quarantines: list[QuarantineNotice] = Field(default_factory=list)
     # The node's enforcement scope (sent with the entries).
     scope: NodeScopePublic | None = None
+    # The bundles of the trust domains the node's entries federate with, by trust domain
+    # name (sent with the entries; each change of one advances the revision).
+    federated_bundles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class Ack(WireModel):
