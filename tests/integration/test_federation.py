@@ -408,6 +408,9 @@ def workload(socket: Path, *args: str) -> dict[str, Any]:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="runs the workload as another user")
 def test_an_agent_in_a_serves_b_bundle_to_federating_workloads(pair: Pair, tmp_path: Path) -> None:
+    if admin(pair.a, "GET", "/v1/admin/federations/b.example").status_code == 404:
+        federate(pair.a, pair.b, "b.example")  # when run alone
+    wait_for(lambda: shown(pair.a, "b.example")["bundle_sequence"] is not None)
     # World-traversable, so the workload (another user) reaches the socket.
     sockets = Path(tempfile.mkdtemp(prefix="trustd-agent-"))
     sockets.chmod(0o755)
@@ -453,9 +456,10 @@ def test_an_agent_in_a_serves_b_bundle_to_federating_workloads(pair: Pair, tmp_p
         valid = workload(socket, "validate", minted["token"], "spiffe://a.example/web")
         assert valid["spiffe_id"] == "spiffe://b.example/client"
         # A change of B's bundle reaches the workload: pushed again on the sync channel.
-        cli("ca", "prepare", "--kind", "x509-root", "--data-dir", str(pair.b.data_dir))
-        grown = roots + 1
-        wait_for(lambda: workload(socket, "x509-bundles").get("b.example") == grown, 20)
+        # (A next JWT key: the root rotation test above left a prepared root already.)
+        cli("ca", "prepare", "--kind", "jwt", "--data-dir", str(pair.b.data_dir))
+        grown = len(jwt_keys) + 1
+        wait_for(lambda: len(workload(socket, "jwt-bundles").get("b.example", ())) == grown, 20)
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(20)
