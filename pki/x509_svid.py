@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
@@ -462,3 +462,43 @@ def verify_x509_svid(
     path = build_path(leaf, list(intermediates), list(roots))
     validate_path(path, clock.now())
     return spiffe_id
+
+
+def verify_x509_svid_in_bundles(
+    leaf: x509.Certificate,
+    intermediates: Sequence[x509.Certificate],
+    roots_by_domain: Mapping[TrustDomain, Sequence[x509.Certificate]],
+    clock: Clock,
+) -> SpiffeId:
+    """Verify *leaf* against the roots of the trust domain of its own SPIFFE ID, among the
+    bundles a federated relying party holds (own and foreign).
+
+    spiffe/spiffe#375, Trust Domain and Bundle §3: the bundle is chosen by the SPIFFE ID the
+    SVID claims, never by trying every root held, so a CA of one trust domain can never
+    vouch for an ID of another.
+
+    Raises:
+        InvalidSvid: no single SPIFFE ID, no bundle for its trust domain, or the leaf or
+            path is invalid (see :func:`verify_x509_svid`).
+    """
+    claimed = _claimed_trust_domain(leaf)
+    roots = roots_by_domain.get(claimed)
+    if not roots:
+        raise InvalidSvid(f"no bundle of trust domain {claimed.name} is held")
+    return verify_x509_svid(leaf, intermediates, roots, claimed, clock)
+
+
+def _claimed_trust_domain(leaf: x509.Certificate) -> TrustDomain:
+    try:
+        san = extension(leaf, x509.SubjectAlternativeName)
+    except ValueError as exc:
+        raise InvalidSvid(f"certificate extensions cannot be parsed: {exc}") from None
+    uris = san.value.get_values_for_type(x509.UniformResourceIdentifier) if san else []
+    if len(uris) != 1:
+        raise InvalidSvid(
+            f"X509-SVID §2: certificate must have exactly one URI SAN, found {len(uris)}"
+        )
+    try:
+        return SpiffeId.parse(uris[0]).trust_domain
+    except InvalidSpiffeId as exc:
+        raise InvalidSvid(f"X509-SVID §2: URI SAN is not a SPIFFE ID: {exc.detail}") from None

@@ -44,6 +44,13 @@ class PayloadTooLarge(TrustdError):
     title = "Request too large"
 
 
+class BundleEndpointError(TrustdError):
+    """A federated trust domain's bundle endpoint could not be fetched or answered with a
+    bundle trustd refuses; the last good bundle stays."""
+
+    title = "Bundle endpoint refused"
+
+
 class StoreUnavailable(TrustdError):
     title = "Storage unavailable"
 

@@ -103,3 +103,8 @@ VERDICT_ERRORS = Counter(
     "Verdict updates refused or failed to apply, by reason (the last good state stays).",
     ["reason"],
 )
+FEDERATION_REFRESHES = Counter(
+    "trustd_federation_refreshes_total",
+    "Fetches of federated bundles, by trust domain and outcome (updated, unchanged, failed).",
+    ["trust_domain", "outcome"],
+)

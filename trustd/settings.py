@@ -162,6 +162,15 @@ class Settings(BaseSettings):
     # Write the CRL distribution point into X509-SVIDs (RFC 5280 §4.2.1.13).
     svid_crl_distribution_point: bool = True
 
+    # Federation (SPIFFE Federation §6.2): each federated bundle is fetched again at its
+    # refresh hint, bounded to [min, max]; failures retry with backoff from min. A fetch
+    # gives up after `federation_fetch_timeout` in all (connect, TLS, headers and body).
+    federation_refresh_min: timedelta = timedelta(seconds=10)
+    federation_refresh_max: timedelta = timedelta(hours=1)
+    federation_fetch_timeout: timedelta = timedelta(seconds=10)
+    # PEM roots for `https_web` bundle endpoints (default: the system's WebPKI roots).
+    federation_web_ca_bundle: Path | None = None
+
     # ACME server (RFC 8555) under /acme/.
     acme_eab_required: bool = False
     acme_cert_ttl: timedelta = timedelta(days=7)

@@ -49,6 +49,7 @@ RESOURCES = {
     "dashboard",
     "decision",
     "entry",
+    "federation",
     "graph",
     "identity",
     "node",

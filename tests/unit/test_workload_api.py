@@ -15,7 +15,7 @@ import socket
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from pki.clock import FakeClock
 from pki.jwt_svid import mint_jwt_svid, validate_jwt_svid
 from pki.keys import KeyType, generate_private_key
+from pki.spiffe_id import SpiffeId
 from tests.unit.pki_helpers import T0
 from tests.workload_helpers import Domain, load_der_certificates
 from trustd.agent.cache import QuarantineNotice, SvidCache, WorkloadEntry
@@ -372,5 +373,89 @@ def test_a_quarantined_identity_is_refused_with_the_reason_until_its_end(
         again = await a.stub.FetchX509SVID(pb.X509SVIDRequest(), metadata=HEADER).read()
         assert isinstance(again, pb.X509SVIDResponse)
         assert again.svids[0].spiffe_id == str(me)
+
+    run(tmp_path, scenario, ME)
+
+
+def test_federated_bundles_and_trust_domain_binding(tmp_path: Path) -> None:
+    """The caller's entries federate with b.example: its bundle is in FetchX509SVID's
+    federated_bundles, FetchX509Bundles and FetchJWTBundles, and pushed again when it
+    changes. ValidateJWTSVID judges a token by the bundle of its subject's trust domain only
+    (spiffe/spiffe#375): b.example's key vouches for b.example subjects, never for
+    example.org ones; a domain the caller does not federate with is refused."""
+
+    async def scenario(a: Agent) -> None:
+        other = Domain(a.domain.clock, "b.example")
+        stranger = Domain(a.domain.clock, "c.example")
+        await a.cache.set_federated([other.bundle(), stranger.bundle()])
+        me = replace(a.entry("e-me"), federates_with=(other.ca.trust_domain,))
+        await a.cache.set_entries([me, a.entry("e-other")])
+        await a.cache.put_svid(a.domain.svid(me))
+
+        svids = a.stub.FetchX509SVID(pb.X509SVIDRequest(), metadata=HEADER)
+        first = await svids.read()
+        assert isinstance(first, pb.X509SVIDResponse)
+        # c.example is held for another entry's sake only: not this caller's.
+        assert list(first.federated_bundles) == ["spiffe://b.example"]
+        assert load_der_certificates(first.federated_bundles["spiffe://b.example"]) == [
+            other.ca.root
+        ]
+        x509_bundles = await a.stub.FetchX509Bundles(
+            pb.X509BundlesRequest(), metadata=HEADER
+        ).read()
+        assert isinstance(x509_bundles, pb.X509BundlesResponse)
+        assert sorted(x509_bundles.bundles) == ["spiffe://b.example", "spiffe://example.org"]
+        jwt_bundles = await a.stub.FetchJWTBundles(pb.JWTBundlesRequest(), metadata=HEADER).read()
+        assert isinstance(jwt_bundles, pb.JWTBundlesResponse)
+        federated_jwks = json.loads(jwt_bundles.bundles["spiffe://b.example"])
+        assert [k["kid"] for k in federated_jwks["keys"]] == [other.kid]
+
+        def token(domain: Domain, subject: str) -> str:
+            return mint_jwt_svid(
+                domain.jwt_key,
+                domain.kid,
+                SpiffeId.parse(subject),
+                ["db"],
+                timedelta(minutes=5),
+                domain.clock,
+            ).token
+
+        valid = await a.stub.ValidateJWTSVID(
+            pb.ValidateJWTSVIDRequest(audience="db", svid=token(other, "spiffe://b.example/c")),
+            metadata=HEADER,
+        )
+        assert valid.spiffe_id == "spiffe://b.example/c"
+        for forged, reason in [
+            # B's key claiming an example.org subject: judged by example.org's bundle.
+            (token(other, "spiffe://example.org/me"), "kid"),
+            # A domain this caller does not federate with.
+            (token(stranger, "spiffe://c.example/x"), "no bundle of trust domain c.example"),
+        ]:
+            code, details = await refused(
+                a.stub.ValidateJWTSVID(
+                    pb.ValidateJWTSVIDRequest(audience="db", svid=forged), metadata=HEADER
+                )
+            )
+            assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+            assert reason in details
+
+        # A change of the federated bundle is pushed on the open stream.
+        rotated = Domain(a.domain.clock, "b.example")
+        await a.cache.set_federated(
+            [
+                type(other.bundle())(
+                    trust_domain=other.ca.trust_domain,
+                    x509_authorities=(other.ca.root, rotated.ca.root),
+                    jwt_authorities={other.kid: other.jwt_key.public_key()},
+                    sequence=2,
+                    refresh_hint=300,
+                ),
+                stranger.bundle(),
+            ]
+        )
+        second = await svids.read()
+        assert isinstance(second, pb.X509SVIDResponse)
+        assert len(load_der_certificates(second.federated_bundles["spiffe://b.example"])) == 2
+        svids.cancel()
 
     run(tmp_path, scenario, ME)

@@ -18,7 +18,7 @@ from pki.bundle import TrustBundle
 from pki.jwt_svid import JwtSvid
 from pki.keys import PrivateKey
 from pki.selectors import Selector, matches
-from pki.spiffe_id import SpiffeId
+from pki.spiffe_id import SpiffeId, TrustDomain
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class WorkloadEntry:
     dns_names: tuple[str, ...] = ()
     hint: str = ""
     revision: int = 0
+    # The foreign trust domains whose bundles this entry's workloads receive.
+    federates_with: tuple[TrustDomain, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class SvidCache:
         self._entries: dict[str, WorkloadEntry] = {}
         self._svids: dict[str, X509Svid] = {}
         self._bundle: TrustBundle | None = None
+        self._federated: dict[TrustDomain, TrustBundle] = {}
         self._quarantines: dict[SpiffeId, QuarantineNotice] = {}
         self._generation = 0
         self._changed = asyncio.Condition()
@@ -106,6 +109,16 @@ class SvidCache:
     @property
     def bundle(self) -> TrustBundle | None:
         return self._bundle
+
+    def federated_for(self, entries: Iterable[WorkloadEntry]) -> dict[TrustDomain, TrustBundle]:
+        """The bundles of the foreign trust domains *entries* federate with (those held)."""
+        found: dict[TrustDomain, TrustBundle] = {}
+        for entry in entries:
+            for domain in entry.federates_with:
+                bundle = self._federated.get(domain)
+                if bundle is not None:
+                    found[domain] = bundle
+        return dict(sorted(found.items(), key=lambda item: item[0].name))
 
     def entries(self) -> list[WorkloadEntry]:
         return list(self._entries.values())
@@ -149,6 +162,17 @@ class SvidCache:
         if self._bundle is None or bundle.sequence != self._bundle.sequence:
             self._bundle = bundle
             await self._bump()
+
+    async def set_federated(self, bundles: Iterable[TrustBundle]) -> None:
+        """Replace the federated bundles (each change is seen by the Workload API's
+        streams, which send them again)."""
+        new = {b.trust_domain: b for b in bundles}
+        if {d: b.to_jwks() for d, b in new.items()} == {
+            d: b.to_jwks() for d, b in self._federated.items()
+        }:
+            return
+        self._federated = new
+        await self._bump()
 
     async def set_entries(self, entries: Iterable[WorkloadEntry]) -> None:
         """Replace the entry set; SVIDs of entries that are gone are dropped at once."""

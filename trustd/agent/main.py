@@ -29,10 +29,11 @@ from pki.bundle import TrustBundle
 from pki.ca import certificate_pem, load_pem_certificates, serial_hex
 from pki.clock import Clock
 from pki.csr import create_csr
+from pki.errors import TrustdError
 from pki.jwt_svid import JwtSvid
 from pki.keys import PrivateKey, allowed_public_key, generate_private_key
 from pki.selectors import parse_selectors
-from pki.spiffe_id import SpiffeId
+from pki.spiffe_id import SpiffeId, TrustDomain
 from trustd import metrics, tracing
 from trustd.agent.addresses import WorkloadAddresses
 from trustd.agent.cache import QuarantineNotice, SvidCache, WorkloadEntry, X509Svid
@@ -295,10 +296,12 @@ class Agent:
                 dns_names=tuple(e["dns_names"]),
                 hint=e["hint"],
                 revision=e["revision"],
+                federates_with=tuple(TrustDomain.parse(td) for td in e.get("federates_with", ())),
             )
             for e in result["entries"]
         ]
         await self.cache.set_entries(entries)
+        await self.cache.set_federated(self._federated_bundles(result))
         released = await self.cache.set_quarantines(
             QuarantineNotice(
                 SpiffeId.parse(q["spiffe_id"]),
@@ -323,6 +326,18 @@ class Agent:
         self.revision = int(result["revision"])
         self._wake_rotation.set()
         return True
+
+    @staticmethod
+    def _federated_bundles(result: dict[str, Any]) -> list[TrustBundle]:
+        """The federated bundles the server sent; one that does not parse is left out (and
+        said), the others are served."""
+        bundles = []
+        for name, document in (result.get("federated_bundles") or {}).items():
+            try:
+                bundles.append(TrustBundle.from_jwks(document, TrustDomain.parse(name)))
+            except TrustdError as exc:
+                log.warning("federated_bundle_unusable", trust_domain=name, error=exc.detail)
+        return bundles
 
     @property
     def enforcing(self) -> bool:

@@ -15,6 +15,7 @@ SPIFFE IDs) for the addresses the agent reports (see ``addresses``).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import errno
 import json
@@ -35,10 +36,10 @@ from google.protobuf.message import Message
 from pki.bundle import USE_JWT_SVID, TrustBundle
 from pki.clock import Clock, SystemClock
 from pki.errors import InvalidJwt, InvalidSpiffeId, TrustdError
-from pki.jwt_svid import validate_jwt_svid, validated_claims
+from pki.jwt_svid import MAX_TOKEN_BYTES, validate_jwt_svid, validated_claims
 from pki.keys import private_key_der_pkcs8
 from pki.selectors import Selector
-from pki.spiffe_id import SpiffeId
+from pki.spiffe_id import SpiffeId, TrustDomain
 from trustd.agent.addresses import WorkloadAddresses
 from trustd.agent.cache import JwtSvidSource, SvidCache, WorkloadEntry, X509Svid
 from trustd.agent.errors import WorkloadAttestationError
@@ -278,8 +279,18 @@ class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
                 continue
             hints.add(svid.hint)
             messages.append(self._encoded.svid(svid, bundle_der))
-        key = (tuple((m.spiffe_id, m.x509_svid, m.hint) for m in messages), bundle_der)
-        return key, pb.X509SVIDResponse(svids=messages)
+        # SPIFFE Workload API §4.6, §5.2: the bundles of the trust domains the caller's
+        # entries federate with, keyed by trust domain SPIFFE ID, own domain excluded.
+        federated = {
+            domain.id_string(): self._encoded.bundle_der(b)
+            for domain, b in self._cache.federated_for(entries).items()
+        }
+        key = (
+            tuple((m.spiffe_id, m.x509_svid, m.hint) for m in messages),
+            bundle_der,
+            tuple(federated.items()),
+        )
+        return key, pb.X509SVIDResponse(svids=messages, federated_bundles=federated)
 
     def _x509_bundles(
         self, entries: list[WorkloadEntry]
@@ -287,8 +298,10 @@ class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
         bundle = self._cache.bundle
         if bundle is None:
             return None
-        der = self._encoded.bundle_der(bundle)
-        return der, pb.X509BundlesResponse(bundles={bundle.trust_domain.id_string(): der})
+        bundles = {bundle.trust_domain.id_string(): self._encoded.bundle_der(bundle)}
+        for domain, federated in self._cache.federated_for(entries).items():
+            bundles[domain.id_string()] = self._encoded.bundle_der(federated)
+        return tuple(bundles.items()), pb.X509BundlesResponse(bundles=bundles)
 
     def _jwt_bundles(
         self, entries: list[WorkloadEntry]
@@ -296,8 +309,10 @@ class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
         bundle = self._cache.bundle
         if bundle is None:
             return None
-        jwks = _jwt_jwks(bundle)
-        return jwks, pb.JWTBundlesResponse(bundles={bundle.trust_domain.id_string(): jwks})
+        bundles = {bundle.trust_domain.id_string(): _jwt_jwks(bundle)}
+        for domain, federated in self._cache.federated_for(entries).items():
+            bundles[domain.id_string()] = _jwt_jwks(federated)
+        return tuple(bundles.items()), pb.JWTBundlesResponse(bundles=bundles)
 
     async def FetchX509SVID(  # noqa: N802 - the spec's method name
         self, request: pb.X509SVIDRequest, context: Context
@@ -351,7 +366,7 @@ class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
     async def _validate_jwt_svid(
         self, request: pb.ValidateJWTSVIDRequest, context: Context
     ) -> pb.ValidateJWTSVIDResponse:
-        self._entries(await self._attest(context))
+        entries = self._entries(await self._attest(context))
         if not request.audience:
             raise InvalidRequest("audience must be specified")
         if not request.svid:
@@ -359,12 +374,35 @@ class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
         bundle = self._cache.bundle
         if bundle is None:
             raise NotReady("the agent has no trust bundle yet")
+        # spiffe/spiffe#375, JWT-SVID §7: a token is judged only by the bundle of the trust
+        # domain of its own subject: this domain's, or a federated one the caller's entries
+        # federate with. The subject is read unverified to pick the bundle; validation
+        # then checks the signature with that bundle's keys and the subject's domain again.
+        domain = _subject_domain(request.svid)
+        if domain is not None and domain != bundle.trust_domain:
+            federated = self._cache.federated_for(entries).get(domain)
+            if federated is None:
+                raise InvalidJwt(f"no bundle of trust domain {domain.name} is held for this caller")
+            bundle = federated
         jwt = validate_jwt_svid(
             request.svid, bundle.jwt_authorities, request.audience, self._clock, bundle.trust_domain
         )
         claims = struct_pb2.Struct()
         claims.update(validated_claims(jwt.token))
         return pb.ValidateJWTSVIDResponse(spiffe_id=str(jwt.spiffe_id), claims=claims)
+
+
+def _subject_domain(token: str) -> TrustDomain | None:
+    """The trust domain of the `sub` claim of *token*, read without verification (None: no
+    readable subject; validation then refuses the token with the reason)."""
+    parts = token.split(".")
+    if len(parts) != 3 or len(parts[1]) > MAX_TOKEN_BYTES:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        return SpiffeId.parse(payload["sub"]).trust_domain
+    except (ValueError, TypeError, KeyError, TrustdError):
+        return None
 
 
 class WorkloadApiServer:

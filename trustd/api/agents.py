@@ -74,6 +74,7 @@ async def sync(
         scope=NodeScopePublic(unmanaged=snapshot.scope[0], always_allowed=list(snapshot.scope[1]))
         if snapshot.scope is not None
         else None,
+        federated_bundles=snapshot.federated_bundles,
     )
     return _json(answer)
 

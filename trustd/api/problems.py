@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
 from pki import errors as pki_errors
+from pki import federation as pki_federation
 from pki.acme import errors as acme
 from pki.errors import TrustdError
 from policy import errors as policy_errors
@@ -46,6 +47,8 @@ _STATUS: dict[type[TrustdError], int] = {
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.PayloadTooLarge: 413,
+    errors.BundleEndpointError: 502,
+    pki_federation.InvalidEndpoint: 400,
     errors.StoreUnavailable: 503,
     errors.NotReady: 503,
     # A PKCS#11 token that fails mid-signature: nothing was signed or recorded; retry.

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from pki.bundle import MAX_BUNDLE_BYTES
+from pki.federation import BundleEndpointProfile
 from pki.revocation import RevocationReason
 from pki.rotation import KeyKind as CaKeyKind
 from trustd.api.wire import Count, Flag, Seconds, WireModel
@@ -107,6 +109,9 @@ class EntryCreate(WireModel):
     downstream: Flag = False
     hint: str = Field(default="", max_length=256)
     ip_addresses: list[str] = Field(default_factory=list, max_length=64)
+    federates_with: list[str] = Field(
+        default_factory=list, max_length=32, description="Federated trust domains"
+    )
 
 
 class EntryBatch(WireModel):
@@ -124,6 +129,7 @@ class EntryUpdate(WireModel):
     downstream: Flag | None = None
     hint: str | None = Field(default=None, max_length=256)
     ip_addresses: list[str] | None = Field(default=None, max_length=64)
+    federates_with: list[str] | None = Field(default=None, max_length=32)
 
 
 class EntryPublic(WireModel):
@@ -138,6 +144,7 @@ class EntryPublic(WireModel):
     downstream: bool
     hint: str
     ip_addresses: list[str] = Field(default_factory=list)
+    federates_with: list[str] = Field(default_factory=list)
     revision: int
     created_at: datetime
     updated_at: datetime
@@ -267,6 +274,9 @@ class SyncResponse(WireModel):
     quarantines: list[QuarantineNotice] = Field(default_factory=list)
     # The node's enforcement scope (sent with the entries).
     scope: NodeScopePublic | None = None
+    # The bundles of the trust domains the node's entries federate with, by trust domain
+    # name (sent with the entries; each change of one advances the revision).
+    federated_bundles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class Ack(WireModel):
@@ -439,3 +449,39 @@ class KeyChangePublic(WireModel):
     kind: str
     status: str
     bundle_sequence: int
+
+
+class FederationRequest(WireModel):
+    trust_domain: str = Field(max_length=255)
+    bundle_endpoint_url: str = Field(max_length=2048)
+    profile: BundleEndpointProfile
+    endpoint_spiffe_id: str | None = Field(default=None, max_length=2048)
+    bundle: str | None = Field(
+        default=None,
+        max_length=MAX_BUNDLE_BYTES,
+        description="Bootstrap bundle: a SPIFFE bundle (JWKS) or PEM roots",
+    )
+
+
+class FederationStatusPublic(WireModel):
+    last_success_at: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+    failures: int
+    next_refresh_at: datetime | None
+
+
+class FederationPublic(WireModel):
+    trust_domain: str
+    bundle_endpoint_url: str
+    profile: BundleEndpointProfile
+    endpoint_spiffe_id: str | None
+    bundle_sequence: int | None
+    bundle_refresh_hint: int | None
+    x509_authorities: int
+    jwt_authorities: int
+    revision: int
+    created_by: str
+    created_at: datetime
+    status: FederationStatusPublic
+    bundle: dict[str, Any] | None = Field(default=None, description="The held SPIFFE bundle")

@@ -16,6 +16,7 @@ from trustd.cli import (
     ca,
     cert,
     entry,
+    federation,
     identity,
     node,
     policy,
@@ -71,6 +72,7 @@ app.add_typer(token.app, name="token")
 app.add_typer(entry.app, name="entry")
 app.add_typer(node.app, name="node")
 app.add_typer(identity.app, name="identity")
+app.add_typer(federation.app, name="federation")
 app.add_typer(policy.app, name="policy")
 app.add_typer(acme.app, name="acme")
 app.add_typer(admin.app, name="admin")

@@ -43,6 +43,7 @@ ENTRY_FIELDS = (
     "downstream",
     "hint",
     "ip_addresses",
+    "federates_with",
     "revision",
     "created_at",
     "updated_at",
@@ -58,8 +59,10 @@ def _body(
     jwt_ttl: int | None,
     dns_name: list[str] | None,
     hint: str | None,
+    federates_with: list[str] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
+        "federates_with": federates_with,
         "spiffe_id": spiffe_id,
         "parent_id": parent_id,
         "selectors": selector,
@@ -82,10 +85,20 @@ def create(
         list[str] | None, typer.Option("--dns-name", metavar="NAME", help="Repeatable")
     ] = None,
     hint: Annotated[str | None, typer.Option()] = None,
+    federates_with: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--federates-with",
+            metavar="TD",
+            help="A federated trust domain whose bundle the workload gets (repeatable)",
+        ),
+    ] = None,
 ) -> None:
     """Create a registration entry."""
     shared = connection()
-    body = _body(spiffe_id, parent_id, selector or [], x509_ttl, jwt_ttl, dns_name, hint)
+    body = _body(
+        spiffe_id, parent_id, selector or [], x509_ttl, jwt_ttl, dns_name, hint, federates_with
+    )
     record(shared.output, shared.json("POST", "/v1/entries", json=body), ENTRY_FIELDS)
 
 

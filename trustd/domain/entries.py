@@ -25,6 +25,8 @@ class Entry:
     created_by: str
     created_at: datetime
     updated_at: datetime
+    # The foreign trust domains whose bundles the entry's workloads receive.
+    federates_with: tuple[str, ...] = ()
 
     @property
     def selectors_key(self) -> str:

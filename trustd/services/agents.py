@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -32,11 +32,12 @@ from trustd.errors import Conflict, InvalidRequest, PermissionDenied
 from trustd.services.audit import AuditLog
 from trustd.services.ca import CertificateAuthority
 from trustd.services.entries import MAX_IP_ADDRESSES, Entries, NodeView
+from trustd.services.federation import Federations
 from trustd.services.issuance import IssuanceRequest, IssuedX509, Issuer
 from trustd.services.nodes import NodePrincipal, Nodes
 from trustd.services.policy import CHANNEL as POLICY_CHANNEL
 from trustd.services.revocation import REVOCATION_CHANNEL, Revocations
-from trustd.services.sync import SYNC_CHANNEL, announce, bump_revision
+from trustd.services.sync import SYNC_CHANNEL, announce, bump_revision, current_revision
 from trustd.services.verdicts import Verdicts
 from trustd.store.db import transaction
 from trustd.store.nodes import fetch_node
@@ -71,6 +72,8 @@ class Snapshot:
     quarantines: tuple[Quarantine, ...] = ()
     # The node's enforcement scope (None: the node is gone).
     scope: tuple[Unmanaged, tuple[str, ...]] | None = None
+    # The bundles (SPIFFE JWKS) of the trust domains the node's entries federate with.
+    federated_bundles: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ class Agents:
         ca: CertificateAuthority,
         revocations: Revocations,
         verdicts: Verdicts | None = None,
+        federation: Federations | None = None,
     ) -> None:
         self._engine = engine
         self._clock = clock
@@ -116,6 +120,9 @@ class Agents:
         self._ca = ca
         self._revocations = revocations
         self._verdicts = verdicts
+        self._federation = federation
+        # The federated bundles of each set of trust domains, as read at a sync revision.
+        self._federated_held: dict[frozenset[str], tuple[int, dict[str, dict[str, Any]]]] = {}
         self._draining = asyncio.Event()
         # Each node's entries as last read, with the sync revision they were read at.
         self._entries_held: dict[
@@ -215,12 +222,14 @@ class Agents:
             )
             quarantined: dict[str, Quarantine] = {}
             scope = None
+            federated: dict[str, dict[str, Any]] = {}
             if not (moved or enforcing):
                 entries: list[RegistrationEntry] = []
             else:
                 entries = self._local(session, principal, revision)
                 quarantined = self._quarantined(session, revision)
                 scope = self._scope(session, principal, revision)
+                federated = self._federated(session, entries)
         # A revision past the newest is no revision the agent can hold.
         if since <= revision:
             self._note_applied(principal, since)
@@ -253,7 +262,30 @@ class Agents:
             verdicts,
             self._node_quarantines(quarantined, entries),
             scope,
+            federated,
         )
+
+    def _federated(
+        self, session: Session, entries: Sequence[RegistrationEntry]
+    ) -> dict[str, dict[str, Any]]:
+        """The bundles of the trust domains the entries federate with, read once per sync
+        revision and set of domains (a change of a federated bundle advances the revision)."""
+        wanted = frozenset(td for e in entries for td in e.federates_with)
+        if not wanted or self._federation is None:
+            return {}
+        revision = current_revision(session)
+        held = self._federated_held.get(wanted)
+        if held is not None and held[0] == revision:
+            return held[1]
+        found = {
+            f.trust_domain: f.bundle.to_jwks()
+            for f in self._federation.bundles_in(session, sorted(wanted))
+            if f.bundle is not None
+        }
+        if len(self._federated_held) > 1024:
+            self._federated_held.clear()
+        self._federated_held[wanted] = (revision, found)
+        return found
 
     def _note_applied(self, principal: NodePrincipal, since: int) -> None:
         """The long-poll's `since` is the sync revision the agent applied: record it (the

@@ -16,6 +16,7 @@ from trustd.services.auth import AdminTokens
 from trustd.services.authz import Authorizer
 from trustd.services.ca import CertificateAuthority, key_encryption_key, open_token
 from trustd.services.entries import Entries
+from trustd.services.federation import Federations
 from trustd.services.issuance import Issuer, ServingCredential
 from trustd.services.nodes import Nodes, build_attestors
 from trustd.services.policy import PolicyService
@@ -48,6 +49,7 @@ class Services:
     authz: Authorizer
     revocations: Revocations
     quarantines: Quarantines
+    federation: Federations
     rotation: RotationManager
     acme: AcmeService
     verdicts: Verdicts
@@ -70,6 +72,7 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     verdicts = Verdicts(engine, clock, policy)
     quarantines = Quarantines(engine, clock, audit, bus, verdicts)
     revocations = Revocations(settings, engine, clock, audit, ca, bus, quarantines)
+    federation = Federations(settings, engine, clock, audit, bus, ca)
     return Services(
         settings=settings,
         engine=engine,
@@ -85,11 +88,24 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         serving=ServingCredential(settings, issuer, ca, clock),
         nodes=nodes,
         entries=entries,
-        agents=Agents(engine, clock, audit, bus, nodes, entries, issuer, ca, revocations, verdicts),
+        agents=Agents(
+            engine,
+            clock,
+            audit,
+            bus,
+            nodes,
+            entries,
+            issuer,
+            ca,
+            revocations,
+            verdicts,
+            federation,
+        ),
         policy=policy,
         authz=Authorizer(policy, engine, audit),
         revocations=revocations,
         quarantines=quarantines,
+        federation=federation,
         rotation=RotationManager(
             settings,
             engine,
@@ -99,7 +115,7 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
             revocations,
             bus,
             leader,
-            duties=[nodes.prune_replay_claims, quarantines.expire],
+            duties=[nodes.prune_replay_claims, quarantines.expire, federation.refresh_due],
         ),
         acme=build_acme_service(settings, engine, ca, issuer, clock, audit, bus, kek, revocations),
         verdicts=verdicts,

@@ -16,7 +16,7 @@ from sqlmodel import Session
 
 from pki.clock import Clock
 from pki.selectors import parse_selectors
-from pki.spiffe_id import SpiffeId
+from pki.spiffe_id import SpiffeId, TrustDomain
 from pki.x509_svid import dns_name_problem
 from policy.engine import EmbeddedEngine, PolicyEngine
 from trustd.bus import Bus
@@ -112,6 +112,7 @@ class EntrySpec:
     downstream: bool = False
     hint: str = ""
     ip_addresses: Sequence[str] = ()
+    federates_with: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ class EntryPatch:
     downstream: bool | None = None
     hint: str | None = None
     ip_addresses: Sequence[str] | None = None
+    federates_with: Sequence[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,11 @@ class Entries:
         if len(spec.hint) > 256:
             raise InvalidRequest("hint is longer than 256 characters")
         ip_addresses = canonical_prefixes(spec.ip_addresses)
+        federates_with = sorted({TrustDomain.parse(td).name for td in spec.federates_with})
+        if self._td.name in federates_with:
+            raise InvalidRequest(
+                f"federates_with names {self._td.name}, this deployment's own trust domain"
+            )
         return {
             "spiffe_id": str(spiffe_id),
             "parent_id": str(parent),
@@ -213,6 +220,7 @@ class Entries:
             "downstream": spec.downstream,
             "hint": spec.hint,
             "ip_addresses": tuple(ip_addresses),
+            "federates_with": tuple(federates_with),
         }
 
     # -- writes --------------------------------------------------------------------------
@@ -296,6 +304,11 @@ class Entries:
                     hint=patch.hint if patch.hint is not None else row.hint,
                     ip_addresses=(
                         patch.ip_addresses if patch.ip_addresses is not None else row.ip_addresses
+                    ),
+                    federates_with=(
+                        patch.federates_with
+                        if patch.federates_with is not None
+                        else row.federates_with
                     ),
                 )
                 updated = replace(

@@ -39,6 +39,11 @@ class RegistrationEntry(SQLModel, table=True):
     ip_addresses: list[str] = Field(
         default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]")
     )
+    # The foreign trust domains whose bundles the entry's workloads receive (SPIFFE
+    # Workload API §4.6, federated bundles).
+    federates_with: list[str] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]")
+    )
     revision: int = Field(index=True)
     created_by: str = Field(max_length=256)
     created_at: datetime = Field(sa_type=UTCDateTime)

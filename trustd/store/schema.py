@@ -9,6 +9,7 @@ from trustd.store import (  # noqa: F401
     ca_keys,
     certificates,
     entries,
+    federation,
     leader,
     nodes,
     policy,
