@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pki.keys import KeyType
+from trustd.redis_clients import redis_target
 from trustd.settings import SettingsError, load_settings
 
 
@@ -105,4 +106,20 @@ def test_log_format_and_access_log(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (s.log_format, s.access_log) == ("console", "off")
     monkeypatch.setenv("TRUSTD_LOG_FORMAT", "text")
     with pytest.raises(SettingsError, match="log_format"):
+        load_settings()
+
+
+def test_redis_through_sentinel(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert redis_target(load_settings()) is None
+    monkeypatch.setenv("TRUSTD_REDIS_SENTINELS", "127.0.0.1:26379, [::1]:26380")
+    monkeypatch.setenv("TRUSTD_REDIS_SERVICE", "trustd-ha")
+    s = load_settings()
+    assert s.uses_redis
+    target = redis_target(s)
+    assert target is not None
+    assert target.sentinels == (("127.0.0.1", 26379), ("::1", 26380))
+    assert target.service == "trustd-ha"
+    assert "26380" in str(target)
+    monkeypatch.setenv("TRUSTD_REDIS_SENTINELS", "127.0.0.1")
+    with pytest.raises(SettingsError, match="HOST:PORT"):
         load_settings()
