@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
+from typing import Literal
 
 import httpx
 import psycopg
@@ -137,8 +138,15 @@ class Ports:
 class Topology:
     """Start with `start()`, stop with `stop()` (also a context manager)."""
 
-    def __init__(self, root: Path, replicas: int = 3, rotation_interval: int = 2) -> None:
+    def __init__(
+        self,
+        root: Path,
+        replicas: int = 3,
+        rotation_interval: int = 2,
+        database: Literal["haproxy", "multi-host"] = "haproxy",
+    ) -> None:
         self.root = root
+        self.database = database
         self.ports = Ports()
         self.replica_count = replicas
         self.rotation_interval = rotation_interval
@@ -160,9 +168,9 @@ class Topology:
     @property
     def multi_host_database_url(self) -> str:
         """libpq's own failover: every node listed, the writable one chosen."""
-        hosts = ",".join(f"127.0.0.1:{p}" for p in self.ports.pg)
+        hosts = "&".join(f"host=127.0.0.1:{p}" for p in self.ports.pg)
         return (
-            f"postgresql+psycopg://postgres@/{DATABASE}?host={hosts}"
+            f"postgresql+psycopg://postgres@/{DATABASE}?{hosts}"
             "&target_session_attrs=read-write&connect_timeout=1"
         )
 
@@ -407,7 +415,9 @@ class Topology:
         return {
             "TRUSTD_DATA_DIR": str(self.root / f"trustd-{index + 1}"),
             "TRUSTD_LISTEN": f"127.0.0.1:{self.ports.trustd[index]}",
-            "TRUSTD_DATABASE_URL": self.database_url,
+            "TRUSTD_DATABASE_URL": (
+                self.database_url if self.database == "haproxy" else self.multi_host_database_url
+            ),
             "TRUSTD_REDIS_SENTINELS": self.sentinels,
             "TRUSTD_REDIS_SERVICE": SERVICE,
             "TRUSTD_KEY_PASSPHRASE": self.passphrase,
@@ -501,12 +511,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, help="scratch directory (default: a new temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument(
+        "--database",
+        choices=("haproxy", "multi-host"),
+        default="haproxy",
+        help="how trustd reaches the PostgreSQL primary: HAProxy's front, or libpq's own "
+        "multi-host URL (target_session_attrs=read-write)",
+    )
     args = parser.parse_args()
     root = args.dir or Path(tempfile.mkdtemp(prefix="trustd-ha-"))
     # SIGTERM stops everything as Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        with Topology(root) as topology:
+        with Topology(root, database=args.database) as topology:
             print(topology.describe(), flush=True)
             while True:
                 time.sleep(3600)
