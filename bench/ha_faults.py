@@ -316,7 +316,7 @@ def main() -> int:
         "--settle", type=float, default=3.0, help="seconds of load around each fault"
     )
     parser.add_argument("--dir", type=Path, help="scratch directory (default: a new temp dir)")
-    parser.add_argument("--database", choices=("haproxy", "multi-host"), default="haproxy")
+    parser.add_argument("--database", choices=("haproxy", "multi-host"), default="multi-host")
     args = parser.parse_args()
     root = args.dir or Path(tempfile.mkdtemp(prefix="trustd-ha-test-"))
     rows: list[Figures] = []

@@ -143,7 +143,7 @@ class Topology:
         root: Path,
         replicas: int = 3,
         rotation_interval: int = 2,
-        database: Literal["haproxy", "multi-host"] = "haproxy",
+        database: Literal["haproxy", "multi-host"] = "multi-host",
     ) -> None:
         self.root = root
         self.database = database
@@ -514,9 +514,10 @@ def main() -> int:
     parser.add_argument(
         "--database",
         choices=("haproxy", "multi-host"),
-        default="haproxy",
-        help="how trustd reaches the PostgreSQL primary: HAProxy's front, or libpq's own "
-        "multi-host URL (target_session_attrs=read-write)",
+        default="multi-host",
+        help="how trustd reaches the PostgreSQL primary: libpq's own multi-host URL "
+        "(target_session_attrs=read-write, the default: the shorter window in make ha-test) "
+        "or HAProxy's front",
     )
     args = parser.parse_args()
     root = args.dir or Path(tempfile.mkdtemp(prefix="trustd-ha-"))
