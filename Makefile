@@ -162,14 +162,8 @@ bench-acme: install-dev services
 bench-ui: install-dev services
 	$(BIN)/python bench/ui.py
 
-ha-deps: install system-deps
-	@missing=$$(for p in $(HA_DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-		echo "installing Debian packages: $$missing"; \
-		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
-	fi
+ha-deps: install
+	@$(MAKE) --no-print-directory system-deps DEB_PACKAGES="$(DEB_PACKAGES) $(HA_DEB_PACKAGES)"
 
 # etcd, two PostgreSQL nodes under Patroni, Redis + replica + three Sentinels, HAProxy in
 # front of three `trustd serve` replicas, all on loopback under one scratch directory
