@@ -18,12 +18,15 @@ DEB_PACKAGES += zsh
 DEB_PACKAGES += softhsm2 opensc
 # promtool checks /metrics, the alerting rules and their unit tests (deploy/prometheus).
 DEB_PACKAGES += prometheus
+# The high-availability topology (`make ha`, `make ha-test`) only: Patroni with etcd for
+# PostgreSQL failover, Redis Sentinel, HAProxy. Not installed by `make test`.
+HA_DEB_PACKAGES := patroni etcd-server etcd-client redis-sentinel haproxy
 PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 CHECK_DB := trustd_alembic_check_$(shell echo $$$$)
 
 .PHONY: run test test-faults install install-dev system-deps services lint typecheck migrations-check pytest \
 	opa-compliance fuzz \
-	bench bench-deps bench-acme bench-workload bench-ui bench-enforcement clean distclean proto bpf
+	ha ha-deps ha-test bench bench-deps bench-acme bench-workload bench-ui bench-enforcement clean distclean proto bpf
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -162,6 +165,20 @@ bench-acme: install-dev services
 # Admin UI page times with 10k entries, 100k certificates, 1M decision-log rows.
 bench-ui: install-dev services
 	$(BIN)/python bench/ui.py
+
+ha-deps: install
+	@$(MAKE) --no-print-directory system-deps DEB_PACKAGES="$(DEB_PACKAGES) $(HA_DEB_PACKAGES)"
+
+# etcd, two PostgreSQL nodes under Patroni, Redis + replica + three Sentinels, HAProxy in
+# front of three `trustd serve` replicas, all on loopback under one scratch directory
+# (deploy/ha/topology.py; root, as PostgreSQL runs as the postgres user). Ctrl-C stops it.
+ha: ha-deps
+	$(BIN)/python deploy/ha/topology.py
+
+# Faults injected one at a time into that topology under load, with figures
+# (bench/ha_faults.py; several minutes, so not part of `make test`).
+ha-test: ha-deps
+	$(BIN)/python bench/ha_faults.py
 
 # Back to a fresh checkout's state for `make run`: the data directory (database, CA keys,
 # admin socket, and the README walk-through's agent state), the SVID the banner's first

@@ -40,6 +40,7 @@ from pki.keys import KeyType, generate_private_key
 from pki.revocation import GOOD, RevocationReason, RevokedEntry, build_crl, build_ocsp_response
 from pki.revocation import parse_ocsp_request as parse_request
 from trustd.bus import RedisBus
+from trustd.redis_clients import RedisTarget
 from trustd.services.auth import Principal, Role
 from trustd.services.container import Services
 from trustd.store.db import transaction
@@ -154,7 +155,7 @@ def bench_ocsp(services: Services, seconds: float) -> str:
 
 
 async def redis_round_trip(samples: int) -> list[float]:
-    a, b = RedisBus(REDIS_URL), RedisBus(REDIS_URL)
+    a, b = RedisBus(RedisTarget(REDIS_URL)), RedisBus(RedisTarget(REDIS_URL))
     await a.start()
     await b.start()
     channel = f"bench:{uuid.uuid4().hex}"
@@ -173,7 +174,7 @@ async def redis_round_trip(samples: int) -> list[float]:
 
 async def bench_agents(services: Services, agents: int, revocations: int) -> str:
     # Two replicas' buses: the services' own (the revoker) and a second one.
-    other = RedisBus(REDIS_URL)
+    other = RedisBus(RedisTarget(REDIS_URL))
     await services.bus.start()
     await other.start()
     buses = [services.bus, other]

@@ -17,8 +17,9 @@ from collections import defaultdict
 from typing import Protocol
 
 import redis
-import redis.asyncio as aredis
 import structlog
+
+from trustd.redis_clients import RedisTarget
 
 log = structlog.get_logger("trustd.bus")
 
@@ -105,12 +106,12 @@ def _resolve(future: asyncio.Future[str], message: str) -> None:
 class RedisBus:
     """Redis pub/sub between replicas; delivery inside each process through a `LocalBus`."""
 
-    def __init__(self, url: str, scope: str = "") -> None:
-        self._url = url
+    def __init__(self, target: RedisTarget, scope: str = "") -> None:
+        self._target = target
         self._prefix = channel_prefix(scope)
         self._local = LocalBus()
         # Publishing happens from request threads; a small blocking client is simplest there.
-        self._publisher = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self._publisher = target.client()
         self._listener: asyncio.Task[None] | None = None
         # Set once the first subscription attempt has succeeded or failed.
         self._first_attempt = asyncio.Event()
@@ -143,7 +144,8 @@ class RedisBus:
 
     async def _listen(self) -> None:
         while True:
-            client = aredis.Redis.from_url(self._url)
+            # No read timeout: a quiet channel is not a dead one.
+            client = self._target.async_client(timeout=None)
             try:
                 async with client.pubsub() as pubsub:
                     await pubsub.psubscribe(_glob_escape(self._prefix) + "*")
@@ -161,7 +163,7 @@ class RedisBus:
                 await client.aclose()
 
 
-def create_bus(redis_url: str | None, scope: str) -> Bus:
+def create_bus(target: RedisTarget | None, scope: str) -> Bus:
     """The Redis bus scoped to one deployment (`store.db.deployment_scope`), else the
     in-process one."""
-    return RedisBus(redis_url, scope) if redis_url else LocalBus()
+    return RedisBus(target, scope) if target is not None else LocalBus()

@@ -28,6 +28,7 @@ from sqlmodel import Session
 
 from pki.clock import Clock
 from pki.errors import TrustdError
+from trustd.redis_clients import RedisTarget, redis_target
 from trustd.settings import Settings
 from trustd.store.db import deployment_scope, transaction
 from trustd.store.leader import (
@@ -109,9 +110,9 @@ class Leader(Protocol):
 class RedisLeader:
     """A lease in Redis, renewed on every `acquire` while held."""
 
-    def __init__(self, url: str, fence: Fence, lease_ms: int, scope: str) -> None:
+    def __init__(self, target: RedisTarget, fence: Fence, lease_ms: int, scope: str) -> None:
         self.fence = fence
-        self._url = url
+        self._target = target
         self._client: redis.Redis | None = None
         self._key = f"trustd:leader:{scope}:{fence.name}"
         self._token = secrets.token_hex(16)
@@ -120,9 +121,7 @@ class RedisLeader:
 
     def acquire(self) -> int | None:
         if self._client is None:
-            self._client = redis.Redis.from_url(
-                self._url, socket_timeout=2, socket_connect_timeout=2
-            )
+            self._client = self._target.client()
         try:
             if self._epoch is not None:
                 if self._client.eval(_RENEW, 1, self._key, self._token, self._lease_ms):
@@ -223,11 +222,12 @@ def create_leader(settings: Settings, engine: Engine, clock: Clock, name: str) -
     """Redis lease when Redis is configured, else a PostgreSQL advisory lock, else a file
     lock (SQLite is one host)."""
     fence = Fence(engine, clock, name, f"{socket.gethostname()}:{os.getpid()}:{id(engine):x}")
-    if settings.redis_url:
+    target = redis_target(settings)
+    if target is not None:
         lease = max(3 * settings.rotation_interval.total_seconds(), 5.0)
         # One Redis may serve several deployments: the lease is per trust domain and database.
         scope = deployment_scope(settings.trust_domain, engine)
-        return RedisLeader(settings.redis_url, fence, int(lease * 1000), scope)
+        return RedisLeader(target, fence, int(lease * 1000), scope)
     if engine.dialect.name == "postgresql":
         return PostgresLeader(engine, fence)
     return FileLeader(settings.data_dir / f"{name}.lock", fence)

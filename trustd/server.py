@@ -267,7 +267,7 @@ async def _keep_serving(services: Services, context: ssl.SSLContext) -> None:
     serving = services.serving
     settings = services.settings
     interval = settings.bundle_reload_interval.total_seconds()
-    if settings.workers > 1 and settings.redis_url is None:
+    if settings.workers > 1 and not settings.uses_redis:
         # The in-process bus does not reach the other workers: a change made through one
         # (`trustd ca activate` on the admin socket) is seen by the others only when they
         # poll. Poll the one-row bundle sequence every second, so every worker's serving

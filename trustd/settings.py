@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     database_url: str | None = None
     redis_url: str | None = None
+    # Redis through Sentinel: `host:port,host:port` of the sentinels and the service (master
+    # name) they monitor; the master is looked up again after a failover
+    # (`trustd.redis_clients`). TRUSTD_REDIS_URL, if also set, gives the db and credentials.
+    redis_sentinels: str | None = None
+    redis_service: str = "trustd"
     tls: bool = True
     workers: int = Field(default=1, ge=1, le=64)
     # Extra names the serving certificate carries besides localhost and the listen address.
@@ -273,6 +278,13 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a positive duration, got {value}")
         return value
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, value: str | None) -> str | None:
+        if value is not None:
+            _parse_sentinels(value)  # ValueError names the bad entry
+        return value
+
     @field_validator("listen", "metrics_listen")
     @classmethod
     def _listen_has_port(cls, value: str | None, info: ValidationInfo) -> str | None:
@@ -340,6 +352,15 @@ class Settings(BaseSettings):
             )
 
     @property
+    def redis_sentinel_addresses(self) -> tuple[tuple[str, int], ...]:
+        return _parse_sentinels(self.redis_sentinels) if self.redis_sentinels else ()
+
+    @property
+    def uses_redis(self) -> bool:
+        """Replicas share Redis (directly or through Sentinel)."""
+        return bool(self.redis_url or self.redis_sentinels)
+
+    @property
     def trust_domain_obj(self) -> TrustDomain:
         return TrustDomain.parse(self.trust_domain)
 
@@ -387,6 +408,16 @@ class Settings(BaseSettings):
     @property
     def kek_path(self) -> Path:
         return self.data_dir / "kek"
+
+
+def _parse_sentinels(value: str) -> tuple[tuple[str, int], ...]:
+    addresses = []
+    for entry in (e.strip() for e in value.split(",")):
+        host, _, port = entry.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"redis_sentinels entries must be HOST:PORT, got {entry!r}")
+        addresses.append((host.strip("[]"), int(port)))
+    return tuple(addresses)
 
 
 def load_settings(**overrides: Any) -> Settings:

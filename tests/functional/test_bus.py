@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from trustd.bus import Bus, LocalBus, RedisBus
+from trustd.redis_clients import RedisTarget
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -17,7 +18,7 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 def bus_factory(request: pytest.FixtureRequest) -> type[Bus] | object:
     if request.param == "local":
         return LocalBus
-    return lambda: RedisBus(REDIS_URL)
+    return lambda: RedisBus(RedisTarget(REDIS_URL))
 
 
 def test_waiter_wakes_on_publish_from_another_thread(bus_factory: object) -> None:
@@ -38,7 +39,7 @@ def test_waiter_wakes_on_publish_from_another_thread(bus_factory: object) -> Non
 
 def test_publish_on_one_replica_wakes_the_other() -> None:
     async def scenario() -> None:
-        a, b = RedisBus(REDIS_URL), RedisBus(REDIS_URL)
+        a, b = RedisBus(RedisTarget(REDIS_URL)), RedisBus(RedisTarget(REDIS_URL))
         await a.start()
         await b.start()
         channel = f"bundle:{uuid.uuid4().hex}"
@@ -54,7 +55,7 @@ def test_publish_on_one_replica_wakes_the_other() -> None:
 
 def test_unreachable_redis_still_wakes_local_waiters() -> None:
     async def scenario() -> None:
-        bus = RedisBus("redis://127.0.0.1:1/0")
+        bus = RedisBus(RedisTarget("redis://127.0.0.1:1/0"))
         await bus.start()
         waiter = asyncio.create_task(asyncio.wait_for(bus.wait("x"), 5))
         await asyncio.sleep(0.05)
@@ -72,8 +73,8 @@ def test_deployments_sharing_one_redis_do_not_hear_each_other() -> None:
     async def scenario() -> None:
         tag = uuid.uuid4().hex
         here = f"a.example:/tmp/[{tag}]*.db"
-        a, a2 = RedisBus(REDIS_URL, here), RedisBus(REDIS_URL, here)
-        other = RedisBus(REDIS_URL, f"a.example:/tmp/x{tag}x.db")
+        a, a2 = RedisBus(RedisTarget(REDIS_URL), here), RedisBus(RedisTarget(REDIS_URL), here)
+        other = RedisBus(RedisTarget(REDIS_URL), f"a.example:/tmp/x{tag}x.db")
         for bus in (a, a2, other):
             await bus.start()
         channel = f"policy:{tag}"

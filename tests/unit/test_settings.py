@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pki.keys import KeyType
+from trustd.redis_clients import redis_target
 from trustd.settings import SettingsError, load_settings
 
 
@@ -150,3 +151,19 @@ def test_pkcs11_settings() -> None:
     assert settings.ca_key_backend == "pkcs11"
     assert settings.pkcs11_pin is not None and "1234" not in repr(settings)
     assert load_settings().ca_key_backend == "file"
+
+
+def test_redis_through_sentinel(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert redis_target(load_settings()) is None
+    monkeypatch.setenv("TRUSTD_REDIS_SENTINELS", "127.0.0.1:26379, [::1]:26380")
+    monkeypatch.setenv("TRUSTD_REDIS_SERVICE", "trustd-ha")
+    s = load_settings()
+    assert s.uses_redis
+    target = redis_target(s)
+    assert target is not None
+    assert target.sentinels == (("127.0.0.1", 26379), ("::1", 26380))
+    assert target.service == "trustd-ha"
+    assert "26380" in str(target)
+    monkeypatch.setenv("TRUSTD_REDIS_SENTINELS", "127.0.0.1")
+    with pytest.raises(SettingsError, match="HOST:PORT"):
+        load_settings()

@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 from pki.clock import Clock, SystemClock
 from trustd.bus import Bus, create_bus
 from trustd.leader import create_leader
+from trustd.redis_clients import redis_target
 from trustd.services.acme import AcmeService, build_acme_service
 from trustd.services.agents import Agents
 from trustd.services.audit import AuditLog, AuditTrail
@@ -61,7 +62,7 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     clock = clock or SystemClock()
     engine = create_db_engine(settings.resolved_database_url)
     audit = AuditLog(clock)
-    bus = create_bus(settings.redis_url, deployment_scope(settings.trust_domain, engine))
+    bus = create_bus(redis_target(settings), deployment_scope(settings.trust_domain, engine))
     kek = key_encryption_key(settings, engine)
     ca = CertificateAuthority(settings, engine, clock, audit, kek, open_token(settings))
     issuer = Issuer(settings, engine, ca, clock, audit)

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import redis
 from sqlalchemy import Engine
 
 from pki.acme.challenges import TargetPolicy, ValidationConfig, Validator
@@ -14,6 +13,7 @@ from pki.clock import Clock
 from policy.engine import EmbeddedEngine
 from trustd.bus import Bus
 from trustd.errors import InvalidRequest
+from trustd.redis_clients import redis_target
 from trustd.services.acme.nonces import LocalNonces, NonceStore, RedisNonces
 from trustd.services.acme.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from trustd.services.acme.service import AcmeService
@@ -64,10 +64,9 @@ def build_acme_service(
 ) -> AcmeService:
     nonces: NonceStore
     limiter: RateLimiter
-    if settings.redis_url:
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=2, socket_connect_timeout=2
-        )
+    target = redis_target(settings)
+    if target is not None:
+        client = target.client()
         scope = deployment_scope(settings.trust_domain, engine)
         nonces, limiter = RedisNonces(client, scope), RedisRateLimiter(client, scope)
     else:
