@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +36,9 @@ from trustd.logs import AccessLog, LogFormat
 # configuration from protecting production CA keys.
 _PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "example", "dev"})
 _MIN_PASSPHRASE_LENGTH = 16
+
+
+_SECONDS = re.compile(r"[0-9]+(\.[0-9]+)?")
 
 
 class SettingsError(TrustdError):
@@ -263,6 +267,21 @@ class Settings(BaseSettings):
         problem = ml_dsa_tls_problem() if value.post_quantum else None
         if problem is not None:
             raise ValueError(f"TRUSTD_KEY_TYPE={value}: {problem}")
+        return value
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _seconds_as_duration(cls, value: object, info: ValidationInfo) -> object:
+        # A duration may be given as ISO 8601 (`PT10S`) or as plain seconds (`10`, `0.5`):
+        # pydantic takes a number, but from the environment every value is a string.
+        field = cls.model_fields.get(info.field_name or "")
+        if (
+            field is not None
+            and field.annotation in (timedelta, timedelta | None)
+            and isinstance(value, str)
+            and _SECONDS.fullmatch(value.strip())
+        ):
+            return float(value)
         return value
 
     @field_validator(

@@ -167,3 +167,17 @@ def test_redis_through_sentinel(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRUSTD_REDIS_SENTINELS", "127.0.0.1")
     with pytest.raises(SettingsError, match="HOST:PORT"):
         load_settings()
+
+
+def test_durations_from_the_environment_take_plain_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    # README: "ISO 8601 durations or seconds"; from the environment both are strings.
+    monkeypatch.setenv("TRUSTD_ROTATION_INTERVAL", "2")
+    monkeypatch.setenv("TRUSTD_X509_SVID_TTL", "PT2H")
+    monkeypatch.setenv("TRUSTD_CRL_VALIDITY", "0.5")
+    settings = load_settings()
+    assert settings.rotation_interval == timedelta(seconds=2)
+    assert settings.x509_svid_ttl == timedelta(hours=2)
+    assert settings.crl_validity == timedelta(seconds=0.5)
+    monkeypatch.setenv("TRUSTD_ROTATION_INTERVAL", "2 minutes")
+    with pytest.raises(SettingsError, match="rotation_interval"):
+        load_settings()
