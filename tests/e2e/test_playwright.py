@@ -33,7 +33,6 @@ PASSWORD = "e2e password that is long"
 TD = "spiffe://example.org"
 VIEWPORT = {"width": 1280, "height": 800}
 DECISIONS = "/v1/admin/policy/decisions"
-ADMIN_USER = ("admin", "user", "create", "alice", "--role", "admin")
 # A SPIFFE ID as long as real ones get (deep paths, generated names): it must wrap, not
 # widen the pages.
 LONG = (
@@ -83,6 +82,21 @@ def _issue(api: httpx.Client, spiffe_id: str) -> str:
     return serial
 
 
+def create_user(server: Running, username: str, role: str) -> str:
+    """A UI account made with the CLI, as an operator would; returns what it printed."""
+    command = ["admin", "user", "create", username, "--role", role]
+    created = subprocess.run(
+        [TRUSTD, *command, "--data-dir", str(server.data_dir)],
+        env={**os.environ, "TRUSTD_USER_PASSWORD": PASSWORD},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert created.returncode == 0, created.stderr
+    return created.stdout
+
+
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
     work = tmp_path_factory.mktemp("e2e")
@@ -93,16 +107,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
         headers={"Authorization": f"Bearer {server.token}"},
     )
     try:
-        created = subprocess.run(
-            [TRUSTD, *ADMIN_USER, "--data-dir", str(server.data_dir)],
-            env={**os.environ, "TRUSTD_USER_PASSWORD": PASSWORD},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert created.returncode == 0, created.stderr
-        assert "created alice (admin)" in created.stdout
+        assert "created alice (admin)" in create_user(server, "alice", "admin")
 
         nodes = [attest_join_token(api, {}, ["k8s:ns:payments"]) for _ in range(2)]
         names = [
@@ -203,10 +208,10 @@ def new_context(browser: sync_api.Browser, seeded: Seeded) -> sync_api.BrowserCo
     )
 
 
-def sign_in(page: sync_api.Page) -> None:
+def sign_in(page: sync_api.Page, username: str = "alice") -> None:
     page.goto("/ui/")
     assert "/ui/login" in page.url
-    page.fill("input[name=username]", "alice")
+    page.fill("input[name=username]", username)
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
     page.wait_for_url("**/ui/")
@@ -426,24 +431,11 @@ def test_quarantine_and_release_from_the_identity_page(
 ) -> None:
     # Last in the module: the identity is quarantined and released again on the way.
     server, api, x = seeded.server, seeded.api, f"{TD}/ns/api/orders"
-    command = ["admin", "user", "create", "olga", "--role", "operator"]
-    created = subprocess.run(
-        [TRUSTD, *command, "--data-dir", str(server.data_dir)],
-        env={**os.environ, "TRUSTD_USER_PASSWORD": PASSWORD},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert created.returncode == 0, created.stderr
+    create_user(server, "olga", "operator")
     serial = _issue(api, x)
     context = new_context(browser, seeded)
     page = context.new_page()
-    page.goto("/ui/login")
-    page.fill("input[name=username]", "olga")
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url("**/ui/")
+    sign_in(page, "olga")
 
     # From the certificate to its identity.
     page.goto(f"/ui/certificates/{serial}")

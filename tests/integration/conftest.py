@@ -70,7 +70,9 @@ def cli(
 def join_agent_command(server: Running, work: Path, *options: str) -> list[str]:
     """`trustd agent` joining `server` with a fresh join token, its socket and data under
     `work`, plus `options`."""
-    created = cli("token", "create", "--data-dir", str(server.data_dir)).stdout.split()
+    made = cli("token", "create", "--data-dir", str(server.data_dir), check=False)
+    assert made.returncode == 0, f"token create failed: {made.stderr}"
+    created = made.stdout.split()
     return [
         TRUSTD,
         "agent",

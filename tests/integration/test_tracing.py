@@ -148,9 +148,17 @@ def test_agent_and_server_spans_reach_the_collector_as_one_trace(
         )
         assert served.attributes["http.response.status_code"] == 201
 
-        # The sync long-poll, continued from the agent's trace the same way.
+        # The sync long-poll, continued from the agent's trace the same way. The agent's
+        # client span ends (and is exported) only when its long-poll returns, after the
+        # server's spans: wait for the chain to reach it.
         sync = wait_for_span(receiver, "trustd-server", "trustd.sync")[0].span
-        chain = [receiver.span(i) for i in receiver.ancestors(sync)]
+        deadline = time.monotonic() + 20
+        while True:
+            chain = [receiver.span(i) for i in receiver.ancestors(sync)]
+            if (chain and chain[-1].service == "trustd-agent") or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert chain, "no parent of the sync span was received"
         request = next(r for r in chain if r.span.kind == trace_pb2.Span.SPAN_KIND_SERVER)
         assert request.span.name == "GET /v1/agents/sync"
         assert chain[-1].service == "trustd-agent"

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import Field
 
 from trustd.api.deps import ServicesDep, require
-from trustd.api.wire import WireModel
+from trustd.api.wire import INT64_MAX, WireModel
 from trustd.domain.audit import HEAD_HASH_HEADER, HEAD_SEQ_HEADER, AuditChainBroken
 
 router = APIRouter(prefix="/v1/admin/audit", tags=["audit"])
@@ -42,7 +42,9 @@ class AuditVerification(WireModel):
 )
 def export_audit(
     services: ServicesDep,
-    after: Annotated[int, Query(ge=0, description="Export the events after this seq")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=INT64_MAX, description="Export the events after this seq")
+    ] = 0,
 ) -> StreamingResponse:
     """The audit events with seq > `after`, in chain order, one JSON document per line with
     `seq`, `prev_hash` and `hash` (`trustd.domain.audit` says how each hash is made), up to
