@@ -38,6 +38,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml deploy/constraints.txt deploy/r
 	@echo "installing trustd into $(VENV)"
 	$(BIN)/pip install -q --disable-pip-version-check --require-hashes --no-deps -r deploy/regorus.txt
 	$(PIP) -e .
+	@# xds-protos (Envoy's ext_authz API) carries an old copy of opentelemetry/proto/, which
+	@# the OTLP exporter cannot import; opentelemetry-proto's own files must win, whatever
+	@# order pip unpacked the two in.
+	$(PIP) --force-reinstall --no-deps opentelemetry-proto
 	@touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
