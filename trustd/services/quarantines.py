@@ -134,6 +134,10 @@ class Quarantines:
             if until <= now:
                 raise InvalidRequest(f"until ({until.isoformat()}) is not in the future")
         held = fetch_quarantine(session, spiffe_id, for_update=True)
+        if held is not None and not held.active(now):
+            # Past its `until`, not yet swept by the leader's duty: it ends now, as it would.
+            self._expire_in(session, held)
+            held = None
         if held is not None:
             raise Conflict(
                 f"{spiffe_id} is already quarantined (by {held.quarantined_by}: {held.reason})"
@@ -186,21 +190,25 @@ class Quarantines:
         with transaction(self._engine) as session:
             expired = list_expired_quarantines(session, now)
             for quarantine in expired:
-                delete_quarantine(session, quarantine.spiffe_id)
-                self._audit.record(
-                    session,
-                    "trustd",
-                    EXPIRED,
-                    target=quarantine.spiffe_id,
-                    details={
-                        "reason": quarantine.reason,
-                        "until": quarantine.until.isoformat() if quarantine.until else None,
-                    },
-                )
+                self._expire_in(session, quarantine)
             revision = bump_revision(session) if expired else 0
         if expired:
             announce(self._bus, revision)
         return len(expired)
+
+    def _expire_in(self, session: Session, quarantine: Quarantine) -> None:
+        """Inside the caller's transaction, end *quarantine* at its `until`, audited."""
+        delete_quarantine(session, quarantine.spiffe_id)
+        self._audit.record(
+            session,
+            "trustd",
+            EXPIRED,
+            target=quarantine.spiffe_id,
+            details={
+                "reason": quarantine.reason,
+                "until": quarantine.until.isoformat() if quarantine.until else None,
+            },
+        )
 
     # -- reads -----------------------------------------------------------------------------
 

@@ -199,7 +199,8 @@ class Revocations:
             raise InvalidRequest("quarantine is not available on this server")
         # One SPIFFE ID per call: by serial one certificate, by SPIFFE ID that ID.
         spiffe_id = ids[0]
-        if fetch_quarantine(session, spiffe_id) is not None:
+        held = fetch_quarantine(session, spiffe_id)
+        if held is not None and held.active(self._clock.now()):
             return None, 0
         serials = ", ".join(r.serial for r in rows[:3]) + (", ..." if len(rows) > 3 else "")
         return self._quarantines.quarantine_in(
