@@ -1,0 +1,148 @@
+"""The flow wire model: what an agent reports of the connections its datapath judged, one
+typed model used by the agent that aggregates them and the server that stores them.
+
+A flow is an aggregate, not a packet: the agent folds every event its datapath reports (the
+tc program's ring buffer, trustd/agent/bpf/enforce.c, and its own ext_authz decisions) into
+one row per (source, destination, port, protocol, verdict, reason, observer) and interval,
+with a count. That keeps the cost bounded under a flood: a SYN flood from one workload is
+one row with a large count, and the events the ring buffer had no room for are reported as
+`dropped`, never waited for (Hubble reports lost events the same way).
+
+Identities are SPIFFE IDs where the datapath's identity number maps to one (the agent holds
+the map from its verdict state), and null for an address in no entry (identity 0 in the
+datapath: "unknown"). The server accepts a flow only when the workload on the reporting
+node's side of it (the source for egress, the destination for ingress and ext_authz) is one
+the node hosts, so a node cannot make an edge appear for another node's workloads.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from typing import Annotated
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
+
+# The most flows one batch may carry, and the most batches' worth the agent keeps queued
+# while the server is away; past that the oldest aggregates are dropped and counted.
+MAX_FLOWS_PER_BATCH = 1000
+
+
+class Verdict(enum.StrEnum):
+    """What happened to the connection."""
+
+    ALLOWED = "allowed"
+    DENIED = "denied"
+    # Audit mode: the policy would have denied it, the datapath let it through.
+    AUDIT = "audit"
+
+
+class Reason(enum.StrEnum):
+    """Why the datapath or the proxy decided as it did (enforce.c's counter slots)."""
+
+    POLICY = "policy"  # a policy verdict (allow or deny) decided it
+    REVOKED = "revoked"  # the source identity is quarantined (trustd.services.quarantines)
+    STALE = "stale"  # deny-all: the agent's state is older than its staleness limit
+    UNMANAGED = "unmanaged"  # the destination is in no entry; the node's scope decided
+    AUDIT_WOULD_DENY = "audit-would-deny"  # audit mode let through what policy denies
+
+
+class Direction(enum.StrEnum):
+    """Which side of the flow the reporting node observed it from."""
+
+    EGRESS = "egress"  # leaving a workload of this node: the source is the node's
+    INGRESS = "ingress"  # arriving at a workload of this node: the destination is the node's
+
+
+class Observer(enum.StrEnum):
+    """Which enforcement point reported the flow."""
+
+    EBPF = "ebpf"  # the tc program, L3/L4
+    EXT_AUTHZ = "ext_authz"  # the agent's ext_authz / auth_request decision, L7
+
+
+# IANA protocol numbers the datapath judges, by name.
+Protocol = Annotated[str, Field(pattern=r"^(tcp|udp|icmp)$")]
+
+
+def _address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+
+
+Address = Annotated[str, AfterValidator(_address)]
+SpiffeIdText = Annotated[StrictStr, Field(min_length=10, max_length=2048, pattern=r"^spiffe://")]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class L7Attributes(_Wire):
+    """What an ext_authz decision saw of the request (never headers' values, never bodies)."""
+
+    method: Annotated[str, Field(max_length=16)]
+    path: Annotated[str, Field(max_length=1024)]
+    host: Annotated[str, Field(max_length=255)] = ""
+    status: Annotated[StrictInt, Field(ge=100, le=599)]
+
+
+class FlowReport(_Wire):
+    """One aggregated flow: every event of one key in one interval."""
+
+    source: SpiffeIdText | None
+    destination: SpiffeIdText | None
+    source_address: Address
+    destination_address: Address
+    destination_port: Annotated[StrictInt, Field(ge=0, lt=65536)]
+    protocol: Protocol
+    verdict: Verdict
+    reason: Reason
+    direction: Direction
+    observer: Observer = Observer.EBPF
+    count: Annotated[StrictInt, Field(gt=0, lt=2**63)]
+    first_seen: AwareDatetime
+    last_seen: AwareDatetime
+    l7: L7Attributes | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FlowReport:
+        if self.first_seen > self.last_seen:
+            raise ValueError("first_seen is after last_seen")
+        return self
+
+
+class FlowBatch(_Wire):
+    """`POST /v1/agents/flows`: what one agent saw in one interval."""
+
+    flows: Annotated[list[FlowReport], Field(max_length=MAX_FLOWS_PER_BATCH)]
+    # Events lost before aggregation (ring buffer full) or aggregates dropped from the
+    # agent's bounded queue since the previous batch.
+    dropped: Annotated[StrictInt, Field(ge=0, lt=2**63)] = 0
+    interval_start: AwareDatetime
+    interval_end: AwareDatetime
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FlowBatch:
+        if self.interval_start > self.interval_end:
+            raise ValueError("interval_start is after interval_end")
+        return self
+
+
+class FlowBatchResult(_Wire):
+    """The server's answer: how many flows were stored and how many refused (a flow about
+    workloads the node does not host)."""
+
+    accepted: int
+    refused: int
