@@ -17,6 +17,7 @@ import os
 import secrets
 import socket
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -59,6 +60,13 @@ class LostLeadership(TrustdError):
     title = "Leadership lost"
 
 
+# The check a leader's periodic duty makes first in each transaction that writes: it locks
+# the fence row and raises LostLeadership once a successor holds a newer epoch, so a stalled
+# leader's duty rolls back instead of racing its successor's (a quarantine expired and
+# audited twice, a federated bundle written by two fetches).
+FenceCheck = Callable[[Session], None]
+
+
 class Fence:
     """Fencing epochs of one singleton loop, stored in the database."""
 
@@ -81,6 +89,14 @@ class Fence:
             except IntegrityError:
                 continue  # another replica created the row first; claim on top of it
         raise LostLeadership(f"could not claim a fencing epoch for {self.name}")
+
+    def checker(self, epoch: int) -> FenceCheck:
+        """The check of *epoch* for the leader's duties (see FenceCheck)."""
+
+        def check(session: Session) -> None:
+            self.check(session, epoch)
+
+        return check
 
     def check(self, session: Session, epoch: int) -> None:
         """Lock the fence row in *session* and check that *epoch* is still the newest.

@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlmodel import Session, func, select
 
 from pki.ca import load_pem_certificates, serial_hex
@@ -17,6 +18,7 @@ from pki.keys import KeyType, generate_private_key
 from tests.functional.conftest import Server
 from tests.functional.test_nodes_entries import attest, entry, join_token, node_headers
 from tests.functional.test_revocation_api import _problem
+from trustd.leader import LostLeadership
 from trustd.roles import Role
 from trustd.store.audit import AuditEvent
 from trustd.store.quarantines import IdentityQuarantine
@@ -256,6 +258,29 @@ def test_until_is_honoured_by_the_periodic_duty(server: Server) -> None:
     assert _denied(node)[0] == set()
     [expired] = _audits(server, "identity:quarantine:expired")
     assert expired.target == X and expired.actor == "trustd"
+
+
+def test_a_stale_leaders_expiry_changes_nothing(server: Server) -> None:
+    node = Node(server)
+    entry(server, X, node.spiffe_id, "unix:uid:1001")
+    until = datetime.now(UTC) + timedelta(milliseconds=300)
+    made = server.client.post(
+        "/v1/admin/identities/quarantine",
+        json={"spiffe_id": X, "reason": "cool-off", "until": until.isoformat()},
+        headers=server.auth,
+    )
+    assert made.status_code == 201, made.text
+    time.sleep(max(0.0, (until - datetime.now(UTC)).total_seconds()) + 0.05)
+    fence = server.services.rotation.leader.fence
+    stale, newest = fence.claim(), fence.claim()
+    before = _state(server)
+    # A leader that stalled past its lease while a successor took over: its duty rolls back.
+    with pytest.raises(LostLeadership):
+        server.services.quarantines.expire(fence.checker(stale))
+    assert _state(server) == before
+    assert _audits(server, "identity:quarantine:expired") == []
+    assert server.services.quarantines.expire(fence.checker(newest)) == 1
+    assert len(_audits(server, "identity:quarantine:expired")) == 1
 
 
 def test_a_nodes_scope_is_set_shown_and_sent_to_its_agent(server: Server) -> None:

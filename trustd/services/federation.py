@@ -55,6 +55,7 @@ from trustd.domain.federation import (
     FederationStatus,
 )
 from trustd.errors import BundleEndpointError, Conflict, InvalidRequest, NotFound
+from trustd.leader import FenceCheck
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
 from trustd.services.ca import CertificateAuthority
@@ -311,16 +312,21 @@ class Federations:
             raise BundleEndpointError(f"{federation.trust_domain}: {error}")
         return updated
 
-    def refresh_due(self) -> int:
-        """Fetch every relationship whose refresh is due (the leader's duty); returns how
-        many were fetched."""
+    def refresh_due(self, fenced: FenceCheck | None = None) -> int:
+        """Fetch every relationship whose refresh is due (the leader's duty, each outcome
+        written *fenced* by its epoch); returns how many were fetched.
+
+        Raises:
+            LostLeadership: a successor leads; the outcome of the fetch at hand was not
+                written.
+        """
         with transaction(self._engine) as session:
             due = list_due_federations(session, self._clock.now())
         for name in due:
             with transaction(self._engine) as session:
                 federation = fetch_federation(session, name)
             if federation is not None:
-                self._refresh(federation, ACTOR)
+                self._refresh(federation, ACTOR, fenced)
         return len(due)
 
     # -- fetching --------------------------------------------------------------------------
@@ -383,9 +389,11 @@ class Federations:
             raise BundleEndpointError(f"bundle refused: {exc.detail}") from None
         return fetched
 
-    def _refresh(self, federation: Federation, actor: str) -> tuple[Federation, str | None]:
-        """Fetch, then record the outcome; returns the relationship as now held and the
-        error (None: success)."""
+    def _refresh(
+        self, federation: Federation, actor: str, fenced: FenceCheck | None = None
+    ) -> tuple[Federation, str | None]:
+        """Fetch, then record the outcome (*fenced* when the leader's duty records it);
+        returns the relationship as now held and the error (None: success)."""
         name = federation.trust_domain
         try:
             fetched: TrustBundle | None = self._fetch(federation)
@@ -397,6 +405,8 @@ class Federations:
         now = self._clock.now()
         revision = 0
         with transaction(self._engine) as session:
+            if fenced is not None:
+                fenced(session)
             held = fetch_federation(session, name, for_update=True)
             if held is None:
                 return federation, error or "the relationship was deleted meanwhile"

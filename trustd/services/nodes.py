@@ -45,6 +45,7 @@ from trustd.errors import (
     PermissionDenied,
     Unauthenticated,
 )
+from trustd.leader import FenceCheck
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
 from trustd.services.issuance import AGENT_PATH, IssuanceRequest, Issuer
@@ -204,10 +205,13 @@ class Nodes:
 
     # -- housekeeping --------------------------------------------------------------------
 
-    def prune_replay_claims(self) -> int:
+    def prune_replay_claims(self, fenced: FenceCheck | None = None) -> int:
         """Drop the replay claims of evidence past its own expiry (it would be refused as
-        expired anyway); run by the leader's periodic duties. Returns how many went."""
+        expired anyway); run by the leader's periodic duties, *fenced* by its epoch. Returns
+        how many went."""
         with transaction(self._engine) as session:
+            if fenced is not None:
+                fenced(session)
             pruned = prune_replay_claims(session, self._clock.now())
         if pruned:
             log.info("replay_claims_pruned", count=pruned)

@@ -32,6 +32,7 @@ from trustd.domain.quarantines import (
     Release,
 )
 from trustd.errors import Conflict, InvalidRequest, NotFound
+from trustd.leader import FenceCheck
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
 from trustd.services.issuance import require_unreserved
@@ -183,11 +184,17 @@ class Quarantines:
         announce(self._bus, revision)
         return Release(held, principal.name, now)
 
-    def expire(self) -> int:
-        """Release every quarantine whose `until` has passed (the leader's periodic duty);
-        returns how many."""
+    def expire(self, fenced: FenceCheck | None = None) -> int:
+        """Release every quarantine whose `until` has passed (the leader's periodic duty,
+        *fenced* by its epoch); returns how many.
+
+        Raises:
+            LostLeadership: a successor leads; nothing was changed.
+        """
         now = self._clock.now()
         with transaction(self._engine) as session:
+            if fenced is not None:
+                fenced(session)
             expired = list_expired_quarantines(session, now)
             for quarantine in expired:
                 self._expire_in(session, quarantine)

@@ -37,7 +37,7 @@ from trustd.domain.certificates import CertificateRecord, CertificateStatus
 from trustd.domain.revocations import RevocationTarget
 from trustd.domain.rotation import KeyChange
 from trustd.errors import Conflict, NotFound
-from trustd.leader import Leader, LostLeadership
+from trustd.leader import FenceCheck, Leader, LostLeadership
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
 from trustd.services.ca import SYSTEM_ACTOR, CertificateAuthority
@@ -70,7 +70,7 @@ class RotationManager:
         revocations: Revocations,
         bus: Bus,
         leader: Leader,
-        duties: Sequence[Callable[[], object]] = (),
+        duties: Sequence[Callable[[FenceCheck], object]] = (),
     ) -> None:
         self._settings = settings
         # Other periodic work that one replica does for all, after each tick it leads.
@@ -441,8 +441,9 @@ class RotationManager:
                     try:
                         await asyncio.to_thread(self.tick, epoch)
                         await asyncio.to_thread(self._revocations.refresh_crls)
+                        fenced = self.leader.fence.checker(epoch)
                         for duty in self._duties:
-                            await asyncio.to_thread(duty)
+                            await asyncio.to_thread(duty, fenced)
                     except LostLeadership as exc:
                         # A successor holds a newer epoch: stop acting as the leader.
                         log.warning("rotation_leadership_lost", error=str(exc))
