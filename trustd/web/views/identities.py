@@ -66,7 +66,7 @@ def identity(
 ) -> HTMLResponse:
     """One identity: its SVIDs, revoked serials, quarantine and the nodes that applied it."""
     overview = services.quarantines.overview(spiffe_id)
-    return render(request, "identity.html", identity=overview, now=services.clock.now())
+    return render(request, "identity.html", identity=overview)
 
 
 @router.get("/identities/quarantine", response_class=HTMLResponse)

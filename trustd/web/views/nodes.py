@@ -23,7 +23,7 @@ def nodes(
     request: Request, services: ServicesDep, viewer: Annotated[Viewer, require("admin:node:read")]
 ) -> HTMLResponse:
     """Attested nodes."""
-    return render(request, "nodes.html", nodes=services.nodes.list(), now=services.clock.now())
+    return render(request, "nodes.html", nodes=services.nodes.list())
 
 
 _NODE_ACTIONS = {
