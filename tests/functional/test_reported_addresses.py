@@ -149,7 +149,16 @@ def test_report_reaches_every_nodes_ipcache_as_a_delta(
         ({API: ["224.0.0.5"]}, 400, "multicast"),
         ({API: ["169.254.1.1"]}, 400, "link-local"),
         ({API: ["255.255.255.255"]}, 400, "reserved"),
-        ({API: ["fd00::1"]}, 400, "IPv4"),
+        # IPv6 (RFC 4291 §2.5): only global and unique local addresses name a workload.
+        ({API: ["::1"]}, 400, "loopback"),
+        ({API: ["::"]}, 400, "unspecified"),
+        ({API: ["fe80::1"]}, 400, "link-local"),
+        ({API: ["ff02::1"]}, 400, "multicast"),
+        ({API: ["::ffff:10.213.0.9"]}, 400, "IPv4-mapped"),
+        ({API: ["fec0::1"]}, 400, "site-local"),
+        ({API: ["fd00:213::1%eth0"]}, 400, "zone"),
+        ({API: ["64:ff9b::a00:1"]}, 400, "reserved"),
+        ({API: ["fd00:213::/64"]}, 400, "not an IP address"),
         ({API: ["10.213.0.0/24"]}, 400, "not an IP address"),
         ({API: ["10.213.0.300"]}, 400, "not an IP address"),
         ({"https://example.org/x": ["10.213.0.9"]}, 400, "spiffe"),
@@ -276,3 +285,41 @@ def test_declared_prefixes_win_and_shared_addresses_fail_closed(
     assert AMBIGUOUS not in state["changes"]["identities"]["set"]
     assert _conflicts("ambiguous") == 0
     assert _conflicts("declared") == 2
+
+
+def test_ipv6_reports_reach_the_ipcache_as_128s_next_to_ipv4(
+    server: Server, nodes: tuple[Node, Node]
+) -> None:
+    """A dual-stack workload's report: both families under its one identity, IPv6 in the
+    RFC 5952 form whatever the agent wrote; declared IPv6 prefixes win and shared IPv6
+    addresses fail closed, as for IPv4."""
+    a, b = nodes
+    assert (
+        entry(server, DB, b.id, "unix:uid:1003", ip_addresses=["fd00:213:7::/48"]).status_code
+        == 201
+    )
+    ids = a.identities()
+    report = {API: ["10.213.0.2", "FD00:213:0:0::2", "2001:db8:213::2", "fd00:213:7::9"]}
+    assert a.report(report).status_code == 204, a.report(report).text
+    assert _rows(server) == {
+        (a.id, API, "10.213.0.2"),
+        (a.id, API, "fd00:213::2"),
+        (a.id, API, "2001:db8:213::2"),
+        (a.id, API, "fd00:213:7::9"),
+    }
+    assert b.report({WEB: ["fd00:213::2", "10.213.0.1"]}).status_code == 204
+    assert a.ipcache() == {
+        "10.213.0.1/32": ids[WEB],
+        "fd00:213:7::/48": ids[DB],
+        "10.213.0.2/32": ids[API],
+        "2001:db8:213::2/128": ids[API],
+        # Claimed by node b's web workload too.
+        "fd00:213::2/128": AMBIGUOUS_IDENTITY,
+    }
+    # The same address written another way is the same report: nothing changes.
+    revision = _revision(server, a)
+    report[API][1] = "fd00:213::2"
+    assert a.report(report).status_code == 204
+    assert _revision(server, a) == revision
+    assert b.report({WEB: ["10.213.0.1"]}).status_code == 204
+    assert b.ipcache()["fd00:213::2/128"] == ids[API]

@@ -247,11 +247,6 @@ def mesh(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Mesh]:
 
 
 @pytest.fixture
-def mesh4(tmp_path: Path) -> Iterator[Mesh]:
-    yield from _mesh(tmp_path, "enforce")
-
-
-@pytest.fixture
 def dual_mesh(tmp_path: Path) -> Iterator[Mesh]:
     yield from _mesh(tmp_path, "enforce", family="dual")
 
@@ -378,21 +373,35 @@ def ebpf_ipcache(mesh: Mesh) -> dict[str, int]:
             return found
 
 
-def test_a_workloads_reported_address_gets_its_identity(mesh4: Mesh) -> None:
-    """An entry with no ip_addresses: its workload, in its own network namespace, fetches
-    its SVID from the agent's Workload API as the entry's uid; the agent reports the
-    namespace's address, and the eBPF IP cache gives that address the workload's identity.
-    (Reported addresses are IPv4 only.)"""
-    mesh = mesh4
-    set_policy(mesh, [{"name": "w", "source": WEB, "destination": API, "ports": [PORT]}], [])
-    until(lambda: web_to_api_in_force(mesh), 10)
-    web_number = ebpf_ipcache(mesh)["10.213.1.1/32"]
+def _both(mesh: Mesh, src: str, dst: str) -> list[bool]:
+    """Whether `src` reaches `dst` over IPv4 and over IPv6."""
+    return [mesh.connects(src, mesh.addr(dst, index)) for index in (0, 1)]
 
-    # The web entry's declared address goes: web is unknown, its connections are dropped.
+
+def test_a_dual_stack_workload_is_enforced_on_both_families_by_one_policy(
+    dual_mesh: Mesh,
+) -> None:
+    """One policy judges both families, first for addresses the entries declare, then for
+    a dual-stack workload whose entry declares none: it fetches its SVID from the agent's
+    Workload API, in its own network namespace, as the entry's uid; the agent reports the
+    namespace's IPv4 and IPv6 addresses (not its link-local one), and the eBPF IP cache
+    gives both the workload's identity (a /32 and a /128)."""
+    mesh = dual_mesh
+    web_to_api = {"name": "w", "source": WEB, "destination": API, "ports": [PORT]}
+    set_policy(mesh, [web_to_api], [])
+    until(lambda: web_to_api_in_force(mesh), 10)
+    assert _both(mesh, "web", "api") == [True, True]
+    assert _both(mesh, "bad", "api") == [False, False]
+    assert _both(mesh, "api", "web") == [False, False]
+    web_prefixes = {"10.213.1.1/32", "fd00:213:1::1/128"}
+    web_number = ebpf_ipcache(mesh)["10.213.1.1/32"]
+    assert ebpf_ipcache(mesh)["fd00:213:1::1/128"] == web_number
+
+    # The web entry's declared addresses go: web is unknown, its connections are dropped.
     [web_entry] = mesh.api("GET", f"/v1/entries?spiffe_id={WEB}")["entries"]
     mesh.api("PATCH", f"/v1/entries/{web_entry['id']}", {"ip_addresses": []})
-    until(lambda: "10.213.1.1/32" not in ebpf_ipcache(mesh), 10)
-    assert not mesh.connects("web", "10.213.1.2")
+    until(lambda: not web_prefixes & ebpf_ipcache(mesh).keys(), 10)
+    assert _both(mesh, "web", "api") == [False, False]
 
     # The web workload (uid 30031, as its entry selects) calls the Workload API from its
     # namespace and keeps its X509-SVID stream open.
@@ -411,33 +420,25 @@ def test_a_workloads_reported_address_gets_its_identity(mesh4: Mesh) -> None:
         assert workload.stdout is not None
         first = json.loads(workload.stdout.readline())
         assert [s["spiffe_id"] for s in first["svids"]] == [WEB], first
-        # Its address is back in the IP cache with its identity, and the policy applies:
-        # web may reach api, quarantine still may not.
-        until(lambda: ebpf_ipcache(mesh).get("10.213.1.1/32") == web_number, 15)
-        until(lambda: mesh.connects("web", "10.213.1.2"), 5)
-        assert not mesh.connects("bad", "10.213.1.2")
+
+        def reported() -> set[str]:
+            return {k for k, v in ebpf_ipcache(mesh).items() if v == web_number}
+
+        # Both its addresses are back with its identity, and nothing else is (its fe80::
+        # address names no one workload, RFC 4291 §2.5.6); the policy applies to both.
+        until(lambda: reported() == web_prefixes, 15)
+        until(lambda: _both(mesh, "web", "api") == [True, True], 5)
+        assert _both(mesh, "bad", "api") == [False, False]
+        # Both families flip with the one policy.
+        set_policy(mesh, [{**web_to_api, "source": BAD}], [])
+        until(lambda: _both(mesh, "web", "api") == [False, False], 2)
+        assert _both(mesh, "bad", "api") == [True, True]
+        set_policy(mesh, [web_to_api], [])
+        until(lambda: _both(mesh, "web", "api") == [True, True], 2)
     finally:
         workload.kill()
         workload.communicate()
 
-    # Once the workload has gone, the agent's next pass withdraws the address.
-    until(lambda: "10.213.1.1/32" not in ebpf_ipcache(mesh), 30)
-    assert not mesh.connects("web", "10.213.1.2")
-
-
-def test_a_dual_stack_workload_is_enforced_on_both_families_by_one_policy(
-    dual_mesh: Mesh,
-) -> None:
-    mesh = dual_mesh
-    web_to_api = {"name": "w", "source": WEB, "destination": API, "ports": [PORT]}
-    set_policy(mesh, [web_to_api], [])
-    until(lambda: web_to_api_in_force(mesh), 10)
-    for index in (0, 1):  # IPv4, IPv6
-        assert mesh.connects("web", mesh.addr("api", index))
-        assert not mesh.connects("bad", mesh.addr("api", index))
-        assert not mesh.connects("api", mesh.addr("web", index))
-    # Both families flip with the one policy.
-    set_policy(mesh, [{**web_to_api, "source": BAD}], [])
-    until(lambda: not mesh.connects("web", mesh.addr("api", 1)), 2)
-    assert not mesh.connects("web", mesh.addr("api", 0))
-    assert mesh.connects("bad", mesh.addr("api", 0)) and mesh.connects("bad", mesh.addr("api", 1))
+    # Once the workload has gone, the agent's next pass withdraws both addresses.
+    until(lambda: not web_prefixes & ebpf_ipcache(mesh).keys(), 30)
+    assert _both(mesh, "web", "api") == [False, False]

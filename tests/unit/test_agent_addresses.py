@@ -20,7 +20,7 @@ from pki.clock import FakeClock
 from pki.spiffe_id import SpiffeId
 from tests.unit.pki_helpers import T0
 from tests.workload_helpers import Domain
-from trustd.agent.addresses import WorkloadAddresses, local_addresses
+from trustd.agent.addresses import WorkloadAddresses, ipv4_addresses, ipv6_addresses
 from trustd.agent.cache import SvidCache
 from trustd.agent.workload_api import start_workload_api
 from trustd.agent.workload_attestor import PeerCredentials, WorkloadProcess
@@ -61,9 +61,32 @@ FIB_TRIE = b"""Main:
 def test_fib_trie_local_host_leaves_are_the_addresses() -> None:
     # Loopback and link-local addresses identify no workload; broadcast and subnet
     # leaves are not addresses at all.
-    assert local_addresses(FIB_TRIE) == {"10.77.0.5", "10.77.1.9"}
-    assert local_addresses(b"") == frozenset()
-    assert local_addresses(b"|-- 10.1.1.1\n/24 link UNICAST\n+-- x\n/32 host LOCAL\n") == set()
+    assert ipv4_addresses(FIB_TRIE) == {"10.77.0.5", "10.77.1.9"}
+    assert ipv4_addresses(b"") == frozenset()
+    assert ipv4_addresses(b"|-- 10.1.1.1\n/24 link UNICAST\n+-- x\n/32 host LOCAL\n") == set()
+
+
+# /proc/net/if_inet6 of a namespace (as Linux 6.18 prints it): a ULA and a global address
+# on eth0, its link-local one, loopback, one still tentative (flags 0x40), one whose
+# duplicate address detection failed (0x08, with 0x40 cleared), a deprecated one (0x20:
+# still assigned) and a site-local one.
+IF_INET6 = b"""fd002130001000000000000000000005 02 40 00 80     eth0
+20010db8021300000000000000000007 02 40 00 00     eth0
+fe80000000000000a8bbccfffe00dd01 02 40 20 80     eth0
+00000000000000000000000000000001 01 80 10 80       lo
+fd002130001000000000000000000009 02 40 00 c0     eth0
+fd00213000100000000000000000000a 02 40 00 88     eth0
+fd00213000100000000000000000000b 02 40 00 a0     eth0
+fec00000000000000000000000000001 02 40 40 80     eth0
+"""
+
+
+def test_if_inet6_assigned_global_and_unique_local_addresses() -> None:
+    # RFC 4291 §2.5.6: a link-local address is on every link and names no one workload;
+    # RFC 4862 §5.4: a tentative (or duplicate) address is not assigned yet.
+    assert ipv6_addresses(IF_INET6) == {"fd00:2130:10::5", "2001:db8:213::7", "fd00:2130:10::b"}
+    assert ipv6_addresses(b"") == frozenset()
+    assert ipv6_addresses(b"zz 02 40 00 80 eth0\nfd00 02 40 00 80 eth0\n") == set()
 
 
 def ip(*args: str) -> None:
@@ -72,14 +95,16 @@ def ip(*args: str) -> None:
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    """A namespace with 10.213.90.5/24 and a link-local address on a veth pair whose both
-    ends are inside it."""
+    """A namespace with 10.213.90.5/24, fd00:213:90::5/64 and link-local addresses (the
+    IPv6 one the kernel adds itself) on a veth pair whose both ends are inside it."""
     name = f"tdu{uuid.uuid4().hex[:6]}"
     ip("netns", "add", name)
     try:
         ip("-n", name, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
         ip("-n", name, "addr", "add", "10.213.90.5/24", "dev", "v0")
         ip("-n", name, "addr", "add", "169.254.90.5/16", "dev", "v0")
+        # No duplicate address detection: assigned at once, not tentative.
+        ip("-n", name, "addr", "add", "fd00:213:90::5/64", "dev", "v0", "nodad")
         for dev in ("lo", "v0", "v1"):
             ip("-n", name, "link", "set", dev, "up")
         yield name
@@ -133,16 +158,18 @@ def test_tracks_a_namespaced_process_and_forgets_it_when_it_exits(netns: str) ->
             changes = Changes()
             tracker = WorkloadAddresses(changes, refresh_interval=0.2)
             worker = asyncio.create_task(tracker.run())
-            both = {"10.213.90.5", "10.213.91.7"}
+            first = {"10.213.90.5", "fd00:213:90::5"}
+            both = {*first, "10.213.91.7", "2001:db8:213:91::7"}
             try:
                 # A host-network workload is noted but reports nothing.
                 tracker.observe(*_identity(host), [SpiffeId.parse("spiffe://example.org/h")])
                 tracker.observe(*_identity(inside), [WEB])
                 await changes.until(lambda: changes.count >= 1)
-                assert tracker.by_identity() == {str(WEB): {"10.213.90.5"}}
+                assert tracker.by_identity() == {str(WEB): first}
 
-                # A second address is picked up on the next pass.
+                # More addresses are picked up on the next pass.
                 ip("-n", netns, "addr", "add", "10.213.91.7/32", "dev", "v0")
+                ip("-n", netns, "addr", "add", "2001:db8:213:91::7/128", "dev", "v0", "nodad")
                 await changes.until(lambda: tracker.by_identity()[str(WEB)] == both)
 
                 # Matching nothing any more: forgotten at once.
@@ -189,7 +216,9 @@ def test_exited_callers_and_reused_pids_are_not_tracked(netns: str) -> None:
                 # A real caller observed after them is read in the same or a later pass.
                 tracker.observe(credentials, start_time, [SpiffeId.parse("spiffe://example.org/x")])
                 await changes.until(lambda: changes.count >= 1)
-                assert tracker.by_identity() == {"spiffe://example.org/x": {"10.213.90.5"}}
+                assert tracker.by_identity() == {
+                    "spiffe://example.org/x": {"10.213.90.5", "fd00:213:90::5"}
+                }
             finally:
                 worker.cancel()
 
@@ -248,7 +277,9 @@ def test_a_workload_api_caller_in_a_namespace_is_noted(netns: str, tmp_path: Pat
                 said = await caller.stdout.readline()
                 assert said.decode().strip() == "spiffe://example.org/web"
                 await changes.until(lambda: changes.count >= 1)
-            assert tracker.by_identity() == {"spiffe://example.org/web": {"10.213.90.5"}}
+            assert tracker.by_identity() == {
+                "spiffe://example.org/web": {"10.213.90.5", "fd00:213:90::5"}
+            }
         finally:
             caller.kill()
             await caller.wait()

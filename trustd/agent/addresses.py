@@ -2,11 +2,13 @@
 
 When a caller matches entries, the Workload API notes the process (pid and start time: a
 pid alone may be reused) with the SPIFFE IDs it matched; that costs the call a dictionary
-look-up. Off the call's path, a worker reads the IPv4 addresses of the process's network
-namespace: ``/proc/<pid>/net`` shows the namespace of that process (proc(5)), and the /32
-``host LOCAL`` leaves of its ``fib_trie`` are the addresses assigned in it. A process in
-the agent's own network namespace is a host-network workload: its addresses are the node's,
-name no single workload, and are not reported.
+look-up. Off the call's path, a worker reads the addresses of the process's network
+namespace: ``/proc/<pid>/net`` shows the namespace of that process (proc(5)); the /32
+``host LOCAL`` leaves of its ``fib_trie`` are the IPv4 addresses assigned in it, and its
+``if_inet6`` lists the IPv6 ones. Both families are reported, less what cannot identify a
+workload (`trustd.addresses`: IPv6 link-local addresses among them, RFC 4291 §2.5.6). A
+process in the agent's own network namespace is a host-network workload: its addresses
+are the node's, name no single workload, and are not reported.
 
 Every `refresh_interval` the tracked processes are read again: one that exited is
 forgotten (and its addresses with it, unless another tracked process holds them), and
@@ -40,9 +42,26 @@ MAX_TRACKED = 4096
 Namespace = tuple[int, int]
 
 
-def local_addresses(fib_trie: bytes) -> frozenset[str]:
-    """The addresses assigned in a network namespace, from its ``/proc/net/fib_trie``: the
-    leaves with a ``/32 host LOCAL`` alias, less those that cannot identify a workload
+# if_inet6 flags (include/uapi/linux/if_addr.h): an address still undergoing duplicate
+# address detection, or one that failed it, is not assigned to the interface (RFC 4862
+# §5.4): packets to it are not accepted, so it names no one yet.
+IFA_F_DADFAILED = 0x08
+IFA_F_TENTATIVE = 0x40
+
+
+def _workload_addresses(values: Iterable[str]) -> frozenset[str]:
+    out = set()
+    for value in values:
+        with contextlib.suppress(ValueError):
+            address = ipaddress.ip_address(value)
+            if workload_address_problem(address) is None:
+                out.add(str(address))
+    return frozenset(out)
+
+
+def ipv4_addresses(fib_trie: bytes) -> frozenset[str]:
+    """The IPv4 addresses assigned in a network namespace, from its ``/proc/net/fib_trie``:
+    the leaves with a ``/32 host LOCAL`` alias, less those that cannot identify a workload
     (loopback, link-local and the like, `trustd.addresses`)."""
     found: set[str] = set()
     leaf: str | None = None
@@ -54,13 +73,28 @@ def local_addresses(fib_trie: bytes) -> frozenset[str]:
             leaf = None
         elif leaf is not None and line == "/32 host LOCAL":
             found.add(leaf)
-    out = set()
-    for value in found:
-        with contextlib.suppress(ValueError):
-            address = ipaddress.IPv4Address(value)
-            if workload_address_problem(address) is None:
-                out.add(str(address))
-    return frozenset(out)
+    return _workload_addresses(found)
+
+
+def ipv6_addresses(if_inet6: bytes) -> frozenset[str]:
+    """The IPv6 addresses assigned in a network namespace, from its ``/proc/net/if_inet6``
+    (one line per address: 32 hex digits, interface index, prefix length, scope, flags and
+    interface name), less tentative and duplicate ones and those that cannot identify a
+    workload (loopback, link-local and the like, `trustd.addresses`)."""
+    found = []
+    for line in if_inet6.decode("ascii", "replace").splitlines():
+        fields = line.split()
+        if len(fields) != 6 or len(fields[0]) != 32:
+            continue
+        try:
+            flags = int(fields[4], 16)
+            packed = bytes.fromhex(fields[0])
+        except ValueError:
+            continue
+        if flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
+            continue
+        found.append(str(ipaddress.IPv6Address(packed)))
+    return _workload_addresses(found)
 
 
 def _namespace(info: os.stat_result) -> Namespace:
@@ -101,6 +135,8 @@ class WorkloadAddresses:
         self._on_change = on_change
         self._proc_root = proc_root
         self._own = _namespace(os.stat(f"{proc_root}/self/ns/net"))
+        # A kernel without IPv6 has no if_inet6 in any namespace.
+        self._ipv6 = os.path.exists(f"{proc_root}/self/net/if_inet6")
         self._refresh_interval = refresh_interval
         self._max_tracked = max_tracked
         self._tracked: dict[_Caller, _Seen] = {}
@@ -215,8 +251,10 @@ class WorkloadAddresses:
                 return _Network(None, frozenset())
             addresses = namespaces.get(namespace)
             if addresses is None:
-                fib_trie = read_proc_file(process.dir_fd, "net/fib_trie")
-                addresses = namespaces[namespace] = local_addresses(fib_trie)
+                addresses = ipv4_addresses(read_proc_file(process.dir_fd, "net/fib_trie"))
+                if self._ipv6:
+                    addresses |= ipv6_addresses(read_proc_file(process.dir_fd, "net/if_inet6"))
+                namespaces[namespace] = addresses
             return _Network(namespace, addresses)
         except OSError:
             # It exited meanwhile, or its namespace is not ours to read.

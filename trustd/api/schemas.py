@@ -322,7 +322,9 @@ class AgentJwtRequest(WireModel):
 
 class ReportedIdentity(WireModel):
     spiffe_id: str = Field(max_length=2048)
-    addresses: list[str] = Field(max_length=64, description="IPv4 addresses, dotted quad")
+    addresses: list[str] = Field(
+        max_length=64, description="IPv4 (dotted quad) and IPv6 addresses, global or unique local"
+    )
 
 
 class AddressReport(WireModel):

@@ -43,8 +43,9 @@ class ReportedAddress(SQLModel, table=True):
 
     node_id: str = Field(primary_key=True, max_length=2048)
     spiffe_id: str = Field(primary_key=True, max_length=2048, index=True)
-    # IPv4, dotted quad: the IP cache gets it as a /32.
-    address: str = Field(primary_key=True, max_length=15)
+    # IPv4 dotted quad or IPv6 in RFC 5952 form (at most 39 characters: IPv4-mapped
+    # addresses are refused, trustd.addresses); the IP cache gets it as a /32 or a /128.
+    address: str = Field(primary_key=True, max_length=39)
     # When this node first reported this address for this SPIFFE ID.
     reported_at: datetime = Field(sa_type=UTCDateTime)
 
