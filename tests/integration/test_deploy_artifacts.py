@@ -25,6 +25,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -120,11 +121,17 @@ def unit_values(path: Path, key: str) -> list[str]:
 
 
 def unit_env(path: Path) -> set[str]:
-    return {
+    """The variables the unit sets, and those its EnvironmentFile's example beside it sets."""
+    names = {
         word.split("=", 1)[0]
         for value in unit_values(path, "Environment")
         for word in shlex.split(value)
     }
+    for env_file in unit_values(path, "EnvironmentFile"):
+        example = path.parent / (Path(env_file.lstrip("-")).name + ".example")
+        lines = example.read_text().splitlines()
+        names |= {line.split("=", 1)[0] for line in lines if line and not line.startswith("#")}
+    return names
 
 
 def units_with_real_binary(tmp_path: Path) -> list[Path]:
@@ -179,7 +186,11 @@ def test_the_units_pass_only_real_options_and_settings() -> None:
     for path in UNITS.values():
         (exec_start,) = unit_values(path, "ExecStart")
         argv = shlex.split(exec_start)[1:]
-        assert_real_invocation(argv, unit_env(path))
+        env = unit_env(path)
+        assert_real_invocation(argv, env)
+        # Every ${VAR} the command line expands has a default in the unit.
+        defaults = {w.split("=", 1)[0] for v in unit_values(path, "Environment") for w in v.split()}
+        assert set(re.findall(r"\$\{(\w+)\}", exec_start)) <= defaults, exec_start
     server = UNITS["trustd-server.service"]
     assert unit_values(server, "CapabilityBoundingSet") == [""]
     assert unit_values(server, "AmbientCapabilities") == [""]
@@ -303,12 +314,21 @@ def test_the_agent_needs_exactly_its_capability_set(tmp_path: Path, netns_with_v
 def test_the_server_serves_with_no_capability_and_no_writable_executable_memory(
     tmp_path: Path,
 ) -> None:
-    """`trustd serve` with an empty capability bounding set, no_new_privs and PR_SET_MDWE
-    (the kernel's own MemoryDenyWriteExecute): it starts and answers /readyz."""
-    setpriv = tool("setpriv", "util-linux")
+    """`trustd serve` as the server unit runs it, as far as the kernel can say without
+    systemd: an empty capability bounding set, no_new_privs, PR_SET_MDWE (the kernel's own
+    MemoryDenyWriteExecute) and a /proc showing only its own processes and no non-process
+    files (ProtectProc=invisible, ProcSubset=pid). It starts and answers /readyz."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a private /proc needs root")
+    setpriv, unshare = tool("setpriv", "util-linux"), tool("unshare", "util-linux")
     server = UNITS["trustd-server.service"]
-    assert unit_values(server, "MemoryDenyWriteExecute") == ["yes"]
-    assert unit_values(server, "NoNewPrivileges") == ["yes"]
+    for key, value in (
+        ("MemoryDenyWriteExecute", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectProc", "invisible"),
+        ("ProcSubset", "pid"),
+    ):
+        assert unit_values(server, key) == [value], key
     data_dir = tmp_path / "var"
     port = free_port()
     mdwe_exec = (
@@ -316,13 +336,16 @@ def test_the_server_serves_with_no_capability_and_no_writable_executable_memory(
         f"assert libc.prctl({PR_SET_MDWE}, {PR_MDWE_REFUSE_EXEC_GAIN}, 0, 0, 0) == 0; "
         "os.execv(sys.argv[1], sys.argv[1:])"
     )
-    argv = [setpriv, "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--"]
+    private_proc = 'mount -o remount,hidepid=invisible,subset=pid /proc && exec "$@"'
+    argv = [unshare, "--mount", "--pid", "--fork", "--mount-proc", "sh", "-c", private_proc, "sh"]
+    argv += [setpriv, "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--"]
     argv += [sys.executable, "-c", mdwe_exec, TRUSTD, "serve", "--data-dir", str(data_dir)]
     argv += ["--listen", f"127.0.0.1:{port}"]
     environ = {k: v for k, v in os.environ.items() if not k.startswith("TRUSTD_")}
     log = tmp_path / "server.log"
     with log.open("w") as out:
         process = subprocess.Popen(argv, env=environ, stdout=out, stderr=out)
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
     try:
         status = 0
         deadline = time.monotonic() + 60
@@ -336,12 +359,14 @@ def test_the_server_serves_with_no_capability_and_no_writable_executable_memory(
                 pass
             time.sleep(0.2)
         assert status == 200, log.read_text()
-        status_file = Path(f"/proc/{process.pid}/status").read_text()
-        caps = dict(line.split(":\t", 1) for line in status_file.splitlines() if ":\t" in line)
-        assert int(caps["CapBnd"], 16) == 0 and int(caps["CapEff"], 16) == 0, caps
-        assert caps["NoNewPrivs"].strip() == "1"
+        (serving,) = children.read_text().split()
+        status_file = Path(f"/proc/{serving}/status").read_text()
+        fields = dict(line.split(":\t", 1) for line in status_file.splitlines() if ":\t" in line)
+        assert int(fields["CapBnd"], 16) == 0 and int(fields["CapEff"], 16) == 0, fields
+        assert fields["NoNewPrivs"].strip() == "1"
     finally:
-        process.terminate()
+        for pid in children.read_text().split() if process.poll() is None else []:
+            os.kill(int(pid), signal.SIGTERM)
         process.wait(30)
 
 
