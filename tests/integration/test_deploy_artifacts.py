@@ -3,9 +3,10 @@
 - the systemd units by `systemd-analyze verify` (no warning allowed) and `systemd-analyze
   security --offline` (exposure score under a limit); the agent's capability set by loading
   and attaching the eBPF program and attesting another user's process under exactly that
-  set (each capability removed in turn breaks what it is there for), and the server's
-  empty set by serving with no capability at all, both under MemoryDenyWriteExecute's
-  kernel twin (PR_SET_MDWE);
+  set (each capability removed in turn breaks what it is there for), and by a real agent
+  under it joining a real server and serving a workload its SVID; the server's empty set
+  by serving with no capability at all, under MemoryDenyWriteExecute's kernel twin
+  (PR_SET_MDWE) and a /proc as ProtectProc=invisible and ProcSubset=pid leave it;
 - the kustomize overlays by `kubectl kustomize`, every object validated strictly (unknown
   fields refused) against the Kubernetes API schemas that kubernetes-validate ships and the
   ServiceMonitor against the prometheus-operator CRD schema
@@ -28,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -39,7 +41,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.integration.conftest import TRUSTD, free_port, tls
+from tests.integration.conftest import TRUSTD, cli, free_port, tls
 from trustd.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
@@ -309,6 +311,102 @@ def test_the_agent_needs_exactly_its_capability_set(tmp_path: Path, netns_with_v
     finally:
         other.kill()
         other.wait()
+
+
+def test_the_whole_agent_runs_under_its_capability_set(
+    tmp_path: Path, netns_with_veth: str
+) -> None:
+    """A real `trustd agent` under the unit's capability set (root's uid, nothing else),
+    joined to a real server in the same network namespace: it attaches the tc program to
+    its interface and gives a workload running as another user the SVID of an entry that
+    needs that workload's executable path (read from /proc/<pid>/exe)."""
+    if os.geteuid() != 0:
+        pytest.skip("changing capability sets and loading eBPF programs needs root")
+    tool("clang", "clang")
+    setpriv, nsenter = tool("setpriv", "util-linux"), tool("nsenter", "util-linux")
+    tc, ip = tool("tc", "iproute2"), tool("ip", "iproute2")
+    from trustd.agent.enforcement import libbpf
+
+    libbpf.ensure_bpffs()  # as systemd does at boot
+    netns = f"--net=/var/run/netns/{netns_with_veth}"
+    subprocess.run([ip, "-n", netns_with_veth, "link", "set", "lo", "up"], check=True)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TRUSTD_")}
+    environ["PYTHONPATH"] = str(ROOT)
+    data_dir, port = tmp_path / "var", free_port()
+    server_log = tmp_path / "server.log"
+    serve = [nsenter, netns, TRUSTD, "serve", "--data-dir", str(data_dir)]
+    serve += ["--listen", f"127.0.0.1:{port}"]
+    with server_log.open("w") as log:
+        server = subprocess.Popen(
+            serve,
+            env=environ,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+    assert server.stdout is not None
+    agent: subprocess.Popen[str] | None = None
+    pin_dir = Path("/sys/fs/bpf/trustd") / f"agent-{uuid.uuid4().hex[:8]}"
+    sockets = Path(tempfile.mkdtemp(prefix="trustd-caps-"))
+    sockets.chmod(0o755)
+    try:
+        # The banner ends with "Next ..." once the server serves.
+        assert any(line.startswith("Next") for line in server.stdout), server_log.read_text()
+
+        def admin(*args: str) -> str:
+            return cli(*args, "--data-dir", str(data_dir)).stdout
+
+        made = admin("token", "create").split()
+        token, ca_sha256 = (made[made.index(f) + 1] for f in ("--join-token", "--ca-sha256"))
+        node_id = f"spiffe://example.org/trustd/agent/join_token/{token.split('.')[0]}"
+        python = os.path.realpath(sys.executable)
+        admin(
+            "entry", "create", "--spiffe-id", "spiffe://example.org/web", "--parent-id", node_id,
+            "--selector", "unix:uid:2001", "--selector", f"unix:path:{python}",
+        )  # fmt: skip
+        bounding = ",".join(
+            ["-all", *(f"+{c.removeprefix('CAP_').lower()}" for c in agent_capabilities())]
+        )
+        argv = [nsenter, netns, setpriv, f"--bounding-set={bounding}", "--inh-caps=-all", "--"]
+        argv += [TRUSTD, "agent", "--server", f"https://127.0.0.1:{port}"]
+        argv += ["--join-token", token, "--ca-sha256", ca_sha256]
+        argv += ["--socket", str(sockets / "agent.sock"), "--data-dir", str(tmp_path / "agent")]
+        argv += ["--enforce-interface", "v0", "--bpf-pin-dir", str(pin_dir)]
+        agent_log = tmp_path / "agent.log"
+        with agent_log.open("w") as log:
+            agent = subprocess.Popen(argv, env=environ, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        got: dict[str, Any] = {}
+        while time.monotonic() < deadline and agent.poll() is None:
+            if (sockets / "agent.sock").exists():
+                done = run(
+                    sys.executable, str(Path(__file__).with_name("workload_client.py")),
+                    "--socket", str(sockets / "agent.sock"), "--uid", "2001", "--gid", "2001",
+                    "x509",
+                )  # fmt: skip
+                if done.returncode == 0:
+                    got = json.loads(done.stdout.splitlines()[-1])
+                    if got["svids"]:
+                        break
+            time.sleep(0.3)
+        assert [s["spiffe_id"] for s in got.get("svids", [])] == ["spiffe://example.org/web"], (
+            agent_log.read_text()
+        )
+        filters = run(tc, "-n", netns_with_veth, "filter", "show", "dev", "v0", "ingress").stdout
+        assert "trustd_ingress" in filters, filters
+        status = Path(f"/proc/{agent.pid}/status").read_text()
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        assert fields["Uid"].split()[0] == "0"
+        # Linux capability numbers (capability.h): NET_ADMIN 12, SYS_PTRACE 19, BPF 39.
+        assert int(fields["CapEff"], 16) == (1 << 12) | (1 << 19) | (1 << 39), fields["CapEff"]
+    finally:
+        for process in (agent, server):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(30)
+        server.stdout.close()
+        shutil.rmtree(pin_dir, ignore_errors=True)
+        shutil.rmtree(sockets, ignore_errors=True)
 
 
 def test_the_server_serves_with_no_capability_and_no_writable_executable_memory(
