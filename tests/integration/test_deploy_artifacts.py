@@ -21,6 +21,7 @@ the cluster do at run time beyond the above is not exercised.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -88,15 +89,20 @@ def run(
 
 
 # -- what trustd accepts ---------------------------------------------------------------------
+@functools.cache
+def cli_help(subcommand: str) -> str:
+    shown = run(TRUSTD, subcommand, "--help")
+    assert shown.returncode == 0, shown.stderr
+    return shown.stdout
+
+
 def cli_options(subcommand: str) -> set[str]:
     """The long options `trustd <subcommand> --help` lists."""
-    text = run(TRUSTD, subcommand, "--help").stdout
-    return set(re.findall(r"(--[a-z][a-z0-9-]*)", text))
+    return set(re.findall(r"(--[a-z][a-z0-9-]*)", cli_help(subcommand)))
 
 
 def cli_env_vars(subcommand: str) -> set[str]:
-    text = run(TRUSTD, subcommand, "--help").stdout
-    return set(re.findall(r"env var: (TRUSTD_[A-Z0-9_]+)", text))
+    return set(re.findall(r"env var: (TRUSTD_[A-Z0-9_]+)", cli_help(subcommand)))
 
 
 def assert_real_invocation(argv: list[str], env: set[str]) -> None:
@@ -472,7 +478,8 @@ def test_the_server_serves_with_no_capability_and_no_writable_executable_memory(
 def kustomize(overlay: str) -> list[dict[str, Any]]:
     kubectl = tool("kubectl", "kubectl or kubernetes-client")
     rendered = run(kubectl, "kustomize", str(KUSTOMIZE / "overlays" / overlay))
-    assert rendered.returncode == 0, rendered.stderr
+    # No deprecation warning either.
+    assert (rendered.returncode, rendered.stderr) == (0, ""), rendered.stderr
     return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
 
 
