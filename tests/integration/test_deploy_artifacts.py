@@ -52,7 +52,7 @@ DEPLOY = ROOT / "deploy"
 UNITS = {path.name: path for path in sorted((DEPLOY / "systemd").glob("*.service"))}
 # Where the units expect `pip install trustd` to have put it.
 INSTALLED = "/opt/trustd/venv/bin/trustd"
-# `systemd-analyze security` exposure levels (0 best, 10 worst; "OK" up to 3.9). The agent
+# `systemd-analyze security` exposure levels (0 best, 10 worst; "OK" from 1.0 to 4.9). The agent
 # keeps root's uid, the host network and /proc of its callers by design.
 EXPOSURE_LIMITS = {"trustd-server.service": 1.5, "trustd-agent.service": 3.0}
 KUSTOMIZE = DEPLOY / "kubernetes"
