@@ -18,9 +18,15 @@ DEB_PACKAGES += zsh
 DEB_PACKAGES += softhsm2 opensc
 # promtool checks /metrics, the alerting rules and their unit tests (deploy/prometheus).
 DEB_PACKAGES += prometheus
-# The high-availability topology (`make ha`, `make ha-test`) only: Patroni with etcd for
-# PostgreSQL failover, Redis Sentinel, HAProxy. Not installed by `make test`.
-HA_DEB_PACKAGES := patroni etcd-server etcd-client redis-sentinel haproxy
+# The deployment artifacts' checks (tests/integration/test_deploy_artifacts.py):
+# systemd-analyze verifies the units and scores their exposure, setpriv and nsenter run
+# the agent under the unit's capability set; haproxy -c and patroni --validate-config
+# check the HA examples (deploy/ha) that `make ha` runs. kubectl (kustomize) and Node.js
+# with npm (the CRD schemas' validator) come with the machine image.
+DEB_PACKAGES += systemd util-linux haproxy patroni
+# The high-availability topology (`make ha`, `make ha-test`) only: etcd for Patroni's
+# PostgreSQL failover, Redis Sentinel. Not installed by `make test`.
+HA_DEB_PACKAGES := etcd-server etcd-client redis-sentinel
 PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 CHECK_DB := trustd_alembic_check_$(shell echo $$$$)
 
@@ -49,8 +55,16 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) -e '.[dev]'
 	@touch $@
 
+# The prometheus-operator CRD schemas the Kubernetes manifests are validated against,
+# pinned by the lock file (deploy/kubernetes/validate).
+K8S_VALIDATOR := deploy/kubernetes/validate
+$(K8S_VALIDATOR)/node_modules/.package-lock.json: $(K8S_VALIDATOR)/package.json $(K8S_VALIDATOR)/package-lock.json
+	@echo "installing the Kubernetes CRD schemas into $(K8S_VALIDATOR)"
+	npm ci --prefix $(K8S_VALIDATOR) --no-audit --no-fund --loglevel=error
+	@touch $@
+
 install: $(VENV)/.installed
-install-dev: $(VENV)/.installed-dev
+install-dev: $(VENV)/.installed-dev $(K8S_VALIDATOR)/node_modules/.package-lock.json
 
 run: install
 	$(BIN)/trustd serve
@@ -191,4 +205,4 @@ clean:
 	rm -rf var demo .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(K8S_VALIDATOR)/node_modules

@@ -228,22 +228,25 @@ class Topology:
     def patroni_config(self, index: int) -> Path:
         return self.root / f"pg{index + 1}.yml"
 
-    def _start_patroni(self) -> None:
+    def render_patroni(self, index: int) -> str:
+        """Node `index`'s Patroni config: deploy/ha/patroni.yml with its placeholders
+        filled (the example file and what runs are the same)."""
         p = self.ports
-        template = Template((HERE / "patroni.yml").read_text())
+        name = f"pg{index + 1}"
+        return Template((HERE / "patroni.yml").read_text()).substitute(
+            name=name,
+            rest_port=p.patroni[index],
+            etcd_port=p.etcd_client,
+            pg_port=p.pg[index],
+            data_dir=self.root / name,
+            bin_dir=postgres_bin_dir(),
+            pgpass=self.root / f"{name}.pgpass",
+            socket_dir=self.root,
+        )
+
+    def _start_patroni(self) -> None:
         for i in range(2):
-            name = f"pg{i + 1}"
-            config = template.substitute(
-                name=name,
-                rest_port=p.patroni[i],
-                etcd_port=p.etcd_client,
-                pg_port=p.pg[i],
-                data_dir=self.root / name,
-                bin_dir=postgres_bin_dir(),
-                pgpass=self.root / f"{name}.pgpass",
-                socket_dir=self.root,
-            )
-            self.patroni_config(i).write_text(config)
+            self.patroni_config(i).write_text(self.render_patroni(i))
         # Patroni and PostgreSQL refuse to run as root.
         shutil.chown(self.root, "postgres")
         for path in self.root.iterdir():
@@ -366,7 +369,9 @@ class Topology:
         return "redis-master" if port == self.ports.redis_master else "redis-replica"
 
     # -- HAProxy -------------------------------------------------------------------------
-    def _start_haproxy(self) -> None:
+    def render_haproxy(self) -> str:
+        """deploy/ha/haproxy.cfg with its placeholders filled (the example file and what
+        runs are the same)."""
         p = self.ports
         trustd_servers = "\n".join(
             f"    server trustd-{i + 1} 127.0.0.1:{port} check check-ssl verify none"
@@ -376,7 +381,7 @@ class Topology:
             f"    server pg{i + 1} 127.0.0.1:{port} check port {p.patroni[i]}"
             for i, port in enumerate(p.pg)
         )
-        config = Template((HERE / "haproxy.cfg").read_text()).substitute(
+        return Template((HERE / "haproxy.cfg").read_text()).substitute(
             stats_socket=self.root / "haproxy.sock",
             trustd_port=p.haproxy_trustd,
             pg_port=p.haproxy_pg,
@@ -384,8 +389,10 @@ class Topology:
             trustd_servers=trustd_servers,
             pg_servers=pg_servers,
         )
+
+    def _start_haproxy(self) -> None:
         path = self.root / "haproxy.cfg"
-        path.write_text(config)
+        path.write_text(self.render_haproxy())
         subprocess.run(["haproxy", "-c", "-q", "-f", str(path)], check=True)
         self._run("haproxy", ["haproxy", "-db", "-f", str(path)])
         wait_for("HAProxy", lambda: (self.root / "haproxy.sock").exists(), 15)
