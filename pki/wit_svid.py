@@ -23,6 +23,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
+import jwt.algorithms
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pki.bundle import public_key_from_jwk, public_key_to_jwk
 from pki.clock import Clock
@@ -135,6 +137,24 @@ def workload_jwk(key: PublicKey) -> dict[str, Any]:
     key = allowed_public_key(key)
     alg = _signing_algorithm(key, "bound to WIT-SVIDs")
     return {**public_key_to_jwk(key), "alg": alg}
+
+
+def workload_private_jwk(key: PrivateKey) -> dict[str, Any]:
+    """The private JWK (RFC 7517, RFC 7518 §6.2.2 / §6.3.2) of the workload key *key*, with
+    the ``alg`` its proofs must use: what the Workload API hands the workload with its
+    WIT-SVID (``WITSVID.wit_svid_key``). Never log or store it.
+
+    Raises:
+        WeakKey: *key* has no WIT-SVID algorithm (Ed25519, ML-DSA).
+    """
+    alg = _signing_algorithm(key, "bound to WIT-SVIDs")
+    signer = jose_private_key(key)
+    if isinstance(signer, rsa.RSAPrivateKey):
+        jwk = jwt.algorithms.RSAAlgorithm.to_jwk(signer, as_dict=True)
+    else:
+        assert isinstance(signer, ec.EllipticCurvePrivateKey)  # the only other with an alg
+        jwk = jwt.algorithms.ECAlgorithm.to_jwk(signer, as_dict=True)
+    return {**jwk, "alg": alg}
 
 
 def parse_workload_jwk(jwk: object) -> tuple[PublicKey, str]:
