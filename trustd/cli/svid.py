@@ -16,7 +16,14 @@ from pki.bundle import TrustBundle
 from pki.clock import SystemClock
 from pki.csr import create_csr
 from pki.errors import TrustdError
-from pki.keys import KeyType, PrivateKey, PublicKey, generate_private_key, public_key_from_pem
+from pki.keys import (
+    KeyType,
+    PrivateKey,
+    PublicKey,
+    allowed_public_key,
+    generate_private_key,
+    public_key_from_pem,
+)
 from pki.spiffe_id import TrustDomain
 from pki.wit_svid import parse_workload_jwk, validate_wit_svid, workload_jwk
 from trustd.cli.context import connection
@@ -109,14 +116,20 @@ def _write_private(path: Path, key: PrivateKey) -> None:
 
 
 def _read_public_key(path: Path) -> PublicKey:
-    """A public key from a PEM (SubjectPublicKeyInfo) or JWK file."""
-    text = path.read_text()
+    """A public key from a PEM (SubjectPublicKeyInfo, or the private key `mint --out`
+    wrote) or public JWK file."""
     try:
+        text = path.read_text()
         if text.lstrip().startswith("{"):
             return parse_workload_jwk(json.loads(text))[0]
+        if "PRIVATE KEY-----" in text:
+            private = serialization.load_pem_private_key(text.encode(), password=None)
+            return allowed_public_key(private.public_key())
         return public_key_from_pem(text)
-    except (TrustdError, ValueError) as exc:
-        fail(f"{path}: not a usable public key (PEM or JWK): {exc}")
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror}")
+    except (TrustdError, ValueError, TypeError) as exc:
+        fail(f"{path}: not a usable key (PEM or JWK): {exc}")
 
 
 @wit_app.command("mint")
