@@ -3,19 +3,23 @@ admin and agent endpoints, the bundle's wit-svid keys and their rotation."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlmodel import Session, func, select
 
 from pki.bundle import USE_JWT_SVID, USE_WIT_SVID, TrustBundle
-from pki.clock import SystemClock
+from pki.clock import FakeClock, SystemClock
 from pki.errors import InvalidWit
 from pki.keys import KeyType, generate_private_key
 from pki.spiffe_id import TrustDomain
 from pki.wit_svid import validate_wit_svid, workload_jwk
-from tests.functional.conftest import Server, ServerFactory
+from tests.functional.conftest import Server, ServerFactory, make_settings
 from tests.functional.test_nodes_entries import attest, entry, join_token, node_headers
+from trustd.bootstrap import initialise, migrate
+from trustd.services.container import build_services
 from trustd.store.audit import AuditEvent
 from trustd.store.ca_keys import CaKey
 
@@ -190,3 +194,73 @@ def test_the_wit_key_rotates_on_its_own(server_factory: ServerFactory) -> None:
         )
         assert session.exec(select(func.count()).select_from(CaKey)).one() == 5
     assert statuses == {old_kid: "old", new_kid: "active"}
+
+
+def test_the_ticker_rotates_the_wit_key_without_a_gap(tmp_path: Path, database_url: str) -> None:
+    clock = FakeClock(datetime(2030, 1, 1, tzinfo=UTC))
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        wit_svid=True,
+        jwt_key_ttl=timedelta(hours=1),
+        wit_svid_ttl=timedelta(minutes=10),
+        wit_svid_max_ttl=timedelta(minutes=10),
+        bundle_refresh_hint=timedelta(minutes=10),
+        bundle_reload_interval=timedelta(minutes=5),
+    )
+    settings.data_dir.mkdir(parents=True)
+    migrate(database_url)
+    services = build_services(settings, clock)
+    initialise(services)
+    services.ca.load()
+    workload = generate_private_key(KeyType.EC_P256)
+    tokens: list[str] = []
+    for step in range(36):  # three key lifetimes in five-minute steps
+        clock.advance(timedelta(minutes=5))
+        services.rotation.tick()
+        tokens.append(
+            services.issuer.mint_wit_svid("test", f"{WEB}/{step}", workload.public_key()).token
+        )
+        bundle = TrustBundle.from_jwks(services.ca.state.bundle.to_json().encode(), TD)
+        # WIT-SVID §6.1: at every step, no kid names both a JWT-SVID and a WIT-SVID key.
+        assert not set(bundle.wit_authorities) & set(bundle.jwt_authorities)
+        # The last two cover every unexpired WIT-SVID (10 minutes, 5-minute steps).
+        for token in tokens[-2:]:
+            validate_wit_svid(
+                token, bundle.wit_authorities, clock, TD, presented_key=workload.public_key()
+            )
+    with Session(services.engine) as session:
+        wit_rows = session.exec(select(CaKey).where(CaKey.kind == "wit")).all()
+        activated = session.exec(
+            select(AuditEvent.target).where(AuditEvent.action == "ca:authority:active")
+        ).all()
+    activations = len(set(activated) & {r.kid for r in wit_rows})
+    assert activations >= 2
+    assert "retired" in {r.status for r in wit_rows}
+    services.engine.dispose()
+
+
+def test_wit_svids_turned_on_later_get_their_key_and_off_again_leave_the_bundle(
+    tmp_path: Path, database_url: str
+) -> None:
+    off = make_settings(tmp_path, database_url)
+    off.data_dir.mkdir(parents=True)
+    migrate(database_url)
+    first = build_services(off)
+    initialise(first)
+    assert first.ca.load().bundle.wit_authorities == {}
+    first.engine.dispose()
+
+    on = build_services(make_settings(tmp_path, database_url, wit_svid=True))
+    assert on.ca.initialise() is True  # the WIT-SVID key, alone
+    state = on.ca.load()
+    assert state.wit_signer is not None
+    assert set(state.bundle.wit_authorities) == {state.wit_signer.kid}
+    assert state.wit_signer.kid not in state.bundle.jwt_authorities
+    on.engine.dispose()
+
+    again = build_services(off)
+    state = again.ca.load()
+    # Off: the key is kept (turning the feature on again reuses it) but not published.
+    assert state.wit_signer is None and state.bundle.wit_authorities == {}
+    again.engine.dispose()
