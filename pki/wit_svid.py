@@ -5,7 +5,9 @@ A WIT-SVID is a JWT that binds the workload's public key (the ``cnf`` claim, RFC
 to its SPIFFE ID. Unlike a JWT-SVID it is not a bearer token: a relying party accepts it
 only with a proof that the presenter holds the private key in ``cnf`` (WIT-SVID §4, §7.1).
 :func:`validate_wit_svid` checks the token and, given the key the presenter proved
-possession of (a WPT's signer, a TLS peer key), that the token is bound to that key.
+possession of (a TLS peer key, say), that the token is bound to that key;
+:func:`validate_presentation` checks a WIT-SVID with its Workload Proof Token
+(draft-ietf-wimse-wpt §3), the proof WIT-SVID §5 recommends.
 
 As for JWT-SVIDs (see :mod:`pki.jwt_svid`), the JOSE header is checked before any key is
 touched, PyJWT only checks the signature over the exact bytes received, and time comes from
@@ -14,6 +16,8 @@ the injected :class:`~pki.clock.Clock`.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import math
 import secrets
@@ -401,3 +405,205 @@ def _check_claims(
         kid=kid,
         jti=jti,
     )
+
+
+# --------------------------------------------------------------------------------------
+# Workload Proof Tokens (draft-ietf-wimse-wpt §3): the proof of possession of the cnf key.
+
+# draft-ietf-wimse-wpt §3: explicitly typed (RFC 8725 §3.11).
+WPT_TYPE = "wpt+jwt"
+# §3: "WPT lifetimes MUST be short, e.g., on the order of minutes or seconds", and ones
+# expiring unreasonably far in the future SHOULD be rejected: five minutes at most.
+MAX_WPT_LIFETIME = timedelta(minutes=5)
+# The draft names alg and typ; kid is harmless (the key is the WIT's cnf key whatever it
+# says), anything naming another key (jwk, jku, x5c, x5u) or crit is refused as for WITs.
+_WPT_HEADERS = frozenset({"alg", "typ", "kid"})
+
+
+def token_hash(value: str) -> str:
+    """draft-ietf-wimse-wpt §3 (wth, tth, oth): base64url (RFC 7515 §2) of SHA-256 over
+    the token's ASCII bytes."""
+    digest = hashlib.sha256(value.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+@dataclass(frozen=True)
+class WorkloadProof:
+    """A validated Workload Proof Token. Its ``jti`` is for the caller's replay cache
+    (draft-ietf-wimse-wpt §3: RECOMMENDED, within the proof's validity window)."""
+
+    jti: str
+    audience: tuple[str, ...]
+    expiry: datetime
+
+
+def mint_wpt(
+    key: PrivateKey,
+    wit: WitSvid,
+    audience: str,
+    clock: Clock,
+    ttl: timedelta = timedelta(seconds=60),
+    *,
+    txn_token: str | None = None,
+    other_tokens: Mapping[str, str] | None = None,
+) -> str:
+    """A Workload Proof Token for a request to *audience* (the target URI, without query
+    and fragment), signed with the WIT-SVID's cnf key *key*.
+
+    Raises:
+        InvalidWit: *key* is not the key *wit* is bound to, or *ttl* is out of range.
+    """
+    if not same_public_key(key.public_key(), wit.workload_key):
+        raise InvalidWit("the proof key is not the key the WIT-SVID is bound to")
+    if not timedelta(seconds=1) <= ttl <= MAX_WPT_LIFETIME:
+        raise InvalidWit(f"a WPT lives between 1 s and {MAX_WPT_LIFETIME}, got {ttl}")
+    now = math.floor(clock.now().timestamp())
+    claims: dict[str, Any] = {
+        "aud": audience,
+        "exp": now + math.floor(ttl.total_seconds()),
+        # §3: 128 bits of pseudorandom data at least.
+        "jti": secrets.token_urlsafe(16),
+        "wth": token_hash(wit.token),
+    }
+    if txn_token is not None:
+        claims["tth"] = token_hash(txn_token)
+    if other_tokens:
+        claims["oth"] = {name.lower(): token_hash(v.strip()) for name, v in other_tokens.items()}
+    # §3: alg MUST be the cnf.jwk.alg of the WIT.
+    return jwt.encode(
+        claims, jose_private_key(key), algorithm=wit.workload_alg, headers={"typ": WPT_TYPE}
+    )
+
+
+def validate_wpt(
+    proof: str,
+    wit: WitSvid,
+    audience: str,
+    clock: Clock,
+    *,
+    txn_token: str | None = None,
+    other_tokens: Mapping[str, str] | None = None,
+    leeway: timedelta = timedelta(seconds=0),
+) -> WorkloadProof:
+    """Check that *proof* proves possession of the key *wit* (already validated) is bound
+    to, for a request to *audience*, as draft-ietf-wimse-wpt §3 lists. *txn_token* and
+    *other_tokens* (header name -> value) are the context tokens the request carried.
+
+    Raises:
+        InvalidWit: malformed; a header other than alg/typ/kid; ``alg`` not the WIT's
+            ``cnf.jwk.alg``; ``typ`` not wpt+jwt; a bad signature; ``aud`` without
+            *audience*; ``exp`` missing, passed or too far ahead; no ``jti``; ``wth`` not
+            the WIT's hash; ``tth``/``oth`` missing for a token carried, or naming one not
+            carried or with another hash.
+    """
+    if not isinstance(proof, str) or len(proof) > MAX_TOKEN_BYTES:
+        raise InvalidWit(f"the WPT is not a string of at most {MAX_TOKEN_BYTES} bytes")
+    if _COMPACT_JWS.fullmatch(proof) is None:
+        raise InvalidWit("the WPT is not a JWS compact serialization")
+    try:
+        header = _b64url_json(proof.split(".")[0], "header")
+    except InvalidJwt as exc:
+        raise InvalidWit(f"WPT: {exc.detail}") from None
+    extra = sorted(set(header) - _WPT_HEADERS)
+    if extra:
+        raise InvalidWit(f"WPT header parameters {', '.join(map(repr, extra))} are not allowed")
+    # §3: alg string-equal to the WIT's cnf.jwk.alg (so never none, never HMAC).
+    if header.get("alg") != wit.workload_alg:
+        raise InvalidWit(
+            f"WPT alg {echo(header.get('alg'))} is not the WIT-SVID's cnf alg {wit.workload_alg}"
+        )
+    typ = header.get("typ")
+    if not isinstance(typ, str) or typ.lower().removeprefix("application/") != WPT_TYPE:
+        raise InvalidWit(f"WPT typ must be {WPT_TYPE}, got {echo(typ)}")
+    try:
+        decoded = jwt.PyJWS().decode_complete(
+            proof, jose_public_key(wit.workload_key), algorithms=[wit.workload_alg]
+        )
+        claims = json.loads(decoded["payload"], object_pairs_hook=_reject_duplicate_keys)
+    except jwt.InvalidSignatureError:
+        raise InvalidWit("the WPT is not signed by the key the WIT-SVID is bound to") from None
+    except (jwt.PyJWTError, ValueError, UnicodeDecodeError) as exc:
+        raise InvalidWit(f"the WPT could not be verified: {exc}") from None
+    if not isinstance(claims, dict):
+        raise InvalidWit("the WPT payload is not a JSON object")
+    try:
+        return _check_proof(claims, wit, audience, clock, txn_token, other_tokens, leeway)
+    except InvalidWit:
+        raise
+    except InvalidJwt as exc:
+        raise InvalidWit(f"WPT: {exc.detail}") from None
+
+
+def _check_proof(
+    claims: Mapping[str, Any],
+    wit: WitSvid,
+    audience: str,
+    clock: Clock,
+    txn_token: str | None,
+    other_tokens: Mapping[str, str] | None,
+    leeway: timedelta,
+) -> WorkloadProof:
+    now = clock.now()
+    exp = _numeric_date(claims, "exp")
+    if exp is None:
+        raise InvalidWit("the WPT has no exp claim")
+    expiry = _to_datetime(exp, "exp")
+    if now >= expiry + leeway:
+        raise InvalidWit(f"the WPT expired at {expiry.isoformat()}")
+    if expiry - now > MAX_WPT_LIFETIME + leeway:
+        raise InvalidWit(f"the WPT expires more than {MAX_WPT_LIFETIME} from now")
+    aud = claims.get("aud")
+    audiences = (aud,) if isinstance(aud, str) else tuple(aud) if isinstance(aud, list) else ()
+    # §3: aud matches the request's target URI (the caller normalises it).
+    if audience not in audiences:
+        raise InvalidWit(f"the WPT is for {echo(aud)}, not {echo(audience)}")
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not jti:
+        raise InvalidWit("the WPT has no jti claim")
+    # §3: wth binds the proof to this very WIT.
+    if claims.get("wth") != token_hash(wit.token):
+        raise InvalidWit("the WPT's wth is not the hash of this WIT-SVID")
+    tth = claims.get("tth")
+    if txn_token is not None and tth != token_hash(txn_token):
+        raise InvalidWit("the WPT's tth does not match the Txn-Token presented")
+    if txn_token is None and tth is not None:
+        raise InvalidWit("the WPT binds a Txn-Token the request does not carry")
+    oth = claims.get("oth")
+    carried = {name.lower(): token_hash(v.strip()) for name, v in (other_tokens or {}).items()}
+    if oth is not None and not isinstance(oth, dict):
+        raise InvalidWit("the WPT's oth must be a JSON object")
+    # §3: entries not understood reject the WPT; tokens it does not cover cannot be used.
+    if (oth or {}) != carried:
+        raise InvalidWit("the WPT's oth does not cover exactly the tokens presented")
+    return WorkloadProof(jti=jti, audience=audiences, expiry=expiry)
+
+
+def validate_presentation(
+    wit_token: str,
+    proof: str,
+    keys: Mapping[str, PublicKey],
+    trust_domain: TrustDomain,
+    audience: str,
+    clock: Clock,
+    *,
+    txn_token: str | None = None,
+    other_tokens: Mapping[str, str] | None = None,
+    leeway: timedelta = timedelta(seconds=0),
+) -> tuple[WitSvid, WorkloadProof]:
+    """A WIT-SVID presented with its Workload Proof Token, as a relying party checks them:
+    the WIT-SVID first (draft-ietf-wimse-wpt §3), then the proof of its cnf key.
+
+    Raises:
+        InvalidWit: see :func:`validate_wit_svid` and :func:`validate_wpt`.
+    """
+    wit = validate_wit_svid(wit_token, keys, clock, trust_domain, leeway=leeway)
+    proof_of = validate_wpt(
+        proof,
+        wit,
+        audience,
+        clock,
+        txn_token=txn_token,
+        other_tokens=other_tokens,
+        leeway=leeway,
+    )
+    return wit, proof_of

@@ -12,7 +12,7 @@ from pki.bundle import TrustBundle
 from pki.clock import SystemClock
 from pki.keys import KeyType, generate_private_key, key_id, public_key_pem
 from pki.spiffe_id import SpiffeId, TrustDomain
-from pki.wit_svid import mint_wit_svid, workload_jwk
+from pki.wit_svid import mint_wit_svid, mint_wpt, workload_jwk
 from trustd.cli import app
 
 runner = CliRunner()
@@ -20,17 +20,26 @@ TD = TrustDomain("example.org")
 
 
 def _setup(tmp_path: Path, *, wit_keys: bool = True) -> tuple[str, Path, Path, Path]:
+    token, bundle, right, wrong, _ = _setup_with_proof(tmp_path, wit_keys=wit_keys)
+    return token, bundle, right, wrong
+
+
+def _setup_with_proof(
+    tmp_path: Path, *, wit_keys: bool = True
+) -> tuple[str, Path, Path, Path, str]:
     signer = generate_private_key(KeyType.EC_P256)
     kid = key_id(signer.public_key())
     workload = generate_private_key(KeyType.EC_P256)
-    token = mint_wit_svid(
+    svid = mint_wit_svid(
         signer,
         kid,
         SpiffeId.parse("spiffe://example.org/web"),
         workload.public_key(),
         timedelta(minutes=5),
         SystemClock(),
-    ).token
+    )
+    token = svid.token
+    proof = mint_wpt(workload, svid, "https://db.example.org/", SystemClock())
     bundle = TrustBundle(
         trust_domain=TD,
         x509_authorities=(),
@@ -46,7 +55,7 @@ def _setup(tmp_path: Path, *, wit_keys: bool = True) -> tuple[str, Path, Path, P
     right.write_text(public_key_pem(workload.public_key()))
     wrong = tmp_path / "wrong.jwk"
     wrong.write_text(json.dumps(workload_jwk(generate_private_key(KeyType.EC_P256).public_key())))
-    return token, bundle_file, right, wrong
+    return token, bundle_file, right, wrong, proof
 
 
 def _verify(token: str, bundle: Path, *extra: str, stdin: str | None = None) -> tuple[int, str]:
@@ -83,3 +92,17 @@ def test_verify_refuses_another_key_domain_or_a_bundle_without_wit_keys(tmp_path
     code, out = _verify(token, jwt_only, "--trust-domain", "example.org")
     assert code == 1
     assert "no wit-svid key" in out
+
+
+def test_verify_checks_the_proof_of_possession(tmp_path: Path) -> None:
+    token, bundle, _, _, proof = _setup_with_proof(tmp_path)
+    args = ("--trust-domain", "example.org", "--proof", proof)
+    code, out = _verify(token, bundle, *args, "--audience", "https://db.example.org/")
+    assert code == 0, out
+    assert json.loads(out)["proof_checked"] is True
+    code, out = _verify(token, bundle, *args, "--audience", "https://elsewhere.example/")
+    assert code == 1
+    assert "not 'https://elsewhere.example/'" in out
+    code, out = _verify(token, bundle, "--trust-domain", "example.org", "--proof", proof)
+    assert code == 1
+    assert "go together" in out

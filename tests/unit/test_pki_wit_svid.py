@@ -23,8 +23,12 @@ from pki.wit_svid import (
     ALLOWED_ALGORITHMS,
     WitSvid,
     mint_wit_svid,
+    mint_wpt,
     parse_workload_jwk,
+    token_hash,
+    validate_presentation,
     validate_wit_svid,
+    validate_wpt,
     workload_jwk,
 )
 from tests.unit.pki_helpers import T0, cached_ec_key, cached_key
@@ -474,3 +478,118 @@ def test_a_jwt_svid_key_does_not_validate_wit_svids(
 def test_allowed_algorithms_are_asymmetric_only() -> None:
     assert "none" not in ALLOWED_ALGORITHMS
     assert not any(a.startswith("HS") for a in ALLOWED_ALGORITHMS)
+
+
+# --------------------------------------------------------- proof of possession (WPT)
+
+TARGET = "https://db.example.org/orders"
+
+
+def test_a_wit_svid_with_its_proof_is_accepted(
+    signer: Signer, clock: FakeClock, workload: PrivateKey
+) -> None:
+    svid = _mint(signer, clock, workload)
+    proof = mint_wpt(workload, svid, TARGET, clock)
+    # draft-ietf-wimse-wpt §3: typ wpt+jwt, alg of cnf.jwk, aud/exp/jti/wth.
+    assert jwt.get_unverified_header(proof) == {"alg": "ES256", "typ": "wpt+jwt"}
+    claims = jwt.decode(proof, options={"verify_signature": False})
+    assert set(claims) == {"aud", "exp", "jti", "wth"}
+    assert claims["wth"] == token_hash(svid.token)
+    wit, checked = validate_presentation(svid.token, proof, signer.keys, TD, TARGET, clock)
+    assert wit.spiffe_id == SID
+    assert checked.jti == claims["jti"] and checked.audience == (TARGET,)
+
+
+def test_a_proof_made_with_another_key_is_refused(
+    signer: Signer, clock: FakeClock, workload: PrivateKey
+) -> None:
+    svid = _mint(signer, clock, workload)
+    other = cached_key(KeyType.EC_P256, slot=9)
+    # Neither can it be made (the minting side checks) ...
+    with pytest.raises(InvalidWit, match="bound to"):
+        mint_wpt(other, svid, TARGET, clock)
+    # ... nor, forged by hand with the same claims, accepted.
+    claims = jwt.decode(
+        mint_wpt(workload, svid, TARGET, clock), options={"verify_signature": False}
+    )
+    forged = jwt.encode(claims, other, algorithm="ES256", headers={"typ": "wpt+jwt"})
+    with pytest.raises(InvalidWit, match="not signed by the key"):
+        validate_presentation(svid.token, forged, signer.keys, TD, TARGET, clock)
+
+
+def test_a_proof_is_for_one_wit_one_audience_and_a_short_while(
+    signer: Signer, clock: FakeClock, workload: PrivateKey
+) -> None:
+    svid = _mint(signer, clock, workload)
+    another = _mint(signer, clock, workload)
+    proof = mint_wpt(workload, svid, TARGET, clock, ttl=timedelta(seconds=30))
+    with pytest.raises(InvalidWit, match="wth"):
+        validate_wpt(proof, another, TARGET, clock)
+    with pytest.raises(InvalidWit, match="not 'https://other"):
+        validate_wpt(proof, svid, "https://other.example.org/", clock)
+    clock.advance(timedelta(seconds=30))
+    with pytest.raises(InvalidWit, match="expired"):
+        validate_wpt(proof, svid, TARGET, clock)
+    # §3: one expiring unreasonably far ahead is refused too.
+    now = int(clock.now().timestamp())
+    claims = {"aud": TARGET, "exp": now + 3600, "jti": "j", "wth": token_hash(svid.token)}
+    far = jwt.encode(claims, workload, algorithm="ES256", headers={"typ": "wpt+jwt"})
+    with pytest.raises(InvalidWit, match="more than"):
+        validate_wpt(far, svid, TARGET, clock)
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({"typ": "JWT"}, "typ"),
+        ({"typ": "wit+jwt"}, "typ"),
+        ({"typ": "wpt+jwt", "jwk": {"kty": "EC"}}, "not allowed"),
+    ],
+)
+def test_proof_header_is_checked(
+    signer: Signer,
+    clock: FakeClock,
+    workload: PrivateKey,
+    headers: dict[str, Any],
+    reason: str,
+) -> None:
+    svid = _mint(signer, clock, workload)
+    now = int(clock.now().timestamp())
+    claims = {"aud": TARGET, "exp": now + 30, "jti": "j", "wth": token_hash(svid.token)}
+    proof = jwt.encode(claims, workload, algorithm="ES256", headers=headers)
+    with pytest.raises(InvalidWit, match=reason):
+        validate_wpt(proof, svid, TARGET, clock)
+
+
+def test_proof_alg_must_be_the_cnf_alg(signer: Signer, clock: FakeClock) -> None:
+    rsa_key = cached_key(KeyType.RSA_2048)
+    svid = _mint(signer, clock, rsa_key, workload_key=rsa_key.public_key())
+    now = int(clock.now().timestamp())
+    claims = {"aud": TARGET, "exp": now + 30, "jti": "j", "wth": token_hash(svid.token)}
+    # The same RSA key, another RSA algorithm than cnf.jwk.alg (RS256): refused.
+    proof = jwt.encode(claims, rsa_key, algorithm="PS256", headers={"typ": "wpt+jwt"})
+    with pytest.raises(InvalidWit, match="cnf alg RS256"):
+        validate_wpt(proof, svid, TARGET, clock)
+    header = {"alg": "none", "typ": "wpt+jwt"}
+    with pytest.raises(InvalidWit, match="cnf alg"):
+        validate_wpt(f"{_segment(header)}.{_segment(claims)}.AA", svid, TARGET, clock)
+
+
+def test_context_tokens_are_bound_both_ways(
+    signer: Signer, clock: FakeClock, workload: PrivateKey
+) -> None:
+    svid = _mint(signer, clock, workload)
+    bound = mint_wpt(
+        workload, svid, TARGET, clock, txn_token="txn", other_tokens={"X-User": " u1 "}
+    )
+    validate_wpt(bound, svid, TARGET, clock, txn_token="txn", other_tokens={"x-user": "u1"})
+    with pytest.raises(InvalidWit, match="tth"):
+        validate_wpt(bound, svid, TARGET, clock, txn_token="other", other_tokens={"x-user": "u1"})
+    with pytest.raises(InvalidWit, match="Txn-Token"):
+        validate_wpt(bound, svid, TARGET, clock, other_tokens={"x-user": "u1"})
+    with pytest.raises(InvalidWit, match="oth"):
+        validate_wpt(bound, svid, TARGET, clock, txn_token="txn")
+    # A token carried but not covered by the proof cannot be relied on.
+    plain = mint_wpt(workload, svid, TARGET, clock)
+    with pytest.raises(InvalidWit, match="oth"):
+        validate_wpt(plain, svid, TARGET, clock, other_tokens={"x-user": "u1"})

@@ -25,7 +25,7 @@ from pki.keys import (
     public_key_from_pem,
 )
 from pki.spiffe_id import TrustDomain
-from pki.wit_svid import parse_workload_jwk, validate_wit_svid, workload_jwk
+from pki.wit_svid import parse_workload_jwk, validate_wit_svid, validate_wpt, workload_jwk
 from trustd.cli.context import connection
 from trustd.cli.output import command_group, emit, fail, human_time, progress
 
@@ -188,12 +188,20 @@ def wit_verify(
         Path | None,
         typer.Option(help="The key the presenter proved it holds (PEM or JWK): must be cnf's"),
     ] = None,
+    proof: Annotated[
+        str | None, typer.Option(help="The Workload Proof Token presented with it (wpt+jwt)")
+    ] = None,
+    audience: Annotated[
+        str | None, typer.Option(help="With --proof: the request's target URI")
+    ] = None,
 ) -> None:
     """Check a WIT-SVID against the bundle's wit-svid keys, offline; exit 1 if refused.
 
-    Without --key only the token is checked: a relying party must still check a proof of
-    possession of the key in `cnf` before it accepts the token (WIT-SVID §4).
+    Without --key or --proof only the token is checked: a relying party must still check
+    a proof of possession of the key in `cnf` before it accepts the token (WIT-SVID §4).
     """
+    if (proof is None) != (audience is None):
+        fail("--proof and --audience go together")
     shared = connection()
     if wit == "-":
         wit = sys.stdin.read().strip()
@@ -205,6 +213,9 @@ def wit_verify(
             fail(f"{bundle} has no wit-svid key: {domain.name} issues no WIT-SVIDs")
         presented = _read_public_key(key) if key is not None else None
         svid = validate_wit_svid(wit, keys, SystemClock(), domain, presented_key=presented)
+        if proof is not None and audience is not None:
+            # draft-ietf-wimse-wpt §3: the WIT first, then the proof of its cnf key.
+            validate_wpt(proof, svid, audience, SystemClock())
     except OSError as exc:
         fail(f"cannot read {bundle}: {exc.strerror}")
     except TrustdError as exc:
@@ -217,12 +228,17 @@ def wit_verify(
         "expires_at": expires,
         "cnf_alg": svid.workload_alg,
         "key_checked": presented is not None,
+        "proof_checked": proof is not None,
     }
     emit(
         shared.output,
         document,
         lambda: typer.echo(
             f"valid: {svid.spiffe_id} (kid {svid.kid}), expires {human_time(expires)}"
-            + ("" if presented is not None else "; no key given: possession not checked")
+            + (
+                ""
+                if presented is not None or proof is not None
+                else "; no key or proof given: possession not checked"
+            )
         ),
     )
