@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pki.bundle import public_key_from_jwk, public_key_to_jwk
 from pki.clock import Clock
 from pki.errors import InvalidBundle, InvalidJwt, InvalidSpiffeId, InvalidWit, WeakKey, echo
-from pki.jwt_svid import (
+from pki.jwt_svid import (  # the JWT-SVID JOSE steps, shared rather than copied
     _COMPACT_JWS,
     MAX_TOKEN_BYTES,
     _b64url_json,
@@ -54,10 +54,10 @@ from pki.keys import (
 )
 from pki.spiffe_id import SpiffeId, TrustDomain
 
-# WIT-SVID §2.3: the only `alg` values a WIT-SVID may be signed with (the JWT-SVID list:
-# asymmetric RS*, ES*, PS*). WIMSE Workload Credentials §3.1 forbids `none`; HMAC and every
-# symmetric algorithm are outside the list, so a bundle's public key can never be used as an
-# HMAC secret (RFC 8725 §2.1).
+# WIT-SVID §2.3: the only `alg` values a WIT-SVID may be signed with (as JWT-SVID §2.1,
+# kept apart so that either draft may move on its own): asymmetric RS*, ES*, PS*. WIMSE
+# Workload Credentials §3.1 forbids `none`; HMAC and every symmetric algorithm are outside
+# the list, so a bundle's public key can never be used as an HMAC secret (RFC 8725 §2.1).
 ALLOWED_ALGORITHMS = (
     "RS256",
     "RS384",
