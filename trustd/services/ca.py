@@ -2,9 +2,8 @@
 
 Several keys of each kind coexist during a rotation (see `pki.rotation`): the bundle holds
 every root, JWT key (and, with `wit_svid` on, WIT-SVID key) that is prepared, active, old
-or tainted; only the active ones sign
-new credentials, and every intermediate that may still have live certificates signs its
-own CRL and OCSP answers.
+or tainted; only the active ones sign new credentials, and every intermediate that may
+still have live certificates signs its own CRL and OCSP answers.
 """
 
 from __future__ import annotations
