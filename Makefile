@@ -155,8 +155,9 @@ bench: bench-deps
 	$(BIN)/python bench/revocation.py
 	$(BIN)/python bench/agent.py
 
-# The SPIFFE Workload API stubs, generated from the spec's proto (kept unchanged) and
-# committed; run after updating trustd/agent/proto/workload.proto.
+# The SPIFFE Workload API stubs, generated from the spec's proto (kept unchanged, plus the
+# experimental WIT-SVID profile's messages and methods from spiffe/spiffe's
+# workloadapiwitsvid.proto) and committed; run after updating trustd/agent/proto/workload.proto.
 proto: install-dev
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -I . --python_out=. \
 		--grpc_python_out=. --mypy_out=. --mypy_grpc_out=. trustd/agent/proto/workload.proto

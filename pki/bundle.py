@@ -1,7 +1,8 @@
 """SPIFFE trust bundles as JWK Sets (SPIFFE Trust Domain and Bundle spec §4).
 
 A bundle holds a trust domain's X.509 authorities (``use: x509-svid``, X509-SVID §6) and
-JWT signing keys (``use: jwt-svid``, JWT-SVID §6).  The parser is strict about entries it
+JWT signing keys (``use: jwt-svid``, JWT-SVID §6), and, where WIT-SVIDs are issued, their
+signing keys (``use: wit-svid``, WIT-SVID §6).  The parser is strict about entries it
 understands and ignores the ones the spec says to ignore.
 """
 
@@ -33,6 +34,7 @@ from pki.spiffe_id import TrustDomain
 
 USE_X509_SVID = "x509-svid"
 USE_JWT_SVID = "jwt-svid"
+USE_WIT_SVID = "wit-svid"
 
 # Bundles come from other trust domains over the network; bound the parse.
 MAX_BUNDLE_BYTES = 1024 * 1024
@@ -167,9 +169,11 @@ def _optional_uint(doc: Mapping[str, Any], name: str) -> int:
 
 @dataclass(frozen=True)
 class TrustBundle:
-    """The X.509 roots and JWT signing keys of one trust domain, with its sequence number.
+    """The X.509 roots and JWT (and WIT-SVID) signing keys of one trust domain, with its
+    sequence number.
 
-    ``jwt_authorities`` maps kid to key and is stored read-only.
+    ``jwt_authorities`` and ``wit_authorities`` map kid to key and are stored read-only; no
+    kid appears in both (WIT-SVID §6.1).
     """
 
     trust_domain: TrustDomain
@@ -177,6 +181,7 @@ class TrustBundle:
     jwt_authorities: Mapping[str, PublicKey] = field(hash=False)
     sequence: int
     refresh_hint: int
+    wit_authorities: Mapping[str, PublicKey] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.trust_domain, TrustDomain):
@@ -200,6 +205,21 @@ class TrustBundle:
             except WeakKey as exc:
                 raise InvalidBundle(f"JWT authority {kid!r}: {exc.detail}") from None
         object.__setattr__(self, "jwt_authorities", MappingProxyType(jwt_keys))
+        wit_keys: dict[str, PublicKey] = {}
+        for kid, key in self.wit_authorities.items():
+            if not isinstance(kid, str) or not kid:
+                raise InvalidBundle(
+                    f"WIT-SVID authority kid must be a non-empty string: {echo(kid)}"
+                )
+            # WIT-SVID §6.1: a kid is unique within the bundle, across JWT-SVID and
+            # WIT-SVID keys: a validator picks a key by kid before it knows the token type.
+            if kid in jwt_keys:
+                raise InvalidBundle(f"kid {echo(kid)} names both a JWT-SVID and a WIT-SVID key")
+            try:
+                wit_keys[kid] = jose_public_key(allowed_public_key(key))
+            except WeakKey as exc:
+                raise InvalidBundle(f"WIT-SVID authority {kid!r}: {exc.detail}") from None
+        object.__setattr__(self, "wit_authorities", MappingProxyType(wit_keys))
         for name in ("sequence", "refresh_hint"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_INT:
@@ -226,6 +246,12 @@ class TrustBundle:
             entry = public_key_to_jwk(key)
             # JWT-SVID §6.1: use jwt-svid and kid MUST be set.
             entry["use"] = USE_JWT_SVID
+            entry["kid"] = kid
+            keys.append(entry)
+        for kid, key in self.wit_authorities.items():
+            entry = public_key_to_jwk(key)
+            # WIT-SVID §6.1: use wit-svid and kid MUST be set.
+            entry["use"] = USE_WIT_SVID
             entry["kid"] = kid
             keys.append(entry)
         return {
@@ -274,6 +300,7 @@ class TrustBundle:
             raise InvalidBundle(f"bundle has more than {MAX_KEYS} keys")
         authorities: list[x509.Certificate] = []
         jwt_keys: dict[str, PublicKey] = {}
+        wit_keys: dict[str, PublicKey] = {}
         for index, entry in enumerate(entries):
             if not isinstance(entry, Mapping):
                 raise InvalidBundle(f"keys[{index}] is not a JSON object")
@@ -282,7 +309,7 @@ class TrustBundle:
             # use MUST be ignored (whatever else they hold) ...
             if not isinstance(use, str):
                 raise InvalidBundle(f"keys[{index}] has no use parameter")
-            if use not in (USE_X509_SVID, USE_JWT_SVID):
+            if use not in (USE_X509_SVID, USE_JWT_SVID, USE_WIT_SVID):
                 continue
             # ... §4.2.1: likewise kty MUST be set, and unknown key types are ignored.
             kty = entry.get("kty")
@@ -297,9 +324,10 @@ class TrustBundle:
                         authorities.append(cert)
                 else:
                     kid, key = _jwt_authority(entry)
-                    if kid in jwt_keys:
+                    # JWT-SVID §6.1, WIT-SVID §6.1: unique within the bundle, whatever use.
+                    if kid in jwt_keys or kid in wit_keys:
                         raise InvalidBundle(f"kid {echo(kid)} appears more than once")
-                    jwt_keys[kid] = key
+                    (jwt_keys if use == USE_JWT_SVID else wit_keys)[kid] = key
             except InvalidBundle as exc:
                 raise InvalidBundle(f"keys[{index}] ({use}): {exc.detail}") from None
         return cls(
@@ -308,6 +336,7 @@ class TrustBundle:
             jwt_authorities=jwt_keys,
             sequence=_optional_uint(doc, "spiffe_sequence"),
             refresh_hint=_optional_uint(doc, "spiffe_refresh_hint"),
+            wit_authorities=wit_keys,
         )
 
 
@@ -341,7 +370,7 @@ def _x509_authority(entry: Mapping[str, Any]) -> x509.Certificate | None:
 
 def _jwt_authority(entry: Mapping[str, Any]) -> tuple[str, PublicKey]:
     kid = entry.get("kid")
-    # JWT-SVID §6.1: the kid parameter MUST be set.
+    # JWT-SVID §6.1, WIT-SVID §6.1: the kid parameter MUST be set.
     if not isinstance(kid, str) or not kid:
-        raise InvalidBundle("jwt-svid entry has no kid")
+        raise InvalidBundle(f"{entry.get('use')} entry has no kid")
     return kid, public_key_from_jwk(entry)

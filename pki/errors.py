@@ -65,6 +65,13 @@ class InvalidJwt(TrustdError):
     title = "Invalid JWT-SVID"
 
 
+class InvalidWit(InvalidJwt):
+    """A WIT-SVID (SPIFFE WIT-SVID draft, WIMSE Workload Credentials) that cannot be minted or
+    is not accepted; a JWT error like any other at the API edge."""
+
+    title = "Invalid WIT-SVID"
+
+
 class InvalidSvid(TrustdError):
     title = "Invalid X.509-SVID"
 

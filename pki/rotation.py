@@ -1,7 +1,7 @@
 """Key rotation: the slot state machine and the pure timing functions that drive it.
 
 Modelled on SPIRE's CA manager (``pkg/server/ca/manager/slot.go``, ``rotationutil.go``):
-every signing key (root, intermediate, JWT key) sits in a slot whose status moves
+every signing key (root, intermediate, JWT key, WIT-SVID key) sits in a slot whose status moves
 
     prepared -> active -> old -> retired
                           old -> tainted -> revoked
@@ -24,11 +24,14 @@ from pki.errors import InvalidTransition
 
 
 class KeyKind(StrEnum):
-    """What a CA key signs: X.509 certificates (root or intermediate) or JWT-SVIDs."""
+    """What a CA key signs: X.509 certificates (root or intermediate), JWT-SVIDs, or
+    WIT-SVIDs (experimental; a key of its own, WIT-SVID §2.1 and §6.1: its kid names it
+    alone, never a JWT-SVID key)."""
 
     X509_ROOT = "x509-root"
     X509_INTERMEDIATE = "x509-intermediate"
     JWT = "jwt"
+    WIT = "wit"
 
 
 class SlotStatus(StrEnum):

@@ -1,5 +1,5 @@
 """Builders for the Workload API tests: a trust domain with real keys, SVIDs for cache
-entries, an in-process JWT-SVID source that really signs, and an event loop on a thread
+entries, in-process JWT-SVID and WIT-SVID sources that really sign, and an event loop on a thread
 for the agent side of tests whose clients are other processes.
 """
 
@@ -19,8 +19,9 @@ from pki.jwt_svid import JwtSvid, mint_jwt_svid
 from pki.keys import KeyType, PrivateKey, generate_private_key, key_id
 from pki.selectors import parse_selectors
 from pki.spiffe_id import SpiffeId
+from pki.wit_svid import mint_wit_svid
 from tests.unit.pki_helpers import TestCA
-from trustd.agent.cache import WorkloadEntry, X509Svid
+from trustd.agent.cache import HeldWitSvid, WorkloadEntry, X509Svid
 
 T = TypeVar("T")
 
@@ -40,6 +41,28 @@ class MintingJwtSource:
         return mint_jwt_svid(self.key, self.kid, spiffe_id, audience, self.ttl, self.clock)
 
 
+class MintingWitSource:
+    """A real WitSvidSource: makes the workload key and signs its WIT-SVID in process, as
+    the agent and the server would; counts what it minted."""
+
+    def __init__(
+        self, key: PrivateKey, kid: str, clock: Clock, ttl: timedelta = timedelta(hours=1)
+    ) -> None:
+        self.key = key
+        self.kid = kid
+        self.clock = clock
+        self.ttl = ttl
+        self.minted = 0
+
+    async def fetch_wit_svid(self, spiffe_id: SpiffeId) -> HeldWitSvid:
+        workload = generate_private_key(KeyType.EC_P256)
+        svid = mint_wit_svid(
+            self.key, self.kid, spiffe_id, workload.public_key(), self.ttl, self.clock
+        )
+        self.minted += 1
+        return HeldWitSvid(svid, workload, self.clock.now() + self.ttl / 2)
+
+
 class Domain:
     """A trust domain: a CA (root + intermediate) and a JWT signing key."""
 
@@ -48,15 +71,22 @@ class Domain:
         self.ca = TestCA(name, clock=clock)
         self.jwt_key = generate_private_key(KeyType.EC_P256)
         self.kid = key_id(self.jwt_key.public_key())
+        # The WIT-SVID key: a key of its own, so a kid of its own (WIT-SVID §6.1).
+        self.wit_key = generate_private_key(KeyType.EC_P256)
+        self.wit_kid = key_id(self.wit_key.public_key())
 
-    def bundle(self, sequence: int = 1) -> TrustBundle:
+    def bundle(self, sequence: int = 1, *, wit: bool = False) -> TrustBundle:
         return TrustBundle(
             trust_domain=self.ca.trust_domain,
             x509_authorities=(self.ca.root,),
             jwt_authorities={self.kid: self.jwt_key.public_key()},
             sequence=sequence,
             refresh_hint=300,
+            wit_authorities={self.wit_kid: self.wit_key.public_key()} if wit else {},
         )
+
+    def wit_source(self) -> MintingWitSource:
+        return MintingWitSource(self.wit_key, self.wit_kid, self.clock)
 
     def svid(self, entry: WorkloadEntry, ttl: timedelta = timedelta(hours=1)) -> X509Svid:
         key = generate_private_key(KeyType.EC_P256)

@@ -40,6 +40,13 @@ class ReservedSpiffeId(InvalidRequest):
     title = "Reserved SPIFFE ID"
 
 
+class FeatureDisabled(TrustdError):
+    """The request needs a feature this server has switched off (an experimental one such
+    as WIT-SVIDs); the detail names the setting."""
+
+    title = "Feature not enabled"
+
+
 class PayloadTooLarge(TrustdError):
     title = "Request too large"
 

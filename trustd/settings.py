@@ -97,6 +97,13 @@ class Settings(BaseSettings):
     x509_svid_max_ttl: timedelta = timedelta(hours=24)
     jwt_svid_ttl: timedelta = timedelta(minutes=5)
     jwt_svid_max_ttl: timedelta = timedelta(hours=1)
+    # WIT-SVIDs (SPIFFE WIT-SVID draft, WIMSE Workload Credentials), experimental and off
+    # by default: with it on, a separate signing key (its own kid, rotated like the JWT
+    # key, of `jwt_key_type` and `jwt_key_ttl`) is published in the bundle as `wit-svid`.
+    # WIMSE Workload Credentials §3.1: WITs are refreshed "on the order of hours".
+    wit_svid: bool = False
+    wit_svid_ttl: timedelta = timedelta(hours=1)
+    wit_svid_max_ttl: timedelta = timedelta(hours=24)
     serving_cert_ttl: timedelta = timedelta(days=1)
     bundle_refresh_hint: timedelta = timedelta(minutes=5)
     # Agent batches (500 CSRs) are the largest legitimate bodies.

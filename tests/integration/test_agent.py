@@ -18,9 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.integration.conftest import TRUSTD, Running, cli, start_server
+from pki.bundle import TrustBundle
+from pki.clock import SystemClock
+from pki.errors import InvalidWit
+from pki.keys import KeyType, generate_private_key
+from pki.spiffe_id import TrustDomain
+from pki.wit_svid import parse_workload_jwk, validate_wit_svid, workload_jwk
+from tests.integration.conftest import TRUSTD, Running, cli, start_server, tls
 
 pytestmark = [
     pytest.mark.integration,
@@ -28,6 +35,7 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="runs workloads as other users"),
 ]
 CLIENT = str(Path(__file__).with_name("workload_client.py"))
+WIT_CLIENT = str(Path(__file__).with_name("wit_client.py"))
 WEB, DB, STRANGER = 2001, 2002, 2003
 
 
@@ -55,6 +63,19 @@ class Node:
             capture_output=True,
             text=True,
             timeout=timeout,
+            check=False,
+        )
+        assert process.stdout, process.stderr
+        return process.returncode, json.loads(process.stdout.splitlines()[-1])
+
+    def wit(self, uid: int) -> tuple[int, dict[str, Any]]:
+        """FetchWITSVID as the workload *uid* (`wit_client.py`): exit code and answer."""
+        ids = ["--uid", str(uid), "--gid", str(uid)]
+        process = subprocess.run(
+            [sys.executable, WIT_CLIENT, "--socket", str(self.socket), *ids],
+            capture_output=True,
+            text=True,
+            timeout=60,
             check=False,
         )
         assert process.stdout, process.stderr
@@ -111,7 +132,11 @@ def wait_for(predicate: Any, timeout: float, what: str) -> Any:
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
-    server = start_server(tmp_path / "var", tmp_path / "server.log")
+    yield from _node(tmp_path)
+
+
+def _node(tmp_path: Path, **env: str) -> Iterator[Node]:
+    server = start_server(tmp_path / "var", tmp_path / "server.log", **env)
     command = admin(server, "token", "create", "--selector", "region:test").split()
     token = command[command.index("--join-token") + 1]
     ca_sha256 = command[command.index("--ca-sha256") + 1]
@@ -193,6 +218,11 @@ def test_workloads_get_their_own_svids_and_talk_mtls(node: Node) -> None:
     assert code == 0, valid
     assert valid["spiffe_id"] == "spiffe://example.org/web"
 
+    # WIT-SVIDs are off on this server: the Workload API answers as it does for any
+    # method it does not serve.
+    code, wit = node.wit(WEB)
+    assert code == 3 and wit["error"] == "UNIMPLEMENTED", wit
+
 
 def test_short_lived_svids_rotate(node: Node) -> None:
     # db's entry has a 20 s lifetime: the agent renews at 40-50 % of it.
@@ -264,3 +294,62 @@ def test_an_evicted_agent_stops_and_says_what_to_do(node: Node) -> None:
     # The void identity is gone, so a restart with a new join token attests anew.
     assert not (node.agent_log.parent / "agent" / "node-key.pem").exists()
     print(f"agent stopped {time.monotonic() - started:.1f} s after the eviction")
+
+
+@pytest.fixture
+def wit_node(tmp_path: Path) -> Iterator[Node]:
+    yield from _node(tmp_path, TRUSTD_WIT_SVID="true")
+
+
+def test_wit_svids_are_bound_to_the_key_handed_to_the_workload(wit_node: Node) -> None:
+    node = wit_node
+    code, answer = wait_for(lambda: (r := node.wit(WEB))[0] == 0 and r, 30, "web WIT-SVID")
+    [svid] = answer["svids"]
+    assert svid["spiffe_id"] == "spiffe://example.org/web"
+    assert svid["key"]["alg"] == "ES256" and "d" in svid["key"]
+    document = httpx.get(f"{node.server.url}/v1/bundle", verify=tls(node.server.bundle)).json()
+    domain = TrustDomain("example.org")
+    bundle = TrustBundle.from_jwks(document, domain)
+    public_jwk = {k: v for k, v in svid["key"].items() if k != "d"}
+    bound, _ = parse_workload_jwk(public_jwk)
+    clock = SystemClock()
+    held = validate_wit_svid(
+        svid["token"], bundle.wit_authorities, clock, domain, presented_key=bound
+    )
+    assert str(held.spiffe_id) == "spiffe://example.org/web"
+    assert held.kid not in bundle.jwt_authorities
+    other = generate_private_key(KeyType.EC_P256).public_key()
+    with pytest.raises(InvalidWit, match="another key"):
+        validate_wit_svid(svid["token"], bundle.wit_authorities, clock, domain, presented_key=other)
+    # Each identity is checked like every other call: a stranger gets nothing.
+    code, stranger = node.wit(STRANGER)
+    assert code == 3 and stranger["error"] == "PERMISSION_DENIED", stranger
+
+    # The CLI: mint for a key made here, then check the token offline with that key.
+    out = node.server.data_dir.parent / "wit-cli"
+    admin(
+        node.server,
+        "svid",
+        "wit",
+        "mint",
+        "--spiffe-id",
+        "spiffe://example.org/cli",
+        "--out",
+        str(out),
+    )
+    bundle_file = out / "bundle.json"
+    bundle_file.write_text(json.dumps(document))
+    token = (out / "wit.jwt").read_text().strip()
+    verified = cli(
+        *("-o", "json", "svid", "wit", "verify", token, "--bundle", str(bundle_file)),
+        *("--trust-domain", "example.org", "--key", str(out / "key.pem")),
+    )
+    assert json.loads(verified.stdout)["spiffe_id"] == "spiffe://example.org/cli"
+    (out / "other.jwk").write_text(json.dumps(workload_jwk(other)))
+    refused = cli(
+        *("svid", "wit", "verify", token, "--bundle", str(bundle_file)),
+        *("--trust-domain", "example.org", "--key", str(out / "other.jwk")),
+        check=False,
+    )
+    assert refused.returncode == 1
+    assert "bound to another key" in refused.stderr

@@ -164,7 +164,7 @@ def test_from_jwks_accepts_bytes_and_mapping() -> None:
 
 def test_unknown_use_and_kty_are_ignored() -> None:
     doc = _bundle().to_jwks()
-    doc["keys"].append({"kty": "EC", "use": "wit-svid", "crv": "P-256", "x": "AA", "y": "AA"})
+    doc["keys"].append({"kty": "EC", "use": "cwt-svid", "crv": "P-256", "x": "AA", "y": "AA"})
     doc["keys"].append({"kty": "oct", "use": "jwt-svid", "kid": "sym", "k": "c2VjcmV0"})
     doc["keys"].append({"kty": "PQC", "use": "x509-svid", "x5c": ["AAAA"]})
     doc["keys"].append({"use": "future-svid", "anything": ["goes"]})

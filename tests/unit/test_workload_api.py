@@ -20,16 +20,20 @@ from datetime import timedelta
 from pathlib import Path
 
 import grpc
+import jwt.algorithms
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from pki.clock import FakeClock
+from pki.errors import InvalidWit
 from pki.jwt_svid import mint_jwt_svid, validate_jwt_svid
 from pki.keys import KeyType, generate_private_key
 from pki.spiffe_id import SpiffeId
+from pki.wit_svid import validate_wit_svid
 from tests.unit.pki_helpers import T0
-from tests.workload_helpers import Domain, load_der_certificates
+from tests.workload_helpers import Domain, MintingWitSource, load_der_certificates
 from trustd.agent.cache import QuarantineNotice, SvidCache, WorkloadEntry
 from trustd.agent.errors import WorkloadAttestationError
 from trustd.agent.proto import workload_pb2 as pb
@@ -46,36 +50,53 @@ class Agent:
     cache: SvidCache
     server: WorkloadApiServer
     stub: pb_grpc.SpiffeWorkloadAPIStub
+    wit: MintingWitSource | None = None
 
     def entry(self, entry_id: str) -> WorkloadEntry:
         return next(e for e in self.cache.entries() if e.id == entry_id)
 
 
 @asynccontextmanager
-async def agent(tmp_path: Path, *selectors: str, mint: bool = True) -> AsyncIterator[Agent]:
+async def agent(
+    tmp_path: Path,
+    *selectors: str,
+    mint: bool = True,
+    wit_source: bool = False,
+    wit_bundle: bool = False,
+) -> AsyncIterator[Agent]:
     domain = Domain(FakeClock(T0))
     cache = SvidCache()
     entries = [domain.entry("e-me", "/me", *selectors, hint="internal")] if selectors else []
     entries.append(domain.entry("e-other", "/other", "unix:uid:4242"))
     await cache.set_entries(entries)
-    await cache.set_bundle(domain.bundle())
+    await cache.set_bundle(domain.bundle(wit=wit_bundle))
     if mint:
         for entry in entries:
             await cache.put_svid(domain.svid(entry))
     path = tmp_path / "agent" / "workload.sock"
-    server = await start_workload_api(path, cache, domain.jwt_source(), clock=domain.clock)
+    wit = domain.wit_source() if wit_source else None
+    server = await start_workload_api(
+        path, cache, domain.jwt_source(), clock=domain.clock, wit_source=wit
+    )
     try:
         async with grpc.aio.insecure_channel(f"unix:{path}") as channel:
-            yield Agent(domain, cache, server, pb_grpc.SpiffeWorkloadAPIStub(channel))
+            yield Agent(domain, cache, server, pb_grpc.SpiffeWorkloadAPIStub(channel), wit)
     finally:
         await server.stop(None)
 
 
 def run(
-    tmp_path: Path, scenario: Callable[[Agent], Awaitable[None]], *selectors: str, mint: bool = True
+    tmp_path: Path,
+    scenario: Callable[[Agent], Awaitable[None]],
+    *selectors: str,
+    mint: bool = True,
+    wit_source: bool = False,
+    wit_bundle: bool = False,
 ) -> None:
     async def main() -> None:
-        async with agent(tmp_path, *selectors, mint=mint) as a:
+        async with agent(
+            tmp_path, *selectors, mint=mint, wit_source=wit_source, wit_bundle=wit_bundle
+        ) as a:
             await asyncio.wait_for(scenario(a), 20)
 
     asyncio.run(main())
@@ -459,3 +480,95 @@ def test_federated_bundles_and_trust_domain_binding(tmp_path: Path) -> None:
         svids.cancel()
 
     run(tmp_path, scenario, ME)
+
+
+# --------------------------------------------------------------- WIT-SVID profile
+
+
+@pytest.mark.parametrize(
+    ("wit_source", "wit_bundle"), [(False, False), (True, False), (False, True)]
+)
+def test_wit_svid_profile_is_unimplemented_unless_offered(
+    tmp_path: Path, wit_source: bool, wit_bundle: bool
+) -> None:
+    async def scenario(a: Agent) -> None:
+        # As for any method the endpoint does not serve: Unimplemented, header or not.
+        for metadata in (HEADER, ()):
+            stream = a.stub.FetchWITSVID(pb.WITSVIDRequest(), metadata=metadata)
+            code, details = await refused(stream.read())
+            assert code == grpc.StatusCode.UNIMPLEMENTED, details
+        bundles = a.stub.FetchWITBundles(pb.WITBundlesRequest(), metadata=HEADER)
+        code, _ = await refused(bundles.read())
+        assert code == grpc.StatusCode.UNIMPLEMENTED
+        assert a.wit is None or a.wit.minted == 0
+
+    run(tmp_path, scenario, ME, wit_source=wit_source, wit_bundle=wit_bundle)
+
+
+def test_fetch_wit_svid_gives_a_bound_token_and_its_key(tmp_path: Path) -> None:
+    async def scenario(a: Agent) -> None:
+        stream = a.stub.FetchWITSVID(pb.WITSVIDRequest(), metadata=HEADER)
+        first = await stream.read()
+        assert isinstance(first, pb.WITSVIDResponse)
+        [svid] = first.svids
+        assert (svid.spiffe_id, svid.hint) == ("spiffe://example.org/me", "internal")
+        key_jwk = json.loads(svid.wit_svid_key)
+        assert key_jwk["alg"] == "ES256" and "d" in key_jwk
+        private = jwt.algorithms.ECAlgorithm.from_jwk(json.dumps(key_jwk))
+        assert isinstance(private, ec.EllipticCurvePrivateKey)
+        bundle = a.cache.bundle
+        assert bundle is not None
+        held = validate_wit_svid(
+            svid.wit_svid,
+            bundle.wit_authorities,
+            a.domain.clock,
+            bundle.trust_domain,
+            presented_key=private.public_key(),
+        )
+        assert str(held.spiffe_id) == "spiffe://example.org/me"
+        # The token is bound to the key handed out with it, and to no other.
+        with pytest.raises(InvalidWit, match="another key"):
+            validate_wit_svid(
+                svid.wit_svid,
+                bundle.wit_authorities,
+                a.domain.clock,
+                bundle.trust_domain,
+                presented_key=generate_private_key(KeyType.EC_P256).public_key(),
+            )
+        # A new identity for the caller is pushed on the open stream.
+        await a.cache.set_entries(
+            [*a.cache.entries(), a.domain.entry("e-me-2", "/me-too", ME, hint="external")]
+        )
+        second = await stream.read()
+        assert isinstance(second, pb.WITSVIDResponse)
+        assert sorted(s.spiffe_id for s in second.svids) == [
+            "spiffe://example.org/me",
+            "spiffe://example.org/me-too",
+        ]
+        stream.cancel()
+
+        bundles = a.stub.FetchWITBundles(pb.WITBundlesRequest(), metadata=HEADER)
+        message = await bundles.read()
+        assert isinstance(message, pb.WITBundlesResponse)
+        assert not message.more
+        jwks = json.loads(message.bundles["spiffe://example.org"])
+        # WIT-SVID §6: only the wit-svid keys, with their own kid.
+        assert [(k["use"], k["kid"]) for k in jwks["keys"]] == [("wit-svid", a.domain.wit_kid)]
+        assert a.domain.wit_kid != a.domain.kid
+        bundles.cancel()
+
+    run(tmp_path, scenario, ME, wit_source=True, wit_bundle=True)
+
+
+def test_fetch_wit_svid_checks_the_caller_like_every_call(tmp_path: Path) -> None:
+    async def scenario(a: Agent) -> None:
+        code, _ = await refused(a.stub.FetchWITSVID(pb.WITSVIDRequest()).read())
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        code, details = await refused(
+            a.stub.FetchWITSVID(pb.WITSVIDRequest(), metadata=HEADER).read()
+        )
+        assert code == grpc.StatusCode.PERMISSION_DENIED, details
+        assert a.wit is not None and a.wit.minted == 0
+
+    # This process matches no entry.
+    run(tmp_path, scenario, wit_source=True, wit_bundle=True)

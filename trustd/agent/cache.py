@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
@@ -19,6 +19,7 @@ from pki.jwt_svid import JwtSvid
 from pki.keys import PrivateKey
 from pki.selectors import Selector, matches
 from pki.spiffe_id import SpiffeId, TrustDomain
+from pki.wit_svid import WitSvid
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,27 @@ class QuarantineNotice:
 class JwtSvidSource(Protocol):
     async def fetch_jwt_svid(self, spiffe_id: SpiffeId, audience: Sequence[str]) -> JwtSvid:
         """A JWT-SVID for `spiffe_id` with `audience`, minted by the server (or cached).
+
+        Raises:
+            TrustdError: the server refused or cannot be reached and nothing is cached.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class HeldWitSvid:
+    """A WIT-SVID and the workload key it is bound to (made on this node, never sent)."""
+
+    svid: WitSvid
+    private_key: PrivateKey = field(repr=False)
+    # When the agent fetches the next one: half the token's life, as for every SVID.
+    refresh_at: datetime
+
+
+class WitSvidSource(Protocol):
+    async def fetch_wit_svid(self, spiffe_id: SpiffeId) -> HeldWitSvid:
+        """A WIT-SVID for `spiffe_id` bound to a key made for it, minted by the server (or
+        cached until half its life).
 
         Raises:
             TrustdError: the server refused or cannot be reached and nothing is cached.

@@ -251,6 +251,12 @@ class ServerClient:
             "POST", "/v1/agents/jwt", identity, json={"entry_id": entry_id, "audience": audience}
         )
 
+    async def wit(self, identity: NodeIdentity, entry_id: str, jwk: Mapping[str, Any]) -> Any:
+        """A WIT-SVID for the entry, bound to the public key `jwk` (experimental)."""
+        return await self._call(
+            "POST", "/v1/agents/wit", identity, json={"entry_id": entry_id, "jwk": dict(jwk)}
+        )
+
 
 def _identity(svid: dict[str, Any], key: PrivateKey) -> NodeIdentity:
     chain = tuple(

@@ -13,6 +13,13 @@ class WorkloadAttestationError(TrustdError):
     title = "Workload attestation failed"
 
 
+class Unimplemented(TrustdError):
+    """The Workload API does not offer this profile here (WIT-SVIDs where the trust domain's
+    bundle has no `wit-svid` key, WIT-SVID §6.2)."""
+
+    title = "Not implemented"
+
+
 class EnforcementError(TrustdError):
     """An enforcement backend could not start or apply a revision (a missing kernel
     feature, a refused program, a full map). The last applied state stays in force."""

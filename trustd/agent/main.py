@@ -31,12 +31,19 @@ from pki.clock import Clock
 from pki.csr import create_csr
 from pki.errors import TrustdError
 from pki.jwt_svid import JwtSvid
-from pki.keys import PrivateKey, allowed_public_key, generate_private_key
+from pki.keys import KeyType, PrivateKey, allowed_public_key, generate_private_key
 from pki.selectors import parse_selectors
 from pki.spiffe_id import SpiffeId, TrustDomain
+from pki.wit_svid import validate_wit_svid, workload_jwk
 from trustd import metrics, tracing
 from trustd.agent.addresses import WorkloadAddresses
-from trustd.agent.cache import QuarantineNotice, SvidCache, WorkloadEntry, X509Svid
+from trustd.agent.cache import (
+    HeldWitSvid,
+    QuarantineNotice,
+    SvidCache,
+    WorkloadEntry,
+    X509Svid,
+)
 from trustd.agent.client import (
     NodeIdentity,
     ServerClient,
@@ -91,6 +98,7 @@ class Agent:
         self._client: ServerClient | None = None
         self._wake_rotation = asyncio.Event()
         self._jwt_cache: dict[tuple[str, tuple[str, ...]], tuple[datetime, JwtSvid]] = {}
+        self._wit_cache: dict[str, HeldWitSvid] = {}
         self._tasks: list[asyncio.Task[None]] = []
         # Set when the agent cannot go on (its node was evicted): run_agent exits with it.
         self.fatal = asyncio.Event()
@@ -206,7 +214,11 @@ class Agent:
         if self.config.ext_authz_listen or self.config.ext_authz_grpc_listen:
             await self._start_proxy_filters()
         self._workload_server = await start_workload_api(
-            self.config.socket_path, self.cache, self, addresses=self.addresses
+            self.config.socket_path,
+            self.cache,
+            self,
+            addresses=self.addresses,
+            wit_source=self,
         )
         self._tasks = [
             asyncio.create_task(self._sync_loop(), name="agent-sync"),
@@ -653,6 +665,51 @@ class Agent:
         )
         self._jwt_cache[key] = (now + (expiry - now) / 2, svid)
         return svid
+
+    # -- WIT-SVIDs (the Workload API's WitSvidSource, experimental) -----------------------
+
+    async def fetch_wit_svid(self, spiffe_id: SpiffeId) -> HeldWitSvid:
+        """A WIT-SVID for one of this node's identities, bound to a key made for it here,
+        reused until half its life. WIMSE Workload Credentials §6.3: the key SHOULD be
+        re-generated for each new WIT, and is bound to one identifier only.
+
+        Raises:
+            AgentError: no entry for `spiffe_id`, or the server's answer does not validate
+                against the agent's bundle with the key it sent.
+            ServerError: the server refused (WIT-SVIDs off, entry not the node's).
+        """
+        now = self.clock.now()
+        # Forget keys whose token has expired (identities the node no longer serves).
+        self._wit_cache = {k: v for k, v in self._wit_cache.items() if v.svid.expiry > now}
+        held = self._wit_cache.get(str(spiffe_id))
+        if held is not None and now < held.refresh_at:
+            return held
+        entry = next((e for e in self.cache.entries() if e.spiffe_id == spiffe_id), None)
+        if entry is None:
+            raise AgentError(f"this node holds no entry for {spiffe_id}")
+        bundle = self.cache.bundle
+        if bundle is None:
+            raise AgentError("the agent has no trust bundle yet")
+        # ES256: WIMSE Workload Credentials §3.1 makes it the one every implementation has.
+        key = generate_private_key(KeyType.EC_P256)
+        body = await self.client.wit(self.node, entry.id, workload_jwk(key.public_key()))
+        try:
+            # Check what came back before handing it out: signed by a wit-svid key of our
+            # trust domain (WIT-SVID §6.2), for this identity, bound to the key just made.
+            svid = validate_wit_svid(
+                body["token"],
+                bundle.wit_authorities,
+                self.clock,
+                bundle.trust_domain,
+                presented_key=key.public_key(),
+            )
+        except TrustdError as exc:
+            raise AgentError(f"the server's WIT-SVID for {spiffe_id} is refused: {exc}") from None
+        if svid.spiffe_id != spiffe_id:
+            raise AgentError(f"the server's WIT-SVID names {svid.spiffe_id}, not {spiffe_id}")
+        held = HeldWitSvid(svid, key, now + (svid.expiry - now) / 2)
+        self._wit_cache[str(spiffe_id)] = held
+        return held
 
 
 async def run_agent(config: AgentConfig, clock: Clock) -> None:

@@ -2,7 +2,10 @@
 
 Implements the spec's ``workloadapi.proto`` unchanged (``/SpiffeWorkloadAPI/...``):
 FetchX509SVID, FetchX509Bundles and FetchJWTBundles stream the caller's full state and push
-it again whenever it changes; FetchJWTSVID and ValidateJWTSVID are unary.
+it again whenever it changes; FetchJWTSVID and ValidateJWTSVID are unary. With the
+experimental WIT-SVID profile (the SPIFFE draft's ``workloadapiwitsvid.proto`` additions),
+FetchWITSVID and FetchWITBundles stream too, when the agent has a WIT-SVID source and the
+trust domain's bundle holds ``wit-svid`` keys; otherwise they answer Unimplemented.
 
 Every call must carry the ``workload.spiffe.io: true`` metadata (SPIFFE Workload Endpoint
 §4, InvalidArgument otherwise), is attested from the caller's process (see
@@ -33,16 +36,24 @@ from cryptography.hazmat.primitives import serialization
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
-from pki.bundle import USE_JWT_SVID, TrustBundle
+from pki.bundle import USE_JWT_SVID, USE_WIT_SVID, TrustBundle
 from pki.clock import Clock, SystemClock
 from pki.errors import InvalidJwt, InvalidSpiffeId, TrustdError
 from pki.jwt_svid import MAX_TOKEN_BYTES, validate_jwt_svid, validated_claims
 from pki.keys import private_key_der_pkcs8
 from pki.selectors import Selector
 from pki.spiffe_id import SpiffeId, TrustDomain
+from pki.wit_svid import workload_private_jwk
 from trustd.agent.addresses import WorkloadAddresses
-from trustd.agent.cache import JwtSvidSource, SvidCache, WorkloadEntry, X509Svid
-from trustd.agent.errors import WorkloadAttestationError
+from trustd.agent.cache import (
+    HeldWitSvid,
+    JwtSvidSource,
+    SvidCache,
+    WitSvidSource,
+    WorkloadEntry,
+    X509Svid,
+)
+from trustd.agent.errors import Unimplemented, WorkloadAttestationError
 from trustd.agent.peer_relay import DEFAULT_MAX_CONNECTIONS, PeerRelay
 from trustd.agent.proto import workload_pb2 as pb
 from trustd.agent.proto import workload_pb2_grpc as pb_grpc
@@ -65,6 +76,7 @@ _STATUS: dict[type[TrustdError], grpc.StatusCode] = {
     InvalidSpiffeId: grpc.StatusCode.INVALID_ARGUMENT,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     WorkloadAttestationError: grpc.StatusCode.PERMISSION_DENIED,
+    Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
 }
 
 
@@ -152,13 +164,25 @@ def _offer_reflection(server: grpc.aio.Server) -> None:
     reflection.enable_server_reflection((service, reflection.SERVICE_NAME), server)
 
 
-def _jwt_jwks(bundle: TrustBundle) -> bytes:
-    # JWT bundles are SPIFFE bundles (JWT-SVID §6) of the JWT authorities only; JWT-SVID
-    # §6.1 puts a kid on each. Trust Domain and Bundle §4.1.1/§4.1.2: spiffe_sequence and
-    # spiffe_refresh_hint SHOULD be set, as in the bundle served over HTTP.
+def _jwks_of(bundle: TrustBundle, use: str) -> str:
+    # JWT (WIT) bundles are SPIFFE bundles of the JWT-SVID (WIT-SVID) keys only; JWT-SVID
+    # §6.1 and WIT-SVID §6.1 put a kid on each. Trust Domain and Bundle §4.1.1/§4.1.2:
+    # spiffe_sequence and spiffe_refresh_hint SHOULD be set, as in the bundle served over
+    # HTTP.
     document = bundle.to_jwks()
-    document["keys"] = [k for k in document["keys"] if k.get("use") == USE_JWT_SVID]
-    return json.dumps(document, separators=(",", ":")).encode()
+    document["keys"] = [k for k in document["keys"] if k.get("use") == use]
+    return json.dumps(document, separators=(",", ":"))
+
+
+def _jwt_jwks(bundle: TrustBundle) -> bytes:
+    return _jwks_of(bundle, USE_JWT_SVID).encode()
+
+
+def _wit_unimplemented() -> Unimplemented:
+    return Unimplemented(
+        "this Workload API does not offer WIT-SVIDs: the trust domain's bundle has no "
+        "wit-svid key (WIT-SVID §6.2; the server runs without TRUSTD_WIT_SVID)"
+    )
 
 
 @dataclass(frozen=True)
@@ -181,8 +205,10 @@ class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
         relay: PeerRelay,
         clock: Clock,
         addresses: WorkloadAddresses | None = None,
+        wit_source: WitSvidSource | None = None,
     ) -> None:
         self._addresses = addresses
+        self._wit_source = wit_source
         self._cache = cache
         self._jwt_source = jwt_source
         self._attestor = attestor
@@ -358,6 +384,97 @@ class WorkloadApi(pb_grpc.SpiffeWorkloadAPIServicer):
             svids.append(pb.JWTSVID(spiffe_id=str(jwt.spiffe_id), svid=jwt.token, hint=entry.hint))
         return pb.JWTSVIDResponse(svids=svids)
 
+    # -- WIT-SVID profile (experimental) --------------------------------------------------
+
+    def _wit_bundle(self) -> TrustBundle:
+        """The bundle whose wit-svid keys make WIT-SVIDs available here.
+
+        Raises:
+            Unimplemented: no WIT-SVID source, or no wit-svid key in the bundle (WIT-SVID
+                §6.2: the trust domain does not support WIT-SVIDs).
+            NotReady: no bundle yet.
+        """
+        bundle = self._cache.bundle
+        if self._wit_source is None:
+            raise _wit_unimplemented()
+        if bundle is None:
+            raise NotReady("the agent has no trust bundle yet")
+        if not bundle.wit_authorities:
+            raise _wit_unimplemented()
+        return bundle
+
+    async def FetchWITSVID(  # noqa: N802
+        self, request: pb.WITSVIDRequest, context: Context
+    ) -> AsyncIterator[pb.WITSVIDResponse]:
+        try:
+            # Checked before attestation: where the profile is off, the answer is the same
+            # Unimplemented as for any method the endpoint does not serve.
+            self._wit_bundle()
+            caller = await self._attest(context)
+            last: Hashable = None
+            while True:
+                generation = self._cache.generation
+                entries = self._entries(caller)
+                self._wit_bundle()
+                held = await self._wit_svids(entries)
+                key = tuple((h.svid.spiffe_id, h.svid.token, hint) for h, hint in held)
+                if held and key != last:
+                    last = key
+                    yield pb.WITSVIDResponse(
+                        svids=[
+                            pb.WITSVID(
+                                spiffe_id=str(h.svid.spiffe_id),
+                                wit_svid=h.svid.token,
+                                # The private key as a JWK, as the draft's proto asks.
+                                wit_svid_key=json.dumps(workload_private_jwk(h.private_key)),
+                                hint=hint,
+                            )
+                            for h, hint in held
+                        ]
+                    )
+                # Again when the entries or the bundle change, or the first one is due.
+                due = min((h.refresh_at for h, _ in held), default=None)
+                timeout = max(0.0, (due - self._clock.now()).total_seconds()) if due else None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._cache.wait_changed(generation), timeout)
+        except TrustdError as exc:
+            await context.abort(_status(exc), exc.detail)
+
+    async def _wit_svids(self, entries: list[WorkloadEntry]) -> list[tuple[HeldWitSvid, str]]:
+        assert self._wit_source is not None
+        held: list[tuple[HeldWitSvid, str]] = []
+        seen: set[SpiffeId] = set()
+        hints: set[str] = set()
+        for entry in entries:
+            # One per identity; hints unique in a response, as for X509-SVIDs.
+            if entry.spiffe_id in seen or (entry.hint and entry.hint in hints):
+                continue
+            seen.add(entry.spiffe_id)
+            hints.add(entry.hint)
+            held.append((await self._wit_source.fetch_wit_svid(entry.spiffe_id), entry.hint))
+        return held
+
+    async def FetchWITBundles(  # noqa: N802
+        self, request: pb.WITBundlesRequest, context: Context
+    ) -> AsyncIterator[pb.WITBundlesResponse]:
+        try:
+            self._wit_bundle()
+        except TrustdError as exc:
+            await context.abort(_status(exc), exc.detail)
+        async for message in self._stream(context, self._wit_bundles):
+            yield message
+
+    def _wit_bundles(
+        self, entries: list[WorkloadEntry]
+    ) -> tuple[Hashable, pb.WITBundlesResponse] | None:
+        bundle = self._wit_bundle()
+        bundles = {bundle.trust_domain.id_string(): _jwks_of(bundle, USE_WIT_SVID)}
+        for domain, federated in self._cache.federated_for(entries).items():
+            if federated.wit_authorities:
+                bundles[domain.id_string()] = _jwks_of(federated, USE_WIT_SVID)
+        # One message holds the whole set: `more` stays false.
+        return tuple(bundles.items()), pb.WITBundlesResponse(bundles=bundles, more=False)
+
     async def ValidateJWTSVID(  # noqa: N802
         self, request: pb.ValidateJWTSVIDRequest, context: Context
     ) -> pb.ValidateJWTSVIDResponse:
@@ -439,9 +556,11 @@ async def start_workload_api(
     clock: Clock | None = None,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     addresses: WorkloadAddresses | None = None,
+    wit_source: WitSvidSource | None = None,
 ) -> WorkloadApiServer:
     """Serve the Workload API on `socket_path` (created world-connectable) until stopped;
-    callers that match entries are noted in `addresses`, when given.
+    callers that match entries are noted in `addresses`, when given; WIT-SVIDs come from
+    `wit_source` (none: FetchWITSVID and FetchWITBundles answer Unimplemented).
 
     Must be called on the event loop that writes `cache`.
 
@@ -472,6 +591,7 @@ async def start_workload_api(
         relay,
         clock if clock is not None else SystemClock(),
         addresses,
+        wit_source,
     )
     pb_grpc.add_SpiffeWorkloadAPIServicer_to_server(servicer, server)
     _offer_reflection(server)

@@ -13,6 +13,7 @@ from trustd.api.schemas import (
     Ack,
     AddressReport,
     AgentJwtRequest,
+    AgentWitRequest,
     JwtSvidResponse,
     NodeScopePublic,
     QuarantineNotice,
@@ -24,8 +25,9 @@ from trustd.api.schemas import (
     SvidBatchResponse,
     SvidChain,
     SyncResponse,
+    WitSvidResponse,
 )
-from trustd.api.svid import jwt_svid_response
+from trustd.api.svid import jwt_svid_response, wit_svid_response
 from trustd.api.wire import CountQuery, SinceQuery
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"], dependencies=[exempt(Exemption.AGENT)])
@@ -122,6 +124,13 @@ async def sign_svids(
 async def mint_jwt(body: AgentJwtRequest, node: NodeDep, services: ServicesDep) -> JwtSvidResponse:
     """A JWT-SVID for one of the node's entries."""
     return jwt_svid_response(services.agents.mint_jwt(node, body.entry_id, body.audience))
+
+
+@router.post("/wit", response_model=WitSvidResponse)
+async def mint_wit(body: AgentWitRequest, node: NodeDep, services: ServicesDep) -> WitSvidResponse:
+    """A WIT-SVID for one of the node's entries, bound to the workload key `jwk` the agent
+    made (experimental, `TRUSTD_WIT_SVID`; 404 problem when off)."""
+    return wit_svid_response(services.agents.mint_wit(node, body.entry_id, body.jwk))
 
 
 @router.post("/renew", response_model=SvidChain)

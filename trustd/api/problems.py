@@ -46,6 +46,8 @@ _STATUS: dict[type[TrustdError], int] = {
     errors.PermissionDenied: 403,
     errors.NotFound: 404,
     errors.Conflict: 409,
+    # The server does not offer it: as for a route that is not there.
+    errors.FeatureDisabled: 404,
     errors.PayloadTooLarge: 413,
     errors.BundleEndpointError: 502,
     pki_federation.InvalidEndpoint: 400,

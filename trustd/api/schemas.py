@@ -48,6 +48,28 @@ class JwtSvidResponse(WireModel):
     expires_at: datetime
 
 
+# A public JWK has at most a handful of members (kty, crv, x, y, n, e, alg, kid, use).
+_JWK_MEMBERS = 16
+_WORKLOAD_JWK = (
+    "The workload's public key as a JWK (RFC 7517) with `alg` (ES256/384/512, RS256/384/512, "
+    "PS256/384/512): it goes into the token's `cnf.jwk` (WIMSE Workload Credentials §3.1)"
+)
+
+
+class WitSvidRequest(WireModel):
+    spiffe_id: str = Field(max_length=2048)
+    jwk: dict[str, Any] = Field(max_length=_JWK_MEMBERS, description=_WORKLOAD_JWK)
+    ttl: Seconds | None = Field(default=None, description="Lifetime in seconds")
+
+
+class WitSvidResponse(WireModel):
+    token: str = Field(description="The WIT-SVID, JWS compact serialization (typ wit+jwt)")
+    spiffe_id: str
+    kid: str
+    jti: str | None
+    expires_at: datetime
+
+
 class AuthorityPublic(WireModel):
     kind: str
     kid: str
@@ -318,6 +340,11 @@ class SvidBatchResponse(WireModel):
 class AgentJwtRequest(WireModel):
     entry_id: str = Field(max_length=32)
     audience: list[str] = Field(min_length=1, max_length=16)
+
+
+class AgentWitRequest(WireModel):
+    entry_id: str = Field(max_length=32)
+    jwk: dict[str, Any] = Field(max_length=_JWK_MEMBERS, description=_WORKLOAD_JWK)
 
 
 class ReportedIdentity(WireModel):

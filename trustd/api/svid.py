@@ -8,8 +8,16 @@ from fastapi import APIRouter, Response
 
 from pki.ca import serial_hex
 from pki.jwt_svid import JwtSvid
+from pki.wit_svid import WitSvid
 from trustd.api.deps import AdminDep, ServicesDep, require
-from trustd.api.schemas import JwtSvidRequest, JwtSvidResponse, X509SvidRequest, X509SvidResponse
+from trustd.api.schemas import (
+    JwtSvidRequest,
+    JwtSvidResponse,
+    WitSvidRequest,
+    WitSvidResponse,
+    X509SvidRequest,
+    X509SvidResponse,
+)
 from trustd.services.issuance import ca_pems
 
 router = APIRouter(prefix="/v1/svid", tags=["svid"])
@@ -66,6 +74,31 @@ async def mint_jwt_svid(
     """Mint a JWT-SVID for `spiffe_id` with the given audience (JWT-SVID §3: `aud` required)."""
     svid = services.issuer.mint_jwt_svid(principal, body.spiffe_id, body.audience, _ttl(body.ttl))
     return jwt_svid_response(svid)
+
+
+@router.post(
+    "/wit",
+    response_model=WitSvidResponse,
+    status_code=201,
+    dependencies=[require("admin:svid:write")],
+)
+async def mint_wit_svid(
+    body: WitSvidRequest, principal: AdminDep, services: ServicesDep
+) -> WitSvidResponse:
+    """Mint a WIT-SVID (experimental, `TRUSTD_WIT_SVID`) binding the public key `jwk` to
+    `spiffe_id`; 404 problem when the feature is off."""
+    svid = services.issuer.mint_wit_svid(principal.name, body.spiffe_id, body.jwk, _ttl(body.ttl))
+    return wit_svid_response(svid)
+
+
+def wit_svid_response(svid: WitSvid) -> WitSvidResponse:
+    return WitSvidResponse(
+        token=svid.token,
+        spiffe_id=str(svid.spiffe_id),
+        kid=svid.kid,
+        jti=svid.jti,
+        expires_at=svid.expiry,
+    )
 
 
 def jwt_svid_response(svid: JwtSvid) -> JwtSvidResponse:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -19,6 +19,7 @@ from pki.clock import Clock
 from pki.errors import TrustdError
 from pki.jwt_svid import JwtSvid, mint_jwt_svid
 from pki.spiffe_id import SpiffeId
+from pki.wit_svid import WitSvid
 from trustd import metrics, tracing
 from trustd.addresses import parse_workload_address
 from trustd.bus import Bus
@@ -438,6 +439,27 @@ class Agents:
                 details={"audience": list(svid.audience), "entry_id": entry_id},
             )
         return svid
+
+    def mint_wit(
+        self, principal: NodePrincipal, entry_id: str, workload_key: Mapping[str, Any]
+    ) -> WitSvid:
+        """A WIT-SVID for one of the node's entries, binding the workload key the agent
+        generated (its public JWK with ``alg``), through the issuance pipeline.
+
+        Raises:
+            FeatureDisabled: WIT-SVIDs are off. PermissionDenied: the node may not serve
+                that entry, or its identity is quarantined. InvalidWit, WeakKey: the key
+                is refused.
+        """
+        allowed, quarantined = self._allowed(principal)
+        entry = allowed.get(entry_id)
+        if entry is None:
+            raise PermissionDenied("this node may not serve that entry")
+        if entry.spiffe_id in quarantined:
+            raise PermissionDenied(_quarantined(quarantined[entry.spiffe_id]))
+        return self._issuer.mint_wit_svid(
+            principal.spiffe_id, entry.spiffe_id, workload_key, details={"entry_id": entry_id}
+        )
 
     def report_addresses(
         self, principal: NodePrincipal, reported: Sequence[tuple[str, Sequence[str]]]

@@ -1,9 +1,9 @@
 """The CA as the service sees it: key creation, encrypted key storage, the bundle.
 
 Several keys of each kind coexist during a rotation (see `pki.rotation`): the bundle holds
-every root and JWT key that is prepared, active, old or tainted; only the active ones sign
-new credentials, and every intermediate that may still have live certificates signs its
-own CRL and OCSP answers.
+every root, JWT key (and, with `wit_svid` on, WIT-SVID key) that is prepared, active, old
+or tainted; only the active ones sign new credentials, and every intermediate that may
+still have live certificates signs its own CRL and OCSP answers.
 """
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ class CaState:
     # Sent after the active intermediate while a root rotation overlaps: the new root
     # certified by the old one, for verifiers that have not fetched the new bundle yet.
     cross_certificates: tuple[x509.Certificate, ...] = ()
+    # The active WIT-SVID key; None unless `wit_svid` is on.
+    wit_signer: JwtSigner | None = None
 
     @property
     def intermediates(self) -> tuple[x509.Certificate, ...]:
@@ -263,8 +265,16 @@ class CertificateAuthority:
         ping(self._engine)
         _ = self.state
 
+    @property
+    def kinds(self) -> tuple[CaKeyKind, ...]:
+        """The kinds of key this deployment keeps, roots first: root, intermediate, JWT key
+        and, with `wit_svid` on, the WIT-SVID key."""
+        kinds = (CaKeyKind.X509_ROOT, CaKeyKind.X509_INTERMEDIATE, CaKeyKind.JWT)
+        return (*kinds, CaKeyKind.WIT) if self._settings.wit_svid else kinds
+
     def initialise(self, earlier_deployment: Collection[Path] = ()) -> bool:
-        """Create the root, intermediate and JWT signing key unless active ones exist.
+        """Create the root, intermediate and JWT signing key (and the WIT-SVID key, with
+        `wit_svid` on) unless active ones exist.
 
         Returns whether anything was created. Safe to run on several replicas at once.
         *earlier_deployment* names files an earlier CA left (its bundle, its key file):
@@ -288,7 +298,7 @@ class CertificateAuthority:
                 )
             existing = {row.kind for row in list_ca_keys(session, {SlotStatus.ACTIVE})}
             created: list[CaKey] = []
-            for kind in (CaKeyKind.X509_ROOT, CaKeyKind.X509_INTERMEDIATE, CaKeyKind.JWT):
+            for kind in self.kinds:
                 if kind not in existing:
                     created.append(self.create_key(session, kind, SlotStatus.ACTIVE))
             for row in created:
@@ -318,7 +328,7 @@ class CertificateAuthority:
         elif kind is CaKeyKind.X509_INTERMEDIATE:
             key = self._new_intermediate(session, status)
         else:
-            key = self._new_jwt(status)
+            key = self._new_token_key(kind, status)
         return create_ca_key(session, key)
 
     def _upstream(self) -> Authority | None:
@@ -409,12 +419,17 @@ class CertificateAuthority:
             issuer_kid=root_row.kid,
         )
 
-    def _new_jwt(self, status: SlotStatus) -> CaKeyInfo:
+    def _new_token_key(self, kind: CaKeyKind, status: SlotStatus) -> CaKeyInfo:
+        # JWT-SVID and WIT-SVID keys: same type and life, but never the same key. The kid is
+        # the key's own hash (`key_id`), so a fresh key cannot take a kid of the other kind
+        # (WIT-SVID §6.1); `ca_keys.kid` is unique besides.
         s = self._settings
-        key, stored = self._generate(s.jwt_key_type, CaKeyKind.JWT)
+        if kind is CaKeyKind.WIT and not s.wit_svid:
+            raise CaError("WIT-SVIDs are off: set TRUSTD_WIT_SVID=true to keep a WIT-SVID key")
+        key, stored = self._generate(s.jwt_key_type, kind)
         now = self._clock.now()
         return _row(
-            CaKeyKind.JWT,
+            kind,
             key.public_key(),
             s.jwt_key_type,
             now,
@@ -504,7 +519,7 @@ class CertificateAuthority:
             rows = list_ca_keys(session, IN_BUNDLE)
             sequence = fetch_bundle_sequence(session)
         active = {CaKeyKind(row.kind): row for row in rows if row.status == SlotStatus.ACTIVE}
-        missing = {CaKeyKind.X509_ROOT, CaKeyKind.X509_INTERMEDIATE, CaKeyKind.JWT} - set(active)
+        missing = set(self.kinds) - set(active)
         if missing or sequence is None:
             raise NotReady("the CA is not initialised; run `trustd init` or `trustd serve`")
         now = self._clock.now()
@@ -540,6 +555,13 @@ class CertificateAuthority:
             jwt_authorities={
                 row.kid: self._key(row).public_key() for row in rows if row.kind == CaKeyKind.JWT
             },
+            # WIT-SVID §6.1: the WIT-SVID keys, published only while the feature is on (a
+            # validator finding none knows the trust domain issues no WIT-SVIDs, §6.2).
+            wit_authorities={
+                row.kid: self._key(row).public_key()
+                for row in rows
+                if row.kind == CaKeyKind.WIT and self._settings.wit_svid
+            },
             sequence=sequence,
             refresh_hint=int(self._settings.bundle_refresh_hint.total_seconds()),
         )
@@ -553,5 +575,10 @@ class CertificateAuthority:
             keys=tuple(rows),
             issuers=MappingProxyType(issuers),
             cross_certificates=cross,
+            wit_signer=(
+                JwtSigner(wit_row.kid, self._key(wit_row))
+                if (wit_row := active.get(CaKeyKind.WIT)) is not None and self._settings.wit_svid
+                else None
+            ),
         )
         return self._state

@@ -1,5 +1,5 @@
 """The one issuance pipeline: X509-SVIDs (workloads, nodes), the server's own serving
-certificate, and JWT-SVIDs.
+certificate, JWT-SVIDs and (experimental) WIT-SVIDs.
 
 Every X.509 credential goes the same way: request -> lifetime (checked here and nowhere
 else) -> params -> template, sign, validate (`pki.x509_svid.issue_x509_svid`) -> record (the
@@ -18,7 +18,7 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -36,10 +36,11 @@ from pki.errors import TrustdError
 from pki.jwt_svid import JwtSvid, mint_jwt_svid
 from pki.keys import PrivateKey, PublicKey, generate_private_key
 from pki.spiffe_id import SpiffeId
+from pki.wit_svid import WitSvid, mint_wit_svid
 from pki.x509_svid import X509SvidParams, issue_x509_svid
 from trustd import metrics, tracing
 from trustd.domain.certificates import CertificateKind, IssuedX509
-from trustd.errors import InvalidRequest, NotReady, ReservedSpiffeId
+from trustd.errors import FeatureDisabled, InvalidRequest, NotReady, ReservedSpiffeId
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
 from trustd.services.ca import SYSTEM_ACTOR, CertificateAuthority, crl_url
@@ -52,6 +53,7 @@ __all__ = [
     "AGENT_PATH",
     "JWT_SVID",
     "SERVER_PATH",
+    "WIT_SVID",
     "CredentialKind",
     "IssuanceRequest",
     "IssuedX509",
@@ -82,9 +84,11 @@ def require_unreserved(spiffe_id: SpiffeId) -> None:
         )
 
 
-# The metric label and lifetime class of JWT-SVIDs; X.509 credentials use `CertificateKind`.
+# The metric labels and lifetime classes of JWT- and WIT-SVIDs; X.509 credentials use
+# `CertificateKind`.
 JWT_SVID: Final = "jwt-svid"
-CredentialKind = CertificateKind | Literal["jwt-svid"]
+WIT_SVID: Final = "wit-svid"
+CredentialKind = CertificateKind | Literal["jwt-svid", "wit-svid"]
 
 _AUDIT_OBJECT = {
     CertificateKind.X509_SVID: "x509",
@@ -97,6 +101,8 @@ def _limits(settings: Settings, kind: CredentialKind) -> tuple[timedelta, timede
     """(default, ceiling) of a credential kind's lifetime."""
     if kind == JWT_SVID:
         return settings.jwt_svid_ttl, settings.jwt_svid_max_ttl
+    if kind == WIT_SVID:
+        return settings.wit_svid_ttl, settings.wit_svid_max_ttl
     if kind == CertificateKind.X509_SVID:
         return settings.x509_svid_ttl, settings.x509_svid_max_ttl
     if kind == CertificateKind.NODE_SVID:
@@ -460,6 +466,60 @@ class Issuer:
             metrics.ISSUANCE_FAILURES.labels(JWT_SVID).inc()
             raise
         self._issued(JWT_SVID, started)
+        return svid
+
+    def mint_wit_svid(
+        self,
+        actor: str,
+        spiffe_id: str,
+        workload_key: PublicKey | Mapping[str, Any],
+        ttl: timedelta | None = None,
+        details: Mapping[str, object] | None = None,
+    ) -> WitSvid:
+        """Mint a WIT-SVID binding *workload_key* (a public key or its JWK, with ``alg``) to
+        *spiffe_id*, signed by the WIT-SVID key. Like JWT-SVIDs the token is not stored: its
+        issuance is audited (kid, jti, expiry and the caller's *details*; never the token)
+        and committed before it is returned.
+
+        Raises:
+            FeatureDisabled: `wit_svid` is off. NotReady: no WIT-SVID key is loaded yet.
+            InvalidWit, WeakKey: the workload key is refused. InvalidSpiffeId,
+                InvalidRequest: bad input.
+            StoreUnavailable: the audit row could not be recorded, nothing returned.
+        """
+        started = time.perf_counter()
+        try:
+            if not self._settings.wit_svid:
+                raise FeatureDisabled(
+                    "WIT-SVIDs are off on this server (experimental: TRUSTD_WIT_SVID=true)"
+                )
+            sid = SpiffeId.parse(spiffe_id)
+            sid.require_member_of(self._settings.trust_domain_obj)
+            require_unreserved(sid)
+            ttl = lifetime(self._settings, WIT_SVID, ttl)
+            signer = self._ca.state.wit_signer
+            if signer is None:
+                raise NotReady("no WIT-SVID signing key is loaded yet")
+            svid = mint_wit_svid(signer.key, signer.kid, sid, workload_key, ttl, self._clock)
+            with transaction(self._engine) as session:
+                self._audit.record(
+                    session,
+                    actor,
+                    "svid:wit:issued",
+                    target=str(sid),
+                    details={
+                        **(details or {}),
+                        "kid": svid.kid,
+                        # WIT-SVID §3.3: the jti lets a validator's audit event be matched
+                        # with this one.
+                        "jti": svid.jti,
+                        "expires_at": svid.expiry.isoformat(),
+                    },
+                )
+        except Exception:
+            metrics.ISSUANCE_FAILURES.labels(WIT_SVID).inc()
+            raise
+        self._issued(WIT_SVID, started)
         return svid
 
 

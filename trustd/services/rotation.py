@@ -55,8 +55,6 @@ from trustd.store.db import transaction
 
 log = structlog.get_logger("trustd.rotation")
 BUNDLE_CHANNEL = "bundle"
-# Roots first: an intermediate prepared in the same tick is signed by the root active then.
-_KINDS = (CaKeyKind.X509_ROOT, CaKeyKind.X509_INTERMEDIATE, CaKeyKind.JWT)
 
 
 class RotationManager:
@@ -100,11 +98,14 @@ class RotationManager:
         if row.kind == CaKeyKind.X509_ROOT:
             # A root leaves the bundle once every intermediate it signed has left it.
             return not any(r.issuer_kid == row.kid for r in rows if r.kid != row.kid)
-        # JWT-SVIDs are not stored: the last one this key signed expires at most the
-        # maximum JWT-SVID lifetime after it stopped signing.
-        return (
-            now >= changed + self._settings.jwt_svid_max_ttl + self._settings.bundle_reload_interval
+        # JWT- and WIT-SVIDs are not stored: the last one this key signed expires at most
+        # the maximum lifetime of its kind after it stopped signing.
+        longest = (
+            self._settings.wit_svid_max_ttl
+            if row.kind == CaKeyKind.WIT
+            else self._settings.jwt_svid_max_ttl
         )
+        return now >= changed + longest + self._settings.bundle_reload_interval
 
     def _slots(self, session: Session) -> tuple[list[Slot], list[CaKey]]:
         rows = self._ca.rows(session, IN_BUNDLE)
@@ -142,7 +143,9 @@ class RotationManager:
                 for r in self._ca.rows(session, {SlotStatus.ACTIVE})
                 if r.kind == CaKeyKind.X509_ROOT
             )
-            for kind in _KINDS:
+            # Roots first (`kinds`): an intermediate prepared in the same tick is signed by
+            # the root active then.
+            for kind in self._ca.kinds:
                 if kind is CaKeyKind.X509_ROOT and upstream_root:
                     continue  # an upstream root is rotated upstream, not here
                 slots, _ = self._slots(session)
@@ -217,6 +220,12 @@ class RotationManager:
             self._set_status(session, current, SlotStatus.OLD, actor, replaced_by=row.kid)
         return self._set_status(session, row, SlotStatus.ACTIVE, actor)
 
+    def _require_kind(self, kind: CaKeyKind) -> None:
+        if kind not in self._ca.kinds:
+            raise Conflict(
+                f"this deployment keeps no {kind} key: WIT-SVIDs are off (TRUSTD_WIT_SVID)"
+            )
+
     def _changed(self, sequence: int) -> None:
         # This replica reloads at once; the others when the bundle channel wakes them.
         self._ca.load()
@@ -228,9 +237,10 @@ class RotationManager:
         """Prepare the next key of *kind* now and publish it in the bundle.
 
         Raises:
-            Conflict: a prepared key of that kind exists already.
+            Conflict: a prepared key of that kind exists already, or WIT-SVIDs are off.
             CaError: the key cannot be created (e.g. an upstream root).
         """
+        self._require_kind(kind)
         with transaction(self._engine) as session:
             waiting = [r for r in self._ca.rows(session, {SlotStatus.PREPARED}) if r.kind == kind]
             if waiting:
@@ -265,7 +275,7 @@ class RotationManager:
         changes: list[KeyChange] = []
         with transaction(self._engine) as session:
             rows = self._ca.rows(session, {SlotStatus.ACTIVE, SlotStatus.PREPARED})
-            for kind in (CaKeyKind.X509_ROOT, CaKeyKind.X509_INTERMEDIATE, CaKeyKind.JWT):
+            for kind in self._ca.kinds:
                 active = [r for r in rows if r.kind == kind and r.status == SlotStatus.ACTIVE]
                 waiting = [r for r in rows if r.kind == kind and r.status == SlotStatus.PREPARED]
                 if any(r.upstream for r in active) or all(r.key_backend == to for r in active):
@@ -298,7 +308,9 @@ class RotationManager:
         Raises:
             NotFound: *kid* names no key of that kind.
             InvalidTransition: there is no prepared key, or *kid* is not prepared.
+            Conflict: *kind* is the WIT-SVID key and WIT-SVIDs are off.
         """
+        self._require_kind(kind)
         with transaction(self._engine) as session:
             row: CaKeyInfo | CaKey
             if kid is not None:

@@ -435,3 +435,145 @@ class ValidateJWTSVIDResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ValidateJWTSVIDResponse: _TypeAlias = ValidateJWTSVIDResponse  # noqa: Y015
+
+@_typing.final
+class WITSVIDRequest(_message.Message):
+    """Parameters for requesting WIT-SVIDs; the draft defines none yet."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WITSVIDRequest: _TypeAlias = WITSVIDRequest  # noqa: Y015
+
+@_typing.final
+class WITSVIDResponse(_message.Message):
+    """The WIT-SVIDs of the workload."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SVIDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def svids(self) -> _containers.RepeatedCompositeFieldContainer[Global___WITSVID]:
+        """Required. One WITSVID per identity, each with its own private key."""
+
+    def __init__(
+        self,
+        *,
+        svids: _abc.Iterable[Global___WITSVID] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["svids", b"svids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WITSVIDResponse: _TypeAlias = WITSVIDResponse  # noqa: Y015
+
+@_typing.final
+class WITSVID(_message.Message):
+    """One WIT-SVID and what goes with it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPIFFE_ID_FIELD_NUMBER: _builtins.int
+    WIT_SVID_FIELD_NUMBER: _builtins.int
+    WIT_SVID_KEY_FIELD_NUMBER: _builtins.int
+    HINT_FIELD_NUMBER: _builtins.int
+    spiffe_id: _builtins.str
+    """Required. The SPIFFE ID of the WIT-SVID."""
+    wit_svid: _builtins.str
+    """Required. The WIT-SVID, JWS compact serialization."""
+    wit_svid_key: _builtins.str
+    """Required. The private key of the WIT-SVID's cnf key, as a JWK (RFC 7517)."""
+    hint: _builtins.str
+    """Optional. The operator's hint telling several identities apart."""
+    def __init__(
+        self,
+        *,
+        spiffe_id: _builtins.str = ...,
+        wit_svid: _builtins.str = ...,
+        wit_svid_key: _builtins.str = ...,
+        hint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hint", b"hint", "spiffe_id", b"spiffe_id", "wit_svid", b"wit_svid", "wit_svid_key", b"wit_svid_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WITSVID: _TypeAlias = WITSVID  # noqa: Y015
+
+@_typing.final
+class WITBundlesRequest(_message.Message):
+    """Parameters for requesting WIT bundles; the draft defines none yet."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WITBundlesRequest: _TypeAlias = WITBundlesRequest  # noqa: Y015
+
+@_typing.final
+class WITBundlesResponse(_message.Message):
+    """The WIT-SVID trust bundles the workload should trust."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class BundlesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    BUNDLES_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    more: _builtins.bool
+    """True when this message is one part of an update split over several
+    messages and more follow; the client waits for one with more = false.
+    """
+    @_builtins.property
+    def bundles(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Required. JWK Sets (RFC 7517), keyed by the trust domain's SPIFFE ID."""
+
+    def __init__(
+        self,
+        *,
+        bundles: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        more: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundles", b"bundles", "more", b"more"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WITBundlesResponse: _TypeAlias = WITBundlesResponse  # noqa: Y015

@@ -62,6 +62,16 @@ class SpiffeWorkloadAPIStub:
                 request_serializer=trustd_dot_agent_dot_proto_dot_workload__pb2.ValidateJWTSVIDRequest.SerializeToString,
                 response_deserializer=trustd_dot_agent_dot_proto_dot_workload__pb2.ValidateJWTSVIDResponse.FromString,
                 _registered_method=True)
+        self.FetchWITSVID = channel.unary_stream(
+                '/SpiffeWorkloadAPI/FetchWITSVID',
+                request_serializer=trustd_dot_agent_dot_proto_dot_workload__pb2.WITSVIDRequest.SerializeToString,
+                response_deserializer=trustd_dot_agent_dot_proto_dot_workload__pb2.WITSVIDResponse.FromString,
+                _registered_method=True)
+        self.FetchWITBundles = channel.unary_stream(
+                '/SpiffeWorkloadAPI/FetchWITBundles',
+                request_serializer=trustd_dot_agent_dot_proto_dot_workload__pb2.WITBundlesRequest.SerializeToString,
+                response_deserializer=trustd_dot_agent_dot_proto_dot_workload__pb2.WITBundlesResponse.FromString,
+                _registered_method=True)
 
 
 class SpiffeWorkloadAPIServicer:
@@ -120,6 +130,28 @@ class SpiffeWorkloadAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchWITSVID(self, request, context):
+        """///////////////////////////////////////////////////////////////////////
+        WIT-SVID Profile (experimental: spiffe/spiffe standards/
+        workloadapiwitsvid.proto, the initial draft of the WIT-SVID profile)
+        ///////////////////////////////////////////////////////////////////////
+
+        Streams a WIT-SVID and its private key for each SPIFFE identity the
+        workload is entitled to, again whenever they change. Unimplemented where
+        the endpoint does not offer the WIT-SVID profile.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchWITBundles(self, request, context):
+        """Streams the WIT-SVID trust bundles, again whenever they change.
+        Unimplemented where the endpoint does not offer the WIT-SVID profile.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SpiffeWorkloadAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +179,16 @@ def add_SpiffeWorkloadAPIServicer_to_server(servicer, server):
                     servicer.ValidateJWTSVID,
                     request_deserializer=trustd_dot_agent_dot_proto_dot_workload__pb2.ValidateJWTSVIDRequest.FromString,
                     response_serializer=trustd_dot_agent_dot_proto_dot_workload__pb2.ValidateJWTSVIDResponse.SerializeToString,
+            ),
+            'FetchWITSVID': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchWITSVID,
+                    request_deserializer=trustd_dot_agent_dot_proto_dot_workload__pb2.WITSVIDRequest.FromString,
+                    response_serializer=trustd_dot_agent_dot_proto_dot_workload__pb2.WITSVIDResponse.SerializeToString,
+            ),
+            'FetchWITBundles': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchWITBundles,
+                    request_deserializer=trustd_dot_agent_dot_proto_dot_workload__pb2.WITBundlesRequest.FromString,
+                    response_serializer=trustd_dot_agent_dot_proto_dot_workload__pb2.WITBundlesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -287,6 +329,60 @@ class SpiffeWorkloadAPI:
             '/SpiffeWorkloadAPI/ValidateJWTSVID',
             trustd_dot_agent_dot_proto_dot_workload__pb2.ValidateJWTSVIDRequest.SerializeToString,
             trustd_dot_agent_dot_proto_dot_workload__pb2.ValidateJWTSVIDResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchWITSVID(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/SpiffeWorkloadAPI/FetchWITSVID',
+            trustd_dot_agent_dot_proto_dot_workload__pb2.WITSVIDRequest.SerializeToString,
+            trustd_dot_agent_dot_proto_dot_workload__pb2.WITSVIDResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchWITBundles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/SpiffeWorkloadAPI/FetchWITBundles',
+            trustd_dot_agent_dot_proto_dot_workload__pb2.WITBundlesRequest.SerializeToString,
+            trustd_dot_agent_dot_proto_dot_workload__pb2.WITBundlesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,6 +66,20 @@ class SpiffeWorkloadAPIStub:
     """Validates a JWT-SVID against the requested audience. Returns the SPIFFE
     ID of the JWT-SVID and JWT claims.
     """
+    FetchWITSVID: _grpc.UnaryStreamMultiCallable[_workload_pb2.WITSVIDRequest, _workload_pb2.WITSVIDResponse]
+    """///////////////////////////////////////////////////////////////////////
+    WIT-SVID Profile (experimental: spiffe/spiffe standards/
+    workloadapiwitsvid.proto, the initial draft of the WIT-SVID profile)
+    ///////////////////////////////////////////////////////////////////////
+
+    Streams a WIT-SVID and its private key for each SPIFFE identity the
+    workload is entitled to, again whenever they change. Unimplemented where
+    the endpoint does not offer the WIT-SVID profile.
+    """
+    FetchWITBundles: _grpc.UnaryStreamMultiCallable[_workload_pb2.WITBundlesRequest, _workload_pb2.WITBundlesResponse]
+    """Streams the WIT-SVID trust bundles, again whenever they change.
+    Unimplemented where the endpoint does not offer the WIT-SVID profile.
+    """
 
 @_typing.type_check_only
 class SpiffeWorkloadAPIAsyncStub(SpiffeWorkloadAPIStub):
@@ -104,6 +118,20 @@ class SpiffeWorkloadAPIAsyncStub(SpiffeWorkloadAPIStub):
     ValidateJWTSVID: _aio.UnaryUnaryMultiCallable[_workload_pb2.ValidateJWTSVIDRequest, _workload_pb2.ValidateJWTSVIDResponse]  # type: ignore[assignment]
     """Validates a JWT-SVID against the requested audience. Returns the SPIFFE
     ID of the JWT-SVID and JWT claims.
+    """
+    FetchWITSVID: _aio.UnaryStreamMultiCallable[_workload_pb2.WITSVIDRequest, _workload_pb2.WITSVIDResponse]  # type: ignore[assignment]
+    """///////////////////////////////////////////////////////////////////////
+    WIT-SVID Profile (experimental: spiffe/spiffe standards/
+    workloadapiwitsvid.proto, the initial draft of the WIT-SVID profile)
+    ///////////////////////////////////////////////////////////////////////
+
+    Streams a WIT-SVID and its private key for each SPIFFE identity the
+    workload is entitled to, again whenever they change. Unimplemented where
+    the endpoint does not offer the WIT-SVID profile.
+    """
+    FetchWITBundles: _aio.UnaryStreamMultiCallable[_workload_pb2.WITBundlesRequest, _workload_pb2.WITBundlesResponse]  # type: ignore[assignment]
+    """Streams the WIT-SVID trust bundles, again whenever they change.
+    Unimplemented where the endpoint does not offer the WIT-SVID profile.
     """
 
 class SpiffeWorkloadAPIServicer(metaclass=_abc_1.ABCMeta):
@@ -170,6 +198,32 @@ class SpiffeWorkloadAPIServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_workload_pb2.ValidateJWTSVIDResponse, _abc.Awaitable[_workload_pb2.ValidateJWTSVIDResponse]]:
         """Validates a JWT-SVID against the requested audience. Returns the SPIFFE
         ID of the JWT-SVID and JWT claims.
+        """
+
+    @_abc_1.abstractmethod
+    def FetchWITSVID(
+        self,
+        request: _workload_pb2.WITSVIDRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_workload_pb2.WITSVIDResponse], _abc.AsyncIterator[_workload_pb2.WITSVIDResponse]]:
+        """///////////////////////////////////////////////////////////////////////
+        WIT-SVID Profile (experimental: spiffe/spiffe standards/
+        workloadapiwitsvid.proto, the initial draft of the WIT-SVID profile)
+        ///////////////////////////////////////////////////////////////////////
+
+        Streams a WIT-SVID and its private key for each SPIFFE identity the
+        workload is entitled to, again whenever they change. Unimplemented where
+        the endpoint does not offer the WIT-SVID profile.
+        """
+
+    @_abc_1.abstractmethod
+    def FetchWITBundles(
+        self,
+        request: _workload_pb2.WITBundlesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_workload_pb2.WITBundlesResponse], _abc.AsyncIterator[_workload_pb2.WITBundlesResponse]]:
+        """Streams the WIT-SVID trust bundles, again whenever they change.
+        Unimplemented where the endpoint does not offer the WIT-SVID profile.
         """
 
 def add_SpiffeWorkloadAPIServicer_to_server(servicer: SpiffeWorkloadAPIServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -32,7 +32,8 @@ def ca(
         prepared=sorted({k.kind for k in keys if k.status == SlotStatus.PREPARED}),
         sequence=services.ca.state.bundle.sequence,
         bundle_pem=services.ca.state.bundle.to_pem(),
-        kinds=[k.value for k in KeyKind],
+        # Only the kinds this deployment keeps (the WIT-SVID key with TRUSTD_WIT_SVID on).
+        kinds=[k.value for k in services.ca.kinds],
         now=services.clock.now(),
     )
 
