@@ -18,6 +18,9 @@ DEB_PACKAGES += zsh
 DEB_PACKAGES += softhsm2 opensc
 # promtool checks /metrics, the alerting rules and their unit tests (deploy/prometheus).
 DEB_PACKAGES += prometheus
+# TPM node attestation: swtpm (with swtpm_setup and its local CA) is the TPM, tpm2-tools an
+# independent client; tpm2-pytss (the `tpm` extra) builds against libtss2-dev via pkg-config.
+DEB_PACKAGES += swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config
 # The high-availability topology (`make ha`, `make ha-test`) only: Patroni with etcd for
 # PostgreSQL failover, Redis Sentinel, HAProxy. Not installed by `make test`.
 HA_DEB_PACKAGES := patroni etcd-server etcd-client redis-sentinel haproxy

@@ -191,11 +191,17 @@ class ServerClient:
         )
         return _identity(body["svid"], key), bundle_from_jwks(body["bundle"])
 
-    async def challenge(self, attestor: str, evidence: dict[str, Any]) -> str:
+    async def challenge(self, attestor: str, evidence: dict[str, Any]) -> dict[str, Any]:
+        """The first step of a challenge-response attestor: the server's challenge (and, for
+        tpm, the credential it protected for the node's TPM).
+
+        Raises:
+            ServerError: the evidence was refused or the server is unreachable.
+        """
         body = await self._call(
             "POST", "/v1/attest/challenge", json={"attestor": attestor, "evidence": evidence}
         )
-        return str(body["challenge"])
+        return dict(body)
 
     async def renew(self, identity: NodeIdentity, key: PrivateKey) -> NodeIdentity:
         body = await self._call("POST", "/v1/agents/renew", identity, json={"csr": create_csr(key)})

@@ -176,12 +176,23 @@ class Agent:
         await self.cache.set_bundle(bundle)
         identity = self._load_identity()
         if identity is None:
-            if not cfg.join_token:
-                raise AgentError("this node has no identity yet: pass --join-token")
             key = generate_private_key(cfg.key_type)
-            identity, bundle = await self._client.attest(
-                "join_token", {"token": cfg.join_token}, key
-            )
+            if cfg.attestor == "tpm":
+                from trustd.agent.tpm import attest_with_tpm
+
+                if not cfg.tpm_device:
+                    raise AgentError("the tpm attestor needs --tpm-device")
+                # The TPM is the credential: a restart (or an eviction) attests again
+                # with it, to the same node, without a token.
+                identity, bundle = await attest_with_tpm(
+                    self._client, cfg.tpm_device, cfg.tpm_pcrs, key
+                )
+            else:
+                if not cfg.join_token:
+                    raise AgentError("this node has no identity yet: pass --join-token")
+                identity, bundle = await self._client.attest(
+                    "join_token", {"token": cfg.join_token}, key
+                )
             self._save_identity(identity)
             self._save_bundle(bundle)
             await self.cache.set_bundle(bundle)
@@ -455,10 +466,12 @@ class Agent:
         log.error("node_evicted", detail=exc.detail)
         for path in (self._node_file, self._node_key_file):
             path.unlink(missing_ok=True)
-        self.fatal_error = AgentError(
-            f"this node was evicted or banned ({exc.detail}): get a new join token "
-            "(trustd token create) and start the agent with it"
+        again = (
+            "start the agent again to attest with its TPM"
+            if self.config.attestor == "tpm"
+            else "get a new join token (trustd token create) and start the agent with it"
         )
+        self.fatal_error = AgentError(f"this node was evicted or banned ({exc.detail}): {again}")
         self.fatal.set()
 
     # -- workload addresses -------------------------------------------------------------
