@@ -84,7 +84,15 @@ class TpmAttestor:
         try:
             # The EK CA bundle holds the manufacturers' roots and intermediates alike: an
             # operator who trusts an intermediate need not trust its root's other children.
-            validate_path(build_path(cert, [], self._cas), now)
+            path = build_path(cert, [], self._cas)
+        except TrustdError:
+            issuer = cert.issuer.rfc4514_string() or "<empty>"
+            raise AttestationFailed(
+                f"EK certificate is not trusted: its issuer {issuer!r} leads to no CA of "
+                "the EK CA bundle"
+            ) from None
+        try:
+            validate_path(path, now)
         except TrustdError as exc:
             raise AttestationFailed(f"EK certificate is not trusted: {exc.detail}") from None
         ek_raw = require_bytes(evidence, "ek_public", 1024)
