@@ -207,7 +207,10 @@ class TpmPublic:
             if len(modulus) * 8 != bits:
                 raise InvalidTpmData("RSA modulus size does not match keyBits")
             # Part 2 §12.2.3.5: an exponent of zero means the default, 2^16 + 1.
-            key = rsa.RSAPublicNumbers(exponent or 65537, int.from_bytes(modulus)).public_key()
+            try:
+                key = rsa.RSAPublicNumbers(exponent or 65537, int.from_bytes(modulus)).public_key()
+            except ValueError:
+                raise InvalidTpmData("RSA modulus and exponent are not a public key") from None
         elif kind == Alg.ECC:
             if scheme in _ECC_SCHEMES_WITH_HASH:
                 scheme_hash = r.u16()

@@ -184,7 +184,10 @@ class TpmAttestor:
             raise AttestationFailed("a quote needs 'pcrs': PCR index → SHA-256 value (hex)")
         values: dict[int, bytes] = {}
         for index, value in pcrs.items():
-            if not (isinstance(index, str) and index.isdigit() and int(index) < MAX_PCRS):
+            if (
+                not (isinstance(index, str) and index.isascii() and index.isdigit())
+                or int(index) >= MAX_PCRS
+            ):
                 raise AttestationFailed(f"{index!r} is not a PCR index")
             if not isinstance(value, str) or len(value) != 64:
                 raise AttestationFailed(f"PCR {index} needs a SHA-256 value in hex")
