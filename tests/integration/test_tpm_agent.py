@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,8 +24,9 @@ from cryptography import x509
 
 from pki.ca import fingerprint_sha256, load_pem_certificates
 from pki.csr import create_csr
+from pki.errors import KeyUnavailable
 from pki.keys import KeyType, generate_private_key
-from tests.integration.conftest import TRUSTD, Running, cli, start_server, tls
+from tests.integration.conftest import TRUSTD, Running, start_server, tls
 from tests.tpm_support import SwTpm, new_ca, new_tpm
 from trustd.attestation.base import b64url_decode
 from trustd.attestation.tpm import ek_pubhash
@@ -32,6 +34,7 @@ from trustd.attestation.tpm import ek_pubhash
 pytestmark = [pytest.mark.integration]
 pytest.importorskip("tpm2_pytss", reason="tpm2-pytss is not installed (pip install trustd[tpm])")
 
+from pki.keys.tpm import TpmKey  # noqa: E402
 from trustd.agent.tpm import TpmSession  # noqa: E402
 
 CLIENT = str(Path(__file__).with_name("workload_client.py"))
@@ -46,19 +49,29 @@ class Lab:
     hashes: dict[str, str]
     work: Path
 
-    def admin(self, *args: str) -> str:
-        return cli(*args, "--data-dir", str(self.server.data_dir)).stdout
+    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+        """An admin API call (the CLI costs an interpreter start per call)."""
+        response = httpx.request(
+            method,
+            f"{self.server.url}{path}",
+            headers={"Authorization": f"Bearer {self.server.token}"},
+            verify=tls(self.server.bundle),
+            timeout=30,
+            **kwargs,
+        )
+        assert response.is_success, response.text
+        return response
 
     def entry(self, spiffe_id: str, parent: str, *selectors: str) -> None:
-        chosen = [arg for selector in selectors for arg in ("--selector", selector)]
-        self.admin("entry", "create", "--spiffe-id", spiffe_id, "--parent-id", parent, *chosen)
+        body = {"spiffe_id": spiffe_id, "parent_id": parent, "selectors": list(selectors)}
+        self.api("POST", "/v1/entries", json=body)
 
     def nodes(self) -> dict[str, dict[str, Any]]:
-        listed = json.loads(self.admin("node", "list", "--output", "json"))
-        return {n["spiffe_id"]: n for n in listed}
+        return {n["spiffe_id"]: n for n in self.api("GET", "/v1/nodes").json()}
 
     def refusals(self) -> list[str]:
-        events = [json.loads(line) for line in self.admin("audit", "export").splitlines()]
+        lines = self.api("GET", "/v1/admin/audit/export").text.splitlines()
+        events = [json.loads(line) for line in lines]
         return [
             e["details"]["reason"]
             for e in events
@@ -91,7 +104,15 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             root / "var", root / "server.log", TRUSTD_TPM_EK_CA_BUNDLE=str(ca_a.bundle)
         )
         try:
-            yield Lab(server, tpms, hashes, root)
+            lab = Lab(server, tpms, hashes, root)
+            uid = f"unix:uid:{os.getuid()}"
+            # Node aliases by EK (and, for one, by a PCR value the TPM does not have).
+            ek_a1 = f"tpm:ek_pubhash:{hashes['a1']}"
+            lab.entry(f"{TD}/nodes/a1", SERVER_ID, ek_a1)
+            lab.entry(f"{TD}/nodes/a1-golden", SERVER_ID, ek_a1, f"tpm:pcr:16:{'00' * 32}")
+            lab.entry(f"{TD}/web", f"{TD}/nodes/a1", uid)
+            lab.entry(f"{TD}/golden", f"{TD}/nodes/a1-golden", uid)
+            yield lab
         finally:
             server.stop()
     finally:
@@ -122,11 +143,12 @@ class Agent:
         return done.returncode, json.loads(done.stdout.splitlines()[-1])
 
 
-def start_agent(lab: Lab, name: str) -> Agent:
-    """`trustd agent --attestor tpm` on the TPM `name`, its state under the lab (kept
-    across restarts of the same name); no join token."""
+def start_agent(lab: Lab, name: str, *options: str, state: str | None = None) -> Agent:
+    """`trustd agent --attestor tpm` on the TPM `name` with `options`, its state under the
+    lab in `agent-<state>` (default: the TPM's name, kept across restarts); no join token."""
+    state = state or name
     roots = load_pem_certificates(lab.server.bundle.read_bytes())
-    log = lab.work / f"agent-{name}.log"
+    log = lab.work / f"agent-{state}.log"
     with log.open("a") as out:
         process = subprocess.Popen(
             [
@@ -143,15 +165,16 @@ def start_agent(lab: Lab, name: str) -> Agent:
                 "--tpm-pcrs",
                 "0,7,16",
                 "--socket",
-                str(lab.work / f"{name}.sock"),
+                str(lab.work / f"{state}.sock"),
                 "--data-dir",
-                str(lab.work / f"agent-{name}"),
+                str(lab.work / f"agent-{state}"),
+                *options,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
             text=True,
         )
-    return Agent(process, lab.work / f"{name}.sock", log)
+    return Agent(process, lab.work / f"{state}.sock", log)
 
 
 def wait_for(predicate: Any, timeout: float, what: str) -> Any:
@@ -171,14 +194,6 @@ def svids(agent: Agent) -> list[str] | None:
 
 def test_tpm_nodes_attest_and_entries_select_their_ek(lab: Lab) -> None:
     node_a1 = f"{TD}/trustd/agent/tpm/{lab.hashes['a1']}"
-    uid = f"unix:uid:{os.getuid()}"
-    # Node aliases by EK (and, for one, by a PCR value the TPM does not have).
-    ek_a1 = f"tpm:ek_pubhash:{lab.hashes['a1']}"
-    lab.entry(f"{TD}/nodes/a1", SERVER_ID, ek_a1)
-    lab.entry(f"{TD}/nodes/a1-golden", SERVER_ID, ek_a1, f"tpm:pcr:16:{'00' * 32}")
-    lab.entry(f"{TD}/web", f"{TD}/nodes/a1", uid)
-    lab.entry(f"{TD}/golden", f"{TD}/nodes/a1-golden", uid)
-
     a1 = start_agent(lab, "a1")
     a2 = start_agent(lab, "a2")
     try:
@@ -202,7 +217,7 @@ def test_tpm_nodes_attest_and_entries_select_their_ek(lab: Lab) -> None:
         assert "PERMISSION_DENIED" in json.dumps(refused).upper()
 
         # Evicted, the agent stops; started again it attests with its TPM, no token.
-        lab.admin("node", "evict", node_a1)
+        lab.api("POST", "/v1/nodes/evict", json={"spiffe_id": node_a1})
         assert a1.process.wait(30) != 0
         assert lab.nodes()[node_a1]["status"] == "evicted"
         a1 = start_agent(lab, "a1")
@@ -262,3 +277,50 @@ def test_a_replayed_answer_is_refused_and_audited(lab: Lab) -> None:
     assert any("already answered" in r for r in reasons)
     assert any("do not match the quoted digest" in r for r in reasons)
     client.close()
+
+
+def test_a_node_key_in_the_tpm_does_not_move_with_the_data_directory(lab: Lab) -> None:
+    node_a1 = f"{TD}/trustd/agent/tpm/{lab.hashes['a1']}"
+    a1 = start_agent(lab, "a1", "--node-key", "tpm", state="a1-held")
+    try:
+        wait_for(a1.socket.exists, 30, f"agent a1's socket; log: {a1.log.read_text()}")
+        # The agent syncs (every call carries a credential the TPM signed) and serves.
+        assert wait_for(lambda: svids(a1), 30, "web's SVID") == [f"{TD}/web"]
+    finally:
+        a1.stop()
+    held = lab.work / "agent-a1-held"
+    assert (held / "node-key.tpm").exists()
+    assert not (held / "node-key.pem").exists()
+    blob = (held / "node-key.tpm").read_bytes()
+    node_svid = load_pem_certificates((held / "node.pem").read_bytes())[0]
+    assert TpmKey.from_blob(lab.tpms["a1"].tcti, blob).public_key() == node_svid.public_key()
+    with pytest.raises(KeyUnavailable, match="does not load this key"):
+        TpmKey.from_blob(lab.tpms["a2"].tcti, blob)
+    serial = lab.nodes()[node_a1]["svid_serial"]
+
+    # Restarted on its own machine, the agent loads the key from its TPM: no attestation.
+    a1 = start_agent(lab, "a1", "--node-key", "tpm", state="a1-held")
+    try:
+        assert wait_for(lambda: a1.socket.exists() and svids(a1), 30, "SVID") == [f"{TD}/web"]
+    finally:
+        a1.stop()
+    assert a1.log.read_text().count('"attested"') == 1
+    assert lab.nodes()[node_a1]["svid_serial"] == serial
+
+    # The data directory copied to the machine of TPM a2: the key does not load there, so
+    # that agent attests as its own node and a1's node is untouched.
+    shutil.copytree(held, lab.work / "agent-a2-copy")
+    a2 = start_agent(lab, "a2", "--node-key", "tpm", state="a2-copy")
+    try:
+        wait_for(a2.socket.exists, 30, f"agent a2's socket; log: {a2.log.read_text()}")
+        code, refused = a2.workload()
+        assert code == 3, refused
+    finally:
+        a2.stop()
+    assert "node_key_not_in_this_tpm" in a2.log.read_text()
+    nodes = lab.nodes()
+    assert nodes[node_a1]["svid_serial"] == serial
+    copied = load_pem_certificates((lab.work / "agent-a2-copy" / "node.pem").read_bytes())[0]
+    assert f"tpm/{lab.hashes['a2']}" in str(
+        copied.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    )

@@ -17,6 +17,7 @@ from typing import Any
 from pki.bundle import TrustBundle
 from pki.errors import TrustdError
 from pki.keys import PrivateKey
+from pki.keys.tpm import tcti_for
 from trustd.agent.client import NodeIdentity, ServerClient
 from trustd.agent.errors import TpmError
 from trustd.attestation.base import b64url, b64url_decode
@@ -27,11 +28,6 @@ EK_HANDLE = 0x81010001
 EK_CERT_INDEX = 0x01C00002
 # TPM2_PCR_Read returns at most eight digests per call (Part 3 §22.4, TPML_DIGEST).
 _PCRS_PER_READ = 8
-
-
-def tcti_for(device: str) -> str:
-    """The TCTI string for `--tpm-device`: a device path, or a TCTI string as is."""
-    return f"device:{device}" if device.startswith("/") else device
 
 
 class TpmSession:

@@ -36,6 +36,14 @@ def _attestor(value: str, tpm_device: str | None) -> str:
     return value
 
 
+def _node_key(value: str, tpm_device: str | None) -> str:
+    if value not in ("file", "tpm"):
+        fail(f"--node-key must be file or tpm, not {value!r}")
+    if value == "tpm" and not tpm_device:
+        fail("--node-key tpm needs --tpm-device (a device path or a TCTI string)")
+    return value
+
+
 def _pcrs(value: str) -> tuple[int, ...]:
     try:
         pcrs = tuple(sorted({int(p) for p in value.split(",") if p.strip()}))
@@ -69,6 +77,10 @@ def agent(
             help="The TPM: a device (/dev/tpmrm0) or a TCTI (swtpm:host=127.0.0.1,port=2321)",
         ),
     ] = None,
+    node_key: Annotated[
+        str,
+        typer.Option(help="Where the node SVID's key lives: file, or tpm (needs --tpm-device)"),
+    ] = "file",
     tpm_pcrs: Annotated[
         str,
         typer.Option(help="SHA-256 PCRs the tpm attestor quotes (comma-separated; '' for none)"),
@@ -119,6 +131,7 @@ def agent(
         attestor=_attestor(attestor, tpm_device),
         tpm_device=tpm_device,
         tpm_pcrs=_pcrs(tpm_pcrs),
+        node_key=_node_key(node_key, tpm_device),
         enforce_interfaces=tuple(enforce_interface or ()),
         enforcement_mode=_enforcement_mode(enforcement_mode),
         bpf_pin_dir=bpf_pin_dir,
