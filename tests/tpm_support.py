@@ -111,9 +111,14 @@ def new_ca(directory: Path) -> ManufacturerCa:
 def new_tpm(directory: Path, ca: ManufacturerCa) -> SwTpm:
     """Manufacture a TPM with EKs certified by `ca` and serve it; stop it with `.stop()`.
 
-    Skips (a failure under TRUSTD_REQUIRE_PEERS=1) when swtpm is missing.
+    Skips (a failure under TRUSTD_REQUIRE_PEERS=1) when swtpm or tpm2-pytss is missing.
     """
     swtpm = _which("swtpm")
+    # Checked here, in the fixtures, rather than at import: a skip at collection would not
+    # be turned into a failure under TRUSTD_REQUIRE_PEERS=1.
+    pytest.importorskip(
+        "tpm2_pytss", reason="tpm2-pytss is not installed (pip install trustd[tpm])"
+    )
     state = directory / "state"
     state.mkdir(parents=True)
     subprocess.run(

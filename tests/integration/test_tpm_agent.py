@@ -26,16 +26,14 @@ from pki.ca import fingerprint_sha256, load_pem_certificates
 from pki.csr import create_csr
 from pki.errors import KeyUnavailable
 from pki.keys import KeyType, generate_private_key
+from pki.keys.tpm import TpmKey
 from tests.integration.conftest import TRUSTD, Running, start_server, tls
 from tests.tpm_support import SwTpm, new_ca, new_tpm
+from trustd.agent.tpm import TpmSession
 from trustd.attestation.base import b64url_decode
 from trustd.attestation.tpm import ek_pubhash
 
 pytestmark = [pytest.mark.integration]
-pytest.importorskip("tpm2_pytss", reason="tpm2-pytss is not installed (pip install trustd[tpm])")
-
-from pki.keys.tpm import TpmKey  # noqa: E402
-from trustd.agent.tpm import TpmSession  # noqa: E402
 
 CLIENT = str(Path(__file__).with_name("workload_client.py"))
 TD = "spiffe://example.org"

@@ -17,6 +17,8 @@ from pki.errors import InvalidTpmData
 from pki.tpm import Alg, TpmPublic, make_credential, verify_quote
 from tests.tpm_support import ManufacturerCa, SwTpm, new_ca, new_tpm
 from tests.unit.test_attestor_contexts import MemoryJoinTokens, MemoryReplayGuard
+from trustd.agent.errors import TpmError
+from trustd.agent.tpm import TpmSession
 from trustd.attestation.base import (
     AttestationContext,
     AttestationFailed,
@@ -26,10 +28,6 @@ from trustd.attestation.base import (
 from trustd.attestation.tpm import TpmAttestor
 
 pytestmark = [pytest.mark.integration]
-pytest.importorskip("tpm2_pytss", reason="tpm2-pytss is not installed (pip install trustd[tpm])")
-
-from trustd.agent.errors import TpmError  # noqa: E402
-from trustd.agent.tpm import TpmSession  # noqa: E402
 
 PCRS = (0, 1, 7, 16)
 MAC_KEY = b"k" * 32
