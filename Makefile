@@ -47,7 +47,8 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml deploy/constraints.txt deploy/r
 	$(PIP) --force-reinstall --no-deps opentelemetry-proto
 	@touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed
+# After system-deps: the `tpm` extra in `.[dev]` builds tpm2-pytss against libtss2-dev.
+$(VENV)/.installed-dev: $(VENV)/.installed | system-deps
 	@echo "installing development tools into $(VENV)"
 	$(PIP) -e '.[dev]'
 	@touch $@
