@@ -295,12 +295,10 @@ AK_ATTRIBUTES = (
 
 def check_endorsement_key(ek: TpmPublic) -> None:
     """Raises:
-    InvalidTpmData: `ek` is not an RSA restricted decryption key fixed to its TPM with
-        AES-CFB as its symmetric algorithm (what MakeCredential encrypts with).
+    InvalidTpmData: `ek` is not a restricted decryption key fixed to its TPM with AES-CFB
+        as its symmetric algorithm (what MakeCredential encrypts with).
     """
     ek.require(EK_ATTRIBUTES, ObjectAttributes.SIGN, "the endorsement key")
-    if ek.type != Alg.RSA:
-        raise InvalidTpmData("only RSA endorsement keys are supported")
     if ek.symmetric is None or ek.symmetric[0] != Alg.AES or ek.symmetric[2] != Alg.CFB:
         raise InvalidTpmData("the endorsement key's symmetric algorithm is not AES-CFB")
 
@@ -327,6 +325,43 @@ def kdfa(
     return out[: (bits + 7) // 8]
 
 
+def kdfe(alg: int, z: bytes, label: bytes, party_u: bytes, party_v: bytes, bits: int) -> bytes:
+    """Part 1 §11.4.10.3 KDFe: SP 800-56A's concatenation KDF over the ECDH secret `z`;
+    `label` is written with its terminating zero octet."""
+    out = b""
+    counter = 1
+    while len(out) * 8 < bits:
+        out += _digest(alg, struct.pack(">I", counter), z, label, b"\0", party_u, party_v)
+        counter += 1
+    return out[: (bits + 7) // 8]
+
+
+def _seed(ek: TpmPublic, random: Callable[[int], bytes]) -> tuple[bytes, bytes]:
+    """A seed for the EK and its encryption to it (Part 1 Annex B.10.3 for RSA, C.6.4 for
+    ECC), both labelled "IDENTITY" and hashed with the EK's nameAlg."""
+    digest_size = hash_algorithm(ek.name_alg).digest_size
+    key = ek.public_key
+    if isinstance(key, rsa.RSAPublicKey):
+        seed = random(digest_size)
+        oaep_hash = hash_algorithm(ek.name_alg)
+        encrypted = key.encrypt(
+            seed, padding.OAEP(padding.MGF1(oaep_hash), oaep_hash, b"IDENTITY\0")
+        )
+        return seed, encrypted
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        # One-pass Diffie-Hellman: an ephemeral key on the EK's curve; its public point is
+        # the "encrypted" seed, the KDFe of the shared x-coordinate the seed itself.
+        ephemeral = ec.generate_private_key(key.curve)
+        size = (key.curve.key_size + 7) // 8
+        point = ephemeral.public_key().public_numbers()
+        ex, ey = point.x.to_bytes(size), point.y.to_bytes(size)
+        z = ephemeral.exchange(ec.ECDH(), key)
+        party_v = key.public_numbers().x.to_bytes(size)
+        seed = kdfe(ek.name_alg, z, b"IDENTITY", ex, party_v, digest_size * 8)
+        return seed, _sized(ex) + _sized(ey)
+    raise InvalidTpmData("the endorsement key is neither RSA nor ECC")
+
+
 @dataclass(frozen=True)
 class Credential:
     """TPM2_MakeCredential's output: the TPM2B_ID_OBJECT's and TPM2B_ENCRYPTED_SECRET's
@@ -349,17 +384,11 @@ def make_credential(
         InvalidTpmData: `ek` cannot protect credentials (see `check_endorsement_key`).
     """
     check_endorsement_key(ek)
-    assert ek.symmetric is not None and isinstance(ek.public_key, rsa.RSAPublicKey)
+    assert ek.symmetric is not None
     digest_size = hash_algorithm(ek.name_alg).digest_size
     if not 0 < len(credential) <= digest_size:
         raise InvalidTpmData(f"a credential is 1 to {digest_size} bytes")
-    # Part 1 §24.4, Annex B.10.3: the seed is OAEP-encrypted to the EK with the label
-    # "IDENTITY" (zero-terminated), hashing with the EK's nameAlg.
-    seed = random(digest_size)
-    oaep_hash = hash_algorithm(ek.name_alg)
-    encrypted_seed = ek.public_key.encrypt(
-        seed, padding.OAEP(padding.MGF1(oaep_hash), oaep_hash, b"IDENTITY\0")
-    )
+    seed, encrypted_seed = _seed(ek, random)
     # Part 1 §24.4: the symmetric key binds the credential to the object's Name ...
     sym_key = kdfa(ek.name_alg, seed, b"STORAGE", object_name, b"", ek.symmetric[1])
     # ... and CFB with a zero IV is the storage encryption of Part 1 §22.3.

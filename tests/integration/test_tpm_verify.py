@@ -250,3 +250,40 @@ def test_a_tpm_of_another_manufacturer_is_refused(
     with pytest.raises(AttestationFailed, match="EK certificate is not trusted"):
         attestor(cas[0]).challenge(evidence, now())
     attestor(cas[1]).challenge(evidence, now())
+
+
+@pytest.mark.parametrize(
+    ("spec", "name_alg"), [("ecc256:aes128cfb", "sha256"), ("ecc384:aes256cfb", "sha384")]
+)
+def test_credentials_for_an_ecc_key_open_in_the_tpm(
+    tpm_a: TpmSession, spec: str, name_alg: str
+) -> None:
+    # An ECC EK's seed is an ECDH secret (Part 1 Annex C.6.4), not an RSA-OAEP encryption.
+    # ActivateCredential takes any restricted decryption key, so a storage key of the same
+    # shape as an ECC EK (without the EK's policy) checks the computation on the TPM.
+    from tpm2_pytss.constants import ESYS_TR, TPMA_OBJECT
+    from tpm2_pytss.types import TPM2B_ENCRYPTED_SECRET, TPM2B_ID_OBJECT, TPM2B_PUBLIC
+
+    ctx = tpm_a._ctx
+    template = TPM2B_PUBLIC.parse(
+        spec,
+        objectAttributes=TPMA_OBJECT.DEFAULT_TPM2_TOOLS_CREATEPRIMARY_ATTRS,
+        nameAlg=name_alg,
+    )
+    key, public, _, _, _ = ctx.create_primary(None, template, ESYS_TR.OWNER)
+    try:
+        parsed = TpmPublic.parse(bytes(public.publicArea.marshal()))
+        assert parsed.type == Alg.ECC
+        ak = TpmPublic.parse(b64url_decode(tpm_a.evidence()["ak_public"], "ak"))
+        made = make_credential(parsed, b"e" * 32, ak.name)
+        released = ctx.activate_credential(
+            tpm_a._ak,
+            key,
+            TPM2B_ID_OBJECT(credential=made.blob),
+            TPM2B_ENCRYPTED_SECRET(secret=made.secret),
+            session1=ESYS_TR.PASSWORD,
+            session2=ESYS_TR.PASSWORD,
+        )
+        assert bytes(released) == b"e" * 32
+    finally:
+        ctx.flush_context(key)

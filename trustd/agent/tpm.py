@@ -22,10 +22,15 @@ from trustd.agent.client import NodeIdentity, ServerClient
 from trustd.agent.errors import TpmError
 from trustd.attestation.base import b64url, b64url_decode
 
-# TCG EK Credential Profile 2.0 §2.2.1.4: the RSA 2048 EK's persistent handle and the NV
-# index of its certificate.
-EK_HANDLE = 0x81010001
-EK_CERT_INDEX = 0x01C00002
+# The EKs tried, in order: (tpm2-pytss template name, NV index of the certificate (TCG EK
+# Credential Profile 2.0 §2.2.1.4), persistent handle where it is usually kept (TCG TPM
+# v2.0 Provisioning Guidance §7.8)). The low-range EKs' authPolicy is PolicySecret on the
+# endorsement hierarchy alone; the high-range ones (PolicyOR with PolicyAuthorizeNV) are
+# not used.
+EKS = (
+    ("EK-RSA2048", 0x01C00002, 0x81010001),
+    ("EK-ECC256", 0x01C0000A, 0x81010002),
+)
 # TPM2_PCR_Read returns at most eight digests per call (Part 3 §22.4, TPML_DIGEST).
 _PCRS_PER_READ = 8
 
@@ -33,7 +38,14 @@ _PCRS_PER_READ = 8
 class TpmSession:
     """One TPM connection holding the EK and a fresh attestation key until closed."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, ek: str | None = None) -> None:
+        """Open the TPM at `device` with its first certified EK of `EKS` (or the one named
+        `ek`) and make an AK.
+
+        Raises:
+            TpmError: tpm2-pytss is missing, the TPM cannot be opened, or it has no EK
+                certificate.
+        """
         try:
             from tpm2_pytss import ESAPI
             from tpm2_pytss.constants import ESYS_TR, TPMA_OBJECT
@@ -46,7 +58,7 @@ class TpmSession:
         except Exception as exc:
             raise TpmError(f"cannot open TPM {device!r}: {exc}") from None
         try:
-            self._ek = self._endorsement_key()
+            self._ek = self._endorsement_key(ek)
             # The AK: a restricted ECDSA P-256 signing key generated inside the TPM, under
             # the endorsement hierarchy (TCG EK Credential Profile §2.1.5.1's AK shape).
             template = TPM2B_PUBLIC.parse(
@@ -69,29 +81,33 @@ class TpmSession:
                 raise
             raise TpmError(f"TPM {device!r} refused: {exc}") from None
 
-    def _endorsement_key(self) -> Any:
+    def _endorsement_key(self, wanted: str | None) -> Any:
         from tpm2_pytss import TSS2_Exception
         from tpm2_pytss.constants import ESYS_TR
-        from tpm2_pytss.utils import NVReadEK, create_ek_template
+        from tpm2_pytss.utils import NoSuchIndex, NVReadEK, create_ek_template
 
         reader = NVReadEK(self._ctx)
-        try:
-            self._ek_cert = reader(EK_CERT_INDEX)
-        except TSS2_Exception as exc:
-            raise TpmError(
-                f"the TPM has no RSA EK certificate at NV 0x{EK_CERT_INDEX:08x}: {exc}"
-            ) from None
-        try:
-            ek = self._ctx.tr_from_tpmpublic(EK_HANDLE)
-        except TSS2_Exception:
-            # Not persisted (the usual case on real machines): the EK is a primary key, so
-            # the profile's template regenerates the very key the certificate certifies.
-            _, template = create_ek_template("EK-RSA2048", reader)
-            ek, _, _, _, _ = self._ctx.create_primary(None, template, ESYS_TR.ENDORSEMENT)
-            self._flush.append(ek)
-        public, _, _ = self._ctx.read_public(ek)
-        self._ek_public = bytes(public.publicArea.marshal())
-        return ek
+        for name, cert_index, handle in EKS:
+            if wanted is not None and name != wanted:
+                continue
+            try:
+                self._ek_cert = reader(cert_index)
+            except (NoSuchIndex, TSS2_Exception):
+                continue
+            try:
+                ek = self._ctx.tr_from_tpmpublic(handle)
+            except TSS2_Exception:
+                # Not persisted (the usual case on real machines): the EK is a primary key,
+                # so the profile's template regenerates the very key the certificate
+                # certifies.
+                _, template = create_ek_template(name, reader)
+                ek, _, _, _, _ = self._ctx.create_primary(None, template, ESYS_TR.ENDORSEMENT)
+                self._flush.append(ek)
+            public, _, _ = self._ctx.read_public(ek)
+            self._ek_public = bytes(public.publicArea.marshal())
+            return ek
+        tried = ", ".join(f"0x{index:08x}" for _, index, _ in EKS)
+        raise TpmError(f"the TPM has no EK certificate in NV (tried {tried})")
 
     def evidence(self) -> dict[str, Any]:
         """Step one's evidence: the EK certificate and the EK and AK public areas."""
