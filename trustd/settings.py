@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     k8s_clusters: dict[str, K8sClusterSettings] = Field(default_factory=dict)
     # PEM roots that x509pop node certificates must chain to; x509pop is off without it.
     x509pop_ca_bundle: Path | None = None
+    # PEM roots and intermediates of the TPM manufacturers whose EK certificates are
+    # trusted (`tpm` attestor); tpm is off without it.
+    tpm_ek_ca_bundle: Path | None = None
     # Rego module deciding which entries a node may receive (package trustd.attestation).
     attestation_policy: Path | None = None
 

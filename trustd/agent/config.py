@@ -23,6 +23,14 @@ class AgentConfig:
     data_dir: Path
     socket_path: Path
     join_token: str | None = None
+    # How a node without an identity attests: join_token, or tpm with the TPM at
+    # tpm_device (a device path or a TCTI string) quoting tpm_pcrs (SHA-256 bank).
+    attestor: str = "join_token"
+    tpm_device: str | None = None
+    tpm_pcrs: tuple[int, ...] = tuple(range(8))
+    # Where the node SVID's key lives: file (node-key.pem) or tpm (made in and never
+    # leaving the TPM at tpm_device; node-key.tpm only loads in that TPM).
+    node_key: str = "file"
     ca_sha256: str | None = None
     key_type: KeyType = KeyType.EC_P256
     # Enforcement: tc ingress on these interfaces (IFNAME or NETNS/IFNAME), the mode, where
