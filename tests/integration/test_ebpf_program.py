@@ -27,7 +27,6 @@ from trustd.agent.config import AgentConfig
 from trustd.agent.enforcement import libbpf
 from trustd.agent.enforcement.ebpf import (
     EGRESS_PROGRAM,
-    address_of,
     BpfEnforcer,
     Config,
     FlowEvent,
@@ -35,6 +34,7 @@ from trustd.agent.enforcement.ebpf import (
     Mode,
     PolicyKey,
     Scope,
+    address_of,
 )
 from trustd.agent.enforcement.state import VerdictTable
 from trustd.agent.errors import EnforcementError
@@ -470,7 +470,6 @@ def test_always_allowed_prefixes_of_one_family_cover_none_of_the_other(program: 
     program.enforcer.set_scope(Scope(Unmanaged.DENY, frozenset({"0.0.0.0/0"})))
     assert libbpf.run_on_packet(egress, ipv6(WEB_IP6, "2001:db8::1", TCP, 1))[0] == TC_ACT_SHOT
     assert libbpf.run_on_packet(egress, ipv4(WEB_IP, OTHER_IP, TCP, 1))[0] == TC_ACT_OK
-
 
 
 # Flow events: (verdict, reason, direction) as bpf/enforce.c numbers them.

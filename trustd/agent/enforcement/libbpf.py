@@ -388,7 +388,7 @@ class RingBuffer:
         if not self._rb:
             raise EnforcementError(f"ring_buffer__new failed: {os.strerror(ctypes.get_errno())}")
 
-    def _sample(self, _ctx: int | None, data: int | None, size: int) -> int:
+    def _sample(self, _ctx: int | None, data: int, size: int) -> int:
         self._records.append(ctypes.string_at(data, size))
         return _ENOUGH if len(self._records) >= self._limit else 0
 
