@@ -11,7 +11,9 @@ import asyncio
 import ctypes
 import ipaddress
 import os
+import select
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -624,3 +626,35 @@ def test_a_full_ring_buffer_loses_events_never_packets(program: Program) -> None
     # Read, the ring buffer has room again.
     assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_OK
     assert len(program.events()) == 1
+
+
+def test_the_agent_is_woken_by_a_burst_only(program: Program) -> None:
+    """Below 64 KiB unread the program wakes nobody (the agent reads on its tick); the
+    event that brings the unread data past it wakes a poll(2) waiting on the ring buffer."""
+    program.apply(1, {(257, 256, 8443, TCP): True})
+    ring = program.enforcer.events()
+    syn = ipv4(WEB_IP, API_IP, TCP, 8443)
+    try:
+
+        def woken(runs: int) -> bool:
+            """Whether a poll(2) waiting for up to 2 s returned early: woken. (At its
+            timeout poll looks at the ring buffer once more, and finds the data.)"""
+            waiter = select.poll()
+            waiter.register(ring.fd, select.POLLIN)
+            returned: list[float] = []
+            thread = threading.Thread(
+                target=lambda: (waiter.poll(2000), returned.append(time.monotonic()))
+            )
+            thread.start()
+            time.sleep(0.1)  # the thread waits in poll(2), on an empty ring buffer
+            produced = time.monotonic()
+            libbpf.run_on_packet(program.enforcer.program_fd, syn, repeat=runs)
+            thread.join()
+            return returned[0] - produced < 1.0
+
+        assert not woken(100)  # 7 KiB unread: nobody woken
+        assert len(ring.read(10_000)) == 100
+        assert woken(1000)  # 72 KiB
+        assert len(ring.read(10_000)) == 1000
+    finally:
+        ring.close()

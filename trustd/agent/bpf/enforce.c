@@ -150,6 +150,8 @@ struct seen_key {
 // Below this much unread data the agent is not woken: it reads on its own tick (100 ms),
 // so a steady stream of events costs the datapath no wake-up each.
 #define EVENTS_WAKEUP_BYTES (64 * 1024)
+// An event as the ring buffer holds it: an 8-byte header, then the event.
+#define EVENT_RECORD_BYTES (8 + sizeof(struct flow_event))
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -326,10 +328,15 @@ static __always_inline void report(const struct config *cfg, const struct packet
 	e->reason = reason;
 	e->direction = direction;
 	__builtin_memset(e->pad, 0, sizeof(e->pad));
-	// The agent reads on its own tick; it is woken only when a burst fills the buffer.
-	__u64 wake = bpf_ringbuf_query(&trustd_events, BPF_RB_AVAIL_DATA) >= EVENTS_WAKEUP_BYTES
-			     ? BPF_RB_FORCE_WAKEUP
-			     : BPF_RB_NO_WAKEUP;
+	// The agent reads on its own tick; it is woken only by the event that brings the
+	// unread data past EVENTS_WAKEUP_BYTES (a burst), once: a wake-up costs microseconds
+	// (irq_work), far more than the event. Should the consumer move meanwhile and the
+	// crossing be missed, the tick reads it.
+	__u64 unread = bpf_ringbuf_query(&trustd_events, BPF_RB_AVAIL_DATA);
+	__u64 wake = unread >= EVENTS_WAKEUP_BYTES &&
+			     unread < EVENTS_WAKEUP_BYTES + EVENT_RECORD_BYTES
+		     ? BPF_RB_FORCE_WAKEUP
+		     : BPF_RB_NO_WAKEUP;
 	bpf_ringbuf_submit(e, wake);
 }
 
