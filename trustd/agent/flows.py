@@ -364,6 +364,8 @@ class FlowReporter:
                 metrics.AGENT_FLOW_BATCHES.labels("failed").inc()
                 raise
             metrics.AGENT_FLOW_BATCHES.labels("sent").inc()
+            if batch.dropped:
+                log.info("flow_drops_reported", dropped=batch.dropped, flows=len(batch.flows))
             if result.refused:
                 log.warning("flows_refused", refused=result.refused, accepted=result.accepted)
             self.queue.shipped(batch)
