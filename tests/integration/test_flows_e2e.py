@@ -12,9 +12,9 @@ objects (at least source, destination, verdict, reason, count).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -37,6 +37,7 @@ from tests.integration.test_enforcement import (
     web_to_api_in_force,
 )
 from tests.packets import SYN
+from trustd.agent.enforcement.ebpf import Config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timed]
 
@@ -63,7 +64,7 @@ def seen(mesh: Mesh, source: str | None, verdict: str, reason: str, minimum: int
     least `minimum` events."""
     return (
         sum(
-            f["count"]
+            int(f["count"])
             for f in flows(mesh)
             if f["source"] == source
             and f["destination"] == API
@@ -143,14 +144,22 @@ def _p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
+def _revision(mesh: Mesh) -> int:
+    raw = bytes(int(b, 16) for b in mesh.dump("trustd_config")[0]["value"])
+    return int(Config.from_buffer_copy(raw).revision)
+
+
 def _flip_seconds(mesh: Mesh) -> float:
-    """Seconds from a policy change (nothing may reach api) to the datapath applying it;
-    then web may reach api again."""
-    set_policy(mesh, [], [])
-    took = until(lambda: not mesh.connects("web", mesh.addr("api")), 10)
-    set_policy(mesh, [{"name": "w", "source": WEB, "destination": API, "ports": [PORT]}], [])
-    until(lambda: mesh.connects("web", mesh.addr("api")), 10)
-    return took
+    """Seconds from a policy change to the agent's next revision in the datapath (through
+    sync and the map writes); twice, the second change restoring web -> api."""
+    took = []
+    for allow in ([], [{"name": "w", "source": WEB, "destination": API, "ports": [PORT]}]):
+        held = _revision(mesh)
+        started = time.monotonic()
+        set_policy(mesh, allow, [])
+        until(lambda held=held: _revision(mesh) > held, 10)
+        took.append(time.monotonic() - started)
+    return max(took)
 
 
 def test_a_syn_flood_delays_neither_the_workload_api_nor_sync_and_its_drops_are_reported(
@@ -189,22 +198,27 @@ def test_a_syn_flood_delays_neither_the_workload_api_nor_sync_and_its_drops_are_
     finally:
         out, _ = flood.communicate(timeout=30)
     sent = int(out.strip())
-    # The flood was judged and dropped.
+    # The flood was judged and dropped; the Workload API's p99 and the time a policy change
+    # takes to reach the datapath stayed close to what they were.
     assert mesh.counters()["dropped"] - counted >= sent // 2
-    assert during < max(5 * before, 0.05), (before, during)
-    assert flip_during < max(3 * flip_before, 1.5), (flip_before, flip_during)
+    assert during < max(3 * before, 0.05), (before, during)
+    assert flip_during < max(3 * flip_before, 1.0), (flip_before, flip_during)
 
     # The flood is one flow with a large count, and what the agent could not take is
     # reported as dropped (the agent logs each report of drops): together they account for
     # the SYNs the program judged.
     def accounted() -> bool:
         flooded = sum(
-            f["count"]
+            int(f["count"])
             for f in flows(mesh)
             if f["source"] == BAD and f["destination"] == API and f["verdict"] == "denied"
         )
-        log = mesh.agent_log.read_bytes()
-        dropped = sum(int(n) for n in re.findall(rb"flow_drops_reported\s+dropped=(\d+)", log))
+        dropped = 0
+        for line in mesh.agent_log.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if record.get("event") == "flow_drops_reported":
+                    dropped += int(record["dropped"])
         return flooded + dropped >= sent * 0.9
 
     until(accounted, 15)
