@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -39,7 +40,12 @@ from tests.integration.test_enforcement import (
 from tests.packets import SYN
 from trustd.agent.enforcement.ebpf import Config
 
-pytestmark = [pytest.mark.integration, pytest.mark.timed]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timed,
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and eBPF need root"),
+    pytest.mark.skipif(shutil.which("clang") is None, reason="clang is needed (make system-deps)"),
+]
 
 
 @pytest.fixture

@@ -47,7 +47,7 @@ from pki.x509_svid import verify_x509_svid
 from policy.engine import EmbeddedEngine
 from trustd.agent.enforcement.state import VerdictTable
 from trustd.agent.flows import FlowReporter
-from trustd.domain.flows import L7Attributes, Reason, Verdict
+from trustd.domain.flows import Reason, Verdict
 from trustd.xfcc import MalformedXfcc, parse_xfcc
 
 log = structlog.get_logger("trustd.agent.extauthz")
@@ -227,13 +227,6 @@ class Authorizer:
         """Add a decision to the flows (`source` None: the client was not identified)."""
         if self._flows is None:
             return
-        attributes = L7Attributes(
-            method=method.upper()[:16],
-            # The query is left out: it may carry credentials (RFC 3986 §3.4).
-            path=path.split("?", 1)[0][:1024],
-            host=host[:255],
-            status=200 if allowed else 403,
-        )
         self._flows.record_l7(
             source,
             destination,
@@ -242,7 +235,8 @@ class Authorizer:
             port,
             Verdict.ALLOWED if allowed else Verdict.DENIED,
             reason,
-            attributes,
+            # The query is left out: it may carry credentials (RFC 3986 §3.4).
+            (method.upper(), path.split("?", 1)[0], host, 200 if allowed else 403),
         )
 
     def _decide(

@@ -272,17 +272,19 @@ class FlowReporter:
         port: int,
         verdict: Verdict,
         reason: Reason,
-        l7: L7Attributes,
+        l7: tuple[str, str, str, int],
     ) -> None:
-        """An ext_authz decision (on the loop's thread, as every decision is made)."""
+        """An ext_authz decision (on the loop's thread, as every decision is made), with
+        what it saw of the request: (method, path without its query, host, status). Kept
+        as given: checked and turned into wire form once per flow, when drained."""
         self.l7_events += 1
         self.aggregator.add(
             (
                 Observer.EXT_AUTHZ,
                 source,
                 destination,
-                _address_or_unspecified(source_address),
-                _address_or_unspecified(destination_address),
+                source_address,
+                destination_address,
                 port,
                 verdict,
                 reason,
@@ -421,12 +423,22 @@ def _report(
     """A folded key as the wire's FlowReport (None: an event this agent cannot name, from a
     program of another version)."""
     if key[0] is Observer.EXT_AUTHZ:
-        _, source, destination, saddr, daddr, port, verdict, reason, l7 = key
+        (
+            _,
+            source,
+            destination,
+            saddr,
+            daddr,
+            port,
+            verdict,
+            reason,
+            (method, path, host, status),
+        ) = key
         return FlowReport(
             source=source,
             destination=destination,
-            source_address=saddr,
-            destination_address=daddr,
+            source_address=_address_or_unspecified(saddr),
+            destination_address=_address_or_unspecified(daddr),
             destination_port=port,
             protocol="tcp",
             verdict=verdict,
@@ -436,7 +448,7 @@ def _report(
             count=count,
             first_seen=first,
             last_seen=last,
-            l7=l7,
+            l7=L7Attributes(method=method[:16], path=path[:1024], host=host[:255], status=status),
         )
     _, saddr, daddr, src, dst, dport, family, proto, verdict, reason, direction = key
     if (
