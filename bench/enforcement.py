@@ -399,6 +399,7 @@ def flow_events_cost(tag: str, pin_dir: Path, seconds: float, rounds: int) -> li
             lone = _kernel_ns_per_lone_syn(enforcer)
             reporter, loop = _reader_thread(enforcer)
             rates: dict[bool, list[float]] = {True: [], False: []}
+            paired: list[float] = []
             print()
             print(f"flow events: {rounds} rounds of {seconds:g} s, the agent's reader draining")
             print(f"{'round':<6}{'events':<8}{'connects/s':>12}")
@@ -408,6 +409,9 @@ def flow_events_cost(tag: str, pin_dir: Path, seconds: float, rounds: int) -> li
                     rate = _in_client(tag, "connect", seconds)
                     rates[on].append(rate)
                     print(f"{round_ + 1:<6}{'on' if on else 'off':<8}{rate:>12.0f}")
+                # On vs off within a round, seconds apart: drift on a shared machine (the
+                # rounds' rates differ by tens of percent) hits both alike.
+                paired.append(rates[True][-1] / rates[False][-1])
             status = reporter.status()
             lost = enforcer.events_lost()
         finally:
@@ -416,10 +420,12 @@ def flow_events_cost(tag: str, pin_dir: Path, seconds: float, rounds: int) -> li
                 loop.call_soon_threadsafe(loop.stop)
             enforcer.stop(detach=True)
     rate_off, rate_on = statistics.median(rates[False]), statistics.median(rates[True])
-    cost = (1 - rate_on / rate_off) * 100
+    ratio = statistics.median(paired)
+    cost = (1 - ratio) * 100
     added = kernel[True] - kernel[False]
     print(
-        f"connect: median events off {rate_off:,.0f}/s, on {rate_on:,.0f}/s: cost {cost:+.1f}% "
+        f"connect: median events off {rate_off:,.0f}/s, on {rate_on:,.0f}/s; median of the "
+        f"rounds' on/off ratios {ratio:.3f}: cost {cost:+.1f}% "
         f"[target < 5%: {'met' if cost < 5 else 'not met'}]; the reader folded "
         f"{status['ebpf_events']:,} events, the ring buffer lost {lost:,}"
     )
@@ -430,9 +436,7 @@ def flow_events_cost(tag: str, pin_dir: Path, seconds: float, rounds: int) -> li
         f"ring buffer drained in between: off {lone[False]:.0f} ns, on {lone[True]:.0f} ns "
         f"({lone[True] - lone[False]:+.0f} ns)"
     )
-    results.append(
-        result("flow_events_connect", rate_on, "connects/s", rate_off, "<5% cost", cost < 5)
-    )
+    results.append(result("flow_events_connect_ratio", ratio, "x", 1.0, ">=0.95x", cost < 5))
     results.append(
         result(
             "flow_events_kernel_per_syn", kernel[True], "ns", kernel[False], "<+200ns", added < 200

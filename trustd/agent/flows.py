@@ -56,9 +56,9 @@ MAX_OPEN = 4 * MAX_FLOWS_PER_BATCH
 MAX_QUEUED = 10 * MAX_FLOWS_PER_BATCH
 # The ring buffer is read this often (enforce.c wakes the agent earlier only for a burst),
 # at most READ_BUDGET events at a time; after a full slice the reader pauses READ_PAUSE, so
-# a flood costs the agent at most READ_BUDGET / READ_PAUSE events a second.
+# a flood costs the agent at most READ_BUDGET / READ_PAUSE (40,000) events a second.
 READ_TICK = 0.1
-READ_BUDGET = 1024
+READ_BUDGET = 2048
 READ_PAUSE = 0.05
 MAX_BACKOFF = 30.0
 # How often a loss is logged at most (the metrics count every one).
