@@ -194,7 +194,8 @@ def main() -> None:
             table = _table()
             assert isinstance(table, VerdictTable)
             interface = Interface(f"{tag}-s", "eth0")
-            enforcer = BpfEnforcer(obj, [], Mode.ENFORCE, pin_dir)
+            # Flow events off here: their cost is measured apart (`flow_events_cost`).
+            enforcer = BpfEnforcer(obj, [], Mode.ENFORCE, pin_dir, flow_events=False)
             enforcer.start()
             enforcer.apply(table)
             per_packet = {
@@ -221,7 +222,9 @@ def main() -> None:
                 for state in order:
                     enforcer = None
                     if state == "attached":
-                        enforcer = BpfEnforcer(obj, [interface], Mode.ENFORCE, pin_dir)
+                        enforcer = BpfEnforcer(
+                            obj, [interface], Mode.ENFORCE, pin_dir, flow_events=False
+                        )
                         enforcer.start()
                         enforcer.apply(table)
                     try:
