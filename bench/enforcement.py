@@ -45,6 +45,7 @@ from tests.packets import ACK, TCP, ipv4  # noqa: E402
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Callable
 
     from trustd.agent.enforcement.ebpf import BpfEnforcer
     from trustd.agent.flows import FlowReporter
@@ -341,9 +342,12 @@ def _kernel_ns_per_lone_syn(enforcer: BpfEnforcer) -> dict[bool, float]:
     return {on: statistics.median(found) for on, found in times.items()}
 
 
-def _reader_thread(enforcer: BpfEnforcer) -> tuple[FlowReporter, asyncio.AbstractEventLoop]:
+def _reader_thread(
+    enforcer: BpfEnforcer,
+) -> tuple[FlowReporter, asyncio.AbstractEventLoop, Callable[[], None]]:
     """The agent's FlowReporter on an event loop of its own thread, reading the ring buffer
-    and draining an interval a second, as `trustd agent` does (nothing is sent)."""
+    and draining an interval a second, as `trustd agent` does (nothing is sent); with the
+    function that stops it."""
     import asyncio
     import threading
 
@@ -356,6 +360,7 @@ def _reader_thread(enforcer: BpfEnforcer) -> tuple[FlowReporter, asyncio.Abstrac
     reporter = FlowReporter(lambda: table, SystemClock())
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True, name="flows").start()
+    tasks: list[asyncio.Task[None]] = []
 
     async def start() -> None:
         reporter.watch(enforcer)
@@ -367,18 +372,16 @@ def _reader_thread(enforcer: BpfEnforcer) -> tuple[FlowReporter, asyncio.Abstrac
                 while batch := reporter.queue.batch(SystemClock().now(), SystemClock().now()):
                     reporter.queue.shipped(batch)
 
-        task = asyncio.get_running_loop().create_task(drain())
-        # Closing the reporter ends the interval task too.
-        close = reporter.close
+        tasks.append(asyncio.get_running_loop().create_task(drain()))
 
-        def closed() -> None:
+    async def stop() -> None:
+        reporter.close()
+        for task in tasks:
             task.cancel()
-            close()
-
-        reporter.close = closed  # type: ignore[method-assign]
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     asyncio.run_coroutine_threadsafe(start(), loop).result()
-    return reporter, loop
+    return reporter, loop, lambda: asyncio.run_coroutine_threadsafe(stop(), loop).result(5)
 
 
 def flow_events_cost(tag: str, pin_dir: Path, seconds: float, rounds: int) -> list[str]:
@@ -400,7 +403,7 @@ def flow_events_cost(tag: str, pin_dir: Path, seconds: float, rounds: int) -> li
             enforcer.apply(table)
             kernel = _kernel_ns_per_syn(enforcer)
             lone = _kernel_ns_per_lone_syn(enforcer)
-            reporter, loop = _reader_thread(enforcer)
+            reporter, loop, stop = _reader_thread(enforcer)
             rates: dict[bool, list[float]] = {True: [], False: []}
             paired: list[float] = []
             print()
@@ -418,8 +421,8 @@ def flow_events_cost(tag: str, pin_dir: Path, seconds: float, rounds: int) -> li
             status = reporter.status()
             lost = enforcer.events_lost()
         finally:
-            if loop is not None and reporter is not None:
-                loop.call_soon_threadsafe(reporter.close)
+            if loop is not None:
+                stop()
                 loop.call_soon_threadsafe(loop.stop)
             enforcer.stop(detach=True)
     rate_off, rate_on = statistics.median(rates[False]), statistics.median(rates[True])
