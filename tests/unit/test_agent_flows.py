@@ -10,22 +10,34 @@ import struct
 from datetime import timedelta
 from typing import Any
 
+import grpc
 import pytest
+from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc
 
 from pki.bundle import TrustBundle
 from pki.clock import SystemClock
 from pki.keys import KeyType, generate_private_key
 from pki.spiffe_id import SpiffeId
-from tests.unit.test_agent_verdicts import API, FULL, WEB, _ca, _chain_pem, _check
+from tests.unit.test_agent_verdicts import (
+    API,
+    FULL,
+    WEB,
+    _ca,
+    _chain_pem,
+    _check,
+    _check_request,
+)
 from trustd.agent.client import NodeIdentity, ServerClient, ServerError
 from trustd.agent.enforcement.ebpf import FlowEvent
 from trustd.agent.enforcement.state import VerdictTable
 from trustd.agent.extauthz import Authorizer, start_extauthz
+from trustd.agent.extauthz_grpc import start_extauthz_grpc
 from trustd.agent.flows import FlowAggregator, FlowQueue, FlowReporter, fold_events
 from trustd.domain.flows import (
     MAX_FLOWS_PER_BATCH,
     Direction,
     FlowReport,
+    L7Attributes,
     Observer,
     Reason,
     Verdict,
@@ -275,3 +287,41 @@ def test_a_batch_trustd_cannot_take_stays_queued() -> None:
     asyncio.run(run())
     assert len(reporter.queue) == 1
     assert reporter.status()["queued"] == 1
+
+
+def test_grpc_ext_authz_decisions_join_the_flows_with_envoys_addresses() -> None:
+    authority, root = _ca()
+    bundle = TrustBundle(SpiffeId.parse(WEB).trust_domain, (root,), {}, 1, 300)
+    reporter = FlowReporter(lambda: TABLE, CLOCK)
+    authorizer = Authorizer(lambda: TABLE, lambda: bundle, CLOCK, flows=reporter)
+
+    async def run() -> list[int]:
+        server, port = await start_extauthz_grpc("127.0.0.1", 0, authorizer)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                check = pb_grpc.AuthorizationStub(channel).Check
+                codes = []
+                for method, certificate in (("GET", _chain_pem(authority, WEB)), ("GET", "")):
+                    request = _check_request(WEB, API, method, certificate)
+                    attributes = request.attributes
+                    attributes.source.address.socket_address.address = "fd00::1"
+                    attributes.destination.address.socket_address.address = "fd00::2"
+                    attributes.request.http.host = "orders.example"
+                    codes.append((await check(request)).status.code)
+                return codes
+        finally:
+            await server.stop(None)
+
+    assert asyncio.run(run()) == [0, 7]
+    assert reporter.flush() == 2
+    batch = reporter.queue.batch(CLOCK.now(), CLOCK.now())
+    assert batch is not None
+    got = {
+        (f.source, f.verdict, f.source_address, f.destination_address, f.l7) for f in batch.flows
+    }
+    allowed = L7Attributes(method="GET", path="/v1/orders", host="orders.example", status=200)
+    denied = allowed.model_copy(update={"status": 403})
+    assert got == {
+        (WEB, Verdict.ALLOWED, "fd00::1", "fd00::2", allowed),
+        (None, Verdict.DENIED, "fd00::1", "fd00::2", denied),
+    }
