@@ -63,7 +63,7 @@ READ_PAUSE = 0.05
 MAX_BACKOFF = 30.0
 # How often a loss is logged at most (the metrics count every one).
 DROP_LOG_EVERY = 10.0
-# `struct flow_event` (bpf/enforce.c), little-endian as the host: ktime, saddr, daddr, src,
+# `struct flow_event` (bpf/enforce.c), in the host's byte order: ktime, saddr, daddr, src,
 # dst, sport, dport, family, proto, verdict, reason, direction, padding.
 _EVENT = struct.Struct("=Q16s16sIIHHBBBBB7x")
 assert _EVENT.size == ctypes.sizeof(FlowEvent)
