@@ -93,6 +93,23 @@ AGENTS_BEHIND_APPLIED = Gauge(
 VERDICT_REVISION = Gauge(
     "trustd_agent_verdict_revision", "The verdict revision the agent applied.", ["backend"]
 )
+AGENT_FLOW_EVENTS = Counter(
+    "trustd_agent_flow_events_total",
+    "Connection verdicts the agent aggregated into flows, by observer (ebpf, ext_authz).",
+    ["observer"],
+)
+AGENT_FLOWS_DROPPED = Counter(
+    "trustd_agent_flow_events_dropped_total",
+    "Flow events lost, by where: ring_buffer (full), aggregator (too many distinct flows "
+    "in one interval), queue (the server away for too long), refused (a batch refused), "
+    "unnamed (an event the agent cannot put in a flow).",
+    ["where"],
+)
+AGENT_FLOW_BATCHES = Counter(
+    "trustd_agent_flow_batches_total",
+    "Flow batches the agent sent, by outcome (sent, failed, refused).",
+    ["outcome"],
+)
 AGENT_ADDRESS_REPORTS = Counter(
     "trustd_agent_address_reports_total",
     "Workload address reports the agent sent, by outcome (sent, failed).",

@@ -25,6 +25,7 @@ from pki.keys import PrivateKey, jose_private_key, jws_algorithm
 from pki.keys.held import HeldEcKey
 from pki.spiffe_id import SpiffeId, TrustDomain
 from trustd import tracing
+from trustd.domain.flows import FlowBatch, FlowBatchResult
 
 NODE_CREDENTIAL_TYPE = "trustd-node+jwt"
 CREDENTIAL_LIFETIME = timedelta(seconds=120)
@@ -250,6 +251,17 @@ class ServerClient:
                 ]
             },
         )
+
+    async def report_flows(self, identity: NodeIdentity, batch: FlowBatch) -> FlowBatchResult:
+        """Send one batch of aggregated flows (`POST /v1/agents/flows`).
+
+        Raises:
+            ServerError: refused (the status says why) or trustd unreachable.
+        """
+        body = await self._call(
+            "POST", "/v1/agents/flows", identity, json=batch.model_dump(mode="json")
+        )
+        return FlowBatchResult.model_validate(body)
 
     async def sign(self, identity: NodeIdentity, csrs: Sequence[tuple[str, str]]) -> dict[str, Any]:
         result: dict[str, Any] = await self._call(

@@ -43,6 +43,10 @@ class AgentConfig:
     ext_authz_listen: str | None = None
     # HOST:PORT for Envoy's gRPC ext_authz (envoy.service.auth.v3.Authorization/Check).
     ext_authz_grpc_listen: str | None = None
+    # Flows: connection verdicts (the tc program's ring buffer, ext_authz decisions)
+    # aggregated per interval (seconds) and sent to trustd; off: none reported.
+    flow_events: bool = True
+    flow_interval: float = 1.0
     # OpenTelemetry: the OTLP/gRPC collector the agent's spans go to (none: off).
     otel_endpoint: str | None = None
 

@@ -56,6 +56,7 @@ from trustd.agent.enforcement import libbpf
 from trustd.agent.enforcement.ebpf import BpfEnforcer, Interface, Scope
 from trustd.agent.enforcement.state import VerdictTable
 from trustd.agent.errors import EnforcementError, InvalidVerdicts
+from trustd.agent.flows import FlowReporter
 from trustd.agent.renewal import renewal_due
 from trustd.domain.nodes import Unmanaged
 
@@ -120,6 +121,8 @@ class Agent:
         self._report_wake.set()
         self.addresses = WorkloadAddresses(self._report_wake.set)
         self._reported: dict[str, frozenset[str]] | None = None
+        # Connection verdicts aggregated into flows for trustd (None: --no-flow-events).
+        self.flows: FlowReporter | None = None
 
     # -- files ---------------------------------------------------------------------------
 
@@ -263,8 +266,13 @@ class Agent:
                 self.config.enforcement_mode,
                 self.config.bpf_pin_dir,
                 self.config.staleness_limit,
+                self.config.flow_events,
             )
             self.enforcer.start()
+        if self.config.flow_events and self.enforcing:
+            self.flows = FlowReporter(lambda: self.verdicts, self.clock, self.config.flow_interval)
+            if self.enforcer is not None:
+                self.flows.watch(self.enforcer)
         if self.config.ext_authz_listen or self.config.ext_authz_grpc_listen:
             await self._start_proxy_filters()
         self._workload_server = await start_workload_api(
@@ -281,6 +289,12 @@ class Agent:
             asyncio.create_task(self._rotation_loop(), name="agent-svids"),
             asyncio.create_task(self._node_renewal_loop(), name="agent-node-svid"),
         ]
+        if self.flows is not None:
+            self._tasks.append(
+                asyncio.create_task(
+                    self.flows.run(lambda: self.client, lambda: self.node), name="agent-flows"
+                )
+            )
 
     async def _start_proxy_filters(self) -> None:
         # The policy engine and Envoy's protos cost memory on every node: loaded only on
@@ -296,6 +310,7 @@ class Agent:
             lambda: self.node.chain[1:],
             self.stale,
             lambda: self.revoked_serials,
+            self.flows,
         )
         if self.config.ext_authz_listen:
             host, _, port = self.config.ext_authz_listen.rpartition(":")
@@ -320,6 +335,8 @@ class Agent:
             await self._extauthz_grpc.stop(grace=1)
         if self._client is not None:
             await self._client.aclose()
+        if self.flows is not None:
+            self.flows.close()
         if self.enforcer is not None:
             # Fail-static: the filters and pinned maps keep enforcing the last revision.
             self.enforcer.stop()

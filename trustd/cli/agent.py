@@ -109,6 +109,16 @@ def agent(
     ext_authz_grpc_listen: Annotated[
         str | None, typer.Option(help="HOST:PORT for Envoy's gRPC ext_authz (Authorization/Check)")
     ] = None,
+    flow_events: Annotated[
+        bool,
+        typer.Option(
+            "--flow-events/--no-flow-events",
+            help="Report connection verdicts (eBPF, ext_authz) to trustd as flows",
+        ),
+    ] = True,
+    flow_interval: Annotated[
+        float, typer.Option(min=0.1, max=60.0, help="Seconds of flows aggregated per report")
+    ] = 1.0,
     otel_endpoint: Annotated[
         str | None,
         typer.Option(
@@ -138,6 +148,8 @@ def agent(
         staleness_limit=staleness_limit,
         ext_authz_listen=ext_authz_listen,
         ext_authz_grpc_listen=ext_authz_grpc_listen,
+        flow_events=flow_events,
+        flow_interval=flow_interval,
         otel_endpoint=otel_endpoint,
     )
     # The agent runs as long as the node: exec a fresh interpreter holding only the agent
