@@ -64,6 +64,18 @@ ADDRESS_REPORTS = Counter(
     "Workload address reports from agents, by outcome (changed, unchanged, refused).",
     ["outcome"],
 )
+FLOWS = Counter(
+    "trustd_flows_total",
+    "Flow reports from agents, by outcome (accepted; refused: about a workload the node "
+    "does not host; throttled: the node sent batches too fast).",
+    ["outcome"],
+)
+FLOWS_DROPPED = Counter(
+    "trustd_flows_dropped_total",
+    "Flow events agents lost before reporting them (ring buffer or queue full), by node.",
+    ["node"],
+)
+FLOWS_PRUNED = Counter("trustd_flows_pruned_total", "Stored flows pruned by age or count.")
 IPCACHE_CONFLICTS = Gauge(
     "trustd_ipcache_conflicts",
     "Reported workload addresses in conflict, by kind: declared (inside another identity's "

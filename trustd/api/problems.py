@@ -21,7 +21,7 @@ from policy import errors as policy_errors
 from trustd import errors
 from trustd.attestation.base import AttestationFailed
 from trustd.leader import LostLeadership
-from trustd.services import ui
+from trustd.services import flows, ui
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger("trustd.api")
@@ -92,6 +92,8 @@ _STATUS: dict[type[TrustdError], int] = {
     acme.AlreadyRevoked: 400,
     acme.AlreadyReplaced: 409,
     acme.InvalidProfile: 400,
+    # A node sending flow batches faster than it may.
+    flows.FlowBatchesThrottled: 429,
     # Admin web UI.
     ui.SignInPaused: 429,
     ui.CsrfRefused: 403,
