@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +28,15 @@ from pki.clock import SystemClock
 from pki.csr import create_csr
 from pki.keys import KeyType, generate_private_key
 from pki.spiffe_id import SpiffeId, TrustDomain
-from tests.e2e.test_playwright import CHROMIUM, create_user, new_context, shot, sign_in
+from tests.e2e.test_playwright import (
+    CHROMIUM,
+    VIEWPORT,
+    create_user,
+    new_context,
+    overflow,
+    shot,
+    sign_in,
+)
 from tests.integration.conftest import TRUSTD, Running, start_server, tls
 from trustd.agent.client import NodeIdentity, ServerClient
 
@@ -47,6 +56,8 @@ sync_api = pytest.importorskip("playwright.sync_api")
 class Seeded:
     server: Running
     api: httpx.Client
+    # Node b's agent credential, to report more flows.
+    b_headers: dict[str, str]
 
 
 def _node(api: httpx.Client) -> tuple[str, dict[str, str]]:
@@ -142,7 +153,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
         }
         refused = api.post("/v1/agents/flows", json=forged, headers=a_headers)
         assert refused.json() == {"accepted": 0, "refused": 1}
-        yield Seeded(server, api)
+        yield Seeded(server, api, b_headers)
     finally:
         api.close()
         server.stop()
@@ -182,6 +193,8 @@ def test_the_graph_shows_the_denied_edge_and_links_to_its_flows(
     assert page.locator("#traffic tr.denied", has_text=API).count() == 0
     assert "allow rule api-to-db" in (page.locator("#traffic tr.seen").first.text_content() or "")
     shot(page, "graph-traffic")
+    document, viewport = overflow(page)
+    assert document <= viewport <= VIEWPORT["width"]
     svg.locator("g.edge.denied text").first.click()
     page.wait_for_url("**/ui/flows?**")
     assert page.locator("#flows tr.flow.denied").count() == 1
@@ -207,6 +220,8 @@ def test_the_draft_view_lists_the_flow_the_draft_would_break(
     row = broken.first.text_content() or ""
     assert API in row and DB in row and "5432/tcp" in row
     shot(page, "flows-impact")
+    document, viewport = overflow(page)
+    assert document <= viewport <= VIEWPORT["width"]
     # The draft is stored, not active.
     assert seeded.api.get("/v1/admin/policy/status").json()["revision"] == active
     # The active revision breaks nothing.
@@ -241,3 +256,38 @@ def test_trustd_flows_prints_one_aligned_line_per_flow(seeded: Seeded) -> None:
     assert [(f["source"], f["count"]) for f in json.loads(denied)] == [(WEB, 40)]
     assert run("--to", WEB) == ""
     assert f"No flows matching --to {WEB}." in run("--to", WEB, stderr=True)
+
+
+def test_trustd_flows_follow_prints_the_flows_stored_since(seeded: Seeded) -> None:
+    follow = subprocess.Popen(
+        [TRUSTD, "flows", "--follow", "--to", WEB, "--data-dir", str(seeded.server.data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("TRUSTD_")},
+    )
+    try:
+        assert follow.stderr is not None and follow.stdout is not None
+        # Nothing to WEB yet: it says so and waits.
+        assert "waiting for new ones" in follow.stderr.readline()
+        _report(
+            seeded.api,
+            seeded.b_headers,
+            source=DB,
+            destination=WEB,
+            direction="ingress",
+            verdict="denied",
+            reason="stale",
+            destination_port=443,
+            count=2,
+        )
+        header = follow.stdout.readline().split()
+        line = follow.stdout.readline()
+        assert header[:2] == ["TIME", "SOURCE"]
+        assert f"{DB}  →  {WEB}:443/tcp" in line and "DENIED" in line and "stale" in line
+    finally:
+        follow.send_signal(signal.SIGINT)
+        assert follow.wait(20) == 0
+        for stream in (follow.stdout, follow.stderr):
+            if stream is not None:
+                stream.close()
