@@ -196,6 +196,7 @@ def test_filters_and_keyset_paging(server: Server, nodes: tuple[Node, Node]) -> 
         {"after": -1},
         {"after": 2**63},
         {"verdict": "maybe"},
+        {"since": "2026-01-01T00:00:00"},
     ):
         response = server.client.get("/v1/flows", params=bad, headers=server.auth)
         assert response.status_code == 422, bad

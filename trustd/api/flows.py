@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from trustd.api.deps import AdminDep, ServicesDep, require
 from trustd.api.wire import INT64_MAX, LimitQuery, WireModel
@@ -103,8 +103,9 @@ def list_flows(
     verdict: Verdict | None = None,
     reason: Reason | None = None,
     node: Annotated[str | None, Query(max_length=2048)] = None,
-    since: Annotated[datetime | None, Query(description="Last seen at or after")] = None,
-    until: Annotated[datetime | None, Query(description="Last seen before")] = None,
+    # With a time zone: the store holds UTC and a naive time has no one meaning (422).
+    since: Annotated[AwareDatetime | None, Query(description="Last seen at or after")] = None,
+    until: Annotated[AwareDatetime | None, Query(description="Last seen before")] = None,
     after: Annotated[
         int | None,
         Query(ge=0, le=INT64_MAX, description="The flows stored after this id, oldest first"),
