@@ -5,7 +5,9 @@ queries filter and page by id, and the leader's prune keeps the store bounded.""
 from __future__ import annotations
 
 import copy
+import html
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,8 +16,10 @@ from prometheus_client import REGISTRY
 
 from tests.functional.conftest import Server, ServerFactory
 from tests.functional.test_nodes_entries import attest, entry, join_token, node_headers
+from tests.functional.test_ui_views import ADMIN, PASSWORD, sign_in
 from tests.functional.test_verdicts import API, DB, WEB
 from trustd.domain.flows import MAX_FLOWS_PER_BATCH
+from trustd.roles import Role
 from trustd.services.flows import overlay
 from trustd.store.db import transaction
 from trustd.store.flows import count_flows
@@ -262,3 +266,49 @@ def test_overlay_and_draft_impact(server: Server, nodes: tuple[Node, Node]) -> N
     assert [(f.source, f.destination, f.destination_port) for f in broken] == [(API, DB, 5432)]
     assert server.services.flows.impact(server.services.policy.revision or 0) == []
     assert json.dumps([f.id for f in broken])
+
+
+def test_the_ui_overlays_traffic_and_a_draft_is_stored_inactive(
+    server_factory: ServerFactory,
+) -> None:
+    server = server_factory(ui_cookie_secure=False)
+    for role in (Role.VIEWER, Role.ADMIN):
+        server.services.ui.create_user(ADMIN, role.value, PASSWORD, role, totp=False)
+    a, b = Node(server), Node(server)
+    assert entry(server, API, a.id, "unix:uid:1001").status_code == 201
+    assert entry(server, DB, b.id, "unix:uid:1003").status_code == 201
+    assert a.send(batch(flow(API, DB))).json()["accepted"] == 1
+    active = server.services.policy.revision
+
+    sign_in(server.client, "viewer")
+    page = server.client.get("/ui/graph", params={"window": "24h"})
+    assert page.status_code == 200 and "Edges from traffic" in page.text
+    assert "allow rule api-to-db" in page.text
+    assert server.client.get("/ui/graph", params={"window": "2h"}).status_code == 422
+    listed = server.client.get("/ui/flows", params={"source": API, "destination": DB})
+    assert listed.status_code == 200 and 'class="flow allowed"' in listed.text
+    assert "allow rule api-to-db" in listed.text
+    source = server.client.get("/ui/policies/edit", params={"module": "data.json"}).text
+    textarea = re.search(r"<textarea[^>]*>(.*?)</textarea>", source, re.S)
+    assert textarea is not None
+    data_json = json.loads(html.unescape(textarea[1]))
+    data_json["mesh"]["allow"] = [r for r in data_json["mesh"]["allow"] if r["name"] != "api-to-db"]
+    form = {"module": "data.json", "source": json.dumps(data_json), "note": "drop api-to-db"}
+    # A viewer may look, not store.
+    csrf = sign_in(server.client, "viewer")
+    refused = server.client.post("/ui/policies/draft", data={**form, "csrf": csrf})
+    assert refused.status_code == 403
+    assert [r.revision for r in server.services.policy.list_revisions()] == [active]
+
+    csrf = sign_in(server.client, "admin")
+    stored = server.client.post(
+        "/ui/policies/draft", data={**form, "csrf": csrf}, follow_redirects=False
+    )
+    assert stored.status_code == 303
+    draft = max(r.revision for r in server.services.policy.list_revisions())
+    assert stored.headers["location"] == f"/ui/flows/impact?revision={draft}"
+    assert server.services.policy.revision == active  # stored, not activated
+    impact = server.client.get(stored.headers["location"])
+    assert impact.status_code == 200
+    assert impact.text.count('class="flow broken"') == 1 and API in impact.text
+    assert server.client.get("/ui/flows/impact", params={"revision": 999}).status_code == 404
