@@ -12,6 +12,7 @@ from policy.verdicts import ANY_PORT, l4_allows
 from trustd.domain.flows import (
     Direction,
     FlowReport,
+    Observer,
     Reason,
     TrafficEdge,
     Usage,
@@ -28,7 +29,11 @@ NOW = datetime(2026, 12, 3, 12, tzinfo=UTC)
 
 
 def report(
-    source: str | None, destination: str | None, direction: Direction, **extra: str
+    source: str | None,
+    destination: str | None,
+    direction: Direction,
+    observer: Observer = Observer.EBPF,
+    **extra: str,
 ) -> FlowReport:
     return FlowReport(
         source=source,
@@ -40,6 +45,7 @@ def report(
         verdict=Verdict.DENIED,
         reason=Reason.POLICY,
         direction=direction,
+        observer=observer,
         count=1,
         first_seen=NOW,
         last_seen=NOW,
@@ -59,6 +65,9 @@ def test_a_node_speaks_only_for_its_side_of_a_flow() -> None:
     assert not _hosts(hosted, report(None, DB, Direction.EGRESS, source_address="10.0.0.7"))
     assert _hosts(hosted, report(WEB, None, Direction.INGRESS, destination_address="10.9.0.5"))
     assert not _hosts(hosted, report(WEB, None, Direction.INGRESS, destination_address="10.9.1.5"))
+    # An ext_authz decision is the destination's side, whatever the direction says.
+    assert _hosts(hosted, report(WEB, API, Direction.EGRESS, Observer.EXT_AUTHZ))
+    assert not _hosts(hosted, report(API, DB, Direction.EGRESS, Observer.EXT_AUTHZ))
     # A known identity never falls back to the address: a node holding an address cannot
     # speak for another node's identity there.
     assert not _hosts(hosted, report(DB, API, Direction.EGRESS))

@@ -30,6 +30,7 @@ from trustd.domain.flows import (
     FlowBatchResult,
     FlowFilter,
     FlowReport,
+    Observer,
     OverlayEdge,
     TrafficEdge,
     Usage,
@@ -63,8 +64,10 @@ class FlowBatchesThrottled(TrustdError):
 
 
 def _hosts(hosted: Hosted, flow: FlowReport) -> bool:
-    """Whether the workload on the reporting node's side of `flow` is the node's."""
-    if flow.direction is Direction.EGRESS:
+    """Whether the workload on the reporting node's side of `flow` is the node's: the
+    source of what the datapath saw leave, the destination of what it saw arrive and of
+    every ext_authz decision (the agent's proxy answers for the workloads behind it)."""
+    if flow.direction is Direction.EGRESS and flow.observer is Observer.EBPF:
         identity, address = flow.source, flow.source_address
     else:
         identity, address = flow.destination, flow.destination_address
