@@ -19,6 +19,7 @@ from tests.functional.test_nodes_entries import attest, entry, join_token, node_
 from tests.functional.test_ui_views import ADMIN, PASSWORD, sign_in
 from tests.functional.test_verdicts import API, DB, WEB
 from trustd.domain.flows import MAX_FLOWS_PER_BATCH
+from trustd.leader import LostLeadership
 from trustd.roles import Role
 from trustd.services.flows import overlay
 from trustd.store.db import transaction
@@ -227,8 +228,15 @@ def test_prune_keeps_the_newest_within_retention_and_count(
         ]
         == 5
     )
+    # A leader that stalled while a successor took over deletes nothing.
+    fence = server.services.rotation.leader.fence
+    stale, newest = fence.claim(), fence.claim()
+    with pytest.raises(LostLeadership):
+        server.services.flows.prune(fence.checker(stale))
+    with transaction(server.services.engine) as session:
+        assert count_flows(session) == 5
     # The stale one by age, then the oldest of the four fresh ones by count.
-    assert server.services.flows.prune() == 2
+    assert server.services.flows.prune(fence.checker(newest)) == 2
     assert sorted(f["destination_port"] for f in query(server)["flows"]) == [2, 3, 4]
     assert server.services.flows.prune() == 0
 
