@@ -154,6 +154,9 @@ def trustd_error_response(exc: TrustdError) -> JSONResponse:
         headers["WWW-Authenticate"] = 'Bearer realm="trustd"'
     if status == 503:
         headers["Retry-After"] = "1"
+    if status == 429:
+        # RFC 9110 §10.2.3 / RFC 6585 §4: say when to come back.
+        headers["Retry-After"] = str(exc.fields.get("retry_after", 1))
     if status >= 500:
         # Internal faults are logged once, here; the client learns nothing about internals.
         log.error("request_failed", error=type(exc).__name__, detail=exc.detail, status=status)

@@ -12,6 +12,7 @@ counted, so a forged report cannot draw an edge for another node's workloads.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -171,10 +172,12 @@ class Flows:
             PolicyEvaluationError: the attestation policy failed (nothing is stored).
         """
         node = principal.spiffe_id
-        if self._limiter.check(f"flows:{node}", self._settings.flow_batches_per_minute, 60.0):
+        wait = self._limiter.check(f"flows:{node}", self._settings.flow_batches_per_minute, 60.0)
+        if wait:
             metrics.FLOWS.labels("throttled").inc(len(batch.flows))
             raise FlowBatchesThrottled(
-                f"at most {self._settings.flow_batches_per_minute} flow batches a minute"
+                f"at most {self._settings.flow_batches_per_minute} flow batches a minute",
+                retry_after=math.ceil(wait),
             )
         if batch.dropped:
             metrics.FLOWS_DROPPED.labels(node).inc(batch.dropped)
