@@ -67,8 +67,12 @@ ADDRESS_REPORTS = Counter(
 FLOWS = Counter(
     "trustd_flows_total",
     "Flow reports from agents, by outcome (accepted; refused: about a workload the node "
-    "does not host; throttled: the node sent batches too fast).",
+    "does not host).",
     ["outcome"],
+)
+FLOW_BATCHES_THROTTLED = Counter(
+    "trustd_flow_batches_throttled_total",
+    "Flow batches refused unread because their node sent more than it may a minute.",
 )
 FLOWS_DROPPED = Counter(
     "trustd_flows_dropped_total",

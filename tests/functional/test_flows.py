@@ -160,11 +160,15 @@ def test_a_node_flooding_batches_is_throttled(server_factory: ServerFactory) -> 
     server = server_factory(flow_batches_per_minute=3)
     a = Node(server)
     assert entry(server, API, a.id, "unix:uid:1001").status_code == 201
+    throttled = _sample("trustd_flow_batches_throttled_total")
     answers = [a.send(batch(flow(API, DB, verdict="denied"))) for _ in range(5)]
+    assert _sample("trustd_flow_batches_throttled_total") == throttled + 2
     assert [r.status_code for r in answers] == [200, 200, 200, 429, 429]
     # RFC 6585 §4: when to come back (the next batch's slot, 20 s at 3 a minute).
     assert 1 <= int(answers[3].headers["retry-after"]) <= 20
     assert answers[3].headers["content-type"] == "application/problem+json"
+    # Refused before the body is read: a malformed batch past the rate is a 429, not a 422.
+    assert a.send({"flows": "not even a list"}).status_code == 429
     # The server still answers everyone else.
     assert query(server, verdict="denied", limit=10)["flows"][0]["count"] == 3
 

@@ -163,22 +163,31 @@ class Flows:
         # there to keep one node from flooding the store, not to be exact.
         self._limiter = LocalRateLimiter()
 
-    def report(self, principal: NodePrincipal, batch: FlowBatch) -> FlowBatchResult:
-        """Store the flows of `batch` that are about the node's own workloads; refuse and
-        count the others. The node's lost events (`dropped`) are counted by node.
+    def admit(self, principal: NodePrincipal) -> None:
+        """Count one flow batch of the node against `flow_batches_per_minute` (GCRA, a
+        burst of the limit); called before the batch is read, so a flood is refused for
+        the cost of authenticating it.
 
         Raises:
-            FlowBatchesThrottled: the node sent more than `flow_batches_per_minute`.
+            FlowBatchesThrottled: the node is past its rate.
+        """
+        limit = self._settings.flow_batches_per_minute
+        wait = self._limiter.check(f"flows:{principal.spiffe_id}", limit, 60.0)
+        if wait:
+            metrics.FLOW_BATCHES_THROTTLED.inc()
+            raise FlowBatchesThrottled(
+                f"at most {limit} flow batches a minute", retry_after=math.ceil(wait)
+            )
+
+    def report(self, principal: NodePrincipal, batch: FlowBatch) -> FlowBatchResult:
+        """Store the flows of `batch` that are about the node's own workloads; refuse and
+        count the others. The node's lost events (`dropped`) are counted by node. The
+        batch was `admit`ted first.
+
+        Raises:
             PolicyEvaluationError: the attestation policy failed (nothing is stored).
         """
         node = principal.spiffe_id
-        wait = self._limiter.check(f"flows:{node}", self._settings.flow_batches_per_minute, 60.0)
-        if wait:
-            metrics.FLOWS.labels("throttled").inc(len(batch.flows))
-            raise FlowBatchesThrottled(
-                f"at most {self._settings.flow_batches_per_minute} flow batches a minute",
-                retry_after=math.ceil(wait),
-            )
         if batch.dropped:
             metrics.FLOWS_DROPPED.labels(node).inc(batch.dropped)
         if not batch.flows:
