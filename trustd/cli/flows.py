@@ -22,7 +22,11 @@ FOLLOW_INTERVAL = 2.0
 
 
 def _end(identity: str | None, address: str) -> str:
-    return identity if identity is not None else address
+    """The identity, or for an address in no entry the address (an IPv6 one bracketed, as
+    in a URI, RFC 3986 §3.2.2, so that the port after it reads as one)."""
+    if identity is not None:
+        return identity
+    return f"[{address}]" if ":" in address else address
 
 
 FLOW_COLUMNS = columns(
