@@ -9,23 +9,28 @@ import html
 import json
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
-from tests.functional.conftest import Server, ServerFactory
+from tests.functional.conftest import Server, ServerFactory, make_settings
 from tests.functional.test_nodes_entries import attest, entry, join_token, node_headers
 from tests.functional.test_ui_views import ADMIN, PASSWORD, sign_in
 from tests.functional.test_verdicts import API, DB, WEB
+from trustd.app import create_app
 from trustd.domain.flows import MAX_FLOWS_PER_BATCH
 from trustd.leader import LostLeadership
 from trustd.roles import Role
+from trustd.services.container import build_services
 from trustd.services.flows import overlay
 from trustd.store.db import transaction
 from trustd.store.flows import count_flows
 
 FLOWS = "/v1/agents/flows"
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def flow(source: str | None, destination: str | None, **extra: Any) -> dict[str, Any]:
@@ -171,6 +176,26 @@ def test_a_node_flooding_batches_is_throttled(server_factory: ServerFactory) -> 
     assert a.send({"flows": "not even a list"}).status_code == 429
     # The server still answers everyone else.
     assert query(server, verdict="denied", limit=10)["flows"][0]["count"] == 3
+
+
+def test_replicas_share_a_nodes_bound_through_redis(
+    server_factory: ServerFactory, tmp_path: Path, database_url: str
+) -> None:
+    """An agent may talk to any replica: the bound is the node's, not each replica's."""
+    server = server_factory(flow_batches_per_minute=3, redis_url=REDIS_URL)
+    a = Node(server)
+    assert entry(server, API, a.id, "unix:uid:1001").status_code == 201
+    settings = make_settings(tmp_path, database_url, flow_batches_per_minute=3, redis_url=REDIS_URL)
+    replica = build_services(settings)
+    try:
+        with TestClient(create_app(settings, replica)) as other:
+            body = batch(flow(API, DB))
+            statuses = [server.client.post(FLOWS, json=body, headers=a.headers).status_code]
+            statuses += [other.post(FLOWS, json=body, headers=a.headers).status_code for _ in "ab"]
+            statuses += [server.client.post(FLOWS, json=body, headers=a.headers).status_code]
+    finally:
+        replica.engine.dispose()
+    assert statuses == [200, 200, 200, 429]
 
 
 def test_filters_and_keyset_paging(server: Server, nodes: tuple[Node, Node]) -> None:

@@ -11,6 +11,7 @@ from trustd.bus import Bus, create_bus
 from trustd.leader import create_leader
 from trustd.redis_clients import redis_target
 from trustd.services.acme import AcmeService, build_acme_service
+from trustd.services.acme.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from trustd.services.agents import Agents
 from trustd.services.audit import AuditLog, AuditTrail
 from trustd.services.auth import AdminTokens
@@ -79,7 +80,13 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     agents = Agents(
         engine, clock, audit, bus, nodes, entries, issuer, ca, revocations, verdicts, federation
     )
-    flows = Flows(settings, engine, clock, agents, policy)
+    target = redis_target(settings)
+    flow_limiter: RateLimiter = (
+        RedisRateLimiter(target.client(), deployment_scope(settings.trust_domain, engine))
+        if target is not None
+        else LocalRateLimiter()
+    )
+    flows = Flows(settings, engine, clock, agents, policy, flow_limiter)
     return Services(
         settings=settings,
         engine=engine,

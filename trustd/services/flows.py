@@ -40,7 +40,7 @@ from trustd.domain.flows import (
 from trustd.domain.ui import Edge
 from trustd.errors import InvalidRequest
 from trustd.leader import FenceCheck
-from trustd.services.acme.ratelimit import LocalRateLimiter
+from trustd.services.acme.ratelimit import LocalRateLimiter, RateLimiter
 from trustd.services.agents import Agents, Hosted
 from trustd.services.nodes import NodePrincipal
 from trustd.services.policy import PolicyService
@@ -153,15 +153,16 @@ class Flows:
         clock: Clock,
         agents: Agents,
         policy: PolicyService,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._settings = settings
         self._engine = engine
         self._clock = clock
         self._agents = agents
         self._policy = policy
-        # Per process: a node's agent talks to one replica at a time, and the bound is
-        # there to keep one node from flooding the store, not to be exact.
-        self._limiter = LocalRateLimiter()
+        # Shared through Redis where replicas share one (an agent may talk to any of
+        # them); in-process without.
+        self._limiter = limiter or LocalRateLimiter()
 
     def admit(self, principal: NodePrincipal) -> None:
         """Count one flow batch of the node against `flow_batches_per_minute` (GCRA, a
