@@ -158,6 +158,7 @@ bench: bench-deps
 	$(BIN)/python bench/decisions.py
 	$(BIN)/python bench/revocation.py
 	$(BIN)/python bench/agent.py
+	$(BIN)/python bench/flows.py
 
 # The SPIFFE Workload API stubs, generated from the spec's proto (kept unchanged, plus the
 # experimental WIT-SVID profile's messages and methods from spiffe/spiffe's

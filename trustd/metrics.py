@@ -64,6 +64,22 @@ ADDRESS_REPORTS = Counter(
     "Workload address reports from agents, by outcome (changed, unchanged, refused).",
     ["outcome"],
 )
+FLOWS = Counter(
+    "trustd_flows_total",
+    "Flow reports from agents, by outcome (accepted; refused: about a workload the node "
+    "does not host).",
+    ["outcome"],
+)
+FLOW_BATCHES_THROTTLED = Counter(
+    "trustd_flow_batches_throttled_total",
+    "Flow batches refused unread because their node sent more than it may a minute.",
+)
+FLOWS_DROPPED = Counter(
+    "trustd_flows_dropped_total",
+    "Flow events agents lost before reporting them (ring buffer or queue full), by node.",
+    ["node"],
+)
+FLOWS_PRUNED = Counter("trustd_flows_pruned_total", "Stored flows pruned by age or count.")
 IPCACHE_CONFLICTS = Gauge(
     "trustd_ipcache_conflicts",
     "Reported workload addresses in conflict, by kind: declared (inside another identity's "

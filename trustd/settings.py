@@ -160,6 +160,13 @@ class Settings(BaseSettings):
     decision_log_retention: timedelta = timedelta(days=7)
     decision_log_max_rows: int = Field(default=1_000_000, ge=1)
 
+    # Observed flows (`POST /v1/agents/flows`): kept this long and at most this many rows
+    # (the leader prunes the rest); each node may send this many batches a minute (an agent
+    # sends one every few seconds, each bounded by `trustd.domain.flows.MAX_FLOWS_PER_BATCH`).
+    flow_retention: timedelta = timedelta(hours=24)
+    flow_max_rows: int = Field(default=1_000_000, ge=1)
+    flow_batches_per_minute: int = Field(default=120, ge=1)
+
     # Prometheus metrics. `metrics_listen` (HOST:PORT) serves GET /metrics alone over plain
     # HTTP on a listener of its own (an internal interface), and the main listener stops
     # serving it; `metrics_token` lets scrapers in on the main listener with

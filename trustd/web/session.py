@@ -35,6 +35,7 @@ NAV = (
     "admin:policy:write",
     "admin:decision:read",
     "admin:graph:read",
+    "admin:flow:read",
     "admin:audit:read",
 )
 
