@@ -42,6 +42,7 @@ from trustd.domain.flows import (
     Reason,
     Verdict,
 )
+from trustd.settings import Settings
 
 CLOCK = SystemClock()
 TABLE = VerdictTable().applied(FULL)
@@ -135,6 +136,25 @@ def test_a_batch_carries_at_most_the_contracts_number_of_flows() -> None:
         sizes.append(len(batch.flows))
         queue.shipped(batch)
     assert sizes == [MAX_FLOWS_PER_BATCH, MAX_FLOWS_PER_BATCH, 5]
+
+
+def test_a_batch_of_long_flows_stays_under_the_servers_request_limit() -> None:
+    # 1,000 ext_authz flows with 1 KiB paths: about 1.5 MB as one batch, which trustd's
+    # default 1 MiB request limit would refuse whole.
+    l7 = L7Attributes(method="GET", path="/" + "p" * 1023, host="api", status=403)
+    queue = FlowQueue()
+    queue.push(
+        [
+            report(destination_port=p, observer="ext_authz", verdict="denied", l7=l7)
+            for p in range(MAX_FLOWS_PER_BATCH)
+        ]
+    )
+    shipped = 0
+    while (batch := queue.batch(CLOCK.now(), CLOCK.now())) is not None:
+        assert len(batch.model_dump_json()) < Settings.model_fields["max_request_bytes"].default
+        shipped += len(batch.flows)
+        queue.shipped(batch)
+    assert shipped == MAX_FLOWS_PER_BATCH
 
 
 def test_datapath_events_become_flows_named_from_the_verdict_table() -> None:

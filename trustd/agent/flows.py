@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ipaddress
+import itertools
 import struct
 import time
 from collections import deque
@@ -39,6 +40,7 @@ from trustd.agent.enforcement.ebpf import (
 )
 from trustd.agent.enforcement.state import VerdictTable
 from trustd.domain.flows import (
+    MAX_BATCH_BYTES,
     MAX_FLOWS_PER_BATCH,
     Direction,
     FlowBatch,
@@ -128,11 +130,17 @@ class FlowQueue:
             self.dropped_here += lost
 
     def batch(self, since: datetime, now: datetime) -> FlowBatch | None:
-        """The next batch (the oldest flows, at most MAX_FLOWS_PER_BATCH), or None when there
-        is nothing to say. It stays queued until `shipped`."""
+        """The next batch (the oldest flows, at most MAX_FLOWS_PER_BATCH and MAX_BATCH_BYTES
+        of them), or None when there is nothing to say. It stays queued until `shipped`."""
         if not self._flows and not self.dropped:
             return None
-        flows = [self._flows[i] for i in range(min(len(self._flows), MAX_FLOWS_PER_BATCH))]
+        flows: list[FlowReport] = []
+        size = 0
+        for flow in itertools.islice(self._flows, MAX_FLOWS_PER_BATCH):
+            size += len(flow.model_dump_json()) + 1
+            if flows and size > MAX_BATCH_BYTES:
+                break
+            flows.append(flow)
         start = min([since, *(f.first_seen for f in flows)])
         end = max([now, *(f.last_seen for f in flows)])
         return FlowBatch(flows=flows, dropped=self.dropped, interval_start=start, interval_end=end)

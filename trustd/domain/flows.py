@@ -40,6 +40,10 @@ from trustd.domain.ui import Edge
 # The most flows one batch may carry, and the most batches' worth the agent keeps queued
 # while the server is away; past that the oldest aggregates are dropped and counted.
 MAX_FLOWS_PER_BATCH = 1000
+# The most JSON bytes of flows one batch carries: half the server's default request limit
+# (TRUSTD_MAX_REQUEST_BYTES, 1 MiB), since 1,000 flows with long SPIFFE IDs and L7 paths
+# would exceed it and be refused whole (413).
+MAX_BATCH_BYTES = 512 * 1024
 
 
 class Verdict(enum.StrEnum):
