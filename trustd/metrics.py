@@ -70,6 +70,12 @@ FLOWS = Counter(
     "does not host).",
     ["outcome"],
 )
+FLOW_CONNECTIONS = Counter(
+    "trustd_flow_connections_total",
+    "Connections seen in the flows agents reported and trustd stored, by verdict (allowed, "
+    "denied, audit).",
+    ["verdict"],
+)
 FLOW_BATCHES_THROTTLED = Counter(
     "trustd_flow_batches_throttled_total",
     "Flow batches refused unread because their node sent more than it may a minute.",

@@ -199,6 +199,9 @@ class Flows:
         with transaction(self._engine) as session:
             create_flows(session, rows)
         metrics.FLOWS.labels("accepted").inc(len(rows))
+        for flow in batch.flows:
+            if _hosts(hosted, flow):
+                metrics.FLOW_CONNECTIONS.labels(flow.verdict.value).inc(flow.count)
         if refused:
             metrics.FLOWS.labels("refused").inc(refused)
             # Counted, not audited one by one: a node that misreports does it every batch.
