@@ -35,6 +35,7 @@ os.environ["RUST_LIB_BACKTRACE"] = "0"
 
 import regorus
 
+from policy import json_text
 from policy.builtins import ARITIES, register_extensions
 from policy.errors import (
     EVAL_BUILTIN,
@@ -474,7 +475,7 @@ class EmbeddedEngine:
             # answers what the VM could not.
             return self._interpret(state, full, input_json)
         if _RVM_UNDEFINED not in out:
-            return Result(True, json.loads(out))
+            return Result(True, json_text.loads(out))
         # The VM also answers "undefined" for a conflict (two values for one complete
         # rule or function call), and marks undefined parts inside a value that OPA
         # leaves undefined as a whole: the interpreter decides.
@@ -492,7 +493,7 @@ class EmbeddedEngine:
             return str(engine.eval_query_as_json(full))
 
         # As JSON text: a set of arrays or objects has no Python form (unhashable).
-        rows = json.loads(_on_clone(state.engine, full, run)).get("result") or []
+        rows = json_text.loads(_on_clone(state.engine, full, run)).get("result") or []
         if not rows:
             return UNDEFINED
         return Result(True, rows[0]["expressions"][0]["value"])

@@ -240,7 +240,7 @@ class JsonDepthLimit:
             await self._refuse(scope, send, "a query parameter")
             return
         if scope["method"] in _BODY_METHODS and _may_be_json(scope):
-            body, receive = await _read_body(receive)
+            body, receive = await read_body(receive)
             if json_depth_exceeds(body, self.max_depth):
                 await self._refuse(scope, send, "the request body")
                 return
@@ -265,7 +265,7 @@ def _may_be_json(scope: Scope) -> bool:
     return True
 
 
-async def _read_body(receive: Receive) -> tuple[bytes, Receive]:
+async def read_body(receive: Receive) -> tuple[bytes, Receive]:
     """The whole body (its size is already bounded by `RequestContext`), and a receive that
     replays it."""
     chunks: list[bytes] = []
