@@ -3,6 +3,7 @@ log and latency metrics."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import secrets
@@ -28,6 +29,22 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 QUIET_PATHS = frozenset({"/v1/agents/sync", "/healthz", "/readyz", "/health", "/metrics"})
 
 
+class RequestIds:
+    """16 hex digits: a random per-process prefix and a counter. os.urandom (behind
+    `secrets`) is a system call per request; request ids only need to be unique, not
+    unguessable (they are echoed to the caller and name log lines and audit rows)."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(4)
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFF:08x}"
+
+
+_request_ids = RequestIds()
+
+
 class RequestContext:
     """Gives each request an id (the caller's `X-Request-ID` if sane), binds it to logs and
     audit rows, enforces the body size limit and records latency.
@@ -44,7 +61,7 @@ class RequestContext:
             return
         headers = dict(scope["headers"])
         supplied = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = supplied if _REQUEST_ID.match(supplied) else secrets.token_hex(8)
+        request_id = supplied if _REQUEST_ID.match(supplied) else _request_ids.next()
         token = request_id_var.set(request_id)
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
