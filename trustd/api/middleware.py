@@ -195,8 +195,12 @@ async def send_problem(
 # -- JSON nesting -------------------------------------------------------------------------
 
 # A JSON string (possibly unterminated: it then runs to the end, as the parser would read
-# it) or a bracket. Possessive, so a body of many quotes is scanned in linear time.
-_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*+(?:"|\Z)|[\[\]{}]', re.DOTALL)
+# it). Possessive, so a body of many quotes is scanned in linear time; unrolled (runs of
+# plain characters, then one escape at a time), which the regex engine scans ten times
+# faster than one alternation per character.
+_JSON_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+(?:"|\Z)', re.DOTALL)
+# Every byte but the four brackets, for `bytes.translate` to delete.
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _OPENERS = frozenset(b"[{")
 # Bodies that are not JSON text: scanning them would only find brackets by chance.
 _NOT_JSON = frozenset(
@@ -220,14 +224,16 @@ def json_depth_exceeds(text: bytes, limit: int) -> bool:
     up to its first error, so whatever passes cannot exhaust a recursive parser."""
     if text.count(b"[") + text.count(b"{") <= limit:
         return False  # cannot nest deeper than it has brackets: the common case, O(n) in C
+    # Strings out, then everything but brackets (both in C): the loop below walks the
+    # brackets only, not every token of a large body (a batch of a thousand inputs).
+    brackets = _JSON_STRING.sub(b"", text).translate(None, _NOT_BRACKETS)
     depth = 0
-    for match in _JSON_TOKENS.finditer(text):
-        first = match.group()[0]
-        if first in _OPENERS:
+    for byte in brackets:
+        if byte in _OPENERS:
             depth += 1
             if depth > limit:
                 return True
-        elif first != 0x22:  # a closing bracket (0x22 is the quote of a string)
+        else:
             depth = max(depth - 1, 0)
     return False
 
