@@ -12,9 +12,9 @@ Prints, in one run:
   decision from the cost of the service's request pipeline. A closed loop's latencies
   say little (with 50 clients p50 is 50 / throughput);
 - open loop: p50/p99 of trustd (1 worker) and of the trivial endpoint at one fixed offered
-  rate, half of trustd's closed-loop throughput, from 50 connections in 2 client
-  processes (`harness.paced_load`: latency from each request's due time, so a stall is
-  charged to every request it delays);
+  rate, half of trustd's closed-loop throughput (`--open-loop-fraction`), from 50
+  connections in 2 client processes (`harness.paced_load`: latency from each request's
+  due time, so a stall is charged to every request it delays);
 - the batch endpoint (1000 inputs per request, one worker): decisions/s, and decisions
   per CPU-second of the server against the compiled engine's per CPU-second in-process.
 
@@ -22,7 +22,7 @@ The servers run without TLS on loopback (TLS costs the same on both sides of the
 with the decision log on, authenticated by the policy API token. On a shared machine the
 ratios are what the targets judge: both sides of each are measured in the same run.
 
-Usage: python bench/decisions.py [--seconds 10] [--connections 50]
+Usage: python bench/decisions.py [--seconds 10] [--connections 50] [--open-loop-fraction 0.5]
 Needs: wrk (Debian package).
 """
 
@@ -287,6 +287,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument(
+        "--open-loop-fraction",
+        type=float,
+        default=0.5,
+        help="the open loop's offered rate, as a fraction of the closed-loop throughput",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk")
@@ -316,7 +322,7 @@ def main() -> None:
             print(row(1, name, r, trivial["rps"]))
     # A fresh server for the open loop and the batch: a closed loop leaves a full decision
     # log queue behind, whose writing would be charged to the next measure.
-    rate = round(distinct["rps"] / 2)
+    rate = round(distinct["rps"] * args.open_loop_fraction)
     with trustd_server(1) as server:
         open_trustd = paced(server.url, server.token, rate, seconds, connections)
         batch, batch_per_cpu = batch_rate(server, seconds)
