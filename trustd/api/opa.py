@@ -29,6 +29,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.telemetry._api import _route_selected
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pki.errors import TrustdError
@@ -641,6 +642,10 @@ class DecisionPath:
             await self.app(scope, receive, send)
             return
         scope["route"] = route
+        if "fastapi.telemetry" in scope:
+            # Tracing on: the server span FastAPI opened is named after the route, as its
+            # router names it (fastapi 0.165's hook, pinned in deploy/constraints.txt).
+            _route_selected(scope=scope, path=route.path_format)
         app = scope["app"]
         services: Services = app.state.services
         raw, receive = await read_body(receive)
