@@ -1,10 +1,13 @@
 """What the benchmarks share: free ports, a real `trustd serve` subprocess, its bootstrap
 admin token, a scratch PostgreSQL database per run, trustd's services in-process,
-percentiles, and the summary line every bench ends with."""
+percentiles, an open-loop (paced) HTTP load generator, and the summary line every bench
+ends with."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import multiprocessing
 import os
 import shutil
 import signal
@@ -15,12 +18,15 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
+import uvloop
 
 from trustd.bootstrap import initialise, migrate
 from trustd.services.container import Services, build_services
@@ -186,6 +192,208 @@ def read_token(proc: subprocess.Popen[str]) -> str:
         if line.strip().startswith("trustd."):
             return line.strip()
     raise RuntimeError("no bootstrap token printed")
+
+
+# -- open-loop load ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Paced:
+    """What a paced run measured. Latencies run from each request's intended send time
+    (its slot in the schedule), not from when a connection got round to sending it: a
+    server that stalls is charged for every request the stall delayed, as wrk2 does
+    (coordinated omission)."""
+
+    offered_rps: float
+    achieved_rps: float
+    requests: int
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+def paced_load(
+    url: str,
+    rate: float,
+    seconds: float,
+    bodies: Sequence[bytes] = (b"",),
+    *,
+    method: str = "POST",
+    headers: Mapping[str, str] | None = None,
+    processes: int = 2,
+    connections: int = 16,
+    warmup: float = 1.0,
+    cafile: str | None = None,
+) -> Paced:
+    """Offer `rate` requests/s to `url` for `seconds` (after `warmup` seconds not counted),
+    from `processes` client processes of `connections` keep-alive connections each, and
+    measure latency at that fixed rate (open loop).
+
+    Request *i* is due at `start + i / rate`, the processes interleaved; it is sent on the
+    first free connection, and its latency counts from when it was due. Bodies are used in
+    turn. The client is plain HTTP/1.1 (HTTPS trusting `cafile` for an `https` URL) over
+    asyncio streams, to cost the machine little beside the server it measures; answers
+    must carry Content-Length. A status of 400 or more, or a broken connection, is an
+    error. With `connections` too few for the rate the requests queue, and the queueing
+    counts in their latency, as it would for real callers.
+    """
+    context = multiprocessing.get_context("fork")
+    start = time.monotonic() + 0.5 + 0.1 * processes  # every process ready before its slot
+    jobs = [
+        (
+            url,
+            rate,
+            seconds + warmup,
+            list(bodies),
+            method,
+            dict(headers or {}),
+            index,
+            processes,
+            connections,
+            start,
+            warmup,
+            cafile,
+        )
+        for index in range(processes)
+    ]
+    with context.Pool(processes) as pool:
+        parts = pool.starmap(_paced_process, jobs)
+    latencies = sorted(x for part, _, _ in parts for x in part)
+    errors = sum(e for _, e, _ in parts)
+    finished = max(f for _, _, f in parts)
+    counted = len(latencies) + errors
+    elapsed = max(finished - (start + warmup), 1e-9)
+    return Paced(
+        offered_rps=rate,
+        achieved_rps=counted / elapsed,
+        requests=counted,
+        errors=errors,
+        p50_ms=percentile(latencies, 50) * 1000 if latencies else 0.0,
+        p99_ms=percentile(latencies, 99) * 1000 if latencies else 0.0,
+        max_ms=latencies[-1] * 1000 if latencies else 0.0,
+    )
+
+
+def _paced_process(
+    url: str,
+    rate: float,
+    seconds: float,
+    bodies: list[bytes],
+    method: str,
+    headers: dict[str, str],
+    index: int,
+    processes: int,
+    connections: int,
+    start: float,
+    warmup: float,
+    cafile: str | None,
+) -> tuple[list[float], int, float]:
+    tls = ssl.create_default_context(cafile=cafile) if url.startswith("https:") else None
+    # uvloop's loop and streams are native code: the client costs the shared cores less.
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return asyncio.run(
+        _paced(
+            url,
+            rate,
+            seconds,
+            bodies,
+            method,
+            headers,
+            index,
+            processes,
+            connections,
+            start,
+            warmup,
+            tls,
+        )
+    )
+
+
+async def _paced(
+    url: str,
+    rate: float,
+    seconds: float,
+    bodies: list[bytes],
+    method: str,
+    headers: dict[str, str],
+    index: int,
+    processes: int,
+    connections: int,
+    start: float,
+    warmup: float,
+    tls: ssl.SSLContext | None,
+) -> tuple[list[float], int, float]:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or (443 if tls else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    head = f"{method} {target} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    requests = [(head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body for body in bodies]
+    due: asyncio.Queue[tuple[float, int] | None] = asyncio.Queue()
+    latencies: list[float] = []
+    errors = 0
+    counted_from = start + warmup
+
+    async def connection() -> None:
+        nonlocal errors
+        streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        while True:
+            item = await due.get()
+            if item is None:
+                break
+            when, number = item
+            try:
+                if streams is None:
+                    streams = await asyncio.open_connection(host, port, ssl=tls)
+                reader, writer = streams
+                writer.write(requests[number % len(requests)])
+                status = await _read_response(reader)
+                failed = status >= 400
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                failed = True
+                if streams is not None:
+                    streams[1].close()
+                streams = None
+            finished = time.monotonic()
+            if when >= counted_from:
+                if failed:
+                    errors += 1
+                else:
+                    latencies.append(finished - when)
+        if streams is not None:
+            streams[1].close()
+
+    workers = [asyncio.create_task(connection()) for _ in range(connections)]
+    # This process's slots: every `processes`-th of the whole schedule.
+    interval = processes / rate
+    first = start + index / rate
+    total = int(seconds * rate / processes)
+    for number in range(total):
+        when = first + number * interval
+        delay = when - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        due.put_nowait((when, number))
+    for _ in workers:
+        due.put_nowait(None)
+    await asyncio.gather(*workers)
+    return latencies, errors, time.monotonic()
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    """Read one HTTP/1.1 response (Content-Length framed); its status."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    if length:
+        await reader.readexactly(length)
+    return status
 
 
 def result(

@@ -35,6 +35,7 @@ os.environ["RUST_LIB_BACKTRACE"] = "0"
 
 import regorus
 
+from policy import json_text
 from policy.builtins import ARITIES, register_extensions
 from policy.errors import (
     EVAL_BUILTIN,
@@ -52,6 +53,8 @@ from policy.errors import (
 # A data path as the Data API names it: `data` then identifiers (OPA's `ref` subset that is
 # safe to splice into a query; anything else is refused before it reaches the parser).
 _SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Queried paths an engine remembers resolving.
+_RESOLVED_PATHS = 1024
 # The compiled VM's marker for an undefined value (the whole result, or a part of it).
 _RVM_UNDEFINED = '"<undefined>"'
 # The input text for "no input": JSON `null` that no canonical input equals (they carry no
@@ -358,6 +361,8 @@ class EmbeddedEngine:
         self.data_json = json.dumps(self._data)
         self._compiled = compiled
         self._serial = next(_SERIALS)
+        # Queried paths as the engine names them (`data.a.b`), once each is known to exist.
+        self._resolved: dict[str, str] = {}
         self.packages = frozenset(
             tuple(p.split(".")[1:])
             for p in _guard("packages", self._prepared().engine.get_packages)
@@ -452,10 +457,16 @@ class EmbeddedEngine:
             UnknownPath: no package, rule or data document lives at or under `path`.
             PolicyEvaluationError: the evaluation failed (`code` is OPA's).
         """
-        segments = parse_path(path)
-        if not self.is_known(segments):
-            raise UnknownPath(f"no policy or data at data.{'.'.join(segments)}")
-        full = rule_path(segments)
+        full = self._resolved.get(path)
+        if full is None:
+            segments = parse_path(path)
+            if not self.is_known(segments):
+                raise UnknownPath(f"no policy or data at data.{'.'.join(segments)}")
+            full = rule_path(segments)
+            # Modules and data never change in an engine: a path's answer is kept (for a
+            # bounded number of paths: any path below a package is known).
+            if len(self._resolved) < _RESOLVED_PATHS:
+                self._resolved[path] = full
         state = self._prepared()
         # The VM takes an absent input for `null`, and evaluates builtins leniently.
         use_vm = self._compiled and not strict and input_json != NO_INPUT
@@ -474,7 +485,7 @@ class EmbeddedEngine:
             # answers what the VM could not.
             return self._interpret(state, full, input_json)
         if _RVM_UNDEFINED not in out:
-            return Result(True, json.loads(out))
+            return Result(True, json_text.loads(out))
         # The VM also answers "undefined" for a conflict (two values for one complete
         # rule or function call), and marks undefined parts inside a value that OPA
         # leaves undefined as a whole: the interpreter decides.
@@ -492,7 +503,7 @@ class EmbeddedEngine:
             return str(engine.eval_query_as_json(full))
 
         # As JSON text: a set of arrays or objects has no Python form (unhashable).
-        rows = json.loads(_on_clone(state.engine, full, run)).get("result") or []
+        rows = json_text.loads(_on_clone(state.engine, full, run)).get("result") or []
         if not rows:
             return UNDEFINED
         return Result(True, rows[0]["expressions"][0]["value"])

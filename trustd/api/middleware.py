@@ -3,6 +3,7 @@ log and latency metrics."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import secrets
@@ -28,6 +29,22 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 QUIET_PATHS = frozenset({"/v1/agents/sync", "/healthz", "/readyz", "/health", "/metrics"})
 
 
+class RequestIds:
+    """16 hex digits: a random per-process prefix and a counter. os.urandom (behind
+    `secrets`) is a system call per request; request ids only need to be unique, not
+    unguessable (they are echoed to the caller and name log lines and audit rows)."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(4)
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFF:08x}"
+
+
+_request_ids = RequestIds()
+
+
 class RequestContext:
     """Gives each request an id (the caller's `X-Request-ID` if sane), binds it to logs and
     audit rows, enforces the body size limit and records latency.
@@ -44,7 +61,7 @@ class RequestContext:
             return
         headers = dict(scope["headers"])
         supplied = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = supplied if _REQUEST_ID.match(supplied) else secrets.token_hex(8)
+        request_id = supplied if _REQUEST_ID.match(supplied) else _request_ids.next()
         token = request_id_var.set(request_id)
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
@@ -178,8 +195,12 @@ async def send_problem(
 # -- JSON nesting -------------------------------------------------------------------------
 
 # A JSON string (possibly unterminated: it then runs to the end, as the parser would read
-# it) or a bracket. Possessive, so a body of many quotes is scanned in linear time.
-_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*+(?:"|\Z)|[\[\]{}]', re.DOTALL)
+# it). Possessive, so a body of many quotes is scanned in linear time; unrolled (runs of
+# plain characters, then one escape at a time), which the regex engine scans ten times
+# faster than one alternation per character.
+_JSON_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+(?:"|\Z)', re.DOTALL)
+# Every byte but the four brackets, for `bytes.translate` to delete.
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _OPENERS = frozenset(b"[{")
 # Bodies that are not JSON text: scanning them would only find brackets by chance.
 _NOT_JSON = frozenset(
@@ -203,14 +224,16 @@ def json_depth_exceeds(text: bytes, limit: int) -> bool:
     up to its first error, so whatever passes cannot exhaust a recursive parser."""
     if text.count(b"[") + text.count(b"{") <= limit:
         return False  # cannot nest deeper than it has brackets: the common case, O(n) in C
+    # Strings out, then everything but brackets (both in C): the loop below walks the
+    # brackets only, not every token of a large body (a batch of a thousand inputs).
+    brackets = _JSON_STRING.sub(b"", text).translate(None, _NOT_BRACKETS)
     depth = 0
-    for match in _JSON_TOKENS.finditer(text):
-        first = match.group()[0]
-        if first in _OPENERS:
+    for byte in brackets:
+        if byte in _OPENERS:
             depth += 1
             if depth > limit:
                 return True
-        elif first != 0x22:  # a closing bracket (0x22 is the quote of a string)
+        else:
             depth = max(depth - 1, 0)
     return False
 
@@ -240,7 +263,7 @@ class JsonDepthLimit:
             await self._refuse(scope, send, "a query parameter")
             return
         if scope["method"] in _BODY_METHODS and _may_be_json(scope):
-            body, receive = await _read_body(receive)
+            body, receive = await read_body(receive)
             if json_depth_exceeds(body, self.max_depth):
                 await self._refuse(scope, send, "the request body")
                 return
@@ -265,7 +288,7 @@ def _may_be_json(scope: Scope) -> bool:
     return True
 
 
-async def _read_body(receive: Receive) -> tuple[bytes, Receive]:
+async def read_body(receive: Receive) -> tuple[bytes, Receive]:
     """The whole body (its size is already bounded by `RequestContext`), and a receive that
     replays it."""
     chunks: list[bytes] = []

@@ -17,16 +17,23 @@ import hmac
 import ipaddress
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.telemetry._api import _route_selected
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from pki.errors import TrustdError
+from policy import json_text
 from policy.bundle import Bundle
 from policy.data import parse_data_path, parse_patch
 from policy.engine import NO_INPUT
@@ -46,19 +53,20 @@ from trustd.api.deps import (
     exempt,
     require,
 )
+from trustd.api.middleware import read_body
 from trustd.api.policy_schemas import (
     BundleCreate,
     DecisionPublic,
     PolicyRevisionPublic,
     PolicyStatus,
 )
-from trustd.api.problems import problem_response, problem_type
+from trustd.api.problems import problem_response, problem_type, trustd_error_response
 from trustd.api.wire import CountQuery, LimitQuery, RevisionPath
 from trustd.domain.policy import Decision, PolicyRevisionRecord
 from trustd.errors import InvalidRequest, NotFound, Unauthenticated
 from trustd.services.auth import Principal
 from trustd.services.container import Services
-from trustd.services.policy import PolicyService, decision_document, normalise_input
+from trustd.services.policy import decision_document, normalise_input
 from trustd.xfcc import MalformedXfcc, parse_xfcc
 
 _bearer = HTTPBearer(auto_error=False, description="Admin token or the policy API token")
@@ -102,29 +110,58 @@ async def decision_caller(
     Raises:
         Unauthenticated: no acceptable credential.
     """
+    return await identify_caller(
+        services,
+        local=bool(request.scope.get(LOCAL_ADMIN_SCOPE_KEY)),
+        peer=request.client.host if request.client else "",
+        xfcc=request.headers.get("x-forwarded-client-cert", ""),
+        token=credentials.credentials if credentials is not None else None,
+    )
+
+
+async def identify_caller(
+    services: Services, *, local: bool, peer: str, xfcc: str, token: str | None
+) -> str:
+    """The caller's name from what the request carries: the admin socket, the forwarded
+    client certificate (`mtls`) or a bearer token (`token`), per `policy_api_auth`.
+
+    Raises:
+        Unauthenticated: no acceptable credential.
+    """
     settings = services.settings
-    if request.scope.get(LOCAL_ADMIN_SCOPE_KEY):
+    if local:
         return "local:admin-socket"
     mode = settings.policy_api_auth
     if mode == "none":
         return "anonymous"
     if mode == "mtls":
-        peer = request.client.host if request.client else ""
-        identity = _xfcc_identity(request.headers.get("x-forwarded-client-cert", ""))
+        identity = _xfcc_identity(xfcc)
         # Only a proxy on this host may vouch for the caller's certificate.
         if _is_loopback(peer) and identity in settings.policy_api_identities:
             return str(identity)
         raise Unauthenticated("this endpoint needs an allowed SPIFFE ID over mTLS")
-    if credentials is None or credentials.scheme.lower() != "bearer":
+    if token is None:
         raise Unauthenticated("this endpoint needs a token: Authorization: Bearer <token>")
-    presented = credentials.credentials
     expected = settings.policy_api_token
     if expected is not None and hmac.compare_digest(
-        presented.encode(), expected.get_secret_value().encode()
+        token.encode(), expected.get_secret_value().encode()
     ):
         return "policy-token"
-    principal: Principal = await run_in_threadpool(services.tokens.authenticate, presented)
+    principal: Principal = await run_in_threadpool(services.tokens.authenticate, token)
     return principal.name
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The credentials of an `Authorization: Bearer <credentials>` header (RFC 6750 §2.1),
+    None for any other header or none, as FastAPI's `HTTPBearer(auto_error=False)` reads
+    it."""
+    if not authorization:
+        return None
+    scheme, _, credentials = authorization.partition(" ")
+    credentials = credentials.strip()
+    if not scheme or not credentials or scheme.lower() != "bearer":
+        return None
+    return credentials
 
 
 CallerDep = Annotated[str, Depends(decision_caller)]
@@ -137,28 +174,62 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _flag(request: Request, name: str) -> bool:
-    value = request.query_params.get(name)
+@dataclass(frozen=True)
+class _Options:
+    """The Data API's query parameters (OPA REST API, Data API "Query Parameters")."""
+
+    metrics: bool = False
+    provenance: bool = False
+    explain: bool = False
+    strict: bool = False
+
+
+_NO_OPTIONS = _Options()
+
+
+def _options(params: Mapping[str, str]) -> _Options:
+    if not params:
+        return _NO_OPTIONS
+    return _Options(
+        metrics=_flag(params, "metrics"),
+        provenance=_flag(params, "provenance"),
+        explain=bool(params.get("explain")),
+        strict=_flag(params, "strict-builtin-errors"),
+    )
+
+
+def _flag(params: Mapping[str, str], name: str) -> bool:
+    value = params.get(name)
     return value is not None and value.lower() not in ("false", "0")
 
 
-def _decision_body(request: Request, decision: Decision, policy: PolicyService) -> dict[str, Any]:
+class _Json(JSONResponse):
+    """`application/json` rendered by orjson (the same bytes as `JSONResponse` gives for
+    what a decision answers, a few times faster)."""
+
+    def render(self, content: Any) -> bytes:
+        return json_text.dumps(content)
+
+
+def _decision_body(options: _Options, decision: Decision, version: str) -> dict[str, Any]:
     body: dict[str, Any] = {"decision_id": decision.decision_id}
     if decision.result.defined:
         body["result"] = decision.result.value
-    if _flag(request, "metrics"):
+    if options is _NO_OPTIONS:
+        return body
+    if options.metrics:
         # OPA's metric names (REST API "Performance Metrics").
         body["metrics"] = {
             "timer_server_handler_ns": decision.latency_us * 1000,
             "timer_rego_query_eval_ns": 0 if decision.cached else decision.latency_us * 1000,
             "counter_server_query_cache_hit": int(decision.cached),
         }
-    if _flag(request, "provenance"):
+    if options.provenance:
         body["provenance"] = {
-            "version": request.app.version,
+            "version": version,
             "bundles": {"trustd": {"revision": str(decision.revision)}},
         }
-    if request.query_params.get("explain"):
+    if options.explain:
         # The engines expose no trace; say so instead of silently ignoring the flag.
         body["explanation"] = []
         body["warning"] = {"code": "api_usage_warning", "message": "explain is not supported"}
@@ -172,7 +243,7 @@ def _parse_input(raw: bytes) -> str:
     if not raw.strip():
         return NO_INPUT
     try:
-        document = json.loads(raw)
+        document = json_text.loads(raw)
     except ValueError as exc:
         raise InvalidInput(f"the request body is not JSON: {exc.args[0]}") from None
     if not isinstance(document, dict):
@@ -196,40 +267,63 @@ def _opa_error(status: int, exc: PolicyError, **extra: Any) -> JSONResponse:
 
 
 async def _evaluate(
-    services: Services, path: str, input_json: str, caller: str, *, strict: bool = False
-) -> Decision:
-    policy = services.policy
+    services: Services, path: str, inputs: list[str], caller: str, *, strict: bool = False
+) -> list[Decision | PolicyError]:
+    """Every input's decision (or the error its evaluation failed with), through the one
+    loop single decisions and batches share."""
+    decide = functools.partial(services.policy.decide_many, path, inputs, caller, strict=strict)
     if services.settings.policy_engine == "remote":
-        return await run_in_threadpool(
-            functools.partial(policy.decide, path, input_json, caller, strict=strict)
-        )
+        return await run_in_threadpool(decide)
     # The embedded engine answers in microseconds: on the event loop's own thread (one
     # prepared engine per process) rather than through the thread pool.
-    return policy.decide(path, input_json, caller, strict=strict)
+    return decide()
+
+
+async def _evaluate_one(
+    services: Services, path: str, input_json: str, caller: str, *, strict: bool = False
+) -> Decision:
+    """Raises:
+    UnknownPath: nothing lives at `path`.
+    PolicyEvaluationError: the evaluation failed.
+    """
+    outcome = (await _evaluate(services, path, [input_json], caller, strict=strict))[0]
+    if isinstance(outcome, PolicyError):
+        raise outcome
+    return outcome
 
 
 async def _decide(
-    request: Request, services: Services, path: str, input_json: str, caller: str
+    services: Services,
+    options: _Options,
+    version: str,
+    path: str,
+    input_json: str,
+    caller: str,
+    method: str,
 ) -> JSONResponse:
-    policy = services.policy
     try:
         # OPA REST API, Data API query parameters: strict-builtin-errors.
-        strict = _flag(request, "strict-builtin-errors")
-        decision = await _evaluate(services, path, input_json, caller, strict=strict)
+        decision = await _evaluate_one(services, path, input_json, caller, strict=options.strict)
     except UnknownPath:
         # OPA: a path nothing lives at is an undefined document, 200 without `result`.
-        return JSONResponse({})
+        return _Json({})
     except PolicyEvaluationError as exc:
         # OPA answers a failed evaluation with 500 and its code (eval_conflict_error,
         # eval_type_error, eval_builtin_error, ...).
         return _opa_error(500, exc)
-    body = _decision_body(request, decision, policy)
-    if input_json == NO_INPUT and request.method == "POST":
+    body = _decision_body(options, decision, version)
+    if input_json == NO_INPUT and method == "POST":
         body["warning"] = {
             "code": "api_usage_warning",
             "message": "'input' key missing from the request",
         }
-    return JSONResponse(body)
+    return _Json(body)
+
+
+async def _post_data(
+    services: Services, options: _Options, version: str, path: str, raw: bytes, caller: str
+) -> JSONResponse:
+    return await _decide(services, options, version, path, _parse_input(raw), caller, "POST")
 
 
 @opa.post(
@@ -242,8 +336,12 @@ async def post_data(
     request: Request, services: ServicesDep, caller: CallerDep, path: str = ""
 ) -> JSONResponse:
     """`{"input": ...}` in, `{"result": ..., "decision_id": ...}` out; no `result` when the
-    document is undefined for that input."""
-    return await _decide(request, services, path, _parse_input(await request.body()), caller)
+    document is undefined for that input. (Answered by `DecisionPath` before routing; the
+    route declares it and serves whatever reaches the router.)"""
+    options = _options(request.query_params)
+    return await _post_data(
+        services, options, request.app.version, path, await request.body(), caller
+    )
 
 
 @opa.get(
@@ -263,7 +361,8 @@ async def get_data(
     input_json = NO_INPUT
     if input is not None:
         input_json = _parse_input(json.dumps({"input": _loads(input)}).encode())
-    return await _decide(request, services, path, input_json, caller)
+    options = _options(request.query_params)
+    return await _decide(services, options, request.app.version, path, input_json, caller, "GET")
 
 
 def _loads(text: str) -> Any:
@@ -306,7 +405,7 @@ def _not_json(constant: str) -> Any:
 
 def _written(request: Request, started: float) -> Response:
     """OPA's answer to a data write: 204, or 200 with the metrics when asked for them."""
-    if _flag(request, "metrics"):
+    if _flag(request.query_params, "metrics"):
         elapsed = int((time.perf_counter() - started) * 1e9)
         return JSONResponse({"metrics": {"timer_server_handler_ns": elapsed}})
     return Response(status_code=204)
@@ -450,7 +549,7 @@ async def default_decision(
         message=message,
     )
     try:
-        decision = await _evaluate(services, path, input_json, caller)
+        decision = await _evaluate_one(services, path, input_json, caller)
     except UnknownPath:
         return undefined
     except PolicyEvaluationError as exc:
@@ -470,9 +569,17 @@ async def batch_data(
 ) -> JSONResponse:
     """`{"inputs": {"<id>": input, ...}}` -> `{"responses": {"<id>": {"result": ...,
     "decision_id": ...}}}` (Enterprise OPA's batch shape). An input whose evaluation fails
-    gets `{"code", "message"}` in its place and the status is 207."""
+    gets `{"code", "message"}` in its place and the status is 207. (Answered by
+    `DecisionPath` before routing, as `POST /v1/data`.)"""
+    options = _options(request.query_params)
+    return await _batch(services, options, request.app.version, path, await request.body(), caller)
+
+
+async def _batch(
+    services: Services, options: _Options, version: str, path: str, raw: bytes, caller: str
+) -> JSONResponse:
     try:
-        document = json.loads(await request.body())
+        document = json_text.loads(raw)
     except ValueError as exc:
         raise InvalidInput(f"the request body is not JSON: {exc.args[0]}") from None
     inputs = document.get("inputs") if isinstance(document, dict) else None
@@ -482,15 +589,101 @@ async def batch_data(
     # An unknown path fails the whole request, as a single decision would.
     policy.require_known(path)
     responses: dict[str, Any] = {}
-    failed = False
+    keys: list[str] = []
+    texts: list[str] = []
     for key, item in inputs.items():
+        responses[key] = None  # the answer keeps the request's order
         try:
-            decision = policy.decide(path, normalise_input(item), caller)
-            responses[key] = _decision_body(request, decision, policy)
+            texts.append(normalise_input(item))
+            keys.append(key)
         except PolicyError as exc:
+            responses[key] = _batch_error(exc)
+    failed = len(keys) < len(inputs)
+    outcomes = await _evaluate(services, path, texts, caller, strict=options.strict)
+    for key, outcome in zip(keys, outcomes, strict=True):
+        if isinstance(outcome, PolicyError):
             failed = True
-            responses[key] = {"code": exc.fields.get("code"), "message": exc.detail}
-    return JSONResponse({"responses": responses}, status_code=207 if failed else 200)
+            responses[key] = _batch_error(outcome)
+        else:
+            responses[key] = _decision_body(options, outcome, version)
+    return _Json({"responses": responses}, status_code=207 if failed else 200)
+
+
+def _batch_error(exc: PolicyError) -> dict[str, Any]:
+    return {"code": exc.fields.get("code"), "message": exc.detail}
+
+
+class DecisionPath:
+    """The lean path of the hot Data API routes, `POST /v1/data/{path}` and `POST
+    /v1/batch/data/{path}`: answered here, below the middleware every request passes
+    (request id, size and nesting limits, the last word on errors, metrics, access log),
+    without the router and the per-request dependency solving the admin API needs, which
+    profiles showed cost more than the decision itself. The answers are the routes': the
+    same functions build them, errors go through the one mapper
+    (`trustd.api.problems`), and the routes stay declared for the OpenAPI document.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        # The routes the answers belong to: their path templates label the latency metric.
+        self._single = _route(post_data)
+        self._batch = _route(batch_data)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        url: str = scope["path"]
+        if url == "/v1/data" or url.startswith("/v1/data/"):
+            batch, path, route = False, url[len("/v1/data/") :], self._single
+        elif url.startswith("/v1/batch/data/"):
+            batch, path, route = True, url[len("/v1/batch/data/") :], self._batch
+        else:
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = route
+        if "fastapi.telemetry" in scope:
+            # Tracing on: the server span FastAPI opened is named after the route, as its
+            # router names it (fastapi 0.165's hook, pinned in deploy/constraints.txt).
+            _route_selected(scope=scope, path=route.path_format)
+        app = scope["app"]
+        services: Services = app.state.services
+        raw, receive = await read_body(receive)
+        try:
+            caller = await self._caller(scope, services)
+            query = scope.get("query_string", b"")
+            params = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+            options = _options(params)
+            answer = _batch if batch else _post_data
+            response = await answer(services, options, app.version, path, raw, caller)
+        except TrustdError as exc:
+            response = trustd_error_response(exc)
+        await response(scope, receive, send)
+
+    @staticmethod
+    async def _caller(scope: Scope, services: Services) -> str:
+        authorization: str | None = None
+        xfcc = ""
+        for name, value in scope["headers"]:
+            if name == b"authorization" and authorization is None:
+                authorization = value.decode("latin-1")
+            elif name == b"x-forwarded-client-cert" and not xfcc:
+                xfcc = value.decode("latin-1")
+        client = scope.get("client")
+        return await identify_caller(
+            services,
+            local=bool(scope.get(LOCAL_ADMIN_SCOPE_KEY)),
+            peer=client[0] if client else "",
+            xfcc=xfcc,
+            token=bearer_token(authorization),
+        )
+
+
+def _route(endpoint: Any) -> APIRoute:
+    for route in opa.routes:
+        if isinstance(route, APIRoute) and route.endpoint is endpoint and "{" in route.path:
+            return route
+    raise LookupError(endpoint.__name__)
 
 
 @opa.get(
