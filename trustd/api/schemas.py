@@ -9,6 +9,7 @@ from pydantic import Field
 
 from pki.bundle import MAX_BUNDLE_BYTES
 from pki.federation import BundleEndpointProfile
+from pki.keys import KeyType
 from pki.revocation import RevocationReason
 from pki.rotation import KeyKind as CaKeyKind
 from trustd.api.wire import Count, Flag, Seconds, WireModel
@@ -112,6 +113,10 @@ class EntryCreate(WireModel):
     federates_with: list[str] = Field(
         default_factory=list, max_length=32, description="Federated trust domains"
     )
+    key_type: KeyType | None = Field(
+        default=None,
+        description="Key type of the entry's X509-SVIDs; null: the trust domain's default",
+    )
 
 
 class EntryBatch(WireModel):
@@ -130,6 +135,9 @@ class EntryUpdate(WireModel):
     hint: str | None = Field(default=None, max_length=256)
     ip_addresses: list[str] | None = Field(default=None, max_length=64)
     federates_with: list[str] | None = Field(default=None, max_length=32)
+    key_type: KeyType | Literal["default"] | None = Field(
+        default=None, description="`default`: back to the trust domain's default key type"
+    )
 
 
 class EntryPublic(WireModel):
@@ -145,6 +153,9 @@ class EntryPublic(WireModel):
     hint: str
     ip_addresses: list[str] = Field(default_factory=list)
     federates_with: list[str] = Field(default_factory=list)
+    key_type: KeyType | None = Field(
+        default=None, description="null: the trust domain's default (`default_key_type`)"
+    )
     revision: int
     created_at: datetime
     updated_at: datetime
@@ -277,6 +288,9 @@ class SyncResponse(WireModel):
     # The bundles of the trust domains the node's entries federate with, by trust domain
     # name (sent with the entries; each change of one advances the revision).
     federated_bundles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # The trust domain's TRUSTD_KEY_TYPE, for entries whose key_type is null: when it is
+    # ML-DSA their workload keys must be too (sent with the entries).
+    default_key_type: KeyType | None = None
 
 
 class Ack(WireModel):
