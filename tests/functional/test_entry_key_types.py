@@ -173,6 +173,20 @@ def test_a_mixed_trust_domain_issues_each_entry_the_svid_it_asks_for(
     [refused] = node.sign(pq_entry["id"], KeyType.ML_DSA_44)["refused"]
     assert "asks for a ml-dsa-65 key, the CSR holds ML-DSA-44" in refused["detail"]
 
+    # An administrator's ML-DSA CSR is signed only when the request asks for ML-DSA-65.
+    body = {
+        "spiffe_id": "spiffe://example.org/admin-pq",
+        "csr": create_csr(generate_private_key(ML)),
+    }
+    plain = server.client.post("/v1/svid/x509", json=body, headers=server.auth)
+    assert "ML-DSA-65 CSR keys are not accepted" in _problem(plain, 400)["detail"]
+    asked = server.client.post(
+        "/v1/svid/x509", json={**body, "key_type": str(ML)}, headers=server.auth
+    )
+    assert asked.status_code == 201, asked.text
+    admin_leaf = load_pem_certificates(asked.json()["certificate"].encode())[0]
+    assert isinstance(admin_leaf.public_key(), mldsa.MLDSA65PublicKey)
+
     # The ML-DSA intermediate signs its CRL and OCSP answers with ML-DSA.
     pq_kid = server.services.ca.state.chains[str(ML)].authority_kid
     crl = load_crl(server.client.get(f"/v1/crl/{pq_kid}").content, pq_chain[0])

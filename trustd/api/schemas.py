@@ -23,6 +23,11 @@ class X509SvidRequest(WireModel):
     csr: str = Field(max_length=16384, description="PKCS#10 certificate signing request, PEM")
     ttl: Seconds | None = Field(default=None, description="Lifetime in seconds")
     dns_names: list[str] = Field(default_factory=list, max_length=32)
+    key_type: KeyType | None = Field(
+        default=None,
+        description="The key type the CSR must hold; an ML-DSA CSR is signed only when asked "
+        "for (and the trust domain keeps that ML-DSA CA chain)",
+    )
 
 
 class X509SvidResponse(WireModel):

@@ -399,10 +399,13 @@ class Issuer:
         csr: bytes,
         ttl: timedelta | None = None,
         dns_names: Sequence[str] = (),
+        *,
+        key_type: KeyType | None = None,
     ) -> IssuedX509:
         """Sign the CSR's key as `spiffe_id` for an administrator (`issue` with an
         `x509-svid` request): identity, lifetime and DNS names come from the authorised
-        request, never from the CSR (X509-SVID §4).
+        request, never from the CSR (X509-SVID §4); with `key_type`, the CSR must hold
+        such a key (the only way an ML-DSA one is signed).
 
         Raises:
             As `issue`.
@@ -415,6 +418,7 @@ class Issuer:
                 csr=csr,
                 ttl=ttl,
                 dns_names=tuple(dns_names),
+                key_type=key_type,
             )
         )
 
