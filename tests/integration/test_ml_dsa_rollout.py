@@ -7,6 +7,7 @@ clients cannot do with ML-DSA is shown, not assumed (README, Post-quantum).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import ssl
@@ -22,6 +23,7 @@ from pki.spiffe_id import TrustDomain
 from pki.x509_svid import verify_x509_svid
 from tests.integration.conftest import start_server
 from tests.integration.test_agent import Node, admin, agent_on, wait_for
+from tests.integration.test_pki_lint import _assert_no_errors, _lint, _tool, _write
 
 pytestmark = [
     pytest.mark.integration,
@@ -66,7 +68,7 @@ def _svid(node: Node, uid: int) -> dict[str, object]:
     return dict(got)
 
 
-def test_each_workload_gets_the_svid_its_entry_asks_for(node: Node) -> None:
+def test_each_workload_gets_the_svid_its_entry_asks_for(node: Node, tmp_path: Path) -> None:
     listed = json.loads(admin(node.server, "entry", "list", "--output", "json"))
     assert sorted(str(e["key_type"]) for e in listed["entries"]) == ["None", "None", "ml-dsa-65"]
     ec_svid, pq_svid = _svid(node, EC_UID), _svid(node, PQ_UID)
@@ -83,6 +85,23 @@ def test_each_workload_gets_the_svid_its_entry_asks_for(node: Node) -> None:
         chains[name] = (certs, roots)
     assert describe_key(chains["pq"][0][0].public_key()) == "ML-DSA-65"
     assert describe_key(chains["ec"][0][0].public_key()) == "EC secp256r1"
+    # pkilint on what the server issued on its ML-DSA-65 chain: no error (beyond the SPIFFE
+    # URI false positive `_lint` excuses). Its signer/signee check cannot verify ML-DSA
+    # signatures (pkilint 0.13: a NOTICE, `pkix.unsupported_algorithm`); trustd's path
+    # validation and `cryptography` do (tests/functional/test_entry_key_types.py).
+    (leaf_cert, pq_intermediate), pq_roots = chains["pq"]
+    [pq_root] = [r for r in pq_roots if describe_key(r.public_key()) == "ML-DSA-65"]
+    files = [
+        _write(tmp_path, f"{name}.pem", cert)
+        for name, cert in (("root", pq_root), ("int", pq_intermediate), ("leaf", leaf_cert))
+    ]
+    for path in files:
+        _assert_no_errors(_lint(_tool("lint_pkix_cert"), str(path)))
+    signer_signee = _tool("lint_pkix_signer_signee_cert_chain")
+    for issuer, subject in itertools.pairwise(files):
+        findings = _lint(signer_signee, str(issuer), str(subject))
+        assert [(f[0], f[2]) for f in findings] == [("NOTICE", "pkix.unsupported_algorithm")]
+
     # Each workload verifies its peer's SVID against the bundle it holds itself.
     for me, peer in (("ec", "pq"), ("pq", "ec")):
         leaf, *intermediates = chains[peer][0]
