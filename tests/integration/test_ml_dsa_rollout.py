@@ -21,9 +21,10 @@ from pki.clock import SystemClock
 from pki.keys import describe_key
 from pki.spiffe_id import TrustDomain
 from pki.x509_svid import verify_x509_svid
-from tests.integration.conftest import start_server
+from tests.integration.conftest import error_line, serve_once, start_server
 from tests.integration.test_agent import Node, admin, agent_on, wait_for
 from tests.integration.test_pki_lint import _assert_no_errors, _lint, _tool, _write
+from trustd.settings import load_settings
 
 pytestmark = [
     pytest.mark.integration,
@@ -128,3 +129,16 @@ def test_each_workload_gets_the_svid_its_entry_asks_for(node: Node, tmp_path: Pa
     else:
         assert "port" in out, err
         pq_tls.kill()
+
+
+def test_an_ml_dsa_trust_domain_without_an_ec_chain_is_refused_saying_what_to_do(
+    tmp_path: Path,
+) -> None:
+    if ssl.OPENSSL_VERSION_INFO >= (3, 5):
+        # Agents' Python ssl verifies ML-DSA there: nothing to refuse.
+        assert load_settings(key_type="ml-dsa-65").tls_key_type == "ml-dsa-65"
+        return
+    line = error_line(serve_once(tmp_path / "var", TRUSTD_KEY_TYPE="ml-dsa-65"))
+    assert "agents could not connect" in line
+    assert "TRUSTD_ADDITIONAL_CA_KEY_TYPES=ec-p256" in line
+    assert not (tmp_path / "var" / "bundle.pem").exists()
