@@ -119,6 +119,16 @@ def test_each_workload_gets_the_svid_its_entry_asks_for(node: Node, tmp_path: Pa
     assert client["peer"] == "spiffe://example.org/ec"
     server.communicate(timeout=30)
 
+    # Moving one more workload over: its entry now asks for ML-DSA-65, and the agent
+    # replaces the EC SVID it holds with an ML-DSA-65 one.
+    [peer] = [e for e in listed["entries"] if e["spiffe_id"].endswith("/ec-peer")]
+    admin(node.server, "entry", "update", peer["id"], "--key-type", "ml-dsa-65")
+    wait_for(
+        lambda: node.run(EC_PEER_UID, "x509-pem")[1].get("key") == "MLDSA65PrivateKey",
+        30,
+        "the ec-peer workload's ML-DSA-65 SVID",
+    )
+
     # An ML-DSA workload cannot use its SVID for TLS through Python ssl before OpenSSL 3.5:
     # OpenSSL 3.0 cannot decode the key and reports it as too small.
     pq_tls = node.start(PQ_UID, "mtls-server")
