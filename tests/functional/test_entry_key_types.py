@@ -244,3 +244,33 @@ def test_an_ml_dsa_65_trust_domain_keeps_its_server_and_agents_on_ec(
     assert "asks for a ml-dsa-65 key" in refused["detail"]
     ec_leaf, _ = _chain(node.sign(classic["id"], KeyType.EC_P256))
     assert isinstance(ec_leaf.public_key(), ec.EllipticCurvePublicKey)
+
+
+def test_the_ml_dsa_chain_rotates_by_hand_like_the_ec_one(server_factory: ServerFactory) -> None:
+    server = server_factory(additional_ca_key_types=[str(ML)])
+    client, auth = server.client, server.auth
+    ca = server.services.ca
+    ec_kid, pq_kid = ca.state.authority_kid, ca.state.chains[str(ML)].authority_kid
+    before = sorted((r.kid, r.status) for r in ca.state.keys)
+    for body in (
+        {"kind": "x509-intermediate", "chain": "ml-dsa-87"},
+        {"kind": "jwt", "chain": str(ML)},
+    ):
+        _problem(client.post("/v1/admin/ca/prepare", json=body, headers=auth), 400)
+    assert sorted((r.kid, r.status) for r in ca.state.keys) == before
+
+    body = {"kind": "x509-intermediate", "chain": str(ML)}
+    prepared = client.post("/v1/admin/ca/prepare", json=body, headers=auth)
+    assert prepared.status_code == 200, prepared.text
+    # The EC chain has no prepared key: activating it is refused, the ML-DSA one's works.
+    _problem(
+        client.post("/v1/admin/ca/activate", json={"kind": "x509-intermediate"}, headers=auth), 409
+    )
+    activated = client.post("/v1/admin/ca/activate", json=body, headers=auth)
+    assert activated.status_code == 200, activated.text
+    assert activated.json()["kid"] == prepared.json()["kid"]
+    assert ca.state.chains[str(ML)].authority_kid == prepared.json()["kid"] != pq_kid
+    assert ca.state.authority_kid == ec_kid
+    keys = {k["kid"]: k for k in client.get("/v1/admin/ca/keys", headers=auth).json()}
+    assert (keys[pq_kid]["chain"], keys[pq_kid]["status"]) == (str(ML), "old")
+    assert (keys[ec_kid]["chain"], keys[ec_kid]["status"]) == ("classical", "active")

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from pki.bundle import MAX_BUNDLE_BYTES
 from pki.federation import BundleEndpointProfile
-from pki.keys import KeyType
+from pki.keys import CLASSICAL_CHAIN, KeyType
 from pki.revocation import RevocationReason
 from pki.rotation import KeyKind as CaKeyKind
 from trustd.api.wire import Count, Flag, Seconds, WireModel
@@ -59,6 +59,8 @@ class AuthorityPublic(WireModel):
     kid: str
     status: str
     key_type: str
+    # The CA chain it belongs to (`pki.keys.ca_chain`): `classical` or an ML-DSA key type.
+    chain: str = CLASSICAL_CHAIN
     upstream: bool
     not_before: datetime
     not_after: datetime
@@ -448,6 +450,9 @@ class RevocationFeedPublic(WireModel):
 
 class KeyPrepare(WireModel):
     kind: CaKeyKind
+    chain: str = Field(
+        default=CLASSICAL_CHAIN, max_length=16, description="`classical` or an ML-DSA key type"
+    )
 
 
 class KeyMigrate(WireModel):
@@ -457,6 +462,7 @@ class KeyMigrate(WireModel):
 class KeyActivate(WireModel):
     kind: CaKeyKind
     kid: str | None = Field(default=None, max_length=64)
+    chain: str = Field(default=CLASSICAL_CHAIN, max_length=16, description="Without `kid`")
 
 
 class KeyRevoke(WireModel):

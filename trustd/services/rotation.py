@@ -37,7 +37,7 @@ from trustd.domain.ca_keys import CaKeyInfo
 from trustd.domain.certificates import CertificateRecord, CertificateStatus
 from trustd.domain.revocations import RevocationTarget
 from trustd.domain.rotation import KeyChange
-from trustd.errors import Conflict, NotFound
+from trustd.errors import Conflict, InvalidRequest, NotFound
 from trustd.leader import Leader, LostLeadership
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
@@ -190,6 +190,16 @@ class RotationManager:
                 done.append(row.kid)
         return done
 
+    def _check_chain(self, chain: str, kind: CaKeyKind) -> None:
+        chains = self._settings.ca_key_types
+        if chain not in chains:
+            raise InvalidRequest(
+                f"this trust domain keeps no {chain!r} CA chain (it keeps "
+                f"{', '.join(chains)}): see TRUSTD_ADDITIONAL_CA_KEY_TYPES"
+            )
+        if kind is CaKeyKind.JWT and chain != CLASSICAL_CHAIN:
+            raise InvalidRequest("JWT keys belong to the classical chain")
+
     def _apply(
         self, session: Session, action: Action, actor: str, chain: str = CLASSICAL_CHAIN
     ) -> None:
@@ -265,9 +275,11 @@ class RotationManager:
         """Prepare the next key of *kind* in *chain* now and publish it in the bundle.
 
         Raises:
+            InvalidRequest: *chain* is not one this trust domain keeps.
             Conflict: a prepared key of that kind exists already.
             CaError: the key cannot be created (e.g. an upstream root).
         """
+        self._check_chain(chain, kind)
         with transaction(self._engine) as session:
             waiting = [
                 r
@@ -359,6 +371,7 @@ class RotationManager:
                 if row.kind != kind:
                     raise NotFound(f"no {kind} key {kid!r}")
             else:
+                self._check_chain(chain, kind)
                 waiting = [
                     r
                     for r in self._ca.rows(session, {SlotStatus.PREPARED})
