@@ -6,7 +6,10 @@ stay on its EC chain."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,16 +22,20 @@ from sqlmodel import Session, func, select
 
 from pki.bundle import TrustBundle
 from pki.ca import load_pem_certificates
-from pki.clock import SystemClock
+from pki.clock import FakeClock, SystemClock
 from pki.csr import create_csr
 from pki.keys import KeyType, describe_key, generate_private_key, key_type_of
 from pki.revocation import load_crl
 from pki.spiffe_id import TrustDomain
 from pki.x509_path import validate_path
 from pki.x509_svid import verify_x509_svid
-from tests.functional.conftest import Server, ServerFactory
+from tests.functional.conftest import Server, ServerFactory, make_settings
 from tests.functional.test_nodes_entries import attest, entry, join_token, node_headers
 from tests.functional.test_revocation_api import _problem
+from trustd.bootstrap import initialise, migrate
+from trustd.domain.certificates import CertificateKind
+from trustd.services.container import Services, build_services
+from trustd.services.issuance import IssuanceRequest
 from trustd.store.audit import AuditEvent
 from trustd.store.ca_keys import CaKey
 from trustd.store.entries import RegistrationEntry
@@ -274,3 +281,53 @@ def test_the_ml_dsa_chain_rotates_by_hand_like_the_ec_one(server_factory: Server
     keys = {k["kid"]: k for k in client.get("/v1/admin/ca/keys", headers=auth).json()}
     assert (keys[pq_kid]["chain"], keys[pq_kid]["status"]) == (str(ML), "old")
     assert (keys[ec_kid]["chain"], keys[ec_kid]["status"]) == ("classical", "active")
+
+
+def test_an_ml_dsa_chain_added_to_a_deployment_and_wound_down_again(
+    tmp_path: Path, database_url: str
+) -> None:
+    clock = FakeClock(datetime(2030, 1, 1, tzinfo=UTC))
+    migrate(database_url)
+
+    def start(**overrides: object) -> Services:
+        settings = make_settings(tmp_path, database_url, **overrides)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        services = build_services(settings, clock)
+        initialise(services)
+        services.ca.load()
+        return services
+
+    first = start()
+    assert set(first.ca.state.chains) == {"classical"}
+    first.engine.dispose()
+    # A restart with the ML-DSA chain configured makes it, next to the EC chain kept.
+    mixed = start(additional_ca_key_types=[str(ML)])
+    assert set(mixed.ca.state.chains) == {"classical", str(ML)}
+    assert len(mixed.ca.state.bundle.x509_authorities) == 2
+    issued = asyncio.run(
+        mixed.issuer.issue(
+            IssuanceRequest(
+                kind=CertificateKind.X509_SVID,
+                spiffe_id="spiffe://example.org/pq",
+                actor="test",
+                csr=create_csr(generate_private_key(ML)).encode(),
+                key_type=ML,
+            )
+        )
+    )
+    mixed.engine.dispose()
+
+    # Dropped from the settings: its keys stop signing and leave the bundle once what
+    # they signed has expired.
+    plain = start()
+    assert set(plain.ca.state.chains) == {"classical"}
+    plain.rotation.tick()
+    pq_rows = [r for r in plain.ca.state.keys if r.chain == str(ML)]
+    assert {r.status for r in pq_rows} == {"old"}
+    assert len(plain.ca.state.bundle.x509_authorities) == 2
+    clock.advance(issued.certificate.not_valid_after_utc - clock.now() + timedelta(minutes=1))
+    plain.rotation.tick()
+    plain.rotation.tick()
+    assert [r for r in plain.ca.state.keys if r.chain == str(ML)] == []
+    assert len(plain.ca.state.bundle.x509_authorities) == 1
+    plain.engine.dispose()
