@@ -26,6 +26,7 @@ from pki.clock import FakeClock, SystemClock
 from pki.csr import create_csr
 from pki.keys import KeyType, describe_key, generate_private_key, key_type_of
 from pki.revocation import load_crl
+from pki.rotation import KeyKind as CaKeyKind
 from pki.spiffe_id import TrustDomain
 from pki.x509_path import validate_path
 from pki.x509_svid import verify_x509_svid
@@ -34,6 +35,7 @@ from tests.functional.test_nodes_entries import attest, entry, join_token, node_
 from tests.functional.test_revocation_api import _problem
 from trustd.bootstrap import initialise, migrate
 from trustd.domain.certificates import CertificateKind
+from trustd.services.auth import Principal, Role
 from trustd.services.container import Services, build_services
 from trustd.services.issuance import IssuanceRequest
 from trustd.store.audit import AuditEvent
@@ -315,6 +317,10 @@ def test_an_ml_dsa_chain_added_to_a_deployment_and_wound_down_again(
             )
         )
     )
+    # A prepared ML-DSA intermediate too: it signed nothing and leaves with the others.
+    mixed.rotation.prepare(
+        Principal("test", Role.ADMIN), CaKeyKind.X509_INTERMEDIATE, chain=str(ML)
+    )
     mixed.engine.dispose()
 
     # Dropped from the settings: its keys stop signing and leave the bundle once what
@@ -323,7 +329,7 @@ def test_an_ml_dsa_chain_added_to_a_deployment_and_wound_down_again(
     assert set(plain.ca.state.chains) == {"classical"}
     plain.rotation.tick()
     pq_rows = [r for r in plain.ca.state.keys if r.chain == str(ML)]
-    assert {r.status for r in pq_rows} == {"old"}
+    assert [r.status for r in pq_rows] == ["old"] * 3
     assert len(plain.ca.state.bundle.x509_authorities) == 2
     clock.advance(issued.certificate.not_valid_after_utc - clock.now() + timedelta(minutes=1))
     plain.rotation.tick()

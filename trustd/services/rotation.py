@@ -180,7 +180,11 @@ class RotationManager:
         for row in self._ca.rows(session, IN_BUNDLE):
             if row.chain in configured:
                 continue
-            if row.status == SlotStatus.ACTIVE:
+            if row.status == SlotStatus.PREPARED:
+                # A prepared key signed nothing, but only an active key may become old
+                # (`pki.rotation`): it goes through active, in this one transaction.
+                self._set_status(session, row, SlotStatus.ACTIVE, SYSTEM_ACTOR, chain=row.chain)
+            if row.status in (SlotStatus.PREPARED, SlotStatus.ACTIVE):
                 self._set_status(session, row, SlotStatus.OLD, SYSTEM_ACTOR, chain=row.chain)
                 done.append(row.kid)
             elif row.status in (SlotStatus.OLD, SlotStatus.TAINTED) and self._retirable(
