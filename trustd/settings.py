@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -21,6 +22,7 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -28,7 +30,7 @@ from pydantic_settings import (
 
 from pki.acme.challenges import DEFAULT_DENIED_NETWORKS
 from pki.errors import TrustdError
-from pki.keys import KeyType, ml_dsa_tls_problem
+from pki.keys import CLASSICAL_CHAIN, KeyType, ca_chain, ml_dsa_tls_problem
 from pki.spiffe_id import TrustDomain
 from trustd.logs import AccessLog, LogFormat
 
@@ -76,6 +78,11 @@ class Settings(BaseSettings):
     public_url: str | None = None
 
     key_type: KeyType = KeyType.EC_P256
+    # CA chains (root + intermediate) of other key types kept next to the one of key_type,
+    # rotated with it and published in the same bundle, for entries that ask for such an
+    # SVID (`trustd entry create --key-type`): `ml-dsa-65` for a mixed EC + ML-DSA rollout.
+    # One classical type (EC, RSA, Ed25519) at most, and one chain per ML-DSA level.
+    additional_ca_key_types: Annotated[list[KeyType], NoDecode] = Field(default_factory=list)
     jwt_key_type: KeyType = KeyType.EC_P256
     key_passphrase: SecretStr | None = None
     upstream_ca_cert: Path | None = None
@@ -275,16 +282,55 @@ class Settings(BaseSettings):
             raise ValueError(f"JWT-SVIDs cannot be signed with {value}: no JWS algorithm")
         return value
 
-    @field_validator("key_type")
+    @field_validator("additional_ca_key_types", mode="before")
     @classmethod
-    def _key_type_usable(cls, value: KeyType) -> KeyType:
-        # The root, intermediate, serving certificate and X509-SVIDs all take this key
-        # type, so it must be one this process's own TLS clients can verify: trustd
-        # never issues what they cannot use.
-        problem = ml_dsa_tls_problem() if value.post_quantum else None
-        if problem is not None:
-            raise ValueError(f"TRUSTD_KEY_TYPE={value}: {problem}")
+    def _key_type_list(cls, value: object) -> object:
+        # From the environment: `ml-dsa-65` or `ml-dsa-65,ml-dsa-87` (a JSON list works too).
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    def _key_type_rules(self) -> None:
+        chains = [ca_chain(kt) for kt in (self.key_type, *self.additional_ca_key_types)]
+        if len(set(chains)) != len(chains):
+            raise ValueError(
+                "TRUSTD_ADDITIONAL_CA_KEY_TYPES repeats a chain: give each ML-DSA level once "
+                "and at most one classical key type (EC, RSA, Ed25519) in all, counting "
+                f"TRUSTD_KEY_TYPE={self.key_type}"
+            )
+        # The server's serving certificate and the agents' node SVIDs are on the classical
+        # chain when there is one (`tls_key_type`): agents verify the server and present
+        # their SVIDs through Python's ssl. Without ML-DSA in that OpenSSL (before 3.5), an
+        # ML-DSA trust domain with no classical chain would leave every agent unable to
+        # connect, so it is refused; ML-DSA chains for workloads are allowed beside one.
+        problem = ml_dsa_tls_problem() if self.tls_key_type.post_quantum else None
+        if problem is not None:
+            raise ValueError(
+                f"TRUSTD_KEY_TYPE={self.key_type} with no classical CA chain: the server's TLS "
+                f"certificate and the agents' node SVIDs would be ML-DSA, and agents could not "
+                f"connect ({problem}). Keep an EC chain for them: "
+                "TRUSTD_ADDITIONAL_CA_KEY_TYPES=ec-p256"
+            )
+        if self.upstream_ca_cert is not None and self.key_type.post_quantum:
+            raise ValueError(
+                "an upstream CA signs the classical chain: with one, TRUSTD_KEY_TYPE must be "
+                "classical (put ML-DSA in TRUSTD_ADDITIONAL_CA_KEY_TYPES)"
+            )
+
+    @property
+    def ca_key_types(self) -> dict[str, KeyType]:
+        """The key type of each CA chain this trust domain keeps, by chain name
+        (`pki.keys.ca_chain`), TRUSTD_KEY_TYPE's first."""
+        return {ca_chain(kt): kt for kt in (self.key_type, *self.additional_ca_key_types)}
+
+    @property
+    def tls_key_type(self) -> KeyType:
+        """The key type of the chain trustd's own TLS uses (serving certificate, node SVIDs,
+        ACME certificates): the classical chain's when there is one."""
+        return self.ca_key_types.get(CLASSICAL_CHAIN, self.key_type)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -343,6 +389,7 @@ class Settings(BaseSettings):
                     f"{_MIN_PASSPHRASE_LENGTH} random characters"
                 )
         self._policy_rules()
+        self._key_type_rules()
         if (self.upstream_ca_cert is None) != (self.upstream_ca_key is None):
             raise ValueError("upstream_ca_cert and upstream_ca_key must be given together")
         self._pkcs11_rules()
@@ -359,7 +406,11 @@ class Settings(BaseSettings):
             raise ValueError("give one of TRUSTD_PKCS11_PIN or TRUSTD_PKCS11_PIN_FILE")
         if self.ca_key_backend == "pkcs11":
             ec_types = (KeyType.EC_P256, KeyType.EC_P384)
-            for name, value in (("key_type", self.key_type), ("jwt_key_type", self.jwt_key_type)):
+            for name, value in (
+                ("key_type", self.key_type),
+                ("jwt_key_type", self.jwt_key_type),
+                *(("additional_ca_key_types", kt) for kt in self.additional_ca_key_types),
+            ):
                 if value not in ec_types:
                     raise ValueError(f"ca_key_backend=pkcs11 makes EC keys: {name} is {value}")
 

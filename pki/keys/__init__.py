@@ -128,6 +128,40 @@ def is_ml_dsa(key: object) -> bool:
     return any(isinstance(key, classes) for classes in _ML_DSA.values())
 
 
+# The CA chain a key type's certificates are signed by. One chain of classical keys (EC,
+# RSA, Ed25519: any of them signs any classical leaf) and one per ML-DSA parameter set: an
+# ML-DSA leaf under a classical CA would be only as strong as the CA's signature, and a
+# classical leaf under an ML-DSA CA would not verify where ML-DSA cannot (OpenSSL < 3.5).
+CLASSICAL_CHAIN = "classical"
+
+
+def ca_chain(kt: KeyType) -> str:
+    """The name of the CA chain that signs certificates for keys of type *kt*."""
+    kt = KeyType(kt)
+    return str(kt) if kt.post_quantum else CLASSICAL_CHAIN
+
+
+def key_type_of(key: object) -> KeyType | None:
+    """The :class:`KeyType` *key* (public or private) is an instance of; None when none is
+    (e.g. EC P-521 or RSA-4096, allowed in CSRs but never generated here)."""
+    if isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
+        return {"secp256r1": KeyType.EC_P256, "secp384r1": KeyType.EC_P384}.get(key.curve.name)
+    if isinstance(key, rsa.RSAPublicKey | rsa.RSAPrivateKey):
+        return KeyType.RSA_2048 if key.key_size == 2048 else None
+    if isinstance(key, ed25519.Ed25519PublicKey | ed25519.Ed25519PrivateKey):
+        return KeyType.ED25519
+    for level, classes in _ML_DSA.items():
+        if isinstance(key, classes):
+            return KeyType(f"ml-dsa-{level}")
+    return None
+
+
+def key_chain(key: object) -> str:
+    """The CA chain that signs a certificate for *key* (see :func:`ca_chain`)."""
+    kt = key_type_of(key)
+    return ca_chain(kt) if kt is not None else CLASSICAL_CHAIN
+
+
 def describe_key(key: object) -> str:
     """A short human description of a key's type, e.g. ``EC secp256k1`` or ``RSA-1024``.
 

@@ -1,7 +1,9 @@
 """Ten CA lifetimes on a fake clock, with issuance at every step: no SVID ever stops
 verifying against the bundle an agent holds, and old keys leave the bundle only after the
-last credential they signed has expired. Run with the CA keys sealed in the database and
-with them in a real PKCS#11 token (SoftHSM2), where every rotation generates in the token.
+last credential they signed has expired. Run with the CA keys sealed in the database, there
+with an ML-DSA-65 chain rotating beside the EC one (an ML-DSA SVID issued at every step
+too), and with them in a real PKCS#11 token (SoftHSM2), where every rotation generates in
+the token (EC keys only).
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from pki.x509_svid import verify_x509_svid
 from tests.functional.conftest import make_settings
 from tests.hsm_support import load_in_process, new_token
 from trustd.bootstrap import initialise, migrate
+from trustd.domain.certificates import CertificateKind
 from trustd.services.auth import Principal, Role
 from trustd.services.container import build_services
+from trustd.services.issuance import IssuanceRequest
 from trustd.store.audit import AuditEvent
 from trustd.store.ca_keys import CaKey
 from trustd.store.certificates import IssuedCertificate
@@ -54,7 +58,7 @@ def key_backend(
 ) -> dict[str, object]:
     """The settings that put the CA keys in the backend under test."""
     if request.param == "file":
-        return {}
+        return {"additional_ca_key_types": ["ml-dsa-65"]}
     token = new_token(tmp_path / "softhsm")
     load_in_process(token, monkeypatch)
     return {
@@ -90,6 +94,8 @@ def test_ten_ca_lifetimes_without_a_gap(
     services.ca.load()
     key = generate_private_key(KeyType.EC_P256)
     csr = create_csr(key).encode()
+    with_ml_dsa = "additional_ca_key_types" in key_backend
+    pq_csr = create_csr(generate_private_key(KeyType.ML_DSA_65)).encode()
 
     def served_bundle() -> TrustBundle:
         # What an agent gets: the bundle through its wire format.
@@ -108,6 +114,21 @@ def test_ten_ca_lifetimes_without_a_gap(
             services.issuer.issue_x509_svid(ADMIN, f"spiffe://{TD.name}/w/{step}", csr)
         )
         x509_svids.append(X509Issued(issued.certificate, issued.intermediates))
+        if with_ml_dsa and step % 2 == 0:
+            # What an entry asking for ml-dsa-65 gets (`Agents.sign_svids`); every other
+            # step, which keeps one or two live at every moment (20-minute SVIDs).
+            pq = asyncio.run(
+                services.issuer.issue(
+                    IssuanceRequest(
+                        kind=CertificateKind.X509_SVID,
+                        spiffe_id=f"spiffe://{TD.name}/pq/{step}",
+                        actor=ADMIN.name,
+                        csr=pq_csr,
+                        key_type=KeyType.ML_DSA_65,
+                    )
+                )
+            )
+            x509_svids.append(X509Issued(pq.certificate, pq.intermediates))
         jwt_svids.append(
             services.issuer.mint_jwt_svid(ADMIN, f"spiffe://{TD.name}/w/{step}", ["api"]).token
         )
@@ -148,10 +169,22 @@ def test_ten_ca_lifetimes_without_a_gap(
     assert actions[("jwt", "ca:authority:active")] >= LIFETIMES - 1
     assert actions[("x509-root", "ca:authority:active")] >= 2
     assert {r.kind for r in retired} == {"x509-root", "x509-intermediate", "jwt"}
+    if with_ml_dsa:
+        # The ML-DSA-65 chain rotated on its own schedule, cross-signed by its own roots.
+        pq_rows = [r for r in rows if r.chain == "ml-dsa-65"]
+        assert {r.key_type for r in pq_rows} == {"ml-dsa-65"}
+        intermediates = [r for r in pq_rows if r.kind == "x509-intermediate"]
+        assert len(intermediates) >= LIFETIMES
+        assert {r.kind for r in pq_rows if r.status == SlotStatus.RETIRED} == {
+            "x509-root",
+            "x509-intermediate",
+        }
+        assert any(r.cross_certificate_pem for r in pq_rows if r.kind == "x509-root")
     assert any(r.cross_certificate_pem for r in rows if r.kind == "x509-root")
-    # The bundle never keeps more than the keys still needed.
-    assert len(services.ca.state.bundle.x509_authorities) <= 3
-    expected = "pkcs11" if key_backend else "file"
+    # The bundle never keeps more than the keys still needed (per chain).
+    assert len(services.ca.state.bundle.x509_authorities) <= 3 * (1 + with_ml_dsa)
+    in_token = "ca_key_backend" in key_backend
+    expected = "pkcs11" if in_token else "file"
     assert {r.key_backend for r in rows} == {expected}
-    assert all(r.encrypted_key is None for r in rows) == bool(key_backend)
+    assert all(r.encrypted_key is None for r in rows) == in_token
     services.engine.dispose()

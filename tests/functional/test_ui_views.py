@@ -317,6 +317,35 @@ def test_entry_create_edit_delete(ui: Server) -> None:
         assert action in actions
 
 
+def test_entry_key_type_in_the_form(ui: Server) -> None:
+    csrf = sign_in(ui.client, "operator")
+    form = {
+        "csrf": csrf,
+        "spiffe_id": f"{TD}/ns/api/pq",
+        "parent_id": f"{TD}/node/a",
+        "selectors": "unix:uid:1001",
+        "key_type": "ml-dsa-65",
+    }
+    # This trust domain keeps no ML-DSA chain: the form says what to do, nothing stored.
+    refused = ui.client.post("/ui/entries/new", data=form)
+    assert refused.status_code == 400
+    assert "TRUSTD_ADDITIONAL_CA_KEY_TYPES" in refused.text
+    assert entry_count(ui) == 0
+    created = ui.client.post(
+        "/ui/entries/new", data={**form, "key_type": "ec-p384"}, follow_redirects=False
+    )
+    assert created.status_code == 303
+    entry_id = created.headers["location"].rsplit("/", 1)[1]
+    page = ui.client.get(f"/ui/entries/{entry_id}")
+    assert '<option value="ec-p384" selected>' in page.text
+    # The empty choice puts the entry back on the trust domain's default.
+    edited = ui.client.post(
+        f"/ui/entries/{entry_id}", data={**form, "key_type": ""}, follow_redirects=False
+    )
+    assert edited.status_code == 303
+    assert ui.client.get(f"/v1/entries/{entry_id}", headers=ui.auth).json()["key_type"] is None
+
+
 def test_entry_with_bad_selectors_shows_why_and_stores_nothing(ui: Server) -> None:
     csrf = sign_in(ui.client, "operator")
     form = {

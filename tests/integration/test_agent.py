@@ -13,7 +13,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,20 +131,16 @@ def wait_for(predicate: Any, timeout: float, what: str) -> Any:
     pytest.fail(f"timed out waiting for {what}")
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    yield from _node(tmp_path)
-
-
-def _node(tmp_path: Path, **env: str) -> Iterator[Node]:
-    server = start_server(tmp_path / "var", tmp_path / "server.log", **env)
+@contextmanager
+def agent_on(server: Running, tmp_path: Path, entries: Callable[[str], object]) -> Iterator[Node]:
+    """A real agent process joined to *server* with a token, after *entries* (given the
+    node's SPIFFE ID) made its entries; stopped, and the server with it, on exit."""
     command = admin(server, "token", "create", "--selector", "region:test").split()
     token = command[command.index("--join-token") + 1]
     ca_sha256 = command[command.index("--ca-sha256") + 1]
     assert command[command.index("--server") + 1] == server.url
     node_id = f"spiffe://example.org/trustd/agent/join_token/{token.split('.')[0]}"
-    add_entry(server, "spiffe://example.org/web", node_id, WEB)
-    add_entry(server, "spiffe://example.org/db", node_id, DB, ttl=20)
+    entries(node_id)
 
     # World-traversable, so workloads running as other users reach the socket.
     sockets = Path(tempfile.mkdtemp(prefix="trustd-agent-"))
@@ -180,6 +177,22 @@ def _node(tmp_path: Path, **env: str) -> Iterator[Node]:
             agent.wait(20)
         node.server.stop()
         shutil.rmtree(sockets, ignore_errors=True)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    yield from _node(tmp_path)
+
+
+def _node(tmp_path: Path, **env: str) -> Iterator[Node]:
+    server = start_server(tmp_path / "var", tmp_path / "server.log", **env)
+
+    def entries(node_id: str) -> None:
+        add_entry(server, "spiffe://example.org/web", node_id, WEB)
+        add_entry(server, "spiffe://example.org/db", node_id, DB, ttl=20)
+
+    with agent_on(server, tmp_path, entries) as node:
+        yield node
 
 
 def svids_of(node: Node, uid: int) -> tuple[int, dict[str, Any]]:

@@ -273,7 +273,17 @@ class Listing:
 LISTINGS = [
     Listing(
         ("ca", "keys"),
-        ("KIND", "KID", "STATUS", "KEY TYPE", "NOT BEFORE", "NOT AFTER", "BACKEND", "KEY"),
+        (
+            "KIND",
+            "KID",
+            "STATUS",
+            "KEY TYPE",
+            "CHAIN",
+            "NOT BEFORE",
+            "NOT AFTER",
+            "BACKEND",
+            "KEY",
+        ),
         "kind",
     ),
     Listing(
@@ -298,7 +308,7 @@ LISTINGS = [
     ),
     Listing(
         ("entry", "list"),
-        ("ID", "SPIFFE ID", "PARENT ID", "SELECTORS", "X509 TTL", "REVISION"),
+        ("ID", "SPIFFE ID", "PARENT ID", "SELECTORS", "X509 TTL", "KEY TYPE", "REVISION"),
         "id",
         page="entries",
     ),

@@ -7,8 +7,8 @@ on a Workload API error prints ``{"error": ...}`` and exits 3.
 
     workload_client.py --socket PATH [--uid N --gid N] COMMAND [ARGS]
 
-Commands: x509, x509-bundles, jwt AUDIENCE [SPIFFE_ID], jwt-bundles, validate TOKEN
-AUDIENCE, stream COUNT, mtls-server, mtls-client PORT.
+Commands: x509, x509-pem, x509-bundles, jwt AUDIENCE [SPIFFE_ID], jwt-bundles, validate
+TOKEN AUDIENCE, stream COUNT, mtls-server, mtls-client PORT.
 """
 
 from __future__ import annotations
@@ -156,6 +156,22 @@ def main() -> int:
                         for s in ctx.x509_svids
                     ],
                     "bundles": sorted(str(b.trust_domain) for b in ctx.x509_bundle_set.bundles),
+                }
+            )
+        elif opts.command == "x509-pem":
+            # The default SVID's chain and the trust domain's X.509 bundle as py-spiffe
+            # parsed them, for the caller to verify; the key's type, never the key.
+            ctx = client.fetch_x509_context()
+            svid = ctx.default_svid
+            bundle = ctx.x509_bundle_set.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
+            assert bundle is not None
+            pem = serialization.Encoding.PEM
+            emit(
+                {
+                    "spiffe_id": str(svid.spiffe_id),
+                    "key": type(svid.private_key).__name__,
+                    "chain": [c.public_bytes(pem).decode() for c in svid.cert_chain],
+                    "bundle": [c.public_bytes(pem).decode() for c in bundle.x509_authorities],
                 }
             )
         elif opts.command == "x509-bundles":

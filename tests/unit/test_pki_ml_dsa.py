@@ -6,6 +6,7 @@ stack that cannot verify ML-DSA."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -171,3 +172,26 @@ def test_ml_dsa_is_refused_where_tls_cannot_verify_it() -> None:
     assert problem is not None and "OpenSSL 3.5" in problem and "3.0.19" in problem
     assert ml_dsa_tls_problem((3, 5, 0, 0, 0)) is None
     assert ml_dsa_tls_problem((4, 0, 0, 0, 0)) is None
+
+
+def test_py_spiffe_reads_ml_dsa_roots_and_skips_akp_jwt_keys() -> None:
+    """What py-spiffe (0.3) does with a mixed bundle, as a workload gets it: the Workload
+    API's X.509 bundle is DER certificates, which it parses with `cryptography` (ML-DSA
+    included); a JWKS holding an AKP key is read by PyJWT's `PyJWKSet`, which skips it."""
+    from spiffe import JwtBundle, X509Bundle
+    from spiffe import TrustDomain as SpiffeTrustDomain
+
+    from pki.bundle import public_key_to_jwk
+
+    ec_ca = TestCA()
+    pq_ca = TestCA(root_key_type=KeyType.ML_DSA_65, intermediate_key_type=KeyType.ML_DSA_65)
+    td = SpiffeTrustDomain("example.org")
+    der = b"".join(c.public_bytes(serialization.Encoding.DER) for c in (ec_ca.root, pq_ca.root))
+    assert len(X509Bundle.parse_raw(td, der).x509_authorities) == 2
+    jwt_key = generate_private_key(KeyType.EC_P256).public_key()
+    keys = [
+        {**public_key_to_jwk(jwt_key), "kid": "ec", "use": "jwt-svid"},
+        {**public_key_to_jwk(pq_ca.root.public_key()), "kid": "pq", "use": "x509-svid"},
+    ]
+    jwks = JwtBundle.parse(td, json.dumps({"keys": keys}).encode())
+    assert list(jwks.jwt_authorities) == ["ec"]

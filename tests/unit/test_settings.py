@@ -76,10 +76,39 @@ def test_bad_settings_are_refused_with_the_reason(
 def test_an_ml_dsa_trust_domain_needs_a_tls_stack_that_verifies_it(key_type: str) -> None:
     # Debian 12's OpenSSL 3.0 (this Python's ssl) has no ML-DSA: refused, saying why.
     if ssl.OPENSSL_VERSION_INFO < (3, 5):
-        with pytest.raises(SettingsError, match=f"TRUSTD_KEY_TYPE={key_type}: .*OpenSSL 3.5"):
+        with pytest.raises(
+            SettingsError,
+            match=f"TRUSTD_KEY_TYPE={key_type} with no classical CA chain: .*agents could not "
+            "connect .*OpenSSL 3.5.*TRUSTD_ADDITIONAL_CA_KEY_TYPES=ec-p256",
+        ):
             load_settings(key_type=key_type)
     else:
         assert load_settings(key_type=key_type).key_type == KeyType(key_type)
+    # With an EC chain beside it, the server's TLS and the agents stay on EC.
+    mixed = load_settings(key_type=key_type, additional_ca_key_types=["ec-p256"])
+    assert mixed.tls_key_type is KeyType.EC_P256
+    assert mixed.ca_key_types == {key_type: KeyType(key_type), "classical": KeyType.EC_P256}
+
+
+def test_additional_ca_key_types_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRUSTD_ADDITIONAL_CA_KEY_TYPES", "ml-dsa-65, ml-dsa-87")
+    s = load_settings()
+    assert s.additional_ca_key_types == [KeyType.ML_DSA_65, KeyType.ML_DSA_87]
+    assert s.tls_key_type is KeyType.EC_P256
+    assert list(s.ca_key_types) == ["classical", "ml-dsa-65", "ml-dsa-87"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"additional_ca_key_types": ["ec-p384"]}, "at most one classical key type"),
+        ({"additional_ca_key_types": ["ml-dsa-65", "ml-dsa-65"]}, "repeats a chain"),
+        ({"additional_ca_key_types": ["ml-dsa-66"]}, "ml-dsa-65"),
+    ],
+)
+def test_additional_ca_key_types_are_checked(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load_settings(**overrides)
 
 
 def test_production_accepts_a_real_passphrase() -> None:
@@ -138,6 +167,10 @@ _PKCS11 = {
         ({**_PKCS11, "pkcs11_pin_file": Path("pin")}, "one of TRUSTD_PKCS11_PIN"),
         ({**_PKCS11, "key_type": KeyType.ED25519}, "makes EC keys: key_type"),
         ({**_PKCS11, "jwt_key_type": KeyType.RSA_2048}, "makes EC keys: jwt_key_type"),
+        (
+            {**_PKCS11, "additional_ca_key_types": [KeyType.ML_DSA_65]},
+            "makes EC keys: additional_ca_key_types",
+        ),
         ({"ca_key_backend": "hsm"}, "ca_key_backend"),
     ],
 )

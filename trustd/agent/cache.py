@@ -16,7 +16,7 @@ from cryptography import x509
 
 from pki.bundle import TrustBundle
 from pki.jwt_svid import JwtSvid
-from pki.keys import PrivateKey
+from pki.keys import KeyType, PrivateKey
 from pki.selectors import Selector, matches
 from pki.spiffe_id import SpiffeId, TrustDomain
 from pki.wit_svid import WitSvid
@@ -36,6 +36,9 @@ class WorkloadEntry:
     revision: int = 0
     # The foreign trust domains whose bundles this entry's workloads receive.
     federates_with: tuple[TrustDomain, ...] = ()
+    # The key type its workload keys are made of (the entry's, or the trust domain's ML-DSA
+    # default); None: the agent's own `key_type`.
+    key_type: KeyType | None = None
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,14 @@ from pki.clock import Clock
 from pki.csr import create_csr
 from pki.errors import KeyUnavailable, TrustdError
 from pki.jwt_svid import JwtSvid
-from pki.keys import KeyType, PrivateKey, allowed_public_key, generate_private_key, same_public_key
+from pki.keys import (
+    KeyType,
+    PrivateKey,
+    allowed_public_key,
+    generate_private_key,
+    key_type_of,
+    same_public_key,
+)
 from pki.selectors import parse_selectors
 from pki.spiffe_id import SpiffeId, TrustDomain
 from pki.wit_svid import validate_wit_svid, workload_jwk
@@ -369,6 +376,10 @@ class Agent:
             await self._apply_verdicts(result["verdicts"])
         await self._apply_revocations(result["revocations"])
         self.revocation_revision = int(result["revocation_revision"])
+        default = result.get("default_key_type")
+        # An entry without a key type follows the trust domain's default only when that is
+        # ML-DSA (the server then refuses anything else); otherwise this agent's key_type.
+        default_key_type = KeyType(default) if default and KeyType(default).post_quantum else None
         entries = [
             WorkloadEntry(
                 id=e["id"],
@@ -380,6 +391,7 @@ class Agent:
                 hint=e["hint"],
                 revision=e["revision"],
                 federates_with=tuple(TrustDomain.parse(td) for td in e.get("federates_with", ())),
+                key_type=KeyType(e["key_type"]) if e.get("key_type") else default_key_type,
             )
             for e in result["entries"]
         ]
@@ -603,6 +615,10 @@ class Agent:
             key = f"{entry.id}:{serial_hex(svid.chain[0])}"
             if renewal_due(now, svid.effective_start, svid.not_after, key):
                 due.append(entry)
+            elif entry.key_type is not None and key_type_of(svid.private_key) is not entry.key_type:
+                # The entry now asks for another key type: the SVID held is served until
+                # its replacement, made with a key of that type, arrives.
+                due.append(entry)
         return due
 
     async def rotate_once(self) -> int:
@@ -626,7 +642,7 @@ class Agent:
             batch = due[start : start + BATCH]
             # Key generation for a batch takes tens of milliseconds: off the event loop, so
             # Workload API calls are not held up behind it.
-            keys, csrs = await asyncio.to_thread(self._keys_and_csrs, [e.id for e in batch])
+            keys, csrs = await asyncio.to_thread(self._keys_and_csrs, batch)
             result = await self.client.sign(self.node, csrs)
             received = self.clock.now()
             by_id = {e.id: e for e in batch}
@@ -669,9 +685,10 @@ class Agent:
         self.verdicts = table
 
     def _keys_and_csrs(
-        self, entry_ids: list[str]
+        self, entries: list[WorkloadEntry]
     ) -> tuple[dict[str, PrivateKey], list[tuple[str, str]]]:
-        keys = {entry_id: generate_private_key(self.config.key_type) for entry_id in entry_ids}
+        # Each workload key of the type its entry asks for (ML-DSA for an ML-DSA entry).
+        keys = {e.id: generate_private_key(e.key_type or self.config.key_type) for e in entries}
         return keys, [(entry_id, create_csr(key)) for entry_id, key in keys.items()]
 
     async def _rotation_loop(self) -> None:

@@ -42,6 +42,8 @@ class CaKeyView(Protocol):
     @property
     def key_type(self) -> str: ...
     @property
+    def chain(self) -> str: ...
+    @property
     def upstream(self) -> bool: ...
     @property
     def not_before(self) -> datetime: ...
@@ -76,6 +78,7 @@ def authority_public(row: CaKeyView, token: str | None = None) -> AuthorityPubli
         kid=row.kid,
         status=row.status,
         key_type=row.key_type,
+        chain=row.chain,
         upstream=row.upstream,
         not_before=row.not_before,
         not_after=row.not_after,

@@ -78,6 +78,7 @@ async def sync(
         if snapshot.scope is not None
         else None,
         federated_bundles=snapshot.federated_bundles,
+        default_key_type=services.settings.key_type,
     )
     return _json(answer)
 

@@ -202,7 +202,7 @@ def list_keys(principal: AdminDep, services: ServicesDep) -> list[AuthorityPubli
 )
 def prepare_key(body: KeyPrepare, principal: AdminDep, services: ServicesDep) -> KeyChangePublic:
     """Prepare the next key of a kind and publish it in the bundle now."""
-    return _change(services.rotation.prepare(principal, body.kind))
+    return _change(services.rotation.prepare(principal, body.kind, body.chain))
 
 
 @router.post(
@@ -227,7 +227,7 @@ def migrate_keys(
 )
 def activate_key(body: KeyActivate, principal: AdminDep, services: ServicesDep) -> KeyChangePublic:
     """Activate the prepared key of a kind; the active one becomes old."""
-    return _change(services.rotation.activate(principal, body.kind, body.kid))
+    return _change(services.rotation.activate(principal, body.kind, body.kid, body.chain))
 
 
 @router.post(

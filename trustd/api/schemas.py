@@ -9,6 +9,7 @@ from pydantic import Field
 
 from pki.bundle import MAX_BUNDLE_BYTES
 from pki.federation import BundleEndpointProfile
+from pki.keys import CLASSICAL_CHAIN, KeyType
 from pki.revocation import RevocationReason
 from pki.rotation import KeyKind as CaKeyKind
 from trustd.api.wire import Count, Flag, Seconds, WireModel
@@ -22,6 +23,11 @@ class X509SvidRequest(WireModel):
     csr: str = Field(max_length=16384, description="PKCS#10 certificate signing request, PEM")
     ttl: Seconds | None = Field(default=None, description="Lifetime in seconds")
     dns_names: list[str] = Field(default_factory=list, max_length=32)
+    key_type: KeyType | None = Field(
+        default=None,
+        description="The key type the CSR must hold; an ML-DSA CSR is signed only when asked "
+        "for (and the trust domain keeps that ML-DSA CA chain)",
+    )
 
 
 class X509SvidResponse(WireModel):
@@ -75,6 +81,8 @@ class AuthorityPublic(WireModel):
     kid: str
     status: str
     key_type: str
+    # The CA chain it belongs to (`pki.keys.ca_chain`): `classical` or an ML-DSA key type.
+    chain: str = CLASSICAL_CHAIN
     upstream: bool
     not_before: datetime
     not_after: datetime
@@ -134,6 +142,10 @@ class EntryCreate(WireModel):
     federates_with: list[str] = Field(
         default_factory=list, max_length=32, description="Federated trust domains"
     )
+    key_type: KeyType | None = Field(
+        default=None,
+        description="Key type of the entry's X509-SVIDs; null: the trust domain's default",
+    )
 
 
 class EntryBatch(WireModel):
@@ -152,6 +164,9 @@ class EntryUpdate(WireModel):
     hint: str | None = Field(default=None, max_length=256)
     ip_addresses: list[str] | None = Field(default=None, max_length=64)
     federates_with: list[str] | None = Field(default=None, max_length=32)
+    key_type: KeyType | Literal["default"] | None = Field(
+        default=None, description="`default`: back to the trust domain's default key type"
+    )
 
 
 class EntryPublic(WireModel):
@@ -167,6 +182,9 @@ class EntryPublic(WireModel):
     hint: str
     ip_addresses: list[str] = Field(default_factory=list)
     federates_with: list[str] = Field(default_factory=list)
+    key_type: KeyType | None = Field(
+        default=None, description="null: the trust domain's default (`default_key_type`)"
+    )
     revision: int
     created_at: datetime
     updated_at: datetime
@@ -305,6 +323,9 @@ class SyncResponse(WireModel):
     # The bundles of the trust domains the node's entries federate with, by trust domain
     # name (sent with the entries; each change of one advances the revision).
     federated_bundles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # The trust domain's TRUSTD_KEY_TYPE, for entries whose key_type is null: when it is
+    # ML-DSA their workload keys must be too (sent with the entries).
+    default_key_type: KeyType | None = None
 
 
 class Ack(WireModel):
@@ -464,6 +485,9 @@ class RevocationFeedPublic(WireModel):
 
 class KeyPrepare(WireModel):
     kind: CaKeyKind
+    chain: str = Field(
+        default=CLASSICAL_CHAIN, max_length=16, description="`classical` or an ML-DSA key type"
+    )
 
 
 class KeyMigrate(WireModel):
@@ -473,6 +497,7 @@ class KeyMigrate(WireModel):
 class KeyActivate(WireModel):
     kind: CaKeyKind
     kid: str | None = Field(default=None, max_length=64)
+    chain: str = Field(default=CLASSICAL_CHAIN, max_length=16, description="Without `kid`")
 
 
 class KeyRevoke(WireModel):

@@ -45,7 +45,12 @@ async def issue_x509_svid(
     subject and names are ignored.
     """
     issued = await services.issuer.issue_x509_svid(
-        principal, body.spiffe_id, body.csr.encode(), _ttl(body.ttl), body.dns_names
+        principal,
+        body.spiffe_id,
+        body.csr.encode(),
+        _ttl(body.ttl),
+        body.dns_names,
+        key_type=body.key_type,
     )
     cert = issued.certificate
     # Built from trusted values, so neither validated again nor put through FastAPI's

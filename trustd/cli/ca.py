@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from pki.keys import CLASSICAL_CHAIN
 from pki.keys.backends import BackendName
 from pki.revocation import RevocationReason
 from pki.rotation import KeyKind
@@ -29,6 +30,7 @@ KEY_COLUMNS = columns(
     ("kid", "kid"),
     ("status", "status"),
     ("key type", "key_type"),
+    ("chain", "chain"),
     ("not before", "not_before"),
     ("not after", "not_after"),
 )
@@ -37,6 +39,14 @@ LOCATION_COLUMNS = (
     *KEY_COLUMNS,
     *columns(("backend", "key_backend"), ("key", "key_location")),
 )
+ChainOpt = Annotated[
+    str,
+    typer.Option(
+        "--chain",
+        help="The CA chain: classical, or an ML-DSA key type the trust domain keeps "
+        "(TRUSTD_ADDITIONAL_CA_KEY_TYPES)",
+    ),
+]
 KindOpt = Annotated[
     KeyKind,
     typer.Option("--kind", help="x509-intermediate, x509-root (cross-signed) or jwt"),
@@ -108,11 +118,12 @@ def migrate_keys(
 
 
 @app.command("prepare")
-def prepare(kind: KindOpt = KeyKind.X509_INTERMEDIATE) -> None:
+def prepare(kind: KindOpt = KeyKind.X509_INTERMEDIATE, chain: ChainOpt = CLASSICAL_CHAIN) -> None:
     """Create the next key of a kind and publish it in the trust bundle (it signs nothing
     until `trustd ca activate`)."""
-    progress(f"preparing the next {kind} key")
-    change = connection().json("POST", "/v1/admin/ca/prepare", json={"kind": kind})
+    progress(f"preparing the next {kind} key of the {chain} chain")
+    body = {"kind": kind, "chain": chain}
+    change = connection().json("POST", "/v1/admin/ca/prepare", json=body)
     _key_change("prepared and published", change)
 
 
@@ -120,10 +131,11 @@ def prepare(kind: KindOpt = KeyKind.X509_INTERMEDIATE) -> None:
 def activate(
     kind: KindOpt = KeyKind.X509_INTERMEDIATE,
     kid: Annotated[str | None, typer.Option(help="A prepared key; default: the oldest")] = None,
+    chain: ChainOpt = CLASSICAL_CHAIN,
 ) -> None:
     """Make the prepared key sign from now on; the active one becomes old (it stays in the
     bundle until what it signed has expired)."""
-    body: dict[str, Any] = {"kind": kind}
+    body: dict[str, Any] = {"kind": kind, "chain": chain}
     if kid is not None:
         body["kid"] = kid
     _key_change("activated", connection().json("POST", "/v1/admin/ca/activate", json=body))

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from pki.keys import KeyType
 from trustd.cli.context import connection
 from trustd.cli.output import (
     columns,
@@ -21,6 +22,15 @@ from trustd.cli.output import (
 )
 from trustd.cli.token import SelectorOpt
 
+KeyTypeOpt = Annotated[
+    KeyType | None,
+    typer.Option(
+        "--key-type",
+        help="Key type of the entry's X509-SVIDs (the agent makes the workload key of it); "
+        "default: the trust domain's TRUSTD_KEY_TYPE",
+    ),
+]
+
 app = command_group(help="Registration entries.", no_args_is_help=True)
 
 ENTRY_COLUMNS = columns(
@@ -29,6 +39,7 @@ ENTRY_COLUMNS = columns(
     ("parent id", "parent_id"),
     ("selectors", "selectors"),
     ("x509 ttl", "x509_ttl"),
+    ("key type", lambda e: e.get("key_type") or "default"),
     ("revision", "revision"),
 )
 ENTRY_FIELDS = (
@@ -44,6 +55,7 @@ ENTRY_FIELDS = (
     "hint",
     "ip_addresses",
     "federates_with",
+    "key_type",
     "revision",
     "created_at",
     "updated_at",
@@ -60,8 +72,10 @@ def _body(
     dns_name: list[str] | None,
     hint: str | None,
     federates_with: list[str] | None = None,
+    key_type: str | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
+        "key_type": key_type,
         "federates_with": federates_with,
         "spiffe_id": spiffe_id,
         "parent_id": parent_id,
@@ -93,11 +107,20 @@ def create(
             help="A federated trust domain whose bundle the workload gets (repeatable)",
         ),
     ] = None,
+    key_type: KeyTypeOpt = None,
 ) -> None:
     """Create a registration entry."""
     shared = connection()
     body = _body(
-        spiffe_id, parent_id, selector or [], x509_ttl, jwt_ttl, dns_name, hint, federates_with
+        spiffe_id,
+        parent_id,
+        selector or [],
+        x509_ttl,
+        jwt_ttl,
+        dns_name,
+        hint,
+        federates_with,
+        key_type.value if key_type else None,
     )
     record(shared.output, shared.json("POST", "/v1/entries", json=body), ENTRY_FIELDS)
 
@@ -163,10 +186,17 @@ def update(
         list[str] | None, typer.Option("--dns-name", metavar="NAME", help="Repeatable")
     ] = None,
     hint: Annotated[str | None, typer.Option()] = None,
+    key_type: Annotated[
+        str | None,
+        typer.Option(
+            "--key-type",
+            help=f"{', '.join(KeyType)}, or `default` for the trust domain's TRUSTD_KEY_TYPE",
+        ),
+    ] = None,
 ) -> None:
     """Change an entry (only the options given)."""
     shared = connection()
-    body = _body(spiffe_id, parent_id, selector, x509_ttl, jwt_ttl, dns_name, hint)
+    body = _body(spiffe_id, parent_id, selector, x509_ttl, jwt_ttl, dns_name, hint, None, key_type)
     record(shared.output, shared.json("PATCH", f"/v1/entries/{entry_id}", json=body), ENTRY_FIELDS)
 
 

@@ -57,6 +57,7 @@ def x509(
         "spiffe_id": spiffe_id,
         "csr": create_csr(key),
         "dns_names": dns_name or [],
+        "key_type": str(key_type),
     }
     if ttl is not None:
         body["ttl"] = ttl

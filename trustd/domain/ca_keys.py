@@ -31,3 +31,5 @@ class CaKeyInfo:
     key_backend: str = "file"
     key_label: str | None = None
     key_id: str | None = None
+    # The CA chain the key belongs to (`pki.keys.ca_chain`).
+    chain: str = "classical"

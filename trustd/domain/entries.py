@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from pki.keys import KeyType
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -27,6 +29,8 @@ class Entry:
     updated_at: datetime
     # The foreign trust domains whose bundles the entry's workloads receive.
     federates_with: tuple[str, ...] = ()
+    # The key type its X509-SVIDs are issued for; None: the trust domain's default.
+    key_type: KeyType | None = None
 
     @property
     def selectors_key(self) -> str:

@@ -410,6 +410,7 @@ class Agents:
                         csr=csr.encode(),
                         ttl=timedelta(seconds=entry.x509_ttl),
                         dns_names=tuple(entry.dns_names),
+                        key_type=self._entries.required_key_type(entry),
                     ),
                 )
             )

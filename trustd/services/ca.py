@@ -9,7 +9,7 @@ still have live certificates signs its own CRL and OCSP answers.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -32,11 +32,14 @@ from pki.ca import (
 from pki.clock import Clock
 from pki.errors import CaError
 from pki.keys import (
+    CLASSICAL_CHAIN,
     KeyType,
     PrivateKey,
     PublicKey,
     allowed_public_key,
+    ca_chain,
     describe_key,
+    key_chain,
     key_id,
     load_or_create_kek_file,
     public_key_from_pem,
@@ -47,7 +50,7 @@ from pki.rotation import IN_BUNDLE, SlotStatus
 from pki.rotation import KeyKind as CaKeyKind
 from trustd import metrics
 from trustd.domain.ca_keys import CaKeyInfo
-from trustd.errors import NotReady
+from trustd.errors import InvalidRequest, NotReady
 from trustd.services.audit import AuditLog
 from trustd.settings import Settings
 from trustd.store.ca_keys import (
@@ -72,10 +75,29 @@ class JwtSigner:
 
 
 @dataclass(frozen=True)
+class ChainState:
+    """One CA chain's signing side: its active intermediate and what follows a leaf."""
+
+    # The active intermediate: it signs new X509-SVIDs for keys of this chain.
+    authority: Authority
+    authority_kid: str
+    # Sent after the active intermediate while a root rotation overlaps: the new root
+    # certified by the old one, for verifiers that have not fetched the new bundle yet.
+    cross_certificates: tuple[x509.Certificate, ...] = ()
+
+    @property
+    def intermediates(self) -> tuple[x509.Certificate, ...]:
+        """What goes after a leaf the active intermediate signs (X509-SVID §5.3)."""
+        return (*self.authority.issuing_chain, *self.cross_certificates)
+
+
+@dataclass(frozen=True)
 class CaState:
     """What one process holds in memory: the signing keys and the bundle built from the rows."""
 
-    # The active intermediate: it signs new X509-SVIDs.
+    # The active intermediate of the chain trustd's own TLS uses (`Settings.tls_key_type`):
+    # it signs the serving certificate, node SVIDs, ACME certificates, and X509-SVIDs for
+    # classical keys.
     authority: Authority
     authority_kid: str
     jwt_signer: JwtSigner
@@ -85,16 +107,34 @@ class CaState:
     # Every CA that may still have unexpired certificates out there, by kid: each signs its
     # own CRL and OCSP answers (roots sign the CRL of the intermediates they issued).
     issuers: Mapping[str, Authority]
-    # Sent after the active intermediate while a root rotation overlaps: the new root
-    # certified by the old one, for verifiers that have not fetched the new bundle yet.
     cross_certificates: tuple[x509.Certificate, ...] = ()
     # The active WIT-SVID key; None unless `wit_svid` is on.
     wit_signer: JwtSigner | None = None
+    # Every configured chain's signing side, by chain name (`pki.keys.ca_chain`), the TLS
+    # chain included.
+    chains: Mapping[str, ChainState] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def intermediates(self) -> tuple[x509.Certificate, ...]:
-        """What goes after a leaf the active intermediate signs (X509-SVID §5.3)."""
+        """What goes after a leaf the TLS chain's intermediate signs (X509-SVID §5.3)."""
         return (*self.authority.issuing_chain, *self.cross_certificates)
+
+    def chain_for(self, key: PublicKey) -> ChainState:
+        """The chain that signs a certificate for *key*: an ML-DSA key's own level's,
+        any classical key the classical one's.
+
+        Raises:
+            InvalidRequest: this trust domain keeps no CA chain for the key's type.
+        """
+        name = key_chain(key)
+        chain = self.chains.get(name)
+        if chain is None:
+            raise InvalidRequest(
+                f"this trust domain has no {name} CA chain to sign a {describe_key(key)} key: "
+                f"add {name} to TRUSTD_ADDITIONAL_CA_KEY_TYPES and restart trustd",
+                key_type=describe_key(key),
+            )
+        return chain
 
 
 def key_encryption_key(settings: Settings, engine: Engine) -> bytes:
@@ -180,6 +220,7 @@ def _row(
     upstream: bool = False,
     issuer_kid: str | None = None,
     cross_certificate: x509.Certificate | None = None,
+    chain_name: str = CLASSICAL_CHAIN,
 ) -> CaKeyInfo:
     kid = fingerprint_sha256(certificate) if certificate is not None else key_id(public)
     return CaKeyInfo(
@@ -203,6 +244,7 @@ def _row(
             certificate_pem(cross_certificate) if cross_certificate is not None else None
         ),
         status_changed_at=now,
+        chain=chain_name,
     )
 
 
@@ -272,6 +314,19 @@ class CertificateAuthority:
         kinds = (CaKeyKind.X509_ROOT, CaKeyKind.X509_INTERMEDIATE, CaKeyKind.JWT)
         return (*kinds, CaKeyKind.WIT) if self._settings.wit_svid else kinds
 
+    @property
+    def kept(self) -> tuple[tuple[CaKeyKind, str], ...]:
+        """(kind, chain) of every key this deployment keeps, roots first: each chain's root
+        and intermediate (`ca_key_types`), then on the classical chain the JWT key and, with
+        `wit_svid` on, the WIT-SVID key (JWS has no ML-DSA algorithm)."""
+        x509_keys = tuple(
+            (kind, chain)
+            for chain in self._settings.ca_key_types
+            for kind in (CaKeyKind.X509_ROOT, CaKeyKind.X509_INTERMEDIATE)
+        )
+        tokens = tuple(k for k in self.kinds if k in (CaKeyKind.JWT, CaKeyKind.WIT))
+        return (*x509_keys, *((kind, CLASSICAL_CHAIN) for kind in tokens))
+
     def initialise(self, earlier_deployment: Collection[Path] = ()) -> bool:
         """Create the root, intermediate and JWT signing key (and the WIT-SVID key, with
         `wit_svid` on) unless active ones exist.
@@ -296,37 +351,49 @@ class CertificateAuthority:
                     "`trustd init --force-new-ca` to start a new CA that every agent must be "
                     "re-pinned to"
                 )
-            existing = {row.kind for row in list_ca_keys(session, {SlotStatus.ACTIVE})}
+            existing = {(row.kind, row.chain) for row in list_ca_keys(session, {SlotStatus.ACTIVE})}
             created: list[CaKey] = []
-            for kind in self.kinds:
-                if kind not in existing:
-                    created.append(self.create_key(session, kind, SlotStatus.ACTIVE))
+            for kind, chain in self.kept:
+                if (kind, chain) not in existing:
+                    created.append(self.create_key(session, kind, SlotStatus.ACTIVE, chain))
             for row in created:
                 self._audit.record(
                     session,
                     SYSTEM_ACTOR,
                     "ca:authority:created",
                     target=row.kid,
-                    details={"kind": row.kind, "not_after": row.not_after.isoformat()},
+                    details={
+                        "kind": row.kind,
+                        "chain": row.chain,
+                        "not_after": row.not_after.isoformat(),
+                    },
                 )
             if created:
                 self.bump_sequence(session)
             return bool(created)
 
-    def create_key(self, session: Session, kind: CaKeyKind, status: SlotStatus) -> CaKey:
-        """Create a key of *kind* with *status* and add its row to *session*.
+    def create_key(
+        self,
+        session: Session,
+        kind: CaKeyKind,
+        status: SlotStatus,
+        chain: str = CLASSICAL_CHAIN,
+    ) -> CaKey:
+        """Create a key of *kind* in the CA chain *chain* with *status* and add its row to
+        *session*. JWT keys belong to the classical chain.
 
-        A root is self-signed and, when an active root exists, cross-signed by it; an
-        intermediate is signed by the active root (or the upstream CA).
+        A root is self-signed and, when an active root of its chain exists, cross-signed by
+        it; an intermediate is signed by its chain's active root (or the upstream CA).
 
         Raises:
             CaError: a root rotation was asked of an upstream root, there is no active root
-                to sign an intermediate, or the upstream files are unusable.
+                to sign an intermediate, the chain is not configured, or the upstream files
+                are unusable.
         """
         if kind is CaKeyKind.X509_ROOT:
-            key = self._new_root(session, status)
+            key = self._new_root(session, status, chain)
         elif kind is CaKeyKind.X509_INTERMEDIATE:
-            key = self._new_intermediate(session, status)
+            key = self._new_intermediate(session, status, chain)
         else:
             key = self._new_token_key(kind, status)
         return create_ca_key(session, key)
@@ -343,11 +410,23 @@ class CertificateAuthority:
             _read(s.upstream_ca_bundle, "upstream CA bundle") if s.upstream_ca_bundle else None,
         )
 
-    def _new_root(self, session: Session, status: SlotStatus) -> CaKeyInfo:
+    def _chain_key_type(self, chain: str) -> KeyType:
+        key_type = self._settings.ca_key_types.get(chain)
+        if key_type is None:
+            raise CaError(
+                f"no {chain} CA chain is configured: set TRUSTD_KEY_TYPE or "
+                "TRUSTD_ADDITIONAL_CA_KEY_TYPES to make its keys",
+                chain=chain,
+            )
+        return key_type
+
+    def _new_root(self, session: Session, status: SlotStatus, chain: str) -> CaKeyInfo:
         s = self._settings
         now = self._clock.now()
-        current = fetch_active_ca_key(session, CaKeyKind.X509_ROOT)
-        upstream = self._upstream() if current is None else None
+        key_type = self._chain_key_type(chain)
+        current = fetch_active_ca_key(session, CaKeyKind.X509_ROOT, chain=chain)
+        # An upstream CA signs the classical chain only (settings refuse it otherwise).
+        upstream = self._upstream() if current is None and chain == CLASSICAL_CHAIN else None
         if upstream is not None:
             root = upstream.root
             return _row(
@@ -367,7 +446,7 @@ class CertificateAuthority:
                 "the root is an upstream CA: rotate it upstream, then restart trustd with "
                 "the new upstream files"
             )
-        key, stored = self._generate(s.key_type, CaKeyKind.X509_ROOT)
+        key, stored = self._generate(key_type, CaKeyKind.X509_ROOT)
         root = create_root(s.trust_domain_obj, key, self._clock, s.root_ttl)
         cross = None
         if current is not None and current.not_after > now:
@@ -376,7 +455,7 @@ class CertificateAuthority:
         return _row(
             CaKeyKind.X509_ROOT,
             allowed_public_key(root.public_key()),
-            s.key_type,
+            key_type,
             now,
             status,
             not_before=root.not_valid_before_utc,
@@ -384,31 +463,35 @@ class CertificateAuthority:
             stored=stored,
             certificate=root,
             cross_certificate=cross,
+            chain_name=chain,
         )
 
     def _root_authority(self, row: CaKeyInfo) -> Authority:
         root = _certificate(row.certificate_pem)
         return Authority(certificate=root, private_key=self._key(row), chain=(), root=root)
 
-    def _new_intermediate(self, session: Session, status: SlotStatus) -> CaKeyInfo:
+    def _new_intermediate(self, session: Session, status: SlotStatus, chain: str) -> CaKeyInfo:
         s = self._settings
-        root_row = fetch_active_ca_key(session, CaKeyKind.X509_ROOT)
+        key_type = self._chain_key_type(chain)
+        root_row = fetch_active_ca_key(session, CaKeyKind.X509_ROOT, chain=chain)
         if root_row is None:
-            raise CaError("there is no active root to sign an intermediate; activate one first")
+            raise CaError(
+                f"there is no active {chain} root to sign an intermediate; activate one first"
+            )
         if root_row.upstream:
             issuer = self._upstream()
             if issuer is None:
                 raise CaError("the root is an upstream CA but no upstream key is configured")
         else:
             issuer = self._root_authority(root_row)
-        key, stored = self._generate(s.key_type, CaKeyKind.X509_INTERMEDIATE)
+        key, stored = self._generate(key_type, CaKeyKind.X509_INTERMEDIATE)
         intermediate = create_intermediate(
             s.trust_domain_obj, key, issuer, self._clock, s.intermediate_ttl
         )
         return _row(
             CaKeyKind.X509_INTERMEDIATE,
             allowed_public_key(intermediate.public_key()),
-            s.key_type,
+            key_type,
             self._clock.now(),
             status,
             not_before=intermediate.not_valid_before_utc,
@@ -417,6 +500,7 @@ class CertificateAuthority:
             certificate=intermediate,
             chain=issuer.issuing_chain,
             issuer_kid=root_row.kid,
+            chain_name=chain,
         )
 
     def _new_token_key(self, kind: CaKeyKind, status: SlotStatus) -> CaKeyInfo:
@@ -518,8 +602,10 @@ class CertificateAuthority:
         with transaction(self._engine) as session:
             rows = list_ca_keys(session, IN_BUNDLE)
             sequence = fetch_bundle_sequence(session)
-        active = {CaKeyKind(row.kind): row for row in rows if row.status == SlotStatus.ACTIVE}
-        missing = set(self.kinds) - set(active)
+        active = {
+            (CaKeyKind(row.kind), row.chain): row for row in rows if row.status == SlotStatus.ACTIVE
+        }
+        missing = set(self.kept) - set(active)
         if missing or sequence is None:
             raise NotReady("the CA is not initialised; run `trustd init` or `trustd serve`")
         now = self._clock.now()
@@ -534,21 +620,24 @@ class CertificateAuthority:
         for row in rows:
             if row.kind != CaKeyKind.X509_INTERMEDIATE or row.status == SlotStatus.PREPARED:
                 continue
-            root_row = roots.get(row.issuer_kid or "") or active[CaKeyKind.X509_ROOT]
+            root_row = roots.get(row.issuer_kid or "") or active[(CaKeyKind.X509_ROOT, row.chain)]
             issuers[row.kid] = Authority(
                 certificate=_certificate(row.certificate_pem),
                 private_key=self._key(row),
                 chain=tuple(load_pem_certificates(row.chain_pem.encode())) if row.chain_pem else (),
                 root=_certificate(root_row.certificate_pem),
             )
-        int_row = active[CaKeyKind.X509_INTERMEDIATE]
-        jwt_row = active[CaKeyKind.JWT]
-        signing_root = roots.get(int_row.issuer_kid or "")
-        cross: tuple[x509.Certificate, ...] = ()
-        if signing_root is not None and signing_root.cross_certificate_pem:
-            certificate = _certificate(signing_root.cross_certificate_pem)
-            if certificate.not_valid_after_utc > now:
-                cross = (certificate,)
+        chains: dict[str, ChainState] = {}
+        for chain in self._settings.ca_key_types:
+            int_row = active[(CaKeyKind.X509_INTERMEDIATE, chain)]
+            signing_root = roots.get(int_row.issuer_kid or "")
+            cross: tuple[x509.Certificate, ...] = ()
+            if signing_root is not None and signing_root.cross_certificate_pem:
+                certificate = _certificate(signing_root.cross_certificate_pem)
+                if certificate.not_valid_after_utc > now:
+                    cross = (certificate,)
+            chains[chain] = ChainState(issuers[int_row.kid], int_row.kid, cross)
+        jwt_row = active[(CaKeyKind.JWT, CLASSICAL_CHAIN)]
         bundle = TrustBundle(
             trust_domain=self._settings.trust_domain_obj,
             x509_authorities=tuple(_certificate(r.certificate_pem) for r in roots.values()),
@@ -567,17 +656,20 @@ class CertificateAuthority:
         )
         for row in rows:
             metrics.CA_EXPIRY.labels(row.kind, row.kid).set(row.not_after.timestamp())
+        tls = chains[ca_chain(self._settings.tls_key_type)]
         self._state = CaState(
-            authority=issuers[int_row.kid],
-            authority_kid=int_row.kid,
+            authority=tls.authority,
+            authority_kid=tls.authority_kid,
             jwt_signer=JwtSigner(jwt_row.kid, self._key(jwt_row)),
             bundle=bundle,
             keys=tuple(rows),
             issuers=MappingProxyType(issuers),
-            cross_certificates=cross,
+            cross_certificates=tls.cross_certificates,
+            chains=MappingProxyType(chains),
             wit_signer=(
                 JwtSigner(wit_row.kid, self._key(wit_row))
-                if (wit_row := active.get(CaKeyKind.WIT)) is not None and self._settings.wit_svid
+                if (wit_row := active.get((CaKeyKind.WIT, CLASSICAL_CHAIN))) is not None
+                and self._settings.wit_svid
                 else None
             ),
         )

@@ -8,13 +8,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from pki.clock import Clock
+from pki.keys import KeyType, ca_chain
 from pki.selectors import parse_selectors
 from pki.spiffe_id import SpiffeId, TrustDomain
 from pki.x509_svid import dns_name_problem
@@ -113,6 +114,12 @@ class EntrySpec:
     hint: str = ""
     ip_addresses: Sequence[str] = ()
     federates_with: Sequence[str] = ()
+    # The key type the entry's X509-SVIDs are issued for; None: the trust domain's default.
+    key_type: KeyType | None = None
+
+
+# What an `EntryPatch` sets `key_type` to for "back to the trust domain's default".
+DEFAULT_KEY_TYPE: Final = "default"
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,7 @@ class EntryPatch:
     hint: str | None = None
     ip_addresses: Sequence[str] | None = None
     federates_with: Sequence[str] | None = None
+    key_type: KeyType | Literal["default"] | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +179,31 @@ class Entries:
         self._policy = policy or EmbeddedEngine({path.name: path.read_text()})
 
     # -- validation ----------------------------------------------------------------------
+
+    def required_key_type(self, entry: Entry) -> KeyType | None:
+        """The key type a CSR for *entry* must hold: the entry's own, or the trust
+        domain's default when that is ML-DSA (an ML-DSA trust domain issues ML-DSA SVIDs);
+        None: any allowed classical key, as agents configure theirs."""
+        if entry.key_type is not None:
+            return entry.key_type
+        default = self._settings.key_type
+        return default if default.post_quantum else None
+
+    def _key_type(self, value: KeyType | None) -> KeyType | None:
+        if value is None:
+            return None
+        try:
+            key_type = KeyType(value)
+        except ValueError:
+            raise InvalidRequest(f"key_type {value!r} is not one of {', '.join(KeyType)}") from None
+        chains = self._settings.ca_key_types
+        if ca_chain(key_type) not in chains:
+            raise InvalidRequest(
+                f"key_type {key_type}: this trust domain has no {ca_chain(key_type)} CA chain "
+                f"to sign such SVIDs (it keeps {', '.join(str(k) for k in chains.values())}); "
+                f"add {key_type} to TRUSTD_ADDITIONAL_CA_KEY_TYPES and restart trustd first"
+            )
+        return key_type
 
     def _ttl(self, name: str, kind: CredentialKind, seconds: int | None) -> int:
         requested = timedelta(seconds=seconds) if seconds else None
@@ -221,6 +254,7 @@ class Entries:
             "hint": spec.hint,
             "ip_addresses": tuple(ip_addresses),
             "federates_with": tuple(federates_with),
+            "key_type": self._key_type(spec.key_type),
         }
 
     # -- writes --------------------------------------------------------------------------
@@ -271,7 +305,11 @@ class Entries:
                         actor.name,
                         "entry:registration:created",
                         target=row.id,
-                        details={"spiffe_id": row.spiffe_id, "parent_id": row.parent_id},
+                        details={
+                            "spiffe_id": row.spiffe_id,
+                            "parent_id": row.parent_id,
+                            "key_type": row.key_type,
+                        },
                     )
         except IntegrityError:
             raise Conflict(
@@ -310,6 +348,13 @@ class Entries:
                         if patch.federates_with is not None
                         else row.federates_with
                     ),
+                    key_type=(
+                        row.key_type
+                        if patch.key_type is None
+                        else None
+                        if patch.key_type == DEFAULT_KEY_TYPE
+                        else KeyType(patch.key_type)
+                    ),
                 )
                 updated = replace(
                     row,
@@ -324,7 +369,11 @@ class Entries:
                     actor.name,
                     "entry:registration:updated",
                     target=updated.id,
-                    details={"spiffe_id": updated.spiffe_id, "parent_id": updated.parent_id},
+                    details={
+                        "spiffe_id": updated.spiffe_id,
+                        "parent_id": updated.parent_id,
+                        "key_type": updated.key_type,
+                    },
                 )
         except IntegrityError:
             raise Conflict("the change would duplicate another entry") from None

@@ -32,9 +32,16 @@ from sqlmodel import Session
 from pki.ca import certificate_pem, serial_hex
 from pki.clock import Clock
 from pki.csr import csr_public_key, parse_csr
-from pki.errors import TrustdError
+from pki.errors import TrustdError, WeakKey
 from pki.jwt_svid import JwtSvid, mint_jwt_svid
-from pki.keys import PrivateKey, PublicKey, generate_private_key
+from pki.keys import (
+    KeyType,
+    PrivateKey,
+    PublicKey,
+    describe_key,
+    generate_private_key,
+    key_type_of,
+)
 from pki.spiffe_id import SpiffeId
 from pki.wit_svid import WitSvid, mint_wit_svid
 from pki.x509_svid import X509SvidParams, issue_x509_svid
@@ -146,6 +153,9 @@ class IssuanceRequest:
     ttl: timedelta | None = None
     dns_names: tuple[str, ...] = ()
     ip_addresses: tuple[str, ...] = ()
+    # The key type the entry asks for (`Entry.key_type`): the CSR's key must be of it, and
+    # only then may it be ML-DSA. None: any allowed classical key.
+    key_type: KeyType | None = None
 
     def __post_init__(self) -> None:
         if (self.csr is None) == (self.public_key is None):
@@ -268,11 +278,19 @@ class Issuer:
             # Node SVIDs and the serving certificate are the only credentials for these.
             require_unreserved(spiffe_id)
         ttl = lifetime(self._settings, request.kind, request.ttl)
+        wanted = request.key_type
         if request.csr is not None:
-            public_key = csr_public_key(parse_csr(request.csr))
+            allow_ml_dsa = wanted is not None and wanted.post_quantum
+            public_key = csr_public_key(parse_csr(request.csr, allow_ml_dsa=allow_ml_dsa))
         else:
             assert request.public_key is not None
             public_key = request.public_key
+        if wanted is not None and key_type_of(public_key) is not wanted:
+            raise WeakKey(
+                f"the entry asks for a {wanted} key, the CSR holds {describe_key(public_key)}: "
+                f"make the workload key with --key-type {wanted}",
+                key_type=describe_key(public_key),
+            )
         return X509SvidParams(
             spiffe_id=spiffe_id,
             public_key=public_key,
@@ -292,15 +310,17 @@ class Issuer:
         """Sign an X509-SVID with the active authority. Nothing is recorded yet: the caller
         must `record` it in the transaction that commits before the SVID is handed out.
         """
-        state = self._ca.state
+        # The chain of the leaf key's kind: an ML-DSA key under its own level's ML-DSA
+        # chain, any classical key under the classical one (`pki.keys.ca_chain`).
+        chain = self._ca.state.chain_for(params.public_key)
         if self._settings.svid_crl_distribution_point:
             # RFC 5280 §4.2.1.13: point relying parties at the CRL of the issuing key.
-            params = replace(params, crl_url=crl_url(self._settings, state.authority_kid))
-        certificate = issue_x509_svid(state.authority, params, self._clock)
+            params = replace(params, crl_url=crl_url(self._settings, chain.authority_kid))
+        certificate = issue_x509_svid(chain.authority, params, self._clock)
         return IssuedX509(
             certificate=certificate,
-            intermediates=state.intermediates,
-            issuer_kid=state.authority_kid,
+            intermediates=chain.intermediates,
+            issuer_kid=chain.authority_kid,
             spiffe_id=params.spiffe_id,
         )
 
@@ -385,10 +405,13 @@ class Issuer:
         csr: bytes,
         ttl: timedelta | None = None,
         dns_names: Sequence[str] = (),
+        *,
+        key_type: KeyType | None = None,
     ) -> IssuedX509:
         """Sign the CSR's key as `spiffe_id` for an administrator (`issue` with an
         `x509-svid` request): identity, lifetime and DNS names come from the authorised
-        request, never from the CSR (X509-SVID §4).
+        request, never from the CSR (X509-SVID §4); with `key_type`, the CSR must hold
+        such a key (the only way an ML-DSA one is signed).
 
         Raises:
             As `issue`.
@@ -401,6 +424,7 @@ class Issuer:
                 csr=csr,
                 ttl=ttl,
                 dns_names=tuple(dns_names),
+                key_type=key_type,
             )
         )
 
@@ -415,7 +439,8 @@ class Issuer:
         Raises:
             InvalidSvidParams: a name or address is unusable. StoreUnavailable: not recorded.
         """
-        key = generate_private_key(self._settings.key_type)
+        # On the chain agents' Python ssl verifies (`Settings.tls_key_type`).
+        key = generate_private_key(self._settings.tls_key_type)
         request = IssuanceRequest(
             kind=CertificateKind.SERVING,
             spiffe_id=SpiffeId.from_parts(self._settings.trust_domain_obj, SERVER_PATH),

@@ -19,6 +19,7 @@ from sqlmodel import Session
 
 from pki.ca import load_pem_certificates, serial_hex
 from pki.clock import Clock
+from pki.keys import CLASSICAL_CHAIN
 from pki.revocation import RevocationReason
 from pki.rotation import (
     IN_BUNDLE,
@@ -36,7 +37,7 @@ from trustd.domain.ca_keys import CaKeyInfo
 from trustd.domain.certificates import CertificateRecord, CertificateStatus
 from trustd.domain.revocations import RevocationTarget
 from trustd.domain.rotation import KeyChange
-from trustd.errors import Conflict, NotFound
+from trustd.errors import Conflict, InvalidRequest, NotFound
 from trustd.leader import FenceCheck, Leader, LostLeadership
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
@@ -107,7 +108,8 @@ class RotationManager:
         )
         return now >= changed + longest + self._settings.bundle_reload_interval
 
-    def _slots(self, session: Session) -> tuple[list[Slot], list[CaKey]]:
+    def _slots(self, session: Session, chain: str) -> tuple[list[Slot], list[CaKey]]:
+        """The slots of *chain*'s keys (each chain rotates on its own), and every row."""
         rows = self._ca.rows(session, IN_BUNDLE)
         slots = [
             Slot(
@@ -121,6 +123,7 @@ class RotationManager:
                 and self._retirable(session, row, rows),
             )
             for row in rows
+            if row.chain == chain
         ]
         return slots, rows
 
@@ -143,28 +146,70 @@ class RotationManager:
                 for r in self._ca.rows(session, {SlotStatus.ACTIVE})
                 if r.kind == CaKeyKind.X509_ROOT
             )
-            # Roots first (`kinds`): an intermediate prepared in the same tick is signed by
+            # Roots first (`kept`): an intermediate prepared in the same tick is signed by
             # the root active then.
-            for kind in self._ca.kinds:
-                if kind is CaKeyKind.X509_ROOT and upstream_root:
+            for kind, chain in self._ca.kept:
+                if kind is CaKeyKind.X509_ROOT and upstream_root and chain == CLASSICAL_CHAIN:
                     continue  # an upstream root is rotated upstream, not here
-                slots, _ = self._slots(session)
+                slots, _ = self._slots(session, chain)
                 for action in plan(
                     self._clock.now(), slots, kind, self._settings.bundle_refresh_hint
                 ):
-                    self._apply(session, action, SYSTEM_ACTOR)
+                    self._apply(session, action, SYSTEM_ACTOR, chain)
                     applied.append(action)
-            sequence = self._ca.bump_sequence(session) if applied else 0
+            wound_down = self._retire_unconfigured(session)
+            sequence = self._ca.bump_sequence(session) if applied or wound_down else 0
         if epoch is not None:
             self.ticks_led += 1
-        if applied:
-            log.info("ca_rotated", actions=[repr(a) for a in applied], sequence=sequence)
+        if applied or wound_down:
+            log.info(
+                "ca_rotated",
+                actions=[repr(a) for a in applied],
+                wound_down=wound_down,
+                sequence=sequence,
+            )
             self._changed(sequence)
         return applied
 
-    def _apply(self, session: Session, action: Action, actor: str) -> None:
+    def _retire_unconfigured(self, session: Session) -> list[str]:
+        """Wind down the chains no longer configured (a key type dropped from
+        TRUSTD_ADDITIONAL_CA_KEY_TYPES): their active keys become old, so they stop being
+        loaded as signers and leave the bundle, like any old key, once what they signed
+        has expired. Returns the kids it changed."""
+        done: list[str] = []
+        configured = set(self._settings.ca_key_types)
+        for row in self._ca.rows(session, IN_BUNDLE):
+            if row.chain in configured:
+                continue
+            if row.status == SlotStatus.PREPARED:
+                # A prepared key signed nothing, but only an active key may become old
+                # (`pki.rotation`): it goes through active, in this one transaction.
+                self._set_status(session, row, SlotStatus.ACTIVE, SYSTEM_ACTOR, chain=row.chain)
+            if row.status in (SlotStatus.PREPARED, SlotStatus.ACTIVE):
+                self._set_status(session, row, SlotStatus.OLD, SYSTEM_ACTOR, chain=row.chain)
+                done.append(row.kid)
+            elif row.status in (SlotStatus.OLD, SlotStatus.TAINTED) and self._retirable(
+                session, row, self._ca.rows(session, IN_BUNDLE)
+            ):
+                self._set_status(session, row, SlotStatus.RETIRED, SYSTEM_ACTOR, chain=row.chain)
+                done.append(row.kid)
+        return done
+
+    def _check_chain(self, chain: str, kind: CaKeyKind) -> None:
+        chains = self._settings.ca_key_types
+        if chain not in chains:
+            raise InvalidRequest(
+                f"this trust domain keeps no {chain!r} CA chain (it keeps "
+                f"{', '.join(chains)}): see TRUSTD_ADDITIONAL_CA_KEY_TYPES"
+            )
+        if kind in (CaKeyKind.JWT, CaKeyKind.WIT) and chain != CLASSICAL_CHAIN:
+            raise InvalidRequest(f"{kind} keys belong to the classical chain")
+
+    def _apply(
+        self, session: Session, action: Action, actor: str, chain: str = CLASSICAL_CHAIN
+    ) -> None:
         if isinstance(action, Prepare):
-            self._prepare(session, CaKeyKind(action.kind), actor)
+            self._prepare(session, CaKeyKind(action.kind), actor, chain)
         elif isinstance(action, Activate):
             self._activate(session, self._row(session, action.kid), actor)
         else:
@@ -202,20 +247,22 @@ class RotationManager:
         )
         return KeyChange(row.kid, row.kind, status, 0)
 
-    def _prepare(self, session: Session, kind: CaKeyKind, actor: str) -> KeyChange:
-        row = self._ca.create_key(session, kind, SlotStatus.PREPARED)
+    def _prepare(
+        self, session: Session, kind: CaKeyKind, actor: str, chain: str = CLASSICAL_CHAIN
+    ) -> KeyChange:
+        row = self._ca.create_key(session, kind, SlotStatus.PREPARED, chain)
         self._audit.record(
             session,
             actor,
             "ca:authority:prepared",
             target=row.kid,
-            details={"kind": row.kind, "not_after": row.not_after.isoformat()},
+            details={"kind": row.kind, "chain": chain, "not_after": row.not_after.isoformat()},
         )
         return KeyChange(row.kid, row.kind, row.status, 0)
 
     def _activate(self, session: Session, row: CaKeyInfo | CaKey, actor: str) -> KeyChange:
         check_transition(row.kid, SlotStatus(row.status), SlotStatus.ACTIVE)
-        current = fetch_active_ca_key(session, row.kind, for_update=True)
+        current = fetch_active_ca_key(session, row.kind, chain=row.chain, for_update=True)
         if current is not None:
             self._set_status(session, current, SlotStatus.OLD, actor, replaced_by=row.kid)
         return self._set_status(session, row, SlotStatus.ACTIVE, actor)
@@ -233,22 +280,30 @@ class RotationManager:
 
     # ------------------------------------------------------------------ manual
 
-    def prepare(self, principal: Principal, kind: CaKeyKind) -> KeyChange:
-        """Prepare the next key of *kind* now and publish it in the bundle.
+    def prepare(
+        self, principal: Principal, kind: CaKeyKind, chain: str = CLASSICAL_CHAIN
+    ) -> KeyChange:
+        """Prepare the next key of *kind* in *chain* now and publish it in the bundle.
 
         Raises:
+            InvalidRequest: *chain* is not one this trust domain keeps.
             Conflict: a prepared key of that kind exists already, or WIT-SVIDs are off.
             CaError: the key cannot be created (e.g. an upstream root).
         """
         self._require_kind(kind)
+        self._check_chain(chain, kind)
         with transaction(self._engine) as session:
-            waiting = [r for r in self._ca.rows(session, {SlotStatus.PREPARED}) if r.kind == kind]
+            waiting = [
+                r
+                for r in self._ca.rows(session, {SlotStatus.PREPARED})
+                if r.kind == kind and r.chain == chain
+            ]
             if waiting:
                 raise Conflict(
                     f"{kind} key {waiting[0].kid} is prepared already: activate it with "
                     f"`trustd ca activate --kind {kind}`"
                 )
-            change = self._prepare(session, kind, principal.name)
+            change = self._prepare(session, kind, principal.name, chain)
             sequence = self._ca.bump_sequence(session)
         self._changed(sequence)
         return replace(change, sequence=sequence)
@@ -274,7 +329,12 @@ class RotationManager:
             )
         changes: list[KeyChange] = []
         with transaction(self._engine) as session:
-            rows = self._ca.rows(session, {SlotStatus.ACTIVE, SlotStatus.PREPARED})
+            # Only the classical chain: a token makes EC keys (settings refuse ML-DSA there).
+            rows = [
+                r
+                for r in self._ca.rows(session, {SlotStatus.ACTIVE, SlotStatus.PREPARED})
+                if r.chain == CLASSICAL_CHAIN
+            ]
             for kind in self._ca.kinds:
                 active = [r for r in rows if r.kind == kind and r.status == SlotStatus.ACTIVE]
                 waiting = [r for r in rows if r.kind == kind and r.status == SlotStatus.PREPARED]
@@ -302,8 +362,15 @@ class RotationManager:
         self._changed(sequence)
         return [replace(c, sequence=sequence) for c in changes]
 
-    def activate(self, principal: Principal, kind: CaKeyKind, kid: str | None = None) -> KeyChange:
-        """Activate the prepared key of *kind* (or the key *kid*); the active one gets old.
+    def activate(
+        self,
+        principal: Principal,
+        kind: CaKeyKind,
+        kid: str | None = None,
+        chain: str = CLASSICAL_CHAIN,
+    ) -> KeyChange:
+        """Activate the prepared key of *kind* in *chain* (or the key *kid*, whatever its
+        chain); the active one of its chain gets old.
 
         Raises:
             NotFound: *kid* names no key of that kind.
@@ -318,8 +385,11 @@ class RotationManager:
                 if row.kind != kind:
                     raise NotFound(f"no {kind} key {kid!r}")
             else:
+                self._check_chain(chain, kind)
                 waiting = [
-                    r for r in self._ca.rows(session, {SlotStatus.PREPARED}) if r.kind == kind
+                    r
+                    for r in self._ca.rows(session, {SlotStatus.PREPARED})
+                    if r.kind == kind and r.chain == chain
                 ]
                 if not waiting:
                     check_transition(f"(next {kind})", SlotStatus.RETIRED, SlotStatus.ACTIVE)

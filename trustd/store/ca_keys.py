@@ -10,6 +10,7 @@ from sqlalchemy import Column, LargeBinary, Text, func, inspect, update
 from sqlmodel import Field, Session, SQLModel, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
+from pki.keys import CLASSICAL_CHAIN
 from pki.rotation import SlotStatus
 from trustd.domain.ca_keys import CaKeyInfo
 from trustd.store.types import UTCDateTime, row_values, to_domain
@@ -23,6 +24,12 @@ class CaKey(SQLModel, table=True):
     kind: str = Field(max_length=32, index=True)
     status: str = Field(max_length=16, index=True)
     key_type: str = Field(max_length=16)
+    # Which CA chain the key belongs to (`pki.keys.ca_chain`): `classical`, or an ML-DSA
+    # level's chain kept next to it; each rotates on its own, all share the bundle.
+    chain: str = Field(
+        default="classical",
+        sa_column=Column(Text, nullable=False, server_default="classical", index=True),
+    )
     # PKCS#8, encrypted with the key-encryption key; NULL when the key lives outside
     # trustd (an upstream authority whose key stays in the operator's files).
     encrypted_key: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
@@ -100,11 +107,13 @@ def fetch_ca_key(session: Session, kid: str, *, for_update: bool = False) -> CaK
 
 
 def fetch_active_ca_key(
-    session: Session, kind: str, *, for_update: bool = False
+    session: Session, kind: str, *, chain: str = CLASSICAL_CHAIN, for_update: bool = False
 ) -> CaKeyInfo | None:
-    """The active CA key of `kind`, if there is one; with `for_update`, locked until the
-    transaction ends."""
-    query = select(CaKey).where(CaKey.kind == kind, CaKey.status == SlotStatus.ACTIVE)
+    """The active CA key of `kind` in `chain`, if there is one; with `for_update`, locked
+    until the transaction ends."""
+    query = select(CaKey).where(
+        CaKey.kind == kind, CaKey.status == SlotStatus.ACTIVE, col(CaKey.chain) == chain
+    )
     row = session.exec(query.with_for_update() if for_update else query).first()
     return ca_key_info(row) if row is not None else None
 

@@ -10,6 +10,7 @@ from sqlalchemy import JSON, Column, Text, UniqueConstraint, or_
 from sqlmodel import Field, Session, SQLModel, col, func, select
 from sqlmodel.sql.expression import SelectOfScalar
 
+from pki.keys import KeyType
 from trustd.domain.entries import Entry
 from trustd.errors import NotFound
 from trustd.store.types import UTCDateTime, overwrite_row, row_values, to_domain
@@ -44,6 +45,9 @@ class RegistrationEntry(SQLModel, table=True):
     federates_with: list[str] = Field(
         default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]")
     )
+    # The key type the entry's X509-SVIDs are issued for (`pki.keys.KeyType`); NULL: the
+    # trust domain's TRUSTD_KEY_TYPE.
+    key_type: str | None = Field(default=None, max_length=16)
     revision: int = Field(index=True)
     created_by: str = Field(max_length=256)
     created_at: datetime = Field(sa_type=UTCDateTime)
@@ -51,7 +55,7 @@ class RegistrationEntry(SQLModel, table=True):
 
 
 def _entry(row: RegistrationEntry) -> Entry:
-    return to_domain(Entry, row)
+    return to_domain(Entry, row, key_type=KeyType(row.key_type) if row.key_type else None)
 
 
 def _values(entry: Entry) -> dict[str, Any]:

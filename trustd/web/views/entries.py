@@ -10,13 +10,14 @@ from fastapi import Depends, Form, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from pki.errors import TrustdError
+from pki.keys import KeyType
 from trustd.api.deps import ServicesDep
 from trustd.api.problems import status_for
 from trustd.domain.audit import AuditOutcome
 from trustd.domain.entries import Entry
 from trustd.errors import InvalidRequest
 from trustd.services.container import Services
-from trustd.services.entries import EntryFilter, EntryPatch, EntrySpec
+from trustd.services.entries import DEFAULT_KEY_TYPE, EntryFilter, EntryPatch, EntrySpec
 from trustd.web.confirm import confirm
 from trustd.web.forms import lines
 from trustd.web.rendering import PAGE, render
@@ -71,6 +72,11 @@ class EntryForm:
     ip_addresses: str = ""
     admin: bool = False
     downstream: bool = False
+    # Empty: the trust domain's default (TRUSTD_KEY_TYPE).
+    key_type: str = ""
+
+    # The choices of the key type field.
+    key_types = tuple(KeyType)
 
     @classmethod
     def of(cls, row: Entry) -> EntryForm:
@@ -86,6 +92,7 @@ class EntryForm:
             "\n".join(row.ip_addresses),
             row.admin,
             row.downstream,
+            str(row.key_type or ""),
         )
 
     @staticmethod
@@ -105,8 +112,11 @@ class EntryForm:
         """The entry's fields as the entries service takes them (create or patch).
 
         Raises:
-            InvalidRequest: a TTL is not a number of seconds.
+            InvalidRequest: a TTL is not a number of seconds, or the key type is unknown.
         """
+        key_type = self.key_type.strip()
+        if key_type and key_type not in tuple(KeyType):
+            raise InvalidRequest(f"key type {key_type!r} is not one of {', '.join(KeyType)}")
         return {
             "spiffe_id": self.spiffe_id.strip(),
             "parent_id": self.parent_id.strip(),
@@ -118,6 +128,7 @@ class EntryForm:
             "ip_addresses": lines(self.ip_addresses),
             "admin": self.admin,
             "downstream": self.downstream,
+            "key_type": KeyType(key_type) if key_type else None,
         }
 
 
@@ -133,6 +144,7 @@ def _entry_form(
     # HTML checkboxes: sent ("on") when ticked, absent when not.
     admin: Annotated[str, Form(max_length=8)] = "",
     downstream: Annotated[str, Form(max_length=8)] = "",
+    key_type: Annotated[str, Form(max_length=16)] = "",
 ) -> EntryForm:
     return EntryForm(
         spiffe_id,
@@ -145,6 +157,7 @@ def _entry_form(
         ip_addresses,
         bool(admin),
         bool(downstream),
+        key_type,
     )
 
 
@@ -256,7 +269,9 @@ def entry_update(
 ) -> Response:
     """Change an entry; a bad field redisplays the form, the entry stays as it was."""
     try:
-        patch = EntryPatch(**form.fields())
+        fields = form.fields()
+        # The empty choice puts the entry back on the trust domain's default.
+        patch = EntryPatch(**{**fields, "key_type": fields["key_type"] or DEFAULT_KEY_TYPE})
         services.entries.update(viewer.who.principal, entry_id, patch)
     except TrustdError as exc:
         # The page stays the entry's own (its heading, its receivers), with the change
