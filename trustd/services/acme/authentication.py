@@ -14,7 +14,7 @@ from trustd.domain.acme import Account, AccountObjects, ResourceRef
 from trustd.services.acme.context import AcmeContext
 from trustd.services.acme.nonces import NonceStore
 from trustd.store import acme as store
-from trustd.store.db import transaction
+from trustd.store.db import single_read
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,8 @@ class Authenticator:
             assert jws.kid is not None
             account_id = self._context.urls.account_id(jws.kid)
             if account_id is not None:
-                with transaction(self._context.engine) as session:
+                # One statement: no transaction needed around it (`single_read`).
+                with single_read(self._context.engine) as session:
                     objects = store.fetch_account_objects(session, account_id, target)
             if objects is None:
                 raise AccountDoesNotExist("the 'kid' names no account on this server")
