@@ -10,13 +10,13 @@ functions that take the caller's `Session` (the service keeps the transaction) a
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     Alias,
+    BindParameter,
     Column,
     Index,
     Label,
@@ -24,6 +24,7 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
+    bindparam,
     delete,
     insert,
     select,
@@ -349,32 +350,48 @@ def update_account(session: Session, account: Account) -> None:
 # --------------------------------------------------------------------------- one request
 
 
-def _account_objects(
-    session: Session, query: Select[Any], *, order: bool, authz: bool, challenge: bool
-) -> AccountObjects | None:
-    """Run a select of `_labelled` account [+ order] [+ authorization] [+ challenge]
-    columns (one row per joined child) and gather the values."""
-    rows = session.execute(query).mappings().all()
-    if not rows:
-        return None
-    first = rows[0]
-    account = _account(_Columns(first, "acme_accounts_"))
-    found_order: Order | None = None
-    if order and (o := _Columns(first, "acme_orders_")).present():
-        found_order = _order(o)
-    authorizations: dict[str, Authorization] = {}
-    challenges: dict[str, Challenge] = {}
-    for row in rows:
-        if authz and (a := _Columns(row, "acme_authorizations_")).present():
-            authorizations.setdefault(a["id"], _authorization(a))
-        if challenge and (c := _Columns(row, "acme_challenges_")).present():
-            challenges.setdefault(c["id"], _challenge(c))
-    return AccountObjects(
-        account=account,
-        order=found_order,
-        authorizations=tuple(authorizations.values()),
-        challenges=tuple(challenges.values()),
-    )
+def _build_account_reads() -> dict[ResourceKind | None, Select[Any]]:
+    """The joined select of each kind of request target, built once: the request path runs
+    them with bind parameters (`account_id`, `target_id`) and SQLAlchemy compiles each once.
+    Another account's resource does not join (not-found leaks nothing)."""
+    a, o, z, c, t = _ACCOUNTS, _ORDERS, _AUTHZS, _CHALLENGES, _CERTIFICATES
+    account_id: BindParameter[str] = bindparam("account_id")
+    target_id: BindParameter[str] = bindparam("target_id")
+    own = a.c.id == account_id
+    return {
+        None: select(*_labelled(a)).where(own),
+        ResourceKind.ORDER: select(*_labelled(a, o, z))
+        .select_from(a)
+        .outerjoin(o, and_(o.c.id == target_id, o.c.account_id == a.c.id))
+        .outerjoin(z, z.c.order_id == o.c.id)
+        .where(own)
+        .order_by(z.c.identifier_value),
+        ResourceKind.AUTHORIZATION: select(*_labelled(a, z, o, c))
+        .select_from(a)
+        .outerjoin(z, and_(z.c.id == target_id, z.c.account_id == a.c.id))
+        .outerjoin(o, o.c.id == z.c.order_id)
+        .outerjoin(c, c.c.authorization_id == z.c.id)
+        .where(own)
+        .order_by(c.c.type),
+        # The challenge joins by id; its authorization only if it is the account's, and
+        # `fetch_account_objects` drops a challenge whose authorization did not join.
+        ResourceKind.CHALLENGE: select(*_labelled(a, c, z, o))
+        .select_from(a)
+        .outerjoin(c, c.c.id == target_id)
+        .outerjoin(z, and_(z.c.id == c.c.authorization_id, z.c.account_id == a.c.id))
+        .outerjoin(o, o.c.id == z.c.order_id)
+        .where(own),
+        ResourceKind.CERTIFICATE: select(*_labelled(a, o, t))
+        .select_from(a)
+        .outerjoin(o, and_(o.c.certificate_serial == target_id, o.c.account_id == a.c.id))
+        .outerjoin(
+            t, and_(t.c.serial == o.c.certificate_serial, t.c.kind == str(ACME_CERTIFICATE_KIND))
+        )
+        .where(own),
+    }
+
+
+_ACCOUNT_READS = _build_account_reads()
 
 
 def fetch_account_objects(
@@ -384,97 +401,65 @@ def fetch_account_objects(
     (RFC 8555 §7.1: the URL of an order, authorization, challenge or certificate) with what
     the request needs beside it: an order with its authorizations (by identifier value), an
     authorization with its order and challenges (by type), a challenge with its
-    authorization and order, a certificate's order. Another account's resource is not
-    found (not-found leaks nothing): only the account's own rows join. None if no account.
+    authorization and order, a certificate with its order. Another account's resource is
+    not found (not-found leaks nothing): only the account's own rows join. None if there is
+    no such account.
     """
-    a, o, z, c = _ACCOUNTS, _ORDERS, _AUTHZS, _CHALLENGES
-    if target is None:
-        query = select(*_labelled(a)).where(a.c.id == account_id)
-        return _account_objects(session, query, order=False, authz=False, challenge=False)
-    if target.kind is ResourceKind.ORDER:
-        query = (
-            select(*_labelled(a, o, z))
-            .select_from(a)
-            .outerjoin(o, and_(o.c.id == target.id, o.c.account_id == a.c.id))
-            .outerjoin(z, z.c.order_id == o.c.id)
-            .where(a.c.id == account_id)
-            .order_by(z.c.identifier_value)
+    kind = target.kind if target is not None else None
+    rows = (
+        session.execute(
+            _ACCOUNT_READS[kind],
+            {"account_id": account_id, "target_id": target.id if target is not None else None},
         )
-        return _account_objects(session, query, order=True, authz=True, challenge=False)
-    if target.kind is ResourceKind.CERTIFICATE:
-        t = _CERTIFICATES
-        row = (
-            session.execute(
-                select(*_labelled(a, o, t))
-                .select_from(a)
-                .outerjoin(o, and_(o.c.certificate_serial == target.id, o.c.account_id == a.c.id))
-                .outerjoin(
-                    t,
-                    and_(
-                        t.c.serial == o.c.certificate_serial,
-                        t.c.kind == str(ACME_CERTIFICATE_KIND),
-                    ),
-                )
-                .where(a.c.id == account_id)
-            )
-            .mappings()
-            .first()
-        )
-        if row is None:
-            return None
-        order_columns = _Columns(row, "acme_orders_")
-        cert_columns = _Columns(row, "issued_certificates_")
-        return AccountObjects(
-            account=_account(_Columns(row, "acme_accounts_")),
-            order=_order(order_columns) if order_columns.present() else None,
-            certificate=(
-                _certificate(cert_columns, order_columns)
-                if row["issued_certificates_serial"] is not None
-                else None
-            ),
-        )
-    if target.kind is ResourceKind.AUTHORIZATION:
-        query = (
-            select(*_labelled(a, z, o, c))
-            .select_from(a)
-            .outerjoin(z, and_(z.c.id == target.id, z.c.account_id == a.c.id))
-            .outerjoin(o, o.c.id == z.c.order_id)
-            .outerjoin(c, c.c.authorization_id == z.c.id)
-            .where(a.c.id == account_id)
-            .order_by(c.c.type)
-        )
-        return _account_objects(session, query, order=True, authz=True, challenge=True)
-    query = (
-        select(*_labelled(a, c, z, o))
-        .select_from(a)
-        .outerjoin(c, c.c.id == target.id)
-        .outerjoin(z, and_(z.c.id == c.c.authorization_id, z.c.account_id == a.c.id))
-        .outerjoin(o, o.c.id == z.c.order_id)
-        .where(a.c.id == account_id)
+        .mappings()
+        .all()
     )
-    found = _account_objects(session, query, order=True, authz=True, challenge=True)
-    if found is not None and not found.authorizations:
-        # A challenge of another account's authorization: not found, like no challenge.
-        return replace(found, challenges=())
-    return found
+    if not rows:
+        return None
+    first = rows[0]
+    account = _account(_Columns(first, "acme_accounts_"))
+    if kind is None:
+        return AccountObjects(account=account)
+    found_order = _Columns(first, "acme_orders_")
+    order = _order(found_order) if found_order.present() else None
+    if kind is ResourceKind.CERTIFICATE:
+        serial = first["issued_certificates_serial"]
+        certificate = (
+            _certificate(_Columns(first, "issued_certificates_"), found_order)
+            if serial is not None
+            else None
+        )
+        return AccountObjects(account=account, order=order, certificate=certificate)
+    authorizations: dict[str, Authorization] = {}
+    challenges: dict[str, Challenge] = {}
+    for row in rows:
+        if (z := _Columns(row, "acme_authorizations_")).present():
+            authorizations.setdefault(z["id"], _authorization(z))
+        if kind is not ResourceKind.ORDER and (c := _Columns(row, "acme_challenges_")).present():
+            challenges.setdefault(c["id"], _challenge(c))
+    return AccountObjects(
+        account=account,
+        order=order,
+        authorizations=tuple(authorizations.values()),
+        # A challenge of another account's authorization is not found, like no challenge.
+        challenges=tuple(challenges.values()) if authorizations else (),
+    )
+
+
+_VALIDATION_READ = (
+    select(*_labelled(_CHALLENGES, _AUTHZS, _ORDERS))
+    .select_from(_CHALLENGES)
+    .join(_AUTHZS, _AUTHZS.c.id == _CHALLENGES.c.authorization_id)
+    .join(_ORDERS, _ORDERS.c.id == _AUTHZS.c.order_id)
+    .where(_CHALLENGES.c.id == bindparam("challenge_id"))
+    .with_for_update(of=[_CHALLENGES, _AUTHZS, _ORDERS])
+)
 
 
 def fetch_validation(session: Session, challenge_id: str) -> ValidationObjects | None:
     """The challenge *challenge_id* with its authorization and order, all three locked for
-    the transaction (in that order, as every writer of them locks), in one statement."""
-    c, z, o = _CHALLENGES, _AUTHZS, _ORDERS
-    row = (
-        session.execute(
-            select(*_labelled(c, z, o))
-            .select_from(c)
-            .join(z, z.c.id == c.c.authorization_id)
-            .join(o, o.c.id == z.c.order_id)
-            .where(c.c.id == challenge_id)
-            .with_for_update(of=[c, z, o])
-        )
-        .mappings()
-        .first()
-    )
+    the transaction, in one statement."""
+    row = session.execute(_VALIDATION_READ, {"challenge_id": challenge_id}).mappings().first()
     if row is None:
         return None
     return ValidationObjects(
