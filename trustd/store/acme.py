@@ -716,16 +716,6 @@ def list_authorizations(session: Session, order_id: str) -> list[Authorization]:
     return [_authorization(r) for r in rows]
 
 
-def list_authorization_ids(session: Session, order_id: str) -> tuple[str, ...]:
-    """The ids of the authorizations of *order_id*, by identifier value."""
-    rows = session.execute(
-        select(_AUTHZS.c.id)
-        .where(_AUTHZS.c.order_id == order_id)
-        .order_by(_AUTHZS.c.identifier_value)
-    )
-    return tuple(str(r[0]) for r in rows)
-
-
 def update_authorization(session: Session, authz: Authorization) -> None:
     """Write the status of *authz*."""
     session.execute(update(_AUTHZS).where(_AUTHZS.c.id == authz.id).values(status=authz.status))
