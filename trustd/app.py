@@ -85,7 +85,12 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.add_middleware(
         RequestContext, max_body=settings.max_request_bytes, access_log=settings.access_log
     )
+    # Routes are matched in this order, one path pattern after another: the ACME resources
+    # come first, since one certificate order makes six of their requests (profiled: matching
+    # them behind every other router's patterns cost more than their JSON rendering). No
+    # path of another module lies under /acme, so the order changes no match.
     modules = (
+        acme,
         health,
         bundle,
         svid,
@@ -99,7 +104,6 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         quarantines,
         federation,
         flows,
-        acme,
         verdicts,
         web,
     )

@@ -30,6 +30,8 @@ from trustd.domain.acme import (
     EabKey,
     Order,
     OrderView,
+    ResourceKind,
+    ResourceRef,
 )
 from trustd.services.acme.authentication import Authenticated
 from trustd.services.acme.urls import PREFIX, AcmeUrls
@@ -99,10 +101,12 @@ async def _authenticated(
     call: Callable[[Authenticated], T],
     *,
     allow_jwk: bool = False,
+    target: ResourceRef | None = None,
 ) -> T:
-    """Authenticate the request (RFC 8555 §6.2-§6.5) and run *call* with it. Both block
-    (database, nonce store), so they share one trip to a worker thread, and the response's
-    fresh nonce is issued on it too, once the request's own nonce is spent."""
+    """Authenticate the request (RFC 8555 §6.2-§6.5), reading the signing account with the
+    resource *target* its URL names, and run *call* with it. Both block (database, nonce
+    store), so they share one trip to a worker thread; the response's fresh nonce comes from
+    the same exchange with the nonce store that spends the request's own."""
     # RFC 8555 §6.2: request bodies are application/jose+json; anything else is refused.
     content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if content_type != JOSE_JSON:
@@ -110,9 +114,13 @@ async def _authenticated(
     body = await request.body()
     url = services.acme.urls.url(request.url.path)
 
+    def keep_nonce(nonce: str) -> None:
+        setattr(request.state, _NONCE_STATE, nonce)
+
     def authenticated_call() -> T:
-        auth = services.acme.authenticate(body, url, allow_jwk=allow_jwk)
-        setattr(request.state, _NONCE_STATE, services.acme.nonces.issue())
+        auth = services.acme.authenticate(
+            body, url, allow_jwk=allow_jwk, target=target, on_nonce=keep_nonce
+        )
         return call(auth)
 
     return await run_in_threadpool(authenticated_call)
@@ -258,7 +266,10 @@ async def new_order(request: Request, services: ServicesDep) -> JSONResponse:
 async def order(order_id: str, request: Request, services: ServicesDep) -> JSONResponse:
     """The order (POST-as-GET)."""
     view = await _authenticated(
-        request, services, lambda auth: services.acme.orders.get_order(auth, order_id)
+        request,
+        services,
+        lambda auth: services.acme.orders.get_order(auth, order_id),
+        target=ResourceRef(ResourceKind.ORDER, order_id),
     )
     return _json(_order_json(services.acme.urls, view))
 
@@ -267,7 +278,10 @@ async def order(order_id: str, request: Request, services: ServicesDep) -> JSONR
 async def finalize(order_id: str, request: Request, services: ServicesDep) -> JSONResponse:
     """Finalize a ready order with a CSR (RFC 8555 §7.4)."""
     view = await _authenticated(
-        request, services, lambda auth: services.acme.certificates.finalize(auth, order_id)
+        request,
+        services,
+        lambda auth: services.acme.certificates.finalize(auth, order_id),
+        target=ResourceRef(ResourceKind.ORDER, order_id),
     )
     urls = services.acme.urls
     return _json(_order_json(urls, view), location=urls.order(order_id))
@@ -280,6 +294,7 @@ async def authorization(authz_id: str, request: Request, services: ServicesDep) 
         request,
         services,
         lambda auth: services.acme.authorizations.get_authorization(auth, authz_id),
+        target=ResourceRef(ResourceKind.AUTHORIZATION, authz_id),
     )
     return _json(_authz_json(services.acme.urls, view), retry_after=view.retry_after)
 
@@ -289,7 +304,10 @@ async def challenge(challenge_id: str, request: Request, services: ServicesDep) 
     """Read a challenge, or ask for its validation (RFC 8555 §7.5.1); the answer carries
     the outcome of a validation that finished quickly, else `processing`."""
     view = await _authenticated(
-        request, services, lambda auth: services.acme.challenges.respond(auth, challenge_id)
+        request,
+        services,
+        lambda auth: services.acme.challenges.respond(auth, challenge_id),
+        target=ResourceRef(ResourceKind.CHALLENGE, challenge_id),
     )
     urls = services.acme.urls
     response = _json(_challenge_json(urls, view.challenge), retry_after=view.retry_after)
@@ -301,7 +319,10 @@ async def _certificate(
     serial: str, alternate: int, request: Request, services: Services
 ) -> Response:
     chain = await _authenticated(
-        request, services, lambda auth: services.acme.certificates.chain(auth, serial, alternate)
+        request,
+        services,
+        lambda auth: services.acme.certificates.chain(auth, serial, alternate),
+        target=ResourceRef(ResourceKind.CERTIFICATE, serial),
     )
     response = Response(chain.pem, media_type=PEM_CHAIN)
     urls = services.acme.urls

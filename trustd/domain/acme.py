@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from pki.acme.identifiers import Identifier
@@ -133,6 +134,48 @@ class AcmeCertificate:
     order_id: str | None
     account_id: str | None
     identifiers: tuple[Identifier, ...]
+
+
+class ResourceKind(StrEnum):
+    """The ACME resources a request URL names (RFC 8555 §7.1), each read with its account."""
+
+    ORDER = "order"
+    AUTHORIZATION = "authz"
+    CHALLENGE = "chall"
+    CERTIFICATE = "cert"
+
+
+@dataclass(frozen=True)
+class ResourceRef:
+    """The resource a request is about, from its URL: read in the same statement as the
+    account that signed the request."""
+
+    kind: ResourceKind
+    id: str
+
+
+@dataclass(frozen=True)
+class AccountObjects:
+    """What one request reads in one statement: the signing account and the objects of the
+    resource its URL names, when they are the account's own (RFC 8555 §7.1). For an order,
+    its authorizations by identifier value; for an authorization, that one authorization,
+    its order and its challenges by type; for a challenge, that challenge, its authorization
+    and its order; for a certificate, the certificate and the order that produced it."""
+
+    account: Account
+    order: Order | None = None
+    authorizations: tuple[Authorization, ...] = ()
+    challenges: tuple[Challenge, ...] = ()
+    certificate: AcmeCertificate | None = None
+
+
+@dataclass(frozen=True)
+class ValidationObjects:
+    """A challenge being validated, its authorization and its order, as locked together."""
+
+    challenge: Challenge
+    authorization: Authorization
+    order: Order
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pki.acme.states import allowed, check_transition
 from trustd.domain.acme import Authorization, AuthorizationView, Challenge
 from trustd.services.acme.authentication import Authenticated
 from trustd.services.acme.context import AcmeContext
-from trustd.services.acme.housekeeping import expire_for_authorization
+from trustd.services.acme.housekeeping import expire_for_authorization, expiry_due
 from trustd.store import acme as store
 from trustd.store.db import transaction
 
@@ -45,35 +45,45 @@ class Authorizations:
             AcmeNotFound: no such authorization for this account.
             Malformed: bad payload, or an authorization that can no longer be deactivated.
         """
-        account = auth.require_account()
+        objects = auth.require_objects()
+        if not objects.authorizations or objects.authorizations[0].id != authz_id:
+            raise AcmeNotFound("no such authorization")
+        authz, order, challenges = objects.authorizations[0], objects.order, objects.challenges
+        assert order is not None  # a foreign key
         update = (
             parse_payload(AuthorizationUpdate, auth.payload) if auth.payload is not None else None
         )
         now = self._context.clock.now()
+        if update is None:
+            # POST-as-GET: answered from what the request read, unless expiry is due.
+            if expiry_due(order, now):
+                with transaction(self._context.engine) as session:
+                    authz, order = expire_for_authorization(session, authz, order, now)
+            return AuthorizationView(
+                authz, challenges, authorization_retry_after(authz, challenges)
+            )
         with transaction(self._context.engine) as session:
-            authz = store.fetch_authorization(session, authz_id, for_update=update is not None)
-            if authz is None or authz.account_id != account.id:
-                raise AcmeNotFound("no such authorization")
-            authz, order = expire_for_authorization(session, authz, now)
-            if update is not None:
-                if not allowed(authz.status, AuthorizationStatus.DEACTIVATED):
-                    raise Malformed(f"a {authz.status} authorization cannot be deactivated")
-                authz = replace(
-                    authz,
-                    status=check_transition(
-                        authz.id, authz.status, AuthorizationStatus.DEACTIVATED
+            locked = store.fetch_authorization(session, authz_id, for_update=True)
+            assert locked is not None  # authorizations go only with their order
+            current = store.fetch_order(session, locked.order_id)
+            assert current is not None  # a foreign key
+            authz, order = expire_for_authorization(session, locked, current, now)
+            if not allowed(authz.status, AuthorizationStatus.DEACTIVATED):
+                raise Malformed(f"a {authz.status} authorization cannot be deactivated")
+            authz = replace(
+                authz,
+                status=check_transition(authz.id, authz.status, AuthorizationStatus.DEACTIVATED),
+            )
+            store.update_authorization(session, authz)
+            # §7.1.6: an order whose authorization is deactivated becomes invalid.
+            if allowed(order.status, OrderStatus.INVALID):
+                store.update_order(
+                    session,
+                    replace(
+                        order,
+                        status=check_transition(order.id, order.status, OrderStatus.INVALID),
+                        updated_at=now,
                     ),
                 )
-                store.update_authorization(session, authz)
-                # §7.1.6: an order whose authorization is deactivated becomes invalid.
-                if allowed(order.status, OrderStatus.INVALID):
-                    store.update_order(
-                        session,
-                        replace(
-                            order,
-                            status=check_transition(order.id, order.status, OrderStatus.INVALID),
-                            updated_at=now,
-                        ),
-                    )
             challenges = store.list_challenges(session, authz.id)
         return AuthorizationView(authz, challenges, authorization_retry_after(authz, challenges))

@@ -7,6 +7,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import replace
 
+from cryptography import x509
+
 from pki.acme.errors import AcmeNotFound, BadCsr, OrderNotReady
 from pki.acme.identifiers import csr_identifiers
 from pki.acme.jws import b64decode
@@ -22,8 +24,8 @@ from trustd import tracing
 from trustd.domain.acme import ACME_CERTIFICATE_KIND, CertificateChain, OrderView
 from trustd.services.acme.authentication import Authenticated
 from trustd.services.acme.context import AcmeContext, actor
-from trustd.services.acme.housekeeping import expire_if_due
-from trustd.services.acme.orders import load_order
+from trustd.services.acme.housekeeping import expire_if_due, expiry_due
+from trustd.services.acme.orders import own_order
 from trustd.services.ca import CertificateAuthority, crl_url, ocsp_url
 from trustd.services.issuance import Issuer
 from trustd.store import acme as store
@@ -47,6 +49,7 @@ class Certificates:
         self._ca = ca
         self._issuer = issuer
         self._profiles = profiles
+        self._issuer_chains: dict[str, list[x509.Certificate]] = {}
 
     @tracing.traced("trustd.acme.finalize")
     def finalize(self, auth: Authenticated, order_id: str) -> OrderView:
@@ -58,12 +61,14 @@ class Certificates:
             BadCsr: the CSR is invalid, names other identifiers than the order, or uses the
                 account key or a key the profile does not issue for.
         """
+        view = own_order(auth, order_id)
         account = auth.require_account()
         request = parse_payload(Finalize, auth.payload)
         context = self._context
-        with transaction(context.engine) as session:
-            order = load_order(session, account, order_id)
-            order = expire_if_due(session, order, context.clock.now())
+        order = view.order
+        if expiry_due(order, context.clock.now()):
+            with transaction(context.engine) as session:
+                order = expire_if_due(session, order, context.clock.now())
         # §7.4: only a ready order may be finalized (ready -> processing, §7.1.6).
         if not allowed(order.status, OrderStatus.PROCESSING):
             raise _not_ready(order.status)
@@ -103,15 +108,11 @@ class Certificates:
         serial = serial_hex(certificate)
         now = context.clock.now()
         with transaction(context.engine) as session:
-            current = store.fetch_order(session, order.id, for_update=True)
-            assert current is not None
-            if not allowed(current.status, OrderStatus.PROCESSING):
-                raise _not_ready(current.status)
             # Issuance is synchronous: the order passes through `processing` inside this
             # transaction and is stored `valid` with its certificate (§7.1.6, §7.4).
-            processing = check_transition(order.id, current.status, OrderStatus.PROCESSING)
+            processing = check_transition(order.id, order.status, OrderStatus.PROCESSING)
             issued = replace(
-                current,
+                order,
                 status=check_transition(order.id, processing, OrderStatus.VALID),
                 certificate_serial=serial,
                 updated_at=now,
@@ -135,9 +136,13 @@ class Certificates:
                     "replaces": issued.replaces,
                 },
             )
-            store.update_order(session, issued)
+            # Compare-and-set on the status finalize read: of two finalizations of one order
+            # one issues; the other's certificate is rolled back with its transaction.
+            if not store.update_order(session, issued, expected=order.status):
+                current = store.fetch_order(session, order.id)
+                raise _not_ready(current.status if current is not None else order.status)
             # Returned once the transaction commits on leaving the block.
-            return OrderView(issued, store.list_authorization_ids(session, issued.id))
+            return replace(view, order=issued)
 
     def chain(self, auth: Authenticated, serial: str, alternate: int) -> CertificateChain:
         """The PEM chain (RFC 8555 §7.4.2): leaf and intermediates; alternate 1 adds the root
@@ -146,20 +151,30 @@ class Certificates:
         Raises:
             AcmeNotFound: no such certificate for this account, or no such alternate.
         """
-        account = auth.require_account()
         if alternate not in (0, 1):
             raise AcmeNotFound("no such certificate chain")
-        with transaction(self._context.engine) as session:
-            issued = store.fetch_acme_certificate(session, serial)
-            if issued is None or issued.account_id != account.id:
-                raise AcmeNotFound("no such certificate")
-            issuer = fetch_ca_key(session, issued.issuer_kid)
-            # RFC 8555 §7.4.2: the issuer's certificate and the chain above it, no root.
-            issuer_chain = (issuer.certificate_pem or "") + issuer.chain_pem if issuer else ""
-        intermediates = load_pem_certificates(issuer_chain.encode())
+        issued = auth.require_objects().certificate
+        if issued is None or issued.serial != serial:
+            raise AcmeNotFound("no such certificate")
+        intermediates = self._issuer_chain(issued.issuer_kid)
         chain = [issued.certificate_pem, *(certificate_pem(c) for c in intermediates)]
         if alternate == 1:
             top = intermediates[-1]
             roots = [r for r in self._ca.state.bundle.x509_authorities if issued_by(top, r)]
             chain += [certificate_pem(r) for r in roots[:1]]
         return CertificateChain("".join(chain), alternates=1)
+
+    def _issuer_chain(self, kid: str) -> list[x509.Certificate]:
+        """RFC 8555 §7.4.2: the certificate of the CA key *kid* and the chain above it, no
+        root. A CA key's certificate and chain are written once, with the key (only its
+        status changes later), so they are read once per process."""
+        cached = self._issuer_chains.get(kid)
+        if cached is not None:
+            return cached
+        with transaction(self._context.engine) as session:
+            issuer = fetch_ca_key(session, kid)
+        if issuer is None or issuer.certificate_pem is None:
+            return []
+        chain = load_pem_certificates((issuer.certificate_pem + issuer.chain_pem).encode())
+        self._issuer_chains[kid] = chain
+        return chain

@@ -19,7 +19,7 @@ from trustd.domain.acme import Authorization, Challenge, ChallengeView
 from trustd.services.acme.authentication import Authenticated
 from trustd.services.acme.authorizations import POLL_INTERVAL
 from trustd.services.acme.context import AcmeContext
-from trustd.services.acme.housekeeping import expire_for_authorization
+from trustd.services.acme.housekeeping import expire_for_authorization, expiry_due
 from trustd.store import acme as store
 from trustd.store.db import transaction
 
@@ -60,33 +60,37 @@ class Challenges:
             AcmeNotFound: no such challenge for this account.
             Malformed: the authorization is no longer pending.
         """
-        account = auth.require_account()
+        objects = auth.require_objects()
+        if not objects.challenges or objects.challenges[0].id != challenge_id:
+            raise AcmeNotFound("no such challenge")
+        account = objects.account
+        challenge, authz, order = objects.challenges[0], objects.authorizations[0], objects.order
+        assert order is not None  # a foreign key
         respond = auth.payload is not None
-        with transaction(self._context.engine) as session:
-            challenge = store.fetch_challenge(session, challenge_id, for_update=respond)
-            authz = (
-                store.fetch_authorization(session, challenge.authorization_id)
-                if challenge
-                else None
+        now = self._context.clock.now()
+        if expiry_due(order, now):
+            with transaction(self._context.engine) as session:
+                authz, order = expire_for_authorization(session, authz, order, now)
+        start = False
+        # A response to a challenge already `processing` (§7.1.6 "client retry") is
+        # answered with the validation in flight; one that is final, as it stands.
+        if respond and challenge.status is ChallengeStatus.PENDING:
+            # A response only counts while the authorization can still be validated.
+            if not allowed(authz.status, AuthorizationStatus.VALID):
+                raise Malformed(f"the authorization is {authz.status}, not pending")
+            processing = replace(
+                challenge,
+                status=check_transition(challenge.id, challenge.status, ChallengeStatus.PROCESSING),
             )
-            if challenge is None or authz is None or authz.account_id != account.id:
-                raise AcmeNotFound("no such challenge")
-            authz, _ = expire_for_authorization(session, authz, self._context.clock.now())
-            start = False
-            # A response to a challenge already `processing` (§7.1.6 "client retry") is
-            # answered with the validation in flight; one that is final, as it stands.
-            if respond and challenge.status is ChallengeStatus.PENDING:
-                # A response only counts while the authorization can still be validated.
-                if not allowed(authz.status, AuthorizationStatus.VALID):
-                    raise Malformed(f"the authorization is {authz.status}, not pending")
-                challenge = replace(
-                    challenge,
-                    status=check_transition(
-                        challenge.id, challenge.status, ChallengeStatus.PROCESSING
-                    ),
-                )
-                store.update_challenge(session, challenge)
-                start = True
+            with transaction(self._context.engine) as session:
+                # Compare-and-set on the status read with the request: of two responses to
+                # one challenge, one starts the validation; the other answers as it stands.
+                start = store.update_challenge(session, processing, expected=challenge.status)
+                if not start:
+                    current = store.fetch_challenge(session, challenge.id)
+                    assert current is not None  # challenges go only with their order
+                    processing = current
+            challenge = processing
         # Started only after the commit above: the validation records its outcome only on a
         # challenge still `processing`.
         if start:
@@ -134,14 +138,11 @@ class Challenges:
         now = self._context.clock.now()
         ok = error is None
         with transaction(self._context.engine) as session:
-            challenge = store.fetch_challenge(session, challenge_id, for_update=True)
+            found = store.fetch_validation(session, challenge_id)
             challenge_target = ChallengeStatus.VALID if ok else ChallengeStatus.INVALID
-            if challenge is None or not allowed(challenge.status, challenge_target):
+            if found is None or not allowed(found.challenge.status, challenge_target):
                 return None
-            authz = store.fetch_authorization(session, challenge.authorization_id, for_update=True)
-            assert authz is not None
-            order = store.fetch_order(session, authz.order_id, for_update=True)
-            assert order is not None
+            challenge, authz, order = found.challenge, found.authorization, found.order
             challenge = replace(
                 challenge,
                 status=check_transition(challenge.id, challenge.status, challenge_target),
@@ -167,10 +168,13 @@ class Challenges:
             else:
                 if not allowed(order.status, OrderStatus.READY):
                     return challenge
-                # §7.1.6: the order is ready once every authorization is valid.
-                others = [
-                    a for a in store.list_authorizations(session, order.id) if a.id != authz.id
-                ]
+                # §7.1.6: the order is ready once every authorization is valid. An order of
+                # one identifier has one authorization (one per identifier): this one.
+                others = (
+                    [a for a in store.list_authorizations(session, order.id) if a.id != authz.id]
+                    if len(order.identifiers) > 1
+                    else []
+                )
                 if all(a.status is AuthorizationStatus.VALID for a in others):
                     order = replace(
                         order, status=check_transition(order.id, order.status, OrderStatus.READY)

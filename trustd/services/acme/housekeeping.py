@@ -23,11 +23,17 @@ log = structlog.get_logger("trustd.acme")
 _PRUNE_EVERY = 60.0
 
 
+def expiry_due(order: Order, now: datetime) -> bool:
+    """Whether *order* is past its `expires` and may still become invalid (§7.1.6): then
+    `expire_if_due` has something to write."""
+    return order.expires <= now and allowed(order.status, OrderStatus.INVALID)
+
+
 def expire_if_due(session: Session, order: Order, now: datetime) -> Order:
     """Apply expiry to *order* and return it as it now stands: past its `expires`, an order
     that may still become invalid does, and its pending authorizations expire (§7.1.6).
     Orders that reached `valid` or `invalid` are final and unchanged."""
-    if order.expires > now or not allowed(order.status, OrderStatus.INVALID):
+    if not expiry_due(order, now):
         return order
     expired = replace(
         order,
@@ -48,12 +54,10 @@ def expire_if_due(session: Session, order: Order, now: datetime) -> Order:
 
 
 def expire_for_authorization(
-    session: Session, authz: Authorization, now: datetime
+    session: Session, authz: Authorization, order: Order, now: datetime
 ) -> tuple[Authorization, Order]:
-    """Apply expiry to the order of *authz*; return both as they now stand (expiry of the
-    order ends its pending authorizations, §7.1.6)."""
-    order = store.fetch_order(session, authz.order_id)
-    assert order is not None  # a foreign key
+    """Apply expiry to *order*, the order of *authz*; return both as they now stand (expiry
+    of the order ends its pending authorizations, §7.1.6)."""
     current = expire_if_due(session, order, now)
     if current is not order:
         fresh = store.fetch_authorization(session, authz.id)

@@ -2,6 +2,8 @@
 
 With Redis every replica shares them (SET NX with an expiry to issue, GETDEL to redeem, so a
 nonce is redeemed at most once across all replicas); without Redis they live in this process.
+A request spends its nonce and gets the next one (for its response's Replay-Nonce) in one
+exchange: one round trip to Redis, one lock in this process.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ class NonceStore(Protocol):
         """
         ...
 
-    def redeem(self, nonce: str) -> bool:
-        """Whether *nonce* was issued, is unexpired and was not redeemed before; it is
-        spent either way.
+    def exchange(self, nonce: str) -> tuple[bool, str]:
+        """Redeem *nonce* and issue a fresh one, together: whether *nonce* was issued, is
+        unexpired and was not redeemed before (it is spent either way), and the fresh nonce
+        (issued either way: RFC 8555 §6.5 sends one with a badNonce error too).
 
         Raises:
             StoreUnavailable: the shared store cannot be reached.
@@ -61,10 +64,15 @@ class LocalNonces:
                 self._nonces.popitem(last=False)
         return nonce
 
-    def redeem(self, nonce: str) -> bool:
+    def exchange(self, nonce: str) -> tuple[bool, str]:
+        fresh = _new_nonce()
+        now = time.monotonic()
         with self._lock:
             expiry = self._nonces.pop(nonce, None)
-        return expiry is not None and expiry > time.monotonic()
+            self._nonces[fresh] = now + self._ttl
+            while len(self._nonces) > self._limit:
+                self._nonces.popitem(last=False)
+        return expiry is not None and expiry > now, fresh
 
 
 class RedisNonces:
@@ -84,11 +92,17 @@ class RedisNonces:
             raise StoreUnavailable(f"the nonce store is unavailable: {exc}") from None
         return nonce
 
-    def redeem(self, nonce: str) -> bool:
-        if len(nonce) > 64:
-            return False
+    def exchange(self, nonce: str) -> tuple[bool, str]:
+        fresh = _new_nonce()
+        # One round trip: GETDEL and SET pipelined (no MULTI needed: each is atomic alone,
+        # and GETDEL lets exactly one of two replicas redeem a nonce). A nonce longer than
+        # any issued is not looked up.
+        pipeline = self._client.pipeline(transaction=False)
+        if len(nonce) <= 64:
+            pipeline.getdel(self._prefix + nonce)
+        pipeline.set(self._prefix + fresh, b"1", nx=True, ex=self._ttl)
         try:
-            # GETDEL is atomic: of two replicas redeeming one nonce, exactly one sees it.
-            return self._client.getdel(self._prefix + nonce) is not None
+            replies = pipeline.execute()
         except redis.RedisError as exc:
             raise StoreUnavailable(f"the nonce store is unavailable: {exc}") from None
+        return len(replies) == 2 and replies[0] is not None, fresh

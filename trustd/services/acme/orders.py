@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -35,7 +36,7 @@ from trustd.domain.acme import Account, Authorization, Challenge, Order, OrderPa
 from trustd.services.acme.authentication import Authenticated
 from trustd.services.acme.context import AcmeContext, new_id
 from trustd.services.acme.directory import DEFAULT_PROFILE, days
-from trustd.services.acme.housekeeping import Housekeeping, expire_if_due
+from trustd.services.acme.housekeeping import Housekeeping, expire_if_due, expiry_due
 from trustd.services.acme.ratelimit import RateLimiter
 from trustd.store import acme as store
 from trustd.store.db import transaction
@@ -46,16 +47,18 @@ ORDERS_PAGE = 100
 _LIVE_ORDERS = frozenset(set(OrderStatus) - {OrderStatus.INVALID})
 
 
-def load_order(session: Session, account: Account, order_id: str) -> Order:
-    """The order *order_id* of *account*.
+def own_order(auth: Authenticated, order_id: str) -> OrderView:
+    """The order *order_id* and its authorization ids, as read with the signing account
+    (the request's `target`).
 
     Raises:
         AcmeNotFound: no such order, or another account's (not-found leaks nothing).
     """
-    order = store.fetch_order(session, order_id)
-    if order is None or order.account_id != account.id:
+    objects = auth.require_objects()
+    order = objects.order
+    if order is None or order.id != order_id:
         raise AcmeNotFound("no such order")
-    return order
+    return OrderView(order, tuple(a.id for a in objects.authorizations))
 
 
 class Orders:
@@ -151,11 +154,12 @@ class Orders:
         Raises:
             AcmeNotFound: no such order for this account.
         """
-        account = auth.require_account()
+        view = own_order(auth, order_id)
+        now = self._context.clock.now()
+        if not expiry_due(view.order, now):
+            return view
         with transaction(self._context.engine) as session:
-            order = load_order(session, account, order_id)
-            order = expire_if_due(session, order, self._context.clock.now())
-            return OrderView(order, store.list_authorization_ids(session, order.id))
+            return replace(view, order=expire_if_due(session, view.order, now))
 
     def account_orders(self, auth: Authenticated, account_id: str, cursor: int) -> OrderPage:
         """One page of the account's order ids, newest first (RFC 8555 §7.1.2.1), and whether

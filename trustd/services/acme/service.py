@@ -9,12 +9,15 @@ issue before they return it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import Engine
 
 from pki.acme.challenges import Validator
 from pki.clock import Clock
 from policy.engine import PolicyEngine
 from trustd.bus import Bus
+from trustd.domain.acme import ResourceRef
 from trustd.services.acme.accounts import Accounts
 from trustd.services.acme.admin import AdminListings
 from trustd.services.acme.authentication import Authenticated, Authenticator
@@ -80,12 +83,22 @@ class AcmeService:
         """Finish the work running in background threads (challenge validations)."""
         self.challenges.close()
 
-    def authenticate(self, body: bytes, url: str, *, allow_jwk: bool = False) -> Authenticated:
-        """Verify an ACME request JWS posted to *url* (RFC 8555 §6.2-§6.5); see
-        `Authenticator.authenticate`.
+    def authenticate(
+        self,
+        body: bytes,
+        url: str,
+        *,
+        allow_jwk: bool = False,
+        target: ResourceRef | None = None,
+        on_nonce: Callable[[str], None] = lambda _nonce: None,
+    ) -> Authenticated:
+        """Verify an ACME request JWS posted to *url* (RFC 8555 §6.2-§6.5), reading the
+        account with the resource *target*; see `Authenticator.authenticate`.
 
         Raises:
             Malformed, BadSignatureAlgorithm, BadPublicKey, Unauthorized,
             AccountDoesNotExist, BadNonce: the request does not authenticate.
         """
-        return self.authenticator.authenticate(body, url, allow_jwk=allow_jwk)
+        return self.authenticator.authenticate(
+            body, url, allow_jwk=allow_jwk, target=target, on_nonce=on_nonce
+        )
