@@ -12,6 +12,7 @@ from urllib.parse import quote, unquote
 import grpc
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from envoy.service.auth.v3 import external_auth_pb2 as pb
 from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc
 
@@ -122,12 +123,12 @@ TD = TrustDomain.parse("example.org")
 CLOCK = SystemClock()
 
 
-def _ca() -> tuple[Authority, x509.Certificate]:
+def _ca(td: TrustDomain = TD) -> tuple[Authority, x509.Certificate]:
     root_key = generate_private_key(KeyType.EC_P256)
-    root = create_root(TD, root_key, CLOCK, timedelta(days=1))
+    root = create_root(td, root_key, CLOCK, timedelta(days=1))
     key = generate_private_key(KeyType.EC_P256)
     inter = create_intermediate(
-        TD, key, Authority(root, root_key, (), root), CLOCK, timedelta(hours=2)
+        td, key, Authority(root, root_key, (), root), CLOCK, timedelta(hours=2)
     )
     return Authority(inter, key, (), root), root
 
@@ -137,6 +138,29 @@ def _chain_pem(authority: Authority, spiffe_id: str) -> str:
     leaf_key = generate_private_key(KeyType.EC_P256)
     params = X509SvidParams(SpiffeId.parse(spiffe_id), leaf_key.public_key(), timedelta(hours=1))
     leaf = issue_x509_svid(authority, params, CLOCK)
+    return quote(certificate_pem(leaf) + certificate_pem(authority.certificate))
+
+
+def _forged(authority: Authority, spiffe_id: str) -> str:
+    """A leaf of `spiffe_id` signed by `authority` of another trust domain (which
+    `issue_x509_svid` refuses to make), escaped as nginx passes it."""
+    key = generate_private_key(KeyType.EC_P256)
+    now = CLOCK.now()
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(authority.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]),
+            critical=True,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(authority.private_key, hashes.SHA256())
+    )
     return quote(certificate_pem(leaf) + certificate_pem(authority.certificate))
 
 
@@ -287,3 +311,28 @@ def test_a_revoked_serial_is_refused_and_its_identity_is_not() -> None:
     source, why = authorizer.identify(first)
     assert source is None and why == f"client certificate {serial} is revoked"
     assert authorizer.identify(second)[0] == WEB
+
+
+def test_a_federated_caller_is_verified_against_its_own_domain_bundle() -> None:
+    # Trust Domain and Bundle §3: the bundle of the trust domain the leaf claims, so B's CA
+    # vouches for b.example only, and only when B's bundle is held (federation).
+    authority, root = _ca()
+    foreign_td = TrustDomain.parse("b.example")
+    foreign, foreign_root = _ca(foreign_td)
+    bundle = TrustBundle(TD, (root,), {}, 1, 300)
+    held: dict[TrustDomain, TrustBundle] = {}
+    authorizer = Authorizer(lambda: VerdictTable(), lambda: bundle, CLOCK, federated=lambda: held)
+    client = _chain_pem(foreign, "spiffe://b.example/client")
+    assert authorizer.identify(client) == (
+        None,
+        "client certificate rejected: no bundle of trust domain b.example is held",
+    )
+    held[foreign_td] = TrustBundle(foreign_td, (foreign_root,), {}, 1, 300)
+    assert authorizer.identify(client) == ("spiffe://b.example/client", "")
+    # B's CA claiming an ID of this domain: judged by this domain's bundle, and refused.
+    forged, why = authorizer.identify(_forged(foreign, WEB))
+    assert forged is None and "rejected" in why, why
+    assert authorizer.identify(_chain_pem(authority, WEB)) == (WEB, "")
+    # The federation ends: the cached identity goes with the bundle.
+    held.clear()
+    assert authorizer.identify(client)[0] is None

@@ -242,6 +242,7 @@ class Agent:
             lambda: self.node.chain[1:],
             self.stale,
             lambda: self.revoked_serials,
+            lambda: self.cache.federated,
         )
         if self.config.ext_authz_listen:
             host, _, port = self.config.ext_authz_listen.rpartition(":")
