@@ -300,6 +300,16 @@ def test_entry_create_edit_delete(ui: Server) -> None:
     )
     assert edited.status_code == 303
     assert ui.client.get(f"/v1/entries/{entry_id}", headers=ui.auth).json()["x509_ttl"] == 900
+    # Federation is edited on the same form, and shown there again.
+    federating = ui.client.post(
+        f"/ui/entries/{entry_id}",
+        data={**form, "federates_with": "b.example\nc.example"},
+        follow_redirects=False,
+    )
+    assert federating.status_code == 303
+    api = ui.client.get(f"/v1/entries/{entry_id}", headers=ui.auth).json()
+    assert api["federates_with"] == ["b.example", "c.example"]
+    assert "b.example\nc.example</textarea>" in ui.client.get(f"/ui/entries/{entry_id}").text
 
     confirm = ui.client.get(f"/ui/entries/{entry_id}/delete")
     assert "What will happen" in confirm.text

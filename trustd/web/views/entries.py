@@ -71,6 +71,7 @@ class EntryForm:
     ip_addresses: str = ""
     admin: bool = False
     downstream: bool = False
+    federates_with: str = ""
 
     @classmethod
     def of(cls, row: Entry) -> EntryForm:
@@ -86,6 +87,7 @@ class EntryForm:
             "\n".join(row.ip_addresses),
             row.admin,
             row.downstream,
+            federates_with="\n".join(row.federates_with),
         )
 
     @staticmethod
@@ -118,6 +120,7 @@ class EntryForm:
             "ip_addresses": lines(self.ip_addresses),
             "admin": self.admin,
             "downstream": self.downstream,
+            "federates_with": lines(self.federates_with),
         }
 
 
@@ -133,6 +136,7 @@ def _entry_form(
     # HTML checkboxes: sent ("on") when ticked, absent when not.
     admin: Annotated[str, Form(max_length=8)] = "",
     downstream: Annotated[str, Form(max_length=8)] = "",
+    federates_with: Annotated[str, Form(max_length=16384)] = "",
 ) -> EntryForm:
     return EntryForm(
         spiffe_id,
@@ -145,6 +149,7 @@ def _entry_form(
         ip_addresses,
         bool(admin),
         bool(downstream),
+        federates_with=federates_with,
     )
 
 
