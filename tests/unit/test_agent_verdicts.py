@@ -12,7 +12,6 @@ from urllib.parse import quote, unquote
 import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from envoy.service.auth.v3 import external_auth_pb2 as pb
 from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc
 
@@ -29,6 +28,7 @@ from pki.clock import SystemClock
 from pki.keys import KeyType, generate_private_key
 from pki.spiffe_id import SpiffeId, TrustDomain
 from pki.x509_svid import X509SvidParams, issue_x509_svid
+from tests.unit.pki_helpers import raw_leaf
 from trustd.agent.enforcement.state import PolicyKey, VerdictTable
 from trustd.agent.errors import InvalidVerdicts
 from trustd.agent.extauthz import Authorizer, start_extauthz
@@ -138,29 +138,6 @@ def _chain_pem(authority: Authority, spiffe_id: str) -> str:
     leaf_key = generate_private_key(KeyType.EC_P256)
     params = X509SvidParams(SpiffeId.parse(spiffe_id), leaf_key.public_key(), timedelta(hours=1))
     leaf = issue_x509_svid(authority, params, CLOCK)
-    return quote(certificate_pem(leaf) + certificate_pem(authority.certificate))
-
-
-def _forged(authority: Authority, spiffe_id: str) -> str:
-    """A leaf of `spiffe_id` signed by `authority` of another trust domain (which
-    `issue_x509_svid` refuses to make), escaped as nginx passes it."""
-    key = generate_private_key(KeyType.EC_P256)
-    now = CLOCK.now()
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(authority.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]),
-            critical=True,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(authority.private_key, hashes.SHA256())
-    )
     return quote(certificate_pem(leaf) + certificate_pem(authority.certificate))
 
 
@@ -330,8 +307,11 @@ def test_a_federated_caller_is_verified_against_its_own_domain_bundle() -> None:
     held[foreign_td] = TrustBundle(foreign_td, (foreign_root,), {}, 1, 300)
     assert authorizer.identify(client) == ("spiffe://b.example/client", "")
     # B's CA claiming an ID of this domain: judged by this domain's bundle, and refused.
-    forged, why = authorizer.identify(_forged(foreign, WEB))
-    assert forged is None and "rejected" in why, why
+    leaf = raw_leaf(foreign.certificate, foreign.private_key, CLOCK, uris=[WEB])
+    forged, why = authorizer.identify(
+        quote(certificate_pem(leaf) + certificate_pem(foreign.certificate))
+    )
+    assert forged is None and "no certification path" in why, why
     assert authorizer.identify(_chain_pem(authority, WEB)) == (WEB, "")
     # The federation ends: the cached identity goes with the bundle.
     held.clear()
