@@ -115,11 +115,11 @@ def trustd(server: Running, *args: str, check: bool = True) -> Any:
     return json.loads(done.stdout) if done.returncode == 0 else done
 
 
-def admin(server: Running, method: str, path: str) -> httpx.Response:
+def admin(server: Running, method: str, path: str, body: Any = None) -> httpx.Response:
     """An admin API request on the server's admin socket (quicker than a CLI process)."""
     transport = httpx.HTTPTransport(uds=str(server.data_dir / "admin.sock"))
-    with httpx.Client(transport=transport, base_url="http://trustd") as client:
-        return client.request(method, path)
+    with httpx.Client(transport=transport, base_url="http://trustd", timeout=30) as client:
+        return client.request(method, path, json=body)
 
 
 def shown(server: Running, domain: str) -> dict[str, Any]:
@@ -461,20 +461,19 @@ def _agent(
 
 
 def _entry(server: Running, spiffe_id: str, node_id: str, peer: str) -> str:
-    made = trustd(
+    made = admin(
         server,
-        "entry",
-        "create",
-        "--spiffe-id",
-        spiffe_id,
-        "--parent-id",
-        node_id,
-        "--selector",
-        f"unix:uid:{WORKLOAD_UID}",
-        "--federates-with",
-        peer,
+        "POST",
+        "/v1/entries",
+        {
+            "spiffe_id": spiffe_id,
+            "parent_id": node_id,
+            "selectors": [f"unix:uid:{WORKLOAD_UID}"],
+            "federates_with": [peer],
+        },
     )
-    entry_id: str = made["id"]
+    assert made.status_code == 201, made.text
+    entry_id: str = made.json()["id"]
     return entry_id
 
 
@@ -568,18 +567,20 @@ def test_workloads_in_two_domains_do_mutual_tls_through_a_root_rotation_in_b(
     # B rotates its root: prepare (published in B's bundle), activate, then an intermediate
     # under the new root, so B's workload's next SVID chains to it.
     data = ("--data-dir", str(pair.b.data_dir))
-    keys = json.loads(cli("ca", "keys", *data, "--output", "json").stdout)
+    keys = admin(pair.b, "GET", "/v1/admin/ca/keys").json()
     if not any(k["kind"] == "x509-root" and k["status"] == "prepared" for k in keys):
         cli("ca", "prepare", "--kind", "x509-root", *data)
     cli("ca", "activate", "--kind", "x509-root", *data)
-    cli("ca", "prepare", "--kind", "x509-intermediate", *data)
-    cli("ca", "activate", "--kind", "x509-intermediate", *data)
+    for action in ("prepare", "activate"):
+        changed = admin(pair.b, "POST", f"/v1/admin/ca/{action}", {"kind": "x509-intermediate"})
+        assert changed.status_code == 200, changed.text
     roots = _roots(served_bundle(pair.b))
     # A's workload holds every root B now publishes, through A's federation and A's agent.
+    wait_for(lambda: _roots(shown(pair.a, "b.example")["bundle"]) == roots, 20)
     wait_for(lambda: workload(agents.a.socket, "x509-bundles").get("b.example") == roots, 20)
     # A new SVID for B's workload, from the new intermediate: its entry made again.
     before = workload(agents.b.socket, "x509")["svids"][0]["serial"]
-    cli("entry", "delete", agents.b.entry_id, "--data-dir", str(pair.b.data_dir))
+    assert admin(pair.b, "DELETE", f"/v1/entries/{agents.b.entry_id}").status_code == 204
     agents.b.entry_id = _entry(pair.b, B_CLIENT, agents.b.node_id, "a.example")
     wait_for(
         lambda: (
