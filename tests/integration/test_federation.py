@@ -527,6 +527,13 @@ def test_an_agent_in_a_serves_b_bundle_to_federating_workloads(pair: Pair, agent
     cli("ca", "prepare", "--kind", "jwt", "--data-dir", str(pair.b.data_dir))
     grown = len(jwt_keys) + 1
     wait_for(lambda: len(workload(socket, "jwt-bundles").get("b.example", ())) == grown, 20)
+    # The entry stops federating, and the workload loses B's bundle; then federates again.
+    cleared = trustd(pair.a, "entry", "update", agents.a.entry_id, "--no-federates-with")
+    assert cleared["federates_with"] == []
+    wait_for(lambda: workload(socket, "x509")["bundles"] == ["a.example"], 20)
+    again = trustd(pair.a, "entry", "update", agents.a.entry_id, "--federates-with", "b.example")
+    assert again["federates_with"] == ["b.example"]
+    wait_for(lambda: workload(socket, "x509")["bundles"] == ["a.example", "b.example"], 20)
 
 
 def _mtls(agents: Agents) -> tuple[dict[str, Any], dict[str, Any]]:
