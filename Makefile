@@ -24,6 +24,9 @@ DEB_PACKAGES += prometheus
 # check the HA examples (deploy/ha) that `make ha` runs. kubectl (kustomize) and Node.js
 # with npm (the CRD schemas' validator) come with the machine image.
 DEB_PACKAGES += systemd util-linux haproxy patroni
+# TPM node attestation: swtpm (with swtpm_setup and its local CA) is the TPM, tpm2-tools an
+# independent client; tpm2-pytss (the `tpm` extra) builds against libtss2-dev via pkg-config.
+DEB_PACKAGES += swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config
 # The high-availability topology (`make ha`, `make ha-test`) only: etcd for Patroni's
 # PostgreSQL failover, Redis Sentinel. Not installed by `make test`.
 HA_DEB_PACKAGES := etcd-server etcd-client redis-sentinel
@@ -50,7 +53,8 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml deploy/constraints.txt deploy/r
 	$(PIP) --force-reinstall --no-deps opentelemetry-proto
 	@touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed
+# After system-deps: the `tpm` extra in `.[dev]` builds tpm2-pytss against libtss2-dev.
+$(VENV)/.installed-dev: $(VENV)/.installed | system-deps
 	@echo "installing development tools into $(VENV)"
 	$(PIP) -e '.[dev]'
 	@touch $@
@@ -154,6 +158,7 @@ bench: bench-deps
 	$(BIN)/python bench/decisions.py
 	$(BIN)/python bench/revocation.py
 	$(BIN)/python bench/agent.py
+	$(BIN)/python bench/flows.py
 
 # The SPIFFE Workload API stubs, generated from the spec's proto (kept unchanged, plus the
 # experimental WIT-SVID profile's messages and methods from spiffe/spiffe's

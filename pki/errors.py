@@ -116,3 +116,9 @@ class KeyUnavailable(TrustdError):
     """
 
     title = "Signing key unavailable"
+
+
+class InvalidTpmData(TrustdError):
+    """A TPM structure that does not parse, or does not prove what it is presented for."""
+
+    title = "Invalid TPM data"

@@ -8,11 +8,8 @@ injected :class:`~pki.clock.Clock` instead.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
-import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,15 +17,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from pki.clock import Clock
 from pki.errors import InvalidJwt, InvalidSpiffeId, WeakKey, echo
+from pki.jose import (
+    COMPACT_JWS,
+    MAX_TOKEN_BYTES,
+    b64url_json,
+    numeric_date,
+    reject_duplicate_keys,
+    require_matching_key,
+    to_datetime,
+)
 from pki.keys import (
     MlDsaPublicKey,
     PrivateKey,
     PublicKey,
-    allowed_public_key,
     describe_key,
     jose_private_key,
     jose_public_key,
@@ -53,14 +57,6 @@ ALLOWED_ALGORITHMS = (
 ALLOWED_HEADERS = frozenset({"alg", "kid", "typ"})
 # JWT-SVID §2.3: if set, typ MUST be JWT or JOSE.
 ALLOWED_TYPES = frozenset({"JWT", "JOSE"})
-
-# Far larger than any real JWT-SVID; bounds the work done on hostile input.
-MAX_TOKEN_BYTES = 16384
-
-_EC_ALG_BY_CURVE = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
-# RFC 7515 §7.1: three base64url segments, no padding, nothing else.
-_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
-_RSA_ALGS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 
 
 @dataclass(frozen=True)
@@ -177,17 +173,6 @@ def mint_jwt_svid(
     return validate_jwt_svid(token, {kid: key.public_key()}, audiences[0], clock)
 
 
-def _b64url_json(segment: str, what: str) -> dict[str, Any]:
-    try:
-        raw = base64.b64decode(segment + "=" * (-len(segment) % 4), altchars=b"-_", validate=True)
-        value = json.loads(raw, object_pairs_hook=_reject_duplicate_keys)
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
-        raise InvalidJwt(f"token {what} is not base64url-encoded JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise InvalidJwt(f"token {what} is not a JSON object")
-    return value
-
-
 def validated_claims(token: str) -> dict[str, Any]:
     """The claims of *token*, which :func:`validate_jwt_svid` has already accepted.
 
@@ -196,65 +181,9 @@ def validated_claims(token: str) -> dict[str, Any]:
     Raises:
         InvalidJwt: the token is not a JWS compact serialization with a JSON payload.
     """
-    if _COMPACT_JWS.fullmatch(token) is None:
+    if COMPACT_JWS.fullmatch(token) is None:
         raise InvalidJwt("token is not a JWS compact serialization (header.payload.signature)")
-    return _b64url_json(token.split(".")[1], "payload")
-
-
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # RFC 7515 §5.2 step 4: duplicate header names must be rejected (or only the last
-    # used).  Different parsers picking different duplicates is how confusion bugs start.
-    result: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in result:
-            raise ValueError(f"duplicate member {name!r}")
-        result[name] = value
-    return result
-
-
-def _require_matching_key(alg: str, key: PublicKey) -> None:
-    """RFC 8725 §3.1: use the algorithm the key was meant for, never the one asked for."""
-    try:
-        allowed_public_key(key)
-    except WeakKey as exc:
-        raise InvalidJwt(f"signing key for this kid is not allowed: {exc.detail}") from None
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        expected = _EC_ALG_BY_CURVE.get(key.curve.name)
-        if alg != expected:
-            raise InvalidJwt(
-                f"alg {alg} does not match the {describe_key(key)} key (expected {expected})"
-            )
-        return
-    if isinstance(key, rsa.RSAPublicKey):
-        if alg not in _RSA_ALGS:
-            raise InvalidJwt(f"alg {alg} does not match the {describe_key(key)} key")
-        return
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        raise InvalidJwt("JWT-SVID §2.1: Ed25519 (EdDSA) keys cannot validate JWT-SVIDs")
-    raise InvalidJwt(f"{describe_key(key)} keys cannot validate JWT-SVIDs")
-
-
-def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
-    value = claims.get(name)
-    if value is None:
-        return None
-    # RFC 7519 §2: NumericDate is a JSON number; bool is a JSON literal, not a number.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidJwt(f"claim {name} must be a NumericDate, got {echo(value)}")
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number):
-        raise InvalidJwt(f"claim {name} is out of range: {echo(value)}")
-    return number
-
-
-def _to_datetime(value: float, name: str) -> datetime:
-    try:
-        return datetime.fromtimestamp(value, UTC)
-    except (OverflowError, OSError, ValueError):
-        raise InvalidJwt(f"claim {name} is out of range: {echo(value)}") from None
+    return b64url_json(token.split(".")[1], "payload")
 
 
 def validate_jwt_svid(
@@ -282,10 +211,10 @@ def validate_jwt_svid(
     if len(token) > MAX_TOKEN_BYTES:
         raise InvalidJwt(f"token is longer than {MAX_TOKEN_BYTES} bytes")
     # JWT-SVID §5.1: JWS Compact Serialization only: header.payload.signature.
-    if _COMPACT_JWS.fullmatch(token) is None:
+    if COMPACT_JWS.fullmatch(token) is None:
         raise InvalidJwt("token is not a JWS compact serialization (header.payload.signature)")
     parts = token.split(".")
-    header = _b64url_json(parts[0], "header")
+    header = b64url_json(parts[0], "header")
 
     extra = sorted(set(header) - ALLOWED_HEADERS)
     if extra:
@@ -307,7 +236,7 @@ def validate_jwt_svid(
     key = keys.get(kid)
     if key is None:
         raise InvalidJwt(f"token kid {echo(kid)} is not a known JWT-SVID signing key", kid=kid)
-    _require_matching_key(alg, key)
+    require_matching_key(alg, key)
     if isinstance(key, MlDsaPublicKey):  # no JWS algorithm matches it
         raise InvalidJwt(f"token kid {echo(kid)} names an ML-DSA key, which signs no JWT")
 
@@ -319,7 +248,7 @@ def validate_jwt_svid(
         raise InvalidJwt(f"token could not be verified: {exc}") from None
     payload = decoded["payload"]
     try:
-        claims = json.loads(payload, object_pairs_hook=_reject_duplicate_keys)
+        claims = json.loads(payload, object_pairs_hook=reject_duplicate_keys)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidJwt(f"token payload is not JSON: {exc}") from None
     if not isinstance(claims, dict):
@@ -327,20 +256,20 @@ def validate_jwt_svid(
 
     now = clock.now()
     # JWT-SVID §3.3: exp MUST be set; RFC 7519 §4.1.4: reject on or after exp.
-    exp = _numeric_date(claims, "exp")
+    exp = numeric_date(claims, "exp")
     if exp is None:
         raise InvalidJwt("JWT-SVID §3.3: token has no exp claim")
-    expiry = _to_datetime(exp, "exp")
+    expiry = to_datetime(exp, "exp")
     if now >= expiry + leeway:
         raise InvalidJwt(f"token expired at {expiry.isoformat()}", expired_at=expiry.isoformat())
     # RFC 7519 §4.1.5: not before nbf (optional claim).
-    nbf = _numeric_date(claims, "nbf")
-    if nbf is not None and now + leeway < _to_datetime(nbf, "nbf"):
+    nbf = numeric_date(claims, "nbf")
+    if nbf is not None and now + leeway < to_datetime(nbf, "nbf"):
         raise InvalidJwt("token is not valid yet (nbf is in the future)")
-    iat = _numeric_date(claims, "iat")
+    iat = numeric_date(claims, "iat")
     if iat is None:
         raise InvalidJwt("token has no iat claim")
-    issued_at = _to_datetime(iat, "iat")
+    issued_at = to_datetime(iat, "iat")
 
     # JWT-SVID §3.2: aud MUST be present with one or more values, and the validator's own
     # audience MUST be among them.

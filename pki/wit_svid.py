@@ -33,14 +33,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pki.bundle import public_key_from_jwk, public_key_to_jwk
 from pki.clock import Clock
 from pki.errors import InvalidBundle, InvalidJwt, InvalidSpiffeId, InvalidWit, WeakKey, echo
-from pki.jwt_svid import (  # the JWT-SVID JOSE steps, shared rather than copied
-    _COMPACT_JWS,
+from pki.jose import (
+    COMPACT_JWS,
     MAX_TOKEN_BYTES,
-    _b64url_json,
-    _numeric_date,
-    _reject_duplicate_keys,
-    _require_matching_key,
-    _to_datetime,
+    b64url_json,
+    numeric_date,
+    reject_duplicate_keys,
+    require_matching_key,
+    to_datetime,
 )
 from pki.keys import (
     PrivateKey,
@@ -184,7 +184,7 @@ def parse_workload_jwk(jwk: object) -> tuple[PublicKey, str]:
         raise InvalidWit(f"cnf.jwk is not a usable public key: {exc.detail}") from None
     try:
         # RFC 8725 §3.1: the algorithm must be the one the key is for.
-        _require_matching_key(alg, key)
+        require_matching_key(alg, key)
     except InvalidJwt as exc:
         raise InvalidWit(f"cnf.jwk: {exc.detail}") from None
     return key, alg
@@ -301,10 +301,10 @@ def validate_wit_svid(
     if len(token) > MAX_TOKEN_BYTES:
         raise InvalidWit(f"token is longer than {MAX_TOKEN_BYTES} bytes")
     # WIT-SVID §1: JWS compact serialization only.
-    if _COMPACT_JWS.fullmatch(token) is None:
+    if COMPACT_JWS.fullmatch(token) is None:
         raise InvalidWit("token is not a JWS compact serialization (header.payload.signature)")
     try:
-        header = _b64url_json(token.split(".")[0], "header")
+        header = b64url_json(token.split(".")[0], "header")
     except InvalidJwt as exc:
         raise InvalidWit(exc.detail) from None
     alg, kid = _check_header(header)
@@ -312,7 +312,7 @@ def validate_wit_svid(
     if key is None:
         raise InvalidWit(f"token kid {echo(kid)} is not a known WIT-SVID signing key", kid=kid)
     try:
-        _require_matching_key(alg, key)
+        require_matching_key(alg, key)
         verifier = jose_public_key(key)
     except (InvalidJwt, WeakKey) as exc:
         raise InvalidWit(f"token kid {echo(kid)}: {exc.detail}") from None
@@ -323,7 +323,7 @@ def validate_wit_svid(
     except jwt.PyJWTError as exc:
         raise InvalidWit(f"token could not be verified: {exc}") from None
     try:
-        claims = json.loads(decoded["payload"], object_pairs_hook=_reject_duplicate_keys)
+        claims = json.loads(decoded["payload"], object_pairs_hook=reject_duplicate_keys)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidWit(f"token payload is not JSON: {exc}") from None
     if not isinstance(claims, dict):
@@ -348,19 +348,19 @@ def _check_claims(
     now = clock.now()
     # WIT-SVID §3.3 (Expiry): exp MUST be present and the token rejected once it has
     # passed (RFC 7519 §4.1.4: on or after exp).
-    exp = _numeric_date(claims, "exp")
+    exp = numeric_date(claims, "exp")
     if exp is None:
         raise InvalidWit("WIT-SVID §3.3: token has no exp claim")
-    expiry = _to_datetime(exp, "exp")
+    expiry = to_datetime(exp, "exp")
     if now >= expiry + leeway:
         raise InvalidWit(f"token expired at {expiry.isoformat()}", expired_at=expiry.isoformat())
     # WIT-SVID §3.5: reject when nbf is in the future.
-    nbf = _numeric_date(claims, "nbf")
-    if nbf is not None and now + leeway < _to_datetime(nbf, "nbf"):
+    nbf = numeric_date(claims, "nbf")
+    if nbf is not None and now + leeway < to_datetime(nbf, "nbf"):
         raise InvalidWit("WIT-SVID §3.5: token is not valid yet (nbf is in the future)")
     # WIT-SVID §3.6: iat SHOULD be present and is for audit only, never a validity bound.
-    iat = _numeric_date(claims, "iat")
-    issued_at = _to_datetime(iat, "iat") if iat is not None else None
+    iat = numeric_date(claims, "iat")
+    issued_at = to_datetime(iat, "iat") if iat is not None else None
     jti = claims.get("jti")
     if jti is not None and (not isinstance(jti, str) or not jti):
         raise InvalidWit(f"RFC 7519 §4.1.7: jti must be a non-empty string, got {echo(jti)}")
@@ -498,10 +498,10 @@ def validate_wpt(
     """
     if not isinstance(proof, str) or len(proof) > MAX_TOKEN_BYTES:
         raise InvalidWit(f"the WPT is not a string of at most {MAX_TOKEN_BYTES} bytes")
-    if _COMPACT_JWS.fullmatch(proof) is None:
+    if COMPACT_JWS.fullmatch(proof) is None:
         raise InvalidWit("the WPT is not a JWS compact serialization")
     try:
-        header = _b64url_json(proof.split(".")[0], "header")
+        header = b64url_json(proof.split(".")[0], "header")
     except InvalidJwt as exc:
         raise InvalidWit(f"WPT: {exc.detail}") from None
     extra = sorted(set(header) - _WPT_HEADERS)
@@ -519,7 +519,7 @@ def validate_wpt(
         decoded = jwt.PyJWS().decode_complete(
             proof, jose_public_key(wit.workload_key), algorithms=[wit.workload_alg]
         )
-        claims = json.loads(decoded["payload"], object_pairs_hook=_reject_duplicate_keys)
+        claims = json.loads(decoded["payload"], object_pairs_hook=reject_duplicate_keys)
     except jwt.InvalidSignatureError:
         raise InvalidWit("the WPT is not signed by the key the WIT-SVID is bound to") from None
     except (jwt.PyJWTError, ValueError, UnicodeDecodeError) as exc:
@@ -544,10 +544,10 @@ def _check_proof(
     leeway: timedelta,
 ) -> WorkloadProof:
     now = clock.now()
-    exp = _numeric_date(claims, "exp")
+    exp = numeric_date(claims, "exp")
     if exp is None:
         raise InvalidWit("the WPT has no exp claim")
-    expiry = _to_datetime(exp, "exp")
+    expiry = to_datetime(exp, "exp")
     if now >= expiry + leeway:
         raise InvalidWit(f"the WPT expired at {expiry.isoformat()}")
     if expiry - now > MAX_WPT_LIFETIME + leeway:

@@ -37,6 +37,15 @@ ANY_PORT = 0
 L4Verdicts = dict[tuple[str, str, int, str], bool]
 
 
+def l4_allows(verdicts: L4Verdicts, dst: str, src: str, port: int, proto: str) -> bool:
+    """The verdict as the datapath looks it up (enforce.c, and the agent's `VerdictTable`
+    on numeric keys): the exact port first, then any port; no entry is the default deny."""
+    found = verdicts.get((dst, src, port, proto))
+    if found is None:
+        found = verdicts.get((dst, src, ANY_PORT, proto), False)
+    return found
+
+
 def glob_regex(pattern: str) -> re.Pattern[str]:
     """The mesh policy's globs ("*" one segment, "**" any) as a regex that matches at least
     what the policy's own `glob_matches` does; it only picks candidates, Rego decides."""

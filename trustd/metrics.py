@@ -64,6 +64,28 @@ ADDRESS_REPORTS = Counter(
     "Workload address reports from agents, by outcome (changed, unchanged, refused).",
     ["outcome"],
 )
+FLOWS = Counter(
+    "trustd_flows_total",
+    "Flow reports from agents, by outcome (accepted; refused: about a workload the node "
+    "does not host).",
+    ["outcome"],
+)
+FLOW_CONNECTIONS = Counter(
+    "trustd_flow_connections_total",
+    "Connections seen in the flows agents reported and trustd stored, by verdict (allowed, "
+    "denied, audit).",
+    ["verdict"],
+)
+FLOW_BATCHES_THROTTLED = Counter(
+    "trustd_flow_batches_throttled_total",
+    "Flow batches refused unread because their node sent more than it may a minute.",
+)
+FLOWS_DROPPED = Counter(
+    "trustd_flows_dropped_total",
+    "Flow events agents lost before reporting them (ring buffer or queue full), by node.",
+    ["node"],
+)
+FLOWS_PRUNED = Counter("trustd_flows_pruned_total", "Stored flows pruned by age or count.")
 IPCACHE_CONFLICTS = Gauge(
     "trustd_ipcache_conflicts",
     "Reported workload addresses in conflict, by kind: declared (inside another identity's "
@@ -92,6 +114,23 @@ AGENTS_BEHIND_APPLIED = Gauge(
 # The agent's enforcement (one agent per node, one process).
 VERDICT_REVISION = Gauge(
     "trustd_agent_verdict_revision", "The verdict revision the agent applied.", ["backend"]
+)
+AGENT_FLOW_EVENTS = Counter(
+    "trustd_agent_flow_events_total",
+    "Connection verdicts the agent aggregated into flows, by observer (ebpf, ext_authz).",
+    ["observer"],
+)
+AGENT_FLOWS_DROPPED = Counter(
+    "trustd_agent_flow_events_dropped_total",
+    "Flow events lost, by where: ring_buffer (full), aggregator (too many distinct flows "
+    "in one interval), queue (the server away for too long), refused (a batch refused), "
+    "unnamed (an event the agent cannot put in a flow).",
+    ["where"],
+)
+AGENT_FLOW_BATCHES = Counter(
+    "trustd_agent_flow_batches_total",
+    "Flow batches the agent sent, by outcome (sent, failed, refused).",
+    ["outcome"],
 )
 AGENT_ADDRESS_REPORTS = Counter(
     "trustd_agent_address_reports_total",

@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     k8s_clusters: dict[str, K8sClusterSettings] = Field(default_factory=dict)
     # PEM roots that x509pop node certificates must chain to; x509pop is off without it.
     x509pop_ca_bundle: Path | None = None
+    # PEM roots and intermediates of the TPM manufacturers whose EK certificates are
+    # trusted (`tpm` attestor); tpm is off without it.
+    tpm_ek_ca_bundle: Path | None = None
     # Rego module deciding which entries a node may receive (package trustd.attestation).
     attestation_policy: Path | None = None
 
@@ -156,6 +159,13 @@ class Settings(BaseSettings):
     decision_log_queue: int = Field(default=10000, ge=1)
     decision_log_retention: timedelta = timedelta(days=7)
     decision_log_max_rows: int = Field(default=1_000_000, ge=1)
+
+    # Observed flows (`POST /v1/agents/flows`): kept this long and at most this many rows
+    # (the leader prunes the rest); each node may send this many batches a minute (an agent
+    # sends one every few seconds, each bounded by `trustd.domain.flows.MAX_FLOWS_PER_BATCH`).
+    flow_retention: timedelta = timedelta(hours=24)
+    flow_max_rows: int = Field(default=1_000_000, ge=1)
+    flow_batches_per_minute: int = Field(default=120, ge=1)
 
     # Prometheus metrics. `metrics_listen` (HOST:PORT) serves GET /metrics alone over plain
     # HTTP on a listener of its own (an internal interface), and the main listener stops

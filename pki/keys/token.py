@@ -8,8 +8,7 @@ builders and PyJWT only ever call ``sign`` and ``public_key`` on the issuer key,
 build and encode everything themselves and the token signs the to-be-signed bytes.
 
 The hash is computed here and the token signs the digest with ``CKM_ECDSA`` (SoftHSM 2.6
-has no ``CKM_ECDSA_SHA256``); the raw r‖s it returns is DER-encoded as X.509 and JWS
-libraries expect (RFC 5480 §2.2.3 ECDSA-Sig-Value).
+has no ``CKM_ECDSA_SHA256``); :class:`pki.keys.held.HeldEcKey` DER-encodes the raw r‖s.
 """
 
 from __future__ import annotations
@@ -20,8 +19,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pkcs11
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, utils
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from pkcs11 import Attribute, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
@@ -29,6 +28,7 @@ from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 from pki.errors import CaError, KeyUnavailable
 from pki.keys import KeyType, PrivateKey, PublicKey, allowed_public_key, same_public_key
 from pki.keys.backends import BackendName, StoredKey
+from pki.keys.held import HeldEcKey
 
 _CURVES: dict[KeyType, ec.EllipticCurve] = {
     KeyType.EC_P256: ec.SECP256R1(),
@@ -221,66 +221,24 @@ def _public_key(obj: pkcs11.PublicKey) -> ec.EllipticCurvePublicKey:
     return checked
 
 
-class TokenKey(ec.EllipticCurvePrivateKey):
+class TokenKey(HeldEcKey):
     """An EC private key that lives in a PKCS#11 token: it signs, and does nothing else."""
+
+    misuse = CaError
 
     def __init__(
         self, backend: Pkcs11Backend, key_id: bytes, public: ec.EllipticCurvePublicKey
     ) -> None:
+        super().__init__(public)
         self._backend = backend
         self._key_id = key_id
-        self._public = public
-
-    def sign(
-        self,
-        data: bytes | bytearray | memoryview,
-        signature_algorithm: ec.EllipticCurveSignatureAlgorithm,
-    ) -> bytes:
-        if not isinstance(signature_algorithm, ec.ECDSA):
-            raise CaError("a PKCS#11 key signs with ECDSA only")
-        algorithm = signature_algorithm.algorithm
-        if isinstance(algorithm, utils.Prehashed):
-            digest = bytes(data)
-        else:
-            h = hashes.Hash(algorithm)
-            h.update(data)
-            digest = h.finalize()
-        raw = self._backend.sign_digest(self._key_id, digest)
-        half = len(raw) // 2
-        return utils.encode_dss_signature(
-            int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
-        )
-
-    def public_key(self) -> ec.EllipticCurvePublicKey:
-        return self._public
 
     @property
-    def curve(self) -> ec.EllipticCurve:
-        return self._public.curve
+    def device(self) -> str:
+        return "a PKCS#11 token"
 
-    @property
-    def key_size(self) -> int:
-        return self._public.curve.key_size
-
-    def exchange(self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey) -> bytes:
-        raise CaError("a PKCS#11 CA key only signs")
-
-    def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
-        raise CaError("a PKCS#11 key is not extractable")
-
-    def private_bytes(
-        self,
-        encoding: serialization.Encoding,
-        format: serialization.PrivateFormat,
-        encryption_algorithm: serialization.KeySerializationEncryption,
-    ) -> bytes:
-        raise CaError("a PKCS#11 key is not extractable")
-
-    def __copy__(self) -> TokenKey:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, object]) -> TokenKey:
-        return self
+    def sign_digest(self, digest: bytes) -> bytes:
+        return self._backend.sign_digest(self._key_id, digest)
 
     def __repr__(self) -> str:
         return f"TokenKey(id={self._key_id.hex()}, curve={self.curve.name})"

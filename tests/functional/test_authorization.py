@@ -50,6 +50,7 @@ RESOURCES = {
     "decision",
     "entry",
     "federation",
+    "flow",
     "graph",
     "identity",
     "node",
@@ -169,7 +170,7 @@ def test_only_the_protocols_with_their_own_credentials_are_exempt(app: FastAPI) 
     exempt = {r.path: r.declared[0] for r in routes if not r.declared[0].startswith("admin:")}
     assert {p for p, d in exempt.items() if d == Exemption.AGENT} == {
         f"/v1/agents/{name}"
-        for name in ("sync", "ack", "addresses", "svids", "jwt", "wit", "renew")
+        for name in ("sync", "ack", "addresses", "flows", "svids", "jwt", "wit", "renew")
     }
     assert exempt["/v1/bundle"] == exempt["/v1/ocsp"] == exempt["/healthz"] == "public"
     assert exempt["/v1/attest"] == "attestation"

@@ -1,8 +1,9 @@
 """The tc program itself, run by the kernel on crafted frames (BPF_PROG_TEST_RUN) with its
 maps written by the agent's own `BpfEnforcer`: every branch of the verdict, over IPv4 and
 IPv6 alike (every workload is dual-stack here: one identity, one policy, both families),
-neighbour discovery and DHCPv6, the generation switch, the staleness deadline, and a full
-map leaving the last good state in force."""
+neighbour discovery and DHCPv6, the generation switch, the staleness deadline, a full
+map leaving the last good state in force, and the flow events each verdict puts on the
+ring buffer."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import asyncio
 import ctypes
 import ipaddress
 import os
+import select
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,10 +31,12 @@ from trustd.agent.enforcement.ebpf import (
     EGRESS_PROGRAM,
     BpfEnforcer,
     Config,
+    FlowEvent,
     IpcacheKey,
     Mode,
     PolicyKey,
     Scope,
+    address_of,
 )
 from trustd.agent.enforcement.state import VerdictTable
 from trustd.agent.errors import EnforcementError
@@ -77,6 +82,17 @@ def at(request: pytest.FixtureRequest) -> Addresses:
 class Program:
     def __init__(self, enforcer: BpfEnforcer) -> None:
         self.enforcer = enforcer
+        self._ring: libbpf.RingBuffer | None = None
+
+    def events(self) -> list[FlowEvent]:
+        """The flow events the program reported since the last call."""
+        if self._ring is None:
+            self._ring = self.enforcer.events()
+        return [FlowEvent.from_buffer_copy(r) for r in self._ring.read(100_000)]
+
+    def close(self) -> None:
+        if self._ring is not None:
+            self._ring.close()
 
     def verdict(self, packet: bytes) -> int:
         return libbpf.run_on_packet(self.enforcer.program_fd, packet)[0]
@@ -125,9 +141,11 @@ def _enforcer(tmp_path: Path, mode: Mode, staleness: float | None = None) -> Ite
     pin_dir = Path("/sys/fs/bpf/trustd") / f"test-{uuid.uuid4().hex[:8]}"
     enforcer = BpfEnforcer(obj, [], mode, pin_dir, staleness)
     enforcer.start()
+    program = Program(enforcer)
     try:
-        yield Program(enforcer)
+        yield program
     finally:
+        program.close()
         enforcer.stop(detach=True)
         shutil.rmtree(pin_dir, ignore_errors=True)
 
@@ -454,3 +472,189 @@ def test_always_allowed_prefixes_of_one_family_cover_none_of_the_other(program: 
     program.enforcer.set_scope(Scope(Unmanaged.DENY, frozenset({"0.0.0.0/0"})))
     assert libbpf.run_on_packet(egress, ipv6(WEB_IP6, "2001:db8::1", TCP, 1))[0] == TC_ACT_SHOT
     assert libbpf.run_on_packet(egress, ipv4(WEB_IP, OTHER_IP, TCP, 1))[0] == TC_ACT_OK
+
+
+# Flow events: (verdict, reason, direction) as bpf/enforce.c numbers them.
+ALLOWED, DENIED, AUDIT = 0, 1, 2
+POLICY, REVOKED, STALE, UNMANAGED, AUDIT_WOULD_DENY = 0, 1, 2, 3, 4
+EGRESS, INGRESS = 0, 1
+
+
+def summary(event: FlowEvent) -> tuple[Any, ...]:
+    """An event as (source address, destination address, src, dst, dport, proto, verdict,
+    reason, direction)."""
+    family = event.family
+    assert family in (4, 6) and event.ktime > 0 and bytes(event.pad) == b"\0" * 7
+    return (
+        address_of(family, bytes(event.saddr)),
+        address_of(family, bytes(event.daddr)),
+        event.src,
+        event.dst,
+        event.dport,
+        event.proto,
+        event.verdict,
+        event.reason,
+        event.direction,
+    )
+
+
+def test_connection_verdicts_are_reported_on_the_ring_buffer(
+    program: Program, at: Addresses
+) -> None:
+    """One event per connection verdict (its SYN), with both identities and why; later
+    segments are not reported."""
+    program.apply(1, {(257, 256, 8443, TCP): True})
+    assert program.events() == []  # nothing judged yet
+    assert program.verdict(packet(at.web, at.api, TCP, 8443)) == TC_ACT_OK
+    assert program.verdict(packet(at.web, at.api, TCP, 8443, ACK)) == TC_ACT_OK
+    assert program.verdict(packet(at.bad, at.api, TCP, 8443)) == TC_ACT_SHOT
+    assert program.verdict(packet(at.web, at.other, TCP, 8443)) == TC_ACT_OK
+    assert [summary(e) for e in program.events()] == [
+        (at.web, at.api, 256, 257, 8443, TCP, ALLOWED, POLICY, INGRESS),
+        (at.bad, at.api, 258, 257, 8443, TCP, DENIED, POLICY, INGRESS),
+        (at.web, at.other, 256, 0, 8443, TCP, ALLOWED, UNMANAGED, INGRESS),
+    ]
+    assert program.verdict(packet(at.web, at.api, TCP, 9)) == TC_ACT_SHOT
+    [event] = program.events()
+    assert event.sport == 40000 and summary(event)[6:8] == (DENIED, POLICY)
+
+
+def test_a_revoked_source_is_reported_revoked(program: Program, at: Addresses) -> None:
+    program.apply(1, {(257, 256, 8443, TCP): True}, revoked=(256,))
+    assert program.verdict(packet(at.web, at.api, TCP, 8443)) == TC_ACT_SHOT
+    assert program.verdict(packet(at.web, at.api, TCP, 8443, ACK)) == TC_ACT_SHOT
+    # Unmanaged destinations: a quarantined source reaches none, for that reason.
+    assert program.verdict(packet(at.web, at.other, TCP, 443)) == TC_ACT_SHOT
+    assert [summary(e) for e in program.events()] == [
+        (at.web, at.api, 256, 257, 8443, TCP, DENIED, REVOKED, INGRESS),
+        (at.web, at.other, 256, 0, 443, TCP, DENIED, REVOKED, INGRESS),
+    ]
+
+
+def test_stale_and_audit_verdicts_are_reported_as_such(tmp_path: Path) -> None:
+    for program in _enforcer(tmp_path, Mode.AUDIT, staleness=30):
+        program.apply(1, {(257, 256, 8443, TCP): True}, revoked=(258,))
+        program.enforcer.refresh()
+        # Audit mode passes what policy denies and says so; a quarantined source keeps
+        # its own reason.
+        assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 9)) == TC_ACT_OK
+        assert program.verdict(ipv4(BAD_IP, API_IP, TCP, 8443)) == TC_ACT_OK
+        assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_OK
+        fd = program.enforcer._fds["trustd_config"]
+        config = Config()
+        libbpf.lookup(fd, ctypes.c_uint32(0), config)
+        config.valid_until_ns = time.monotonic_ns() - 1_000_000_000
+        libbpf.update(fd, ctypes.c_uint32(0), config)
+        assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_OK
+        assert [summary(e)[2:] for e in program.events()] == [
+            (256, 257, 9, TCP, AUDIT, AUDIT_WOULD_DENY, INGRESS),
+            (258, 257, 8443, TCP, AUDIT, REVOKED, INGRESS),
+            (256, 257, 8443, TCP, ALLOWED, POLICY, INGRESS),
+            (256, 257, 8443, TCP, AUDIT, STALE, INGRESS),
+        ]
+    for program in _enforcer(tmp_path, Mode.ENFORCE, staleness=30):
+        program.apply(1, {(257, 256, 8443, TCP): True})
+        fd = program.enforcer._fds["trustd_config"]
+        config = Config()
+        libbpf.lookup(fd, ctypes.c_uint32(0), config)
+        config.valid_until_ns = time.monotonic_ns() - 1_000_000_000
+        libbpf.update(fd, ctypes.c_uint32(0), config)
+        assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_SHOT
+        assert [summary(e)[2:] for e in program.events()] == [
+            (256, 257, 8443, TCP, DENIED, STALE, INGRESS)
+        ]
+
+
+def test_egress_to_unmanaged_destinations_is_reported(program: Program, at: Addresses) -> None:
+    loaded = program.enforcer._obj
+    assert loaded is not None
+    egress = loaded.program_fds[EGRESS_PROGRAM]
+    program.apply(1, {})
+    program.enforcer.set_scope(Scope(Unmanaged.DENY, frozenset({at.network})))
+    for p in (
+        packet(at.web, at.api, TCP, 8443),  # managed: its ingress reports it
+        packet(at.web, at.other, TCP, 443),
+        packet(at.web, at.in_network, TCP, 443),
+        packet(at.web, at.in_network, TCP, 443, ACK),
+    ):
+        libbpf.run_on_packet(egress, p)
+    assert [summary(e) for e in program.events()] == [
+        (at.web, at.other, 256, 0, 443, TCP, DENIED, UNMANAGED, EGRESS),
+        (at.web, at.in_network, 256, 0, 443, TCP, ALLOWED, UNMANAGED, EGRESS),
+    ]
+
+
+def test_a_udp_flow_is_reported_once_a_second(program: Program, at: Addresses) -> None:
+    program.apply(1, {(257, 256, 53, UDP): True})
+    for _ in range(3):
+        assert program.verdict(packet(at.web, at.api, UDP, 53)) == TC_ACT_OK
+    assert program.verdict(packet(at.bad, at.api, UDP, 53)) == TC_ACT_SHOT
+    assert program.verdict(packet(at.bad, at.api, UDP, 53)) == TC_ACT_SHOT
+    assert [summary(e) for e in program.events()] == [
+        (at.web, at.api, 256, 257, 53, UDP, ALLOWED, POLICY, INGRESS),
+        (at.bad, at.api, 258, 257, 53, UDP, DENIED, POLICY, INGRESS),
+    ]
+    time.sleep(1.05)
+    assert program.verdict(packet(at.web, at.api, UDP, 53)) == TC_ACT_OK
+    assert len(program.events()) == 1
+
+
+def test_flow_events_off_reports_nothing(program: Program) -> None:
+    program.apply(1, {(257, 256, 8443, TCP): True})
+    program.enforcer.set_flow_events(False)
+    assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_OK
+    assert program.verdict(ipv4(BAD_IP, API_IP, TCP, 8443)) == TC_ACT_SHOT
+    assert program.events() == []
+    program.enforcer.set_flow_events(True)
+    assert program.verdict(ipv4(BAD_IP, API_IP, TCP, 8443)) == TC_ACT_SHOT
+    assert len(program.events()) == 1
+
+
+def test_a_full_ring_buffer_loses_events_never_packets(program: Program) -> None:
+    """Nobody reading: the ring buffer (256 KiB, 72 bytes a record) fills, every verdict is
+    still given and the events it had no room for are counted."""
+    program.apply(1, {(257, 256, 8443, TCP): True})
+    assert program.enforcer.events_lost() == 0
+    code, _ = libbpf.run_on_packet(
+        program.enforcer.program_fd, ipv4(WEB_IP, API_IP, TCP, 8443), repeat=5000
+    )
+    assert code == TC_ACT_OK
+    assert program.enforcer.counters()["allowed"] == 5000
+    held = len(program.events())
+    assert held == 256 * 1024 // 72
+    assert program.enforcer.events_lost() == 5000 - held
+    # Read, the ring buffer has room again.
+    assert program.verdict(ipv4(WEB_IP, API_IP, TCP, 8443)) == TC_ACT_OK
+    assert len(program.events()) == 1
+
+
+def test_the_agent_is_woken_by_a_burst_only(program: Program) -> None:
+    """Below 64 KiB unread the program wakes nobody (the agent reads on its tick); the
+    event that brings the unread data past it wakes a poll(2) waiting on the ring buffer."""
+    program.apply(1, {(257, 256, 8443, TCP): True})
+    ring = program.enforcer.events()
+    syn = ipv4(WEB_IP, API_IP, TCP, 8443)
+    try:
+
+        def woken(runs: int) -> bool:
+            """Whether a poll(2) waiting for up to 2 s returned early: woken. (At its
+            timeout poll looks at the ring buffer once more, and finds the data.)"""
+            waiter = select.poll()
+            waiter.register(ring.fd, select.POLLIN)
+            returned: list[float] = []
+            thread = threading.Thread(
+                target=lambda: (waiter.poll(2000), returned.append(time.monotonic()))
+            )
+            thread.start()
+            time.sleep(0.1)  # the thread waits in poll(2), on an empty ring buffer
+            produced = time.monotonic()
+            libbpf.run_on_packet(program.enforcer.program_fd, syn, repeat=runs)
+            thread.join()
+            return returned[0] - produced < 1.0
+
+        assert not woken(100)  # 7 KiB unread: nobody woken
+        assert len(ring.read(10_000)) == 100
+        assert woken(1000)  # 72 KiB
+        assert len(ring.read(10_000)) == 1000
+    finally:
+        ring.close()

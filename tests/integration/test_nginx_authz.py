@@ -70,6 +70,8 @@ NGINX_SERVER = """
             proxy_set_header X-Trustd-Port $server_port;
             proxy_set_header X-Original-Method $request_method;
             proxy_set_header X-Original-URI $request_uri;
+            proxy_set_header X-Trustd-Source-Address $remote_addr;
+            proxy_set_header X-Trustd-Destination-Address $server_addr;
         }}
     }}
 """

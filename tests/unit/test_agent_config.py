@@ -22,6 +22,8 @@ def test_round_trip_keeps_every_field_and_type() -> None:
         bpf_pin_dir=Path("/sys/fs/bpf/other"),
         staleness_limit=60.0,
         ext_authz_listen="127.0.0.1:9191",
+        flow_events=False,
+        flow_interval=2.5,
     )
     assert AgentConfig.from_json(config.to_json()) == config
     defaults = AgentConfig("https://t", Path("d"), Path("s"))

@@ -224,3 +224,19 @@ def test_the_agent_command_names_places_the_user_can_write(
         tmp_path / "state" / "trustd-agent",
     )
     assert agent_paths(local) == (Path("var/agent.sock"), Path("var/agent"))
+
+
+def test_agent_tpm_options_are_checked_before_the_agent_starts() -> None:
+    base = ["agent", "--server", "https://s", "--data-dir", "/nonexistent"]
+    refusals = {
+        ("--attestor", "x509"): "--attestor must be join_token or tpm, not 'x509'",
+        ("--attestor", "tpm"): "--attestor tpm needs --tpm-device",
+        ("--node-key", "tpm"): "--node-key tpm needs --tpm-device",
+        ("--node-key", "hsm", "--tpm-device", "/dev/tpmrm0"): "--node-key must be file or tpm",
+        ("--tpm-pcrs", "0,x"): "--tpm-pcrs must be comma-separated PCR numbers",
+        ("--tpm-pcrs", "0,24"): "--tpm-pcrs are 0 to 23",
+    }
+    for options, message in refusals.items():
+        result = runner.invoke(app, [*base, *options])
+        assert result.exit_code == 1, (options, result.output)
+        assert message in result.output, (options, result.output)

@@ -4,6 +4,7 @@ sync, and SVID requests. Private keys are made here and never sent: only CSRs tr
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ssl
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,8 +22,10 @@ from pki.clock import Clock
 from pki.csr import create_csr
 from pki.errors import TrustdError
 from pki.keys import PrivateKey, jose_private_key, jws_algorithm
+from pki.keys.held import HeldEcKey
 from pki.spiffe_id import SpiffeId, TrustDomain
 from trustd import tracing
+from trustd.domain.flows import FlowBatch, FlowBatchResult
 
 NODE_CREDENTIAL_TYPE = "trustd-node+jwt"
 CREDENTIAL_LIFETIME = timedelta(seconds=120)
@@ -137,7 +140,13 @@ class ServerClient:
     ) -> Any:
         headers: dict[str, str] = {}
         if identity is not None:
-            headers["Authorization"] = f"Bearer {self.credential(identity)}"
+            # A key held by a device (the TPM) signs in a round trip to it: off the loop.
+            credential = (
+                await asyncio.to_thread(self.credential, identity)
+                if isinstance(identity.key, HeldEcKey)
+                else self.credential(identity)
+            )
+            headers["Authorization"] = f"Bearer {credential}"
         try:
             with tracing.client_span(method, path, headers):
                 response = await self._client.request(method, path, headers=headers, **kwargs)
@@ -191,11 +200,17 @@ class ServerClient:
         )
         return _identity(body["svid"], key), bundle_from_jwks(body["bundle"])
 
-    async def challenge(self, attestor: str, evidence: dict[str, Any]) -> str:
+    async def challenge(self, attestor: str, evidence: dict[str, Any]) -> dict[str, Any]:
+        """The first step of a challenge-response attestor: the server's challenge (and, for
+        tpm, the credential it protected for the node's TPM).
+
+        Raises:
+            ServerError: the evidence was refused or the server is unreachable.
+        """
         body = await self._call(
             "POST", "/v1/attest/challenge", json={"attestor": attestor, "evidence": evidence}
         )
-        return str(body["challenge"])
+        return dict(body)
 
     async def renew(self, identity: NodeIdentity, key: PrivateKey) -> NodeIdentity:
         body = await self._call("POST", "/v1/agents/renew", identity, json={"csr": create_csr(key)})
@@ -236,6 +251,17 @@ class ServerClient:
                 ]
             },
         )
+
+    async def report_flows(self, identity: NodeIdentity, batch: FlowBatch) -> FlowBatchResult:
+        """Send one batch of aggregated flows (`POST /v1/agents/flows`).
+
+        Raises:
+            ServerError: refused (the status says why) or trustd unreachable.
+        """
+        body = await self._call(
+            "POST", "/v1/agents/flows", identity, json=batch.model_dump(mode="json")
+        )
+        return FlowBatchResult.model_validate(body)
 
     async def sign(self, identity: NodeIdentity, csrs: Sequence[tuple[str, str]]) -> dict[str, Any]:
         result: dict[str, Any] = await self._call(

@@ -23,6 +23,14 @@ class AgentConfig:
     data_dir: Path
     socket_path: Path
     join_token: str | None = None
+    # How a node without an identity attests: join_token, or tpm with the TPM at
+    # tpm_device (a device path or a TCTI string) quoting tpm_pcrs (SHA-256 bank).
+    attestor: str = "join_token"
+    tpm_device: str | None = None
+    tpm_pcrs: tuple[int, ...] = tuple(range(8))
+    # Where the node SVID's key lives: file (node-key.pem) or tpm (made in and never
+    # leaving the TPM at tpm_device; node-key.tpm only loads in that TPM).
+    node_key: str = "file"
     ca_sha256: str | None = None
     key_type: KeyType = KeyType.EC_P256
     # Enforcement: tc ingress on these interfaces (IFNAME or NETNS/IFNAME), the mode, where
@@ -35,6 +43,10 @@ class AgentConfig:
     ext_authz_listen: str | None = None
     # HOST:PORT for Envoy's gRPC ext_authz (envoy.service.auth.v3.Authorization/Check).
     ext_authz_grpc_listen: str | None = None
+    # Flows: connection verdicts (the tc program's ring buffer, ext_authz decisions)
+    # aggregated per interval (seconds) and sent to trustd; off: none reported.
+    flow_events: bool = True
+    flow_interval: float = 1.0
     # OpenTelemetry: the OTLP/gRPC collector the agent's spans go to (none: off).
     otel_endpoint: str | None = None
 

@@ -32,3 +32,9 @@ class InvalidVerdicts(TrustdError):
     the agent keeps its last good state and asks for the full state."""
 
     title = "Invalid verdict update"
+
+
+class TpmError(TrustdError):
+    """The node's TPM could not be reached or refused a command."""
+
+    title = "TPM error"

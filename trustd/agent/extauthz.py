@@ -20,6 +20,11 @@ that domain's bundle (held because an entry of this node federates with it), cho
 SPIFFE ID the certificate claims, so no CA vouches for another domain's IDs; the mesh
 policy then decides as for a local caller.
 
+Every decision joins the agent's flows (trustd/agent/flows.py) with what it saw of the
+request: method, path without its query, host and the status answered. The proxy may name
+the connection's addresses, `X-Trustd-Source-Address` / `X-Trustd-Destination-Address`
+(nginx `$remote_addr` / `$server_addr`); without them they are reported unspecified.
+
 The server is a small HTTP/1.1 keep-alive loop on asyncio: a check is a header-only
 request, and a framework's per-request cost would be most of the budget.
 """
@@ -45,6 +50,8 @@ from pki.spiffe_id import TrustDomain
 from pki.x509_svid import verify_x509_svid_in_bundles
 from policy.engine import EmbeddedEngine
 from trustd.agent.enforcement.state import VerdictTable
+from trustd.agent.flows import FlowReporter
+from trustd.domain.flows import Reason, Verdict
 from trustd.xfcc import MalformedXfcc, parse_xfcc
 
 log = structlog.get_logger("trustd.agent.extauthz")
@@ -65,9 +72,11 @@ class Authorizer:
         intermediates: Callable[[], Sequence[x509.Certificate]] = tuple,
         stale: Callable[[], bool] = lambda: False,
         revoked: Callable[[], Container[str]] = frozenset,
+        flows: FlowReporter | None = None,
         federated: Callable[[], Mapping[TrustDomain, TrustBundle]] = dict,
     ) -> None:
         self._table = table
+        self._flows = flows
         # The foreign trust domains' bundles the agent holds (federation).
         self._federated = federated
         # Revoked serials (hex): a revoked certificate is refused whatever its identity.
@@ -79,7 +88,7 @@ class Authorizer:
         self._stale = stale
         self._clock = clock
         self._engine: tuple[int, EmbeddedEngine] | None = None
-        self._decisions: OrderedDict[tuple[Any, ...], tuple[bool, str]] = OrderedDict()
+        self._decisions: OrderedDict[tuple[Any, ...], tuple[bool, str, Reason]] = OrderedDict()
         # Verified PEM -> (SPIFFE ID, not after, serial), valid for one bundle (by sequence).
         self._identities: OrderedDict[str, tuple[str, datetime, str]] = OrderedDict()
         self._identities_bundles: tuple[TrustBundle, ...] = ()
@@ -164,35 +173,99 @@ class Authorizer:
             source, by, why = self._forwarded(headers["x-forwarded-client-cert"])
         else:
             source, why = None, "no client certificate (X-Client-Cert or XFCC Cert=)"
-        if not source:
-            return False, why
         destination = headers.get("x-trustd-destination") or by
-        if not destination:
-            return False, "the proxy names no destination (X-Trustd-Destination)"
-        try:
-            port = int(headers.get("x-trustd-port", "0"))
-        except ValueError:
-            return False, "X-Trustd-Port is not a number"
         method = headers.get("x-original-method", method)
         path = headers.get("x-original-uri", path)
-        return self.decide(source, destination, port, method, path)
+        seen = {
+            "source_address": headers.get("x-trustd-source-address", ""),
+            "destination_address": headers.get("x-trustd-destination-address", ""),
+            "host": headers.get("x-original-host", headers.get("host", "")),
+        }
+        port_text = headers.get("x-trustd-port", "0")
+        port = int(port_text) if port_text.isdigit() and int(port_text) < 65536 else None
+        if not source:
+            # A revoked certificate is a revoked client; any other failure is no identity.
+            reason = Reason.REVOKED if why.endswith("is revoked") else Reason.POLICY
+            self.record(None, destination, port or 0, method, path, False, reason, **seen)
+            return False, why
+        if not destination:
+            return False, "the proxy names no destination (X-Trustd-Destination)"
+        if port is None:
+            return False, "X-Trustd-Port is not a number"
+        return self.decide(source, destination, port, method, path, **seen)
 
     def decide(
-        self, source: str, destination: str, port: int, method: str, path: str
+        self,
+        source: str,
+        destination: str,
+        port: int,
+        method: str,
+        path: str,
+        *,
+        source_address: str = "",
+        destination_address: str = "",
+        host: str = "",
     ) -> tuple[bool, str]:
         """The mesh decision for a verified source calling `destination` (HTTP and gRPC
-        ext_authz share it): quarantined identities first, then the mesh policy; default
-        deny."""
-        if self._stale():
-            return False, "no word from trustd for longer than the staleness limit"
+        ext_authz share it), recorded in the flows: quarantined identities first, then the
+        mesh policy; default deny."""
         method, path = method.upper(), path.split("?", 1)[0]
+        allowed, why, reason = self._decide(source, destination, port, method, path)
+        self.record(
+            source,
+            destination,
+            port,
+            method,
+            path,
+            allowed,
+            reason,
+            source_address=source_address,
+            destination_address=destination_address,
+            host=host,
+        )
+        return allowed, why
+
+    def record(
+        self,
+        source: str | None,
+        destination: str | None,
+        port: int,
+        method: str,
+        path: str,
+        allowed: bool,
+        reason: Reason,
+        *,
+        source_address: str,
+        destination_address: str,
+        host: str,
+    ) -> None:
+        """Add a decision to the flows (`source` None: the client was not identified)."""
+        if self._flows is None:
+            return
+        self._flows.record_l7(
+            source,
+            destination,
+            source_address,
+            destination_address,
+            port,
+            Verdict.ALLOWED if allowed else Verdict.DENIED,
+            reason,
+            # The query is left out: it may carry credentials (RFC 3986 §3.4).
+            (method.upper(), path.split("?", 1)[0], host, 200 if allowed else 403),
+        )
+
+    def _decide(
+        self, source: str, destination: str, port: int, method: str, path: str
+    ) -> tuple[bool, str, Reason]:
+        if self._stale():
+            return False, "no word from trustd for longer than the staleness limit", Reason.STALE
         table = self._table()
         number = table.identities.get(source)
         if number is not None and number in table.revoked:
-            return False, f"{source} is quarantined"
+            return False, f"{source} is quarantined", Reason.REVOKED
         engine = self._mesh(table)
         if engine is None:
-            return False, "no policy received from trustd yet"
+            return False, "no policy received from trustd yet", Reason.POLICY
         key = (source, destination, port, method, path)
         cached = self._decisions.get(key)
         if cached is not None:
@@ -211,8 +284,12 @@ class Authorizer:
             )
         except Exception as exc:
             log.error("extauthz_evaluation_failed", error=str(exc))
-            return False, "policy evaluation failed"
-        decision = (allowed is True, "allowed" if allowed is True else "denied by policy")
+            return False, "policy evaluation failed", Reason.POLICY
+        decision = (
+            allowed is True,
+            "allowed" if allowed is True else "denied by policy",
+            Reason.POLICY,
+        )
         self._decisions[key] = decision
         if len(self._decisions) > CACHE_SIZE:
             self._decisions.popitem(last=False)

@@ -20,6 +20,7 @@ from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 
 from trustd.agent.extauthz import Authorizer
+from trustd.domain.flows import Reason
 
 log = structlog.get_logger("trustd.agent.extauthz_grpc")
 
@@ -45,6 +46,18 @@ class Authorization(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
             reason = "no peer certificate (mTLS listener, include_peer_certificate: true)"
         if not source:
             allowed = False
+            self._authorizer.record(
+                None,
+                destination or None,
+                attributes.destination.address.socket_address.port_value,
+                http.method,
+                http.path,
+                False,
+                Reason.REVOKED if reason.endswith("is revoked") else Reason.POLICY,
+                source_address=attributes.source.address.socket_address.address,
+                destination_address=attributes.destination.address.socket_address.address,
+                host=http.host,
+            )
         elif not destination:
             allowed, reason = False, "no destination principal"
         else:
@@ -54,6 +67,9 @@ class Authorization(pb_grpc.AuthorizationServicer):  # type: ignore[misc]
                 attributes.destination.address.socket_address.port_value,
                 http.method,
                 http.path,
+                source_address=attributes.source.address.socket_address.address,
+                destination_address=attributes.destination.address.socket_address.address,
+                host=http.host,
             )
         if allowed:
             return pb.CheckResponse(status=status_pb2.Status(code=code_pb2.OK))

@@ -29,9 +29,9 @@ from pki.bundle import TrustBundle
 from pki.ca import certificate_pem, load_pem_certificates, serial_hex
 from pki.clock import Clock
 from pki.csr import create_csr
-from pki.errors import TrustdError
+from pki.errors import KeyUnavailable, TrustdError
 from pki.jwt_svid import JwtSvid
-from pki.keys import KeyType, PrivateKey, allowed_public_key, generate_private_key
+from pki.keys import KeyType, PrivateKey, allowed_public_key, generate_private_key, same_public_key
 from pki.selectors import parse_selectors
 from pki.spiffe_id import SpiffeId, TrustDomain
 from pki.wit_svid import validate_wit_svid, workload_jwk
@@ -56,6 +56,7 @@ from trustd.agent.enforcement import libbpf
 from trustd.agent.enforcement.ebpf import BpfEnforcer, Interface, Scope
 from trustd.agent.enforcement.state import VerdictTable
 from trustd.agent.errors import EnforcementError, InvalidVerdicts
+from trustd.agent.flows import FlowReporter
 from trustd.agent.renewal import renewal_due
 from trustd.domain.nodes import Unmanaged
 
@@ -120,6 +121,8 @@ class Agent:
         self._report_wake.set()
         self.addresses = WorkloadAddresses(self._report_wake.set)
         self._reported: dict[str, frozenset[str]] | None = None
+        # Connection verdicts aggregated into flows for trustd (None: --no-flow-events).
+        self.flows: FlowReporter | None = None
 
     # -- files ---------------------------------------------------------------------------
 
@@ -138,26 +141,69 @@ class Agent:
     def _save_bundle(self, bundle: TrustBundle) -> None:
         self._bundle_file.write_text(json.dumps(bundle.to_jwks()))
 
+    @property
+    def _node_tpm_key_file(self) -> Path:
+        return self.config.data_dir / "node-key.tpm"
+
+    def _new_node_key(self) -> PrivateKey:
+        """A fresh node key: in the TPM with --node-key tpm, else in memory (and on disk)."""
+        if self.config.node_key == "tpm":
+            from pki.keys.tpm import TpmKey
+
+            assert self.config.tpm_device is not None
+            return TpmKey.generate(self.config.tpm_device)
+        return generate_private_key(self.config.key_type)
+
     def _save_identity(self, identity: NodeIdentity) -> None:
-        key_pem = identity.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        _write_private(self._node_key_file, key_pem)
+        from pki.keys.tpm import TpmKey
+
+        if isinstance(identity.key, TpmKey):
+            # The TPM's encrypted copy of the key: it loads in that TPM only.
+            _write_private(self._node_tpm_key_file, identity.key.blob)
+            self._node_key_file.unlink(missing_ok=True)
+        else:
+            key_pem = identity.key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            _write_private(self._node_key_file, key_pem)
+            self._node_tpm_key_file.unlink(missing_ok=True)
         self._node_file.write_text("".join(certificate_pem(c) for c in identity.chain))
 
+    def _load_node_key(self) -> PrivateKey | None:
+        if self.config.node_key != "tpm":
+            if not self._node_key_file.exists():
+                return None
+            key = serialization.load_pem_private_key(self._node_key_file.read_bytes(), None)
+            allowed_public_key(key.public_key())
+            return key  # type: ignore[return-value]
+        from pki.keys.tpm import TpmKey
+
+        if not self._node_tpm_key_file.exists():
+            return None
+        assert self.config.tpm_device is not None
+        try:
+            return TpmKey.from_blob(self.config.tpm_device, self._node_tpm_key_file.read_bytes())
+        except KeyUnavailable as exc:
+            # A data directory copied from another machine: its node identity stays there.
+            log.warning("node_key_not_in_this_tpm", detail=exc.detail)
+            return None
+
     def _load_identity(self) -> NodeIdentity | None:
-        if not (self._node_file.exists() and self._node_key_file.exists()):
+        if not self._node_file.exists():
+            return None
+        key = self._load_node_key()
+        if key is None:
             return None
         chain = tuple(load_pem_certificates(self._node_file.read_bytes()))
-        key = serialization.load_pem_private_key(self._node_key_file.read_bytes(), None)
-        allowed_public_key(key.public_key())
+        if not same_public_key(chain[0].public_key(), key.public_key()):
+            return None
         if chain[0].not_valid_after_utc <= self.clock.now():
             return None
         san = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         spiffe_id = SpiffeId.parse(san.get_values_for_type(x509.UniformResourceIdentifier)[0])
-        return NodeIdentity(spiffe_id, chain, key)  # type: ignore[arg-type]
+        return NodeIdentity(spiffe_id, chain, key)
 
     # -- start-up ------------------------------------------------------------------------
 
@@ -184,12 +230,23 @@ class Agent:
         await self.cache.set_bundle(bundle)
         identity = self._load_identity()
         if identity is None:
-            if not cfg.join_token:
-                raise AgentError("this node has no identity yet: pass --join-token")
-            key = generate_private_key(cfg.key_type)
-            identity, bundle = await self._client.attest(
-                "join_token", {"token": cfg.join_token}, key
-            )
+            key = await asyncio.to_thread(self._new_node_key)
+            if cfg.attestor == "tpm":
+                from trustd.agent.tpm import attest_with_tpm
+
+                if not cfg.tpm_device:
+                    raise AgentError("the tpm attestor needs --tpm-device")
+                # The TPM is the credential: a restart (or an eviction) attests again
+                # with it, to the same node, without a token.
+                identity, bundle = await attest_with_tpm(
+                    self._client, cfg.tpm_device, cfg.tpm_pcrs, key
+                )
+            else:
+                if not cfg.join_token:
+                    raise AgentError("this node has no identity yet: pass --join-token")
+                identity, bundle = await self._client.attest(
+                    "join_token", {"token": cfg.join_token}, key
+                )
             self._save_identity(identity)
             self._save_bundle(bundle)
             await self.cache.set_bundle(bundle)
@@ -209,8 +266,13 @@ class Agent:
                 self.config.enforcement_mode,
                 self.config.bpf_pin_dir,
                 self.config.staleness_limit,
+                self.config.flow_events,
             )
             self.enforcer.start()
+        if self.config.flow_events and self.enforcing:
+            self.flows = FlowReporter(lambda: self.verdicts, self.clock, self.config.flow_interval)
+            if self.enforcer is not None:
+                self.flows.watch(self.enforcer)
         if self.config.ext_authz_listen or self.config.ext_authz_grpc_listen:
             await self._start_proxy_filters()
         self._workload_server = await start_workload_api(
@@ -227,6 +289,12 @@ class Agent:
             asyncio.create_task(self._rotation_loop(), name="agent-svids"),
             asyncio.create_task(self._node_renewal_loop(), name="agent-node-svid"),
         ]
+        if self.flows is not None:
+            self._tasks.append(
+                asyncio.create_task(
+                    self.flows.run(lambda: self.client, lambda: self.node), name="agent-flows"
+                )
+            )
 
     async def _start_proxy_filters(self) -> None:
         # The policy engine and Envoy's protos cost memory on every node: loaded only on
@@ -242,6 +310,7 @@ class Agent:
             lambda: self.node.chain[1:],
             self.stale,
             lambda: self.revoked_serials,
+            self.flows,
             lambda: self.cache.federated,
         )
         if self.config.ext_authz_listen:
@@ -267,6 +336,8 @@ class Agent:
             await self._extauthz_grpc.stop(grace=1)
         if self._client is not None:
             await self._client.aclose()
+        if self.flows is not None:
+            self.flows.close()
         if self.enforcer is not None:
             # Fail-static: the filters and pinned maps keep enforcing the last revision.
             self.enforcer.stop()
@@ -466,12 +537,14 @@ class Agent:
         """The server voided this node: drop the node identity (a restart must attest
         anew, with a new join token) and stop the agent with a non-zero exit."""
         log.error("node_evicted", detail=exc.detail)
-        for path in (self._node_file, self._node_key_file):
+        for path in (self._node_file, self._node_key_file, self._node_tpm_key_file):
             path.unlink(missing_ok=True)
-        self.fatal_error = AgentError(
-            f"this node was evicted or banned ({exc.detail}): get a new join token "
-            "(trustd token create) and start the agent with it"
+        again = (
+            "start the agent again to attest with its TPM"
+            if self.config.attestor == "tpm"
+            else "get a new join token (trustd token create) and start the agent with it"
         )
+        self.fatal_error = AgentError(f"this node was evicted or banned ({exc.detail}): {again}")
         self.fatal.set()
 
     # -- workload addresses -------------------------------------------------------------
@@ -625,7 +698,7 @@ class Agent:
             self.clock.now(), leaf.not_valid_before_utc, leaf.not_valid_after_utc, "node"
         ):
             return False
-        key = generate_private_key(self.config.key_type)
+        key = await asyncio.to_thread(self._new_node_key)
         self.identity = await self.client.renew(self.node, key)
         self._save_identity(self.identity)
         log.info(

@@ -39,7 +39,8 @@ from google.protobuf.message import Message
 from pki.bundle import USE_JWT_SVID, USE_WIT_SVID, TrustBundle
 from pki.clock import Clock, SystemClock
 from pki.errors import InvalidJwt, InvalidSpiffeId, TrustdError
-from pki.jwt_svid import MAX_TOKEN_BYTES, validate_jwt_svid, validated_claims
+from pki.jose import MAX_TOKEN_BYTES
+from pki.jwt_svid import validate_jwt_svid, validated_claims
 from pki.keys import private_key_der_pkcs8
 from pki.selectors import Selector
 from pki.spiffe_id import SpiffeId, TrustDomain

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 
 from trustd.api.deps import Exemption, NodeDep, ServicesDep, exempt
 from trustd.api.entries import public_entry
@@ -29,6 +29,7 @@ from trustd.api.schemas import (
 )
 from trustd.api.svid import jwt_svid_response, wit_svid_response
 from trustd.api.wire import CountQuery, SinceQuery
+from trustd.domain.flows import FlowBatch, FlowBatchResult
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"], dependencies=[exempt(Exemption.AGENT)])
 
@@ -104,6 +105,22 @@ async def report_addresses(body: AddressReport, node: NodeDep, services: Service
     Workload API), replacing the node's previous report; every agent's IP cache follows."""
     services.agents.report_addresses(node, [(i.spiffe_id, i.addresses) for i in body.identities])
     return Response(status_code=204)
+
+
+def _flow_budget(node: NodeDep, services: ServicesDep) -> None:
+    # A dependency: FastAPI solves it before it validates the body, so a node past its
+    # rate is refused before a thousand flows are parsed into models.
+    services.flows.admit(node)
+
+
+@router.post("/flows", response_model=FlowBatchResult, dependencies=[Depends(_flow_budget)])
+def report_flows(body: FlowBatch, node: NodeDep, services: ServicesDep) -> FlowBatchResult:
+    """What the node's datapath and ext_authz decided over one interval, aggregated. Only
+    flows about the node's own workloads are stored; the others are refused and counted
+    (`refused`), never stored. At most `MAX_FLOWS_PER_BATCH` flows a batch (422 past it)
+    within the request size limit (413), and `flow_batches_per_minute` batches a minute
+    (429 with Retry-After)."""
+    return services.flows.report(node, body)
 
 
 @router.post("/svids", response_model=SvidBatchResponse)

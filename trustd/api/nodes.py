@@ -47,8 +47,13 @@ def _public(node: Node) -> NodePublic:
     dependencies=[exempt(Exemption.ATTESTATION)],
 )
 def attestation_challenge(body: AttestRequest, services: ServicesDep) -> ChallengeResponse:
-    """First step of a challenge-response attestor (x509pop)."""
-    return ChallengeResponse(challenge=services.nodes.challenge(body.attestor, body.evidence))
+    """First step of a challenge-response attestor (x509pop, tpm)."""
+    issued = services.nodes.challenge(body.attestor, body.evidence)
+    return ChallengeResponse(
+        challenge=issued.challenge,
+        credential_blob=issued.credential_blob,
+        encrypted_secret=issued.encrypted_secret,
+    )
 
 
 @router.post(

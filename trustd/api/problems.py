@@ -21,7 +21,7 @@ from policy import errors as policy_errors
 from trustd import errors
 from trustd.attestation.base import AttestationFailed
 from trustd.leader import LostLeadership
-from trustd.services import ui
+from trustd.services import flows, ui
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger("trustd.api")
@@ -92,6 +92,8 @@ _STATUS: dict[type[TrustdError], int] = {
     acme.AlreadyRevoked: 400,
     acme.AlreadyReplaced: 409,
     acme.InvalidProfile: 400,
+    # A node sending flow batches faster than it may.
+    flows.FlowBatchesThrottled: 429,
     # Admin web UI.
     ui.SignInPaused: 429,
     ui.CsrfRefused: 403,
@@ -152,6 +154,9 @@ def trustd_error_response(exc: TrustdError) -> JSONResponse:
         headers["WWW-Authenticate"] = 'Bearer realm="trustd"'
     if status == 503:
         headers["Retry-After"] = "1"
+    if status == 429:
+        # RFC 9110 §10.2.3 / RFC 6585 §4: say when to come back.
+        headers["Retry-After"] = str(exc.fields.get("retry_after", 1))
     if status >= 500:
         # Internal faults are logged once, here; the client learns nothing about internals.
         log.error("request_failed", error=type(exc).__name__, detail=exc.detail, status=status)

@@ -207,7 +207,7 @@ class JoinTokenCreated(WireModel):
 
 
 class AttestRequest(WireModel):
-    attestor: str = Field(max_length=32, examples=["join_token", "k8s_psat", "x509pop"])
+    attestor: str = Field(max_length=32, examples=["join_token", "k8s_psat", "x509pop", "tpm"])
     evidence: dict[str, Any]
     csr: str | None = Field(
         default=None, max_length=16384, description="The node key's CSR (not for challenges)"
@@ -216,6 +216,12 @@ class AttestRequest(WireModel):
 
 class ChallengeResponse(WireModel):
     challenge: str
+    credential_blob: str | None = Field(
+        default=None, description="tpm: TPM2_MakeCredential's TPM2B_ID_OBJECT (base64url)"
+    )
+    encrypted_secret: str | None = Field(
+        default=None, description="tpm: its TPM2B_ENCRYPTED_SECRET (base64url)"
+    )
 
 
 class SvidChain(WireModel):

@@ -7,9 +7,11 @@ attestation's transaction, so a refused attestation consumes nothing.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pki.errors import TrustdError
 from pki.selectors import Selector
@@ -77,6 +79,52 @@ class NodeAttestor(Protocol):
             AttestationFailed: the evidence is malformed, forged, expired or replayed.
         """
         ...
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """What the first step of a challenge-response attestor hands the agent."""
+
+    challenge: str
+    # tpm: TPM2_MakeCredential's output (base64url), which only the node's EK opens.
+    credential_blob: str | None = None
+    encrypted_secret: str | None = None
+
+
+@runtime_checkable
+class ChallengeAttestor(NodeAttestor, Protocol):
+    def challenge(self, evidence: dict[str, Any], now: datetime) -> Challenge:
+        """Step one: check the evidence the agent starts with and return a challenge that
+        only the key (or TPM) it claims can answer.
+
+        Raises:
+            AttestationFailed: the evidence is refused.
+        """
+        ...
+
+
+def b64url(data: bytes) -> str:
+    """Unpadded base64url (RFC 4648 §5), the encoding of binary evidence."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(value: str, what: str) -> bytes:
+    """Raises:
+    AttestationFailed: `value` is not base64url.
+    """
+    try:
+        return base64.b64decode(value + "=" * (-len(value) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raise AttestationFailed(f"{what} is not base64url") from None
+
+
+def require_bytes(evidence: dict[str, Any], key: str, limit: int = 8192) -> bytes:
+    """The base64url string `evidence[key]`, decoded.
+
+    Raises:
+        AttestationFailed: missing, not base64url, or longer than `limit` bytes encoded.
+    """
+    return b64url_decode(require_str(evidence, key, limit * 4 // 3 + 4), key)
 
 
 def require_str(evidence: dict[str, Any], key: str, limit: int = 16384) -> str:

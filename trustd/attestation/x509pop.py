@@ -8,7 +8,6 @@ on use, so a captured response cannot be replayed.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import secrets
@@ -29,7 +28,10 @@ from trustd.attestation.base import (
     AttestationContext,
     AttestationFailed,
     AttestationResult,
+    Challenge,
     EvidenceReplayed,
+    b64url,
+    b64url_decode,
     require_str,
 )
 
@@ -39,13 +41,6 @@ MAX_CHAIN = 5
 # server-chosen blob that could be a valid message in another protocol.
 SIGNING_PREFIX = b"trustd-x509pop-v1:"
 _NONCE, _EXPIRY, _FP, _MAC = 32, 8, 32, 32
-
-
-def _b64d(value: str, what: str) -> bytes:
-    try:
-        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except ValueError:
-        raise AttestationFailed(f"{what} is not base64url") from None
 
 
 def sign_challenge(key: Any, challenge: str) -> str:
@@ -61,7 +56,7 @@ def sign_challenge(key: Any, challenge: str) -> str:
         )
     else:
         signature = key.sign(message)
-    return base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
+    return b64url(signature)
 
 
 def _verify_signature(cert: x509.Certificate, message: bytes, signature: bytes) -> None:
@@ -109,7 +104,7 @@ class X509PopAttestor:
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self._mac_key, b"x509pop-challenge" + body, hashlib.sha256).digest()
 
-    def challenge(self, evidence: dict[str, Any], now: datetime) -> str:
+    def challenge(self, evidence: dict[str, Any], now: datetime) -> Challenge:
         """Step one: check the chain and return a challenge bound to its leaf.
 
         Raises:
@@ -119,7 +114,7 @@ class X509PopAttestor:
         expiry = int((now + CHALLENGE_TTL).timestamp())
         body = secrets.token_bytes(_NONCE) + struct.pack(">Q", expiry)
         body += bytes.fromhex(fingerprint_sha256(leaf))
-        return base64.urlsafe_b64encode(body + self._mac(body)).rstrip(b"=").decode()
+        return Challenge(b64url(body + self._mac(body)))
 
     def attest(
         self, evidence: dict[str, Any], now: datetime, context: AttestationContext
@@ -127,7 +122,7 @@ class X509PopAttestor:
         path = self._path(evidence, now)
         leaf = path[0]
         challenge = require_str(evidence, "challenge", 512)
-        raw = _b64d(challenge, "challenge")
+        raw = b64url_decode(challenge, "challenge")
         if len(raw) != _NONCE + _EXPIRY + _FP + _MAC:
             raise AttestationFailed("challenge is malformed")
         body, mac = raw[:-_MAC], raw[-_MAC:]
@@ -139,7 +134,7 @@ class X509PopAttestor:
             raise AttestationFailed("challenge has expired; ask for a new one")
         if body[_NONCE + _EXPIRY :].hex() != fingerprint_sha256(leaf):
             raise AttestationFailed("challenge was issued for another certificate")
-        signature = _b64d(require_str(evidence, "signature", 2048), "signature")
+        signature = b64url_decode(require_str(evidence, "signature", 2048), "signature")
         _verify_signature(leaf, SIGNING_PREFIX + challenge.encode(), signature)
         digest = hashlib.sha256(body[:_NONCE]).hexdigest()
         try:

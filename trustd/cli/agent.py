@@ -28,6 +28,32 @@ def _enforcement_mode(value: str) -> Any:
         fail(f"--enforcement-mode must be enforce or audit, not {value!r}")
 
 
+def _attestor(value: str, tpm_device: str | None) -> str:
+    if value not in ("join_token", "tpm"):
+        fail(f"--attestor must be join_token or tpm, not {value!r}")
+    if value == "tpm" and not tpm_device:
+        fail("--attestor tpm needs --tpm-device (a device path or a TCTI string)")
+    return value
+
+
+def _node_key(value: str, tpm_device: str | None) -> str:
+    if value not in ("file", "tpm"):
+        fail(f"--node-key must be file or tpm, not {value!r}")
+    if value == "tpm" and not tpm_device:
+        fail("--node-key tpm needs --tpm-device (a device path or a TCTI string)")
+    return value
+
+
+def _pcrs(value: str) -> tuple[int, ...]:
+    try:
+        pcrs = tuple(sorted({int(p) for p in value.split(",") if p.strip()}))
+    except ValueError:
+        fail(f"--tpm-pcrs must be comma-separated PCR numbers, not {value!r}")
+    if any(not 0 <= p <= 23 for p in pcrs):
+        fail("--tpm-pcrs are 0 to 23")
+    return pcrs
+
+
 def agent(
     server: Annotated[str, typer.Option(envvar="TRUSTD_SERVER", help="The trustd server URL")],
     socket: Annotated[Path, typer.Option(help="Workload API socket")] = DEFAULT_SOCKET,
@@ -40,6 +66,25 @@ def agent(
     ca_sha256: Annotated[
         str | None, typer.Option(help="Pin the server's root CA on first contact")
     ] = None,
+    attestor: Annotated[
+        str, typer.Option(help="How a node without an identity attests: join_token or tpm")
+    ] = "join_token",
+    tpm_device: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TRUSTD_TPM_DEVICE",
+            metavar="DEV",
+            help="The TPM: a device (/dev/tpmrm0) or a TCTI (swtpm:host=127.0.0.1,port=2321)",
+        ),
+    ] = None,
+    node_key: Annotated[
+        str,
+        typer.Option(help="Where the node SVID's key lives: file, or tpm (needs --tpm-device)"),
+    ] = "file",
+    tpm_pcrs: Annotated[
+        str,
+        typer.Option(help="SHA-256 PCRs the tpm attestor quotes (comma-separated; '' for none)"),
+    ] = "0,1,2,3,4,5,6,7",
     log_level: Annotated[str, typer.Option()] = "info",
     enforce_interface: Annotated[
         list[str] | None,
@@ -64,6 +109,16 @@ def agent(
     ext_authz_grpc_listen: Annotated[
         str | None, typer.Option(help="HOST:PORT for Envoy's gRPC ext_authz (Authorization/Check)")
     ] = None,
+    flow_events: Annotated[
+        bool,
+        typer.Option(
+            "--flow-events/--no-flow-events",
+            help="Report connection verdicts (eBPF, ext_authz) to trustd as flows",
+        ),
+    ] = True,
+    flow_interval: Annotated[
+        float, typer.Option(min=0.1, max=60.0, help="Seconds of flows aggregated per report")
+    ] = 1.0,
     otel_endpoint: Annotated[
         str | None,
         typer.Option(
@@ -83,12 +138,18 @@ def agent(
         socket_path=socket,
         join_token=join_token,
         ca_sha256=ca_sha256,
+        attestor=_attestor(attestor, tpm_device),
+        tpm_device=tpm_device,
+        tpm_pcrs=_pcrs(tpm_pcrs),
+        node_key=_node_key(node_key, tpm_device),
         enforce_interfaces=tuple(enforce_interface or ()),
         enforcement_mode=_enforcement_mode(enforcement_mode),
         bpf_pin_dir=bpf_pin_dir,
         staleness_limit=staleness_limit,
         ext_authz_listen=ext_authz_listen,
         ext_authz_grpc_listen=ext_authz_grpc_listen,
+        flow_events=flow_events,
+        flow_interval=flow_interval,
         otel_endpoint=otel_endpoint,
     )
     # The agent runs as long as the node: exec a fresh interpreter holding only the agent

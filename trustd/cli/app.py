@@ -17,6 +17,7 @@ from trustd.cli import (
     cert,
     entry,
     federation,
+    flows,
     identity,
     node,
     policy,
@@ -77,6 +78,7 @@ app.add_typer(policy.app, name="policy")
 app.add_typer(acme.app, name="acme")
 app.add_typer(admin.app, name="admin")
 app.add_typer(audit.app, name="audit")
+app.command()(flows.flows)
 
 
 def main() -> None:

@@ -34,19 +34,25 @@ _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
-def parse_until(value: str) -> str:
-    """An RFC 3339 instant with a time zone, or a duration from now (`30m`, `2h`, `7d`)."""
+def parse_instant(value: str, option: str, *, past: bool = False) -> str:
+    """An RFC 3339 instant with a time zone, or a duration (`30m`, `2h`, `7d`) from now:
+    ahead of it, or back from it when `past`."""
     found = _DURATION.match(value)
     if found:
         delta = timedelta(**{_UNITS[found.group(2)]: int(found.group(1))})
-        return (datetime.now(UTC) + delta).isoformat()
+        return (datetime.now(UTC) + (-delta if past else delta)).isoformat()
     try:
         instant = datetime.fromisoformat(value)
     except ValueError:
-        fail(f"--until {value!r}: give an RFC 3339 time or a duration such as 30m, 2h, 7d")
+        fail(f"{option} {value!r}: give an RFC 3339 time or a duration such as 30m, 2h, 7d")
     if instant.tzinfo is None:
-        fail(f"--until {value!r}: give the time zone (e.g. 2026-12-31T12:00:00Z)")
+        fail(f"{option} {value!r}: give the time zone (e.g. 2026-12-31T12:00:00Z)")
     return instant.isoformat()
+
+
+def parse_until(value: str) -> str:
+    """An RFC 3339 instant with a time zone, or a duration from now (`30m`, `2h`, `7d`)."""
+    return parse_instant(value, "--until")
 
 
 def describe(quarantine: dict[str, Any]) -> str:

@@ -18,7 +18,10 @@ the node hosts, so a node cannot make an edge appear for another node's workload
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated
 
 from pydantic import (
@@ -32,9 +35,15 @@ from pydantic import (
     model_validator,
 )
 
+from trustd.domain.ui import Edge
+
 # The most flows one batch may carry, and the most batches' worth the agent keeps queued
 # while the server is away; past that the oldest aggregates are dropped and counted.
 MAX_FLOWS_PER_BATCH = 1000
+# The most JSON bytes of flows one batch carries: half the server's default request limit
+# (TRUSTD_MAX_REQUEST_BYTES, 1 MiB), since 1,000 flows with long SPIFFE IDs and L7 paths
+# would exceed it and be refused whole (413).
+MAX_BATCH_BYTES = 512 * 1024
 
 
 class Verdict(enum.StrEnum):
@@ -74,6 +83,9 @@ class Observer(enum.StrEnum):
 Protocol = Annotated[str, Field(pattern=r"^(tcp|udp|icmp)$")]
 
 
+# A batch names the same few workload addresses a thousand times over; parsing each anew
+# was half the cost of validating a full batch. Refusals raise, and are never cached.
+@functools.lru_cache(maxsize=4096)
 def _address(value: str) -> str:
     try:
         return str(ipaddress.ip_address(value))
@@ -146,3 +158,100 @@ class FlowBatchResult(_Wire):
 
     accepted: int
     refused: int
+
+
+# -- what the server stores and answers -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One stored flow report, with the node that reported it and its row id (the keyset
+    paging cursor: ids only grow, so `after` an id is everything stored since)."""
+
+    id: int
+    node: str
+    interval_start: datetime
+    interval_end: datetime
+    source: str | None
+    destination: str | None
+    source_address: str
+    destination_address: str
+    destination_port: int
+    protocol: str
+    verdict: Verdict
+    reason: Reason
+    direction: Direction
+    observer: Observer
+    count: int
+    first_seen: datetime
+    last_seen: datetime
+    l7_method: str | None = None
+    l7_path: str | None = None
+    l7_host: str | None = None
+    l7_status: int | None = None
+
+
+@dataclass(frozen=True)
+class FlowFilter:
+    """Which flows a query wants. `source` and `destination` match a SPIFFE ID exactly, or
+    every ID under a path prefix ending in `/` (`spiffe://example.org/ns/web/`)."""
+
+    source: str | None = None
+    destination: str | None = None
+    verdict: Verdict | None = None
+    reason: Reason | None = None
+    node: str | None = None
+    # last_seen within [since, until).
+    since: datetime | None = None
+    until: datetime | None = None
+    # Keyset paging: flows with a larger id, oldest first; None: the newest first.
+    after: int | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True)
+class TrafficEdge:
+    """The flows between two identities over a window, by verdict and reason (the graph's
+    overlay)."""
+
+    source: str
+    destination: str
+    verdict: Verdict
+    reason: Reason
+    count: int
+    flows: int
+    last_seen: datetime
+
+
+class Usage(enum.StrEnum):
+    """What the traffic overlay says of an edge."""
+
+    SEEN = "seen"  # allowed by the policy and used in the window
+    UNUSED = "unused"  # allowed by the policy, not used in the window: least-privilege candidate
+    DENIED = "denied"  # attempts the datapath or the proxy denied in the window
+
+
+@dataclass(frozen=True)
+class OverlayEdge:
+    """One edge of the graph from traffic: the policy's edge (None: the pair is denied by
+    default) with what was observed on it."""
+
+    source: str
+    destination: str
+    usage: Usage
+    policy: Edge | None
+    count: int = 0
+    flows: int = 0
+    last_seen: datetime | None = None
+    # Why the denied attempts were denied (`Reason` values), when usage is DENIED.
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def decided_by(self) -> str:
+        """The policy rules that decide the edge, as the page names them."""
+        if self.policy is not None and self.policy.rules:
+            kind = "allow" if self.policy.allowed else "deny"
+            return ", ".join(f"{kind} rule {rule.name}" for rule in self.policy.rules)
+        if self.policy is not None and self.policy.allowed:
+            return "allowed"
+        return "default deny (no allow rule)" if self.policy is None else "denied"

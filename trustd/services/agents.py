@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -87,6 +88,23 @@ class SignedSvid:
 class RefusedSvid:
     entry_id: str
     detail: str
+
+
+@dataclass(frozen=True)
+class Hosted:
+    """What a node hosts: the SPIFFE IDs of the entries it may serve, and the addresses its
+    workloads hold (those its agent reported, and the prefixes its entries declare)."""
+
+    spiffe_ids: frozenset[str]
+    addresses: frozenset[str]
+    prefixes: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+    def holds(self, address: str) -> bool:
+        """Whether a workload of the node holds `address` (canonical text)."""
+        if address in self.addresses:
+            return True
+        ip = ipaddress.ip_address(address)
+        return any(ip in prefix for prefix in self.prefixes)
 
 
 @dataclass(frozen=True)
@@ -459,6 +477,25 @@ class Agents:
             raise PermissionDenied(_quarantined(quarantined[entry.spiffe_id]))
         return self._issuer.mint_wit_svid(
             principal.spiffe_id, entry.spiffe_id, workload_key, details={"entry_id": entry_id}
+        )
+
+    def hosted(self, principal: NodePrincipal) -> Hosted:
+        """The identities and addresses of the node's workloads: its entries as its sync
+        serves them (read once per sync revision) and what its agent reported.
+
+        Raises:
+            PolicyEvaluationError: the attestation policy failed (the node hosts nothing).
+        """
+        with transaction(self._engine) as session:
+            entries = self._local(session, principal, current_revision(session))
+            reported = list_node_reported_addresses(session, principal.spiffe_id)
+        prefixes = tuple(
+            ipaddress.ip_network(prefix, strict=False) for e in entries for prefix in e.ip_addresses
+        )
+        return Hosted(
+            frozenset(e.spiffe_id for e in entries),
+            frozenset(r.address for r in reported),
+            prefixes,
         )
 
     def report_addresses(

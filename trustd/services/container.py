@@ -11,6 +11,7 @@ from trustd.bus import Bus, create_bus
 from trustd.leader import create_leader
 from trustd.redis_clients import redis_target
 from trustd.services.acme import AcmeService, build_acme_service
+from trustd.services.acme.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from trustd.services.agents import Agents
 from trustd.services.audit import AuditLog, AuditTrail
 from trustd.services.auth import AdminTokens
@@ -18,6 +19,7 @@ from trustd.services.authz import Authorizer
 from trustd.services.ca import CertificateAuthority, key_encryption_key, open_token
 from trustd.services.entries import Entries
 from trustd.services.federation import Federations
+from trustd.services.flows import Flows
 from trustd.services.issuance import Issuer, ServingCredential
 from trustd.services.nodes import Nodes, build_attestors
 from trustd.services.policy import PolicyService
@@ -56,6 +58,7 @@ class Services:
     verdicts: Verdicts
     ui: UiAccounts
     ui_views: UiViews
+    flows: Flows
 
 
 def build_services(settings: Settings, clock: Clock | None = None) -> Services:
@@ -74,6 +77,16 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     quarantines = Quarantines(engine, clock, audit, bus, verdicts)
     revocations = Revocations(settings, engine, clock, audit, ca, bus, quarantines)
     federation = Federations(settings, engine, clock, audit, bus, ca)
+    agents = Agents(
+        engine, clock, audit, bus, nodes, entries, issuer, ca, revocations, verdicts, federation
+    )
+    target = redis_target(settings)
+    flow_limiter: RateLimiter = (
+        RedisRateLimiter(target.client(), deployment_scope(settings.trust_domain, engine))
+        if target is not None
+        else LocalRateLimiter()
+    )
+    flows = Flows(settings, engine, clock, agents, policy, flow_limiter)
     return Services(
         settings=settings,
         engine=engine,
@@ -89,19 +102,7 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         serving=ServingCredential(settings, issuer, ca, clock),
         nodes=nodes,
         entries=entries,
-        agents=Agents(
-            engine,
-            clock,
-            audit,
-            bus,
-            nodes,
-            entries,
-            issuer,
-            ca,
-            revocations,
-            verdicts,
-            federation,
-        ),
+        agents=agents,
         policy=policy,
         authz=Authorizer(policy, engine, audit),
         revocations=revocations,
@@ -116,10 +117,16 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
             revocations,
             bus,
             leader,
-            duties=[nodes.prune_replay_claims, quarantines.expire, federation.refresh_due],
+            duties=[
+                nodes.prune_replay_claims,
+                quarantines.expire,
+                federation.refresh_due,
+                flows.prune,
+            ],
         ),
         acme=build_acme_service(settings, engine, ca, issuer, clock, audit, bus, kek, revocations),
         verdicts=verdicts,
         ui=UiAccounts(settings, engine, clock, audit, kek),
         ui_views=UiViews(settings, engine, clock, policy),
+        flows=flows,
     )

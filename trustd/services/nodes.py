@@ -28,11 +28,14 @@ from trustd import tracing
 from trustd.attestation.base import (
     AttestationContext,
     AttestationFailed,
+    Challenge,
+    ChallengeAttestor,
     EvidenceReplayed,
     NodeAttestor,
 )
 from trustd.attestation.join_token import JoinTokenAttestor, hash_secret
 from trustd.attestation.k8s_psat import K8sPsatAttestor, load_cluster
+from trustd.attestation.tpm import TpmAttestor
 from trustd.attestation.x509pop import X509PopAttestor
 from trustd.bus import Bus
 from trustd.domain.audit import AuditOutcome
@@ -179,6 +182,9 @@ def build_attestors(settings: Settings, kek: bytes) -> dict[str, NodeAttestor]:
     if settings.x509pop_ca_bundle is not None:
         roots = load_pem_certificates(settings.x509pop_ca_bundle.read_bytes())
         attestors["x509pop"] = X509PopAttestor(roots, _mac_key(settings, kek))
+    if settings.tpm_ek_ca_bundle is not None:
+        cas = load_pem_certificates(settings.tpm_ek_ca_bundle.read_bytes())
+        attestors["tpm"] = TpmAttestor(cas, _mac_key(settings, kek))
     return attestors
 
 
@@ -261,16 +267,21 @@ class Nodes:
             raise AttestationFailed(f"attestor {name!r} is not enabled here; enabled: {enabled}")
         return attestor
 
-    def challenge(self, attestor_name: str, evidence: dict[str, Any]) -> str:
-        """The first step of a challenge-response attestor (x509pop).
+    def challenge(self, attestor_name: str, evidence: dict[str, Any]) -> Challenge:
+        """The first step of a challenge-response attestor (x509pop, tpm). It changes
+        nothing; a refusal is audited like a refused attestation.
 
         Raises:
             AttestationFailed: the attestor takes no challenge, or the evidence is refused.
         """
-        attestor = self._attestor(attestor_name)
-        if not isinstance(attestor, X509PopAttestor):
-            raise AttestationFailed(f"attestor {attestor_name!r} takes no challenge")
-        return attestor.challenge(evidence, self._clock.now())
+        try:
+            attestor = self._attestor(attestor_name)
+            if not isinstance(attestor, ChallengeAttestor):
+                raise AttestationFailed(f"attestor {attestor_name!r} takes no challenge")
+            return attestor.challenge(evidence, self._clock.now())
+        except TrustdError as exc:
+            self._refused(attestor_name, exc)
+            raise
 
     @tracing.traced("trustd.attestation")
     def attest(self, attestor_name: str, evidence: dict[str, Any], csr: bytes) -> AttestedNode:

@@ -10,6 +10,7 @@ from trustd.store import (  # noqa: F401
     certificates,
     entries,
     federation,
+    flows,
     leader,
     nodes,
     policy,

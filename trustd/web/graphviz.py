@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 from pki.errors import TrustdError
+from trustd.domain.flows import OverlayEdge, Usage
 from trustd.domain.ui import Edge
 
 # `dot` lays out a few hundred nodes in well under a second; a layout that takes longer
@@ -28,6 +29,7 @@ DOT_TIMEOUT_SECONDS = 10.0
 FONT = "DejaVu Sans"
 ALLOW_COLOUR = "#067647"
 DENY_COLOUR = "#b42318"
+UNUSED_COLOUR = "#667085"
 # Longer last segments (generated names) are cut, the whole SPIFFE ID in the tooltip.
 LABEL_LENGTH = 32
 
@@ -95,8 +97,11 @@ def edge_label(edge: Edge) -> str:
     return "\n".join(lines)
 
 
-def dot_source(identities: Sequence[str], edges: Sequence[Edge], focus: str | None = None) -> str:
-    """The graph in the DOT language."""
+def _drawn_identities(
+    identities: Sequence[str], focus: str | None
+) -> tuple[list[str], dict[str, str]]:
+    """The DOT lines of the graph's header and its clustered identities, and the node name
+    of each identity."""
     numbers = {identity: f"n{i}" for i, identity in enumerate(identities)}
     root = _collapsed(_tree(identities))
     out = [
@@ -136,6 +141,12 @@ def dot_source(identities: Sequence[str], edges: Sequence[Edge], focus: str | No
             out.append(f"{pad}}}")
 
     emit(root, 0)
+    return out, numbers
+
+
+def dot_source(identities: Sequence[str], edges: Sequence[Edge], focus: str | None = None) -> str:
+    """The graph in the DOT language."""
+    out, numbers = _drawn_identities(identities, focus)
     drawn: set[tuple[str, str]] = set()
     for i, edge in enumerate(edges):
         if edge.source not in numbers or edge.destination not in numbers:
@@ -155,6 +166,59 @@ def dot_source(identities: Sequence[str], edges: Sequence[Edge], focus: str | No
             attrs.append("style=dashed")
         # The way back of a pair drawn both ways does not rank its ends: dot would put them
         # side by side and lay both labels on one spot.
+        if (edge.destination, edge.source) in drawn:
+            attrs.append("constraint=false")
+        drawn.add((edge.source, edge.destination))
+        out.append(f"  {numbers[edge.source]} -> {numbers[edge.destination]} [{', '.join(attrs)}];")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def traffic_href(source: str, destination: str) -> str:
+    """The flows list of one pair."""
+    return "/ui/flows?" + urlencode({"source": source, "destination": destination})
+
+
+# How the traffic overlay draws each kind of edge.
+_USAGE_STYLE = {
+    Usage.SEEN: (ALLOW_COLOUR, "solid", "allowed, seen"),
+    Usage.UNUSED: (UNUSED_COLOUR, "dashed", "allowed, unused: least-privilege candidate"),
+    Usage.DENIED: (DENY_COLOUR, "bold", "denied attempts"),
+}
+
+
+def traffic_label(edge: OverlayEdge) -> str:
+    """The edge's label: what was seen on it and what decides it."""
+    if edge.usage is Usage.UNUSED:
+        return f"unused\n{edge.decided_by}"
+    seen = f"{edge.count} events"
+    if edge.usage is Usage.DENIED:
+        return f"denied: {seen}\n{edge.decided_by}"
+    return f"{seen}\n{edge.decided_by}"
+
+
+def traffic_dot_source(
+    identities: Sequence[str], edges: Sequence[OverlayEdge], focus: str | None = None
+) -> str:
+    """The graph from traffic in the DOT language: allowed-and-seen edges solid,
+    allowed-but-unused dashed, denied attempts red; each links to the pair's flows."""
+    out, numbers = _drawn_identities(identities, focus)
+    drawn: set[tuple[str, str]] = set()
+    for i, edge in enumerate(edges):
+        if edge.source not in numbers or edge.destination not in numbers:
+            continue
+        colour, style, meaning = _USAGE_STYLE[edge.usage]
+        tooltip = f"{edge.source} → {edge.destination}: {meaning}; {edge.decided_by}"
+        attrs = [
+            f"label={_quoted(traffic_label(edge))}",
+            f"color={_quoted(colour)}",
+            f"fontcolor={_quoted(colour)}",
+            f"style={style}",
+            f"URL={_quoted(traffic_href(edge.source, edge.destination).replace('&', '&amp;'))}",
+            f"tooltip={_quoted(tooltip)}",
+            f"id={_quoted(f'traffic{i}')}",
+            f"class={_quoted(edge.usage.value)}",
+        ]
         if (edge.destination, edge.source) in drawn:
             attrs.append("constraint=false")
         drawn.add((edge.source, edge.destination))

@@ -37,6 +37,7 @@ NAV = (
     "admin:policy:write",
     "admin:decision:read",
     "admin:graph:read",
+    "admin:flow:read",
     "admin:audit:read",
 )
 

@@ -8,6 +8,12 @@
 // always-allowed prefixes decide, and a quarantined identity reaches nothing but those
 // prefixes.
 //
+// Each connection verdict (a TCP SYN; a UDP or ICMP flow at most once a second) is also
+// reported to the agent through a ring buffer (`trustd_events`), when FLAG_FLOW_EVENTS is
+// set: the agent aggregates them into flows (trustd/agent/flows.py). A full ring buffer
+// never holds a packet up: the event is counted lost (`trustd_events_lost`) and the packet
+// goes on.
+//
 // Every map key carries a generation: the agent writes a revision into the inactive
 // generation, then flips `config.gen` with one array write. A packet reads the generation
 // once, so it sees one revision or the other, never a mix. The agent writes into the old
@@ -35,6 +41,7 @@
 // config.flags
 #define FLAG_UNMANAGED_DENY 1   // packets to unmanaged destinations are denied
 #define FLAG_CUT_ESTABLISHED 2  // a deny also cuts connections admitted before it
+#define FLAG_FLOW_EVENTS 4      // connection verdicts are reported on trustd_events
 
 // Counter slots; trustd/agent/enforcement/maps.py names them in the same order.
 enum {
@@ -104,12 +111,76 @@ struct allowed_key {
 	struct addr addr;
 };
 
+// What happened to one connection, as trustd/agent/enforcement/ebpf.py's FlowEvent reads
+// it (64 bytes, no implicit padding).
+enum { V_ALLOWED, V_DENIED, V_AUDIT };
+enum { R_POLICY, R_REVOKED, R_STALE, R_UNMANAGED, R_AUDIT_WOULD_DENY };
+enum { D_EGRESS, D_INGRESS };
+
+struct flow_event {
+	__u64 ktime; // bpf_ktime_get_ns
+	struct addr saddr;
+	struct addr daddr;
+	__u32 src; // identities: 0 for an address in no entry
+	__u32 dst;
+	__u16 sport; // host byte order
+	__u16 dport;
+	__u8 family;
+	__u8 proto;
+	__u8 verdict;   // V_*
+	__u8 reason;    // R_*
+	__u8 direction; // D_*
+	__u8 pad[7];
+};
+
+// A UDP or ICMP flow, reported at most once per FLOW_REPORT_NS (it has no SYN to mark its
+// start).
+struct seen_key {
+	__u32 family;
+	struct addr saddr;
+	struct addr daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 direction;
+	__u8 pad[2];
+};
+
+#define FLOW_REPORT_NS 1000000000ULL
+// Below this much unread data the agent is not woken: it reads on its own tick (100 ms),
+// so a steady stream of events costs the datapath no wake-up each.
+#define EVENTS_WAKEUP_BYTES (64 * 1024)
+// An event as the ring buffer holds it: an 8-byte header, then the event.
+#define EVENT_RECORD_BYTES (8 + sizeof(struct flow_event))
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct config);
 } trustd_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} trustd_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct seen_key);
+	__type(value, __u64);
+} trustd_seen SEC(".maps");
+
+// Flow events the ring buffer had no room for. A map of its own, not a counter slot: maps
+// pinned by an earlier version keep their size, and a counters map of another size would
+// refuse the load.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} trustd_events_lost SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -174,36 +245,10 @@ static __always_inline __u32 identity_of(__u32 gen, __u32 family, const struct a
 	return id ? *id : 0;
 }
 
-static __always_inline int deny(const struct config *cfg)
-{
-	count(C_DENIED);
-	if (cfg->mode == MODE_AUDIT)
-		return TC_ACT_OK;
-	count(C_DROPPED);
-	return TC_ACT_SHOT;
-}
-
 static __always_inline int quarantined(__u32 gen, __u32 src)
 {
 	struct revoked_key rk = {.gen = gen, .identity = src};
 	return src && bpf_map_lookup_elem(&trustd_revoked, &rk) != 0;
-}
-
-// A packet to an unmanaged destination (identity 0): passed if it is always allowed, or if
-// the node's scope allows unmanaged destinations and the source is not quarantined.
-static __always_inline int unmanaged(const struct config *cfg, __u32 gen, __u32 src,
-				     __u32 family, const struct addr *daddr)
-{
-	struct allowed_key key = {.prefixlen = 32 + 128, .family = family, .addr = *daddr};
-	if (bpf_map_lookup_elem(&trustd_allowed, &key)) {
-		count(C_UNMANAGED);
-		return TC_ACT_OK;
-	}
-	if (!(cfg->flags & FLAG_UNMANAGED_DENY) && !quarantined(gen, src)) {
-		count(C_UNMANAGED);
-		return TC_ACT_OK;
-	}
-	return deny(cfg);
 }
 
 #define IPPROTO_ICMPV6_ 58
@@ -231,6 +276,118 @@ struct packet {
 	__u16 sport;    // TCP, UDP: network byte order
 	__u16 dport;
 };
+
+// Report a connection verdict when FLAG_FLOW_EVENTS is set: a TCP SYN, or a UDP or ICMP
+// flow not reported within the last FLOW_REPORT_NS. Later segments and other protocols are
+// not reported (the counters have them). Never waits: with the ring buffer full the event
+// is counted lost.
+static __always_inline void report(const struct config *cfg, const struct packet *pkt,
+				   __u32 src, __u32 dst, __u8 verdict, __u8 reason, __u8 direction)
+{
+	if (!(cfg->flags & FLAG_FLOW_EVENTS))
+		return;
+	__u64 now = bpf_ktime_get_ns();
+	if (pkt->proto == IPPROTO_TCP) {
+		if (!pkt->syn)
+			return;
+	} else if (pkt->proto == IPPROTO_UDP || pkt->proto == IPPROTO_ICMP) {
+		struct seen_key key = {
+			.family = pkt->family,
+			.saddr = pkt->saddr,
+			.daddr = pkt->daddr,
+			.sport = pkt->sport,
+			.dport = pkt->dport,
+			.proto = pkt->proto,
+			.direction = direction,
+		};
+		__u64 *last = bpf_map_lookup_elem(&trustd_seen, &key);
+		if (last && now - *last < FLOW_REPORT_NS)
+			return;
+		bpf_map_update_elem(&trustd_seen, &key, &now, BPF_ANY);
+	} else {
+		return;
+	}
+	struct flow_event *e = bpf_ringbuf_reserve(&trustd_events, sizeof(*e), 0);
+	if (!e) {
+		__u32 zero = 0;
+		__u64 *lost = bpf_map_lookup_elem(&trustd_events_lost, &zero);
+		if (lost)
+			*lost += 1;
+		return;
+	}
+	e->ktime = now;
+	e->saddr = pkt->saddr;
+	e->daddr = pkt->daddr;
+	e->src = src;
+	e->dst = dst;
+	e->sport = bpf_ntohs(pkt->sport);
+	e->dport = bpf_ntohs(pkt->dport);
+	e->family = pkt->family;
+	e->proto = pkt->proto;
+	e->verdict = verdict;
+	e->reason = reason;
+	e->direction = direction;
+	__builtin_memset(e->pad, 0, sizeof(e->pad));
+	// The agent reads on its own tick; it is woken only by the event that brings the
+	// unread data past EVENTS_WAKEUP_BYTES (a burst), once: a wake-up costs microseconds
+	// (irq_work), far more than the event. Should the consumer move meanwhile and the
+	// crossing be missed, the tick reads it.
+	__u64 unread = bpf_ringbuf_query(&trustd_events, BPF_RB_AVAIL_DATA);
+	__u64 wake = unread >= EVENTS_WAKEUP_BYTES &&
+			     unread < EVENTS_WAKEUP_BYTES + EVENT_RECORD_BYTES
+		     ? BPF_RB_FORCE_WAKEUP
+		     : BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(e, wake);
+}
+
+static __always_inline int allow(const struct config *cfg, const struct packet *pkt, __u32 src,
+				 __u32 dst, __u8 reason, __u8 direction)
+{
+	count(reason == R_UNMANAGED ? C_UNMANAGED : C_ALLOWED);
+	report(cfg, pkt, src, dst, V_ALLOWED, reason, direction);
+	return TC_ACT_OK;
+}
+
+// A denied connection: dropped, or in audit mode passed and reported as what policy would
+// have denied (a revoked, stale or unmanaged deny keeps its own reason).
+static __always_inline int deny(const struct config *cfg, const struct packet *pkt, __u32 src,
+				__u32 dst, __u8 reason, __u8 direction)
+{
+	count(C_DENIED);
+	if (cfg->mode == MODE_AUDIT) {
+		report(cfg, pkt, src, dst, V_AUDIT,
+		       reason == R_POLICY ? R_AUDIT_WOULD_DENY : reason, direction);
+		return TC_ACT_OK;
+	}
+	count(C_DROPPED);
+	report(cfg, pkt, src, dst, V_DENIED, reason, direction);
+	return TC_ACT_SHOT;
+}
+
+// A packet that cannot be read or carries no address: denied, with nothing to report.
+static __always_inline int deny_unread(const struct config *cfg)
+{
+	count(C_DENIED);
+	if (cfg->mode == MODE_AUDIT)
+		return TC_ACT_OK;
+	count(C_DROPPED);
+	return TC_ACT_SHOT;
+}
+
+// A packet to an unmanaged destination (identity 0): passed if it is always allowed, or if
+// the node's scope allows unmanaged destinations and the source is not quarantined.
+static __always_inline int unmanaged(const struct config *cfg, __u32 gen, __u32 src,
+				     const struct packet *pkt, __u8 direction)
+{
+	struct allowed_key key = {.prefixlen = 32 + 128, .family = pkt->family, .addr = pkt->daddr};
+	if (bpf_map_lookup_elem(&trustd_allowed, &key))
+		return allow(cfg, pkt, src, 0, R_UNMANAGED, direction);
+	if (cfg->flags & FLAG_UNMANAGED_DENY)
+		return deny(cfg, pkt, src, 0, R_UNMANAGED, direction);
+	if (quarantined(gen, src))
+		return deny(cfg, pkt, src, 0, R_REVOKED, direction);
+	return allow(cfg, pkt, src, 0, R_UNMANAGED, direction);
+}
 
 // What a packet is, read once by both programs: PACKET_IP with `pkt` filled in, or the
 // action for it.
@@ -330,7 +487,7 @@ static __always_inline int read_packet(struct __sk_buff *skb, const struct confi
 	if (eth_proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr ip;
 		if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &ip, sizeof(ip)) < 0)
-			return deny(cfg);
+			return deny_unread(cfg);
 		pkt->family = 4;
 		pkt->saddr.w[0] = ip.saddr;
 		pkt->daddr.w[0] = ip.daddr;
@@ -338,26 +495,26 @@ static __always_inline int read_packet(struct __sk_buff *skb, const struct confi
 		l4 = sizeof(struct ethhdr) + ip.ihl * 4;
 	} else if (eth_proto == bpf_htons(ETH_P_IPV6)) {
 		if (read_ipv6(skb, pkt, &l4) < 0)
-			return deny(cfg);
+			return deny_unread(cfg);
 	} else {
 		return PACKET_OTHER;
 	}
 	if (l4 && pkt->proto == IPPROTO_TCP) {
 		struct tcphdr tcp;
 		if (bpf_skb_load_bytes(skb, l4, &tcp, sizeof(tcp)) < 0)
-			return deny(cfg);
+			return deny_unread(cfg);
 		pkt->sport = tcp.source;
 		pkt->dport = tcp.dest;
 		pkt->syn = tcp.syn && !tcp.ack;
 	} else if (l4 && pkt->proto == IPPROTO_UDP) {
 		__u16 ports[2];
 		if (bpf_skb_load_bytes(skb, l4, ports, sizeof(ports)) < 0)
-			return deny(cfg);
+			return deny_unread(cfg);
 		pkt->sport = ports[0];
 		pkt->dport = ports[1];
 	} else if (l4 && pkt->family == 6 && pkt->proto == IPPROTO_ICMP) {
 		if (bpf_skb_load_bytes(skb, l4, &pkt->icmp_type, 1) < 0)
-			return deny(cfg);
+			return deny_unread(cfg);
 	}
 	if (link_essential(pkt))
 		return TC_ACT_OK;
@@ -373,7 +530,7 @@ int trustd_egress(struct __sk_buff *skb)
 
 	int read = read_packet(skb, cfg, &pkt);
 	if (read == PACKET_OTHER) // only the scope can judge it
-		return cfg->flags & FLAG_UNMANAGED_DENY ? deny(cfg) : TC_ACT_OK;
+		return cfg->flags & FLAG_UNMANAGED_DENY ? deny_unread(cfg) : TC_ACT_OK;
 	if (read != PACKET_IP)
 		return read;
 	__u32 gen = cfg->gen;
@@ -381,8 +538,7 @@ int trustd_egress(struct __sk_buff *skb)
 	// policy of its own node): nothing to do here.
 	if (identity_of(gen, pkt.family, &pkt.daddr))
 		return TC_ACT_OK;
-	return unmanaged(cfg, gen, identity_of(gen, pkt.family, &pkt.saddr), pkt.family,
-			 &pkt.daddr);
+	return unmanaged(cfg, gen, identity_of(gen, pkt.family, &pkt.saddr), &pkt, D_EGRESS);
 }
 
 SEC("tc")
@@ -394,7 +550,7 @@ int trustd_ingress(struct __sk_buff *skb)
 
 	int read = read_packet(skb, cfg, &pkt);
 	if (read == PACKET_OTHER) // from no identity: allowed by no verdict
-		return deny(cfg);
+		return deny_unread(cfg);
 	if (read != PACKET_IP)
 		return read;
 
@@ -402,15 +558,15 @@ int trustd_ingress(struct __sk_buff *skb)
 	__u32 dst = identity_of(gen, pkt.family, &pkt.daddr);
 	__u32 src = identity_of(gen, pkt.family, &pkt.saddr);
 	if (dst == 0) // a local workload in no entry: the node's scope decides
-		return unmanaged(cfg, gen, src, pkt.family, &pkt.daddr);
+		return unmanaged(cfg, gen, src, &pkt, D_INGRESS);
 	if (cfg->valid_until_ns && bpf_ktime_get_ns() > cfg->valid_until_ns) {
 		count(C_STALE);
-		return deny(cfg);
+		return deny(cfg, &pkt, src, dst, R_STALE, D_INGRESS);
 	}
 	// A quarantined identity loses every packet, established connections included.
 	if (quarantined(gen, src)) {
 		count(C_REVOKED);
-		return deny(cfg);
+		return deny(cfg, &pkt, src, dst, R_REVOKED, D_INGRESS);
 	}
 
 	struct flow_key flow = {
@@ -452,12 +608,11 @@ int trustd_ingress(struct __sk_buff *skb)
 			__u32 one = 1;
 			bpf_map_update_elem(&trustd_flows, &flow, &one, BPF_ANY);
 		}
-		count(C_ALLOWED);
-		return TC_ACT_OK;
+		return allow(cfg, &pkt, src, dst, R_POLICY, D_INGRESS);
 	}
 	// A connection cut stays tracked: its next segments are denied too, until a verdict
-	// allows it again.
-	return deny(cfg);
+	// allows it again. (Only its SYN was reported: `report` skips later segments.)
+	return deny(cfg, &pkt, src, dst, R_POLICY, D_INGRESS);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -19,6 +19,7 @@ import structlog
 from trustd.agent.enforcement import libbpf
 from trustd.agent.enforcement.state import VerdictTable
 from trustd.agent.errors import EnforcementError
+from trustd.domain.flows import Direction, Reason, Verdict
 from trustd.domain.nodes import Unmanaged
 
 log = structlog.get_logger("trustd.agent.ebpf")
@@ -30,10 +31,14 @@ MAPS = (
     "trustd_counters",
     "trustd_allowed",
     "trustd_flows",
+    "trustd_events",
+    "trustd_seen",
+    "trustd_events_lost",
 )
 # Config.flags, as bpf/enforce.c names them.
 FLAG_UNMANAGED_DENY = 1
 FLAG_CUT_ESTABLISHED = 2
+FLAG_FLOW_EVENTS = 4
 PROGRAM = "trustd_ingress"
 # What the workloads send to unmanaged destinations (bpf/enforce.c).
 EGRESS_PROGRAM = "trustd_egress"
@@ -57,6 +62,39 @@ class Config(ctypes.Structure):
         ("flags", ctypes.c_uint32),
         ("valid_until_ns", ctypes.c_uint64),
     ]
+
+
+class FlowEvent(ctypes.Structure):
+    """`struct flow_event` of bpf/enforce.c: one connection verdict on the ring buffer."""
+
+    _fields_ = [
+        ("ktime", ctypes.c_uint64),  # bpf_ktime_get_ns: CLOCK_MONOTONIC
+        ("saddr", ctypes.c_ubyte * 16),
+        ("daddr", ctypes.c_ubyte * 16),
+        ("src", ctypes.c_uint32),
+        ("dst", ctypes.c_uint32),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("family", ctypes.c_uint8),
+        ("proto", ctypes.c_uint8),
+        ("verdict", ctypes.c_uint8),
+        ("reason", ctypes.c_uint8),
+        ("direction", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 7),
+    ]
+
+
+# The event's enums, in the order of bpf/enforce.c's V_*, R_* and D_*, and its protocols.
+EVENT_VERDICTS = (Verdict.ALLOWED, Verdict.DENIED, Verdict.AUDIT)
+EVENT_REASONS = (
+    Reason.POLICY,
+    Reason.REVOKED,
+    Reason.STALE,
+    Reason.UNMANAGED,
+    Reason.AUDIT_WOULD_DENY,
+)
+EVENT_DIRECTIONS = (Direction.EGRESS, Direction.INGRESS)
+EVENT_PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp"}
 
 
 class AllowedKey(ctypes.Structure):
@@ -155,8 +193,11 @@ class BpfEnforcer:
         mode: Mode = Mode.ENFORCE,
         pin_dir: Path = DEFAULT_PIN_DIR,
         staleness: float | None = None,
+        flow_events: bool = True,
     ) -> None:
         self.object_path = object_path
+        # Whether the program reports connection verdicts on its ring buffer.
+        self.flow_events = flow_events
         self.interfaces = interfaces
         self.mode = mode
         self.pin_dir = pin_dir
@@ -186,6 +227,9 @@ class BpfEnforcer:
         self._scope = None
         config = self._config()
         config.mode = 1 if self.mode is Mode.ENFORCE else 0
+        config.flags &= ~FLAG_FLOW_EVENTS
+        if self.flow_events:
+            config.flags |= FLAG_FLOW_EVENTS
         # The staleness deadline is left as the last run set it: only an answer from
         # trustd moves it (`refresh`), so restarting a cut-off agent does not extend it.
         self._write_config(config)
@@ -225,6 +269,32 @@ class BpfEnforcer:
         if self._obj is None:
             raise EnforcementError("the eBPF program is not loaded")
         return self._obj.prog_fd
+
+    def set_flow_events(self, on: bool) -> None:
+        """Turn the program's flow events on or off (one config write, in force for the
+        next packet)."""
+        with self._config_lock:
+            config = self._config()
+            config.flags &= ~FLAG_FLOW_EVENTS
+            if on:
+                config.flags |= FLAG_FLOW_EVENTS
+            self._write_config(config)
+        self.flow_events = on
+
+    def events(self) -> libbpf.RingBuffer:
+        """A reader of the program's flow events (`FlowEvent` records); close it before
+        `stop`.
+
+        Raises:
+            EnforcementError: the program is not loaded.
+        """
+        return libbpf.RingBuffer(self._fds["trustd_events"])
+
+    def events_lost(self) -> int:
+        """Flow events the ring buffer had no room for, since the map was pinned."""
+        values = (ctypes.c_uint64 * self._cpus)()
+        libbpf.lookup(self._fds["trustd_events_lost"], ctypes.c_uint32(0), values)
+        return int(sum(values))
 
     def _config(self) -> Config:
         config = Config()

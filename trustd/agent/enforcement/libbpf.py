@@ -1,6 +1,6 @@
 """The few libbpf calls the agent needs (Debian's `libbpf.so.1`), through ctypes: open and
 load an object with its maps pinned, attach a tc ingress program (in another network
-namespace when asked), and read and write map elements.
+namespace when asked), read and write map elements, and read a ring buffer.
 """
 
 from __future__ import annotations
@@ -71,6 +71,13 @@ class TcOpts(ctypes.Structure):
     ]
 
 
+# `ring_buffer_sample_fn`: (ctx, data, size) -> 0 to go on, < 0 to stop.
+_SAMPLE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+# What the sample callback returns to end a bounded read (any negative value stops
+# ring_buffer__consume, which then returns it).
+_ENOUGH = -7
+
+
 def _load() -> ctypes.CDLL:
     name = ctypes.util.find_library("bpf") or "libbpf.so.1"
     try:
@@ -98,6 +105,9 @@ def _load() -> ctypes.CDLL:
         ("bpf_tc_attach", [vp, vp], i),
         ("bpf_tc_detach", [vp, vp], i),
         ("bpf_prog_test_run_opts", [i, vp], i),
+        ("ring_buffer__new", [i, _SAMPLE, vp, vp], vp),
+        ("ring_buffer__consume", [vp], i),
+        ("ring_buffer__free", [vp], None),
     ):
         f = getattr(lib, fn)
         f.argtypes, f.restype = args, res
@@ -356,3 +366,47 @@ def keys(fd: int, key_type: type[ctypes.Structure]) -> Iterator[ctypes.Structure
             return
         yield nxt
         current = nxt
+
+
+class RingBuffer:
+    """A BPF ring buffer (BPF_MAP_TYPE_RINGBUF) read without ever blocking:
+    `ring_buffer__consume` takes what the producers have committed, up to a bound per call,
+    so a flood cannot keep the reader in one call. `fd` is the map's: poll(2) says when
+    there is something to read (the producer decides when to wake; see enforce.c).
+
+    Raises:
+        EnforcementError: libbpf refused the map (not a ring buffer).
+    """
+
+    def __init__(self, map_fd: int) -> None:
+        self.fd = map_fd
+        self._records: list[bytes] = []
+        self._limit = 0
+        # Kept referenced: libbpf calls it for as long as the ring buffer lives.
+        self._callback = _SAMPLE(self._sample)
+        self._rb = lib().ring_buffer__new(map_fd, self._callback, None, None)
+        if not self._rb:
+            raise EnforcementError(f"ring_buffer__new failed: {os.strerror(ctypes.get_errno())}")
+
+    def _sample(self, _ctx: int | None, data: int, size: int) -> int:
+        self._records.append(ctypes.string_at(data, size))
+        return _ENOUGH if len(self._records) >= self._limit else 0
+
+    def read(self, limit: int) -> list[bytes]:
+        """The committed records, oldest first, at most `limit` of them (the rest stay for
+        the next read).
+
+        Raises:
+            EnforcementError: the kernel refused.
+        """
+        self._records, self._limit = [], limit
+        result = lib().ring_buffer__consume(self._rb)
+        if result < 0 and result != _ENOUGH:
+            _check(result, "ring buffer read")
+        records, self._records = self._records, []
+        return records
+
+    def close(self) -> None:
+        if self._rb:
+            lib().ring_buffer__free(self._rb)
+            self._rb = None

@@ -3,15 +3,27 @@ page (its rules and its decisions)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import timedelta
+from typing import Annotated, Literal
 
 from fastapi import Query, Request
 from fastapi.responses import HTMLResponse
 
 from trustd.api.deps import ServicesDep
-from trustd.domain.ui import DecisionQuery, Edge
+from trustd.domain.flows import OverlayEdge, Usage
+from trustd.domain.ui import DecisionQuery, Edge, Graph
 from trustd.errors import NotFound
-from trustd.web.graphviz import GraphNotDrawn, dot_source, edge_href, edge_label, render_svg
+from trustd.services.flows import overlay
+from trustd.web.graphviz import (
+    GraphNotDrawn,
+    dot_source,
+    edge_href,
+    edge_label,
+    render_svg,
+    traffic_dot_source,
+    traffic_href,
+    traffic_label,
+)
 from trustd.web.rendering import render
 from trustd.web.routing import ui_router
 from trustd.web.session import Viewer, require
@@ -20,9 +32,17 @@ router = ui_router()
 Identity = Annotated[str, Query(max_length=2048)]
 # Decisions shown on an edge's page; the decision log has the rest.
 EDGE_DECISIONS = 20
+# The traffic overlay's time windows.
+WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
+Window = Literal["1h", "24h", "7d"]
+USAGE_WORDS = {
+    Usage.SEEN.value: "allowed, seen",
+    Usage.UNUSED.value: "allowed, unused (least-privilege candidate)",
+    Usage.DENIED.value: "denied attempts",
+}
 
 
-def touches(edge: Edge, identity: str) -> bool:
+def touches(edge: Edge | OverlayEdge, identity: str) -> bool:
     """Whether `edge` starts or ends at `identity`, or at an identity under it when it
     names a path prefix (`spiffe://example.org/ns/web` covers `.../ns/web/frontend`)."""
     prefix = identity.rstrip("/") + "/"
@@ -36,11 +56,16 @@ def graph(
     services: ServicesDep,
     denied: bool = False,
     identity: Annotated[str | None, Query(max_length=2048)] = None,
+    window: Window | None = None,
 ) -> HTMLResponse:
     """Identities clustered by trust domain and path, edges labelled with what is allowed;
-    explicit denials on demand; `identity` keeps the edges of one identity (or prefix)."""
+    explicit denials on demand; `identity` keeps the edges of one identity (or prefix).
+    With a `window` (and the flows' permission), the graph from traffic instead: the
+    policy's edges as seen or unused in the window, and the denied attempts."""
     result = services.ui_views.graph()
     identity = (identity or "").strip() or None
+    if window is not None and "admin:flow:read" in viewer.can:
+        return _traffic(request, services, result, identity, window)
     edges = [e for e in result.edges if (e.allowed or denied)]
     shown = list(result.identities)
     if identity:
@@ -63,6 +88,49 @@ def graph(
         denied=denied,
         denied_count=sum(not e.allowed for e in result.edges),
         identity=identity or "",
+        window=None,
+        windows=list(WINDOWS),
+    )
+
+
+def _traffic(
+    request: Request, services: ServicesDep, result: Graph, identity: str | None, window: Window
+) -> HTMLResponse:
+    edges = overlay(result.edges, services.flows.traffic(WINDOWS[window]))
+    if identity:
+        edges = [e for e in edges if touches(e, identity)]
+    ends = {end for e in edges for end in (e.source, e.destination)}
+    # Every identity the policy draws, plus the ends of denied attempts it does not list.
+    shown = [i for i in result.identities if not identity or i in ends or i == identity]
+    shown += sorted(ends - set(shown))
+    svg, problem = "", None
+    try:
+        svg = render_svg(traffic_dot_source(shown, edges, focus=identity))
+    except GraphNotDrawn as exc:
+        problem = exc.detail
+    return render(
+        request,
+        "graph.html",
+        graph=result,
+        traffic=[
+            (
+                e,
+                traffic_label(e),
+                traffic_href(e.source, e.destination),
+                edge_href(e.policy) if e.policy is not None else None,
+            )
+            for e in edges
+        ],
+        counts={usage.value: sum(e.usage is usage for e in edges) for usage in Usage},
+        usage_words=USAGE_WORDS,
+        allowed_count=sum(e.allowed for e in result.edges),
+        denied_count=sum(not e.allowed for e in result.edges),
+        svg=svg,
+        problem=problem,
+        denied=False,
+        identity=identity or "",
+        window=window,
+        windows=list(WINDOWS),
     )
 
 

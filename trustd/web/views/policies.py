@@ -135,11 +135,38 @@ def policy_activate(
 ) -> Response:
     """Store the edited bundle as a new revision and activate it; one that does not
     compile is refused and the active revision stays."""
+    return _store(viewer, request, services, module, source, note, activate=True)
+
+
+@router.post("/policies/draft", response_class=HTMLResponse)
+def policy_draft(
+    viewer: Annotated[Viewer, require("admin:policy:write")],
+    request: Request,
+    services: ServicesDep,
+    module: PolicyModule,
+    source: PolicySource,
+    note: Annotated[str, Form(max_length=256)] = "",
+) -> Response:
+    """Store the edited bundle as a new revision without activating it, and show what it
+    would break (the last day's allowed flows it would deny)."""
+    return _store(viewer, request, services, module, source, note, activate=False)
+
+
+def _store(
+    viewer: Viewer,
+    request: Request,
+    services: ServicesDep,
+    module: str,
+    source: str,
+    note: str,
+    *,
+    activate: bool,
+) -> Response:
     try:
         bundle = _edited(services, module, source)
         EmbeddedEngine(bundle.modules, bundle.data)
         row = services.policy.create_revision(
-            viewer.who.principal, bundle, activate=True, note=note or f"ui: edit {module}"
+            viewer.who.principal, bundle, activate=activate, note=note or f"ui: edit {module}"
         )
     except (PolicyCompileError, InvalidModuleId, InvalidRequest) as exc:
         services.ui.record(
@@ -158,6 +185,8 @@ def policy_activate(
             problems=[exc.detail],
             refused=True,
         )
+    if not activate:
+        return RedirectResponse(f"/ui/flows/impact?revision={row.revision}", status_code=303)
     return RedirectResponse(f"/ui/policies/{row.revision}", status_code=303)
 
 
