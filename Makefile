@@ -186,6 +186,10 @@ bench-enforcement: bench-deps
 bench-acme: install-dev services
 	$(BIN)/python bench/acme.py
 
+# A federated bundle change until 100 agents of the other domain hold it; bundle endpoint req/s.
+bench-federation: install-dev services
+	$(BIN)/python bench/federation.py
+
 # Admin UI page times with 10k entries, 100k certificates, 1M decision-log rows.
 bench-ui: install-dev services
 	$(BIN)/python bench/ui.py

@@ -268,3 +268,20 @@ class L4Compiler:
         return {
             (d, s, port, proto): self._memo[(s, d, port, proto)] for d, s, port, proto in wanted
         }
+
+
+def named_trust_domains(data: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The trust domains the mesh rules name in a SPIFFE ID pattern, with the names of the
+    rules naming each. Only a literal trust domain counts (`spiffe://b.example/**`); a
+    pattern whose trust domain is a glob (`**`, `spiffe://*/x`) names none, and matches only
+    the IDs a relying party could verify anyway (its own domain's and federated ones)."""
+    named: dict[str, list[str]] = {}
+    allow, deny = mesh_rules(data)
+    for rule in [*allow, *deny]:
+        for pattern in (rule.source, rule.destination):
+            if not pattern.startswith("spiffe://"):
+                continue
+            domain = pattern[len("spiffe://") :].split("/", 1)[0]
+            if domain and "*" not in domain:
+                named.setdefault(domain.lower(), []).append(rule.name)
+    return named

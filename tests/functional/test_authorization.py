@@ -465,6 +465,15 @@ def test_ui_and_api_ask_the_same_decision(server_factory: ServerFactory) -> None
         (("POST", "/ui/ca/prepare"), ("POST", "/v1/admin/ca/prepare")),
         (("POST", "/ui/policies/rollback"), ("POST", "/v1/admin/policy/rollback")),
         (("GET", "/ui/decisions"), ("GET", "/v1/admin/policy/decisions")),
+        (("GET", "/ui/federations"), ("GET", "/v1/admin/federations")),
+        (
+            ("GET", "/ui/federations/{trust_domain}"),
+            ("GET", "/v1/admin/federations/{trust_domain}"),
+        ),
+        (
+            ("POST", "/ui/federations/{trust_domain}/refresh"),
+            ("POST", "/v1/admin/federations/{trust_domain}/refresh"),
+        ),
     ]
     assert [(ui, api) for ui, api in same if needs[ui] != needs[api]] == []
 

@@ -199,6 +199,7 @@ VIEWS = [
     ("/ui/graph", Role.VIEWER),
     ("/ui/graph?denied=1", Role.VIEWER),
     ("/ui/audit", Role.VIEWER),
+    ("/ui/federations", Role.VIEWER),
 ]
 _RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
 
@@ -300,6 +301,16 @@ def test_entry_create_edit_delete(ui: Server) -> None:
     )
     assert edited.status_code == 303
     assert ui.client.get(f"/v1/entries/{entry_id}", headers=ui.auth).json()["x509_ttl"] == 900
+    # Federation is edited on the same form, and shown there again.
+    federating = ui.client.post(
+        f"/ui/entries/{entry_id}",
+        data={**form, "federates_with": "b.example\nc.example"},
+        follow_redirects=False,
+    )
+    assert federating.status_code == 303
+    api = ui.client.get(f"/v1/entries/{entry_id}", headers=ui.auth).json()
+    assert api["federates_with"] == ["b.example", "c.example"]
+    assert "b.example\nc.example</textarea>" in ui.client.get(f"/ui/entries/{entry_id}").text
 
     confirm = ui.client.get(f"/ui/entries/{entry_id}/delete")
     assert "What will happen" in confirm.text
@@ -747,3 +758,38 @@ def test_time_and_duration_formats() -> None:
     assert duration(timedelta(days=3, hours=4, minutes=5)) == "3 d 4 h"
     assert duration(timedelta(seconds=42)) == "42 s"
     assert duration(-timedelta(minutes=90)) == "1 h 30 min ago"
+
+
+def test_federation_pages_show_the_status_and_fetch_behind_a_confirmation(ui: Server) -> None:
+    made = ui.client.post(
+        "/v1/admin/federations",
+        json={
+            "trust_domain": "b.example",
+            # Nothing listens on port 1: every fetch fails, with the reason on the status.
+            "bundle_endpoint_url": "https://127.0.0.1:1/v1/bundle",
+            "profile": "https_web",
+        },
+        headers=ui.auth,
+    )
+    assert made.status_code == 201, made.text
+    csrf = sign_in(ui.client, "admin")
+    listed = ui.client.get("/ui/federations")
+    assert "/ui/federations/b.example" in listed.text and "none held" in listed.text
+    detail = ui.client.get("/ui/federations/b.example")
+    assert "https://127.0.0.1:1/v1/bundle" in detail.text
+    assert "/ui/federations/b.example/refresh" in detail.text
+    confirm_page = ui.client.get("/ui/federations/b.example/refresh")
+    assert "What will happen" in confirm_page.text
+    # No CSRF token: refused, nothing fetched.
+    assert ui.client.post("/ui/federations/b.example/refresh").status_code == 403
+    failed = ui.client.post("/ui/federations/b.example/refresh", data={"csrf": csrf})
+    assert failed.status_code == 502
+    assert 'role="alert"' in failed.text
+    status = ui.client.get("/v1/admin/federations/b.example", headers=ui.auth).json()["status"]
+    assert status["failures"] == 1 and status["last_error"] in failed.text
+    assert "federation:bundle:refused" in audit_actions(ui, "ui:admin")
+    # A viewer sees the status, but not the action, and cannot take it.
+    viewer_csrf = sign_in(ui.client, "viewer")
+    assert "/refresh" not in ui.client.get("/ui/federations/b.example").text
+    refused = ui.client.post("/ui/federations/b.example/refresh", data={"csrf": viewer_csrf})
+    assert refused.status_code == 403

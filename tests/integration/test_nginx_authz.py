@@ -44,11 +44,16 @@ http {{
         listen 127.0.0.1:{backend};
         location / {{ return 200 "orders\\n"; }}
     }}
+{servers}
+}}
+"""
+# One workload's proxy: its SVID and bundle under {tmp}/{name}/ (`trustd svid x509 --out`).
+NGINX_SERVER = """
     server {{
         listen 127.0.0.1:{port} ssl;
-        ssl_certificate {tmp}/api/svid.pem;
-        ssl_certificate_key {tmp}/api/key.pem;
-        ssl_client_certificate {tmp}/api/bundle.pem;
+        ssl_certificate {tmp}/{name}/svid.pem;
+        ssl_certificate_key {tmp}/{name}/key.pem;
+        ssl_client_certificate {tmp}/{name}/bundle.pem;
         ssl_verify_client on;
         ssl_verify_depth 3;
         location / {{
@@ -69,8 +74,32 @@ http {{
             proxy_set_header X-Trustd-Destination-Address $server_addr;
         }}
     }}
-}}
 """
+
+
+def start_nginx(
+    tmp: Path, authz: int, proxies: list[tuple[int, str, str]]
+) -> subprocess.Popen[str]:
+    """nginx in front of one backend, a TLS server per (port, name, destination SPIFFE ID),
+    each asking the agent's ext_authz on port `authz`; returns once it runs."""
+    backend = free_port()
+    servers = "".join(
+        NGINX_SERVER.format(
+            tmp=tmp, port=port, name=name, destination=destination, backend=backend, authz=authz
+        )
+        for port, name, destination in proxies
+    )
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=tmp, backend=backend, servers=servers))
+    nginx = subprocess.Popen(
+        ["nginx", "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "nginx.err")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    until(lambda: (tmp / "nginx.pid").exists() or nginx.poll() is not None, 10)
+    assert nginx.poll() is None, (tmp / "nginx-error.log").read_text()
+    return nginx
 
 
 @dataclass
@@ -88,7 +117,7 @@ class Proxy:
         return httpx.get(f"{self.url}{path}", verify=context, timeout=5).status_code
 
 
-def _svid(server: Running, spiffe_id: str, out: Path) -> None:
+def svid_files(server: Running, spiffe_id: str, out: Path) -> None:
     cli(
         "svid",
         "x509",
@@ -110,7 +139,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
     try:
         # web2: a second certificate of web's identity.
         for name, spiffe_id in (("api", API), ("web", WEB), ("web2", WEB), ("bad", BAD)):
-            _svid(server, spiffe_id, tmp_path / name)
+            svid_files(server, spiffe_id, tmp_path / name)
         authz = free_port()
         with (tmp_path / "agent.log").open("w") as log:
             agent = subprocess.Popen(
@@ -120,20 +149,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
                 text=True,
             )
         port = free_port()
-        conf = tmp_path / "nginx.conf"
-        conf.write_text(
-            NGINX_CONF.format(
-                tmp=tmp_path, backend=free_port(), port=port, authz=authz, destination=API
-            )
-        )
-        nginx = subprocess.Popen(
-            ["nginx", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "nginx.err")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        until(lambda: (tmp_path / "nginx.pid").exists() or nginx.poll() is not None, 10)
-        assert nginx.poll() is None, (tmp_path / "nginx-error.log").read_text()
+        nginx = start_nginx(tmp_path, authz, [(port, "api", API)])
         yield Proxy(server, f"https://127.0.0.1:{port}", tmp_path)
     finally:
         for process in (nginx, agent):

@@ -8,7 +8,8 @@ on a Workload API error prints ``{"error": ...}`` and exits 3.
     workload_client.py --socket PATH [--uid N --gid N] COMMAND [ARGS]
 
 Commands: x509, x509-pem, x509-bundles, jwt AUDIENCE [SPIFFE_ID], jwt-bundles, validate
-TOKEN AUDIENCE, stream COUNT, mtls-server, mtls-client PORT.
+TOKEN AUDIENCE, stream COUNT, mtls-server [PEER_TD], mtls-client PORT [PEER_TD] (PEER_TD:
+the peer's trust domain, whose bundle verifies it; default the workload's own).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from spiffe import SpiffeId, WorkloadApiClient
+from spiffe import SpiffeId, TrustDomain, WorkloadApiClient
 from spiffe.errors import PySpiffeError
 from spiffe.workloadapi.x509_context import X509Context
 
@@ -45,12 +46,15 @@ def spiffe_id_of(der: bytes) -> str:
     return uri
 
 
-def tls_context(ctx: X509Context, server: bool) -> ssl.SSLContext:
-    """Mutual TLS from the SVID and bundle: chain to the trust domain's roots, and (below)
-    the peer's SPIFFE ID read from its URI SAN; host names play no part (X509-SVID §5)."""
+def tls_context(ctx: X509Context, server: bool, peer_domain: TrustDomain) -> ssl.SSLContext:
+    """Mutual TLS from the SVID and bundle: chain to the roots of the peer's trust domain
+    only (its federated bundle for a foreign peer), and (below) the peer's SPIFFE ID read
+    from its URI SAN, which must be of that domain; host names play no part (X509-SVID §5,
+    Trust Domain and Bundle §3)."""
     svid = ctx.default_svid
-    bundle = ctx.x509_bundle_set.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
-    assert bundle is not None
+    bundle = ctx.x509_bundle_set.get_bundle_for_trust_domain(peer_domain)
+    if bundle is None:
+        raise SystemExit(f"no bundle of trust domain {peer_domain} from the agent")
     work = Path(tempfile.mkdtemp())
     chain = work / "chain.pem"
     key = work / "key.pem"
@@ -75,27 +79,40 @@ def tls_context(ctx: X509Context, server: bool) -> ssl.SSLContext:
     return context
 
 
-def mtls_server(client: WorkloadApiClient) -> None:
+def peer_of(tls: ssl.SSLSocket, domain: TrustDomain) -> str:
+    peer = spiffe_id_of(tls.getpeercert(binary_form=True) or b"")
+    if SpiffeId(peer).trust_domain != domain:
+        raise SystemExit(f"peer {peer} is not of trust domain {domain}")
+    return peer
+
+
+def peer_domain(ctx: X509Context, args: list[str]) -> TrustDomain:
+    return TrustDomain(args[0]) if args else ctx.default_svid.spiffe_id.trust_domain
+
+
+def mtls_server(client: WorkloadApiClient, args: list[str]) -> None:
     ctx = client.fetch_x509_context()
-    context = tls_context(ctx, server=True)
+    domain = peer_domain(ctx, args)
+    context = tls_context(ctx, True, domain)
     with socket.create_server(("127.0.0.1", 0)) as listener:
         emit({"port": listener.getsockname()[1], "me": str(ctx.default_svid.spiffe_id)})
         listener.settimeout(30)
         conn, _ = listener.accept()
         with context.wrap_socket(conn, server_side=True) as tls:
-            peer = spiffe_id_of(tls.getpeercert(binary_form=True) or b"")
+            peer = peer_of(tls, domain)
             tls.sendall(str(ctx.default_svid.spiffe_id).encode() + b"\n")
             emit({"peer": peer, "said": tls.recv(4096).decode().strip()})
 
 
-def mtls_client(client: WorkloadApiClient, port: int) -> None:
+def mtls_client(client: WorkloadApiClient, port: int, args: list[str]) -> None:
     ctx = client.fetch_x509_context()
-    context = tls_context(ctx, server=False)
+    domain = peer_domain(ctx, args)
+    context = tls_context(ctx, False, domain)
     with (
         socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
         context.wrap_socket(raw) as tls,
     ):
-        peer = spiffe_id_of(tls.getpeercert(binary_form=True) or b"")
+        peer = peer_of(tls, domain)
         said = tls.recv(4096).decode().strip()
         tls.sendall(str(ctx.default_svid.spiffe_id).encode() + b"\n")
         emit({"peer": peer, "said": said})
@@ -190,9 +207,9 @@ def main() -> int:
         elif opts.command == "stream":
             stream(client, int(opts.args[0]))
         elif opts.command == "mtls-server":
-            mtls_server(client)
+            mtls_server(client, opts.args)
         elif opts.command == "mtls-client":
-            mtls_client(client, int(opts.args[0]))
+            mtls_client(client, int(opts.args[0]), opts.args[1:])
         else:
             parser.error(f"unknown command {opts.command}")
     except PySpiffeError as exc:

@@ -28,6 +28,7 @@ from pki.clock import SystemClock
 from pki.keys import KeyType, generate_private_key
 from pki.spiffe_id import SpiffeId, TrustDomain
 from pki.x509_svid import X509SvidParams, issue_x509_svid
+from tests.unit.pki_helpers import raw_leaf
 from trustd.agent.enforcement.state import PolicyKey, VerdictTable
 from trustd.agent.errors import InvalidVerdicts
 from trustd.agent.extauthz import Authorizer, start_extauthz
@@ -122,12 +123,12 @@ TD = TrustDomain.parse("example.org")
 CLOCK = SystemClock()
 
 
-def _ca() -> tuple[Authority, x509.Certificate]:
+def _ca(td: TrustDomain = TD) -> tuple[Authority, x509.Certificate]:
     root_key = generate_private_key(KeyType.EC_P256)
-    root = create_root(TD, root_key, CLOCK, timedelta(days=1))
+    root = create_root(td, root_key, CLOCK, timedelta(days=1))
     key = generate_private_key(KeyType.EC_P256)
     inter = create_intermediate(
-        TD, key, Authority(root, root_key, (), root), CLOCK, timedelta(hours=2)
+        td, key, Authority(root, root_key, (), root), CLOCK, timedelta(hours=2)
     )
     return Authority(inter, key, (), root), root
 
@@ -287,3 +288,31 @@ def test_a_revoked_serial_is_refused_and_its_identity_is_not() -> None:
     source, why = authorizer.identify(first)
     assert source is None and why == f"client certificate {serial} is revoked"
     assert authorizer.identify(second)[0] == WEB
+
+
+def test_a_federated_caller_is_verified_against_its_own_domain_bundle() -> None:
+    # Trust Domain and Bundle §3: the bundle of the trust domain the leaf claims, so B's CA
+    # vouches for b.example only, and only when B's bundle is held (federation).
+    authority, root = _ca()
+    foreign_td = TrustDomain.parse("b.example")
+    foreign, foreign_root = _ca(foreign_td)
+    bundle = TrustBundle(TD, (root,), {}, 1, 300)
+    held: dict[TrustDomain, TrustBundle] = {}
+    authorizer = Authorizer(lambda: VerdictTable(), lambda: bundle, CLOCK, federated=lambda: held)
+    client = _chain_pem(foreign, "spiffe://b.example/client")
+    assert authorizer.identify(client) == (
+        None,
+        "client certificate rejected: no bundle of trust domain b.example is held",
+    )
+    held[foreign_td] = TrustBundle(foreign_td, (foreign_root,), {}, 1, 300)
+    assert authorizer.identify(client) == ("spiffe://b.example/client", "")
+    # B's CA claiming an ID of this domain: judged by this domain's bundle, and refused.
+    leaf = raw_leaf(foreign.certificate, foreign.private_key, CLOCK, uris=[WEB])
+    forged, why = authorizer.identify(
+        quote(certificate_pem(leaf) + certificate_pem(foreign.certificate))
+    )
+    assert forged is None and "no certification path" in why, why
+    assert authorizer.identify(_chain_pem(authority, WEB)) == (WEB, "")
+    # The federation ends: the cached identity goes with the bundle.
+    held.clear()
+    assert authorizer.identify(client)[0] is None

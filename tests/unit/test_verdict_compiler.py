@@ -10,7 +10,14 @@ import pytest
 from policy.engine import EmbeddedEngine
 from policy.errors import PolicyEvaluationError
 from policy.testing import load_directory
-from policy.verdicts import MESH_PACKAGE, L4Compiler, MeshRule, l4_rules, mesh_rules
+from policy.verdicts import (
+    MESH_PACKAGE,
+    L4Compiler,
+    MeshRule,
+    l4_rules,
+    mesh_rules,
+    named_trust_domains,
+)
 from trustd.domain.verdicts import PolicyKey, PolicyVerdict, VerdictState
 from trustd.services.verdicts import AMBIGUOUS_IDENTITY, node_policy, resolve_ipcache
 
@@ -118,3 +125,17 @@ def test_the_ip_cache_resolves_each_family_against_its_own_prefixes() -> None:
         "10.2.0.1/32": 257,
     }
     assert held_back == ["fd00:1::5"] and ambiguous == ["fd00:3::1"]
+
+
+def test_the_trust_domains_mesh_rules_name() -> None:
+    data = {
+        "mesh": {
+            "allow": [
+                {"name": "b-in", "source": "spiffe://B.example/client", "destination": "**"},
+                {"name": "any", "source": "spiffe://*/x", "destination": "spiffe://a.example/**"},
+            ],
+            "deny": [{"name": "b-out", "source": "spiffe://b.example/**"}, {"source": "**"}],
+        }
+    }
+    assert named_trust_domains(data) == {"b.example": ["b-in", "b-out"], "a.example": ["any"]}
+    assert named_trust_domains({}) == {}

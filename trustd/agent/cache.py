@@ -135,6 +135,12 @@ class SvidCache:
     def bundle(self) -> TrustBundle | None:
         return self._bundle
 
+    @property
+    def federated(self) -> dict[TrustDomain, TrustBundle]:
+        """Every foreign bundle held: the server sends those of the trust domains some entry
+        of this node federates with, no others."""
+        return self._federated
+
     def federated_for(self, entries: Iterable[WorkloadEntry]) -> dict[TrustDomain, TrustBundle]:
         """The bundles of the foreign trust domains *entries* federate with (those held)."""
         found: dict[TrustDomain, TrustBundle] = {}

@@ -15,7 +15,10 @@ read it so).
 The certificate is verified again against the trust bundle the agent holds (X509-SVID §5,
 RFC 5280 §6.1) and the identity is taken from it, never from a bare `URI=`: the proxy
 already checked it, but a header is only as trustworthy as whoever can reach this port, and
-the check is cheap once cached.
+the check is cheap once cached. A caller of a federated trust domain is verified against
+that domain's bundle (held because an entry of this node federates with it), chosen by the
+SPIFFE ID the certificate claims, so no CA vouches for another domain's IDs; the mesh
+policy then decides as for a local caller.
 
 Every decision joins the agent's flows (trustd/agent/flows.py) with what it saw of the
 request: method, path without its query, host and the status answered. The proxy may name
@@ -31,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import unquote
@@ -43,7 +46,8 @@ from pki.bundle import TrustBundle
 from pki.ca import load_pem_certificates, serial_hex
 from pki.clock import Clock
 from pki.errors import InvalidBundle, InvalidSvid
-from pki.x509_svid import verify_x509_svid
+from pki.spiffe_id import TrustDomain
+from pki.x509_svid import verify_x509_svid_in_bundles
 from policy.engine import EmbeddedEngine
 from trustd.agent.enforcement.state import VerdictTable
 from trustd.agent.flows import FlowReporter
@@ -69,9 +73,12 @@ class Authorizer:
         stale: Callable[[], bool] = lambda: False,
         revoked: Callable[[], Container[str]] = frozenset,
         flows: FlowReporter | None = None,
+        federated: Callable[[], Mapping[TrustDomain, TrustBundle]] = dict,
     ) -> None:
         self._table = table
         self._flows = flows
+        # The foreign trust domains' bundles the agent holds (federation).
+        self._federated = federated
         # Revoked serials (hex): a revoked certificate is refused whatever its identity.
         self._revoked = revoked
         self._bundle = bundle
@@ -84,7 +91,7 @@ class Authorizer:
         self._decisions: OrderedDict[tuple[Any, ...], tuple[bool, str, Reason]] = OrderedDict()
         # Verified PEM -> (SPIFFE ID, not after, serial), valid for one bundle (by sequence).
         self._identities: OrderedDict[str, tuple[str, datetime, str]] = OrderedDict()
-        self._identities_bundle: TrustBundle | None = None
+        self._identities_bundles: tuple[TrustBundle, ...] = ()
 
     def identify(self, pem_escaped: str, claimed: str | None = None) -> tuple[str | None, str]:
         """The SPIFFE ID of a URL-encoded PEM client chain (leaf first) that verifies
@@ -93,17 +100,25 @@ class Authorizer:
         bundle = self._bundle()
         if bundle is None:
             return None, "no trust bundle received from trustd yet"
-        if bundle is not self._identities_bundle:
+        bundles = {**self._federated(), bundle.trust_domain: bundle}
+        held = tuple(bundles.values())
+        if len(held) != len(self._identities_bundles) or any(
+            a is not b for a, b in zip(held, self._identities_bundles, strict=True)
+        ):
             self._identities.clear()
-            self._identities_bundle = bundle
+            self._identities_bundles = held
         now = self._clock.now()
         found = self._identities.get(pem_escaped)
         if found is None or now >= found[1]:
             try:
                 chain = load_pem_certificates(unquote(pem_escaped).encode())
                 pool = [*chain[1:], *self._intermediates()]
-                spiffe_id = verify_x509_svid(
-                    chain[0], pool, bundle.x509_authorities, bundle.trust_domain, self._clock
+                # Trust Domain and Bundle §3: the bundle of the domain the leaf claims.
+                spiffe_id = verify_x509_svid_in_bundles(
+                    chain[0],
+                    pool,
+                    {domain: b.x509_authorities for domain, b in bundles.items()},
+                    self._clock,
                 )
             except (InvalidBundle, InvalidSvid) as exc:
                 return None, f"client certificate rejected: {exc.detail}"

@@ -318,6 +318,7 @@ class Agent:
             self.stale,
             lambda: self.revoked_serials,
             self.flows,
+            lambda: self.cache.federated,
         )
         if self.config.ext_authz_listen:
             host, _, port = self.config.ext_authz_listen.rpartition(":")

@@ -88,6 +88,16 @@ def _body(
     return {k: v for k, v in body.items() if v is not None}
 
 
+FederatesWithOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--federates-with",
+        metavar="TD",
+        help="A federated trust domain whose bundle the workload gets (repeatable)",
+    ),
+]
+
+
 @app.command("create")
 def create(
     spiffe_id: Annotated[str, typer.Option("--spiffe-id", help="spiffe://<td>/<path>")],
@@ -99,14 +109,7 @@ def create(
         list[str] | None, typer.Option("--dns-name", metavar="NAME", help="Repeatable")
     ] = None,
     hint: Annotated[str | None, typer.Option()] = None,
-    federates_with: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--federates-with",
-            metavar="TD",
-            help="A federated trust domain whose bundle the workload gets (repeatable)",
-        ),
-    ] = None,
+    federates_with: FederatesWithOpt = None,
     key_type: KeyTypeOpt = None,
 ) -> None:
     """Create a registration entry."""
@@ -193,10 +196,27 @@ def update(
             help=f"{', '.join(KeyType)}, or `default` for the trust domain's TRUSTD_KEY_TYPE",
         ),
     ] = None,
+    federates_with: FederatesWithOpt = None,
+    no_federation: Annotated[
+        bool,
+        typer.Option("--no-federates-with", help="Federate with no trust domain any more"),
+    ] = False,
 ) -> None:
-    """Change an entry (only the options given)."""
+    """Change an entry (only the options given; --federates-with replaces the list)."""
     shared = connection()
-    body = _body(spiffe_id, parent_id, selector, x509_ttl, jwt_ttl, dns_name, hint, None, key_type)
+    if no_federation and federates_with:
+        raise typer.BadParameter("--federates-with and --no-federates-with exclude each other")
+    body = _body(
+        spiffe_id,
+        parent_id,
+        selector,
+        x509_ttl,
+        jwt_ttl,
+        dns_name,
+        hint,
+        [] if no_federation else federates_with,
+        key_type,
+    )
     record(shared.output, shared.json("PATCH", f"/v1/entries/{entry_id}", json=body), ENTRY_FIELDS)
 
 

@@ -47,14 +47,16 @@ from policy.errors import (
 )
 from policy.remote import RemoteEngine
 from policy.testing import load_directory
+from policy.verdicts import named_trust_domains
 from trustd import tracing
 from trustd.bus import Bus
 from trustd.domain.policy import Decision, DecisionFilter, LoggedDecision, PolicyRevisionRecord
-from trustd.errors import Conflict, NotFound, NotReady
+from trustd.errors import Conflict, InvalidRequest, NotFound, NotReady
 from trustd.services.audit import AuditLog
 from trustd.services.auth import Principal
 from trustd.settings import Settings
 from trustd.store.db import lock_for_initialisation, transaction
+from trustd.store.federation import list_federations
 from trustd.store.policy import (
     create_policy_activation,
     create_policy_decisions,
@@ -680,6 +682,7 @@ class PolicyService:
         """
         EmbeddedEngine(bundle.modules, bundle.data)
         with transaction(self._engine) as session:
+            self._refuse_unknown_domains(session, bundle)
             row = self._store(session, actor.name, bundle, signed, note)
             if activate:
                 self._activate_row(session, actor.name, row)
@@ -807,10 +810,39 @@ class PolicyService:
                     return None
                 EmbeddedEngine(bundle.modules, bundle.data)
                 self._refuse_conflicts(bundle, data_only=bundle.modules == base.modules)
+                self._refuse_unknown_domains(session, bundle, Bundle(base.modules, base.data))
                 row = self._store(session, actor.name, bundle, False, note)
                 self._activate_row(session, actor.name, row)
             self._announce(row)
         return row
+
+    def _refuse_unknown_domains(
+        self, session: Session, bundle: Bundle, base: Bundle | None = None
+    ) -> None:
+        """A mesh rule may name IDs of this trust domain and of federated ones only: no
+        caller of another domain can be verified here (no bundle is held for it, SPIFFE
+        Federation §4), so such a rule could never match and is refused as a mistake. An
+        amendment is judged on the domains it adds (`base`: the revision it amends).
+
+        Raises:
+            InvalidRequest: a rule names a trust domain that is neither this one nor
+                federated; nothing is stored.
+        """
+        named = named_trust_domains(bundle.data)
+        if not named:
+            return
+        known = {self._settings.trust_domain, *(f.trust_domain for f in list_federations(session))}
+        if base is not None:
+            known.update(named_trust_domains(base.data))
+        unknown = sorted(set(named) - known)
+        if unknown:
+            domain = unknown[0]
+            rules = ", ".join(sorted({n or "(unnamed)" for n in named[domain]}))
+            raise InvalidRequest(
+                f"mesh rule {rules} names trust domain {domain}, which is neither "
+                f"{self._settings.trust_domain} nor federated "
+                f"(trustd federation create --trust-domain {domain} ...)"
+            )
 
     @staticmethod
     def _refuse_conflicts(bundle: Bundle, *, data_only: bool) -> None:

@@ -30,6 +30,8 @@ NAV = (
     "admin:identity:quarantine",
     "admin:ca:read",
     "admin:ca:write",
+    "admin:federation:read",
+    "admin:federation:write",
     "admin:policy:read",
     "admin:policy:test",
     "admin:policy:write",

@@ -72,6 +72,7 @@ class EntryForm:
     ip_addresses: str = ""
     admin: bool = False
     downstream: bool = False
+    federates_with: str = ""
     # Empty: the trust domain's default (TRUSTD_KEY_TYPE).
     key_type: str = ""
 
@@ -92,7 +93,8 @@ class EntryForm:
             "\n".join(row.ip_addresses),
             row.admin,
             row.downstream,
-            str(row.key_type or ""),
+            federates_with="\n".join(row.federates_with),
+            key_type=str(row.key_type or ""),
         )
 
     @staticmethod
@@ -128,6 +130,7 @@ class EntryForm:
             "ip_addresses": lines(self.ip_addresses),
             "admin": self.admin,
             "downstream": self.downstream,
+            "federates_with": lines(self.federates_with),
             "key_type": KeyType(key_type) if key_type else None,
         }
 
@@ -144,6 +147,7 @@ def _entry_form(
     # HTML checkboxes: sent ("on") when ticked, absent when not.
     admin: Annotated[str, Form(max_length=8)] = "",
     downstream: Annotated[str, Form(max_length=8)] = "",
+    federates_with: Annotated[str, Form(max_length=16384)] = "",
     key_type: Annotated[str, Form(max_length=16)] = "",
 ) -> EntryForm:
     return EntryForm(
@@ -157,7 +161,8 @@ def _entry_form(
         ip_addresses,
         bool(admin),
         bool(downstream),
-        key_type,
+        federates_with=federates_with,
+        key_type=key_type,
     )
 
 
