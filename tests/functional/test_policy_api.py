@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
@@ -219,6 +220,18 @@ def test_decision_log_masks_and_queries(server: Server) -> None:
     lines = [json.loads(line) for line in export.text.splitlines()]
     assert len(lines) == 3
     assert "s3cret" not in export.text
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/admin/policy/decisions", "/v1/admin/policy/decisions/export"]
+)
+def test_a_decision_log_time_without_a_zone_is_refused(server: Server, path: str) -> None:
+    # A naive time cannot be compared with the log's UTC times: a 422 saying so, not a 500.
+    response = server.client.get(path, params={"since": "2026-01-01T00:00:00"}, headers=server.auth)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    ok = server.client.get(path, params={"since": "2026-01-01T00:00:00Z"}, headers=server.auth)
+    assert ok.status_code == 200, ok.text
 
 
 def test_decision_log_finds_denials_whatever_the_result_shape(server: Server) -> None:

@@ -20,7 +20,6 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
@@ -30,6 +29,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.telemetry._api import _route_selected
+from pydantic import AwareDatetime
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pki.errors import TrustdError
@@ -909,8 +909,8 @@ def export_bundle(revision: RevisionPath, principal: AdminDep, services: Service
 def list_decisions(
     principal: AdminDep,
     services: ServicesDep,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: AwareDatetime | None = None,
+    until: AwareDatetime | None = None,
     path: str | None = None,
     caller: str | None = None,
     result: Annotated[
@@ -944,7 +944,7 @@ def list_decisions(
     dependencies=[require("admin:decision:read")],
 )
 def export_decisions(
-    principal: AdminDep, services: ServicesDep, since: datetime | None = None
+    principal: AdminDep, services: ServicesDep, since: AwareDatetime | None = None
 ) -> StreamingResponse:
     """Every logged decision as JSON lines, oldest first."""
     return StreamingResponse(
