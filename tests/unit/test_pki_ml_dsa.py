@@ -6,7 +6,10 @@ stack that cannot verify ML-DSA."""
 
 from __future__ import annotations
 
+import base64
 import json
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
@@ -174,24 +177,41 @@ def test_ml_dsa_is_refused_where_tls_cannot_verify_it() -> None:
     assert ml_dsa_tls_problem((4, 0, 0, 0, 0)) is None
 
 
+# py-spiffe registers the Workload API's messages in protobuf's default pool under its own
+# file name, as trustd's agent does: one process cannot import both, so py-spiffe runs in a
+# process of its own, as a workload would.
+_PY_SPIFFE_READS = """
+import base64, json, sys
+from spiffe import JwtBundle, TrustDomain, X509Bundle
+given = json.load(sys.stdin)
+td = TrustDomain("example.org")
+x509 = X509Bundle.parse_raw(td, base64.b64decode(given["der"]))
+jwt = JwtBundle.parse(td, json.dumps(given["jwks"]).encode())
+print(json.dumps({"x509": len(x509.x509_authorities), "jwt": sorted(jwt.jwt_authorities)}))
+"""
+
+
 def test_py_spiffe_reads_ml_dsa_roots_and_skips_akp_jwt_keys() -> None:
     """What py-spiffe (0.3) does with a mixed bundle, as a workload gets it: the Workload
     API's X.509 bundle is DER certificates, which it parses with `cryptography` (ML-DSA
     included); a JWKS holding an AKP key is read by PyJWT's `PyJWKSet`, which skips it."""
-    from spiffe import JwtBundle, X509Bundle
-    from spiffe import TrustDomain as SpiffeTrustDomain
-
     from pki.bundle import public_key_to_jwk
 
     ec_ca = TestCA()
     pq_ca = TestCA(root_key_type=KeyType.ML_DSA_65, intermediate_key_type=KeyType.ML_DSA_65)
-    td = SpiffeTrustDomain("example.org")
     der = b"".join(c.public_bytes(serialization.Encoding.DER) for c in (ec_ca.root, pq_ca.root))
-    assert len(X509Bundle.parse_raw(td, der).x509_authorities) == 2
     jwt_key = generate_private_key(KeyType.EC_P256).public_key()
     keys = [
         {**public_key_to_jwk(jwt_key), "kid": "ec", "use": "jwt-svid"},
         {**public_key_to_jwk(pq_ca.root.public_key()), "kid": "pq", "use": "x509-svid"},
     ]
-    jwks = JwtBundle.parse(td, json.dumps({"keys": keys}).encode())
-    assert list(jwks.jwt_authorities) == ["ec"]
+    given = {"der": base64.b64encode(der).decode(), "jwks": {"keys": keys}}
+    read = subprocess.run(
+        [sys.executable, "-c", _PY_SPIFFE_READS],
+        input=json.dumps(given),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(read.stdout) == {"x509": 2, "jwt": ["ec"]}

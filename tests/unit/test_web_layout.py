@@ -52,5 +52,5 @@ def test_every_page_uses_the_ui_route_class() -> None:
         for route in importlib.import_module(f"trustd.web.views.{info.name}").router.routes
     ]
     pages = [r for r in routes if isinstance(r, APIRoute) and r.path.startswith("/ui")]
-    assert len(pages) == 43  # and the 3 JSON routes of the accounts API
+    assert len(pages) == 47  # and the 3 JSON routes of the accounts API
     assert [r.path for r in pages if not isinstance(r, UiRoute)] == []
