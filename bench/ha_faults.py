@@ -18,7 +18,9 @@ answer ext_authz probes about SVIDs, each fault is injected and measured:
 - HAProxy killed and started again.
 - An agent killed and started again.
 - The last replica's wall clock stepped 5 minutes ahead for 15 s (it runs under
-  libfaketime; its monotonic clock is not stepped, as an NTP step leaves it).
+  libfaketime; its monotonic clock is not stepped, as an NTP step leaves it). Injected
+  first, while the intermediate has most of its short life left: stepped past its expiry
+  the replica could sign nothing at all.
 
 For every fault the columns that must be 0: certificates returned to a client but not in
 the database; SVIDs that stopped verifying (the last 100 returned, checked against the
@@ -773,18 +775,29 @@ def fault_rotation(
     recovered_at = time.monotonic()
     time.sleep(settle)
     with _db(topology) as conn:
+        # The key prepared when the leader died is the one to activate: one prepared
+        # between the kill and that activation would be a second rotation. (The next
+        # rotation's key may be prepared soon after it: with short lifetimes the new key
+        # is half spent by then.)
+        activated_at = conn.execute(
+            "SELECT min(at) FROM audit_events WHERE action = 'ca:authority:active' AND target = %s",
+            (kid,),
+        ).fetchone()
+        assert activated_at is not None
         prepared_since = conn.execute(
-            "SELECT count(*) FROM ca_keys WHERE kind = 'x509-intermediate' AND created_at > %s",
-            (killed_db_at,),
+            "SELECT count(*) FROM ca_keys WHERE kind = 'x509-intermediate' AND created_at > %s "
+            "AND created_at <= %s",
+            (killed_db_at, activated_at[0]),
         ).fetchone()
         activations = conn.execute(
             "SELECT count(*) FROM audit_events WHERE action = 'ca:authority:active' AND at > %s "
-            "AND details->>'kind' = 'x509-intermediate'",
-            (killed_db_at,),
+            "AND at <= %s AND details->>'kind' = 'x509-intermediate'",
+            (killed_db_at, activated_at[0]),
         ).fetchone()
     assert prepared_since is not None and activations is not None
     new_epoch, _ = leader_fence(topology)
-    outcomes = issuing.between(fault_at - settle, time.monotonic())
+    # Issuance is judged around the leader change; the wait for the activation is long.
+    outcomes = issuing.between(fault_at - settle, fault_at + took + settle)
     unavailable, failed, bad = window(outcomes, 201, fault_at)
     figures = Figures(
         "leader killed mid-rotation",
@@ -796,7 +809,7 @@ def fault_rotation(
         note=(
             f"{name} (epoch {epoch}) killed with {str(kid)[:8]} prepared; epoch {new_epoch} after "
             f"{took:.1f} s; {str(kid)[:8]} activated +{activated:.1f} s, {int(activations[0])} "  # type: ignore[call-overload]
-            f"activation(s), {int(prepared_since[0])} key(s) prepared since"  # type: ignore[call-overload]
+            f"activation(s), {int(prepared_since[0])} key(s) prepared in between"  # type: ignore[call-overload]
             f" [intermediates: {intermediates(topology)}]"
         ),
     )
@@ -1005,7 +1018,7 @@ def main() -> int:
     parser.add_argument(
         "--intermediate-ttl",
         type=int,
-        default=300,
+        default=600,
         help="seconds an intermediate lives: short, so that rotations happen during the run",
     )
     parser.add_argument(
@@ -1050,6 +1063,15 @@ def main() -> int:
                 t.start()
             agents = start_agents(topology, args.agents)
             try:
+                figures = fault_clock(topology, issuing, agents, args.settle, stamp)
+                rows.append(figures)
+                judge(
+                    "ha_replica_clock_step_issuance_unavailable",
+                    figures.unavailable_s,
+                    0.0,
+                    "==0s and zero columns 0",
+                    figures.failed == 0 and zero(figures),
+                )
                 figures, promoted = fault_postgres(topology, issuing, agents, args.settle)
                 rows.append(figures)
                 judge(
@@ -1126,15 +1148,6 @@ def main() -> int:
                         "zero columns 0",
                         zero(figures),
                     )
-                figures = fault_clock(topology, issuing, agents, args.settle, stamp)
-                rows.append(figures)
-                judge(
-                    "ha_replica_clock_step_issuance_unavailable",
-                    figures.unavailable_s,
-                    0.0,
-                    "==0s and zero columns 0",
-                    figures.failed == 0 and zero(figures),
-                )
             finally:
                 issuing.halt()
                 nonces.halt()
