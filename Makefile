@@ -28,8 +28,9 @@ DEB_PACKAGES += systemd util-linux haproxy patroni
 # independent client; tpm2-pytss (the `tpm` extra) builds against libtss2-dev via pkg-config.
 DEB_PACKAGES += swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config
 # The high-availability topology (`make ha`, `make ha-test`) only: etcd for Patroni's
-# PostgreSQL failover, Redis Sentinel. Not installed by `make test`.
-HA_DEB_PACKAGES := etcd-server etcd-client redis-sentinel
+# PostgreSQL failover, Redis Sentinel, and faketime (libfaketime: `make ha-test` steps one
+# replica's wall clock). Not installed by `make test`.
+HA_DEB_PACKAGES := etcd-server etcd-client redis-sentinel faketime
 PG_ADMIN_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
 CHECK_DB := trustd_alembic_check_$(shell echo $$$$)
 

@@ -84,6 +84,13 @@ class LocalBus:
         for future in waiters:
             loop.call_soon_threadsafe(_resolve, future, message)
 
+    def deliver_all(self, message: str) -> None:
+        """Wake this process's waiters on every channel (thread-safe)."""
+        with self._lock:
+            channels = list(self._waiters)
+        for channel in channels:
+            self.deliver(channel, message)
+
     async def wait(self, channel: str) -> str:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[str] = loop.create_future()
@@ -115,6 +122,10 @@ class RedisBus:
         self._listener: asyncio.Task[None] | None = None
         # Set once the first subscription attempt has succeeded or failed.
         self._first_attempt = asyncio.Event()
+        # Channels whose last publish failed (Redis down or failing over), sent again once
+        # the subscription is back.
+        self._unsent: set[str] = set()
+        self._unsent_lock = threading.Lock()
 
     async def start(self) -> None:
         await self._local.start()
@@ -136,6 +147,8 @@ class RedisBus:
             self._publisher.publish(self._prefix + channel, message)
         except redis.RedisError as exc:
             log.warning("bus_publish_failed", channel=channel, error=str(exc))
+            with self._unsent_lock:
+                self._unsent.add(channel)
             # This replica's own waiters still hear of the change.
             self._local.deliver(channel, message)
 
@@ -143,6 +156,7 @@ class RedisBus:
         return await self._local.wait(channel)
 
     async def _listen(self) -> None:
+        lost = False
         while True:
             # No read timeout: a quiet channel is not a dead one.
             client = self._target.async_client(timeout=None)
@@ -150,6 +164,23 @@ class RedisBus:
                 async with client.pubsub() as pubsub:
                     await pubsub.psubscribe(_glob_escape(self._prefix) + "*")
                     self._first_attempt.set()
+                    if lost:
+                        # Pub/sub delivers at most once: whatever was published while this
+                        # subscription was down is gone. Every waiter reads the database
+                        # again (notifications are hints), and what this replica could not
+                        # publish meanwhile is published now, for the other replicas.
+                        lost = False
+                        with self._unsent_lock:
+                            unsent, self._unsent = self._unsent, set()
+                        try:
+                            for channel in sorted(unsent):
+                                await client.publish(self._prefix + channel, "")
+                        except BaseException:
+                            with self._unsent_lock:
+                                self._unsent |= unsent
+                            raise
+                        self._local.deliver_all("")
+                        log.info("bus_listener_resubscribed", republished=sorted(unsent))
                     async for item in pubsub.listen():
                         if item.get("type") != "pmessage":
                             continue
@@ -157,6 +188,7 @@ class RedisBus:
                         self._local.deliver(channel, item["data"].decode())
             except (redis.RedisError, OSError) as exc:
                 self._first_attempt.set()
+                lost = True
                 log.warning("bus_listener_reconnecting", error=str(exc))
                 await asyncio.sleep(1)
             finally:

@@ -144,8 +144,13 @@ class Topology:
         replicas: int = 3,
         rotation_interval: int = 2,
         database: Literal["haproxy", "multi-host"] = "multi-host",
+        settings: dict[str, str] | None = None,
     ) -> None:
         self.root = root
+        # TRUSTD_* settings every replica gets on top of the topology's own (a fault run's
+        # short CA lifetimes), and per replica (index) the environment it alone gets.
+        self.settings = dict(settings or {})
+        self.replica_overrides: dict[int, dict[str, str]] = {}
         self.database = database
         self.ports = Ports()
         self.replica_count = replicas
@@ -431,6 +436,8 @@ class Topology:
             "TRUSTD_PUBLIC_URL": self.url,
             "TRUSTD_ROTATION_INTERVAL": f"PT{self.rotation_interval}S",
             "TRUSTD_LOG_FORMAT": "json",
+            **self.settings,
+            **self.replica_overrides.get(index, {}),
         }
 
     def start_replica(self, index: int) -> None:

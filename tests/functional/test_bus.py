@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import subprocess
 import threading
+import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -89,5 +94,68 @@ def test_deployments_sharing_one_redis_do_not_hear_each_other() -> None:
             await theirs
         for bus in (a, a2, other):
             await bus.stop()
+
+    asyncio.run(scenario())
+
+
+class PrivateRedis:
+    """A redis-server of the test's own, to stop and start again."""
+
+    def __init__(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""],
+            stdout=subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            with socket.socket() as s, contextlib.suppress(OSError):
+                s.connect(("127.0.0.1", self.port))
+                return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    server = PrivateRedis()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def test_a_subscription_regained_wakes_the_waiters_of_a_lost_change(
+    private_redis: PrivateRedis,
+) -> None:
+    # Pub/sub delivers at most once: a revocation published while Redis was down (or
+    # failing over) reaches no other replica. Once the subscription is back every waiter
+    # reads again, and the replica that could not publish publishes then.
+    async def scenario() -> None:
+        a = RedisBus(RedisTarget(private_redis.url))
+        b = RedisBus(RedisTarget(private_redis.url))
+        await a.start()
+        await b.start()
+        channel = f"revocation:{uuid.uuid4().hex}"
+        private_redis.kill()
+        a.publish(channel, "lost")
+        private_redis.start()
+        # b's waiter, parked after the change that b never heard of, wakes once the
+        # subscriptions are back (b's own resubscription, or a's publish sent again).
+        parked = asyncio.create_task(asyncio.wait_for(b.wait(channel), 10))
+        assert await parked == ""
+        await a.stop()
+        await b.stop()
 
     asyncio.run(scenario())

@@ -24,7 +24,10 @@ def test_round_trip_keeps_every_field_and_type() -> None:
         ext_authz_listen="127.0.0.1:9191",
         flow_events=False,
         flow_interval=2.5,
+        other_servers=("https://trustd-2.example:8443", "https://trustd-3.example:8443"),
     )
     assert AgentConfig.from_json(config.to_json()) == config
+    assert config.servers[0] == "https://trustd.example:8443"
+    assert len(config.servers) == 3
     defaults = AgentConfig("https://t", Path("d"), Path("s"))
     assert AgentConfig.from_json(defaults.to_json()) == defaults

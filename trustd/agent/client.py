@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import jwt
+import structlog
 from cryptography import x509
 
 from pki.bundle import TrustBundle
@@ -27,6 +28,7 @@ from pki.spiffe_id import SpiffeId, TrustDomain
 from trustd import tracing
 from trustd.domain.flows import FlowBatch, FlowBatchResult
 
+log = structlog.get_logger("trustd.agent")
 NODE_CREDENTIAL_TYPE = "trustd-node+jwt"
 CREDENTIAL_LIFETIME = timedelta(seconds=120)
 
@@ -115,17 +117,42 @@ def _trust_domain_of(roots: Sequence[x509.Certificate]) -> TrustDomain:
 
 
 class ServerClient:
-    def __init__(self, server: str, bundle: TrustBundle, clock: Clock, timeout: float = 40.0):
-        self._server = server.rstrip("/")
+    """The server API, over one or more server addresses (replicas, or load balancers in
+    front of them). Requests go to the address that last answered. A connection refused or
+    timed out means the request never reached a server: it is tried on the next address
+    at once, each address once. Any other transport error or a 5xx (a replica killed
+    mid-request, one whose database is down) leaves the outcome unknown: the caller gets
+    `ServerError` as with one address, and its next request goes to the next address
+    (the callers' loops retry with backoff). The callers' cursors (`since`, the verdict
+    and revocation revisions) are the same on every replica, so a replica taking over
+    answers the delta from them."""
+
+    def __init__(
+        self,
+        server: str | Sequence[str],
+        bundle: TrustBundle,
+        clock: Clock,
+        timeout: float = 40.0,
+    ):
+        servers = [server] if isinstance(server, str) else list(server)
+        if not servers:
+            raise ValueError("a ServerClient needs at least one server address")
+        self._servers = [s.rstrip("/") for s in servers]
+        self._current = 0
         self._clock = clock
         self.server_id = str(SpiffeId.from_parts(bundle.trust_domain, "/trustd/server"))
         self._timeout = timeout
         self._client = self._new_client(bundle)
         self._credential: tuple[float, str, str] | None = None
 
+    @property
+    def server(self) -> str:
+        """The address requests go to now."""
+        return self._servers[self._current]
+
     def _new_client(self, bundle: TrustBundle) -> httpx.AsyncClient:
         tls = ssl.create_default_context(cadata=bundle.to_pem())
-        return httpx.AsyncClient(base_url=self._server, verify=tls, timeout=self._timeout)
+        return httpx.AsyncClient(verify=tls, timeout=self._timeout)
 
     async def update_bundle(self, bundle: TrustBundle) -> None:
         """Trust a new bundle (after a CA rotation) from the next request on."""
@@ -134,6 +161,43 @@ class ServerClient:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+    def _fail_over(self, failed: int, reason: str) -> None:
+        """Send the next requests to the address after `failed` (unless another request
+        moved on already)."""
+        if len(self._servers) > 1 and self._current == failed:
+            self._current = (failed + 1) % len(self._servers)
+            log.warning(
+                "server_failover",
+                failed=self._servers[failed],
+                to=self._servers[self._current],
+                reason=reason,
+            )
+
+    async def _send(
+        self, method: str, path: str, headers: dict[str, str], **kwargs: Any
+    ) -> httpx.Response:
+        last: httpx.HTTPError | None = None
+        for _ in self._servers:
+            index = self._current
+            server = self._servers[index]
+            try:
+                with tracing.client_span(method, path, headers):
+                    response = await self._client.request(
+                        method, f"{server}{path}", headers=headers, **kwargs
+                    )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                # Not sent: safe to send to the next address, whatever the request.
+                self._fail_over(index, type(exc).__name__)
+                last = exc
+                continue
+            except httpx.HTTPError as exc:
+                self._fail_over(index, type(exc).__name__)
+                raise ServerError(f"cannot reach {server}: {exc}", status=0) from None
+            if response.status_code >= 500:
+                self._fail_over(index, str(response.status_code))
+            return response
+        raise ServerError(f"cannot reach {', '.join(self._servers)}: {last}", status=0) from None
 
     async def _call(
         self, method: str, path: str, identity: NodeIdentity | None = None, **kwargs: Any
@@ -147,11 +211,7 @@ class ServerClient:
                 else self.credential(identity)
             )
             headers["Authorization"] = f"Bearer {credential}"
-        try:
-            with tracing.client_span(method, path, headers):
-                response = await self._client.request(method, path, headers=headers, **kwargs)
-        except httpx.HTTPError as exc:
-            raise ServerError(f"cannot reach {self._server}: {exc}", status=0) from None
+        response = await self._send(method, path, headers, **kwargs)
         if response.is_error:
             problem = ""
             try:

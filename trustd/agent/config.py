@@ -19,6 +19,8 @@ CONFIG_ENV = "TRUSTD_AGENT_CONFIG"
 
 @dataclass(frozen=True)
 class AgentConfig:
+    # The server address tried first; `other_servers` are where the agent fails over to
+    # (`trustd.agent.client.ServerClient`).
     server: str
     data_dir: Path
     socket_path: Path
@@ -49,6 +51,12 @@ class AgentConfig:
     flow_interval: float = 1.0
     # OpenTelemetry: the OTLP/gRPC collector the agent's spans go to (none: off).
     otel_endpoint: str | None = None
+    other_servers: tuple[str, ...] = ()
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        """Every server address, the first one first."""
+        return (self.server, *self.other_servers)
 
     @property
     def serves_proxies(self) -> bool:

@@ -227,13 +227,13 @@ class Agent:
         if self._bundle_file.exists():
             bundle = bundle_from_jwks(json.loads(self._bundle_file.read_text()))
         elif cfg.ca_sha256:
-            bundle = await asyncio.to_thread(pin_first_contact, cfg.server, cfg.ca_sha256)
+            bundle = await self._pin_first_contact(cfg.ca_sha256)
             self._save_bundle(bundle)
         else:
             raise AgentError(
                 "first start needs --ca-sha256 (printed by `trustd token create`) to pin the server"
             )
-        self._client = ServerClient(cfg.server, bundle, self.clock)
+        self._client = ServerClient(cfg.servers, bundle, self.clock)
         await self.cache.set_bundle(bundle)
         identity = self._load_identity()
         if identity is None:
@@ -259,6 +259,22 @@ class Agent:
             await self.cache.set_bundle(bundle)
             log.info("attested", spiffe_id=str(identity.spiffe_id))
         self.identity = identity
+
+    async def _pin_first_contact(self, ca_sha256: str) -> TrustBundle:
+        """Pin the CA from the first server address that answers.
+
+        Raises:
+            ServerError: none answers, or one answers with a CA that is not the pinned one.
+        """
+        servers = self.config.servers
+        for server in servers[:-1]:
+            try:
+                return await asyncio.to_thread(pin_first_contact, server, ca_sha256)
+            except ServerError as exc:
+                if "cannot fetch" not in exc.detail:
+                    raise
+                log.warning("server_unreachable", server=server, error=exc.detail)
+        return await asyncio.to_thread(pin_first_contact, servers[-1], ca_sha256)
 
     async def start(self) -> None:
         """Bootstrap, start the Workload API and the background loops."""
@@ -474,7 +490,13 @@ class Agent:
         self.verdicts = table
         self._verdict_full = False
         metrics.VERDICT_REVISION.labels("ebpf").set(table.revision)
-        log.info("verdicts_applied", revision=table.revision, policy=len(table.policy))
+        # `base` 0: a full state replaced the table; else a delta from that revision.
+        log.info(
+            "verdicts_applied",
+            revision=table.revision,
+            base=int(update.get("base", 0)),
+            policy=len(table.policy),
+        )
 
     async def _apply_scope(self, scope: dict[str, Any]) -> None:
         """Write the node's enforcement scope to the datapath when it changed. The trustd
@@ -497,12 +519,15 @@ class Agent:
         self._scope = wanted
 
     def _server_prefixes(self) -> frozenset[str]:
-        host = urlsplit(self.config.server).hostname or ""
-        try:
-            found = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
-        except OSError:
-            return frozenset()
-        return frozenset(f"{info[4][0]}/32" for info in found)
+        prefixes: set[str] = set()
+        for server in self.config.servers:
+            host = urlsplit(server).hostname or ""
+            try:
+                found = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+            except OSError:
+                continue
+            prefixes.update(f"{info[4][0]}/32" for info in found)
+        return frozenset(prefixes)
 
     async def _apply_revocations(self, revocations: list[dict[str, Any]]) -> None:
         """Stop serving revoked SVIDs at once; the rotation pass then issues new ones. The

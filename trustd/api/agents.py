@@ -33,6 +33,10 @@ from trustd.domain.flows import FlowBatch, FlowBatchResult
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"], dependencies=[exempt(Exemption.AGENT)])
 
+# Every route but the long-poll is a plain function, which FastAPI runs on a worker thread:
+# each reads or writes the database, and while it fails over a connect waits up to
+# `connect_timeout`; on the event loop that wait would stall every other request.
+
 
 @router.get("/sync", response_model=SyncResponse)
 async def sync(
@@ -101,7 +105,7 @@ def ack(body: Ack, node: NodeDep, services: ServicesDep) -> Response:
 
 
 @router.put("/addresses", status_code=204, response_class=Response)
-async def report_addresses(body: AddressReport, node: NodeDep, services: ServicesDep) -> Response:
+def report_addresses(body: AddressReport, node: NodeDep, services: ServicesDep) -> Response:
     """The addresses the node's workloads hold, by SPIFFE ID (found when they called the
     Workload API), replacing the node's previous report; every agent's IP cache follows."""
     services.agents.report_addresses(node, [(i.spiffe_id, i.addresses) for i in body.identities])
@@ -125,9 +129,7 @@ def report_flows(body: FlowBatch, node: NodeDep, services: ServicesDep) -> FlowB
 
 
 @router.post("/svids", response_model=SvidBatchResponse)
-async def sign_svids(
-    body: SvidBatchRequest, node: NodeDep, services: ServicesDep
-) -> SvidBatchResponse:
+def sign_svids(body: SvidBatchRequest, node: NodeDep, services: ServicesDep) -> SvidBatchResponse:
     """Sign workload keys (CSRs made on the node) for the node's entries."""
     signed, refused = services.agents.sign_svids(node, [(c.entry_id, c.csr) for c in body.csrs])
     return SvidBatchResponse(
@@ -139,7 +141,7 @@ async def sign_svids(
 
 
 @router.post("/jwt", response_model=JwtSvidResponse)
-async def mint_jwt(body: AgentJwtRequest, node: NodeDep, services: ServicesDep) -> JwtSvidResponse:
+def mint_jwt(body: AgentJwtRequest, node: NodeDep, services: ServicesDep) -> JwtSvidResponse:
     """A JWT-SVID for one of the node's entries."""
     return jwt_svid_response(services.agents.mint_jwt(node, body.entry_id, body.audience))
 
@@ -152,6 +154,6 @@ async def mint_wit(body: AgentWitRequest, node: NodeDep, services: ServicesDep) 
 
 
 @router.post("/renew", response_model=SvidChain)
-async def renew(body: RenewRequest, node: NodeDep, services: ServicesDep) -> SvidChain:
+def renew(body: RenewRequest, node: NodeDep, services: ServicesDep) -> SvidChain:
     """A new node SVID for a new node key."""
     return svid_chain(services.nodes.renew(node, body.csr.encode()))

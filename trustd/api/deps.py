@@ -76,8 +76,11 @@ class Permission(Declaration):
         Unauthenticated: no token, or a token that is refused.
         PermissionDenied: the admin policy refuses the caller's role this permission.
         """
-        principal = _principal(request, credentials)
         services: Services = request.app.state.services
+        principal = _remembered(request, credentials)
+        if principal is None:
+            # A database read (and an audit row when refused): off the event loop.
+            principal = await run_in_threadpool(_principal, request, credentials)
         verdict = services.authz.decide(principal.role, self.declared)
         if not verdict.allowed:
             await run_in_threadpool(
@@ -126,6 +129,19 @@ async def authorized_principal(request: Request) -> Principal:
     if principal is None:
         raise PermissionDenied("this route declares no permission")
     return principal
+
+
+def _remembered(
+    request: Request, credentials: HTTPAuthorizationCredentials | None
+) -> Principal | None:
+    """The caller when known without the database (the admin socket, a token accepted
+    moments ago); None when `_principal` must ask it."""
+    if request.scope.get(LOCAL_ADMIN_SCOPE_KEY):
+        return Principal("local:admin-socket", Role.ADMIN)
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        return None
+    services: Services = request.app.state.services
+    return services.tokens.remembered(credentials.credentials)
 
 
 def _principal(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:

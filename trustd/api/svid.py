@@ -22,10 +22,12 @@ from trustd.services.issuance import ca_pems
 
 router = APIRouter(prefix="/v1/svid", tags=["svid"])
 
-# Issuance handlers are coroutines that sign and commit on the event loop: the work is short
-# and CPU-bound, and handing it to a thread pool only adds GIL contention. The requests ready
-# at the same time share one commit (`trustd.store.group_commit`). Throughput scales with
-# worker processes (`trustd serve --workers N`).
+# X509-SVID issuance is a coroutine that signs on the event loop (short, CPU-bound work that a
+# thread pool would only make contend for the GIL) and hands its rows to the group commit,
+# which commits on a thread of its own (`trustd.store.group_commit`): a database failing over
+# never stalls the loop. JWT-SVIDs commit their audit row alone, so that route is a plain
+# function FastAPI runs on a worker thread. Throughput scales with worker processes
+# (`trustd serve --workers N`).
 
 
 def _ttl(seconds: int | None) -> timedelta | None:
@@ -73,7 +75,7 @@ async def issue_x509_svid(
     status_code=201,
     dependencies=[require("admin:svid:write")],
 )
-async def mint_jwt_svid(
+def mint_jwt_svid(
     body: JwtSvidRequest, principal: AdminDep, services: ServicesDep
 ) -> JwtSvidResponse:
     """Mint a JWT-SVID for `spiffe_id` with the given audience (JWT-SVID §3: `aud` required)."""

@@ -55,7 +55,15 @@ def _pcrs(value: str) -> tuple[int, ...]:
 
 
 def agent(
-    server: Annotated[str, typer.Option(envvar="TRUSTD_SERVER", help="The trustd server URL")],
+    server: Annotated[
+        list[str],
+        typer.Option(
+            envvar="TRUSTD_SERVER",
+            metavar="URL",
+            help="A trustd server URL; repeat it (or give a comma list) to fail over between "
+            "replicas, the first tried first",
+        ),
+    ],
     socket: Annotated[Path, typer.Option(help="Workload API socket")] = DEFAULT_SOCKET,
     data_dir: Annotated[
         Path, typer.Option(help="Agent state (node key, SVID, bundle)")
@@ -132,8 +140,12 @@ def agent(
     """
     from trustd.agent.config import CONFIG_ENV, AgentConfig
 
+    servers = [u.strip().rstrip("/") for value in server for u in value.split(",") if u.strip()]
+    if not servers:
+        fail("--server needs a URL")
     config = AgentConfig(
-        server=server.rstrip("/"),
+        server=servers[0],
+        other_servers=tuple(servers[1:]),
         data_dir=data_dir,
         socket_path=socket,
         join_token=join_token,

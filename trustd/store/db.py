@@ -31,14 +31,27 @@ def create_db_engine(url: str) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    # A short connect timeout: issuance commits on the event loop, so an unreachable
-    # database must fail fast (503) rather than stall every request of the worker.
+    # Bounded waits, so that a database failing over costs a request a 503 after a few
+    # seconds rather than a worker thread for minutes: `connect_timeout` per connect (per
+    # host of a multi-host URL); TCP keepalives and `tcp_user_timeout` (libpq "Parameter
+    # Key Words") end a session whose peer vanished without a reset; `pool_timeout` for a
+    # pool whose connections are all held by requests stuck on one of those waits. The
+    # waits happen on worker threads (the group commit's, the thread pool's), not on the
+    # event loop.
     return create_engine(
         url,
         pool_size=10,
         max_overflow=20,
         pool_pre_ping=True,
-        connect_args={"connect_timeout": 3},
+        pool_timeout=5,
+        connect_args={
+            "connect_timeout": 3,
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 10_000,
+        },
     )
 
 

@@ -3,15 +3,20 @@
 Issuance must commit before it answers. Committed one by one, each request pays for a
 transaction of its own: on PostgreSQL a WAL flush (synchronous_commit stays on) and the
 round trips around it, on SQLite a WAL append, and on both the session and pool work. Here
-the requests that are ready in the same event-loop iteration queue their rows and the first
-of them commits them all in one transaction. Nobody returns before the transaction holding
-its own rows has committed, so a response still means "durable".
+the requests queue their rows and one thread commits whatever is queued in one transaction;
+rows that arrive while a commit is in flight go in the next one. Nobody returns before the
+transaction holding its own rows has committed, so a response still means "durable".
+
+The commit runs on a thread of its own, never on the event loop: while the database fails
+over, connecting (up to `connect_timeout`) or waiting on a commit would otherwise stop every
+other request of the worker (decisions, health checks, TLS handshakes), not only issuance.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,13 +55,17 @@ class _Waiter:
 
 class GroupCommit:
     """Commits the rows of concurrent callers together. There is no timer: a lone request
-    commits at once (one loop iteration later), a busy worker commits every request it has
-    ready at once. Callers must share one event loop (a worker process runs one).
+    commits at once (one loop iteration later), and under load every request that queued
+    while the previous commit was in flight shares the next one. Callers must share one
+    event loop (a worker process runs one).
     """
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._queued: list[_Waiter] = []
+        self._flushing: asyncio.Task[None] | None = None
+        # One thread: one commit in flight at a time is what groups the others behind it.
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="trustd-group-commit")
 
     async def insert(self, rows: Sequence[Insertion]) -> None:
         """Insert `rows` in one transaction and return once it has committed.
@@ -67,28 +76,42 @@ class GroupCommit:
             Exception: the database refused one of `rows` (e.g. IntegrityError); none of
                 them is stored.
         """
-        waiter = _Waiter(tuple(rows), asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(tuple(rows), loop.create_future())
         self._queued.append(waiter)
-        if len(self._queued) == 1:
-            try:
-                # Let the other requests ready in this iteration queue their rows first.
-                await asyncio.sleep(0)
-            finally:
-                # Even if this caller is cancelled, the ones queued behind it are waiting.
-                self._commit_queued()
+        if self._flushing is None:
+            # A task of its own: a caller cancelled while it waits (its client went away)
+            # neither stops the commit nor strands the callers queued with it.
+            self._flushing = loop.create_task(self._flush())
         await waiter.committed
 
-    def _commit_queued(self) -> None:
-        # The commit runs on the event loop, as the rest of issuance does: handing it to a
-        # thread makes it wait for the GIL behind the signing of the next batch.
-        batch, self._queued = self._queued, []
-        for waiter, outcome in zip(batch, self._commit(batch), strict=True):
-            if waiter.committed.cancelled():
-                continue
-            if outcome is None:
-                waiter.committed.set_result(None)
-            else:
-                waiter.committed.set_exception(outcome)
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        batch: list[_Waiter] = []
+        try:
+            # Let the other requests ready in this iteration queue their rows first.
+            await asyncio.sleep(0)
+            while self._queued:
+                batch, self._queued = self._queued, []
+                outcomes = await loop.run_in_executor(self._thread, self._commit, batch)
+                for waiter, outcome in zip(batch, outcomes, strict=True):
+                    if waiter.committed.done():
+                        continue
+                    if outcome is None:
+                        waiter.committed.set_result(None)
+                    else:
+                        waiter.committed.set_exception(outcome)
+                batch = []
+        finally:
+            self._flushing = None
+            # Only when the loop is shutting down: whether the batch in flight committed is
+            # unknown, so nobody is told it did.
+            for waiter in (*batch, *self._queued):
+                if not waiter.committed.done():
+                    waiter.committed.set_exception(
+                        StoreUnavailable("the database is unavailable; retry later")
+                    )
+            self._queued = []
 
     def _commit(self, batch: list[_Waiter]) -> list[Exception | None]:
         """Each waiter's outcome, in order: None once its rows are committed."""
