@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
+import secrets
+import struct
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from pki.errors import TrustdError
@@ -139,3 +143,57 @@ def require_str(evidence: dict[str, Any], key: str, limit: int = 16384) -> str:
     if len(value) > limit:
         raise AttestationFailed(f"evidence {key!r} is longer than {limit} characters")
     return value
+
+
+# A challenge the server does not keep, so that any replica checks the answer: a random
+# nonce, its expiry and what it was issued for (a certificate, an EK and AK pair), MAC'd
+# with the server's key under a label of the attestor's own. Single use comes from the
+# replay guard, which the attestor asks with the nonce once the answer is checked.
+_NONCE, _EXPIRY, _MAC = 32, 8, 32
+
+
+@dataclass(frozen=True)
+class OpenedChallenge:
+    body: bytes  # what the MAC covers: nonce, expiry, binding
+    nonce: bytes
+    expires_at: datetime
+
+
+class SealedChallenges:
+    """Challenges of one attestor, sealed and opened with the server's key."""
+
+    def __init__(self, key: bytes, label: bytes, binding_size: int, ttl: timedelta) -> None:
+        self._key = key
+        self._label = label
+        self._binding_size = binding_size
+        self._ttl = ttl
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._key, self._label + body, hashlib.sha256).digest()
+
+    def seal(self, binding: bytes, now: datetime) -> tuple[bytes, bytes]:
+        """A new challenge bound to *binding*: (the challenge, the body its MAC covers)."""
+        assert len(binding) == self._binding_size
+        expiry = int((now + self._ttl).timestamp())
+        body = secrets.token_bytes(_NONCE) + struct.pack(">Q", expiry) + binding
+        return body + self._mac(body), body
+
+    def open(self, raw: bytes, binding: bytes, now: datetime, issued_for: str) -> OpenedChallenge:
+        """The challenge *raw*, checked: ours, unexpired, and issued for *binding*.
+
+        Raises:
+            AttestationFailed: malformed, not ours, expired, or issued for another
+                *issued_for*.
+        """
+        if len(raw) != _NONCE + _EXPIRY + self._binding_size + _MAC:
+            raise AttestationFailed("challenge is malformed")
+        body, mac = raw[:-_MAC], raw[-_MAC:]
+        if not hmac.compare_digest(mac, self._mac(body)):
+            raise AttestationFailed("challenge was not issued by this server")
+        (expiry,) = struct.unpack(">Q", body[_NONCE : _NONCE + _EXPIRY])
+        expires_at = datetime.fromtimestamp(expiry, UTC)
+        if expires_at <= now:
+            raise AttestationFailed("challenge has expired; ask for a new one")
+        if not hmac.compare_digest(body[_NONCE + _EXPIRY :], binding):
+            raise AttestationFailed(f"challenge was issued for another {issued_for}")
+        return OpenedChallenge(body, body[:_NONCE], expires_at)

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
 import struct
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -43,12 +42,12 @@ from trustd.attestation.base import (
     AttestationResult,
     Challenge,
     EvidenceReplayed,
+    SealedChallenges,
     b64url,
     require_bytes,
 )
 
 CHALLENGE_TTL = timedelta(seconds=60)
-_NONCE, _EXPIRY, _BINDING, _MAC = 32, 8, 32, 32
 MAX_PCRS = 24
 
 
@@ -69,6 +68,7 @@ class TpmAttestor:
     def __init__(self, ek_cas: list[x509.Certificate], mac_key: bytes) -> None:
         self._cas = ek_cas
         self._mac_key = mac_key
+        self._challenges = SealedChallenges(mac_key, b"tpm-challenge", 32, CHALLENGE_TTL)
 
     # -- evidence both steps carry -----------------------------------------------------
 
@@ -110,9 +110,6 @@ class TpmAttestor:
         ).digest()
         return cert, ek, ak, binding
 
-    def _mac(self, body: bytes) -> bytes:
-        return hmac.new(self._mac_key, b"tpm-challenge" + body, hashlib.sha256).digest()
-
     def _secret(self, body: bytes) -> bytes:
         # A PRF of the MAC'd challenge under the server's key: unknown to anyone who cannot
         # open the credential, recomputable by every replica.
@@ -128,11 +125,10 @@ class TpmAttestor:
             AttestationFailed: untrusted EK certificate, or keys that are not an EK and AK.
         """
         _, ek, ak, binding = self._keys(evidence, now)
-        expiry = int((now + CHALLENGE_TTL).timestamp())
-        body = secrets.token_bytes(_NONCE) + struct.pack(">Q", expiry) + binding
+        sealed, body = self._challenges.seal(binding, now)
         credential = make_credential(ek, self._secret(body), ak.name)
         return Challenge(
-            challenge=b64url(body + self._mac(body)),
+            challenge=b64url(sealed),
             credential_blob=b64url(credential.blob),
             encrypted_secret=b64url(credential.secret),
         )
@@ -143,24 +139,15 @@ class TpmAttestor:
         self, evidence: dict[str, Any], now: datetime, context: AttestationContext
     ) -> AttestationResult:
         cert, _, ak, binding = self._keys(evidence, now)
-        raw = require_bytes(evidence, "challenge", 256)
-        if len(raw) != _NONCE + _EXPIRY + _BINDING + _MAC:
-            raise AttestationFailed("challenge is malformed")
-        body, mac = raw[:-_MAC], raw[-_MAC:]
-        if not hmac.compare_digest(mac, self._mac(body)):
-            raise AttestationFailed("challenge was not issued by this server")
-        (expiry,) = struct.unpack(">Q", body[_NONCE : _NONCE + _EXPIRY])
-        expires_at = datetime.fromtimestamp(expiry, UTC)
-        if expires_at <= now:
-            raise AttestationFailed("challenge has expired; ask for a new one")
-        if not hmac.compare_digest(body[_NONCE + _EXPIRY :], binding):
-            raise AttestationFailed("challenge was issued for another EK or AK")
+        opened = self._challenges.open(
+            require_bytes(evidence, "challenge", 256), binding, now, "EK or AK"
+        )
         # TPM 2.0 Part 1 §24: only ActivateCredential in the EK's TPM, with this AK loaded
         # there, yields the secret: the AK is bound to the EK.
         secret = require_bytes(evidence, "secret", 64)
-        if not hmac.compare_digest(secret, self._secret(body)):
+        if not hmac.compare_digest(secret, self._secret(opened.body)):
             raise AttestationFailed("the credential secret is wrong: the AK is not bound to the EK")
-        nonce = body[:_NONCE]
+        nonce = opened.nonce
         selectors = {
             Selector(self.name, f"ek_pubhash:{ek_pubhash(cert)}"),
             Selector(self.name, f"ek_cert_issuer:{cert.issuer.rfc4514_string()}"),
@@ -168,7 +155,7 @@ class TpmAttestor:
         if "quote" in evidence:
             selectors.update(self._quoted_pcrs(evidence, ak, nonce))
         try:
-            context.replay.claim(hashlib.sha256(nonce).hexdigest(), self.name, expires_at)
+            context.replay.claim(hashlib.sha256(nonce).hexdigest(), self.name, opened.expires_at)
         except EvidenceReplayed:
             raise AttestationFailed("challenge was already answered") from None
         return AttestationResult(ek_pubhash(cert), frozenset(selectors))

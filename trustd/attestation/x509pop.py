@@ -9,10 +9,7 @@ on use, so a captured response cannot be replayed.
 from __future__ import annotations
 
 import hashlib
-import hmac
-import secrets
-import struct
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -30,6 +27,7 @@ from trustd.attestation.base import (
     AttestationResult,
     Challenge,
     EvidenceReplayed,
+    SealedChallenges,
     b64url,
     b64url_decode,
     require_str,
@@ -40,7 +38,6 @@ MAX_CHAIN = 5
 # Domain separation: the agent's key signs this prefix and the challenge, never a bare
 # server-chosen blob that could be a valid message in another protocol.
 SIGNING_PREFIX = b"trustd-x509pop-v1:"
-_NONCE, _EXPIRY, _FP, _MAC = 32, 8, 32, 32
 
 
 def sign_challenge(key: Any, challenge: str) -> str:
@@ -86,7 +83,7 @@ class X509PopAttestor:
 
     def __init__(self, roots: list[x509.Certificate], mac_key: bytes) -> None:
         self._roots = roots
-        self._mac_key = mac_key
+        self._challenges = SealedChallenges(mac_key, b"x509pop-challenge", 32, CHALLENGE_TTL)
 
     def _path(self, evidence: dict[str, Any], now: datetime) -> list[x509.Certificate]:
         """The validated path from the presented leaf to a configured root."""
@@ -101,9 +98,6 @@ class X509PopAttestor:
             raise AttestationFailed(f"certificate chain is not trusted: {exc}") from None
         return path
 
-    def _mac(self, body: bytes) -> bytes:
-        return hmac.new(self._mac_key, b"x509pop-challenge" + body, hashlib.sha256).digest()
-
     def challenge(self, evidence: dict[str, Any], now: datetime) -> Challenge:
         """Step one: check the chain and return a challenge bound to its leaf.
 
@@ -111,10 +105,8 @@ class X509PopAttestor:
             AttestationFailed: the chain does not lead to a configured CA.
         """
         leaf = self._path(evidence, now)[0]
-        expiry = int((now + CHALLENGE_TTL).timestamp())
-        body = secrets.token_bytes(_NONCE) + struct.pack(">Q", expiry)
-        body += bytes.fromhex(fingerprint_sha256(leaf))
-        return Challenge(b64url(body + self._mac(body)))
+        sealed, _ = self._challenges.seal(bytes.fromhex(fingerprint_sha256(leaf)), now)
+        return Challenge(b64url(sealed))
 
     def attest(
         self, evidence: dict[str, Any], now: datetime, context: AttestationContext
@@ -122,23 +114,17 @@ class X509PopAttestor:
         path = self._path(evidence, now)
         leaf = path[0]
         challenge = require_str(evidence, "challenge", 512)
-        raw = b64url_decode(challenge, "challenge")
-        if len(raw) != _NONCE + _EXPIRY + _FP + _MAC:
-            raise AttestationFailed("challenge is malformed")
-        body, mac = raw[:-_MAC], raw[-_MAC:]
-        if not hmac.compare_digest(mac, self._mac(body)):
-            raise AttestationFailed("challenge was not issued by this server")
-        (expiry,) = struct.unpack(">Q", body[_NONCE : _NONCE + _EXPIRY])
-        expires_at = datetime.fromtimestamp(expiry, UTC)
-        if expires_at <= now:
-            raise AttestationFailed("challenge has expired; ask for a new one")
-        if body[_NONCE + _EXPIRY :].hex() != fingerprint_sha256(leaf):
-            raise AttestationFailed("challenge was issued for another certificate")
+        opened = self._challenges.open(
+            b64url_decode(challenge, "challenge"),
+            bytes.fromhex(fingerprint_sha256(leaf)),
+            now,
+            "certificate",
+        )
         signature = b64url_decode(require_str(evidence, "signature", 2048), "signature")
         _verify_signature(leaf, SIGNING_PREFIX + challenge.encode(), signature)
-        digest = hashlib.sha256(body[:_NONCE]).hexdigest()
+        digest = hashlib.sha256(opened.nonce).hexdigest()
         try:
-            context.replay.claim(digest, self.name, expires_at)
+            context.replay.claim(digest, self.name, opened.expires_at)
         except EvidenceReplayed:
             raise AttestationFailed("challenge was already answered") from None
         fingerprint = fingerprint_sha256(leaf)
