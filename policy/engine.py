@@ -313,21 +313,11 @@ def _thread_bound(method: Callable[P, R]) -> Callable[P, R]:
     return bound
 
 
-@dataclass(eq=False)
+@dataclass
 class _ThreadState:
     engine: Any
     # Per path: the loaded VM, or None when the path does not compile (interpreter only).
     programs: dict[str, Any] = field(default_factory=dict)
-    owner: int = field(default_factory=threading.get_ident)
-
-    def __del__(self) -> None:
-        # A state caught in a reference cycle (an error's traceback holding a frame that
-        # holds it) is freed by the garbage collector on whichever thread it runs: its
-        # regorus objects then go to their own thread, which frees them the next time it
-        # prepares a state (`_thread_states`), instead of being freed here.
-        if threading.get_ident() != self.owner:
-            with _LATE_LOCK:
-                _LATE.setdefault(self.owner, []).append((self.engine, self.programs))
 
 
 # Per thread: prepared states by engine serial, with a weak reference to their engine.
@@ -338,16 +328,7 @@ _THREAD = threading.local()
 _SERIALS = itertools.count()
 
 
-# Regorus objects of states freed on another thread, by the thread that made them.
-_LATE: dict[int, list[tuple[Any, dict[str, Any]]]] = {}
-_LATE_LOCK = threading.Lock()
-
-
 def _thread_states() -> dict[int, tuple[weakref.ref[EmbeddedEngine], _ThreadState]]:
-    if _LATE:
-        with _LATE_LOCK:
-            late = _LATE.pop(threading.get_ident(), None)
-        del late  # freed here, on their own thread
     states: dict[int, tuple[weakref.ref[EmbeddedEngine], _ThreadState]] | None = getattr(
         _THREAD, "states", None
     )

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import gc
 import json
-import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from policy.engine import _LATE, UNDEFINED, EmbeddedEngine, Result, _thread_states
+from policy.engine import UNDEFINED, EmbeddedEngine, Result
 from policy.errors import PolicyCompileError, PolicyEvaluationError, UnknownPath
 
 MODULE = """
@@ -56,36 +53,6 @@ def test_each_thread_gets_its_own_engine() -> None:
     for t in threads:
         t.join()
     assert results == [True] * 4
-
-
-def test_a_state_collected_on_another_thread_is_freed_on_its_own(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # A regorus object must be freed on the thread that made it. A prepared state caught in
-    # a reference cycle (an error's traceback holding a frame that holds it) is collected
-    # on whichever thread the garbage collector runs on.
-    unraisable: list[object] = []
-    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
-    engine = EmbeddedEngine({"example.rego": MODULE}, {"admins": ["alice"]})
-    with ThreadPoolExecutor(max_workers=1) as worker:
-
-        def prepare() -> list[object]:
-            assert engine.evaluate("data.trustd.example.allow", {"user": "alice"}) is True
-            _, state = _thread_states().pop(engine._serial)
-            cycle: list[object] = [state]
-            cycle.append(cycle)
-            return cycle
-
-        cycle = worker.submit(prepare).result()
-        owner = worker.submit(threading.get_ident).result()
-        del cycle
-        gc.collect()  # on this thread, not the owner
-        assert unraisable == []
-        assert owner in _LATE
-        # The owner frees them the next time it prepares a state.
-        assert worker.submit(engine.evaluate, "data.trustd.example.allow", {}).result() is False
-        assert owner not in _LATE
-    assert unraisable == []
 
 
 MESH_INPUTS = [
