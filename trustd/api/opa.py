@@ -272,11 +272,11 @@ async def _evaluate(
     """Every input's decision (or the error its evaluation failed with), through the one
     loop single decisions and batches share."""
     decide = functools.partial(services.policy.decide_many, path, inputs, caller, strict=strict)
-    if services.settings.policy_engine == "remote":
-        return await run_in_threadpool(decide)
-    # The embedded engine answers in microseconds: on the event loop's own thread (one
-    # prepared engine per process) rather than through the thread pool.
-    return decide()
+    # In a worker thread, the embedded engine included: its regorus objects are bound to the
+    # thread that made them, and objects the event loop's thread made would be freed on
+    # others (the collector of an error's reference cycle runs anywhere), which regorus
+    # refuses (policy/engine.py keeps one prepared state per thread).
+    return await run_in_threadpool(decide)
 
 
 async def _evaluate_one(
