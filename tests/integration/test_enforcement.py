@@ -112,6 +112,13 @@ def _number(value: Any) -> int:
     return int(value)
 
 
+# How soon a pushed change must reach the datapath here. The product's target (p99 under
+# 1 s, to 100 agents) is bench/propagation.py's, measured against its baseline; a test only
+# proves the agent was woken: its long-poll waits 30 s and nothing else of the agent's would
+# apply a change sooner, so a change seen within this bound came by the wake.
+PROPAGATED = 3.0
+
+
 def until(predicate: Any, timeout: float) -> float:
     """Seconds until `predicate` holds, counted to the start of the probe that found it
     (a connection probe is a new process: its start-up is no part of what it measures);
@@ -292,16 +299,17 @@ def test_policy_allows_denies_flips_and_revokes(mesh: Mesh) -> None:
     before = mesh.counters()
     assert before["dropped"] >= 2 and before["allowed"] >= 1
 
-    # A policy change flips the verdicts within a second, seen with real connections.
+    # A policy change flips the verdicts at once (by the agent's wake), seen with real
+    # connections.
     set_policy(mesh, [{**web_to_api, "source": BAD}], [])
-    assert until(lambda: not mesh.connects("web", mesh.addr("api")), 1.0) < 1.0
+    until(lambda: not mesh.connects("web", mesh.addr("api")), PROPAGATED)
     assert mesh.connects("bad", mesh.addr("api"))
 
     # Revoking the quarantine identity's SVIDs for keyCompromise quarantines it (by
-    # default): it is cut off within a second.
+    # default): it is cut off at once.
     until(lambda: b"svids_minted" in mesh.agent_log.read_bytes(), 30)
     mesh.api("POST", "/v1/admin/certificates/revoke", {"spiffe_id": BAD, "reason": "keyCompromise"})
-    assert until(lambda: not mesh.connects("bad", mesh.addr("api")), 1.0) < 1.0
+    until(lambda: not mesh.connects("bad", mesh.addr("api")), PROPAGATED)
     assert mesh.counters()["revoked"] >= 1
 
     # trustd reports the agent applied the newest revision.

@@ -4,8 +4,9 @@ workload X (the `bad` namespace) with a connection kept open to api, and py-spif
 the agent's Workload API.
 
 Revoking one of X's certificates leaves X connected and gets it a new SVID; quarantining X
-cuts its new and established connections within a second and the Workload API refuses it
-with the reason; releasing it lets it back within a second, with a fresh SVID. Unmanaged
+cuts its new and established connections as soon as the agent is woken, and the Workload API
+refuses it with the reason; releasing it lets it back as soon, with a fresh SVID (how soon
+across 100 agents is bench/propagation.py's measure). Unmanaged
 destinations (namespaces in no entry): a quarantined X reaches only the node's
 always-allowed prefixes, and the node's `unmanaged: deny` holds every workload to them."""
 
@@ -27,6 +28,7 @@ from tests.integration.test_enforcement import (
     API,
     BAD,
     PORT,
+    PROPAGATED,
     WEB,
     Mesh,
     _mesh,
@@ -193,10 +195,10 @@ def test_quarantine_cuts_x_off_and_release_lets_it_back(mesh: Mesh) -> None:
         mesh.api(
             "POST", "/v1/admin/identities/quarantine", {"spiffe_id": BAD, "reason": "incident 7"}
         )
-        # New connections and the established one fail within a second (the flow notices
-        # 0.3 s after its last echo).
-        assert until(lambda: not mesh.connects("bad", API_ADDR), 1.0) < 1.0
-        flow.process.wait(max(0.0, started + 1.3 - time.monotonic()))
+        # New connections and the established one fail at once (the flow notices 0.3 s
+        # after its last echo).
+        until(lambda: not mesh.connects("bad", API_ADDR), PROPAGATED)
+        flow.process.wait(max(0.0, started + PROPAGATED + 0.3 - time.monotonic()))
         assert flow.process.stdout is not None
         assert flow.process.stdout.read().strip() == "cut"
     finally:
@@ -218,7 +220,7 @@ def test_quarantine_cuts_x_off_and_release_lets_it_back(mesh: Mesh) -> None:
     )
 
     mesh.api("POST", "/v1/admin/identities/release", {"spiffe_id": BAD})
-    assert until(lambda: mesh.connects("bad", API_ADDR), 1.0) < 1.0
+    until(lambda: mesh.connects("bad", API_ADDR), PROPAGATED)
     # With a fresh SVID: the one held before the quarantine was dropped.
     new_serial(mesh, before, 5)
 
@@ -247,14 +249,14 @@ def test_unmanaged_destinations_and_the_always_allowed_list(mesh: Mesh) -> None:
     # Quarantined, X reaches nothing but the always-allowed list, even with `allow`.
     mesh.api("POST", "/v1/admin/identities/quarantine", {"spiffe_id": BAD, "reason": "drill"})
     try:
-        assert until(lambda: not mesh.connects("bad", EXT_ADDR), 1.0) < 1.0
+        until(lambda: not mesh.connects("bad", EXT_ADDR), PROPAGATED)
         assert mesh.connects("bad", DNS_ADDR)
         assert not mesh.connects("bad", API_ADDR)
         # Others are not held to it.
         assert mesh.connects("web", EXT_ADDR)
     finally:
         mesh.api("POST", "/v1/admin/identities/release", {"spiffe_id": BAD})
-    until(lambda: mesh.connects("bad", EXT_ADDR), 1.0)
+    until(lambda: mesh.connects("bad", EXT_ADDR), PROPAGATED)
 
     # `deny`: every workload of the node reaches only managed destinations (as the policy
     # says) and the always-allowed list.
@@ -285,11 +287,12 @@ def test_a_deny_cuts_established_connections_only_when_the_policy_says_so(
     try:
         started = time.monotonic()
         set_policy(mesh, RULES[1:], [], established=established)
-        assert until(lambda: not mesh.connects("bad", API_ADDR), 1.0) < 1.0
+        until(lambda: not mesh.connects("bad", API_ADDR), PROPAGATED)
         if established == "cut":
-            flow.process.wait(max(0.0, started + 1.3 - time.monotonic()))
+            flow.process.wait(max(0.0, started + PROPAGATED + 0.3 - time.monotonic()))
         else:
-            time.sleep(max(0.0, started + 1.5 - time.monotonic()))
+            # Past twice the flow's 0.3 s notice after the deny was in force: still open.
+            time.sleep(0.6)
             assert flow.alive
         assert mesh.connects("web", API_ADDR)
     finally:
@@ -302,7 +305,7 @@ def test_the_cli_quarantines_until_a_time_and_x_comes_back_then(mesh: Mesh) -> N
     data = ("--data-dir", str(mesh.server.data_dir))
     made = cli("identity", "quarantine", BAD, "--reason", "cool-off", "--until", "4s", *data)
     assert f"{BAD} quarantined until" in made.stdout and "cool-off" in made.stdout
-    assert until(lambda: not mesh.connects("bad", API_ADDR), 1.0) < 1.0
+    until(lambda: not mesh.connects("bad", API_ADDR), PROPAGATED)
     listed = cli("identity", "list", *data).stdout
     assert BAD in listed and "cool-off" in listed
     held = json.loads(cli(*data, "-o", "json", "identity", "list").stdout)
@@ -318,9 +321,9 @@ def test_the_cli_quarantines_until_a_time_and_x_comes_back_then(mesh: Mesh) -> N
     # Revoking for keyCompromise quarantines, and says so; --no-quarantine does not.
     revoked = cli("cert", "revoke", "--spiffe-id", BAD, "--reason", "keyCompromise", *data)
     assert f"{BAD} is now quarantined" in revoked.stderr
-    assert until(lambda: not mesh.connects("bad", API_ADDR), 1.0) < 1.0
+    until(lambda: not mesh.connects("bad", API_ADDR), PROPAGATED)
     assert f"released {BAD}" in cli("identity", "release", BAD, *data).stdout
-    until(lambda: mesh.connects("bad", API_ADDR), 1.0)
+    until(lambda: mesh.connects("bad", API_ADDR), PROPAGATED)
     new_serial(mesh, None, 5)
     again = cli(
         "cert", "revoke", "--spiffe-id", BAD, "--reason", "keyCompromise", "--no-quarantine", *data
