@@ -84,6 +84,7 @@ def test_a_lifetime_over_the_ceiling_is_refused_and_nothing_is_stored(server: Se
 
 def test_issue_in_commits_with_the_callers_transaction(server: Server) -> None:
     issuer = server.services.issuer
+    before = _metric("trustd_svids_issued_total", "node-svid")
 
     def issue_then_fail() -> None:
         with transaction(server.services.engine) as session:
@@ -92,8 +93,10 @@ def test_issue_in_commits_with_the_callers_transaction(server: Server) -> None:
 
     with pytest.raises(Refused):
         issue_then_fail()
-    # The certificate and its audit row rolled back with the caller's own rows.
+    # The certificate and its audit row rolled back with the caller's own rows, and it is
+    # not counted as issued.
     assert _kinds(server) == {}
+    assert _metric("trustd_svids_issued_total", "node-svid") == before
     with Session(server.services.engine) as session:
         assert (
             session.exec(
@@ -106,6 +109,7 @@ def test_issue_in_commits_with_the_callers_transaction(server: Server) -> None:
     with transaction(server.services.engine) as session:
         issued = issuer.issue_in(session, _request(CertificateKind.NODE_SVID, "trustd/agent/x/2"))
     assert _kinds(server) == {serial_hex(issued.certificate): "node-svid"}
+    assert _metric("trustd_svids_issued_total", "node-svid") == before + 1
 
 
 def test_the_entry_lifetime_is_checked_by_the_issuance_rule(server: Server) -> None:

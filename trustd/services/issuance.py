@@ -26,7 +26,7 @@ from typing import Any, Final, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlmodel import Session
 
 from pki.ca import certificate_pem, serial_hex
@@ -226,7 +226,7 @@ class Issuer:
         except Exception:
             metrics.ISSUANCE_FAILURES.labels(request.kind).inc()
             raise
-        self._issued(request.kind, started)
+        self._issued_on_commit(session, [request.kind], started)
         return issued
 
     def issue_all_in(
@@ -258,9 +258,11 @@ class Issuer:
                 if isinstance(outcome, IssuedX509):
                     metrics.ISSUANCE_FAILURES.labels(request.kind).inc()
             raise
-        for request, outcome in zip(requests, outcomes, strict=True):
-            if isinstance(outcome, IssuedX509):
-                self._issued(request.kind, started)
+        self._issued_on_commit(
+            session,
+            [r.kind for r, o in zip(requests, outcomes, strict=True) if isinstance(o, IssuedX509)],
+            started,
+        )
         return outcomes
 
     def params(self, request: IssuanceRequest) -> X509SvidParams:
@@ -304,6 +306,21 @@ class Issuer:
         metrics.SVIDS_ISSUED.labels(kind).inc()
         metrics.ISSUANCE_SECONDS.labels(kind).observe(time.perf_counter() - started)
 
+    def _issued_on_commit(
+        self, session: Session, kinds: Sequence[CredentialKind], started: float
+    ) -> None:
+        """Count credentials recorded in the caller's `session` once it commits: one whose
+        transaction rolls back (an ACME finalize that lost its compare-and-set, an
+        attestation refused after signing) was never issued."""
+        if not kinds:
+            return
+
+        def committed(_: Session) -> None:
+            for kind in kinds:
+                self._issued(kind, started)
+
+        event.listen(session, "after_commit", committed, once=True)
+
     # -- the steps, for callers that batch their own transaction -------------------------
 
     def sign(self, params: X509SvidParams) -> IssuedX509:
@@ -338,8 +355,9 @@ class Issuer:
         audit_details: dict[str, Any],
     ) -> None:
         """Record a certificate signed by a profile other than the X509-SVID one (ACME's TLS
-        server certificates) in the caller's `session`, with its audit event and the same
-        metrics as every issuance. The caller must not hand it out before `session` commits.
+        server certificates) in the caller's `session`, with its audit event and, once
+        `session` commits, the same metrics as every issuance. The caller must not hand it
+        out before `session` commits.
         """
         now = self._clock.now()
         create_rows(
@@ -359,15 +377,15 @@ class Issuer:
                 self._audit.row(actor, audit_action, target=audit_target, details=audit_details),
             ],
         )
-        metrics.SVIDS_ISSUED.labels(kind).inc()
-        metrics.ISSUANCE_SECONDS.labels(kind).observe(time.perf_counter() - started)
+        self._issued_on_commit(session, [kind], started)
 
     def record(
         self, session: Session, actor: str, issued: IssuedX509, kind: CertificateKind
     ) -> None:
-        """Add the certificate row and its audit event to `session`."""
+        """Add the certificate row and its audit event to `session`, counted once it
+        commits."""
         create_rows(session, self.rows(actor, issued, kind))
-        metrics.SVIDS_ISSUED.labels(kind).inc()
+        self._issued_on_commit(session, [kind], time.perf_counter())
 
     def rows(self, actor: str, issued: IssuedX509, kind: CertificateKind) -> list[Insertion]:
         """The certificate row and its audit event, to insert in one transaction."""
