@@ -274,7 +274,14 @@ def _guard(what: str, call: Callable[[], Any]) -> Any:
         return call()
     except BaseException as exc:
         error = _evaluation_error(exc, what)
-    raise error
+    try:
+        raise error
+    finally:
+        # The error's traceback holds this frame, whose local would hold the error: a
+        # cycle only the collector frees, on whichever thread it runs. The frames of the
+        # engine's methods hold their thread's regorus objects (its prepared state, a
+        # VM), which the binding refuses to free on another thread.
+        del error
 
 
 def _on_clone(engine: Any, what: str, call: Callable[[Any], Any]) -> Any:
@@ -287,7 +294,10 @@ def _on_clone(engine: Any, what: str, call: Callable[[Any], Any]) -> Any:
         error = _evaluation_error(exc, what)
     finally:
         clone = None
-    raise error
+    try:
+        raise error
+    finally:
+        del error  # see `_guard`
 
 
 P = ParamSpec("P")
@@ -306,7 +316,10 @@ def _thread_bound(method: Callable[P, R]) -> Callable[P, R]:
         except PolicyError as exc:
             error = exc
         error.__context__ = error.__cause__ = None
-        raise error.with_traceback(None)
+        try:
+            raise error.with_traceback(None)
+        finally:
+            del error  # see `_guard`
 
     return bound
 

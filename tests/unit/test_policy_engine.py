@@ -346,3 +346,61 @@ def test_errors_may_be_freed_on_another_thread() -> None:
     # Freed here, on another thread: an engine freed here would be an unraisable error.
     errors.clear()
     gc.collect()
+
+
+def test_error_paths_leave_no_cycle_holding_a_threads_regorus_objects() -> None:
+    """Every error the engine raises or handles is freed by reference counting on its own
+    thread. One caught in a reference cycle (an error held by a local of a frame in its
+    own traceback) kept this thread's prepared state alive after the thread ended, and the
+    collector, on whichever thread it ran, then freed its regorus objects there."""
+    import gc
+    import weakref
+
+    from policy.engine import _thread_states
+
+    states: list[weakref.ref[object]] = []
+    errors: list[weakref.ref[BaseException]] = []
+    answers: list[Result] = []
+    module = "package s\nimport rego.v1\nnumber := to_number(input.text)\nsum := 1 + input.n\n"
+
+    def work() -> None:
+        engine = EmbeddedEngine({"s.rego": module})
+        assert engine.uses_program("data.s.number")
+        # The VM answers undefined, the interpreter fails with a builtin error the engine
+        # handles itself (OPA's lenient builtins): no error leaves.
+        answers.append(engine.query("data.s.number", '{"text": "x"}'))
+        calls = [
+            lambda: engine.query("data.s.number", '{"text": "x"}', strict=True),
+            lambda: engine.query("data.s.sum", '{"n": "x"}'),
+            lambda: engine.evaluate("data.s.sum", {"n": "x"}),
+            lambda: engine.ad_hoc("x := 1 / 0"),
+            lambda: EmbeddedEngine({"x.rego": "package x\nimport rego.v1\np if { y }\n"}),
+        ]
+        for call in calls:
+            try:
+                call()
+            except (PolicyEvaluationError, PolicyCompileError) as exc:
+                errors.append(weakref.ref(exc))
+        states.extend(weakref.ref(state) for _, state in _thread_states().values())
+
+    # The collector stays off until the checks are made: it would otherwise free what a
+    # cycle holds at its next run, on this thread or the worker's, hiding the cycle.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        worker = threading.Thread(target=work)
+        worker.start()
+        worker.join()
+        assert answers == [UNDEFINED]
+        assert len(errors) == 5 and states
+        # Freed as each was dropped, and the states with their thread.
+        alive_errors = [ref() is not None for ref in errors]
+        alive_states = [ref() is not None for ref in states]
+    finally:
+        if enabled:
+            gc.enable()
+    assert alive_errors == [False] * 5
+    assert alive_states == [False] * len(states)
+    # Had anything survived, the collector would free it here, on another thread: an
+    # unraisable error, which fails the test.
+    gc.collect()

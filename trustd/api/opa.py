@@ -288,7 +288,12 @@ async def _evaluate_one(
     """
     outcome = (await _evaluate(services, path, [input_json], caller, strict=strict))[0]
     if isinstance(outcome, PolicyError):
-        raise outcome
+        try:
+            raise outcome
+        finally:
+            # Its traceback holds this frame: no reference cycle through the local
+            # (policy/engine.py `_guard`).
+            del outcome
     return outcome
 
 

@@ -539,7 +539,13 @@ class PolicyService:
         """
         outcome = self.decide_many(path, (input_json,), caller, strict=strict)[0]
         if isinstance(outcome, PolicyError):
-            raise outcome
+            try:
+                raise outcome
+            finally:
+                # Its traceback holds this frame: no cycle through the local (the
+                # collector would free it on whichever thread it runs, see
+                # policy/engine.py `_guard`).
+                del outcome
         return outcome
 
     @tracing.traced("trustd.policy.decision")
@@ -569,7 +575,9 @@ class PolicyService:
                 except PolicyError as exc:
                     if isinstance(exc, PolicyEvaluationError):
                         DECISION_ERRORS.inc()
-                    outcomes.append(exc)
+                    # A value now, without the traceback that holds this frame (and so
+                    # `outcomes`, a cycle for the collector to free on any thread).
+                    outcomes.append(exc.with_traceback(None))
                     continue
                 cache.put(key, result)
             else:
