@@ -272,10 +272,10 @@ async def _evaluate(
     """Every input's decision (or the error its evaluation failed with), through the one
     loop single decisions and batches share."""
     decide = functools.partial(services.policy.decide_many, path, inputs, caller, strict=strict)
-    # In a worker thread, the embedded engine included: its regorus objects are bound to the
-    # thread that made them, and objects the event loop's thread made would be freed on
-    # others (the collector of an error's reference cycle runs anywhere), which regorus
-    # refuses (policy/engine.py keeps one prepared state per thread).
+    # In a worker thread, the embedded engine included: evaluation is CPU work that would
+    # hold the loop, and regorus objects are bound to the thread that made them
+    # (policy/engine.py keeps one prepared state per thread and raises its errors without
+    # reference cycles, so each state dies on its own thread).
     return await run_in_threadpool(decide)
 
 
