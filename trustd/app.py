@@ -79,8 +79,10 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.state.services = services
     problems.install(app)
     # Added innermost first: the size limit applies before the nesting scan reads a body,
-    # and both before the hot Data API routes are answered (`opa.DecisionPath`).
+    # and both before the hot Data API routes and X509-SVID issuance are answered on
+    # their lean paths (`opa.DecisionPath`, `svid.IssuancePath`).
     app.add_middleware(opa.DecisionPath)
+    app.add_middleware(svid.IssuancePath)
     app.add_middleware(JsonDepthLimit, max_depth=MAX_JSON_DEPTH)
     app.add_middleware(
         RequestContext, max_body=settings.max_request_bytes, access_log=settings.access_log
