@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from trustd import __version__, web
+from trustd import __version__, tracing, web
 from trustd.api import (
     acme,
     admin,
@@ -75,6 +75,12 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         version=__version__,
         summary="Workload identities, the CA behind them, and who may talk to whom.",
         lifespan=lifespan,
+        # FastAPI asks on every request whether an OpenTelemetry tracer, meter or logger
+        # provider has been set (about 10 us a request, profiled). trustd sets only the
+        # tracer provider, in each worker before the app is built (`trustd.server._worker`,
+        # `TRUSTD_OTEL_ENDPOINT`); its metrics are Prometheus (`trustd.metrics`), its logs
+        # structlog. Said once here, the question costs nothing while tracing is off.
+        telemetry={"tracing": tracing.enabled(), "metrics": False, "logs": False},
     )
     app.state.services = services
     problems.install(app)
