@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +20,10 @@ from pki.jwt_svid import validate_jwt_svid
 from pki.spiffe_id import SpiffeId, TrustDomain
 from pki.x509_svid import verify_x509_svid
 from tests.functional.conftest import Server
+from trustd.api.problems import PROBLEM_JSON
 from trustd.api.schemas import X509SvidResponse
+from trustd.roles import Role
+from trustd.services.auth import Principal
 from trustd.store.audit import AuditEvent
 from trustd.store.certificates import IssuedCertificate
 
@@ -161,9 +165,89 @@ def test_bad_x509_requests_get_a_problem_and_issue_nothing(
     if body.get("csr", "") is None:
         body = {**body, "csr": _csr()}
     before = _count(server, IssuedCertificate)
-    response = server.client.post("/v1/svid/x509", json=body, headers=server.auth)
-    _assert_problem(response, status, problem)
+    # The first request looks the token up (the route answers); the second comes from a
+    # caller admitted without the database, whose requests the lean path (`IssuancePath`)
+    # answers or hands to the route: the answer must not depend on which.
+    first = server.client.post("/v1/svid/x509", json=body, headers=server.auth)
+    _assert_problem(first, status, problem)
+    again = server.client.post("/v1/svid/x509", json=body, headers=server.auth)
+    assert (again.status_code, again.headers["content-type"]) == (status, PROBLEM_JSON)
+    assert again.json() == first.json()
     assert _count(server, IssuedCertificate) == before
+
+
+@pytest.mark.parametrize(
+    ("content_type", "content"),
+    [
+        # Not JSON media types: the route reads the body as bytes, not a document.
+        ("text/plain", None),
+        ("application/x-www-form-urlencoded", None),
+        # A JSON media type with parameters, and a body that is not JSON at all.
+        ("application/json; charset=utf-8", b"{not json"),
+    ],
+)
+def test_x509_bodies_the_route_must_judge_get_its_problem(
+    server: Server, content_type: str, content: bytes | None
+) -> None:
+    body = {"spiffe_id": "spiffe://example.org/a", "csr": _csr()}
+    warm = server.client.post("/v1/svid/x509", json=body, headers=server.auth)
+    assert warm.status_code == 201, warm.text
+    before = _count(server, IssuedCertificate)
+    response = server.client.post(
+        "/v1/svid/x509",
+        content=content if content is not None else json.dumps(body).encode(),
+        headers={**server.auth, "Content-Type": content_type},
+    )
+    _assert_problem(response, 422, "invalid-request")
+    assert _count(server, IssuedCertificate) == before
+
+
+def test_a_remembered_caller_without_the_permission_is_refused_and_audited(
+    server: Server,
+) -> None:
+    created = server.services.tokens.create(
+        Principal("test", Role.ADMIN), "viewer", Role.VIEWER, timedelta(hours=1)
+    )
+    viewer = {"Authorization": f"Bearer {created.secret}"}
+    # Accepted, then remembered: the lean path knows the caller without the database.
+    assert server.client.get("/v1/entries", headers=viewer).status_code == 200
+    body = {"spiffe_id": "spiffe://example.org/a", "csr": _csr()}
+    for _ in range(2):
+        refused = server.client.post("/v1/svid/x509", json=body, headers=viewer)
+        _assert_problem(refused, 403, "permission-denied")
+    assert _count(server, IssuedCertificate) == 0
+    with Session(server.services.engine) as session:
+        denied = session.exec(
+            select(AuditEvent).where(AuditEvent.action == "admin:permission:denied")
+        ).all()
+    assert [(d.actor, d.target) for d in denied] == [
+        (f"token:{created.token.id}", "POST /v1/svid/x509")
+    ] * 2
+
+
+def test_each_issued_x509_svid_is_recorded_with_its_request_id(server: Server) -> None:
+    body = {"spiffe_id": "spiffe://example.org/web", "csr": _csr()}
+    serials = []
+    for number in range(3):
+        response = server.client.post(
+            "/v1/svid/x509",
+            json=body,
+            headers={**server.auth, "X-Request-ID": f"issue-{number}"},
+        )
+        assert response.status_code == 201, response.text
+        assert response.headers["x-request-id"] == f"issue-{number}"
+        serials.append(response.json()["serial"])
+    with Session(server.services.engine) as session:
+        audits = session.exec(
+            select(AuditEvent)
+            .where(AuditEvent.action == "svid:x509:issued")
+            .order_by(AuditEvent.seq)  # type: ignore[arg-type]
+        ).all()
+        rows = [session.get(IssuedCertificate, serial) for serial in serials]
+    assert [(a.details["serial"], a.request_id) for a in audits] == [
+        (serial, f"issue-{n}") for n, serial in enumerate(serials)
+    ]
+    assert all(row is not None and row.requested_by.startswith("token:") for row in rows)
 
 
 def test_weak_csr_key_is_refused(server: Server) -> None:

@@ -26,6 +26,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from pki.csr import create_csr
+from pki.keys import KeyType, generate_private_key
 from tests.integration.conftest import join_agent_command, start_server, tls
 
 pytestmark = pytest.mark.integration
@@ -175,6 +177,31 @@ def test_agent_and_server_spans_reach_the_collector_as_one_trace(
         decision = wait_for_span(receiver, "trustd-server", "trustd.policy.decision")[0]
         names = [receiver.span(i).span.name for i in receiver.ancestors(decision.span)]
         assert names[-1] == "POST /v1/data/{path}"
+
+        # X509-SVID issuance from a caller known without the database (the token the
+        # decision just used) is answered on its lean path: its server span is still named
+        # after the route, with the issuance inside it.
+        issued = httpx.post(
+            f"{server.url}/v1/svid/x509",
+            json={
+                "spiffe_id": "spiffe://example.org/traced",
+                "csr": create_csr(generate_private_key(KeyType.EC_P256)),
+            },
+            headers={"Authorization": f"Bearer {server.token}"},
+            verify=tls(server.bundle),
+        )
+        assert issued.status_code == 201, issued.text
+        route = wait_for_span(receiver, "trustd-server", "POST /v1/svid/x509")[0].span
+        deadline = time.monotonic() + 20
+        inside: list[trace_pb2.Span] = []
+        while not inside and time.monotonic() < deadline:
+            inside = [
+                r.span
+                for r in receiver.named("trustd-server", "trustd.issuance")
+                if r.span.parent_span_id == route.span_id
+            ]
+            time.sleep(0.1)
+        assert inside, "no issuance span inside the X509-SVID request's span"
     finally:
         if agent is not None and agent.poll() is None:
             agent.send_signal(signal.SIGTERM)

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Scope
 
 from policy.admin import checked_permission
 from trustd.errors import PermissionDenied, Unauthenticated
@@ -95,6 +96,27 @@ class Permission(Declaration):
         request.state.admin_principal = principal
         return principal
 
+    def admitted(
+        self, services: Services, scope: Scope, authorization: str | None
+    ) -> Principal | None:
+        """The caller of an ASGI request with this `Authorization` header (or None), when
+        `check` would admit it without the database: a token accepted moments ago, or the
+        admin socket, whose role this permission allows. None when only `check` can decide
+        (a token to look up, a malformed one, a refusal to audit): lean paths hand such
+        requests to their route, so that every refusal is answered and audited in one place.
+        """
+        try:
+            principal = remembered_principal(
+                services,
+                local=bool(scope.get(LOCAL_ADMIN_SCOPE_KEY)),
+                token=bearer_token(authorization),
+            )
+        except Unauthenticated:
+            return None
+        if principal is None or not services.authz.decide(principal.role, self.declared).allowed:
+            return None
+        return principal
+
 
 class Exempt(Declaration):
     """A route outside the admin model, saying which model it follows instead."""
@@ -131,17 +153,43 @@ async def authorized_principal(request: Request) -> Principal:
     return principal
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The credentials of an `Authorization: Bearer <credentials>` header (RFC 6750 §2.1),
+    None for any other header or none, as FastAPI's `HTTPBearer(auto_error=False)` reads
+    it."""
+    if not authorization:
+        return None
+    scheme, _, credentials = authorization.partition(" ")
+    credentials = credentials.strip()
+    if not scheme or not credentials or scheme.lower() != "bearer":
+        return None
+    return credentials
+
+
+def remembered_principal(services: Services, *, local: bool, token: str | None) -> Principal | None:
+    """The caller when known without the database (the admin socket, a token accepted
+    moments ago); None when `_principal` must ask it.
+
+    Raises:
+        Unauthenticated: a malformed token.
+    """
+    if local:
+        return Principal("local:admin-socket", Role.ADMIN)
+    if token is None:
+        return None
+    return services.tokens.remembered(token)
+
+
 def _remembered(
     request: Request, credentials: HTTPAuthorizationCredentials | None
 ) -> Principal | None:
-    """The caller when known without the database (the admin socket, a token accepted
-    moments ago); None when `_principal` must ask it."""
-    if request.scope.get(LOCAL_ADMIN_SCOPE_KEY):
-        return Principal("local:admin-socket", Role.ADMIN)
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        return None
-    services: Services = request.app.state.services
-    return services.tokens.remembered(credentials.credentials)
+    if credentials is not None and credentials.scheme.lower() != "bearer":
+        credentials = None
+    return remembered_principal(
+        request.app.state.services,
+        local=bool(request.scope.get(LOCAL_ADMIN_SCOPE_KEY)),
+        token=credentials.credentials if credentials is not None else None,
+    )
 
 
 def _principal(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:

@@ -12,6 +12,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import structlog
+from fastapi.routing import APIRoute
+from fastapi.telemetry._api import _route_selected
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trustd import metrics
@@ -286,6 +288,16 @@ def _may_be_json(scope: Scope) -> bool:
             media = value.decode("latin-1").split(";", 1)[0].strip().lower()
             return media not in _NOT_JSON
     return True
+
+
+def answered_by(scope: Scope, route: APIRoute) -> None:
+    """Mark a request a lean path answers (below the router) as `route`'s: its path template
+    labels the latency metric, and with tracing on the server span FastAPI opened is named
+    after it, as its router names it (fastapi 0.165's hook, pinned in
+    deploy/constraints.txt)."""
+    scope["route"] = route
+    if "fastapi.telemetry" in scope:
+        _route_selected(scope=scope, path=route.path_format)
 
 
 async def read_body(receive: Receive) -> tuple[bytes, Receive]:

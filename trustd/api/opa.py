@@ -28,7 +28,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from fastapi.telemetry._api import _route_selected
 from pydantic import AwareDatetime
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -50,10 +49,11 @@ from trustd.api.deps import (
     AdminDep,
     Exemption,
     ServicesDep,
+    bearer_token,
     exempt,
     require,
 )
-from trustd.api.middleware import read_body
+from trustd.api.middleware import answered_by, read_body
 from trustd.api.policy_schemas import (
     BundleCreate,
     DecisionPublic,
@@ -149,19 +149,6 @@ async def identify_caller(
         return "policy-token"
     principal: Principal = await run_in_threadpool(services.tokens.authenticate, token)
     return principal.name
-
-
-def bearer_token(authorization: str | None) -> str | None:
-    """The credentials of an `Authorization: Bearer <credentials>` header (RFC 6750 §2.1),
-    None for any other header or none, as FastAPI's `HTTPBearer(auto_error=False)` reads
-    it."""
-    if not authorization:
-        return None
-    scheme, _, credentials = authorization.partition(" ")
-    credentials = credentials.strip()
-    if not scheme or not credentials or scheme.lower() != "bearer":
-        return None
-    return credentials
 
 
 CallerDep = Annotated[str, Depends(decision_caller)]
@@ -646,11 +633,7 @@ class DecisionPath:
         else:
             await self.app(scope, receive, send)
             return
-        scope["route"] = route
-        if "fastapi.telemetry" in scope:
-            # Tracing on: the server span FastAPI opened is named after the route, as its
-            # router names it (fastapi 0.165's hook, pinned in deploy/constraints.txt).
-            _route_selected(scope=scope, path=route.path_format)
+        answered_by(scope, route)
         app = scope["app"]
         services: Services = app.state.services
         raw, receive = await read_body(receive)
