@@ -53,6 +53,8 @@ from policy.errors import (
 # A data path as the Data API names it: `data` then identifiers (OPA's `ref` subset that is
 # safe to splice into a query; anything else is refused before it reaches the parser).
 _SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Queried paths an engine remembers resolving.
+_RESOLVED_PATHS = 1024
 # The compiled VM's marker for an undefined value (the whole result, or a part of it).
 _RVM_UNDEFINED = '"<undefined>"'
 # The input text for "no input": JSON `null` that no canonical input equals (they carry no
@@ -372,6 +374,8 @@ class EmbeddedEngine:
         self.data_json = json.dumps(self._data)
         self._compiled = compiled
         self._serial = next(_SERIALS)
+        # Queried paths as the engine names them (`data.a.b`), once each is known to exist.
+        self._resolved: dict[str, str] = {}
         self.packages = frozenset(
             tuple(p.split(".")[1:])
             for p in _guard("packages", self._prepared().engine.get_packages)
@@ -466,10 +470,16 @@ class EmbeddedEngine:
             UnknownPath: no package, rule or data document lives at or under `path`.
             PolicyEvaluationError: the evaluation failed (`code` is OPA's).
         """
-        segments = parse_path(path)
-        if not self.is_known(segments):
-            raise UnknownPath(f"no policy or data at data.{'.'.join(segments)}")
-        full = rule_path(segments)
+        full = self._resolved.get(path)
+        if full is None:
+            segments = parse_path(path)
+            if not self.is_known(segments):
+                raise UnknownPath(f"no policy or data at data.{'.'.join(segments)}")
+            full = rule_path(segments)
+            # Modules and data never change in an engine: a path's answer is kept (for a
+            # bounded number of paths: any path below a package is known).
+            if len(self._resolved) < _RESOLVED_PATHS:
+                self._resolved[path] = full
         state = self._prepared()
         # The VM takes an absent input for `null`, and evaluates builtins leniently.
         use_vm = self._compiled and not strict and input_json != NO_INPUT

@@ -172,6 +172,9 @@ class _Options:
 
 
 _NO_OPTIONS = _Options()
+# Embedded decisions of a request up to this many inputs are evaluated on the event loop's
+# thread (tens of microseconds each); a larger batch goes to a worker thread.
+ON_LOOP_INPUTS = 16
 
 
 def _options(params: Mapping[str, str]) -> _Options:
@@ -259,11 +262,14 @@ async def _evaluate(
     """Every input's decision (or the error its evaluation failed with), through the one
     loop single decisions and batches share."""
     decide = functools.partial(services.policy.decide_many, path, inputs, caller, strict=strict)
-    # In a worker thread, the embedded engine included: evaluation is CPU work that would
-    # hold the loop, and regorus objects are bound to the thread that made them
-    # (policy/engine.py keeps one prepared state per thread and raises its errors without
-    # reference cycles, so each state dies on its own thread).
-    return await run_in_threadpool(decide)
+    if services.settings.policy_engine == "remote" or len(inputs) > ON_LOOP_INPUTS:
+        # A remote OPA's round trip, or a batch, would hold the loop: in a worker thread.
+        return await run_in_threadpool(decide)
+    # A few embedded decisions take microseconds each: on the event loop's own thread,
+    # without the thread pool's hop (bench/decisions.py measures both). regorus objects
+    # are bound to the thread that made them; policy/engine.py keeps one prepared state per
+    # thread and raises its errors without reference cycles, so each dies on its thread.
+    return decide()
 
 
 async def _evaluate_one(
